@@ -1,0 +1,37 @@
+"""Exceptions raised by cambench.
+
+Every error says what was wrong, what was expected, and how to fix it (scikit-learn style).
+"""
+
+from __future__ import annotations
+
+
+class CambenchError(Exception):
+    """Base class of every error cambench raises on purpose."""
+
+
+class UnknownNameError(CambenchError, KeyError):
+    """A registry lookup used a name that is not registered."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable.
+        return str(self.args[0]) if self.args else ""
+
+
+class LayerError(CambenchError, ValueError):
+    """A target layer could not be resolved or captured."""
+
+
+class CaptureError(CambenchError, RuntimeError):
+    """The hooks on the target layer saw something they cannot explain (no call, several calls, ...)."""
+
+
+class DataError(CambenchError, ValueError):
+    """An image, an annotation or a dataset directory is missing or corrupt."""
+
+
+class WeightsError(CambenchError, FileNotFoundError):
+    """Model weights are not available offline."""
+
+
+class SuiteError(CambenchError, ValueError):
+    """A suite file is invalid."""

@@ -1,0 +1,47 @@
+"""CAM methods: a registry of raw-map functions sharing one capture per batch.
+
+>>> from benchmark import methods
+>>> maps = methods.get("gradcam")(model, "layer4", images, targets)          # [B,H,W] in [0,1]
+>>> many = methods.explain(model, "layer4", images, targets, ["gradcam", "layercam", "scorecam"])
+"""
+
+from . import baselines, cfcam, eigen, gradient, score  # noqa: F401  (registration side effects)
+from .base import (
+    METHODS,
+    ExplainContext,
+    Explainer,
+    MethodOutput,
+    explain,
+    get,
+    list_methods,
+    register_method,
+    run_method,
+)
+from .capture import (
+    capture,
+    default_layer,
+    default_layer_name,
+    resolve_layer,
+    swin_reshape,
+    vit_reshape,
+)
+from .postprocess import finalize
+
+__all__ = [
+    "METHODS",
+    "ExplainContext",
+    "Explainer",
+    "MethodOutput",
+    "capture",
+    "default_layer",
+    "default_layer_name",
+    "explain",
+    "finalize",
+    "get",
+    "list_methods",
+    "register_method",
+    "resolve_layer",
+    "run_method",
+    "swin_reshape",
+    "vit_reshape",
+]

@@ -1,0 +1,231 @@
+"""The method registry, the shared explain context, and the public ``get`` / ``explain`` API.
+
+A method is a function ``fn(ctx: ExplainContext, **params) -> Tensor[B,h,w]`` returning its *raw* map
+(before ReLU/min-max/upsampling). Gradient methods read ``ctx.capture`` (one forward+backward made on first
+use and shared by every method of the batch); perturbation methods call ``ctx.model`` in batches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..registry import Registry
+from ..types import Capture, Reshape
+from .capture import capture as _capture
+from .capture import resolve_layer
+from .postprocess import finalize
+
+METHODS: Registry[Callable[..., Tensor]] = Registry("method")
+
+#: Families: ``gradient`` (pure function of one capture), ``perturbation`` (extra batched forwards),
+#: ``projection`` (SVD of the capture), ``baseline`` (no model).
+
+
+def register_method(
+    name: str,
+    *,
+    family: str,
+    relu: bool = True,
+    needs_gradients: bool = True,
+    defaults: Optional[Mapping[str, Any]] = None,
+    paper: str = "",
+    **meta: Any,
+) -> Callable:
+    """Decorator registering a raw-map method ``fn(ctx, **params) -> Tensor[B,h,w]``.
+
+    ``relu`` says whether the standard pipeline applies a ReLU before min-max (False only for CAM);
+    ``defaults`` are the method's hyper-parameters (recorded in the result tables).
+    """
+    return METHODS.register(
+        name,
+        family=family,
+        relu=relu,
+        needs_gradients=needs_gradients,
+        defaults=dict(defaults or {}),
+        paper=paper,
+        **meta,
+    )
+
+
+@dataclass
+class ExplainContext:
+    """Everything a method may need for one batch; the capture is computed once, lazily."""
+
+    model: nn.Module
+    layer: nn.Module
+    images: Tensor
+    targets: Tensor
+    reshape: Optional[Reshape] = None
+    batch_size: int = 64
+    seed: int = 0
+    masks: Optional[Tensor] = None  # ground truth, for the ``oracle`` baseline only
+    gradient_noise: Optional[Callable[[Tensor], Tensor]] = None  # robustness: g -> g + noise
+    _capture: Optional[Capture] = field(default=None, repr=False)
+    cache: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def capture(self) -> Capture:
+        """The shared forward+backward capture (activations, gradients, logits) of this batch."""
+        if self._capture is None:
+            cap = _capture(self.model, self.layer, self.images, self.targets, self.reshape)
+            if self.gradient_noise is not None and cap.gradients is not None:
+                cap = Capture(cap.activations, self.gradient_noise(cap.gradients), cap.logits, cap.targets)
+            self._capture = cap
+        return self._capture
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return int(self.images.shape[-2]), int(self.images.shape[-1])
+
+    def generator(self, salt: int = 0) -> torch.Generator:
+        """A seeded generator on the images' device (every random draw is explicit and reproducible)."""
+        g = torch.Generator(device=self.images.device)
+        g.manual_seed(int(self.seed) * 1_000_003 + int(salt))
+        return g
+
+    def forward_scores(self, inputs: Tensor, index: Tensor, softmax: bool = False) -> Tensor:
+        """Target scores of ``inputs`` ``[N,...]`` for classes ``index`` ``[N]``, in chunks of batch_size.
+
+        Runs under ``torch.inference_mode``; returns logits (or probabilities with ``softmax``).
+        """
+        out = []
+        with torch.inference_mode():
+            for i in range(0, inputs.shape[0], self.batch_size):
+                logits = self.model(inputs[i : i + self.batch_size])
+                if softmax:
+                    logits = logits.softmax(dim=1)
+                out.append(logits.gather(1, index[i : i + self.batch_size, None]).squeeze(1))
+        return torch.cat(out).float()
+
+
+@dataclass
+class MethodOutput:
+    """A method's result on a batch: final maps, raw low-resolution maps and the degenerate flags."""
+
+    maps: Tensor  # [B,H,W] float32 in [0,1]
+    raw: Tensor  # [B,h,w] before post-processing
+    degenerate: Tensor  # [B] bool: the raw map was constant or non-finite, so maps are zeros
+
+
+def _params(name: str, overrides: Optional[Mapping[str, Any]]) -> dict[str, Any]:
+    entry = METHODS.entry(name)
+    params = dict(entry.meta["defaults"])
+    for key, value in (overrides or {}).items():
+        if key not in params:
+            raise TypeError(
+                f"Method {name!r} has no parameter {key!r}. Its parameters: "
+                f"{', '.join(sorted(params)) or '(none)'}."
+            )
+        params[key] = value
+    return params
+
+
+def run_method(ctx: ExplainContext, name: str, params: Optional[Mapping[str, Any]] = None) -> MethodOutput:
+    """Compute one method on a context (sharing its capture), with the standard post-processing."""
+    entry = METHODS.entry(name)
+    p = _params(name, params)
+    relu = bool(p.pop("relu", entry.meta["relu"]))
+    raw = entry.obj(ctx, **p)
+    maps, bad = finalize(raw, ctx.input_size, relu=relu)
+    return MethodOutput(maps=maps, raw=raw.detach(), degenerate=bad)
+
+
+def _context(
+    model: nn.Module,
+    layer: nn.Module | str | None,
+    images: Tensor,
+    targets: Tensor | Sequence[int] | int,
+    **kwargs: Any,
+) -> ExplainContext:
+    if not isinstance(images, Tensor) or images.ndim != 4:
+        raise ValueError(
+            f"images must be a [B,C,H,W] tensor; got {getattr(images, 'shape', type(images).__name__)}. "
+            "Add a batch dimension with images[None] for a single image."
+        )
+    b = images.shape[0]
+    t = torch.as_tensor(targets, dtype=torch.long, device=images.device)
+    if t.ndim == 0:
+        t = t.expand(b)
+    if t.shape != (b,):
+        raise ValueError(f"targets must hold one class per image ({b}); got shape {tuple(t.shape)}.")
+    if model.training:
+        raise ValueError("The model is in training mode; call model.eval() before explaining it.")
+    return ExplainContext(model=model, layer=resolve_layer(model, layer), images=images, targets=t, **kwargs)
+
+
+def explain(
+    model: nn.Module,
+    layer: nn.Module | str | None,
+    images: Tensor,
+    targets: Tensor | Sequence[int] | int,
+    names: Iterable[str] | None = None,
+    *,
+    params: Optional[Mapping[str, Mapping[str, Any]]] = None,
+    reshape: Optional[Reshape] = None,
+    batch_size: int = 64,
+    seed: int = 0,
+    masks: Optional[Tensor] = None,
+    gradient_noise: Optional[Callable[[Tensor], Tensor]] = None,
+    details: bool = False,
+) -> dict[str, Any]:
+    """Compute several methods on one batch from **one** shared capture.
+
+    Returns ``{name: Tensor[B,H,W]}`` (or ``{name: MethodOutput}`` with ``details=True``). ``params`` maps a
+    method name to hyper-parameter overrides. ``names=None`` runs every registered method that needs no
+    ground truth. ``gradient_noise`` (``g -> g'``) perturbs the captured gradients before any method
+    reads them (the CF-CAM robustness protocol, specs.md §2.10).
+    """
+    names = list(names) if names is not None else [n for n in METHODS.list() if n != "oracle"]
+    for n in names:
+        METHODS.entry(n)  # fail early on unknown names, before any model work
+    ctx = _context(
+        model, layer, images, targets, reshape=reshape, batch_size=batch_size, seed=seed, masks=masks,
+        gradient_noise=gradient_noise,
+    )
+    out: dict[str, Any] = {}
+    for n in names:
+        res = run_method(ctx, n, (params or {}).get(n))
+        out[n] = res if details else res.maps
+    return out
+
+
+class Explainer:
+    """A method bound to its hyper-parameters: ``Explainer(model, layer, images, targets) -> [B,H,W]``."""
+
+    def __init__(self, name: str, **params: Any) -> None:
+        self.name = name
+        self.entry = METHODS.entry(name)
+        self.params = _params(name, params)
+
+    def __call__(
+        self,
+        model: nn.Module,
+        layer: nn.Module | str | None,
+        images: Tensor,
+        targets: Tensor | Sequence[int] | int,
+        *,
+        reshape: Optional[Reshape] = None,
+        batch_size: int = 64,
+        seed: int = 0,
+        masks: Optional[Tensor] = None,
+    ) -> Tensor:
+        ctx = _context(
+            model, layer, images, targets, reshape=reshape, batch_size=batch_size, seed=seed, masks=masks
+        )
+        return run_method(ctx, self.name, self.params).maps
+
+    def __repr__(self) -> str:
+        return f"Explainer({self.name!r}, {self.params})"
+
+
+def get(name: str, **params: Any) -> Explainer:
+    """The method ``name`` as a callable ``(model, layer, images, targets) -> Tensor[B,H,W]``."""
+    return Explainer(name, **params)
+
+
+def list_methods(pattern: str | None = None, **meta: Any) -> list[str]:
+    return METHODS.list(pattern, **meta)

@@ -1,0 +1,65 @@
+"""Eigen-CAM and Eigen-Grad-CAM: first principal component of the layer (specs.md §1.10-1.11)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .base import ExplainContext, register_method
+
+SIGNS = ("none", "max_abs", "corr")
+
+
+def projection_2d(x: Tensor, center: bool = True, sign: str = "none") -> Tensor:
+    """Project ``[B,C,h,w]`` onto its first right singular vector: ``O v_1`` with ``O = [hw x C]``.
+
+    Muhammad & Yeasin 2020 (Eigen-CAM, eq. 3). As pytorch-grad-cam: NaN -> 0, channel columns centred
+    (``center``), LAPACK SVD via NumPy (``full_matrices=True``), so that the singular vector's arbitrary
+    sign is the one pgc users see. ``sign``: ``"none"`` (pgc), ``"max_abs"`` (flip if |min| > |max|,
+    Seg-Eigen-CAM) or ``"corr"`` (flip so the map correlates positively with ``sum_k A_k``).
+    """
+    if sign not in SIGNS:
+        raise ValueError(f"sign must be one of {SIGNS}, got {sign!r}.")
+    b, c, h, w = x.shape
+    o = torch.nan_to_num(x.detach(), nan=0.0).reshape(b, c, h * w).transpose(1, 2)  # [B, hw, C]
+    if center:
+        o = o - o.mean(dim=1, keepdim=True)
+    arr = o.cpu().numpy()
+    _, _, vt = np.linalg.svd(arr, full_matrices=True)  # stacked over the batch
+    v1 = torch.from_numpy(np.ascontiguousarray(vt[:, 0, :])).to(o.device, o.dtype)  # [B, C]
+    proj = torch.einsum("bnc,bc->bn", o, v1)
+    if sign == "max_abs":
+        flip = proj.min(dim=1).values.abs() > proj.max(dim=1).values.abs()
+        proj = torch.where(flip[:, None], -proj, proj)
+    elif sign == "corr":
+        ref = torch.nan_to_num(x.detach(), nan=0.0).sum(dim=1).reshape(b, -1)
+        pc, rc = proj - proj.mean(1, keepdim=True), ref - ref.mean(1, keepdim=True)
+        flip = (pc * rc).sum(dim=1) < 0
+        proj = torch.where(flip[:, None], -proj, proj)
+    return proj.reshape(b, h, w)
+
+
+@register_method(
+    "eigencam",
+    family="projection",
+    needs_gradients=False,
+    defaults={"center": True, "sign": "none"},
+    paper="Muhammad & Yeasin 2020, eq. 3",
+)
+def eigencam(ctx: ExplainContext, center: bool = True, sign: str = "none") -> Tensor:
+    """Eigen-CAM: class-agnostic projection of the activations on their first principal component."""
+    return projection_2d(ctx.capture.activations, center=center, sign=sign)
+
+
+@register_method(
+    "eigengradcam",
+    family="projection",
+    defaults={"center": True, "sign": "none"},
+    paper="pytorch-grad-cam (Eigen-CAM applied to g*A)",
+)
+def eigengradcam(ctx: ExplainContext, center: bool = True, sign: str = "none") -> Tensor:
+    """Eigen-Grad-CAM (pytorch-grad-cam): the Eigen-CAM projection of ``g * A``; class-discriminative."""
+    cap = ctx.capture
+    assert cap.gradients is not None
+    return projection_2d(cap.gradients * cap.activations, center=center, sign=sign)

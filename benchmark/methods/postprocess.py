@@ -1,0 +1,56 @@
+"""Map post-processing shared by every method (specs.md §0): ReLU, per-map min-max, bilinear upsample."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+MINMAX_EPS = 1e-7  # pytorch-grad-cam's scale_cam_image epsilon (in the denominator)
+
+
+def minmax(maps: Tensor, eps: float = MINMAX_EPS) -> Tensor:
+    """Per-map min-max normalisation of ``[B,h,w]``: ``(M - min) / (max - min + eps)`` (pgc convention)."""
+    flat = maps.flatten(1)
+    lo = flat.min(dim=1).values.view(-1, 1, 1)
+    hi = flat.max(dim=1).values.view(-1, 1, 1)
+    return (maps - lo) / (hi - lo + eps)
+
+
+def upsample(maps: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinear resize ``[B,h,w] -> [B,H,W]`` with half-pixel centres (cv2.resize / align_corners=False)."""
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    return F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+def degenerate_maps(raw: Tensor, relu: bool = True, tol: float = 1e-12) -> Tensor:
+    """``[B]`` bool: maps that are non-finite anywhere, or constant after the (optional) ReLU."""
+    finite = torch.isfinite(raw).flatten(1).all(dim=1)
+    m = torch.nan_to_num(raw, nan=0.0, posinf=0.0, neginf=0.0)
+    if relu:
+        m = m.clamp_min(0)
+    flat = m.flatten(1)
+    span = flat.max(dim=1).values - flat.min(dim=1).values
+    scale = flat.abs().max(dim=1).values.clamp_min(1.0)
+    return (~finite) | (span <= tol * scale)
+
+
+def finalize(raw: Tensor, size: tuple[int, int], relu: bool = True) -> tuple[Tensor, Tensor]:
+    """Turn raw ``[B,h,w]`` maps into ``[B,H,W]`` float32 maps in [0,1] and a ``[B]`` degenerate flag.
+
+    Pipeline (pgc ``base_cam`` + ``scale_cam_image``): optional ReLU, min-max at low resolution, bilinear
+    upsampling to the input size. A map that is non-finite anywhere or constant becomes all zeros and is
+    flagged (never NaN).
+    """
+    if raw.ndim != 3:
+        raise ValueError(f"A raw CAM must be [B,h,w]; got shape {tuple(raw.shape)}.")
+    raw = raw.float()
+    bad = degenerate_maps(raw, relu=relu)
+    m = torch.nan_to_num(raw, nan=0.0, posinf=0.0, neginf=0.0)
+    if relu:
+        m = m.clamp_min(0)
+    m = minmax(m)
+    m = torch.where(bad.view(-1, 1, 1), torch.zeros_like(m), m)
+    out = upsample(m, size).clamp_(0.0, 1.0)
+    return out.contiguous(), bad

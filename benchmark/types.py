@@ -1,0 +1,125 @@
+"""Core data types shared by every stage: Batch, Capture and ModelHandle (see shared/design.md)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+Reshape = Callable[[Tensor], Tensor]
+
+
+@dataclass
+class Batch:
+    """A batch of model-ready images with what is known about them.
+
+    images:  ``[B,3,H,W]`` float, already normalised for the model.
+    targets: ``[B]`` long, the class to explain.
+    masks:   ``[B,H,W]`` bool ground-truth region of the target object, or None.
+    boxes:   list of ``[K,4]`` float xyxy pixel boxes of the target object (one tensor per image), or None.
+    ids:     stable string per image, the key of every score row.
+    """
+
+    images: Tensor
+    targets: Tensor
+    ids: list[str]
+    masks: Optional[Tensor] = None
+    boxes: Optional[list[Tensor]] = None
+    labels: Optional[Tensor] = None  # true class when it differs from the explained target
+
+    def __post_init__(self) -> None:
+        b = self.images.shape[0]
+        if self.images.ndim != 4:
+            raise ValueError(f"Batch.images must be [B,C,H,W], got shape {tuple(self.images.shape)}.")
+        if self.targets.shape != (b,):
+            raise ValueError(
+                f"Batch.targets must be [B]={b}, got shape {tuple(self.targets.shape)}."
+            )
+        if len(self.ids) != b:
+            raise ValueError(f"Batch.ids must hold {b} ids, got {len(self.ids)}.")
+        if self.masks is not None and self.masks.shape != (b, *self.images.shape[-2:]):
+            raise ValueError(
+                f"Batch.masks must be [B,H,W]={(b, *self.images.shape[-2:])}, "
+                f"got {tuple(self.masks.shape)}."
+            )
+        if self.boxes is not None and len(self.boxes) != b:
+            raise ValueError(f"Batch.boxes must hold {b} box tensors, got {len(self.boxes)}.")
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
+        mv = lambda t: None if t is None else t.to(device, non_blocking=non_blocking)  # noqa: E731
+        return Batch(
+            images=mv(self.images),
+            targets=mv(self.targets),
+            ids=list(self.ids),
+            masks=mv(self.masks),
+            boxes=None if self.boxes is None else [mv(b) for b in self.boxes],
+            labels=mv(self.labels),
+        )
+
+    def select(self, index: Sequence[int]) -> "Batch":
+        idx = list(index)
+        it = torch.as_tensor(idx, dtype=torch.long, device=self.images.device)
+        return Batch(
+            images=self.images[it],
+            targets=self.targets[it],
+            ids=[self.ids[i] for i in idx],
+            masks=None if self.masks is None else self.masks[it],
+            boxes=None if self.boxes is None else [self.boxes[i] for i in idx],
+            labels=None if self.labels is None else self.labels[it],
+        )
+
+
+@dataclass
+class Capture:
+    """What one forward+backward pass through the target layer yields (made once per batch).
+
+    activations: ``A [B,C,h,w]`` of the target layer (token outputs already reshaped).
+    gradients:   ``G [B,C,h,w]`` of the target logits ``y^c`` w.r.t. ``A`` (None for forward-only capture).
+    logits:      ``[B,K]`` model outputs (pre-softmax).
+    targets:     ``[B]`` classes whose logits were differentiated.
+    """
+
+    activations: Tensor
+    gradients: Optional[Tensor]
+    logits: Tensor
+    targets: Tensor
+
+    @property
+    def spatial_size(self) -> tuple[int, int]:
+        return int(self.activations.shape[-2]), int(self.activations.shape[-1])
+
+
+@dataclass
+class ModelHandle:
+    """A model ready to be explained, with everything a benchmark needs to know about it."""
+
+    name: str
+    model: nn.Module
+    target_layer: str
+    input_size: tuple[int, int] = (224, 224)
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    reshape: Optional[Reshape] = None
+    class_names: Optional[list[str]] = None
+    meta: dict = field(default_factory=dict)
+
+    def layer(self) -> nn.Module:
+        from .methods.capture import resolve_layer
+
+        return resolve_layer(self.model, self.target_layer)
+
+    def normalize(self, images01: Tensor) -> Tensor:
+        """Map ``[B,3,H,W]`` images in [0,1] to the model's input space."""
+        mean = torch.tensor(self.mean, dtype=images01.dtype, device=images01.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, dtype=images01.dtype, device=images01.device).view(1, -1, 1, 1)
+        return (images01 - mean) / std
+
+    def denormalize(self, images: Tensor) -> Tensor:
+        mean = torch.tensor(self.mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+        return images * std + mean

@@ -1,0 +1,1 @@
+"""Pure tensor implementations of every metric (no registry, no state)."""

@@ -1,0 +1,5 @@
+"""Model registry: torchvision/timm zoo, efficientnet_lite0 (offline ImageNet) and our synthetic CNNs."""
+
+from .base import MODELS, create_model, list_models, register_model
+
+__all__ = ["MODELS", "create_model", "list_models", "register_model"]

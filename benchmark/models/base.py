@@ -1,0 +1,30 @@
+"""The model registry (timm style): ``@register_model``, ``list_models``, ``create_model``."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from ..registry import Registry
+from ..types import ModelHandle
+
+MODELS: Registry[Callable[..., ModelHandle]] = Registry("model")
+
+
+def register_model(name: str | None = None, **meta: Any) -> Callable:
+    """Decorator registering a factory ``fn(weights="default", **kw) -> ModelHandle``."""
+    return MODELS.register(name, **meta)
+
+
+def create_model(
+    name: str, weights: str = "default", device: str | torch.device = "cpu", **kwargs: Any
+) -> ModelHandle:
+    """Build model ``name`` with ``weights`` ("default", "random" or a checkpoint path), in eval mode."""
+    handle = MODELS.get(name)(weights=weights, **kwargs)
+    handle.model.eval().to(device)
+    return handle
+
+
+def list_models(pattern: str | None = None, **meta: Any) -> list[str]:
+    return MODELS.list(pattern, **meta)

@@ -50,7 +50,9 @@ def cluster_filter(g: Tensor, sigma_spatial: float = 5.0, sigma_range: float = 0
     rng = torch.exp(-((g - g.mean()) ** 2) / (2 * sigma_range**2)) if sigma_range > 0 else 1.0
     k = spatial * rng
     k = k / (k.sum() + 1e-6)
-    return F.conv2d(g[None, None], k[None, None], padding="same")[0, 0]
+    # 'same' zero padding as torch's padding="same" lays it out (left = total // 2, right = the rest).
+    pad = (((w - 1) // 2), (w - 1) - (w - 1) // 2, (h - 1) // 2, (h - 1) - (h - 1) // 2)
+    return F.conv2d(F.pad(g[None, None], pad), k[None, None])[0, 0]
 
 
 def cluster_channels(

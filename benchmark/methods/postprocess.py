@@ -6,15 +6,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-MINMAX_EPS = 1e-7  # pytorch-grad-cam's scale_cam_image epsilon (in the denominator)
+REL_TOL = 1e-6  # a map whose range is below this fraction of its magnitude counts as constant
 
 
-def minmax(maps: Tensor, eps: float = MINMAX_EPS) -> Tensor:
-    """Per-map min-max normalisation of ``[B,h,w]``: ``(M - min) / (max - min + eps)`` (pgc convention)."""
+def minmax(maps: Tensor) -> Tensor:
+    """Per-map min-max normalisation of ``[B,h,w]`` to exactly [0,1]; a constant map becomes zeros.
+
+    pytorch-grad-cam divides by ``max - min + 1e-7``; an absolute epsilon squashes maps of tiny magnitude
+    (random-init networks give activations ~1e-5), so the range itself is used (scale-free, same ranking).
+    """
     flat = maps.flatten(1)
     lo = flat.min(dim=1).values.view(-1, 1, 1)
-    hi = flat.max(dim=1).values.view(-1, 1, 1)
-    return (maps - lo) / (hi - lo + eps)
+    span = (flat.max(dim=1).values.view(-1, 1, 1) - lo)
+    safe = torch.where(span > 0, span, torch.ones_like(span))
+    return torch.where(span > 0, (maps - lo) / safe, torch.zeros_like(maps))
 
 
 def upsample(maps: Tensor, size: tuple[int, int]) -> Tensor:
@@ -24,16 +29,20 @@ def upsample(maps: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
 
 
-def degenerate_maps(raw: Tensor, relu: bool = True, tol: float = 1e-12) -> Tensor:
-    """``[B]`` bool: maps that are non-finite anywhere, or constant after the (optional) ReLU."""
+def degenerate_maps(raw: Tensor, relu: bool = True, rel_tol: float = REL_TOL) -> Tensor:
+    """``[B]`` bool: maps that are non-finite anywhere, or constant after the (optional) ReLU.
+
+    Constant = range <= ``rel_tol`` x the largest magnitude (all-zero maps included), so float rounding
+    on a map that is constant in exact arithmetic does not turn into amplified noise.
+    """
     finite = torch.isfinite(raw).flatten(1).all(dim=1)
     m = torch.nan_to_num(raw, nan=0.0, posinf=0.0, neginf=0.0)
     if relu:
         m = m.clamp_min(0)
     flat = m.flatten(1)
     span = flat.max(dim=1).values - flat.min(dim=1).values
-    scale = flat.abs().max(dim=1).values.clamp_min(1.0)
-    return (~finite) | (span <= tol * scale)
+    scale = flat.abs().max(dim=1).values
+    return (~finite) | (span <= rel_tol * scale)
 
 
 def finalize(raw: Tensor, size: tuple[int, int], relu: bool = True) -> tuple[Tensor, Tensor]:

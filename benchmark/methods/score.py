@@ -66,7 +66,11 @@ def scorecam(ctx: ExplainContext, variant: str = "pgc") -> Tensor:
 
 
 def default_ablation_value(acts: Tensor) -> float:
-    """pytorch-grad-cam's rule: 0 if the layer's activations are non-negative, else ``min(A) - 1e7``."""
+    """pytorch-grad-cam's stated rule, per image: 0 if the activations are non-negative, else ``min(A) - 1e7``.
+
+    (pgc itself recomputes the minimum after each in-place ablation, so with negative activations its
+    k-th ablated row gets ``min(A) - k*1e7``; that drift is a bug we do not reproduce.)
+    """
     lo = float(acts.min())
     return 0.0 if lo >= 0 else lo - 1e7
 
@@ -93,7 +97,6 @@ def ablationcam(ctx: ExplainContext, ablation_value: float | None = None) -> Ten
         raise NotImplementedError(
             "ablationcam on reshaped (transformer token) layers is not supported yet; use a CNN layer."
         )
-    value = ablation_value if ablation_value is not None else default_ablation_value(a)
     y = cap.logits.gather(1, ctx.targets[:, None]).squeeze(1).float()
     if (y < 0).any():
         warnings.warn(
@@ -108,11 +111,12 @@ def ablationcam(ctx: ExplainContext, ablation_value: float | None = None) -> Ten
 
     def ablate(out: Tensor) -> Tensor:
         rows = state["acts"].to(out.dtype).clone()
-        rows[torch.arange(rows.shape[0], device=rows.device), state["channels"]] = value
+        rows[torch.arange(rows.shape[0], device=rows.device), state["channels"]] = state["value"]
         return rows
 
     with hooked(ctx.layer, ablate, model=ctx.model):
         for i in range(b):
+            state["value"] = ablation_value if ablation_value is not None else default_ablation_value(a[i])
             for j in range(0, c, ctx.batch_size):
                 ch = torch.arange(j, min(c, j + ctx.batch_size), device=a.device)
                 state["acts"] = a[i][None].expand(len(ch), -1, -1, -1)

@@ -482,3 +482,19 @@ def test_vit_reshape() -> None:
     out = methods.vit_reshape(tokens)
     assert out.shape == (2, 3, 2, 2)
     torch.testing.assert_close(out[0, :, 0, 1], tokens[0, 2])
+
+
+def test_eigen_gram_solver_matches_lapack_up_to_sign() -> None:
+    from benchmark.methods.eigen import first_right_singular_vector
+
+    o = torch.randn(5, 16, 40, generator=torch.Generator().manual_seed(3))
+    o = o - o.mean(1, keepdim=True)
+    a = first_right_singular_vector(o, "lapack")
+    b = first_right_singular_vector(o, "gram")
+    cos = (a * b).sum(1).abs()
+    torch.testing.assert_close(cos, torch.ones(5), atol=1e-5, rtol=0)
+    model, x = _net(SpatialNet), _x()
+    for name in ("eigencam", "eigengradcam"):
+        m = methods.get(name, solver="gram", sign="corr")(model, "features", x, 0)
+        ref = methods.get(name, sign="corr")(model, "features", x, 0)
+        torch.testing.assert_close(m, ref, atol=1e-4, rtol=0)

@@ -10,6 +10,10 @@ from .base import (
     missing_needs,
     register_metric,
 )
+from . import localization  # noqa: F401,E402  (registration side effects)
+from . import robustness  # noqa: F401,E402
+from . import sanity  # noqa: F401,E402
+from . import cost  # noqa: F401,E402
 
 __all__ = [
     "METRICS",

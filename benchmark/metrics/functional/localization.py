@@ -1,0 +1,374 @@
+"""Localization metrics: pure functions over saliency maps ``[B,H,W]`` and ground truth (specs.md §2.2-2.4).
+
+Conventions shared by every function here:
+
+* ``saliency`` is ``[B,H,W]`` at input resolution (the methods' maps, float in [0,1]); ``gt_mask`` is
+  ``[B,H,W]`` bool; ``boxes`` is a list of ``[K,4]`` xyxy pixel boxes, one tensor per image.
+* Boxes use the **inclusive pixel** convention (VOC, wsolevaluation, ``torchvision.ops.masks_to_boxes``):
+  ``[x0, y0, x1, y1]`` covers columns ``x0..x1`` and rows ``y0..y1``, and IoU counts areas with the
+  ``+1`` convention, ``(x1 - x0 + 1) * (y1 - y0 + 1)``.
+* Connected components use 8-connectivity (what ``cv2.findContours`` traces).
+* ``NaN`` means "undefined for this image" and each function says when.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from scipy import ndimage
+from torch import Tensor
+
+_EIGHT = np.ones((3, 3), dtype=bool)  # 8-connectivity structure
+_FOUR = ndimage.generate_binary_structure(2, 1)
+
+# MaxBoxAccV2 (Choe et al. CVPR 2020): IoU thresholds in percent.
+IOU_THRESHOLDS = (30, 50, 70)
+
+
+def _check_maps(saliency: Tensor, other: Optional[Tensor] = None, name: str = "gt_mask") -> None:
+    if saliency.ndim != 3:
+        raise ValueError(
+            f"saliency must be [B,H,W]; got shape {tuple(saliency.shape)}. Squeeze the channel axis of "
+            "[B,1,H,W] maps, or add a batch axis to a single map."
+        )
+    if other is not None and other.shape != saliency.shape:
+        raise ValueError(
+            f"{name} must have the saliency's shape {tuple(saliency.shape)}; got {tuple(other.shape)}. "
+            "Resize the ground truth to the map's resolution (nearest neighbour) first."
+        )
+
+
+def _check_boxes(saliency: Tensor, boxes: Sequence[Tensor]) -> None:
+    if len(boxes) != saliency.shape[0]:
+        raise ValueError(
+            f"boxes must hold one [K,4] tensor per image ({saliency.shape[0]}); got {len(boxes)}."
+        )
+    for i, b in enumerate(boxes):
+        if b.ndim != 2 or b.shape[-1] != 4:
+            raise ValueError(f"boxes[{i}] must be [K,4] xyxy; got shape {tuple(b.shape)}.")
+
+
+# ------------------------------------------------------------------------------------------------
+# Pointing game
+# ------------------------------------------------------------------------------------------------
+def pointing_game(saliency: Tensor, gt_mask: Tensor, tolerance: float = 15) -> Tensor:
+    """Pointing game hit (1.0) or miss (0.0) per image (Zhang et al. 2016; TorchRay; specs.md §2.2).
+
+    ``tolerance > 0`` (TorchRay): the point ``p`` is the **first** maximum of the map in raster order,
+    and it is a hit if any ground-truth pixel ``q`` lies in the open disk ``||q - p||^2 < tolerance^2``.
+    ``tolerance == 0`` (Quantus ``PointingGame``): a hit if **any** pixel attaining the maximum lies in
+    the mask (so a constant map, e.g. all zeros, hits whenever the mask is non-empty).
+    For ``tolerance > 0`` a constant map points at pixel ``(0, 0)``.
+    Returns ``Tensor[B]`` float: 1/0, or NaN when the mask is empty (TorchRay skips such images).
+    """
+    _check_maps(saliency, gt_mask)
+    if tolerance < 0:
+        raise ValueError(f"tolerance must be >= 0 pixels; got {tolerance}.")
+    b, h, w = saliency.shape
+    mask = gt_mask.bool()
+    flat = saliency.reshape(b, -1)
+    if tolerance == 0:
+        at_max = flat == flat.max(dim=1, keepdim=True).values
+        hit = (at_max & mask.reshape(b, -1)).any(dim=1)
+    else:
+        idx = flat.argmax(dim=1)  # first maximum in raster order
+        py, px = (idx // w).float(), (idx % w).float()
+        ys = torch.arange(h, device=saliency.device, dtype=torch.float32)
+        xs = torch.arange(w, device=saliency.device, dtype=torch.float32)
+        d2 = (ys[None, :, None] - py[:, None, None]) ** 2 + (xs[None, None, :] - px[:, None, None]) ** 2
+        hit = (mask & (d2 < float(tolerance) ** 2)).flatten(1).any(dim=1)
+    out = hit.float()
+    return torch.where(mask.flatten(1).any(dim=1), out, torch.full_like(out, float("nan")))
+
+
+def pointing_game_class_mean(hits: Tensor, classes: Tensor) -> float:
+    """TorchRay's final score: mean over classes of each class's hit rate (NaN hits are skipped).
+
+    ``hits`` and ``classes`` are ``[N]`` over the whole dataset. A class whose images were all skipped
+    does not enter the mean; NaN if no image counted at all.
+    """
+    hits = hits.detach().float().cpu()
+    classes = classes.detach().long().cpu()
+    keep = ~torch.isnan(hits)
+    hits, classes = hits[keep], classes[keep]
+    if hits.numel() == 0:
+        return float("nan")
+    uniq, inv = torch.unique(classes, return_inverse=True)
+    sums = torch.zeros(len(uniq)).index_add_(0, inv, hits)
+    counts = torch.zeros(len(uniq)).index_add_(0, inv, torch.ones_like(hits))
+    return float((sums / counts).mean())
+
+
+def energy_pointing_game(saliency: Tensor, gt_mask: Tensor) -> Tensor:
+    """Energy-based pointing game (Wang et al., Score-CAM 2020; specs.md §2.3).
+
+    ``sum(L inside the mask) / sum(L)`` with ``L`` the non-negative map (negative values are clipped to
+    0; the methods' maps are already min-max normalised, so no re-normalisation is done here). Invariant
+    to positive rescaling of the map. NaN when ``sum(L) == 0`` (e.g. an all-zero map) or when the mask is
+    empty. Equals Quantus ``AttributionLocalisation`` (``abs=True``) wherever both are defined.
+    """
+    _check_maps(saliency, gt_mask)
+    L = saliency.float().clamp_min(0).flatten(1)
+    m = gt_mask.bool().flatten(1)
+    total = L.sum(dim=1)
+    inside = (L * m).sum(dim=1)
+    ok = (total > 0) & m.any(dim=1)
+    return torch.where(ok, inside / total.where(ok, torch.ones_like(total)), torch.full_like(total, float("nan")))
+
+
+def boxes_to_mask(boxes: Sequence[Tensor], size: tuple[int, int], device=None) -> Tensor:
+    """Union of inclusive-pixel xyxy boxes as a ``[B,H,W]`` bool mask (boxes are rounded and clipped)."""
+    h, w = size
+    ys = torch.arange(h, device=device)[:, None]
+    xs = torch.arange(w, device=device)[None, :]
+    out = torch.zeros((len(boxes), h, w), dtype=torch.bool, device=device)
+    for i, bx in enumerate(boxes):  # one vectorised op per image over its K boxes
+        if bx.numel() == 0:
+            continue
+        r = bx.to(device).round().long()
+        inside = (
+            (xs[None] >= r[:, 0, None, None]) & (xs[None] <= r[:, 2, None, None])
+            & (ys[None] >= r[:, 1, None, None]) & (ys[None] <= r[:, 3, None, None])
+        )
+        out[i] = inside.any(dim=0)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Boxes from maps
+# ------------------------------------------------------------------------------------------------
+def box_iou_matrix(a: Tensor, b: Tensor) -> Tensor:
+    """IoU ``[Na,Nb]`` of inclusive-pixel xyxy boxes with the ``+1`` area convention (wsolevaluation)."""
+    a = a.double()
+    b = b.double()
+    lt = torch.maximum(a[:, None, :2], b[None, :, :2])
+    rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])
+    wh = (rb - lt + 1).clamp_min(0)
+    inter = wh[..., 0] * wh[..., 1]
+    area_a = ((a[:, 2] - a[:, 0] + 1) * (a[:, 3] - a[:, 1] + 1))[:, None]
+    area_b = ((b[:, 2] - b[:, 0] + 1) * (b[:, 3] - b[:, 1] + 1))[None, :]
+    return inter / (area_a + area_b - inter)
+
+
+def component_boxes(binary: np.ndarray, holes: bool = False) -> np.ndarray:
+    """Inclusive xyxy boxes ``[N,4]`` of the 8-connected components of a 2-D bool array.
+
+    Ordered by component label (raster order of each component's first pixel). ``holes=True`` also
+    returns, like ``cv2.findContours(RETR_TREE)``, one box per hole (a 4-connected background region not
+    touching the border): the box of the foreground ring around it, i.e. the hole's box grown by 1 px.
+    """
+    labels, n = ndimage.label(binary, structure=_EIGHT)
+    boxes = [[s[1].start, s[0].start, s[1].stop - 1, s[0].stop - 1] for s in ndimage.find_objects(labels)]
+    if holes and n:
+        bg, nb = ndimage.label(~binary, structure=_FOUR)
+        h, w = binary.shape
+        for s in ndimage.find_objects(bg):
+            if s is None or s[0].start == 0 or s[1].start == 0 or s[0].stop == h or s[1].stop == w:
+                continue  # touches the border: outside, not a hole
+            boxes.append([s[1].start - 1, s[0].start - 1, s[1].stop, s[0].stop])
+    return np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
+
+
+def largest_component_box(binary: np.ndarray) -> Optional[np.ndarray]:
+    """Inclusive xyxy box of the largest 8-connected component (ties: lowest label), or None if empty."""
+    labels, n = ndimage.label(binary, structure=_EIGHT)
+    if n == 0:
+        return None
+    sizes = np.bincount(labels.ravel())[1:]
+    k = int(np.argmax(sizes))  # first (lowest label) among equal sizes
+    s = ndimage.find_objects(labels)[k]
+    return np.array([s[1].start, s[0].start, s[1].stop - 1, s[0].stop - 1], dtype=np.int64)
+
+
+def box_iou(saliency: Tensor, boxes: Sequence[Tensor], threshold: float = 0.15) -> Tensor:
+    """Grad-CAM localisation protocol (Selvaraju et al. 2017; specs.md §2.4), IoU per image.
+
+    Keep pixels ``s >= threshold * max(s)`` with ``s > 0``, take the largest 8-connected component
+    (ties: the one whose first pixel comes first in raster order), its tight box, and return the best
+    IoU with any ground-truth box (``+1`` convention). An all-zero map predicts nothing and scores 0.
+    NaN when the image has no ground-truth box. Invariant to positive rescaling of the map.
+    """
+    _check_maps(saliency)
+    _check_boxes(saliency, boxes)
+    s = saliency.detach().float().cpu()
+    mx = s.flatten(1).max(dim=1).values
+    binary = ((s >= threshold * mx[:, None, None]) & (s > 0)).numpy()
+    out = torch.full((s.shape[0],), float("nan"), dtype=torch.float64)
+    for i in range(s.shape[0]):  # connected components are inherently per image (scipy)
+        gt = boxes[i].detach().cpu()
+        if gt.numel() == 0:
+            continue
+        box = largest_component_box(binary[i])
+        out[i] = 0.0 if box is None else box_iou_matrix(torch.from_numpy(box)[None], gt).max()
+    return out.float()
+
+
+def wsol_normalize(saliency: Tensor) -> Tensor:
+    """wsolevaluation ``normalize_scoremap``: per-map min-max to [0,1]; constant or non-finite maps -> 0.
+
+    float64 input stays float64; anything else is computed in float32 (as wsol's numpy maps).
+    """
+    s = (saliency if saliency.dtype == torch.float64 else saliency.float()).flatten(1)
+    finite = torch.isfinite(s).all(dim=1, keepdim=True)
+    s = torch.nan_to_num(s, nan=0.0, posinf=0.0, neginf=0.0)
+    lo = s.min(dim=1, keepdim=True).values
+    hi = s.max(dim=1, keepdim=True).values
+    ok = finite & (hi > lo)
+    out = torch.where(ok, (s - lo) / (hi - lo).where(ok, torch.ones_like(hi)), torch.zeros_like(s))
+    return out.reshape(saliency.shape)
+
+
+def cam_thresholds(cam_curve_interval: float = 0.01) -> np.ndarray:
+    """wsolevaluation's CAM threshold grid ``{0, d, 2d, ..., 1 - d}``."""
+    return np.arange(0, 1, cam_curve_interval)
+
+
+def box_best_ious(
+    saliency: Tensor,
+    boxes: Sequence[Tensor],
+    cam_curve_interval: float = 0.01,
+    multi_contour: bool = True,
+    wsol_box_end: bool = True,
+) -> Tensor:
+    """Per image and CAM threshold, the best IoU of any predicted box with any GT box: ``[B,T]``.
+
+    The accumulator of MaxBoxAcc / MaxBoxAccV2 (Choe et al. CVPR 2020, wsolevaluation ``BoxEvaluator``):
+    the map is min-max normalised, quantised to uint8 (``floor(255 s)``) and thresholded at
+    ``q > int(tau * max(q))`` for every ``tau`` of :func:`cam_thresholds`. Boxes: every contour's box
+    (``multi_contour=True``, V2, including cv2 RETR_TREE hole contours) or the largest component's box
+    (V1; wsol picks the largest *contour area*, here the largest pixel count). ``wsol_box_end``
+    reproduces wsol's box end ``x1 = min(x + w, W - 1)`` (one pixel wider than the tight box); False uses
+    the tight inclusive box. No foreground gives the box ``[0,0,0,0]`` (as wsol). Maps are used at their
+    own resolution (wsol resizes to 224x224 first; give boxes in map pixels). NaN rows: no GT box.
+    """
+    _check_maps(saliency)
+    _check_boxes(saliency, boxes)
+    taus = cam_thresholds(cam_curve_interval)
+    q = (wsol_normalize(saliency.detach().cpu()) * 255).to(torch.uint8).numpy()  # truncation, as astype
+    b, h, w = q.shape
+    out = torch.full((b, len(taus)), float("nan"), dtype=torch.float64)
+    for i in range(b):
+        gt = boxes[i].detach().cpu()
+        if gt.numel() == 0:
+            continue
+        thr = (taus * int(q[i].max())).astype(np.int64)  # int() truncation as wsol
+        best = {}
+        for t in np.unique(thr):  # at most 256 distinct integer thresholds
+            binary = q[i] > t
+            if multi_contour:
+                pred = component_boxes(binary, holes=True)
+            else:
+                one = largest_component_box(binary)
+                pred = np.zeros((0, 4), np.int64) if one is None else one[None]
+            if len(pred) == 0:
+                pred = np.zeros((1, 4), np.int64)
+            elif wsol_box_end:
+                pred = pred.copy()
+                pred[:, 2] = np.minimum(pred[:, 2] + 1, w - 1)
+                pred[:, 3] = np.minimum(pred[:, 3] + 1, h - 1)
+            best[int(t)] = float(box_iou_matrix(torch.from_numpy(pred), gt).max())
+        out[i] = torch.tensor([best[int(t)] for t in thr], dtype=torch.float64)
+    return out
+
+
+def max_box_acc_v2(
+    best_ious: Tensor, iou_thresholds: Sequence[float] = IOU_THRESHOLDS
+) -> tuple[float, dict[float, float]]:
+    """Reduce accumulated :func:`box_best_ious` rows ``[N,T]`` (whole dataset) to MaxBoxAccV2.
+
+    ``BoxAcc(delta) = max_tau mean_i [IoU_i(tau) >= delta/100]``; MaxBoxAccV2 = mean over ``delta``.
+    Returns ``(mean, {delta: BoxAcc})`` as fractions in [0,1] (wsol prints percentages). NaN rows are
+    dropped; NaN if none is left. With ``iou_thresholds=(50,)`` and ``multi_contour=False`` rows this is
+    MaxBoxAcc (v1).
+    """
+    ious = best_ious[~torch.isnan(best_ious).any(dim=1)]
+    if ious.shape[0] == 0:
+        return float("nan"), {d: float("nan") for d in iou_thresholds}
+    per = {d: float((ious >= d / 100).double().mean(dim=0).max()) for d in iou_thresholds}
+    return float(np.mean(list(per.values()))), per
+
+
+def max_box_acc_per_image(best_ious: Tensor, iou_thresholds: Sequence[float] = IOU_THRESHOLDS) -> Tensor:
+    """Per-image MaxBoxAccV2 stand-in: ``mean_delta max_tau [IoU(tau) >= delta/100]``, ``Tensor[B]``.
+
+    The dataset statistic picks **one** threshold for all images; per image we take the best threshold
+    for that image (an optimistic per-image upper bound whose mean is >= MaxBoxAccV2). Use
+    :func:`max_box_acc_v2` on accumulated rows for the published number.
+    """
+    hits = torch.stack([(best_ious >= d / 100).any(dim=1).double() for d in iou_thresholds], dim=1)
+    out = hits.mean(dim=1)
+    return torch.where(torch.isnan(best_ious).any(dim=1), torch.full_like(out, float("nan")), out).float()
+
+
+# ------------------------------------------------------------------------------------------------
+# Masks
+# ------------------------------------------------------------------------------------------------
+def mask_iou(saliency: Tensor, gt_mask: Tensor, threshold: float = 0.5) -> Tensor:
+    """IoU of the binarised map ``s >= threshold`` with the mask, ``Tensor[B]``.
+
+    An all-zero map predicts nothing: IoU 0 against a non-empty mask. NaN only when both the prediction
+    and the mask are empty (0/0).
+    """
+    _check_maps(saliency, gt_mask)
+    pred = (saliency >= threshold).flatten(1)
+    m = gt_mask.bool().flatten(1)
+    inter = (pred & m).sum(dim=1).float()
+    union = (pred | m).sum(dim=1).float()
+    return torch.where(union > 0, inter / union.clamp_min(1), torch.full_like(union, float("nan")))
+
+
+def pxap_histograms(
+    saliency: Tensor, gt_mask: Tensor, cam_curve_interval: float = 0.01, ignore: Optional[Tensor] = None
+) -> Tensor:
+    """PxAP accumulator (Choe et al. CVPR 2020, wsolevaluation ``MaskEvaluator``): ``[B,2,T+2]`` counts.
+
+    Row 0 counts ground-truth foreground pixels, row 1 background pixels, per score bin
+    ``[tau_0, tau_1), ..., [tau_{T-1}, 1), [1, 2), [2, 3]`` of the wsol-normalised map. Pixels where
+    ``ignore`` is True (wsol's value 255) are left out. Sum the rows over the dataset and call :func:`pxap_from_histograms`.
+    """
+    _check_maps(saliency, gt_mask)
+    edges = torch.tensor(np.append(cam_thresholds(cam_curve_interval), [1.0, 2.0, 3.0]), dtype=torch.float64)
+    s = wsol_normalize(saliency.detach().cpu()).double().flatten(1)
+    nb = len(edges) - 1
+    idx = torch.bucketize(s, edges, right=True) - 1  # bin i holds edges[i] <= s < edges[i+1]
+    idx = torch.where(s == edges[-1], torch.full_like(idx, nb - 1), idx)  # numpy: last bin closed
+    valid = (idx >= 0) & (idx < nb)
+    if ignore is not None:
+        valid &= ~ignore.detach().cpu().bool().flatten(1)
+    fg = gt_mask.detach().cpu().bool().flatten(1)
+    b = s.shape[0]
+    out = torch.zeros((b, 2, nb), dtype=torch.float64)
+    row = torch.arange(b)[:, None].expand_as(idx)
+    flat = (row * 2 + (~fg).long()) * nb + idx.clamp(0, nb - 1)
+    out.view(-1).index_add_(0, flat[valid], torch.ones(int(valid.sum()), dtype=torch.float64))
+    return out
+
+
+def pxap_from_histograms(histograms: Tensor) -> Tensor:
+    """PxAP (area under the pixel precision-recall curve) of ``[...,2,T+2]`` histograms, in [0,1].
+
+    ``TP``/``FP`` are reversed cumulative sums; ``AP = sum precision[1:] * diff(recall)`` over points whose
+    ``TP + FP > 0`` (wsol; it reports x100). Pass one summed ``[2,T+2]`` histogram for the dataset value,
+    or ``[B,2,T+2]`` for per-image values. NaN where there is no foreground pixel.
+    """
+    hist = histograms.double()
+    tp = hist[..., 0, :].flip(-1).cumsum(-1)
+    fp = hist[..., 1, :].flip(-1).cumsum(-1)
+    n_pos = hist[..., 0, :].sum(-1, keepdim=True)
+    denom = tp + fp
+    precision = tp / denom.where(denom > 0, torch.ones_like(denom))
+    recall = tp / n_pos.where(n_pos > 0, torch.ones_like(n_pos))
+    terms = precision[..., 1:] * recall.diff(dim=-1)
+    terms = torch.where(denom[..., 1:] > 0, terms, torch.zeros_like(terms))
+    ap = terms.sum(-1)
+    return torch.where(n_pos[..., 0] > 0, ap, torch.full_like(ap, float("nan")))
+
+
+def pxap(saliency: Tensor, gt_mask: Tensor, cam_curve_interval: float = 0.01) -> Tensor:
+    """PxAP of each image on its own, ``Tensor[B]`` in [0,1] (NaN without foreground pixels).
+
+    The published (dataset-level) PxAP sums :func:`pxap_histograms` over the dataset first.
+    """
+    return pxap_from_histograms(pxap_histograms(saliency, gt_mask, cam_curve_interval)).float()

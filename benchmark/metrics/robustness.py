@@ -1,0 +1,100 @@
+"""Registry entries of the robustness metrics (functional forms in ``functional/robustness.py``).
+
+Baseline methods (registry family ``baseline``: random, center, oracle) read only the seed, the image
+size and the ground truth, never the pixels nor the gradients: they are not re-explained, and get the value
+an input-independent map has by definition (sensitivity 0, SSIM 1, MSE 0). Methods that read no gradient
+(Score-CAM, Ablation-CAM, CAM, Eigen-CAM) are likewise unaffected by gradient noise.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from ..methods import METHODS
+from .base import MetricContext, register_metric
+from .functional import robustness as F
+
+
+def _meta(name: str, key: str, default):
+    return METHODS.entry(name).meta.get(key, default) if name in METHODS else default
+
+
+def _bound(ctx: MetricContext) -> Callable[..., dict]:
+    def explain(images, targets, names, **kw):
+        return ctx.explain(ctx.model, images, targets, names, **kw)
+
+    return explain
+
+
+def _perturbed(ctx: MetricContext, fn, constant: float, **params) -> dict[str, Tensor]:
+    live = [m for m in ctx.saliency if _meta(m, "family", "") != "baseline"]
+    b = ctx.batch.images.shape[0]
+    out = {m: torch.full((b,), constant) for m in ctx.saliency if m not in live}
+    if live:
+        ref = {m: ctx.saliency[m] for m in live}
+        res = fn(_bound(ctx), ctx.batch.images, ctx.batch.targets, live, seed=ctx.seed,
+                 batch_size=ctx.batch_size, reference=ref, **params)
+        out.update(res)
+    return {m: out[m] for m in ctx.saliency}
+
+
+_SENS = {"radius": 0.2, "n_samples": 8, "relative": True, "norm": "fro"}
+
+
+@register_metric(
+    "max_sensitivity", family="robustness", higher_is_better=False, needs=("saliency", "model", "explainer"),
+    defaults=_SENS, paper="Yeh et al. 2019 (Quantus MaxSensitivity defaults, n_samples chosen by the suite)",
+)
+def max_sensitivity(ctx: MetricContext, **params) -> dict[str, Tensor]:
+    return _perturbed(ctx, F.max_sensitivity, 0.0, **params)
+
+
+@register_metric(
+    "avg_sensitivity", family="robustness", higher_is_better=False, needs=("saliency", "model", "explainer"),
+    defaults=_SENS, paper="Yeh et al. 2019 (Quantus AvgSensitivity defaults, n_samples chosen by the suite)",
+)
+def avg_sensitivity(ctx: MetricContext, **params) -> dict[str, Tensor]:
+    return _perturbed(ctx, F.avg_sensitivity, 0.0, **params)
+
+
+@register_metric(
+    "local_lipschitz", family="robustness", higher_is_better=False, needs=("saliency", "model", "explainer"),
+    defaults={"std": 0.1, "n_samples": 8}, paper="Alvarez-Melis & Jaakkola 2018 (Quantus defaults)",
+)
+def local_lipschitz(ctx: MetricContext, **params) -> dict[str, Tensor]:
+    return _perturbed(ctx, F.local_lipschitz, 0.0, **params)
+
+
+def _gradient_noise(ctx: MetricContext, key: str, sigma: float, relative: bool) -> dict[str, Tensor]:
+    live = [m for m in ctx.saliency if _meta(m, "needs_gradients", True)]
+    b = ctx.batch.images.shape[0]
+    const = 1.0 if key == "ssim" else 0.0
+    out = {m: torch.full((b,), const) for m in ctx.saliency if m not in live}
+    if live:
+        res = F.gradient_noise_stability(
+            _bound(ctx), ctx.batch.images, ctx.batch.targets, live, sigma=sigma, relative=relative,
+            seed=ctx.seed, reference={m: ctx.saliency[m] for m in live},
+        )
+        out.update(res[key])
+    return {m: out[m] for m in ctx.saliency}
+
+
+@register_metric(
+    "gradient_noise_stability", family="robustness", higher_is_better=True,
+    needs=("saliency", "model", "explainer"), defaults={"sigma": 1.0, "relative": True},
+    paper="CF-CAM (He et al. 2025) noise stability, noise injected before any weight (SSIM)",
+)
+def gradient_noise_stability(ctx: MetricContext, sigma: float = 1.0, relative: bool = True) -> dict[str, Tensor]:
+    return _gradient_noise(ctx, "ssim", sigma, relative)
+
+
+@register_metric(
+    "gradient_noise_mse", family="robustness", higher_is_better=False,
+    needs=("saliency", "model", "explainer"), defaults={"sigma": 1.0, "relative": True},
+    paper="CF-CAM (He et al. 2025) noise stability, noise injected before any weight (MSE)",
+)
+def gradient_noise_mse(ctx: MetricContext, sigma: float = 1.0, relative: bool = True) -> dict[str, Tensor]:
+    return _gradient_noise(ctx, "mse", sigma, relative)

@@ -1,0 +1,128 @@
+"""Model-parameter randomisation: Quantus MPRT parity, the model is untouched, baselines vs Grad-CAM."""
+
+import os
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+import numpy as np
+import pytest
+import scipy.stats
+import torch
+from torch import nn
+
+import benchmark.metrics as M
+from benchmark import methods
+from benchmark.metrics.functional import sanity as S
+from benchmark.types import Batch
+
+np.trapz = getattr(np, "trapz", np.trapezoid)  # Quantus 0.6 on NumPy >= 2.4
+import quantus  # noqa: E402
+
+def tiny_cnn(seed=0):
+    torch.manual_seed(seed)
+    model = nn.Sequential()
+    model.add_module("features", nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, stride=2),
+        nn.ReLU()))
+    model.add_module("pool", nn.AdaptiveAvgPool2d(1))
+    model.add_module("flat", nn.Flatten())
+    model.add_module("fc", nn.Linear(8, 5))
+    return model.eval()
+
+
+LAYER = "features.4"
+
+
+def explain_fn(model, images, targets, names, *, gradient_noise=None):
+    return methods.explain(model, LAYER, images, targets, names, gradient_noise=gradient_noise)
+
+
+@pytest.fixture(scope="module")
+def data():
+    g = torch.Generator().manual_seed(3)
+    return torch.randn(4, 3, 16, 16, generator=g), torch.tensor([0, 1, 2, 3])
+
+
+def test_spearman_equals_scipy_and_constant_is_nan():
+    g = torch.Generator().manual_seed(0)
+    a = (torch.rand(3, 10, 10, generator=g) * 4).round()  # ties
+    b = (torch.rand(3, 10, 10, generator=g) * 4).round()
+    ours = S.spearman(a, b).numpy()
+    ref = [scipy.stats.spearmanr(a[i].flatten(), b[i].flatten())[0] for i in range(3)]
+    np.testing.assert_allclose(ours, ref, rtol=1e-6)
+    assert np.isnan(S.spearman(torch.zeros(1, 10, 10), a[:1]).numpy()).all()
+
+
+def test_mprt_equals_quantus(data):
+    images, targets = data
+    model = tiny_cnn()
+
+    def qexplain(model, inputs, targets, **kw):
+        x = torch.as_tensor(np.asarray(inputs), dtype=torch.float32)
+        t = torch.as_tensor(np.asarray(targets), dtype=torch.long)
+        return explain_fn(model, x, t, ["gradcam"])["gradcam"][:, None].numpy()
+
+    q = quantus.MPRT(disable_warnings=True, seed=42)
+    layers = q(model=model, x_batch=images.numpy(), y_batch=targets.numpy(), explain_func=qexplain,
+               batch_size=64, device="cpu")
+    per = S.model_randomization(model, explain_fn, images, targets, ["gradcam"], per_layer=True)["gradcam"]
+    names = S.randomizable_layers(model)
+    assert list(layers) == ["original"] + names
+    for k, name in enumerate(names):
+        np.testing.assert_allclose(per[k].numpy(), np.asarray(layers[name], dtype=np.float32), rtol=1e-4, atol=1e-5)
+    last = S.model_randomization(model, explain_fn, images, targets, ["gradcam"])["gradcam"]
+    torch.testing.assert_close(last, per[-1], equal_nan=True)
+    ql = quantus.MPRT(disable_warnings=True, return_last_correlation=True)(
+        model=model, x_batch=images.numpy(), y_batch=targets.numpy(), explain_func=qexplain, device="cpu")
+    np.testing.assert_allclose(last.numpy(), np.asarray(ql, dtype=np.float32), rtol=1e-4, atol=1e-5)
+
+
+def test_model_untouched_center_stays_gradcam_drops(data):
+    images, targets = data
+    model = tiny_cnn()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng_before = torch.random.get_rng_state()
+    names = ["gradcam", "layercam", "center", "random"]
+    for sim in ("spearman", "ssim"):
+        out = S.model_randomization(model, explain_fn, images, targets, names, similarity=sim)
+        torch.testing.assert_close(out["center"], torch.ones(4))
+        torch.testing.assert_close(out["random"], torch.ones(4))
+        # Grad-CAM of the randomised model changes (or goes constant: NaN Spearman, as documented)
+        assert torch.all(torch.nan_to_num(out["gradcam"], nan=0.0) < 0.9), out["gradcam"]
+        assert sim == "spearman" or not torch.isnan(out["gradcam"]).any()
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert torch.equal(torch.random.get_rng_state(), rng_before)
+    assert not model.training
+    # batch equals per-image, and max_layers limits the cascade
+    one = S.model_randomization(model, explain_fn, images[:1], targets[:1], ["gradcam"])["gradcam"]
+    full = S.model_randomization(model, explain_fn, images, targets, ["gradcam"])["gradcam"]
+    torch.testing.assert_close(one, full[:1], equal_nan=True)
+    torch.testing.assert_close(S.model_randomization(model, explain_fn, images[1:2], targets[1:2], ["gradcam"])["gradcam"], full[1:2])
+    top = S.model_randomization(model, explain_fn, images, targets, ["gradcam"], max_layers=1, per_layer=True)
+    assert top["gradcam"].shape == (1, 4)
+    indep = S.model_randomization(model, explain_fn, images, targets, ["gradcam"], layer_order="independent",
+                                  per_layer=True)["gradcam"]
+    assert indep.shape == (len(S.randomizable_layers(model)), 4)
+    with pytest.raises(ValueError, match="per_layer=True"):
+        S.model_randomization(model, explain_fn, images, targets, ["gradcam"], layer_order="independent")
+    with pytest.raises(ValueError, match="layer_order"):
+        S.randomizable_layers(model, "sideways")
+
+
+def test_registry_model_randomization(data):
+    images, targets = data
+    model = tiny_cnn()
+    masks = torch.zeros(4, 16, 16, dtype=torch.bool)
+    masks[:, 4:9, 5:12] = True
+    names = ["gradcam", "center", "oracle"]
+    sal = methods.explain(model, LAYER, images, targets, names, masks=masks)
+    batch = Batch(images=images, targets=targets, ids=list("abcd"), masks=masks)
+    ctx = M.MetricContext(model=model, batch=batch, saliency=sal, explain=explain_fn)
+    res = M.compute_metrics(ctx, ["model_randomization", "model_randomization_ssim"])
+    direct = S.model_randomization(model, explain_fn, images, targets, ["gradcam"], reference=sal)
+    torch.testing.assert_close(res["model_randomization"]["gradcam"], direct["gradcam"], equal_nan=True)
+    for m in ("model_randomization", "model_randomization_ssim"):
+        torch.testing.assert_close(res[m]["oracle"], torch.ones(4))
+        torch.testing.assert_close(res[m]["center"], torch.ones(4))
+        assert M.METRICS.entry(m).higher_is_better is False and M.METRICS.entry(m).family == "sanity"

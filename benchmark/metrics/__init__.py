@@ -10,6 +10,7 @@ from .base import (
     missing_needs,
     register_metric,
 )
+from . import faithfulness  # noqa: E402,F401  (registers the faithfulness metrics)
 
 __all__ = [
     "METRICS",

@@ -9,6 +9,7 @@ deletion/insertion, pytorch-grad-cam's percentiles for ROAD).
 
 from __future__ import annotations
 
+import zlib
 from typing import Optional
 
 import torch
@@ -138,9 +139,11 @@ def _road(ctx: MetricContext, name: str, order: str, **params) -> dict[str, Tens
     methods, sal, index, targets = _stacked(ctx)
     if not methods:
         return {}
+    # noise keyed by image id: the same image gets the same draws whatever the method, batch or shard
+    keys = torch.tensor([zlib.crc32(str(i).encode()) for i in ctx.batch.ids], dtype=torch.long)
     curve = road_curves(
         ctx.model, ctx.batch.images, targets, sal, order=order, seed=ctx.seed, image_index=index,
-        batch_size=ctx.batch_size, **params,
+        noise_keys=keys[index.cpu()], batch_size=ctx.batch_size, **params,
     )
     ctx.curves.setdefault(name, {}).update(_split(methods, curve))
     return _split(methods, curve.mean(dim=1))

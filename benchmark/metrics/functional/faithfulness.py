@@ -525,6 +525,7 @@ def road(
     seed: int = 0,
     score: str = "prob",
     count_rule: str = "round",
+    noise_keys: Optional[Tensor] = None,
     return_curve: bool = False,
     batch_size: int = 64,
     oom_errors: tuple[type[BaseException], ...] = OOM_ERRORS,
@@ -533,12 +534,16 @@ def road(
 
     Pixels are removed in ``order`` ("morf": most relevant first -- lower is better; "lerf": least relevant
     first -- higher is better) and imputed by noisy linear imputation (``noise`` = std of the added
-    Gaussian, seeded by ``seed``). Returns ``Tensor[B]`` (and the curve ``[B, P]``).
+    Gaussian). The noise of image ``i`` is seeded by ``(seed, noise_keys[i], percentage index)``; the
+    default key is the position in the batch, so pass stable per-image keys (the registry hashes
+    ``Batch.ids``) to make results independent of batching. ``count_rule="percentile"`` reproduces
+    pytorch-grad-cam's pixel counts. Returns ``Tensor[B]`` (and the curve ``[B, P]``).
     """
     _check_inputs(images, targets, saliency)
     curve = road_curves(
         model, images, targets, saliency, percentages=percentages, order=order, noise=noise, seed=seed,
-        score=score, count_rule=count_rule, batch_size=batch_size, oom_errors=oom_errors,
+        score=score, count_rule=count_rule, noise_keys=noise_keys, batch_size=batch_size,
+        oom_errors=oom_errors,
     )
     value = curve.mean(dim=1)
     return (value, curve) if return_curve else value

@@ -10,6 +10,7 @@ from .base import (
     missing_needs,
     register_metric,
 )
+from . import faithfulness  # noqa: E402,F401  (registers the faithfulness metrics)
 from . import localization  # noqa: F401,E402  (registration side effects)
 from . import robustness  # noqa: F401,E402
 from . import sanity  # noqa: F401,E402

@@ -1,5 +1,14 @@
 """Pure tensor implementations of every metric (no registry, no state)."""
 
+from .faithfulness import (  # noqa: F401
+    average_drop,
+    deletion_auc,
+    increase_in_confidence,
+    insertion_auc,
+    noisy_linear_impute,
+    rise_blur,
+    road,
+)
 from .localization import (  # noqa: F401
     box_best_ious, box_iou, energy_pointing_game, mask_iou, max_box_acc_v2, pointing_game, pxap,
 )

@@ -1,0 +1,549 @@
+"""Faithfulness metrics as pure functions over tensors (no registry, no state).
+
+* Deletion / Insertion AUC -- Petsiuk, Das & Saenko, "RISE", BMVC 2018 (``evaluation.py`` CausalMetric).
+* Average Drop / Increase in Confidence -- Chattopadhyay et al., "Grad-CAM++", WACV 2018, section 5.1.
+* ROAD (Remove And Debias) with noisy linear imputation -- Rong et al., ICML 2022.
+
+All of them run their forwards through the shared engine in ``benchmark.metrics.perturbation``.
+Exact definitions and reference-library differences: ``shared/specs.md`` sections 2.1, 2.5, 2.6.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+from scipy import sparse
+from scipy.ndimage import gaussian_filter
+from scipy.sparse.linalg import spsolve
+from torch import Tensor, nn
+
+from ..perturbation import (
+    OOM_ERRORS,
+    batched_scores,
+    image_scores,
+    order_to_rank,
+    perturbation_curves,
+    pixel_order,
+    step_counts,
+    trapezoid_auc,
+)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+ROAD_PERCENTAGES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+Substrate = Union[str, Tensor]
+
+
+# --------------------------------------------------------------------------------------------------
+# helpers
+
+
+def _check_inputs(images: Tensor, targets: Tensor, saliency: Tensor) -> None:
+    if images.ndim != 4:
+        raise ValueError(f"images must be [B,3,H,W] (normalised); got shape {tuple(images.shape)}.")
+    b, _, h, w = images.shape
+    if targets.shape != (b,):
+        raise ValueError(f"targets must be [B]={b}; got shape {tuple(targets.shape)}.")
+    if saliency.shape != (b, h, w):
+        raise ValueError(
+            f"saliency must be [B,H,W]={(b, h, w)} (maps at input resolution); "
+            f"got {tuple(saliency.shape)}. Upsample the maps to the input size first."
+        )
+
+
+def gkern(klen: int = 11, nsig: float = 5.0) -> Tensor:
+    """RISE's blur kernel: a centred dirac on a ``klen x klen`` grid smoothed by
+    ``scipy.ndimage.gaussian_filter(sigma=nsig)`` (``[klen, klen]`` float32, sums to 1)."""
+    inp = np.zeros((klen, klen))
+    inp[klen // 2, klen // 2] = 1
+    return torch.from_numpy(gaussian_filter(inp, nsig).astype(np.float32))
+
+
+def rise_blur(images: Tensor, klen: int = 11, sigma: float = 5.0) -> Tensor:
+    """Per-channel blur with ``gkern(klen, sigma)`` and zero padding ``klen // 2`` (RISE insertion start)."""
+    c = images.shape[1]
+    k = gkern(klen, sigma).to(images.device, images.dtype)
+    weight = k.expand(c, 1, klen, klen).contiguous()
+    with torch.inference_mode():
+        return torch.nn.functional.conv2d(images, weight, padding=klen // 2, groups=c)
+
+
+def _substrate(
+    kind: Substrate, images: Tensor, blur_klen: int, blur_sigma: float
+) -> Tensor:
+    if isinstance(kind, Tensor):
+        return kind.to(images.device, images.dtype)
+    if kind == "zeros":
+        return torch.zeros_like(images[:1])
+    if kind == "blur":
+        return rise_blur(images, blur_klen, blur_sigma)
+    raise ValueError(f"substrate must be 'zeros', 'blur' or a [B,3,H,W] tensor; got {kind!r}.")
+
+
+def _resolve_steps(hw: int, step: Optional[int], n_steps: Optional[int]) -> Tensor:
+    if step is not None and n_steps is not None:
+        raise ValueError("Give either `step` (pixels per step) or `n_steps`, not both.")
+    if step is None and n_steps is None:
+        step = 224  # RISE default
+    return step_counts(hw, step=step, n_steps=n_steps)
+
+
+def causal_curves(
+    model: nn.Module,
+    images: Tensor,
+    targets: Tensor,
+    saliency: Tensor,
+    *,
+    mode: str,
+    step: Optional[int] = None,
+    n_steps: Optional[int] = None,
+    substrate: Substrate = "zeros",
+    score: str = "prob",
+    blur_klen: int = 11,
+    blur_sigma: float = 5.0,
+    rise_ties: bool = False,
+    image_index: Optional[Tensor] = None,
+    batch_size: int = 64,
+    oom_errors: tuple[type[BaseException], ...] = OOM_ERRORS,
+) -> Tensor:
+    """Deletion (``mode="deletion"``) or insertion curves ``[N, S]`` (RISE), S = n_steps + 1.
+
+    Deletion starts at the image and replaces the most salient pixels by ``substrate``; insertion starts
+    at ``substrate`` and puts back the image's most salient pixels. ``image_index`` maps ``N`` saliency
+    rows to ``B`` images (stacked methods share the images without copies).
+    """
+    if mode not in ("deletion", "insertion"):
+        raise ValueError(f"mode must be 'deletion' or 'insertion', got {mode!r}.")
+    n = saliency.shape[0]
+    hw = images.shape[-2] * images.shape[-1]
+    if saliency.shape[1:] != images.shape[-2:]:
+        raise ValueError(
+            f"saliency maps {tuple(saliency.shape[1:])} must match the image size "
+            f"{tuple(images.shape[-2:])}; upsample them first."
+        )
+    if targets.shape != (n,):
+        raise ValueError(f"targets must be [N]={n}; got shape {tuple(targets.shape)}.")
+    ks = _resolve_steps(hw, step, n_steps)
+    orders = pixel_order(saliency.to(images.device), rise_ties=rise_ties)
+    other = _substrate(substrate, images, blur_klen, blur_sigma)
+    if mode == "deletion":
+        start, finish = images, other
+    else:
+        start, finish = other.expand_as(images), images
+    return perturbation_curves(
+        model, start, orders, finish, ks, targets,
+        image_index=image_index, batch_size=batch_size, score=score, oom_errors=oom_errors,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# deletion / insertion (RISE)
+
+
+def deletion_auc(
+    model: nn.Module,
+    images: Tensor,
+    targets: Tensor,
+    saliency: Tensor,
+    step: Optional[int] = None,
+    *,
+    n_steps: Optional[int] = None,
+    substrate: Substrate = "zeros",
+    score: str = "prob",
+    return_curve: bool = False,
+    batch_size: int = 64,
+    rise_ties: bool = False,
+    blur_klen: int = 11,
+    blur_sigma: float = 5.0,
+    oom_errors: tuple[type[BaseException], ...] = OOM_ERRORS,
+) -> Union[Tensor, tuple[Tensor, Tensor]]:
+    """Deletion AUC (RISE, Petsiuk et al. 2018, section 4.1); lower is better.
+
+    Remove ``step`` pixels per iteration (default 224, RISE at 224x224; or give ``n_steps``) in
+    descending saliency order, replacing all channels by ``substrate`` ("zeros" in normalised space =
+    the dataset mean colour, "blur", or a tensor). Scores the target's softmax probability
+    (``score="logit"`` for logits) on the ``n_steps + 1`` images including the start and returns
+    ``AUC = (sum s_i - s_0/2 - s_N/2) / N`` per image, ``Tensor[B]`` (and the curve ``[B, S]``).
+    """
+    _check_inputs(images, targets, saliency)
+    curve = causal_curves(
+        model, images, targets, saliency, mode="deletion", step=step, n_steps=n_steps,
+        substrate=substrate, score=score, blur_klen=blur_klen, blur_sigma=blur_sigma,
+        rise_ties=rise_ties, batch_size=batch_size, oom_errors=oom_errors,
+    )
+    auc = trapezoid_auc(curve)
+    return (auc, curve) if return_curve else auc
+
+
+def insertion_auc(
+    model: nn.Module,
+    images: Tensor,
+    targets: Tensor,
+    saliency: Tensor,
+    step: Optional[int] = None,
+    *,
+    n_steps: Optional[int] = None,
+    substrate: Substrate = "blur",
+    score: str = "prob",
+    return_curve: bool = False,
+    batch_size: int = 64,
+    rise_ties: bool = False,
+    blur_klen: int = 11,
+    blur_sigma: float = 5.0,
+    oom_errors: tuple[type[BaseException], ...] = OOM_ERRORS,
+) -> Union[Tensor, tuple[Tensor, Tensor]]:
+    """Insertion AUC (RISE, Petsiuk et al. 2018, section 4.1); higher is better.
+
+    Start from ``substrate`` (default RISE blur: ``gkern(klen=11, nsig=5)`` per channel, padding 5;
+    "zeros" for the CF-CAM variant) and insert the image's pixels in descending saliency order, ``step``
+    per iteration. Same scores and AUC as ``deletion_auc``.
+    """
+    _check_inputs(images, targets, saliency)
+    curve = causal_curves(
+        model, images, targets, saliency, mode="insertion", step=step, n_steps=n_steps,
+        substrate=substrate, score=score, blur_klen=blur_klen, blur_sigma=blur_sigma,
+        rise_ties=rise_ties, batch_size=batch_size, oom_errors=oom_errors,
+    )
+    auc = trapezoid_auc(curve)
+    return (auc, curve) if return_curve else auc
+
+
+# --------------------------------------------------------------------------------------------------
+# Average Drop / Increase in Confidence (Grad-CAM++)
+
+VARIANTS = ("paper", "cfcam")
+
+
+def explanation_images(
+    images: Tensor,
+    saliency: Tensor,
+    *,
+    variant: str = "paper",
+    threshold: float = 0.5,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> Tensor:
+    """The "explanation map" E of Grad-CAM++ section 5.1.
+
+    ``variant="paper"``: ``E = x * L`` on the normalised tensor (as pytorch-grad-cam does).
+    ``variant="cfcam"``: the CF-CAM repository's binary mask ``L > threshold`` applied to the raw RGB image,
+    then re-normalised: masked-out pixels become ``(0 - mean) / std``.
+    """
+    if variant == "paper":
+        return images * saliency.unsqueeze(1).to(images.dtype)
+    if variant == "cfcam":
+        m = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+        s = torch.as_tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+        keep = (saliency > threshold).unsqueeze(1)
+        return torch.where(keep, images, (-m / s).expand_as(images))
+    raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}.")
+
+
+def confidence_scores(
+    model: nn.Module,
+    images: Tensor,
+    targets: Tensor,
+    saliency: Tensor,
+    *,
+    score: str = "prob",
+    variant: str = "paper",
+    threshold: float = 0.5,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    image_index: Optional[Tensor] = None,
+    batch_size: int = 64,
+    oom_errors: tuple[type[BaseException], ...] = OOM_ERRORS,
+) -> tuple[Tensor, Tensor]:
+    """``(Y [N], O [N])``: target scores on the images and on their explanation maps ``E``.
+
+    With ``image_index`` (``[N]``), ``N`` saliency rows share ``B`` images: ``Y`` is computed once per image.
+    """
+    n = saliency.shape[0]
+    if image_index is None:
+        image_index = torch.arange(n, device=images.device)
+    image_index = image_index.to(images.device).long()
+    targets = targets.to(images.device).long()
+    # target of each image (rows that share an image must share its target)
+    img_targets = torch.zeros(images.shape[0], dtype=torch.long, device=images.device)
+    img_targets[image_index] = targets
+    y = image_scores(model, images, img_targets, batch_size=batch_size, score=score, oom_errors=oom_errors)
+    sal = saliency.to(images.device)
+
+    def build(items: Tensor) -> Tensor:
+        return explanation_images(
+            images[image_index[items]], sal[items], variant=variant, threshold=threshold, mean=mean, std=std
+        )
+
+    o = batched_scores(model, build, targets, batch_size=batch_size, score=score, oom_errors=oom_errors)
+    return y[image_index], o
+
+
+def drop_in_confidence(y: Tensor, o: Tensor, *, relative: bool = True, clamp: bool = True) -> Tensor:
+    """Per-image drop ``max(0, Y - O) / Y`` (Grad-CAM++ eq. for Average Drop, as a fraction, not %).
+
+    ``relative=False``: ``max(0, Y - O)`` (pytorch-grad-cam ``DropInConfidence``); ``clamp=False``: no
+    ``max(0, .)`` (CF-CAM repository).
+    """
+    d = y - o
+    if clamp:
+        d = d.clamp_min(0)
+    return d / y if relative else d
+
+
+def average_drop(
+    model: nn.Module,
+    images: Tensor,
+    targets: Tensor,
+    saliency: Tensor,
+    *,
+    score: str = "prob",
+    relative: bool = True,
+    variant: str = "paper",
+    threshold: float = 0.5,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    batch_size: int = 64,
+    oom_errors: tuple[type[BaseException], ...] = OOM_ERRORS,
+) -> Tensor:
+    """Per-image drop in confidence (Grad-CAM++, section 5.1); its mean over images x 100 = Average Drop %.
+
+    Default: ``max(0, Y - O) / Y`` with softmax probabilities and ``E = x * L`` on the normalised tensor.
+    pytorch-grad-cam's ``DropInConfidence``: ``score="logit", relative=False``. CF-CAM repository:
+    ``variant="cfcam"`` (binary mask ``L > 0.5`` on raw RGB, drop not clamped at 0). Lower is better.
+    """
+    _check_inputs(images, targets, saliency)
+    y, o = confidence_scores(
+        model, images, targets, saliency, score=score, variant=variant, threshold=threshold,
+        mean=mean, std=std, batch_size=batch_size, oom_errors=oom_errors,
+    )
+    return drop_in_confidence(y, o, relative=relative, clamp=variant != "cfcam")
+
+
+def increase_in_confidence(
+    model: nn.Module,
+    images: Tensor,
+    targets: Tensor,
+    saliency: Tensor,
+    *,
+    score: str = "prob",
+    variant: str = "paper",
+    threshold: float = 0.5,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    batch_size: int = 64,
+    oom_errors: tuple[type[BaseException], ...] = OOM_ERRORS,
+) -> Tensor:
+    """Per-image indicator ``1[Y < O]`` (Grad-CAM++, section 5.1; mean x 100 = Increase in Confidence %).
+
+    Same as pytorch-grad-cam's ``IncreaseInConfidence`` (``score(E) - score(x) > 0``). Higher is better.
+    """
+    _check_inputs(images, targets, saliency)
+    y, o = confidence_scores(
+        model, images, targets, saliency, score=score, variant=variant, threshold=threshold,
+        mean=mean, std=std, batch_size=batch_size, oom_errors=oom_errors,
+    )
+    return (y < o).float()
+
+
+# --------------------------------------------------------------------------------------------------
+# ROAD (Rong et al. 2022)
+
+# (dy, dx, weight): edge neighbours 1/6, diagonal neighbours 1/12 (ROAD, section 4 / Appendix)
+_NEIGHBOURS = (
+    (0, 1, 1 / 6), (0, -1, 1 / 6), (1, 0, 1 / 6), (-1, 0, 1 / 6),
+    (1, 1, 1 / 12), (1, -1, 1 / 12), (-1, 1, 1 / 12), (-1, -1, 1 / 12),
+)
+
+
+def linear_imputation_system(removed: np.ndarray, image: np.ndarray) -> tuple[sparse.csc_matrix, np.ndarray]:
+    """The sparse system ``A v = b`` of ROAD's linear imputation (vectorised over pixels).
+
+    removed: ``[H, W]`` bool (pixels to impute). image: ``[C, H, W]``.
+    Row ``i`` (removed pixel ``p_i``): ``sum_j w_j (v_j - v_i) = 0`` over the in-image 8-neighbours ``j``
+    (1/6 edge, 1/12 diagonal) -- the pixel equals the weighted mean of its neighbours; known neighbours
+    go to the right-hand side. Returns ``A [n, n]`` (csc) and ``b [n, C]`` (float64).
+    """
+    h, w = removed.shape
+    c = image.shape[0]
+    flat_removed = removed.reshape(-1)
+    unknown = np.flatnonzero(flat_removed)
+    n = unknown.size
+    var_of = np.full(h * w, -1, dtype=np.int64)
+    var_of[unknown] = np.arange(n)
+    ys, xs = np.divmod(unknown, w)
+    img = image.reshape(c, -1).astype(np.float64)
+    diag = np.zeros(n)
+    b = np.zeros((n, c))
+    rows, cols, vals = [], [], []
+    for dy, dx, wt in _NEIGHBOURS:  # 8 offsets, vectorised over all removed pixels
+        ny, nx = ys + dy, xs + dx
+        inside = (ny >= 0) & (ny < h) & (nx >= 0) & (nx < w)
+        src = np.flatnonzero(inside)
+        nb = ny[inside] * w + nx[inside]
+        diag[src] -= wt
+        is_var = flat_removed[nb]
+        rows.append(src[is_var])
+        cols.append(var_of[nb[is_var]])
+        vals.append(np.full(int(is_var.sum()), wt))
+        known = ~is_var
+        np.subtract.at(b, src[known], wt * img[:, nb[known]].T)
+    rows.append(np.arange(n))
+    cols.append(np.arange(n))
+    vals.append(diag)
+    a = sparse.coo_matrix(
+        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n)
+    ).tocsc()
+    return a, b
+
+
+def noisy_linear_impute(
+    image: Tensor,
+    removed: Tensor,
+    *,
+    noise: float = 0.01,
+    generator: Optional[torch.Generator] = None,
+) -> Tensor:
+    """ROAD's noisy linear imputation of the ``removed`` pixels of ``image`` ``[C,H,W]``.
+
+    Solves the system of ``linear_imputation_system`` with ``scipy.sparse.linalg.spsolve`` (all channels
+    share the factorisation) and adds ``N(0, noise^2)`` to the imputed values, drawn as a ``[C, n]``
+    ``torch.randn`` from ``generator`` (with a generator seeded like the global RNG this reproduces
+    pytorch-grad-cam's ``NoisyLinearImputer`` exactly). Returns float32 ``[C,H,W]`` on the image's device.
+    """
+    c, h, w = image.shape
+    rem = removed.detach().cpu().numpy().astype(bool).reshape(h, w)
+    out = image.detach().float().cpu().clone().reshape(c, -1)
+    n = int(rem.sum())
+    if n == 0:
+        return out.reshape(c, h, w).to(image.device)
+    if n == h * w:
+        raise ValueError(
+            "ROAD cannot impute an image with every pixel removed (no known neighbour); "
+            "use removal fractions below 1."
+        )
+    a, b = linear_imputation_system(rem, out.reshape(c, h, w).numpy())
+    sol = np.asarray(spsolve(a, b)).reshape(n, c)
+    vals = torch.from_numpy(sol).float().t()
+    if noise:
+        vals = vals + noise * torch.randn(vals.shape, generator=generator)
+    out[:, np.flatnonzero(rem.reshape(-1))] = vals
+    return out.reshape(c, h, w).to(image.device)
+
+
+def road_removal_counts(n_pixels: int, percentages: Sequence[float], rule: str = "round") -> Tensor:
+    """Pixels removed for each fraction ``p`` in ``percentages`` (fractions in [0, 1)).
+
+    ``rule="round"``: ``round(p * HW)``. ``rule="percentile"``: pytorch-grad-cam's thresholding at
+    ``np.percentile(cam, 100 (1 - p))`` on a tie-free map, i.e. ``HW - ceil((HW - 1)(1 - p))``.
+    """
+    out = []
+    for p in percentages:
+        if not 0 <= p < 1:
+            raise ValueError(
+                f"ROAD percentages are removed fractions in [0, 1); got {p}. "
+                "(pytorch-grad-cam's `percentile` is the percentage KEPT: 80 there = 0.2 here.)"
+            )
+        if rule == "round":
+            out.append(int(math.floor(p * n_pixels + 0.5)))
+        elif rule == "percentile":
+            out.append(n_pixels - int(math.ceil((n_pixels - 1) * (1 - p) - 1e-9)))
+        else:
+            raise ValueError(f"rule must be 'round' or 'percentile', got {rule!r}.")
+    return torch.tensor(out, dtype=torch.long)
+
+
+def _item_generator(seed: int, key: int, step: int) -> torch.Generator:
+    state = np.random.SeedSequence([int(seed), int(key), int(step)]).generate_state(2)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]) & 0x7FFFFFFF)
+
+
+def road_curves(
+    model: nn.Module,
+    images: Tensor,
+    targets: Tensor,
+    saliency: Tensor,
+    *,
+    percentages: Sequence[float] = ROAD_PERCENTAGES,
+    order: str = "morf",
+    noise: float = 0.01,
+    seed: int = 0,
+    score: str = "prob",
+    count_rule: str = "round",
+    image_index: Optional[Tensor] = None,
+    noise_keys: Optional[Tensor] = None,
+    batch_size: int = 64,
+    oom_errors: tuple[type[BaseException], ...] = OOM_ERRORS,
+) -> Tensor:
+    """ROAD curves ``[N, P]``: target score after imputing the removed fraction ``p`` of each row's pixels.
+
+    ``order="morf"`` removes the most relevant pixels first, ``"lerf"`` the least relevant (ties: lower
+    flat index first in both). Imputation runs lazily per forward chunk. The noise of row ``n`` at
+    percentage ``j`` is drawn from a generator seeded by ``(seed, noise_keys[n], j)`` (default key = the
+    image index), so rows of different methods on one image share their random numbers and results do
+    not depend on the chunk size.
+    """
+    if order not in ("morf", "lerf"):
+        raise ValueError(f"order must be 'morf' or 'lerf', got {order!r}.")
+    n = saliency.shape[0]
+    h, w = images.shape[-2:]
+    if image_index is None:
+        image_index = torch.arange(n, device=images.device)
+    image_index = image_index.to(images.device).long()
+    keys = (image_index if noise_keys is None else noise_keys).cpu().tolist()
+    ks = road_removal_counts(h * w, percentages, count_rule)
+    p = ks.shape[0]
+    ranks = order_to_rank(pixel_order(saliency.to(images.device), descending=order == "morf")).cpu()
+
+    def build(items: Tensor) -> Tensor:
+        out = []
+        for item in items.tolist():  # one sparse solve per (row, percentage): the reference algorithm
+            row, j = divmod(item, p)
+            removed = (ranks[row] < ks[j]).view(h, w)
+            gen = _item_generator(seed, keys[row], j)
+            out.append(noisy_linear_impute(images[image_index[row]], removed, noise=noise, generator=gen))
+        return torch.stack(out).to(images.dtype)
+
+    flat_targets = targets.to(images.device).long().repeat_interleave(p)
+    return batched_scores(
+        model, build, flat_targets, batch_size=batch_size, score=score, oom_errors=oom_errors
+    ).view(n, p)
+
+
+def road(
+    model: nn.Module,
+    images: Tensor,
+    targets: Tensor,
+    saliency: Tensor,
+    percentages: Sequence[float] = ROAD_PERCENTAGES,
+    order: str = "morf",
+    *,
+    noise: float = 0.01,
+    seed: int = 0,
+    score: str = "prob",
+    count_rule: str = "round",
+    noise_keys: Optional[Tensor] = None,
+    return_curve: bool = False,
+    batch_size: int = 64,
+    oom_errors: tuple[type[BaseException], ...] = OOM_ERRORS,
+) -> Union[Tensor, tuple[Tensor, Tensor]]:
+    """ROAD (Rong et al., ICML 2022): mean target probability over removal fractions ``percentages``.
+
+    Pixels are removed in ``order`` ("morf": most relevant first -- lower is better; "lerf": least relevant
+    first -- higher is better) and imputed by noisy linear imputation (``noise`` = std of the added
+    Gaussian). The noise of image ``i`` is seeded by ``(seed, noise_keys[i], percentage index)``; the
+    default key is the position in the batch, so pass stable per-image keys (the registry hashes
+    ``Batch.ids``) to make results independent of batching. ``count_rule="percentile"`` reproduces
+    pytorch-grad-cam's pixel counts. Returns ``Tensor[B]`` (and the curve ``[B, P]``).
+    """
+    _check_inputs(images, targets, saliency)
+    curve = road_curves(
+        model, images, targets, saliency, percentages=percentages, order=order, noise=noise, seed=seed,
+        score=score, count_rule=count_rule, noise_keys=noise_keys, batch_size=batch_size,
+        oom_errors=oom_errors,
+    )
+    value = curve.mean(dim=1)
+    return (value, curve) if return_curve else value

@@ -1,0 +1,273 @@
+"""The shared batched perturbation engine behind every perturbation metric.
+
+Deletion/insertion (Petsiuk et al., RISE, BMVC 2018), ROAD (Rong et al., ICML 2022) and Average Drop /
+Increase in Confidence (Chattopadhyay et al., WACV 2018) all score a model on many perturbed copies of
+each image. This module does that once, for all of them:
+
+* pixel orders come from the saliency maps by a deterministic sort (specs.md section 0: stable
+  descending, the lower flat index first among ties; ``rise_ties=True`` puts the higher index first,
+  as RISE's ``np.flip(np.argsort(...))``);
+* a perturbed image at step ``k`` is ``where(rank < k, substrate, image)`` with ``rank[n, p]`` the
+  position of pixel ``p`` in image ``n``'s order (all channels of a pixel together) -- no loop over pixels;
+* the ``N x S`` perturbed inputs (rows x steps; the caller stacks methods along the rows) are never
+  materialised at once: they are built chunk by chunk, and each chunk is one forward pass under
+  ``torch.inference_mode()``;
+* the chunk size adapts to memory: an out-of-memory error halves the chunk and retries the same chunk
+  (the results are identical whatever the chunk size).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+
+#: Exceptions treated as "the chunk does not fit": the chunk is halved and retried.
+OOM_ERRORS: tuple[type[BaseException], ...] = (torch.cuda.OutOfMemoryError,)
+
+SCORES = ("prob", "logit")
+
+Builder = Callable[[Tensor], Tensor]
+
+
+def _check_saliency(saliency: Tensor) -> Tensor:
+    if saliency.ndim not in (2, 3):
+        raise ValueError(
+            f"Saliency maps must be [N,H,W] (or flat [N,H*W]); got shape {tuple(saliency.shape)}."
+        )
+    flat = saliency.reshape(saliency.shape[0], -1)
+    if not torch.is_floating_point(flat):
+        flat = flat.float()
+    if torch.isnan(flat).any():
+        bad = torch.isnan(flat).any(dim=1).nonzero().flatten().tolist()
+        raise ValueError(
+            f"Saliency maps of rows {bad} contain NaN; a pixel order needs finite values. "
+            "Replace NaN (e.g. torch.nan_to_num) before computing perturbation metrics."
+        )
+    return flat
+
+
+def pixel_order(saliency: Tensor, *, descending: bool = True, rise_ties: bool = False) -> Tensor:
+    """Per-image pixel order ``[N, H*W]`` (flat indices, most salient first when ``descending``).
+
+    Ties are broken deterministically by a stable sort: the lower flat (raster) index comes first.
+    ``rise_ties=True`` puts the higher index first, matching RISE's ``np.flip(np.argsort(sal))``.
+    For ``descending=False`` (least relevant first) the lower index also comes first among ties
+    (``rise_ties`` then puts the higher index first).
+    """
+    flat = _check_saliency(saliency)
+    if rise_ties:
+        rev = torch.flip(flat, dims=[1])
+        idx = torch.sort(rev, dim=1, descending=descending, stable=True).indices
+        return flat.shape[1] - 1 - idx
+    return torch.sort(flat, dim=1, descending=descending, stable=True).indices
+
+
+def order_to_rank(order: Tensor) -> Tensor:
+    """Invert orders: ``rank[n, order[n, i]] = i`` (``[N, P]`` long)."""
+    if order.ndim != 2:
+        raise ValueError(f"Pixel orders must be [N, H*W]; got shape {tuple(order.shape)}.")
+    order = order.long()
+    pos = torch.arange(order.shape[1], device=order.device).expand_as(order)
+    return torch.empty_like(order).scatter_(1, order, pos)
+
+
+def patch_order(saliency: Tensor, patch_size: int, *, descending: bool = True) -> Tensor:
+    """Pixel order that perturbs whole ``patch_size x patch_size`` regions at a time.
+
+    Regions (a non-overlapping grid in raster order, as Quantus ``RegionPerturbation``) are ranked by the
+    sum of the saliency inside them (stable sort, lower region index first among ties); pixels inside a
+    region follow raster order. Perturbing ``j * patch_size**2`` pixels then removes exactly ``j``
+    regions. H and W must be multiples of ``patch_size``.
+    """
+    if saliency.ndim != 3:
+        raise ValueError(f"patch_order needs [N,H,W] maps; got shape {tuple(saliency.shape)}.")
+    n, h, w = saliency.shape
+    p = int(patch_size)
+    if h % p or w % p:
+        raise ValueError(
+            f"Image size {h}x{w} is not a multiple of patch_size={p}; pad the images or pick a divisor."
+        )
+    gh, gw = h // p, w // p
+    sums = _check_saliency(saliency).view(n, gh, p, gw, p).sum(dim=(2, 4)).reshape(n, gh * gw)
+    region_rank = order_to_rank(torch.sort(sums, dim=1, descending=descending, stable=True).indices)
+    # pixel (y, x) belongs to region (y//p, x//p) and has offset (y%p)*p + x%p inside it
+    ys = torch.arange(h, device=saliency.device)
+    xs = torch.arange(w, device=saliency.device)
+    region = ((ys // p)[:, None] * gw + (xs // p)[None, :]).reshape(-1)
+    offset = ((ys % p)[:, None] * p + (xs % p)[None, :]).reshape(-1)
+    pixel_rank = region_rank[:, region] * (p * p) + offset
+    return torch.sort(pixel_rank, dim=1).indices
+
+
+def step_counts(n_pixels: int, *, step: Optional[int] = None, n_steps: Optional[int] = None) -> Tensor:
+    """Pixels perturbed at each point of a curve, including the unperturbed start (``k_0 = 0``).
+
+    ``step`` (RISE): ``k_i = min(i*step, HW)`` for ``i = 0..ceil(HW/step)``.
+    ``n_steps``: ``k_i = floor(i*HW/n_steps)`` for ``i = 0..n_steps`` (equal spacing, ``k_last = HW``).
+    """
+    if (step is None) == (n_steps is None):
+        raise ValueError("Give exactly one of `step` (pixels per step) or `n_steps` (number of steps).")
+    if step is not None:
+        if step < 1:
+            raise ValueError(f"`step` must be a positive number of pixels, got {step}.")
+        n = -(-n_pixels // int(step))
+        return torch.clamp(torch.arange(n + 1) * int(step), max=n_pixels)
+    if n_steps < 1:
+        raise ValueError(f"`n_steps` must be >= 1, got {n_steps}.")
+    return torch.div(torch.arange(n_steps + 1) * n_pixels, int(n_steps), rounding_mode="floor")
+
+
+def _target_scores(out: Tensor, targets: Tensor, score: str) -> Tensor:
+    out = out.float()
+    if score == "prob":
+        out = torch.softmax(out, dim=1)
+    return out.gather(1, targets.view(-1, 1).long()).squeeze(1)
+
+
+def batched_scores(
+    model: nn.Module,
+    build: Builder,
+    targets: Tensor,
+    *,
+    batch_size: int = 64,
+    score: str = "prob",
+    oom_errors: tuple[type[BaseException], ...] = OOM_ERRORS,
+) -> Tensor:
+    """Target scores of ``len(targets)`` lazily built inputs, in adaptive chunks.
+
+    ``build(items)`` returns the model inputs for the item indices ``items`` (a long tensor); it is called
+    once per chunk, so at most ``batch_size`` inputs exist at a time. An exception of a type in
+    ``oom_errors`` halves the chunk and retries it (the smaller size is kept for the rest); at a chunk of
+    one item it propagates. ``score``: ``"prob"`` (softmax probability) or ``"logit"``.
+    Returns float32 ``[len(targets)]`` on ``targets``' device.
+    """
+    if score not in SCORES:
+        raise ValueError(f"score must be one of {SCORES}, got {score!r}.")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    n = targets.shape[0]
+    out = torch.empty(n, dtype=torch.float32, device=targets.device)
+    start, chunk = 0, int(batch_size)
+    while start < n:
+        stop = min(start + chunk, n)
+        items = torch.arange(start, stop, device=targets.device)
+        try:
+            with torch.inference_mode():
+                x = build(items)
+                logits = model(x)
+                out[start:stop] = _target_scores(logits, targets[start:stop], score).to(out.device)
+        except oom_errors:
+            del items
+            if chunk == 1:
+                raise
+            chunk = max(1, chunk // 2)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            continue
+        start = stop
+    return out
+
+
+def _rows(t: Tensor, idx: Tensor) -> Tensor:
+    return t.expand(idx.shape[0], *t.shape[1:]) if t.shape[0] == 1 else t[idx]
+
+
+def perturbation_curves(
+    model: nn.Module,
+    images: Tensor,
+    orders: Tensor,
+    substrate: Tensor,
+    steps: Union[Sequence[int], Tensor],
+    targets: Tensor,
+    *,
+    image_index: Optional[Tensor] = None,
+    batch_size: int = 64,
+    score: str = "prob",
+    oom_errors: tuple[type[BaseException], ...] = OOM_ERRORS,
+) -> Tensor:
+    """Target scores ``[N, S]`` of ``where(rank < k_s, substrate, image)`` for every row and step.
+
+    images:      ``[B,3,H,W]`` (normalised) -- the start of the curve.
+    orders:      ``[N, H*W]`` long, per-row pixel orders (first = perturbed first), e.g. ``pixel_order``.
+    substrate:   ``[B,3,H,W]`` (or ``[1,3,H,W]``) -- what perturbed pixels become (zeros, a blur, or,
+                 for insertion, the image itself with ``images`` = the blurred start).
+    steps:       ``S`` pixel counts ``k_s`` (e.g. ``step_counts``); all channels of a pixel change together.
+    targets:     ``[N]`` class of each row.
+    image_index: ``[N]`` long, the image (and substrate) row each saliency row uses; default
+                 ``arange(N)`` (then ``B == N``). Stacking M methods = ``image_index = arange(B).repeat(M)``
+                 without copying the images.
+    """
+    n = orders.shape[0]
+    if images.ndim != 4:
+        raise ValueError(f"images must be [B,C,H,W]; got shape {tuple(images.shape)}.")
+    hw = images.shape[-2] * images.shape[-1]
+    if orders.shape != (n, hw):
+        raise ValueError(
+            f"orders must be [N, H*W] = [{n}, {hw}] for {tuple(images.shape[-2:])} images; "
+            f"got {tuple(orders.shape)}."
+        )
+    if targets.shape != (n,):
+        raise ValueError(f"targets must be [N]={n}; got shape {tuple(targets.shape)}.")
+    device = images.device
+    if image_index is None:
+        if images.shape[0] != n:
+            raise ValueError(
+                f"{images.shape[0]} images for {n} orders: pass image_index to map orders to images."
+            )
+        image_index = torch.arange(n, device=device)
+    image_index = image_index.to(device).long()
+    if substrate.ndim == 3:
+        substrate = substrate.unsqueeze(0)
+    if substrate.shape[0] not in (1, images.shape[0]) or substrate.shape[1:] != images.shape[1:]:
+        raise ValueError(
+            f"substrate must be [B,C,H,W] or [1,C,H,W] like images {tuple(images.shape)}; "
+            f"got {tuple(substrate.shape)}."
+        )
+    substrate = substrate.to(device=device, dtype=images.dtype)
+    k = torch.as_tensor(steps, dtype=torch.long, device=device).flatten()
+    s = k.shape[0]
+    if s == 0:
+        raise ValueError("steps is empty: give at least one pixel count.")
+    ranks = order_to_rank(orders.to(device))
+    h, w = images.shape[-2:]
+
+    def build(items: Tensor) -> Tensor:
+        row, col = items // s, items % s
+        img_row = image_index[row]
+        mask = (ranks[row] < k[col, None]).view(-1, 1, h, w)
+        return torch.where(mask, _rows(substrate, img_row), images[img_row])
+
+    flat_targets = targets.to(device).long().repeat_interleave(s)
+    scores = batched_scores(
+        model, build, flat_targets, batch_size=batch_size, score=score, oom_errors=oom_errors
+    )
+    return scores.view(n, s)
+
+
+def image_scores(
+    model: nn.Module,
+    images: Tensor,
+    targets: Tensor,
+    *,
+    batch_size: int = 64,
+    score: str = "prob",
+    oom_errors: tuple[type[BaseException], ...] = OOM_ERRORS,
+) -> Tensor:
+    """Target scores ``[B]`` of the unperturbed images (chunked like every other forward)."""
+    return batched_scores(
+        model,
+        lambda items: images[items],
+        targets.to(images.device).long(),
+        batch_size=batch_size,
+        score=score,
+        oom_errors=oom_errors,
+    )
+
+
+def trapezoid_auc(curve: Tensor) -> Tensor:
+    """RISE AUC of curves ``[B, S]`` sampled evenly on [0, 1]: ``(sum s_i - s_0/2 - s_last/2)/(S-1)``."""
+    if curve.ndim != 2 or curve.shape[1] < 2:
+        raise ValueError(f"curve must be [B, S] with S >= 2; got shape {tuple(curve.shape)}.")
+    return (curve.sum(dim=1) - curve[:, 0] / 2 - curve[:, -1] / 2) / (curve.shape[1] - 1)

@@ -7,8 +7,7 @@ import torch
 
 from benchmark.errors import WeightsError
 from benchmark.methods.capture import capture
-from benchmark.models import create_model, list_models
-from benchmark.models import zoo
+from benchmark.models import create_model, list_models, zoo
 
 TRANSFORMERS = {"vit_b_16", "swin_t"}
 

@@ -4,4 +4,6 @@ from .base import DATASETS, CamDataset, Sample, create_dataset, list_datasets, r
 from . import coco, folder, imagenet, photos, voc  # noqa: F401,E402  (register the real-data loaders)
 from ._common import PREDICTED  # noqa: E402
 
-__all__ = ["PREDICTED", "DATASETS", "CamDataset", "Sample", "create_dataset", "list_datasets", "register_dataset"]
+__all__ = [
+    "PREDICTED", "DATASETS", "CamDataset", "Sample", "create_dataset", "list_datasets", "register_dataset",
+]  # fmt: skip

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 import os
-from functools import lru_cache
+from collections.abc import Iterable, Sequence
+from functools import cache
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".
 ANNOTATIONS_DIR = Path(__file__).resolve().parent / "annotations"
 
 
-@lru_cache(maxsize=None)
+@cache
 def imagenet_classes() -> tuple[list[str], list[str]]:
     """The 1000 ILSVRC-2012 ``(wnids, names)`` in the standard class-index order (sorted wnids)."""
     with open(ANNOTATIONS_DIR / "imagenet_classes.json", encoding="utf-8") as f:
@@ -38,7 +38,7 @@ def imagenet_names() -> list[str]:
     return list(imagenet_classes()[1])
 
 
-def check_image(path: str | os.PathLike) -> Optional[str]:
+def check_image(path: str | os.PathLike) -> str | None:
     """Return None when ``path`` is a readable image file (header decodes), else the reason."""
     from PIL import Image, UnidentifiedImageError
 
@@ -88,7 +88,10 @@ def polygon_mask(polygons: Iterable[Sequence[float]], height: int, width: int) -
 
     mask = np.zeros((height, width), dtype=bool)
     for poly in polygons:
-        pts = np.asarray(poly, dtype=np.float64).reshape(-1, 2)
+        pts = np.asarray(poly, dtype=np.float64)
+        if pts.size % 2:
+            raise DataError(f"A polygon needs (x, y) pairs; got {pts.size} coordinates.")
+        pts = pts.reshape(-1, 2)
         if len(pts) < 3:
             continue
         rr, cc = draw_polygon(pts[:, 1], pts[:, 0], shape=(height, width))
@@ -133,7 +136,7 @@ def rle_string_to_counts(s: str | bytes) -> list[int]:
     return counts
 
 
-def rle_decode(rle: dict, height: Optional[int] = None, width: Optional[int] = None) -> Tensor:
+def rle_decode(rle: dict, height: int | None = None, width: int | None = None) -> Tensor:
     """COCO run-length encoding -> ``[H,W]`` bool mask.
 
     ``rle = {"size": [h, w], "counts": [...] | "compressed string"}``; runs alternate 0s and 1s,
@@ -152,7 +155,7 @@ def rle_decode(rle: dict, height: Optional[int] = None, width: Optional[int] = N
     return torch.from_numpy(flat.reshape(w, h).T.copy())
 
 
-def subset_indices(total: int, n: Optional[int], seed: int) -> list[int]:
+def subset_indices(total: int, n: int | None, seed: int) -> list[int]:
     """All indices, or a seeded random subset of ``n`` of them kept in their original order."""
     if n is None or n >= total:
         return list(range(total))
@@ -168,7 +171,7 @@ def require_dir(path: Path, what: str, layout: str) -> Path:
     return path
 
 
-def first_existing(root: Path, candidates: Sequence[str], kind: str = "dir") -> Optional[Path]:
+def first_existing(root: Path, candidates: Sequence[str], kind: str = "dir") -> Path | None:
     """The first ``root/candidate`` that exists as a directory (``kind="dir"``) or a file."""
     for c in candidates:
         p = root / c if c else root
@@ -195,8 +198,8 @@ def largest_class(boxes: Tensor, labels: Sequence[int]) -> int:
 
 
 def resolve_target(
-    label: int, target: str | int, class_map: Optional[dict] = None, names: Optional[list[str]] = None
-) -> Optional[int]:
+    label: int, target: str | int, class_map: dict | None = None, names: list[str] | None = None
+) -> int | None:
     """The class to explain for a sample whose dataset label is ``label``.
 
     ``target="label"``: the dataset label itself, or ``class_map[label]`` / ``class_map[name]`` when a
@@ -267,7 +270,7 @@ class RecordDataset(CamDataset):
     builder can skip it.
     """
 
-    def __init__(self, records: list[dict], n: Optional[int], seed: int, verify: bool = True) -> None:
+    def __init__(self, records: list[dict], n: int | None, seed: int, verify: bool = True) -> None:
         super().__init__()
         self.records = [records[i] for i in subset_indices(len(records), n, seed)]
         if verify:
@@ -287,7 +290,7 @@ class RecordDataset(CamDataset):
     def ids(self) -> list[str]:
         return [r["id"] for r in self.records]
 
-    def __getitem__(self, i: int) -> "Sample":
+    def __getitem__(self, i: int) -> Sample:
         rec = self.records[i]
         try:
             image = load_image(rec["path"])
@@ -297,12 +300,16 @@ class RecordDataset(CamDataset):
             self.errors.append(f"{Path(rec['path']).name}: {e}")
             raise
         return Sample(
-            image=image, target=int(rec["target"]), id=rec["id"], mask=mask, boxes=rec.get("boxes"),
+            image=image,
+            target=int(rec["target"]),
+            id=rec["id"],
+            mask=mask,
+            boxes=rec.get("boxes"),
             label=rec.get("label"),
         )
 
     @staticmethod
-    def _mask(rec: dict, h: int, w: int) -> Optional[Tensor]:
+    def _mask(rec: dict, h: int, w: int) -> Tensor | None:
         spec = rec.get("mask")
         if spec is None:
             return None
@@ -331,6 +338,6 @@ class RecordDataset(CamDataset):
                         raise DataError(f"RLE mask is {tuple(m.shape)}, image is {(h, w)}.")
                     mask |= m
                 else:
-                    mask |= polygon_mask(seg, h, w)
+                    mask |= polygon_mask([seg], h, w)
             return mask
         raise DataError(f"Unknown mask kind {kind!r}.")

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from pathlib import Path
-from typing import Optional
 
 import torch
 
@@ -36,24 +35,30 @@ class COCODataset(RecordDataset):
     def __init__(
         self,
         root: str | Path,
-        n: Optional[int] = None,
+        n: int | None = None,
         seed: int = 0,
         split: str = "val2017",
-        annotation_file: Optional[str | Path] = None,
-        images_dir: Optional[str | Path] = None,
+        annotation_file: str | Path | None = None,
+        images_dir: str | Path | None = None,
         target: str | int = "label",
-        class_map: Optional[dict] = None,
+        class_map: dict | None = None,
         verify: bool = True,
     ) -> None:
         root = Path(root).expanduser()
         if not root.is_dir():
             raise DataError(f"COCO root {root} does not exist. Expected layout:\n{LAYOUT}")
-        ann_path = Path(annotation_file) if annotation_file else root / "annotations" / f"instances_{split}.json"
+        ann_path = (
+            Path(annotation_file) if annotation_file else root / "annotations" / f"instances_{split}.json"
+        )
         if not ann_path.is_file():
             raise DataError(f"COCO annotation file {ann_path} is missing. Expected layout:\n{LAYOUT}")
-        img_dir = Path(images_dir) if images_dir else first_existing(root, (split, f"images/{split}", "images"))
+        img_dir = (
+            Path(images_dir) if images_dir else first_existing(root, (split, f"images/{split}", "images"))
+        )
         if img_dir is None or not img_dir.is_dir():
-            raise DataError(f"COCO image folder for {split!r} not found under {root}. Expected layout:\n{LAYOUT}")
+            raise DataError(
+                f"COCO image folder for {split!r} not found under {root}. Expected layout:\n{LAYOUT}"
+            )
         try:
             with open(ann_path, encoding="utf-8") as f:
                 doc = json.load(f)
@@ -125,9 +130,15 @@ class COCODataset(RecordDataset):
     "coco", has_masks=True, has_boxes=True, default_model="resnet50", num_classes=80, mask_kind="instance"
 )
 def coco(
-    root: Optional[str] = None, n: Optional[int] = None, seed: int = 0, split: str = "val2017",
-    annotation_file: Optional[str] = None, images_dir: Optional[str] = None, target: str | int = "label",
-    class_map: Optional[dict] = None, verify: bool = True,
+    root: str | None = None,
+    n: int | None = None,
+    seed: int = 0,
+    split: str = "val2017",
+    annotation_file: str | None = None,
+    images_dir: str | None = None,
+    target: str | int = "label",
+    class_map: dict | None = None,
+    verify: bool = True,
 ) -> COCODataset:
     """MS-COCO instances (see the module docstring for targets and the class-mapping problem)."""
     if root is None:

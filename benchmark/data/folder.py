@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
 
 from ..errors import DataError
 from ._common import IMAGE_EXTENSIONS, RecordDataset, resolve_target
@@ -21,7 +20,11 @@ class ImageFolder(RecordDataset):
     has_masks = False
 
     def __init__(
-        self, root: str | Path, n: Optional[int] = None, seed: int = 0, target: str | int = "predicted",
+        self,
+        root: str | Path,
+        n: int | None = None,
+        seed: int = 0,
+        target: str | int = "predicted",
         verify: bool = True,
     ) -> None:
         root = Path(root).expanduser()
@@ -40,7 +43,10 @@ class ImageFolder(RecordDataset):
                 if f.lower().endswith(IMAGE_EXTENSIONS):
                     p = Path(dirpath) / f
                     rel = p.relative_to(root).as_posix()
-                    records.append({"path": str(p), "id": rel, "label": None, "target": tgt, "boxes": None, "mask": None})
+                    records.append(
+                        {"path": str(p), "id": rel, "label": None, "target": tgt, "boxes": None, "mask": None}
+                    )
+        records.sort(key=lambda r: r["id"])
         if not records:
             raise DataError(f"No image files ({', '.join(IMAGE_EXTENSIONS)}) under {root}.")
         super().__init__(records, n, seed, verify=verify)
@@ -49,7 +55,10 @@ class ImageFolder(RecordDataset):
 
 @register_dataset("folder", has_masks=False, has_boxes=False, default_model="resnet50")
 def folder(
-    root: Optional[str] = None, n: Optional[int] = None, seed: int = 0, target: str | int = "predicted",
+    root: str | None = None,
+    n: int | None = None,
+    seed: int = 0,
+    target: str | int = "predicted",
     verify: bool = True,
 ) -> ImageFolder:
     """Plain images without ground truth (explains the predicted class unless ``target`` is an int)."""

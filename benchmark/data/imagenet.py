@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Optional
 
 import torch
 
@@ -32,9 +31,10 @@ from ._common import (
 from .base import register_dataset
 
 LAYOUT = """\
-  ROOT/LOC_val_solution.csv                 (Kaggle CSV)  or  ROOT/ILSVRC/Annotations/CLS-LOC/val/*.xml
-                                                          or  ROOT/Annotations/CLS-LOC/val/*.xml, ROOT/val_xml/*.xml
-  ROOT/ILSVRC/Data/CLS-LOC/val/*.JPEG       (or ROOT/Data/CLS-LOC/val, ROOT/val, ROOT/images: flat or per-class folders)"""
+  annotations: ROOT/LOC_val_solution.csv (Kaggle CSV), or ILSVRC XML files in one of
+               ROOT/ILSVRC/Annotations/CLS-LOC/val/, ROOT/Annotations/CLS-LOC/val/, ROOT/val_xml/
+  images:      ROOT/ILSVRC/Data/CLS-LOC/val/*.JPEG, or ROOT/Data/CLS-LOC/val/, ROOT/val/, ROOT/images/
+               (flat or in per-class folders)"""
 
 CSV_CANDIDATES = ("LOC_val_solution.csv", "ILSVRC/LOC_val_solution.csv")
 XML_CANDIDATES = (
@@ -54,9 +54,7 @@ def _parse_csv(path: Path, errors: list[str]) -> dict[str, list[tuple[str, list[
         reader = csv.reader(f)
         header = next(reader, None)
         if not header or [h.strip() for h in header[:2]] != ["ImageId", "PredictionString"]:
-            raise DataError(
-                f"{path.name}: expected the header 'ImageId,PredictionString', got {header!r}."
-            )
+            raise DataError(f"{path.name}: expected the header 'ImageId,PredictionString', got {header!r}.")
         for line, row in enumerate(reader, start=2):
             try:
                 image_id, pred = row[0].strip(), row[1].split()
@@ -93,7 +91,7 @@ class ImageNetVal(RecordDataset):
     def __init__(
         self,
         root: str | Path,
-        n: Optional[int] = None,
+        n: int | None = None,
         seed: int = 0,
         target: str | int = "label",
         verify: bool = True,
@@ -151,10 +149,15 @@ class ImageNetVal(RecordDataset):
     "imagenet", has_masks=True, has_boxes=True, default_model="resnet50", num_classes=1000, mask_kind="box"
 )
 def imagenet(
-    root: Optional[str] = None, n: Optional[int] = None, seed: int = 0, target: str | int = "label",
+    root: str | None = None,
+    n: int | None = None,
+    seed: int = 0,
+    target: str | int = "label",
     verify: bool = True,
 ) -> ImageNetVal:
     """ILSVRC-2012 val with boxes (``target="label"``: the true class; ``"predicted"``: model's top-1)."""
     if root is None:
-        raise DataError(f"The imagenet dataset needs root=... (the ILSVRC val folder). Expected layout:\n{LAYOUT}")
+        raise DataError(
+            f"The imagenet dataset needs root=... (the ILSVRC val folder). Expected layout:\n{LAYOUT}"
+        )
     return ImageNetVal(root, n=n, seed=seed, target=target, verify=verify)

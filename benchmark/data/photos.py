@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -35,7 +34,7 @@ class PhotosDataset(CamDataset):
     has_boxes = True
     num_classes = 1000
 
-    def __init__(self, n: Optional[int] = None, seed: int = 0, annotations: Optional[Path] = None) -> None:
+    def __init__(self, n: int | None = None, seed: int = 0, annotations: Path | None = None) -> None:
         super().__init__()
         path = Path(annotations) if annotations is not None else ANNOTATIONS_DIR / "photos.json"
         try:
@@ -75,9 +74,14 @@ class PhotosDataset(CamDataset):
 
 
 @register_dataset(
-    "photos", has_masks=True, has_boxes=True, default_model="efficientnet_lite0", num_classes=1000,
-    mask_kind="polygon", offline=True,
+    "photos",
+    has_masks=True,
+    has_boxes=True,
+    default_model="efficientnet_lite0",
+    num_classes=1000,
+    mask_kind="polygon",
+    offline=True,
 )
-def photos(root: Optional[str] = None, n: Optional[int] = None, seed: int = 0, **kw) -> PhotosDataset:
+def photos(root: str | None = None, n: int | None = None, seed: int = 0, **kw) -> PhotosDataset:
     """The 7 annotated skimage photos (``root`` is ignored: they ship with scikit-image)."""
     return PhotosDataset(n=n, seed=seed, **kw)

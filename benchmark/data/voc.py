@@ -17,7 +17,6 @@ top-1 class (``Sample.target == PREDICTED``), keeping the VOC label in ``Sample.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import torch
 
@@ -34,14 +33,17 @@ VOC_CLASSES = [
 LAYOUT = """\
   ROOT = VOCdevkit/VOC2012 (or VOCdevkit, or the folder holding VOCdevkit), containing
     Annotations/<id>.xml   JPEGImages/<id>.jpg   SegmentationClass/<id>.png
-    ImageSets/Segmentation/<split>.txt (segmentation=True)   ImageSets/Main/<split>.txt (segmentation=False)"""
+    ImageSets/Segmentation/<split>.txt (segmentation=True)
+    ImageSets/Main/<split>.txt (segmentation=False)"""
 
 
 def find_voc_root(root: Path) -> Path:
     for cand in (root, root / "VOC2012", root / "VOCdevkit" / "VOC2012"):
         if (cand / "Annotations").is_dir() and (cand / "JPEGImages").is_dir():
             return cand
-    raise DataError(f"No PASCAL VOC dataset under {root} (no Annotations/ and JPEGImages/). Expected layout:\n{LAYOUT}")
+    raise DataError(
+        f"No PASCAL VOC dataset under {root} (no Annotations/ and JPEGImages/). Expected layout:\n{LAYOUT}"
+    )
 
 
 class VOCDataset(RecordDataset):
@@ -52,12 +54,12 @@ class VOCDataset(RecordDataset):
     def __init__(
         self,
         root: str | Path,
-        n: Optional[int] = None,
+        n: int | None = None,
         seed: int = 0,
         split: str = "val",
         segmentation: bool = True,
         target: str | int = "label",
-        class_map: Optional[dict] = None,
+        class_map: dict | None = None,
         verify: bool = True,
     ) -> None:
         root = Path(root).expanduser()
@@ -122,8 +124,13 @@ class VOCDataset(RecordDataset):
     "voc", has_masks=True, has_boxes=True, default_model="resnet50", num_classes=20, mask_kind="segmentation"
 )
 def voc(
-    root: Optional[str] = None, n: Optional[int] = None, seed: int = 0, split: str = "val",
-    segmentation: bool = True, target: str | int = "label", class_map: Optional[dict] = None,
+    root: str | None = None,
+    n: int | None = None,
+    seed: int = 0,
+    split: str = "val",
+    segmentation: bool = True,
+    target: str | int = "label",
+    class_map: dict | None = None,
     verify: bool = True,
 ) -> VOCDataset:
     """PASCAL VOC 2012 (see the module docstring for targets and the ImageNet class-mapping problem)."""

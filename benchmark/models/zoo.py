@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any
 
 import torch
 from torch import nn
@@ -101,7 +102,7 @@ def _fix_densenet_keys(sd: dict) -> dict:
 
 
 def load_checkpoint(
-    model: nn.Module, path: str | os.PathLike, name: str, fix: Optional[Callable[[dict], dict]] = None
+    model: nn.Module, path: str | os.PathLike, name: str, fix: Callable[[dict], dict] | None = None
 ) -> nn.Module:
     """Load a state dict (strict) into ``model``; mismatches raise :class:`WeightsError`."""
     sd = read_state_dict(path)
@@ -153,8 +154,8 @@ class TorchvisionSpec:
     name: str
     weights_enum: str  # attribute of torchvision.models, e.g. "ResNet18_Weights"
     target_layer: str
-    reshape: Optional[Reshape] = None
-    fix: Optional[Callable[[dict], dict]] = None
+    reshape: Reshape | None = None
+    fix: Callable[[dict], dict] | None = None
     family: str = "cnn"
 
 
@@ -169,7 +170,10 @@ TORCHVISION_MODELS: dict[str, TorchvisionSpec] = {
         TorchvisionSpec("efficientnet_b0", "EfficientNet_B0_Weights", "features"),
         TorchvisionSpec("convnext_tiny", "ConvNeXt_Tiny_Weights", "features"),
         TorchvisionSpec(
-            "vit_b_16", "ViT_B_16_Weights", "encoder.layers.encoder_layer_11.ln_1", vit_reshape,
+            "vit_b_16",
+            "ViT_B_16_Weights",
+            "encoder.layers.encoder_layer_11.ln_1",
+            vit_reshape,
             family="vit",
         ),
         TorchvisionSpec("swin_t", "Swin_T_Weights", "features.7.1.norm2", swin_tokens_reshape, family="swin"),
@@ -178,14 +182,14 @@ TORCHVISION_MODELS: dict[str, TorchvisionSpec] = {
 
 
 def torchvision_model(
-    spec: TorchvisionSpec, weights: str = "default", seed: int = 0, target_layer: Optional[str] = None
+    spec: TorchvisionSpec, weights: str = "default", seed: int = 0, target_layer: str | None = None
 ) -> ModelHandle:
     """Build torchvision ``spec.name`` with ``weights`` ("default" = local hub cache, "random", a path)."""
     import torchvision.models as tvm
 
     enum = getattr(tvm, spec.weights_enum).DEFAULT
     builder = getattr(tvm, spec.name)
-    ckpt: Optional[Path] = None
+    ckpt: Path | None = None
     if weights == "default":
         ckpt = hub_checkpoint_path(enum.url)
         if not ckpt.is_file():  # fail before building anything
@@ -243,7 +247,7 @@ TIMM_MODELS = (
 )
 
 
-def _timm_cached_weights(model_name: str) -> tuple[Optional[Path], list[str]]:
+def _timm_cached_weights(model_name: str) -> tuple[Path | None, list[str]]:
     """Locate the pretrained file of a timm model in the local HF / torch hub caches (no network)."""
     import timm
 
@@ -256,7 +260,9 @@ def _timm_cached_weights(model_name: str) -> tuple[Optional[Path], list[str]]:
             from huggingface_hub import try_to_load_from_cache
             from huggingface_hub.constants import HF_HUB_CACHE
 
-            files = [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]
+            files = (
+                [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]
+            )
             for fname in files:
                 found = try_to_load_from_cache(cfg.hf_hub_id, fname)
                 tried.append(f"{HF_HUB_CACHE}/models--{cfg.hf_hub_id.replace('/', '--')}/.../{fname}")
@@ -273,7 +279,7 @@ def _timm_cached_weights(model_name: str) -> tuple[Optional[Path], list[str]]:
 
 
 def timm_model(
-    model_name: str, weights: str = "default", seed: int = 0, target_layer: Optional[str] = None
+    model_name: str, weights: str = "default", seed: int = 0, target_layer: str | None = None
 ) -> ModelHandle:
     """Any timm classifier, offline. Pretrained weights only from the local HF / torch hub cache."""
     try:
@@ -284,7 +290,7 @@ def timm_model(
         from ..errors import UnknownNameError
 
         raise UnknownNameError(f"timm has no model {model_name!r}; see timm.list_models('<pattern>').")
-    sd: Optional[dict] = None
+    sd: dict | None = None
     src = weights
     if weights == "default":
         path, tried = _timm_cached_weights(model_name)
@@ -312,7 +318,7 @@ def timm_model(
     cfg = getattr(model, "pretrained_cfg", {}) or {}
     layer = target_layer or default_layer_name(model)
     cls = type(model).__name__.lower()
-    reshape: Optional[Reshape] = None
+    reshape: Reshape | None = None
     if "visiontransformer" in cls or "deit" in cls:
         reshape = partial(vit_reshape, prefix=int(getattr(model, "num_prefix_tokens", 1)))
     elif "swin" in cls:

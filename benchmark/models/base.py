@@ -20,7 +20,16 @@ def register_model(name: str | None = None, **meta: Any) -> Callable:
 def create_model(
     name: str, weights: str = "default", device: str | torch.device = "cpu", **kwargs: Any
 ) -> ModelHandle:
-    """Build model ``name`` with ``weights`` ("default", "random" or a checkpoint path), in eval mode."""
+    """Build model ``name`` with ``weights`` ("default", "random" or a checkpoint path), in eval mode.
+
+    ``"timm/<any timm name>"`` builds any timm model even when it is not registered here.
+    """
+    if name.startswith("timm/") and name not in MODELS:
+        from .zoo import timm_model
+
+        handle = timm_model(name[len("timm/") :], weights=weights, **kwargs)
+        handle.model.eval().to(device)
+        return handle
     handle = MODELS.get(name)(weights=weights, **kwargs)
     handle.model.eval().to(device)
     return handle

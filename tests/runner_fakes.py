@@ -144,3 +144,41 @@ def fake_noise(ctx: MetricContext, sigma: float = 0.5) -> dict[str, Tensor]:
 @register_metric("fake_fail", family="sanity", higher_is_better=True, override=True)
 def fake_fail(ctx: MetricContext) -> dict[str, Tensor]:
     raise ValueError("fake_fail always fails")
+
+
+@register_method("fake_constant", family="baseline", needs_gradients=False, override=True)
+def fake_constant(ctx) -> Tensor:
+    """A constant map: the pipeline flags it degenerate (zeros)."""
+    return torch.ones(ctx.images.shape[0], 4, 4, device=ctx.images.device)
+
+
+# -- helpers shared by the runner test modules ---------------------------------------------------
+
+import os  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+SUITES = Path(__file__).parent / "runner_suites"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run much faster single-threaded on a shared CPU; restore the setting afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+_RUNS: dict = {}
+
+
+def run_cached(tmp_root: Path, suite: str = "tiny", plots: bool = False, **kw):
+    """Run ``runner_suites/<suite>.toml`` once per test session (cached by arguments)."""
+    from benchmark.runner import load_suite, run_suite
+
+    key = (suite, plots, tuple(sorted(kw.items())))
+    if key not in _RUNS:
+        os.environ.setdefault("TQDM_DISABLE", "1")
+        out = Path(tmp_root) / f"{suite}-{len(_RUNS)}"
+        _RUNS[key] = run_suite(load_suite(SUITES / f"{suite}.toml"), out, quiet=True, plots=plots, **kw)
+    return _RUNS[key]

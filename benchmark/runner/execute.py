@@ -188,7 +188,7 @@ def plan_run(suite: Suite, limit: Optional[int] = None) -> Plan:
         for name in exp.metric_params:
             _lookup(METRICS, name, f"{where}: [metric_params.{name}]")
         mparams = {}
-        for name in metrics:
+        for name in [*metrics, *(m for m in exp.metric_params if m not in metrics)]:
             try:
                 mparams[name] = metric_params(name, exp.metric_params.get(name))
             except TypeError as exc:
@@ -199,6 +199,7 @@ def plan_run(suite: Suite, limit: Optional[int] = None) -> Plan:
             lack = [n for n in needs if (n == "masks" and not dataset.has_masks) or (n == "boxes" and not dataset.has_boxes)]
             if lack:
                 skipped[name] = f"needs {' and '.join(lack)}, which dataset {exp.dataset!r} does not provide"
+        mparams = {m: mparams[m] for m in metrics}
         run_metrics = tuple(m for m in metrics if m not in skipped)
         for name in metrics:
             entry = METRICS.entry(name)
@@ -272,6 +273,9 @@ def _lookup(registry: Any, name: str, where: str) -> Any:
 def _resolve_methods(exp: Experiment, dataset: Any, where: str) -> tuple[str, ...]:
     from ..methods import METHODS
 
+    for n in exp.method_params:
+        _lookup(METHODS, n, f"{where}: [method_params.{n}]")
+        _method_params(n, exp.method_params[n], where)
     if exp.methods == "all":
         return tuple(
             n for n in METHODS.list()
@@ -284,8 +288,6 @@ def _resolve_methods(exp: Experiment, dataset: Any, where: str) -> tuple[str, ..
                 f"{where}: method {n!r} needs ground-truth masks, which dataset {exp.dataset!r} lacks. "
                 "Remove it from `methods`."
             )
-    for n in exp.method_params:
-        _lookup(METHODS, n, f"{where}: [method_params.{n}]")
     return tuple(exp.methods)
 
 
@@ -660,12 +662,13 @@ def versions() -> dict[str, str]:
 
     out = {"cambench": __version__, "python": platform.python_version(), "torch": torch.__version__,
            "numpy": np.__version__, "pandas": pd.__version__}
-    try:
-        import torchvision
+    from importlib import metadata
 
-        out["torchvision"] = torchvision.__version__
-    except ImportError:  # pragma: no cover
-        pass
+    for dist in ("torchvision", "timm"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:  # pragma: no cover
+            pass
     out["platform"] = platform.platform(terse=True)
     return out
 

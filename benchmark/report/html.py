@@ -48,6 +48,7 @@ def leaderboard_html(board: pd.DataFrame) -> str:
         mr = g[g["metric"] == MEAN_RANK].set_index("method")["mean"]
         methods = list(mr.sort_values().index) if len(mr) else sorted(g["method"].unique())
         cell = {(r.method, r.metric): r for r in g.itertuples(index=False)}
+        top = g.groupby("metric")["rank"].min().to_dict()  # best (ties share it)
         head = "".join(
             f'<th>{_e(m)}<br><span class="ci">{"↑" if bool(g[g["metric"] == m]["higher_is_better"].iloc[0]) else "↓"}</span></th>'
             for m in metrics
@@ -60,7 +61,7 @@ def leaderboard_html(board: pd.DataFrame) -> str:
                 if r is None:
                     tds.append("<td>–</td>")
                     continue
-                cls = ' class="best"' if r.rank == 1 else ""
+                cls = ' class="best"' if r.rank == top[metric] else ""
                 ci = f'<br><span class="ci">[{_fmt(r.ci_low)}, {_fmt(r.ci_high)}] n={int(r.n)}</span>'
                 tds.append(f"<td{cls}>{_fmt(r.mean)}{ci}</td>")
             rank = _fmt(mr.get(method, np.nan))
@@ -131,7 +132,7 @@ def render(
 {frame_html(exp_rows)}
 <h2>Leaderboard</h2>
 <p class="muted">Mean over images with the 95% percentile-bootstrap CI ({_e(run.get('bootstrap', 1000))} resamples, seeded) and n.
-↑ higher is better, ↓ lower is better; bold = rank 1. Methods sorted by mean rank over metrics.</p>
+↑ higher is better, ↓ lower is better; bold = best (ties included). Methods sorted by mean rank over metrics.</p>
 {leaderboard_html(board)}
 <h2>Metrics</h2>{fig('bars')}
 <h2>Ranks</h2>{fig('ranks')}

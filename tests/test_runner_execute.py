@@ -72,7 +72,6 @@ def test_predicted_targets_are_the_models_top1(tiny):
     start = c[(c["step"] == 0) & (c["method"] == "gradcam")].set_index("dataset")["value"]
     assert start["fake_plain"] == pytest.approx(p[:4].max(1).values.mean().item(), rel=1e-5)
     assert start["fake_shapes"] == pytest.approx(p.gather(1, labels[:, None]).mean().item(), rel=1e-5)
-    assert p[:4].argmax(1).tolist() != labels[:4].tolist() or True  # informative only
 
 
 def test_curves_and_gallery_are_stored(tiny):

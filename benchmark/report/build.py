@@ -60,7 +60,11 @@ def write_report(out_dir: str | Path, *, plots: bool = True, html: bool = True) 
     if plots:
         from .plots import all_plots
 
-        figs = all_plots(board, curves, store.load_gallery(), out / "plots")
+        # curves of faithfulness metrics (deletion, insertion...) are plotted; other metrics may store
+        # per-image rows in ctx.curves (e.g. PxAP histograms), kept in curves.parquet only
+        fam = run.get("families", {})
+        plotted = curves[curves["metric"].map(lambda m: fam.get(m, "faithfulness") == "faithfulness")]
+        figs = all_plots(board, plotted, store.load_gallery(), out / "plots")
     if html:
         from .html import render
 

@@ -499,11 +499,15 @@ def run_unit(
         torch.manual_seed(seed)
         batch = batch.to(device)
         ids = list(batch.ids)
-        if exp.target == "predicted":
+        unknown = batch.targets < 0  # a loader's "explain the prediction" sentinel (e.g. data target="predicted")
+        if exp.target == "predicted" or bool(unknown.any()):
             with torch.inference_mode():
                 pred = model(batch.images).argmax(dim=1)
+            pred = pred.clone()  # a normal tensor (inference tensors cannot enter autograd)
+            if exp.target != "predicted":
+                pred = torch.where(unknown, pred, batch.targets)
             labels = batch.labels if batch.labels is not None else batch.targets
-            batch = Batch(batch.images, pred.clone(), ids, batch.masks, batch.boxes, labels)
+            batch = Batch(batch.images, pred, ids, batch.masks, batch.boxes, labels)
 
         # 1. every method from one shared capture
         layer = M.resolve_layer(model, handle.target_layer)

@@ -103,6 +103,10 @@ def test_failures_are_recorded_and_the_run_goes_on(tmp_path):
     const = s[(s["method"] == "fake_constant") & (s["metric"] == "fake_inside")]
     assert const["degenerate"].all() and not s[s["method"] == "gradcam"]["degenerate"].any()
     assert (const["value"] == 0).all()  # degenerate maps are zeros, not NaN
+    from benchmark.report.tables import degenerate_counts
+
+    d = degenerate_counts(s)
+    assert d[["method", "degenerate_images", "images"]].values.tolist() == [["fake_constant", 5, 5]]
     data = s[s["method"] == "(data)"]
     assert len(data) == 1 and "img_004.png is truncated" in data["message"].iloc[0]
     f = pd.read_csv(res.out / "failures.csv")

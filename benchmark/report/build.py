@@ -68,7 +68,8 @@ def write_report(out_dir: str | Path, *, plots: bool = True, html: bool = True) 
     if html:
         from .html import render
 
-        atomic_write_text(out / "report.html", render(run, board, sig, fails, timings, figs))
+        degenerate = tables.degenerate_counts(scores)
+        atomic_write_text(out / "report.html", render(run, board, sig, fails, timings, figs, degenerate))
     return Report(out, scores, board, sig, fails, timings, curves, figs, run)
 
 

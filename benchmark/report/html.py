@@ -98,6 +98,7 @@ def render(
     failures: pd.DataFrame,
     timings: pd.DataFrame,
     plots: Mapping[str, Sequence[Path]],
+    degenerate: pd.DataFrame | None = None,
 ) -> str:
     """The report as an HTML string."""
     versions = run.get("versions", {})
@@ -142,6 +143,8 @@ def render(
 <p class="muted">Paired Wilcoxon signed-rank test against the best method per metric, Holm-corrected (p ≥ 0.05 listed; all in significance.csv).</p>
 {frame_html(sig)}
 <h2>Failures</h2>{frame_html(failures)}
+<h2>Degenerate maps</h2><p class="muted">Constant raw maps, scored as all-zero maps (degenerate = True in scores.parquet).</p>
+{frame_html(degenerate if degenerate is not None else pd.DataFrame())}
 <h2>Skipped metrics</h2>{frame_html(skipped_df)}
 <h2>Timings</h2>{frame_html(tot)}{frame_html(tsum)}
 <h2>Settings</h2><p class="muted">{_e(run.get('suite_path', ''))}</p><pre>{_e(run.get('suite_toml', ''))}</pre>

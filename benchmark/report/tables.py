@@ -166,6 +166,19 @@ def failures(scores: pd.DataFrame) -> pd.DataFrame:
     return out[cols]
 
 
+def degenerate_counts(scores: pd.DataFrame) -> pd.DataFrame:
+    """Images whose map was degenerate (constant raw map, set to zeros), per (model, dataset, method)."""
+    cols = ["model", "dataset", "method", "degenerate_images", "images"]
+    if scores.empty or "degenerate" not in scores:
+        return pd.DataFrame(columns=cols)
+    per = scores.drop_duplicates(["model", "dataset", "method", "image_id"])
+    out = per.groupby(["model", "dataset", "method"], as_index=False).agg(
+        degenerate_images=("degenerate", "sum"), images=("image_id", "size")
+    )
+    out = out[out["degenerate_images"] > 0]
+    return out[cols].reset_index(drop=True)
+
+
 def summary_table(board: pd.DataFrame, headline: Optional[list[str]] = None, max_metrics: int = 5) -> pd.DataFrame:
     """Methods x (a few headline metrics + mean rank), one block per (model, dataset), for the terminal."""
     if board.empty:

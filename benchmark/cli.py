@@ -1,0 +1,166 @@
+"""Command line: ``run_bench.py [run|list|report|compare] ...`` (also installed as ``cambench``).
+
+    run_bench.py                                  # = run quick --out results/quick
+    run_bench.py run SUITE [--out DIR] [--device auto|cpu|cuda|cuda:N] [--limit N] [--batch-size N]
+                           [--data-root DIR] [--fresh] [--quiet] [--no-plots]
+    run_bench.py list {methods,metrics,models,datasets,suites}
+    run_bench.py report DIR
+    run_bench.py compare DIR --baseline CSV [--tolerance EPS] [--all]
+
+``--plugin MODULE_OR_FILE.py`` (repeatable, or ``CAMBENCH_PLUGINS=a,b``) imports modules that register
+extra methods, metrics, models or datasets before anything runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from .errors import CambenchError
+
+LISTABLE = ("methods", "metrics", "models", "datasets", "suites")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="run_bench.py",
+        description="cambench: benchmark Class Activation Map methods. Without arguments: run the quick suite.",
+    )
+    p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                   help="import a module or .py file that registers extra entries (repeatable)")
+    sub = p.add_subparsers(dest="command")
+
+    r = sub.add_parser("run", help="run a suite (resumes into an existing output directory)")
+    r.add_argument("suite", nargs="?", default="quick", help="suite name (see `list suites`) or path to a .toml")
+    r.add_argument("--out", default=None, help="output directory (default: results/<suite name>)")
+    r.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N | mps (default: the suite's)")
+    r.add_argument("--limit", type=int, default=None, metavar="N", help="at most N images per experiment")
+    r.add_argument("--batch-size", type=int, default=None, metavar="N", help="images per batch")
+    r.add_argument("--data-root", default=None, metavar="DIR", help="dataset root for every experiment")
+    r.add_argument("--fresh", action="store_true", help="discard earlier results in --out and start over")
+    r.add_argument("--quiet", action="store_true", help="no progress bars or messages, only the summary")
+    r.add_argument("--no-plots", action="store_true", help="tables only (no PNGs in the report)")
+
+    ls = sub.add_parser("list", help="list registered methods, metrics, models, datasets or suites")
+    ls.add_argument("what", choices=LISTABLE)
+
+    rep = sub.add_parser("report", help="rebuild tables, plots and report.html of a run directory")
+    rep.add_argument("dir")
+    rep.add_argument("--no-plots", action="store_true")
+
+    c = sub.add_parser("compare", help="regression gate: exit 1 if a method got worse than the baseline")
+    c.add_argument("dir", help="run directory (or a leaderboard.csv) to check")
+    c.add_argument("--baseline", required=True, help="baseline leaderboard.csv")
+    c.add_argument("--tolerance", type=float, default=0.02, metavar="EPS",
+                   help="absolute change a regression must exceed (default 0.02), besides leaving the CI")
+    c.add_argument("--all", action="store_true", help="print every row, not only the changed ones")
+    return p
+
+
+def _plugins(args: argparse.Namespace) -> list[str]:
+    env = [p for p in os.environ.get("CAMBENCH_PLUGINS", "").split(",") if p.strip()]
+    return env + list(args.plugin)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .report.build import summary_text
+    from .runner import load_registries, load_suite, run_suite
+
+    suite = load_suite(args.suite)
+    suite = suite.with_overrides(device=args.device, batch_size=args.batch_size, data_root=args.data_root)
+    if args.limit is not None and args.limit < 1:
+        raise CambenchError(f"--limit must be a positive number of images, got {args.limit}.")
+    load_registries(_plugins(args))
+    out = Path(args.out) if args.out else Path("results") / suite.name
+    res = run_suite(suite, out, fresh=args.fresh, limit=args.limit, quiet=args.quiet, plots=not args.no_plots)
+    rep = res.report
+    print(f"\ncambench suite {suite.name!r} (hash {res.plan.hash}): {len(res.ran)} unit(s) run, "
+          f"{len(res.reused)} reused, {len(rep.scores)} score rows -> {out}")
+    text = summary_text(rep.run, rep.leaderboard)
+    if text:
+        print(text)
+    n_err = int((rep.scores["status"] == "error").sum())
+    if n_err:
+        print(f"{n_err} score row(s) failed: see {out / 'failures.csv'}")
+    print(f"report: {out / 'report.html'}   leaderboard: {out / 'leaderboard.csv'}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    if args.what == "suites":
+        from .runner.suite import list_suites, load_suite
+
+        for name, where in list_suites().items():
+            try:
+                desc = load_suite(name).description
+            except CambenchError as exc:
+                desc = f"(invalid: {exc})"
+            print(f"{name:<18} {desc}  [{where}]")
+        return 0
+    from .runner import load_registries
+
+    load_registries(_plugins(args))
+    if args.what == "methods":
+        from .methods import METHODS as reg
+        fields = ("family", "paper")
+    elif args.what == "metrics":
+        from .metrics import METRICS as reg
+        fields = ("family", "higher_is_better", "needs")
+    elif args.what == "models":
+        from .models import MODELS as reg
+        fields = ()
+    else:
+        from .data import DATASETS as reg
+        fields = ("has_masks", "has_boxes", "default_model")
+    if not len(reg):
+        print(f"(no {args.what} registered)")
+    for e in reg.entries():
+        meta = "  ".join(f"{f}={e.meta[f]}" for f in fields if f in e.meta)
+        if not fields:
+            meta = "  ".join(f"{k}={v}" for k, v in e.meta.items() if isinstance(v, (str, int, float, bool)))
+        print(f"{e.name:<22} {meta}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report.build import summary_text, write_report
+
+    rep = write_report(args.dir, plots=not args.no_plots)
+    text = summary_text(rep.run, rep.leaderboard)
+    if text:
+        print(text)
+    print(f"report: {Path(args.dir) / 'report.html'}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .report.compare import compare, format_comparison, read_leaderboard
+
+    table = compare(read_leaderboard(args.dir), read_leaderboard(args.baseline), tolerance=args.tolerance)
+    print(format_comparison(table, show_ok=args.all))
+    return 1 if (table["status"] == "regression").any() else 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point; returns the exit status (0 ok, 1 regression found by compare, 2 usage/input error)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:  # no command: run the quick suite (global options such as --plugin kept)
+        args = parser.parse_args([*argv, "run"])
+    handlers = {"run": cmd_run, "list": cmd_list, "report": cmd_report, "compare": cmd_compare}
+    try:
+        return handlers[args.command](args)
+    except (CambenchError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished units are kept; rerun the same command to resume.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""Build every output of a run directory from its stored parts: tables, plots and ``report.html``."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+
+from ..store import Store, atomic_write_text, write_parquet
+from . import tables
+
+
+@dataclass
+class Report:
+    out: Path
+    scores: pd.DataFrame
+    leaderboard: pd.DataFrame
+    significance: pd.DataFrame
+    failures: pd.DataFrame
+    timings: pd.DataFrame
+    curves: pd.DataFrame
+    plots: dict = field(default_factory=dict)
+    run: dict = field(default_factory=dict)
+
+
+def read_run(out_dir: str | Path) -> dict:
+    path = Path(out_dir) / "run.json"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{out_dir} holds no cambench run (no run.json). Run `run_bench.py run SUITE --out {out_dir}` first."
+        )
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def write_report(out_dir: str | Path, *, plots: bool = True, html: bool = True) -> Report:
+    """Write scores.parquet, leaderboard.csv, significance.csv, failures.csv, timings.csv, curves.parquet,
+    plots/*.png and report.html into ``out_dir`` (from its ``run.json`` and the parts of that hash)."""
+    out = Path(out_dir)
+    run = read_run(out)
+    store = Store(out, run["suite_hash"])
+    scores = store.load_scores()
+    directions = {k: bool(v) for k, v in run.get("directions", {}).items()}
+    board = tables.leaderboard(scores, directions, seed=int(run.get("seed", 0)), n_boot=int(run.get("bootstrap", 1000)))
+    sig = tables.significance(scores, board)
+    fails = tables.failures(scores)
+    timings = store.load_timings()
+    curves = store.load_curves()
+
+    write_parquet(out / "scores.parquet", scores)
+    write_parquet(out / "curves.parquet", curves)
+    atomic_write_text(out / "leaderboard.csv", board.to_csv(index=False))
+    atomic_write_text(out / "significance.csv", sig.to_csv(index=False))
+    atomic_write_text(out / "failures.csv", fails.to_csv(index=False))
+    atomic_write_text(out / "timings.csv", timings.to_csv(index=False))
+
+    figs: dict = {}
+    if plots:
+        from .plots import all_plots
+
+        # curves of faithfulness metrics (deletion, insertion...) are plotted; other metrics may store
+        # per-image rows in ctx.curves (e.g. PxAP histograms), kept in curves.parquet only
+        fam = run.get("families", {})
+        plotted = curves[curves["metric"].map(lambda m: fam.get(m, "faithfulness") == "faithfulness")]
+        figs = all_plots(board, plotted, store.load_gallery(), out / "plots")
+    if html:
+        from .html import render
+
+        degenerate = tables.degenerate_counts(scores)
+        atomic_write_text(out / "report.html", render(run, board, sig, fails, timings, figs, degenerate))
+    return Report(out, scores, board, sig, fails, timings, curves, figs, run)
+
+
+def headline_metrics(run: dict, board: pd.DataFrame, k: int = 4) -> list[str]:
+    """A few metrics for the terminal summary: one per family first (faithfulness, localization, ...)."""
+    fam = run.get("families", {})
+    present = [m for m in board["metric"].unique() if m != tables.MEAN_RANK]
+    order = ["faithfulness", "localization", "robustness", "sanity", "cost"]
+    picked: list[str] = []
+    for f in order:
+        for m in sorted(present):
+            if fam.get(m) == f and m not in picked:
+                picked.append(m)
+                break
+    for m in sorted(present):
+        if m not in picked:
+            picked.append(m)
+    return picked[:k]
+
+
+def summary_text(run: dict, board: pd.DataFrame, k: int = 4) -> Optional[str]:
+    """The one-screen terminal summary: methods x headline metrics + mean rank, per (model, dataset)."""
+    if board.empty:
+        return None
+    wide = tables.summary_table(board, headline_metrics(run, board, k), max_metrics=k)
+    with pd.option_context("display.max_rows", 200, "display.width", 160, "display.float_format", "{:.3f}".format):
+        return wide.to_string()

@@ -1,0 +1,172 @@
+"""Report figures (matplotlib Agg + seaborn, PNG): metric bars with CIs, curves, rank heatmap, gallery."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from .tables import MEAN_RANK  # noqa: E402
+
+DPI = 90
+
+
+def _slug(*parts: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_.=+-]+", "_", "-".join(parts))
+
+
+def _save(fig: "plt.Figure", path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def _style() -> None:
+    import seaborn as sns
+
+    sns.set_theme(style="whitegrid", context="paper")
+
+
+def metric_bars(board: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """One figure per (model, dataset): a bar chart per metric, methods sorted best first, 95 % CI bars."""
+    _style()
+    paths = []
+    lb = board[board["metric"] != MEAN_RANK]
+    for (model, dataset), g in lb.groupby(["model", "dataset"], sort=True):
+        metrics = sorted(g["metric"].unique())
+        ncol = min(3, len(metrics))
+        nrow = int(np.ceil(len(metrics) / ncol))
+        n_methods = g["method"].nunique()
+        fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, max(2.2, 0.22 * n_methods + 1.0) * nrow), squeeze=False)
+        for ax, metric in zip(axes.flat, metrics):
+            s = g[g["metric"] == metric].sort_values("rank")
+            y = np.arange(len(s))
+            err = np.vstack([(s["mean"] - s["ci_low"]).clip(lower=0).fillna(0), (s["ci_high"] - s["mean"]).clip(lower=0).fillna(0)])
+            colors = ["#2a9d8f" if r == 1 else "#8da0cb" for r in s["rank"]]
+            ax.barh(y, s["mean"], xerr=err, color=colors, ecolor="#333333", capsize=2)
+            ax.set_yticks(y, s["method"])
+            ax.invert_yaxis()
+            arrow = "higher is better" if bool(s["higher_is_better"].iloc[0]) else "lower is better"
+            ax.set_title(f"{metric} ({arrow})", fontsize=9)
+            ax.tick_params(labelsize=7)
+        for ax in list(axes.flat)[len(metrics):]:
+            ax.axis("off")
+        fig.suptitle(f"{model} on {dataset}: mean over images, 95% bootstrap CI", fontsize=10)
+        fig.tight_layout()
+        paths.append(_save(fig, out_dir / f"bars-{_slug(model, dataset)}.png"))
+    return paths
+
+
+def curve_plots(curves: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """One figure per (model, dataset): a panel per curve metric (deletion, insertion...), a line per method."""
+    _style()
+    paths = []
+    if curves is None or curves.empty:
+        return paths
+    for (model, dataset), g in curves.groupby(["model", "dataset"], sort=True):
+        metrics = sorted(g["metric"].unique())
+        fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 3.4), squeeze=False)
+        for ax, metric in zip(axes.flat, metrics):
+            s = g[g["metric"] == metric]
+            for method, c in s.groupby("method", sort=True):
+                c = c.sort_values("step")
+                style = "--" if method in ("random", "center", "oracle") else "-"
+                ax.plot(c["x"], c["value"], style, lw=1.2, label=method)
+            ax.set_title(metric, fontsize=9)
+            ax.set_xlabel("fraction of pixels perturbed", fontsize=8)
+            ax.set_ylabel("score of the target class", fontsize=8)
+            ax.tick_params(labelsize=7)
+        axes.flat[-1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
+        fig.suptitle(f"{model} on {dataset}: mean curves", fontsize=10)
+        fig.tight_layout()
+        paths.append(_save(fig, out_dir / f"curves-{_slug(model, dataset)}.png"))
+    return paths
+
+
+def rank_heatmap(board: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """One heatmap per (model, dataset): methods (sorted by mean rank) x metrics, cells = rank (1 = best)."""
+    import seaborn as sns
+
+    _style()
+    paths = []
+    for (model, dataset), g in board.groupby(["model", "dataset"], sort=True):
+        wide = g.pivot_table(index="method", columns="metric", values="rank")
+        if MEAN_RANK in wide.columns:
+            wide = wide.sort_values(MEAN_RANK)
+            wide = wide[[c for c in wide.columns if c != MEAN_RANK] + [MEAN_RANK]]
+        fig, ax = plt.subplots(figsize=(0.7 * wide.shape[1] + 2.5, 0.32 * wide.shape[0] + 1.4))
+        sns.heatmap(wide, annot=True, fmt=".1f", cmap="viridis_r", cbar_kws={"label": "rank (1 = best)"}, ax=ax, annot_kws={"fontsize": 7})
+        ax.set_title(f"{model} on {dataset}: ranks", fontsize=10)
+        ax.set_xlabel("")
+        ax.set_ylabel("")
+        ax.tick_params(labelsize=7)
+        paths.append(_save(fig, out_dir / f"ranks-{_slug(model, dataset)}.png"))
+    return paths
+
+
+def gallery(samples: Sequence[dict[str, np.ndarray]], out_dir: Path, max_images: int = 4) -> list[Path]:
+    """One figure per experiment: rows = images, columns = the image then each method's map overlaid.
+
+    Ground-truth boxes are drawn in lime, mask outlines in white.
+    """
+    paths = []
+    by_exp: dict[tuple[str, str], list[dict]] = {}
+    for s in samples:
+        by_exp.setdefault(tuple(s["experiment"].tolist()), []).append(s)
+    for (model, dataset), parts in sorted(by_exp.items()):
+        methods = list(parts[0]["methods"])
+        rows = []
+        for p in parts:
+            for i in range(len(p["ids"])):
+                if len(rows) < max_images and list(p["methods"]) == methods:
+                    rows.append((p, i))
+        if not rows:
+            continue
+        ncol = len(methods) + 1
+        fig, axes = plt.subplots(len(rows), ncol, figsize=(1.45 * ncol, 1.5 * len(rows)), squeeze=False)
+        for r, (p, i) in enumerate(rows):
+            img = p["images"][i]
+            title = str(p["target_names"][i]) if "target_names" in p else f"class {int(p['targets'][i])}"
+            for c in range(ncol):
+                ax = axes[r, c]
+                ax.imshow(img)
+                if c > 0:
+                    ax.imshow(p["maps"][i, c - 1].astype(np.float32), cmap="jet", alpha=0.5, vmin=0, vmax=1)
+                if "masks" in p and p["masks"][i].any():
+                    ax.contour(p["masks"][i].astype(float), levels=[0.5], colors="white", linewidths=0.6)
+                if "boxes" in p:
+                    for x0, y0, x1, y1 in p["boxes"][i]:
+                        if np.isfinite(x0):
+                            ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="lime", lw=0.9))
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if r == 0:
+                    ax.set_title("image" if c == 0 else methods[c - 1], fontsize=7)
+            axes[r, 0].set_ylabel(f"{p['ids'][i]}\n{title}", fontsize=6)
+        fig.suptitle(f"{model} on {dataset}", fontsize=9)
+        fig.tight_layout()
+        paths.append(_save(fig, out_dir / f"gallery-{_slug(model, dataset)}.png"))
+    return paths
+
+
+def all_plots(board: pd.DataFrame, curves: pd.DataFrame, samples: Sequence[dict], out_dir: Path) -> dict[str, list[Path]]:
+    """Every figure of the report, by kind."""
+    out_dir = Path(out_dir)
+    return {
+        "bars": metric_bars(board, out_dir),
+        "ranks": rank_heatmap(board, out_dir),
+        "curves": curve_plots(curves, out_dir),
+        "gallery": gallery(samples, out_dir),
+    }

@@ -1,0 +1,398 @@
+"""Benchmark suites: ``suites/*.toml`` parsed (stdlib ``tomllib``) into a validated :class:`Suite`.
+
+A suite file looks like::
+
+    name = "quick"
+    seed = 0
+    device = "auto"            # auto | cpu | cuda | cuda:N | mps
+    batch_size = 8             # images per explain/metric call
+    shard_size = 8             # images per unit of work (one Parquet part each)
+    forward_batch_size = 64    # chunk size of the extra forwards of Score-CAM, perturbation metrics...
+    gallery = 4                # first N images of each experiment kept for the CAM gallery
+    plugins = []               # modules or .py files imported first (they register extra entries)
+    methods = "all"            # default for every experiment: "all" or a list of names
+    metrics = "all"            # "all", family names ("faithfulness", ...) and/or metric names
+
+    [method_params.smoothgradcampp]   # hyper-parameters shared by every experiment
+    n_samples = 2
+    [metric_params.deletion]
+    step = 64
+
+    [[experiments]]
+    model = "shapes_cnn"
+    weights = "default"        # default | random | path to a checkpoint
+    dataset = "shapes"
+    target = "label"           # label (ground truth) | predicted (top-1)
+    data = { n = 16, split = "test" }   # keyword arguments of the dataset factory
+    # label, model_kwargs, methods, metrics, method_params, metric_params may be overridden here
+
+Strings in ``data``, ``weights`` and ``model_kwargs`` may use ``${ENV_VAR}``; a variable that is not set
+is reported (with the way to set it) when the suite is *run*, so ``list suites`` never fails.
+
+Names are checked against the registries at run time (:func:`benchmark.runner.execute.plan_run`), not
+here, so importing this module never imports models, datasets or metrics.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+import re
+import tomllib
+from dataclasses import asdict, dataclass, field, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+from ..errors import SuiteError
+
+#: Top-level keys of a suite file and their defaults.
+SUITE_DEFAULTS: dict[str, Any] = {
+    "name": None,
+    "description": "",
+    "seed": 0,
+    "device": "auto",
+    "batch_size": 8,
+    "shard_size": 16,
+    "forward_batch_size": 64,
+    "gallery": 4,
+    "bootstrap": 1000,
+    "plugins": [],
+    "methods": "all",
+    "metrics": "all",
+    "method_params": {},
+    "metric_params": {},
+    "experiments": None,
+}
+
+#: Keys of one ``[[experiments]]`` table.
+EXPERIMENT_KEYS = (
+    "model",
+    "dataset",
+    "label",
+    "weights",
+    "model_kwargs",
+    "data",
+    "target",
+    "methods",
+    "metrics",
+    "method_params",
+    "metric_params",
+)
+
+TARGETS = ("label", "predicted")
+METRIC_FAMILIES = ("faithfulness", "localization", "robustness", "sanity", "cost")
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One (model, dataset) cell of a suite with its methods, metrics and their parameters."""
+
+    model: str
+    dataset: str
+    label: str  # the value of the ``model`` column (defaults to ``model``)
+    weights: str = "default"
+    model_kwargs: dict = field(default_factory=dict)
+    data: dict = field(default_factory=dict)
+    target: str = "label"
+    methods: tuple[str, ...] | str = "all"
+    metrics: tuple[str, ...] | str = "all"
+    method_params: dict = field(default_factory=dict)
+    metric_params: dict = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        """Filesystem-safe ``label-dataset`` key used in unit names."""
+        return _safe(f"{self.label}-{self.dataset}")
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A validated suite: global settings plus experiments (names not yet checked against registries)."""
+
+    name: str
+    experiments: tuple[Experiment, ...]
+    description: str = ""
+    seed: int = 0
+    device: str = "auto"
+    batch_size: int = 8
+    shard_size: int = 16
+    forward_batch_size: int = 64
+    gallery: int = 4
+    bootstrap: int = 1000
+    plugins: tuple[str, ...] = ()
+    source: str = ""  # the TOML text as read (recorded in the report)
+    path: Optional[str] = None
+
+    def normalized(self) -> dict[str, Any]:
+        """Everything that changes results, as plain JSON-able data (device, paths of the file excluded).
+
+        The device is left out on purpose: a run resumed on another device keeps its finished parts
+        (CPU and CUDA scores agree to float tolerance, not bit for bit).
+        """
+        d = asdict(self)
+        for k in ("source", "path", "description", "device", "name"):
+            d.pop(k)
+        d["experiments"] = [asdict(e) for e in self.experiments]
+        return d
+
+    def hash(self, extra: Any = None) -> str:
+        """Stable 12-hex-digit hash of the normalised suite, the package version and ``extra``."""
+        from .. import __version__
+
+        blob = json.dumps(
+            {"suite": self.normalized(), "version": __version__, "extra": extra},
+            sort_keys=True,
+            default=str,
+        )
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    def with_overrides(
+        self,
+        *,
+        device: Optional[str] = None,
+        batch_size: Optional[int] = None,
+        data_root: Optional[str] = None,
+    ) -> "Suite":
+        """A copy with CLI overrides applied (``--device``, ``--batch-size``, ``--data-root``)."""
+        s = self
+        if device is not None:
+            _check_device(device, "--device")
+            s = replace(s, device=device)
+        if batch_size is not None:
+            if int(batch_size) < 1:
+                raise SuiteError(f"--batch-size must be a positive integer, got {batch_size}.")
+            s = replace(s, batch_size=int(batch_size))
+        if data_root is not None:
+            exps = tuple(replace(e, data={**e.data, "root": str(data_root)}) for e in s.experiments)
+            s = replace(s, experiments=exps)
+        return s
+
+    def unresolved_env(self) -> list[tuple[str, str]]:
+        """``(experiment label/dataset, VAR)`` for each ``${VAR}`` left unexpanded (variable not set)."""
+        out = []
+        for e in self.experiments:
+            for value in _strings([e.weights, e.data, e.model_kwargs]):
+                for var in _ENV.findall(value):
+                    out.append((f"{e.label}/{e.dataset}", var))
+        return out
+
+
+# -- loading ---------------------------------------------------------------------------------------
+
+
+def packaged_suites() -> dict[str, str]:
+    """``{name: toml text}`` of the suites shipped inside the package (``benchmark/suites``)."""
+    out = {}
+    for item in resources.files("benchmark").joinpath("suites").iterdir():
+        if item.name.endswith(".toml"):
+            out[item.name[: -len(".toml")]] = item.read_text(encoding="utf-8")
+    return dict(sorted(out.items()))
+
+
+def suite_search_path() -> list[Path]:
+    """Folders searched for ``NAME.toml``: ``./suites`` then ``$CAMBENCH_SUITES`` (os.pathsep list)."""
+    paths = [Path.cwd() / "suites"]
+    extra = os.environ.get("CAMBENCH_SUITES", "")
+    paths += [Path(p) for p in extra.split(os.pathsep) if p]
+    return paths
+
+
+def list_suites() -> dict[str, str]:
+    """``{name: where}`` of every suite found on the search path and in the package."""
+    found: dict[str, str] = {}
+    for folder in suite_search_path():
+        if folder.is_dir():
+            for f in sorted(folder.glob("*.toml")):
+                found.setdefault(f.stem, str(f))
+    for name in packaged_suites():
+        found.setdefault(name, f"(packaged) benchmark/suites/{name}.toml")
+    return dict(sorted(found.items()))
+
+
+def load_suite(spec: str | os.PathLike) -> Suite:
+    """Load a suite from a path, or a name looked up in ``./suites``, ``$CAMBENCH_SUITES``, the package."""
+    spec_s = str(spec)
+    path = Path(spec_s)
+    if path.suffix == ".toml" or os.sep in spec_s or "/" in spec_s:
+        if not path.is_file():
+            raise SuiteError(
+                f"Suite file {spec_s!r} does not exist. Pass a path to a .toml file or the name of a "
+                f"suite ({', '.join(list_suites()) or 'none found'})."
+            )
+        return parse_suite(path.read_text(encoding="utf-8"), path=str(path.resolve()))
+    for folder in suite_search_path():
+        candidate = folder / f"{spec_s}.toml"
+        if candidate.is_file():
+            return parse_suite(candidate.read_text(encoding="utf-8"), path=str(candidate.resolve()))
+    packaged = packaged_suites()
+    if spec_s in packaged:
+        return parse_suite(packaged[spec_s], path=f"benchmark/suites/{spec_s}.toml", default_name=spec_s)
+    names = sorted(list_suites())
+    close = difflib.get_close_matches(spec_s, names, n=3)
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    raise SuiteError(
+        f"Unknown suite {spec_s!r}.{hint} Known suites: {', '.join(names) or '(none)'}. "
+        "Pass a path to a .toml file to run your own."
+    )
+
+
+def parse_suite(text: str, path: Optional[str] = None, default_name: Optional[str] = None) -> Suite:
+    """Parse and validate the TOML ``text`` of a suite (``path`` is used in messages only)."""
+    where = path or "<suite>"
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SuiteError(f"{where}: invalid TOML: {exc}.") from None
+    _check_keys(raw, SUITE_DEFAULTS, where)
+    cfg = {k: raw.get(k, v) for k, v in SUITE_DEFAULTS.items()}
+    name = cfg["name"] or default_name or (Path(path).stem if path else None)
+    if not isinstance(name, str) or not name:
+        raise SuiteError(f"{where}: the suite needs a `name = \"...\"`.")
+    for key in ("seed", "batch_size", "shard_size", "forward_batch_size", "gallery", "bootstrap"):
+        v = cfg[key]
+        if not isinstance(v, int) or isinstance(v, bool) or v < (0 if key in ("seed", "gallery") else 1):
+            raise SuiteError(f"{where}: `{key}` must be a {'non-negative' if key in ('seed', 'gallery') else 'positive'} integer, got {v!r}.")
+    _check_device(cfg["device"], f"{where}: `device`")
+    plugins = cfg["plugins"]
+    if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
+        raise SuiteError(f"{where}: `plugins` must be a list of module names or .py paths.")
+    if path and not path.startswith("benchmark/"):
+        base = Path(path).parent
+        plugins = [str((base / p).resolve()) if p.endswith(".py") and not Path(p).is_absolute() else p for p in plugins]
+    exps = cfg["experiments"]
+    if not isinstance(exps, list) or not exps:
+        raise SuiteError(
+            f"{where}: a suite needs at least one [[experiments]] table with `model` and `dataset`."
+        )
+    experiments = tuple(
+        _experiment(e, i, cfg, where) for i, e in enumerate(exps)
+    )
+    seen: dict[tuple[str, str], int] = {}
+    for i, e in enumerate(experiments):
+        if (e.label, e.dataset) in seen:
+            raise SuiteError(
+                f"{where}: experiments {seen[(e.label, e.dataset)]} and {i} both score model "
+                f"{e.label!r} on dataset {e.dataset!r}; give one a distinct `label = \"...\"` "
+                "(it names the model column)."
+            )
+        seen[(e.label, e.dataset)] = i
+    return Suite(
+        name=name,
+        description=str(cfg["description"]),
+        experiments=experiments,
+        seed=cfg["seed"],
+        device=cfg["device"],
+        batch_size=cfg["batch_size"],
+        shard_size=cfg["shard_size"],
+        forward_batch_size=cfg["forward_batch_size"],
+        gallery=cfg["gallery"],
+        bootstrap=cfg["bootstrap"],
+        plugins=tuple(plugins),
+        source=text,
+        path=path,
+    )
+
+
+def _experiment(raw: Any, i: int, cfg: Mapping[str, Any], where: str) -> Experiment:
+    w = f"{where}: [[experiments]] #{i}"
+    if not isinstance(raw, dict):
+        raise SuiteError(f"{w} must be a table.")
+    _check_keys(raw, EXPERIMENT_KEYS, w)
+    for req in ("model", "dataset"):
+        if not isinstance(raw.get(req), str) or not raw[req]:
+            raise SuiteError(f"{w} needs `{req} = \"...\"` (see `run_bench.py list {req}s`).")
+    target = raw.get("target", "label")
+    if target not in TARGETS:
+        raise SuiteError(f"{w}: `target` must be one of {TARGETS}, got {target!r}.")
+    for key in ("data", "model_kwargs"):
+        if not isinstance(raw.get(key, {}), dict):
+            raise SuiteError(f"{w}: `{key}` must be a table of keyword arguments.")
+    weights = raw.get("weights", "default")
+    if not isinstance(weights, str):
+        raise SuiteError(f"{w}: `weights` must be \"default\", \"random\" or a checkpoint path.")
+    methods = _names(raw.get("methods", cfg["methods"]), "methods", w)
+    metrics = _names(raw.get("metrics", cfg["metrics"]), "metrics", w)
+    mparams = _merge_params(cfg["method_params"], raw.get("method_params", {}), "method_params", w)
+    kparams = _merge_params(cfg["metric_params"], raw.get("metric_params", {}), "metric_params", w)
+    return Experiment(
+        model=raw["model"],
+        dataset=raw["dataset"],
+        label=str(raw.get("label", raw["model"])),
+        weights=_expand(weights),
+        model_kwargs=_expand(dict(raw.get("model_kwargs", {}))),
+        data=_expand(dict(raw.get("data", {}))),
+        target=target,
+        methods=methods,
+        metrics=metrics,
+        method_params=mparams,
+        metric_params=kparams,
+    )
+
+
+def _names(value: Any, key: str, where: str) -> tuple[str, ...] | str:
+    if value == "all":
+        return "all"
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        if len(set(value)) != len(value):
+            raise SuiteError(f"{where}: `{key}` lists a name twice: {value}.")
+        return tuple(value)
+    raise SuiteError(f"{where}: `{key}` must be \"all\" or a non-empty list of names, got {value!r}.")
+
+
+def _merge_params(base: Any, over: Any, key: str, where: str) -> dict:
+    for v in (base, over):
+        if not isinstance(v, dict) or not all(isinstance(p, dict) for p in v.values()):
+            raise SuiteError(
+                f"{where}: `{key}` must map a name to a table of parameters, e.g. "
+                f"[{key}.NAME] then `param = value` lines."
+            )
+    out = {k: dict(v) for k, v in base.items()}
+    for k, v in over.items():
+        out[k] = {**out.get(k, {}), **v}
+    return out
+
+
+def _check_keys(raw: Mapping[str, Any], valid: Any, where: str) -> None:
+    valid = list(valid)
+    for key in raw:
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise SuiteError(f"{where}: unknown key {key!r}.{hint} Valid keys: {', '.join(valid)}.")
+
+
+def _check_device(device: Any, where: str) -> None:
+    if not isinstance(device, str) or not _DEVICE.match(device):
+        raise SuiteError(f"{where} must be auto, cpu, cuda, cuda:N or mps; got {device!r}.")
+
+
+def _expand(value: Any) -> Any:
+    """Expand ``${VAR}`` in strings (recursively); unset variables are left as is (reported at run time)."""
+    if isinstance(value, str):
+        return _ENV.sub(lambda m: os.environ.get(m.group(1), m.group(0)), value)
+    if isinstance(value, dict):
+        return {k: _expand(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand(v) for v in value]
+    return value
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, (list, tuple)):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+def _safe(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=+-]+", "_", s)

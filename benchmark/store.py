@@ -1,0 +1,195 @@
+"""Atomic, resumable result store.
+
+Layout of an output directory ``OUT``::
+
+    OUT/run.json                          suite hash, suite TOML, versions, metric directions, skipped
+    OUT/parts/<unit_key>__<hash>.parquet  score rows of one finished unit; its Parquet metadata holds
+                                          the unit's mean curves and timings (one file = one commit)
+    OUT/gallery/<unit_key>__<hash>.npz    images + every method's map for the first images (gallery)
+
+Every file is written to a temporary name in the same folder and moved into place with ``os.replace``
+(atomic on POSIX and Windows), the gallery before the part: a part on disk means its unit is finished.
+A rerun skips units whose part carries the current suite hash; parts with another hash are stale
+(another suite, version or setting) and are removed with a message; ``fresh=True`` starts over.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+META_KEY = b"cambench"
+_SEP = "__"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_parquet(path: Path, df: pd.DataFrame, meta: Optional[dict] = None) -> None:
+    """Atomically write ``df`` as Parquet, with ``meta`` (JSON) in the schema metadata."""
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    if meta is not None:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), META_KEY: json.dumps(meta).encode()})
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def read_meta(path: Path) -> dict:
+    md = pq.read_schema(path).metadata or {}
+    return json.loads(md.get(META_KEY, b"{}"))
+
+
+class Store:
+    """The parts of one run in ``out_dir`` for suite hash ``suite_hash``."""
+
+    def __init__(self, out_dir: str | os.PathLike, suite_hash: str, log: Callable[[str], None] | None = None) -> None:
+        self.out = Path(out_dir)
+        self.hash = suite_hash
+        self.parts = self.out / "parts"
+        self.gallery = self.out / "gallery"
+        self.log = log or (lambda msg: print(msg, file=sys.stderr))
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def prepare(self, fresh: bool = False) -> None:
+        """Create the folders; with ``fresh`` delete earlier results; drop stale parts and temp files."""
+        if fresh:
+            for d in (self.parts, self.gallery, self.out / "plots"):
+                if d.exists():
+                    shutil.rmtree(d)
+        self.parts.mkdir(parents=True, exist_ok=True)
+        self.gallery.mkdir(parents=True, exist_ok=True)
+        stale = 0
+        for folder in (self.parts, self.gallery):
+            for f in folder.iterdir():
+                if f.name.startswith(".") and f.name.endswith(".tmp"):
+                    f.unlink(missing_ok=True)  # left by a killed writer
+                elif f.is_file() and self._hash_of(f) != self.hash:
+                    f.unlink(missing_ok=True)
+                    stale += folder is self.parts
+        if stale:
+            self.log(
+                f"cambench: removed {stale} result part(s) of another suite version/settings from "
+                f"{self.parts} (current suite hash {self.hash})."
+            )
+
+    @staticmethod
+    def _hash_of(path: Path) -> Optional[str]:
+        stem = path.name
+        for ext in (".parquet", ".npz"):
+            stem = stem[: -len(ext)] if stem.endswith(ext) else stem
+        return stem.rsplit(_SEP, 1)[1] if _SEP in stem else None
+
+    def part_path(self, key: str) -> Path:
+        return self.parts / f"{key}{_SEP}{self.hash}.parquet"
+
+    def gallery_path(self, key: str) -> Path:
+        return self.gallery / f"{key}{_SEP}{self.hash}.npz"
+
+    def done(self) -> set[str]:
+        """Keys of the units already finished for this suite hash."""
+        if not self.parts.is_dir():
+            return set()
+        suffix = f"{_SEP}{self.hash}.parquet"
+        return {f.name[: -len(suffix)] for f in self.parts.iterdir() if f.name.endswith(suffix)}
+
+    # -- writing -----------------------------------------------------------------------------------
+    def write_unit(self, result: Any) -> Path:
+        """Commit a :class:`~benchmark.runner.execute.UnitResult`: gallery first, then the part."""
+        if result.gallery is not None:
+            buf = io.BytesIO()
+            np.savez_compressed(buf, **result.gallery)
+            atomic_write_bytes(self.gallery_path(result.key), buf.getvalue())
+        meta = {
+            "suite_hash": self.hash,
+            "unit": result.key,
+            "curves": result.curves.to_dict(orient="list"),
+            "timings": result.timings.to_dict(orient="list"),
+            "info": result.info,
+        }
+        path = self.part_path(result.key)
+        write_parquet(path, result.scores, meta)
+        return path
+
+    # -- reading -----------------------------------------------------------------------------------
+    def _parts(self) -> list[Path]:
+        return sorted(self.parts.glob(f"*{_SEP}{self.hash}.parquet"))
+
+    def load_scores(self) -> pd.DataFrame:
+        """All score rows of this hash, in a canonical order (independent of execution order)."""
+        from .runner.execute import SCORE_COLUMNS
+
+        frames = [pq.read_table(p).to_pandas() for p in self._parts()]
+        if not frames:
+            return pd.DataFrame({c: pd.Series(dtype="float64" if c == "value" else "object") for c in SCORE_COLUMNS})
+        df = pd.concat(frames, ignore_index=True)
+        return sort_scores(df)
+
+    def load_meta(self) -> list[dict]:
+        return [read_meta(p) for p in self._parts()]
+
+    def load_curves(self) -> pd.DataFrame:
+        """Mean curves over all images (units combined, weighted by their image counts)."""
+        from .runner.execute import CURVE_COLUMNS
+
+        frames = [pd.DataFrame(m.get("curves", {})) for m in self.load_meta()]
+        frames = [f for f in frames if len(f)]
+        if not frames:
+            return pd.DataFrame(columns=CURVE_COLUMNS)
+        df = pd.concat(frames, ignore_index=True)
+        df["wv"] = df["value"] * df["n"]
+        keys = ["model", "dataset", "method", "metric", "step"]
+        out = df.groupby(keys, as_index=False).agg(x=("x", "first"), wv=("wv", "sum"), n=("n", "sum"))
+        out["value"] = out["wv"] / out["n"].clip(lower=1)
+        return out[["model", "dataset", "method", "metric", "step", "x", "value", "n"]]
+
+    def load_timings(self) -> pd.DataFrame:
+        from .runner.execute import TIMING_COLUMNS
+
+        frames = [pd.DataFrame(m.get("timings", {})) for m in self.load_meta()]
+        frames = [f for f in frames if len(f)]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=TIMING_COLUMNS)
+
+    def load_gallery(self) -> list[dict[str, np.ndarray]]:
+        """The gallery samples (one dict of arrays per unit that kept images), in key order."""
+        out = []
+        for p in sorted(self.gallery.glob(f"*{_SEP}{self.hash}.npz")):
+            with np.load(p, allow_pickle=False) as z:
+                out.append({k: z[k] for k in z.files})
+        return out
+
+
+def sort_scores(df: pd.DataFrame) -> pd.DataFrame:
+    """Canonical row order of a score table (so that equal runs give byte-identical files)."""
+    return df.sort_values(["model", "dataset", "method", "metric", "image_id"], kind="mergesort").reset_index(drop=True)

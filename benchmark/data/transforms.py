@@ -1,0 +1,266 @@
+"""Preprocessing in one place: geometry-consistent resizing of samples and the batching pipeline.
+
+* :func:`resize_sample` transforms a :class:`Sample`'s image (bilinear, antialiased), mask (nearest,
+  pixel-centre aligned) and boxes (scaled, shifted, clipped) with one geometry, so ground truth stays on
+  the object.
+* :func:`make_batches` turns a dataset into model-ready :class:`~benchmark.types.Batch` es with a torch
+  ``DataLoader`` (optional worker processes), skipping corrupt items and reporting them in ``.errors``.
+
+Boxes are ``[x1, y1, x2, y2]`` float pixel *edges* (pixel ``(r, c)`` covers ``[c, c+1) x [r, r+1)``), the
+convention under which resizing is an exact affine map of the coordinates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Iterator, Literal, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from ..errors import DataError
+from ..types import Batch, ModelHandle
+from .base import Sample
+
+ResizeMode = Literal["resize", "resize_center_crop"]
+
+#: Centre-crop fraction of the usual ImageNet evaluation (resize to 256, crop 224).
+DEFAULT_CROP_FRACTION = 0.875
+
+
+def _as_hw(size: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(size, int):
+        return size, size
+    h, w = (int(v) for v in size)
+    return h, w
+
+
+def resize_sample(
+    sample: Sample,
+    size: int | Sequence[int],
+    mode: ResizeMode = "resize",
+    crop_fraction: float = DEFAULT_CROP_FRACTION,
+) -> Sample:
+    """Resize ``sample`` to ``size`` (H, W), transforming image, mask and boxes consistently.
+
+    ``mode="resize"`` stretches to ``size``. ``mode="resize_center_crop"`` scales (keeping the aspect
+    ratio) so that the image covers ``size / crop_fraction``, then crops the centre ``size`` (torchvision's
+    ``Resize(int(s / 0.875))`` + ``CenterCrop(s)`` for a square ``s``). Boxes are scaled by the exact
+    per-axis ratios, shifted by the crop offset and clipped to the image; boxes left with no area are
+    dropped. The mask uses ``nearest-exact`` sampling (pixel centres), the image bilinear with antialias.
+    """
+    out_h, out_w = _as_hw(size)
+    img = sample.image
+    if img.ndim != 3:
+        raise DataError(f"{sample.id}: image must be [C,H,W], got shape {tuple(img.shape)}.")
+    h, w = int(img.shape[-2]), int(img.shape[-1])
+    if sample.mask is not None and tuple(sample.mask.shape) != (h, w):
+        raise DataError(
+            f"{sample.id}: mask shape {tuple(sample.mask.shape)} does not match the image ({h}, {w})."
+        )
+    if mode == "resize":
+        new_h, new_w, top, left = out_h, out_w, 0, 0
+    elif mode == "resize_center_crop":
+        if not 0 < crop_fraction <= 1:
+            raise ValueError(f"crop_fraction must be in (0, 1], got {crop_fraction}.")
+        scale = max(out_h / h, out_w / w) / crop_fraction
+        new_h, new_w = max(out_h, round(h * scale)), max(out_w, round(w * scale))
+        top, left = int(round((new_h - out_h) / 2.0)), int(round((new_w - out_w) / 2.0))
+    else:
+        raise ValueError(f"mode must be 'resize' or 'resize_center_crop', got {mode!r}.")
+
+    if (new_h, new_w) != (h, w):
+        img = F.interpolate(
+            img[None].float(), size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True
+        )[0].clamp_(0.0, 1.0)
+    img = img[:, top : top + out_h, left : left + out_w]
+
+    mask = sample.mask
+    if mask is not None:
+        if (new_h, new_w) != (h, w):
+            mask = F.interpolate(mask[None, None].float(), size=(new_h, new_w), mode="nearest-exact")[0, 0] > 0.5
+        mask = mask[top : top + out_h, left : left + out_w].bool()
+
+    boxes = sample.boxes
+    if boxes is not None:
+        boxes = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+        factor = torch.tensor([new_w / w, new_h / h, new_w / w, new_h / h])
+        shift = torch.tensor([left, top, left, top], dtype=torch.float32)
+        boxes = boxes * factor - shift
+        limit = torch.tensor([out_w, out_h, out_w, out_h], dtype=torch.float32)
+        boxes = torch.minimum(boxes.clamp(min=0.0), limit)
+        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        boxes = boxes[keep]
+    return dataclasses.replace(sample, image=img.contiguous(), mask=mask, boxes=boxes)
+
+
+@dataclass
+class _Failed:
+    """Placeholder for an item the dataset could not produce (travels through the loader)."""
+
+    index: int
+    message: str
+
+
+def item_name(dataset: Dataset, index: int) -> str:
+    """How error messages name item ``index``: ``dataset.item_name(index)`` (a file name) if defined."""
+    fn = getattr(dataset, "item_name", None)
+    if callable(fn):
+        try:
+            return str(fn(index))
+        except Exception:  # noqa: BLE001 - naming must never fail the run
+            pass
+    return f"item {index}"
+
+
+class _Prepared(Dataset):
+    """``dataset[indices[j]]`` resized for the model; corrupt items become :class:`_Failed`."""
+
+    def __init__(self, dataset: Dataset, indices: Sequence[int], size: tuple[int, int], mode: ResizeMode):
+        self.dataset, self.indices, self.size, self.mode = dataset, list(indices), size, mode
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, j: int) -> Sample | _Failed:
+        i = self.indices[j]
+        try:
+            return resize_sample(self.dataset[i], self.size, self.mode)
+        except (DataError, OSError) as exc:  # OSError: unreadable/missing files (PIL raises subclasses)
+            return _Failed(i, f"{item_name(self.dataset, i)}: {type(exc).__name__}: {exc}")
+
+
+class _Collate:
+    """Stack prepared samples into a normalised :class:`Batch`; returns ``(batch | None, errors)``."""
+
+    def __init__(self, handle: ModelHandle) -> None:
+        # Keep only what normalisation needs: workers must not receive a copy of the model.
+        self.handle = dataclasses.replace(handle, model=nn.Identity())
+
+    def __call__(self, items: list[Sample | _Failed]) -> tuple[Optional[Batch], list[str]]:
+        errors = [it.message for it in items if isinstance(it, _Failed)]
+        good = [it for it in items if isinstance(it, Sample)]
+        if not good:
+            return None, errors
+        h, w = good[0].image.shape[-2:]
+        images = torch.stack([s.image.float() for s in good])
+        if any(s.mask is not None for s in good):  # a missing mask is empty (metrics give NaN for it)
+            masks: Optional[Tensor] = torch.stack(
+                [s.mask if s.mask is not None else torch.zeros((h, w), dtype=torch.bool) for s in good]
+            )
+        else:
+            masks = None
+        if any(s.boxes is not None for s in good):
+            boxes: Optional[list[Tensor]] = [
+                s.boxes if s.boxes is not None else torch.zeros((0, 4)) for s in good
+            ]
+        else:
+            boxes = None
+        labels = (
+            torch.tensor([int(s.label) for s in good], dtype=torch.long)
+            if all(s.label is not None for s in good)
+            else None
+        )
+        batch = Batch(
+            images=self.handle.normalize(images),
+            targets=torch.tensor([int(s.target) for s in good], dtype=torch.long),
+            ids=[str(s.id) for s in good],
+            masks=masks,
+            boxes=boxes,
+            labels=labels,
+        )
+        return batch, errors
+
+
+def _seed_worker(seed: int):  # type: ignore[no-untyped-def]
+    def init(worker_id: int) -> None:
+        import random
+
+        import numpy as np
+
+        s = seed * 1000 + worker_id
+        torch.manual_seed(s)
+        np.random.seed(s % 2**32)
+        random.seed(s)
+
+    return init
+
+
+class BatchIterator:
+    """Iterable of :class:`Batch`; ``.errors`` lists the items skipped so far (``"name: reason"``).
+
+    Messages are also appended to ``dataset.errors`` when the dataset has that list. Iterating again
+    reloads the data (and appends new messages).
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        handle: ModelHandle,
+        batch_size: int,
+        indices: Optional[Sequence[int]] = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        seed: int = 0,
+        mode: ResizeMode = "resize",
+    ) -> None:
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+        if int(num_workers) < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}.")
+        self.dataset, self.handle = dataset, handle
+        self.indices = list(range(len(dataset))) if indices is None else [int(i) for i in indices]  # type: ignore[arg-type]
+        self.batch_size, self.num_workers, self.seed = int(batch_size), int(num_workers), int(seed)
+        self.pin_memory = bool(pin_memory) and torch.cuda.is_available()
+        self.mode = mode
+        self.errors: list[str] = []
+
+    def __len__(self) -> int:
+        """Number of batches before skipping (an upper bound on what iteration yields)."""
+        return -(-len(self.indices) // self.batch_size)
+
+    def __iter__(self) -> Iterator[Batch]:
+        loader = DataLoader(
+            _Prepared(self.dataset, self.indices, _as_hw(self.handle.input_size), self.mode),
+            batch_size=self.batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            collate_fn=_Collate(self.handle),
+            pin_memory=self.pin_memory,
+            worker_init_fn=_seed_worker(self.seed) if self.num_workers > 0 else None,
+            generator=torch.Generator().manual_seed(self.seed),
+        )
+        sink = getattr(self.dataset, "errors", None)
+        for batch, errors in loader:
+            if errors:
+                self.errors.extend(errors)
+                if isinstance(sink, list):
+                    sink.extend(errors)
+            if batch is not None:
+                yield batch
+
+
+def make_batches(
+    dataset: Dataset,
+    handle: ModelHandle,
+    batch_size: int,
+    indices: Optional[Sequence[int]] = None,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+    seed: int = 0,
+    mode: ResizeMode = "resize",
+) -> BatchIterator:
+    """Model-ready batches of ``dataset[indices]`` (default: all), in order.
+
+    Each sample is resized to ``handle.input_size`` with :func:`resize_sample` (``mode``), images are
+    stacked and normalised with ``handle.normalize``; ids, targets, labels, masks and boxes are kept.
+    Items whose loading raises :class:`~benchmark.errors.DataError` (or ``OSError``) are skipped and
+    reported in the returned iterator's ``.errors``; the run goes on.
+    """
+    return BatchIterator(dataset, handle, batch_size, indices, num_workers, pin_memory, seed, mode)
+
+
+__all__ = ["BatchIterator", "DEFAULT_CROP_FRACTION", "make_batches", "resize_sample"]

@@ -8,8 +8,10 @@ respect to the input and to the output of every layer that adds a per-channel bi
 normalises each (image, channel) map and upsamples it bilinearly to the input size. As pytorch-grad-cam
 ``FullGrad``: bias layers are modules whose type is exactly ``nn.Conv2d`` or ``nn.BatchNorm2d`` with a bias;
 a BatchNorm's bias is its eval-mode effective bias ``beta - mu gamma / sqrt(var + eps)``; the input term is
-normalised per RGB channel. Departure: pgc divides by ``max - min + 1e-7``; we divide by the range itself
-(scale-free, as :func:`benchmark.methods.postprocess.minmax`), so maps of tiny magnitude are not squashed.
+normalised per RGB channel; ``psi`` divides by ``max - min + eps`` with pgc's ``eps = 1e-7``. That absolute
+eps is a noise floor that matters: layers whose ``|b g|`` is ~1e-8 (saturated gates) are squashed instead of
+counting as much as any other channel. ``eps=0`` gives the paper's scale-free ``psi`` (a map whose range is
+below 1e-6 of its magnitude then counts as constant, 0).
 Upsampling is linear, so each layer's channel sum is taken at its own resolution and upsampled once.
 """
 
@@ -19,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import ExplainContext, register_method
-from .postprocess import upsample
+from .postprocess import REL_TOL, upsample
 
 BIAS_TYPES = (nn.Conv2d, nn.BatchNorm2d)
 
@@ -37,21 +39,33 @@ def effective_bias(layer: nn.Module) -> Tensor:
     return layer.bias.detach()
 
 
-def channel_minmax(x: Tensor) -> Tensor:
-    """Min-max each ``[h,w]`` map of ``[B,C,h,w]`` to [0,1]; constant maps become 0 (scale-free)."""
+def channel_minmax(x: Tensor, eps: float = 1e-7, rel_tol: float = REL_TOL) -> Tensor:
+    """Min-max each ``[h,w]`` map of ``[B,C,h,w]``: ``(x - min) / (max - min + eps)`` (pgc ``scale_cam_image``).
+
+    With ``eps=0`` (scale-free) a map whose range is at most ``rel_tol`` times its largest magnitude is
+    constant up to float rounding and becomes 0 rather than amplified rounding noise.
+    """
     lo = x.amin(dim=(-2, -1), keepdim=True)
-    span = x.amax(dim=(-2, -1), keepdim=True) - lo
-    return torch.where(span > 0, (x - lo) / torch.where(span > 0, span, torch.ones_like(span)), torch.zeros_like(x))
+    hi = x.amax(dim=(-2, -1), keepdim=True)
+    span = hi - lo
+    if eps > 0:
+        return (x - lo) / (span + eps)
+    ok = span > rel_tol * torch.maximum(hi.abs(), lo.abs())
+    return torch.where(ok, (x - lo) / torch.where(ok, span, torch.ones_like(span)), torch.zeros_like(x))
 
 
 @register_method(
     "fullgrad",
     family="gradient",
     layer_free=True,
+    defaults={"eps": 1e-7},
     paper="Srinivas & Fleuret 2019 (FullGrad), eq. 7",
 )
-def fullgrad(ctx: ExplainContext) -> Tensor:
-    """FullGrad saliency at input resolution ``[B,H,W]`` (see the module docstring); ignores ``ctx.layer``."""
+def fullgrad(ctx: ExplainContext, eps: float = 1e-7) -> Tensor:
+    """FullGrad saliency at input resolution ``[B,H,W]`` (see the module docstring); ignores ``ctx.layer``.
+
+    ``eps``: the per-map normalisation's noise floor (pgc 1e-7; 0 = scale-free).
+    """
     layers = bias_layers(ctx.model)
     outputs: list[tuple[nn.Module, Tensor]] = []
 
@@ -71,10 +85,10 @@ def fullgrad(ctx: ExplainContext) -> Tensor:
             h.remove()
     size = ctx.input_size
     gx = grads[0] if grads[0] is not None else torch.zeros_like(x)
-    total = channel_minmax((x.detach() * gx).abs()).sum(dim=1)
+    total = channel_minmax((x.detach() * gx).abs(), eps).sum(dim=1)
     for (module, _), g in zip(outputs, grads[1:]):
         if g is None or g.ndim != 4:
             continue
         bias = effective_bias(module).to(g.dtype).view(1, -1, 1, 1)
-        total = total + upsample(channel_minmax((bias * g).abs()).sum(dim=1), size)
+        total = total + upsample(channel_minmax((bias * g).abs(), eps).sum(dim=1), size)
     return total

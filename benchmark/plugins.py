@@ -171,6 +171,7 @@ def load_plugins(
     Returns the loaded :class:`Plugin` records (also those loaded earlier). With ``check``, every method a
     plugin registered passes :func:`check_methods` before this returns. Raises :class:`PluginError`.
     """
+    before = set(_LOADED)
     plugins = [_load_spec(s) for s in specs]
     if entry_points:
         for group, ep in _entry_points():
@@ -179,7 +180,14 @@ def load_plugins(
             origin = f"{group}: {ep.name} = {ep.value}"
             plugins.append(_load_one(f"entry:{origin}", name, origin, ep.load))
     if check:
-        check_methods([m for p in plugins for m in p.methods])
+        try:
+            check_methods([m for p in plugins for m in p.methods])
+        except ContractError:
+            # Unload what this call loaded, so that a fixed plugin can be loaded again in this process.
+            for key in set(_LOADED) - before:
+                p = _LOADED.pop(key)
+                _rollback({"method": p.methods, "metric": p.metrics})
+            raise
     return plugins
 
 
@@ -304,6 +312,7 @@ def _check_method(
     name: str, params: Optional[Mapping[str, Any]], *, n_images: int, seed: int, atol: float
 ) -> list[str]:
     entry = METHODS.entry(name)
+    _params(name, params)  # an unknown parameter is a configuration error: raise it, do not report it
     meta = entry.meta
     vit = "vit" in tuple(meta.get("architectures", ()))
     model, layer, reshape = _check_model(vit, seed)

@@ -202,6 +202,13 @@ def test_shapleycam_quadratic_head_known_answer() -> None:
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-7)
 
 
+def test_shapleycam_without_double_backward_fails_clearly() -> None:
+    from benchmark.errors import CaptureError
+
+    with pytest.raises(CaptureError, match="second derivatives.*hardsigmoid"):
+        methods.get("shapleycam")(_model("mobilenet_v3_small"), "features.8", _images(1, 64), 0)
+
+
 def test_shapleycam_equals_gradcam_for_piecewise_linear_nets() -> None:
     model, x = _model("resnet18"), _images(2, 64)
     s = _raw("shapleycam", model, "layer3", x, [1, 2]).raw

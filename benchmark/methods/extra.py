@@ -65,7 +65,14 @@ def objective_gradients(
         second = None
         if hvp:
             if grads.requires_grad:
-                (second,) = torch.autograd.grad(grads, leaf, grad_outputs=leaf.detach(), allow_unused=True)
+                try:
+                    (second,) = torch.autograd.grad(grads, leaf, grad_outputs=leaf.detach(), allow_unused=True)
+                except RuntimeError as exc:  # e.g. hardsigmoid (MobileNet-V3) has no double backward
+                    raise CaptureError(
+                        f"This method needs second derivatives, but the model uses an operation without "
+                        f"a double backward ({exc}). Pick a target layer after that operation, or "
+                        "another method."
+                    ) from exc
             if second is None:  # the objective is linear in A (e.g. GAP -> Linear head)
                 second = torch.zeros_like(leaf)
     acts, grads = leaf.detach(), grads.detach()

@@ -5,7 +5,7 @@
 >>> many = methods.explain(model, "layer4", images, targets, ["gradcam", "layercam", "scorecam"])
 """
 
-from . import baselines, cfcam, eigen, gradient, score  # noqa: F401  (registration side effects)
+from . import baselines, cfcam, eigen, extra, fullgrad, gradient, legrad, score, score_variants  # noqa: F401  (registration side effects)
 from .base import (
     METHODS,
     ExplainContext,

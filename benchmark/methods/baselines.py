@@ -8,7 +8,9 @@ from torch import Tensor
 from .base import ExplainContext, register_method
 
 
-@register_method("random", family="baseline", needs_gradients=False, defaults={"resolution": 7})
+@register_method(
+    "random", family="baseline", needs_gradients=False, defaults={"resolution": 7}, batch_consistent=False
+)
 def random_map(ctx: ExplainContext, resolution: int = 7) -> Tensor:
     """Uniform noise on a ``resolution x resolution`` grid (upsampled like a CAM), seeded per batch.
 

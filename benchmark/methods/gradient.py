@@ -89,6 +89,7 @@ def gradcampp(ctx: ExplainContext, alpha_norm: bool = False) -> Tensor:
     family="gradient",
     defaults={"n_samples": 4, "std": 0.3, "alpha_norm": False},
     paper="Omeiza et al. 2019, eq. 6-8",
+    batch_consistent=False,  # noise drawn per batch
 )
 def smoothgradcampp(ctx: ExplainContext, n_samples: int = 4, std: float = 0.3, alpha_norm: bool = False) -> Tensor:
     """Smooth Grad-CAM++: Grad-CAM++ with gradient powers averaged over ``n_samples`` noisy inputs.

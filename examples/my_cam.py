@@ -1,0 +1,20 @@
+"""Top-k Grad-CAM: Grad-CAM that keeps only the k channels with the largest weights (a cambench plugin).
+
+    python run_bench.py run quick --plugin examples/my_cam.py
+
+Any method is ``fn(ctx, **params) -> raw Tensor[B,h,w]``; ReLU, min-max and upsampling are shared.
+"""
+
+import torch
+
+from benchmark.methods import ExplainContext, register_method
+
+
+@register_method("topk_gradcam", family="gradient", defaults={"k": 8}, paper="example plugin")
+def topk_gradcam(ctx: ExplainContext, k: int = 8) -> torch.Tensor:
+    """alpha_k = mean_ij dy^c/dA_k (Grad-CAM); keep the k largest alpha_k of each image, zero the rest."""
+    cap = ctx.capture  # activations, gradients, logits: one forward+backward shared by all methods
+    weights = cap.gradients.mean(dim=(-2, -1))  # [B, C]
+    top = weights.topk(min(k, weights.shape[1]), dim=1).indices
+    kept = torch.zeros_like(weights).scatter(1, top, weights.gather(1, top))
+    return torch.einsum("bc,bchw->bhw", kept, cap.activations)  # raw map [B, h, w]

@@ -314,6 +314,7 @@ def test_cluster_filter_identity_at_sigma_zero() -> None:
 ALL = [
     n for n in methods.list_methods()
     if n != "oracle" and methods.METHODS.get(n).__module__.startswith("benchmark.")
+    and methods.is_applicable(n, GapNet())
 ]
 
 

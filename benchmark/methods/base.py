@@ -111,6 +111,19 @@ class MethodOutput:
     degenerate: Tensor  # [B] bool: the raw map was constant or non-finite, so maps are zeros
 
 
+def is_applicable(name: str, model: nn.Module | str | None) -> bool:
+    """Whether method ``name`` can explain ``model`` (a module, or a model-registry family such as
+    ``"vit"``): methods registered with ``architectures=("vit",)`` (LeGrad) need a Vision Transformer;
+    every other method works on any model with a 4-D target layer."""
+    archs = tuple(METHODS.entry(name).meta.get("architectures", ()))
+    if not archs:
+        return True
+    if model is None:
+        return False
+    kind = model.lower() if isinstance(model, str) else type(model).__name__.lower()
+    return any(a in kind or (a == "vit" and "visiontransformer" in kind) for a in archs)
+
+
 def _params(name: str, overrides: Optional[Mapping[str, Any]]) -> dict[str, Any]:
     entry = METHODS.entry(name)
     params = dict(entry.meta["defaults"])
@@ -176,10 +189,12 @@ def explain(
 
     Returns ``{name: Tensor[B,H,W]}`` (or ``{name: MethodOutput}`` with ``details=True``). ``params`` maps a
     method name to hyper-parameter overrides. ``names=None`` runs every registered method that needs no
-    ground truth. ``gradient_noise`` (``g -> g'``) perturbs the captured gradients before any method
+    ground truth and applies to ``model`` (:func:`is_applicable`). ``gradient_noise`` (``g -> g'``) perturbs the captured gradients before any method
     reads them (the CF-CAM robustness protocol, specs.md §2.10).
     """
-    names = list(names) if names is not None else [n for n in METHODS.list() if n != "oracle"]
+    if names is None:
+        names = [n for n in METHODS.list() if n != "oracle" and is_applicable(n, model)]
+    names = list(names)
     for n in names:
         METHODS.entry(n)  # fail early on unknown names, before any model work
     ctx = _context(

@@ -65,6 +65,9 @@ def scorecam(ctx: ExplainContext, variant: str = "pgc") -> Tensor:
     return torch.stack(out)  # official: [B,H,W] already at input size; pgc: [B,h,w]
 
 
+_WARNED: list[bool] = []
+
+
 def default_ablation_value(acts: Tensor) -> float:
     """pytorch-grad-cam's stated rule, per image: 0 if the activations are non-negative, else ``min(A) - 1e7``.
 
@@ -98,7 +101,8 @@ def ablationcam(ctx: ExplainContext, ablation_value: float | None = None) -> Ten
             "ablationcam on reshaped (transformer token) layers is not supported yet; use a CNN layer."
         )
     y = cap.logits.gather(1, ctx.targets[:, None]).squeeze(1).float()
-    if (y < 0).any():
+    if (y < 0).any() and not _WARNED:
+        _WARNED.append(True)  # once per process: the runner records the sign in the tables anyway
         warnings.warn(
             "Ablation-CAM: a target logit is negative, so every channel weight changes sign "
             "(paper-faithful behaviour).",

@@ -46,6 +46,10 @@ class MetricContext:
     seed: int = 0
     batch_size: int = 64
     curves: dict[str, dict[str, Tensor]] = field(default_factory=dict)
+    #: Per-batch memo shared by metrics that need the same re-explanations (max/avg sensitivity draw the
+    #: same perturbations, the two gradient-noise scores and the two randomisation similarities share
+    #: their maps), so each costly explanation is computed once per batch.
+    cache: dict = field(default_factory=dict)
 
     @property
     def methods(self) -> list[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -41,6 +42,23 @@ def _perturbed(ctx: MetricContext, fn, constant: float, **params) -> dict[str, T
     return {m: out[m] for m in ctx.saliency}
 
 
+def _sensitivity(ctx: MetricContext, reduce, radius: float, n_samples: int, relative: bool,
+                 norm: str) -> dict[str, Tensor]:
+    """Max and Avg-Sensitivity draw the same perturbations: explain them once per batch (ctx.cache)."""
+    live = [m for m in ctx.saliency if _meta(m, "family", "") != "baseline"]
+    b = ctx.batch.images.shape[0]
+    out = {m: torch.zeros(b) for m in ctx.saliency if m not in live}
+    if live:
+        key = ("sensitivity", radius, n_samples, relative, norm, tuple(live))
+        if key not in ctx.cache:
+            ctx.cache[key] = F._sensitivity(
+                _bound(ctx), ctx.batch.images, ctx.batch.targets, live, radius, n_samples, relative, norm,
+                ctx.seed, ctx.batch_size, {m: ctx.saliency[m] for m in live},
+            )
+        out.update({m: F._nanreduce(v, reduce) for m, v in ctx.cache[key].items()})
+    return {m: out[m] for m in ctx.saliency}
+
+
 _SENS = {"radius": 0.2, "n_samples": 8, "relative": True, "norm": "fro"}
 
 
@@ -49,7 +67,7 @@ _SENS = {"radius": 0.2, "n_samples": 8, "relative": True, "norm": "fro"}
     defaults=_SENS, paper="Yeh et al. 2019 (Quantus MaxSensitivity defaults, n_samples chosen by the suite)",
 )
 def max_sensitivity(ctx: MetricContext, **params) -> dict[str, Tensor]:
-    return _perturbed(ctx, F.max_sensitivity, 0.0, **params)
+    return _sensitivity(ctx, np.nanmax, **params)
 
 
 @register_metric(
@@ -57,7 +75,7 @@ def max_sensitivity(ctx: MetricContext, **params) -> dict[str, Tensor]:
     defaults=_SENS, paper="Yeh et al. 2019 (Quantus AvgSensitivity defaults, n_samples chosen by the suite)",
 )
 def avg_sensitivity(ctx: MetricContext, **params) -> dict[str, Tensor]:
-    return _perturbed(ctx, F.avg_sensitivity, 0.0, **params)
+    return _sensitivity(ctx, np.nanmean, **params)
 
 
 @register_metric(
@@ -74,10 +92,13 @@ def _gradient_noise(ctx: MetricContext, key: str, sigma: float, relative: bool) 
     const = 1.0 if key == "ssim" else 0.0
     out = {m: torch.full((b,), const) for m in ctx.saliency if m not in live}
     if live:
-        res = F.gradient_noise_stability(
-            _bound(ctx), ctx.batch.images, ctx.batch.targets, live, sigma=sigma, relative=relative,
-            seed=ctx.seed, reference={m: ctx.saliency[m] for m in live},
-        )
+        ck = ("gradient_noise", sigma, relative, tuple(live))  # SSIM and MSE share one re-explanation
+        if ck not in ctx.cache:
+            ctx.cache[ck] = F.gradient_noise_stability(
+                _bound(ctx), ctx.batch.images, ctx.batch.targets, live, sigma=sigma, relative=relative,
+                seed=ctx.seed, reference={m: ctx.saliency[m] for m in live},
+            )
+        res = ctx.cache[ck]
         out.update(res[key])
     return {m: out[m] for m in ctx.saliency}
 

@@ -23,8 +23,18 @@ def _mprt(ctx: MetricContext, similarity: str, layer_order: str, seed: int, max_
     live = [m for m in ctx.saliency if m not in base]
     out = {m: F.map_similarity(ctx.saliency[m], ctx.saliency[m], similarity) for m in base}
     if live:
+        key = ("model_randomization", layer_order, seed, max_layers, tuple(live))
+
+        def explain(model, images, targets, names, **kw):
+            # The full cascade is explained once; both similarities (Spearman, SSIM) reuse its maps.
+            if model is ctx.model:
+                return ctx.explain(model, images, targets, names, **kw)
+            if key not in ctx.cache:
+                ctx.cache[key] = ctx.explain(model, images, targets, names, **kw)
+            return ctx.cache[key]
+
         out.update(F.model_randomization(
-            ctx.model, ctx.explain, ctx.batch.images, ctx.batch.targets, live, layer_order=layer_order,
+            ctx.model, explain, ctx.batch.images, ctx.batch.targets, live, layer_order=layer_order,
             seed=seed, similarity=similarity, max_layers=max_layers,
             reference={m: ctx.saliency[m] for m in live},
         ))

@@ -183,7 +183,7 @@ def plan_run(suite: Suite, limit: Optional[int] = None) -> Plan:
         _lookup(MODELS, exp.model, where)
         _lookup(DATASETS, exp.dataset, where)
         dataset = _get_dataset(exp, suite.seed)
-        methods = _resolve_methods(exp, dataset, where)
+        methods = _resolve_methods(exp, dataset, where, MODELS.entry(exp.model).meta.get("family"))
         metrics = _resolve_metrics(exp, where)
         for name in exp.metric_params:
             _lookup(METRICS, name, f"{where}: [metric_params.{name}]")
@@ -270,8 +270,8 @@ def _lookup(registry: Any, name: str, where: str) -> Any:
         raise SuiteError(f"{where}: {exc}") from None
 
 
-def _resolve_methods(exp: Experiment, dataset: Any, where: str) -> tuple[str, ...]:
-    from ..methods import METHODS
+def _resolve_methods(exp: Experiment, dataset: Any, where: str, family: Any = None) -> tuple[str, ...]:
+    from ..methods import METHODS, is_applicable
 
     for n in exp.method_params:
         _lookup(METHODS, n, f"{where}: [method_params.{n}]")
@@ -279,7 +279,8 @@ def _resolve_methods(exp: Experiment, dataset: Any, where: str) -> tuple[str, ..
     if exp.methods == "all":
         return tuple(
             n for n in METHODS.list()
-            if not METHODS.entry(n).meta.get("needs_ground_truth") or dataset.has_masks
+            if (not METHODS.entry(n).meta.get("needs_ground_truth") or dataset.has_masks)
+            and is_applicable(n, family)
         )
     for n in exp.methods:
         entry = _lookup(METHODS, n, where)

@@ -49,3 +49,17 @@ def test_paired_metrics_share_their_explanations() -> None:
         for m in ctx.saliency:
             torch.testing.assert_close(both[second][m], fresh[second][m], equal_nan=True)
         assert set(one[first]) == set(ctx.saliency)
+
+
+def test_road_combined_reuses_morf_and_lerf(monkeypatch) -> None:
+    from benchmark.metrics import faithfulness
+
+    ctx, _ = _setup()
+    calls = []
+    real = faithfulness._road_uncached
+    monkeypatch.setattr(faithfulness, "_road_uncached", lambda c, o, **p: calls.append(o) or real(c, o, **p))
+    params = {k: {"percentages": [0.2, 0.6]} for k in ("road_morf", "road_lerf", "road_combined")}
+    res = compute_metrics(ctx, ["road_morf", "road_lerf", "road_combined"], params)
+    assert sorted(calls) == ["lerf", "morf"]
+    for m in ctx.saliency:
+        torch.testing.assert_close(res["road_combined"][m], (res["road_lerf"][m] - res["road_morf"][m]) / 2)

@@ -136,6 +136,16 @@ _ROAD_DEFAULTS = dict(percentages=ROAD_PERCENTAGES, noise=0.01, score="prob", co
 
 
 def _road(ctx: MetricContext, name: str, order: str, **params) -> dict[str, Tensor]:
+    """ROAD curves of every method, computed once per batch and parameters (road_combined reuses them)."""
+    key = ("road", order, tuple(ctx.saliency), repr(sorted(params.items())))
+    if key not in ctx.cache:
+        ctx.cache[key] = _road_uncached(ctx, order, **params)
+    curves = ctx.cache[key]
+    ctx.curves.setdefault(name, {}).update(curves)
+    return {m: c.mean(dim=1) for m, c in curves.items()}
+
+
+def _road_uncached(ctx: MetricContext, order: str, **params) -> dict[str, Tensor]:
     methods, sal, index, targets = _stacked(ctx)
     if not methods:
         return {}
@@ -145,8 +155,7 @@ def _road(ctx: MetricContext, name: str, order: str, **params) -> dict[str, Tens
         ctx.model, ctx.batch.images, targets, sal, order=order, seed=ctx.seed, image_index=index,
         noise_keys=keys[index.cpu()], batch_size=ctx.batch_size, **params,
     )
-    ctx.curves.setdefault(name, {}).update(_split(methods, curve))
-    return _split(methods, curve.mean(dim=1))
+    return _split(methods, curve)
 
 
 @register_metric(
@@ -173,6 +182,6 @@ def road_lerf(ctx: MetricContext, **params) -> dict[str, Tensor]:
 )
 def road_combined(ctx: MetricContext, **params) -> dict[str, Tensor]:
     """``(LeRF - MoRF) / 2`` per image (pytorch-grad-cam ``ROADCombined`` on probabilities)."""
-    lerf = _road(ctx, "road_lerf", "lerf", **params)
+    lerf = _road(ctx, "road_lerf", "lerf", **params)  # cached when road_lerf ran on this batch
     morf = _road(ctx, "road_morf", "morf", **params)
     return {m: (lerf[m] - morf[m]) / 2 for m in lerf}

@@ -26,6 +26,8 @@ so a unit's rows do not depend on which units ran before it (resume, parallel ba
 
 from __future__ import annotations
 
+import dataclasses
+
 import hashlib
 import importlib
 import importlib.util
@@ -276,12 +278,29 @@ def _resolve_methods(exp: Experiment, dataset: Any, where: str, family: Any = No
     for n in exp.method_params:
         _lookup(METHODS, n, f"{where}: [method_params.{n}]")
         _method_params(n, exp.method_params[n], where)
-    if exp.methods == "all":
-        return tuple(
-            n for n in METHODS.list()
-            if (not METHODS.entry(n).meta.get("needs_ground_truth") or dataset.has_masks)
-            and is_applicable(n, family)
+    families = {e.meta.get("family") for e in METHODS.entries()} - {None}
+    if exp.reexplain_methods != "all":
+        for n in exp.reexplain_methods:
+            if n not in METHODS and n not in families:
+                raise SuiteError(
+                    f"{where}: `reexplain_methods` names {n!r}, which is neither a method nor a method "
+                    f"family. Families: {', '.join(sorted(f for f in families if f))}; methods: "
+                    f"{', '.join(METHODS.list())}."
+                )
+    def usable(n: str) -> bool:
+        return (not METHODS.entry(n).meta.get("needs_ground_truth") or dataset.has_masks) and is_applicable(
+            n, family
         )
+
+    if exp.methods == "all":
+        return tuple(n for n in METHODS.list() if usable(n))
+    if any(n in families and n not in METHODS for n in exp.methods):
+        # method families ("gradient", "projection", ...) expand to their usable members
+        out: list[str] = []
+        for n in exp.methods:
+            names = [m for m in METHODS.list(family=n) if usable(m)] if n in families and n not in METHODS else [n]
+            out += [m for m in names if m not in out]
+        exp = dataclasses.replace(exp, methods=tuple(out))
     for n in exp.methods:
         entry = _lookup(METHODS, n, where)
         if entry.meta.get("needs_ground_truth") and not dataset.has_masks:
@@ -439,6 +458,16 @@ class UnitResult:
     info: dict = field(default_factory=dict)
 
 
+def _reexplained(method: str, selection: tuple[str, ...] | str) -> bool:
+    """Whether ``method`` is in a suite's ``reexplain_methods`` (names and/or method families)."""
+    if selection == "all":
+        return True
+    from ..methods import METHODS
+
+    family = METHODS.entry(method).meta.get("family") if method in METHODS else None
+    return method in selection or family in selection
+
+
 def batch_seed(seed: int, unit_key: str, batch_index: int) -> int:
     """A 31-bit seed from (suite seed, unit key, batch index): independent of execution order."""
     digest = hashlib.sha256(f"{seed}:{unit_key}:{batch_index}".encode()).hexdigest()
@@ -461,7 +490,7 @@ def run_unit(
     failures become ``status="error"`` rows; model/weights/data-root problems raise.
     """
     from .. import methods as M
-    from ..metrics import MetricContext, compute_metrics, missing_needs
+    from ..metrics import METRICS, MetricContext, compute_metrics, missing_needs
 
     t_unit = time.perf_counter()
     exp = suite.experiments[unit.experiment]
@@ -470,6 +499,8 @@ def run_unit(
 
     t = time.perf_counter()
     handle = _get_model(exp, device)
+    if exp.layer is not None:
+        handle = dataclasses.replace(handle, target_layer=exp.layer)
     dataset = _get_dataset(exp, suite.seed)
     n_errors_before = len(getattr(dataset, "errors", []))
     timings.append(("load", "model+dataset", time.perf_counter() - t))
@@ -538,22 +569,29 @@ def run_unit(
 
         # 2. every metric (each scores all methods of the batch at once)
         mctx = MetricContext(model=model, batch=batch, saliency=saliency, explain=explain_fn, seed=seed, batch_size=fbs)
+        # Metrics that re-explain (robustness, sanity, cost) see only the suite's reexplain_methods; the
+        # contexts share one cache, so paired metrics still share their re-explanations.
+        re_sal = {m: v for m, v in saliency.items() if _reexplained(m, exp.reexplain_methods)}
+        mctx_re = dataclasses.replace(mctx, saliency=re_sal, cache=mctx.cache, curves=mctx.curves)
         for metric in unit.metrics:
             if missing_needs(metric, mctx):
                 continue
-            for name, msg in failed.items():
-                add(name, metric, ids, [np.nan] * len(ids), "error", f"method failed: {msg}", False)
-            if not saliency:
+            reexplains = "explainer" in METRICS.entry(metric).meta.get("needs", ())
+            ctx_m = mctx_re if reexplains else mctx
+            if not ctx_m.saliency:
                 continue
+            for name, msg in failed.items():
+                if not reexplains or _reexplained(name, exp.reexplain_methods):
+                    add(name, metric, ids, [np.nan] * len(ids), "error", f"method failed: {msg}", False)
             t = time.perf_counter()
             try:
-                res = compute_metrics(mctx, [metric], exp.metric_params).get(metric, {})
+                res = compute_metrics(ctx_m, [metric], exp.metric_params).get(metric, {})
             except Exception as exc:  # noqa: BLE001
                 msg = f"metric failed: {_err(exc)}"
-                for name in saliency:
+                for name in ctx_m.saliency:
                     add(name, metric, ids, [np.nan] * len(ids), "error", msg, degenerate[name])
             else:
-                for name in saliency:
+                for name in ctx_m.saliency:
                     if name not in res:
                         continue
                     v = res[name].detach().float().cpu().double().numpy().reshape(-1)

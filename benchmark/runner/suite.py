@@ -12,6 +12,8 @@ A suite file looks like::
     plugins = []               # modules or .py files imported first (they register extra entries)
     methods = "all"            # default for every experiment: "all" or a list of names
     metrics = "all"            # "all", family names ("faithfulness", ...) and/or metric names
+    reexplain_methods = "all"  # methods that re-explaining metrics (robustness, sanity, cost) run on:
+                               # "all", or method names and/or families ("gradient", "perturbation", ...)
 
     [method_params.smoothgradcampp]   # hyper-parameters shared by every experiment
     n_samples = 2
@@ -24,7 +26,9 @@ A suite file looks like::
     dataset = "shapes"
     target = "label"           # label (ground truth) | predicted (top-1)
     data = { n = 16, split = "test" }   # keyword arguments of the dataset factory
-    # label, model_kwargs, methods, metrics, method_params, metric_params may be overridden here
+    layer = "layer4"           # optional: target layer (dotted name); default = the model's own
+    # label, model_kwargs, methods, metrics, reexplain_methods, method_params, metric_params may be
+    # overridden here
 
 Strings in ``data``, ``weights`` and ``model_kwargs`` may use ``${ENV_VAR}``; a variable that is not set
 is reported (with the way to set it) when the suite is *run*, so ``list suites`` never fails.
@@ -62,6 +66,7 @@ SUITE_DEFAULTS: dict[str, Any] = {
     "plugins": [],
     "methods": "all",
     "metrics": "all",
+    "reexplain_methods": "all",
     "method_params": {},
     "metric_params": {},
     "experiments": None,
@@ -76,8 +81,10 @@ EXPERIMENT_KEYS = (
     "model_kwargs",
     "data",
     "target",
+    "layer",
     "methods",
     "metrics",
+    "reexplain_methods",
     "method_params",
     "metric_params",
 )
@@ -99,8 +106,12 @@ class Experiment:
     model_kwargs: dict = field(default_factory=dict)
     data: dict = field(default_factory=dict)
     target: str = "label"
+    layer: Optional[str] = None  # target layer override (dotted name); None = the model's default
     methods: tuple[str, ...] | str = "all"
     metrics: tuple[str, ...] | str = "all"
+    #: Methods that metrics which re-explain (robustness, sanity, cost) run on: "all", or method names
+    #: and/or method families ("gradient", "projection", "perturbation", "baseline").
+    reexplain_methods: tuple[str, ...] | str = "all"
     method_params: dict = field(default_factory=dict)
     metric_params: dict = field(default_factory=dict)
 
@@ -317,6 +328,10 @@ def _experiment(raw: Any, i: int, cfg: Mapping[str, Any], where: str) -> Experim
         raise SuiteError(f"{w}: `weights` must be \"default\", \"random\" or a checkpoint path.")
     methods = _names(raw.get("methods", cfg["methods"]), "methods", w)
     metrics = _names(raw.get("metrics", cfg["metrics"]), "metrics", w)
+    reexplain = _names(raw.get("reexplain_methods", cfg["reexplain_methods"]), "reexplain_methods", w)
+    layer = raw.get("layer")
+    if layer is not None and (not isinstance(layer, str) or not layer):
+        raise SuiteError(f"{w}: `layer` must be a dotted module name such as \"layer4\" or \"blocks.15\".")
     mparams = _merge_params(cfg["method_params"], raw.get("method_params", {}), "method_params", w)
     kparams = _merge_params(cfg["metric_params"], raw.get("metric_params", {}), "metric_params", w)
     return Experiment(
@@ -327,8 +342,10 @@ def _experiment(raw: Any, i: int, cfg: Mapping[str, Any], where: str) -> Experim
         model_kwargs=_expand(dict(raw.get("model_kwargs", {}))),
         data=_expand(dict(raw.get("data", {}))),
         target=target,
+        layer=layer,
         methods=methods,
         metrics=metrics,
+        reexplain_methods=reexplain,
         method_params=mparams,
         metric_params=kparams,
     )

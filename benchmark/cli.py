@@ -3,6 +3,8 @@
     run_bench.py                                  # = run quick --out results/quick
     run_bench.py run SUITE [--out DIR] [--device auto|cpu|cuda|cuda:N] [--limit N] [--batch-size N]
                            [--data-root DIR] [--fresh] [--quiet] [--no-plots]
+                           [--backend sequential|loky|dask] [--workers N] [--scheduler tcp://HOST:PORT]
+                           [--precision fp32|bf16|fp16]
     run_bench.py list {methods,metrics,models,datasets,suites}
     run_bench.py report DIR
     run_bench.py compare DIR --baseline CSV [--tolerance EPS] [--all]
@@ -43,6 +45,17 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--fresh", action="store_true", help="discard earlier results in --out and start over")
     r.add_argument("--quiet", action="store_true", help="no progress bars or messages, only the summary")
     r.add_argument("--no-plots", action="store_true", help="tables only (no PNGs in the report)")
+    r.add_argument("--backend", default="sequential", choices=("sequential", "loky", "dask"),
+                   help="where units run: in this process, a joblib/loky process pool (one worker per GPU), "
+                        "or a dask.distributed cluster (default: sequential)")
+    r.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="worker processes for loky, or for the local dask cluster (default: one per GPU, "
+                        "else one per 4 cores)")
+    r.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="dask scheduler address, e.g. tcp://10.0.0.1:8786 (default: a local cluster)")
+    r.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
+                   help="autocast dtype of the perturbation forwards (Score-/Ablation-CAM, deletion, ...); "
+                        "the gradient capture stays fp32 (default: fp32)")
 
     ls = sub.add_parser("list", help="list registered methods, metrics, models, datasets or suites")
     ls.add_argument("what", choices=LISTABLE)
@@ -67,7 +80,7 @@ def _plugins(args: argparse.Namespace) -> list[str]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .report.build import summary_text
-    from .runner import load_registries, load_suite, run_suite
+    from .runner import ExecOptions, load_registries, load_suite, run_suite
 
     suite = load_suite(args.suite)
     suite = suite.with_overrides(device=args.device, batch_size=args.batch_size, data_root=args.data_root)
@@ -75,7 +88,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise CambenchError(f"--limit must be a positive number of images, got {args.limit}.")
     load_registries(_plugins(args))
     out = Path(args.out) if args.out else Path("results") / suite.name
-    res = run_suite(suite, out, fresh=args.fresh, limit=args.limit, quiet=args.quiet, plots=not args.no_plots)
+    if args.workers is not None and args.workers < 1:
+        raise CambenchError(f"--workers must be a positive number of processes, got {args.workers}.")
+    res = run_suite(suite, out, fresh=args.fresh, limit=args.limit, quiet=args.quiet, plots=not args.no_plots,
+                    backend=args.backend, workers=args.workers, scheduler=args.scheduler,
+                    options=ExecOptions(precision=args.precision), plugins=_plugins(args))
     rep = res.report
     print(f"\ncambench suite {suite.name!r} (hash {res.plan.hash}): {len(res.ran)} unit(s) run, "
           f"{len(res.reused)} reused, {len(rep.scores)} score rows -> {out}")

@@ -7,8 +7,10 @@ use and shared by every method of the batch); perturbation methods call ``ctx.mo
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -20,6 +22,36 @@ from .capture import resolve_layer
 from .postprocess import finalize
 
 METHODS: Registry[Callable[..., Tensor]] = Registry("method")
+
+#: Precisions of the extra (perturbation) forwards: ``--precision`` of the runner.
+PRECISIONS: dict[str, Optional[torch.dtype]] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+_FORWARD_DTYPE: contextvars.ContextVar[Optional[torch.dtype]] = contextvars.ContextVar("cambench_forward_dtype", default=None)
+
+
+@contextlib.contextmanager
+def forward_precision(precision: str = "fp32") -> Iterator[None]:
+    """Run the *extra* forwards (Score-/Ablation-CAM scores, perturbation metrics) in ``precision``.
+
+    ``"bf16"``/``"fp16"`` make :func:`forward_autocast` (entered by :meth:`ExplainContext.forward_scores`
+    and the perturbation engine) an autocast region; the gradient capture stays fp32. ``"fp32"`` (default)
+    changes nothing. Scoped by a context variable, so it never leaks to other threads or callers.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}.")
+    token = _FORWARD_DTYPE.set(PRECISIONS[precision])
+    try:
+        yield
+    finally:
+        _FORWARD_DTYPE.reset(token)
+
+
+def forward_autocast(device: torch.device | str) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` on ``device``'s type when :func:`forward_precision` asked for one, else a no-op."""
+    dtype = _FORWARD_DTYPE.get()
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
 
 #: Families: ``gradient`` (pure function of one capture), ``perturbation`` (extra batched forwards),
 #: ``projection`` (SVD of the capture), ``baseline`` (no model).
@@ -90,12 +122,13 @@ class ExplainContext:
     def forward_scores(self, inputs: Tensor, index: Tensor, softmax: bool = False) -> Tensor:
         """Target scores of ``inputs`` ``[N,...]`` for classes ``index`` ``[N]``, in chunks of batch_size.
 
-        Runs under ``torch.inference_mode``; returns logits (or probabilities with ``softmax``).
+        Runs under ``torch.inference_mode`` (and :func:`forward_autocast`); returns float32 logits (or
+        probabilities with ``softmax``, computed in float32).
         """
         out = []
-        with torch.inference_mode():
+        with torch.inference_mode(), forward_autocast(inputs.device):
             for i in range(0, inputs.shape[0], self.batch_size):
-                logits = self.model(inputs[i : i + self.batch_size])
+                logits = self.model(inputs[i : i + self.batch_size]).float()
                 if softmax:
                     logits = logits.softmax(dim=1)
                 out.append(logits.gather(1, index[i : i + self.batch_size, None]).squeeze(1))

@@ -115,12 +115,18 @@ def ablationcam(ctx: ExplainContext, ablation_value: float | None = None) -> Ten
 
     def ablate(out: Tensor) -> Tensor:
         rows = state["acts"].to(out.dtype).clone()
-        rows[torch.arange(rows.shape[0], device=rows.device), state["channels"]] = state["value"]
+        value = state["value"]
+        if isinstance(value, Tensor):
+            value = value.to(rows.dtype)
+        rows[torch.arange(rows.shape[0], device=rows.device), state["channels"]] = value
         return rows
 
+    if ablation_value is None:  # pgc's rule per image, as a tensor: no host-device sync per image
+        lo = a.flatten(1).min(dim=1).values
+        values = torch.where(lo >= 0, torch.zeros_like(lo), lo - 1e7)
     with hooked(ctx.layer, ablate, model=ctx.model):
         for i in range(b):
-            state["value"] = ablation_value if ablation_value is not None else default_ablation_value(a[i])
+            state["value"] = ablation_value if ablation_value is not None else values[i]
             for j in range(0, c, ctx.batch_size):
                 ch = torch.arange(j, min(c, j + ctx.batch_size), device=a.device)
                 state["acts"] = a[i][None].expand(len(ch), -1, -1, -1)

@@ -12,8 +12,12 @@ each image. This module does that once, for all of them:
 * the ``N x S`` perturbed inputs (rows x steps; the caller stacks methods along the rows) are never
   materialised at once: they are built chunk by chunk, and each chunk is one forward pass under
   ``torch.inference_mode()``;
-* the chunk size adapts to memory: an out-of-memory error halves the chunk and retries the same chunk
-  (the results are identical whatever the chunk size).
+* the chunk size adapts to memory: on CUDA the first chunk measures the peak memory per input and the
+  next chunks hold as many inputs as a fraction of the free memory allows (``torch.cuda.mem_get_info``);
+  an out-of-memory error halves the chunk and retries the same chunk (the results are identical
+  whatever the chunk size, up to the accelerator's reduction order);
+* forwards run under :func:`benchmark.methods.base.forward_autocast` (``--precision bf16|fp16``), scores
+  are read in float32, and nothing inside the chunk loop synchronises host and device.
 """
 
 from __future__ import annotations
@@ -23,12 +27,39 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
+from ..methods.base import forward_autocast
+
 #: Exceptions treated as "the chunk does not fit": the chunk is halved and retried.
 OOM_ERRORS: tuple[type[BaseException], ...] = (torch.cuda.OutOfMemoryError,)
 
 SCORES = ("prob", "logit")
 
 Builder = Callable[[Tensor], Tensor]
+
+#: Share of the free accelerator memory (plus the allocator's cached blocks) an adaptive chunk may use.
+MEMORY_FRACTION = 0.5
+#: Largest adaptive chunk (inputs per forward).
+MAX_CHUNK = 2048
+#: Measured peak bytes per input of a forward: (id(model), device, input shape, dtype) -> bytes.
+_BYTES_PER_ITEM: dict[tuple, float] = {}
+
+
+def memory_chunk(free_bytes: float, bytes_per_item: float, n: int, *, fraction: float = MEMORY_FRACTION,
+                 cap: int = MAX_CHUNK) -> int:
+    """Inputs per forward that fit in ``fraction`` of ``free_bytes`` at ``bytes_per_item`` each.
+
+    Clamped to ``[1, min(n, cap)]``; an unknown (non-positive) ``bytes_per_item`` gives ``min(n, cap)``.
+    """
+    hi = max(1, min(int(n), int(cap)))
+    if bytes_per_item <= 0:
+        return hi
+    return max(1, min(hi, int(free_bytes * fraction // bytes_per_item)))
+
+
+def _free_bytes(device: torch.device) -> float:
+    """Free device memory plus the blocks PyTorch's caching allocator holds but does not use."""
+    free, _total = torch.cuda.mem_get_info(device)
+    return float(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
 
 
 def _check_saliency(saliency: Tensor) -> Tensor:
@@ -134,6 +165,7 @@ def batched_scores(
     batch_size: int = 64,
     score: str = "prob",
     oom_errors: tuple[type[BaseException], ...] = OOM_ERRORS,
+    adaptive: bool = True,
 ) -> Tensor:
     """Target scores of ``len(targets)`` lazily built inputs, in adaptive chunks.
 
@@ -141,6 +173,8 @@ def batched_scores(
     once per chunk, so at most ``batch_size`` inputs exist at a time. An exception of a type in
     ``oom_errors`` halves the chunk and retries it (the smaller size is kept for the rest); at a chunk of
     one item it propagates. ``score``: ``"prob"`` (softmax probability) or ``"logit"``.
+    ``adaptive`` (CUDA only): after the first chunk (``batch_size`` inputs), chunks hold as many inputs as
+    :data:`MEMORY_FRACTION` of the free memory allows (:func:`memory_chunk`; at most :data:`MAX_CHUNK`).
     Returns float32 ``[len(targets)]`` on ``targets``' device.
     """
     if score not in SCORES:
@@ -148,21 +182,43 @@ def batched_scores(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
     n = targets.shape[0]
-    out = torch.empty(n, dtype=torch.float32, device=targets.device)
+    device = targets.device
+    out = torch.empty(n, dtype=torch.float32, device=device)
     start, chunk = 0, int(batch_size)
+    adaptive = adaptive and device.type == "cuda"
+    key: Optional[tuple] = None
+    measure = False
     while start < n:
-        stop = min(start + chunk, n)
-        items = torch.arange(start, stop, device=targets.device)
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), forward_autocast(device):
+                if adaptive and key is None:  # size the chunks from free memory (one-item probe for the shape)
+                    probe = build(torch.arange(start, start + 1, device=device))
+                    key = (id(model), str(device), tuple(probe.shape[1:]), probe.dtype)
+                    del probe
+                    if key in _BYTES_PER_ITEM:
+                        chunk = memory_chunk(_free_bytes(device), _BYTES_PER_ITEM[key], n)
+                    else:
+                        measure = True
+                stop = min(start + chunk, n)
+                items = torch.arange(start, stop, device=device)
                 x = build(items)
+                if measure:
+                    base = torch.cuda.memory_allocated(device)
+                    torch.cuda.reset_peak_memory_stats(device)
                 logits = model(x)
+                if measure:  # peak activation memory of this chunk, plus its inputs, per input
+                    peak = torch.cuda.max_memory_allocated(device) - base + x.numel() * x.element_size()
+                    _BYTES_PER_ITEM[key] = peak / max(1, stop - start)
+                    chunk = memory_chunk(_free_bytes(device), _BYTES_PER_ITEM[key], n)
+                    measure = False
                 out[start:stop] = _target_scores(logits, targets[start:stop], score).to(out.device)
         except oom_errors:
-            del items
+            items = x = logits = None  # noqa: F841  (free the chunk before retrying)
             if chunk == 1:
                 raise
             chunk = max(1, chunk // 2)
+            if key in _BYTES_PER_ITEM:  # the estimate was too low: later calls start smaller
+                _BYTES_PER_ITEM[key] *= 2
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             continue

@@ -1,6 +1,7 @@
 """Suites (TOML -> validated Suite), units of work and their execution (see execute.py)."""
 
 from .execute import (
+    ExecOptions,
     Plan,
     RunOutcome,
     Unit,
@@ -16,6 +17,7 @@ from .execute import (
 from .suite import Experiment, Suite, list_suites, load_suite, packaged_suites, parse_suite
 
 __all__ = [
+    "ExecOptions",
     "Experiment",
     "Plan",
     "RunOutcome",

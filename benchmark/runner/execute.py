@@ -34,7 +34,7 @@ import importlib.util
 import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
 
@@ -118,6 +118,32 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class ExecOptions:
+    """*How* units run (picklable, sent to every worker); only ``precision`` can change scores.
+
+    precision:     ``fp32`` | ``bf16`` | ``fp16``: autocast of the extra (perturbation) forwards of
+                   Score-/Ablation-CAM and the perturbation metrics; the gradient capture stays fp32.
+                   A non-fp32 precision is part of the suite hash (its parts are not mixed with fp32).
+    channels_last: convert CNNs and batches to ``torch.channels_last``; ``None`` = on CUDA for models
+                   without a token reshape.
+    prefetch:      load/collate/pin the next batches in a background thread; ``None`` = on CUDA.
+    threads:       ``torch.set_num_threads`` in the process running the unit (parallel CPU workers).
+    """
+
+    precision: str = "fp32"
+    channels_last: Optional[bool] = None
+    prefetch: Optional[bool] = None
+    threads: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise CambenchError(f"--precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}.")
+
+
 # -- plan ------------------------------------------------------------------------------------------
 
 
@@ -163,8 +189,10 @@ class Plan:
     families: dict[str, str]  # metric -> family
 
 
-def plan_run(suite: Suite, limit: Optional[int] = None) -> Plan:
+def plan_run(suite: Suite, limit: Optional[int] = None, precision: str = "fp32") -> Plan:
     """Resolve every name against the registries and split each experiment into units.
+
+    ``precision`` other than ``fp32`` (see :class:`ExecOptions`) is folded into the suite hash.
 
     Raises :class:`SuiteError` (before any model work) for unknown names or parameters, unset
     environment variables, missing data roots or checkpoint files.
@@ -239,7 +267,8 @@ def plan_run(suite: Suite, limit: Optional[int] = None) -> Plan:
         {"methods": e.methods, "metrics": e.metrics, "mp": e.method_params, "kp": e.metric_params}
         for e in exps
     ]
-    return Plan(suite, suite.hash(extra), exps, units, directions, families)
+    hash_extra: Any = extra if precision == "fp32" else {"experiments": extra, "precision": precision}
+    return Plan(suite, suite.hash(hash_extra), exps, units, directions, families)
 
 
 def _check_environment(suite: Suite) -> None:
@@ -356,17 +385,49 @@ def _lookup_metric_or_family(name: str, where: str) -> None:
 
 # -- per-process caches (a worker builds each model/dataset once) ---------------------------------
 
-_MODELS: dict[str, ModelHandle] = {}
+_MODELS: dict[str, tuple[ModelHandle, bool]] = {}
 _DATASETS: dict[str, Any] = {}
 
 
-def _get_model(exp: Experiment, device: torch.device) -> ModelHandle:
+def _get_model(exp: Experiment, device: torch.device, channels_last: Optional[bool] = False) -> tuple[ModelHandle, bool]:
+    """The cached model on ``device`` and whether it is channels_last (``None``: CNNs on CUDA)."""
     from ..models import create_model
 
-    key = json.dumps([exp.model, exp.weights, exp.model_kwargs, str(device)], sort_keys=True, default=str)
+    key = json.dumps([exp.model, exp.weights, exp.model_kwargs, str(device), channels_last], sort_keys=True, default=str)
     if key not in _MODELS:
-        _MODELS[key] = create_model(exp.model, weights=exp.weights, device=device, **exp.model_kwargs)
+        handle = create_model(exp.model, weights=exp.weights, device=device, **exp.model_kwargs)
+        cl = (device.type == "cuda" and _is_cnn(handle)) if channels_last is None else bool(channels_last)
+        if cl:
+            handle.model.to(memory_format=torch.channels_last)
+        _MODELS[key] = (handle, cl)
     return _MODELS[key]
+
+
+def _is_cnn(handle: ModelHandle) -> bool:
+    return handle.reshape is None and any(isinstance(m, torch.nn.Conv2d) for m in handle.model.modules())
+
+
+def _pinned(batch: Batch) -> Batch:
+    """The batch in page-locked host memory (so that the copy to the GPU can be asynchronous)."""
+    pin = lambda t: None if t is None else t.pin_memory()  # noqa: E731
+    return Batch(pin(batch.images), pin(batch.targets), list(batch.ids), pin(batch.masks),
+                 None if batch.boxes is None else [pin(b) for b in batch.boxes], pin(batch.labels))
+
+
+def _device_batches(batches: Iterator[Batch], device: torch.device, prefetch: bool, channels_last: bool) -> Iterator[Batch]:
+    """Batches on ``device``: on CUDA pinned and copied with ``non_blocking``; optionally prefetched."""
+    cuda = device.type == "cuda"
+    if prefetch:
+        from .parallel import prefetch as _prefetch
+
+        batches = _prefetch(batches, _pinned if cuda else (lambda b: b))
+    for batch in batches:
+        if cuda and not prefetch:
+            batch = _pinned(batch)
+        batch = batch.to(device, non_blocking=cuda)
+        if channels_last and batch.images.ndim == 4:
+            batch = replace(batch, images=batch.images.contiguous(memory_format=torch.channels_last))
+        yield batch
 
 
 def _get_dataset(exp: Experiment, seed: int) -> Any:
@@ -483,12 +544,24 @@ def run_unit(
     suite: Suite,
     unit: Unit,
     progress: Optional[Callable[[int], None]] = None,
+    options: Optional[ExecOptions] = None,
 ) -> UnitResult:
     """Compute every method and metric on the images of ``unit`` (a pure function of its inputs).
 
     ``progress(n)`` is called after each batch with the number of images done. Method and metric
-    failures become ``status="error"`` rows; model/weights/data-root problems raise.
+    failures become ``status="error"`` rows; model/weights/data-root problems raise. ``options``: see
+    :class:`ExecOptions` (precision, channels_last, prefetch, threads).
     """
+    from ..methods.base import forward_precision
+
+    opts = options or ExecOptions()
+    if opts.threads:
+        torch.set_num_threads(int(opts.threads))
+    with forward_precision(opts.precision):
+        return _run_unit(suite, unit, progress, opts)
+
+
+def _run_unit(suite: Suite, unit: Unit, progress: Optional[Callable[[int], None]], opts: ExecOptions) -> UnitResult:
     from .. import methods as M
     from ..metrics import METRICS, MetricContext, compute_metrics, missing_needs
 
@@ -498,9 +571,10 @@ def run_unit(
     timings: list[tuple[str, str, float]] = []
 
     t = time.perf_counter()
-    handle = _get_model(exp, device)
+    handle, channels_last = _get_model(exp, device, opts.channels_last)
     if exp.layer is not None:
         handle = dataclasses.replace(handle, target_layer=exp.layer)
+    prefetch = device.type == "cuda" if opts.prefetch is None else bool(opts.prefetch)
     dataset = _get_dataset(exp, suite.seed)
     n_errors_before = len(getattr(dataset, "errors", []))
     timings.append(("load", "model+dataset", time.perf_counter() - t))
@@ -526,10 +600,10 @@ def run_unit(
     gal: dict[str, list] = {"images": [], "ids": [], "targets": [], "masks": [], "boxes": [], "maps": []}
     n_done = 0
 
-    for bi, batch in enumerate(_make_batches(dataset, handle, suite.batch_size, unit.indices)):
+    batches = _device_batches(_make_batches(dataset, handle, suite.batch_size, unit.indices), device, prefetch, channels_last)
+    for bi, batch in enumerate(batches):
         seed = batch_seed(suite.seed, unit.key, bi)
         torch.manual_seed(seed)
-        batch = batch.to(device)
         ids = list(batch.ids)
         unknown = batch.targets < 0  # a loader's "explain the prediction" sentinel (e.g. data target="predicted")
         if exp.target == "predicted" or bool(unknown.any()):
@@ -753,21 +827,35 @@ def run_suite(
     report: bool = True,
     plots: bool = True,
     log: Optional[Callable[[str], None]] = None,
+    backend: str = "sequential",
+    workers: Optional[int] = None,
+    scheduler: Optional[str] = None,
+    client: Any = None,
+    options: Optional[ExecOptions] = None,
+    plugins: Sequence[str] = (),
 ) -> RunOutcome:
     """Plan ``suite``, run every unit not already stored in ``out``, then write tables and the report.
 
-    Killing the process at any point loses at most the unit in flight; rerunning with the same
-    arguments resumes and gives the same final tables as an uninterrupted run.
+    Killing the process at any point loses at most the units in flight; rerunning with the same
+    arguments resumes and gives the same final tables as an uninterrupted run. ``backend``
+    (``sequential`` | ``loky`` | ``dask``), ``workers``, ``scheduler`` and ``client``: see
+    :func:`benchmark.runner.parallel.execute_units` (every backend gives the same scores, and the parent
+    writes each unit's part as it arrives). ``options``: :class:`ExecOptions`; ``plugins``: extra
+    plugins the workers import.
     """
     from ..store import Store, atomic_write_text
+    from .parallel import execute_units
 
     log = log or (lambda msg: None if quiet else print(msg, file=sys.stderr))
     out = Path(out)
-    plan = plan_run(suite, limit)
+    options = options or ExecOptions()
+    plan = plan_run(suite, limit, precision=options.precision)
     device = resolve_device(suite.device)
     store = Store(out, plan.hash, log)
     store.prepare(fresh)
-    atomic_write_text(out / "run.json", json.dumps(run_record(plan, device), indent=1, default=str))
+    record = run_record(plan, device)
+    record.update(precision=options.precision, backend=backend)
+    atomic_write_text(out / "run.json", json.dumps(record, indent=1, default=str))
     done = store.done()
     todo = [u for u in plan.units if u.key not in done]
     reused = [u.key for u in plan.units if u.key in done]
@@ -779,14 +867,16 @@ def run_suite(
     units_bar = tqdm(total=len(todo), desc="units", unit="unit", disable=not show, position=0)
     images_bar = tqdm(total=sum(u.stop - u.start for u in todo), desc="images", unit="img", disable=not show, position=1)
     ran = []
+    results = execute_units(suite, todo, backend=backend, workers=workers, scheduler=scheduler, client=client,
+                            options=options, plugins=plugins, progress=images_bar.update)
     try:
-        for unit in todo:
-            units_bar.set_postfix_str(unit.key, refresh=False)
-            result = run_unit(suite, unit, progress=images_bar.update)
+        for result in results:
             store.write_unit(result)
-            ran.append(unit.key)
+            ran.append(result.key)
+            units_bar.set_postfix_str(result.key, refresh=False)
             units_bar.update(1)
     finally:
+        results.close()
         images_bar.close()
         units_bar.close()
     rep = None

@@ -1,0 +1,287 @@
+"""Run units of work in parallel: ``sequential`` (in-process), ``loky`` (joblib process pool) or ``dask``
+(a ``dask.distributed`` cluster).
+
+Every backend calls the same pure function (:func:`benchmark.runner.execute.run_unit`) on each unit and
+hands each :class:`UnitResult` back to the **parent**, which writes it through the store as soon as it
+arrives (:func:`execute_units` yields results in completion order). So
+
+* results are identical whatever the backend (each unit seeds itself from ``(suite seed, unit key,
+  batch)``; it does not depend on which process ran it or in which order), apart from the ``cost``
+  family (timings) and float differences between devices or thread counts;
+* resume works across backends (the store only sees finished parts), and an interrupted parallel run
+  loses only the units still in flight.
+
+Devices: a worker asked for ``cuda`` (or ``auto`` with CUDA) on a machine with several GPUs claims a
+*slot* (an exclusive ``flock`` on a file in the temporary folder, released when the process dies) and
+uses ``cuda:<slot mod #GPUs>``: one worker per GPU, each pinned to its own device. CPU workers get
+``torch.set_num_threads(cores // workers)``. On dask, units that need a GPU are submitted with
+``resources={"GPU": 1}`` when the cluster's workers declare a ``GPU`` resource
+(``dask worker tcp://... --resources GPU=1``).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import tempfile
+import threading
+import uuid
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional, Sequence, TypeVar
+
+import torch
+
+from ..errors import CambenchError
+from .execute import ExecOptions, Unit, UnitResult, load_registries, run_unit
+from .suite import Suite
+
+BACKENDS = ("sequential", "loky", "dask")
+
+T = TypeVar("T")
+
+
+# -- devices and threads of a worker ---------------------------------------------------------------
+
+
+def cpu_count() -> int:
+    """Cores this process may use (the affinity mask where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover  (macOS, Windows)
+        return max(1, os.cpu_count() or 1)
+
+
+def default_workers(device: str) -> int:
+    """One worker per visible GPU for CUDA devices, else one per group of 4 cores (at least 1)."""
+    if device in ("cuda", "auto") and torch.cuda.is_available():
+        return max(1, torch.cuda.device_count())
+    if device.startswith("cuda:"):
+        return 1
+    return max(1, cpu_count() // 4)
+
+
+def worker_device(requested: str, n_gpus: int, slot: Optional[int]) -> str:
+    """The device a worker in ``slot`` uses: ``cuda:<slot mod n_gpus>`` for ``cuda``/``auto`` with GPUs.
+
+    An explicit ``cuda:N``, ``cpu`` or ``mps`` is kept; so is anything when there is at most one GPU
+    or no slot.
+    """
+    if requested in ("cuda", "auto") and n_gpus > 1 and slot is not None:
+        return f"cuda:{slot % n_gpus}"
+    return requested
+
+
+def claim_slot(folder: str | os.PathLike, limit: int = 4096) -> tuple[int, Optional[int]]:
+    """Claim the lowest free slot in ``folder``: ``(slot, fd)``; the slot is held while ``fd`` is open.
+
+    Uses an exclusive non-blocking ``flock`` on ``folder/<slot>`` (released by the OS when the process
+    exits, so a restarted worker frees its slot). Without ``fcntl`` (Windows) the slot is the process id
+    and ``fd`` is None.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover
+        return os.getpid(), None
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for slot in range(limit):
+        fd = os.open(folder / str(slot), os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue
+        return slot, fd
+    raise CambenchError(f"No free worker slot among {limit} in {folder}.")  # pragma: no cover
+
+
+_SLOT: dict[str, Any] = {}  # this process's claim: {"token": ..., "slot": int, "fd": int | None}
+
+
+def _my_slot(token: str) -> int:
+    if _SLOT.get("token") != token:
+        if _SLOT.get("fd") is not None:
+            os.close(_SLOT["fd"])
+        folder = Path(tempfile.gettempdir()) / f"cambench-slots-{token}"
+        slot, fd = claim_slot(folder)
+        _SLOT.update(token=token, slot=slot, fd=fd)
+    return int(_SLOT["slot"])
+
+
+def _work(suite: Suite, unit: Unit, options: ExecOptions, plugins: tuple[str, ...], token: str) -> UnitResult:
+    """What a worker runs for one unit: registries, its device, then :func:`run_unit`."""
+    load_registries((*suite.plugins, *plugins))
+    n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if suite.device in ("cuda", "auto") and n_gpus > 1:
+        device = worker_device(suite.device, n_gpus, _my_slot(token))
+        if device != suite.device:
+            suite = replace(suite, device=device)
+            torch.cuda.set_device(torch.device(device))
+    return run_unit(suite, unit, options=options)
+
+
+# -- backends --------------------------------------------------------------------------------------
+
+
+def execute_units(
+    suite: Suite,
+    units: Sequence[Unit],
+    *,
+    backend: str = "sequential",
+    workers: Optional[int] = None,
+    scheduler: Optional[str] = None,
+    client: Any = None,
+    options: Optional[ExecOptions] = None,
+    plugins: Sequence[str] = (),
+    progress: Optional[Callable[[int], None]] = None,
+) -> Iterator[UnitResult]:
+    """Run ``units`` on ``backend`` and yield each :class:`UnitResult` as soon as it is finished.
+
+    ``workers``: processes (default :func:`default_workers`); ``scheduler``: a dask scheduler address
+    (``tcp://host:8786``; without it a ``LocalCluster`` of ``workers`` processes is started and closed);
+    ``client``: an existing ``distributed.Client`` to use instead. ``plugins``: extra plugin modules
+    (beyond ``suite.plugins``) each worker imports. ``progress(n)`` is called with each unit's image
+    count (after every batch on ``sequential``). Closing the generator early cancels the units not started.
+    """
+    if backend not in BACKENDS:
+        raise CambenchError(f"Unknown backend {backend!r}; use one of {', '.join(BACKENDS)}.")
+    if workers is not None and workers < 1:
+        raise CambenchError(f"--workers must be >= 1, got {workers}.")
+    if scheduler is not None and backend != "dask":
+        raise CambenchError(f"--scheduler is a dask option; add --backend dask (got --backend {backend}).")
+    options = options or ExecOptions()
+    units = list(units)
+    if not units:
+        return
+    plugins = tuple(plugins)
+    if backend == "sequential":
+        if plugins:
+            load_registries(plugins)
+        for unit in units:
+            yield run_unit(suite, unit, progress=progress, options=options)
+        return
+    token = uuid.uuid4().hex[:12]
+    n = workers or default_workers(suite.device)
+    if backend == "loky":
+        yield from _loky(suite, units, min(n, len(units)), options, plugins, token, progress)
+    else:
+        yield from _dask(suite, units, n, scheduler, client, options, plugins, token, progress)
+
+
+def _cpu_threads(suite: Suite, options: ExecOptions, workers: int) -> ExecOptions:
+    if options.threads is None and not suite.device.startswith("cuda"):
+        return replace(options, threads=max(1, cpu_count() // workers))
+    return options
+
+
+def _loky(suite, units, workers, options, plugins, token, progress) -> Iterator[UnitResult]:
+    from joblib import Parallel, delayed
+
+    options = _cpu_threads(suite, options, workers)
+    par = Parallel(n_jobs=workers, backend="loky", return_as="generator_unordered", batch_size=1,
+                   pre_dispatch="n_jobs")
+    gen = par(delayed(_work)(suite, u, options, plugins, token) for u in units)
+    try:
+        for result in gen:
+            if progress is not None:
+                progress(int(result.info.get("n_images", 0)))
+            yield result
+    finally:
+        gen.close()  # an early exit aborts the units not started
+
+
+def _dask(suite, units, workers, scheduler, client, options, plugins, token, progress) -> Iterator[UnitResult]:
+    try:
+        from distributed import Client, LocalCluster, as_completed
+    except ImportError as exc:  # pragma: no cover
+        raise CambenchError(f"--backend dask needs `pip install distributed` ({exc}).") from None
+
+    own: list[Any] = []
+    if client is None:
+        if scheduler:
+            try:
+                client = Client(scheduler, timeout="30s")
+            except OSError as exc:
+                raise CambenchError(
+                    f"Cannot reach the dask scheduler at {scheduler!r} ({exc}). Start one with "
+                    "`dask scheduler` and workers with `dask worker ADDRESS`, or drop --scheduler."
+                ) from None
+            own.append(client)
+        else:
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                   dashboard_address=None)
+            client = Client(cluster)
+            own += [client, cluster]
+            options = _cpu_threads(suite, options, workers)
+    try:
+        info = client.scheduler_info(n_workers=-1)
+        has_gpu = any("GPU" in (w.get("resources") or {}) for w in info.get("workers", {}).values())
+        wants_gpu = suite.device.startswith("cuda") or suite.device == "auto"
+        resources = {"GPU": 1} if has_gpu and wants_gpu else None
+        futures = [
+            client.submit(_work, suite, u, options, plugins, token, key=f"cambench-{token}-{u.key}",
+                          resources=resources, pure=False)
+            for u in units
+        ]
+        try:
+            for fut in as_completed(futures):
+                result = fut.result()
+                fut.release()
+                if progress is not None:
+                    progress(int(result.info.get("n_images", 0)))
+                yield result
+        finally:
+            client.cancel([f for f in futures if not f.done()])
+    finally:
+        for obj in own:
+            obj.close()
+
+
+# -- prefetching batches (CUDA) --------------------------------------------------------------------
+
+_END = object()
+
+
+def prefetch(iterator: Iterator[T], transform: Callable[[T], T] = lambda x: x, depth: int = 2) -> Iterator[T]:
+    """Yield ``transform(item)`` for each item of ``iterator``, produced ``depth`` items ahead in a thread.
+
+    Used on CUDA to load, collate and pin the next batches while the GPU works on the current one.
+    The order is kept; an exception in the producer is re-raised here; closing the generator stops the
+    producer.
+    """
+    q: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in iterator:
+                if not put((transform(item), None)):
+                    return
+        except BaseException as exc:  # noqa: BLE001  (handed to the consumer)
+            put((None, exc))
+            return
+        put((_END, None))
+
+    thread = threading.Thread(target=produce, name="cambench-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, exc = q.get()
+            if exc is not None:
+                raise exc
+            if item is _END:
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)

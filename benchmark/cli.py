@@ -70,6 +70,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--tolerance", type=float, default=0.02, metavar="EPS",
                    help="absolute change a regression must exceed (default 0.02), besides leaving the CI")
     c.add_argument("--all", action="store_true", help="print every row, not only the changed ones")
+    c.add_argument("--gate-cost", action="store_true",
+                   help="let latency/memory metrics fail the gate too (off: they depend on the machine)")
     return p
 
 
@@ -156,7 +158,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from .report.compare import compare, format_comparison, read_leaderboard
 
-    table = compare(read_leaderboard(args.dir), read_leaderboard(args.baseline), tolerance=args.tolerance)
+    table = compare(
+        read_leaderboard(args.dir), read_leaderboard(args.baseline), tolerance=args.tolerance,
+        gate_cost=args.gate_cost,
+    )
     print(format_comparison(table, show_ok=args.all))
     return 1 if (table["status"] == "regression").any() else 0
 

@@ -4,7 +4,8 @@ A row (model, dataset, method, metric) regresses when the new mean is **worse** 
 (direction-aware: lower for higher-is-better metrics) **and** lies outside the baseline's 95 % CI **and**
 differs by more than ``tolerance`` (absolute). Rows without a baseline CI (e.g. n = 1) use the
 tolerance alone. ``mean_rank`` rows are shown for information but never gate (ranks move when other
-methods improve). Rows present in the baseline but not in the new run are reported as ``missing``.
+methods improve), nor do cost metrics (latency, memory: they measure the machine as much as the method)
+unless ``gate_cost=True``. Rows present in the baseline but not in the new run are reported as ``missing``.
 """
 
 from __future__ import annotations
@@ -36,7 +37,15 @@ def read_leaderboard(path: str | Path) -> pd.DataFrame:
     return df
 
 
-def compare(new: pd.DataFrame, baseline: pd.DataFrame, tolerance: float = 0.02) -> pd.DataFrame:
+def _cost_metrics(names) -> set[str]:
+    from ..metrics import METRICS
+
+    return {n for n in names if n in METRICS and METRICS.entry(n).meta.get("family") == "cost"}
+
+
+def compare(
+    new: pd.DataFrame, baseline: pd.DataFrame, tolerance: float = 0.02, gate_cost: bool = False
+) -> pd.DataFrame:
     """Row-by-row comparison with a ``status``: ok, improved, regression, missing, new, info."""
     b = baseline.rename(columns={"mean": "baseline"})
     for c in ("ci_low", "ci_high"):
@@ -60,6 +69,8 @@ def compare(new: pd.DataFrame, baseline: pd.DataFrame, tolerance: float = 0.02) 
     status = np.where(better > tolerance, "improved", "ok")
     status = np.where(worse, "regression", status)
     status = np.where(j["metric"] == MEAN_RANK, "info", status)
+    if not gate_cost:
+        status = np.where(j["metric"].isin(_cost_metrics(set(j["metric"]))), "info", status)
     status = np.where(j["_merge"] == "left_only", "missing", status)
     status = np.where(j["_merge"] == "right_only", "new", status)
     j["status"] = status

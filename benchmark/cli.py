@@ -88,7 +88,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     suite = suite.with_overrides(device=args.device, batch_size=args.batch_size, data_root=args.data_root)
     if args.limit is not None and args.limit < 1:
         raise CambenchError(f"--limit must be a positive number of images, got {args.limit}.")
-    load_registries(_plugins(args))
+    load_registries(_plugins(args), check=True)  # a broken plugin fails here, before any model work
     out = Path(args.out) if args.out else Path("results") / suite.name
     if args.workers is not None and args.workers < 1:
         raise CambenchError(f"--workers must be a positive number of processes, got {args.workers}.")

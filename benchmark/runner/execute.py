@@ -65,43 +65,26 @@ TIMING_COLUMNS = ["unit", "model", "dataset", "stage", "name", "seconds"]
 # -- registries and plugins ------------------------------------------------------------------------
 
 
-def load_registries(plugins: Sequence[str] = ()) -> None:
+def load_registries(plugins: Sequence[str] = (), check: bool = False) -> None:
     """Import the packages that fill the registries, then ``plugins`` (module names or ``.py`` paths).
 
-    A plugin is any module that registers methods, metrics, models or datasets on import. Plugins are
-    imported once per process (a ``.py`` path is cached under a name derived from its absolute path).
+    A plugin is any module that registers methods, metrics, models or datasets on import; loading goes
+    through :func:`benchmark.plugins.load_plugins` (once per process; name clashes and import errors fail
+    early, naming the plugin). ``check`` also runs the method contract check on the plugins' methods (the
+    CLI does for ``--plugin``; suite-file plugins are trusted, e.g. test fakes that fail on purpose).
     """
     for mod in ("benchmark.methods", "benchmark.metrics", "benchmark.models", "benchmark.data"):
         importlib.import_module(mod)
-    for plugin in plugins:
-        load_plugin(plugin)
+    from ..plugins import load_plugins
+
+    load_plugins(list(plugins), check=check)
 
 
 def load_plugin(plugin: str) -> Any:
-    """Import one plugin: a dotted module name, or a path to a ``.py`` file."""
-    if plugin.endswith(".py"):
-        path = Path(plugin).resolve()
-        if not path.is_file():
-            raise SuiteError(f"Plugin file {plugin!r} does not exist (plugins = [...] in the suite).")
-        name = "cambench_plugin_" + hashlib.sha1(str(path).encode()).hexdigest()[:10]
-        if name in sys.modules:
-            return sys.modules[name]
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        try:
-            spec.loader.exec_module(module)
-        except BaseException:
-            sys.modules.pop(name, None)
-            raise
-        return module
-    try:
-        return importlib.import_module(plugin)
-    except ModuleNotFoundError as exc:
-        raise SuiteError(
-            f"Plugin module {plugin!r} cannot be imported ({exc}). Install it, or give a path to a .py file."
-        ) from None
+    """Import one plugin (a dotted module name or a ``.py`` path); see :func:`load_registries`."""
+    from ..plugins import load_plugins
+
+    return load_plugins([plugin], entry_points=False, check=False)[0]
 
 
 def resolve_device(device: str) -> torch.device:

@@ -503,3 +503,27 @@ def test_eigen_gram_solver_matches_lapack_up_to_sign() -> None:
         m = methods.get(name, solver="gram", sign="corr")(model, "features", x, 0)
         ref = methods.get(name, sign="corr")(model, "features", x, 0)
         torch.testing.assert_close(m, ref, atol=1e-4, rtol=0)
+
+
+def test_cluster_channels_equals_the_reference_dbscan_recipe() -> None:
+    """specs.md §1.12 step 3 done the authors' way: scipy distances with +inf diagonal, P25 over both
+    triangles, sklearn DBSCAN(euclidean) on the remaining channels."""
+    from scipy.spatial.distance import pdist, squareform
+    from sklearn.cluster import DBSCAN
+
+    for seed in range(3):
+        r = np.random.default_rng(seed)
+        centers = r.normal(size=(5, 49)) * 3
+        feats = np.concatenate(
+            [np.abs(r.normal(size=(60, 49))) * 5, centers[r.integers(0, 5, 180)] + 0.3 * r.normal(size=(180, 49))]
+        ).astype(np.float32)
+        labels = cluster_channels(feats)
+        norms = np.linalg.norm(feats, axis=1)
+        rest = np.flatnonzero(norms < np.percentile(norms, 75))
+        fr = feats[rest].astype(np.float64)
+        d = squareform(pdist(fr))
+        np.fill_diagonal(d, np.inf)
+        eps = max(np.percentile(d[np.isfinite(d)], 25), 1e-5)
+        ref = DBSCAN(eps=eps, min_samples=max(2, int(0.05 * rest.size))).fit(fr).labels_
+        np.testing.assert_array_equal(labels[rest], ref)
+        assert len(set(ref) - {-1}) >= 2

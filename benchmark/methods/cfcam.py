@@ -79,11 +79,12 @@ def cluster_channels(
     fr = feats[rest].astype(np.float64)
     sq = (fr**2).sum(1)
     d = np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2 * fr @ fr.T, 0.0))
-    np.fill_diagonal(d, np.inf)
-    finite = d[np.isfinite(d)]
-    eps = max(float(np.percentile(finite, eps_percentile)) if finite.size else 0.0, eps_floor)
+    off = d[~np.eye(rest.size, dtype=bool)]  # both triangles, diagonal excluded (the authors' +inf)
+    eps = max(float(np.percentile(off, eps_percentile)) if off.size else 0.0, eps_floor)
     min_samples = max(int(min_samples_floor), int(math.floor(min_samples_frac * rest.size)))
-    labels[rest] = DBSCAN(eps=eps, min_samples=min_samples).fit(fr).labels_
+    # The same Euclidean neighbourhoods as DBSCAN(metric="euclidean"), from the matrix already built.
+    np.fill_diagonal(d, 0.0)
+    labels[rest] = DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed").fit(d).labels_
     return labels
 
 

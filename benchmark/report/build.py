@@ -73,13 +73,19 @@ def write_report(out_dir: str | Path, *, plots: bool = True, html: bool = True) 
     return Report(out, scores, board, sig, fails, timings, curves, figs, run)
 
 
-def headline_metrics(run: dict, board: pd.DataFrame, k: int = 4) -> list[str]:
-    """A few metrics for the terminal summary: one per family first (faithfulness, localization, ...)."""
+#: The metrics papers report first; the summary shows those present, then one per remaining family.
+HEADLINE = ("deletion_auc", "insertion_auc", "pointing_game", "max_sensitivity", "model_randomization")
+
+
+def headline_metrics(run: dict, board: pd.DataFrame, k: int = 5) -> list[str]:
+    """A few metrics for the terminal summary: the usual headline ones, then one per family."""
     fam = run.get("families", {})
     present = [m for m in board["metric"].unique() if m != tables.MEAN_RANK]
     order = ["faithfulness", "localization", "robustness", "sanity", "cost"]
-    picked: list[str] = []
+    picked: list[str] = [m for m in HEADLINE if m in present]
     for f in order:
+        if any(fam.get(m) == f for m in picked):
+            continue
         for m in sorted(present):
             if fam.get(m) == f and m not in picked:
                 picked.append(m)
@@ -90,7 +96,7 @@ def headline_metrics(run: dict, board: pd.DataFrame, k: int = 4) -> list[str]:
     return picked[:k]
 
 
-def summary_text(run: dict, board: pd.DataFrame, k: int = 4) -> Optional[str]:
+def summary_text(run: dict, board: pd.DataFrame, k: int = 5) -> Optional[str]:
     """The one-screen terminal summary: methods x headline metrics + mean rank, per (model, dataset)."""
     if board.empty:
         return None

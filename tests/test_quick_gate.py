@@ -1,0 +1,72 @@
+"""The CI gate end to end, on the real quick suite and its committed reference leaderboard.
+
+- the full quick suite (``python run_bench.py``'s job) reproduces ``results/reference/quick-leaderboard.csv``
+  within the gate's tolerance: ``compare`` exits 0;
+- a deliberately broken Grad-CAM (a plugin that inverts its map) makes ``compare`` exit 1 and name it;
+- the README's plugin example gets its own leaderboard rows next to the built-ins.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+REFERENCE = ROOT / "results" / "reference" / "quick-leaderboard.csv"
+SHAPES_SUITE = ROOT / "tests" / "runner_suites" / "quick_shapes.toml"
+
+
+def _cli(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TQDM_DISABLE": "1", "MPLBACKEND": "Agg", "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "run_bench.py"), *args], cwd=ROOT, env=env, capture_output=True,
+        text=True, timeout=timeout,
+    )
+
+
+@pytest.mark.slow
+def test_quick_suite_reproduces_the_reference_leaderboard(tmp_path: Path) -> None:
+    out = tmp_path / "quick"
+    run = _cli("run", "quick", "--out", str(out), "--quiet", "--no-plots", timeout=1500)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    new = pd.read_csv(out / "leaderboard.csv")
+    ref = pd.read_csv(REFERENCE)
+    keys = ["model", "dataset", "method", "metric"]
+    assert set(map(tuple, new[keys].values)) == set(map(tuple, ref[keys].values))
+    gate = _cli("compare", str(out), "--baseline", str(REFERENCE))
+    assert gate.returncode == 0, gate.stdout[-3000:]
+    assert "OK: no regression" in gate.stdout
+
+
+def test_compare_fails_when_a_method_is_deliberately_broken(tmp_path: Path) -> None:
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    run = _cli("run", str(SHAPES_SUITE), "--out", str(good), "--quiet", "--no-plots")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    ok = _cli("compare", str(good), "--baseline", str(REFERENCE))
+    assert ok.returncode == 0, ok.stdout[-3000:]  # the same rows as the reference: no regression
+
+    broken = ROOT / "tests" / "plugins" / "broken_gradcam.py"
+    run = _cli("run", str(SHAPES_SUITE), "--out", str(bad), "--quiet", "--no-plots", "--plugin", str(broken))
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    gate = _cli("compare", str(bad), "--baseline", str(REFERENCE))
+    assert gate.returncode == 1, gate.stdout[-3000:]
+    assert "REGRESSION" in gate.stdout
+    regressed = [line for line in gate.stdout.splitlines() if "regression" in line]
+    assert regressed and all(" gradcam " in f" {line} " for line in regressed), regressed
+    assert not any("layercam" in line for line in regressed)
+
+
+def test_plugin_example_gets_a_leaderboard_row(tmp_path: Path) -> None:
+    out = tmp_path / "mine"
+    example = ROOT / "examples" / "my_cam.py"
+    run = _cli("run", str(SHAPES_SUITE), "--out", str(out), "--quiet", "--no-plots", "--plugin", str(example))
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    lb = pd.read_csv(out / "leaderboard.csv")
+    mine = lb[lb["method"] == "topk_gradcam"]
+    assert set(mine["metric"]) >= {"pointing_game", "deletion_auc", "insertion_auc", "mask_iou", "mean_rank"}
+    assert mine["mean"].notna().all()

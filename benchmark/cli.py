@@ -37,6 +37,9 @@ def _parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run a suite (resumes into an existing output directory)")
     r.add_argument("suite", nargs="?", default="quick", help="suite name (see `list suites`) or path to a .toml")
+    r.add_argument("--plugin", action="append", default=[], dest="run_plugin", metavar="MODULE",
+                   help="import a module or .py file that registers your methods/metrics; its methods "
+                        "pass the contract check before any model work (repeatable)")
     r.add_argument("--out", default=None, help="output directory (default: results/<suite name>)")
     r.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N | mps (default: the suite's)")
     r.add_argument("--limit", type=int, default=None, metavar="N", help="at most N images per experiment")
@@ -77,7 +80,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _plugins(args: argparse.Namespace) -> list[str]:
     env = [p for p in os.environ.get("CAMBENCH_PLUGINS", "").split(",") if p.strip()]
-    return env + list(args.plugin)
+    return env + list(args.plugin) + list(getattr(args, "run_plugin", []))
 
 
 def cmd_run(args: argparse.Namespace) -> int:

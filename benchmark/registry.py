@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generic, Iterator, TypeVar
+from typing import Any, Callable, Generic, Iterator, Mapping, Optional, TypeVar
 
 from .errors import CambenchError, UnknownNameError
 
@@ -88,6 +88,18 @@ class Registry(Generic[T]):
     def create(self, name: str, *args: Any, **kwargs: Any) -> Any:
         """Call the registered factory for ``name`` with the given arguments."""
         return self.get(name)(*args, **kwargs)  # type: ignore[operator]
+
+    def params(self, name: str, overrides: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+        """The entry's ``defaults`` metadata updated by ``overrides``; an unknown key is a TypeError."""
+        params = dict(self.entry(name).meta.get("defaults", {}))
+        for key, value in (overrides or {}).items():
+            if key not in params:
+                raise TypeError(
+                    f"{self.kind.capitalize()} {name!r} has no parameter {key!r}. Its parameters: "
+                    f"{', '.join(sorted(params)) or '(none)'}."
+                )
+            params[key] = value
+        return params
 
     def list(self, pattern: str | None = None, **meta_filter: Any) -> list[str]:
         """Sorted names, optionally filtered by an fnmatch ``pattern`` and metadata equality."""

@@ -23,6 +23,8 @@ SHAPES_SUITE = ROOT / "tests" / "runner_suites" / "quick_shapes.toml"
 
 def _cli(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
     env = {**os.environ, "TQDM_DISABLE": "1", "MPLBACKEND": "Agg", "PYTHONWARNINGS": "ignore"}
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        env.pop(var, None)  # set to 1 in this process by the parallel tests' worker pools
     return subprocess.run(
         [sys.executable, str(ROOT / "run_bench.py"), *args], cwd=ROOT, env=env, capture_output=True,
         text=True, timeout=timeout,
@@ -56,7 +58,7 @@ def test_compare_fails_when_a_method_is_deliberately_broken(tmp_path: Path) -> N
     gate = _cli("compare", str(bad), "--baseline", str(REFERENCE))
     assert gate.returncode == 1, gate.stdout[-3000:]
     assert "REGRESSION" in gate.stdout
-    regressed = [line for line in gate.stdout.splitlines() if "regression" in line]
+    regressed = [line for line in gate.stdout.splitlines() if line.rstrip().endswith(" regression")]
     assert regressed and all(" gradcam " in f" {line} " for line in regressed), regressed
     assert not any("layercam" in line for line in regressed)
 
@@ -64,7 +66,11 @@ def test_compare_fails_when_a_method_is_deliberately_broken(tmp_path: Path) -> N
 def test_plugin_example_gets_a_leaderboard_row(tmp_path: Path) -> None:
     out = tmp_path / "mine"
     example = ROOT / "examples" / "my_cam.py"
-    run = _cli("run", str(SHAPES_SUITE), "--out", str(out), "--quiet", "--no-plots", "--plugin", str(example))
+    text = SHAPES_SUITE.read_text()
+    assert 'methods = ["gradcam", "layercam"]' in text
+    suite = tmp_path / "quick_shapes_mine.toml"  # the reduced quick suite, with the plugin's method added
+    suite.write_text(text.replace('methods = ["gradcam", "layercam"]', 'methods = ["gradcam", "topk_gradcam"]'))
+    run = _cli("run", str(suite), "--out", str(out), "--quiet", "--no-plots", "--plugin", str(example))
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     lb = pd.read_csv(out / "leaderboard.csv")
     mine = lb[lb["method"] == "topk_gradcam"]

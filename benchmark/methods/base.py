@@ -158,16 +158,7 @@ def is_applicable(name: str, model: nn.Module | str | None) -> bool:
 
 
 def _params(name: str, overrides: Optional[Mapping[str, Any]]) -> dict[str, Any]:
-    entry = METHODS.entry(name)
-    params = dict(entry.meta["defaults"])
-    for key, value in (overrides or {}).items():
-        if key not in params:
-            raise TypeError(
-                f"Method {name!r} has no parameter {key!r}. Its parameters: "
-                f"{', '.join(sorted(params)) or '(none)'}."
-            )
-        params[key] = value
-    return params
+    return METHODS.params(name, overrides)
 
 
 def run_method(ctx: ExplainContext, name: str, params: Optional[Mapping[str, Any]] = None) -> MethodOutput:

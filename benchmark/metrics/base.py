@@ -86,16 +86,7 @@ def register_metric(
 
 def metric_params(name: str, overrides: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
     """The metric's default parameters updated by ``overrides`` (unknown keys are an error)."""
-    entry = METRICS.entry(name)
-    params = dict(entry.meta["defaults"])
-    for key, value in (overrides or {}).items():
-        if key not in params:
-            raise TypeError(
-                f"Metric {name!r} has no parameter {key!r}. Its parameters: "
-                f"{', '.join(sorted(params)) or '(none)'}."
-            )
-        params[key] = value
-    return params
+    return METRICS.params(name, overrides)
 
 
 def missing_needs(name: str, ctx: MetricContext) -> list[str]:

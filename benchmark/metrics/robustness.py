@@ -51,11 +51,11 @@ def _sensitivity(ctx: MetricContext, reduce, radius: float, n_samples: int, rela
     if live:
         key = ("sensitivity", radius, n_samples, relative, norm, tuple(live))
         if key not in ctx.cache:
-            ctx.cache[key] = F._sensitivity(
+            ctx.cache[key] = F.sensitivity_samples(
                 _bound(ctx), ctx.batch.images, ctx.batch.targets, live, radius, n_samples, relative, norm,
                 ctx.seed, ctx.batch_size, {m: ctx.saliency[m] for m in live},
             )
-        out.update({m: F._nanreduce(v, reduce) for m, v in ctx.cache[key].items()})
+        out.update({m: F.nanreduce(v, reduce) for m, v in ctx.cache[key].items()})
     return {m: out[m] for m in ctx.saliency}
 
 

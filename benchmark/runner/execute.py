@@ -41,7 +41,6 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from torch import Tensor
 
 from ..errors import CambenchError, SuiteError, UnknownNameError, WeightsError
 from ..types import Batch, ModelHandle
@@ -433,58 +432,9 @@ def clear_caches() -> None:
 
 
 def _make_batches(dataset: Any, handle: ModelHandle, batch_size: int, indices: list[int]) -> Iterator[Batch]:
-    try:
-        from ..data.transforms import make_batches
-    except ModuleNotFoundError as exc:
-        if exc.name != "benchmark.data.transforms":
-            raise
-        make_batches = _simple_batches
+    from ..data.transforms import make_batches
+
     return make_batches(dataset, handle, batch_size, indices=indices)
-
-
-def _simple_batches(dataset: Any, handle: ModelHandle, batch_size: int, indices: Optional[list[int]] = None) -> Iterator[Batch]:
-    """Fallback collation used only while ``benchmark.data.transforms`` is absent (same contract).
-
-    Resizes images (bilinear, antialiased) and masks (nearest) to ``handle.input_size``, scales boxes,
-    normalises with the handle; an item that raises is skipped and recorded in ``dataset.errors``.
-    """
-    import torch.nn.functional as F
-
-    idx = list(range(len(dataset))) if indices is None else list(indices)
-    h, w = handle.input_size
-    for s in range(0, len(idx), batch_size):
-        samples = []
-        for i in idx[s : s + batch_size]:
-            try:
-                samples.append(dataset[i])
-            except Exception as exc:  # noqa: BLE001  (a corrupt item is reported, never fatal)
-                dataset.errors.append(f"item {i}: {type(exc).__name__}: {exc}")
-        if not samples:
-            continue
-        imgs, masks, boxes = [], [], []
-        for smp in samples:
-            img = smp.image.float()
-            sh, sw = img.shape[-2:]
-            if (sh, sw) != (h, w):
-                img = F.interpolate(img[None], size=(h, w), mode="bilinear", antialias=True, align_corners=False)[0]
-            imgs.append(img)
-            if smp.mask is not None:
-                m = smp.mask
-                if m.shape != (h, w):
-                    m = F.interpolate(m[None, None].float(), size=(h, w), mode="nearest")[0, 0] > 0.5
-                masks.append(m.bool())
-            if smp.boxes is not None:
-                scale = torch.tensor([w / sw, h / sh, w / sw, h / sh], dtype=torch.float32)
-                boxes.append(smp.boxes.float() * scale)
-        labels = [smp.label for smp in samples]
-        yield Batch(
-            images=handle.normalize(torch.stack(imgs).clamp(0, 1)),
-            targets=torch.tensor([smp.target for smp in samples], dtype=torch.long),
-            ids=[smp.id for smp in samples],
-            masks=torch.stack(masks) if len(masks) == len(samples) else None,
-            boxes=boxes if len(boxes) == len(samples) else None,
-            labels=None if any(lb is None for lb in labels) else torch.tensor(labels, dtype=torch.long),
-        )
 
 
 # -- one unit --------------------------------------------------------------------------------------

@@ -88,9 +88,20 @@ def perturbation_scores(
     return {m: v.view(n_samples, b) for m, v in out.items()}
 
 
-def _sensitivity(
-    explain_fn, images, targets, methods, radius, n_samples, relative, norm, seed, batch_size, reference
+def sensitivity_samples(
+    explain_fn: ExplainBound,
+    images: Tensor,
+    targets: Tensor,
+    methods: Sequence[str],
+    radius: float = 0.2,
+    n_samples: int = 8,
+    relative: bool = True,
+    norm: str = "fro",
+    seed: int = 0,
+    batch_size: int = 64,
+    reference: Optional[dict[str, Tensor]] = None,
 ) -> dict[str, Tensor]:
+    """Per-sample sensitivities ``{method: [S,B]}`` shared by Max- and Avg-Sensitivity (their reductions)."""
     if n_samples < 1:
         raise ValueError(f"n_samples must be >= 1; got {n_samples}.")
     shape = images.shape[1:]
@@ -128,9 +139,9 @@ def max_sensitivity(
     numerator). Lower is better. Samples whose reference map is all zero are NaN (0/0) and skipped by the
     nan-max; NaN if all are. ``reference`` (the clean maps) is computed when not given.
     """
-    vals = _sensitivity(explain_fn, images, targets, methods, radius, n_samples, relative, norm, seed,
+    vals = sensitivity_samples(explain_fn, images, targets, methods, radius, n_samples, relative, norm, seed,
                         batch_size, reference)
-    return {m: _nanreduce(v, np.nanmax) for m, v in vals.items()}
+    return {m: nanreduce(v, np.nanmax) for m, v in vals.items()}
 
 
 def avg_sensitivity(
@@ -147,12 +158,12 @@ def avg_sensitivity(
     reference: Optional[dict[str, Tensor]] = None,
 ) -> dict[str, Tensor]:
     """Avg-Sensitivity (Yeh et al. 2019; Quantus ``AvgSensitivity``): the nan-mean instead of the max."""
-    vals = _sensitivity(explain_fn, images, targets, methods, radius, n_samples, relative, norm, seed,
+    vals = sensitivity_samples(explain_fn, images, targets, methods, radius, n_samples, relative, norm, seed,
                         batch_size, reference)
-    return {m: _nanreduce(v, np.nanmean) for m, v in vals.items()}
+    return {m: nanreduce(v, np.nanmean) for m, v in vals.items()}
 
 
-def _nanreduce(v: Tensor, fn) -> Tensor:
+def nanreduce(v: Tensor, fn) -> Tensor:
     """Column-wise nan-reduction over samples that returns NaN (without a warning) for all-NaN columns."""
     a = v.numpy()
     out = np.full(a.shape[1], np.nan, dtype=np.float32)
@@ -192,7 +203,7 @@ def local_lipschitz(
         explain_fn, images, targets, methods, lambda s: gaussian_noise(shape, std, seed, s),
         n_samples, score, reference, batch_size,
     )
-    return {m: _nanreduce(v, np.nanmax) for m, v in vals.items()}
+    return {m: nanreduce(v, np.nanmax) for m, v in vals.items()}
 
 
 # ------------------------------------------------------------------------------------------------

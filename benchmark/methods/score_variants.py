@@ -141,7 +141,9 @@ def iscam(ctx: ExplainContext, n_samples: int = 10) -> Tensor:
     """IS-CAM: Score-CAM with scores integrated over scaled masked inputs ``s_i (M_k * x)``.
 
     ``w = softmax_k( mean_i [ y^c(s_i M_k * x) - y^c(x) ] )`` with ``s_i`` from :func:`iscam_coefficients`
-    (torchcam ``ISCAM``, default 10 samples). Deterministic.
+    (torchcam ``ISCAM``, default 10 samples). Deterministic. A channel constant over the image has an
+    all-zero mask, so all its scaled inputs are ``x*0``: one forward per image scores every such channel at
+    every scale (on real networks 30-60 % of the head's channels; see :func:`~.score.scorecam`).
     """
     if n_samples < 1:
         raise ValueError(f"iscam needs n_samples >= 1, got {n_samples}.")
@@ -151,12 +153,26 @@ def iscam(ctx: ExplainContext, n_samples: int = 10) -> Tensor:
     base = ctx.forward_scores(ctx.images, ctx.targets)
     coeff = iscam_coefficients(n_samples).tolist()
     dtype = ctx.images.dtype
+    zero = masks.flatten(2).amax(dim=2) == 0  # [B,C]: constant channel -> all-zero mask
+    live = [(~zero[i]).nonzero().flatten() for i in range(b)]
+    n_live = sum(int(ch.shape[0]) for ch in live)
 
     def blocks() -> Iterator[tuple[Tensor, Tensor]]:
         for s in coeff:
             for i in range(b):
-                yield (s * masks[i][:, None] * ctx.images[i][None].float()).to(dtype), ctx.targets[i].expand(c)
+                if live[i].shape[0]:
+                    x = s * masks[i, live[i]][:, None] * ctx.images[i][None].float()
+                    yield x.to(dtype), ctx.targets[i].expand(live[i].shape[0])
 
-    scores = stream_scores(ctx, blocks(), n_samples * b * c).view(n_samples, b, c)
+    flat = stream_scores(ctx, blocks(), n_samples * n_live)
+    scores = torch.empty(n_samples, b, c, device=a.device)
+    if bool(zero.any()):  # the score of x*0, shared by every all-zero mask of the image at every scale
+        scores[:] = ctx.forward_scores(ctx.images * 0, ctx.targets)[None, :, None]
+    done = 0
+    for s in range(n_samples):
+        for i in range(b):
+            k = int(live[i].shape[0])
+            scores[s, i, live[i]] = flat[done : done + k]
+            done += k
     scores = scores.mean(dim=0) - base[:, None]
     return _weighted_low_res(a, scores)

@@ -131,10 +131,11 @@ def test_resume_across_backends(suite, reference, client, tmp_path):
 
 
 def test_cpu_options_do_not_change_scores(suite, reference):
-    """channels_last and the prefetch thread (both automatic on CUDA) forced on CPU: same scores."""
+    """channels_last off (it is the default for CNNs) and the prefetch thread (automatic on CUDA) forced on
+    CPU: same scores."""
     _, ref_scores, _ = reference
     plan = plan_run(suite)
-    rows = [run_unit(suite, u, options=ExecOptions(channels_last=True, prefetch=True)).scores for u in plan.units]
+    rows = [run_unit(suite, u, options=ExecOptions(channels_last=False, prefetch=True)).scores for u in plan.units]
     got = pd.concat(rows).query("metric != 'latency_ms'")
     got = got.sort_values(["model", "dataset", "method", "metric", "image_id"], kind="mergesort").reset_index(drop=True)
     assert (got["status"] == ref_scores["status"]).all()

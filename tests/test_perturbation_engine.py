@@ -146,6 +146,36 @@ def test_image_index_equals_repeated_images():
     torch.testing.assert_close(stacked, copied)
 
 
+def test_methods_of_one_image_share_the_start_and_end_forwards():
+    """M stacked methods over S points cost M*(S-2)+2 forwards per image, with the curves of separate calls."""
+    model = tiny_cnn()
+    g = torch.Generator().manual_seed(8)
+    images = torch.randn(2, 3, 8, 8, generator=g)
+    sal = torch.rand(6, 8, 8, generator=g)  # 3 "methods" x 2 images
+    index = torch.arange(2).repeat(3)
+    t = torch.tensor([1, 4]).repeat(3)
+    sub = torch.randn(2, 3, 8, 8, generator=g)
+    ks = step_counts(64, step=8)  # 9 points: 0, 8, ..., 64
+    sizes: list[int] = []
+    h = model.register_forward_pre_hook(lambda m, a: sizes.append(a[0].shape[0]))
+    stacked = perturbation_curves(model, images, pixel_order(sal), sub, ks, t, image_index=index)
+    h.remove()
+    assert sum(sizes) == 2 * (3 * (9 - 2) + 2)
+    for m in range(3):  # each method alone (no sharing possible) gives the same curves
+        rows = slice(2 * m, 2 * m + 2)
+        alone = perturbation_curves(model, images, pixel_order(sal[rows]), sub, ks, t[rows])
+        torch.testing.assert_close(stacked[rows], alone)
+    assert torch.equal(stacked[0::2, 0], stacked[0, 0].expand(3)) and torch.equal(stacked[1::2, -1], stacked[1, -1].expand(3))
+    # a row with another target for the same image does not share
+    t2 = t.clone()
+    t2[2] = 3
+    sizes.clear()
+    h = model.register_forward_pre_hook(lambda m, a: sizes.append(a[0].shape[0]))
+    perturbation_curves(model, images, pixel_order(sal), sub, ks, t2, image_index=index)
+    h.remove()
+    assert sum(sizes) == 2 * (3 * (9 - 2) + 2) + 2
+
+
 class OOMModel(nn.Module):
     """Raises an out-of-memory error whenever a forward gets more than `limit` images."""
 

@@ -53,6 +53,22 @@ def forward_autocast(device: torch.device | str) -> contextlib.AbstractContextMa
     return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
 
 
+#: CPU forwards hold at most this many input pixels (chunk x H x W). Measured on the 2-core development
+#: machine (benchmarks/RESULTS.md, section 4): per image, resnet50 at 224x224 runs 1.4-2x slower in a 64-image
+#: batch than in a 4-image one (the activations of a large batch spill out of the CPU caches), while at 64x64 a
+#: 64-image batch is the fastest; 2**18 pixels gives 5 images at 224x224 and 64 at 64x64.
+CPU_CHUNK_PIXELS = 1 << 18
+
+
+def forward_chunk(batch_size: int, example: Tensor) -> int:
+    """Inputs per extra (no-gradient) forward: ``batch_size``, capped on CPU at
+    :data:`CPU_CHUNK_PIXELS` ``// (H*W)`` of ``example`` (one input or a batch ``[..., H, W]``)."""
+    if example.device.type != "cpu" or example.ndim < 3:
+        return int(batch_size)
+    hw = int(example.shape[-1]) * int(example.shape[-2])
+    return max(1, min(int(batch_size), CPU_CHUNK_PIXELS // max(1, hw)))
+
+
 #: Families: ``gradient`` (pure function of one capture), ``perturbation`` (extra batched forwards),
 #: ``projection`` (SVD of the capture), ``baseline`` (no model).
 
@@ -123,15 +139,17 @@ class ExplainContext:
         """Target scores of ``inputs`` ``[N,...]`` for classes ``index`` ``[N]``, in chunks of batch_size.
 
         Runs under ``torch.inference_mode`` (and :func:`forward_autocast`); returns float32 logits (or
-        probabilities with ``softmax``, computed in float32).
+        probabilities with ``softmax``, computed in float32). On CPU the chunks are capped by
+        :func:`forward_chunk` (large batches of large images run slower there).
         """
         out = []
+        step = forward_chunk(self.batch_size, inputs)
         with torch.inference_mode(), forward_autocast(inputs.device):
-            for i in range(0, inputs.shape[0], self.batch_size):
-                logits = self.model(inputs[i : i + self.batch_size]).float()
+            for i in range(0, inputs.shape[0], step):
+                logits = self.model(inputs[i : i + step]).float()
                 if softmax:
                     logits = logits.softmax(dim=1)
-                out.append(logits.gather(1, index[i : i + self.batch_size, None]).squeeze(1))
+                out.append(logits.gather(1, index[i : i + step, None]).squeeze(1))
         return torch.cat(out).float()
 
 

@@ -9,9 +9,13 @@ each image. This module does that once, for all of them:
   as RISE's ``np.flip(np.argsort(...))``);
 * a perturbed image at step ``k`` is ``where(rank < k, substrate, image)`` with ``rank[n, p]`` the
   position of pixel ``p`` in image ``n``'s order (all channels of a pixel together) -- no loop over pixels;
+* the start (nothing perturbed) and the end (everything perturbed) of a curve do not depend on the pixel
+  order, so the rows of one image and target (the stacked methods) share those two forwards;
 * the ``N x S`` perturbed inputs (rows x steps; the caller stacks methods along the rows) are never
   materialised at once: they are built chunk by chunk, and each chunk is one forward pass under
   ``torch.inference_mode()``;
+* on CPU the chunk is capped by :func:`benchmark.methods.base.forward_chunk` (at most 2**18 input
+  pixels: large batches of large images run slower on a CPU than small ones);
 * the chunk size adapts to memory: on CUDA the first chunk measures the peak memory per input and the
   next chunks hold as many inputs as a fraction of the free memory allows (``torch.cuda.mem_get_info``);
   an out-of-memory error halves the chunk and retries the same chunk (the results are identical
@@ -27,7 +31,7 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from ..methods.base import forward_autocast
+from ..methods.base import forward_autocast, forward_chunk
 
 #: Exceptions treated as "the chunk does not fit": the chunk is halved and retried.
 OOM_ERRORS: tuple[type[BaseException], ...] = (torch.cuda.OutOfMemoryError,)
@@ -173,8 +177,9 @@ def batched_scores(
     once per chunk, so at most ``batch_size`` inputs exist at a time. An exception of a type in
     ``oom_errors`` halves the chunk and retries it (the smaller size is kept for the rest); at a chunk of
     one item it propagates. ``score``: ``"prob"`` (softmax probability) or ``"logit"``.
-    ``adaptive`` (CUDA only): after the first chunk (``batch_size`` inputs), chunks hold as many inputs as
-    :data:`MEMORY_FRACTION` of the free memory allows (:func:`memory_chunk`; at most :data:`MAX_CHUNK`).
+    ``adaptive``: on CUDA, after the first chunk (``batch_size`` inputs), chunks hold as many inputs as
+    :data:`MEMORY_FRACTION` of the free memory allows (:func:`memory_chunk`; at most :data:`MAX_CHUNK`);
+    on CPU, chunks hold at most :func:`~benchmark.methods.base.forward_chunk` inputs.
     Returns float32 ``[len(targets)]`` on ``targets``' device.
     """
     if score not in SCORES:
@@ -185,6 +190,9 @@ def batched_scores(
     device = targets.device
     out = torch.empty(n, dtype=torch.float32, device=device)
     start, chunk = 0, int(batch_size)
+    if adaptive and device.type == "cpu" and n:
+        with torch.inference_mode():
+            chunk = forward_chunk(chunk, build(torch.arange(0, 1, device=device)))
     adaptive = adaptive and device.type == "cuda"
     key: Optional[tuple] = None
     measure = False
@@ -288,17 +296,44 @@ def perturbation_curves(
         raise ValueError("steps is empty: give at least one pixel count.")
     ranks = order_to_rank(orders.to(device))
     h, w = images.shape[-2:]
+    targets = targets.to(device).long()
+    pair_row, pair_col, src = _shared_ends(image_index, targets, k, hw)
 
     def build(items: Tensor) -> Tensor:
-        row, col = items // s, items % s
+        row, col = pair_row[items], pair_col[items]
         img_row = image_index[row]
         mask = (ranks[row] < k[col, None]).view(-1, 1, h, w)
         return torch.where(mask, _rows(substrate, img_row), images[img_row])
 
-    flat_targets = targets.to(device).long().repeat_interleave(s)
     scores = batched_scores(
-        model, build, flat_targets, batch_size=batch_size, score=score, oom_errors=oom_errors
+        model, build, targets[pair_row], batch_size=batch_size, score=score, oom_errors=oom_errors
     )
+    return scores[src].view(n, s)
+
+
+def _shared_ends(image_index: Tensor, targets: Tensor, k: Tensor, hw: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The (row, step) pairs to forward, and for every ``row * S + step`` the pair that holds its score.
+
+    At ``k = 0`` (the image) and ``k = H*W`` (all substrate) the input does not depend on the pixel order,
+    so rows that share an image and a target (the stacked methods of one image) share that forward: a
+    curve of ``S`` points over ``M`` methods costs ``M * (S - 2) + 2`` forwards per image, not ``M * S``.
+    """
+    n, s = image_index.shape[0], k.shape[0]
+    device = image_index.device
+    ends = (k <= 0) | (k >= hw)  # [S]
+    key = image_index * (int(targets.max()) + 1 if n else 1) + targets
+    _, group = torch.unique(key, return_inverse=True)  # [N] -> group id
+    first = torch.full((int(group.max()) + 1 if n else 0,), n, dtype=torch.long, device=device)
+    first = first.scatter_reduce(0, group, torch.arange(n, device=device), reduce="amin")  # representative row
+    rows = torch.arange(n, device=device)[:, None].expand(n, s)
+    cols = torch.arange(s, device=device)[None, :].expand(n, s)
+    rep = torch.where(ends[None, :], first[group][:, None].expand(n, s), rows)  # [N,S] row that is forwarded
+    needed = (rep == rows).reshape(-1)  # pairs actually forwarded, in row-major order
+    pair_row, pair_col = rows.reshape(-1)[needed], cols.reshape(-1)[needed]
+    slot = torch.full((n * s,), -1, dtype=torch.long, device=device)
+    slot[needed.nonzero().flatten()] = torch.arange(int(needed.sum()), device=device)
+    src = slot[(rep * s + cols).reshape(-1)]
+    return pair_row, pair_col, src
     return scores.view(n, s)
 
 

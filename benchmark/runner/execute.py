@@ -110,8 +110,8 @@ class ExecOptions:
     precision:     ``fp32`` | ``bf16`` | ``fp16``: autocast of the extra (perturbation) forwards of
                    Score-/Ablation-CAM and the perturbation metrics; the gradient capture stays fp32.
                    A non-fp32 precision is part of the suite hash (its parts are not mixed with fp32).
-    channels_last: convert CNNs and batches to ``torch.channels_last``; ``None`` = on CUDA for models
-                   without a token reshape.
+    channels_last: convert CNNs and batches to ``torch.channels_last``; ``None`` = for models without a
+                   token reshape, on every device (measured faster on CUDA and on CPU: benchmarks/RESULTS.md).
     prefetch:      load/collate/pin the next batches in a background thread; ``None`` = on CUDA.
     threads:       ``torch.set_num_threads`` in the process running the unit (parallel CPU workers).
     """
@@ -372,13 +372,13 @@ _DATASETS: dict[str, Any] = {}
 
 
 def _get_model(exp: Experiment, device: torch.device, channels_last: Optional[bool] = False) -> tuple[ModelHandle, bool]:
-    """The cached model on ``device`` and whether it is channels_last (``None``: CNNs on CUDA)."""
+    """The cached model on ``device`` and whether it is channels_last (``None``: CNNs)."""
     from ..models import create_model
 
     key = json.dumps([exp.model, exp.weights, exp.model_kwargs, str(device), channels_last], sort_keys=True, default=str)
     if key not in _MODELS:
         handle = create_model(exp.model, weights=exp.weights, device=device, **exp.model_kwargs)
-        cl = (device.type == "cuda" and _is_cnn(handle)) if channels_last is None else bool(channels_last)
+        cl = _is_cnn(handle) if channels_last is None else bool(channels_last)
         if cl:
             handle.model.to(memory_format=torch.channels_last)
         _MODELS[key] = (handle, cl)

@@ -13,6 +13,9 @@ steps and the same zero baseline for every contender:
   steps), called once per method, one forward of the batch per step;
 * Quantus ``RegionPerturbation``: 8x8 patches, ``regions_evaluation`` = the same step count.
 
+cambench gets the model the way the runner prepares it (channels_last for CNNs, ``--channels-last off``
+to compare without); Quantus gets the model as the user built it.
+
 Prints per-image times (per image, all 8 methods) and the ratios. Timing depends on the machine: run all
 contenders in one invocation on the same device.
 """
@@ -20,6 +23,7 @@ contenders in one invocation on the same device.
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import platform
 import sys
@@ -64,6 +68,9 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--quick", action="store_true", help="resnet18, 2 images, 24 steps")
     ap.add_argument("--no-region", action="store_true", help="skip Quantus RegionPerturbation")
+    ap.add_argument("--no-insertion", action="store_true", help="skip the cambench deletion+insertion timing")
+    ap.add_argument("--channels-last", choices=("on", "off"), default="on",
+                    help="cambench side: channels_last model and inputs (the runner's default for CNNs)")
     args = ap.parse_args()
     if args.quick:
         args.model, args.batch, args.features_in_step = "resnet18", 2, 6272
@@ -86,20 +93,26 @@ def main() -> None:
     layer = methods.resolve_layer(model, "layer4")
     maps = methods.explain(model, layer, x, targets, METHODS)
     b, m = args.batch, len(METHODS)
+    model_ours, x_ours = copy.deepcopy(model), x
+    if args.channels_last == "on":
+        model_ours = model_ours.to(memory_format=torch.channels_last)
+        x_ours = x.contiguous(memory_format=torch.channels_last)
 
     print(f"# metrics_speed: {args.model} random init, {b} images 224x224, {m} methods, {n_steps} steps, "
-          f"device={device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"device={device}, cambench channels_last={args.channels_last}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{platform.processor() or platform.machine()}")
 
     def ours(names):
-        ctx = MetricContext(model=model, batch=Batch(images=x, targets=targets, ids=[str(i) for i in range(b)]),
+        ctx = MetricContext(model=model_ours, batch=Batch(images=x_ours, targets=targets, ids=[str(i) for i in range(b)]),
                             saliency=maps, batch_size=args.chunk)
         params = {n: {"n_steps": n_steps, "step": None} for n in names}
         return compute_metrics(ctx, names, params)
 
-    timed(lambda: model(x[:1]), device)  # warm-up
+    with torch.inference_mode():  # warm-up
+        timed(lambda: model_ours(x_ours[:1]), device)
+        timed(lambda: model(x[:1]), device)
     t_del, res_del = timed(lambda: ours(["deletion_auc"]), device)
-    t_both, _ = timed(lambda: ours(["deletion_auc", "insertion_auc"]), device)
+    t_both = float("nan") if args.no_insertion else timed(lambda: ours(["deletion_auc", "insertion_auc"]), device)[0]
 
     x_np, y_np = x.cpu().numpy(), targets.cpu().numpy()
 
@@ -129,12 +142,14 @@ def main() -> None:
     per = lambda t: t / b  # noqa: E731
     print(f"{'contender':54s} {'total s':>9s} {'s/image':>9s}")
     print(f"{'cambench deletion_auc (8 methods, one engine call)':54s} {t_del:9.2f} {per(t_del):9.2f}")
-    print(f"{'cambench deletion+insertion (8 methods)':54s} {t_both:9.2f} {per(t_both):9.2f}")
+    if not args.no_insertion:
+        print(f"{'cambench deletion+insertion (8 methods)':54s} {t_both:9.2f} {per(t_both):9.2f}")
     print(f"{'Quantus PixelFlipping (8 methods, deletion only)':54s} {t_pf:9.2f} {per(t_pf):9.2f}")
     if not args.no_region:
         print(f"{'Quantus RegionPerturbation 8x8 (8 methods)':54s} {t_rp:9.2f} {per(t_rp):9.2f}")
     print(f"speed-up deletion vs Quantus PixelFlipping: {t_pf / t_del:.2f}x")
-    print(f"cambench deletion+insertion vs Quantus PixelFlipping deletion alone: {t_pf / t_both:.2f}x")
+    if not args.no_insertion:
+        print(f"cambench deletion+insertion vs Quantus PixelFlipping deletion alone: {t_pf / t_both:.2f}x")
     if not args.no_region:
         print(f"speed-up deletion vs Quantus RegionPerturbation: {t_rp / t_del:.2f}x")
     print(f"Pearson r of deletion AUCs (ours {n_steps + 1} points incl. start vs Quantus {n_steps}; "

@@ -22,6 +22,9 @@ Quantus 0.6 has no insertion metric, so insertion is the loop of the RISE refere
 per step of one image, blurred start). pytorch-grad-cam's Score-CAM and Ablation-CAM run with the same
 forward batch size (``--chunk``) as cambench.
 
+Each side gets the model the way its tools prepare it: cambench the runner's default (channels_last for
+CNNs, on every device), the peer the model as the user built it (``--peer-channels-last`` converts it too).
+
 Prints images/second of both pipelines, the ratio, the model forwards each one made per image (counted by
 a hook), and the *floor*: forward-equivalents per image (a forward with gradients counts 3: forward +
 backward) x the per-image time of one large inference batch. Timing depends on the machine: both sides run
@@ -31,6 +34,7 @@ one after the other in this process on the same device.
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import platform
 import sys
@@ -117,18 +121,29 @@ class GpuSampler:
         return float(np.mean(self.samples)) if self.samples else float("nan")
 
 
-def build_model(name: str, device: torch.device):
-    """(model, target layer, mean, std) with seeded random weights."""
+def build_model(name: str, device: torch.device, weights: str = "random"):
+    """(model, target layer, mean, std, handle): seeded random weights, or a registry model's ``weights``."""
     torch.manual_seed(0)
-    if name in ("resnet18", "resnet50"):
+    if name in ("resnet18", "resnet50") and weights == "random":
         import torchvision
 
         model = getattr(torchvision.models, name)(weights=None)
-        return model.eval().to(device), model.layer4, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+        return model.eval().to(device), model.layer4, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), None
     from benchmark.models import create_model
 
-    handle = create_model(name, weights="random", device=device)
-    return handle.model, methods.resolve_layer(handle.model, handle.target_layer), handle.mean, handle.std
+    handle = create_model(name, weights=weights, device=device)
+    layer = methods.resolve_layer(handle.model, handle.target_layer)
+    return handle.model, layer, handle.mean, handle.std, handle
+
+
+def photo_inputs(n: int, handle, device: torch.device):
+    """The first ``n`` objects of the ``photos`` data set (skimage photos, hand-drawn object masks), resized
+    and normalised for ``handle``'s model."""
+    from benchmark.data import create_dataset
+    from benchmark.data.transforms import make_batches
+
+    batch = next(iter(make_batches(create_dataset("photos"), handle, n, indices=list(range(n)))))
+    return batch.images.to(device), batch.masks.to(device)
 
 
 def make_inputs(n: int, size: int, mean, std, device: torch.device, seed: int = 0):
@@ -275,7 +290,13 @@ def forward_time(model, size: int, device: torch.device, batch: int, precision: 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="resnet50", help="resnet18 | resnet50 (random init) | shapes_cnn")
+    ap.add_argument("--model", default="resnet50",
+                    help="resnet18 | resnet50 | any registry model (efficientnet_lite0, shapes_cnn, ...)")
+    ap.add_argument("--weights", default="random",
+                    help="random (seeded) | default (a registry model's packaged weights, e.g. efficientnet_lite0)")
+    ap.add_argument("--data", choices=("synthetic", "photos"), default="synthetic",
+                    help="smooth random images with a random box, or the skimage photos with object masks "
+                         "(at most 7; needs a registry model)")
     ap.add_argument("--size", type=int, default=224, help="image side (default 224)")
     ap.add_argument("--images", type=int, default=16)
     ap.add_argument("--steps", type=int, default=24, help="deletion/insertion steps (a multiple of 3 for Quantus)")
@@ -287,63 +308,86 @@ def main() -> None:
                     help="cambench perturbation forwards (the peer always runs fp32)")
     ap.add_argument("--methods", default=None, help="comma-separated subset of the methods")
     ap.add_argument("--gpu-util", action="store_true", help="sample GPU utilisation (needs pynvml)")
-    ap.add_argument("--floor-batch", type=int, default=None, help="batch of the floor measurement (default 256 on CUDA, 32 on CPU)")
+    ap.add_argument("--floor-batch", type=int, default=None,
+                    help="batch of the floor measurement (default 256 on CUDA; on CPU the engine's CPU chunk)")
+    ap.add_argument("--channels-last", choices=("on", "off"), default="on",
+                    help="cambench side: channels_last model and inputs (the runner's default for CNNs)")
+    ap.add_argument("--peer-channels-last", action="store_true",
+                    help="give the peer the channels_last model too (pgc and Quantus do not convert it)")
     ap.add_argument("--skip-peer", action="store_true", help="cambench only (e.g. for a large GPU run)")
     ap.add_argument("--quick", action="store_true", help="resnet18, 64x64, 2 images, 24 steps, 2 samples")
     args = ap.parse_args()
     if args.quick:
         args.model, args.size, args.images, args.steps, args.samples = "resnet18", 64, 2, 24, 2
-    hw = args.size * args.size
-    if args.steps % 3 or hw % (3 * hw // args.steps):
-        raise SystemExit(f"--steps must be a multiple of 3 with 3*H*W/steps dividing H*W={hw} (a Quantus "
-                         "PixelFlipping constraint); e.g. 24.")
     from benchmark.methods import METHODS
 
     names = [m for m in PGC if m in METHODS] if args.methods is None else args.methods.split(",")
     device = torch.device(args.device)
-    channels_last = device.type == "cuda"
-    model, layer, mean, std = build_model(args.model, device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    x, masks = make_inputs(args.images, args.size, mean, std, device)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
+    model, layer, mean, std, handle = build_model(args.model, device, args.weights)
+    if args.data == "photos":
+        if handle is None:
+            raise SystemExit("--data photos needs a registry model (e.g. --model resnet50 --weights default).")
+        x, masks = photo_inputs(args.images, handle, device)
+        args.size = int(x.shape[-1])
+    else:
+        x, masks = make_inputs(args.images, args.size, mean, std, device)
+    hw = args.size * args.size
+    if args.steps % 3 or hw % (3 * hw // args.steps):
+        raise SystemExit(f"--steps must be a multiple of 3 with 3*H*W/steps dividing H*W={hw} (a Quantus "
+                         "PixelFlipping constraint); e.g. 24.")
     with torch.inference_mode():
         pred = model(x).argmax(1)
     targets = pred.clone()  # a normal tensor (inference tensors cannot enter autograd)
-    counter = ForwardCounter(model)
+    layer_name = next(n for n, m in model.named_modules() if m is layer)
+    ours_cl, peer_cl = args.channels_last == "on", args.peer_channels_last
+    cl = lambda t: t.contiguous(memory_format=torch.channels_last)  # noqa: E731
+    model_ours = copy.deepcopy(model)
+    if ours_cl:
+        model_ours = model_ours.to(memory_format=torch.channels_last)
+    if peer_cl:
+        model = model.to(memory_format=torch.channels_last)
+    setups = {  # side -> (runner, model, layer, images)
+        "cambench": (run_cambench, model_ours, methods.resolve_layer(model_ours, layer_name), cl(x) if ours_cl else x),
+        "peer (pgc + Quantus)": (run_peer, model, layer, cl(x) if peer_cl else x),
+    }
+    counters = {side: ForwardCounter(m) for side, (_, m, _, _) in setups.items()}
 
-    print(f"# pipeline_speed: {args.model} random init, {args.images} images {args.size}x{args.size}, "
+    print(f"# pipeline_speed: {args.model} weights={args.weights}, data={args.data}, {args.images} images {args.size}x{args.size}, "
           f"{len(names)} methods ({', '.join(names)}), metrics {', '.join(METRICS)}, {args.steps} steps, "
           f"{args.samples} sensitivity samples, chunk {args.chunk}, device={device}, precision={args.precision}, "
+          f"channels_last cambench={ours_cl} peer={peer_cl}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}, "
           f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or 'cpu'}")
 
     # warm-up (cudnn autotuning, allocator, lazy imports) on one image, not timed
-    run_cambench(model, layer, x[:1], targets[:1], masks[:1], names[:1], args)
-    counter.reset()
+    _, m0, l0, x0 = setups["cambench"]
+    run_cambench(m0, l0, x0[:1], targets[:1], masks[:1], names[:1], args)
     sides = {}
-    for side, fn in (("cambench", run_cambench), ("peer (pgc + Quantus)", run_peer)):
+    for side, (fn, m, lay, xs) in setups.items():
         if args.skip_peer and fn is run_peer:
             continue
+        counter = counters[side]
         counter.reset()
         sampler = GpuSampler(device) if args.gpu_util and device.type == "cuda" else None
         _sync(device)
         t0 = time.perf_counter()
         if sampler:
             with sampler:
-                res = fn(model, layer, x, targets, masks, names, args)
+                res = fn(m, lay, xs, targets, masks, names, args)
         else:
-            res = fn(model, layer, x, targets, masks, names, args)
+            res = fn(m, lay, xs, targets, masks, names, args)
         _sync(device)
         res["total"] = time.perf_counter() - t0
         res["fwd"] = (counter.plain, counter.grad, counter.equivalents)
         res["util"] = sampler.mean if sampler else float("nan")
         sides[side] = res
-    counter.handle.remove()
+    for c in counters.values():
+        c.handle.remove()
 
-    fb = args.floor_batch or (256 if device.type == "cuda" else 32)
-    t_img = forward_time(model, args.size, device, fb, args.precision, channels_last)
+    from benchmark.methods.base import forward_chunk
+
+    fb = args.floor_batch or (256 if device.type == "cuda" else forward_chunk(256, x))
+    t_img = forward_time(model_ours, args.size, device, fb, args.precision, ours_cl)
     n = args.images
     print(f"{'pipeline':26s} {'total s':>9s} {'img/s':>8s} {'maps s':>8s} {'metrics s':>9s} "
           f"{'fwd/img':>9s} {'grad/img':>8s} {'floor s':>8s} {'x floor':>8s} {'GPU %':>6s}")

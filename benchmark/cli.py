@@ -4,7 +4,7 @@
     run_bench.py run SUITE [--out DIR] [--device auto|cpu|cuda|cuda:N] [--limit N] [--batch-size N]
                            [--data-root DIR] [--fresh] [--quiet] [--no-plots]
                            [--backend sequential|loky|dask] [--workers N] [--scheduler tcp://HOST:PORT]
-                           [--precision fp32|bf16|fp16]
+                           [--precision fp32|tf32|bf16|fp16]
     run_bench.py list {methods,metrics,models,datasets,suites}
     run_bench.py report DIR
     run_bench.py compare DIR --baseline CSV [--tolerance EPS] [--all]
@@ -56,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
                         "else one per 4 cores)")
     r.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="dask scheduler address, e.g. tcp://10.0.0.1:8786 (default: a local cluster)")
-    r.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
+    r.add_argument("--precision", default="fp32", choices=("fp32", "tf32", "bf16", "fp16"),
                    help="autocast dtype of the perturbation forwards (Score-/Ablation-CAM, deletion, ...); "
                         "the gradient capture stays fp32 (default: fp32)")
 

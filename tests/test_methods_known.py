@@ -443,6 +443,54 @@ def test_training_mode_is_refused() -> None:
         methods.get("gradcam")(GapNet().train(), "features", _x(), 0)
 
 
+def test_inputs_made_under_inference_mode_are_accepted() -> None:
+    """``targets = model(x).argmax(1)`` under ``torch.inference_mode()`` (and such images) must not break the
+    gradient capture: the maps equal those of normal tensors."""
+    torch.manual_seed(0)
+    model, x = GapNet().eval(), torch.randn(2, 3, 16, 16)
+    with torch.inference_mode():
+        x_inf = x.clone()
+        t_inf = model(x_inf).argmax(1)
+    assert x_inf.is_inference() and t_inf.is_inference()
+    names = ["gradcam", "scorecam", "ablationcam"]
+    got = methods.explain(model, "features", x_inf, t_inf, names)
+    want = methods.explain(model, "features", x, t_inf.clone().tolist(), names)
+    for n in names:
+        torch.testing.assert_close(got[n], want[n])
+
+
+def test_random_draws_are_made_on_the_cpu_and_do_not_depend_on_the_device() -> None:
+    """Seeded draws (random baseline, SS-CAM noise, SmoothGrad-CAM++ noise) come from a CPU generator and
+    are moved to the images' device: CUDA's generator would draw other numbers for the same seed."""
+    from benchmark.methods.base import ExplainContext
+
+    ctx = ExplainContext(model=GapNet().eval(), layer=None, images=torch.zeros(2, 3, 8, 8), targets=torch.zeros(2), seed=3)
+    assert ctx.generator(5).device.type == "cpu"
+    want = torch.rand((2, 4), generator=torch.Generator().manual_seed(3 * 1_000_003 + 5))
+    torch.testing.assert_close(ctx.rand((2, 4), salt=5), want)
+    ctx_meta = ExplainContext(model=GapNet().eval(), layer=None, images=torch.zeros(2, 3, 8, 8, device="meta"),
+                              targets=torch.zeros(2), seed=3)
+    assert ctx_meta.randn((2, 4), salt=5).device.type == "meta"
+
+
+def test_tf32_context_sets_and_restores_the_flags() -> None:
+    from benchmark.methods.base import tf32
+
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+        with tf32(allow=False):
+            assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+        with pytest.raises(RuntimeError), tf32(allow=True):
+            assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+            raise RuntimeError("boom")
+        assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 def test_inplace_relu_after_target_layer() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(

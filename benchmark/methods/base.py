@@ -24,7 +24,10 @@ from .postprocess import finalize
 METHODS: Registry[Callable[..., Tensor]] = Registry("method")
 
 #: Precisions of the extra (perturbation) forwards: ``--precision`` of the runner.
-PRECISIONS: dict[str, Optional[torch.dtype]] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: ``tf32`` autocasts nothing: it lets CUDA run fp32 convolutions and matmuls in TF32 (see :func:`tf32`).
+PRECISIONS: dict[str, Optional[torch.dtype]] = {
+    "fp32": None, "tf32": None, "bf16": torch.bfloat16, "fp16": torch.float16,
+}
 _FORWARD_DTYPE: contextvars.ContextVar[Optional[torch.dtype]] = contextvars.ContextVar("cambench_forward_dtype", default=None)
 
 
@@ -43,6 +46,24 @@ def forward_precision(precision: str = "fp32") -> Iterator[None]:
         yield
     finally:
         _FORWARD_DTYPE.reset(token)
+
+
+@contextlib.contextmanager
+def tf32(allow: bool) -> Iterator[None]:
+    """Allow (or forbid) TF32 for cuDNN convolutions and CUDA matmuls inside the block (restored after).
+
+    PyTorch lets cuDNN run fp32 convolutions in TF32 (10-bit mantissa) on Ampere and later GPUs by default,
+    which moves CAMs by ~1e-3 and can flip ranks near ties. The runner computes every unit under
+    ``tf32(allow=False)`` unless the precision is ``tf32``, so that ``fp32`` means IEEE fp32 on every device
+    and CUDA scores equal CPU ones up to summation order (``benchmarks/gpu_check.py``). Process-wide flags:
+    not thread-safe.
+    """
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = bool(allow)
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def forward_autocast(device: torch.device | str) -> contextlib.AbstractContextManager:
@@ -130,10 +151,17 @@ class ExplainContext:
         return int(self.images.shape[-2]), int(self.images.shape[-1])
 
     def generator(self, salt: int = 0) -> torch.Generator:
-        """A seeded generator on the images' device (every random draw is explicit and reproducible)."""
-        g = torch.Generator(device=self.images.device)
-        g.manual_seed(int(self.seed) * 1_000_003 + int(salt))
-        return g
+        """A seeded CPU generator (every random draw is explicit and reproducible)."""
+        return torch.Generator().manual_seed(int(self.seed) * 1_000_003 + int(salt))
+
+    def rand(self, shape: Sequence[int], salt: int) -> Tensor:
+        """``U[0,1)`` draws of ``shape`` from :meth:`generator`, made on the CPU and moved to the images'
+        device: the same seed gives the same maps on every device (CUDA's generator draws other numbers)."""
+        return torch.rand(tuple(shape), generator=self.generator(salt)).to(self.images.device)
+
+    def randn(self, shape: Sequence[int], salt: int) -> Tensor:
+        """``N(0,1)`` draws of ``shape``, like :meth:`rand`."""
+        return torch.randn(tuple(shape), generator=self.generator(salt)).to(self.images.device)
 
     def forward_scores(self, inputs: Tensor, index: Tensor, softmax: bool = False) -> Tensor:
         """Target scores of ``inputs`` ``[N,...]`` for classes ``index`` ``[N]``, in chunks of batch_size.
@@ -209,6 +237,11 @@ def _context(
         raise ValueError(f"targets must hold one class per image ({b}); got shape {tuple(t.shape)}.")
     if model.training:
         raise ValueError("The model is in training mode; call model.eval() before explaining it.")
+    # Tensors made under torch.inference_mode() (e.g. targets = model(x).argmax(1)) cannot enter the
+    # gradient capture: take normal copies of them.
+    with torch.inference_mode(False):
+        images = images.clone() if images.is_inference() else images
+        t = t.clone() if t.is_inference() else t
     return ExplainContext(model=model, layer=resolve_layer(model, layer), images=images, targets=t, **kwargs)
 
 

@@ -17,8 +17,7 @@ def random_map(ctx: ExplainContext, resolution: int = 7) -> Tensor:
     Each image's map depends only on the seed and its position in the batch stream; use ``seed`` to vary.
     """
     b = ctx.images.shape[0]
-    g = ctx.generator(salt=101)
-    return torch.rand((b, resolution, resolution), generator=g, device=ctx.images.device)
+    return ctx.rand((b, resolution, resolution), salt=101)
 
 
 @register_method("center", family="baseline", needs_gradients=False, defaults={"sigma": 0.25})

@@ -103,9 +103,7 @@ def smoothgradcampp(ctx: ExplainContext, n_samples: int = 4, std: float = 0.3, a
         g = _grads(cap)
         return weighted_sum(gradcampp_weights(cap.activations, g, g**2, g**3, alpha_norm), cap.activations)
     b = ctx.images.shape[0]
-    noise = torch.randn(
-        (n_samples, *ctx.images.shape), generator=ctx.generator(salt=17), device=ctx.images.device
-    ).to(ctx.images.dtype)
+    noise = ctx.randn((n_samples, *ctx.images.shape), salt=17).to(ctx.images.dtype)
     noisy = (ctx.images[None] + std * noise).flatten(0, 1)
     tgt = ctx.targets.repeat(n_samples)
     d1 = d2 = d3 = None

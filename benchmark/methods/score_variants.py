@@ -78,8 +78,7 @@ def sscam_noise(ctx: ExplainContext, sample: int, shape: tuple[int, ...], std: f
     Each sample has its own generator, and the same noise serves every image of the batch: maps do not
     depend on the batch composition or on ``batch_size``.
     """
-    g = ctx.generator(salt=SSCAM_SALT + sample)
-    return std * torch.randn(shape, generator=g, device=ctx.images.device, dtype=torch.float32)
+    return std * ctx.randn(shape, salt=SSCAM_SALT + sample)
 
 
 def _weighted_low_res(acts: Tensor, scores: Tensor) -> Tensor:

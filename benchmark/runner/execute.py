@@ -100,16 +100,19 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
 class ExecOptions:
     """*How* units run (picklable, sent to every worker); only ``precision`` can change scores.
 
-    precision:     ``fp32`` | ``bf16`` | ``fp16``: autocast of the extra (perturbation) forwards of
-                   Score-/Ablation-CAM and the perturbation metrics; the gradient capture stays fp32.
-                   A non-fp32 precision is part of the suite hash (its parts are not mixed with fp32).
+    precision:     ``fp32`` | ``tf32`` | ``bf16`` | ``fp16``: ``bf16``/``fp16`` autocast the extra
+                   (perturbation) forwards of Score-/Ablation-CAM and the perturbation metrics; the gradient
+                   capture stays fp32. ``fp32`` is IEEE fp32 on every device (TF32 off on CUDA);
+                   ``tf32`` lets CUDA use TF32 for all convolutions and matmuls (faster, maps move by ~1e-3;
+                   :func:`~benchmark.methods.base.tf32`). A non-fp32 precision is part of the suite hash
+                   (its parts are not mixed with fp32).
     channels_last: convert CNNs and batches to ``torch.channels_last``; ``None`` = for models without a
                    token reshape, on every device (measured faster on CUDA and on CPU: benchmarks/RESULTS.md).
     prefetch:      load/collate/pin the next batches in a background thread; ``None`` = on CUDA.
@@ -485,12 +488,12 @@ def run_unit(
     failures become ``status="error"`` rows; model/weights/data-root problems raise. ``options``: see
     :class:`ExecOptions` (precision, channels_last, prefetch, threads).
     """
-    from ..methods.base import forward_precision
+    from ..methods.base import forward_precision, tf32
 
     opts = options or ExecOptions()
     if opts.threads:
         torch.set_num_threads(int(opts.threads))
-    with forward_precision(opts.precision):
+    with forward_precision(opts.precision), tf32(allow=opts.precision == "tf32"):
         return _run_unit(suite, unit, progress, opts)
 
 

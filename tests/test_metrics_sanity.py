@@ -1,5 +1,6 @@
 """Model-parameter randomisation: Quantus MPRT parity, the model is untouched, baselines vs Grad-CAM."""
 
+import copy
 import os
 
 os.environ.setdefault("TQDM_DISABLE", "1")
@@ -126,3 +127,47 @@ def test_registry_model_randomization(data):
         torch.testing.assert_close(res[m]["oracle"], torch.ones(4))
         torch.testing.assert_close(res[m]["center"], torch.ones(4))
         assert M.METRICS.entry(m).higher_is_better is False and M.METRICS.entry(m).family == "sanity"
+
+
+def test_randomized_weights_do_not_depend_on_memory_format(monkeypatch):
+    """A channels_last model (the runner's default for CNNs) gets the same new weights as a contiguous one.
+
+    torch before 2.14 reset a conv in place with ``tensor.uniform_``, which fills in memory order: a
+    channels_last conv drew other weights (seen on CUDA with torch 2.11). The patch restores that reset."""
+
+    def in_place_reset(self):
+        nn.init.kaiming_uniform_(self.weight, a=5 ** 0.5)
+        fan_in, _ = nn.init._calculate_fan_in_and_fan_out(self.weight)
+        nn.init.uniform_(self.bias, -(fan_in ** -0.5), fan_in ** -0.5)
+
+    monkeypatch.setattr(nn.Conv2d, "reset_parameters", in_place_reset)
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 16, 3)
+    plain, cl = conv, copy.deepcopy(conv).to(memory_format=torch.channels_last)
+    S._randomize(plain, seed=3)
+    S._randomize(cl, seed=3)
+    assert cl.weight.is_contiguous(memory_format=torch.channels_last)  # layout kept
+    torch.testing.assert_close(cl.weight, plain.weight, rtol=0, atol=0)
+    torch.testing.assert_close(cl.bias, plain.bias, rtol=0, atol=0)
+    # and the draw is Quantus' ``torch.manual_seed(seed + 1); reset_parameters()`` on a contiguous tensor
+    ref = nn.Conv2d(8, 16, 3)
+    torch.manual_seed(4)
+    ref.reset_parameters()
+    torch.testing.assert_close(plain.weight, ref.weight, rtol=0, atol=0)
+
+
+def test_randomize_copies_what_reset_parameters_does_to_children():
+    """A module's ``reset_parameters`` may re-initialise its children: their new values are copied too."""
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = nn.Linear(4, 4)
+
+        def reset_parameters(self):
+            nn.init.constant_(self.inner.weight, 0.5)
+            nn.init.zeros_(self.inner.bias)
+
+    block = Block()
+    S._randomize(block, seed=0)
+    assert torch.all(block.inner.weight == 0.5) and torch.all(block.inner.bias == 0)

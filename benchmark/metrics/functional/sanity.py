@@ -31,20 +31,22 @@ def randomizable_layers(model: nn.Module, layer_order: str = "top_down") -> list
 
 
 def _randomize(module: nn.Module, seed: int) -> None:
-    """``torch.manual_seed(seed + 1); module.reset_parameters()`` (Quantus MPRT), on the CPU so the new
-    weights do not depend on the device, without touching the caller's global RNG state."""
-    devices = {p.device for p in module.parameters(recurse=False)} | {
-        b.device for b in module.buffers(recurse=False)
-    }
-    device = next(iter(devices)) if len(devices) == 1 else None
+    """``torch.manual_seed(seed + 1); module.reset_parameters()`` (Quantus MPRT), without touching the
+    caller's global RNG state, and the same new weights on every device and memory format.
+
+    The reset runs on a CPU copy with contiguous tensors, whose values are then copied into ``module``'s own
+    tensors (their device and layout unchanged). Resetting a CUDA channels_last model in place drew other
+    weights than the CPU did (measured on an H200, benchmarks/RESULTS.md section 5).
+    """
+    fresh = copy.deepcopy(module).to("cpu")
+    for t in [*fresh.parameters(), *fresh.buffers()]:
+        t.data = t.data.contiguous()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + 1)
-        if device is not None and device.type != "cpu":
-            module.to("cpu")
-            module.reset_parameters()
-            module.to(device)
-        else:
-            module.reset_parameters()
+        fresh.reset_parameters()
+    with torch.no_grad():
+        for dst, src in zip([*module.parameters(), *module.buffers()], [*fresh.parameters(), *fresh.buffers()]):
+            dst.copy_(src)
 
 
 def spearman(a: Tensor, b: Tensor, abs: bool = True) -> Tensor:

@@ -108,3 +108,30 @@ def test_missing_wheel_weights_name_the_file(monkeypatch, tmp_path) -> None:
     with pytest.raises(WeightsError) as err:
         create_model("efficientnet_lite0")
     assert str(gone) in str(err.value) and "weights='random'" in str(err.value)
+
+
+def test_forward_carries_a_batch_changed_at_the_target_layer(lite0) -> None:
+    """Ablation-CAM forwards one image and substitutes n ablated rows at ``_head_act`` (methods/score.py):
+    our forward (``flatten(1)``, not the package's ``view(batch, -1)``) carries them, each row equal to the
+    forward of that row alone, and the tail check accepts the layer."""
+    from benchmark import methods
+    from benchmark.methods import score
+
+    x = _photo("coffee", lite0)
+    layer = lite0.layer()
+    with torch.inference_mode():
+        feats = lite0.model.extract_features(x)
+        rows = feats.repeat(3, 1, 1, 1)
+        rows[1, :10] = 0
+        rows[2, 100:] = 0
+        handle = layer.register_forward_hook(lambda m, i, o: rows)
+        try:
+            tail = lite0.model(x)
+        finally:
+            handle.remove()
+        each = torch.cat([lite0.model._fc(r[None].mean((2, 3))) for r in rows])
+    assert tail.shape == (3, 1000)
+    torch.testing.assert_close(tail, each, rtol=1e-4, atol=1e-4)
+    score._TAIL_OK.pop(layer, None)
+    methods.explain(lite0.model, lite0.target_layer, x, [967], ["ablationcam"], batch_size=640)
+    assert score._TAIL_OK.get(layer) is True

@@ -75,6 +75,15 @@ def build_lite0() -> nn.Module:
                 x = block(x, drop_connect_rate=rate)
             return self._head_act(self._bn1(self._conv_head(x)))
 
+        def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+            """The package's forward (pool, flatten, dropout, fc) with ``flatten(1)`` instead of
+            ``view(inputs.size(0), -1)``: the same logits, and the batch may change at a hooked layer
+            (Ablation-CAM's one-image forwards, :mod:`benchmark.methods.score`)."""
+            if self._global_params.local_pooling:
+                return super().forward(inputs)
+            x = self._avg_pooling(self.extract_features(inputs)).flatten(1)
+            return self._fc(self._dropout(x))
+
     from efficientnet_lite_pytorch.utils import get_model_params
 
     blocks_args, global_params = get_model_params("efficientnet-lite0", {})

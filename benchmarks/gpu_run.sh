@@ -1,54 +1,80 @@
 #!/usr/bin/env bash
-# Throughput of the quick-suite workload on a GPU: cambench vs pytorch-grad-cam + Quantus (resnet50, 224x224),
-# with GPU utilisation (nvidia-smi dmon in the background + torch.cuda.utilization sampled in a thread) and
-# the floor (forward-equivalents per image x per-image time of a large inference batch).
+# Everything this project measures on a GPU, in one script (sized for a ~10-minute lease):
+#   1. gpu_check.py: CUDA maps and metrics equal the CPU ones (channels_last, TF32 off), CUDA-only paths run;
+#   2. pipeline_speed.py: the quick-suite workload, cambench vs pytorch-grad-cam + Quantus (resnet50,
+#      224x224, fp32), throughput, GPU utilisation, floor;
+#   3. metrics_speed.py: deletion+insertion AUC, 8 methods, 147 steps, against Quantus (resnet50, 224x224);
+#   4. pipeline_speed.py on the 7 gradient methods only, then cambench alone in $PRECISION on 4x the images;
+#   5. the packaged quick suite through the runner on CUDA, compared with the committed CPU reference
+#      leaderboard (needs the CPU-trained shapes_cnn in $CAMBENCH_CACHE to compare like with like).
+# Each step has its own time limit and failure does not stop the next one.
 #
 #   bash benchmarks/gpu_run.sh                 # from the repository root; writes results/gpu_run/
-#   IMAGES=64 PRECISION=bf16 bash benchmarks/gpu_run.sh
+#   IMAGES=16 PRECISION=bf16 bash benchmarks/gpu_run.sh
+#   ONLY="gpu_check quick_suite quick_vs_cpu_reference" bash benchmarks/gpu_run.sh
 #
-# Needs: a CUDA GPU, nvidia-smi, the project's dependencies (+ `pip install nvidia-ml-py` for
-# torch.cuda.utilization). Everything printed is also kept in results/gpu_run/*.txt.
-set -euo pipefail
+# Needs: a CUDA GPU, nvidia-smi, the project's dependencies and test extra (grad-cam, quantus) and
+# nvidia-ml-py (torch.cuda.utilization). Everything printed is also kept in $RES/*.txt. About 5 minutes on
+# an H200 with the defaults (benchmarks/RESULTS.md; raw logs of that run in benchmarks/h200/).
+set -uo pipefail
 cd "$(dirname "$0")/.."
 
-OUT=${OUT:-results/gpu_run}
-IMAGES=${IMAGES:-32}       # images per pipeline (the peer runs them one by one: keep it moderate)
+RES=${RES:-results/gpu_run}
+IMAGES=${IMAGES:-8}        # images per pipeline (the peer runs them one by one: keep it moderate)
 STEPS=${STEPS:-24}         # deletion/insertion steps (a multiple of 3 for Quantus PixelFlipping)
 SAMPLES=${SAMPLES:-4}      # max-sensitivity samples
-CHUNK=${CHUNK:-256}        # forward batch of the extra forwards (Score-/Ablation-CAM, both sides)
-PRECISION=${PRECISION:-fp32}
-export TQDM_DISABLE=1
-mkdir -p "$OUT"
+CHUNK=${CHUNK:-256}        # forward batch of the extra forwards (both sides)
+PRECISION=${PRECISION:-bf16}
+export TQDM_DISABLE=1 PYTHONUNBUFFERED=1 MPLBACKEND=Agg
+mkdir -p "$RES"
+
+step() {  # name, time limit (s), command...   (ONLY="name ..." runs only the steps named)
+  local name=$1 limit=$2; shift 2
+  if [[ -n "${ONLY:-}" && " $ONLY " != *" $name "* ]]; then return 0; fi
+  local t0=$SECONDS
+  echo "== $name (limit ${limit}s)"
+  timeout --kill-after=5 "$limit" "$@" 2>&1 | tee "$RES/$name.txt"
+  echo "== $name: exit ${PIPESTATUS[0]} after $((SECONDS - t0)) s"
+}
 
 echo "== machine"
-nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
-python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))" | tee -a "$OUT/gpu.txt"
-
-echo "== GPU utilisation log (nvidia-smi dmon, 1 s)"
-nvidia-smi dmon -s um -d 1 -o T > "$OUT/dmon.txt" &
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$RES/gpu.txt"
+python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))" | tee -a "$RES/gpu.txt"
+nvidia-smi dmon -s um -d 1 -o T > "$RES/dmon.txt" 2>/dev/null &
 DMON=$!
 trap 'kill $DMON 2>/dev/null || true' EXIT
 
-run() {  # name, extra args
-  local name=$1; shift
-  echo "== $name"
-  python benchmarks/pipeline_speed.py --model resnet50 --size 224 --images "$IMAGES" --steps "$STEPS" \
-    --samples "$SAMPLES" --chunk "$CHUNK" --batch 16 --device cuda --gpu-util --floor-batch 256 "$@" \
-    | tee "$OUT/$name.txt"
-}
-
-# 1. both pipelines, fp32 (the headline ratio)
-run both_fp32 --precision fp32
-# 2. cambench alone in the requested precision, 4x the images (steady-state throughput, distance to the floor)
-run cambench_${PRECISION} --precision "$PRECISION" --skip-peer --images $((IMAGES * 4))
-# 3. the runner end to end on the packaged quick suite (units, store, report), one GPU
-python run_bench.py run quick --device cuda --precision "$PRECISION" --out "$OUT/quick_suite" --fresh --quiet \
-  | tee "$OUT/quick_suite.txt"
+step gpu_check "${T_CHECK:-100}" python benchmarks/gpu_check.py
+step pipeline_fp32 "${T_PIPE:-200}" python benchmarks/pipeline_speed.py --model resnet50 --size 224 \
+  --images "$IMAGES" --steps "$STEPS" --samples "$SAMPLES" --chunk "$CHUNK" --batch 16 --device cuda \
+  --gpu-util --floor-batch 256 --precision fp32
+step metrics_speed "${T_METRICS:-90}" python benchmarks/metrics_speed.py --model resnet50 --batch "${MBATCH:-4}" \
+  --chunk 1024 --device cuda
+step pipeline_gradient "${T_GRAD:-60}" python benchmarks/pipeline_speed.py --model resnet50 --size 224 \
+  --images "$IMAGES" --steps "$STEPS" --samples "$SAMPLES" --chunk "$CHUNK" --batch 16 --device cuda \
+  --gpu-util --floor-batch 256 --precision fp32 --methods gradcam,gradcampp,xgradcam,hirescam,layercam,eigencam,eigengradcam
+step cambench_"$PRECISION" "${T_ALONE:-60}" python benchmarks/pipeline_speed.py --model resnet50 --size 224 \
+  --images $((IMAGES * 4)) --steps "$STEPS" --samples "$SAMPLES" --chunk "$CHUNK" --batch 16 --device cuda \
+  --gpu-util --floor-batch 256 --precision "$PRECISION" --skip-peer
+step quick_suite "${T_SUITE:-150}" python run_bench.py run quick --device cuda --out "$RES/quick_suite" --fresh \
+  --quiet --no-plots
+step quick_vs_cpu_reference 20 python - "$RES/quick_suite/leaderboard.csv" results/reference/quick-leaderboard.csv <<'EOF'
+import sys
+import pandas as pd
+gpu, cpu = (pd.read_csv(p) for p in sys.argv[1:3])
+key = ["model", "dataset", "method", "metric"]
+m = gpu.merge(cpu, on=key, suffixes=("_cuda", "_cpu"))
+m["diff"] = (m["mean_cuda"] - m["mean_cpu"]).abs()
+print(f"rows: cuda {len(gpu)}, cpu reference {len(cpu)}, matched {len(m)}")
+device_bound = m["metric"].isin(["latency_ms", "peak_memory_mb"])
+print(m[~device_bound].groupby("metric")["diff"].max().sort_values(ascending=False).to_string())
+print(m[~device_bound].sort_values("diff", ascending=False)[key + ["mean_cuda", "mean_cpu"]].head(15).to_string())
+EOF
 
 kill $DMON 2>/dev/null || true
 trap - EXIT
 echo "== GPU utilisation over the whole script (nvidia-smi dmon: mean/max SM %, mean memory-controller %)"
 awk '!/^#/ && NF>3 {n++; sm+=$3; mem+=$4; if ($3>mx) mx=$3} END {if (n) printf "samples %d  sm mean %.1f%%  sm max %d%%  mem mean %.1f%%\n", n, sm/n, mx, mem/n}' \
-  "$OUT/dmon.txt" | tee "$OUT/dmon_summary.txt"
+  "$RES/dmon.txt" | tee "$RES/dmon_summary.txt"
 echo "== summary"
-grep -hE "^(pipeline|cambench|peer|floor unit|speed-up|Pearson)" "$OUT"/both_fp32.txt "$OUT"/cambench_${PRECISION}.txt
+grep -hE "^(done|pipeline|cambench|peer|floor unit|speed-up|Pearson|gpu_check)" "$RES"/*.txt

@@ -362,6 +362,21 @@ def main() -> None:
     # warm-up (cudnn autotuning, allocator, lazy imports) on one image, not timed
     _, m0, l0, x0 = setups["cambench"]
     run_cambench(m0, l0, x0[:1], targets[:1], masks[:1], names[:1], args)
+    from benchmark.methods.base import forward_chunk
+
+    # the floor's unit cost first, so that a run cut short still prints it with the sides that finished
+    fb = args.floor_batch or (256 if device.type == "cuda" else forward_chunk(256, x))
+    t_img = forward_time(model_ours, args.size, device, fb, args.precision, ours_cl)
+    n = args.images
+    header = (f"{'pipeline':26s} {'total s':>9s} {'img/s':>8s} {'maps s':>8s} {'metrics s':>9s} "
+              f"{'fwd/img':>9s} {'grad/img':>8s} {'floor s':>8s} {'x floor':>8s} {'GPU %':>6s}")
+
+    def row(side: str, r: dict) -> str:
+        plain, grad, eq = r["fwd"]
+        floor = eq * t_img
+        return (f"{side:26s} {r['total']:9.2f} {n / r['total']:8.3f} {r['maps']:8.2f} {r['metrics']:9.2f} "
+                f"{plain / n:9.0f} {grad / n:8.1f} {floor:8.2f} {r['total'] / floor:8.2f} {r['util']:6.1f}")
+
     sides = {}
     for side, (fn, m, lay, xs) in setups.items():
         if args.skip_peer and fn is run_peer:
@@ -381,21 +396,12 @@ def main() -> None:
         res["fwd"] = (counter.plain, counter.grad, counter.equivalents)
         res["util"] = sampler.mean if sampler else float("nan")
         sides[side] = res
+        print(f"done: {row(side, res)}", flush=True)
     for c in counters.values():
         c.handle.remove()
-
-    from benchmark.methods.base import forward_chunk
-
-    fb = args.floor_batch or (256 if device.type == "cuda" else forward_chunk(256, x))
-    t_img = forward_time(model_ours, args.size, device, fb, args.precision, ours_cl)
-    n = args.images
-    print(f"{'pipeline':26s} {'total s':>9s} {'img/s':>8s} {'maps s':>8s} {'metrics s':>9s} "
-          f"{'fwd/img':>9s} {'grad/img':>8s} {'floor s':>8s} {'x floor':>8s} {'GPU %':>6s}")
+    print(header)
     for side, r in sides.items():
-        plain, grad, eq = r["fwd"]
-        floor = eq * t_img
-        print(f"{side:26s} {r['total']:9.2f} {n / r['total']:8.3f} {r['maps']:8.2f} {r['metrics']:9.2f} "
-              f"{plain / n:9.0f} {grad / n:8.1f} {floor:8.2f} {r['total'] / floor:8.2f} {r['util']:6.1f}")
+        print(row(side, r))
     print(f"floor unit: {t_img * 1e3:.3f} ms per image-forward (best of 3 inference batches of {fb}); a forward "
           "with gradients counts 3")
     if len(sides) == 2:

@@ -57,8 +57,10 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="dask scheduler address, e.g. tcp://10.0.0.1:8786 (default: a local cluster)")
     r.add_argument("--precision", default="fp32", choices=("fp32", "tf32", "bf16", "fp16"),
-                   help="autocast dtype of the perturbation forwards (Score-/Ablation-CAM, deletion, ...); "
-                        "the gradient capture stays fp32 (default: fp32)")
+                   help="fp32: IEEE fp32 on every device (TF32 off: CUDA scores equal CPU ones); tf32: CUDA "
+                        "may use TF32 for every convolution and matmul; bf16/fp16: autocast of the perturbation "
+                        "forwards (Score-/Ablation-CAM, deletion, ...), the gradient capture stays fp32 "
+                        "(default: fp32)")
 
     ls = sub.add_parser("list", help="list registered methods, metrics, models, datasets or suites")
     ls.add_argument("what", choices=LISTABLE)

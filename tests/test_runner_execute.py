@@ -151,3 +151,23 @@ def test_run_unit_is_pure_and_seeded_by_unit():
     import pickle
 
     assert pickle.loads(pickle.dumps(a)).scores.equals(a.scores)  # a worker can send it back
+
+
+@pytest.mark.parametrize("precision,allowed", [("fp32", False), ("bf16", False), ("tf32", True)])
+def test_units_run_with_tf32_only_when_asked(monkeypatch, precision, allowed) -> None:
+    """``--precision fp32`` is IEEE fp32 on CUDA too (PyTorch's default lets cuDNN use TF32); the flags are
+    restored after the unit."""
+    import torch
+
+    from benchmark.runner import execute
+
+    seen = {}
+
+    def fake_unit(suite, unit, progress, opts):
+        seen["flags"] = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+
+    before = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    monkeypatch.setattr(execute, "_run_unit", fake_unit)
+    execute.run_unit(None, None, options=execute.ExecOptions(precision=precision))
+    assert seen["flags"] == (allowed, allowed)
+    assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == before

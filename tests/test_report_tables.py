@@ -65,6 +65,26 @@ def test_ranks_respect_the_metric_direction_and_average_ties():
     assert row["ci_low"] <= row["mean"] <= row["ci_high"] and row["n"] == 2 and row["higher_is_better"]
 
 
+def test_cost_metrics_are_ranked_but_stay_out_of_mean_rank():
+    """Latency keeps its ranked rows; mean_rank is averaged over the quality metrics only, so a timing
+    change cannot reorder it (the report passes the cost family of the registry)."""
+    from benchmark.report.build import cost_metrics
+
+    assert cost_metrics(["deletion_auc", "latency_ms", "peak_memory_mb", "unregistered"]) == ["latency_ms", "peak_memory_mb"]
+    quality = {("a", "up"): [0.9], ("b", "up"): [0.1]}
+    fast_a = _scores({**quality, ("a", "latency_ms"): [1.0], ("b", "latency_ms"): [9.0]})
+    slow_a = _scores({**quality, ("a", "latency_ms"): [9.0], ("b", "latency_ms"): [1.0]})
+    dirs = {"up": True, "latency_ms": False}
+    boards = [leaderboard(s, dirs, n_boot=10, exclude_from_mean_rank=["latency_ms"]) for s in (fast_a, slow_a)]
+    for lb in boards:
+        mr = lb[lb["metric"] == MEAN_RANK].set_index("method")
+        assert (mr.loc["a", "mean"], mr.loc["b", "mean"], mr.loc["a", "n"]) == (1.0, 2.0, 1)
+    assert boards[0].set_index(["metric", "method"]).loc[("latency_ms", "a"), "rank"] == 1
+    assert boards[1].set_index(["metric", "method"]).loc[("latency_ms", "a"), "rank"] == 2
+    mixed = leaderboard(slow_a, dirs, n_boot=10).set_index(["metric", "method"])  # without the exclusion
+    assert mixed.loc[(MEAN_RANK, "a"), "mean"] == 1.5
+
+
 def test_leaderboard_ignores_failed_and_undefined_rows_and_needs_directions():
     s = _scores({("a", "x"): [1.0, 2.0, 3.0]})
     s.loc[1, "status"] = "error"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional
 
 import pandas as pd
 
@@ -35,6 +35,13 @@ def read_run(out_dir: str | Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def cost_metrics(names: Iterable[str]) -> list[str]:
+    """The registered metrics of the ``cost`` family among ``names`` (left out of ``mean_rank``)."""
+    from ..metrics import METRICS
+
+    return [m for m in names if m in METRICS and METRICS.entry(m).meta.get("family") == "cost"]
+
+
 def write_report(out_dir: str | Path, *, plots: bool = True, html: bool = True) -> Report:
     """Write scores.parquet, leaderboard.csv, significance.csv, failures.csv, timings.csv, curves.parquet,
     plots/*.png and report.html into ``out_dir`` (from its ``run.json`` and the parts of that hash)."""
@@ -43,7 +50,8 @@ def write_report(out_dir: str | Path, *, plots: bool = True, html: bool = True) 
     store = Store(out, run["suite_hash"])
     scores = store.load_scores()
     directions = {k: bool(v) for k, v in run.get("directions", {}).items()}
-    board = tables.leaderboard(scores, directions, seed=int(run.get("seed", 0)), n_boot=int(run.get("bootstrap", 1000)))
+    board = tables.leaderboard(scores, directions, seed=int(run.get("seed", 0)), n_boot=int(run.get("bootstrap", 1000)),
+                               exclude_from_mean_rank=cost_metrics(directions))
     sig = tables.significance(scores, board)
     fails = tables.failures(scores)
     timings = store.load_timings()

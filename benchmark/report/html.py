@@ -133,7 +133,7 @@ def render(
 {frame_html(exp_rows)}
 <h2>Leaderboard</h2>
 <p class="muted">Mean over images with the 95% percentile-bootstrap CI ({_e(run.get('bootstrap', 1000))} resamples, seeded) and n.
-↑ higher is better, ↓ lower is better; bold = best (ties included). Methods sorted by mean rank over metrics.</p>
+↑ higher is better, ↓ lower is better; bold = best (ties included). Methods sorted by mean rank over the quality metrics (cost metrics are ranked but not averaged in).</p>
 {leaderboard_html(board)}
 <h2>Metrics</h2>{fig('bars')}
 <h2>Ranks</h2>{fig('ranks')}

@@ -3,7 +3,9 @@
 - ``leaderboard``: one row per (model, dataset, method, metric) with the mean over images, a seeded
   percentile-bootstrap 95 % CI (Efron & Tibshirani 1993, ch. 13), ``n``, the rank among methods
   (1 = best for the metric's direction, ties averaged) and ``higher_is_better``; plus one
-  ``metric = "mean_rank"`` row per (model, dataset, method): the method's rank averaged over metrics.
+  ``metric = "mean_rank"`` row per (model, dataset, method): the method's rank averaged over the quality
+  metrics (cost metrics -- latency, memory -- keep their own ranked rows but stay out of the mean: they
+  measure the machine, and their timing noise would reorder the quality ranking from run to run).
 - ``significance``: per (model, dataset, metric), the paired Wilcoxon signed-rank test (Wilcoxon 1945)
   of every method against the best one on their common images, with Holm's (1979) step-down correction
   over the methods compared.
@@ -12,7 +14,7 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Mapping, Optional
+from typing import Iterable, Mapping, Optional
 
 import numpy as np
 import pandas as pd
@@ -70,8 +72,10 @@ def leaderboard(
     directions: Mapping[str, bool],
     seed: int = 0,
     n_boot: int = 1000,
+    exclude_from_mean_rank: Iterable[str] = (),
 ) -> pd.DataFrame:
-    """The leaderboard table (see module docstring) from long score rows."""
+    """The leaderboard table (see module docstring) from long score rows; ``exclude_from_mean_rank``
+    names the metrics (the cost family) ranked on their own rows but left out of ``mean_rank``."""
     ok = valid_scores(scores)
     missing = sorted(set(ok["metric"]) - set(directions))
     if missing:
@@ -90,7 +94,8 @@ def leaderboard(
     lb["rank"] = np.nan
     for (_, _, metric), idx in lb.groupby(["model", "dataset", "metric"]).groups.items():
         lb.loc[idx, "rank"] = direction_ranks(lb.loc[idx, "mean"], bool(directions[metric]))
-    mr = lb.groupby(["model", "dataset", "method"], as_index=False).agg(mean=("rank", "mean"), n=("rank", "size"))
+    quality = lb[~lb["metric"].isin(set(exclude_from_mean_rank))]
+    mr = quality.groupby(["model", "dataset", "method"], as_index=False).agg(mean=("rank", "mean"), n=("rank", "size"))
     mr["metric"] = MEAN_RANK
     mr["ci_low"] = np.nan
     mr["ci_high"] = np.nan

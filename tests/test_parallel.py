@@ -21,10 +21,11 @@ from benchmark.errors import CambenchError  # noqa: E402
 from benchmark.methods.base import ExplainContext, forward_precision  # noqa: E402
 from benchmark.metrics.perturbation import memory_chunk, perturbation_curves, pixel_order, step_counts  # noqa: E402
 from benchmark.runner import ExecOptions, parse_suite, plan_run, run_suite, run_unit  # noqa: E402
-from benchmark.runner.parallel import claim_slot, execute_units, prefetch, worker_device  # noqa: E402
+from benchmark.runner.parallel import claim_slot, execute_units, kept_environ, prefetch, worker_device  # noqa: E402
 from benchmark.store import Store  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:Ablation-CAM:RuntimeWarning")
+
 
 SUITE = """
 name = "parallel"
@@ -61,7 +62,8 @@ def suite():
 def client():
     """One 2-process dask cluster for the whole module (start-up is slow on a small machine)."""
     distributed = pytest.importorskip("distributed")
-    cluster = distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None)
+    with kept_environ():  # LocalCluster leaves OMP_NUM_THREADS=1 in this process otherwise
+        cluster = distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None)
     c = distributed.Client(cluster)
     yield c
     c.close()
@@ -259,3 +261,15 @@ def test_cli_backend_options_are_checked(suite, tmp_path, capsys):
         from benchmark.runner import resolve_device
 
         resolve_device("cuda:0")
+
+
+def test_kept_environ_restores_the_environment_even_on_error() -> None:
+    os.environ["CAMBENCH_TEST_KEEP"] = "a"
+    try:
+        with pytest.raises(RuntimeError), kept_environ():
+            os.environ["OMP_NUM_THREADS_CAMBENCH_TEST"] = "1"
+            os.environ["CAMBENCH_TEST_KEEP"] = "b"
+            raise RuntimeError("boom")
+        assert "OMP_NUM_THREADS_CAMBENCH_TEST" not in os.environ and os.environ["CAMBENCH_TEST_KEEP"] == "a"
+    finally:
+        os.environ.pop("CAMBENCH_TEST_KEEP", None)

@@ -24,7 +24,7 @@ SHAPES_SUITE = ROOT / "tests" / "runner_suites" / "quick_shapes.toml"
 def _cli(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
     env = {**os.environ, "TQDM_DISABLE": "1", "MPLBACKEND": "Agg", "PYTHONWARNINGS": "ignore"}
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        env.pop(var, None)  # set to 1 in this process by the parallel tests' worker pools
+        env.pop(var, None)  # the gate runs with the machine's threads, whatever the caller's shell set
     return subprocess.run(
         [sys.executable, str(ROOT / "run_bench.py"), *args], cwd=ROOT, env=env, capture_output=True,
         text=True, timeout=timeout,

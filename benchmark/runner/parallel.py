@@ -21,6 +21,7 @@ uses ``cuda:<slot mod #GPUs>``: one worker per GPU, each pinned to its own devic
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import tempfile
@@ -191,6 +192,18 @@ def _loky(suite, units, workers, options, plugins, token, progress) -> Iterator[
         gen.close()  # an early exit aborts the units not started
 
 
+@contextlib.contextmanager
+def kept_environ() -> Iterator[None]:
+    """Restore ``os.environ`` after the block: dask's ``LocalCluster`` leaves ``OMP_NUM_THREADS=1`` (and
+    ``MALLOC_TRIM_THRESHOLD_``) in the parent process, which every later subprocess would inherit."""
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 def _dask(suite, units, workers, scheduler, client, options, plugins, token, progress) -> Iterator[UnitResult]:
     try:
         from distributed import Client, LocalCluster, as_completed
@@ -209,8 +222,9 @@ def _dask(suite, units, workers, scheduler, client, options, plugins, token, pro
                 ) from None
             own.append(client)
         else:
-            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                   dashboard_address=None)
+            with kept_environ():
+                cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                       dashboard_address=None)
             client = Client(cluster)
             own += [client, cluster]
             options = _cpu_threads(suite, options, workers)

@@ -27,7 +27,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from benchmark import methods  # noqa: E402
-from benchmark.methods.base import forward_precision  # noqa: E402
+from benchmark.methods.base import forward_precision, tf32  # noqa: E402
 from benchmark.metrics import MetricContext, compute_metrics  # noqa: E402
 from benchmark.types import Batch  # noqa: E402
 
@@ -62,7 +62,7 @@ def run(model, x, targets, masks, names, device, channels_last, precision="fp32"
         return methods.explain(m, "layer4", images, tg, ns, batch_size=32, gradient_noise=gradient_noise,
                                params=METHOD_PARAMS)
 
-    with forward_precision(precision):
+    with forward_precision(precision), tf32(allow=False):  # as the runner computes a unit
         maps = methods.explain(model, "layer4", x, targets, names, batch_size=32, params=METHOD_PARAMS)
         ctx = MetricContext(model=model, batch=Batch(x, targets, [str(i) for i in range(len(x))], masks),
                             saliency=maps, explain=explain_fn, seed=0, batch_size=64)
@@ -85,8 +85,6 @@ def main() -> int:
     args = ap.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("gpu_check needs a CUDA device (torch.cuda.is_available() is False).")
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
     import torchvision
 
     torch.manual_seed(0)

@@ -152,6 +152,15 @@ def fake_constant(ctx) -> Tensor:
     return torch.ones(ctx.images.shape[0], 4, 4, device=ctx.images.device)
 
 
+@register_method("fake_warns", family="baseline", needs_gradients=False, override=True)
+def fake_warns(ctx) -> Tensor:
+    """A valid map that warns on every call (the runner must collect the warning, not print it)."""
+    import warnings
+
+    warnings.warn("fake_warns has something to say", RuntimeWarning, stacklevel=2)
+    return torch.rand(ctx.images.shape[0], 4, 4, generator=ctx.generator(3)).to(ctx.images.device)
+
+
 # -- helpers shared by the runner test modules ---------------------------------------------------
 
 import os  # noqa: E402

@@ -18,6 +18,7 @@ from runner_fakes import one_thread  # noqa: E402,F401
 from benchmark.runner import load_suite, plan_run, run_suite, run_unit  # noqa: E402
 from benchmark.runner.execute import batch_seed, clear_caches  # noqa: E402
 from benchmark.store import Store  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -165,9 +166,47 @@ def test_units_run_with_tf32_only_when_asked(monkeypatch, precision, allowed) ->
 
     def fake_unit(suite, unit, progress, opts):
         seen["flags"] = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+        return execute.UnitResult("k", pd.DataFrame(), pd.DataFrame(), pd.DataFrame())
 
     before = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
     monkeypatch.setattr(execute, "_run_unit", fake_unit)
     execute.run_unit(None, None, options=execute.ExecOptions(precision=precision))
     assert seen["flags"] == (allowed, allowed)
     assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == before
+
+
+def test_warnings_of_methods_are_collected_and_logged_once(tmp_path, recwarn):
+    """A method's warning travels with the unit's result (part metadata) and is logged once per run by the
+    parent, through ``log`` (silent under --quiet), instead of being printed by Python in every process."""
+    from benchmark.runner import parse_suite
+
+    suite = parse_suite(
+        f"""
+name = "warns"
+seed = 0
+device = "cpu"
+batch_size = 2
+shard_size = 2
+gallery = 0
+bootstrap = 10
+plugins = ["{Path(runner_fakes.__file__).resolve()}"]
+methods = ["fake_warns", "gradcam"]
+metrics = ["fake_inside"]
+
+[[experiments]]
+model = "fake_cnn"
+dataset = "fake_shapes"
+data = {{ n = 4 }}
+""",
+        default_name="warns",
+    )
+    logged: list[str] = []
+    res = run_suite(suite, tmp_path, quiet=True, report=False, log=logged.append)
+    assert len(res.ran) == 2  # two units, each warns
+    mine = [m for m in logged if "fake_warns has something to say" in m]
+    assert len(mine) == 1 and mine[0].startswith("cambench: ") and "RuntimeWarning" in mine[0]
+    assert not [w for w in recwarn if "fake_warns" in str(w.message)]  # nothing escaped to Python
+    from benchmark.store import read_meta
+
+    for part in sorted((tmp_path / "parts").glob("*.parquet")):
+        assert any("fake_warns has something to say" in w for w in read_meta(part)["info"]["warnings"])

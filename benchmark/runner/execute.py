@@ -34,6 +34,7 @@ import importlib.util
 import json
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
@@ -493,8 +494,14 @@ def run_unit(
     opts = options or ExecOptions()
     if opts.threads:
         torch.set_num_threads(int(opts.threads))
-    with forward_precision(opts.precision), tf32(allow=opts.precision == "tf32"):
-        return _run_unit(suite, unit, progress, opts)
+    with forward_precision(opts.precision), tf32(allow=opts.precision == "tf32"), \
+            warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = _run_unit(suite, unit, progress, opts)
+    # the warnings of methods and metrics (e.g. Ablation-CAM's sign note) travel with the result: the
+    # parent logs each distinct one once (nothing under --quiet) and the part's metadata keeps them
+    result.info["warnings"] = sorted({f"{w.category.__name__}: {w.message}" for w in caught})
+    return result
 
 
 def _run_unit(suite: Suite, unit: Unit, progress: Optional[Callable[[int], None]], opts: ExecOptions) -> UnitResult:
@@ -806,8 +813,13 @@ def run_suite(
     results = execute_units(suite, todo, backend=backend, workers=workers, scheduler=scheduler, client=client,
                             options=options, plugins=plugins, progress=images_bar.update)
     try:
+        seen: set[str] = set()
         for result in results:
             store.write_unit(result)
+            for w in result.info.get("warnings", ()):
+                if w not in seen:
+                    seen.add(w)
+                    log(f"cambench: {result.key}: {w}")
             ran.append(result.key)
             units_bar.set_postfix_str(result.key, refresh=False)
             units_bar.update(1)

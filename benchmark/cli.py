@@ -27,6 +27,8 @@ LISTABLE = ("methods", "metrics", "models", "datasets", "suites")
 
 
 def _parser() -> argparse.ArgumentParser:
+    from .methods.base import PRECISIONS
+
     p = argparse.ArgumentParser(
         prog="run_bench.py",
         description="cambench: benchmark Class Activation Map methods. Without arguments: run the quick suite.",
@@ -56,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
                         "else one per 4 cores)")
     r.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="dask scheduler address, e.g. tcp://10.0.0.1:8786 (default: a local cluster)")
-    r.add_argument("--precision", default="fp32", choices=("fp32", "tf32", "bf16", "fp16"),
+    r.add_argument("--precision", default="fp32", choices=tuple(PRECISIONS),
                    help="fp32: IEEE fp32 on every device (TF32 off: CUDA scores equal CPU ones); tf32: CUDA "
                         "may use TF32 for every convolution and matmul; bf16/fp16: autocast of the perturbation "
                         "forwards (Score-/Ablation-CAM, deletion, ...), the gradient capture stays fp32 "

@@ -101,7 +101,9 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+from ..methods.base import PRECISIONS as _FORWARD_DTYPES  # noqa: E402
+
+PRECISIONS = tuple(_FORWARD_DTYPES)  # fp32, tf32, bf16, fp16: one list, in methods.base
 
 
 @dataclass(frozen=True)

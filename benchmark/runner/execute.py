@@ -46,6 +46,7 @@ import torch
 from ..errors import CambenchError, SuiteError, UnknownNameError, WeightsError
 from ..types import Batch, ModelHandle
 from .suite import METRIC_FAMILIES, Experiment, Suite
+from .validate import check_kwargs
 
 SCORE_COLUMNS = [
     "model",
@@ -200,6 +201,8 @@ def plan_run(suite: Suite, limit: Optional[int] = None, precision: str = "fp32")
         where = f"experiment #{i} ({exp.label} on {exp.dataset})"
         _lookup(MODELS, exp.model, where)
         _lookup(DATASETS, exp.dataset, where)
+        check_kwargs(DATASETS.get(exp.dataset), exp.data, f"{where}: `data` (arguments of dataset {exp.dataset!r})")
+        check_kwargs(MODELS.get(exp.model), exp.model_kwargs, f"{where}: `model_kwargs` (of model {exp.model!r})")
         dataset = _get_dataset(exp, suite.seed)
         methods = _resolve_methods(exp, dataset, where, MODELS.entry(exp.model).meta.get("family"))
         metrics = _resolve_metrics(exp, where)
@@ -211,6 +214,9 @@ def plan_run(suite: Suite, limit: Optional[int] = None, precision: str = "fp32")
                 mparams[name] = metric_params(name, exp.metric_params.get(name))
             except TypeError as exc:
                 raise SuiteError(f"{where}: [metric_params.{name}]: {exc}") from None
+            entry = METRICS.entry(name)
+            check_kwargs(entry.obj, exp.metric_params.get(name) or {}, f"{where}: [metric_params.{name}]",
+                         defaults=entry.meta.get("defaults"), unknown_ok=True)
         skipped = {}
         for name in metrics:
             needs = METRICS.entry(name).meta.get("needs", ())
@@ -338,6 +344,8 @@ def _method_params(name: str, overrides: Optional[dict], where: str) -> dict:
                 f"{where}: [method_params.{name}]: method {name!r} has no parameter {k!r}. "
                 f"Its parameters: {', '.join(sorted(defaults)) or '(none)'}."
             )
+    check_kwargs(METHODS.get(name), overrides or {}, f"{where}: [method_params.{name}]", defaults=defaults,
+                 unknown_ok=True)
     return {**defaults, **(overrides or {})}
 
 

@@ -22,7 +22,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import numpy as np
 import pandas as pd
@@ -33,12 +33,24 @@ META_KEY = b"cambench"
 _SEP = "__"
 
 
+def file_mode() -> int:
+    """The mode a newly created file gets under the current umask (``0o666 & ~umask``)."""
+    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
+    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``.
+
+    The file gets the mode of any new file under the umask (``mkstemp`` alone would leave it ``0600``).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, file_mode())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -72,14 +84,22 @@ def read_meta(path: Path) -> dict:
 
 
 class Store:
-    """The parts of one run in ``out_dir`` for suite hash ``suite_hash``."""
+    """The parts of one run in ``out_dir`` for suite hash ``suite_hash``.
 
-    def __init__(self, out_dir: str | os.PathLike, suite_hash: str, log: Callable[[str], None] | None = None) -> None:
+    ``units``: the unit keys of the run that was asked for (``run.json``'s ``units``); reading then sees
+    only their parts, so that a run with a smaller ``--limit`` or ``n`` into a directory that holds a larger
+    one reports what it was asked for. The other parts of the same hash stay on disk
+    (:meth:`unreported`) and are reported again by a run that asks for them. ``None``: every part.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, suite_hash: str, log: Callable[[str], None] | None = None,
+                 units: Optional[Iterable[str]] = None) -> None:
         self.out = Path(out_dir)
         self.hash = suite_hash
         self.parts = self.out / "parts"
         self.gallery = self.out / "gallery"
         self.log = log or (lambda msg: print(msg, file=sys.stderr))
+        self.units: Optional[frozenset[str]] = None if units is None else frozenset(units)
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def prepare(self, fresh: bool = False) -> None:
@@ -143,8 +163,21 @@ class Store:
         return path
 
     # -- reading -----------------------------------------------------------------------------------
+    def _key(self, path: Path) -> str:
+        stem = path.name.rsplit(".", 1)[0]
+        return stem[: -len(_SEP + self.hash)] if stem.endswith(_SEP + self.hash) else stem
+
+    def _selected(self, paths: Iterable[Path]) -> list[Path]:
+        return sorted(p for p in paths if self.units is None or self._key(p) in self.units)
+
     def _parts(self) -> list[Path]:
-        return sorted(self.parts.glob(f"*{_SEP}{self.hash}.parquet"))
+        return self._selected(self.parts.glob(f"*{_SEP}{self.hash}.parquet"))
+
+    def unreported(self) -> list[str]:
+        """Keys of the finished units of this hash on disk that are outside :attr:`units` (kept, not read)."""
+        if self.units is None or not self.parts.is_dir():
+            return []
+        return sorted(k for k in self.done() if k not in self.units)
 
     def load_scores(self) -> pd.DataFrame:
         """All score rows of this hash, in a canonical order (independent of execution order)."""
@@ -184,7 +217,7 @@ class Store:
     def load_gallery(self) -> list[dict[str, np.ndarray]]:
         """The gallery samples (one dict of arrays per unit that kept images), in key order."""
         out = []
-        for p in sorted(self.gallery.glob(f"*{_SEP}{self.hash}.npz")):
+        for p in self._selected(self.gallery.glob(f"*{_SEP}{self.hash}.npz")):
             with np.load(p, allow_pickle=False) as z:
                 out.append({k: z[k] for k in z.files})
         return out

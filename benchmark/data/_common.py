@@ -46,6 +46,11 @@ def check_image(path: str | os.PathLike) -> str | None:
     if not p.is_file():
         return f"{p.name}: image file missing ({p})"
     try:
+        if p.stat().st_size == 0:
+            return f"{p.name}: empty file (0 bytes), not an image ({p})"
+    except OSError as e:
+        return f"{p.name}: unreadable ({type(e).__name__}: {e})"
+    try:
         with Image.open(p) as im:
             im.verify()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
@@ -264,10 +269,11 @@ class RecordDataset(CamDataset):
     ``("coco", [segmentation, ...])`` (COCO polygons / RLE, union). Records are plain data so the
     dataset pickles to worker processes.
 
-    ``verify=True`` opens every image header at construction: missing or undecodable files are dropped
-    and listed in :attr:`errors`. A file that only fails later, when fully decoded, raises
-    :class:`DataError` from ``__getitem__`` naming it (and is added to :attr:`errors`) so that the batch
-    builder can skip it.
+    ``verify=True`` opens every image header at construction: missing, empty or undecodable files are
+    dropped and listed in :attr:`errors` (``"id: reason"``; the runner reports them in ``run.json``,
+    ``failures.csv`` and the terminal summary). A file that only fails later, when fully decoded, raises
+    :class:`DataError` from ``__getitem__`` naming it; the batch builder skips it and records it once
+    (named by :meth:`item_name`).
     """
 
     def __init__(self, records: list[dict], n: int | None, seed: int, verify: bool = True) -> None:
@@ -280,7 +286,7 @@ class RecordDataset(CamDataset):
                 if reason is None:
                     kept.append(rec)
                 else:
-                    self.errors.append(reason)
+                    self.errors.append(f"{rec['id']}: {reason.split(': ', 1)[-1]}")
             self.records = kept
 
     def __len__(self) -> int:
@@ -290,15 +296,15 @@ class RecordDataset(CamDataset):
     def ids(self) -> list[str]:
         return [r["id"] for r in self.records]
 
+    def item_name(self, i: int) -> str:
+        """How failures name item ``i``: its id (the batch builder records each failure once, by it)."""
+        return str(self.records[i]["id"])
+
     def __getitem__(self, i: int) -> Sample:
         rec = self.records[i]
-        try:
-            image = load_image(rec["path"])
-            h, w = image.shape[-2:]
-            mask = self._mask(rec, h, w)
-        except DataError as e:
-            self.errors.append(f"{Path(rec['path']).name}: {e}")
-            raise
+        image = load_image(rec["path"])
+        h, w = image.shape[-2:]
+        mask = self._mask(rec, h, w)
         return Sample(
             image=image,
             target=int(rec["target"]),

@@ -55,6 +55,10 @@ class PhotosDataset(CamDataset):
     def __len__(self) -> int:
         return len(self.objects)
 
+    def item_name(self, i: int) -> str:
+        """How failures name item ``i``: its id."""
+        return str(self.objects[i]["id"])
+
     def __getitem__(self, i: int) -> Sample:
         import skimage.io
 
@@ -62,8 +66,7 @@ class PhotosDataset(CamDataset):
         path = self.root / obj["file"]
         try:
             arr = skimage.io.imread(path)
-        except Exception as e:  # any decoder failure becomes a DataError naming the file
-            self.errors.append(f"{obj['file']}: corrupt image ({e})")
+        except Exception as e:  # any decoder failure: a DataError naming the file (the batch builder records it)
             raise DataError(f"Cannot decode the skimage photo {path}: {e}") from e
         image = to_image_tensor(np.asarray(arr))
         h, w = image.shape[-2:]

@@ -42,18 +42,30 @@ def cost_metrics(names: Iterable[str]) -> list[str]:
     return [m for m in names if m in METRICS and METRICS.entry(m).meta.get("family") == "cost"]
 
 
+def _with_dataset_errors(fails: pd.DataFrame, run: dict) -> pd.DataFrame:
+    """``fails`` plus one row per item a dataset could not read when it was built (``run.json``)."""
+    rows = [
+        {"model": e.get("label", e.get("model")), "dataset": e.get("dataset"), "method": tables.DATA_METHOD,
+         "metric": "(load)", "status": "error", "count": 1, "message": str(msg)}
+        for e in run.get("experiments", []) for msg in e.get("data_errors", [])
+    ]
+    if not rows:
+        return fails
+    return pd.concat([pd.DataFrame(rows, columns=fails.columns), fails], ignore_index=True)
+
+
 def write_report(out_dir: str | Path, *, plots: bool = True, html: bool = True) -> Report:
     """Write scores.parquet, leaderboard.csv, significance.csv, failures.csv, timings.csv, curves.parquet,
     plots/*.png and report.html into ``out_dir`` (from its ``run.json`` and the parts of that hash)."""
     out = Path(out_dir)
     run = read_run(out)
-    store = Store(out, run["suite_hash"])
+    store = Store(out, run["suite_hash"], units=run.get("units"))
     scores = store.load_scores()
     directions = {k: bool(v) for k, v in run.get("directions", {}).items()}
     board = tables.leaderboard(scores, directions, seed=int(run.get("seed", 0)), n_boot=int(run.get("bootstrap", 1000)),
                                exclude_from_mean_rank=cost_metrics(directions))
     sig = tables.significance(scores, board)
-    fails = tables.failures(scores)
+    fails = _with_dataset_errors(tables.failures(scores), run)
     timings = store.load_timings()
     curves = store.load_curves()
 

@@ -159,16 +159,27 @@ def significance(scores: pd.DataFrame, board: pd.DataFrame, alpha: float = 0.05)
     return pd.DataFrame(rows, columns=SIGNIFICANCE_COLUMNS)
 
 
+#: The ``method`` of the score rows that record an unreadable image or annotation (one row per item).
+DATA_METHOD = "(data)"
+
+
 def failures(scores: pd.DataFrame) -> pd.DataFrame:
-    """Counts of non-ok rows by (model, dataset, method, metric, status) with one example message."""
-    bad = scores[scores["status"] != "ok"]
+    """Counts of ``error`` rows by (model, dataset, method, metric) with one example message.
+
+    Unreadable images/annotations (method ``(data)``) get one row each, naming the item and its reason.
+    ``undefined`` rows (a metric defined as NaN for that image or setting, e.g. peak memory on a CPU, a
+    pointing game on an empty mask) are not failures: they stay in ``scores.parquet`` only.
+    """
+    bad = scores[scores["status"] == "error"]
     cols = ["model", "dataset", "method", "metric", "status", "count", "message"]
     if bad.empty:
         return pd.DataFrame(columns=cols)
-    out = bad.groupby(["model", "dataset", "method", "metric", "status"], as_index=False).agg(
+    is_data = bad["method"] == DATA_METHOD
+    out = bad[~is_data].groupby(["model", "dataset", "method", "metric", "status"], as_index=False).agg(
         count=("image_id", "size"), message=("message", "first")
     )
-    return out[cols]
+    data = bad[is_data].drop_duplicates(["model", "dataset", "image_id", "message"]).assign(count=1)
+    return pd.concat([data[cols], out[cols]], ignore_index=True) if len(data) else out[cols]
 
 
 def degenerate_counts(scores: pd.DataFrame) -> pd.DataFrame:

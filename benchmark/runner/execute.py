@@ -166,6 +166,8 @@ class ExperimentPlan:
     skipped: dict[str, str]  # metric -> why it does not apply to this dataset
     method_params: dict[str, dict]
     metric_params: dict[str, dict]
+    #: images/annotations the dataset could not read when it was built ("id: reason"), reported by the run
+    data_errors: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -242,6 +244,7 @@ def plan_run(suite: Suite, limit: Optional[int] = None, precision: str = "fp32")
             skipped=skipped,
             method_params={m: _method_params(m, exp.method_params.get(m), where) for m in methods},
             metric_params=mparams,
+            data_errors=dataset_errors(exp, suite.seed),
         )
         exps.append(plan)
         for start in range(0, n, suite.shard_size):
@@ -383,6 +386,7 @@ def _lookup_metric_or_family(name: str, where: str) -> None:
 
 _MODELS: dict[str, tuple[ModelHandle, bool]] = {}
 _DATASETS: dict[str, Any] = {}
+_DATASET_ERRORS: dict[str, list[str]] = {}  # what each cached dataset could not read when it was built
 
 
 def _get_model(exp: Experiment, device: torch.device, channels_last: Optional[bool] = False) -> tuple[ModelHandle, bool]:
@@ -426,23 +430,38 @@ def _device_batches(batches: Iterator[Batch], device: torch.device, prefetch: bo
         yield batch
 
 
+def _dataset_key(exp: Experiment, seed: int) -> tuple[str, dict]:
+    kwargs = {"seed": seed, **exp.data}
+    return json.dumps([exp.dataset, kwargs], sort_keys=True, default=str), kwargs
+
+
 def _get_dataset(exp: Experiment, seed: int) -> Any:
     from ..data import create_dataset
 
-    kwargs = {"seed": seed, **exp.data}
-    key = json.dumps([exp.dataset, kwargs], sort_keys=True, default=str)
+    key, kwargs = _dataset_key(exp, seed)
     if key not in _DATASETS:
         try:
             _DATASETS[key] = create_dataset(exp.dataset, **kwargs)
         except TypeError as exc:
             raise SuiteError(f"Dataset {exp.dataset!r} rejected the suite's `data` arguments {kwargs}: {exc}") from None
+        _DATASET_ERRORS[key] = [str(e) for e in getattr(_DATASETS[key], "errors", [])]
     return _DATASETS[key]
+
+
+def dataset_errors(exp: Experiment, seed: int) -> list[str]:
+    """What the experiment's dataset could not read when it was built (``"id: reason"`` each, no duplicates).
+
+    Items that fail later, while a unit loads them, are recorded by that unit (``(data)`` score rows).
+    """
+    _get_dataset(exp, seed)
+    return list(dict.fromkeys(_DATASET_ERRORS.get(_dataset_key(exp, seed)[0], [])))
 
 
 def clear_caches() -> None:
     """Forget the models and datasets built in this process."""
     _MODELS.clear()
     _DATASETS.clear()
+    _DATASET_ERRORS.clear()
 
 
 def _make_batches(dataset: Any, handle: ModelHandle, batch_size: int, indices: list[int]) -> Iterator[Batch]:
@@ -723,6 +742,10 @@ class RunOutcome:
     ran: list[str]
     reused: list[str]
     report: Any = None
+    #: items a dataset could not read (``model``, ``dataset``, ``item``, ``reason``), each once
+    unreadable: list[dict] = field(default_factory=list)
+    #: finished units of this suite on disk outside this run (a larger ``--limit``/``n``): kept, not reported
+    unreported: list[str] = field(default_factory=list)
 
 
 def versions() -> dict[str, str]:
@@ -764,7 +787,8 @@ def run_record(plan: Plan, device: torch.device) -> dict:
         "experiments": [
             {"label": e.label, "model": e.model, "dataset": e.dataset, "n_images": e.n_images,
              "methods": list(e.methods), "metrics": list(e.metrics), "skipped": e.skipped,
-             "method_params": e.method_params, "metric_params": e.metric_params}
+             "method_params": e.method_params, "metric_params": e.metric_params,
+             "data_errors": e.data_errors}
             for e in plan.experiments
         ],
     }
@@ -796,50 +820,75 @@ def run_suite(
     writes each unit's part as it arrives). ``options``: :class:`ExecOptions`; ``plugins``: extra
     plugins the workers import.
     """
+    from ..outdir import RunLock, check_out_dir
+    from .progress import Progress
+
+    out = Path(out)
+    check_out_dir(out)  # a bad --out is refused before any model or data work
+    with Progress(quiet=quiet, log=log) as progress, RunLock(out, progress.log):
+        return _run_locked(suite, out, progress, fresh=fresh, limit=limit, report=report, plots=plots,
+                           backend=backend, workers=workers, scheduler=scheduler, client=client,
+                           options=options or ExecOptions(), plugins=plugins)
+
+
+def _run_locked(suite: Suite, out: Path, progress: Any, *, fresh: bool, limit: Optional[int], report: bool,
+                plots: bool, backend: str, workers: Optional[int], scheduler: Optional[str], client: Any,
+                options: ExecOptions, plugins: Sequence[str]) -> RunOutcome:
     from ..store import Store, atomic_write_text
     from .parallel import execute_units
 
-    log = log or (lambda msg: None if quiet else print(msg, file=sys.stderr))
-    out = Path(out)
-    options = options or ExecOptions()
+    log = progress.log
     plan = plan_run(suite, limit, precision=options.precision)
     device = resolve_device(suite.device)
-    store = Store(out, plan.hash, log)
+    store = Store(out, plan.hash, log, units=[u.key for u in plan.units])
     store.prepare(fresh)
     record = run_record(plan, device)
     record.update(precision=options.precision, backend=backend)
     atomic_write_text(out / "run.json", json.dumps(record, indent=1, default=str))
+    for e in plan.experiments:
+        for msg in e.data_errors:
+            log(f"cambench: {e.label}/{e.dataset}: unreadable, left out: {msg}")
     done = store.done()
     todo = [u for u in plan.units if u.key not in done]
     reused = [u.key for u in plan.units if u.key in done]
     if reused:
         log(f"cambench: resuming in {out}: {len(reused)} of {len(plan.units)} unit(s) already finished.")
-    show = not quiet and sys.stderr.isatty()
-    from tqdm.auto import tqdm
-
-    units_bar = tqdm(total=len(todo), desc="units", unit="unit", disable=not show, position=0)
-    images_bar = tqdm(total=sum(u.stop - u.start for u in todo), desc="images", unit="img", disable=not show, position=1)
+    unreported = store.unreported()
+    if unreported:
+        log(f"cambench: {len(unreported)} finished unit(s) in {store.parts} lie outside this run (a larger "
+            f"--limit or `n`); they are kept but not reported. Rerun with the larger setting to report them.")
     ran = []
+    progress.start(len(todo), sum(u.stop - u.start for u in todo))
     results = execute_units(suite, todo, backend=backend, workers=workers, scheduler=scheduler, client=client,
-                            options=options, plugins=plugins, progress=images_bar.update)
+                            options=options, plugins=plugins, progress=progress.images)
     try:
-        seen: set[str] = set()
         for result in results:
             store.write_unit(result)
             for w in result.info.get("warnings", ()):
-                if w not in seen:
-                    seen.add(w)
-                    log(f"cambench: {result.key}: {w}")
+                progress.warn_once(w, f"cambench: {result.key}: {w}")
+            for msg in result.info.get("data_errors", ()):
+                log(f"cambench: {result.key}: unreadable, left out: {msg}")
             ran.append(result.key)
-            units_bar.set_postfix_str(result.key, refresh=False)
-            units_bar.update(1)
+            unit = next(u for u in todo if u.key == result.key)
+            progress.unit_done(result.key, unit.stop - unit.start)
     finally:
         results.close()
-        images_bar.close()
-        units_bar.close()
+        progress.stop()
+    # every item a dataset could not read, named once: when it was built (plan) and while a unit loaded it
+    unreadable = [
+        {"model": e.label, "dataset": e.dataset, "item": m.split(":")[0], "reason": m} for e in plan.experiments
+        for m in e.data_errors
+    ]
+    exp_of = {u.key: plan.experiments[u.experiment] for u in plan.units}
+    for meta in store.load_meta():
+        exp = exp_of[meta["unit"]]
+        for m in dict.fromkeys(str(m) for m in meta.get("info", {}).get("data_errors", [])):
+            unreadable.append({"model": exp.label, "dataset": exp.dataset, "item": m.split(":")[0], "reason": m})
+    record.update(unreadable=unreadable, unreported_units=unreported)
+    atomic_write_text(out / "run.json", json.dumps(record, indent=1, default=str))
     rep = None
     if report:
         from ..report.build import write_report
 
         rep = write_report(out, plots=plots)
-    return RunOutcome(plan, out, ran, reused, rep)
+    return RunOutcome(plan, out, ran, reused, rep, unreadable=unreadable, unreported=unreported)

@@ -1,0 +1,223 @@
+"""The output directory of a run: checked before any work, and held by one run at a time.
+
+:func:`check_out_dir` refuses, with one line naming the path, what is wrong and the fix, an ``--out``
+that is (or lies under) a regular file, sits on a kernel/special filesystem (``/proc``, ``/sys``,
+``/dev``, ...), or cannot be written (read-only filesystem, immutable directory, no permission, full
+disk). It proves writability by creating and removing a probe file, as ``os.access`` cannot see
+read-only mounts or immutable attributes.
+
+:class:`RunLock` is the lock file ``OUT/.cambench.lock``: an exclusive ``fcntl.flock`` where available
+(released by the kernel when the process dies), with the holder's pid recorded in the file. A second run
+into the same directory fails at once naming that pid and the lock file; a lock file left by a process that
+is no longer running is taken over with a note.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable, Optional
+
+from .errors import CambenchError
+
+LOCK_NAME = ".cambench.lock"
+
+#: Filesystems no result belongs on (Linux ``/proc/mounts`` types).
+SPECIAL_FILESYSTEMS = frozenset({
+    "proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2", "debugfs", "tracefs", "securityfs", "pstore",
+    "bpf", "configfs", "fusectl", "mqueue", "hugetlbfs", "efivarfs", "binfmt_misc", "autofs", "rpc_pipefs",
+    "selinuxfs", "nsfs",
+})
+_SPECIAL_PREFIXES = ("/proc", "/sys", "/dev")
+
+
+class OutputDirError(CambenchError):
+    """The output directory cannot hold a run's results."""
+
+
+def _fix(flag: str) -> str:
+    return f"pass {flag} a directory on a writable disk (e.g. {flag} results/NAME)"
+
+
+def _mount_type(path: Path) -> Optional[str]:
+    """The filesystem type of the mount holding ``path`` (Linux ``/proc/self/mounts``), else None."""
+    try:
+        lines = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return None
+    best, kind = "", None
+    p = str(path)
+    for line in lines:
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        mnt = parts[1].replace("\\040", " ")
+        if (p == mnt or p.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best):
+            best, kind = mnt, parts[2]
+    return kind
+
+
+def _reason(exc: OSError) -> str:
+    code = exc.errno
+    if code == errno.EROFS:
+        return "is on a read-only filesystem"
+    if code == errno.EACCES:
+        return "is not writable (permission denied)"
+    if code == errno.EPERM:
+        return "cannot be written (operation not permitted: an immutable or protected directory, see lsattr)"
+    if code == errno.ENOSPC:
+        return "is on a full disk (no space left on device)"
+    if code == errno.EDQUOT:
+        return "is over its disk quota"
+    if code == errno.ENOTDIR:
+        return "lies under a regular file"
+    return f"cannot be written ({exc.strerror or exc})"
+
+
+def check_out_dir(out: str | os.PathLike, flag: str = "--out", create: bool = True) -> Path:
+    """Make sure ``out`` can hold a run (creating it when ``create``); raise :class:`OutputDirError`.
+
+    Returns the path. Nothing is written besides the directory itself and a removed probe file.
+    """
+    path = Path(out).expanduser()
+    absolute = Path(os.path.abspath(path))
+    try:
+        real = absolute.resolve()
+    except (OSError, RuntimeError):
+        real = absolute
+    where = f"{flag} {path}"
+    special = _mount_type(real) if sys.platform.startswith("linux") else None
+    if (special in SPECIAL_FILESYSTEMS or
+            (os.name == "posix" and any(str(real) == p or str(real).startswith(p + "/") for p in _SPECIAL_PREFIXES))):
+        raise OutputDirError(
+            f"{where}: is on a special system filesystem ({special or str(real).split('/')[1]}), which cannot "
+            f"hold files; {_fix(flag)}."
+        )
+    # the path itself, or a parent of it, exists as something other than a directory
+    for p in (absolute, *absolute.parents):
+        if p.exists() or p.is_symlink():
+            if not p.is_dir():
+                what = "an existing file" if p.is_file() else "not a directory"
+                if p == absolute:
+                    raise OutputDirError(
+                        f"{where}: is {what}, not a directory; {_fix(flag)}, or remove {p}."
+                    )
+                raise OutputDirError(
+                    f"{where}: its parent {p} is {what}, not a directory; {_fix(flag)}."
+                )
+            break
+    for sub in ("parts", "gallery", "plots"):
+        s = absolute / sub
+        if s.exists() and not s.is_dir():
+            raise OutputDirError(
+                f"{where}: {s} is a file, but cambench keeps its {sub} there; remove it or {_fix(flag)}."
+            )
+    if not create and not absolute.is_dir():
+        raise OutputDirError(f"{where}: does not exist; pass the directory of a run.")
+    try:
+        absolute.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".cambench-probe.", dir=absolute)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OutputDirError(f"{where}: {_reason(exc)}; {_fix(flag)}.") from None
+    return path
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    except OSError:
+        return False
+    return True
+
+
+class RunLock:
+    """Exclusive lock of one run on ``out`` (a context manager); see the module docstring."""
+
+    def __init__(self, out: str | os.PathLike, log: Optional[Callable[[str], None]] = None) -> None:
+        self.out = Path(out)
+        self.path = self.out / LOCK_NAME
+        self.log = log or (lambda msg: print(msg, file=sys.stderr))
+        self._fd: Optional[int] = None
+
+    def _busy(self, pid: Optional[int]) -> OutputDirError:
+        who = f"pid {pid}" if pid else "another process"
+        return OutputDirError(
+            f"another cambench run ({who}) is writing into {self.out} (lock file {self.path}); wait for it to "
+            f"finish, or pass --out a different directory."
+        )
+
+    @staticmethod
+    def _read_pid(fd: int) -> Optional[int]:
+        try:
+            os.lseek(fd, 0, os.SEEK_SET)
+            text = os.read(fd, 64).decode("ascii", "replace").strip()
+            return int(text.split()[0]) if text else None
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def acquire(self) -> "RunLock":
+        self.out.mkdir(parents=True, exist_ok=True)
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows: a pid file created exclusively
+            fcntl = None  # type: ignore[assignment]
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            if fcntl is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise self._busy(self._read_pid(fd)) from None
+                except OSError as exc:  # a filesystem without flock (some NFS): fall back to the pid
+                    if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+                        raise
+                    old = self._read_pid(fd)
+                    if old and old != os.getpid() and _alive(old):
+                        raise self._busy(old) from None
+            else:  # pragma: no cover
+                old = self._read_pid(fd)
+                if old and old != os.getpid() and _alive(old):
+                    raise self._busy(old)
+            old = self._read_pid(fd)
+            if old and old != os.getpid():
+                state = "no longer running" if not _alive(old) else "it no longer holds the lock"
+                self.log(f"cambench: took over the lock file {self.path} left by pid {old} ({state}).")
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        """Clear the pid and release the lock (the file stays: removing it would race a waiting run)."""
+        if self._fd is None:
+            return
+        try:
+            os.ftruncate(self._fd, 0)
+        except OSError:
+            pass
+        os.close(self._fd)  # closing the descriptor releases the flock
+        self._fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

@@ -1,0 +1,162 @@
+"""Progress and messages of a run, with or without a terminal.
+
+* On a terminal: two tqdm bars (units, images); every message, ``logging`` record of ``benchmark.*``
+  (e.g. the epochs of a first-time model training) and Python warning is printed *above* the bars
+  (``tqdm.write``), never into them.
+* Without a terminal (a redirected log, CI): no bars, but one line per finished unit with the elapsed
+  time and an ETA, so that a log file shows the run advancing.
+* ``quiet``: nothing (only the CLI's summary), unless the caller passes its own ``log``.
+
+Each distinct warning is shown once per run.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+import warnings
+from typing import Any, Callable, Optional, TextIO
+
+
+class _Handler(logging.Handler):
+    """Sends ``benchmark.*`` log records through :meth:`Progress.log` (above the bars)."""
+
+    def __init__(self, progress: "Progress") -> None:
+        super().__init__(logging.INFO)
+        self.progress = progress
+        self.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.progress.log(self.format(record))
+        except Exception:  # noqa: BLE001 - logging must never break a run
+            self.handleError(record)
+
+
+def format_interval(seconds: float) -> str:
+    """``H:MM:SS`` / ``M:SS``."""
+    s = int(round(max(seconds, 0.0)))
+    h, rem = divmod(s, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+class Progress:
+    """The progress display and the message sink of one run (a context manager)."""
+
+    def __init__(self, quiet: bool = False, log: Optional[Callable[[str], None]] = None,
+                 stream: Optional[TextIO] = None, tty: Optional[bool] = None) -> None:
+        self.quiet = quiet
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)()) if tty is None else tty
+        self._user_log = log
+        self._seen: set[str] = set()
+        self._bars: list[Any] = []
+        self._units_bar: Any = None
+        self._images_bar: Any = None
+        self._handler: Optional[_Handler] = None
+        self._logger_level: Optional[int] = None
+        self._warnings: Any = None
+        self.n_units = self.n_images = 0
+        self.units_done = self.images_done = 0
+        self.t0 = time.perf_counter()
+
+    # -- messages ----------------------------------------------------------------------------------
+    @property
+    def bars_shown(self) -> bool:
+        return any(not getattr(b, "disable", True) for b in self._bars)
+
+    def log(self, msg: str) -> None:
+        """Print one message (above the bars when they are shown); nothing under ``quiet``."""
+        if self._user_log is not None:
+            self._user_log(msg)
+            return
+        if self.quiet:
+            return
+        if self.bars_shown:
+            from tqdm.auto import tqdm
+
+            tqdm.write(msg, file=self.stream)
+        else:
+            print(msg, file=self.stream, flush=True)
+
+    def warn_once(self, key: str, msg: Optional[str] = None) -> None:
+        """Log ``msg`` (default ``key``) unless a message with this ``key`` was logged in this run."""
+        if key in self._seen:
+            return
+        self._seen.add(key)
+        self.log(msg if msg is not None else key)
+
+    def _showwarning(self, message: Any, category: type, filename: str, lineno: int, file: Any = None,
+                     line: Any = None) -> None:
+        text = f"{category.__name__}: {message}"
+        self.warn_once(text, f"cambench: warning: {text} ({filename}:{lineno})")
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def __enter__(self) -> "Progress":
+        self.t0 = time.perf_counter()
+        logger = logging.getLogger("benchmark")
+        if not self.quiet and not logger.handlers and not logging.getLogger().handlers:
+            self._handler = _Handler(self)
+            logger.addHandler(self._handler)
+            self._logger_level = logger.level
+            if logger.getEffectiveLevel() > logging.INFO:
+                logger.setLevel(logging.INFO)
+        self._warnings = warnings.catch_warnings()
+        self._warnings.__enter__()
+        warnings.showwarning = self._showwarning  # type: ignore[assignment]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        if self._warnings is not None:
+            self._warnings.__exit__(*exc)
+            self._warnings = None
+        if self._handler is not None:
+            logger = logging.getLogger("benchmark")
+            logger.removeHandler(self._handler)
+            logger.setLevel(self._logger_level or logging.NOTSET)
+            self._handler = None
+
+    def start(self, n_units: int, n_images: int) -> None:
+        """Begin the bars (on a terminal) for ``n_units`` units of ``n_images`` images in all."""
+        self.n_units, self.n_images = n_units, n_images
+        self.units_done = self.images_done = 0
+        self.t0 = time.perf_counter()
+        show = not self.quiet and self.tty
+        if show:
+            from tqdm.auto import tqdm
+
+            self._units_bar = tqdm(total=n_units, desc="units", unit="unit", position=0, file=self.stream)
+            self._images_bar = tqdm(total=n_images, desc="images", unit="img", position=1, file=self.stream)
+            self._bars = [self._units_bar, self._images_bar]
+
+    def images(self, n: int) -> None:
+        """``n`` more images scored (called by the units as they go)."""
+        if self._images_bar is not None:
+            self._images_bar.update(n)
+
+    def unit_done(self, key: str, n_images: int) -> None:
+        """One unit finished: advance the bar, or (no terminal) log a line with elapsed time and ETA."""
+        self.units_done += 1
+        self.images_done += n_images
+        if self._units_bar is not None:
+            self._units_bar.set_postfix_str(key, refresh=False)
+            self._units_bar.update(1)
+        if self.bars_shown or self.quiet:
+            return
+        elapsed = time.perf_counter() - self.t0
+        left = max(self.n_images - self.images_done, 0)
+        rate = self.images_done / elapsed if elapsed > 0 else 0.0
+        eta = format_interval(left / rate) if rate > 0 else "?"
+        self.log(
+            f"cambench: unit {self.units_done}/{self.n_units} done ({key}, {n_images} images; "
+            f"{self.images_done}/{self.n_images} images): elapsed {format_interval(elapsed)}, ETA {eta}"
+        )
+
+    def stop(self) -> None:
+        for b in self._bars:
+            b.close()
+        self._bars = []
+        self._units_bar = self._images_bar = None

@@ -26,9 +26,12 @@ from .errors import CambenchError
 LISTABLE = ("methods", "metrics", "models", "datasets", "suites")
 
 
-def _parser() -> argparse.ArgumentParser:
-    from .methods.base import PRECISIONS
+#: ``--precision`` choices; the same list as :data:`benchmark.methods.base.PRECISIONS` (checked by a test),
+#: spelled out here so that ``--help`` does not import torch.
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 
+
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="run_bench.py",
         description="cambench: benchmark Class Activation Map methods. Without arguments: run the quick suite.",
@@ -88,17 +91,21 @@ def _plugins(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .report.build import summary_text
-    from .runner import ExecOptions, load_registries, load_suite, run_suite
+    from .outdir import check_out_dir
+    from .runner.suite import load_suite
 
     suite = load_suite(args.suite)
     suite = suite.with_overrides(device=args.device, batch_size=args.batch_size, data_root=args.data_root)
     if args.limit is not None and args.limit < 1:
         raise CambenchError(f"--limit must be a positive number of images, got {args.limit}.")
-    load_registries(_plugins(args), check=True)  # a broken plugin fails here, before any model work
-    out = Path(args.out) if args.out else Path("results") / suite.name
     if args.workers is not None and args.workers < 1:
         raise CambenchError(f"--workers must be a positive number of processes, got {args.workers}.")
+    out = Path(args.out) if args.out else Path("results") / suite.name
+    check_out_dir(out)  # before importing torch, models or data
+    from .report.build import summary_text
+    from .runner import ExecOptions, load_registries, run_suite
+
+    load_registries(_plugins(args), check=True)  # a broken plugin fails here, before any model work
     res = run_suite(suite, out, fresh=args.fresh, limit=args.limit, quiet=args.quiet, plots=not args.no_plots,
                     backend=args.backend, workers=args.workers, scheduler=args.scheduler,
                     options=ExecOptions(precision=args.precision), plugins=_plugins(args))
@@ -108,9 +115,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     text = summary_text(rep.run, rep.leaderboard)
     if text:
         print(text)
-    n_err = int((rep.scores["status"] == "error").sum())
+    data = rep.scores["method"] == "(data)"
+    n_err = int(((rep.scores["status"] == "error") & ~data).sum())
     if n_err:
         print(f"{n_err} score row(s) failed: see {out / 'failures.csv'}")
+    if res.unreadable:
+        print(f"{len(res.unreadable)} image(s)/annotation(s) could not be read and were left out "
+              f"(also in {out / 'failures.csv'} and run.json):")
+        for u in res.unreadable:
+            print(f"  {u['model']}/{u['dataset']}: {u['reason']}")
+    if res.unreported:
+        print(f"{len(res.unreported)} finished unit(s) in {out / 'parts'} lie outside this run (a larger --limit "
+              "or n) and are not in these tables; rerun with that setting to report them.")
     print(f"report: {out / 'report.html'}   leaderboard: {out / 'leaderboard.csv'}")
     return 0
 
@@ -143,18 +159,65 @@ def cmd_list(args: argparse.Namespace) -> int:
         fields = ("has_masks", "has_boxes", "default_model")
     if not len(reg):
         print(f"(no {args.what} registered)")
+    rows = []
     for e in reg.entries():
-        meta = "  ".join(f"{f}={e.meta[f]}" for f in fields if f in e.meta)
+        items = [(f, e.meta[f]) for f in fields if f in e.meta]
         if not fields:
-            meta = "  ".join(f"{k}={v}" for k, v in e.meta.items() if isinstance(v, (str, int, float, bool)))
-        print(f"{e.name:<22} {meta}")
+            items = [(k, v) for k, v in e.meta.items() if isinstance(v, (str, int, float, bool))]
+        cells = {k: f"{k}={_word(v)}" for k, v in items if _word(v) != ""}  # an empty paper= says nothing
+        if args.what == "datasets":
+            cells["args"] = f"args: {_signature(e.obj)}"
+        rows.append((e.name, cells))
+    print(_table(rows))
     return 0
 
 
-def cmd_report(args: argparse.Namespace) -> int:
-    from .report.build import summary_text, write_report
+def _table(rows: list[tuple[str, dict[str, str]]]) -> str:
+    """Rows of ``name  key=value ...`` with every column aligned (a missing cell is blank)."""
+    cols: list[str] = []
+    for _, cells in rows:
+        cols += [k for k in cells if k not in cols]
+    width = {k: max((len(c.get(k, "")) for _, c in rows), default=0) for k in cols}
+    name_w = max((len(n) for n, _ in rows), default=0)
+    lines = []
+    for name, cells in rows:
+        parts = [name.ljust(name_w)] + [cells.get(k, "").ljust(width[k]) for k in cols]
+        lines.append("  ".join(parts).rstrip())
+    return "\n".join(lines)
 
-    rep = write_report(args.dir, plots=not args.no_plots)
+
+def _word(value: object) -> str:
+    """A metadata value as words: ``("saliency", "masks")`` -> ``saliency,masks``; empty stays empty."""
+    if isinstance(value, (tuple, list, set, frozenset)):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def _signature(fn: object) -> str:
+    """The keyword arguments of a factory as a suite would write them: ``root, n=None, target='predicted'``."""
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters.values()  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return "(unknown)"
+    out = []
+    for p in params:
+        if p.kind is p.VAR_KEYWORD:
+            out.append(f"**{p.name}")
+        elif p.kind is not p.VAR_POSITIONAL:
+            out.append(p.name if p.default is p.empty else f"{p.name}={p.default!r}")
+    return ", ".join(out) or "(none)"
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .outdir import RunLock, check_out_dir
+    from .report.build import read_run, summary_text, write_report
+
+    read_run(args.dir)  # a directory without a run says so first
+    check_out_dir(args.dir, flag="report", create=False)
+    with RunLock(args.dir):  # not while a run writes into it
+        rep = write_report(args.dir, plots=not args.no_plots)
     text = summary_text(rep.run, rep.leaderboard)
     if text:
         print(text)
@@ -186,9 +249,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (CambenchError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `... | head` closed the pipe: stop quietly, as cat and grep do
+        _silence_stdout()
+        return 141
     except KeyboardInterrupt:
         print("interrupted: finished units are kept; rerun the same command to resume.", file=sys.stderr)
         return 130
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's final flush raises no second BrokenPipeError."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 if __name__ == "__main__":  # pragma: no cover

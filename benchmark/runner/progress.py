@@ -1,8 +1,8 @@
 """Progress and messages of a run, with or without a terminal.
 
-* On a terminal: two tqdm bars (units, images); every message, ``logging`` record of ``benchmark.*``
-  (e.g. the epochs of a first-time model training) and Python warning is printed *above* the bars
-  (``tqdm.write``), never into them.
+* On a terminal: two tqdm bars (units, images); every message, ``logging`` INFO record of
+  ``benchmark.*`` (e.g. the epochs of a first-time model training) and Python warning is printed *above*
+  the bars (``tqdm.write``), never into them.
 * Without a terminal (a redirected log, CI): no bars, but one line per finished unit with the elapsed
   time and an ETA, so that a log file shows the run advancing.
 * ``quiet``: nothing (only the CLI's summary), unless the caller passes its own ``log``.
@@ -56,7 +56,7 @@ class Progress:
         self._units_bar: Any = None
         self._images_bar: Any = None
         self._handler: Optional[_Handler] = None
-        self._logger_level: Optional[int] = None
+        self._logger_state: tuple[int, bool] = (logging.NOTSET, True)
         self._warnings: Any = None
         self.n_units = self.n_images = 0
         self.units_done = self.images_done = 0
@@ -97,10 +97,13 @@ class Progress:
     def __enter__(self) -> "Progress":
         self.t0 = time.perf_counter()
         logger = logging.getLogger("benchmark")
-        if not self.quiet and not logger.handlers and not logging.getLogger().handlers:
+        if not self.quiet and not logger.handlers:
+            # INFO of benchmark.* (training epochs, downloads) reaches the terminal, above the bars; not also
+            # through the root logger's handlers (that would print it twice, into the bars)
             self._handler = _Handler(self)
             logger.addHandler(self._handler)
-            self._logger_level = logger.level
+            self._logger_state = (logger.level, logger.propagate)
+            logger.propagate = False
             if logger.getEffectiveLevel() > logging.INFO:
                 logger.setLevel(logging.INFO)
         self._warnings = warnings.catch_warnings()
@@ -116,7 +119,8 @@ class Progress:
         if self._handler is not None:
             logger = logging.getLogger("benchmark")
             logger.removeHandler(self._handler)
-            logger.setLevel(self._logger_level or logging.NOTSET)
+            logger.setLevel(self._logger_state[0])
+            logger.propagate = self._logger_state[1]
             self._handler = None
 
     def start(self, n_units: int, n_images: int) -> None:

@@ -125,8 +125,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         for u in res.unreadable:
             print(f"  {u['model']}/{u['dataset']}: {u['reason']}")
     if res.unreported:
-        print(f"{len(res.unreported)} finished unit(s) in {out / 'parts'} lie outside this run (a larger --limit "
-              "or n) and are not in these tables; rerun with that setting to report them.")
+        print(f"{len(res.unreported)} finished unit(s) in {out / 'parts'} lie outside this run (another --limit, "
+              "n or setting) and are not in these tables; rerun with that setting to report them.")
     print(f"report: {out / 'report.html'}   leaderboard: {out / 'leaderboard.csv'}")
     return 0
 

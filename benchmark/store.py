@@ -9,8 +9,9 @@ Layout of an output directory ``OUT``::
 
 Every file is written to a temporary name in the same folder and moved into place with ``os.replace``
 (atomic on POSIX and Windows), the gallery before the part: a part on disk means its unit is finished.
-A rerun skips units whose part carries the current suite hash; parts with another hash are stale
-(another suite, version or setting) and are removed with a message; ``fresh=True`` starts over.
+A rerun skips units whose part carries the current suite hash. Parts with another hash (another
+suite, version or setting such as ``n``) and parts of this hash outside the units asked for (a larger
+``--limit``) are kept on disk but not read (:meth:`Store.unreported`); ``fresh=True`` starts over.
 """
 
 from __future__ import annotations
@@ -110,18 +111,17 @@ class Store:
                     shutil.rmtree(d)
         self.parts.mkdir(parents=True, exist_ok=True)
         self.gallery.mkdir(parents=True, exist_ok=True)
-        stale = 0
+        other = 0
         for folder in (self.parts, self.gallery):
             for f in folder.iterdir():
                 if f.name.startswith(".") and f.name.endswith(".tmp"):
                     f.unlink(missing_ok=True)  # left by a killed writer
-                elif f.is_file() and self._hash_of(f) != self.hash:
-                    f.unlink(missing_ok=True)
-                    stale += folder is self.parts
-        if stale:
+                elif folder is self.parts and f.is_file() and self._hash_of(f) != self.hash:
+                    other += 1
+        if other:
             self.log(
-                f"cambench: removed {stale} result part(s) of another suite version/settings from "
-                f"{self.parts} (current suite hash {self.hash})."
+                f"cambench: {other} result part(s) in {self.parts} belong to other suite settings or versions "
+                f"(current suite hash {self.hash}): kept, not reported; --fresh removes them."
             )
 
     @staticmethod
@@ -174,10 +174,14 @@ class Store:
         return self._selected(self.parts.glob(f"*{_SEP}{self.hash}.parquet"))
 
     def unreported(self) -> list[str]:
-        """Keys of the finished units of this hash on disk that are outside :attr:`units` (kept, not read)."""
-        if self.units is None or not self.parts.is_dir():
+        """Finished units on disk that the tables leave out (kept, not read): keys of this hash outside
+        :attr:`units` (a larger ``--limit``), then ``key__hash`` of parts of other settings (``n``, seed...)."""
+        if not self.parts.is_dir():
             return []
-        return sorted(k for k in self.done() if k not in self.units)
+        same = sorted(k for k in self.done() if self.units is not None and k not in self.units)
+        other = sorted(f.name[: -len(".parquet")] for f in self.parts.glob("*.parquet")
+                       if self._hash_of(f) not in (None, self.hash))
+        return same + other
 
     def load_scores(self) -> pd.DataFrame:
         """All score rows of this hash, in a canonical order (independent of execution order)."""

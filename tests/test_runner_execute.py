@@ -134,9 +134,12 @@ def test_rerun_resumes_and_other_settings_invalidate_parts(tiny, tmp_path):
     msgs = []
     from dataclasses import replace
 
-    third = run_suite(replace(suite, seed=4), out, quiet=True, report=False, log=msgs.append, limit=2)
-    assert third.reused == [] and any("removed" in m for m in msgs)
-    assert len(list((out / "parts").glob("*.parquet"))) == len(third.plan.units) == 2
+    third = run_suite(replace(suite, seed=4), out, quiet=True, log=msgs.append, limit=2, plots=False)
+    assert third.reused == [] and any("kept, not reported" in m for m in msgs)
+    n_parts = len(second.plan.units) + len(third.plan.units)
+    assert len(list((out / "parts").glob("*.parquet"))) == n_parts and len(third.plan.units) == 2
+    assert len(third.unreported) == len(second.plan.units)  # other settings' parts: on disk, not in the tables
+    assert set(third.report.scores["image_id"]) == {"fake000", "fake001"}
     fresh = run_suite(replace(suite, seed=4), out, quiet=True, report=False, fresh=True, limit=2)
     assert fresh.reused == []
 

@@ -46,19 +46,33 @@ def test_parts_are_committed_atomically_with_their_hash(tmp_path):
     assert st.load_scores()["value"].tolist() == [1.0, 3.0]
 
 
-def test_prepare_removes_stale_parts_and_temp_files_and_fresh_starts_over(tmp_path):
+def test_prepare_keeps_other_settings_parts_unread_removes_temp_files_and_fresh_starts_over(tmp_path):
     old = Store(tmp_path, "old000")
     old.prepare()
     old.write_unit(_result("00-u-000000-000001"))
     (tmp_path / "parts" / ".00-u.parquet.x1y2.tmp").write_bytes(b"partial")
     logs: list[str] = []
-    new = Store(tmp_path, "new111", log=logs.append)
+    new = Store(tmp_path, "new111", log=logs.append, units=["00-u-000000-000001"])
     new.prepare()
-    assert list((tmp_path / "parts").iterdir()) == [] and "removed 1" in logs[0]
-    new.write_unit(_result("00-u-000000-000001"))
-    assert new.done() == {"00-u-000000-000001"}
+    assert [p.name for p in (tmp_path / "parts").iterdir()] == ["00-u-000000-000001__old000.parquet"]
+    assert "1 result part(s)" in logs[0] and "kept, not reported" in logs[0]
+    assert new.done() == set() and new.load_scores().empty and new.unreported() == ["00-u-000000-000001__old000"]
+    new.write_unit(_result("00-u-000000-000001", 5.0))
+    assert new.done() == {"00-u-000000-000001"} and new.load_scores()["value"].tolist() == [5.0]
+    assert old.load_scores()["value"].tolist() == [1.0]  # switching back finds its results again
     new.prepare(fresh=True)
-    assert new.done() == set()
+    assert new.done() == set() and old.done() == set()
+
+
+def test_reading_sees_only_the_units_asked_for(tmp_path):
+    st = Store(tmp_path, "h")
+    st.prepare()
+    for k in ("00-u-000000-000001", "00-u-000001-000002"):
+        st.write_unit(_result(k, float(k[-1])))
+    part = Store(tmp_path, "h", units=["00-u-000000-000001"])
+    assert part.load_scores()["value"].tolist() == [1.0] and part.unreported() == ["00-u-000001-000002"]
+    assert len(part.load_timings()) == 1 and part.load_curves()["n"].tolist() == [1, 1]
+    assert st.load_scores()["value"].tolist() == [1.0, 2.0] and st.unreported() == []
 
 
 def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path):

@@ -855,8 +855,8 @@ def _run_locked(suite: Suite, out: Path, progress: Any, *, fresh: bool, limit: O
         log(f"cambench: resuming in {out}: {len(reused)} of {len(plan.units)} unit(s) already finished.")
     unreported = store.unreported()
     if unreported:
-        log(f"cambench: {len(unreported)} finished unit(s) in {store.parts} lie outside this run (a larger "
-            f"--limit or `n`); they are kept but not reported. Rerun with the larger setting to report them.")
+        log(f"cambench: {len(unreported)} finished unit(s) in {store.parts} lie outside this run (another "
+            f"--limit, `n` or setting): kept on disk, not in the tables. Rerun with that setting to report them.")
     ran = []
     progress.start(len(todo), sum(u.stop - u.start for u in todo))
     results = execute_units(suite, todo, backend=backend, workers=workers, scheduler=scheduler, client=client,

@@ -108,3 +108,22 @@ def test_every_registered_default_passes_its_own_check():
         for e in reg.entries():
             d = e.meta.get("defaults", {})
             check_kwargs(e.obj, d, e.name, defaults=d, unknown_ok=True)
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ('name = "x"\ndescription = 3\n[[experiments]]\nmodel = "m"\ndataset = "d"\n', "`description` must be a string"),
+        ('name = "x"\n[[experiments]]\nmodel = "m"\ndataset = "d"\nlabel = 5\n', "`label` must be a non-empty string"),
+        ('name = "x"\nseed = "0"\n[[experiments]]\nmodel = "m"\ndataset = "d"\n', "`seed` must be a non-negative"),
+    ],
+)
+def test_suite_schema_types(text, needle):
+    with pytest.raises(SuiteError, match=needle):
+        parse_suite(text)
+
+
+def test_a_value_the_dataset_rejects_is_a_suite_error_naming_data():
+    suite = parse_suite(_suite("", '{ n = 4, split = "nope" }'))
+    with pytest.raises(SuiteError, match=r"Dataset 'shapes' rejected the suite's `data` arguments .*split"):
+        plan_run(suite)

@@ -442,8 +442,13 @@ def _get_dataset(exp: Experiment, seed: int) -> Any:
     if key not in _DATASETS:
         try:
             _DATASETS[key] = create_dataset(exp.dataset, **kwargs)
-        except TypeError as exc:
-            raise SuiteError(f"Dataset {exp.dataset!r} rejected the suite's `data` arguments {kwargs}: {exc}") from None
+        except CambenchError:
+            raise
+        except (TypeError, ValueError, KeyError) as exc:
+            raise SuiteError(
+                f"Dataset {exp.dataset!r} rejected the suite's `data` arguments {kwargs}: {type(exc).__name__}: "
+                f"{exc}. Fix `data` (see `run_bench.py list datasets` for its arguments)."
+            ) from None
         _DATASET_ERRORS[key] = [str(e) for e in getattr(_DATASETS[key], "errors", [])]
     return _DATASETS[key]
 

@@ -268,6 +268,8 @@ def parse_suite(text: str, path: Optional[str] = None, default_name: Optional[st
         v = cfg[key]
         if not isinstance(v, int) or isinstance(v, bool) or v < (0 if key in ("seed", "gallery") else 1):
             raise SuiteError(f"{where}: `{key}` must be a {'non-negative' if key in ('seed', 'gallery') else 'positive'} integer, got {v!r}.")
+    if not isinstance(cfg["description"], str):
+        raise SuiteError(f"{where}: `description` must be a string, got {cfg['description']!r}.")
     _check_device(cfg["device"], f"{where}: `device`")
     plugins = cfg["plugins"]
     if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
@@ -323,6 +325,9 @@ def _experiment(raw: Any, i: int, cfg: Mapping[str, Any], where: str) -> Experim
     for key in ("data", "model_kwargs"):
         if not isinstance(raw.get(key, {}), dict):
             raise SuiteError(f"{w}: `{key}` must be a table of keyword arguments.")
+    label = raw.get("label", raw["model"])
+    if not isinstance(label, str) or not label:
+        raise SuiteError(f"{w}: `label` must be a non-empty string (it names the model column), got {label!r}.")
     weights = raw.get("weights", "default")
     if not isinstance(weights, str):
         raise SuiteError(f"{w}: `weights` must be \"default\", \"random\" or a checkpoint path.")
@@ -337,7 +342,7 @@ def _experiment(raw: Any, i: int, cfg: Mapping[str, Any], where: str) -> Experim
     return Experiment(
         model=raw["model"],
         dataset=raw["dataset"],
-        label=str(raw.get("label", raw["model"])),
+        label=label,
         weights=_expand(weights),
         model_kwargs=_expand(dict(raw.get("model_kwargs", {}))),
         data=_expand(dict(raw.get("data", {}))),

@@ -127,3 +127,15 @@ def test_a_value_the_dataset_rejects_is_a_suite_error_naming_data():
     suite = parse_suite(_suite("", '{ n = 4, split = "nope" }'))
     with pytest.raises(SuiteError, match=r"Dataset 'shapes' rejected the suite's `data` arguments .*split"):
         plan_run(suite)
+
+
+def test_an_unresolvable_hint_leaves_the_other_hints_checked():
+    ns: dict = {}
+    exec(
+        "from __future__ import annotations\n"
+        "def f(a: NotDefinedAnywhere = 1, n: int = 2):\n    pass\n",
+        ns,
+    )
+    check_kwargs(ns["f"], {"a": "anything"}, "p")  # unknown annotation: passes
+    with pytest.raises(SuiteError, match="`n` must be an integer"):
+        check_kwargs(ns["f"], {"n": "2"}, "p")

@@ -38,11 +38,18 @@ def hints(fn: Callable) -> dict[str, Any]:
         target = target.__init__  # type: ignore[misc]
     try:
         return typing.get_type_hints(target)
-    except Exception:  # noqa: BLE001 - a hint that cannot be resolved is simply not checked
+    except Exception:  # noqa: BLE001 - resolve hint by hint: one that cannot be resolved is not checked
         out = {}
+        namespace = getattr(target, "__globals__", {})
         for name, p in _parameters(fn).items():
-            if p.annotation is not inspect.Parameter.empty and not isinstance(p.annotation, str):
-                out[name] = p.annotation
+            ann = p.annotation
+            if isinstance(ann, str):
+                try:
+                    ann = eval(ann, dict(namespace))  # noqa: S307 - what typing.get_type_hints does
+                except Exception:  # noqa: BLE001
+                    continue
+            if ann is not inspect.Parameter.empty:
+                out[name] = ann
         return out
 
 
@@ -181,7 +188,7 @@ def check_kwargs(
             tp = _default_type((defaults or {}).get(key, _UNKNOWN))
         else:
             tp = hs.get(key, _UNKNOWN)
-            if tp is _UNKNOWN:
+            if tp is _UNKNOWN and p.annotation is inspect.Parameter.empty:  # no hint at all: the default's type
                 default = (defaults or {}).get(key, p.default)
                 tp = _default_type(default)
         if not matches(value, tp):

@@ -91,7 +91,7 @@ def _plugins(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .outdir import check_out_dir
+    from .outdir import RunLock, check_out_dir
     from .runner.suite import load_suite
 
     suite = load_suite(args.suite)
@@ -102,6 +102,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise CambenchError(f"--workers must be a positive number of processes, got {args.workers}.")
     out = Path(args.out) if args.out else Path("results") / suite.name
     check_out_dir(out)  # before importing torch, models or data
+    RunLock(out).acquire().release()  # another run into `out` is refused now, not after the imports
     from .report.build import summary_text
     from .runner import ExecOptions, load_registries, run_suite
 

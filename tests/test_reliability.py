@@ -96,8 +96,11 @@ def test_cli_refuses_a_bad_out_before_any_model_work(tmp_path, capsys, monkeypat
 
 
 # -- one run per directory ------------------------------------------------------------------------------
-def test_a_second_run_into_a_locked_directory_exits_at_once(tmp_path, capsys):
+def test_a_second_run_into_a_locked_directory_exits_at_once(tmp_path, capsys, monkeypatch):
+    from benchmark import runner
+
     out = tmp_path / "o"
+    monkeypatch.setattr(runner, "load_registries", lambda *a, **k: pytest.fail("registries loaded"))
     with RunLock(out):
         assert (out / LOCK_NAME).read_text().strip() == str(os.getpid())
         with pytest.raises(OutputDirError) as exc:

@@ -749,7 +749,7 @@ class RunOutcome:
     report: Any = None
     #: items a dataset could not read (``model``, ``dataset``, ``item``, ``reason``), each once
     unreadable: list[dict] = field(default_factory=list)
-    #: finished units of this suite on disk outside this run (a larger ``--limit``/``n``): kept, not reported
+    #: finished units on disk outside this run (another ``--limit``, ``n`` or setting): kept, not reported
     unreported: list[str] = field(default_factory=list)
 
 
@@ -824,6 +824,12 @@ def run_suite(
     :func:`benchmark.runner.parallel.execute_units` (every backend gives the same scores, and the parent
     writes each unit's part as it arrives). ``options``: :class:`ExecOptions`; ``plugins``: extra
     plugins the workers import.
+
+    Before anything else ``out`` is checked (:func:`benchmark.outdir.check_out_dir`) and locked for this
+    run (:class:`benchmark.outdir.RunLock`: a second run into it raises at once, naming the first one's
+    pid). Progress: :class:`benchmark.runner.progress.Progress` (bars on a terminal, one line per finished
+    unit otherwise; ``log`` replaces its printing). The tables cover the units of this plan only; other
+    finished units in ``out`` are listed in :attr:`RunOutcome.unreported`.
     """
     from ..outdir import RunLock, check_out_dir
     from .progress import Progress

@@ -32,6 +32,7 @@ SPECIAL_FILESYSTEMS = frozenset({
     "selinuxfs", "nsfs",
 })
 _SPECIAL_PREFIXES = ("/proc", "/sys", "/dev")
+_ORDINARY_UNDER_SPECIAL = ("/dev/shm",)  # a tmpfs: an ordinary (if volatile) place for files
 
 
 class OutputDirError(CambenchError):
@@ -90,8 +91,12 @@ def check_out_dir(out: str | os.PathLike, flag: str = "--out", create: bool = Tr
         real = absolute
     where = f"{flag} {path}"
     special = _mount_type(real) if sys.platform.startswith("linux") else None
-    if (special in SPECIAL_FILESYSTEMS or
-            (os.name == "posix" and any(str(real) == p or str(real).startswith(p + "/") for p in _SPECIAL_PREFIXES))):
+
+    def under(prefixes: tuple[str, ...]) -> bool:
+        return any(str(real) == p or str(real).startswith(p + "/") for p in prefixes)
+
+    if special in SPECIAL_FILESYSTEMS or (os.name == "posix" and under(_SPECIAL_PREFIXES)
+                                          and not under(_ORDINARY_UNDER_SPECIAL)):
         raise OutputDirError(
             f"{where}: is on a special system filesystem ({special or str(real).split('/')[1]}), which cannot "
             f"hold files; {_fix(flag)}."

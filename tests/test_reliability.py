@@ -47,6 +47,7 @@ def test_out_that_is_a_file_or_under_a_file_is_refused(tmp_path):
 
 @pytest.mark.parametrize("path", ["/proc/cambench-out", "/sys/cambench-out", "/dev/cambench-out"])
 def test_out_on_a_special_filesystem_is_refused(path):
+    """(/dev/shm, a tmpfs, stays allowed: see test_dev_shm_is_an_ordinary_place.)"""
     with pytest.raises(OutputDirError, match="special system filesystem"):
         check_out_dir(path)
     assert not Path(path).exists()
@@ -335,3 +336,12 @@ def test_failures_hold_errors_not_undefined_by_design_rows():
     assert "peak_memory_mb" not in set(f["metric"]) and (f["status"] == "error").all()
     assert f.loc[f["metric"] == "deletion_auc", "count"].tolist() == [2]
     assert sorted(f.loc[f["method"] == "(data)", "message"]) == ["x.jpg: bad", "y.jpg: empty"]
+
+
+def test_dev_shm_is_an_ordinary_place():
+    if not Path("/dev/shm").is_dir() or not os.access("/dev/shm", os.W_OK):
+        pytest.skip("no writable /dev/shm")
+    import tempfile
+
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as d:
+        assert check_out_dir(Path(d) / "o") == Path(d) / "o"

@@ -311,7 +311,8 @@ def test_precision_choices_are_the_engines():
 
 def test_help_does_not_import_torch_and_compare_into_head_has_no_traceback():
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    code = "import sys; from benchmark import cli; cli._parser().format_help(); print('torch' in sys.modules)"
+    code = ("import sys; from benchmark import cli; cli._parser().format_help(); "
+            "from benchmark.runner.suite import load_suite; import benchmark.outdir; print('torch' in sys.modules)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO)
     assert r.stdout.strip() == "False", r.stderr
     ref = REPO / "results" / "reference" / "quick-leaderboard.csv"

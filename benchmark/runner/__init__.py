@@ -23,4 +23,6 @@ def __getattr__(name: str) -> Any:
         return getattr(importlib.import_module(".execute", __name__), name)
     if name in _SUITE:
         return getattr(importlib.import_module(".suite", __name__), name)
+    if name in ("execute", "parallel", "progress", "suite", "validate"):
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

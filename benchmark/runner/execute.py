@@ -190,7 +190,6 @@ def plan_run(suite: Suite, limit: Optional[int] = None, precision: str = "fp32")
     """
     _check_environment(suite)
     load_registries(suite.plugins)
-    from ..data import DATASETS
     from ..metrics import METRICS
     from ..metrics.base import metric_params
     from ..models import MODELS
@@ -199,12 +198,10 @@ def plan_run(suite: Suite, limit: Optional[int] = None, precision: str = "fp32")
     units: list[Unit] = []
     directions: dict[str, bool] = {}
     families: dict[str, str] = {}
+    for i, exp in enumerate(suite.experiments):  # every value typed right, before any dataset is built
+        _check_values(exp, f"experiment #{i} ({exp.label} on {exp.dataset})")
     for i, exp in enumerate(suite.experiments):
         where = f"experiment #{i} ({exp.label} on {exp.dataset})"
-        _lookup(MODELS, exp.model, where)
-        _lookup(DATASETS, exp.dataset, where)
-        check_kwargs(DATASETS.get(exp.dataset), exp.data, f"{where}: `data` (arguments of dataset {exp.dataset!r})")
-        check_kwargs(MODELS.get(exp.model), exp.model_kwargs, f"{where}: `model_kwargs` (of model {exp.model!r})")
         dataset = _get_dataset(exp, suite.seed)
         methods = _resolve_methods(exp, dataset, where, MODELS.entry(exp.model).meta.get("family"))
         metrics = _resolve_metrics(exp, where)
@@ -216,9 +213,6 @@ def plan_run(suite: Suite, limit: Optional[int] = None, precision: str = "fp32")
                 mparams[name] = metric_params(name, exp.metric_params.get(name))
             except TypeError as exc:
                 raise SuiteError(f"{where}: [metric_params.{name}]: {exc}") from None
-            entry = METRICS.entry(name)
-            check_kwargs(entry.obj, exp.metric_params.get(name) or {}, f"{where}: [metric_params.{name}]",
-                         defaults=entry.meta.get("defaults"), unknown_ok=True)
         skipped = {}
         for name in metrics:
             needs = METRICS.entry(name).meta.get("needs", ())
@@ -266,6 +260,29 @@ def plan_run(suite: Suite, limit: Optional[int] = None, precision: str = "fp32")
     ]
     hash_extra: Any = extra if precision == "fp32" else {"experiments": extra, "precision": precision}
     return Plan(suite, suite.hash(hash_extra), exps, units, directions, families)
+
+
+def _check_values(exp: Experiment, where: str) -> None:
+    """Names and value types of an experiment's tables against the registries (:mod:`.validate`)."""
+    from ..data import DATASETS
+    from ..methods import METHODS
+    from ..metrics import METRICS
+    from ..models import MODELS
+
+    _lookup(MODELS, exp.model, where)
+    _lookup(DATASETS, exp.dataset, where)
+    check_kwargs(DATASETS.get(exp.dataset), exp.data, f"{where}: `data` (arguments of dataset {exp.dataset!r})")
+    check_kwargs(MODELS.get(exp.model), exp.model_kwargs, f"{where}: `model_kwargs` (of model {exp.model!r})")
+    for name, params in exp.method_params.items():
+        _lookup(METHODS, name, f"{where}: [method_params.{name}]")
+        _method_params(name, params, where)
+    for name, params in exp.metric_params.items():
+        entry = _lookup(METRICS, name, f"{where}: [metric_params.{name}]")
+        try:
+            defaults = METRICS.params(name, params)
+        except TypeError as exc:
+            raise SuiteError(f"{where}: [metric_params.{name}]: {exc}") from None
+        check_kwargs(entry.obj, params, f"{where}: [metric_params.{name}]", defaults=defaults, unknown_ok=True)
 
 
 def _check_environment(suite: Suite) -> None:

@@ -120,16 +120,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     n_err = int(((rep.scores["status"] == "error") & ~data).sum())
     if n_err:
         print(f"{n_err} score row(s) failed: see {out / 'failures.csv'}")
-    if res.unreadable:
-        print(f"{len(res.unreadable)} image(s)/annotation(s) could not be read and were left out "
-              f"(also in {out / 'failures.csv'} and run.json):")
-        for u in res.unreadable:
-            print(f"  {u['model']}/{u['dataset']}: {u['reason']}")
-    if res.unreported:
-        print(f"{len(res.unreported)} finished unit(s) in {out / 'parts'} lie outside this run (another --limit, "
-              "n or setting) and are not in these tables; rerun with that setting to report them.")
+    _print_notes(rep.run, out)
     print(f"report: {out / 'report.html'}   leaderboard: {out / 'leaderboard.csv'}")
     return 0
+
+
+def _print_notes(run: dict, out: Path) -> None:
+    """What the tables leave out, from ``run.json``: unreadable items (each once) and other finished units."""
+    unreadable = run.get("unreadable", [])
+    if unreadable:
+        print(f"{len(unreadable)} image(s)/annotation(s) could not be read and were left out "
+              f"(also in {out / 'failures.csv'} and run.json):")
+        for u in unreadable:
+            print(f"  {u['model']}/{u['dataset']}: {u['reason']}")
+    unreported = run.get("unreported_units", [])
+    if unreported:
+        print(f"{len(unreported)} finished unit(s) in {out / 'parts'} lie outside this run (another --limit, "
+              "n or setting) and are not in these tables; rerun with that setting to report them.")
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -222,6 +229,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     text = summary_text(rep.run, rep.leaderboard)
     if text:
         print(text)
+    _print_notes(rep.run, Path(args.dir))
     print(f"report: {Path(args.dir) / 'report.html'}")
     return 0
 

@@ -213,6 +213,9 @@ data = {{ root = "{root}" }}
     assert sorted(data["message"].str.split(":").str[0]) == names and (data["count"] == 1).all()
     run = json.loads((out / "run.json").read_text())
     assert sorted(u["item"] for u in run["unreadable"]) == names
+    assert cli.main(["report", str(out), "--no-plots"]) == 0
+    again = capsys.readouterr().out
+    assert all(sum(n in line for line in again.splitlines()) == 1 for n in names)
     scores = pd.read_parquet(out / "scores.parquet")
     assert sorted(scores.loc[scores["method"] == "gradcam", "image_id"].unique()) == [f"good{i}.jpg" for i in range(3)]
 

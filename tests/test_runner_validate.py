@@ -78,7 +78,8 @@ data = {data}
         ("", '{ n = "sixteen" }', "`data` (arguments of dataset 'shapes'): `n` must be an integer, got 'sixteen'"),
         ("[metric_params.deletion_auc]\nn_steps = \"16\"\n", "{ n = 4 }",
          "[metric_params.deletion_auc]: `n_steps` must be an integer, got '16' (a string)"),
-        ("[method_params.smoothgradcampp]\nstd = \"0.3\"\n", "{ n = 4 }", "[method_params.smoothgradcampp]: `std` must be a number"),
+        ("[method_params.smoothgradcampp]\nstd = \"0.3\"\n", "{ n = 4 }",
+         "[method_params.smoothgradcampp]: `std` must be a number"),
     ],
 )
 def test_plan_refuses_wrong_typed_suite_values(extra, data, needle):
@@ -113,7 +114,8 @@ def test_every_registered_default_passes_its_own_check():
 @pytest.mark.parametrize(
     "text, needle",
     [
-        ('name = "x"\ndescription = 3\n[[experiments]]\nmodel = "m"\ndataset = "d"\n', "`description` must be a string"),
+        ('name = "x"\ndescription = 3\n[[experiments]]\nmodel = "m"\ndataset = "d"\n',
+         "`description` must be a string"),
         ('name = "x"\n[[experiments]]\nmodel = "m"\ndataset = "d"\nlabel = 5\n', "`label` must be a non-empty string"),
         ('name = "x"\nseed = "0"\n[[experiments]]\nmodel = "m"\ndataset = "d"\n', "`seed` must be a non-negative"),
     ],

@@ -3,6 +3,11 @@
 Target: ``"predicted"`` (default; ``Sample.target == PREDICTED``, the model's own top-1 class) or one
 class index for every image. Ids are the paths relative to ``root`` (POSIX separators). Only
 faithfulness / robustness / sanity / cost metrics apply (no masks, no boxes).
+
+In a suite: ``data = { root = "/path/to/images", target = "predicted" }`` (also ``n``: a seeded subset;
+``verify``: open every header up front). Files that cannot be read (empty, not an image, truncated) are
+left out and named with their reason in ``errors`` (a file that fails only when fully decoded: by the batch
+builder); the runner reports each one once.
 """
 
 from __future__ import annotations

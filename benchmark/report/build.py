@@ -42,16 +42,29 @@ def cost_metrics(names: Iterable[str]) -> list[str]:
     return [m for m in names if m in METRICS and METRICS.entry(m).meta.get("family") == "cost"]
 
 
+def baseline_methods(names: Iterable[str]) -> list[str]:
+    """The registered methods of the ``baseline`` family among ``names`` (references, never ranked)."""
+    from ..methods import METHODS
+
+    return sorted(m for m in names if m in METHODS and METHODS.entry(m).meta.get("family") == "baseline")
+
+
 def write_report(out_dir: str | Path, *, plots: bool = True, html: bool = True) -> Report:
-    """Write scores.parquet, leaderboard.csv, significance.csv, failures.csv, timings.csv, curves.parquet,
-    plots/*.png and report.html into ``out_dir`` (from its ``run.json`` and the parts of that hash)."""
+    """Write scores.parquet, stats.parquet, leaderboard.csv, significance.csv, rank_tests.csv, pairwise.csv,
+    failures.csv, timings.csv, curves.parquet, plots/*.png and report.html into ``out_dir`` (from its ``run.json`` and the parts of that hash)."""
     out = Path(out_dir)
     run = read_run(out)
     store = Store(out, run["suite_hash"])
     scores = store.load_scores()
+    stats = store.load_stats()
     directions = {k: bool(v) for k, v in run.get("directions", {}).items()}
-    board = tables.leaderboard(scores, directions, seed=int(run.get("seed", 0)), n_boot=int(run.get("bootstrap", 1000)),
-                               exclude_from_mean_rank=cost_metrics(directions))
+    mparams = {(e["label"], e["dataset"]): e.get("metric_params", {}) for e in run.get("experiments", [])}
+    ranked = tables.ranked_leaderboard(
+        scores, directions, seed=int(run.get("seed", 0)), n_boot=int(run.get("bootstrap", 1000)),
+        exclude_from_mean_rank=cost_metrics(directions), stats=stats, metric_params=mparams,
+        baselines=baseline_methods(set(scores["method"]) | set(stats["method"])),
+    )
+    board = ranked.board
     sig = tables.significance(scores, board)
     fails = tables.failures(scores)
     timings = store.load_timings()
@@ -59,8 +72,12 @@ def write_report(out_dir: str | Path, *, plots: bool = True, html: bool = True) 
 
     write_parquet(out / "scores.parquet", scores)
     write_parquet(out / "curves.parquet", curves)
+    if len(stats):
+        write_parquet(out / "stats.parquet", stats)
     atomic_write_text(out / "leaderboard.csv", board.to_csv(index=False))
     atomic_write_text(out / "significance.csv", sig.to_csv(index=False))
+    atomic_write_text(out / "rank_tests.csv", ranked.tests.to_csv(index=False))
+    atomic_write_text(out / "pairwise.csv", ranked.pairwise.to_csv(index=False))
     atomic_write_text(out / "failures.csv", fails.to_csv(index=False))
     atomic_write_text(out / "timings.csv", timings.to_csv(index=False))
 

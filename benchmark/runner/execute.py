@@ -58,6 +58,9 @@ SCORE_COLUMNS = [
     "message",
     "degenerate",
 ]
+#: Per-image sufficient statistics of dataset-level metrics (``register_metric(level="dataset")``): one
+#: row per (model, dataset, method, metric, image_id), ``stats`` a float64 vector of the metric's S values.
+STATS_COLUMNS = ["model", "dataset", "method", "metric", "image_id", "stats", "degenerate"]
 CURVE_COLUMNS = ["model", "dataset", "method", "metric", "step", "x", "value", "n"]
 TIMING_COLUMNS = ["unit", "model", "dataset", "stage", "name", "seconds"]
 
@@ -175,6 +178,7 @@ class Plan:
     units: list[Unit]
     directions: dict[str, bool]  # metric -> higher_is_better
     families: dict[str, str]  # metric -> family
+    levels: dict[str, str] = field(default_factory=dict)  # metric -> "image" | "dataset"
 
 
 def plan_run(suite: Suite, limit: Optional[int] = None, precision: str = "fp32") -> Plan:
@@ -196,6 +200,7 @@ def plan_run(suite: Suite, limit: Optional[int] = None, precision: str = "fp32")
     units: list[Unit] = []
     directions: dict[str, bool] = {}
     families: dict[str, str] = {}
+    levels: dict[str, str] = {}
     for i, exp in enumerate(suite.experiments):
         where = f"experiment #{i} ({exp.label} on {exp.dataset})"
         _lookup(MODELS, exp.model, where)
@@ -223,6 +228,7 @@ def plan_run(suite: Suite, limit: Optional[int] = None, precision: str = "fp32")
             entry = METRICS.entry(name)
             directions[name] = bool(entry.meta.get("higher_is_better", True))
             families[name] = str(entry.meta.get("family", ""))
+            levels[name] = str(entry.meta.get("level", "image"))
         n = len(dataset)
         if limit is not None:
             n = min(n, int(limit))
@@ -256,7 +262,7 @@ def plan_run(suite: Suite, limit: Optional[int] = None, precision: str = "fp32")
         for e in exps
     ]
     hash_extra: Any = extra if precision == "fp32" else {"experiments": extra, "precision": precision}
-    return Plan(suite, suite.hash(hash_extra), exps, units, directions, families)
+    return Plan(suite, suite.hash(hash_extra), exps, units, directions, families, levels)
 
 
 def _check_environment(suite: Suite) -> None:
@@ -456,6 +462,8 @@ class UnitResult:
     timings: pd.DataFrame
     gallery: Optional[dict[str, np.ndarray]] = None
     info: dict = field(default_factory=dict)
+    #: per-image statistics of the dataset-level metrics (``STATS_COLUMNS``); None or empty when none ran
+    stats: Optional[pd.DataFrame] = None
 
 
 def _reexplained(method: str, selection: tuple[str, ...] | str) -> bool:
@@ -541,6 +549,16 @@ def _run_unit(suite: Suite, unit: Unit, progress: Optional[Callable[[int], None]
         cols["message"] += [message] * n
         cols["degenerate"] += list(degenerate) if isinstance(degenerate, (list, np.ndarray)) else [degenerate] * n
 
+    scols: dict[str, list] = {c: [] for c in STATS_COLUMNS}
+
+    def add_stats(method: str, metric: str, ids: Sequence[str], rows: np.ndarray, degenerate: Any) -> None:
+        n = len(ids)
+        for c, v in (("model", exp.label), ("dataset", exp.dataset), ("method", method), ("metric", metric)):
+            scols[c] += [v] * n
+        scols["image_id"] += list(ids)
+        scols["stats"] += [np.ascontiguousarray(r, dtype=np.float64) for r in rows]
+        scols["degenerate"] += list(degenerate) if isinstance(degenerate, (list, np.ndarray)) else [degenerate] * n
+
     curve_sum: dict[tuple[str, str], tuple[np.ndarray, int]] = {}
     gal: dict[str, list] = {"images": [], "ids": [], "targets": [], "masks": [], "boxes": [], "maps": []}
     n_done = 0
@@ -610,8 +628,18 @@ def _run_unit(suite: Suite, unit: Unit, progress: Optional[Callable[[int], None]
                 for name in ctx_m.saliency:
                     add(name, metric, ids, [np.nan] * len(ids), "error", msg, degenerate[name])
             else:
+                dataset_level = METRICS.entry(metric).meta.get("level", "image") == "dataset"
                 for name in ctx_m.saliency:
                     if name not in res:
+                        continue
+                    if dataset_level:  # per-image sufficient statistics [B, S], reduced by the leaderboard
+                        st = res[name].detach().cpu().double().numpy()
+                        if st.ndim != 2 or st.shape[0] != len(ids):
+                            add(name, metric, ids, [np.nan] * len(ids), "error",
+                                f"dataset-level metric returned statistics of shape {tuple(st.shape)}; "
+                                f"expected [{len(ids)}, S]", degenerate[name])
+                            continue
+                        add_stats(name, metric, ids, st, degenerate[name])
                         continue
                     v = res[name].detach().float().cpu().double().numpy().reshape(-1)
                     if v.shape[0] != len(ids):
@@ -654,6 +682,8 @@ def _run_unit(suite: Suite, unit: Unit, progress: Optional[Callable[[int], None]
     scores = pd.DataFrame(cols, columns=SCORE_COLUMNS)
     scores["value"] = scores["value"].astype("float64")
     scores["degenerate"] = scores["degenerate"].astype(bool)
+    stats = pd.DataFrame(scols, columns=STATS_COLUMNS)
+    stats["degenerate"] = stats["degenerate"].astype(bool)
     curves = _curves_frame(exp, curve_sum)
     timings.append(("total", "unit", time.perf_counter() - t_unit))
     tdf = pd.DataFrame(
@@ -667,6 +697,7 @@ def _run_unit(suite: Suite, unit: Unit, progress: Optional[Callable[[int], None]
         timings=tdf,
         gallery=_gallery_arrays(gal, handle, exp) if gal["ids"] else None,
         info={"n_images": n_done, "data_errors": new_errors},
+        stats=stats,
     )
 
 
@@ -752,6 +783,7 @@ def run_record(plan: Plan, device: torch.device) -> dict:
         "versions": versions(),
         "directions": plan.directions,
         "families": plan.families,
+        "levels": plan.levels,
         "units": [u.key for u in plan.units],
         "experiments": [
             {"label": e.label, "model": e.model, "dataset": e.dataset, "n_images": e.n_images,

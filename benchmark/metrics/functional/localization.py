@@ -290,6 +290,49 @@ def max_box_acc_v2(
     return float(np.mean(list(per.values()))), per
 
 
+def edge_boxes_to_inclusive(boxes: Sequence[Tensor]) -> list[Tensor]:
+    """The datasets' pixel-**edge** boxes as wsolevaluation's **inclusive pixel** boxes.
+
+    cambench datasets give ``[x0, y0, x1, y1]`` pixel edges (pixel ``(r, c)`` covers ``[c, c+1)``; a
+    pixel belongs to a box when its centre lies inside, ``benchmark.data._common.boxes_mask``), while
+    Choe et al.'s reference code reads box corners as the first and last pixel covered and counts areas
+    with ``+1``. The inclusive box covers the same pixels: columns ``ceil(x0 - 1/2) .. floor(x1 - 1/2)``
+    (``x0 .. x1 - 1`` for integer edges), so its ``+1`` area equals the edge box's area.
+    """
+    out = []
+    for b in boxes:
+        b = b.detach().double()
+        lo = torch.ceil(b[:, :2] - 0.5)
+        hi = torch.floor(b[:, 2:] - 0.5)
+        out.append(torch.cat([lo, hi], dim=1))
+    return out
+
+
+def max_box_acc_from_rows(
+    best_ious: np.ndarray, iou_thresholds: Sequence[float] = IOU_THRESHOLDS
+) -> float:
+    """MaxBoxAccV2 (Choe et al. CVPR 2020, Sec. 4.1) of a dataset's :func:`box_best_ious` rows ``[N,T]``.
+
+    ``mean_delta max_tau (1/N) sum_i [IoU_i(tau) >= delta/100]``: one CAM threshold per delta for the
+    whole dataset. The ``compute`` of the dataset-level ``max_box_acc`` (rows are the per-image
+    statistics); NaN for no rows.
+    """
+    rows = np.asarray(best_ious, dtype=np.float64)
+    if rows.shape[0] == 0:
+        return float("nan")
+    return float(np.mean([(rows >= d / 100).mean(axis=0).max() for d in iou_thresholds]))
+
+
+def pxap_from_rows(hist_rows: np.ndarray) -> float:
+    """Dataset PxAP (Choe et al. CVPR 2020, Sec. 4.2): the per-image flattened :func:`pxap_histograms`
+    rows ``[N, 2*(T+2)]`` summed over the dataset, then :func:`pxap_from_histograms`. NaN for no rows."""
+    rows = np.asarray(hist_rows, dtype=np.float64)
+    if rows.shape[0] == 0:
+        return float("nan")
+    total = torch.from_numpy(rows.sum(axis=0)).view(2, -1)
+    return float(pxap_from_histograms(total))
+
+
 def max_box_acc_per_image(best_ious: Tensor, iou_thresholds: Sequence[float] = IOU_THRESHOLDS) -> Tensor:
     """Per-image MaxBoxAccV2 stand-in: ``mean_delta max_tau [IoU(tau) >= delta/100]``, ``Tensor[B]``.
 

@@ -24,6 +24,11 @@ class Report:
     curves: pd.DataFrame
     plots: dict = field(default_factory=dict)
     run: dict = field(default_factory=dict)
+    stats: Optional[pd.DataFrame] = None  # per-image statistics of dataset-level metrics
+    rank_tests: Optional[pd.DataFrame] = None
+    pairwise: Optional[pd.DataFrame] = None
+    equivalences: Optional[pd.DataFrame] = None
+    metric_card: Optional[pd.DataFrame] = None
 
 
 def read_run(out_dir: str | Path) -> dict:
@@ -51,7 +56,7 @@ def baseline_methods(names: Iterable[str]) -> list[str]:
 
 def write_report(out_dir: str | Path, *, plots: bool = True, html: bool = True) -> Report:
     """Write scores.parquet, stats.parquet, leaderboard.csv, significance.csv, rank_tests.csv, pairwise.csv,
-    failures.csv, timings.csv, curves.parquet, plots/*.png and report.html into ``out_dir`` (from its ``run.json`` and the parts of that hash)."""
+    equivalences.csv, metric_card.csv, kendall_tau.csv, failures.csv, timings.csv, curves.parquet, plots/*.png and report.html into ``out_dir`` (from its ``run.json`` and the parts of that hash)."""
     out = Path(out_dir)
     run = read_run(out)
     store = Store(out, run["suite_hash"])
@@ -66,6 +71,13 @@ def write_report(out_dir: str | Path, *, plots: bool = True, html: bool = True) 
     )
     board = ranked.board
     sig = tables.significance(scores, board)
+    from . import card as C
+
+    costs = cost_metrics(directions)
+    equiv = C.equivalences(store.load_meta(), run)
+    taus = C.kendall_taus(board, exclude=costs)
+    mcard = C.metric_card(board, ranked.pairwise, ranked.tests, run.get("families", {}), run.get("levels", {}), taus,
+                          exclude=costs)
     fails = tables.failures(scores)
     timings = store.load_timings()
     curves = store.load_curves()
@@ -78,6 +90,9 @@ def write_report(out_dir: str | Path, *, plots: bool = True, html: bool = True) 
     atomic_write_text(out / "significance.csv", sig.to_csv(index=False))
     atomic_write_text(out / "rank_tests.csv", ranked.tests.to_csv(index=False))
     atomic_write_text(out / "pairwise.csv", ranked.pairwise.to_csv(index=False))
+    atomic_write_text(out / "equivalences.csv", equiv.to_csv(index=False))
+    atomic_write_text(out / "metric_card.csv", mcard.to_csv(index=False))
+    atomic_write_text(out / "kendall_tau.csv", taus.to_csv(index=False))
     atomic_write_text(out / "failures.csv", fails.to_csv(index=False))
     atomic_write_text(out / "timings.csv", timings.to_csv(index=False))
 
@@ -89,13 +104,15 @@ def write_report(out_dir: str | Path, *, plots: bool = True, html: bool = True) 
         # per-image rows in ctx.curves (e.g. PxAP histograms), kept in curves.parquet only
         fam = run.get("families", {})
         plotted = curves[curves["metric"].map(lambda m: fam.get(m, "faithfulness") == "faithfulness")]
-        figs = all_plots(board, plotted, store.load_gallery(), out / "plots")
+        figs = all_plots(board, plotted, store.load_gallery(), out / "plots", families=fam, taus=taus)
     if html:
         from .html import render
 
         degenerate = tables.degenerate_counts(scores)
-        atomic_write_text(out / "report.html", render(run, board, sig, fails, timings, figs, degenerate))
-    return Report(out, scores, board, sig, fails, timings, curves, figs, run)
+        atomic_write_text(out / "report.html", render(run, board, sig, fails, timings, figs, degenerate,
+                                                             card=mcard, equivalences=equiv, tests=ranked.tests))
+    return Report(out, scores, board, sig, fails, timings, curves, figs, run, stats, ranked.tests, ranked.pairwise,
+                  equiv, mcard)
 
 
 #: The metrics papers report first; the summary shows those present, then one per remaining family.

@@ -559,6 +559,8 @@ def _run_unit(suite: Suite, unit: Unit, progress: Optional[Callable[[int], None]
         scols["stats"] += [np.ascontiguousarray(r, dtype=np.float64) for r in rows]
         scols["degenerate"] += list(degenerate) if isinstance(degenerate, (list, np.ndarray)) else [degenerate] * n
 
+    map_diffs: dict[str, float] = {}  # "a|b" -> max |map_a - map_b| over the unit's images
+    capture_facts: dict[str, float] = {}
     curve_sum: dict[tuple[str, str], tuple[np.ndarray, int]] = {}
     gal: dict[str, list] = {"images": [], "ids": [], "targets": [], "masks": [], "boxes": [], "maps": []}
     n_done = 0
@@ -595,6 +597,8 @@ def _run_unit(suite: Suite, unit: Unit, progress: Optional[Callable[[int], None]
             timings.append(("explain", name, time.perf_counter() - t))
         saliency = {m: o.maps for m, o in outputs.items()}
         degenerate = {m: o.degenerate.detach().cpu().numpy().astype(bool) for m, o in outputs.items()}
+        _accumulate_map_diffs(map_diffs, saliency)
+        _accumulate_capture_facts(capture_facts, ectx)
 
         def explain_fn(model_, images, targets, names, *, gradient_noise=None, _seed=seed, _masks=batch.masks):
             masks = _masks if _masks is not None and images.shape[0] == _masks.shape[0] else None
@@ -696,9 +700,43 @@ def _run_unit(suite: Suite, unit: Unit, progress: Optional[Callable[[int], None]
         curves=curves,
         timings=tdf,
         gallery=_gallery_arrays(gal, handle, exp) if gal["ids"] else None,
-        info={"n_images": n_done, "data_errors": new_errors},
+        info={"n_images": n_done, "data_errors": new_errors, "map_diffs": map_diffs, "capture": capture_facts},
         stats=stats,
     )
+
+
+def _accumulate_map_diffs(acc: dict[str, float], saliency: dict[str, torch.Tensor]) -> None:
+    """Pairwise ``max |map_a - map_b|`` of one batch's maps (one batched Chebyshev ``cdist``), folded into
+    ``acc`` by max: what ``equivalences.csv`` needs, a few numbers per unit instead of the maps."""
+    names = sorted(saliency)
+    if len(names) < 2:
+        return
+    with torch.inference_mode():
+        flat = torch.stack([torch.nan_to_num(saliency[m].detach().float(), nan=2.0).flatten() for m in names])
+        d = torch.cdist(flat[None], flat[None], p=float("inf"))[0].cpu().double().numpy()
+    for i, a in enumerate(names):
+        for j in range(i + 1, len(names)):
+            key = f"{a}|{names[j]}"
+            acc[key] = max(acc.get(key, 0.0), float(d[i, j]))
+
+
+def _accumulate_capture_facts(acc: dict[str, float], ectx: Any) -> None:
+    """Facts of the shared capture that prove map identities (``equivalences.csv``'s reasons), folded over
+    batches: ``grad_spatial_range`` = max over images and channels of the spatial range of the gradient at
+    the target layer relative to its largest magnitude (0: gradients constant over space);
+    ``activation_min`` = the smallest activation (>= 0: non-negative activations). Only read when a method
+    made the capture (no extra forward)."""
+    cap = getattr(ectx, "_capture", None)
+    if cap is None:
+        return
+    with torch.inference_mode():
+        a = cap.activations.detach().float()
+        acc["activation_min"] = min(acc.get("activation_min", float("inf")), float(a.min()))
+        if cap.gradients is not None and cap.gradients.ndim == 4:
+            g = cap.gradients.detach().float().flatten(2)
+            rng = (g.max(dim=2).values - g.min(dim=2).values).max()
+            rel = float(rng / g.abs().max().clamp_min(1e-30))
+            acc["grad_spatial_range"] = max(acc.get("grad_spatial_range", 0.0), rel)
 
 
 def _curves_frame(exp: Experiment, curve_sum: dict[tuple[str, str], tuple[np.ndarray, int]]) -> pd.DataFrame:

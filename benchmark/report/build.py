@@ -62,6 +62,12 @@ def write_report(out_dir: str | Path, *, plots: bool = True, html: bool = True) 
     store = Store(out, run["suite_hash"])
     scores = store.load_scores()
     stats = store.load_stats()
+    from ..metrics import METRICS
+
+    if len(stats) and not set(stats["metric"]) <= set(METRICS) and run.get("plugins"):
+        from ..runner.execute import load_registries
+
+        load_registries(run["plugins"])  # a plugin's dataset-level metric: its `compute` reduces the stats
     directions = {k: bool(v) for k, v in run.get("directions", {}).items()}
     mparams = {(e["label"], e["dataset"]): e.get("metric_params", {}) for e in run.get("experiments", [])}
     ranked = tables.ranked_leaderboard(

@@ -822,6 +822,7 @@ def run_record(plan: Plan, device: torch.device) -> dict:
         "directions": plan.directions,
         "families": plan.families,
         "levels": plan.levels,
+        "plugins": [str(p) for p in s.plugins],
         "units": [u.key for u in plan.units],
         "experiments": [
             {"label": e.label, "model": e.model, "dataset": e.dataset, "n_images": e.n_images,

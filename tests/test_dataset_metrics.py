@@ -261,3 +261,21 @@ def test_leaderboard_of_a_dataset_level_metric_is_compute_of_all_rows_with_a_boo
     pw = r.pairwise[r.pairwise["metric"] == "test_ratio"]
     assert len(pw) == 1 and bool(pw["significant"].iloc[0]) and pw["test"].iloc[0] == "paired_bootstrap"
     assert b.loc[("a", "test_ratio"), "group"] == "a" and b.loc[("b", "test_ratio"), "group"] == "b"
+
+
+def test_weighted_resampling_equals_recomputing_on_resampled_rows():
+    """compute_weighted (one call for every bootstrap resample) = compute on the resampled rows."""
+    from benchmark.report.tables import _dataset_compute
+
+    rng = np.random.default_rng(4)
+    box_rows = rng.random((13, 20))
+    hist_rows = rng.integers(0, 30, (13, 44)).astype(float)
+    for metric, rows, params in (("max_box_acc", box_rows, {"cam_curve_interval": 0.05}),
+                                 ("pxap", hist_rows, {"cam_curve_interval": 0.05})):
+        fn = _dataset_compute(metric, params)
+        assert hasattr(fn, "weighted")
+        ids = [f"i{i}" for i in range(13)]
+        plain = lambda a, i, fn=fn: fn(a, i)  # noqa: E731  (same function without the weighted path)
+        assert bootstrap_stat(fn, rows, ids, n_boot=300, seed=7) == pytest.approx(
+            bootstrap_stat(plain, rows, ids, n_boot=300, seed=7), abs=1e-12)
+        assert fn(rows, ids) == pytest.approx(dataset_value(metric, rows, ids, params), abs=1e-12)

@@ -118,3 +118,20 @@ def test_metric_card_known_answers():
     assert t["sep", "low"] == pytest.approx(stats.kendalltau(b["sep"], b["low"]).statistic)
     assert t["sep", "sep"] == 1.0 and t["sep", "low"] == pytest.approx(1.0)
     assert card.loc["sep", "median_tau"] == pytest.approx(np.nanmedian([t["sep", "pg"], t["sep", "low"]]))
+
+
+def test_vectorised_kendall_tau_equals_scipy_with_ties_and_missing():
+    rng = np.random.default_rng(5)
+    r = rng.integers(1, 5, (9, 6)).astype(float)
+    r[2, 1] = np.nan
+    r[:, 5] = 2.0  # a constant ranking: NaN
+    tau, common = C.kendall_tau_matrix(r)
+    for a in range(6):
+        for b in range(6):
+            ok = np.isfinite(r[:, a]) & np.isfinite(r[:, b])
+            assert common[a, b] == ok.sum()
+            ref = stats.kendalltau(r[ok, a], r[ok, b]).statistic
+            if np.isnan(ref):
+                assert np.isnan(tau[a, b])
+            else:
+                assert tau[a, b] == pytest.approx(ref)

@@ -11,6 +11,9 @@ runner stores them per (model, dataset, method, metric, image_id) and the leader
 ``compute(stats[N, S], ids, **params) -> float`` over all N images of an experiment (a pure function:
 the leaderboard bootstraps it by resampling rows). A row with a non-finite statistic means "undefined
 for this image" and is left out before ``compute`` (as a NaN per-image value is left out of a mean).
+Optionally ``compute_weighted(stats [N, S], weights [R, N], **params) -> [R]`` evaluates ``compute`` on R
+resamples at once, resample r holding image i ``weights[r, i]`` times (the leaderboard's bootstrap then
+needs one call instead of R); it must equal ``compute`` on the resampled rows.
 """
 
 from __future__ import annotations
@@ -75,6 +78,7 @@ def register_metric(
     paper: str = "",
     level: str = "image",
     compute: Optional[Callable[..., float]] = None,
+    compute_weighted: Optional[Callable[..., Any]] = None,
     **meta: Any,
 ) -> Callable:
     """Decorator registering a metric ``fn(ctx, **params) -> {method: Tensor[B]}`` (``level="image"``) or
@@ -104,6 +108,7 @@ def register_metric(
         paper=paper,
         level=level,
         compute=compute,
+        compute_weighted=compute_weighted,
         **meta,
     )
 

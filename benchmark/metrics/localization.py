@@ -63,10 +63,16 @@ def _max_box_acc_compute(stats, ids, cam_curve_interval: float = 0.01, iou_thres
     return F.max_box_acc_from_rows(stats, tuple(iou_thresholds))
 
 
+def _max_box_acc_weighted(stats, weights, cam_curve_interval: float = 0.01, iou_thresholds=(30, 50, 70),
+                          multi_contour: bool = True):
+    return F.max_box_acc_weighted(stats, weights, tuple(iou_thresholds))
+
+
 @register_metric(
     "max_box_acc", family="localization", higher_is_better=True, needs=("saliency", "boxes"),
     defaults={"cam_curve_interval": 0.01, "iou_thresholds": (30, 50, 70), "multi_contour": True},
     paper="Choe et al. CVPR 2020 (MaxBoxAccV2)", level="dataset", compute=_max_box_acc_compute,
+    compute_weighted=_max_box_acc_weighted,
 )
 def max_box_acc(
     ctx: MetricContext,
@@ -98,10 +104,14 @@ def _pxap_compute(stats, ids, cam_curve_interval: float = 0.01) -> float:
     return F.pxap_from_rows(stats)
 
 
+def _pxap_weighted(stats, weights, cam_curve_interval: float = 0.01):
+    return F.pxap_weighted(stats, weights)
+
+
 @register_metric(
     "pxap", family="localization", higher_is_better=True, needs=("saliency", "masks"),
     defaults={"cam_curve_interval": 0.01}, paper="Choe et al. CVPR 2020 (PxAP)", level="dataset",
-    compute=_pxap_compute,
+    compute=_pxap_compute, compute_weighted=_pxap_weighted,
 )
 def pxap(ctx: MetricContext, cam_curve_interval: float = 0.01) -> dict[str, Tensor]:
     """PxAP over the dataset (Choe et al. CVPR 2020; wsolevaluation ``MaskEvaluator``): the area under

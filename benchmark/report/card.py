@@ -15,8 +15,6 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats
-
 from .tables import MEAN_RANK
 
 EQUIVALENCE_COLUMNS = ["model", "dataset", "method", "same_as", "max_abs_diff", "reason"]
@@ -99,6 +97,26 @@ def equivalences(meta: Sequence[Mapping], run: Mapping, tol: float = IDENTICAL) 
     return pd.DataFrame(out, columns=EQUIVALENCE_COLUMNS)
 
 
+def kendall_tau_matrix(ranks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Kendall tau-b between the columns of ``ranks [k, M]`` (NaN = missing), pairwise complete, vectorised.
+
+    With ``s = sign(r_i - r_j)`` over method pairs, ``tau_b(a, b) = sum s_a s_b / sqrt(sum s_a^2 sum s_b^2)``
+    over the pairs present in both columns (pairs tied in a column count in neither its concordant nor its
+    discordant pairs, as scipy's tau-b). Returns ``(tau [M, M], common [M, M])`` (common = methods in both)."""
+    r = np.asarray(ranks, dtype=np.float64)
+    k = r.shape[0]
+    i, j = np.triu_indices(k, 1)
+    valid = np.isfinite(r)
+    s = np.nan_to_num(np.sign(r[i] - r[j]), nan=0.0)  # [P, M]
+    v = (valid[i] & valid[j]).astype(np.float64)
+    num = s.T @ s
+    den = np.sqrt(((s * s).T @ v) * (v.T @ (s * s)))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tau = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+    common = valid.astype(np.float64).T @ valid.astype(np.float64)
+    return tau, common
+
+
 def kendall_taus(board: pd.DataFrame, exclude: Sequence[str] = ()) -> pd.DataFrame:
     """Kendall tau-b between every two metrics' method rankings per (model, dataset), baselines excluded.
 
@@ -111,16 +129,11 @@ def kendall_taus(board: pd.DataFrame, exclude: Sequence[str] = ()) -> pd.DataFra
     for (model, dataset), g in lb.groupby(["model", "dataset"], sort=True):
         wide = g.pivot_table(index="method", columns="metric", values="rank")
         metrics = list(wide.columns)
-        for a in metrics:
-            for b in metrics:
-                j = wide[[a, b]].dropna() if a != b else wide[[a]].dropna().assign(_b=wide[a])
-                if a == b:
-                    tau = 1.0
-                elif len(j) < 3 or j[a].nunique() < 2 or j[b].nunique() < 2:
-                    tau = float("nan")
-                else:
-                    tau = float(stats.kendalltau(j[a], j[b]).statistic)
-                rows.append((model, dataset, a, b, tau))
+        tau, common = kendall_tau_matrix(wide.to_numpy())
+        for x, a in enumerate(metrics):
+            for y, b in enumerate(metrics):
+                t = 1.0 if a == b else (float(tau[x, y]) if common[x, y] >= 3 else float("nan"))
+                rows.append((model, dataset, a, b, t))
     return pd.DataFrame(rows, columns=["model", "dataset", "metric_a", "metric_b", "tau"])
 
 

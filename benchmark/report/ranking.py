@@ -150,10 +150,23 @@ def image_level_tests(
     chi2, p = friedman(full.to_numpy())
     avg = dict(zip(methods, block_ranks(full.to_numpy(), higher_is_better).mean(axis=0))) if n else {}
     rows = []
-    for a, b in _pairs(methods):
-        j = per_image[[a, b]].dropna()
-        pv = wilcoxon_p(j[a].to_numpy(), j[b].to_numpy())
-        rows.append([a, b, "wilcoxon", len(j), float((j[a] - j[b]).mean()) if len(j) else np.nan, pv])
+    pairs = _pairs(methods)
+    if pairs and n >= 1 and n == len(per_image):  # complete block: every pair in one vectorised scipy call
+        x = full.to_numpy(dtype=np.float64)
+        ia = np.array([methods.index(a) for a, _ in pairs])
+        ib = np.array([methods.index(b) for _, b in pairs])
+        d = x[:, ia].T - x[:, ib].T  # [pairs, N]
+        zero = np.all(d == 0, axis=1)
+        pv = np.ones(len(pairs))
+        if (~zero).any():
+            with np.errstate(all="ignore"):
+                pv[~zero] = stats.wilcoxon(d[~zero], axis=1, zero_method="wilcox", alternative="two-sided").pvalue
+        rows = [[a, b, "wilcoxon", n, float(d[i].mean()), float(pv[i])] for i, (a, b) in enumerate(pairs)]
+    else:
+        for a, b in pairs:
+            j = per_image[[a, b]].dropna()
+            pv = wilcoxon_p(j[a].to_numpy(), j[b].to_numpy())
+            rows.append([a, b, "wilcoxon", len(j), float((j[a] - j[b]).mean()) if len(j) else np.nan, pv])
     pw = pd.DataFrame(rows, columns=["method_a", "method_b", "test", "n_pairs", "mean_diff", "p_value"])
     pw["p_holm"] = holm(pw["p_value"].to_numpy()) if len(pw) else []
     pw["significant"] = pw["p_holm"] < alpha
@@ -173,6 +186,8 @@ def dataset_level_tests(
 
     ``stats_by_method[m] = (stats [N_m, S], ids)`` (finite rows); pairs use the images common to all
     methods, resampled identically for every method (``numpy.random.default_rng(seed)``)."""
+    from .tables import resample_values
+
     methods = list(stats_by_method)
     common = None
     for m in methods:
@@ -189,7 +204,7 @@ def dataset_level_tests(
             pos = {i: r for r, i in enumerate(mids)}
             sub = arr[[pos[i] for i in ids]]
             point[m] = compute(sub, ids)
-            vals[m] = np.array([compute(sub[d], [ids[x] for x in d]) for d in draws])
+            vals[m] = resample_values(compute, sub, ids, draws)
         for a, b in _pairs(methods):
             rows.append([a, b, "paired_bootstrap", len(ids), point[a] - point[b], bootstrap_p(vals[a] - vals[b])])
     pw = pd.DataFrame(rows, columns=["method_a", "method_b", "test", "n_pairs", "mean_diff", "p_value"])

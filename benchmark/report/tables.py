@@ -77,6 +77,18 @@ def direction_ranks(means: pd.Series, higher_is_better: bool) -> pd.Series:
     return means.rank(ascending=not higher_is_better, method="average")
 
 
+def resample_values(fn: Callable, arr: np.ndarray, ids: Sequence[str], draws: np.ndarray) -> np.ndarray:
+    """``fn(arr[d], ids[d])`` for every row ``d`` of ``draws [R, N]``; through ``fn.weighted(arr, W)`` (the
+    metric's ``compute_weighted``, ``W[r, i]`` = times image i is drawn in resample r) when it has one."""
+    weighted = getattr(fn, "weighted", None)
+    if weighted is not None:
+        r, n = draws.shape
+        w = np.bincount((draws + n * np.arange(r)[:, None]).ravel(), minlength=r * n).reshape(r, n)
+        return np.asarray(weighted(arr, w), dtype=np.float64)
+    ids = list(ids)
+    return np.array([fn(arr[d], [ids[x] for x in d]) for d in draws], dtype=np.float64)
+
+
 def bootstrap_stat(
     fn: Callable[[np.ndarray, list], float], stats_rows: np.ndarray, ids: Sequence[str], n_boot: int = 1000,
     seed: int = 0, level: float = 0.95,
@@ -93,7 +105,7 @@ def bootstrap_stat(
         return v, v
     rng = np.random.default_rng(seed)
     draws = rng.integers(0, arr.shape[0], size=(n_boot, arr.shape[0]))
-    vals = np.array([fn(arr[d], [ids[x] for x in d]) for d in draws], dtype=np.float64)
+    vals = resample_values(fn, arr, ids, draws)
     vals = vals[np.isfinite(vals)]
     if vals.size == 0:
         return float("nan"), float("nan")
@@ -110,7 +122,14 @@ def _dataset_compute(metric: str, params: Mapping[str, Any]) -> Callable[[np.nda
     if fn is None:
         raise KeyError(f"Metric {metric!r} has stored statistics but no `compute` (is it registered with level='dataset'?).")
     p = metric_params(metric, {k: v for k, v in (params or {}).items() if k in entry.meta.get("defaults", {})})
-    return lambda arr, ids: float(fn(arr, ids, **p))
+
+    def value(arr: np.ndarray, ids: list) -> float:
+        return float(fn(arr, ids, **p))
+
+    many = entry.meta.get("compute_weighted")
+    if many is not None:
+        value.weighted = lambda arr, w: many(arr, w, **p)  # type: ignore[attr-defined]
+    return value
 
 
 def _stats_groups(stats_rows: Optional[pd.DataFrame]) -> dict[tuple, tuple[np.ndarray, list[str]]]:
@@ -213,6 +232,7 @@ def ranked_leaderboard(
     out["avg_rank"] = np.nan
     out["cd"] = np.nan
     tests, pairs = [], []
+    by_metric = {k: v for k, v in ok.groupby(["model", "dataset", "metric"], sort=False)}
     for (model, dataset, metric), g in out[~out["baseline"]].groupby(["model", "dataset", "metric"], sort=True):
         methods = sorted(g["method"])
         hib = bool(directions.get(metric, False)) if metric != MEAN_RANK else False
@@ -230,8 +250,8 @@ def ranked_leaderboard(
                                              alpha=alpha) if fn is not None else ({}, pd.DataFrame(columns=R.PAIRWISE_COLUMNS[3:]))
             avg = {}
         else:
-            sub = ok[(ok["model"] == model) & (ok["dataset"] == dataset) & (ok["metric"] == metric)
-                     & ok["method"].isin(methods)]
+            sub = by_metric[(model, dataset, metric)]
+            sub = sub[sub["method"].isin(methods)]
             per = sub.pivot_table(index="image_id", columns="method", values="value", aggfunc="mean")
             per = per.reindex(columns=methods)
             test, pw, avg = R.image_level_tests(per, hib, alpha)

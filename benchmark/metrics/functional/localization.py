@@ -320,7 +320,20 @@ def max_box_acc_from_rows(
     rows = np.asarray(best_ious, dtype=np.float64)
     if rows.shape[0] == 0:
         return float("nan")
-    return float(np.mean([(rows >= d / 100).mean(axis=0).max() for d in iou_thresholds]))
+    return float(max_box_acc_weighted(rows, np.ones((1, rows.shape[0])), iou_thresholds)[0])
+
+
+def max_box_acc_weighted(
+    best_ious: np.ndarray, weights: np.ndarray, iou_thresholds: Sequence[float] = IOU_THRESHOLDS
+) -> np.ndarray:
+    """:func:`max_box_acc_from_rows` of R weighted copies of the dataset at once (``weights [R, N]``:
+    how often each image is in each resample), ``[R]``: the bootstrap without materialising resamples."""
+    rows = np.asarray(best_ious, dtype=np.float64)
+    w = np.asarray(weights, dtype=np.float64)
+    d = np.asarray(iou_thresholds, dtype=np.float64) / 100
+    hits = (rows[:, :, None] >= d[None, None, :]).reshape(rows.shape[0], -1).astype(np.float64)  # [N, T*D]
+    share = (w @ hits / w.sum(axis=1, keepdims=True)).reshape(w.shape[0], rows.shape[1], len(d))
+    return share.max(axis=1).mean(axis=1)
 
 
 def pxap_from_rows(hist_rows: np.ndarray) -> float:
@@ -331,6 +344,13 @@ def pxap_from_rows(hist_rows: np.ndarray) -> float:
         return float("nan")
     total = torch.from_numpy(rows.sum(axis=0)).view(2, -1)
     return float(pxap_from_histograms(total))
+
+
+def pxap_weighted(hist_rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """:func:`pxap_from_rows` of R weighted copies of the dataset (``weights [R, N]``), ``[R]``."""
+    rows = np.asarray(hist_rows, dtype=np.float64)
+    total = torch.from_numpy(np.asarray(weights, dtype=np.float64) @ rows)
+    return pxap_from_histograms(total.view(total.shape[0], 2, -1)).numpy()
 
 
 def max_box_acc_per_image(best_ious: Tensor, iou_thresholds: Sequence[float] = IOU_THRESHOLDS) -> Tensor:

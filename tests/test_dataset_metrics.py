@@ -279,3 +279,24 @@ def test_weighted_resampling_equals_recomputing_on_resampled_rows():
         assert bootstrap_stat(fn, rows, ids, n_boot=300, seed=7) == pytest.approx(
             bootstrap_stat(plain, rows, ids, n_boot=300, seed=7), abs=1e-12)
         assert fn(rows, ids) == pytest.approx(dataset_value(metric, rows, ids, params), abs=1e-12)
+
+
+def test_store_stats_parts_are_atomic_stale_and_fresh_aware(suite, run, tmp_path):
+    import shutil
+
+    res, out = run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    store = Store(copy, res.plan.hash)
+    n = len(list(store.stats.iterdir()))
+    assert n == len(res.plan.units)  # one statistics file per unit, next to its part
+    stale = store.stats / "00-old__deadbeef.parquet"
+    stale.write_bytes(b"x")
+    (store.stats / ".x.parquet.tmp").write_bytes(b"x")
+    store.prepare()
+    assert not stale.exists() and len(list(store.stats.iterdir())) == n
+    # a statistics file whose part is missing is an unfinished unit: not loaded
+    next(iter(sorted(store.parts.iterdir()))).unlink()
+    assert len(store.load_stats()) == len(Store(out, res.plan.hash).load_stats()) - 2 * 4 * 4
+    store.prepare(fresh=True)
+    assert list(store.stats.iterdir()) == [] and len(store.load_stats()) == 0

@@ -53,44 +53,44 @@ def _reason(a: str, b: str, facts: Mapping[str, float], method_params: Mapping[s
     return ""
 
 
+def _experiment_of(unit_key: str, labels: Sequence[tuple[str, str]]) -> Optional[tuple[str, str]]:
+    """(model label, dataset) of a unit key ``NN-...`` (its experiment index comes first)."""
+    try:
+        return labels[int(unit_key.split("-", 1)[0])]
+    except (ValueError, IndexError):
+        return None
+
+
 def equivalences(meta: Sequence[Mapping], run: Mapping, tol: float = IDENTICAL) -> pd.DataFrame:
     """Identical-map pairs per experiment from the parts' metadata (``info.map_diffs``, ``info.capture``).
 
     A pair is listed when its maximum absolute difference over **every** unit of the experiment is at most
     ``tol``; ``method`` is the later name, ``same_as`` the first (alphabetically)."""
-    units = {u: e for e in run.get("experiments", []) for u in ()}  # noqa: F841  (kept for clarity)
     labels = [(e["label"], e["dataset"]) for e in run.get("experiments", [])]
-    keys = run.get("units", [])
-    rows: dict[tuple, float] = {}
+    n_units: dict[tuple, int] = {}
+    for key in run.get("units", []):
+        exp = _experiment_of(key, labels)
+        if exp is not None:
+            n_units[exp] = n_units.get(exp, 0) + 1
+    diffs: dict[tuple, float] = {}
+    seen: dict[tuple, int] = {}
     facts: dict[tuple, dict] = {}
-    seen: dict[tuple, set] = {}
     for m in meta:
-        key = m.get("unit", "")
-        try:
-            exp = labels[int(key.split("-", 1)[0])] if key in keys or key[:2].isdigit() else None
-        except (ValueError, IndexError):
-            exp = None
+        exp = _experiment_of(m.get("unit", ""), labels)
         if exp is None:
             continue
         info = m.get("info", {})
         for pair, d in info.get("map_diffs", {}).items():
-            rows[(*exp, pair)] = max(rows.get((*exp, pair), 0.0), float(d))
-            seen.setdefault((*exp, pair), set()).add(key)
+            diffs[(*exp, pair)] = max(diffs.get((*exp, pair), 0.0), float(d))
+            seen[(*exp, pair)] = seen.get((*exp, pair), 0) + 1
         f = facts.setdefault(exp, {})
         for k, v in info.get("capture", {}).items():
             f[k] = max(f.get(k, -np.inf), v) if k == "grad_spatial_range" else min(f.get(k, np.inf), v)
     params = {(e["label"], e["dataset"]): e.get("method_params", {}) for e in run.get("experiments", [])}
-    n_units = {}
-    for key in keys:
-        try:
-            exp = labels[int(key.split("-", 1)[0])]
-        except (ValueError, IndexError):
-            continue
-        n_units[exp] = n_units.get(exp, 0) + 1
     out = []
-    for (model, dataset, pair), d in sorted(rows.items()):
-        if d > tol or len(seen[(model, dataset, pair)]) < n_units.get((model, dataset), 0):
-            continue
+    for (model, dataset, pair), d in sorted(diffs.items()):
+        if d > tol or seen[(model, dataset, pair)] < n_units.get((model, dataset), 0):
+            continue  # different somewhere, or not measured on every unit
         a, b = pair.split("|")
         why = _reason(a, b, facts.get((model, dataset), {}), params.get((model, dataset), {}))
         out.append((model, dataset, b, a, d, why))

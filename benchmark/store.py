@@ -10,7 +10,8 @@ Layout of an output directory ``OUT``::
     OUT/gallery/<unit_key>__<hash>.npz    images + every method's map for the first images (gallery)
 
 Every file is written to a temporary name in the same folder and moved into place with ``os.replace``
-(atomic on POSIX and Windows), the gallery and the statistics before the part: a part on disk means its unit is finished.
+(atomic on POSIX and Windows), the gallery and the statistics before the part: a part on disk means its unit is
+finished.
 A rerun skips units whose part carries the current suite hash; parts with another hash are stale
 (another suite, version or setting) and are removed with a message; ``fresh=True`` starts over.
 """
@@ -175,8 +176,8 @@ class Store:
         from .runner.execute import STATS_COLUMNS
 
         done = self.done()
-        files = [p for p in sorted(self.stats.glob(f"*{_SEP}{self.hash}.parquet")) if p.name.rsplit(_SEP, 1)[0] in done] \
-            if self.stats.is_dir() else []
+        found = sorted(self.stats.glob(f"*{_SEP}{self.hash}.parquet")) if self.stats.is_dir() else []
+        files = [p for p in found if p.name.rsplit(_SEP, 1)[0] in done]
         frames = [pq.read_table(p).to_pandas() for p in files]
         if not frames:
             return pd.DataFrame({c: pd.Series(dtype="bool" if c == "degenerate" else "object") for c in STATS_COLUMNS})

@@ -19,7 +19,7 @@ import runner_fakes  # noqa: F401  (fake_cnn, fake_shapes)
 from runner_fakes import one_thread  # noqa: F401
 from benchmark import methods as Mth
 from benchmark.metrics import METRICS, MetricContext, compute_metrics, dataset_value, register_metric
-from benchmark.report.tables import bootstrap_stat, ranked_leaderboard
+from benchmark.report.tables import _seed_for, bootstrap_stat, ranked_leaderboard
 from benchmark.runner import parse_suite, run_suite
 from benchmark.runner.execute import _get_dataset, _get_model, _make_batches
 from benchmark.store import Store
@@ -231,7 +231,7 @@ def test_dataset_value_drops_undefined_rows_and_passes_params():
         dataset_value("pointing_game", stats, ["a", "b", "c"])
     with pytest.raises(ValueError, match="3 rows but 2 ids"):
         dataset_value("test_ratio", stats, ["a", "b"])
-    ctx = MetricContext(model=torch.nn.Identity(), batch=None, saliency={"m": torch.ones(2, 2, 2)})  # type: ignore[arg-type]
+    ctx = MetricContext(model=torch.nn.Identity(), batch=None, saliency={"m": torch.ones(2, 2, 2)})  # type: ignore
     assert compute_metrics(ctx, ["test_ratio"])["test_ratio"]["m"].shape == (2, 2)
 
 
@@ -241,7 +241,8 @@ def test_leaderboard_of_a_dataset_level_metric_is_compute_of_all_rows_with_a_boo
     for m, p in (("a", 0.8), ("b", 0.3), ("random", 0.5)):
         for i in range(30):
             trials = float(rng.integers(1, 20))
-            rows.append(("x", "d", m, "test_ratio", f"i{i:02d}", np.array([rng.binomial(int(trials), p), trials]), False))
+            st_row = np.array([rng.binomial(int(trials), p), trials])
+            rows.append(("x", "d", m, "test_ratio", f"i{i:02d}", st_row, False))
     st = pd.DataFrame(rows, columns=["model", "dataset", "method", "metric", "image_id", "stats", "degenerate"])
     empty = pd.DataFrame(columns=["model", "dataset", "method", "metric", "image_id", "value", "status", "message",
                                   "degenerate"]).astype({"value": float})
@@ -251,8 +252,8 @@ def test_leaderboard_of_a_dataset_level_metric_is_compute_of_all_rows_with_a_boo
         arr = np.stack(st[st["method"] == m]["stats"])
         assert b.loc[(m, "test_ratio"), "mean"] == pytest.approx(arr[:, 0].sum() / arr[:, 1].sum())
         assert b.loc[(m, "test_ratio"), "n"] == 30
-        lo, hi = bootstrap_stat(_sum_ratio, arr, list(range(30)), n_boot=200,
-                                seed=__import__("benchmark.report.tables", fromlist=["x"])._seed_for(0, ("x", "d", m, "test_ratio")))
+        seed = _seed_for(0, ("x", "d", m, "test_ratio"))
+        lo, hi = bootstrap_stat(_sum_ratio, arr, list(range(30)), n_boot=200, seed=seed)
         assert (b.loc[(m, "test_ratio"), "ci_low"], b.loc[(m, "test_ratio"), "ci_high"]) == pytest.approx((lo, hi))
     assert (b.loc[("a", "test_ratio"), "rank"], b.loc[("b", "test_ratio"), "rank"]) == (1, 2)
     assert np.isnan(b.loc[("random", "test_ratio"), "rank"]) and b.loc[("random", "test_ratio"), "baseline"]

@@ -103,8 +103,8 @@ def test_metric_card_known_answers():
     dirs = {"pg": True, "sep": True, "low": False}
     r = ranked_leaderboard(_scores(vals), dirs, n_boot=100, baselines=["random", "oracle"])
     taus = C.kendall_taus(r.board)
-    card = C.metric_card(r.board, r.pairwise, r.tests, {"pg": "localization", "sep": "faithfulness", "low": "robustness"},
-                         taus=taus).set_index("metric")
+    fams = {"pg": "localization", "sep": "faithfulness", "low": "robustness"}
+    card = C.metric_card(r.board, r.pairwise, r.tests, fams, taus=taus).set_index("metric")
     assert card.loc["pg", "saturated_share"] == 0.75 and bool(card.loc["pg", "saturated"])
     assert card.loc["pg", "verdict"].startswith("saturated")
     assert card.loc["sep", "separable"] == 1.0 and card.loc["sep", "verdict"] == "ok"

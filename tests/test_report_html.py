@@ -42,7 +42,8 @@ def test_report_is_self_contained_and_complete(reported):
     kinds = {k: len(v) for k, v in reported.report.plots.items()}
     assert kinds["bars"] == kinds["ranks"] == kinds["gallery"] == 2 and kinds["kendall"] == 2 and kinds["cd"] >= 2
     assert all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in imgs)
-    for needle in ("Leaderboard", "What this experiment can conclude", "Equivalent methods", "(reference)", "fake_inside", "mean rank", "Settings", 'name = &quot;tiny&quot;', "Versions",
+    for needle in ("Leaderboard", "What this experiment can conclude", "Equivalent methods", "(reference)",
+                   "fake_inside", "mean rank", "Settings", 'name = &quot;tiny&quot;', "Versions",
                    "torch", "cambench", "Timings", "Failures", "Skipped metrics", "needs masks", reported.plan.hash):
         assert needle in html, needle
     assert html.count('class="best') >= 5  # one rank-1 cell per (experiment, metric) ("best grey" when flagged)

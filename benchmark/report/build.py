@@ -56,7 +56,8 @@ def baseline_methods(names: Iterable[str]) -> list[str]:
 
 def write_report(out_dir: str | Path, *, plots: bool = True, html: bool = True) -> Report:
     """Write scores.parquet, stats.parquet, leaderboard.csv, significance.csv, rank_tests.csv, pairwise.csv,
-    equivalences.csv, metric_card.csv, kendall_tau.csv, failures.csv, timings.csv, curves.parquet, plots/*.png and report.html into ``out_dir`` (from its ``run.json`` and the parts of that hash)."""
+    equivalences.csv, metric_card.csv, kendall_tau.csv, failures.csv, timings.csv, curves.parquet, plots/*.png
+    and report.html into ``out_dir`` (from its ``run.json`` and the parts of that hash)."""
     out = Path(out_dir)
     run = read_run(out)
     store = Store(out, run["suite_hash"])

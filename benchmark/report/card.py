@@ -46,7 +46,8 @@ def _reason(a: str, b: str, facts: Mapping[str, float], method_params: Mapping[s
             return "zero noise (smoothgradcampp std = 0 or no samples): Smooth Grad-CAM++ is Grad-CAM++"
         if grad_const:
             return ("gradients constant over space at the target layer (as behind a head linear in pooled "
-                    "activations, whose gradients do not change with input noise): the noisy gradients equal the clean ones")
+                    "activations, whose gradients do not change with input noise): the noisy gradients equal "
+                    "the clean ones")
     if pair <= _WEIGHTS_EQUAL and grad_const:
         return ("gradients constant over space at the target layer: the channel weights of Grad-CAM, HiResCAM "
                 "and XGrad-CAM all equal the gradient (and ShapleyCAM's)")

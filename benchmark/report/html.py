@@ -58,7 +58,8 @@ def family_tables(g: pd.DataFrame, families: Mapping[str, str], grey: Mapping[st
     metrics_all = [m for m in g["metric"].unique() if m != MEAN_RANK]
     mr = g[g["metric"] == MEAN_RANK].set_index("method")
     base = set(g[g["baseline"].astype(bool)]["method"]) if "baseline" in g else set()
-    ranked = [m for m in (list(mr["mean"].sort_values().index) if len(mr) else sorted(g["method"].unique())) if m not in base]
+    by_rank = list(mr["mean"].sort_values().index) if len(mr) else sorted(g["method"].unique())
+    ranked = [m for m in by_rank if m not in base]
     ranked += sorted(m for m in g["method"].unique() if m not in base and m not in ranked)
     methods = ranked + sorted(base)
     cell = {(r.method, r.metric): r for r in g.itertuples(index=False)}
@@ -94,7 +95,8 @@ def family_tables(g: pd.DataFrame, families: Mapping[str, str], grey: Mapping[st
             else:
                 name = _e(method)
                 mrow = mr.loc[method] if method in mr.index else None
-                rank = "–" if mrow is None else f'{_fmt(mrow["mean"])} <span class="grp">{_e(mrow.get("group", ""))}</span>'
+                grp_mr = _e(mrow.get("group", "")) if mrow is not None else ""
+                rank = "–" if mrow is None else f'{_fmt(mrow["mean"])} <span class="grp">{grp_mr}</span>'
             rows.append(f'<tr><td class="l">{name}</td>{"".join(tds)}<td>{rank}</td></tr>')
         parts.append(
             f'<h4>{_e(fam)}</h4><table><tr><th class=l>method</th>{head}'
@@ -152,12 +154,14 @@ def experiment_section(
                 f'<tr{cls}><td class="l">{_e(r.metric)}</td><td class="l">{_e(r.level)}</td><td>{ngroups}</td>'
                 f'<td class="l">{_e(top)}</td><td>{_fmt(r.saturated_share)}</td><td>{_fmt(r.separable)}</td>'
                 f'<td>{_fmt(r.friedman_p)}</td><td class="l">{_e(r.baseline_order)}</td><td>{_e(r.beats_random)}</td>'
-                f'<td>{_fmt(r.median_tau)}</td><td class="l">{_e(r.verdict)}{"<br>" + _e(r.violators) if r.violators else ""}</td></tr>'
+                f'<td>{_fmt(r.median_tau)}</td><td class="l">{_e(r.verdict)}'
+                f'{"<br>" + _e(r.violators) if r.violators else ""}</td></tr>'
             )
     card_html = (
         '<table class="card"><tr><th class=l>metric</th><th class=l>level</th><th>groups</th>'
         '<th class=l>group a (tied with the best)</th><th>saturated</th><th>separable</th><th>Friedman p</th>'
-        '<th class=l>oracle ≥ methods ≥ random</th><th>beat random</th><th>median τ</th><th class=l>verdict</th></tr>'
+        '<th class=l>oracle ≥ methods ≥ random</th><th>beat random</th><th>median τ</th>'
+        '<th class=l>verdict</th></tr>'
         + "".join(grows) + "</table>"
     ) if grows else '<p class="muted">No metric card.</p>'
     e = equiv[(equiv["model"] == model) & (equiv["dataset"] == dataset)] if len(equiv) else equiv
@@ -174,12 +178,13 @@ oracle ≥ methods ≥ random holds, how many methods beat random's 95% CI, and 
 metrics. Greyed-out metrics cannot rank methods on this data (the verdict says why); baselines (random, center,
 oracle) are references: never ranked, not in the mean rank.</p>
 {card_html}
-<h3>Equivalent methods</h3><p class="muted">Pairs whose maps are identical on every image (max |diff| ≤ 1e-6); their scores are equal, so
-their rank differences are noise. The reason is given where the capture proves it.</p>{frame_html(e.drop(columns=["model", "dataset"]) if len(e) else e)}
+<h3>Equivalent methods</h3><p class="muted">Pairs whose maps are identical on every image (max |diff| ≤ 1e-6); their
+scores are equal, so their rank differences are noise. The reason is given where the capture proves it.</p>
+{frame_html(e.drop(columns=["model", "dataset"]) if len(e) else e)}
 <h3>Leaderboard</h3>
-<p class="muted">mean [95% bootstrap CI] n, with the significance group letter; dataset-level metrics (MaxBoxAccV2, PxAP) are
-computed over all images. The mean rank over the quality metrics is shown with its critical difference (Nemenyi,
-metrics as blocks): mean ranks closer than the CD are not significantly different.</p>
+<p class="muted">mean [95% bootstrap CI] n, with the significance group letter; dataset-level metrics (MaxBoxAccV2,
+PxAP) are computed over all images. The mean rank over the quality metrics is shown with its critical difference
+(Nemenyi, metrics as blocks): mean ranks closer than the CD are not significantly different.</p>
 {family_tables(g, families, grey)}
 <h3>Plots</h3>
 {fig('cd')}{fig('kendall')}{fig('bars')}{fig('ranks')}{fig('curves')}
@@ -231,7 +236,8 @@ def render(
         board = board.assign(baseline=False, group="", cd=np.nan)
     n_img = {(e["label"], e["dataset"]): e.get("n_images") for e in run.get("experiments", [])}
     sections = "".join(
-        experiment_section(model, dataset, board, card, equivalences, tests, families, plots, n_img.get((model, dataset)))
+        experiment_section(model, dataset, board, card, equivalences, tests, families, plots,
+                           n_img.get((model, dataset)))
         for (model, dataset), _ in board.groupby(["model", "dataset"], sort=True)
     ) or "<p>No scores.</p>"
     return f"""<!DOCTYPE html>
@@ -241,9 +247,10 @@ def render(
 <p class="muted">suite hash {_e(run.get('suite_hash', ''))} · created {_e(run.get('created', ''))} · device {_e(run.get('device', ''))}
  · total unit time {total_s:.1f} s · {n_fail} failed score rows</p>
 {frame_html(exp_rows)}
-<p class="muted">Leaderboard: mean over images (dataset-level metrics: the value over all images) with the 95% percentile-bootstrap
-CI over images ({_e(run.get('bootstrap', 1000))} resamples, seeded) and n. ↑ higher is better, ↓ lower is better; bold = best (ties
-included). Methods sorted by mean rank over the quality metrics (cost metrics are ranked but not averaged in).</p>
+<p class="muted">Leaderboard: mean over images (dataset-level metrics: the value over all images) with the 95%
+percentile-bootstrap CI over images ({_e(run.get('bootstrap', 1000))} resamples, seeded) and n. ↑ higher is better,
+↓ lower is better; bold = best (ties included). Methods sorted by mean rank over the quality metrics (cost metrics are
+ranked but not averaged in).</p>
 {sections}
 <h2>Ties with the best method</h2>
 <p class="muted">Paired Wilcoxon signed-rank test against the best method per metric, Holm-corrected (p ≥ 0.05 listed; all in significance.csv).</p>

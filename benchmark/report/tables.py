@@ -120,7 +120,10 @@ def _dataset_compute(metric: str, params: Mapping[str, Any]) -> Callable[[np.nda
     entry = METRICS.entry(metric)
     fn = entry.meta.get("compute")
     if fn is None:
-        raise KeyError(f"Metric {metric!r} has stored statistics but no `compute` (is it registered with level='dataset'?).")
+        raise KeyError(
+            f"Metric {metric!r} has stored statistics but no `compute`: register it with level='dataset' and "
+            "compute=fn, or load the plugin that does (--plugin)."
+        )
     p = metric_params(metric, {k: v for k, v in (params or {}).items() if k in entry.meta.get("defaults", {})})
 
     def value(arr: np.ndarray, ids: list) -> float:
@@ -246,8 +249,11 @@ def ranked_leaderboard(
             level = "dataset"
             fn = computes.get((model, dataset, metric))
             sm = {m: sgroups[(model, dataset, m, metric)] for m in methods if (model, dataset, m, metric) in sgroups}
-            test, pw = R.dataset_level_tests(sm, fn, n_boot=n_boot, seed=_seed_for(seed, (model, dataset, metric)),
-                                             alpha=alpha) if fn is not None else ({}, pd.DataFrame(columns=R.PAIRWISE_COLUMNS[3:]))
+            if fn is not None:
+                test, pw = R.dataset_level_tests(sm, fn, n_boot=n_boot, seed=_seed_for(seed, (model, dataset, metric)),
+                                                 alpha=alpha)
+            else:
+                test, pw = {}, pd.DataFrame(columns=R.PAIRWISE_COLUMNS[3:])
             avg = {}
         else:
             sub = by_metric[(model, dataset, metric)]

@@ -66,7 +66,9 @@ def spearman(a: Tensor, b: Tensor, abs: bool = True) -> Tensor:
     return torch.from_numpy(r).float()
 
 
-def map_similarity(a: Tensor, b: Tensor, similarity: str = "spearman", abs: bool = True, signed: bool = False) -> Tensor:
+def map_similarity(
+    a: Tensor, b: Tensor, similarity: str = "spearman", abs: bool = True, signed: bool = False
+) -> Tensor:
     """``spearman`` (see :func:`spearman`) or ``ssim`` on min-max normalised maps (constant -> 0).
 
     The Spearman similarity is ``|rho|`` unless ``signed`` (see :func:`model_randomization` for the

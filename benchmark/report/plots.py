@@ -24,10 +24,10 @@ def _slug(*parts: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=+-]+", "_", "-".join(parts))
 
 
-def _save(fig: "plt.Figure", path: Path) -> Path:
+def _save(fig: "plt.Figure", path: Path, tight: bool = True) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=DPI, bbox_inches="tight")
+    fig.savefig(tmp, dpi=DPI, bbox_inches="tight" if tight else None)  # "tight" draws the figure twice
     plt.close(fig)
     os.replace(tmp, path)
     return path
@@ -172,13 +172,17 @@ def _cd_panel(ax: "plt.Axes", ranks: pd.Series, groups: pd.Series, cd: float, ti
     for t in range(1, int(hi) + 1):
         ax.vlines(t, -0.06, 0.06, color="#333", lw=0.8)
         ax.text(t, 0.12, str(t), ha="center", va="bottom", fontsize=7)
+    from matplotlib.collections import LineCollection
+
     half = (k + 1) // 2
+    segs = []
     for i, (m, r) in enumerate(ranks.items()):
         left = i < half
         y = -0.35 - 0.22 * (i if left else k - 1 - i)
         x_text = lo - 0.25 if left else hi + 0.25
-        ax.plot([r, r, x_text], [0, y, y], color="#555", lw=0.7)
+        segs.append([(r, 0), (r, y), (x_text, y)])
         ax.text(x_text, y, f"{m} ({r:.2f})", ha="right" if left else "left", va="center", fontsize=7)
+    ax.add_collection(LineCollection(segs, colors="#555", linewidths=0.7))
     letters = sorted({c for g in groups.dropna() for c in str(g)})
     for j, letter in enumerate(letters):
         members = [m for m in ranks.index if letter in str(groups.get(m, ""))]
@@ -222,8 +226,8 @@ def cd_diagrams(board: pd.DataFrame, families: dict, out_dir: Path) -> list[Path
             for ax in list(axes.flat)[n:]:
                 ax.axis("off")
             fig.suptitle(f"{model} on {dataset}: {family} (critical differences, alpha = 0.05)", fontsize=9)
-            fig.tight_layout()
-            paths.append(_save(fig, out_dir / f"cd-{_slug(family, model, dataset)}.png"))
+            fig.subplots_adjust(left=0.2, right=0.8, wspace=0.9, hspace=0.35, top=1 - 0.5 / fig.get_figheight())
+            paths.append(_save(fig, out_dir / f"cd-{_slug(family, model, dataset)}.png", tight=False))
     return paths
 
 

@@ -103,7 +103,7 @@ def test_metric_card_known_answers():
     dirs = {"pg": True, "sep": True, "low": False}
     r = ranked_leaderboard(_scores(vals), dirs, n_boot=100, baselines=["random", "oracle"])
     taus = C.kendall_taus(r.board)
-    fams = {"pg": "localization", "sep": "faithfulness", "low": "robustness"}
+    fams = {"pg": "localization", "sep": "faithfulness", "low": "faithfulness"}
     card = C.metric_card(r.board, r.pairwise, r.tests, fams, taus=taus).set_index("metric")
     assert card.loc["pg", "saturated_share"] == 0.75 and bool(card.loc["pg", "saturated"])
     assert card.loc["pg", "verdict"].startswith("saturated")
@@ -118,6 +118,9 @@ def test_metric_card_known_answers():
     assert t["sep", "low"] == pytest.approx(stats.kendalltau(b["sep"], b["low"]).statistic)
     assert t["sep", "sep"] == 1.0 and t["sep", "low"] == pytest.approx(1.0)
     assert card.loc["sep", "median_tau"] == pytest.approx(np.nanmedian([t["sep", "pg"], t["sep", "low"]]))
+    # robustness / sanity: the baselines read neither input nor model, no reference order
+    card2 = C.metric_card(r.board, r.pairwise, r.tests, {**fams, "low": "robustness"}).set_index("metric")
+    assert card2.loc["low", "baseline_order"] == "n/a" and card2.loc["low", "beats_random"] == ""
 
 
 def test_vectorised_kendall_tau_equals_scipy_with_ties_and_missing():

@@ -77,6 +77,8 @@ def test_bootstrap_p():
     assert R.bootstrap_p(np.zeros(10)) == 1.0
     assert R.bootstrap_p(np.ones(10)) == 0.0
     assert R.bootstrap_p(np.array([-1.0, 1.0, 2.0, 3.0])) == pytest.approx(0.5)
+    # floored at the smallest p a paired test on n images can give: 2 images never differ significantly
+    assert R.bootstrap_p(np.ones(10), n_images=2) == 0.5 and R.bootstrap_p(np.ones(10), n_images=30) == 2.0**-29
 
 
 def _scores(values: dict[tuple[str, str], list[float]]) -> pd.DataFrame:

@@ -28,6 +28,11 @@ IDENTICAL = 1e-6
 SEPARABLE_MIN = 0.1
 #: a metric is saturated when at least this share of methods ties with the best value
 SATURATED_MIN = 0.5
+#: families whose baselines are references of the metric's scale: the oracle map is the ground truth (an
+#: upper reference) and the random map a lower one. Robustness and sanity metrics re-explain under input
+#: noise or a randomised model; the baselines do not read either, so an input-independent map is trivially
+#: stable and never changes: there the order "oracle >= methods >= random" means nothing (n/a).
+ORDERED_FAMILIES = ("faithfulness", "localization")
 
 _WEIGHTS_EQUAL = {"gradcam", "hirescam", "xgradcam", "shapleycam"}
 
@@ -158,8 +163,10 @@ def metric_card(
       relative above 1): all at the bound (pointing game 1.0) or all tied; ``saturated`` when >= 0.5;
     - ``separable``: share of method pairs significantly different (Holm-corrected post-hoc, 0.05);
     - ``baseline_order``: ``ok`` when oracle >= every method >= random in the metric's direction,
-      ``violated`` otherwise (``violators`` lists them, e.g. ``below random: x``), ``n/a`` without both;
-    - ``beats_random``: methods whose mean is better than random's 95 % CI bound, e.g. ``12/16``;
+      ``violated`` otherwise (``violators`` lists them, e.g. ``below random: x``), ``n/a`` without both
+      or outside ``ORDERED_FAMILIES`` (robustness, sanity: the baselines read neither input nor model);
+    - ``beats_random``: methods whose mean is better than random's 95 % CI bound, e.g. ``12/16`` (empty
+      where the order is n/a);
     - ``median_tau``: median Kendall tau with the other metrics;
     - ``verdict``: ``ok``, or why the report greys the metric out (saturated; cannot separate methods:
       fewer than 10 % of pairs differ)."""
@@ -179,6 +186,8 @@ def metric_card(
         pw = pairwise[(pairwise["model"] == model) & (pairwise["dataset"] == dataset) & (pairwise["metric"] == metric)]
         sep = float(pw["significant"].astype(bool).mean()) if len(pw) else float("nan")
         ref = g[gb].set_index("method")
+        if families.get(metric, "") not in ORDERED_FAMILIES:
+            ref = ref.iloc[0:0]  # baselines are no reference on this scale (ORDERED_FAMILIES)
         order, viol = "n/a", []
         if "random" in ref.index:
             r = float(ref.loc["random", "mean"])

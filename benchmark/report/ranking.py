@@ -97,16 +97,23 @@ def wilcoxon_p(a: np.ndarray, b: np.ndarray) -> float:
     return float(stats.wilcoxon(a, b, zero_method="wilcox", alternative="two-sided").pvalue)
 
 
-def bootstrap_p(diffs: np.ndarray) -> float:
+def bootstrap_p(diffs: np.ndarray, n_images: Optional[int] = None) -> float:
     """Two-sided paired-bootstrap p of ``H0: difference = 0`` from resampled differences: twice the smaller
-    share of resamples on either side of 0 (at most 1); 1 when every resampled difference is 0."""
+    share of resamples on either side of 0 (at most 1); 1 when every resampled difference is 0.
+
+    ``n_images`` floors p at ``2^(1 - n)``, the smallest two-sided p a paired test on n images can reach
+    (the sign test with every image on one side): with 2 images the bootstrap has only 3 distinct
+    resamples and would call any consistent difference significant."""
     d = np.asarray(diffs, dtype=np.float64)
     d = d[np.isfinite(d)]
     if d.size == 0:
         return float("nan")
     if np.all(d == 0):
         return 1.0
-    return float(min(1.0, 2.0 * min(np.mean(d <= 0), np.mean(d >= 0))))
+    p = min(1.0, 2.0 * min(np.mean(d <= 0), np.mean(d >= 0)))
+    if n_images is not None:
+        p = max(p, min(1.0, 2.0 ** (1 - int(n_images))))
+    return float(p)
 
 
 def letter_groups(order: Sequence[str], differ: Callable[[str, str], bool]) -> dict[str, str]:
@@ -206,7 +213,8 @@ def dataset_level_tests(
             point[m] = compute(sub, ids)
             vals[m] = resample_values(compute, sub, ids, draws)
         for a, b in _pairs(methods):
-            rows.append([a, b, "paired_bootstrap", len(ids), point[a] - point[b], bootstrap_p(vals[a] - vals[b])])
+            rows.append([a, b, "paired_bootstrap", len(ids), point[a] - point[b],
+                         bootstrap_p(vals[a] - vals[b], len(ids))])
     pw = pd.DataFrame(rows, columns=["method_a", "method_b", "test", "n_pairs", "mean_diff", "p_value"])
     pw["p_holm"] = holm(pw["p_value"].to_numpy()) if len(pw) else []
     pw["significant"] = pw["p_holm"] < alpha

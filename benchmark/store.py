@@ -5,13 +5,15 @@ Layout of an output directory ``OUT``::
     OUT/run.json                          suite hash, suite TOML, versions, metric directions, skipped
     OUT/parts/<unit_key>__<hash>.parquet  score rows of one finished unit; its Parquet metadata holds
                                           the unit's mean curves and timings (one file = one commit)
+    OUT/stats/<unit_key>__<hash>.parquet  per-image statistics of the unit's dataset-level metrics
+                                          (``STATS_COLUMNS``; only when some ran)
     OUT/gallery/<unit_key>__<hash>.npz    images + every method's map for the first images (gallery)
 
 Every file is written to a temporary name in the same folder and moved into place with ``os.replace``
-(atomic on POSIX and Windows), the gallery before the part: a part on disk means its unit is finished.
-A rerun skips units whose part carries the current suite hash. Parts with another hash (another
-suite, version or setting such as ``n``) and parts of this hash outside the units asked for (a larger
-``--limit``) are kept on disk but not read (:meth:`Store.unreported`); ``fresh=True`` starts over.
+(atomic on POSIX and Windows), the gallery and the statistics before the part: a part on disk means its
+unit is finished. A rerun skips units whose part carries the current suite hash. Parts with another hash
+(another suite, version or setting such as ``n``) and parts of this hash outside the units asked for (a
+larger ``--limit``) are kept on disk but not read (:meth:`Store.unreported`); ``fresh=True`` starts over.
 """
 
 from __future__ import annotations
@@ -99,6 +101,7 @@ class Store:
         self.hash = suite_hash
         self.parts = self.out / "parts"
         self.gallery = self.out / "gallery"
+        self.stats = self.out / "stats"
         self.log = log or (lambda msg: print(msg, file=sys.stderr))
         self.units: Optional[frozenset[str]] = None if units is None else frozenset(units)
 
@@ -106,13 +109,14 @@ class Store:
     def prepare(self, fresh: bool = False) -> None:
         """Create the folders; with ``fresh`` delete earlier results; drop stale parts and temp files."""
         if fresh:
-            for d in (self.parts, self.gallery, self.out / "plots"):
+            for d in (self.parts, self.gallery, self.stats, self.out / "plots"):
                 if d.exists():
                     shutil.rmtree(d)
         self.parts.mkdir(parents=True, exist_ok=True)
         self.gallery.mkdir(parents=True, exist_ok=True)
+        self.stats.mkdir(parents=True, exist_ok=True)
         other = 0
-        for folder in (self.parts, self.gallery):
+        for folder in (self.parts, self.gallery, self.stats):
             for f in folder.iterdir():
                 if f.name.startswith(".") and f.name.endswith(".tmp"):
                     f.unlink(missing_ok=True)  # left by a killed writer
@@ -134,6 +138,9 @@ class Store:
     def part_path(self, key: str) -> Path:
         return self.parts / f"{key}{_SEP}{self.hash}.parquet"
 
+    def stats_path(self, key: str) -> Path:
+        return self.stats / f"{key}{_SEP}{self.hash}.parquet"
+
     def gallery_path(self, key: str) -> Path:
         return self.gallery / f"{key}{_SEP}{self.hash}.npz"
 
@@ -151,6 +158,11 @@ class Store:
             buf = io.BytesIO()
             np.savez_compressed(buf, **result.gallery)
             atomic_write_bytes(self.gallery_path(result.key), buf.getvalue())
+        stats = getattr(result, "stats", None)
+        if stats is not None and len(stats):
+            write_parquet(self.stats_path(result.key), stats)
+        else:
+            self.stats_path(result.key).unlink(missing_ok=True)  # a rerun of a unit that had some
         meta = {
             "suite_hash": self.hash,
             "unit": result.key,
@@ -192,6 +204,20 @@ class Store:
             return pd.DataFrame({c: pd.Series(dtype="float64" if c == "value" else "object") for c in SCORE_COLUMNS})
         df = pd.concat(frames, ignore_index=True)
         return sort_scores(df)
+
+    def load_stats(self) -> pd.DataFrame:
+        """The per-image statistics of dataset-level metrics of the finished units (canonical order).
+
+        Only units whose part exists count (a statistics file without its part is an unfinished unit)."""
+        from .runner.execute import STATS_COLUMNS
+
+        done = self.done()
+        found = sorted(self.stats.glob(f"*{_SEP}{self.hash}.parquet")) if self.stats.is_dir() else []
+        files = self._selected(p for p in found if p.name.rsplit(_SEP, 1)[0] in done)
+        frames = [pq.read_table(p).to_pandas() for p in files]
+        if not frames:
+            return pd.DataFrame({c: pd.Series(dtype="bool" if c == "degenerate" else "object") for c in STATS_COLUMNS})
+        return sort_scores(pd.concat(frames, ignore_index=True))
 
     def load_meta(self) -> list[dict]:
         return [read_meta(p) for p in self._parts()]

@@ -230,20 +230,29 @@ def test_errors_are_clear():
 # -- registry ----------------------------------------------------------------------------------
 def test_registry_entries_score_every_method():
     rng = np.random.default_rng(7)
-    masks = rect_mask(3, 16, 16, rng)
+    masks = torch.zeros(3, 16, 16, dtype=torch.bool)  # boxes of >= 8 px: wsol's 1-px-wider box end keeps IoU >= 0.7
+    for i, (y0, x0, y1, x1) in enumerate([(1, 2, 10, 12), (5, 5, 15, 14), (0, 0, 9, 9)]):
+        masks[i, y0:y1, x0:x1] = True
+    edges = masks_to_boxes(masks) + torch.tensor([0.0, 0.0, 1.0, 1.0])  # the datasets' pixel-edge boxes
     batch = Batch(images=torch.zeros(3, 3, 16, 16), targets=torch.zeros(3, dtype=torch.long),
-                  ids=["a", "b", "c"], masks=masks, boxes=[b[None] for b in masks_to_boxes(masks)])
+                  ids=["a", "b", "c"], masks=masks, boxes=[b[None] for b in edges])
     sal = {"oracle": masks.float(), "center": torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(0))}
     ctx = M.MetricContext(model=torch.nn.Identity(), batch=batch, saliency=sal)
     names = ["pointing_game", "energy_pointing_game", "energy_pointing_game_mask", "box_iou",
              "max_box_acc", "mask_iou", "pxap"]
     res = M.compute_metrics(ctx, names)
     assert set(res) == set(names)
+    dataset_level = {"max_box_acc": 100, "pxap": 2 * 102}  # per-image statistics [B, S]
     for name in names:
-        assert set(res[name]) == {"oracle", "center"} and res[name]["oracle"].shape == (3,)
         assert M.METRICS.entry(name).family == "localization" and M.METRICS.entry(name).higher_is_better
+        assert set(res[name]) == {"oracle", "center"}
+        if name in dataset_level:
+            assert M.METRICS.entry(name).meta["level"] == "dataset"
+            assert res[name]["center"].shape == (3, dataset_level[name])
+            value = M.dataset_value(name, res[name]["oracle"].numpy(), batch.ids, {})
+            assert value == pytest.approx(1.0)
+            continue
+        assert res[name]["oracle"].shape == (3,)
         torch.testing.assert_close(res[name]["oracle"], torch.ones(3))
-    assert ctx.curves["max_box_acc"]["center"].shape == (3, 100)
-    assert ctx.curves["pxap"]["oracle"].shape == (3, 2 * 102)
     no_masks = M.MetricContext(model=torch.nn.Identity(), batch=Batch(batch.images, batch.targets, batch.ids), saliency=sal)
     assert M.compute_metrics(no_masks, names) == {}

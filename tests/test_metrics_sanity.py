@@ -66,13 +66,16 @@ def test_mprt_equals_quantus(data):
     q = quantus.MPRT(disable_warnings=True, seed=42)
     layers = q(model=model, x_batch=images.numpy(), y_batch=targets.numpy(), explain_func=qexplain,
                batch_size=64, device="cpu")
-    per = S.model_randomization(model, explain_fn, images, targets, ["gradcam"], per_layer=True)["gradcam"]
+    # Quantus MPRT reports the signed Spearman rho: cambench's option signed=True
+    per = S.model_randomization(model, explain_fn, images, targets, ["gradcam"], per_layer=True, signed=True)["gradcam"]
     names = S.randomizable_layers(model)
     assert list(layers) == ["original"] + names
     for k, name in enumerate(names):
         np.testing.assert_allclose(per[k].numpy(), np.asarray(layers[name], dtype=np.float32), rtol=1e-4, atol=1e-5)
-    last = S.model_randomization(model, explain_fn, images, targets, ["gradcam"])["gradcam"]
+    last = S.model_randomization(model, explain_fn, images, targets, ["gradcam"], signed=True)["gradcam"]
     torch.testing.assert_close(last, per[-1], equal_nan=True)
+    absolute = S.model_randomization(model, explain_fn, images, targets, ["gradcam"])["gradcam"]  # the default
+    torch.testing.assert_close(absolute, last.abs(), equal_nan=True)
     ql = quantus.MPRT(disable_warnings=True, return_last_correlation=True)(
         model=model, x_batch=images.numpy(), y_batch=targets.numpy(), explain_func=qexplain, device="cpu")
     np.testing.assert_allclose(last.numpy(), np.asarray(ql, dtype=np.float32), rtol=1e-4, atol=1e-5)
@@ -171,3 +174,29 @@ def test_randomize_copies_what_reset_parameters_does_to_children():
     block = Block()
     S._randomize(block, seed=0)
     assert torch.all(block.inner.weight == 0.5) and torch.all(block.inner.bias == 0)
+
+
+def test_similarity_sign_convention_and_undefined_count(data):
+    """|rho| by default: an inverted map (rho = -1) is as dependent on the original as the map itself
+    (|rho| = 1), and scores no better than an unrelated one; signed=True keeps Adebayo et al.'s rho. NaN
+    similarities (a constant map) are counted in a warning, not dropped silently."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(2, 12, 12, generator=g)
+    unrelated = torch.rand(2, 12, 12, generator=g)
+    inv = 1.0 - a
+    assert torch.allclose(S.map_similarity(a, inv, signed=True), -torch.ones(2))
+    assert torch.allclose(S.map_similarity(a, inv), torch.ones(2))
+    assert (S.map_similarity(a, unrelated) < S.map_similarity(a, inv)).all()
+    images, targets = data
+    model = tiny_cnn()
+
+    def constant_after(model_, images_, targets_, names, **kw):
+        maps = explain_fn(model_, images_, targets_, names)
+        return maps if model_ is model else {n: torch.zeros_like(v) for n, v in maps.items()}
+
+    sal = explain_fn(model, images, targets, ["gradcam"])
+    batch = Batch(images=images, targets=targets, ids=list("abcd"))
+    ctx = M.MetricContext(model=model, batch=batch, saliency=sal, explain=constant_after)
+    with pytest.warns(RuntimeWarning, match=r"4 of 4 similarities of 'gradcam' are undefined"):
+        res = M.compute_metrics(ctx, ["model_randomization"])
+    assert torch.isnan(res["model_randomization"]["gradcam"]).all()

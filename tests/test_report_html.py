@@ -36,12 +36,17 @@ def test_report_is_self_contained_and_complete(reported):
     html = (reported.out / "report.html").read_text()
     assert not re.search(r"""(src|href)=["'](https?:|//|file:)""", html)  # nothing external
     imgs = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
-    assert len(imgs) == sum(len(v) for v in reported.report.plots.values()) == 8
+    # bars, ranks, curves, gallery, Kendall tau and critical-difference diagrams (mean rank + the fake
+    # metrics' family) of two experiments
+    assert len(imgs) == sum(len(v) for v in reported.report.plots.values())
+    kinds = {k: len(v) for k, v in reported.report.plots.items()}
+    assert kinds["bars"] == kinds["ranks"] == kinds["gallery"] == 2 and kinds["kendall"] == 2 and kinds["cd"] >= 2
     assert all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in imgs)
-    for needle in ("Leaderboard", "fake_inside", "mean rank", "Settings", 'name = &quot;tiny&quot;', "Versions",
+    for needle in ("Leaderboard", "What this experiment can conclude", "Equivalent methods", "(reference)",
+                   "fake_inside", "mean rank", "Settings", 'name = &quot;tiny&quot;', "Versions",
                    "torch", "cambench", "Timings", "Failures", "Skipped metrics", "needs masks", reported.plan.hash):
         assert needle in html, needle
-    assert html.count('class="best"') >= 5  # one rank-1 cell per (experiment, metric)
+    assert html.count('class="best') >= 5  # one rank-1 cell per (experiment, metric) ("best grey" when flagged)
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="headless Chromium is not installed")

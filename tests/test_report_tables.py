@@ -60,7 +60,8 @@ def test_ranks_respect_the_metric_direction_and_average_ties():
     assert mr.loc["b", "mean"] == pytest.approx((3 + 1 + 1.5) / 3)
     assert (mr.loc["a", "rank"], mr.loc["b", "rank"], mr.loc["c", "rank"]) == (1.5, 1.5, 3)
     assert not mr["higher_is_better"].any()
-    assert list(lb.columns) == ["model", "dataset", "method", "metric", "mean", "ci_low", "ci_high", "n", "rank", "higher_is_better"]
+    assert list(lb.columns) == ["model", "dataset", "method", "metric", "mean", "ci_low", "ci_high", "n", "rank",
+                                "higher_is_better", "group", "avg_rank", "cd", "baseline"]
     row = lb[(lb["metric"] == "up") & (lb["method"] == "a")].iloc[0]
     assert row["ci_low"] <= row["mean"] <= row["ci_high"] and row["n"] == 2 and row["higher_is_better"]
 

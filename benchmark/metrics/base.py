@@ -3,6 +3,17 @@
 A registered metric is ``fn(ctx: MetricContext, **params) -> dict[method, Tensor[B]]``: it scores every
 method of the batch at once, so perturbation metrics can stack methods along the batch dimension and
 share forward passes. ``NaN`` means "undefined for this image" (each metric documents when).
+
+Dataset-level metrics (torchmetrics' update/compute split): ``register_metric(..., level="dataset",
+compute=fn)``. The metric function then returns, per method, ``Tensor[B, S]`` of per-image *sufficient
+statistics* (S fixed for given params; usually counts or histograms that add up over images); the
+runner stores them per (model, dataset, method, metric, image_id) and the leaderboard's value is
+``compute(stats[N, S], ids, **params) -> float`` over all N images of an experiment (a pure function:
+the leaderboard bootstraps it by resampling rows). A row with a non-finite statistic means "undefined
+for this image" and is left out before ``compute`` (as a NaN per-image value is left out of a mean).
+Optionally ``compute_weighted(stats [N, S], weights [R, N], **params) -> [R]`` evaluates ``compute`` on R
+resamples at once, resample r holding image i ``weights[r, i]`` times (the leaderboard's bootstrap then
+needs one call instead of R); it must equal ``compute`` on the resampled rows.
 """
 
 from __future__ import annotations
@@ -18,6 +29,7 @@ from ..types import Batch
 METRICS: Registry[Callable[..., dict[str, Tensor]]] = Registry("metric")
 
 FAMILIES = ("faithfulness", "localization", "robustness", "sanity", "cost")
+LEVELS = ("image", "dataset")
 NEEDS = ("saliency", "masks", "boxes", "model", "explainer")
 
 
@@ -64,11 +76,25 @@ def register_metric(
     needs: Iterable[str] = ("saliency",),
     defaults: Optional[Mapping[str, Any]] = None,
     paper: str = "",
+    level: str = "image",
+    compute: Optional[Callable[..., float]] = None,
+    compute_weighted: Optional[Callable[..., Any]] = None,
     **meta: Any,
 ) -> Callable:
-    """Decorator registering a metric ``fn(ctx, **params) -> {method: Tensor[B]}``."""
+    """Decorator registering a metric ``fn(ctx, **params) -> {method: Tensor[B]}`` (``level="image"``) or
+    ``{method: Tensor[B, S]}`` of sufficient statistics reduced by ``compute(stats, ids, **params)``
+    (``level="dataset"``; see the module docstring)."""
     if family not in FAMILIES:
         raise ValueError(f"Unknown metric family {family!r}; expected one of {FAMILIES}.")
+    if level not in LEVELS:
+        raise ValueError(f"Unknown metric level {level!r} for {name!r}; expected one of {LEVELS}.")
+    if level == "dataset" and not callable(compute):
+        raise ValueError(
+            f"Dataset-level metric {name!r} needs `compute=fn(stats [N,S], ids, **params) -> float`, the "
+            "reduction of its per-image statistics; pass it to register_metric."
+        )
+    if level == "image" and compute is not None:
+        raise ValueError(f"Metric {name!r}: `compute` is only used with level=\"dataset\"; remove it or set the level.")
     needs = tuple(needs)
     bad = [n for n in needs if n not in NEEDS]
     if bad:
@@ -80,8 +106,38 @@ def register_metric(
         needs=needs,
         defaults=dict(defaults or {}),
         paper=paper,
+        level=level,
+        compute=compute,
+        compute_weighted=compute_weighted,
         **meta,
     )
+
+
+def metric_level(name: str) -> str:
+    """``"image"`` or ``"dataset"`` for a registered metric."""
+    return str(METRICS.entry(name).meta.get("level", "image"))
+
+
+def dataset_value(name: str, stats: Any, ids: Sequence[str], params: Optional[Mapping[str, Any]] = None) -> float:
+    """The dataset-level value of metric ``name`` from the per-image statistics ``stats [N, S]`` of one
+    (model, dataset, method): rows with a non-finite entry are dropped, then the metric's ``compute`` runs
+    with its default parameters updated by ``params``. NaN when no row is left."""
+    import numpy as np
+
+    entry = METRICS.entry(name)
+    if entry.meta.get("level", "image") != "dataset":
+        raise ValueError(f"Metric {name!r} is a per-image metric (level='image'); dataset_value needs level='dataset'.")
+    arr = np.asarray(stats, dtype=np.float64)
+    if arr.ndim != 2:
+        raise ValueError(f"stats of {name!r} must be [N, S]; got shape {arr.shape}.")
+    ids = list(ids)
+    if len(ids) != arr.shape[0]:
+        raise ValueError(f"stats of {name!r} have {arr.shape[0]} rows but {len(ids)} ids were given.")
+    keep = np.isfinite(arr).all(axis=1)
+    if not keep.any():
+        return float("nan")
+    p = metric_params(name, params)
+    return float(entry.meta["compute"](arr[keep], [i for i, k in zip(ids, keep) if k], **p))
 
 
 def metric_params(name: str, overrides: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:

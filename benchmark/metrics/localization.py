@@ -32,7 +32,8 @@ def pointing_game(ctx: MetricContext, tolerance: float = 15) -> dict[str, Tensor
 def energy_pointing_game(ctx: MetricContext) -> dict[str, Tensor]:
     """Share of the map's energy inside the union of the GT boxes (NaN: all-zero map or no box)."""
     h, w = ctx.batch.images.shape[-2:]
-    region = F.boxes_to_mask(ctx.batch.boxes, (h, w), device=ctx.batch.images.device)
+    boxes = F.edge_boxes_to_inclusive(ctx.batch.boxes)  # the datasets' pixel edges -> inclusive pixels
+    region = F.boxes_to_mask(boxes, (h, w), device=ctx.batch.images.device)
     return _per_method(ctx, lambda s: F.energy_pointing_game(s, region.to(s.device)))
 
 
@@ -51,14 +52,27 @@ def energy_pointing_game_mask(ctx: MetricContext) -> dict[str, Tensor]:
     defaults={"threshold": 0.15}, paper="Selvaraju et al. 2017 (Grad-CAM localisation)",
 )
 def box_iou(ctx: MetricContext, threshold: float = 0.15) -> dict[str, Tensor]:
-    """IoU of the largest component's box (map >= threshold * max) with the best GT box."""
-    return _per_method(ctx, lambda s: F.box_iou(s, ctx.batch.boxes, threshold))
+    """IoU of the largest component's box (map >= threshold * max) with the best GT box (the datasets'
+    pixel-edge boxes read as inclusive pixel boxes, ``functional.localization.edge_boxes_to_inclusive``)."""
+    boxes = F.edge_boxes_to_inclusive(ctx.batch.boxes)
+    return _per_method(ctx, lambda s: F.box_iou(s, boxes, threshold))
+
+
+def _max_box_acc_compute(stats, ids, cam_curve_interval: float = 0.01, iou_thresholds=(30, 50, 70),
+                         multi_contour: bool = True) -> float:
+    return F.max_box_acc_from_rows(stats, tuple(iou_thresholds))
+
+
+def _max_box_acc_weighted(stats, weights, cam_curve_interval: float = 0.01, iou_thresholds=(30, 50, 70),
+                          multi_contour: bool = True):
+    return F.max_box_acc_weighted(stats, weights, tuple(iou_thresholds))
 
 
 @register_metric(
     "max_box_acc", family="localization", higher_is_better=True, needs=("saliency", "boxes"),
     defaults={"cam_curve_interval": 0.01, "iou_thresholds": (30, 50, 70), "multi_contour": True},
-    paper="Choe et al. CVPR 2020 (MaxBoxAccV2)", dataset_level=True,
+    paper="Choe et al. CVPR 2020 (MaxBoxAccV2)", level="dataset", compute=_max_box_acc_compute,
+    compute_weighted=_max_box_acc_weighted,
 )
 def max_box_acc(
     ctx: MetricContext,
@@ -66,17 +80,15 @@ def max_box_acc(
     iou_thresholds: Sequence[float] = (30, 50, 70),
     multi_contour: bool = True,
 ) -> dict[str, Tensor]:
-    """Per image: mean over IoU thresholds of "some CAM threshold reaches it" (the per-image best
-    threshold; an optimistic stand-in). The dataset statistic needs one threshold for all images: the
-    per-image best-IoU rows ``[B,T]`` are stored in ``ctx.curves["max_box_acc"][method]``; concatenate them
-    over the dataset and call ``functional.localization.max_box_acc_v2`` for MaxBoxAccV2."""
-    curves = ctx.curves.setdefault("max_box_acc", {})
-    out = {}
-    for m, s in ctx.saliency.items():
-        rows = F.box_best_ious(s, ctx.batch.boxes, cam_curve_interval, multi_contour)
-        curves[m] = rows.float()
-        out[m] = F.max_box_acc_per_image(rows, tuple(iou_thresholds))
-    return out
+    """MaxBoxAccV2 over the dataset (Choe et al. CVPR 2020; wsolevaluation ``BoxEvaluator``).
+
+    Per image the statistics are the best IoU of any predicted box (every contour, ``multi_contour``)
+    with any ground-truth box at every CAM threshold, ``[B, T]``; the dataset value picks, per IoU
+    threshold delta, the one CAM threshold that localises most images
+    (``functional.localization.max_box_acc_from_rows``). The datasets' pixel-edge boxes are read as the
+    reference's inclusive pixel boxes (``edge_boxes_to_inclusive``). NaN rows: images without a box."""
+    boxes = F.edge_boxes_to_inclusive(ctx.batch.boxes)
+    return {m: F.box_best_ious(s, boxes, cam_curve_interval, multi_contour) for m, s in ctx.saliency.items()}
 
 
 @register_metric(
@@ -88,18 +100,24 @@ def mask_iou(ctx: MetricContext, threshold: float = 0.5) -> dict[str, Tensor]:
     return _per_method(ctx, lambda s: F.mask_iou(s, masks.to(s.device), threshold))
 
 
+def _pxap_compute(stats, ids, cam_curve_interval: float = 0.01) -> float:
+    return F.pxap_from_rows(stats)
+
+
+def _pxap_weighted(stats, weights, cam_curve_interval: float = 0.01):
+    return F.pxap_weighted(stats, weights)
+
+
 @register_metric(
     "pxap", family="localization", higher_is_better=True, needs=("saliency", "masks"),
-    defaults={"cam_curve_interval": 0.01}, paper="Choe et al. CVPR 2020 (PxAP)", dataset_level=True,
+    defaults={"cam_curve_interval": 0.01}, paper="Choe et al. CVPR 2020 (PxAP)", level="dataset",
+    compute=_pxap_compute, compute_weighted=_pxap_weighted,
 )
 def pxap(ctx: MetricContext, cam_curve_interval: float = 0.01) -> dict[str, Tensor]:
-    """Per-image PxAP in [0,1]. The dataset PxAP sums histograms over images: they are stored flattened
-    as ``ctx.curves["pxap"][method]`` ``[B, 2*(T+2)]``; use
-    ``functional.localization.pxap_from_histograms(rows.sum(0).view(2, -1))``."""
-    curves = ctx.curves.setdefault("pxap", {})
-    out = {}
-    for m, s in ctx.saliency.items():
-        hist = F.pxap_histograms(s, ctx.batch.masks.to(s.device), cam_curve_interval)
-        curves[m] = hist.flatten(1).float()
-        out[m] = F.pxap_from_histograms(hist).float()
-    return out
+    """PxAP over the dataset (Choe et al. CVPR 2020; wsolevaluation ``MaskEvaluator``): the area under
+    the precision-recall curve of all pixels of all images. Per image the statistics are the
+    foreground/background score histograms flattened, ``[B, 2*(T+2)]``; the dataset value sums them
+    (``functional.localization.pxap_from_rows``). Images without foreground pixels still add their
+    background pixels (as in the reference)."""
+    masks = ctx.batch.masks
+    return {m: F.pxap_histograms(s, masks.to(s.device), cam_curve_interval).flatten(1) for m, s in ctx.saliency.items()}

@@ -24,6 +24,11 @@ class Report:
     curves: pd.DataFrame
     plots: dict = field(default_factory=dict)
     run: dict = field(default_factory=dict)
+    stats: Optional[pd.DataFrame] = None  # per-image statistics of dataset-level metrics
+    rank_tests: Optional[pd.DataFrame] = None
+    pairwise: Optional[pd.DataFrame] = None
+    equivalences: Optional[pd.DataFrame] = None
+    metric_card: Optional[pd.DataFrame] = None
 
 
 def read_run(out_dir: str | Path) -> dict:
@@ -54,25 +59,59 @@ def _with_dataset_errors(fails: pd.DataFrame, run: dict) -> pd.DataFrame:
     return pd.concat([pd.DataFrame(rows, columns=fails.columns), fails], ignore_index=True)
 
 
+def baseline_methods(names: Iterable[str]) -> list[str]:
+    """The registered methods of the ``baseline`` family among ``names`` (references, never ranked)."""
+    from ..methods import METHODS
+
+    return sorted(m for m in names if m in METHODS and METHODS.entry(m).meta.get("family") == "baseline")
+
+
 def write_report(out_dir: str | Path, *, plots: bool = True, html: bool = True) -> Report:
-    """Write scores.parquet, leaderboard.csv, significance.csv, failures.csv, timings.csv, curves.parquet,
-    plots/*.png and report.html into ``out_dir`` (from its ``run.json`` and the parts of that hash)."""
+    """Write scores.parquet, stats.parquet, leaderboard.csv, significance.csv, rank_tests.csv, pairwise.csv,
+    equivalences.csv, metric_card.csv, kendall_tau.csv, failures.csv, timings.csv, curves.parquet, plots/*.png
+    and report.html into ``out_dir`` (from its ``run.json`` and the parts of that hash)."""
     out = Path(out_dir)
     run = read_run(out)
     store = Store(out, run["suite_hash"], units=run.get("units"))
     scores = store.load_scores()
+    stats = store.load_stats()
+    from ..metrics import METRICS
+
+    if len(stats) and not set(stats["metric"]) <= set(METRICS) and run.get("plugins"):
+        from ..runner.execute import load_registries
+
+        load_registries(run["plugins"])  # a plugin's dataset-level metric: its `compute` reduces the stats
     directions = {k: bool(v) for k, v in run.get("directions", {}).items()}
-    board = tables.leaderboard(scores, directions, seed=int(run.get("seed", 0)), n_boot=int(run.get("bootstrap", 1000)),
-                               exclude_from_mean_rank=cost_metrics(directions))
+    mparams = {(e["label"], e["dataset"]): e.get("metric_params", {}) for e in run.get("experiments", [])}
+    ranked = tables.ranked_leaderboard(
+        scores, directions, seed=int(run.get("seed", 0)), n_boot=int(run.get("bootstrap", 1000)),
+        exclude_from_mean_rank=cost_metrics(directions), stats=stats, metric_params=mparams,
+        baselines=baseline_methods(set(scores["method"]) | set(stats["method"])),
+    )
+    board = ranked.board
     sig = tables.significance(scores, board)
+    from . import card as C
+
+    costs = cost_metrics(directions)
+    equiv = C.equivalences(store.load_meta(), run)
+    taus = C.kendall_taus(board, exclude=costs)
+    mcard = C.metric_card(board, ranked.pairwise, ranked.tests, run.get("families", {}), run.get("levels", {}), taus,
+                          exclude=costs)
     fails = _with_dataset_errors(tables.failures(scores), run)
     timings = store.load_timings()
     curves = store.load_curves()
 
     write_parquet(out / "scores.parquet", scores)
     write_parquet(out / "curves.parquet", curves)
+    if len(stats):
+        write_parquet(out / "stats.parquet", stats)
     atomic_write_text(out / "leaderboard.csv", board.to_csv(index=False))
     atomic_write_text(out / "significance.csv", sig.to_csv(index=False))
+    atomic_write_text(out / "rank_tests.csv", ranked.tests.to_csv(index=False))
+    atomic_write_text(out / "pairwise.csv", ranked.pairwise.to_csv(index=False))
+    atomic_write_text(out / "equivalences.csv", equiv.to_csv(index=False))
+    atomic_write_text(out / "metric_card.csv", mcard.to_csv(index=False))
+    atomic_write_text(out / "kendall_tau.csv", taus.to_csv(index=False))
     atomic_write_text(out / "failures.csv", fails.to_csv(index=False))
     atomic_write_text(out / "timings.csv", timings.to_csv(index=False))
 
@@ -84,13 +123,15 @@ def write_report(out_dir: str | Path, *, plots: bool = True, html: bool = True) 
         # per-image rows in ctx.curves (e.g. PxAP histograms), kept in curves.parquet only
         fam = run.get("families", {})
         plotted = curves[curves["metric"].map(lambda m: fam.get(m, "faithfulness") == "faithfulness")]
-        figs = all_plots(board, plotted, store.load_gallery(), out / "plots")
+        figs = all_plots(board, plotted, store.load_gallery(), out / "plots", families=fam, taus=taus)
     if html:
         from .html import render
 
         degenerate = tables.degenerate_counts(scores)
-        atomic_write_text(out / "report.html", render(run, board, sig, fails, timings, figs, degenerate))
-    return Report(out, scores, board, sig, fails, timings, curves, figs, run)
+        atomic_write_text(out / "report.html", render(run, board, sig, fails, timings, figs, degenerate,
+                                                             card=mcard, equivalences=equiv, tests=ranked.tests))
+    return Report(out, scores, board, sig, fails, timings, curves, figs, run, stats, ranked.tests, ranked.pairwise,
+                  equiv, mcard)
 
 
 #: The metrics papers report first; the summary shows those present, then one per remaining family.

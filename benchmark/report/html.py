@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import html
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -21,7 +21,9 @@ table{border-collapse:collapse;font-size:12px;margin:8px 0} th,td{border:1px sol
 th{background:#f4f6f8} td.l,th.l{text-align:left} tr:nth-child(even) td{background:#fafafa}
 td.best{font-weight:700;background:#e3f4ef !important} .ci{color:#777;font-size:11px}
 img{max-width:100%;border:1px solid #eee;margin:6px 0} pre{background:#f6f8fa;padding:10px;font-size:12px;overflow:auto}
-.err{color:#b00020} .ok{color:#2a7d4f}
+.err{color:#b00020} .ok{color:#2a7d4f} .grp{color:#1d4e89;font-weight:600;font-size:11px}
+td.grey,th.grey,tr.grey td{color:#aaa !important;background:#f3f3f3 !important} h4{font-size:13px;margin:10px 0 2px}
+.card td{white-space:normal;max-width:380px}
 """
 
 
@@ -40,19 +42,39 @@ def _fmt(v: float) -> str:
     return f"{v:.3f}" if abs(v) < 1000 else f"{v:.3g}"
 
 
-def leaderboard_html(board: pd.DataFrame) -> str:
-    """Per (model, dataset): methods (by mean rank) x metrics, "mean [ci]", best per metric in bold."""
+FAMILY_ORDER = ("faithfulness", "localization", "robustness", "sanity", "cost")
+
+
+def _slug(*parts: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_.=+-]+", "_", "-".join(parts))
+
+
+def family_tables(g: pd.DataFrame, families: Mapping[str, str], grey: Mapping[str, str]) -> str:
+    """One experiment's leaderboard as one table per metric family (in FAMILY_ORDER, so each fits the page
+    width): methods sorted by mean rank, baselines last in italics (references, not ranked); a cell is
+    "mean [ci] n group"; bold = best; a greyed-out column is a metric the report card flags (why on hover)."""
+    metrics_all = [m for m in g["metric"].unique() if m != MEAN_RANK]
+    mr = g[g["metric"] == MEAN_RANK].set_index("method")
+    base = set(g[g["baseline"].astype(bool)]["method"]) if "baseline" in g else set()
+    by_rank = list(mr["mean"].sort_values().index) if len(mr) else sorted(g["method"].unique())
+    ranked = [m for m in by_rank if m not in base]
+    ranked += sorted(m for m in g["method"].unique() if m not in base and m not in ranked)
+    methods = ranked + sorted(base)
+    cell = {(r.method, r.metric): r for r in g.itertuples(index=False)}
+    top = g.groupby("metric")["rank"].min().to_dict()
+    cd = float(mr["cd"].iloc[0]) if len(mr) and "cd" in mr else float("nan")
+    fams = [f for f in FAMILY_ORDER if any(families.get(m) == f for m in metrics_all)]
+    fams += sorted({families.get(m, "other") for m in metrics_all} - set(fams))
     parts = []
-    for (model, dataset), g in board.groupby(["model", "dataset"], sort=True):
-        metrics = sorted(m for m in g["metric"].unique() if m != MEAN_RANK)
-        mr = g[g["metric"] == MEAN_RANK].set_index("method")["mean"]
-        methods = list(mr.sort_values().index) if len(mr) else sorted(g["method"].unique())
-        cell = {(r.method, r.metric): r for r in g.itertuples(index=False)}
-        top = g.groupby("metric")["rank"].min().to_dict()  # best (ties share it)
-        head = "".join(
-            f'<th>{_e(m)}<br><span class="ci">{"↑" if bool(g[g["metric"] == m]["higher_is_better"].iloc[0]) else "↓"}</span></th>'
-            for m in metrics
-        )
+    for fam in fams:
+        metrics = sorted(m for m in metrics_all if families.get(m, "other") == fam)
+        head = ""
+        for m in metrics:
+            hib = bool(g[g["metric"] == m]["higher_is_better"].iloc[0])
+            cls = f' class="grey" title="{_e(grey[m])}"' if m in grey else ""
+            head += f'<th{cls}>{_e(m)}<br><span class="ci">{"↑" if hib else "↓"}</span></th>'
         rows = []
         for method in methods:
             tds = []
@@ -61,15 +83,33 @@ def leaderboard_html(board: pd.DataFrame) -> str:
                 if r is None:
                     tds.append("<td>–</td>")
                     continue
-                cls = ' class="best"' if r.rank == top[metric] else ""
+                cls = ["best"] if r.rank == top.get(metric) else []
+                if metric in grey:
+                    cls.append("grey")
+                grp = f' <span class="grp">{_e(r.group)}</span>' if isinstance(r.group, str) and r.group else ""
                 ci = f'<br><span class="ci">[{_fmt(r.ci_low)}, {_fmt(r.ci_high)}] n={int(r.n)}</span>'
-                tds.append(f"<td{cls}>{_fmt(r.mean)}{ci}</td>")
-            rank = _fmt(mr.get(method, np.nan))
-            rows.append(f'<tr><td class="l">{_e(method)}</td>{"".join(tds)}<td>{rank}</td></tr>')
+                c = f' class="{" ".join(cls)}"' if cls else ""
+                tds.append(f"<td{c}>{_fmt(r.mean)}{grp}{ci}</td>")
+            if method in base:
+                name, rank = f'<i>{_e(method)}</i> <span class="ci">(reference)</span>', "–"
+            else:
+                name = _e(method)
+                mrow = mr.loc[method] if method in mr.index else None
+                grp_mr = _e(mrow.get("group", "")) if mrow is not None else ""
+                rank = "–" if mrow is None else f'{_fmt(mrow["mean"])} <span class="grp">{grp_mr}</span>'
+            rows.append(f'<tr><td class="l">{name}</td>{"".join(tds)}<td>{rank}</td></tr>')
         parts.append(
-            f"<h3>{_e(model)} on {_e(dataset)}</h3><table><tr><th class=l>method</th>{head}"
-            f"<th>mean rank</th></tr>{''.join(rows)}</table>"
+            f'<h4>{_e(fam)}</h4><table><tr><th class=l>method</th>{head}'
+            f'<th>mean rank<br><span class="ci">CD {_fmt(cd)}</span></th></tr>{"".join(rows)}</table>'
         )
+    return "\n".join(parts)
+
+
+def leaderboard_html(board: pd.DataFrame, families: Optional[Mapping[str, str]] = None) -> str:
+    """Every experiment's :func:`family_tables`."""
+    parts = []
+    for (model, dataset), g in board.groupby(["model", "dataset"], sort=True):
+        parts.append(f"<h3>{_e(model)} on {_e(dataset)}</h3>{family_tables(g, families or {}, {})}")
     return "\n".join(parts) or "<p>No scores.</p>"
 
 
@@ -91,6 +131,67 @@ def frame_html(df: pd.DataFrame, max_rows: int = 200) -> str:
     return f"<table><tr>{head}</tr>{''.join(body)}</table>{more}"
 
 
+def experiment_section(
+    model: str, dataset: str, board: pd.DataFrame, card: pd.DataFrame, equiv: pd.DataFrame, tests: pd.DataFrame,
+    families: Mapping[str, str], plots: Mapping[str, Sequence[Path]], n_images: Optional[int] = None,
+) -> str:
+    """One experiment: significance groups and the metric card first, equivalent methods, then the tables
+    grouped by family, then the plots of this experiment."""
+    g = board[(board["model"] == model) & (board["dataset"] == dataset)]
+    c = card[(card["model"] == model) & (card["dataset"] == dataset)] if len(card) else card
+    grey = {r.metric: r.verdict for r in c.itertuples(index=False) if r.verdict != "ok"} if len(c) else {}
+    # groups first: per metric, the methods of group "a" (not significantly different from the best)
+    grows = []
+    for fam in FAMILY_ORDER + ("other",):
+        for r in (c.itertuples(index=False) if len(c) else []):
+            if (r.family or "other") != fam:
+                continue
+            s = g[(g["metric"] == r.metric) & ~g["baseline"].astype(bool)].sort_values("rank")
+            top = ", ".join(s[s["group"].astype(str).str.contains("a")]["method"])
+            cls = ' class="grey"' if r.metric in grey else ""
+            ngroups = len({ch for x in s["group"].astype(str) for ch in x})
+            grows.append(
+                f'<tr{cls}><td class="l">{_e(r.metric)}</td><td class="l">{_e(r.level)}</td><td>{ngroups}</td>'
+                f'<td class="l">{_e(top)}</td><td>{_fmt(r.saturated_share)}</td><td>{_fmt(r.separable)}</td>'
+                f'<td>{_fmt(r.friedman_p)}</td><td class="l">{_e(r.baseline_order)}</td><td>{_e(r.beats_random)}</td>'
+                f'<td>{_fmt(r.median_tau)}</td><td class="l">{_e(r.verdict)}'
+                f'{"<br>" + _e(r.violators) if r.violators else ""}</td></tr>'
+            )
+    card_html = (
+        '<table class="card"><tr><th class=l>metric</th><th class=l>level</th><th>groups</th>'
+        '<th class=l>group a (tied with the best)</th><th>saturated</th><th>separable</th><th>Friedman p</th>'
+        '<th class=l>oracle ≥ methods ≥ random</th><th>beat random</th><th>median τ</th>'
+        '<th class=l>verdict</th></tr>'
+        + "".join(grows) + "</table>"
+    ) if grows else '<p class="muted">No metric card.</p>'
+    e = equiv[(equiv["model"] == model) & (equiv["dataset"] == dataset)] if len(equiv) else equiv
+    slug = _slug(model, dataset)
+    mine = {k: [p for p in v if Path(p).name.endswith(f"-{slug}.png")] for k, v in plots.items()}
+    fig = lambda kind: "".join(_img(p) for p in mine.get(kind, [])) or '<p class="muted">None.</p>'  # noqa: E731
+    n = f" · {n_images} images" if n_images is not None else ""
+    return f"""<h2>{_e(model)} on {_e(dataset)}</h2><p class="muted">{len(set(g['method']))} methods{n}</p>
+<h3>What this experiment can conclude</h3>
+<p class="muted">Per metric: the significance groups (methods sharing a letter are not significantly different:
+Wilcoxon-Holm over images for per-image metrics, a paired bootstrap over images for dataset-level ones, alpha 0.05),
+the share of methods tied with the best value (saturated), the share of method pairs that differ (separable), whether
+oracle ≥ methods ≥ random holds, how many methods beat random's 95% CI, and the median Kendall τ with the other
+metrics. Greyed-out metrics cannot rank methods on this data (the verdict says why); baselines (random, center,
+oracle) are references: never ranked, not in the mean rank.</p>
+{card_html}
+<h3>Equivalent methods</h3><p class="muted">Pairs whose maps are identical on every image (max |diff| ≤ 1e-6); their
+scores are equal, so their rank differences are noise. The reason is given where the capture proves it.</p>
+{frame_html(e.drop(columns=["model", "dataset"]) if len(e) else e)}
+<h3>Leaderboard</h3>
+<p class="muted">mean [95% bootstrap CI] n, with the significance group letter; dataset-level metrics (MaxBoxAccV2,
+PxAP) are computed over all images. The mean rank over the quality metrics is shown with its critical difference
+(Nemenyi, metrics as blocks): mean ranks closer than the CD are not significantly different.</p>
+{family_tables(g, families, grey)}
+<h3>Plots</h3>
+{fig('cd')}{fig('kendall')}{fig('bars')}{fig('ranks')}{fig('curves')}
+<p class="muted">Ground-truth boxes in green, mask outlines in white.</p>{fig('gallery')}
+"""
+
+
 def render(
     run: Mapping,
     board: pd.DataFrame,
@@ -99,8 +200,12 @@ def render(
     timings: pd.DataFrame,
     plots: Mapping[str, Sequence[Path]],
     degenerate: pd.DataFrame | None = None,
+    card: pd.DataFrame | None = None,
+    equivalences: pd.DataFrame | None = None,
+    tests: pd.DataFrame | None = None,
 ) -> str:
-    """The report as an HTML string."""
+    """The report as an HTML string: per experiment (:func:`experiment_section`), then what applies to
+    the whole run (ties with the best, failures, degenerate maps, skipped metrics, timings, settings)."""
     versions = run.get("versions", {})
     vtxt = ", ".join(f"{k} {v}" for k, v in versions.items())
     skipped = [
@@ -119,11 +224,22 @@ def render(
     sig = significance.copy()
     if not sig.empty:
         sig = sig[sig["significant"] == False]  # noqa: E712  (methods statistically tied with the best)
-    fig = lambda kind: "".join(_img(p) for p in plots.get(kind, [])) or '<p class="muted">None.</p>'  # noqa: E731
     exp_rows = pd.DataFrame(
         [(e["label"], e["dataset"], e["n_images"], len(e["methods"]), len(e["metrics"])) for e in run.get("experiments", [])],
         columns=["model", "dataset", "images", "methods", "metrics"],
     )
+    families = run.get("families", {})
+    card = card if card is not None else pd.DataFrame(columns=["model", "dataset", "metric", "verdict"])
+    equivalences = equivalences if equivalences is not None else pd.DataFrame(columns=["model", "dataset"])
+    tests = tests if tests is not None else pd.DataFrame()
+    if "baseline" not in board:
+        board = board.assign(baseline=False, group="", cd=np.nan)
+    n_img = {(e["label"], e["dataset"]): e.get("n_images") for e in run.get("experiments", [])}
+    sections = "".join(
+        experiment_section(model, dataset, board, card, equivalences, tests, families, plots,
+                           n_img.get((model, dataset)))
+        for (model, dataset), _ in board.groupby(["model", "dataset"], sort=True)
+    ) or "<p>No scores.</p>"
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>cambench report: {_e(run.get('suite', ''))}</title>
 <style>{CSS}</style></head><body>
@@ -131,14 +247,11 @@ def render(
 <p class="muted">suite hash {_e(run.get('suite_hash', ''))} · created {_e(run.get('created', ''))} · device {_e(run.get('device', ''))}
  · total unit time {total_s:.1f} s · {n_fail} failed score rows</p>
 {frame_html(exp_rows)}
-<h2>Leaderboard</h2>
-<p class="muted">Mean over images with the 95% percentile-bootstrap CI ({_e(run.get('bootstrap', 1000))} resamples, seeded) and n.
-↑ higher is better, ↓ lower is better; bold = best (ties included). Methods sorted by mean rank over the quality metrics (cost metrics are ranked but not averaged in).</p>
-{leaderboard_html(board)}
-<h2>Metrics</h2>{fig('bars')}
-<h2>Ranks</h2>{fig('ranks')}
-<h2>Deletion / insertion curves</h2>{fig('curves')}
-<h2>CAM gallery</h2><p class="muted">Ground-truth boxes in green, mask outlines in white.</p>{fig('gallery')}
+<p class="muted">Leaderboard: mean over images (dataset-level metrics: the value over all images) with the 95%
+percentile-bootstrap CI over images ({_e(run.get('bootstrap', 1000))} resamples, seeded) and n. ↑ higher is better,
+↓ lower is better; bold = best (ties included). Methods sorted by mean rank over the quality metrics (cost metrics are
+ranked but not averaged in).</p>
+{sections}
 <h2>Ties with the best method</h2>
 <p class="muted">Paired Wilcoxon signed-rank test against the best method per metric, Holm-corrected (p ≥ 0.05 listed; all in significance.csv).</p>
 {frame_html(sig)}

@@ -24,10 +24,10 @@ def _slug(*parts: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=+-]+", "_", "-".join(parts))
 
 
-def _save(fig: "plt.Figure", path: Path) -> Path:
+def _save(fig: "plt.Figure", path: Path, tight: bool = True) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=DPI, bbox_inches="tight")
+    fig.savefig(tmp, dpi=DPI, bbox_inches="tight" if tight else None)  # "tight" draws the figure twice
     plt.close(fig)
     os.replace(tmp, path)
     return path
@@ -54,7 +54,7 @@ def metric_bars(board: pd.DataFrame, out_dir: Path) -> list[Path]:
             s = g[g["metric"] == metric].sort_values("rank")
             y = np.arange(len(s))
             err = np.vstack([(s["mean"] - s["ci_low"]).clip(lower=0).fillna(0), (s["ci_high"] - s["mean"]).clip(lower=0).fillna(0)])
-            colors = ["#2a9d8f" if r == 1 else "#8da0cb" for r in s["rank"]]
+            colors = ["#2a9d8f" if r == 1 else "#8da0cb" if np.isfinite(r) else "#bbbbbb" for r in s["rank"]]
             ax.barh(y, s["mean"], xerr=err, color=colors, ecolor="#333333", capsize=2)
             ax.set_yticks(y, s["method"])
             ax.invert_yaxis()
@@ -161,12 +161,112 @@ def gallery(samples: Sequence[dict[str, np.ndarray]], out_dir: Path, max_images:
     return paths
 
 
-def all_plots(board: pd.DataFrame, curves: pd.DataFrame, samples: Sequence[dict], out_dir: Path) -> dict[str, list[Path]]:
+def _cd_panel(ax: "plt.Axes", ranks: pd.Series, groups: pd.Series, cd: float, title: str) -> None:
+    """One critical-difference diagram (Demsar 2006, Fig. 1): average ranks on an axis (best left), the CD
+    as a bar, and a thick line under every group of methods that are not significantly different."""
+    ranks = ranks.dropna().sort_values()
+    k = len(ranks)
+    lo, hi = 1.0, max(float(k), 2.0)
+    ax.set_xlim(lo - 0.3, hi + 0.3)
+    ax.hlines(0, lo, hi, color="#333", lw=1)
+    for t in range(1, int(hi) + 1):
+        ax.vlines(t, -0.06, 0.06, color="#333", lw=0.8)
+        ax.text(t, 0.12, str(t), ha="center", va="bottom", fontsize=7)
+    from matplotlib.collections import LineCollection
+
+    half = (k + 1) // 2
+    segs = []
+    for i, (m, r) in enumerate(ranks.items()):
+        left = i < half
+        y = -0.35 - 0.22 * (i if left else k - 1 - i)
+        x_text = lo - 0.25 if left else hi + 0.25
+        segs.append([(r, 0), (r, y), (x_text, y)])
+        ax.text(x_text, y, f"{m} ({r:.2f})", ha="right" if left else "left", va="center", fontsize=7)
+    ax.add_collection(LineCollection(segs, colors="#555", linewidths=0.7))
+    letters = sorted({c for g in groups.dropna() for c in str(g)})
+    for j, letter in enumerate(letters):
+        members = [m for m in ranks.index if letter in str(groups.get(m, ""))]
+        if len(members) > 1:
+            a, b = ranks[members].min(), ranks[members].max()
+            ax.hlines(-0.12 - 0.07 * j, a - 0.03, b + 0.03, color="black", lw=2.5)
+    if np.isfinite(cd):
+        ax.hlines(0.45, lo, lo + cd, color="#b00020", lw=2)
+        ax.text(lo + cd / 2, 0.5, f"CD = {cd:.2f}", ha="center", va="bottom", fontsize=7, color="#b00020")
+    ax.set_ylim(-0.45 - 0.22 * half, 0.75)
+    ax.set_title(title, fontsize=8)
+    ax.axis("off")
+
+
+def cd_diagrams(board: pd.DataFrame, families: dict, out_dir: Path) -> list[Path]:
+    """Critical-difference diagrams per (model, dataset, metric family): one panel per image-level metric
+    (average ranks over images, Nemenyi CD, Wilcoxon-Holm groups) and one figure for the mean rank over
+    metrics (CD with the metrics as blocks). Baselines are not ranked and not shown."""
+    paths = []
+    lb = board[~board["baseline"].astype(bool)] if "baseline" in board else board
+    for (model, dataset), g in lb.groupby(["model", "dataset"], sort=True):
+        by_family: dict[str, list[str]] = {}
+        for metric in sorted(g["metric"].unique()):
+            if metric == MEAN_RANK:
+                continue
+            if g[g["metric"] == metric]["avg_rank"].notna().any():
+                by_family.setdefault(families.get(metric, "other"), []).append(metric)
+        panels = [(f, ms) for f, ms in by_family.items()] + [("mean_rank", [MEAN_RANK])]
+        for family, metrics in panels:
+            n = len(metrics)
+            k = g[g["metric"].isin(metrics)]["method"].nunique()
+            ncol = min(2, n)
+            nrow = int(np.ceil(n / ncol))
+            fig, axes = plt.subplots(nrow, ncol, figsize=(6.0 * ncol, (1.0 + 0.13 * k) * nrow + 0.4), squeeze=False)
+            for ax, metric in zip(axes.flat, metrics):
+                s = g[g["metric"] == metric].set_index("method")
+                col = "mean" if metric == MEAN_RANK else "avg_rank"
+                cd = float(s["cd"].iloc[0]) if len(s) else float("nan")
+                what = "mean rank over metrics" if metric == MEAN_RANK else f"{metric}: average rank over images"
+                _cd_panel(ax, s[col], s["group"], cd, what)
+            for ax in list(axes.flat)[n:]:
+                ax.axis("off")
+            fig.suptitle(f"{model} on {dataset}: {family} (critical differences, alpha = 0.05)", fontsize=9)
+            fig.subplots_adjust(left=0.2, right=0.8, wspace=0.9, hspace=0.35, top=1 - 0.5 / fig.get_figheight())
+            paths.append(_save(fig, out_dir / f"cd-{_slug(family, model, dataset)}.png", tight=False))
+    return paths
+
+
+def kendall_matrix(taus: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """The inter-metric Kendall tau matrix of the method rankings per (model, dataset) (LATEC, Klein et al.
+    NeurIPS 2024): how far the metrics agree on which method is better. ``taus``: long rows
+    (model, dataset, metric_a, metric_b, tau)."""
+    _style()
+    import seaborn as sns
+
+    paths = []
+    for (model, dataset), g in taus.groupby(["model", "dataset"], sort=True):
+        mat = g.pivot(index="metric_a", columns="metric_b", values="tau")
+        n = len(mat)
+        fig, ax = plt.subplots(figsize=(0.42 * n + 2.5, 0.38 * n + 1.5))
+        sns.heatmap(mat, ax=ax, cmap="RdBu", vmin=-1, vmax=1, annot=n <= 24, fmt=".1f", annot_kws={"fontsize": 6},
+                    cbar_kws={"label": "Kendall tau"})
+        ax.set_xlabel("")
+        ax.set_ylabel("")
+        ax.set_title(f"{model} on {dataset}: agreement of the metrics' method rankings", fontsize=9)
+        fig.tight_layout()
+        paths.append(_save(fig, out_dir / f"kendall-{_slug(model, dataset)}.png"))
+    return paths
+
+
+def all_plots(
+    board: pd.DataFrame, curves: pd.DataFrame, samples: Sequence[dict], out_dir: Path,
+    families: dict | None = None, taus: pd.DataFrame | None = None,
+) -> dict[str, list[Path]]:
     """Every figure of the report, by kind."""
     out_dir = Path(out_dir)
-    return {
+    figs = {
         "bars": metric_bars(board, out_dir),
         "ranks": rank_heatmap(board, out_dir),
         "curves": curve_plots(curves, out_dir),
         "gallery": gallery(samples, out_dir),
     }
+    if "avg_rank" in board:
+        figs["cd"] = cd_diagrams(board, families or {}, out_dir)
+    if taus is not None and len(taus):
+        figs["kendall"] = kendall_matrix(taus, out_dir)
+    return figs

@@ -6,6 +6,11 @@
   ``metric = "mean_rank"`` row per (model, dataset, method): the method's rank averaged over the quality
   metrics (cost metrics -- latency, memory -- keep their own ranked rows but stay out of the mean: they
   measure the machine, and their timing noise would reorder the quality ranking from run to run).
+  Dataset-level metrics (``register_metric(level="dataset")``) get ``mean`` = the metric's ``compute``
+  over the per-image statistics of all images and a bootstrap CI over images. Baselines (``baseline``
+  column: random, center, oracle) are shown beside every metric as references: no rank, no group, not in
+  ``mean_rank``. ``group``, ``avg_rank`` and ``cd``: the rank statistics of
+  :mod:`benchmark.report.ranking` (Friedman, Wilcoxon-Holm / paired bootstrap, Demsar's CD).
 - ``significance``: per (model, dataset, metric), the paired Wilcoxon signed-rank test (Wilcoxon 1945)
   of every method against the best one on their common images, with Holm's (1979) step-down correction
   over the methods compared.
@@ -14,14 +19,19 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Iterable, Mapping, Optional
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
+from . import ranking as R
+
 KEYS = ["model", "dataset", "method", "metric"]
-LEADERBOARD_COLUMNS = KEYS + ["mean", "ci_low", "ci_high", "n", "rank", "higher_is_better"]
+LEADERBOARD_COLUMNS = KEYS + [
+    "mean", "ci_low", "ci_high", "n", "rank", "higher_is_better", "group", "avg_rank", "cd", "baseline",
+]
 SIGNIFICANCE_COLUMNS = [
     "model", "dataset", "metric", "method", "best", "n_pairs", "mean_diff", "statistic", "p_value",
     "p_holm", "significant",
@@ -67,57 +77,212 @@ def direction_ranks(means: pd.Series, higher_is_better: bool) -> pd.Series:
     return means.rank(ascending=not higher_is_better, method="average")
 
 
+def resample_values(fn: Callable, arr: np.ndarray, ids: Sequence[str], draws: np.ndarray) -> np.ndarray:
+    """``fn(arr[d], ids[d])`` for every row ``d`` of ``draws [R, N]``; through ``fn.weighted(arr, W)`` (the
+    metric's ``compute_weighted``, ``W[r, i]`` = times image i is drawn in resample r) when it has one."""
+    weighted = getattr(fn, "weighted", None)
+    if weighted is not None:
+        r, n = draws.shape
+        w = np.bincount((draws + n * np.arange(r)[:, None]).ravel(), minlength=r * n).reshape(r, n)
+        return np.asarray(weighted(arr, w), dtype=np.float64)
+    ids = list(ids)
+    return np.array([fn(arr[d], [ids[x] for x in d]) for d in draws], dtype=np.float64)
+
+
+def bootstrap_stat(
+    fn: Callable[[np.ndarray, list], float], stats_rows: np.ndarray, ids: Sequence[str], n_boot: int = 1000,
+    seed: int = 0, level: float = 0.95,
+) -> tuple[float, float]:
+    """Percentile bootstrap CI of a dataset-level value ``fn(stats, ids)``: resample the images (rows)
+    with replacement ``n_boot`` times (``numpy.random.default_rng(seed)``) and recompute. One row gives a
+    zero-width interval at the value; no row gives NaNs."""
+    arr = np.asarray(stats_rows, dtype=np.float64)
+    ids = list(ids)
+    if arr.shape[0] == 0:
+        return float("nan"), float("nan")
+    if arr.shape[0] == 1:
+        v = float(fn(arr, ids))
+        return v, v
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, arr.shape[0], size=(n_boot, arr.shape[0]))
+    vals = resample_values(fn, arr, ids, draws)
+    vals = vals[np.isfinite(vals)]
+    if vals.size == 0:
+        return float("nan"), float("nan")
+    a = (1.0 - level) / 2.0
+    lo, hi = np.quantile(vals, [a, 1.0 - a])
+    return float(lo), float(hi)
+
+
+def _dataset_compute(metric: str, params: Mapping[str, Any]) -> Callable[[np.ndarray, list], float]:
+    from ..metrics.base import METRICS, metric_params
+
+    entry = METRICS.entry(metric)
+    fn = entry.meta.get("compute")
+    if fn is None:
+        raise KeyError(
+            f"Metric {metric!r} has stored statistics but no `compute`: register it with level='dataset' and "
+            "compute=fn, or load the plugin that does (--plugin)."
+        )
+    p = metric_params(metric, {k: v for k, v in (params or {}).items() if k in entry.meta.get("defaults", {})})
+
+    def value(arr: np.ndarray, ids: list) -> float:
+        return float(fn(arr, ids, **p))
+
+    many = entry.meta.get("compute_weighted")
+    if many is not None:
+        value.weighted = lambda arr, w: many(arr, w, **p)  # type: ignore[attr-defined]
+    return value
+
+
+def _stats_groups(stats_rows: Optional[pd.DataFrame]) -> dict[tuple, tuple[np.ndarray, list[str]]]:
+    """``{(model, dataset, method, metric): (finite stats [N, S], ids)}`` from a stats table."""
+    out: dict[tuple, tuple[np.ndarray, list[str]]] = {}
+    if stats_rows is None or len(stats_rows) == 0:
+        return out
+    for key, g in stats_rows.groupby(KEYS, sort=True):
+        arr = np.stack([np.asarray(v, dtype=np.float64) for v in g["stats"]])
+        keep = np.isfinite(arr).all(axis=1)
+        out[key] = (arr[keep], [i for i, k in zip(g["image_id"], keep) if k])
+    return out
+
+
+@dataclass
+class Ranked:
+    """A leaderboard with its rank statistics (see :mod:`benchmark.report.ranking`)."""
+
+    board: pd.DataFrame
+    tests: pd.DataFrame  # RANK_TEST_COLUMNS, one row per (model, dataset, metric) incl. mean_rank
+    pairwise: pd.DataFrame  # PAIRWISE_COLUMNS
+
+
 def leaderboard(
     scores: pd.DataFrame,
     directions: Mapping[str, bool],
     seed: int = 0,
     n_boot: int = 1000,
     exclude_from_mean_rank: Iterable[str] = (),
+    **kwargs: Any,
 ) -> pd.DataFrame:
     """The leaderboard table (see module docstring) from long score rows; ``exclude_from_mean_rank``
-    names the metrics (the cost family) ranked on their own rows but left out of ``mean_rank``."""
+    names the metrics (the cost family) ranked on their own rows but left out of ``mean_rank``. Other
+    keyword arguments: :func:`ranked_leaderboard`."""
+    return ranked_leaderboard(scores, directions, seed, n_boot, exclude_from_mean_rank, **kwargs).board
+
+
+def ranked_leaderboard(
+    scores: pd.DataFrame,
+    directions: Mapping[str, bool],
+    seed: int = 0,
+    n_boot: int = 1000,
+    exclude_from_mean_rank: Iterable[str] = (),
+    stats: Optional[pd.DataFrame] = None,
+    metric_params: Optional[Mapping[tuple[str, str], Mapping[str, Mapping[str, Any]]]] = None,
+    baselines: Iterable[str] = (),
+    alpha: float = 0.05,
+) -> Ranked:
+    """The leaderboard and its rank statistics.
+
+    ``stats``: the per-image statistics of dataset-level metrics (``Store.load_stats``); their row's mean
+    is the metric's ``compute`` over all images, with a bootstrap CI over images, ``n`` = images.
+    ``metric_params[(model, dataset)][metric]``: the parameters ``compute`` gets. ``baselines``: methods
+    shown as references (``baseline = True``): no rank, no group, out of ``mean_rank`` and of the tests.
+    """
     ok = valid_scores(scores)
-    missing = sorted(set(ok["metric"]) - set(directions))
+    sgroups = _stats_groups(stats)
+    missing = sorted((set(ok["metric"]) | {k[3] for k in sgroups}) - set(directions))
     if missing:
         raise KeyError(
             f"No direction (higher_is_better) known for metric(s) {missing}; pass them in `directions`."
         )
+    baselines = set(baselines)
     rows = []
-    for key, g in ok.groupby(KEYS, sort=True):
+    dl = {k[3] for k in sgroups}
+    for key, g in ok[~ok["metric"].isin(dl)].groupby(KEYS, sort=True):
         v = g["value"].to_numpy(dtype=np.float64)
         lo, hi = bootstrap_ci(v, n_boot=n_boot, seed=_seed_for(seed, key))
         rows.append((*key, float(v.mean()), lo, hi, int(v.size)))
+    computes: dict[tuple, Callable] = {}
+    for key, (arr, ids) in sgroups.items():
+        model, dataset, _, metric = key
+        fn = computes.setdefault((model, dataset, metric), _dataset_compute(
+            metric, ((metric_params or {}).get((model, dataset)) or {}).get(metric, {})))
+        value = fn(arr, ids) if len(ids) else float("nan")
+        lo, hi = bootstrap_stat(fn, arr, ids, n_boot=n_boot, seed=_seed_for(seed, key))
+        rows.append((*key, value, lo, hi, len(ids)))
     lb = pd.DataFrame(rows, columns=KEYS + ["mean", "ci_low", "ci_high", "n"])
     if lb.empty:
-        return pd.DataFrame(columns=LEADERBOARD_COLUMNS)
+        return Ranked(pd.DataFrame(columns=LEADERBOARD_COLUMNS), pd.DataFrame(columns=R.RANK_TEST_COLUMNS),
+                      pd.DataFrame(columns=R.PAIRWISE_COLUMNS))
     lb["higher_is_better"] = lb["metric"].map(lambda m: bool(directions[m]))
+    lb["baseline"] = lb["method"].isin(baselines)
     lb["rank"] = np.nan
-    for (_, _, metric), idx in lb.groupby(["model", "dataset", "metric"]).groups.items():
+    ranked = lb[~lb["baseline"]]
+    for (_, _, metric), idx in ranked.groupby(["model", "dataset", "metric"]).groups.items():
         lb.loc[idx, "rank"] = direction_ranks(lb.loc[idx, "mean"], bool(directions[metric]))
-    quality = lb[~lb["metric"].isin(set(exclude_from_mean_rank))]
+    quality = lb[~lb["metric"].isin(set(exclude_from_mean_rank)) & ~lb["baseline"]]
     mr = quality.groupby(["model", "dataset", "method"], as_index=False).agg(mean=("rank", "mean"), n=("rank", "size"))
     mr["metric"] = MEAN_RANK
     mr["ci_low"] = np.nan
     mr["ci_high"] = np.nan
     mr["higher_is_better"] = False
+    mr["baseline"] = False
     mr["rank"] = mr.groupby(["model", "dataset"])["mean"].rank(ascending=True, method="average")
     out = pd.concat([lb, mr[lb.columns]], ignore_index=True)
-    out = out.sort_values(["model", "dataset", "metric", "rank", "method"], kind="mergesort")
-    return out[LEADERBOARD_COLUMNS].reset_index(drop=True)
+
+    # rank statistics per (model, dataset, metric) over the non-baseline methods
+    out["group"] = ""
+    out["avg_rank"] = np.nan
+    out["cd"] = np.nan
+    tests, pairs = [], []
+    by_metric = {k: v for k, v in ok.groupby(["model", "dataset", "metric"], sort=False)}
+    for (model, dataset, metric), g in out[~out["baseline"]].groupby(["model", "dataset", "metric"], sort=True):
+        methods = sorted(g["method"])
+        hib = bool(directions.get(metric, False)) if metric != MEAN_RANK else False
+        level = "image"
+        if metric == MEAN_RANK:
+            level = "metrics"
+            rt = rank_table_of(quality, model, dataset)
+            test, pw = R.mean_rank_tests(rt[methods] if len(rt) else pd.DataFrame(columns=methods), alpha)
+            avg = {}
+        elif metric in dl:
+            level = "dataset"
+            fn = computes.get((model, dataset, metric))
+            sm = {m: sgroups[(model, dataset, m, metric)] for m in methods if (model, dataset, m, metric) in sgroups}
+            if fn is not None:
+                test, pw = R.dataset_level_tests(sm, fn, n_boot=n_boot, seed=_seed_for(seed, (model, dataset, metric)),
+                                                 alpha=alpha)
+            else:
+                test, pw = {}, pd.DataFrame(columns=R.PAIRWISE_COLUMNS[3:])
+            avg = {}
+        else:
+            sub = by_metric[(model, dataset, metric)]
+            sub = sub[sub["method"].isin(methods)]
+            per = sub.pivot_table(index="image_id", columns="method", values="value", aggfunc="mean")
+            per = per.reindex(columns=methods)
+            test, pw, avg = R.image_level_tests(per, hib, alpha)
+        order = g.sort_values(["rank", "method"], kind="mergesort")["method"].tolist()
+        grp = R.groups_from_pairwise(order, pw)
+        idx = g.index
+        out.loc[idx, "group"] = g["method"].map(grp).fillna("")
+        out.loc[idx, "avg_rank"] = g["method"].map(avg).astype(float)
+        out.loc[idx, "cd"] = test.get("cd", np.nan)
+        tests.append({"model": model, "dataset": dataset, "metric": metric, "level": level, **test})
+        if len(pw):
+            pairs.append(pw.assign(model=model, dataset=dataset, metric=metric))
+    out = out.sort_values(["model", "dataset", "metric", "baseline", "rank", "method"], kind="mergesort")
+    tdf = pd.DataFrame(tests).reindex(columns=R.RANK_TEST_COLUMNS)
+    pdf = pd.concat(pairs, ignore_index=True)[R.PAIRWISE_COLUMNS] if pairs else pd.DataFrame(columns=R.PAIRWISE_COLUMNS)
+    return Ranked(out[LEADERBOARD_COLUMNS].reset_index(drop=True), tdf, pdf)
 
 
-def holm(p_values: np.ndarray) -> np.ndarray:
-    """Holm (1979) step-down adjusted p-values; NaNs stay NaN and do not count in the family size."""
-    p = np.asarray(p_values, dtype=np.float64)
-    out = np.full_like(p, np.nan)
-    fin = np.flatnonzero(np.isfinite(p))
-    m = fin.size
-    if m == 0:
-        return out
-    order = fin[np.argsort(p[fin], kind="mergesort")]
-    adj = np.maximum.accumulate((m - np.arange(m)) * p[order])
-    out[order] = np.minimum(adj, 1.0)
-    return out
+def rank_table_of(quality: pd.DataFrame, model: str, dataset: str) -> pd.DataFrame:
+    """Metrics x methods ranks of one experiment (the blocks of the mean-rank Friedman test)."""
+    sub = quality[(quality["model"] == model) & (quality["dataset"] == dataset)]
+    return sub.pivot_table(index="metric", columns="method", values="rank")
+
+
+holm = R.holm
 
 
 def paired_wilcoxon(a: pd.Series, b: pd.Series) -> tuple[int, float, float, float]:

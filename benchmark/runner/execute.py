@@ -59,6 +59,9 @@ SCORE_COLUMNS = [
     "message",
     "degenerate",
 ]
+#: Per-image sufficient statistics of dataset-level metrics (``register_metric(level="dataset")``): one
+#: row per (model, dataset, method, metric, image_id), ``stats`` a float64 vector of the metric's S values.
+STATS_COLUMNS = ["model", "dataset", "method", "metric", "image_id", "stats", "degenerate"]
 CURVE_COLUMNS = ["model", "dataset", "method", "metric", "step", "x", "value", "n"]
 TIMING_COLUMNS = ["unit", "model", "dataset", "stage", "name", "seconds"]
 
@@ -178,6 +181,7 @@ class Plan:
     units: list[Unit]
     directions: dict[str, bool]  # metric -> higher_is_better
     families: dict[str, str]  # metric -> family
+    levels: dict[str, str] = field(default_factory=dict)  # metric -> "image" | "dataset"
 
 
 def plan_run(suite: Suite, limit: Optional[int] = None, precision: str = "fp32") -> Plan:
@@ -198,6 +202,7 @@ def plan_run(suite: Suite, limit: Optional[int] = None, precision: str = "fp32")
     units: list[Unit] = []
     directions: dict[str, bool] = {}
     families: dict[str, str] = {}
+    levels: dict[str, str] = {}
     for i, exp in enumerate(suite.experiments):  # every value typed right, before any dataset is built
         _check_values(exp, f"experiment #{i} ({exp.label} on {exp.dataset})")
     for i, exp in enumerate(suite.experiments):
@@ -225,6 +230,7 @@ def plan_run(suite: Suite, limit: Optional[int] = None, precision: str = "fp32")
             entry = METRICS.entry(name)
             directions[name] = bool(entry.meta.get("higher_is_better", True))
             families[name] = str(entry.meta.get("family", ""))
+            levels[name] = str(entry.meta.get("level", "image"))
         n = len(dataset)
         if limit is not None:
             n = min(n, int(limit))
@@ -259,7 +265,7 @@ def plan_run(suite: Suite, limit: Optional[int] = None, precision: str = "fp32")
         for e in exps
     ]
     hash_extra: Any = extra if precision == "fp32" else {"experiments": extra, "precision": precision}
-    return Plan(suite, suite.hash(hash_extra), exps, units, directions, families)
+    return Plan(suite, suite.hash(hash_extra), exps, units, directions, families, levels)
 
 
 def _check_values(exp: Experiment, where: str) -> None:
@@ -505,6 +511,8 @@ class UnitResult:
     timings: pd.DataFrame
     gallery: Optional[dict[str, np.ndarray]] = None
     info: dict = field(default_factory=dict)
+    #: per-image statistics of the dataset-level metrics (``STATS_COLUMNS``); None or empty when none ran
+    stats: Optional[pd.DataFrame] = None
 
 
 def _reexplained(method: str, selection: tuple[str, ...] | str) -> bool:
@@ -590,6 +598,18 @@ def _run_unit(suite: Suite, unit: Unit, progress: Optional[Callable[[int], None]
         cols["message"] += [message] * n
         cols["degenerate"] += list(degenerate) if isinstance(degenerate, (list, np.ndarray)) else [degenerate] * n
 
+    scols: dict[str, list] = {c: [] for c in STATS_COLUMNS}
+
+    def add_stats(method: str, metric: str, ids: Sequence[str], rows: np.ndarray, degenerate: Any) -> None:
+        n = len(ids)
+        for c, v in (("model", exp.label), ("dataset", exp.dataset), ("method", method), ("metric", metric)):
+            scols[c] += [v] * n
+        scols["image_id"] += list(ids)
+        scols["stats"] += [np.ascontiguousarray(r, dtype=np.float64) for r in rows]
+        scols["degenerate"] += list(degenerate) if isinstance(degenerate, (list, np.ndarray)) else [degenerate] * n
+
+    map_diffs: dict[str, float] = {}  # "a|b" -> max |map_a - map_b| over the unit's images
+    capture_facts: dict[str, float] = {}
     curve_sum: dict[tuple[str, str], tuple[np.ndarray, int]] = {}
     gal: dict[str, list] = {"images": [], "ids": [], "targets": [], "masks": [], "boxes": [], "maps": []}
     n_done = 0
@@ -626,6 +646,8 @@ def _run_unit(suite: Suite, unit: Unit, progress: Optional[Callable[[int], None]
             timings.append(("explain", name, time.perf_counter() - t))
         saliency = {m: o.maps for m, o in outputs.items()}
         degenerate = {m: o.degenerate.detach().cpu().numpy().astype(bool) for m, o in outputs.items()}
+        _accumulate_map_diffs(map_diffs, saliency)
+        _accumulate_capture_facts(capture_facts, ectx)
 
         def explain_fn(model_, images, targets, names, *, gradient_noise=None, _seed=seed, _masks=batch.masks):
             masks = _masks if _masks is not None and images.shape[0] == _masks.shape[0] else None
@@ -659,8 +681,18 @@ def _run_unit(suite: Suite, unit: Unit, progress: Optional[Callable[[int], None]
                 for name in ctx_m.saliency:
                     add(name, metric, ids, [np.nan] * len(ids), "error", msg, degenerate[name])
             else:
+                dataset_level = METRICS.entry(metric).meta.get("level", "image") == "dataset"
                 for name in ctx_m.saliency:
                     if name not in res:
+                        continue
+                    if dataset_level:  # per-image sufficient statistics [B, S], reduced by the leaderboard
+                        st = res[name].detach().cpu().double().numpy()
+                        if st.ndim != 2 or st.shape[0] != len(ids):
+                            add(name, metric, ids, [np.nan] * len(ids), "error",
+                                f"dataset-level metric returned statistics of shape {tuple(st.shape)}; "
+                                f"expected [{len(ids)}, S]", degenerate[name])
+                            continue
+                        add_stats(name, metric, ids, st, degenerate[name])
                         continue
                     v = res[name].detach().float().cpu().double().numpy().reshape(-1)
                     if v.shape[0] != len(ids):
@@ -703,6 +735,8 @@ def _run_unit(suite: Suite, unit: Unit, progress: Optional[Callable[[int], None]
     scores = pd.DataFrame(cols, columns=SCORE_COLUMNS)
     scores["value"] = scores["value"].astype("float64")
     scores["degenerate"] = scores["degenerate"].astype(bool)
+    stats = pd.DataFrame(scols, columns=STATS_COLUMNS)
+    stats["degenerate"] = stats["degenerate"].astype(bool)
     curves = _curves_frame(exp, curve_sum)
     timings.append(("total", "unit", time.perf_counter() - t_unit))
     tdf = pd.DataFrame(
@@ -715,8 +749,43 @@ def _run_unit(suite: Suite, unit: Unit, progress: Optional[Callable[[int], None]
         curves=curves,
         timings=tdf,
         gallery=_gallery_arrays(gal, handle, exp) if gal["ids"] else None,
-        info={"n_images": n_done, "data_errors": new_errors},
+        info={"n_images": n_done, "data_errors": new_errors, "map_diffs": map_diffs, "capture": capture_facts},
+        stats=stats,
     )
+
+
+def _accumulate_map_diffs(acc: dict[str, float], saliency: dict[str, torch.Tensor]) -> None:
+    """Pairwise ``max |map_a - map_b|`` of one batch's maps (one batched Chebyshev ``cdist``), folded into
+    ``acc`` by max: what ``equivalences.csv`` needs, a few numbers per unit instead of the maps."""
+    names = sorted(saliency)
+    if len(names) < 2:
+        return
+    with torch.inference_mode():
+        flat = torch.stack([torch.nan_to_num(saliency[m].detach().float(), nan=2.0).flatten() for m in names])
+        d = torch.cdist(flat[None], flat[None], p=float("inf"))[0].cpu().double().numpy()
+    for i, a in enumerate(names):
+        for j in range(i + 1, len(names)):
+            key = f"{a}|{names[j]}"
+            acc[key] = max(acc.get(key, 0.0), float(d[i, j]))
+
+
+def _accumulate_capture_facts(acc: dict[str, float], ectx: Any) -> None:
+    """Facts of the shared capture that prove map identities (``equivalences.csv``'s reasons), folded over
+    batches: ``grad_spatial_range`` = max over images and channels of the spatial range of the gradient at
+    the target layer relative to its largest magnitude (0: gradients constant over space);
+    ``activation_min`` = the smallest activation (>= 0: non-negative activations). Only read when a method
+    made the capture (no extra forward)."""
+    cap = getattr(ectx, "_capture", None)
+    if cap is None:
+        return
+    with torch.inference_mode():
+        a = cap.activations.detach().float()
+        acc["activation_min"] = min(acc.get("activation_min", float("inf")), float(a.min()))
+        if cap.gradients is not None and cap.gradients.ndim == 4:
+            g = cap.gradients.detach().float().flatten(2)
+            rng = (g.max(dim=2).values - g.min(dim=2).values).max()
+            rel = float(rng / g.abs().max().clamp_min(1e-30))
+            acc["grad_spatial_range"] = max(acc.get("grad_spatial_range", 0.0), rel)
 
 
 def _curves_frame(exp: Experiment, curve_sum: dict[tuple[str, str], tuple[np.ndarray, int]]) -> pd.DataFrame:
@@ -805,6 +874,8 @@ def run_record(plan: Plan, device: torch.device) -> dict:
         "versions": versions(),
         "directions": plan.directions,
         "families": plan.families,
+        "levels": plan.levels,
+        "plugins": [str(p) for p in s.plugins],
         "units": [u.key for u in plan.units],
         "experiments": [
             {"label": e.label, "model": e.model, "dataset": e.dataset, "n_images": e.n_images,

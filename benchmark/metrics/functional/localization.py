@@ -290,6 +290,69 @@ def max_box_acc_v2(
     return float(np.mean(list(per.values()))), per
 
 
+def edge_boxes_to_inclusive(boxes: Sequence[Tensor]) -> list[Tensor]:
+    """The datasets' pixel-**edge** boxes as wsolevaluation's **inclusive pixel** boxes.
+
+    cambench datasets give ``[x0, y0, x1, y1]`` pixel edges (pixel ``(r, c)`` covers ``[c, c+1)``; a
+    pixel belongs to a box when its centre lies inside, ``benchmark.data._common.boxes_mask``), while
+    Choe et al.'s reference code reads box corners as the first and last pixel covered and counts areas
+    with ``+1``. The inclusive box covers the same pixels: columns ``ceil(x0 - 1/2) .. floor(x1 - 1/2)``
+    (``x0 .. x1 - 1`` for integer edges), so its ``+1`` area equals the edge box's area.
+    """
+    out = []
+    for b in boxes:
+        b = b.detach().double()
+        lo = torch.ceil(b[:, :2] - 0.5)
+        hi = torch.floor(b[:, 2:] - 0.5)
+        out.append(torch.cat([lo, hi], dim=1))
+    return out
+
+
+def max_box_acc_from_rows(
+    best_ious: np.ndarray, iou_thresholds: Sequence[float] = IOU_THRESHOLDS
+) -> float:
+    """MaxBoxAccV2 (Choe et al. CVPR 2020, Sec. 4.1) of a dataset's :func:`box_best_ious` rows ``[N,T]``.
+
+    ``mean_delta max_tau (1/N) sum_i [IoU_i(tau) >= delta/100]``: one CAM threshold per delta for the
+    whole dataset. The ``compute`` of the dataset-level ``max_box_acc`` (rows are the per-image
+    statistics); NaN for no rows.
+    """
+    rows = np.asarray(best_ious, dtype=np.float64)
+    if rows.shape[0] == 0:
+        return float("nan")
+    return float(max_box_acc_weighted(rows, np.ones((1, rows.shape[0])), iou_thresholds)[0])
+
+
+def max_box_acc_weighted(
+    best_ious: np.ndarray, weights: np.ndarray, iou_thresholds: Sequence[float] = IOU_THRESHOLDS
+) -> np.ndarray:
+    """:func:`max_box_acc_from_rows` of R weighted copies of the dataset at once (``weights [R, N]``:
+    how often each image is in each resample), ``[R]``: the bootstrap without materialising resamples."""
+    rows = np.asarray(best_ious, dtype=np.float64)
+    w = np.asarray(weights, dtype=np.float64)
+    d = np.asarray(iou_thresholds, dtype=np.float64) / 100
+    hits = (rows[:, :, None] >= d[None, None, :]).reshape(rows.shape[0], -1).astype(np.float64)  # [N, T*D]
+    share = (w @ hits / w.sum(axis=1, keepdims=True)).reshape(w.shape[0], rows.shape[1], len(d))
+    return share.max(axis=1).mean(axis=1)
+
+
+def pxap_from_rows(hist_rows: np.ndarray) -> float:
+    """Dataset PxAP (Choe et al. CVPR 2020, Sec. 4.2): the per-image flattened :func:`pxap_histograms`
+    rows ``[N, 2*(T+2)]`` summed over the dataset, then :func:`pxap_from_histograms`. NaN for no rows."""
+    rows = np.asarray(hist_rows, dtype=np.float64)
+    if rows.shape[0] == 0:
+        return float("nan")
+    total = torch.from_numpy(rows.sum(axis=0)).view(2, -1)
+    return float(pxap_from_histograms(total))
+
+
+def pxap_weighted(hist_rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """:func:`pxap_from_rows` of R weighted copies of the dataset (``weights [R, N]``), ``[R]``."""
+    rows = np.asarray(hist_rows, dtype=np.float64)
+    total = torch.from_numpy(np.asarray(weights, dtype=np.float64) @ rows)
+    return pxap_from_histograms(total.view(total.shape[0], 2, -1)).numpy()
+
+
 def max_box_acc_per_image(best_ious: Tensor, iou_thresholds: Sequence[float] = IOU_THRESHOLDS) -> Tensor:
     """Per-image MaxBoxAccV2 stand-in: ``mean_delta max_tau [IoU(tau) >= delta/100]``, ``Tensor[B]``.
 

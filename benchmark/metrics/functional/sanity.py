@@ -66,10 +66,16 @@ def spearman(a: Tensor, b: Tensor, abs: bool = True) -> Tensor:
     return torch.from_numpy(r).float()
 
 
-def map_similarity(a: Tensor, b: Tensor, similarity: str = "spearman", abs: bool = True) -> Tensor:
-    """``spearman`` (see :func:`spearman`) or ``ssim`` on min-max normalised maps (constant -> 0)."""
+def map_similarity(
+    a: Tensor, b: Tensor, similarity: str = "spearman", abs: bool = True, signed: bool = False
+) -> Tensor:
+    """``spearman`` (see :func:`spearman`) or ``ssim`` on min-max normalised maps (constant -> 0).
+
+    The Spearman similarity is ``|rho|`` unless ``signed`` (see :func:`model_randomization` for the
+    choice); ``abs`` is the separate choice of ranking the maps' absolute values."""
     if similarity == "spearman":
-        return spearman(a, b, abs=abs)
+        r = spearman(a, b, abs=abs)
+        return r if signed else r.abs()
     if similarity == "ssim":
         return ssim(_minmax(a.detach().float()), _minmax(b.detach().float())).cpu()
     raise ValueError(f"similarity must be one of {SIMILARITIES}; got {similarity!r}.")
@@ -88,6 +94,7 @@ def model_randomization(
     per_layer: bool = False,
     abs: bool = True,
     reference: Optional[dict[str, Tensor]] = None,
+    signed: bool = False,
 ) -> dict[str, Tensor]:
     """Model-parameter randomisation test: similarity of maps before and after randomising the model.
 
@@ -99,6 +106,12 @@ def model_randomization(
     ``{method: [L,B]}`` in randomisation order (``layer_order="independent"`` randomises one layer at a
     time and needs ``per_layer``). A method that passes the check has **low** similarity. Spearman of a
     constant map is NaN.
+
+    Sign convention: the Spearman similarity is the **absolute** correlation ``|rho|`` (as MetaQuantus and
+    the smooth/efficient MPRT of Hedstrom et al. 2023 read it), ``signed=True`` gives Adebayo et al.'s
+    signed ``rho``. The metric asks whether the map still depends on the trained weights; a randomised map
+    anti-correlated with the original (``rho = -0.6``) is as dependent on them as a correlated one, yet the
+    signed value would rank it better than an unrelated map (``rho = 0``) on this lower-is-better metric.
     """
     methods = list(methods)
     layers = randomizable_layers(model, layer_order)
@@ -116,7 +129,7 @@ def model_randomization(
         for name in layers:
             _randomize(modules[name], seed)
         maps = explain_fn(rand, images, targets, methods)
-        return {m: map_similarity(reference[m], maps[m], similarity, abs) for m in methods}
+        return {m: map_similarity(reference[m], maps[m], similarity, abs, signed) for m in methods}
     pristine = copy.deepcopy(rand.state_dict()) if layer_order == "independent" else None
     steps: dict[str, list[Tensor]] = {m: [] for m in methods}
     for name in layers:
@@ -125,5 +138,5 @@ def model_randomization(
         _randomize(modules[name], seed)
         maps = explain_fn(rand, images, targets, methods)
         for m in methods:
-            steps[m].append(map_similarity(reference[m], maps[m], similarity, abs))
+            steps[m].append(map_similarity(reference[m], maps[m], similarity, abs, signed))
     return {m: torch.stack(v) for m, v in steps.items()}

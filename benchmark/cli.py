@@ -143,8 +143,15 @@ def cmd_list(args: argparse.Namespace) -> int:
         fields = ("has_masks", "has_boxes", "default_model")
     if not len(reg):
         print(f"(no {args.what} registered)")
-    for e in reg.entries():
-        meta = "  ".join(f"{f}={e.meta[f]}" for f in fields if f in e.meta)
+    for n in reg.list(prefixed=True):  # registered names, then the prefixes' (quantus/, pgc/, ...)
+        try:
+            e = reg.entry(n)
+        except CambenchError as exc:  # e.g. an optional library that is not installed
+            print(f"{n:<22} status=unavailable  {exc}")
+            continue
+        meta = "  ".join(f"{f}={e.meta[f]}" for f in (*fields, "status") if f in e.meta)
+        if e.meta.get("reason"):
+            meta += f"  reason={e.meta['reason']}"
         if not fields:
             meta = "  ".join(f"{k}={v}" for k, v in e.meta.items() if isinstance(v, (str, int, float, bool)))
         print(f"{e.name:<22} {meta}")

@@ -299,9 +299,12 @@ def quantus_metric(
         raise QuantusBridgeError(f"quantus/{name} re-explains its inputs: pass explain=(model, images, targets)->maps.")
     b = int(images.shape[0])
     device = images.device
-    with torch.inference_mode():
-        n_classes = int(model(images[:1]).shape[-1])
-    kwargs = _init_kwargs(name, {**quantus_defaults(name), **params}, n_classes)
+    merged = {**quantus_defaults(name), **params}
+    n_classes = 0
+    if merged.get("num_classes", 0) is None:  # RandomLogit: the model's number of outputs
+        with torch.inference_mode():
+            n_classes = int(model(images[:1]).shape[-1])
+    kwargs = _init_kwargs(name, merged, n_classes)
     _check_call(name, model, images, kwargs)
     call = {k: params[k] for k in CALL_PARAMS if k in params}
     call.setdefault("softmax", quantus_defaults(name)["softmax"])

@@ -15,8 +15,8 @@ from .errors import CambenchError, UnknownNameError
 
 T = TypeVar("T")
 #: ``resolver(rest) -> (obj, meta)`` of a name prefix; ``lister() -> names after the prefix``.
-Resolver = Callable[[str], "tuple[Any, Mapping[str, Any]]"]
-Lister = Callable[[], "Iterable[str]"]
+Resolver = Callable[[str], tuple[Any, Mapping[str, Any]]]
+Lister = Callable[[], Iterable[str]]
 
 
 @dataclass(frozen=True)

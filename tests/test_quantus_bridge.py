@@ -184,10 +184,10 @@ def test_errors_and_parameter_checks() -> None:
         quantus_metric("AvgSensitivity", model, x, y, a, explain=_explain, perturb_func="no_such_func")
     # a Quantus function by name is the function itself
     p = dict(nr_samples=2, explain=_explain)
+    gaussian = quantus.functions.perturb_func.batch_gaussian_noise
     torch.testing.assert_close(
         quantus_metric("AvgSensitivity", model, x, y, a, perturb_func="batch_gaussian_noise", **p),
-        quantus_metric("AvgSensitivity", model, x, y, a, perturb_func=quantus.functions.perturb_func.batch_gaussian_noise,
-                       **p),
+        quantus_metric("AvgSensitivity", model, x, y, a, perturb_func=gaussian, **p),
     )
     with pytest.raises(KeyError):
         quantus_metric("NoSuchMetric", model, x, y, a)

@@ -16,7 +16,7 @@ import contextlib
 import importlib
 import inspect
 import io
-from typing import Any, Callable, Iterator, Mapping, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -66,6 +66,17 @@ def _seeded(seed: int) -> Iterator[None]:
             yield
         finally:
             np.random.set_state(state)
+
+
+@contextlib.contextmanager
+def _keep_grads(model: nn.Module) -> Iterator[None]:
+    """Restore every parameter's ``.grad`` after a library's ``loss.backward()`` (which fills them)."""
+    saved = [(p, p.grad) for p in model.parameters()]
+    try:
+        yield
+    finally:
+        for p, g in saved:
+            p.grad = g
 
 
 @contextlib.contextmanager
@@ -147,12 +158,11 @@ def pgc_raw(cls: type, ctx: ExplainContext, **params: Any) -> Tensor:
                 return out
 
             cam.get_cam_image = record  # instance attribute: BaseCAM calls self.get_cam_image(...)
-            with torch.enable_grad():
-                final = cam(input_tensor=ctx.images, targets=[targets_mod.ClassifierOutputTarget(t) for t in _targets(ctx)],
-                            **call)
+            targets = [targets_mod.ClassifierOutputTarget(t) for t in _targets(ctx)]
+            with torch.enable_grad(), _keep_grads(ctx.model):
+                final = cam(input_tensor=ctx.images, targets=targets, **call)
         finally:
             cam.activations_and_grads.release()
-            ctx.model.zero_grad(set_to_none=True)  # BaseCAM's loss.backward() filled the parameters' .grad
     raw = seen[-1] if len(seen) == 1 and not call.get("aug_smooth") else np.asarray(final, dtype=np.float32)
     return torch.from_numpy(np.ascontiguousarray(raw)).to(ctx.images.device)
 
@@ -162,8 +172,8 @@ def _pgc_family(name: str) -> tuple[str, bool]:
         return "perturbation", False
     if name in ("EigenCAM", "KPCA_CAM", "SegEigenCAM", "FEM"):
         return "projection", False
-    if name == "RandomCAM":
-        return "baseline", False
+    if name == "RandomCAM":  # random channel weights on the activations: reads the model, unlike the baselines
+        return "projection", False
     return "gradient", True
 
 
@@ -230,7 +240,9 @@ def from_pytorch_grad_cam(
     ctor = inspect.signature(cls.__init__).parameters
     bad = [k for k in defaults if k not in ctor and k not in PGC_CALL]
     if bad and not any(p.kind is p.VAR_KEYWORD for p in ctor.values()):
-        raise TypeError(f"{cls.__name__} takes no parameter(s) {bad}; its constructor: {inspect.signature(cls.__init__)}.")
+        raise TypeError(
+            f"{cls.__name__} takes no parameter(s) {bad}; its constructor: {inspect.signature(cls.__init__)}."
+        )
 
     def method(ctx: ExplainContext, **params: Any) -> Tensor:
         return pgc_raw(cls, ctx, **params)
@@ -275,12 +287,11 @@ def torchcam_raw(cls: type, ctx: ExplainContext, **params: Any) -> Tensor:
     with _gradient_noise(ctx), _seeded(ctx.seed):
         extractor = cls(ctx.model, target_layer=layer_name(ctx.model, ctx.layer), **kwargs)
         try:
-            with torch.enable_grad():
+            with torch.enable_grad(), _keep_grads(ctx.model):
                 scores = ctx.model(ctx.images)
                 cams = extractor(class_idx=_targets(ctx), scores=scores, normalized=False)
         finally:
             extractor.remove_hooks()
-            ctx.model.zero_grad(set_to_none=True)
     return cams[0].detach().float()
 
 
@@ -367,11 +378,8 @@ def captum_raw(cls: type, ctx: ExplainContext, **params: Any) -> Tensor:
         kwargs["target"] = ctx.targets
     if cls.__name__ in CAPTUM_ZERO_BASELINES and "baselines" not in kwargs:
         kwargs["baselines"] = torch.zeros((2, *ctx.images.shape[1:]), dtype=ctx.images.dtype, device=ctx.images.device)
-    with _gradient_noise(ctx), _seeded(ctx.seed), torch.enable_grad():
-        try:
-            out = attr.attribute(ctx.images, **kwargs)
-        finally:
-            ctx.model.zero_grad(set_to_none=True)
+    with _gradient_noise(ctx), _seeded(ctx.seed), torch.enable_grad(), _keep_grads(ctx.model):
+        out = attr.attribute(ctx.images, **kwargs)
     if isinstance(out, (tuple, list)):
         out = out[0]
     out = out.detach().float()

@@ -302,3 +302,12 @@ def test_example_pgc_plugin_loads_is_checked_and_equals_its_class(tmp_path) -> N
     model, layer, x, t = _small()
     ours = methods.get("poscam")(model, layer, x, t)
     _assert_close_maps(ours, _pgc_direct(mod.PositiveGradCAM, model, layer, x, t))
+
+
+@pytest.mark.parametrize("name", ["pgc/GradCAM", "torchcam/GradCAM", "captum/LayerGradCam"])
+def test_bridged_methods_leave_parameter_grads_as_found(name: str) -> None:
+    model, layer, x, t = _small()
+    weight = model.fc.weight
+    weight.grad = torch.full_like(weight, 7.0)
+    methods.explain(model, layer, x, t, [name])
+    assert torch.equal(weight.grad, torch.full_like(weight, 7.0)) and model.features[0].weight.grad is None

@@ -14,6 +14,7 @@ from typing import Any, Callable, Generic, Iterable, Iterator, Mapping, Optional
 from .errors import CambenchError, UnknownNameError
 
 T = TypeVar("T")
+_MISSING = object()
 #: ``resolver(rest) -> (obj, meta)`` of a name prefix; ``lister() -> names after the prefix``.
 Resolver = Callable[[str], tuple[Any, Mapping[str, Any]]]
 Lister = Callable[[], Iterable[str]]
@@ -169,8 +170,14 @@ class Registry(Generic[T]):
             extra = [n for n in extra if fnmatch.fnmatch(n, pattern)]
         for key, value in meta_filter.items():
             names = [n for n in names if self._entries[n].meta.get(key) == value]
-            extra = [n for n in extra if self.entry(n).meta.get(key) == value]
+            extra = [n for n in extra if self._meta_or_none(n).get(key, _MISSING) == value]
         return sorted(names + extra)
+
+    def _meta_or_none(self, name: str) -> Mapping[str, Any]:
+        try:
+            return self.entry(name).meta
+        except CambenchError:  # listed but not resolvable now (e.g. a missing optional library)
+            return {}
 
     def _unknown_message(self, name: str) -> str:
         split = self._split(name)

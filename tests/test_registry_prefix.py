@@ -47,6 +47,7 @@ def test_list_shows_prefixed_names_only_when_asked() -> None:
     assert reg.list("lib/*") == ["lib/Alpha", "lib/Beta", "lib/Broken"]
     assert reg.list("lib/B*") == ["lib/Beta", "lib/Broken"]
     assert reg.list("lib/A*", family="a") == ["lib/Alpha"]
+    assert reg.list(prefixed=True, family="b") == ["lib/Beta"]  # lib/Broken cannot be resolved: filtered out
     assert reg.list(family="a") == ["plain"]
     assert [e.name for e in reg.entries()] == ["plain"]
 

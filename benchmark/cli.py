@@ -168,8 +168,13 @@ def cmd_list(args: argparse.Namespace) -> int:
     if not len(reg):
         print(f"(no {args.what} registered)")
     rows = []
-    for e in reg.entries():
-        items = [(f, e.meta[f]) for f in fields if f in e.meta]
+    for n in reg.list(prefixed=True):  # registered names, then the prefixes' (quantus/, pgc/, ...)
+        try:
+            e = reg.entry(n)
+        except CambenchError as exc:  # e.g. an optional library that is not installed
+            rows.append((n, {"status": "status=unavailable", "reason": f"reason={exc}"}))
+            continue
+        items = [(f, e.meta[f]) for f in (*fields, "status", "reason") if f in e.meta]
         if not fields:
             items = [(k, v) for k, v in e.meta.items() if isinstance(v, (str, int, float, bool))]
         cells = {k: f"{k}={_word(v)}" for k, v in items if _word(v) != ""}  # an empty paper= says nothing

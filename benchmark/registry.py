@@ -9,11 +9,15 @@ from __future__ import annotations
 import difflib
 import fnmatch
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generic, Iterator, Mapping, Optional, TypeVar
+from typing import Any, Callable, Generic, Iterable, Iterator, Mapping, Optional, TypeVar
 
 from .errors import CambenchError, UnknownNameError
 
 T = TypeVar("T")
+_MISSING = object()
+#: ``resolver(rest) -> (obj, meta)`` of a name prefix; ``lister() -> names after the prefix``.
+Resolver = Callable[[str], tuple[Any, Mapping[str, Any]]]
+Lister = Callable[[], Iterable[str]]
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,54 @@ class Registry(Generic[T]):
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, Entry[T]] = {}
+        self._prefixes: dict[str, tuple[Resolver, Optional[Lister]]] = {}
+        self._resolved: dict[str, Entry[T]] = {}  # cache of prefix lookups (never listed unless asked)
+
+    # -- name prefixes (timm style: "timm/resnet50", "quantus/Sparseness") -------------------------------
+    def add_prefix(self, prefix: str, resolver: Resolver, lister: Optional[Lister] = None) -> None:
+        """Resolve names ``"prefix/REST"`` lazily with ``resolver(REST) -> (obj, meta)`` (cached).
+
+        ``lister()`` (optional) enumerates the ``REST`` names the prefix offers; :meth:`list` shows them as
+        ``"prefix/REST"`` with ``prefixed=True`` (or a pattern starting with ``"prefix/"``). The resolver
+        raises :class:`UnknownNameError` (or ``KeyError``) for a name it does not know and a
+        :class:`CambenchError` for a name it knows but cannot provide (e.g. a missing optional library).
+        Registering the same prefix again replaces it (and forgets its cached entries).
+        """
+        if not isinstance(prefix, str) or not prefix or "/" in prefix or prefix != prefix.strip():
+            raise CambenchError(f"Invalid {self.kind} prefix {prefix!r}: expected a non-empty name without '/'.")
+        self._prefixes[prefix] = (resolver, lister)
+        for name in [n for n in self._resolved if n.startswith(prefix + "/")]:
+            del self._resolved[name]
+
+    def prefixes(self) -> list[str]:
+        return sorted(self._prefixes)
+
+    def _split(self, name: object) -> Optional[tuple[str, str]]:
+        if not isinstance(name, str) or "/" not in name:
+            return None
+        prefix, rest = name.split("/", 1)
+        return (prefix, rest) if prefix in self._prefixes and rest else None
+
+    def _prefixed_names(self, prefix: str) -> list[str]:
+        lister = self._prefixes[prefix][1]
+        return sorted(f"{prefix}/{rest}" for rest in (lister() if lister is not None else ()))
+
+    def _resolve(self, name: str) -> Entry[T]:
+        if name in self._resolved:
+            return self._resolved[name]
+        split = self._split(name)
+        if split is None:
+            raise UnknownNameError(self._unknown_message(name))
+        prefix, rest = split
+        try:
+            obj, meta = self._prefixes[prefix][0](rest)
+        except UnknownNameError:
+            raise
+        except KeyError:
+            raise UnknownNameError(self._unknown_message(name)) from None
+        entry = Entry(name, obj, {"prefix": prefix, **dict(meta)})
+        self._resolved[name] = entry
+        return entry
 
     # -- registration -----------------------------------------------------------------------------
     def register(
@@ -73,13 +125,14 @@ class Registry(Generic[T]):
 
     def remove(self, name: str) -> None:
         self._entries.pop(name, None)
+        self._resolved.pop(name, None)
 
     # -- lookup -----------------------------------------------------------------------------------
     def entry(self, name: str) -> Entry[T]:
         try:
             return self._entries[name]
         except KeyError:
-            raise UnknownNameError(self._unknown_message(name)) from None
+            return self._resolve(name)
 
     def get(self, name: str) -> T:
         """The registered object for ``name``; an unknown name lists the valid ones."""
@@ -101,16 +154,39 @@ class Registry(Generic[T]):
             params[key] = value
         return params
 
-    def list(self, pattern: str | None = None, **meta_filter: Any) -> list[str]:
-        """Sorted names, optionally filtered by an fnmatch ``pattern`` and metadata equality."""
+    def list(self, pattern: str | None = None, *, prefixed: bool = False, **meta_filter: Any) -> list[str]:
+        """Sorted names, optionally filtered by an fnmatch ``pattern`` and metadata equality.
+
+        Registered names only by default (suites' ``"all"`` and family expansions use this); ``prefixed=True``
+        adds every name the prefixes' listers enumerate (``"quantus/Sparseness"``, ...), and so does a
+        ``pattern`` starting with a registered ``"prefix/"``. Filtering prefixed names by metadata resolves
+        them (cached).
+        """
         names = sorted(self._entries)
+        wanted = [p for p in self._prefixes if prefixed or (pattern or "").startswith(p + "/")]
+        extra = [n for p in sorted(wanted) for n in self._prefixed_names(p) if n not in self._entries]
         if pattern:
             names = [n for n in names if fnmatch.fnmatch(n, pattern)]
+            extra = [n for n in extra if fnmatch.fnmatch(n, pattern)]
         for key, value in meta_filter.items():
             names = [n for n in names if self._entries[n].meta.get(key) == value]
-        return names
+            extra = [n for n in extra if self._meta_or_none(n).get(key, _MISSING) == value]
+        return sorted(names + extra)
+
+    def _meta_or_none(self, name: str) -> Mapping[str, Any]:
+        try:
+            return self.entry(name).meta
+        except CambenchError:  # listed but not resolvable now (e.g. a missing optional library)
+            return {}
 
     def _unknown_message(self, name: str) -> str:
+        split = self._split(name)
+        if split is not None:  # a prefixed name: suggest among that prefix's names
+            valid = self._prefixed_names(split[0])
+            close = difflib.get_close_matches(str(name), valid, n=3)
+            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            shown = ", ".join(valid) or "(the prefix lists none)"
+            return f"Unknown {self.kind} {name!r}.{hint} Valid {split[0]}/ {self.kind}s: {shown}."
         valid = sorted(self._entries)
         close = difflib.get_close_matches(str(name), valid, n=3)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
@@ -119,7 +195,18 @@ class Registry(Generic[T]):
         )
 
     def __contains__(self, name: object) -> bool:
-        return name in self._entries
+        """Registered, or resolvable through a prefix (a prefixed name that resolves to an error is in)."""
+        if name in self._entries or name in self._resolved:
+            return True
+        if self._split(name) is None:
+            return False
+        try:
+            self._resolve(name)  # type: ignore[arg-type]
+        except UnknownNameError:
+            return False
+        except CambenchError:
+            return True
+        return True
 
     def __iter__(self) -> Iterator[str]:
         return iter(sorted(self._entries))
@@ -127,5 +214,6 @@ class Registry(Generic[T]):
     def __len__(self) -> int:
         return len(self._entries)
 
-    def entries(self) -> list[Entry[T]]:
-        return [self._entries[n] for n in sorted(self._entries)]
+    def entries(self, *, prefixed: bool = False) -> list[Entry[T]]:
+        """Entries of :meth:`list` (``prefixed=True``: also every listed prefixed name, resolved)."""
+        return [self.entry(n) for n in self.list(prefixed=prefixed)]

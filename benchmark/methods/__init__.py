@@ -18,6 +18,8 @@ from .base import (
     register_method,
     run_method,
 )
+from . import bridges  # noqa: E402,F401  (the pgc/, torchcam/ and captum/ prefixes, resolved lazily)
+from .bridges import from_pytorch_grad_cam, from_torchcam  # noqa: E402
 from .capture import (
     capture,
     default_layer,
@@ -38,6 +40,8 @@ __all__ = [
     "default_layer_name",
     "explain",
     "finalize",
+    "from_pytorch_grad_cam",
+    "from_torchcam",
     "get",
     "is_applicable",
     "list_methods",

@@ -17,6 +17,7 @@ from . import localization  # noqa: F401,E402  (registration side effects)
 from . import robustness  # noqa: F401,E402
 from . import sanity  # noqa: F401,E402
 from . import cost  # noqa: F401,E402
+from . import quantus_bridge  # noqa: F401,E402  (the quantus/<ClassName> prefix, resolved lazily)
 
 __all__ = [
     "METRICS",

@@ -17,3 +17,4 @@ from .robustness import (  # noqa: F401
 )
 from .sanity import model_randomization  # noqa: F401
 from .cost import latency_ms, peak_memory_mb  # noqa: F401
+from .quantus_bridge import quantus_metric  # noqa: F401,E402

@@ -1,4 +1,4 @@
-"""Core data types shared by every stage: Batch, Capture and ModelHandle (see shared/design.md)."""
+"""Core data types shared by every stage: Batch, Capture and ModelHandle (see docs/interfaces.md)."""
 
 from __future__ import annotations
 

@@ -265,7 +265,7 @@ def explain(
     Returns ``{name: Tensor[B,H,W]}`` (or ``{name: MethodOutput}`` with ``details=True``). ``params`` maps a
     method name to hyper-parameter overrides. ``names=None`` runs every registered method that needs no
     ground truth and applies to ``model`` (:func:`is_applicable`). ``gradient_noise`` (``g -> g'``) perturbs the captured gradients before any method
-    reads them (the CF-CAM robustness protocol, specs.md §2.10).
+    reads them (the CF-CAM robustness protocol, docs/metrics.md#gradient_noise_stability).
     """
     if names is None:
         names = [n for n in METHODS.list() if n != "oracle" and is_applicable(n, model)]

@@ -1,4 +1,4 @@
-"""Eigen-CAM and Eigen-Grad-CAM: first principal component of the layer (specs.md §1.10-1.11)."""
+"""Eigen-CAM and Eigen-Grad-CAM: first principal component of the layer (docs/methods.md#eigencam, #eigengradcam)."""
 
 from __future__ import annotations
 

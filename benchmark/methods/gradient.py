@@ -1,4 +1,4 @@
-"""Gradient CAM methods: pure functions of the shared capture (A, dy^c/dA) — specs.md §1.1-1.7.
+"""Gradient CAM methods: pure functions of the shared capture (A, dy^c/dA) — docs/methods.md#cam to #layercam.
 
 Each returns the raw ``[B,h,w]`` map; the common pipeline (ReLU, min-max, upsampling) runs afterwards.
 """
@@ -62,7 +62,7 @@ def gradcampp_weights(acts: Tensor, d1: Tensor, d2: Tensor, d3: Tensor, alpha_no
 
     ``alpha = D2 / (2 D2 + sum_ab A_ab * D3 + 1e-6)`` (0 where the gradient is 0, as pytorch-grad-cam),
     ``w_k = sum_ij alpha_ij ReLU(D1_ij)``. With ``alpha_norm`` the authors' code also divides alpha by its
-    sum over positive-gradient positions (specs.md §1.3).
+    sum over positive-gradient positions (docs/methods.md#gradcampp).
     """
     sum_a = acts.sum(dim=SPATIAL, keepdim=True)
     alpha = d2 / (2 * d2 + sum_a * d3 + 1e-6)

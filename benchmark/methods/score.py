@@ -1,4 +1,7 @@
-"""Perturbation CAMs that run extra batched forwards: Score-CAM and Ablation-CAM (specs.md §1.8-1.9)."""
+"""Perturbation CAMs that run extra batched forwards: Score-CAM and Ablation-CAM.
+
+Specification: docs/methods.md#scorecam and docs/methods.md#ablationcam.
+"""
 
 from __future__ import annotations
 

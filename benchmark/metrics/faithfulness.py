@@ -3,7 +3,7 @@ Confidence, ROAD).
 
 Each entry scores **all methods of a batch in one engine call**: the M methods' maps are stacked along the
 batch (``M*B`` rows) and mapped back to the ``B`` images with ``image_index`` (no image copies), so
-steps, images and methods share forward passes. Defaults follow specs.md section 5 (RISE for
+steps, images and methods share forward passes. Defaults: docs/metrics.md (RISE for
 deletion/insertion, pytorch-grad-cam's percentiles for ROAD).
 """
 

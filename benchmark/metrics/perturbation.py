@@ -4,7 +4,7 @@ Deletion/insertion (Petsiuk et al., RISE, BMVC 2018), ROAD (Rong et al., ICML 20
 Increase in Confidence (Chattopadhyay et al., WACV 2018) all score a model on many perturbed copies of
 each image. This module does that once, for all of them:
 
-* pixel orders come from the saliency maps by a deterministic sort (specs.md section 0: stable
+* pixel orders come from the saliency maps by a deterministic sort (docs/metrics.md#common: stable
   descending, the lower flat index first among ties; ``rise_ties=True`` puts the higher index first,
   as RISE's ``np.flip(np.argsort(...))``);
 * a perturbed image at step ``k`` is ``where(rank < k, substrate, image)`` with ``rank[n, p]`` the

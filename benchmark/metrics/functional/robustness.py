@@ -1,4 +1,4 @@
-"""Robustness metrics: how much maps move under small input or gradient perturbations (specs.md §2.7-2.10).
+"""Robustness metrics: how much maps move under small input or gradient perturbations (docs/metrics.md, Robustness).
 
 The explain function here has the model bound: ``explain_fn(images, targets, names, *,
 gradient_noise=None) -> {name: Tensor[N,H,W]}`` (e.g. ``functools.partial(ctx.explain, ctx.model)``).
@@ -132,7 +132,7 @@ def max_sensitivity(
     batch_size: int = 64,
     reference: Optional[dict[str, Tensor]] = None,
 ) -> dict[str, Tensor]:
-    """Max-Sensitivity (Yeh et al. 2019; Quantus ``MaxSensitivity``; specs.md §2.7): ``{method: [B]}``.
+    """Max-Sensitivity (Yeh et al. 2019; Quantus ``MaxSensitivity``; docs/metrics.md#max_sensitivity): ``{m: [B]}``.
 
     ``max_s ||Phi(x + delta_s) - Phi(x)|| / ||Phi(x)||`` over ``n_samples`` draws of ``delta`` uniform in
     the L-infinity ball of ``radius`` in model-input space (``relative=False``: the paper's unnormalised
@@ -184,7 +184,9 @@ def local_lipschitz(
     batch_size: int = 64,
     reference: Optional[dict[str, Tensor]] = None,
 ) -> dict[str, Tensor]:
-    """Local Lipschitz estimate (Alvarez-Melis & Jaakkola 2018; Quantus ``LocalLipschitzEstimate``, §2.8).
+    """Local Lipschitz estimate (Alvarez-Melis & Jaakkola 2018; Quantus ``LocalLipschitzEstimate``).
+
+    Specification: docs/metrics.md#local_lipschitz.
 
     ``max_s ||Phi(x) - Phi(x + delta_s)||_2 / (||delta_s||_2 + 1e-10)`` with Gaussian ``delta ~ N(0, std^2)``
     and maps divided by their max (Quantus ``normalise_by_max``; all-zero maps are left as they are).
@@ -261,7 +263,7 @@ def gradient_noise_stability(
     seed: int = 0,
     reference: Optional[dict[str, Tensor]] = None,
 ) -> dict[str, dict[str, Tensor]]:
-    """Stability of maps under Gaussian noise on the target-layer gradients (CF-CAM protocol, §2.10).
+    """Stability of maps under Gaussian noise on the target-layer gradients (docs/metrics.md#gradient_noise_stability).
 
     The noise is added to the captured gradients **before** any method computes its weights
     (``explain_fn(..., gradient_noise=...)``), so every gradient method, CF-CAM included, is genuinely

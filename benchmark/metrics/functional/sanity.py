@@ -1,4 +1,6 @@
-"""Sanity checks: cascading model-parameter randomisation (Adebayo et al. 2018; Quantus MPRT; specs.md §2.9).
+"""Sanity checks: cascading model-parameter randomisation (Adebayo et al. 2018; Quantus MPRT).
+
+Specification: docs/metrics.md#model_randomization.
 
 The explain function takes the model: ``explain_fn(model, images, targets, names) -> {name: [B,H,W]}``
 (the :class:`benchmark.metrics.ExplainFn` protocol). It must resolve the target layer **by name** on the

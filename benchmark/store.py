@@ -29,6 +29,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .schema import CURVE_COLUMNS, SCORE_COLUMNS, TIMING_COLUMNS, UnitResult
+
 META_KEY = b"cambench"
 _SEP = "__"
 
@@ -125,8 +127,8 @@ class Store:
         return {f.name[: -len(suffix)] for f in self.parts.iterdir() if f.name.endswith(suffix)}
 
     # -- writing -----------------------------------------------------------------------------------
-    def write_unit(self, result: Any) -> Path:
-        """Commit a :class:`~benchmark.runner.execute.UnitResult`: gallery first, then the part."""
+    def write_unit(self, result: UnitResult) -> Path:
+        """Commit a :class:`~benchmark.schema.UnitResult`: gallery first, then the part."""
         if result.gallery is not None:
             buf = io.BytesIO()
             np.savez_compressed(buf, **result.gallery)
@@ -148,8 +150,6 @@ class Store:
 
     def load_scores(self) -> pd.DataFrame:
         """All score rows of this hash, in a canonical order (independent of execution order)."""
-        from .runner.execute import SCORE_COLUMNS
-
         frames = [pq.read_table(p).to_pandas() for p in self._parts()]
         if not frames:
             return pd.DataFrame({c: pd.Series(dtype="float64" if c == "value" else "object") for c in SCORE_COLUMNS})
@@ -161,8 +161,6 @@ class Store:
 
     def load_curves(self) -> pd.DataFrame:
         """Mean curves over all images (units combined, weighted by their image counts)."""
-        from .runner.execute import CURVE_COLUMNS
-
         frames = [pd.DataFrame(m.get("curves", {})) for m in self.load_meta()]
         frames = [f for f in frames if len(f)]
         if not frames:
@@ -175,8 +173,6 @@ class Store:
         return out[["model", "dataset", "method", "metric", "step", "x", "value", "n"]]
 
     def load_timings(self) -> pd.DataFrame:
-        from .runner.execute import TIMING_COLUMNS
-
         frames = [pd.DataFrame(m.get("timings", {})) for m in self.load_meta()]
         frames = [f for f in frames if len(f)]
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=TIMING_COLUMNS)

@@ -108,11 +108,6 @@ class ModelHandle:
     class_names: Optional[list[str]] = None
     meta: dict = field(default_factory=dict)
 
-    def layer(self) -> nn.Module:
-        from .methods.capture import resolve_layer
-
-        return resolve_layer(self.model, self.target_layer)
-
     def normalize(self, images01: Tensor) -> Tensor:
         """Map ``[B,3,H,W]`` images in [0,1] to the model's input space."""
         mean = torch.tensor(self.mean, dtype=images01.dtype, device=images01.device).view(1, -1, 1, 1)

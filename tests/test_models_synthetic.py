@@ -53,7 +53,7 @@ def test_handle_contract() -> None:
     assert h.input_size == (128, 128) and h.class_names == list(S.SHAPE_CLASSES)
     assert h.target_layer == "block4" and not h.model.training
     acts = {}
-    h.layer().register_forward_hook(lambda m, i, o: acts.update(a=o))
+    methods.resolve_layer(h.model, h.target_layer).register_forward_hook(lambda m, i, o: acts.update(a=o))
     logits = h.model(torch.zeros(2, 3, 128, 128))
     assert logits.shape == (2, 6) and acts["a"].shape == (2, 128, 8, 8)
     assert MODELS.entry("shapes_cnn").dataset == "shapes"

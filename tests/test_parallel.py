@@ -20,7 +20,7 @@ from benchmark import cli  # noqa: E402
 from benchmark.errors import CambenchError  # noqa: E402
 from benchmark.methods.base import ExplainContext, forward_precision  # noqa: E402
 from benchmark.metrics.perturbation import memory_chunk, perturbation_curves, pixel_order, step_counts  # noqa: E402
-from benchmark.runner import ExecOptions, parse_suite, plan_run, run_suite, run_unit  # noqa: E402
+from benchmark.runner import ExecOptions, load_registries, parse_suite, plan_run, run_suite, run_unit  # noqa: E402
 from benchmark.runner.parallel import claim_slot, execute_units, kept_environ, prefetch, worker_device  # noqa: E402
 from benchmark.store import Store  # noqa: E402
 
@@ -122,7 +122,8 @@ def test_resume_across_backends(suite, reference, client, tmp_path):
     store2 = Store(out2, res.plan.hash)
     store2.prepare()
     units = plan_run(suite).units
-    gen = execute_units(suite, units, backend="dask", client=client)
+    gen = execute_units(suite, units, unit_fn=run_unit, setup_fn=load_registries,
+                        options=ExecOptions(), backend="dask", client=client)
     first = next(gen)
     store2.write_unit(first)
     gen.close()  # cancels what is still queued

@@ -16,8 +16,6 @@ from torch import Tensor, nn
 from ..errors import CaptureError, LayerError
 from ..types import Capture, Reshape
 
-LayerSpec = "nn.Module | str"
-
 
 def resolve_layer(model: nn.Module, layer: nn.Module | str | None) -> nn.Module:
     """Return the module named by ``layer`` (a dotted name such as ``"layer4.1"``) or ``layer`` itself.
@@ -48,13 +46,6 @@ def resolve_layer(model: nn.Module, layer: nn.Module | str | None) -> nn.Module:
     raise LayerError(
         f"{type(model).__name__} has no layer {layer!r}.{hint} Valid names: {shown}"
     )
-
-
-def layer_name(model: nn.Module, layer: nn.Module) -> str:
-    for name, module in model.named_modules():
-        if module is layer:
-            return name
-    raise LayerError(f"{type(layer).__name__} is not a submodule of {type(model).__name__}.")
 
 
 def default_layer_name(model: nn.Module) -> str:

@@ -44,22 +44,9 @@ import pandas as pd
 import torch
 
 from ..errors import CambenchError, SuiteError, UnknownNameError, WeightsError
+from ..schema import CURVE_COLUMNS, SCORE_COLUMNS, TIMING_COLUMNS, UnitResult  # re-exported: they lived here
 from ..types import Batch, ModelHandle
 from .suite import METRIC_FAMILIES, Experiment, Suite
-
-SCORE_COLUMNS = [
-    "model",
-    "dataset",
-    "method",
-    "metric",
-    "image_id",
-    "value",
-    "status",
-    "message",
-    "degenerate",
-]
-CURVE_COLUMNS = ["model", "dataset", "method", "metric", "step", "x", "value", "n"]
-TIMING_COLUMNS = ["unit", "model", "dataset", "stage", "name", "seconds"]
 
 
 # -- registries and plugins ------------------------------------------------------------------------
@@ -78,13 +65,6 @@ def load_registries(plugins: Sequence[str] = (), check: bool = False) -> None:
     from ..plugins import load_plugins
 
     load_plugins(list(plugins), check=check)
-
-
-def load_plugin(plugin: str) -> Any:
-    """Import one plugin (a dotted module name or a ``.py`` path); see :func:`load_registries`."""
-    from ..plugins import load_plugins
-
-    return load_plugins([plugin], entry_points=False, check=False)[0]
 
 
 def resolve_device(device: str) -> torch.device:
@@ -446,18 +426,6 @@ def _make_batches(dataset: Any, handle: ModelHandle, batch_size: int, indices: l
 # -- one unit --------------------------------------------------------------------------------------
 
 
-@dataclass
-class UnitResult:
-    """Everything one unit produced (picklable): score rows, mean curves, timings, gallery sample."""
-
-    key: str
-    scores: pd.DataFrame
-    curves: pd.DataFrame
-    timings: pd.DataFrame
-    gallery: Optional[dict[str, np.ndarray]] = None
-    info: dict = field(default_factory=dict)
-
-
 def _reexplained(method: str, selection: tuple[str, ...] | str) -> bool:
     """Whether ``method`` is in a suite's ``reexplain_methods`` (names and/or method families)."""
     if selection == "all":
@@ -812,8 +780,9 @@ def run_suite(
     units_bar = tqdm(total=len(todo), desc="units", unit="unit", disable=not show, position=0)
     images_bar = tqdm(total=sum(u.stop - u.start for u in todo), desc="images", unit="img", disable=not show, position=1)
     ran = []
-    results = execute_units(suite, todo, backend=backend, workers=workers, scheduler=scheduler, client=client,
-                            options=options, plugins=plugins, progress=images_bar.update)
+    results = execute_units(suite, todo, unit_fn=run_unit, setup_fn=load_registries, options=options,
+                            backend=backend, workers=workers, scheduler=scheduler, client=client,
+                            plugins=plugins, progress=images_bar.update)
     try:
         seen: set[str] = set()
         for result in results:

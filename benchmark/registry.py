@@ -85,10 +85,6 @@ class Registry(Generic[T]):
         """The registered object for ``name``; an unknown name lists the valid ones."""
         return self.entry(name).obj
 
-    def create(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        """Call the registered factory for ``name`` with the given arguments."""
-        return self.get(name)(*args, **kwargs)  # type: ignore[operator]
-
     def params(self, name: str, overrides: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
         """The entry's ``defaults`` metadata updated by ``overrides``; an unknown key is a TypeError."""
         params = dict(self.entry(name).meta.get("defaults", {}))

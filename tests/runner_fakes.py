@@ -103,7 +103,7 @@ def fake_inside(ctx: MetricContext) -> dict[str, Tensor]:
     return out
 
 
-@register_metric("fake_drop", family="faithfulness", higher_is_better=False, needs=("saliency", "model"),
+@register_metric("fake_drop", family="faithfulness", higher_is_better=False, needs=("saliency",),
                  defaults={"steps": 4}, override=True)
 def fake_drop(ctx: MetricContext, steps: int = 4) -> dict[str, Tensor]:
     """Tiny deletion AUC: zero the top-k salient pixels (k = 0..HW in ``steps``), all methods batched."""

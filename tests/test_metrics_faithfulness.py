@@ -348,7 +348,7 @@ def test_registry_entries_metadata():
     for name, hib in expect.items():
         e = METRICS.entry(name)
         assert e.meta["family"] == "faithfulness" and e.meta["higher_is_better"] is hib
-        assert set(e.meta["needs"]) == {"saliency", "model"}
+        assert set(e.meta["needs"]) == {"saliency"}
     assert METRICS.entry("deletion_auc").meta["defaults"]["step"] == 224
     assert METRICS.entry("insertion_auc").meta["defaults"]["substrate"] == "blur"
 

@@ -90,8 +90,10 @@ def forward_chunk(batch_size: int, example: Tensor) -> int:
     return max(1, min(int(batch_size), CPU_CHUNK_PIXELS // max(1, hw)))
 
 
-#: Families: ``gradient`` (pure function of one capture), ``perturbation`` (extra batched forwards),
-#: ``projection`` (SVD of the capture), ``baseline`` (no model).
+#: Method families (docs/methods.md#families): ``gradient`` (a function of the capture, or of one extra
+#: forward/backward), ``projection`` (a decomposition of the capture), ``perturbation`` (extra batched
+#: forwards), ``baseline`` (no model). ``register_method`` accepts only these.
+FAMILIES = ("gradient", "projection", "perturbation", "baseline")
 
 
 def register_method(
@@ -107,8 +109,14 @@ def register_method(
     """Decorator registering a raw-map method ``fn(ctx, **params) -> Tensor[B,h,w]``.
 
     ``relu`` says whether the standard pipeline applies a ReLU before min-max (False only for CAM);
-    ``defaults`` are the method's hyper-parameters (recorded in the result tables).
+    ``defaults`` are the method's hyper-parameters (recorded in the result tables). ``family`` must be one of
+    :data:`FAMILIES`.
     """
+    if family not in FAMILIES:
+        raise ValueError(
+            f"Method {name!r} has unknown family {family!r}; expected one of {FAMILIES} "
+            "(docs/methods.md#families). Fix the family= of its register_method call."
+        )
     return METHODS.register(
         name,
         family=family,

@@ -7,6 +7,7 @@ share forward passes. ``NaN`` means "undefined for this image" (each metric docu
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Optional, Protocol, Sequence
 
@@ -18,7 +19,9 @@ from ..types import Batch
 METRICS: Registry[Callable[..., dict[str, Tensor]]] = Registry("metric")
 
 FAMILIES = ("faithfulness", "localization", "robustness", "sanity", "cost")
-NEEDS = ("saliency", "masks", "boxes", "model", "explainer")
+#: What a metric may need beyond the model and the batch (which every metric receives): the methods'
+#: maps, ground-truth masks or boxes, or the ability to re-explain (``ctx.explain``). See ``missing_needs``.
+NEEDS = ("saliency", "masks", "boxes", "explainer")
 
 
 class ExplainFn(Protocol):
@@ -70,9 +73,20 @@ def register_metric(
     if family not in FAMILIES:
         raise ValueError(f"Unknown metric family {family!r}; expected one of {FAMILIES}.")
     needs = tuple(needs)
+    if "model" in needs:  # every metric receives the model; older plugins listed it as a need
+        warnings.warn(
+            f"Metric {name!r}: 'model' is no longer a need (every metric receives ctx.model); drop it from "
+            f"needs=. Valid needs: {NEEDS}.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        needs = tuple(n for n in needs if n != "model")
     bad = [n for n in needs if n not in NEEDS]
     if bad:
-        raise ValueError(f"Unknown needs {bad}; expected a subset of {NEEDS}.")
+        raise ValueError(
+            f"Metric {name!r} has unknown needs {bad}; expected a subset of {NEEDS}. Fix the needs= of "
+            "its register_metric call."
+        )
     return METRICS.register(
         name,
         family=family,

@@ -29,7 +29,7 @@ from .perturbation import trapezoid_auc
 RISE = "Petsiuk et al., RISE, BMVC 2018"
 GRADCAMPP = "Chattopadhyay et al., Grad-CAM++, WACV 2018"
 ROAD = "Rong et al., A Consistent and Efficient Evaluation Strategy for Attribution Methods, ICML 2022"
-NEEDS = ("saliency", "model")
+NEEDS = ("saliency",)
 
 
 def _stacked(ctx: MetricContext) -> tuple[list[str], Tensor, Tensor, Tensor]:

@@ -42,7 +42,7 @@ def _mprt(ctx: MetricContext, similarity: str, layer_order: str, seed: int, max_
 
 
 @register_metric(
-    "model_randomization", family="sanity", higher_is_better=False, needs=("saliency", "model", "explainer"),
+    "model_randomization", family="sanity", higher_is_better=False, needs=("saliency", "explainer"),
     defaults=_DEFAULTS, paper="Adebayo et al. 2018 (Quantus MPRT, Spearman after the full cascade)",
 )
 def model_randomization(ctx: MetricContext, layer_order: str = "top_down", seed: int = 42,
@@ -52,7 +52,7 @@ def model_randomization(ctx: MetricContext, layer_order: str = "top_down", seed:
 
 @register_metric(
     "model_randomization_ssim", family="sanity", higher_is_better=False,
-    needs=("saliency", "model", "explainer"), defaults=_DEFAULTS,
+    needs=("saliency", "explainer"), defaults=_DEFAULTS,
     paper="Adebayo et al. 2018 (SSIM after the full cascade)",
 )
 def model_randomization_ssim(ctx: MetricContext, layer_order: str = "top_down", seed: int = 42,

@@ -51,7 +51,7 @@ class Registry(Generic[T]):
         """Decorator registering ``obj`` under ``name`` (default: its ``__name__``) with ``meta``."""
 
         def deco(obj: T) -> T:
-            self.add(name or getattr(obj, "__name__"), obj, override=override, **meta)
+            self.add(name or obj.__name__, obj, override=override, **meta)
             return obj
 
         return deco

@@ -50,8 +50,8 @@ class Batch:
     def __len__(self) -> int:
         return self.images.shape[0]
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
-        mv = lambda t: None if t is None else t.to(device, non_blocking=non_blocking)  # noqa: E731
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        mv = lambda t: None if t is None else t.to(device, non_blocking=non_blocking)
         return Batch(
             images=mv(self.images),
             targets=mv(self.targets),
@@ -61,7 +61,7 @@ class Batch:
             labels=mv(self.labels),
         )
 
-    def select(self, index: Sequence[int]) -> "Batch":
+    def select(self, index: Sequence[int]) -> Batch:
         idx = list(index)
         it = torch.as_tensor(idx, dtype=torch.long, device=self.images.device)
         return Batch(

@@ -163,21 +163,11 @@ def fake_warns(ctx) -> Tensor:
 
 # -- helpers shared by the runner test modules ---------------------------------------------------
 
-import os  # noqa: E402
 from pathlib import Path  # noqa: E402
-
-import pytest  # noqa: E402
 
 SUITES = Path(__file__).parent / "runner_suites"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run much faster single-threaded on a shared CPU; restore the setting afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 _RUNS: dict = {}
 
 
@@ -187,7 +177,6 @@ def run_cached(tmp_root: Path, suite: str = "tiny", plots: bool = False, **kw):
 
     key = (suite, plots, tuple(sorted(kw.items())))
     if key not in _RUNS:
-        os.environ.setdefault("TQDM_DISABLE", "1")
         out = Path(tmp_root) / f"{suite}-{len(_RUNS)}"
         _RUNS[key] = run_suite(load_suite(SUITES / f"{suite}.toml"), out, quiet=True, plots=plots, **kw)
     return _RUNS[key]

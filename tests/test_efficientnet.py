@@ -85,7 +85,7 @@ def test_gradcam_energy_falls_on_every_annotated_object(lite0) -> None:
     share = (cam * masks).sum((1, 2)) / cam.sum((1, 2))
     area = masks.float().mean((1, 2))
     assert (share > area + 0.04).all(), {
-        s.id: (round(float(a), 3), round(float(b), 3)) for s, a, b in zip(samples, share, area)
+        s.id: (round(float(a), 3), round(float(b), 3)) for s, a, b in zip(samples, share, area, strict=True)
     }
 
 

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("TQDM_DISABLE", "1")
-
 import warnings
 import zlib
 
@@ -202,7 +198,7 @@ def test_linear_imputation_solves_the_neighbour_mean_equations():
     removed = torch.rand(10, 9, generator=g) < 0.6
     out = noisy_linear_impute(img, removed, noise=0.0).double()
     k = torch.tensor([[1 / 12, 1 / 6, 1 / 12], [1 / 6, 0.0, 1 / 6], [1 / 12, 1 / 6, 1 / 12]], dtype=torch.float64)
-    conv = lambda t: torch.nn.functional.conv2d(t[:, None], k[None, None], padding=1)[:, 0]  # noqa: E731
+    conv = lambda t: torch.nn.functional.conv2d(t[:, None], k[None, None], padding=1)[:, 0]
     weight_sum = conv(torch.ones(1, 10, 9, dtype=torch.float64))  # only in-image neighbours count
     residual = conv(out) - weight_sum * out
     assert residual[:, removed].abs().max() < 1e-5  # every imputed pixel = weighted mean of its neighbours

@@ -1,8 +1,5 @@
 """Localization metrics: Quantus / wsolevaluation / cv2 / sklearn parity, known answers, invariants."""
 
-import os
-
-os.environ.setdefault("TQDM_DISABLE", "1")
 
 import cv2  # test-only (opencv-python, a pytorch-grad-cam dependency)
 import numpy as np

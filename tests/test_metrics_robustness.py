@@ -1,8 +1,5 @@
 """Robustness and cost metrics: Quantus parity (Max/Avg-Sensitivity), skimage SSIM parity, invariants."""
 
-import os
-
-os.environ.setdefault("TQDM_DISABLE", "1")
 
 import numpy as np
 import pytest
@@ -106,7 +103,7 @@ def test_local_lipschitz(setup):
     out = R.local_lipschitz(explain, images, targets, ["gradcam", "center"], n_samples=2, seed=0)
     assert torch.all(out["center"] == 0) and torch.all(out["gradcam"] > 0)
     # known answer for a linear explainer Phi(x) = 0.5 * x[:, 0] / max: check by hand
-    lin = lambda x, t, names, **kw: {n: x[:, 0] for n in names}  # noqa: E731
+    lin = lambda x, t, names, **kw: {n: x[:, 0] for n in names}
     x = torch.rand(2, 3, 8, 8) + 1.0
     got = R.local_lipschitz(lin, x, torch.zeros(2, dtype=torch.long), ["m"], std=0.1, n_samples=2, seed=9)
     ref = []

@@ -1,9 +1,6 @@
 """Model-parameter randomisation: Quantus MPRT parity, the model is untouched, baselines vs Grad-CAM."""
 
 import copy
-import os
-
-os.environ.setdefault("TQDM_DISABLE", "1")
 
 import numpy as np
 import pytest
@@ -18,6 +15,7 @@ from benchmark.types import Batch
 
 np.trapz = getattr(np, "trapz", np.trapezoid)  # Quantus 0.6 on NumPy >= 2.4
 import quantus  # noqa: E402
+
 
 def tiny_cnn(seed=0):
     torch.manual_seed(seed)

@@ -80,7 +80,7 @@ def test_default_weights_load_from_hub_cache_with_densenet_key_fix(tmp_path, mon
     torch.save(ref.state_dict(), tmp_path / "checkpoints" / "resnet18-f37072fd.pth")
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
     h = create_model("resnet18")  # "default": from the (fake) local cache, no download
-    for (k, v), (k2, v2) in zip(h.model.state_dict().items(), ref.state_dict().items()):
+    for (k, v), (k2, v2) in zip(h.model.state_dict().items(), ref.state_dict().items(), strict=True):
         assert k == k2 and torch.equal(v, v2)
     assert h.meta["weights"].endswith("resnet18-f37072fd.pth")
 

@@ -12,19 +12,17 @@ import pandas as pd
 import pytest
 import torch
 
-os.environ.setdefault("TQDM_DISABLE", "1")
+from benchmark import cli
+from benchmark.errors import CambenchError
+from benchmark.methods.base import ExplainContext, forward_precision
+from benchmark.metrics.perturbation import memory_chunk, perturbation_curves, pixel_order, step_counts
+from benchmark.runner import ExecOptions, load_registries, parse_suite, plan_run, run_suite, run_unit
+from benchmark.runner.parallel import claim_slot, execute_units, kept_environ, prefetch, worker_device
+from benchmark.store import Store
 
-import runner_fakes  # noqa: E402
-from runner_fakes import one_thread  # noqa: E402,F401
-from benchmark import cli  # noqa: E402
-from benchmark.errors import CambenchError  # noqa: E402
-from benchmark.methods.base import ExplainContext, forward_precision  # noqa: E402
-from benchmark.metrics.perturbation import memory_chunk, perturbation_curves, pixel_order, step_counts  # noqa: E402
-from benchmark.runner import ExecOptions, load_registries, parse_suite, plan_run, run_suite, run_unit  # noqa: E402
-from benchmark.runner.parallel import claim_slot, execute_units, kept_environ, prefetch, worker_device  # noqa: E402
-from benchmark.store import Store  # noqa: E402
+import runner_fakes
 
-pytestmark = pytest.mark.filterwarnings("ignore:Ablation-CAM:RuntimeWarning")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.filterwarnings("ignore:Ablation-CAM:RuntimeWarning")]
 
 
 SUITE = """
@@ -174,7 +172,7 @@ def test_forward_precision_context_is_scoped():
     targets = torch.tensor([0, 1, 0])
     order = pixel_order(torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(1)))
     steps = step_counts(32 * 32, n_steps=8)
-    curves = lambda: perturbation_curves(handle.model, images, order, torch.zeros(1, 3, 32, 32), steps, targets)  # noqa: E731
+    curves = lambda: perturbation_curves(handle.model, images, order, torch.zeros(1, 3, 32, 32), steps, targets)
     fp32 = curves()
     with forward_precision("bf16"):
         bf16 = curves()

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import textwrap
 from pathlib import Path
-
-os.environ.setdefault("TQDM_DISABLE", "1")
 
 import pytest
 import torch

@@ -6,26 +6,28 @@ from pathlib import Path
 
 import pytest
 
-import runner_fakes  # noqa: F401  (registers the fake dataset/model/metrics)
-from runner_fakes import one_thread  # noqa: F401
 from benchmark.errors import SuiteError
 from benchmark.metrics import METRICS
 from benchmark.runner import load_suite, parse_suite, plan_run
 from benchmark.runner.suite import list_suites, packaged_suites
 
+import runner_fakes
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = runner_fakes.SUITES / "tiny.toml"
 
-BASE = """
+BASE = f"""
 name = "t"
-plugins = ["{plugin}"]
+plugins = ["{str(Path(runner_fakes.__file__).resolve())}"]
 methods = ["gradcam"]
 metrics = ["fake_inside"]
 [[experiments]]
 model = "fake_cnn"
 dataset = "fake_shapes"
 data = {{ n = 2 }}
-""".format(plugin=str(Path(runner_fakes.__file__).resolve()))
+"""
 
 
 def test_tiny_suite_parses_with_defaults_and_overrides():

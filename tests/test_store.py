@@ -12,10 +12,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import runner_fakes
-from runner_fakes import one_thread  # noqa: F401
 from benchmark.runner.execute import UnitResult
 from benchmark.store import Store, atomic_write_bytes, read_meta
+
+import runner_fakes
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 ROOT = Path(__file__).resolve().parents[1]
 

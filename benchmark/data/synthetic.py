@@ -223,7 +223,7 @@ class ShapesDataset(CamDataset):
         for r in radii:
             cand = rng.uniform(lo + r, hi - r, size=(64, 2))
             ok = np.ones(64, dtype=bool)
-            for (cx, cy), r2 in zip(centres, radii):
+            for (cx, cy), r2 in zip(centres, radii, strict=False):  # the objects placed so far
                 ok &= np.hypot(cand[:, 0] - cx, cand[:, 1] - cy) >= r + r2 + gap
             if not ok.any():
                 break
@@ -265,7 +265,7 @@ class ShapesDataset(CamDataset):
         centres = self._place(rng, radii)
         img, base = self._background(rng)
         masks = []
-        for cls, (cx, cy), r in zip([label] + dis, centres, radii):
+        for cls, (cx, cy), r in zip([label] + dis, centres, radii, strict=False):  # unplaced ones dropped
             m = self._draw_object(rng, cls, cx, cy, r)
             img = np.where(m[None], self._object_colour(rng, base)[:, None, None], img)
             masks.append(m)

@@ -111,7 +111,7 @@ def item_name(dataset: Dataset, index: int) -> str:
     if callable(fn):
         try:
             return str(fn(index))
-        except Exception:  # noqa: BLE001 - naming must never fail the run
+        except Exception:
             pass
     return f"item {index}"
 

@@ -86,7 +86,7 @@ def fullgrad(ctx: ExplainContext, eps: float = 1e-7) -> Tensor:
     size = ctx.input_size
     gx = grads[0] if grads[0] is not None else torch.zeros_like(x)
     total = channel_minmax((x.detach() * gx).abs(), eps).sum(dim=1)
-    for (module, _), g in zip(outputs, grads[1:]):
+    for (module, _), g in zip(outputs, grads[1:], strict=True):
         if g is None or g.ndim != 4:
             continue
         bias = effective_bias(module).to(g.dtype).view(1, -1, 1, 1)

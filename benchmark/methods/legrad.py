@@ -141,7 +141,7 @@ def legrad(ctx: ExplainContext, n_blocks: Optional[int] = None, prefix_tokens: i
         for h in handles:
             h.remove()
     maps = []
-    for i, g in zip(chosen, grads):
+    for i, g in zip(chosen, grads, strict=True):
         g = torch.zeros_like(leaves[i]) if g is None else g
         maps.append(g.clamp_min(0).mean(dim=(1, 2))[:, prefix_tokens:])
     rel = torch.stack(maps).mean(dim=0)  # [B, N - prefix]

@@ -52,7 +52,7 @@ def _stacked(ctx: MetricContext) -> tuple[list[str], Tensor, Tensor, Tensor]:
 
 
 def _split(methods: list[str], values: Tensor) -> dict[str, Tensor]:
-    return dict(zip(methods, values.chunk(len(methods)))) if methods else {}
+    return dict(zip(methods, values.chunk(len(methods)), strict=True)) if methods else {}
 
 
 def _causal(ctx: MetricContext, name: str, mode: str, substrate: str, **params) -> dict[str, Tensor]:

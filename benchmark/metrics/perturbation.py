@@ -221,7 +221,7 @@ def batched_scores(
                     measure = False
                 out[start:stop] = _target_scores(logits, targets[start:stop], score).to(out.device)
         except oom_errors:
-            items = x = logits = None  # noqa: F841  (free the chunk before retrying)
+            items = x = logits = None
             if chunk == 1:
                 raise
             chunk = max(1, chunk // 2)
@@ -334,7 +334,6 @@ def _shared_ends(image_index: Tensor, targets: Tensor, k: Tensor, hw: int) -> tu
     slot[needed.nonzero().flatten()] = torch.arange(int(needed.sum()), device=device)
     src = slot[(rep * s + cols).reshape(-1)]
     return pair_row, pair_col, src
-    return scores.view(n, s)
 
 
 def image_scores(

@@ -119,7 +119,7 @@ def render(
     sig = significance.copy()
     if not sig.empty:
         sig = sig[sig["significant"] == False]  # noqa: E712  (methods statistically tied with the best)
-    fig = lambda kind: "".join(_img(p) for p in plots.get(kind, [])) or '<p class="muted">None.</p>'  # noqa: E731
+    fig = lambda kind: "".join(_img(p) for p in plots.get(kind, [])) or '<p class="muted">None.</p>'
     exp_rows = pd.DataFrame(
         [(e["label"], e["dataset"], e["n_images"], len(e["methods"]), len(e["metrics"])) for e in run.get("experiments", [])],
         columns=["model", "dataset", "images", "methods", "metrics"],

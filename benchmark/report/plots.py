@@ -9,11 +9,11 @@ from typing import Sequence
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-from .tables import MEAN_RANK  # noqa: E402
+from .tables import MEAN_RANK
 
 DPI = 90
 
@@ -24,7 +24,7 @@ def _slug(*parts: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=+-]+", "_", "-".join(parts))
 
 
-def _save(fig: "plt.Figure", path: Path) -> Path:
+def _save(fig: plt.Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=DPI, bbox_inches="tight")
@@ -50,7 +50,7 @@ def metric_bars(board: pd.DataFrame, out_dir: Path) -> list[Path]:
         nrow = int(np.ceil(len(metrics) / ncol))
         n_methods = g["method"].nunique()
         fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, max(2.2, 0.22 * n_methods + 1.0) * nrow), squeeze=False)
-        for ax, metric in zip(axes.flat, metrics):
+        for ax, metric in zip(axes.flat, metrics, strict=False):  # the grid may have spare axes
             s = g[g["metric"] == metric].sort_values("rank")
             y = np.arange(len(s))
             err = np.vstack([(s["mean"] - s["ci_low"]).clip(lower=0).fillna(0), (s["ci_high"] - s["mean"]).clip(lower=0).fillna(0)])
@@ -78,7 +78,7 @@ def curve_plots(curves: pd.DataFrame, out_dir: Path) -> list[Path]:
     for (model, dataset), g in curves.groupby(["model", "dataset"], sort=True):
         metrics = sorted(g["metric"].unique())
         fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 3.4), squeeze=False)
-        for ax, metric in zip(axes.flat, metrics):
+        for ax, metric in zip(axes.flat, metrics, strict=False):  # the grid may have spare axes
             s = g[g["metric"] == metric]
             for method, c in s.groupby("method", sort=True):
                 c = c.sort_values("step")

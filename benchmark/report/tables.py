@@ -154,7 +154,7 @@ def significance(scores: pd.DataFrame, board: pd.DataFrame, alpha: float = 0.05)
             fam.append([model, dataset, metric, method, best, n, diff, stat, p])
         if fam:
             adj = holm(np.array([r[-1] for r in fam]))
-            for r, ph in zip(fam, adj):
+            for r, ph in zip(fam, adj, strict=True):
                 rows.append(r + [ph, bool(np.isfinite(ph) and ph < alpha)])
     return pd.DataFrame(rows, columns=SIGNIFICANCE_COLUMNS)
 

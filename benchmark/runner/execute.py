@@ -27,7 +27,6 @@ so a unit's rows do not depend on which units ran before it (resume, parallel ba
 from __future__ import annotations
 
 import dataclasses
-
 import hashlib
 import importlib
 import importlib.util
@@ -35,7 +34,7 @@ import json
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
 
@@ -47,7 +46,6 @@ from ..errors import CambenchError, SuiteError, UnknownNameError, WeightsError
 from ..schema import CURVE_COLUMNS, SCORE_COLUMNS, TIMING_COLUMNS, UnitResult  # re-exported: they lived here
 from ..types import Batch, ModelHandle
 from .suite import METRIC_FAMILIES, Experiment, Suite
-
 
 # -- registries and plugins ------------------------------------------------------------------------
 
@@ -377,7 +375,7 @@ def _is_cnn(handle: ModelHandle) -> bool:
 
 def _pinned(batch: Batch) -> Batch:
     """The batch in page-locked host memory (so that the copy to the GPU can be asynchronous)."""
-    pin = lambda t: None if t is None else t.pin_memory()  # noqa: E731
+    pin = lambda t: None if t is None else t.pin_memory()
     return Batch(pin(batch.images), pin(batch.targets), list(batch.ids), pin(batch.masks),
                  None if batch.boxes is None else [pin(b) for b in batch.boxes], pin(batch.labels))
 
@@ -540,7 +538,7 @@ def _run_unit(suite: Suite, unit: Unit, progress: Optional[Callable[[int], None]
             t = time.perf_counter()
             try:
                 outputs[name] = M.run_method(ectx, name, method_params.get(name))
-            except Exception as exc:  # noqa: BLE001  (recorded, the run goes on)
+            except Exception as exc:
                 failed[name] = _err(exc)
             timings.append(("explain", name, time.perf_counter() - t))
         saliency = {m: o.maps for m, o in outputs.items()}
@@ -573,7 +571,7 @@ def _run_unit(suite: Suite, unit: Unit, progress: Optional[Callable[[int], None]
             t = time.perf_counter()
             try:
                 res = compute_metrics(ctx_m, [metric], exp.metric_params).get(metric, {})
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 msg = f"metric failed: {_err(exc)}"
                 for name in ctx_m.saliency:
                     add(name, metric, ids, [np.nan] * len(ids), "error", msg, degenerate[name])

@@ -297,7 +297,7 @@ def prefetch(iterator: Iterator[T], transform: Callable[[T], T] = lambda x: x, d
             for item in iterator:
                 if not put((transform(item), None)):
                     return
-        except BaseException as exc:  # noqa: BLE001  (handed to the consumer)
+        except BaseException as exc:
             put((None, exc))
             return
         put((_END, None))

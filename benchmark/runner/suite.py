@@ -168,7 +168,7 @@ class Suite:
         device: Optional[str] = None,
         batch_size: Optional[int] = None,
         data_root: Optional[str] = None,
-    ) -> "Suite":
+    ) -> Suite:
         """A copy with CLI overrides applied (``--device``, ``--batch-size``, ``--data-root``)."""
         s = self
         if device is not None:

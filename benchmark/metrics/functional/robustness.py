@@ -241,7 +241,7 @@ def ssim(a: Tensor, b: Tensor, win_size: int = 7, data_range: float = 1.0) -> Te
     if a.shape[-1] < win_size or a.shape[-2] < win_size:
         raise ValueError(f"SSIM needs maps of at least {win_size}x{win_size}; got {tuple(a.shape[-2:])}.")
     x, y = a.double()[:, None], b.double()[:, None]
-    pool = lambda t: F.avg_pool2d(t, win_size, stride=1)  # noqa: E731
+    pool = lambda t: F.avg_pool2d(t, win_size, stride=1)
     np_ = win_size * win_size
     cov_norm = np_ / (np_ - 1)
     ux, uy = pool(x), pool(y)

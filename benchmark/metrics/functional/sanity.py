@@ -47,7 +47,7 @@ def _randomize(module: nn.Module, seed: int) -> None:
         torch.manual_seed(seed + 1)
         fresh.reset_parameters()
     with torch.no_grad():
-        for dst, src in zip([*module.parameters(), *module.buffers()], [*fresh.parameters(), *fresh.buffers()]):
+        for dst, src in zip([*module.parameters(), *module.buffers()], [*fresh.parameters(), *fresh.buffers()], strict=True):
             dst.copy_(src)
 
 

@@ -6,6 +6,7 @@ and names that are the strings users type.
 
 from __future__ import annotations
 
+import builtins
 import difflib
 import fnmatch
 from dataclasses import dataclass, field
@@ -51,7 +52,7 @@ class Registry(Generic[T]):
         """Decorator registering ``obj`` under ``name`` (default: its ``__name__``) with ``meta``."""
 
         def deco(obj: T) -> T:
-            self.add(name or obj.__name__, obj, override=override, **meta)
+            self.add(name or str(getattr(obj, "__name__", "")), obj, override=override, **meta)
             return obj
 
         return deco
@@ -123,5 +124,5 @@ class Registry(Generic[T]):
     def __len__(self) -> int:
         return len(self._entries)
 
-    def entries(self) -> list[Entry[T]]:
+    def entries(self) -> builtins.list[Entry[T]]:  # ``list`` is the method above
         return [self._entries[n] for n in sorted(self._entries)]

@@ -22,7 +22,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import pandas as pd
@@ -131,7 +131,8 @@ class Store:
         """Commit a :class:`~benchmark.schema.UnitResult`: gallery first, then the part."""
         if result.gallery is not None:
             buf = io.BytesIO()
-            np.savez_compressed(buf, **result.gallery)
+            arrays: dict[str, Any] = dict(result.gallery)
+            np.savez_compressed(buf, **arrays)
             atomic_write_bytes(self.gallery_path(result.key), buf.getvalue())
         meta = {
             "suite_hash": self.hash,

@@ -51,14 +51,19 @@ class Batch:
         return self.images.shape[0]
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
-        mv = lambda t: None if t is None else t.to(device, non_blocking=non_blocking)
+        def mv(t: Tensor) -> Tensor:
+            return t.to(device, non_blocking=non_blocking)
+
+        def opt(t: Optional[Tensor]) -> Optional[Tensor]:
+            return None if t is None else mv(t)
+
         return Batch(
             images=mv(self.images),
             targets=mv(self.targets),
             ids=list(self.ids),
-            masks=mv(self.masks),
+            masks=opt(self.masks),
             boxes=None if self.boxes is None else [mv(b) for b in self.boxes],
-            labels=mv(self.labels),
+            labels=opt(self.labels),
         )
 
     def select(self, index: Sequence[int]) -> Batch:

@@ -66,7 +66,9 @@ def fake_plain(root=None, n=None, seed=0) -> FakeShapes:
 class TinyCNN(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()
+        )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(8, 2)
 
@@ -91,7 +93,9 @@ def fake_broken(ctx) -> Tensor:
     raise RuntimeError("fake_broken always fails")
 
 
-@register_metric("fake_inside", family="localization", higher_is_better=True, needs=("saliency", "masks"), override=True)
+@register_metric(
+    "fake_inside", family="localization", higher_is_better=True, needs=("saliency", "masks"), override=True
+)
 def fake_inside(ctx: MetricContext) -> dict[str, Tensor]:
     """Mean saliency inside the ground-truth mask (NaN for an empty mask)."""
     m = ctx.batch.masks.float()

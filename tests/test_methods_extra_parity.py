@@ -20,6 +20,8 @@ from benchmark.errors import LayerError
 from benchmark.methods.base import _context
 from benchmark.methods.score_variants import iscam_coefficients, sscam_noise, tc_channel_masks
 
+from conftest import tiny_cnn
+
 pgc = pytest.importorskip("pytorch_grad_cam")
 tcm = pytest.importorskip("torchcam.methods")
 from pytorch_grad_cam.utils.model_targets import (  # noqa: E402
@@ -100,7 +102,8 @@ PGC_SIMPLE = {"gradcamelementwise": pgc.GradCAMElementWise, "kpcacam": pgc.KPCA_
 
 @pytest.mark.parametrize(
     "arch,layer,names",
-    [(a, lay, ["gradcamelementwise", "kpcacam"]) for a, lay in GRAD_CASES] + [(a, lay, ["shapleycam"]) for a, lay in HVP_CASES],
+    [(a, lay, ["gradcamelementwise", "kpcacam"]) for a, lay in GRAD_CASES]
+    + [(a, lay, ["shapleycam"]) for a, lay in HVP_CASES],
 )
 def test_pgc_parity_elementwise_kpca_shapley(arch: str, layer: str, names: list) -> None:
     model, x, targets = _model(arch), _images(2, 96), [3, 7]
@@ -335,7 +338,8 @@ def _score_formula(model, layer, x, targets, scales, noises):
                 ak = a[b, k]
                 m = (ak - ak.min()) / (ak.max() - ak.min() + 1e-8)
                 m = F.interpolate(m[None, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
-                s = [model((sc * m + nz[k]) * x[b : b + 1])[0, targets[b]] - base for sc, nz in zip(scales, noises, strict=True)]
+                s = [model((sc * m + nz[k]) * x[b : b + 1])[0, targets[b]] - base
+                     for sc, nz in zip(scales, noises, strict=True)]
                 w.append(torch.stack(s).mean())
             w = torch.stack(w).softmax(0)
             out.append(torch.einsum("c,chw->hw", w, a[b]))
@@ -343,9 +347,7 @@ def _score_formula(model, layer, x, targets, scales, noises):
 
 
 def test_sscam_and_iscam_match_the_paper_formulas() -> None:
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
-                          nn.Linear(16, 3)).eval()
+    model = tiny_cnn(seed=0, classes=3)
     x, t = _images(2, 8), [0, 2]
     ctx = _context(model, "1", x, torch.tensor(t), seed=3)
     noises = [sscam_noise(ctx, i, (4, 8, 8), 0.5) for i in range(3)]

@@ -464,7 +464,9 @@ def test_random_draws_are_made_on_the_cpu_and_do_not_depend_on_the_device() -> N
     are moved to the images' device: CUDA's generator would draw other numbers for the same seed."""
     from benchmark.methods.base import ExplainContext
 
-    ctx = ExplainContext(model=GapNet().eval(), layer=None, images=torch.zeros(2, 3, 8, 8), targets=torch.zeros(2), seed=3)
+    ctx = ExplainContext(
+        model=GapNet().eval(), layer=None, images=torch.zeros(2, 3, 8, 8), targets=torch.zeros(2), seed=3
+    )
     assert ctx.generator(5).device.type == "cpu"
     want = torch.rand((2, 4), generator=torch.Generator().manual_seed(3 * 1_000_003 + 5))
     torch.testing.assert_close(ctx.rand((2, 4), salt=5), want)

@@ -30,15 +30,10 @@ from benchmark.metrics.functional.faithfulness import (
 from benchmark.metrics.perturbation import order_to_rank, patch_order, perturbation_curves, pixel_order
 from benchmark.types import Batch
 
+from conftest import tiny_cnn
+
 if not hasattr(np, "trapz"):  # Quantus 0.6.0 calls np.trapz, removed in NumPy 2.4
     np.trapz = np.trapezoid
-
-
-def tiny_cnn(seed: int = 0, classes: int = 5) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, classes)
-    ).eval()
 
 
 class BoxModel(nn.Module):
@@ -59,7 +54,8 @@ class BoxModel(nn.Module):
 
 def data(seed: int, b: int = 3, h: int = 12, w: int = 12):
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(b, 3, h, w, generator=g), torch.rand(b, h, w, generator=g), torch.randint(0, 5, (b,), generator=g)
+    images, sal = torch.randn(b, 3, h, w, generator=g), torch.rand(b, h, w, generator=g)
+    return images, sal, torch.randint(0, 5, (b,), generator=g)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -140,7 +136,9 @@ def test_road_scores_equal_pgc_average_over_percentiles(order):
     cls = RemoveMostRelevantFirst if order == "morf" else RemoveLeastRelevantFirst
     kept = [20, 50, 80]
     averager = AveragerAcrossThresholds(
-        lambda p: (lambda *a: PerturbationConfidenceMetric(cls(p, NoisyLinearImputer(noise=0.0)))(*a, return_diff=False)),
+        lambda p: (
+            lambda *a: PerturbationConfidenceMetric(cls(p, NoisyLinearImputer(noise=0.0)))(*a, return_diff=False)
+        ),
         kept,
     )
     ref = averager(x, sal.numpy(), [ClassifierOutputSoftmaxTarget(int(c)) for c in t], model)
@@ -293,7 +291,8 @@ def test_batch_results_equal_per_image_results():
     keys = torch.tensor([11, 22, 33])
     batch = road(model, x, t, sal, percentages=[0.2, 0.7], seed=3, noise_keys=keys)
     single = torch.cat([
-        road(model, x[i : i + 1], t[i : i + 1], sal[i : i + 1], percentages=[0.2, 0.7], seed=3, noise_keys=keys[i : i + 1])
+        road(model, x[i : i + 1], t[i : i + 1], sal[i : i + 1], percentages=[0.2, 0.7], seed=3,
+             noise_keys=keys[i : i + 1])
         for i in range(3)
     ])
     torch.testing.assert_close(batch, single, rtol=1e-5, atol=1e-6)

@@ -242,5 +242,6 @@ def test_registry_entries_score_every_method():
         torch.testing.assert_close(res[name]["oracle"], torch.ones(3))
     assert ctx.curves["max_box_acc"]["center"].shape == (3, 100)
     assert ctx.curves["pxap"]["oracle"].shape == (3, 2 * 102)
-    no_masks = M.MetricContext(model=torch.nn.Identity(), batch=Batch(batch.images, batch.targets, batch.ids), saliency=sal)
+    plain = Batch(batch.images, batch.targets, batch.ids)
+    no_masks = M.MetricContext(model=torch.nn.Identity(), batch=plain, saliency=sal)
     assert M.compute_metrics(no_masks, names) == {}

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import torch
 from skimage.metrics import structural_similarity
-from torch import nn
 
 import benchmark.metrics as M
 from benchmark import methods
@@ -13,21 +12,15 @@ from benchmark.metrics.functional import cost as C
 from benchmark.metrics.functional import robustness as R
 from benchmark.types import Batch
 
+from conftest import tiny_features_cnn
+
 np.trapz = getattr(np, "trapz", np.trapezoid)  # Quantus 0.6 on NumPy >= 2.4
 import quantus  # noqa: E402
 
 LAYER = "features.3"
 
 
-def tiny_cnn(seed=0):
-    torch.manual_seed(seed)
-    model = nn.Sequential()
-    model.add_module("features", nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, stride=2), nn.ReLU()))
-    model.add_module("pool", nn.AdaptiveAvgPool2d(1))
-    model.add_module("flat", nn.Flatten())
-    model.add_module("fc", nn.Linear(8, 5))
-    return model.eval()
+tiny_cnn = tiny_features_cnn
 
 
 @pytest.fixture(scope="module")

@@ -253,7 +253,8 @@ def test_cli_backend_options_are_checked(suite, tmp_path, capsys):
         cli.main(["run", str(path), "--backend", "ray"])
     args = cli._parser().parse_args(["run", "x", "--backend", "dask", "--scheduler", "tcp://h:8786", "--workers", "3",
                                      "--precision", "bf16", "--device", "cuda:1"])
-    assert (args.backend, args.scheduler, args.workers, args.precision, args.device) == ("dask", "tcp://h:8786", 3, "bf16", "cuda:1")
+    got = (args.backend, args.scheduler, args.workers, args.precision, args.device)
+    assert got == ("dask", "tcp://h:8786", 3, "bf16", "cuda:1")
     with pytest.raises(CambenchError, match="CUDA is not available"):
         if torch.cuda.is_available():
             pytest.skip("a GPU is present")

@@ -27,7 +27,9 @@ def tiny(tmp_path_factory):
 
 def test_every_method_metric_image_has_one_ok_row(tiny):
     s = tiny.report.scores
-    assert list(s.columns) == ["model", "dataset", "method", "metric", "image_id", "value", "status", "message", "degenerate"]
+    assert list(s.columns) == [
+        "model", "dataset", "method", "metric", "image_id", "value", "status", "message", "degenerate"
+    ]
     e0 = s[s["dataset"] == "fake_shapes"]
     plan = tiny.plan.experiments[0]
     assert len(e0) == len(plan.methods) * 3 * 6

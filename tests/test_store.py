@@ -29,7 +29,9 @@ def _result(key: str, value: float = 1.0) -> UnitResult:
     })
     curves = pd.DataFrame({"model": ["m"] * 2, "dataset": ["d"] * 2, "method": ["gradcam"] * 2, "metric": ["x"] * 2,
                            "step": [0, 1], "x": [0.0, 1.0], "value": [1.0, 0.5], "n": [1, 1]})
-    timings = pd.DataFrame({"unit": [key], "model": ["m"], "dataset": ["d"], "stage": ["total"], "name": ["unit"], "seconds": [0.1]})
+    timings = pd.DataFrame(
+        {"unit": [key], "model": ["m"], "dataset": ["d"], "stage": ["total"], "name": ["unit"], "seconds": [0.1]}
+    )
     return UnitResult(key, scores, curves, timings)
 
 
@@ -105,4 +107,5 @@ def test_sigkill_then_rerun_gives_the_same_tables_as_an_uninterrupted_run(tmp_pa
     clean = runner_fakes.run_cached(tmp_path, "resume")
     assert (out / "scores.parquet").read_bytes() == (clean.out / "scores.parquet").read_bytes()
     assert (out / "leaderboard.csv").read_text() == (clean.out / "leaderboard.csv").read_text()
-    pd.testing.assert_frame_equal(pd.read_parquet(out / "curves.parquet"), pd.read_parquet(clean.out / "curves.parquet"))
+    curves = pd.read_parquet(out / "curves.parquet")
+    pd.testing.assert_frame_equal(curves, pd.read_parquet(clean.out / "curves.parquet"))

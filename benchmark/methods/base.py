@@ -28,7 +28,9 @@ METHODS: Registry[Callable[..., Tensor]] = Registry("method")
 PRECISIONS: dict[str, Optional[torch.dtype]] = {
     "fp32": None, "tf32": None, "bf16": torch.bfloat16, "fp16": torch.float16,
 }
-_FORWARD_DTYPE: contextvars.ContextVar[Optional[torch.dtype]] = contextvars.ContextVar("cambench_forward_dtype", default=None)
+_FORWARD_DTYPE: contextvars.ContextVar[Optional[torch.dtype]] = contextvars.ContextVar(
+    "cambench_forward_dtype", default=None
+)
 
 
 @contextlib.contextmanager
@@ -272,8 +274,9 @@ def explain(
 
     Returns ``{name: Tensor[B,H,W]}`` (or ``{name: MethodOutput}`` with ``details=True``). ``params`` maps a
     method name to hyper-parameter overrides. ``names=None`` runs every registered method that needs no
-    ground truth and applies to ``model`` (:func:`is_applicable`). ``gradient_noise`` (``g -> g'``) perturbs the captured gradients before any method
-    reads them (the CF-CAM robustness protocol, docs/metrics.md#gradient_noise_stability).
+    ground truth and applies to ``model`` (:func:`is_applicable`). ``gradient_noise`` (``g -> g'``) perturbs the
+    captured gradients before any method reads them (the CF-CAM robustness protocol,
+    docs/metrics.md#gradient_noise_stability).
     """
     if names is None:
         names = [n for n in METHODS.list() if n != "oracle" and is_applicable(n, model)]

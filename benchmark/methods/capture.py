@@ -7,7 +7,7 @@ pass stops at the target layer (nothing upstream is differentiated) and ``torch.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Callable, Iterator, Optional
 
 import torch
@@ -67,7 +67,7 @@ def default_layer_name(model: nn.Module) -> str:
             if last:
                 return f"{last[-1]}.ln_1"
         if "blocks" in modules:  # timm
-            n = len(modules["blocks"])  # type: ignore[arg-type]
+            n = len(modules["blocks"])
             return f"blocks.{n - 1}.norm1"
     if "swin" in cls and "features" in modules:
         return "norm" if "norm" in modules else "features"
@@ -188,10 +188,7 @@ def capture(
         # leaf nor overwrite the captured activations.
         return leaf.clone()
 
-    if with_gradients:
-        ctx = torch.enable_grad()
-    else:
-        ctx = torch.inference_mode()
+    ctx: AbstractContextManager = torch.enable_grad() if with_gradients else torch.inference_mode()
     with ctx, hooked(layer, grab) as calls:
         logits = model(images)
         _check_called(calls, layer)

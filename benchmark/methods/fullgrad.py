@@ -36,7 +36,9 @@ def effective_bias(layer: nn.Module) -> Tensor:
     if isinstance(layer, nn.BatchNorm2d) and layer.running_mean is not None and layer.running_var is not None:
         gamma = layer.weight if layer.weight is not None else torch.ones_like(layer.running_mean)
         return (layer.bias - layer.running_mean * gamma / torch.sqrt(layer.running_var + layer.eps)).detach()
-    return layer.bias.detach()
+    bias = layer.bias
+    assert isinstance(bias, Tensor), f"{type(layer).__name__} has no bias tensor"
+    return bias.detach()
 
 
 def channel_minmax(x: Tensor, eps: float = 1e-7, rel_tol: float = REL_TOL) -> Tensor:

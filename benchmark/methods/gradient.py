@@ -106,7 +106,8 @@ def smoothgradcampp(ctx: ExplainContext, n_samples: int = 4, std: float = 0.3, a
     noise = ctx.randn((n_samples, *ctx.images.shape), salt=17).to(ctx.images.dtype)
     noisy = (ctx.images[None] + std * noise).flatten(0, 1)
     tgt = ctx.targets.repeat(n_samples)
-    d1 = d2 = d3 = None
+    shape = (b, *ctx.capture.activations.shape[1:])
+    d1, d2, d3 = (ctx.images.new_zeros(shape, dtype=ctx.capture.activations.dtype) for _ in range(3))
     chunk = max(1, ctx.batch_size // b) * b
     for i in range(0, noisy.shape[0], chunk):
         c = _capture(ctx.model, ctx.layer, noisy[i : i + chunk], tgt[i : i + chunk], ctx.reshape)
@@ -115,7 +116,7 @@ def smoothgradcampp(ctx: ExplainContext, n_samples: int = 4, std: float = 0.3, a
             g = ctx.gradient_noise(g)
         g = g.view(-1, b, *g.shape[1:])
         s1, s2, s3 = g.sum(0), (g**2).sum(0), (g**3).sum(0)
-        d1, d2, d3 = (s1, s2, s3) if d1 is None else (d1 + s1, d2 + s2, d3 + s3)
+        d1, d2, d3 = d1 + s1, d2 + s2, d3 + s3
     d1, d2, d3 = d1 / n_samples, d2 / n_samples, d3 / n_samples
     return weighted_sum(gradcampp_weights(cap.activations, d1, d2, d3, alpha_norm), cap.activations)
 

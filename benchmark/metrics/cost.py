@@ -14,6 +14,7 @@ from .functional import cost as F
 )
 def latency_ms(ctx: MetricContext, warmup: int = 1, repeats: int = 3) -> dict[str, Tensor]:
     b = ctx.batch
+    assert ctx.explain is not None  # needs="explainer"
     return {m: F.latency_ms(ctx.explain, ctx.model, b.images, b.targets, m, warmup, repeats)
             for m in ctx.saliency}
 
@@ -24,4 +25,5 @@ def latency_ms(ctx: MetricContext, warmup: int = 1, repeats: int = 3) -> dict[st
 )
 def peak_memory_mb(ctx: MetricContext) -> dict[str, Tensor]:
     b = ctx.batch
+    assert ctx.explain is not None  # needs="explainer"
     return {m: F.peak_memory_mb(ctx.explain, ctx.model, b.images, b.targets, m) for m in ctx.saliency}

@@ -18,6 +18,7 @@ from torch import Tensor
 from .base import MetricContext, register_metric
 from .functional.faithfulness import (
     ROAD_PERCENTAGES,
+    Substrate,
     causal_curves,
     confidence_scores,
     drop_in_confidence,
@@ -38,7 +39,8 @@ def _stacked(ctx: MetricContext) -> tuple[list[str], Tensor, Tensor, Tensor]:
     images = ctx.batch.images
     b = images.shape[0]
     if not methods:
-        return [], images.new_zeros((0, *images.shape[-2:])), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+        empty = torch.zeros(0, dtype=torch.long)
+        return [], images.new_zeros((0, *images.shape[-2:])), empty, empty.clone()
     for m in methods:
         if ctx.saliency[m].shape != (b, *images.shape[-2:]):
             raise ValueError(
@@ -60,7 +62,7 @@ def _causal(ctx: MetricContext, name: str, mode: str, substrate: str, **params) 
     if not methods:
         return {}
     images = ctx.batch.images
-    sub = substrate
+    sub: Substrate = substrate
     if substrate == "blur":  # blur the B images once, not once per method
         sub = rise_blur(images, params["blur_klen"], params["blur_sigma"])
     curve = causal_curves(

@@ -10,6 +10,20 @@ from .base import MetricContext, register_metric
 from .functional import localization as F
 
 
+def _masks(ctx: MetricContext) -> Tensor:
+    """The batch's ground-truth masks (metrics that need them run only when the dataset has them)."""
+    if ctx.batch.masks is None:
+        raise ValueError("This metric needs ground-truth masks; the batch has none (see metrics.missing_needs).")
+    return ctx.batch.masks
+
+
+def _boxes(ctx: MetricContext) -> list[Tensor]:
+    """The batch's ground-truth boxes (metrics that need them run only when the dataset has them)."""
+    if ctx.batch.boxes is None:
+        raise ValueError("This metric needs ground-truth boxes; the batch has none (see metrics.missing_needs).")
+    return ctx.batch.boxes
+
+
 def _per_method(ctx: MetricContext, fn) -> dict[str, Tensor]:
     return {m: fn(s).float().cpu() for m, s in ctx.saliency.items()}
 
@@ -21,7 +35,7 @@ def _per_method(ctx: MetricContext, fn) -> dict[str, Tensor]:
 def pointing_game(ctx: MetricContext, tolerance: float = 15) -> dict[str, Tensor]:
     """1/0 per image (NaN: empty mask). TorchRay reports the mean over classes: see
     ``functional.localization.pointing_game_class_mean``."""
-    masks = ctx.batch.masks
+    masks = _masks(ctx)
     return _per_method(ctx, lambda s: F.pointing_game(s, masks.to(s.device), tolerance))
 
 
@@ -32,7 +46,7 @@ def pointing_game(ctx: MetricContext, tolerance: float = 15) -> dict[str, Tensor
 def energy_pointing_game(ctx: MetricContext) -> dict[str, Tensor]:
     """Share of the map's energy inside the union of the GT boxes (NaN: all-zero map or no box)."""
     h, w = ctx.batch.images.shape[-2:]
-    region = F.boxes_to_mask(ctx.batch.boxes, (h, w), device=ctx.batch.images.device)
+    region = F.boxes_to_mask(_boxes(ctx), (h, w), device=ctx.batch.images.device)
     return _per_method(ctx, lambda s: F.energy_pointing_game(s, region.to(s.device)))
 
 
@@ -42,7 +56,7 @@ def energy_pointing_game(ctx: MetricContext) -> dict[str, Tensor]:
 )
 def energy_pointing_game_mask(ctx: MetricContext) -> dict[str, Tensor]:
     """Share of the map's energy inside the GT mask (NaN: all-zero map or empty mask)."""
-    masks = ctx.batch.masks
+    masks = _masks(ctx)
     return _per_method(ctx, lambda s: F.energy_pointing_game(s, masks.to(s.device)))
 
 
@@ -52,7 +66,7 @@ def energy_pointing_game_mask(ctx: MetricContext) -> dict[str, Tensor]:
 )
 def box_iou(ctx: MetricContext, threshold: float = 0.15) -> dict[str, Tensor]:
     """IoU of the largest component's box (map >= threshold * max) with the best GT box."""
-    return _per_method(ctx, lambda s: F.box_iou(s, ctx.batch.boxes, threshold))
+    return _per_method(ctx, lambda s: F.box_iou(s, _boxes(ctx), threshold))
 
 
 @register_metric(
@@ -73,7 +87,7 @@ def max_box_acc(
     curves = ctx.curves.setdefault("max_box_acc", {})
     out = {}
     for m, s in ctx.saliency.items():
-        rows = F.box_best_ious(s, ctx.batch.boxes, cam_curve_interval, multi_contour)
+        rows = F.box_best_ious(s, _boxes(ctx), cam_curve_interval, multi_contour)
         curves[m] = rows.float()
         out[m] = F.max_box_acc_per_image(rows, tuple(iou_thresholds))
     return out
@@ -84,7 +98,7 @@ def max_box_acc(
     defaults={"threshold": 0.5}, paper="IoU of the thresholded map with the GT mask",
 )
 def mask_iou(ctx: MetricContext, threshold: float = 0.5) -> dict[str, Tensor]:
-    masks = ctx.batch.masks
+    masks = _masks(ctx)
     return _per_method(ctx, lambda s: F.mask_iou(s, masks.to(s.device), threshold))
 
 
@@ -99,7 +113,7 @@ def pxap(ctx: MetricContext, cam_curve_interval: float = 0.01) -> dict[str, Tens
     curves = ctx.curves.setdefault("pxap", {})
     out = {}
     for m, s in ctx.saliency.items():
-        hist = F.pxap_histograms(s, ctx.batch.masks.to(s.device), cam_curve_interval)
+        hist = F.pxap_histograms(s, _masks(ctx).to(s.device), cam_curve_interval)
         curves[m] = hist.flatten(1).float()
         out[m] = F.pxap_from_histograms(hist).float()
     return out

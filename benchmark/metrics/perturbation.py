@@ -149,6 +149,7 @@ def step_counts(n_pixels: int, *, step: Optional[int] = None, n_steps: Optional[
             raise ValueError(f"`step` must be a positive number of pixels, got {step}.")
         n = -(-n_pixels // int(step))
         return torch.clamp(torch.arange(n + 1) * int(step), max=n_pixels)
+    assert n_steps is not None
     if n_steps < 1:
         raise ValueError(f"`n_steps` must be >= 1, got {n_steps}.")
     return torch.div(torch.arange(n_steps + 1) * n_pixels, int(n_steps), rounding_mode="floor")
@@ -196,6 +197,9 @@ def batched_scores(
     adaptive = adaptive and device.type == "cuda"
     key: Optional[tuple] = None
     measure = False
+    items: Optional[Tensor] = None
+    x: Optional[Tensor] = None
+    logits: Optional[Tensor] = None
     while start < n:
         try:
             with torch.inference_mode(), forward_autocast(device):
@@ -215,6 +219,7 @@ def batched_scores(
                     torch.cuda.reset_peak_memory_stats(device)
                 logits = model(x)
                 if measure:  # peak activation memory of this chunk, plus its inputs, per input
+                    assert key is not None
                     peak = torch.cuda.max_memory_allocated(device) - base + x.numel() * x.element_size()
                     _BYTES_PER_ITEM[key] = peak / max(1, stop - start)
                     chunk = memory_chunk(_free_bytes(device), _BYTES_PER_ITEM[key], n)

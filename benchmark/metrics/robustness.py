@@ -24,8 +24,11 @@ def _meta(name: str, key: str, default):
 
 
 def _bound(ctx: MetricContext) -> Callable[..., dict]:
+    fn = ctx.explain
+    assert fn is not None  # these metrics need="explainer"
+
     def explain(images, targets, names, **kw):
-        return ctx.explain(ctx.model, images, targets, names, **kw)
+        return fn(ctx.model, images, targets, names, **kw)
 
     return explain
 

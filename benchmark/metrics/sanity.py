@@ -24,13 +24,15 @@ def _mprt(ctx: MetricContext, similarity: str, layer_order: str, seed: int, max_
     out = {m: F.map_similarity(ctx.saliency[m], ctx.saliency[m], similarity) for m in base}
     if live:
         key = ("model_randomization", layer_order, seed, max_layers, tuple(live))
+        fn = ctx.explain
+        assert fn is not None  # needs="explainer"
 
         def explain(model, images, targets, names, **kw):
             # The full cascade is explained once; both similarities (Spearman, SSIM) reuse its maps.
             if model is ctx.model:
-                return ctx.explain(model, images, targets, names, **kw)
+                return fn(model, images, targets, names, **kw)
             if key not in ctx.cache:
-                ctx.cache[key] = ctx.explain(model, images, targets, names, **kw)
+                ctx.cache[key] = fn(model, images, targets, names, **kw)
             return ctx.cache[key]
 
         out.update(F.model_randomization(

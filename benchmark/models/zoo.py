@@ -270,7 +270,7 @@ def _timm_cached_weights(model_name: str) -> tuple[Path | None, list[str]]:
                     return Path(found), tried
         except ImportError:
             pass
-    if cfg.url and not cfg.custom_load:
+    if isinstance(cfg.url, str) and cfg.url and not cfg.custom_load:
         p = hub_checkpoint_path(cfg.url)
         tried.append(str(p))
         if p.is_file():
@@ -324,8 +324,9 @@ def timm_model(
     elif "swin" in cls:
         reshape = swin_tokens_reshape
         if target_layer is None and hasattr(model, "layers"):
-            last = len(model.layers) - 1
-            layer = f"layers.{last}.blocks.{len(model.layers[last].blocks) - 1}.norm2"
+            stages: Any = model.layers  # timm Swin: a Sequential of stages with ``blocks``
+            last = len(stages) - 1
+            layer = f"layers.{last}.blocks.{len(stages[last].blocks) - 1}.norm2"
     size = tuple(cfg.get("input_size", (3, 224, 224)))[-2:]
     num_classes = int(getattr(model, "num_classes", 1000))
     return ModelHandle(

@@ -17,7 +17,8 @@ CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1300px;color:#222}
 h1{font-size:22px;margin-bottom:4px} h2{font-size:18px;border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:28px}
 h3{font-size:15px;margin-bottom:6px} .muted{color:#666;font-size:13px}
-table{border-collapse:collapse;font-size:12px;margin:8px 0} th,td{border:1px solid #ddd;padding:3px 7px;text-align:right}
+table{border-collapse:collapse;font-size:12px;margin:8px 0}
+th,td{border:1px solid #ddd;padding:3px 7px;text-align:right}
 th{background:#f4f6f8} td.l,th.l{text-align:left} tr:nth-child(even) td{background:#fafafa}
 td.best{font-weight:700;background:#e3f4ef !important} .ci{color:#777;font-size:11px}
 img{max-width:100%;border:1px solid #eee;margin:6px 0} pre{background:#f6f8fa;padding:10px;font-size:12px;overflow:auto}
@@ -27,6 +28,11 @@ img{max-width:100%;border:1px solid #eee;margin:6px 0} pre{background:#f6f8fa;pa
 
 def _e(x: object) -> str:
     return html.escape(str(x))
+
+
+def _arrow(g: pd.DataFrame, metric: str) -> str:
+    """The direction mark of ``metric`` in leaderboard rows ``g``: up = higher is better."""
+    return "↑" if bool(g[g["metric"] == metric]["higher_is_better"].iloc[0]) else "↓"
 
 
 def _img(path: Path) -> str:
@@ -50,7 +56,7 @@ def leaderboard_html(board: pd.DataFrame) -> str:
         cell = {(r.method, r.metric): r for r in g.itertuples(index=False)}
         top = g.groupby("metric")["rank"].min().to_dict()  # best (ties share it)
         head = "".join(
-            f'<th>{_e(m)}<br><span class="ci">{"↑" if bool(g[g["metric"] == m]["higher_is_better"].iloc[0]) else "↓"}</span></th>'
+            f'<th>{_e(m)}<br><span class="ci">{_arrow(g, m)}</span></th>'
             for m in metrics
         )
         rows = []
@@ -104,7 +110,9 @@ def render(
     versions = run.get("versions", {})
     vtxt = ", ".join(f"{k} {v}" for k, v in versions.items())
     skipped = [
-        (e["label"], e["dataset"], m, why) for e in run.get("experiments", []) for m, why in e.get("skipped", {}).items()
+        (e["label"], e["dataset"], m, why)
+        for e in run.get("experiments", [])
+        for m, why in e.get("skipped", {}).items()
     ]
     skipped_df = pd.DataFrame(skipped, columns=["model", "dataset", "metric", "reason"])
     if timings is not None and not timings.empty:
@@ -121,29 +129,34 @@ def render(
         sig = sig[sig["significant"] == False]  # noqa: E712  (methods statistically tied with the best)
     fig = lambda kind: "".join(_img(p) for p in plots.get(kind, [])) or '<p class="muted">None.</p>'
     exp_rows = pd.DataFrame(
-        [(e["label"], e["dataset"], e["n_images"], len(e["methods"]), len(e["metrics"])) for e in run.get("experiments", [])],
+        [(e["label"], e["dataset"], e["n_images"], len(e["methods"]), len(e["metrics"]))
+         for e in run.get("experiments", [])],
         columns=["model", "dataset", "images", "methods", "metrics"],
     )
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>cambench report: {_e(run.get('suite', ''))}</title>
 <style>{CSS}</style></head><body>
 <h1>cambench report: suite <code>{_e(run.get('suite', ''))}</code></h1>
-<p class="muted">suite hash {_e(run.get('suite_hash', ''))} · created {_e(run.get('created', ''))} · device {_e(run.get('device', ''))}
+<p class="muted">suite hash {_e(run.get('suite_hash', ''))} · created {_e(run.get('created', ''))}
+ · device {_e(run.get('device', ''))}
  · total unit time {total_s:.1f} s · {n_fail} failed score rows</p>
 {frame_html(exp_rows)}
 <h2>Leaderboard</h2>
-<p class="muted">Mean over images with the 95% percentile-bootstrap CI ({_e(run.get('bootstrap', 1000))} resamples, seeded) and n.
-↑ higher is better, ↓ lower is better; bold = best (ties included). Methods sorted by mean rank over the quality metrics (cost metrics are ranked but not averaged in).</p>
+<p class="muted">Mean over images with the 95% percentile-bootstrap CI ({_e(run.get('bootstrap', 1000))} resamples,
+seeded) and n. ↑ higher is better, ↓ lower is better; bold = best (ties included).
+Methods sorted by mean rank over the quality metrics (cost metrics are ranked but not averaged in).</p>
 {leaderboard_html(board)}
 <h2>Metrics</h2>{fig('bars')}
 <h2>Ranks</h2>{fig('ranks')}
 <h2>Deletion / insertion curves</h2>{fig('curves')}
 <h2>CAM gallery</h2><p class="muted">Ground-truth boxes in green, mask outlines in white.</p>{fig('gallery')}
 <h2>Ties with the best method</h2>
-<p class="muted">Paired Wilcoxon signed-rank test against the best method per metric, Holm-corrected (p ≥ 0.05 listed; all in significance.csv).</p>
+<p class="muted">Paired Wilcoxon signed-rank test against the best method per metric, Holm-corrected
+(p ≥ 0.05 listed; all in significance.csv).</p>
 {frame_html(sig)}
 <h2>Failures</h2>{frame_html(failures)}
-<h2>Degenerate maps</h2><p class="muted">Constant raw maps, scored as all-zero maps (degenerate = True in scores.parquet).</p>
+<h2>Degenerate maps</h2>
+<p class="muted">Constant raw maps, scored as all-zero maps (degenerate = True in scores.parquet).</p>
 {frame_html(degenerate if degenerate is not None else pd.DataFrame())}
 <h2>Skipped metrics</h2>{frame_html(skipped_df)}
 <h2>Timings</h2>{frame_html(tot)}{frame_html(tsum)}

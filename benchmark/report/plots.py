@@ -49,11 +49,14 @@ def metric_bars(board: pd.DataFrame, out_dir: Path) -> list[Path]:
         ncol = min(3, len(metrics))
         nrow = int(np.ceil(len(metrics) / ncol))
         n_methods = g["method"].nunique()
-        fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, max(2.2, 0.22 * n_methods + 1.0) * nrow), squeeze=False)
+        size = (4.2 * ncol, max(2.2, 0.22 * n_methods + 1.0) * nrow)
+        fig, axes = plt.subplots(nrow, ncol, figsize=size, squeeze=False)
         for ax, metric in zip(axes.flat, metrics, strict=False):  # the grid may have spare axes
             s = g[g["metric"] == metric].sort_values("rank")
             y = np.arange(len(s))
-            err = np.vstack([(s["mean"] - s["ci_low"]).clip(lower=0).fillna(0), (s["ci_high"] - s["mean"]).clip(lower=0).fillna(0)])
+            err = np.vstack([
+                (s["mean"] - s["ci_low"]).clip(lower=0).fillna(0), (s["ci_high"] - s["mean"]).clip(lower=0).fillna(0)
+            ])
             colors = ["#2a9d8f" if r == 1 else "#8da0cb" for r in s["rank"]]
             ax.barh(y, s["mean"], xerr=err, color=colors, ecolor="#333333", capsize=2)
             ax.set_yticks(y, s["method"])
@@ -72,7 +75,7 @@ def metric_bars(board: pd.DataFrame, out_dir: Path) -> list[Path]:
 def curve_plots(curves: pd.DataFrame, out_dir: Path) -> list[Path]:
     """One figure per (model, dataset): a panel per curve metric (deletion, insertion...), a line per method."""
     _style()
-    paths = []
+    paths: list[Path] = []
     if curves is None or curves.empty:
         return paths
     for (model, dataset), g in curves.groupby(["model", "dataset"], sort=True):
@@ -107,7 +110,8 @@ def rank_heatmap(board: pd.DataFrame, out_dir: Path) -> list[Path]:
             wide = wide.sort_values(MEAN_RANK)
             wide = wide[[c for c in wide.columns if c != MEAN_RANK] + [MEAN_RANK]]
         fig, ax = plt.subplots(figsize=(0.7 * wide.shape[1] + 2.5, 0.32 * wide.shape[0] + 1.4))
-        sns.heatmap(wide, annot=True, fmt=".1f", cmap="viridis_r", cbar_kws={"label": "rank (1 = best)"}, ax=ax, annot_kws={"fontsize": 7})
+        sns.heatmap(wide, annot=True, fmt=".1f", cmap="viridis_r", cbar_kws={"label": "rank (1 = best)"}, ax=ax,
+                    annot_kws={"fontsize": 7})
         ax.set_title(f"{model} on {dataset}: ranks", fontsize=10)
         ax.set_xlabel("")
         ax.set_ylabel("")
@@ -127,7 +131,7 @@ def gallery(samples: Sequence[dict[str, np.ndarray]], out_dir: Path, max_images:
         by_exp.setdefault(tuple(s["experiment"].tolist()), []).append(s)
     for (model, dataset), parts in sorted(by_exp.items()):
         methods = list(parts[0]["methods"])
-        rows = []
+        rows: list = []
         for p in parts:
             for i in range(len(p["ids"])):
                 if len(rows) < max_images and list(p["methods"]) == methods:
@@ -161,7 +165,9 @@ def gallery(samples: Sequence[dict[str, np.ndarray]], out_dir: Path, max_images:
     return paths
 
 
-def all_plots(board: pd.DataFrame, curves: pd.DataFrame, samples: Sequence[dict], out_dir: Path) -> dict[str, list[Path]]:
+def all_plots(
+    board: pd.DataFrame, curves: pd.DataFrame, samples: Sequence[dict], out_dir: Path
+) -> dict[str, list[Path]]:
     """Every figure of the report, by kind."""
     out_dir = Path(out_dir)
     return {

@@ -36,7 +36,7 @@ import time
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -192,7 +192,8 @@ def plan_run(suite: Suite, limit: Optional[int] = None, precision: str = "fp32")
         skipped = {}
         for name in metrics:
             needs = METRICS.entry(name).meta.get("needs", ())
-            lack = [n for n in needs if (n == "masks" and not dataset.has_masks) or (n == "boxes" and not dataset.has_boxes)]
+            has = {"masks": dataset.has_masks, "boxes": dataset.has_boxes}
+            lack = [n for n in needs if not has.get(n, True)]
             if lack:
                 skipped[name] = f"needs {' and '.join(lack)}, which dataset {exp.dataset!r} does not provide"
         mparams = {m: mparams[m] for m in metrics}
@@ -355,11 +356,15 @@ _MODELS: dict[str, tuple[ModelHandle, bool]] = {}
 _DATASETS: dict[str, Any] = {}
 
 
-def _get_model(exp: Experiment, device: torch.device, channels_last: Optional[bool] = False) -> tuple[ModelHandle, bool]:
+def _get_model(
+    exp: Experiment, device: torch.device, channels_last: Optional[bool] = False
+) -> tuple[ModelHandle, bool]:
     """The cached model on ``device`` and whether it is channels_last (``None``: CNNs)."""
     from ..models import create_model
 
-    key = json.dumps([exp.model, exp.weights, exp.model_kwargs, str(device), channels_last], sort_keys=True, default=str)
+    key = json.dumps(
+        [exp.model, exp.weights, exp.model_kwargs, str(device), channels_last], sort_keys=True, default=str
+    )
     if key not in _MODELS:
         handle = create_model(exp.model, weights=exp.weights, device=device, **exp.model_kwargs)
         cl = _is_cnn(handle) if channels_last is None else bool(channels_last)
@@ -375,18 +380,22 @@ def _is_cnn(handle: ModelHandle) -> bool:
 
 def _pinned(batch: Batch) -> Batch:
     """The batch in page-locked host memory (so that the copy to the GPU can be asynchronous)."""
-    pin = lambda t: None if t is None else t.pin_memory()
-    return Batch(pin(batch.images), pin(batch.targets), list(batch.ids), pin(batch.masks),
-                 None if batch.boxes is None else [pin(b) for b in batch.boxes], pin(batch.labels))
+    def opt(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        return None if t is None else t.pin_memory()
+
+    return Batch(batch.images.pin_memory(), batch.targets.pin_memory(), list(batch.ids), opt(batch.masks),
+                 None if batch.boxes is None else [b.pin_memory() for b in batch.boxes], opt(batch.labels))
 
 
-def _device_batches(batches: Iterator[Batch], device: torch.device, prefetch: bool, channels_last: bool) -> Iterator[Batch]:
+def _device_batches(
+    batches: Iterable[Batch], device: torch.device, prefetch: bool, channels_last: bool
+) -> Iterator[Batch]:
     """Batches on ``device``: on CUDA pinned and copied with ``non_blocking``; optionally prefetched."""
     cuda = device.type == "cuda"
     if prefetch:
         from .parallel import prefetch as _prefetch
 
-        batches = _prefetch(batches, _pinned if cuda else (lambda b: b))
+        batches = _prefetch(iter(batches), _pinned if cuda else (lambda b: b))
     for batch in batches:
         if cuda and not prefetch:
             batch = _pinned(batch)
@@ -415,7 +424,7 @@ def clear_caches() -> None:
     _DATASETS.clear()
 
 
-def _make_batches(dataset: Any, handle: ModelHandle, batch_size: int, indices: list[int]) -> Iterator[Batch]:
+def _make_batches(dataset: Any, handle: ModelHandle, batch_size: int, indices: list[int]) -> Iterable[Batch]:
     from ..data.transforms import make_batches
 
     return make_batches(dataset, handle, batch_size, indices=indices)
@@ -495,7 +504,9 @@ def _run_unit(suite: Suite, unit: Unit, progress: Optional[Callable[[int], None]
 
     cols: dict[str, list] = {c: [] for c in SCORE_COLUMNS}
 
-    def add(method: str, metric: str, ids: Sequence[str], values: Any, status: Any, message: Any, degenerate: Any) -> None:
+    def add(
+        method: str, metric: str, ids: Sequence[str], values: Any, status: Any, message: Any, degenerate: Any
+    ) -> None:
         n = len(ids)
         cols["model"] += [exp.label] * n
         cols["dataset"] += [exp.dataset] * n
@@ -511,7 +522,8 @@ def _run_unit(suite: Suite, unit: Unit, progress: Optional[Callable[[int], None]
     gal: dict[str, list] = {"images": [], "ids": [], "targets": [], "masks": [], "boxes": [], "maps": []}
     n_done = 0
 
-    batches = _device_batches(_make_batches(dataset, handle, suite.batch_size, unit.indices), device, prefetch, channels_last)
+    host = _make_batches(dataset, handle, suite.batch_size, unit.indices)
+    batches = _device_batches(host, device, prefetch, channels_last)
     for bi, batch in enumerate(batches):
         seed = batch_seed(suite.seed, unit.key, bi)
         torch.manual_seed(seed)
@@ -665,7 +677,10 @@ def _gallery_arrays(gal: dict[str, list], handle: ModelHandle, exp: Experiment) 
             pad[i, : b.shape[0]] = b
         out["boxes"] = pad
     if handle.class_names:
-        out["target_names"] = np.asarray([handle.class_names[t] if 0 <= t < len(handle.class_names) else str(t) for t in out["targets"]], dtype=str)
+        names = handle.class_names
+        out["target_names"] = np.asarray(
+            [names[t] if 0 <= t < len(names) else str(t) for t in out["targets"]], dtype=str
+        )
     return out
 
 
@@ -776,7 +791,8 @@ def run_suite(
     from tqdm.auto import tqdm
 
     units_bar = tqdm(total=len(todo), desc="units", unit="unit", disable=not show, position=0)
-    images_bar = tqdm(total=sum(u.stop - u.start for u in todo), desc="images", unit="img", disable=not show, position=1)
+    n_images = sum(u.stop - u.start for u in todo)
+    images_bar = tqdm(total=n_images, desc="images", unit="img", disable=not show, position=1)
     ran = []
     results = execute_units(suite, todo, unit_fn=run_unit, setup_fn=load_registries, options=options,
                             backend=backend, workers=workers, scheduler=scheduler, client=client,

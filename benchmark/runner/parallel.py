@@ -30,7 +30,7 @@ import threading
 import uuid
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Sequence, TypeVar
+from typing import Any, Callable, Generator, Iterator, Optional, Sequence, TypeVar
 
 import torch
 
@@ -148,7 +148,7 @@ def execute_units(
     client: Any = None,
     plugins: Sequence[str] = (),
     progress: Optional[Callable[[int], None]] = None,
-) -> Iterator[UnitResult]:
+) -> Generator[UnitResult, None, None]:
     """Run ``unit_fn`` on each of ``units`` on ``backend`` and yield each :class:`UnitResult` as soon as
     it is finished.
 

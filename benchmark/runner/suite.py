@@ -267,7 +267,8 @@ def parse_suite(text: str, path: Optional[str] = None, default_name: Optional[st
     for key in ("seed", "batch_size", "shard_size", "forward_batch_size", "gallery", "bootstrap"):
         v = cfg[key]
         if not isinstance(v, int) or isinstance(v, bool) or v < (0 if key in ("seed", "gallery") else 1):
-            raise SuiteError(f"{where}: `{key}` must be a {'non-negative' if key in ('seed', 'gallery') else 'positive'} integer, got {v!r}.")
+            kind = "non-negative" if key in ("seed", "gallery") else "positive"
+            raise SuiteError(f"{where}: `{key}` must be a {kind} integer, got {v!r}.")
     _check_device(cfg["device"], f"{where}: `device`")
     plugins = cfg["plugins"]
     if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):

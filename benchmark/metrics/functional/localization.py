@@ -326,7 +326,8 @@ def pxap_histograms(
 
     Row 0 counts ground-truth foreground pixels, row 1 background pixels, per score bin
     ``[tau_0, tau_1), ..., [tau_{T-1}, 1), [1, 2), [2, 3]`` of the wsol-normalised map. Pixels where
-    ``ignore`` is True (wsol's value 255) are left out. Sum the rows over the dataset and call :func:`pxap_from_histograms`.
+    ``ignore`` is True (wsol's value 255) are left out. Sum the rows over the dataset and call
+    :func:`pxap_from_histograms`.
     """
     _check_maps(saliency, gt_mask)
     edges = torch.tensor(np.append(cam_thresholds(cam_curve_interval), [1.0, 2.0, 3.0]), dtype=torch.float64)

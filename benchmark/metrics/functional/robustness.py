@@ -268,8 +268,8 @@ def gradient_noise_stability(
     The noise is added to the captured gradients **before** any method computes its weights
     (``explain_fn(..., gradient_noise=...)``), so every gradient method, CF-CAM included, is genuinely
     perturbed. Default ``sigma=1.0`` relative: the noise std equals each image's own gradient std
-    (signal-to-noise 1; raw gradients are ~1e-4, so an absolute sigma is meaningless across models). Clean and noisy maps, at
-    input resolution, are each min-max normalised and compared with SSIM (win 7, uniform window,
+    (signal-to-noise 1; raw gradients are ~1e-4, so an absolute sigma is meaningless across models). Clean and
+    noisy maps, at input resolution, are each min-max normalised and compared with SSIM (win 7, uniform window,
     data_range 1; higher = more stable) and MSE (lower = more stable).
     Returns ``{"ssim": {method: [B]}, "mse": {method: [B]}}``. Methods that read no gradient get SSIM 1, MSE 0.
     """

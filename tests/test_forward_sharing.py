@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
@@ -35,6 +36,7 @@ def _maps(model: nn.Module, layer: str, x: torch.Tensor, t: torch.Tensor, *, tai
     return out["ablationcam"].raw, seen
 
 
+@pytest.mark.slow
 def test_resnet_tail_equals_full_copies_with_one_image_per_chunk() -> None:
     torch.manual_seed(0)
     model = torchvision.models.resnet18(num_classes=5).eval()

@@ -89,6 +89,7 @@ def test_reference_run_has_real_rows(reference):
     assert (scores["status"] == "ok").all() and len(scores) == 4 * 4 * 4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["loky", "dask"])
 def test_backends_give_identical_scores(backend, suite, reference, client, tmp_path):
     res, ref_scores, ref_curves = reference

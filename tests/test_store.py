@@ -75,6 +75,7 @@ def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]
 
 
+@pytest.mark.slow
 def test_sigkill_then_rerun_gives_the_same_tables_as_an_uninterrupted_run(tmp_path):
     suite = runner_fakes.SUITES / "resume.toml"
     out = tmp_path / "killed"

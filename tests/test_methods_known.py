@@ -1,4 +1,4 @@
-"""Known-answer and contract tests of the CAM methods (specs.md §1)."""
+"""Known-answer and contract tests of the CAM methods (docs/methods.md)."""
 
 from __future__ import annotations
 
@@ -279,7 +279,7 @@ def test_cluster_channels_rules() -> None:
 
 
 def _filter_oracle(g: np.ndarray, ss: float, sr: float) -> np.ndarray:
-    """specs.md §1.12 step 5 written out: one kernel, zero-padded 'same' cross-correlation."""
+    """docs/methods.md#cfcam (the filter) written out: one kernel, zero-padded 'same' cross-correlation."""
     h, w = g.shape
     i, j = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
     k = np.exp(-((i - h / 2) ** 2 + (j - w / 2) ** 2) / (2 * ss**2)) * np.exp(-((g - g.mean()) ** 2) / (2 * sr**2))
@@ -556,7 +556,7 @@ def test_eigen_gram_solver_matches_lapack_up_to_sign() -> None:
 
 
 def test_cluster_channels_equals_the_reference_dbscan_recipe() -> None:
-    """specs.md §1.12 step 3 done the authors' way: scipy distances with +inf diagonal, P25 over both
+    """docs/methods.md#cfcam step 2 done the authors' way: scipy distances with +inf diagonal, P25 over both
     triangles, sklearn DBSCAN(euclidean) on the remaining channels."""
     from scipy.spatial.distance import pdist, squareform
     from sklearn.cluster import DBSCAN

@@ -130,7 +130,7 @@ def test_gradient_noise_stability(setup):
     for n in ("gradcam", "hirescam"):
         assert torch.all(out["ssim"][n] < 1 - 1e-6) and torch.all(out["mse"][n] > 0)
     # CF-CAM is genuinely perturbed (the noise precedes its weights; the reference code's noise had no
-    # effect at all), but its softmax over tiny gradient means makes the change minute (specs.md 1.12)
+    # effect at all), but its softmax over tiny gradient means makes the change minute (docs/methods.md#cfcam)
     assert torch.all(out["mse"]["cfcam"] > 0)
     assert out["ssim"]["hirescam"].mean() < out["ssim"]["gradcam"].mean()  # no spatial averaging
     for n in ("center", "eigencam"):  # read no gradient: untouched

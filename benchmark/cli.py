@@ -19,9 +19,10 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from .errors import CambenchError
+from .registry import Registry
 
 LISTABLE = ("methods", "metrics", "models", "datasets", "suites")
 
@@ -153,6 +154,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     from .runner import load_registries
 
     load_registries(_plugins(args))
+    reg: Registry[Any]
+    fields: tuple[str, ...]
     if args.what == "methods":
         from .methods import METHODS as reg
         fields = ("family", "paper")

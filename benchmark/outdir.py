@@ -173,7 +173,7 @@ class RunLock:
         except (OSError, ValueError, IndexError):
             return None
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         self.out.mkdir(parents=True, exist_ok=True)
         try:
             import fcntl
@@ -221,7 +221,7 @@ class RunLock:
         os.close(self._fd)  # closing the descriptor releases the flock
         self._fd = None
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         return self.acquire()
 
     def __exit__(self, *exc: object) -> None:

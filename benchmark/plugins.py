@@ -225,6 +225,7 @@ def _check_model(vit: bool, seed: int) -> tuple[nn.Module, str, Any]:
             return model.eval(), "encoder.layers.encoder_layer_1.ln_1", vit_reshape
         model = _TinyCNN()
     bn = model.features[1]
+    assert isinstance(bn, nn.BatchNorm2d) and bn.running_mean is not None and bn.running_var is not None
     with torch.no_grad():  # non-trivial BatchNorm statistics (FullGrad's biases, non-zero means)
         bn.running_mean.copy_(0.3 * torch.randn(8, generator=gen))
         bn.running_var.copy_(0.5 + torch.rand(8, generator=gen))
@@ -250,7 +251,9 @@ def _global_hooks() -> int:
     return sum(len(getattr(mod, n, {}) or {}) for n in names)
 
 
-def _run(name: str, params: Optional[Mapping[str, Any]], model, layer, x, t, reshape, masks, seed) -> tuple[Any, Tensor, Tensor]:
+def _run(
+    name: str, params: Optional[Mapping[str, Any]], model, layer, x, t, reshape, masks, seed
+) -> tuple[Any, Tensor, Tensor]:
     """One method call the way ``methods.explain`` makes it; returns ``(raw, maps, degenerate)``."""
     entry = METHODS.entry(name)
     ctx = _context(model, layer, x, t, reshape=reshape, batch_size=16, seed=seed, masks=masks)
@@ -354,7 +357,8 @@ def _check_method(
         if maps.shape != (b, *xs.shape[-2:]) or maps.dtype != torch.float32:
             problems.append(f"final maps are {_describe(maps)}; expected float32 of shape {(b, *xs.shape[-2:])}")
         elif not bool(torch.isfinite(maps).all()) or float(maps.min()) < 0 or float(maps.max()) > 1:
-            problems.append(f"final maps out of range [{float(maps.min()):.3g}, {float(maps.max()):.3g}]; expected [0, 1]")
+            lo, hi = float(maps.min()), float(maps.max())
+            problems.append(f"final maps out of range [{lo:.3g}, {hi:.3g}]; expected [0, 1]")
         if maps.requires_grad or raw.requires_grad:
             problems.append("returned a tensor attached to the autograd graph; return raw.detach()")
         if b > 1 and not nonfinite and bool(bad.all()):

@@ -6,6 +6,7 @@ and names that are the strings users type.
 
 from __future__ import annotations
 
+import builtins
 import difflib
 import fnmatch
 from dataclasses import dataclass, field
@@ -103,7 +104,7 @@ class Registry(Generic[T]):
         """Decorator registering ``obj`` under ``name`` (default: its ``__name__``) with ``meta``."""
 
         def deco(obj: T) -> T:
-            self.add(name or getattr(obj, "__name__"), obj, override=override, **meta)
+            self.add(name or str(getattr(obj, "__name__", "")), obj, override=override, **meta)
             return obj
 
         return deco
@@ -137,10 +138,6 @@ class Registry(Generic[T]):
     def get(self, name: str) -> T:
         """The registered object for ``name``; an unknown name lists the valid ones."""
         return self.entry(name).obj
-
-    def create(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        """Call the registered factory for ``name`` with the given arguments."""
-        return self.get(name)(*args, **kwargs)  # type: ignore[operator]
 
     def params(self, name: str, overrides: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
         """The entry's ``defaults`` metadata updated by ``overrides``; an unknown key is a TypeError."""
@@ -214,6 +211,6 @@ class Registry(Generic[T]):
     def __len__(self) -> int:
         return len(self._entries)
 
-    def entries(self, *, prefixed: bool = False) -> list[Entry[T]]:
+    def entries(self, *, prefixed: bool = False) -> builtins.list[Entry[T]]:  # ``list`` is the method above
         """Entries of :meth:`list` (``prefixed=True``: also every listed prefixed name, resolved)."""
         return [self.entry(n) for n in self.list(prefixed=prefixed)]

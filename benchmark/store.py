@@ -32,6 +32,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .schema import CURVE_COLUMNS, SCORE_COLUMNS, STATS_COLUMNS, TIMING_COLUMNS, UnitResult
+
 META_KEY = b"cambench"
 _SEP = "__"
 
@@ -152,11 +154,12 @@ class Store:
         return {f.name[: -len(suffix)] for f in self.parts.iterdir() if f.name.endswith(suffix)}
 
     # -- writing -----------------------------------------------------------------------------------
-    def write_unit(self, result: Any) -> Path:
-        """Commit a :class:`~benchmark.runner.execute.UnitResult`: gallery first, then the part."""
+    def write_unit(self, result: UnitResult) -> Path:
+        """Commit a :class:`~benchmark.schema.UnitResult`: gallery first, then the part."""
         if result.gallery is not None:
             buf = io.BytesIO()
-            np.savez_compressed(buf, **result.gallery)
+            arrays: dict[str, Any] = dict(result.gallery)
+            np.savez_compressed(buf, **arrays)
             atomic_write_bytes(self.gallery_path(result.key), buf.getvalue())
         stats = getattr(result, "stats", None)
         if stats is not None and len(stats):
@@ -197,8 +200,6 @@ class Store:
 
     def load_scores(self) -> pd.DataFrame:
         """All score rows of this hash, in a canonical order (independent of execution order)."""
-        from .runner.execute import SCORE_COLUMNS
-
         frames = [pq.read_table(p).to_pandas() for p in self._parts()]
         if not frames:
             return pd.DataFrame({c: pd.Series(dtype="float64" if c == "value" else "object") for c in SCORE_COLUMNS})
@@ -209,8 +210,6 @@ class Store:
         """The per-image statistics of dataset-level metrics of the finished units (canonical order).
 
         Only units whose part exists count (a statistics file without its part is an unfinished unit)."""
-        from .runner.execute import STATS_COLUMNS
-
         done = self.done()
         found = sorted(self.stats.glob(f"*{_SEP}{self.hash}.parquet")) if self.stats.is_dir() else []
         files = self._selected(p for p in found if p.name.rsplit(_SEP, 1)[0] in done)
@@ -224,8 +223,6 @@ class Store:
 
     def load_curves(self) -> pd.DataFrame:
         """Mean curves over all images (units combined, weighted by their image counts)."""
-        from .runner.execute import CURVE_COLUMNS
-
         frames = [pd.DataFrame(m.get("curves", {})) for m in self.load_meta()]
         frames = [f for f in frames if len(f)]
         if not frames:
@@ -238,8 +235,6 @@ class Store:
         return out[["model", "dataset", "method", "metric", "step", "x", "value", "n"]]
 
     def load_timings(self) -> pd.DataFrame:
-        from .runner.execute import TIMING_COLUMNS
-
         frames = [pd.DataFrame(m.get("timings", {})) for m in self.load_meta()]
         frames = [f for f in frames if len(f)]
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=TIMING_COLUMNS)

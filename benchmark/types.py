@@ -1,4 +1,4 @@
-"""Core data types shared by every stage: Batch, Capture and ModelHandle (see shared/design.md)."""
+"""Core data types shared by every stage: Batch, Capture and ModelHandle (see docs/interfaces.md)."""
 
 from __future__ import annotations
 
@@ -50,18 +50,23 @@ class Batch:
     def __len__(self) -> int:
         return self.images.shape[0]
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
-        mv = lambda t: None if t is None else t.to(device, non_blocking=non_blocking)  # noqa: E731
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        def mv(t: Tensor) -> Tensor:
+            return t.to(device, non_blocking=non_blocking)
+
+        def opt(t: Optional[Tensor]) -> Optional[Tensor]:
+            return None if t is None else mv(t)
+
         return Batch(
             images=mv(self.images),
             targets=mv(self.targets),
             ids=list(self.ids),
-            masks=mv(self.masks),
+            masks=opt(self.masks),
             boxes=None if self.boxes is None else [mv(b) for b in self.boxes],
-            labels=mv(self.labels),
+            labels=opt(self.labels),
         )
 
-    def select(self, index: Sequence[int]) -> "Batch":
+    def select(self, index: Sequence[int]) -> Batch:
         idx = list(index)
         it = torch.as_tensor(idx, dtype=torch.long, device=self.images.device)
         return Batch(
@@ -107,11 +112,6 @@ class ModelHandle:
     reshape: Optional[Reshape] = None
     class_names: Optional[list[str]] = None
     meta: dict = field(default_factory=dict)
-
-    def layer(self) -> nn.Module:
-        from .methods.capture import resolve_layer
-
-        return resolve_layer(self.model, self.target_layer)
 
     def normalize(self, images01: Tensor) -> Tensor:
         """Map ``[B,3,H,W]`` images in [0,1] to the model's input space."""

@@ -66,7 +66,9 @@ def fake_plain(root=None, n=None, seed=0) -> FakeShapes:
 class TinyCNN(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()
+        )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(8, 2)
 
@@ -91,7 +93,9 @@ def fake_broken(ctx) -> Tensor:
     raise RuntimeError("fake_broken always fails")
 
 
-@register_metric("fake_inside", family="localization", higher_is_better=True, needs=("saliency", "masks"), override=True)
+@register_metric(
+    "fake_inside", family="localization", higher_is_better=True, needs=("saliency", "masks"), override=True
+)
 def fake_inside(ctx: MetricContext) -> dict[str, Tensor]:
     """Mean saliency inside the ground-truth mask (NaN for an empty mask)."""
     m = ctx.batch.masks.float()
@@ -103,7 +107,7 @@ def fake_inside(ctx: MetricContext) -> dict[str, Tensor]:
     return out
 
 
-@register_metric("fake_drop", family="faithfulness", higher_is_better=False, needs=("saliency", "model"),
+@register_metric("fake_drop", family="faithfulness", higher_is_better=False, needs=("saliency",),
                  defaults={"steps": 4}, override=True)
 def fake_drop(ctx: MetricContext, steps: int = 4) -> dict[str, Tensor]:
     """Tiny deletion AUC: zero the top-k salient pixels (k = 0..HW in ``steps``), all methods batched."""
@@ -163,21 +167,11 @@ def fake_warns(ctx) -> Tensor:
 
 # -- helpers shared by the runner test modules ---------------------------------------------------
 
-import os  # noqa: E402
 from pathlib import Path  # noqa: E402
-
-import pytest  # noqa: E402
 
 SUITES = Path(__file__).parent / "runner_suites"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run much faster single-threaded on a shared CPU; restore the setting afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 _RUNS: dict = {}
 
 
@@ -187,7 +181,6 @@ def run_cached(tmp_root: Path, suite: str = "tiny", plots: bool = False, **kw):
 
     key = (suite, plots, tuple(sorted(kw.items())))
     if key not in _RUNS:
-        os.environ.setdefault("TQDM_DISABLE", "1")
         out = Path(tmp_root) / f"{suite}-{len(_RUNS)}"
         _RUNS[key] = run_suite(load_suite(SUITES / f"{suite}.toml"), out, quiet=True, plots=plots, **kw)
     return _RUNS[key]

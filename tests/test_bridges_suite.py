@@ -16,11 +16,11 @@ import pytest
 pytest.importorskip("pytorch_grad_cam")
 pytest.importorskip("quantus")
 
-from benchmark import plugins  # noqa: E402
-from benchmark.cli import main  # noqa: E402
-from benchmark.methods import METHODS  # noqa: E402
-from benchmark.metrics import METRICS  # noqa: E402
-from benchmark.runner.suite import load_suite  # noqa: E402
+from benchmark import plugins
+from benchmark.cli import main
+from benchmark.methods import METHODS
+from benchmark.metrics import METRICS
+from benchmark.runner.suite import load_suite
 
 TESTS = Path(__file__).resolve().parent
 SUITE = TESTS / "runner_suites" / "bridges.toml"

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
-os.environ.setdefault("TQDM_DISABLE", "1")
+from benchmark import cli
 
-import runner_fakes  # noqa: E402
-from runner_fakes import one_thread  # noqa: E402,F401
-from benchmark import cli  # noqa: E402
+import runner_fakes
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_no_arguments_runs_the_quick_suite_into_results_quick(monkeypatch):

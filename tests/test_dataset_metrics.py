@@ -15,14 +15,16 @@ import pandas as pd
 import pytest
 import torch
 
-import runner_fakes  # noqa: F401  (fake_cnn, fake_shapes)
-from runner_fakes import one_thread  # noqa: F401
 from benchmark import methods as Mth
 from benchmark.metrics import METRICS, MetricContext, compute_metrics, dataset_value, register_metric
 from benchmark.report.tables import _seed_for, bootstrap_stat, ranked_leaderboard
 from benchmark.runner import parse_suite, run_suite
 from benchmark.runner.execute import _get_dataset, _get_model, _make_batches
 from benchmark.store import Store
+
+import runner_fakes
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 SUITE = """
 name = "dataset-level"
@@ -76,7 +78,7 @@ def wsol_iou(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
     iw = np.maximum(0, np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]) + 1)
     ih = np.maximum(0, np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]) + 1)
     inter = iw * ih
-    area = lambda x: (x[..., 2] - x[..., 0] + 1) * (x[..., 3] - x[..., 1] + 1)  # noqa: E731
+    area = lambda x: (x[..., 2] - x[..., 0] + 1) * (x[..., 3] - x[..., 1] + 1)
     return inter / (area(a) + area(b) - inter)
 
 
@@ -182,7 +184,7 @@ def test_statistics_are_stored_per_image_and_survive_resume(suite, run, tmp_path
     assert len(again.ran) == 1
     st2 = Store(out, res.plan.hash).load_stats()
     pd.testing.assert_frame_equal(st2.drop(columns="stats"), st.drop(columns="stats"))
-    assert all(np.array_equal(a, b) for a, b in zip(st2["stats"], st["stats"]))
+    assert all(np.array_equal(a, b) for a, b in zip(st2["stats"], st["stats"], strict=True))
 
 
 def test_loky_backend_stores_the_same_statistics(suite, run, tmp_path):
@@ -190,7 +192,7 @@ def test_loky_backend_stores_the_same_statistics(suite, run, tmp_path):
     other = run_suite(suite, tmp_path, quiet=True, report=False, backend="loky", workers=2)
     a, b = Store(out, res.plan.hash).load_stats(), Store(tmp_path, other.plan.hash).load_stats()
     pd.testing.assert_frame_equal(a.drop(columns="stats"), b.drop(columns="stats"))
-    assert all(np.array_equal(x, y) for x, y in zip(a["stats"], b["stats"]))
+    assert all(np.array_equal(x, y) for x, y in zip(a["stats"], b["stats"], strict=True))
 
 
 # -- the contract --------------------------------------------------------------------------------
@@ -276,7 +278,7 @@ def test_weighted_resampling_equals_recomputing_on_resampled_rows():
         fn = _dataset_compute(metric, params)
         assert hasattr(fn, "weighted")
         ids = [f"i{i}" for i in range(13)]
-        plain = lambda a, i, fn=fn: fn(a, i)  # noqa: E731  (same function without the weighted path)
+        plain = lambda a, i, fn=fn: fn(a, i)
         assert bootstrap_stat(fn, rows, ids, n_boot=300, seed=7) == pytest.approx(
             bootstrap_stat(plain, rows, ids, n_boot=300, seed=7), abs=1e-12)
         assert fn(rows, ids) == pytest.approx(dataset_value(metric, rows, ids, params), abs=1e-12)

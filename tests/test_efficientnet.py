@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmark.errors import WeightsError
-from benchmark.methods.capture import capture
+from benchmark.methods.capture import capture, resolve_layer
 from benchmark.models import create_model
 from benchmark.models import efficientnet as eff
 
@@ -56,7 +56,7 @@ def test_same_function_as_the_package_model(lite0) -> None:
     with torch.inference_mode():
         assert torch.allclose(ref(x), lite0.model(x), atol=1e-5)
         feats = ref.extract_features(x)
-    cap = capture(lite0.model, lite0.layer(), x, torch.tensor([967]))
+    cap = capture(lite0.model, resolve_layer(lite0.model, lite0.target_layer), x, torch.tensor([967]))
     assert tuple(cap.activations.shape) == (1, 1280, 7, 7)
     assert torch.allclose(cap.activations, feats, atol=1e-5)  # _head_act = last feature map
     assert (cap.gradients.abs().sum(1) > 0).float().mean() > 0.5
@@ -78,13 +78,14 @@ def test_gradcam_energy_falls_on_every_annotated_object(lite0) -> None:
     masks = (
         torch.cat([F.interpolate(s.mask[None, None].float(), size=(224, 224)) for s in samples])[:, 0] > 0.5
     )
-    cap = capture(lite0.model, lite0.layer(), x, torch.tensor([s.target for s in samples]))
+    layer = resolve_layer(lite0.model, lite0.target_layer)
+    cap = capture(lite0.model, layer, x, torch.tensor([s.target for s in samples]))
     cam = torch.relu((cap.gradients.mean((2, 3), keepdim=True) * cap.activations).sum(1, keepdim=True))
     cam = F.interpolate(cam, size=(224, 224), mode="bilinear", align_corners=False)[:, 0]
     share = (cam * masks).sum((1, 2)) / cam.sum((1, 2))
     area = masks.float().mean((1, 2))
     assert (share > area + 0.04).all(), {
-        s.id: (round(float(a), 3), round(float(b), 3)) for s, a, b in zip(samples, share, area)
+        s.id: (round(float(a), 3), round(float(b), 3)) for s, a, b in zip(samples, share, area, strict=True)
     }
 
 
@@ -118,7 +119,7 @@ def test_forward_carries_a_batch_changed_at_the_target_layer(lite0) -> None:
     from benchmark.methods import score
 
     x = _photo("coffee", lite0)
-    layer = lite0.layer()
+    layer = resolve_layer(lite0.model, lite0.target_layer)
     with torch.inference_mode():
         feats = lite0.model.extract_features(x)
         rows = feats.repeat(3, 1, 1, 1)

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
@@ -27,7 +28,7 @@ def _maps(model: nn.Module, layer: str, x: torch.Tensor, t: torch.Tensor, *, tai
     if tail is not None:
         score._TAIL_OK[module] = tail
     seen: list[int] = []
-    h = model.register_forward_pre_hook(lambda m, args: seen.append(int(args[0].shape[0])))
+    h = model.register_forward_pre_hook(lambda m, args, seen=seen: seen.append(int(args[0].shape[0])))
     try:
         out = methods.explain(model, layer, x, t, ["ablationcam"], batch_size=batch_size, details=True)
     finally:
@@ -35,6 +36,7 @@ def _maps(model: nn.Module, layer: str, x: torch.Tensor, t: torch.Tensor, *, tai
     return out["ablationcam"].raw, seen
 
 
+@pytest.mark.slow
 def test_resnet_tail_equals_full_copies_with_one_image_per_chunk() -> None:
     torch.manual_seed(0)
     model = torchvision.models.resnet18(num_classes=5).eval()
@@ -153,7 +155,7 @@ def test_all_zero_masks_share_one_forward_and_keep_the_maps() -> None:
     live = int((~const).sum())
     for name, params, scales in (("scorecam", {}, [1.0]), ("iscam", {"n_samples": 3}, iscam_coefficients(3).tolist())):
         seen: list[int] = []
-        h = model.register_forward_pre_hook(lambda m, args: seen.append(int(args[0].shape[0])))
+        h = model.register_forward_pre_hook(lambda m, args, seen=seen: seen.append(int(args[0].shape[0])))
         try:
             raw = methods.explain(model, "block", x, t, [name], params={name: params}, batch_size=64,
                                   details=True)[name].raw

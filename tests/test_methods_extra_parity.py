@@ -8,10 +8,6 @@ fastest that way and the CI machine is shared).
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("TQDM_DISABLE", "1")
-
 import numpy as np
 import pytest
 import torch
@@ -23,6 +19,8 @@ from benchmark import methods
 from benchmark.errors import LayerError
 from benchmark.methods.base import _context
 from benchmark.methods.score_variants import iscam_coefficients, sscam_noise, tc_channel_masks
+
+from conftest import tiny_cnn
 
 pgc = pytest.importorskip("pytorch_grad_cam")
 tcm = pytest.importorskip("torchcam.methods")
@@ -104,7 +102,8 @@ PGC_SIMPLE = {"gradcamelementwise": pgc.GradCAMElementWise, "kpcacam": pgc.KPCA_
 
 @pytest.mark.parametrize(
     "arch,layer,names",
-    [(a, l, ["gradcamelementwise", "kpcacam"]) for a, l in GRAD_CASES] + [(a, l, ["shapleycam"]) for a, l in HVP_CASES],
+    [(a, lay, ["gradcamelementwise", "kpcacam"]) for a, lay in GRAD_CASES]
+    + [(a, lay, ["shapleycam"]) for a, lay in HVP_CASES],
 )
 def test_pgc_parity_elementwise_kpca_shapley(arch: str, layer: str, names: list) -> None:
     model, x, targets = _model(arch), _images(2, 96), [3, 7]
@@ -339,7 +338,8 @@ def _score_formula(model, layer, x, targets, scales, noises):
                 ak = a[b, k]
                 m = (ak - ak.min()) / (ak.max() - ak.min() + 1e-8)
                 m = F.interpolate(m[None, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
-                s = [model((sc * m + nz[k]) * x[b : b + 1])[0, targets[b]] - base for sc, nz in zip(scales, noises)]
+                s = [model((sc * m + nz[k]) * x[b : b + 1])[0, targets[b]] - base
+                     for sc, nz in zip(scales, noises, strict=True)]
                 w.append(torch.stack(s).mean())
             w = torch.stack(w).softmax(0)
             out.append(torch.einsum("c,chw->hw", w, a[b]))
@@ -347,9 +347,7 @@ def _score_formula(model, layer, x, targets, scales, noises):
 
 
 def test_sscam_and_iscam_match_the_paper_formulas() -> None:
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
-                          nn.Linear(16, 3)).eval()
+    model = tiny_cnn(seed=0, classes=3)
     x, t = _images(2, 8), [0, 2]
     ctx = _context(model, "1", x, torch.tensor(t), seed=3)
     noises = [sscam_noise(ctx, i, (4, 8, 8), 0.5) for i in range(3)]
@@ -365,7 +363,7 @@ def test_sscam_and_iscam_match_the_paper_formulas() -> None:
 
 def test_sscam_seeded_batch_size_free_and_noise_matters() -> None:
     model, x = _model("mobilenet_v3_small"), _images(2, 32)
-    run = lambda **kw: methods.explain(  # noqa: E731
+    run = lambda **kw: methods.explain(
         model, "features.0", x, [1, 2], ["sscam"], params={"sscam": {"n_samples": 2}}, **kw
     )["sscam"]
     a, b = run(seed=1, batch_size=64), run(seed=1, batch_size=5)

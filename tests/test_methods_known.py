@@ -1,4 +1,4 @@
-"""Known-answer and contract tests of the CAM methods (specs.md §1)."""
+"""Known-answer and contract tests of the CAM methods (docs/methods.md)."""
 
 from __future__ import annotations
 
@@ -279,7 +279,7 @@ def test_cluster_channels_rules() -> None:
 
 
 def _filter_oracle(g: np.ndarray, ss: float, sr: float) -> np.ndarray:
-    """specs.md §1.12 step 5 written out: one kernel, zero-padded 'same' cross-correlation."""
+    """docs/methods.md#cfcam (the filter) written out: one kernel, zero-padded 'same' cross-correlation."""
     h, w = g.shape
     i, j = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
     k = np.exp(-((i - h / 2) ** 2 + (j - w / 2) ** 2) / (2 * ss**2)) * np.exp(-((g - g.mean()) ** 2) / (2 * sr**2))
@@ -464,7 +464,9 @@ def test_random_draws_are_made_on_the_cpu_and_do_not_depend_on_the_device() -> N
     are moved to the images' device: CUDA's generator would draw other numbers for the same seed."""
     from benchmark.methods.base import ExplainContext
 
-    ctx = ExplainContext(model=GapNet().eval(), layer=None, images=torch.zeros(2, 3, 8, 8), targets=torch.zeros(2), seed=3)
+    ctx = ExplainContext(
+        model=GapNet().eval(), layer=None, images=torch.zeros(2, 3, 8, 8), targets=torch.zeros(2), seed=3
+    )
     assert ctx.generator(5).device.type == "cpu"
     want = torch.rand((2, 4), generator=torch.Generator().manual_seed(3 * 1_000_003 + 5))
     torch.testing.assert_close(ctx.rand((2, 4), salt=5), want)
@@ -554,7 +556,7 @@ def test_eigen_gram_solver_matches_lapack_up_to_sign() -> None:
 
 
 def test_cluster_channels_equals_the_reference_dbscan_recipe() -> None:
-    """specs.md §1.12 step 3 done the authors' way: scipy distances with +inf diagonal, P25 over both
+    """docs/methods.md#cfcam step 2 done the authors' way: scipy distances with +inf diagonal, P25 over both
     triangles, sklearn DBSCAN(euclidean) on the remaining channels."""
     from scipy.spatial.distance import pdist, squareform
     from sklearn.cluster import DBSCAN

@@ -7,10 +7,6 @@ r >= 0.99 between our final map and the reference's (upsampled the same way).
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("TQDM_DISABLE", "1")
-
 import numpy as np
 import pytest
 import torch

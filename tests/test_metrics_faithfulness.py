@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("TQDM_DISABLE", "1")
-
 import warnings
 import zlib
 
@@ -34,15 +30,10 @@ from benchmark.metrics.functional.faithfulness import (
 from benchmark.metrics.perturbation import order_to_rank, patch_order, perturbation_curves, pixel_order
 from benchmark.types import Batch
 
+from conftest import tiny_cnn
+
 if not hasattr(np, "trapz"):  # Quantus 0.6.0 calls np.trapz, removed in NumPy 2.4
     np.trapz = np.trapezoid
-
-
-def tiny_cnn(seed: int = 0, classes: int = 5) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, classes)
-    ).eval()
 
 
 class BoxModel(nn.Module):
@@ -63,7 +54,8 @@ class BoxModel(nn.Module):
 
 def data(seed: int, b: int = 3, h: int = 12, w: int = 12):
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(b, 3, h, w, generator=g), torch.rand(b, h, w, generator=g), torch.randint(0, 5, (b,), generator=g)
+    images, sal = torch.randn(b, 3, h, w, generator=g), torch.rand(b, h, w, generator=g)
+    return images, sal, torch.randint(0, 5, (b,), generator=g)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -144,7 +136,9 @@ def test_road_scores_equal_pgc_average_over_percentiles(order):
     cls = RemoveMostRelevantFirst if order == "morf" else RemoveLeastRelevantFirst
     kept = [20, 50, 80]
     averager = AveragerAcrossThresholds(
-        lambda p: (lambda *a: PerturbationConfidenceMetric(cls(p, NoisyLinearImputer(noise=0.0)))(*a, return_diff=False)),
+        lambda p: (
+            lambda *a: PerturbationConfidenceMetric(cls(p, NoisyLinearImputer(noise=0.0)))(*a, return_diff=False)
+        ),
         kept,
     )
     ref = averager(x, sal.numpy(), [ClassifierOutputSoftmaxTarget(int(c)) for c in t], model)
@@ -202,7 +196,7 @@ def test_linear_imputation_solves_the_neighbour_mean_equations():
     removed = torch.rand(10, 9, generator=g) < 0.6
     out = noisy_linear_impute(img, removed, noise=0.0).double()
     k = torch.tensor([[1 / 12, 1 / 6, 1 / 12], [1 / 6, 0.0, 1 / 6], [1 / 12, 1 / 6, 1 / 12]], dtype=torch.float64)
-    conv = lambda t: torch.nn.functional.conv2d(t[:, None], k[None, None], padding=1)[:, 0]  # noqa: E731
+    conv = lambda t: torch.nn.functional.conv2d(t[:, None], k[None, None], padding=1)[:, 0]
     weight_sum = conv(torch.ones(1, 10, 9, dtype=torch.float64))  # only in-image neighbours count
     residual = conv(out) - weight_sum * out
     assert residual[:, removed].abs().max() < 1e-5  # every imputed pixel = weighted mean of its neighbours
@@ -297,7 +291,8 @@ def test_batch_results_equal_per_image_results():
     keys = torch.tensor([11, 22, 33])
     batch = road(model, x, t, sal, percentages=[0.2, 0.7], seed=3, noise_keys=keys)
     single = torch.cat([
-        road(model, x[i : i + 1], t[i : i + 1], sal[i : i + 1], percentages=[0.2, 0.7], seed=3, noise_keys=keys[i : i + 1])
+        road(model, x[i : i + 1], t[i : i + 1], sal[i : i + 1], percentages=[0.2, 0.7], seed=3,
+             noise_keys=keys[i : i + 1])
         for i in range(3)
     ])
     torch.testing.assert_close(batch, single, rtol=1e-5, atol=1e-6)
@@ -348,7 +343,7 @@ def test_registry_entries_metadata():
     for name, hib in expect.items():
         e = METRICS.entry(name)
         assert e.meta["family"] == "faithfulness" and e.meta["higher_is_better"] is hib
-        assert set(e.meta["needs"]) == {"saliency", "model"}
+        assert set(e.meta["needs"]) == {"saliency"}
     assert METRICS.entry("deletion_auc").meta["defaults"]["step"] == 224
     assert METRICS.entry("insertion_auc").meta["defaults"]["substrate"] == "blur"
 

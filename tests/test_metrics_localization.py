@@ -1,8 +1,5 @@
 """Localization metrics: Quantus / wsolevaluation / cv2 / sklearn parity, known answers, invariants."""
 
-import os
-
-os.environ.setdefault("TQDM_DISABLE", "1")
 
 import cv2  # test-only (opencv-python, a pytorch-grad-cam dependency)
 import numpy as np
@@ -229,7 +226,6 @@ def test_errors_are_clear():
 
 # -- registry ----------------------------------------------------------------------------------
 def test_registry_entries_score_every_method():
-    rng = np.random.default_rng(7)
     masks = torch.zeros(3, 16, 16, dtype=torch.bool)  # boxes of >= 8 px: wsol's 1-px-wider box end keeps IoU >= 0.7
     for i, (y0, x0, y1, x1) in enumerate([(1, 2, 10, 12), (5, 5, 15, 14), (0, 0, 9, 9)]):
         masks[i, y0:y1, x0:x1] = True
@@ -254,5 +250,6 @@ def test_registry_entries_score_every_method():
             continue
         assert res[name]["oracle"].shape == (3,)
         torch.testing.assert_close(res[name]["oracle"], torch.ones(3))
-    no_masks = M.MetricContext(model=torch.nn.Identity(), batch=Batch(batch.images, batch.targets, batch.ids), saliency=sal)
+    plain = Batch(batch.images, batch.targets, batch.ids)
+    no_masks = M.MetricContext(model=torch.nn.Identity(), batch=plain, saliency=sal)
     assert M.compute_metrics(no_masks, names) == {}

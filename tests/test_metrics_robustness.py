@@ -1,14 +1,10 @@
 """Robustness and cost metrics: Quantus parity (Max/Avg-Sensitivity), skimage SSIM parity, invariants."""
 
-import os
-
-os.environ.setdefault("TQDM_DISABLE", "1")
 
 import numpy as np
 import pytest
 import torch
 from skimage.metrics import structural_similarity
-from torch import nn
 
 import benchmark.metrics as M
 from benchmark import methods
@@ -16,21 +12,15 @@ from benchmark.metrics.functional import cost as C
 from benchmark.metrics.functional import robustness as R
 from benchmark.types import Batch
 
+from conftest import tiny_features_cnn
+
 np.trapz = getattr(np, "trapz", np.trapezoid)  # Quantus 0.6 on NumPy >= 2.4
 import quantus  # noqa: E402
 
 LAYER = "features.3"
 
 
-def tiny_cnn(seed=0):
-    torch.manual_seed(seed)
-    model = nn.Sequential()
-    model.add_module("features", nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, stride=2), nn.ReLU()))
-    model.add_module("pool", nn.AdaptiveAvgPool2d(1))
-    model.add_module("flat", nn.Flatten())
-    model.add_module("fc", nn.Linear(8, 5))
-    return model.eval()
+tiny_cnn = tiny_features_cnn
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +96,7 @@ def test_local_lipschitz(setup):
     out = R.local_lipschitz(explain, images, targets, ["gradcam", "center"], n_samples=2, seed=0)
     assert torch.all(out["center"] == 0) and torch.all(out["gradcam"] > 0)
     # known answer for a linear explainer Phi(x) = 0.5 * x[:, 0] / max: check by hand
-    lin = lambda x, t, names, **kw: {n: x[:, 0] for n in names}  # noqa: E731
+    lin = lambda x, t, names, **kw: {n: x[:, 0] for n in names}
     x = torch.rand(2, 3, 8, 8) + 1.0
     got = R.local_lipschitz(lin, x, torch.zeros(2, dtype=torch.long), ["m"], std=0.1, n_samples=2, seed=9)
     ref = []
@@ -140,7 +130,7 @@ def test_gradient_noise_stability(setup):
     for n in ("gradcam", "hirescam"):
         assert torch.all(out["ssim"][n] < 1 - 1e-6) and torch.all(out["mse"][n] > 0)
     # CF-CAM is genuinely perturbed (the noise precedes its weights; the reference code's noise had no
-    # effect at all), but its softmax over tiny gradient means makes the change minute (specs.md 1.12)
+    # effect at all), but its softmax over tiny gradient means makes the change minute (docs/methods.md#cfcam)
     assert torch.all(out["mse"]["cfcam"] > 0)
     assert out["ssim"]["hirescam"].mean() < out["ssim"]["gradcam"].mean()  # no spatial averaging
     for n in ("center", "eigencam"):  # read no gradient: untouched

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 
 import pytest
 import torch
@@ -19,7 +18,6 @@ from benchmark.errors import WeightsError
 from benchmark.models import MODELS, create_model
 from benchmark.models import synthetic as S
 
-os.environ.setdefault("TQDM_DISABLE", "1")
 N_TEST = 600
 
 
@@ -53,7 +51,7 @@ def test_handle_contract() -> None:
     assert h.input_size == (128, 128) and h.class_names == list(S.SHAPE_CLASSES)
     assert h.target_layer == "block4" and not h.model.training
     acts = {}
-    h.layer().register_forward_hook(lambda m, i, o: acts.update(a=o))
+    methods.resolve_layer(h.model, h.target_layer).register_forward_hook(lambda m, i, o: acts.update(a=o))
     logits = h.model(torch.zeros(2, 3, 128, 128))
     assert logits.shape == (2, 6) and acts["a"].shape == (2, 128, 8, 8)
     assert MODELS.entry("shapes_cnn").dataset == "shapes"
@@ -156,11 +154,11 @@ def test_gradcam_points_at_the_ground_truth(shapes_model, shortcut_model) -> Non
     ds = ShapesDataset(n=n, split="test", seed=1)
     batch = next(iter(make_batches(ds, shapes_model, batch_size=n)))
     boxes = _box_masks(batch.boxes, 128)
-    run = lambda name, h, b: methods.get(name)(h.model, h.target_layer, b.images, b.targets)  # noqa: E731
+    run = lambda name, h, b: methods.get(name)(h.model, h.target_layer, b.images, b.targets)
     cam, center = run("gradcam", shapes_model, batch), run("center", shapes_model, batch)
     hit, base = _hit_rate(cam, boxes), _hit_rate(center, boxes)
     assert hit >= 0.8 and hit - base >= 0.3, (hit, base)
-    energy = lambda m: ((m * boxes).flatten(1).sum(1) / m.flatten(1).sum(1)).mean().item()  # noqa: E731
+    energy = lambda m: ((m * boxes).flatten(1).sum(1) / m.flatten(1).sum(1)).mean().item()
     assert energy(cam) >= 1.5 * energy(center), (energy(cam), energy(center))
     distractors = torch.stack(
         [torch.stack(sc.distractor_masks).any(0) if sc.distractor_masks else torch.zeros(128, 128, dtype=torch.bool)
@@ -174,7 +172,7 @@ def test_gradcam_points_at_the_ground_truth(shapes_model, shortcut_model) -> Non
     batch = next(iter(make_batches(sc, shortcut_model, batch_size=n)))
     peak = run("gradcam", shortcut_model, batch).flatten(1).argmax(1)
     peak = torch.stack([peak // 128, peak % 128], 1).float() + 0.5  # (row, col) pixel centres
-    centre = lambda b: torch.stack([(b[:, 1] + b[:, 3]) / 2, (b[:, 0] + b[:, 2]) / 2], 1)  # noqa: E731
+    centre = lambda b: torch.stack([(b[:, 1] + b[:, 3]) / 2, (b[:, 0] + b[:, 2]) / 2], 1)
     mark = centre(torch.cat(batch.boxes))
     obj = centre(torch.cat([sc.scene(i).object_box for i in range(n)]))
     nearer = (peak - mark).norm(dim=1) < (peak - obj).norm(dim=1)

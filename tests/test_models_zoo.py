@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from benchmark.errors import WeightsError
-from benchmark.methods.capture import capture
+from benchmark.methods.capture import capture, resolve_layer
 from benchmark.models import create_model, list_models, zoo
 
 TRANSFORMERS = {"vit_b_16", "swin_t"}
@@ -27,7 +27,8 @@ def test_default_layer_captures_feature_map_with_gradients(name: str) -> None:
     assert h.class_names is not None and len(h.class_names) == 1000 and h.class_names[281] == "tabby"
     size, batch = (224, 1) if name in TRANSFORMERS else (64, 2)
     x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
-    cap = capture(h.model, h.layer(), x, torch.tensor([3] * batch), reshape=h.reshape)
+    layer = resolve_layer(h.model, h.target_layer)
+    cap = capture(h.model, layer, x, torch.tensor([3] * batch), reshape=h.reshape)
     a, g = cap.activations, cap.gradients
     assert a.ndim == 4 and a.shape[:2] == g.shape[:2] and a.shape == g.shape and a.shape[0] == batch
     # every spatial position (patch token) receives gradient, not only the class token / one cell
@@ -79,7 +80,7 @@ def test_default_weights_load_from_hub_cache_with_densenet_key_fix(tmp_path, mon
     torch.save(ref.state_dict(), tmp_path / "checkpoints" / "resnet18-f37072fd.pth")
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
     h = create_model("resnet18")  # "default": from the (fake) local cache, no download
-    for (k, v), (k2, v2) in zip(h.model.state_dict().items(), ref.state_dict().items()):
+    for (k, v), (k2, v2) in zip(h.model.state_dict().items(), ref.state_dict().items(), strict=True):
         assert k == k2 and torch.equal(v, v2)
     assert h.meta["weights"].endswith("resnet18-f37072fd.pth")
 
@@ -131,7 +132,8 @@ timm = pytest.importorskip("timm")
 def test_timm_models_random_capture(name: str, size: int, shape: tuple) -> None:
     h = create_model(f"timm/{name}", weights="random")
     x = torch.randn(shape[0], 3, size, size, generator=torch.Generator().manual_seed(0))
-    cap = capture(h.model, h.layer(), x, torch.tensor([1] * shape[0]), reshape=h.reshape)
+    layer = resolve_layer(h.model, h.target_layer)
+    cap = capture(h.model, layer, x, torch.tensor([1] * shape[0]), reshape=h.reshape)
     assert tuple(cap.activations.shape) == shape
     assert (cap.gradients.abs().sum(1) > 0).float().mean() > 0.9
     if "vit" in name:

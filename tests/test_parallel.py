@@ -12,19 +12,17 @@ import pandas as pd
 import pytest
 import torch
 
-os.environ.setdefault("TQDM_DISABLE", "1")
+from benchmark import cli
+from benchmark.errors import CambenchError
+from benchmark.methods.base import ExplainContext, forward_precision
+from benchmark.metrics.perturbation import memory_chunk, perturbation_curves, pixel_order, step_counts
+from benchmark.runner import ExecOptions, load_registries, parse_suite, plan_run, run_suite, run_unit
+from benchmark.runner.parallel import claim_slot, execute_units, kept_environ, prefetch, worker_device
+from benchmark.store import Store
 
-import runner_fakes  # noqa: E402
-from runner_fakes import one_thread  # noqa: E402,F401
-from benchmark import cli  # noqa: E402
-from benchmark.errors import CambenchError  # noqa: E402
-from benchmark.methods.base import ExplainContext, forward_precision  # noqa: E402
-from benchmark.metrics.perturbation import memory_chunk, perturbation_curves, pixel_order, step_counts  # noqa: E402
-from benchmark.runner import ExecOptions, parse_suite, plan_run, run_suite, run_unit  # noqa: E402
-from benchmark.runner.parallel import claim_slot, execute_units, kept_environ, prefetch, worker_device  # noqa: E402
-from benchmark.store import Store  # noqa: E402
+import runner_fakes
 
-pytestmark = pytest.mark.filterwarnings("ignore:Ablation-CAM:RuntimeWarning")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.filterwarnings("ignore:Ablation-CAM:RuntimeWarning")]
 
 
 SUITE = """
@@ -91,6 +89,7 @@ def test_reference_run_has_real_rows(reference):
     assert (scores["status"] == "ok").all() and len(scores) == 4 * 4 * 4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["loky", "dask"])
 def test_backends_give_identical_scores(backend, suite, reference, client, tmp_path):
     res, ref_scores, ref_curves = reference
@@ -122,7 +121,8 @@ def test_resume_across_backends(suite, reference, client, tmp_path):
     store2 = Store(out2, res.plan.hash)
     store2.prepare()
     units = plan_run(suite).units
-    gen = execute_units(suite, units, backend="dask", client=client)
+    gen = execute_units(suite, units, unit_fn=run_unit, setup_fn=load_registries,
+                        options=ExecOptions(), backend="dask", client=client)
     first = next(gen)
     store2.write_unit(first)
     gen.close()  # cancels what is still queued
@@ -173,7 +173,7 @@ def test_forward_precision_context_is_scoped():
     targets = torch.tensor([0, 1, 0])
     order = pixel_order(torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(1)))
     steps = step_counts(32 * 32, n_steps=8)
-    curves = lambda: perturbation_curves(handle.model, images, order, torch.zeros(1, 3, 32, 32), steps, targets)  # noqa: E731
+    curves = lambda: perturbation_curves(handle.model, images, order, torch.zeros(1, 3, 32, 32), steps, targets)
     fp32 = curves()
     with forward_precision("bf16"):
         bf16 = curves()
@@ -254,7 +254,8 @@ def test_cli_backend_options_are_checked(suite, tmp_path, capsys):
         cli.main(["run", str(path), "--backend", "ray"])
     args = cli._parser().parse_args(["run", "x", "--backend", "dask", "--scheduler", "tcp://h:8786", "--workers", "3",
                                      "--precision", "bf16", "--device", "cuda:1"])
-    assert (args.backend, args.scheduler, args.workers, args.precision, args.device) == ("dask", "tcp://h:8786", 3, "bf16", "cuda:1")
+    got = (args.backend, args.scheduler, args.workers, args.precision, args.device)
+    assert got == ("dask", "tcp://h:8786", 3, "bf16", "cuda:1")
     with pytest.raises(CambenchError, match="CUDA is not available"):
         if torch.cuda.is_available():
             pytest.skip("a GPU is present")

@@ -17,12 +17,7 @@ from benchmark.metrics.perturbation import (
     trapezoid_auc,
 )
 
-
-def tiny_cnn(seed: int = 0, classes: int = 5) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, classes)
-    ).eval()
+from conftest import tiny_cnn
 
 
 def reference_curve(model, image, sal, substrate, step, target):
@@ -165,7 +160,8 @@ def test_methods_of_one_image_share_the_start_and_end_forwards():
         rows = slice(2 * m, 2 * m + 2)
         alone = perturbation_curves(model, images, pixel_order(sal[rows]), sub, ks, t[rows])
         torch.testing.assert_close(stacked[rows], alone)
-    assert torch.equal(stacked[0::2, 0], stacked[0, 0].expand(3)) and torch.equal(stacked[1::2, -1], stacked[1, -1].expand(3))
+    assert torch.equal(stacked[0::2, 0], stacked[0, 0].expand(3))
+    assert torch.equal(stacked[1::2, -1], stacked[1, -1].expand(3))
     # a row with another target for the same image does not share
     t2 = t.clone()
     t2[2] = 3
@@ -240,4 +236,5 @@ def test_trapezoid_auc_matches_numpy_and_constant():
     c = torch.rand(4, 11, generator=g, dtype=torch.float64)
     ref = np.trapezoid(c.numpy(), dx=1 / 10, axis=1)
     np.testing.assert_allclose(trapezoid_auc(c).numpy(), ref)
-    torch.testing.assert_close(trapezoid_auc(torch.full((2, 7), 0.3, dtype=torch.float64)), torch.full((2,), 0.3, dtype=torch.float64))
+    flat = torch.full((2, 7), 0.3, dtype=torch.float64)
+    torch.testing.assert_close(trapezoid_auc(flat), torch.full((2,), 0.3, dtype=torch.float64))

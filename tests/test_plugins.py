@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import textwrap
 from pathlib import Path
-
-os.environ.setdefault("TQDM_DISABLE", "1")
 
 import pytest
 import torch
@@ -172,7 +169,8 @@ def test_clash_between_two_plugins(tmp_path) -> None:
 @pytest.mark.parametrize(
     "source,pattern",
     [
-        ("import not_a_module_xyz_123\n", r"Plugin 'bad.py' failed to import .*ModuleNotFoundError: .*not_a_module_xyz_123"),
+        ("import not_a_module_xyz_123\n",
+         r"Plugin 'bad.py' failed to import .*ModuleNotFoundError: .*not_a_module_xyz_123"),
         ("def broken(:\n", r"Plugin 'bad.py' failed to import .*SyntaxError"),
         ("raise RuntimeError('plugin setup failed')\n", r"RuntimeError: plugin setup failed"),
     ],

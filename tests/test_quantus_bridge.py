@@ -18,8 +18,8 @@ quantus = pytest.importorskip("quantus")
 
 from benchmark import methods  # noqa: E402
 from benchmark.metrics import METRICS, MetricContext, compute_metrics  # noqa: E402
-from benchmark.metrics.functional import quantus_metric  # noqa: E402
 from benchmark.metrics.functional import quantus_bridge as Q  # noqa: E402
+from benchmark.metrics.functional import quantus_metric  # noqa: E402
 from benchmark.types import Batch  # noqa: E402
 
 #: Small settings so that every metric runs in about a second (Quantus' defaults are for 224x224 images).
@@ -138,7 +138,7 @@ def test_broken_metrics_raise_naming_the_upstream_problem(name: str) -> None:
         quantus_metric(name, model, x, y, a, masks=masks, explain=_explain)
     # and they really are: Quantus itself fails (or returns no per-image score) on these inputs
     if name in Q.BROKEN:
-        with pytest.raises(Exception):
+        with pytest.raises(Exception):  # noqa: B017 - Quantus' own failure, whatever its type
             _direct(name, model, x, y, a, masks, 0, **_params(name))
 
 

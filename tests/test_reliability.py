@@ -19,13 +19,15 @@ import pytest
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-import runner_fakes  # noqa: E402
-from runner_fakes import one_thread  # noqa: E402,F401
-from benchmark import cli  # noqa: E402
-from benchmark.outdir import LOCK_NAME, OutputDirError, RunLock, check_out_dir  # noqa: E402
-from benchmark.runner import load_suite, parse_suite, run_suite  # noqa: E402
-from benchmark.runner.progress import Progress  # noqa: E402
-from benchmark.store import atomic_write_text  # noqa: E402
+from benchmark import cli
+from benchmark.outdir import LOCK_NAME, OutputDirError, RunLock, check_out_dir
+from benchmark.runner import load_suite, run_suite
+from benchmark.runner.progress import Progress
+from benchmark.store import atomic_write_text
+
+import runner_fakes
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = runner_fakes.SUITES / "tiny.toml"
@@ -220,9 +222,10 @@ data = {{ root = "{root}" }}
 
 
 def test_a_truncated_image_is_recorded_once_by_the_batch_builder(tmp_path):
+    import torch
+
     from benchmark.data import create_dataset, make_batches
     from benchmark.types import ModelHandle
-    import torch
 
     root = _folder(tmp_path)
     ds = create_dataset("folder", root=str(root))
@@ -250,7 +253,7 @@ def test_without_a_terminal_each_unit_logs_elapsed_and_eta_and_logging_reaches_i
         p.unit_done("u0", 4)
         p.unit_done("u1", 4)
         for _ in range(3):
-            warnings.warn("overflow in exp", RuntimeWarning)
+            warnings.warn("overflow in exp", RuntimeWarning, stacklevel=1)
             p.warn_once("UserWarning: x", "cambench: u0: UserWarning: x")
     lines = stream.getvalue().splitlines()
     assert "benchmark.models.synthetic: epoch 1/3: loss 0.5" in lines
@@ -286,7 +289,7 @@ def test_quiet_prints_nothing_and_a_terminal_gets_messages_above_the_bars(monkey
         p.start(1, 2)
         assert p.bars_shown
         p.log("a message")
-        warnings.warn("careful", RuntimeWarning)
+        warnings.warn("careful", RuntimeWarning, stacklevel=1)
         p.unit_done("u", 2)
     assert "a message" in written and any("careful" in w for w in written)
     assert not any(" done (" in w for w in written)  # the bar shows units; no extra lines

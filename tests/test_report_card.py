@@ -14,12 +14,14 @@ import pytest
 import torch
 from scipy import stats
 
-import runner_fakes  # noqa: F401
-from runner_fakes import one_thread  # noqa: F401
 from benchmark.report import card as C
 from benchmark.report.tables import ranked_leaderboard
 from benchmark.runner import parse_suite, run_suite
 from benchmark.runner.execute import _accumulate_map_diffs
+
+import runner_fakes
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # fake_cnn: conv-ReLU-conv-ReLU (target layer "features": non-negative activations), global average
 # pooling, linear head (gradients at the target layer constant over space)

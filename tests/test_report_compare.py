@@ -50,7 +50,7 @@ def test_direction_aware_regressions(row, new_mean, expected):
 def test_tolerance_is_an_absolute_floor_besides_the_ci():
     new = _board()
     new.loc[1, "mean"] = 0.49  # below the CI [0.50, 0.60] by 0.01, 0.06 below the mean
-    status = lambda t: t.set_index(["method", "metric"]).loc[("layercam", "insertion"), "status"]  # noqa: E731
+    status = lambda t: t.set_index(["method", "metric"]).loc[("layercam", "insertion"), "status"]
     assert status(compare(new, _board(), tolerance=0.02)) == "regression"
     assert status(compare(new, _board(), tolerance=0.1)) == "ok"
     no_ci = _board().assign(ci_low=np.nan, ci_high=np.nan)

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 import runner_fakes
-from runner_fakes import one_thread  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

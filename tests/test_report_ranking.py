@@ -17,7 +17,7 @@ from benchmark.report.tables import MEAN_RANK, ranked_leaderboard
 def test_q_alpha_matches_demsar_table_5a():
     # Demsar (2006), JMLR 7, Table 5(a): critical values of the two-tailed Nemenyi test, alpha = 0.05
     table = [1.960, 2.343, 2.569, 2.728, 2.850, 2.949, 3.031, 3.102, 3.164]
-    for k, q in zip(range(2, 11), table):
+    for k, q in zip(range(2, 11), table, strict=True):
         assert R.q_alpha(k) == pytest.approx(q, abs=1e-3)  # the table has 3 decimals
     assert R.q_alpha(2, alpha=0.10) == pytest.approx(1.645, abs=1e-3)  # Table 5(a), alpha = 0.10
 

@@ -24,8 +24,10 @@ def _scores(values: dict[tuple[str, str], list[float]], ids=None) -> pd.DataFram
     rows = []
     for (method, metric), vs in values.items():
         for i, v in enumerate(vs):
-            rows.append(("m", "d", method, metric, (ids or {}).get(method, [f"i{j}" for j in range(len(vs))])[i], v, "ok", "", False))
-    return pd.DataFrame(rows, columns=["model", "dataset", "method", "metric", "image_id", "value", "status", "message", "degenerate"])
+            image_id = (ids or {}).get(method, [f"i{j}" for j in range(len(vs))])[i]
+            rows.append(("m", "d", method, metric, image_id, v, "ok", "", False))
+    columns = ["model", "dataset", "method", "metric", "image_id", "value", "status", "message", "degenerate"]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def test_bootstrap_ci_contains_the_mean_is_seeded_and_matches_a_loop():
@@ -71,7 +73,8 @@ def test_cost_metrics_are_ranked_but_stay_out_of_mean_rank():
     change cannot reorder it (the report passes the cost family of the registry)."""
     from benchmark.report.build import cost_metrics
 
-    assert cost_metrics(["deletion_auc", "latency_ms", "peak_memory_mb", "unregistered"]) == ["latency_ms", "peak_memory_mb"]
+    got = cost_metrics(["deletion_auc", "latency_ms", "peak_memory_mb", "unregistered"])
+    assert got == ["latency_ms", "peak_memory_mb"]
     quality = {("a", "up"): [0.9], ("b", "up"): [0.1]}
     fast_a = _scores({**quality, ("a", "latency_ms"): [1.0], ("b", "latency_ms"): [9.0]})
     slow_a = _scores({**quality, ("a", "latency_ms"): [9.0], ("b", "latency_ms"): [1.0]})
@@ -136,7 +139,11 @@ def test_wilcoxon_pairs_by_image_id_not_by_row_order():
 def test_significance_tests_every_method_against_the_best_with_holm():
     rng = np.random.default_rng(2)
     base = rng.uniform(0, 1, 15)
-    s = _scores({("best", "x"): list(base + 0.3), ("close", "x"): list(base + 0.29), ("bad", "x"): list(base - 0.2 + rng.normal(0, 0.01, 15))})
+    s = _scores({
+        ("best", "x"): list(base + 0.3),
+        ("close", "x"): list(base + 0.29),
+        ("bad", "x"): list(base - 0.2 + rng.normal(0, 0.01, 15)),
+    })
     lb = leaderboard(s, {"x": True}, n_boot=100)
     sig = significance(s, lb)
     assert set(sig["method"]) == {"close", "bad"} and (sig["best"] == "best").all()

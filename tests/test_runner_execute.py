@@ -4,21 +4,20 @@ determinism and in-process resume."""
 from __future__ import annotations
 
 import json
-import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-os.environ.setdefault("TQDM_DISABLE", "1")
+from benchmark.runner import load_suite, plan_run, run_suite, run_unit
+from benchmark.runner.execute import batch_seed, clear_caches
+from benchmark.store import Store
 
-import runner_fakes  # noqa: E402
-from runner_fakes import one_thread  # noqa: E402,F401
-from benchmark.runner import load_suite, plan_run, run_suite, run_unit  # noqa: E402
-from benchmark.runner.execute import batch_seed, clear_caches  # noqa: E402
-from benchmark.store import Store  # noqa: E402
-from pathlib import Path  # noqa: E402
+import runner_fakes
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +27,9 @@ def tiny(tmp_path_factory):
 
 def test_every_method_metric_image_has_one_ok_row(tiny):
     s = tiny.report.scores
-    assert list(s.columns) == ["model", "dataset", "method", "metric", "image_id", "value", "status", "message", "degenerate"]
+    assert list(s.columns) == [
+        "model", "dataset", "method", "metric", "image_id", "value", "status", "message", "degenerate"
+    ]
     e0 = s[s["dataset"] == "fake_shapes"]
     plan = tiny.plan.experiments[0]
     assert len(e0) == len(plan.methods) * 3 * 6

@@ -6,26 +6,28 @@ from pathlib import Path
 
 import pytest
 
-import runner_fakes  # noqa: F401  (registers the fake dataset/model/metrics)
-from runner_fakes import one_thread  # noqa: F401
 from benchmark.errors import SuiteError
 from benchmark.metrics import METRICS
 from benchmark.runner import load_suite, parse_suite, plan_run
 from benchmark.runner.suite import list_suites, packaged_suites
 
+import runner_fakes
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = runner_fakes.SUITES / "tiny.toml"
 
-BASE = """
+BASE = f"""
 name = "t"
-plugins = ["{plugin}"]
+plugins = ["{str(Path(runner_fakes.__file__).resolve())}"]
 methods = ["gradcam"]
 metrics = ["fake_inside"]
 [[experiments]]
 model = "fake_cnn"
 dataset = "fake_shapes"
 data = {{ n = 2 }}
-""".format(plugin=str(Path(runner_fakes.__file__).resolve()))
+"""
 
 
 def test_tiny_suite_parses_with_defaults_and_overrides():
@@ -53,8 +55,10 @@ def test_hash_is_stable_and_tracks_what_changes_results():
     "edit, needle",
     [
         (lambda t: t.replace('name = "t"', 'name = "t"\nbatchsize = 4'), "Did you mean 'batch_size'"),
-        (lambda t: t.replace('dataset = "fake_shapes"', 'dataset = "fake_shapes"\ntarget = "top1"'), "`target` must be one of"),
-        (lambda t: t.replace('dataset = "fake_shapes"', 'dataset = "fake_shapes"\nweigths = "random"'), "Did you mean 'weights'"),
+        (lambda t: t.replace('dataset = "fake_shapes"', 'dataset = "fake_shapes"\ntarget = "top1"'),
+         "`target` must be one of"),
+        (lambda t: t.replace('dataset = "fake_shapes"', 'dataset = "fake_shapes"\nweigths = "random"'),
+         "Did you mean 'weights'"),
         (lambda t: t.split("[[experiments]]")[0], "at least one [[experiments]]"),
         (lambda t: t.replace('name = "t"', 'name = "t"\nbatch_size = 0'), "`batch_size` must be a positive integer"),
         (lambda t: t.replace('name = "t"', 'name = "t"\ndevice = "gpu"'), "auto, cpu, cuda"),
@@ -75,8 +79,10 @@ def test_invalid_files_raise_clear_suite_errors(edit, needle):
         ('dataset = "fake_shapes"', 'dataset = "fake_shape"', "Did you mean 'fake_shapes'"),
         ('methods = ["gradcam"]', 'methods = ["gradcamm"]', "Did you mean 'gradcam'"),
         ('metrics = ["fake_inside"]', 'metrics = ["fake_insid"]', "Did you mean 'fake_inside'"),
-        ('metrics = ["fake_inside"]', 'metrics = ["fake_inside"]\n[metric_params.fake_drop]\nstep = 3', "has no parameter 'step'"),
-        ('metrics = ["fake_inside"]', 'metrics = ["fake_inside"]\n[method_params.gradcam]\nalpha = 3', "has no parameter 'alpha'"),
+        ('metrics = ["fake_inside"]', 'metrics = ["fake_inside"]\n[metric_params.fake_drop]\nstep = 3',
+         "has no parameter 'step'"),
+        ('metrics = ["fake_inside"]', 'metrics = ["fake_inside"]\n[method_params.gradcam]\nalpha = 3',
+         "has no parameter 'alpha'"),
         ('dataset = "fake_shapes"', 'dataset = "fake_plain"\nmethods = ["oracle"]', "needs ground-truth masks"),
     ],
 )

@@ -10,10 +10,11 @@ import pytest
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-import runner_fakes  # noqa: E402
-from benchmark.errors import SuiteError  # noqa: E402
-from benchmark.runner import parse_suite, plan_run  # noqa: E402
-from benchmark.runner.validate import check_kwargs, describe, matches  # noqa: E402
+from benchmark.errors import SuiteError
+from benchmark.runner import parse_suite, plan_run
+from benchmark.runner.validate import check_kwargs, describe, matches
+
+import runner_fakes
 
 
 @pytest.mark.parametrize(

@@ -12,10 +12,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import runner_fakes
-from runner_fakes import one_thread  # noqa: F401
 from benchmark.runner.execute import UnitResult
 from benchmark.store import Store, atomic_write_bytes, read_meta
+
+import runner_fakes
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,7 +29,9 @@ def _result(key: str, value: float = 1.0) -> UnitResult:
     })
     curves = pd.DataFrame({"model": ["m"] * 2, "dataset": ["d"] * 2, "method": ["gradcam"] * 2, "metric": ["x"] * 2,
                            "step": [0, 1], "x": [0.0, 1.0], "value": [1.0, 0.5], "n": [1, 1]})
-    timings = pd.DataFrame({"unit": [key], "model": ["m"], "dataset": ["d"], "stage": ["total"], "name": ["unit"], "seconds": [0.1]})
+    timings = pd.DataFrame(
+        {"unit": [key], "model": ["m"], "dataset": ["d"], "stage": ["total"], "name": ["unit"], "seconds": [0.1]}
+    )
     return UnitResult(key, scores, curves, timings)
 
 
@@ -85,6 +89,7 @@ def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]
 
 
+@pytest.mark.slow
 def test_sigkill_then_rerun_gives_the_same_tables_as_an_uninterrupted_run(tmp_path):
     suite = runner_fakes.SUITES / "resume.toml"
     out = tmp_path / "killed"
@@ -117,4 +122,5 @@ def test_sigkill_then_rerun_gives_the_same_tables_as_an_uninterrupted_run(tmp_pa
     clean = runner_fakes.run_cached(tmp_path, "resume")
     assert (out / "scores.parquet").read_bytes() == (clean.out / "scores.parquet").read_bytes()
     assert (out / "leaderboard.csv").read_text() == (clean.out / "leaderboard.csv").read_text()
-    pd.testing.assert_frame_equal(pd.read_parquet(out / "curves.parquet"), pd.read_parquet(clean.out / "curves.parquet"))
+    curves = pd.read_parquet(out / "curves.parquet")
+    pd.testing.assert_frame_equal(curves, pd.read_parquet(clean.out / "curves.parquet"))

@@ -102,7 +102,7 @@ def test_make_batches_resizes_normalises_and_keeps_ground_truth() -> None:
     assert torch.allclose(b.images, h.normalize(torch.stack([r.image for r in ref])))
     assert torch.allclose(h.denormalize(b.images), torch.stack([r.image for r in ref]), atol=1e-6)
     assert torch.equal(b.masks, torch.stack([r.mask for r in ref]))
-    assert all(torch.equal(x, r.boxes) for x, r in zip(b.boxes, ref))
+    assert all(torch.equal(x, r.boxes) for x, r in zip(b.boxes, ref, strict=True))
     assert b.targets.tolist() == [r.target for r in ref] == b.labels.tolist()
     sub = list(make_batches(ds, h, batch_size=8, indices=[6, 0]))
     assert len(sub) == 1 and sub[0].ids == [ds[6].id, ds[0].id]

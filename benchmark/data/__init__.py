@@ -1,9 +1,9 @@
 """Dataset registry: synthetic ground-truth shapes, skimage photos, ImageNet/VOC/COCO/folder loaders."""
 
+from . import coco, folder, imagenet, photos, synthetic, voc  # noqa: F401  (registration)
+from ._common import PREDICTED
 from .base import DATASETS, CamDataset, Sample, create_dataset, list_datasets, register_dataset
-from . import coco, folder, imagenet, photos, synthetic, voc  # noqa: F401,E402  (registration)
-from ._common import PREDICTED  # noqa: E402
-from .transforms import BatchIterator, make_batches, resize_sample  # noqa: E402
+from .transforms import BatchIterator, make_batches, resize_sample
 
 __all__ = [
     "PREDICTED",

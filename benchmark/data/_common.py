@@ -11,6 +11,7 @@ import os
 from collections.abc import Iterable, Sequence
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -227,6 +228,14 @@ def resolve_target(
 
 
 # -- annotation parsing -------------------------------------------------------------------------------
+def _text(element: Any, tag: str) -> str:
+    """The text of child ``tag`` of an XML element; a missing child raises ValueError (malformed XML)."""
+    text = element.findtext(tag) if element is not None else None
+    if text is None:
+        raise ValueError(f"missing <{tag}>")
+    return text
+
+
 def parse_pascal_xml(path: Path) -> dict:
     """Parse a PASCAL VOC / ILSVRC annotation XML (``xml.etree``, no entity expansion of DTDs).
 
@@ -241,12 +250,12 @@ def parse_pascal_xml(path: Path) -> dict:
         raise DataError(f"{Path(path).name}: unreadable annotation XML ({e})") from e
     try:
         size = root.find("size")
-        w = int(float(size.findtext("width"))) if size is not None else 0
-        h = int(float(size.findtext("height"))) if size is not None else 0
+        w = int(float(_text(size, "width"))) if size is not None else 0
+        h = int(float(_text(size, "height"))) if size is not None else 0
         objects = []
         for obj in root.iter("object"):
             bb = obj.find("bndbox")
-            box = [float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax")]
+            box = [float(_text(bb, k)) for k in ("xmin", "ymin", "xmax", "ymax")]
             objects.append(
                 {
                     "name": (obj.findtext("name") or "").strip(),

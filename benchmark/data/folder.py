@@ -51,7 +51,7 @@ class ImageFolder(RecordDataset):
                     records.append(
                         {"path": str(p), "id": rel, "label": None, "target": tgt, "boxes": None, "mask": None}
                     )
-        records.sort(key=lambda r: r["id"])
+        records.sort(key=lambda r: str(r["id"]))
         if not records:
             raise DataError(f"No image files ({', '.join(IMAGE_EXTENSIONS)}) under {root}.")
         super().__init__(records, n, seed, verify=verify)

@@ -2,12 +2,13 @@
 
 Every image shows textured clutter (smooth colour noise or stripes), one **target** object of one of six
 shape classes, and 0-2 smaller **distractor** objects of *other* classes (the target is always about twice
-as large as any distractor: that is what tells the model which object the label refers to). Colours are drawn independently of the
-class, so a model has to use shape. Because the distractors belong to other classes, a class-discriminative
-map (e.g. Grad-CAM for the target class) can be told apart from a class-agnostic saliency map.
+as large as any distractor: that is what tells the model which object the label refers to). Colours are drawn
+independently of the class, so a model has to use shape. Because the distractors belong to other classes, a
+class-discriminative map (e.g. Grad-CAM for the target class) can be told apart from a class-agnostic saliency map.
 
 ``shapes_shortcut`` adds a small class-coded **mark** (a square of a class-specific colour at a
-class-specific place on the image border, far from the objects). A model trained on it with ``shortcut="aligned"`` learns to read the mark;
+class-specific place on the image border, far from the objects). A model trained on it with ``shortcut="aligned"``
+learns to read the mark;
 ``shortcut="shuffled"`` (mark class drawn independently of the object) and ``shortcut="absent"`` prove
 it. Its ground truth is the mark (``gt="mark"``, what the model really uses) or the object (``gt="object"``).
 
@@ -223,7 +224,7 @@ class ShapesDataset(CamDataset):
         for r in radii:
             cand = rng.uniform(lo + r, hi - r, size=(64, 2))
             ok = np.ones(64, dtype=bool)
-            for (cx, cy), r2 in zip(centres, radii):
+            for (cx, cy), r2 in zip(centres, radii, strict=False):  # the objects placed so far
                 ok &= np.hypot(cand[:, 0] - cx, cand[:, 1] - cy) >= r + r2 + gap
             if not ok.any():
                 break
@@ -265,7 +266,7 @@ class ShapesDataset(CamDataset):
         centres = self._place(rng, radii)
         img, base = self._background(rng)
         masks = []
-        for cls, (cx, cy), r in zip([label] + dis, centres, radii):
+        for cls, (cx, cy), r in zip([label] + dis, centres, radii, strict=False):  # unplaced ones dropped
             m = self._draw_object(rng, cls, cx, cy, r)
             img = np.where(m[None], self._object_colour(rng, base)[:, None, None], img)
             masks.append(m)

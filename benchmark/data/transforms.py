@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Iterator, Literal, Optional, Sequence
+from typing import Callable, Iterator, Literal, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -111,7 +111,7 @@ def item_name(dataset: Dataset, index: int) -> str:
     if callable(fn):
         try:
             return str(fn(index))
-        except Exception:  # noqa: BLE001 - naming must never fail the run
+        except Exception:
             pass
     return f"item {index}"
 
@@ -160,7 +160,7 @@ class _Collate:
         else:
             boxes = None
         labels = (
-            torch.tensor([int(s.label) for s in good], dtype=torch.long)
+            torch.tensor([int(s.label) for s in good if s.label is not None], dtype=torch.long)
             if all(s.label is not None for s in good)
             else None
         )
@@ -175,7 +175,7 @@ class _Collate:
         return batch, errors
 
 
-def _seed_worker(seed: int):  # type: ignore[no-untyped-def]
+def _seed_worker(seed: int) -> Callable[[int], None]:
     def init(worker_id: int) -> None:
         import random
 

@@ -5,7 +5,18 @@
 >>> many = methods.explain(model, "layer4", images, targets, ["gradcam", "layercam", "scorecam"])
 """
 
-from . import baselines, cfcam, eigen, extra, fullgrad, gradient, legrad, score, score_variants  # noqa: F401  (registration side effects)
+from . import (  # noqa: F401  (registration side effects)
+    baselines,
+    bridges,
+    cfcam,
+    eigen,
+    extra,
+    fullgrad,
+    gradient,
+    legrad,
+    score,
+    score_variants,
+)
 from .base import (
     METHODS,
     ExplainContext,
@@ -18,8 +29,7 @@ from .base import (
     register_method,
     run_method,
 )
-from . import bridges  # noqa: E402,F401  (the pgc/, torchcam/ and captum/ prefixes, resolved lazily)
-from .bridges import from_pytorch_grad_cam, from_torchcam  # noqa: E402
+from .bridges import from_pytorch_grad_cam, from_torchcam
 from .capture import (
     capture,
     default_layer,

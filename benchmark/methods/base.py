@@ -28,7 +28,9 @@ METHODS: Registry[Callable[..., Tensor]] = Registry("method")
 PRECISIONS: dict[str, Optional[torch.dtype]] = {
     "fp32": None, "tf32": None, "bf16": torch.bfloat16, "fp16": torch.float16,
 }
-_FORWARD_DTYPE: contextvars.ContextVar[Optional[torch.dtype]] = contextvars.ContextVar("cambench_forward_dtype", default=None)
+_FORWARD_DTYPE: contextvars.ContextVar[Optional[torch.dtype]] = contextvars.ContextVar(
+    "cambench_forward_dtype", default=None
+)
 
 
 @contextlib.contextmanager
@@ -90,8 +92,10 @@ def forward_chunk(batch_size: int, example: Tensor) -> int:
     return max(1, min(int(batch_size), CPU_CHUNK_PIXELS // max(1, hw)))
 
 
-#: Families: ``gradient`` (pure function of one capture), ``perturbation`` (extra batched forwards),
-#: ``projection`` (SVD of the capture), ``baseline`` (no model).
+#: Method families (docs/methods.md#families): ``gradient`` (a function of the capture, or of one extra
+#: forward/backward), ``projection`` (a decomposition of the capture), ``perturbation`` (extra batched
+#: forwards), ``baseline`` (no model). ``register_method`` accepts only these.
+FAMILIES = ("gradient", "projection", "perturbation", "baseline")
 
 
 def register_method(
@@ -107,8 +111,14 @@ def register_method(
     """Decorator registering a raw-map method ``fn(ctx, **params) -> Tensor[B,h,w]``.
 
     ``relu`` says whether the standard pipeline applies a ReLU before min-max (False only for CAM);
-    ``defaults`` are the method's hyper-parameters (recorded in the result tables).
+    ``defaults`` are the method's hyper-parameters (recorded in the result tables). ``family`` must be one of
+    :data:`FAMILIES`.
     """
+    if family not in FAMILIES:
+        raise ValueError(
+            f"Method {name!r} has unknown family {family!r}; expected one of {FAMILIES} "
+            "(docs/methods.md#families). Fix the family= of its register_method call."
+        )
     return METHODS.register(
         name,
         family=family,
@@ -264,8 +274,9 @@ def explain(
 
     Returns ``{name: Tensor[B,H,W]}`` (or ``{name: MethodOutput}`` with ``details=True``). ``params`` maps a
     method name to hyper-parameter overrides. ``names=None`` runs every registered method that needs no
-    ground truth and applies to ``model`` (:func:`is_applicable`). ``gradient_noise`` (``g -> g'``) perturbs the captured gradients before any method
-    reads them (the CF-CAM robustness protocol, specs.md §2.10).
+    ground truth and applies to ``model`` (:func:`is_applicable`). ``gradient_noise`` (``g -> g'``) perturbs the
+    captured gradients before any method reads them (the CF-CAM robustness protocol,
+    docs/metrics.md#gradient_noise_stability).
     """
     if names is None:
         names = [n for n in METHODS.list() if n != "oracle" and is_applicable(n, model)]

@@ -179,7 +179,7 @@ def _pgc_family(name: str) -> tuple[str, bool]:
 
 def _ctor_defaults(cls: type, skip: tuple[str, ...]) -> dict[str, Any]:
     out = {}
-    for p in inspect.signature(cls.__init__).parameters.values():
+    for p in inspect.signature(cls.__init__).parameters.values():  # type: ignore[misc]
         if p.name in skip or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.default is inspect.Parameter.empty:
             continue
         if p.default is None or isinstance(p.default, (bool, int, float, str)):
@@ -282,7 +282,7 @@ def torchcam_raw(cls: type, ctx: ExplainContext, **params: Any) -> Tensor:
     (ReLU for its gradient methods, no min-max with ``normalized=False``, no upsampling); hooks removed after.
     """
     kwargs = dict(params)
-    if ctx.reshape is not None and "reshape_transform" in inspect.signature(cls.__init__).parameters:
+    if ctx.reshape is not None and "reshape_transform" in inspect.signature(cls.__init__).parameters:  # type: ignore[misc]
         kwargs["reshape_transform"] = ctx.reshape
     with _gradient_noise(ctx), _seeded(ctx.seed):
         extractor = cls(ctx.model, target_layer=layer_name(ctx.model, ctx.layer), **kwargs)
@@ -370,7 +370,7 @@ CAPTUM_ZERO_BASELINES = ("LayerGradientShap", "LayerDeepLiftShap")
 def captum_raw(cls: type, ctx: ExplainContext, **params: Any) -> Tensor:
     """The raw ``[B,h,w]`` map of Captum layer attribution ``cls`` on the target layer: ``attribute(...)``
     (``[B,C,h,w]``; the ViT reshape applied to token outputs) summed over channels."""
-    init = {k: params.pop(k) for k in list(params) if k in inspect.signature(cls.__init__).parameters}
+    init = {k: params.pop(k) for k in list(params) if k in inspect.signature(cls.__init__).parameters}  # type: ignore[misc]
     attr = cls(ctx.model, ctx.layer, **init)
     sig = inspect.signature(attr.attribute).parameters
     kwargs = dict(params)
@@ -405,7 +405,7 @@ def _resolve_captum(rest: str) -> tuple[Callable[..., Tensor], dict[str, Any]]:
     method.__name__ = method.__qualname__ = f"captum_{rest}"
     defaults = {
         **_ctor_defaults(cls, ("self", "forward_func", "model", "layer", "device_ids")),
-        **_ctor_defaults(type("_A", (), {"__init__": cls.attribute}), (
+        **_ctor_defaults(type("_A", (), {"__init__": getattr(cls, "attribute")}), (  # noqa: B009 - any Captum class
             "self", "inputs", "target", "additional_forward_args", "attribute_to_layer_input",
             "return_convergence_delta", "verbose", "baselines", "layer_baselines")),
     }

@@ -7,7 +7,7 @@ pass stops at the target layer (nothing upstream is differentiated) and ``torch.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Callable, Iterator, Optional
 
 import torch
@@ -15,8 +15,6 @@ from torch import Tensor, nn
 
 from ..errors import CaptureError, LayerError
 from ..types import Capture, Reshape
-
-LayerSpec = "nn.Module | str"
 
 
 def resolve_layer(model: nn.Module, layer: nn.Module | str | None) -> nn.Module:
@@ -51,6 +49,7 @@ def resolve_layer(model: nn.Module, layer: nn.Module | str | None) -> nn.Module:
 
 
 def layer_name(model: nn.Module, layer: nn.Module) -> str:
+    """The dotted name of submodule ``layer`` in ``model`` (what libraries that take layer names need)."""
     for name, module in model.named_modules():
         if module is layer:
             return name
@@ -76,7 +75,7 @@ def default_layer_name(model: nn.Module) -> str:
             if last:
                 return f"{last[-1]}.ln_1"
         if "blocks" in modules:  # timm
-            n = len(modules["blocks"])  # type: ignore[arg-type]
+            n = len(modules["blocks"])
             return f"blocks.{n - 1}.norm1"
     if "swin" in cls and "features" in modules:
         return "norm" if "norm" in modules else "features"
@@ -197,10 +196,7 @@ def capture(
         # leaf nor overwrite the captured activations.
         return leaf.clone()
 
-    if with_gradients:
-        ctx = torch.enable_grad()
-    else:
-        ctx = torch.inference_mode()
+    ctx: AbstractContextManager = torch.enable_grad() if with_gradients else torch.inference_mode()
     with ctx, hooked(layer, grab) as calls:
         logits = model(images)
         _check_called(calls, layer)

@@ -1,4 +1,4 @@
-"""CF-CAM: cluster filter class activation mapping (He, Pan, Yao, arXiv 2504.00060, 2025) — specs.md §1.12.
+"""CF-CAM: cluster filter class activation mapping (He, Pan, Yao, arXiv 2504.00060, 2025) — docs/methods.md#cfcam.
 
 Follows the authors' code (jerryp-hfut/CF-CAM ``cfcam.py``), batched over images:
 1. channel norms ``n_k = ||A_k||_2``; important channels ``I = {n_k >= P75(n)}`` get Grad-CAM weights;
@@ -35,7 +35,7 @@ DEFAULTS = {
 
 
 def cluster_filter(g: Tensor, sigma_spatial: float = 5.0, sigma_range: float = 0.1) -> Tensor:
-    """The authors' ``_bilateral_filter`` of an ``[h,w]`` mean gradient (specs.md §1.12 step 5).
+    """The authors' ``_bilateral_filter`` of an ``[h,w]`` mean gradient (docs/methods.md#cfcam, the filter).
 
     Kernel ``K(i,j) = exp(-((i-h/2)^2+(j-w/2)^2)/(2 s^2)) * exp(-(g(i,j)-mean g)^2/(2 r^2))``, normalised
     by ``sum K + 1e-6``, applied as a zero-padded 'same' cross-correlation. ``sigma_spatial <= 0`` means

@@ -1,4 +1,4 @@
-"""Eigen-CAM and Eigen-Grad-CAM: first principal component of the layer (specs.md §1.10-1.11)."""
+"""Eigen-CAM and Eigen-Grad-CAM: first principal component of the layer (docs/methods.md#eigencam, #eigengradcam)."""
 
 from __future__ import annotations
 
@@ -39,7 +39,8 @@ def projection_2d(x: Tensor, center: bool = True, sign: str = "none", solver: st
 
     Muhammad & Yeasin 2020 (Eigen-CAM, eq. 3). As pytorch-grad-cam: NaN -> 0, channel columns centred
     (``center``), LAPACK SVD via NumPy, so that the singular vector's arbitrary sign is the one pgc users
-    see (``solver="gram"``: a faster eigen-solver, see :func:`first_right_singular_vector`). ``sign``: ``"none"`` (pgc), ``"max_abs"`` (flip if |min| > |max|,
+    see (``solver="gram"``: a faster eigen-solver, see :func:`first_right_singular_vector`). ``sign``: ``"none"``
+    (pgc), ``"max_abs"`` (flip if |min| > |max|,
     Seg-Eigen-CAM) or ``"corr"`` (flip so the map correlates positively with ``sum_k A_k``).
     """
     if sign not in SIGNS:

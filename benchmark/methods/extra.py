@@ -130,11 +130,11 @@ def kernel_projection(x: Tensor, kernel: str = "sigmoid", gamma: Optional[float]
         raise ValueError(f"kpcacam kernel must be one of {KERNELS}, got {kernel!r}.")
     b, c, h, w = x.shape
     o = torch.nan_to_num(x.detach(), nan=0.0).reshape(b, c, h * w).transpose(1, 2)
-    o = (o - o.mean(dim=1, keepdim=True)).cpu().numpy()
+    rows = (o - o.mean(dim=1, keepdim=True)).cpu().numpy()
     out = np.empty((b, h * w), dtype=np.float64)
     for i in range(b):  # one small eigen-problem per image (scikit-learn has no batched KernelPCA)
         kpca = KernelPCA(n_components=1, kernel=kernel, gamma=gamma, random_state=seed)
-        out[i] = kpca.fit_transform(o[i])[:, 0]
+        out[i] = kpca.fit_transform(rows[i])[:, 0]
     return torch.from_numpy(out).to(x.device, x.dtype).reshape(b, h, w)
 
 

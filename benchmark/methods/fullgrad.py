@@ -36,7 +36,9 @@ def effective_bias(layer: nn.Module) -> Tensor:
     if isinstance(layer, nn.BatchNorm2d) and layer.running_mean is not None and layer.running_var is not None:
         gamma = layer.weight if layer.weight is not None else torch.ones_like(layer.running_mean)
         return (layer.bias - layer.running_mean * gamma / torch.sqrt(layer.running_var + layer.eps)).detach()
-    return layer.bias.detach()
+    bias = layer.bias
+    assert isinstance(bias, Tensor), f"{type(layer).__name__} has no bias tensor"
+    return bias.detach()
 
 
 def channel_minmax(x: Tensor, eps: float = 1e-7, rel_tol: float = REL_TOL) -> Tensor:
@@ -86,7 +88,7 @@ def fullgrad(ctx: ExplainContext, eps: float = 1e-7) -> Tensor:
     size = ctx.input_size
     gx = grads[0] if grads[0] is not None else torch.zeros_like(x)
     total = channel_minmax((x.detach() * gx).abs(), eps).sum(dim=1)
-    for (module, _), g in zip(outputs, grads[1:]):
+    for (module, _), g in zip(outputs, grads[1:], strict=True):
         if g is None or g.ndim != 4:
             continue
         bias = effective_bias(module).to(g.dtype).view(1, -1, 1, 1)

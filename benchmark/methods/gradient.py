@@ -1,4 +1,4 @@
-"""Gradient CAM methods: pure functions of the shared capture (A, dy^c/dA) — specs.md §1.1-1.7.
+"""Gradient CAM methods: pure functions of the shared capture (A, dy^c/dA) — docs/methods.md#cam to #layercam.
 
 Each returns the raw ``[B,h,w]`` map; the common pipeline (ReLU, min-max, upsampling) runs afterwards.
 """
@@ -62,7 +62,7 @@ def gradcampp_weights(acts: Tensor, d1: Tensor, d2: Tensor, d3: Tensor, alpha_no
 
     ``alpha = D2 / (2 D2 + sum_ab A_ab * D3 + 1e-6)`` (0 where the gradient is 0, as pytorch-grad-cam),
     ``w_k = sum_ij alpha_ij ReLU(D1_ij)``. With ``alpha_norm`` the authors' code also divides alpha by its
-    sum over positive-gradient positions (specs.md §1.3).
+    sum over positive-gradient positions (docs/methods.md#gradcampp).
     """
     sum_a = acts.sum(dim=SPATIAL, keepdim=True)
     alpha = d2 / (2 * d2 + sum_a * d3 + 1e-6)
@@ -106,7 +106,8 @@ def smoothgradcampp(ctx: ExplainContext, n_samples: int = 4, std: float = 0.3, a
     noise = ctx.randn((n_samples, *ctx.images.shape), salt=17).to(ctx.images.dtype)
     noisy = (ctx.images[None] + std * noise).flatten(0, 1)
     tgt = ctx.targets.repeat(n_samples)
-    d1 = d2 = d3 = None
+    shape = (b, *ctx.capture.activations.shape[1:])
+    d1, d2, d3 = (ctx.images.new_zeros(shape, dtype=ctx.capture.activations.dtype) for _ in range(3))
     chunk = max(1, ctx.batch_size // b) * b
     for i in range(0, noisy.shape[0], chunk):
         c = _capture(ctx.model, ctx.layer, noisy[i : i + chunk], tgt[i : i + chunk], ctx.reshape)
@@ -115,7 +116,7 @@ def smoothgradcampp(ctx: ExplainContext, n_samples: int = 4, std: float = 0.3, a
             g = ctx.gradient_noise(g)
         g = g.view(-1, b, *g.shape[1:])
         s1, s2, s3 = g.sum(0), (g**2).sum(0), (g**3).sum(0)
-        d1, d2, d3 = (s1, s2, s3) if d1 is None else (d1 + s1, d2 + s2, d3 + s3)
+        d1, d2, d3 = d1 + s1, d2 + s2, d3 + s3
     d1, d2, d3 = d1 / n_samples, d2 / n_samples, d3 / n_samples
     return weighted_sum(gradcampp_weights(cap.activations, d1, d2, d3, alpha_norm), cap.activations)
 

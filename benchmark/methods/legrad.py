@@ -17,7 +17,7 @@ block ``l``'s attention) and the attention probabilities are leaves, so the grad
 from __future__ import annotations
 
 from math import isqrt
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +32,7 @@ def vit_blocks(model: nn.Module) -> tuple[list[nn.Module], nn.Module, nn.Module]
     encoder = getattr(model, "encoder", None)
     layers = getattr(encoder, "layers", None)
     norm, head = getattr(encoder, "ln", None), getattr(model, "heads", None)
-    blocks = list(layers) if isinstance(layers, nn.Module) else []
+    blocks = list(layers) if isinstance(layers, (nn.Sequential, nn.ModuleList)) else []
     ok = bool(blocks) and isinstance(norm, nn.Module) and isinstance(head, nn.Module) and all(
         isinstance(getattr(b, "self_attention", None), nn.MultiheadAttention) for b in blocks
     )
@@ -43,9 +43,10 @@ def vit_blocks(model: nn.Module) -> tuple[list[nn.Module], nn.Module, nn.Module]
             "Use a gradient CAM with reshape=vit_reshape for other transformers."
         )
     for b in blocks:
-        mha = b.self_attention
+        mha = cast(nn.MultiheadAttention, b.self_attention)  # checked by `ok` above
         if not mha.batch_first or mha.in_proj_weight is None or mha.bias_k is not None or mha.add_zero_attn:
             raise LayerError("legrad needs batch-first self-attention with a packed in_proj and no added tokens.")
+    assert isinstance(norm, nn.Module) and isinstance(head, nn.Module)
     return blocks, norm, head
 
 
@@ -115,7 +116,7 @@ def legrad(ctx: ExplainContext, n_blocks: Optional[int] = None, prefix_tokens: i
             leaf = probs.detach().requires_grad_(True)
             leaves[i] = leaf
             value = args[2] if len(args) > 2 else kwargs["value"]
-            return _attention_output(module, leaf, value), None
+            return _attention_output(cast(nn.MultiheadAttention, module), leaf, value), None
 
         return hook
 
@@ -127,7 +128,7 @@ def legrad(ctx: ExplainContext, n_blocks: Optional[int] = None, prefix_tokens: i
 
     try:
         for i in chosen:
-            blk, mha = blocks[i], blocks[i].self_attention
+            blk, mha = blocks[i], cast(nn.MultiheadAttention, blocks[i].self_attention)
             handles.append(blk.register_forward_pre_hook(cut(i)))
             handles.append(blk.register_forward_hook(keep_output(i)))
             handles.append(mha.register_forward_pre_hook(ask_weights, with_kwargs=True))
@@ -141,7 +142,7 @@ def legrad(ctx: ExplainContext, n_blocks: Optional[int] = None, prefix_tokens: i
         for h in handles:
             h.remove()
     maps = []
-    for i, g in zip(chosen, grads):
+    for i, g in zip(chosen, grads, strict=True):
         g = torch.zeros_like(leaves[i]) if g is None else g
         maps.append(g.clamp_min(0).mean(dim=(1, 2))[:, prefix_tokens:])
     rel = torch.stack(maps).mean(dim=0)  # [B, N - prefix]

@@ -1,4 +1,4 @@
-"""Map post-processing shared by every method (specs.md §0): ReLU, per-map min-max, bilinear upsample."""
+"""Map post-processing shared by every method (docs/methods.md#common): ReLU, per-map min-max, bilinear upsample."""
 
 from __future__ import annotations
 

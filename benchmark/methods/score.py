@@ -1,4 +1,7 @@
-"""Perturbation CAMs that run extra batched forwards: Score-CAM and Ablation-CAM (specs.md §1.8-1.9)."""
+"""Perturbation CAMs that run extra batched forwards: Score-CAM and Ablation-CAM.
+
+Specification: docs/methods.md#scorecam and docs/methods.md#ablationcam.
+"""
 
 from __future__ import annotations
 
@@ -149,7 +152,7 @@ def ablationcam(ctx: ExplainContext, ablation_value: float | None = None) -> Ten
 
 #: Target layers whose downstream computation was checked to broadcast a batch of ablated activations
 #: against the rest of a one-image forward (True) or found not to (False).
-_TAIL_OK: "weakref.WeakKeyDictionary[torch.nn.Module, bool]" = weakref.WeakKeyDictionary()
+_TAIL_OK: weakref.WeakKeyDictionary[torch.nn.Module, bool] = weakref.WeakKeyDictionary()
 
 
 def _target_logits(ctx: ExplainContext, x: Tensor, i: int, n: int) -> Tensor:

@@ -1,6 +1,6 @@
 """Score-CAM variants of torchcam 0.5.0: SS-CAM (smoothed) and IS-CAM (integrated).
 
-Both follow torchcam's Score-CAM conventions (specs.md §1.8, "tc" row): each channel is min-max normalised at
+Both follow torchcam's Score-CAM conventions (docs/methods.md#scorecam, "tc" row): each channel is min-max normalised at
 the layer's resolution (``(A_k - min) / (max - min + 1e-8)``), upsampled bilinearly (align_corners=False)
 to the input size, multiplied with the (model-normalised) input; the score is the target logit minus the
 logit of the unmasked input; the channel weights are a softmax over channels of the averaged scores, and

@@ -1,5 +1,13 @@
 """Metrics: pure functions in ``benchmark.metrics.functional`` plus a registry of batch-level entries."""
 
+from . import (
+    cost,  # noqa: F401
+    faithfulness,  # noqa: F401  (registers the faithfulness metrics)
+    localization,  # noqa: F401  (registration side effects)
+    quantus_bridge,  # noqa: F401  (the quantus/<ClassName> prefix, resolved lazily)
+    robustness,  # noqa: F401
+    sanity,  # noqa: F401
+)
 from .base import (
     METRICS,
     ExplainFn,
@@ -12,12 +20,6 @@ from .base import (
     missing_needs,
     register_metric,
 )
-from . import faithfulness  # noqa: E402,F401  (registers the faithfulness metrics)
-from . import localization  # noqa: F401,E402  (registration side effects)
-from . import robustness  # noqa: F401,E402
-from . import sanity  # noqa: F401,E402
-from . import cost  # noqa: F401,E402
-from . import quantus_bridge  # noqa: F401,E402  (the quantus/<ClassName> prefix, resolved lazily)
 
 __all__ = [
     "METRICS",

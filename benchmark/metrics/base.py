@@ -18,6 +18,7 @@ needs one call instead of R); it must equal ``compute`` on the resampled rows.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Optional, Protocol, Sequence
 
@@ -30,7 +31,9 @@ METRICS: Registry[Callable[..., dict[str, Tensor]]] = Registry("metric")
 
 FAMILIES = ("faithfulness", "localization", "robustness", "sanity", "cost")
 LEVELS = ("image", "dataset")
-NEEDS = ("saliency", "masks", "boxes", "model", "explainer")
+#: What a metric may need beyond the model and the batch (which every metric receives): the methods'
+#: maps, ground-truth masks or boxes, or the ability to re-explain (``ctx.explain``). See ``missing_needs``.
+NEEDS = ("saliency", "masks", "boxes", "explainer")
 
 
 class ExplainFn(Protocol):
@@ -96,9 +99,20 @@ def register_metric(
     if level == "image" and compute is not None:
         raise ValueError(f"Metric {name!r}: `compute` is only used with level=\"dataset\"; remove it or set the level.")
     needs = tuple(needs)
+    if "model" in needs:  # every metric receives the model; older plugins listed it as a need
+        warnings.warn(
+            f"Metric {name!r}: 'model' is no longer a need (every metric receives ctx.model); drop it from "
+            f"needs=. Valid needs: {NEEDS}.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        needs = tuple(n for n in needs if n != "model")
     bad = [n for n in needs if n not in NEEDS]
     if bad:
-        raise ValueError(f"Unknown needs {bad}; expected a subset of {NEEDS}.")
+        raise ValueError(
+            f"Metric {name!r} has unknown needs {bad}; expected a subset of {NEEDS}. Fix the needs= of "
+            "its register_metric call."
+        )
     return METRICS.register(
         name,
         family=family,
@@ -137,7 +151,7 @@ def dataset_value(name: str, stats: Any, ids: Sequence[str], params: Optional[Ma
     if not keep.any():
         return float("nan")
     p = metric_params(name, params)
-    return float(entry.meta["compute"](arr[keep], [i for i, k in zip(ids, keep) if k], **p))
+    return float(entry.meta["compute"](arr[keep], [i for i, k in zip(ids, list(keep), strict=True) if k], **p))
 
 
 def metric_params(name: str, overrides: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:

@@ -3,7 +3,7 @@ Confidence, ROAD).
 
 Each entry scores **all methods of a batch in one engine call**: the M methods' maps are stacked along the
 batch (``M*B`` rows) and mapped back to the ``B`` images with ``image_index`` (no image copies), so
-steps, images and methods share forward passes. Defaults follow specs.md section 5 (RISE for
+steps, images and methods share forward passes. Defaults: docs/metrics.md (RISE for
 deletion/insertion, pytorch-grad-cam's percentiles for ROAD).
 """
 
@@ -18,6 +18,7 @@ from torch import Tensor
 from .base import MetricContext, register_metric
 from .functional.faithfulness import (
     ROAD_PERCENTAGES,
+    Substrate,
     causal_curves,
     confidence_scores,
     drop_in_confidence,
@@ -29,7 +30,7 @@ from .perturbation import trapezoid_auc
 RISE = "Petsiuk et al., RISE, BMVC 2018"
 GRADCAMPP = "Chattopadhyay et al., Grad-CAM++, WACV 2018"
 ROAD = "Rong et al., A Consistent and Efficient Evaluation Strategy for Attribution Methods, ICML 2022"
-NEEDS = ("saliency", "model")
+NEEDS = ("saliency",)
 
 
 def _stacked(ctx: MetricContext) -> tuple[list[str], Tensor, Tensor, Tensor]:
@@ -38,7 +39,8 @@ def _stacked(ctx: MetricContext) -> tuple[list[str], Tensor, Tensor, Tensor]:
     images = ctx.batch.images
     b = images.shape[0]
     if not methods:
-        return [], images.new_zeros((0, *images.shape[-2:])), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+        empty = torch.zeros(0, dtype=torch.long)
+        return [], images.new_zeros((0, *images.shape[-2:])), empty, empty.clone()
     for m in methods:
         if ctx.saliency[m].shape != (b, *images.shape[-2:]):
             raise ValueError(
@@ -52,7 +54,7 @@ def _stacked(ctx: MetricContext) -> tuple[list[str], Tensor, Tensor, Tensor]:
 
 
 def _split(methods: list[str], values: Tensor) -> dict[str, Tensor]:
-    return dict(zip(methods, values.chunk(len(methods)))) if methods else {}
+    return dict(zip(methods, values.chunk(len(methods)), strict=True)) if methods else {}
 
 
 def _causal(ctx: MetricContext, name: str, mode: str, substrate: str, **params) -> dict[str, Tensor]:
@@ -60,7 +62,7 @@ def _causal(ctx: MetricContext, name: str, mode: str, substrate: str, **params) 
     if not methods:
         return {}
     images = ctx.batch.images
-    sub = substrate
+    sub: Substrate = substrate
     if substrate == "blur":  # blur the B images once, not once per method
         sub = rise_blur(images, params["blur_klen"], params["blur_sigma"])
     curve = causal_curves(

@@ -10,6 +10,20 @@ from .base import MetricContext, register_metric
 from .functional import localization as F
 
 
+def _masks(ctx: MetricContext) -> Tensor:
+    """The batch's ground-truth masks (metrics that need them run only when the dataset has them)."""
+    if ctx.batch.masks is None:
+        raise ValueError("This metric needs ground-truth masks; the batch has none (see metrics.missing_needs).")
+    return ctx.batch.masks
+
+
+def _boxes(ctx: MetricContext) -> list[Tensor]:
+    """The batch's ground-truth boxes (metrics that need them run only when the dataset has them)."""
+    if ctx.batch.boxes is None:
+        raise ValueError("This metric needs ground-truth boxes; the batch has none (see metrics.missing_needs).")
+    return ctx.batch.boxes
+
+
 def _per_method(ctx: MetricContext, fn) -> dict[str, Tensor]:
     return {m: fn(s).float().cpu() for m, s in ctx.saliency.items()}
 
@@ -21,7 +35,7 @@ def _per_method(ctx: MetricContext, fn) -> dict[str, Tensor]:
 def pointing_game(ctx: MetricContext, tolerance: float = 15) -> dict[str, Tensor]:
     """1/0 per image (NaN: empty mask). TorchRay reports the mean over classes: see
     ``functional.localization.pointing_game_class_mean``."""
-    masks = ctx.batch.masks
+    masks = _masks(ctx)
     return _per_method(ctx, lambda s: F.pointing_game(s, masks.to(s.device), tolerance))
 
 
@@ -32,7 +46,7 @@ def pointing_game(ctx: MetricContext, tolerance: float = 15) -> dict[str, Tensor
 def energy_pointing_game(ctx: MetricContext) -> dict[str, Tensor]:
     """Share of the map's energy inside the union of the GT boxes (NaN: all-zero map or no box)."""
     h, w = ctx.batch.images.shape[-2:]
-    boxes = F.edge_boxes_to_inclusive(ctx.batch.boxes)  # the datasets' pixel edges -> inclusive pixels
+    boxes = F.edge_boxes_to_inclusive(_boxes(ctx))  # the datasets' pixel edges -> inclusive pixels
     region = F.boxes_to_mask(boxes, (h, w), device=ctx.batch.images.device)
     return _per_method(ctx, lambda s: F.energy_pointing_game(s, region.to(s.device)))
 
@@ -43,7 +57,7 @@ def energy_pointing_game(ctx: MetricContext) -> dict[str, Tensor]:
 )
 def energy_pointing_game_mask(ctx: MetricContext) -> dict[str, Tensor]:
     """Share of the map's energy inside the GT mask (NaN: all-zero map or empty mask)."""
-    masks = ctx.batch.masks
+    masks = _masks(ctx)
     return _per_method(ctx, lambda s: F.energy_pointing_game(s, masks.to(s.device)))
 
 
@@ -54,7 +68,7 @@ def energy_pointing_game_mask(ctx: MetricContext) -> dict[str, Tensor]:
 def box_iou(ctx: MetricContext, threshold: float = 0.15) -> dict[str, Tensor]:
     """IoU of the largest component's box (map >= threshold * max) with the best GT box (the datasets'
     pixel-edge boxes read as inclusive pixel boxes, ``functional.localization.edge_boxes_to_inclusive``)."""
-    boxes = F.edge_boxes_to_inclusive(ctx.batch.boxes)
+    boxes = F.edge_boxes_to_inclusive(_boxes(ctx))
     return _per_method(ctx, lambda s: F.box_iou(s, boxes, threshold))
 
 
@@ -87,7 +101,7 @@ def max_box_acc(
     threshold delta, the one CAM threshold that localises most images
     (``functional.localization.max_box_acc_from_rows``). The datasets' pixel-edge boxes are read as the
     reference's inclusive pixel boxes (``edge_boxes_to_inclusive``). NaN rows: images without a box."""
-    boxes = F.edge_boxes_to_inclusive(ctx.batch.boxes)
+    boxes = F.edge_boxes_to_inclusive(_boxes(ctx))
     return {m: F.box_best_ious(s, boxes, cam_curve_interval, multi_contour) for m, s in ctx.saliency.items()}
 
 
@@ -96,7 +110,7 @@ def max_box_acc(
     defaults={"threshold": 0.5}, paper="IoU of the thresholded map with the GT mask",
 )
 def mask_iou(ctx: MetricContext, threshold: float = 0.5) -> dict[str, Tensor]:
-    masks = ctx.batch.masks
+    masks = _masks(ctx)
     return _per_method(ctx, lambda s: F.mask_iou(s, masks.to(s.device), threshold))
 
 
@@ -119,5 +133,5 @@ def pxap(ctx: MetricContext, cam_curve_interval: float = 0.01) -> dict[str, Tens
     foreground/background score histograms flattened, ``[B, 2*(T+2)]``; the dataset value sums them
     (``functional.localization.pxap_from_rows``). Images without foreground pixels still add their
     background pixels (as in the reference)."""
-    masks = ctx.batch.masks
+    masks = _masks(ctx)
     return {m: F.pxap_histograms(s, masks.to(s.device), cam_curve_interval).flatten(1) for m, s in ctx.saliency.items()}

@@ -4,7 +4,7 @@ Deletion/insertion (Petsiuk et al., RISE, BMVC 2018), ROAD (Rong et al., ICML 20
 Increase in Confidence (Chattopadhyay et al., WACV 2018) all score a model on many perturbed copies of
 each image. This module does that once, for all of them:
 
-* pixel orders come from the saliency maps by a deterministic sort (specs.md section 0: stable
+* pixel orders come from the saliency maps by a deterministic sort (docs/metrics.md#common: stable
   descending, the lower flat index first among ties; ``rise_ties=True`` puts the higher index first,
   as RISE's ``np.flip(np.argsort(...))``);
 * a perturbed image at step ``k`` is ``where(rank < k, substrate, image)`` with ``rank[n, p]`` the
@@ -149,6 +149,7 @@ def step_counts(n_pixels: int, *, step: Optional[int] = None, n_steps: Optional[
             raise ValueError(f"`step` must be a positive number of pixels, got {step}.")
         n = -(-n_pixels // int(step))
         return torch.clamp(torch.arange(n + 1) * int(step), max=n_pixels)
+    assert n_steps is not None
     if n_steps < 1:
         raise ValueError(f"`n_steps` must be >= 1, got {n_steps}.")
     return torch.div(torch.arange(n_steps + 1) * n_pixels, int(n_steps), rounding_mode="floor")
@@ -196,6 +197,9 @@ def batched_scores(
     adaptive = adaptive and device.type == "cuda"
     key: Optional[tuple] = None
     measure = False
+    items: Optional[Tensor] = None
+    x: Optional[Tensor] = None
+    logits: Optional[Tensor] = None
     while start < n:
         try:
             with torch.inference_mode(), forward_autocast(device):
@@ -215,13 +219,14 @@ def batched_scores(
                     torch.cuda.reset_peak_memory_stats(device)
                 logits = model(x)
                 if measure:  # peak activation memory of this chunk, plus its inputs, per input
+                    assert key is not None
                     peak = torch.cuda.max_memory_allocated(device) - base + x.numel() * x.element_size()
                     _BYTES_PER_ITEM[key] = peak / max(1, stop - start)
                     chunk = memory_chunk(_free_bytes(device), _BYTES_PER_ITEM[key], n)
                     measure = False
                 out[start:stop] = _target_scores(logits, targets[start:stop], score).to(out.device)
         except oom_errors:
-            items = x = logits = None  # noqa: F841  (free the chunk before retrying)
+            items = x = logits = None
             if chunk == 1:
                 raise
             chunk = max(1, chunk // 2)
@@ -334,7 +339,6 @@ def _shared_ends(image_index: Tensor, targets: Tensor, k: Tensor, hw: int) -> tu
     slot[needed.nonzero().flatten()] = torch.arange(int(needed.sum()), device=device)
     src = slot[(rep * s + cols).reshape(-1)]
     return pair_row, pair_col, src
-    return scores.view(n, s)
 
 
 def image_scores(

@@ -22,15 +22,21 @@ FAMILY = {
 }
 
 
+def _reexplainer(explain_fn: Any, method: str) -> Callable[..., Tensor]:
+    """Quantus' ``explain_func``: the same cambench method (same parameters) on new images or a new model."""
+
+    def explain(model: Any, images: Tensor, targets: Tensor) -> Tensor:
+        return explain_fn(model, images, targets, [method])[method]
+
+    return explain
+
+
 def _metric_fn(name: str) -> Callable[..., dict[str, Tensor]]:
     def fn(ctx: MetricContext, **params: Any) -> dict[str, Tensor]:
         Q.check_usable(name)
         out: dict[str, Tensor] = {}
         for method, maps in ctx.saliency.items():
-            explain = None
-            if name in Q.REEXPLAIN and ctx.explain is not None:
-                def explain(model, images, targets, _m=method):  # the same cambench method, same params
-                    return ctx.explain(model, images, targets, [_m])[_m]
+            explain = _reexplainer(ctx.explain, method) if name in Q.REEXPLAIN and ctx.explain is not None else None
             out[method] = Q.quantus_metric(
                 name, ctx.model, ctx.batch.images, ctx.batch.targets, maps, masks=ctx.batch.masks,
                 explain=explain, seed=ctx.seed, batch_size=ctx.batch_size, **params,
@@ -55,7 +61,7 @@ def resolve(name: str) -> tuple[Callable[..., dict[str, Tensor]], dict[str, Any]
     cls = Q.quantus_class(name)
     category = getattr(getattr(cls, "evaluation_category", None), "value", "None")
     direction = getattr(getattr(cls, "score_direction", None), "value", "higher")
-    needs = ["saliency", "model"]
+    needs = ["saliency"]
     if category == "Localisation":
         needs.append("masks")
     if name in Q.REEXPLAIN:

@@ -24,8 +24,11 @@ def _meta(name: str, key: str, default):
 
 
 def _bound(ctx: MetricContext) -> Callable[..., dict]:
+    fn = ctx.explain
+    assert fn is not None  # these metrics need="explainer"
+
     def explain(images, targets, names, **kw):
-        return ctx.explain(ctx.model, images, targets, names, **kw)
+        return fn(ctx.model, images, targets, names, **kw)
 
     return explain
 
@@ -63,7 +66,7 @@ _SENS = {"radius": 0.2, "n_samples": 8, "relative": True, "norm": "fro"}
 
 
 @register_metric(
-    "max_sensitivity", family="robustness", higher_is_better=False, needs=("saliency", "model", "explainer"),
+    "max_sensitivity", family="robustness", higher_is_better=False, needs=("saliency", "explainer"),
     defaults=_SENS, paper="Yeh et al. 2019 (Quantus MaxSensitivity defaults, n_samples chosen by the suite)",
 )
 def max_sensitivity(ctx: MetricContext, **params) -> dict[str, Tensor]:
@@ -71,7 +74,7 @@ def max_sensitivity(ctx: MetricContext, **params) -> dict[str, Tensor]:
 
 
 @register_metric(
-    "avg_sensitivity", family="robustness", higher_is_better=False, needs=("saliency", "model", "explainer"),
+    "avg_sensitivity", family="robustness", higher_is_better=False, needs=("saliency", "explainer"),
     defaults=_SENS, paper="Yeh et al. 2019 (Quantus AvgSensitivity defaults, n_samples chosen by the suite)",
 )
 def avg_sensitivity(ctx: MetricContext, **params) -> dict[str, Tensor]:
@@ -79,7 +82,7 @@ def avg_sensitivity(ctx: MetricContext, **params) -> dict[str, Tensor]:
 
 
 @register_metric(
-    "local_lipschitz", family="robustness", higher_is_better=False, needs=("saliency", "model", "explainer"),
+    "local_lipschitz", family="robustness", higher_is_better=False, needs=("saliency", "explainer"),
     defaults={"std": 0.1, "n_samples": 8}, paper="Alvarez-Melis & Jaakkola 2018 (Quantus defaults)",
 )
 def local_lipschitz(ctx: MetricContext, **params) -> dict[str, Tensor]:
@@ -105,7 +108,7 @@ def _gradient_noise(ctx: MetricContext, key: str, sigma: float, relative: bool) 
 
 @register_metric(
     "gradient_noise_stability", family="robustness", higher_is_better=True,
-    needs=("saliency", "model", "explainer"), defaults={"sigma": 1.0, "relative": True},
+    needs=("saliency", "explainer"), defaults={"sigma": 1.0, "relative": True},
     paper="CF-CAM (He et al. 2025) noise stability, noise injected before any weight (SSIM)",
 )
 def gradient_noise_stability(ctx: MetricContext, sigma: float = 1.0, relative: bool = True) -> dict[str, Tensor]:
@@ -114,7 +117,7 @@ def gradient_noise_stability(ctx: MetricContext, sigma: float = 1.0, relative: b
 
 @register_metric(
     "gradient_noise_mse", family="robustness", higher_is_better=False,
-    needs=("saliency", "model", "explainer"), defaults={"sigma": 1.0, "relative": True},
+    needs=("saliency", "explainer"), defaults={"sigma": 1.0, "relative": True},
     paper="CF-CAM (He et al. 2025) noise stability, noise injected before any weight (MSE)",
 )
 def gradient_noise_mse(ctx: MetricContext, sigma: float = 1.0, relative: bool = True) -> dict[str, Tensor]:

@@ -43,13 +43,15 @@ def _mprt(ctx: MetricContext, similarity: str, layer_order: str, seed: int, max_
     out = {m: F.map_similarity(ctx.saliency[m], ctx.saliency[m], similarity, signed=signed) for m in base}
     if live:
         key = ("model_randomization", layer_order, seed, max_layers, tuple(live))
+        fn = ctx.explain
+        assert fn is not None  # needs="explainer"
 
         def explain(model, images, targets, names, **kw):
             # The full cascade is explained once; both similarities (Spearman, SSIM) reuse its maps.
             if model is ctx.model:
-                return ctx.explain(model, images, targets, names, **kw)
+                return fn(model, images, targets, names, **kw)
             if key not in ctx.cache:
-                ctx.cache[key] = ctx.explain(model, images, targets, names, **kw)
+                ctx.cache[key] = fn(model, images, targets, names, **kw)
             return ctx.cache[key]
 
         out.update(F.model_randomization(
@@ -63,7 +65,7 @@ def _mprt(ctx: MetricContext, similarity: str, layer_order: str, seed: int, max_
 
 
 @register_metric(
-    "model_randomization", family="sanity", higher_is_better=False, needs=("saliency", "model", "explainer"),
+    "model_randomization", family="sanity", higher_is_better=False, needs=("saliency", "explainer"),
     defaults={**_DEFAULTS, "signed": False},
     paper="Adebayo et al. 2018 (Quantus MPRT, |Spearman| after the full cascade)",
 )
@@ -77,7 +79,7 @@ def model_randomization(ctx: MetricContext, layer_order: str = "top_down", seed:
 
 @register_metric(
     "model_randomization_ssim", family="sanity", higher_is_better=False,
-    needs=("saliency", "model", "explainer"), defaults=_DEFAULTS,
+    needs=("saliency", "explainer"), defaults=_DEFAULTS,
     paper="Adebayo et al. 2018 (SSIM after the full cascade)",
 )
 def model_randomization_ssim(ctx: MetricContext, layer_order: str = "top_down", seed: int = 42,

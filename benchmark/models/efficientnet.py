@@ -65,7 +65,8 @@ def build_lite0() -> nn.Module:
     """EfficientNet-Lite0 whose head activation is a module of its own (hookable as ``_head_act``)."""
     EfficientNet = _efficientnet_class()
 
-    class EfficientNetLiteCam(EfficientNet):
+    # The base class comes from the optional package, imported at call time: mypy cannot see it.
+    class EfficientNetLiteCam(EfficientNet):  # type: ignore[misc, valid-type]
         def extract_features(self, inputs: torch.Tensor) -> torch.Tensor:
             x = self._swish(self._bn0(self._conv_stem(inputs)))
             for idx, block in enumerate(self._blocks):

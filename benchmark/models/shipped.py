@@ -94,7 +94,7 @@ def load_shipped(name: str, root: Optional[Path] = None, expect_hash: Optional[s
         )
     try:
         return torch.load(pt, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means the same thing here
+    except Exception as exc:
         raise WeightsError(f"Could not load shipped weights {str(pt)!r} with weights_only=True: {exc}. "
                            "Reinstall cambench.") from exc
 

@@ -26,7 +26,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 from torch import Tensor, nn
@@ -49,6 +49,11 @@ TARGET_LAYER = "block4"
 
 class ShapesCNN(nn.Module):
     """``3 -> w1 -> w2 -> w3 -> w4`` conv blocks, GAP and a linear classifier (CAM-compatible)."""
+
+    block1: nn.Sequential
+    block2: nn.Sequential
+    block3: nn.Sequential
+    block4: nn.Sequential
 
     def __init__(self, num_classes: int = 6, widths: tuple[int, ...] = (32, 64, 96, 128)) -> None:
         super().__init__()
@@ -200,7 +205,7 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
-def _atomic_write(path: Path, write) -> None:  # type: ignore[no-untyped-def]
+def _atomic_write(path: Path, write: Callable[[Any], Any]) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     os.close(fd)
     try:

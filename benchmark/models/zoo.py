@@ -6,7 +6,7 @@ torch hub cache. Nothing is ever downloaded: if the file is absent, :class:`Weig
 before the model is built, naming the file, the URL and where to put it. ``"random"``: seeded random
 init. A path: a state dict loaded with ``torch.load(weights_only=True)``.
 
-Default target layers (specs §0, §1.14, pytorch-grad-cam's documented choices):
+Default target layers (docs/methods.md#common, pytorch-grad-cam's documented choices):
 ResNet ``layer4`` (last block output); VGG/DenseNet/MobileNet/EfficientNet/ConvNeXt ``features`` (last
 feature map before pooling); ViT ``encoder.layers.encoder_layer_11.ln_1`` (input LayerNorm of the last
 block: the last block's output only feeds the head through the class token, so patch gradients would
@@ -127,7 +127,7 @@ def missing_weights_error(name: str, path: Path, url: str) -> WeightsError:
 def swin_tokens_reshape(x: torch.Tensor) -> torch.Tensor:
     """Swin activations -> ``[B,C,h,w]``: channels-last maps ``[B,h,w,C]`` (torchvision, timm stage
     outputs) are permuted; token sequences ``[B,N,C]`` (timm block norms) go to a square grid, with no
-    class token to drop (specs §1.14)."""
+    class token to drop (docs/methods.md#common)."""
     if x.ndim == 4:
         return swin_reshape(x)
     return vit_reshape(x, prefix=0)
@@ -270,7 +270,7 @@ def _timm_cached_weights(model_name: str) -> tuple[Path | None, list[str]]:
                     return Path(found), tried
         except ImportError:
             pass
-    if cfg.url and not cfg.custom_load:
+    if isinstance(cfg.url, str) and cfg.url and not cfg.custom_load:
         p = hub_checkpoint_path(cfg.url)
         tried.append(str(p))
         if p.is_file():
@@ -324,8 +324,9 @@ def timm_model(
     elif "swin" in cls:
         reshape = swin_tokens_reshape
         if target_layer is None and hasattr(model, "layers"):
-            last = len(model.layers) - 1
-            layer = f"layers.{last}.blocks.{len(model.layers[last].blocks) - 1}.norm2"
+            stages: Any = model.layers  # timm Swin: a Sequential of stages with ``blocks``
+            last = len(stages) - 1
+            layer = f"layers.{last}.blocks.{len(stages[last].blocks) - 1}.norm2"
     size = tuple(cfg.get("input_size", (3, 224, 224)))[-2:]
     num_classes = int(getattr(model, "num_classes", 1000))
     return ModelHandle(

@@ -15,6 +15,7 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import pandas as pd
+
 from .tables import MEAN_RANK
 
 EQUIVALENCE_COLUMNS = ["model", "dataset", "method", "same_as", "max_abs_diff", "reason"]
@@ -191,10 +192,10 @@ def metric_card(
         order, viol = "n/a", []
         if "random" in ref.index:
             r = float(ref.loc["random", "mean"])
-            viol += [f"below random: {m}" for m, v in zip(meth["method"], means) if sign * (v - r) < 0]
+            viol += [f"below random: {m}" for m, v in zip(meth["method"], means, strict=True) if sign * (v - r) < 0]
         if "oracle" in ref.index:
             o = float(ref.loc["oracle", "mean"])
-            viol += [f"above oracle: {m}" for m, v in zip(meth["method"], means) if sign * (v - o) > 0]
+            viol += [f"above oracle: {m}" for m, v in zip(meth["method"], means, strict=True) if sign * (v - o) > 0]
         if "random" in ref.index and "oracle" in ref.index:
             order = "violated" if viol or sign * (o - r) < 0 else "ok"
             if sign * (o - r) < 0:

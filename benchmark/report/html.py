@@ -17,7 +17,8 @@ CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1300px;color:#222}
 h1{font-size:22px;margin-bottom:4px} h2{font-size:18px;border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:28px}
 h3{font-size:15px;margin-bottom:6px} .muted{color:#666;font-size:13px}
-table{border-collapse:collapse;font-size:12px;margin:8px 0} th,td{border:1px solid #ddd;padding:3px 7px;text-align:right}
+table{border-collapse:collapse;font-size:12px;margin:8px 0}
+th,td{border:1px solid #ddd;padding:3px 7px;text-align:right}
 th{background:#f4f6f8} td.l,th.l{text-align:left} tr:nth-child(even) td{background:#fafafa}
 td.best{font-weight:700;background:#e3f4ef !important} .ci{color:#777;font-size:11px}
 img{max-width:100%;border:1px solid #eee;margin:6px 0} pre{background:#f6f8fa;padding:10px;font-size:12px;overflow:auto}
@@ -29,6 +30,11 @@ td.grey,th.grey,tr.grey td{color:#aaa !important;background:#f3f3f3 !important} 
 
 def _e(x: object) -> str:
     return html.escape(str(x))
+
+
+def _arrow(g: pd.DataFrame, metric: str) -> str:
+    """The direction mark of ``metric`` in leaderboard rows ``g``: up = higher is better."""
+    return "↑" if bool(g[g["metric"] == metric]["higher_is_better"].iloc[0]) else "↓"
 
 
 def _img(path: Path) -> str:
@@ -83,12 +89,12 @@ def family_tables(g: pd.DataFrame, families: Mapping[str, str], grey: Mapping[st
                 if r is None:
                     tds.append("<td>–</td>")
                     continue
-                cls = ["best"] if r.rank == top.get(metric) else []
+                classes = ["best"] if r.rank == top.get(metric) else []
                 if metric in grey:
-                    cls.append("grey")
+                    classes.append("grey")
                 grp = f' <span class="grp">{_e(r.group)}</span>' if isinstance(r.group, str) and r.group else ""
                 ci = f'<br><span class="ci">[{_fmt(r.ci_low)}, {_fmt(r.ci_high)}] n={int(r.n)}</span>'
-                c = f' class="{" ".join(cls)}"' if cls else ""
+                c = f' class="{" ".join(classes)}"' if classes else ""
                 tds.append(f"<td{c}>{_fmt(r.mean)}{grp}{ci}</td>")
             if method in base:
                 name, rank = f'<i>{_e(method)}</i> <span class="ci">(reference)</span>', "–"
@@ -167,7 +173,7 @@ def experiment_section(
     e = equiv[(equiv["model"] == model) & (equiv["dataset"] == dataset)] if len(equiv) else equiv
     slug = _slug(model, dataset)
     mine = {k: [p for p in v if Path(p).name.endswith(f"-{slug}.png")] for k, v in plots.items()}
-    fig = lambda kind: "".join(_img(p) for p in mine.get(kind, [])) or '<p class="muted">None.</p>'  # noqa: E731
+    fig = lambda kind: "".join(_img(p) for p in mine.get(kind, [])) or '<p class="muted">None.</p>'
     n = f" · {n_images} images" if n_images is not None else ""
     return f"""<h2>{_e(model)} on {_e(dataset)}</h2><p class="muted">{len(set(g['method']))} methods{n}</p>
 <h3>What this experiment can conclude</h3>
@@ -209,7 +215,9 @@ def render(
     versions = run.get("versions", {})
     vtxt = ", ".join(f"{k} {v}" for k, v in versions.items())
     skipped = [
-        (e["label"], e["dataset"], m, why) for e in run.get("experiments", []) for m, why in e.get("skipped", {}).items()
+        (e["label"], e["dataset"], m, why)
+        for e in run.get("experiments", [])
+        for m, why in e.get("skipped", {}).items()
     ]
     skipped_df = pd.DataFrame(skipped, columns=["model", "dataset", "metric", "reason"])
     if timings is not None and not timings.empty:
@@ -225,7 +233,8 @@ def render(
     if not sig.empty:
         sig = sig[sig["significant"] == False]  # noqa: E712  (methods statistically tied with the best)
     exp_rows = pd.DataFrame(
-        [(e["label"], e["dataset"], e["n_images"], len(e["methods"]), len(e["metrics"])) for e in run.get("experiments", [])],
+        [(e["label"], e["dataset"], e["n_images"], len(e["methods"]), len(e["metrics"]))
+         for e in run.get("experiments", [])],
         columns=["model", "dataset", "images", "methods", "metrics"],
     )
     families = run.get("families", {})
@@ -244,7 +253,8 @@ def render(
 <html lang="en"><head><meta charset="utf-8"><title>cambench report: {_e(run.get('suite', ''))}</title>
 <style>{CSS}</style></head><body>
 <h1>cambench report: suite <code>{_e(run.get('suite', ''))}</code></h1>
-<p class="muted">suite hash {_e(run.get('suite_hash', ''))} · created {_e(run.get('created', ''))} · device {_e(run.get('device', ''))}
+<p class="muted">suite hash {_e(run.get('suite_hash', ''))} · created {_e(run.get('created', ''))}
+ · device {_e(run.get('device', ''))}
  · total unit time {total_s:.1f} s · {n_fail} failed score rows</p>
 {frame_html(exp_rows)}
 <p class="muted">Leaderboard: mean over images (dataset-level metrics: the value over all images) with the 95%
@@ -253,10 +263,12 @@ percentile-bootstrap CI over images ({_e(run.get('bootstrap', 1000))} resamples,
 ranked but not averaged in).</p>
 {sections}
 <h2>Ties with the best method</h2>
-<p class="muted">Paired Wilcoxon signed-rank test against the best method per metric, Holm-corrected (p ≥ 0.05 listed; all in significance.csv).</p>
+<p class="muted">Paired Wilcoxon signed-rank test against the best method per metric, Holm-corrected
+(p ≥ 0.05 listed; all in significance.csv).</p>
 {frame_html(sig)}
 <h2>Failures</h2>{frame_html(failures)}
-<h2>Degenerate maps</h2><p class="muted">Constant raw maps, scored as all-zero maps (degenerate = True in scores.parquet).</p>
+<h2>Degenerate maps</h2>
+<p class="muted">Constant raw maps, scored as all-zero maps (degenerate = True in scores.parquet).</p>
 {frame_html(degenerate if degenerate is not None else pd.DataFrame())}
 <h2>Skipped metrics</h2>{frame_html(skipped_df)}
 <h2>Timings</h2>{frame_html(tot)}{frame_html(tsum)}

@@ -9,11 +9,11 @@ from typing import Sequence
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-from .tables import MEAN_RANK  # noqa: E402
+from .tables import MEAN_RANK
 
 DPI = 90
 
@@ -24,7 +24,7 @@ def _slug(*parts: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=+-]+", "_", "-".join(parts))
 
 
-def _save(fig: "plt.Figure", path: Path, tight: bool = True) -> Path:
+def _save(fig: plt.Figure, path: Path, tight: bool = True) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=DPI, bbox_inches="tight" if tight else None)  # "tight" draws the figure twice
@@ -49,11 +49,14 @@ def metric_bars(board: pd.DataFrame, out_dir: Path) -> list[Path]:
         ncol = min(3, len(metrics))
         nrow = int(np.ceil(len(metrics) / ncol))
         n_methods = g["method"].nunique()
-        fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, max(2.2, 0.22 * n_methods + 1.0) * nrow), squeeze=False)
-        for ax, metric in zip(axes.flat, metrics):
+        size = (4.2 * ncol, max(2.2, 0.22 * n_methods + 1.0) * nrow)
+        fig, axes = plt.subplots(nrow, ncol, figsize=size, squeeze=False)
+        for ax, metric in zip(axes.flat, metrics, strict=False):  # the grid may have spare axes
             s = g[g["metric"] == metric].sort_values("rank")
             y = np.arange(len(s))
-            err = np.vstack([(s["mean"] - s["ci_low"]).clip(lower=0).fillna(0), (s["ci_high"] - s["mean"]).clip(lower=0).fillna(0)])
+            err = np.vstack([
+                (s["mean"] - s["ci_low"]).clip(lower=0).fillna(0), (s["ci_high"] - s["mean"]).clip(lower=0).fillna(0)
+            ])
             colors = ["#2a9d8f" if r == 1 else "#8da0cb" if np.isfinite(r) else "#bbbbbb" for r in s["rank"]]
             ax.barh(y, s["mean"], xerr=err, color=colors, ecolor="#333333", capsize=2)
             ax.set_yticks(y, s["method"])
@@ -72,13 +75,13 @@ def metric_bars(board: pd.DataFrame, out_dir: Path) -> list[Path]:
 def curve_plots(curves: pd.DataFrame, out_dir: Path) -> list[Path]:
     """One figure per (model, dataset): a panel per curve metric (deletion, insertion...), a line per method."""
     _style()
-    paths = []
+    paths: list[Path] = []
     if curves is None or curves.empty:
         return paths
     for (model, dataset), g in curves.groupby(["model", "dataset"], sort=True):
         metrics = sorted(g["metric"].unique())
         fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 3.4), squeeze=False)
-        for ax, metric in zip(axes.flat, metrics):
+        for ax, metric in zip(axes.flat, metrics, strict=False):  # the grid may have spare axes
             s = g[g["metric"] == metric]
             for method, c in s.groupby("method", sort=True):
                 c = c.sort_values("step")
@@ -107,7 +110,8 @@ def rank_heatmap(board: pd.DataFrame, out_dir: Path) -> list[Path]:
             wide = wide.sort_values(MEAN_RANK)
             wide = wide[[c for c in wide.columns if c != MEAN_RANK] + [MEAN_RANK]]
         fig, ax = plt.subplots(figsize=(0.7 * wide.shape[1] + 2.5, 0.32 * wide.shape[0] + 1.4))
-        sns.heatmap(wide, annot=True, fmt=".1f", cmap="viridis_r", cbar_kws={"label": "rank (1 = best)"}, ax=ax, annot_kws={"fontsize": 7})
+        sns.heatmap(wide, annot=True, fmt=".1f", cmap="viridis_r", cbar_kws={"label": "rank (1 = best)"}, ax=ax,
+                    annot_kws={"fontsize": 7})
         ax.set_title(f"{model} on {dataset}: ranks", fontsize=10)
         ax.set_xlabel("")
         ax.set_ylabel("")
@@ -127,7 +131,7 @@ def gallery(samples: Sequence[dict[str, np.ndarray]], out_dir: Path, max_images:
         by_exp.setdefault(tuple(s["experiment"].tolist()), []).append(s)
     for (model, dataset), parts in sorted(by_exp.items()):
         methods = list(parts[0]["methods"])
-        rows = []
+        rows: list = []
         for p in parts:
             for i in range(len(p["ids"])):
                 if len(rows) < max_images and list(p["methods"]) == methods:
@@ -161,7 +165,7 @@ def gallery(samples: Sequence[dict[str, np.ndarray]], out_dir: Path, max_images:
     return paths
 
 
-def _cd_panel(ax: "plt.Axes", ranks: pd.Series, groups: pd.Series, cd: float, title: str) -> None:
+def _cd_panel(ax: plt.Axes, ranks: pd.Series, groups: pd.Series, cd: float, title: str) -> None:
     """One critical-difference diagram (Demsar 2006, Fig. 1): average ranks on an axis (best left), the CD
     as a bar, and a thick line under every group of methods that are not significantly different."""
     ranks = ranks.dropna().sort_values()
@@ -217,7 +221,7 @@ def cd_diagrams(board: pd.DataFrame, families: dict, out_dir: Path) -> list[Path
             ncol = min(2, n)
             nrow = int(np.ceil(n / ncol))
             fig, axes = plt.subplots(nrow, ncol, figsize=(6.0 * ncol, (1.0 + 0.13 * k) * nrow + 0.4), squeeze=False)
-            for ax, metric in zip(axes.flat, metrics):
+            for ax, metric in zip(axes.flat, metrics, strict=False):
                 s = g[g["metric"] == metric].set_index("method")
                 col = "mean" if metric == MEAN_RANK else "avg_rank"
                 cd = float(s["cd"].iloc[0]) if len(s) else float("nan")

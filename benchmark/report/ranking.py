@@ -110,7 +110,7 @@ def bootstrap_p(diffs: np.ndarray, n_images: Optional[int] = None) -> float:
         return float("nan")
     if np.all(d == 0):
         return 1.0
-    p = min(1.0, 2.0 * min(np.mean(d <= 0), np.mean(d >= 0)))
+    p = float(min(1.0, 2.0 * min(float(np.mean(d <= 0)), float(np.mean(d >= 0)))))
     if n_images is not None:
         p = max(p, min(1.0, 2.0 ** (1 - int(n_images))))
     return float(p)
@@ -129,7 +129,7 @@ def letter_groups(order: Sequence[str], differ: Callable[[str, str], bool]) -> d
             runs.append((i, j))
     letters = _letters(len(runs))
     out = {m: "" for m in order}
-    for (i, j), letter in zip(runs, letters):
+    for (i, j), letter in zip(runs, letters, strict=True):
         for m in order[i : j + 1]:
             out[m] += letter
     return out
@@ -155,7 +155,7 @@ def image_level_tests(
     full = per_image.dropna()
     k, n = len(methods), len(full)
     chi2, p = friedman(full.to_numpy())
-    avg = dict(zip(methods, block_ranks(full.to_numpy(), higher_is_better).mean(axis=0))) if n else {}
+    avg = dict(zip(methods, block_ranks(full.to_numpy(), higher_is_better).mean(axis=0), strict=True)) if n else {}
     rows = []
     pairs = _pairs(methods)
     if pairs and n >= 1 and n == len(per_image):  # complete block: every pair in one vectorised scipy call
@@ -172,8 +172,8 @@ def image_level_tests(
     else:
         for a, b in pairs:
             j = per_image[[a, b]].dropna()
-            pv = wilcoxon_p(j[a].to_numpy(), j[b].to_numpy())
-            rows.append([a, b, "wilcoxon", len(j), float((j[a] - j[b]).mean()) if len(j) else np.nan, pv])
+            p_ab = wilcoxon_p(j[a].to_numpy(), j[b].to_numpy())
+            rows.append([a, b, "wilcoxon", len(j), float((j[a] - j[b]).mean()) if len(j) else np.nan, p_ab])
     pw = pd.DataFrame(rows, columns=["method_a", "method_b", "test", "n_pairs", "mean_diff", "p_value"])
     pw["p_holm"] = holm(pw["p_value"].to_numpy()) if len(pw) else []
     pw["significant"] = pw["p_holm"] < alpha

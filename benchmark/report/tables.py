@@ -143,7 +143,7 @@ def _stats_groups(stats_rows: Optional[pd.DataFrame]) -> dict[tuple, tuple[np.nd
     for key, g in stats_rows.groupby(KEYS, sort=True):
         arr = np.stack([np.asarray(v, dtype=np.float64) for v in g["stats"]])
         keep = np.isfinite(arr).all(axis=1)
-        out[key] = (arr[keep], [i for i, k in zip(g["image_id"], keep) if k])
+        out[key] = (arr[keep], [i for i, k in zip(g["image_id"], list(keep), strict=True) if k])
     return out
 
 
@@ -244,13 +244,13 @@ def ranked_leaderboard(
             level = "metrics"
             rt = rank_table_of(quality, model, dataset)
             test, pw = R.mean_rank_tests(rt[methods] if len(rt) else pd.DataFrame(columns=methods), alpha)
-            avg = {}
+            avg: dict = {}
         elif metric in dl:
             level = "dataset"
-            fn = computes.get((model, dataset, metric))
+            dfn = computes.get((model, dataset, metric))
             sm = {m: sgroups[(model, dataset, m, metric)] for m in methods if (model, dataset, m, metric) in sgroups}
-            if fn is not None:
-                test, pw = R.dataset_level_tests(sm, fn, n_boot=n_boot, seed=_seed_for(seed, (model, dataset, metric)),
+            if dfn is not None:
+                test, pw = R.dataset_level_tests(sm, dfn, n_boot=n_boot, seed=_seed_for(seed, (model, dataset, metric)),
                                                  alpha=alpha)
             else:
                 test, pw = {}, pd.DataFrame(columns=R.PAIRWISE_COLUMNS[3:])
@@ -319,7 +319,7 @@ def significance(scores: pd.DataFrame, board: pd.DataFrame, alpha: float = 0.05)
             fam.append([model, dataset, metric, method, best, n, diff, stat, p])
         if fam:
             adj = holm(np.array([r[-1] for r in fam]))
-            for r, ph in zip(fam, adj):
+            for r, ph in zip(fam, adj, strict=True):
                 rows.append(r + [ph, bool(np.isfinite(ph) and ph < alpha)])
     return pd.DataFrame(rows, columns=SIGNIFICANCE_COLUMNS)
 

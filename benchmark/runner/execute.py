@@ -27,44 +27,25 @@ so a unit's rows do not depend on which units ran before it (resume, parallel ba
 from __future__ import annotations
 
 import dataclasses
-
 import hashlib
 import importlib
 import importlib.util
 import json
-import sys
 import time
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
 from ..errors import CambenchError, SuiteError, UnknownNameError, WeightsError
+from ..schema import CURVE_COLUMNS, SCORE_COLUMNS, STATS_COLUMNS, TIMING_COLUMNS, UnitResult  # re-exported
 from ..types import Batch, ModelHandle
 from .suite import METRIC_FAMILIES, Experiment, Suite
 from .validate import check_kwargs
-
-SCORE_COLUMNS = [
-    "model",
-    "dataset",
-    "method",
-    "metric",
-    "image_id",
-    "value",
-    "status",
-    "message",
-    "degenerate",
-]
-#: Per-image sufficient statistics of dataset-level metrics (``register_metric(level="dataset")``): one
-#: row per (model, dataset, method, metric, image_id), ``stats`` a float64 vector of the metric's S values.
-STATS_COLUMNS = ["model", "dataset", "method", "metric", "image_id", "stats", "degenerate"]
-CURVE_COLUMNS = ["model", "dataset", "method", "metric", "step", "x", "value", "n"]
-TIMING_COLUMNS = ["unit", "model", "dataset", "stage", "name", "seconds"]
-
 
 # -- registries and plugins ------------------------------------------------------------------------
 
@@ -82,13 +63,6 @@ def load_registries(plugins: Sequence[str] = (), check: bool = False) -> None:
     from ..plugins import load_plugins
 
     load_plugins(list(plugins), check=check)
-
-
-def load_plugin(plugin: str) -> Any:
-    """Import one plugin (a dotted module name or a ``.py`` path); see :func:`load_registries`."""
-    from ..plugins import load_plugins
-
-    return load_plugins([plugin], entry_points=False, check=False)[0]
 
 
 def resolve_device(device: str) -> torch.device:
@@ -221,7 +195,8 @@ def plan_run(suite: Suite, limit: Optional[int] = None, precision: str = "fp32")
         skipped = {}
         for name in metrics:
             needs = METRICS.entry(name).meta.get("needs", ())
-            lack = [n for n in needs if (n == "masks" and not dataset.has_masks) or (n == "boxes" and not dataset.has_boxes)]
+            has = {"masks": dataset.has_masks, "boxes": dataset.has_boxes}
+            lack = [n for n in needs if not has.get(n, True)]
             if lack:
                 skipped[name] = f"needs {' and '.join(lack)}, which dataset {exp.dataset!r} does not provide"
         mparams = {m: mparams[m] for m in metrics}
@@ -412,11 +387,15 @@ _DATASETS: dict[str, Any] = {}
 _DATASET_ERRORS: dict[str, list[str]] = {}  # what each cached dataset could not read when it was built
 
 
-def _get_model(exp: Experiment, device: torch.device, channels_last: Optional[bool] = False) -> tuple[ModelHandle, bool]:
+def _get_model(
+    exp: Experiment, device: torch.device, channels_last: Optional[bool] = False
+) -> tuple[ModelHandle, bool]:
     """The cached model on ``device`` and whether it is channels_last (``None``: CNNs)."""
     from ..models import create_model
 
-    key = json.dumps([exp.model, exp.weights, exp.model_kwargs, str(device), channels_last], sort_keys=True, default=str)
+    key = json.dumps(
+        [exp.model, exp.weights, exp.model_kwargs, str(device), channels_last], sort_keys=True, default=str
+    )
     if key not in _MODELS:
         handle = create_model(exp.model, weights=exp.weights, device=device, **exp.model_kwargs)
         cl = _is_cnn(handle) if channels_last is None else bool(channels_last)
@@ -432,18 +411,22 @@ def _is_cnn(handle: ModelHandle) -> bool:
 
 def _pinned(batch: Batch) -> Batch:
     """The batch in page-locked host memory (so that the copy to the GPU can be asynchronous)."""
-    pin = lambda t: None if t is None else t.pin_memory()  # noqa: E731
-    return Batch(pin(batch.images), pin(batch.targets), list(batch.ids), pin(batch.masks),
-                 None if batch.boxes is None else [pin(b) for b in batch.boxes], pin(batch.labels))
+    def opt(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        return None if t is None else t.pin_memory()
+
+    return Batch(batch.images.pin_memory(), batch.targets.pin_memory(), list(batch.ids), opt(batch.masks),
+                 None if batch.boxes is None else [b.pin_memory() for b in batch.boxes], opt(batch.labels))
 
 
-def _device_batches(batches: Iterator[Batch], device: torch.device, prefetch: bool, channels_last: bool) -> Iterator[Batch]:
+def _device_batches(
+    batches: Iterable[Batch], device: torch.device, prefetch: bool, channels_last: bool
+) -> Iterator[Batch]:
     """Batches on ``device``: on CUDA pinned and copied with ``non_blocking``; optionally prefetched."""
     cuda = device.type == "cuda"
     if prefetch:
         from .parallel import prefetch as _prefetch
 
-        batches = _prefetch(batches, _pinned if cuda else (lambda b: b))
+        batches = _prefetch(iter(batches), _pinned if cuda else (lambda b: b))
     for batch in batches:
         if cuda and not prefetch:
             batch = _pinned(batch)
@@ -492,27 +475,13 @@ def clear_caches() -> None:
     _DATASET_ERRORS.clear()
 
 
-def _make_batches(dataset: Any, handle: ModelHandle, batch_size: int, indices: list[int]) -> Iterator[Batch]:
+def _make_batches(dataset: Any, handle: ModelHandle, batch_size: int, indices: list[int]) -> Iterable[Batch]:
     from ..data.transforms import make_batches
 
     return make_batches(dataset, handle, batch_size, indices=indices)
 
 
 # -- one unit --------------------------------------------------------------------------------------
-
-
-@dataclass
-class UnitResult:
-    """Everything one unit produced (picklable): score rows, mean curves, timings, gallery sample."""
-
-    key: str
-    scores: pd.DataFrame
-    curves: pd.DataFrame
-    timings: pd.DataFrame
-    gallery: Optional[dict[str, np.ndarray]] = None
-    info: dict = field(default_factory=dict)
-    #: per-image statistics of the dataset-level metrics (``STATS_COLUMNS``); None or empty when none ran
-    stats: Optional[pd.DataFrame] = None
 
 
 def _reexplained(method: str, selection: tuple[str, ...] | str) -> bool:
@@ -586,7 +555,9 @@ def _run_unit(suite: Suite, unit: Unit, progress: Optional[Callable[[int], None]
 
     cols: dict[str, list] = {c: [] for c in SCORE_COLUMNS}
 
-    def add(method: str, metric: str, ids: Sequence[str], values: Any, status: Any, message: Any, degenerate: Any) -> None:
+    def add(
+        method: str, metric: str, ids: Sequence[str], values: Any, status: Any, message: Any, degenerate: Any
+    ) -> None:
         n = len(ids)
         cols["model"] += [exp.label] * n
         cols["dataset"] += [exp.dataset] * n
@@ -614,7 +585,8 @@ def _run_unit(suite: Suite, unit: Unit, progress: Optional[Callable[[int], None]
     gal: dict[str, list] = {"images": [], "ids": [], "targets": [], "masks": [], "boxes": [], "maps": []}
     n_done = 0
 
-    batches = _device_batches(_make_batches(dataset, handle, suite.batch_size, unit.indices), device, prefetch, channels_last)
+    host = _make_batches(dataset, handle, suite.batch_size, unit.indices)
+    batches = _device_batches(host, device, prefetch, channels_last)
     for bi, batch in enumerate(batches):
         seed = batch_seed(suite.seed, unit.key, bi)
         torch.manual_seed(seed)
@@ -641,7 +613,7 @@ def _run_unit(suite: Suite, unit: Unit, progress: Optional[Callable[[int], None]
             t = time.perf_counter()
             try:
                 outputs[name] = M.run_method(ectx, name, method_params.get(name))
-            except Exception as exc:  # noqa: BLE001  (recorded, the run goes on)
+            except Exception as exc:
                 failed[name] = _err(exc)
             timings.append(("explain", name, time.perf_counter() - t))
         saliency = {m: o.maps for m, o in outputs.items()}
@@ -676,7 +648,7 @@ def _run_unit(suite: Suite, unit: Unit, progress: Optional[Callable[[int], None]
             t = time.perf_counter()
             try:
                 res = compute_metrics(ctx_m, [metric], exp.metric_params).get(metric, {})
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 msg = f"metric failed: {_err(exc)}"
                 for name in ctx_m.saliency:
                     add(name, metric, ids, [np.nan] * len(ids), "error", msg, degenerate[name])
@@ -817,7 +789,10 @@ def _gallery_arrays(gal: dict[str, list], handle: ModelHandle, exp: Experiment) 
             pad[i, : b.shape[0]] = b
         out["boxes"] = pad
     if handle.class_names:
-        out["target_names"] = np.asarray([handle.class_names[t] if 0 <= t < len(handle.class_names) else str(t) for t in out["targets"]], dtype=str)
+        names = handle.class_names
+        out["target_names"] = np.asarray(
+            [names[t] if 0 <= t < len(names) else str(t) for t in out["targets"]], dtype=str
+        )
     return out
 
 
@@ -958,8 +933,9 @@ def _run_locked(suite: Suite, out: Path, progress: Any, *, fresh: bool, limit: O
             f"--limit, `n` or setting): kept on disk, not in the tables. Rerun with that setting to report them.")
     ran = []
     progress.start(len(todo), sum(u.stop - u.start for u in todo))
-    results = execute_units(suite, todo, backend=backend, workers=workers, scheduler=scheduler, client=client,
-                            options=options, plugins=plugins, progress=progress.images)
+    results = execute_units(suite, todo, unit_fn=run_unit, setup_fn=load_registries, options=options,
+                            backend=backend, workers=workers, scheduler=scheduler, client=client,
+                            plugins=plugins, progress=progress.images)
     try:
         for result in results:
             store.write_unit(result)

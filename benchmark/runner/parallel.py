@@ -1,7 +1,8 @@
 """Run units of work in parallel: ``sequential`` (in-process), ``loky`` (joblib process pool) or ``dask``
 (a ``dask.distributed`` cluster).
 
-Every backend calls the same pure function (:func:`benchmark.runner.execute.run_unit`) on each unit and
+Every backend calls the same pure unit function on each unit (the caller passes it: ``unit_fn``, the
+runner's :func:`benchmark.runner.execute.run_unit`; this module does not import the unit code) and
 hands each :class:`UnitResult` back to the **parent**, which writes it through the store as soon as it
 arrives (:func:`execute_units` yields results in completion order). So
 
@@ -29,15 +30,22 @@ import threading
 import uuid
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Sequence, TypeVar
+from typing import Any, Callable, Generator, Iterator, Optional, Sequence, TypeVar
 
 import torch
 
 from ..errors import CambenchError
-from .execute import ExecOptions, Unit, UnitResult, load_registries, run_unit
+from ..schema import UnitResult
 from .suite import Suite
 
 BACKENDS = ("sequential", "loky", "dask")
+
+#: ``unit_fn(suite, unit, progress=None, options=None) -> UnitResult``: computes one unit (the runner's
+#: :func:`benchmark.runner.execute.run_unit`). A module-level function, so loky and dask can pickle it.
+UnitFn = Callable[..., UnitResult]
+#: ``setup_fn(plugins)``: fills the registries (and imports ``plugins``) in a worker process (the runner's
+#: :func:`benchmark.runner.execute.load_registries`).
+SetupFn = Callable[[Sequence[str]], None]
 
 T = TypeVar("T")
 
@@ -110,16 +118,18 @@ def _my_slot(token: str) -> int:
     return int(_SLOT["slot"])
 
 
-def _work(suite: Suite, unit: Unit, options: ExecOptions, plugins: tuple[str, ...], token: str) -> UnitResult:
-    """What a worker runs for one unit: registries, its device, then :func:`run_unit`."""
-    load_registries((*suite.plugins, *plugins))
+def _work(
+    suite: Suite, unit: Any, options: Any, plugins: tuple[str, ...], token: str, unit_fn: UnitFn, setup_fn: SetupFn
+) -> UnitResult:
+    """What a worker runs for one unit: registries (``setup_fn``), its device, then ``unit_fn``."""
+    setup_fn((*suite.plugins, *plugins))
     n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if suite.device in ("cuda", "auto") and n_gpus > 1:
         device = worker_device(suite.device, n_gpus, _my_slot(token))
         if device != suite.device:
             suite = replace(suite, device=device)
             torch.cuda.set_device(torch.device(device))
-    return run_unit(suite, unit, options=options)
+    return unit_fn(suite, unit, options=options)
 
 
 # -- backends --------------------------------------------------------------------------------------
@@ -127,17 +137,24 @@ def _work(suite: Suite, unit: Unit, options: ExecOptions, plugins: tuple[str, ..
 
 def execute_units(
     suite: Suite,
-    units: Sequence[Unit],
+    units: Sequence[Any],
     *,
+    unit_fn: UnitFn,
+    setup_fn: SetupFn,
+    options: Any,
     backend: str = "sequential",
     workers: Optional[int] = None,
     scheduler: Optional[str] = None,
     client: Any = None,
-    options: Optional[ExecOptions] = None,
     plugins: Sequence[str] = (),
     progress: Optional[Callable[[int], None]] = None,
-) -> Iterator[UnitResult]:
-    """Run ``units`` on ``backend`` and yield each :class:`UnitResult` as soon as it is finished.
+) -> Generator[UnitResult, None, None]:
+    """Run ``unit_fn`` on each of ``units`` on ``backend`` and yield each :class:`UnitResult` as soon as
+    it is finished.
+
+    ``unit_fn(suite, unit, progress=None, options=None)`` computes one unit and ``setup_fn(plugins)``
+    fills the registries of a worker (see :data:`UnitFn`, :data:`SetupFn`); ``options`` (the runner's
+    ``ExecOptions``) is passed to ``unit_fn`` (with ``threads`` set per worker on CPU when it is None).
 
     ``workers``: processes (default :func:`default_workers`); ``scheduler``: a dask scheduler address
     (``tcp://host:8786``; without it a ``LocalCluster`` of ``workers`` processes is started and closed);
@@ -151,38 +168,37 @@ def execute_units(
         raise CambenchError(f"--workers must be >= 1, got {workers}.")
     if scheduler is not None and backend != "dask":
         raise CambenchError(f"--scheduler is a dask option; add --backend dask (got --backend {backend}).")
-    options = options or ExecOptions()
     units = list(units)
     if not units:
         return
     plugins = tuple(plugins)
     if backend == "sequential":
         if plugins:
-            load_registries(plugins)
+            setup_fn(plugins)
         for unit in units:
-            yield run_unit(suite, unit, progress=progress, options=options)
+            yield unit_fn(suite, unit, progress=progress, options=options)
         return
     token = uuid.uuid4().hex[:12]
     n = workers or default_workers(suite.device)
     if backend == "loky":
-        yield from _loky(suite, units, min(n, len(units)), options, plugins, token, progress)
+        yield from _loky(suite, units, min(n, len(units)), options, plugins, token, progress, (unit_fn, setup_fn))
     else:
-        yield from _dask(suite, units, n, scheduler, client, options, plugins, token, progress)
+        yield from _dask(suite, units, n, scheduler, client, options, plugins, token, progress, (unit_fn, setup_fn))
 
 
-def _cpu_threads(suite: Suite, options: ExecOptions, workers: int) -> ExecOptions:
+def _cpu_threads(suite: Suite, options: Any, workers: int) -> Any:
     if options.threads is None and not suite.device.startswith("cuda"):
         return replace(options, threads=max(1, cpu_count() // workers))
     return options
 
 
-def _loky(suite, units, workers, options, plugins, token, progress) -> Iterator[UnitResult]:
+def _loky(suite, units, workers, options, plugins, token, progress, fns) -> Iterator[UnitResult]:
     from joblib import Parallel, delayed
 
     options = _cpu_threads(suite, options, workers)
     par = Parallel(n_jobs=workers, backend="loky", return_as="generator_unordered", batch_size=1,
                    pre_dispatch="n_jobs")
-    gen = par(delayed(_work)(suite, u, options, plugins, token) for u in units)
+    gen = par(delayed(_work)(suite, u, options, plugins, token, *fns) for u in units)
     try:
         for result in gen:
             if progress is not None:
@@ -204,7 +220,7 @@ def kept_environ() -> Iterator[None]:
         os.environ.update(saved)
 
 
-def _dask(suite, units, workers, scheduler, client, options, plugins, token, progress) -> Iterator[UnitResult]:
+def _dask(suite, units, workers, scheduler, client, options, plugins, token, progress, fns) -> Iterator[UnitResult]:
     try:
         from distributed import Client, LocalCluster, as_completed
     except ImportError as exc:  # pragma: no cover
@@ -234,7 +250,7 @@ def _dask(suite, units, workers, scheduler, client, options, plugins, token, pro
         wants_gpu = suite.device.startswith("cuda") or suite.device == "auto"
         resources = {"GPU": 1} if has_gpu and wants_gpu else None
         futures = [
-            client.submit(_work, suite, u, options, plugins, token, key=f"cambench-{token}-{u.key}",
+            client.submit(_work, suite, u, options, plugins, token, *fns, key=f"cambench-{token}-{u.key}",
                           resources=resources, pure=False)
             for u in units
         ]
@@ -281,7 +297,7 @@ def prefetch(iterator: Iterator[T], transform: Callable[[T], T] = lambda x: x, d
             for item in iterator:
                 if not put((transform(item), None)):
                     return
-        except BaseException as exc:  # noqa: BLE001  (handed to the consumer)
+        except BaseException as exc:
             put((None, exc))
             return
         put((_END, None))

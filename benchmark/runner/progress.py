@@ -22,7 +22,7 @@ from typing import Any, Callable, Optional, TextIO
 class _Handler(logging.Handler):
     """Sends ``benchmark.*`` log records through :meth:`Progress.log` (above the bars)."""
 
-    def __init__(self, progress: "Progress") -> None:
+    def __init__(self, progress: Progress) -> None:
         super().__init__(logging.INFO)
         self.progress = progress
         self.setFormatter(logging.Formatter("%(name)s: %(message)s"))
@@ -30,7 +30,7 @@ class _Handler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             self.progress.log(self.format(record))
-        except Exception:  # noqa: BLE001 - logging must never break a run
+        except Exception:
             self.handleError(record)
 
 
@@ -94,7 +94,7 @@ class Progress:
         self.warn_once(text, f"cambench: warning: {text} ({filename}:{lineno})")
 
     # -- lifecycle ---------------------------------------------------------------------------------
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         self.t0 = time.perf_counter()
         logger = logging.getLogger("benchmark")
         if not self.quiet and not logger.handlers:
@@ -108,7 +108,7 @@ class Progress:
                 logger.setLevel(logging.INFO)
         self._warnings = warnings.catch_warnings()
         self._warnings.__enter__()
-        warnings.showwarning = self._showwarning  # type: ignore[assignment]
+        warnings.showwarning = self._showwarning
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -168,7 +168,7 @@ class Suite:
         device: Optional[str] = None,
         batch_size: Optional[int] = None,
         data_root: Optional[str] = None,
-    ) -> "Suite":
+    ) -> Suite:
         """A copy with CLI overrides applied (``--device``, ``--batch-size``, ``--data-root``)."""
         s = self
         if device is not None:
@@ -267,7 +267,8 @@ def parse_suite(text: str, path: Optional[str] = None, default_name: Optional[st
     for key in ("seed", "batch_size", "shard_size", "forward_batch_size", "gallery", "bootstrap"):
         v = cfg[key]
         if not isinstance(v, int) or isinstance(v, bool) or v < (0 if key in ("seed", "gallery") else 1):
-            raise SuiteError(f"{where}: `{key}` must be a {'non-negative' if key in ('seed', 'gallery') else 'positive'} integer, got {v!r}.")
+            kind = "non-negative" if key in ("seed", "gallery") else "positive"
+            raise SuiteError(f"{where}: `{key}` must be a {kind} integer, got {v!r}.")
     if not isinstance(cfg["description"], str):
         raise SuiteError(f"{where}: `description` must be a string, got {cfg['description']!r}.")
     _check_device(cfg["device"], f"{where}: `device`")

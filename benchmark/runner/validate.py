@@ -35,18 +35,18 @@ def hints(fn: Callable) -> dict[str, Any]:
     """``{parameter: annotation}`` of ``fn`` (resolved when possible; unresolvable ones are dropped)."""
     target = inspect.unwrap(fn)
     if inspect.isclass(target):
-        target = target.__init__  # type: ignore[misc]
+        target = target.__init__
     try:
         return typing.get_type_hints(target)
-    except Exception:  # noqa: BLE001 - resolve hint by hint: one that cannot be resolved is not checked
+    except Exception:
         out = {}
         namespace = getattr(target, "__globals__", {})
         for name, p in _parameters(fn).items():
             ann = p.annotation
             if isinstance(ann, str):
                 try:
-                    ann = eval(ann, dict(namespace))  # noqa: S307 - what typing.get_type_hints does
-                except Exception:  # noqa: BLE001
+                    ann = eval(ann, dict(namespace))
+                except Exception:
                     continue
             if ann is not inspect.Parameter.empty:
                 out[name] = ann
@@ -98,7 +98,7 @@ def matches(value: Any, tp: Any) -> bool:
             return all(matches(v, args[0]) for v in value)
         if args == ((),):  # tuple[()]
             return len(value) == 0
-        return len(value) == len(args) and all(matches(v, a) for v, a in zip(value, args))
+        return len(value) == len(args) and all(matches(v, a) for v, a in zip(value, args, strict=True))
     if base in (list, set, frozenset, cabc.Sequence, cabc.MutableSequence, cabc.Collection, cabc.Iterable,
                 cabc.Set, cabc.MutableSet):
         if isinstance(value, str):

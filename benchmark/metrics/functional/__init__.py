@@ -1,5 +1,6 @@
 """Pure tensor implementations of every metric (no registry, no state)."""
 
+from .cost import latency_ms, peak_memory_mb  # noqa: F401
 from .faithfulness import (  # noqa: F401
     average_drop,
     deletion_auc,
@@ -10,11 +11,19 @@ from .faithfulness import (  # noqa: F401
     road,
 )
 from .localization import (  # noqa: F401
-    box_best_ious, box_iou, energy_pointing_game, mask_iou, max_box_acc_v2, pointing_game, pxap,
+    box_best_ious,
+    box_iou,
+    energy_pointing_game,
+    mask_iou,
+    max_box_acc_v2,
+    pointing_game,
+    pxap,
 )
+from .quantus_bridge import quantus_metric  # noqa: F401
 from .robustness import (  # noqa: F401
-    avg_sensitivity, gradient_noise_stability, local_lipschitz, max_sensitivity,
+    avg_sensitivity,
+    gradient_noise_stability,
+    local_lipschitz,
+    max_sensitivity,
 )
 from .sanity import model_randomization  # noqa: F401
-from .cost import latency_ms, peak_memory_mb  # noqa: F401
-from .quantus_bridge import quantus_metric  # noqa: F401,E402

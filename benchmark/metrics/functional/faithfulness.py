@@ -5,7 +5,7 @@
 * ROAD (Remove And Debias) with noisy linear imputation -- Rong et al., ICML 2022.
 
 All of them run their forwards through the shared engine in ``benchmark.metrics.perturbation``.
-Exact definitions and reference-library differences: ``shared/specs.md`` sections 2.1, 2.5, 2.6.
+Exact definitions and reference-library differences: ``docs/metrics.md`` (Faithfulness).
 """
 
 from __future__ import annotations

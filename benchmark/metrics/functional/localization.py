@@ -1,4 +1,4 @@
-"""Localization metrics: pure functions over saliency maps ``[B,H,W]`` and ground truth (specs.md §2.2-2.4).
+"""Localization metrics: pure functions over saliency maps ``[B,H,W]`` and ground truth (docs/metrics.md, Localization).
 
 Conventions shared by every function here:
 
@@ -54,7 +54,7 @@ def _check_boxes(saliency: Tensor, boxes: Sequence[Tensor]) -> None:
 # Pointing game
 # ------------------------------------------------------------------------------------------------
 def pointing_game(saliency: Tensor, gt_mask: Tensor, tolerance: float = 15) -> Tensor:
-    """Pointing game hit (1.0) or miss (0.0) per image (Zhang et al. 2016; TorchRay; specs.md §2.2).
+    """Pointing game hit (1.0) or miss (0.0) per image (Zhang et al. 2016; TorchRay; docs/metrics.md#pointing_game).
 
     ``tolerance > 0`` (TorchRay): the point ``p`` is the **first** maximum of the map in raster order,
     and it is a hit if any ground-truth pixel ``q`` lies in the open disk ``||q - p||^2 < tolerance^2``.
@@ -102,7 +102,7 @@ def pointing_game_class_mean(hits: Tensor, classes: Tensor) -> float:
 
 
 def energy_pointing_game(saliency: Tensor, gt_mask: Tensor) -> Tensor:
-    """Energy-based pointing game (Wang et al., Score-CAM 2020; specs.md §2.3).
+    """Energy-based pointing game (Wang et al., Score-CAM 2020; docs/metrics.md#energy_pointing_game).
 
     ``sum(L inside the mask) / sum(L)`` with ``L`` the non-negative map (negative values are clipped to
     0; the methods' maps are already min-max normalised, so no re-normalisation is done here). Invariant
@@ -183,7 +183,7 @@ def largest_component_box(binary: np.ndarray) -> Optional[np.ndarray]:
 
 
 def box_iou(saliency: Tensor, boxes: Sequence[Tensor], threshold: float = 0.15) -> Tensor:
-    """Grad-CAM localisation protocol (Selvaraju et al. 2017; specs.md §2.4), IoU per image.
+    """Grad-CAM localisation protocol (Selvaraju et al. 2017; docs/metrics.md#box_iou), IoU per image.
 
     Keep pixels ``s >= threshold * max(s)`` with ``s > 0``, take the largest 8-connected component
     (ties: the one whose first pixel comes first in raster order), its tight box, and return the best
@@ -389,7 +389,8 @@ def pxap_histograms(
 
     Row 0 counts ground-truth foreground pixels, row 1 background pixels, per score bin
     ``[tau_0, tau_1), ..., [tau_{T-1}, 1), [1, 2), [2, 3]`` of the wsol-normalised map. Pixels where
-    ``ignore`` is True (wsol's value 255) are left out. Sum the rows over the dataset and call :func:`pxap_from_histograms`.
+    ``ignore`` is True (wsol's value 255) are left out. Sum the rows over the dataset and call
+    :func:`pxap_from_histograms`.
     """
     _check_maps(saliency, gt_mask)
     edges = torch.tensor(np.append(cam_thresholds(cam_curve_interval), [1.0, 2.0, 3.0]), dtype=torch.float64)

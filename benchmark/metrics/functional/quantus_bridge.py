@@ -135,10 +135,10 @@ def quantus_class(name: str) -> type:
 
 def _init_signature(cls: type) -> inspect.Signature:
     for klass in cls.__mro__:  # ModelParameterRandomisation(*args, **kwargs) is MPRT's deprecated alias
-        sig = inspect.signature(klass.__init__)
+        sig = inspect.signature(klass.__init__)  # type: ignore[misc]
         if any(p.kind is p.POSITIONAL_OR_KEYWORD and p.name != "self" for p in sig.parameters.values()):
             return sig
-    return inspect.signature(cls.__init__)
+    return inspect.signature(cls.__init__)  # type: ignore[misc]
 
 
 def _plain(value: Any) -> bool:
@@ -171,7 +171,7 @@ def quantus_defaults(name: str) -> dict[str, Any]:
     return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _quantus_function(fname: str) -> Optional[Callable]:
     q = _quantus()
     for mod in ("perturb_func", "similarity_func", "normalise_func", "norm_func", "loss_func",

@@ -1,4 +1,4 @@
-"""Robustness metrics: how much maps move under small input or gradient perturbations (specs.md §2.7-2.10).
+"""Robustness metrics: how much maps move under small input or gradient perturbations (docs/metrics.md, Robustness).
 
 The explain function here has the model bound: ``explain_fn(images, targets, names, *,
 gradient_noise=None) -> {name: Tensor[N,H,W]}`` (e.g. ``functools.partial(ctx.explain, ctx.model)``).
@@ -132,7 +132,7 @@ def max_sensitivity(
     batch_size: int = 64,
     reference: Optional[dict[str, Tensor]] = None,
 ) -> dict[str, Tensor]:
-    """Max-Sensitivity (Yeh et al. 2019; Quantus ``MaxSensitivity``; specs.md §2.7): ``{method: [B]}``.
+    """Max-Sensitivity (Yeh et al. 2019; Quantus ``MaxSensitivity``; docs/metrics.md#max_sensitivity): ``{m: [B]}``.
 
     ``max_s ||Phi(x + delta_s) - Phi(x)|| / ||Phi(x)||`` over ``n_samples`` draws of ``delta`` uniform in
     the L-infinity ball of ``radius`` in model-input space (``relative=False``: the paper's unnormalised
@@ -184,7 +184,9 @@ def local_lipschitz(
     batch_size: int = 64,
     reference: Optional[dict[str, Tensor]] = None,
 ) -> dict[str, Tensor]:
-    """Local Lipschitz estimate (Alvarez-Melis & Jaakkola 2018; Quantus ``LocalLipschitzEstimate``, §2.8).
+    """Local Lipschitz estimate (Alvarez-Melis & Jaakkola 2018; Quantus ``LocalLipschitzEstimate``).
+
+    Specification: docs/metrics.md#local_lipschitz.
 
     ``max_s ||Phi(x) - Phi(x + delta_s)||_2 / (||delta_s||_2 + 1e-10)`` with Gaussian ``delta ~ N(0, std^2)``
     and maps divided by their max (Quantus ``normalise_by_max``; all-zero maps are left as they are).
@@ -239,7 +241,7 @@ def ssim(a: Tensor, b: Tensor, win_size: int = 7, data_range: float = 1.0) -> Te
     if a.shape[-1] < win_size or a.shape[-2] < win_size:
         raise ValueError(f"SSIM needs maps of at least {win_size}x{win_size}; got {tuple(a.shape[-2:])}.")
     x, y = a.double()[:, None], b.double()[:, None]
-    pool = lambda t: F.avg_pool2d(t, win_size, stride=1)  # noqa: E731
+    pool = lambda t: F.avg_pool2d(t, win_size, stride=1)
     np_ = win_size * win_size
     cov_norm = np_ / (np_ - 1)
     ux, uy = pool(x), pool(y)
@@ -261,13 +263,13 @@ def gradient_noise_stability(
     seed: int = 0,
     reference: Optional[dict[str, Tensor]] = None,
 ) -> dict[str, dict[str, Tensor]]:
-    """Stability of maps under Gaussian noise on the target-layer gradients (CF-CAM protocol, §2.10).
+    """Stability of maps under Gaussian noise on the target-layer gradients (docs/metrics.md#gradient_noise_stability).
 
     The noise is added to the captured gradients **before** any method computes its weights
     (``explain_fn(..., gradient_noise=...)``), so every gradient method, CF-CAM included, is genuinely
     perturbed. Default ``sigma=1.0`` relative: the noise std equals each image's own gradient std
-    (signal-to-noise 1; raw gradients are ~1e-4, so an absolute sigma is meaningless across models). Clean and noisy maps, at
-    input resolution, are each min-max normalised and compared with SSIM (win 7, uniform window,
+    (signal-to-noise 1; raw gradients are ~1e-4, so an absolute sigma is meaningless across models). Clean and
+    noisy maps, at input resolution, are each min-max normalised and compared with SSIM (win 7, uniform window,
     data_range 1; higher = more stable) and MSE (lower = more stable).
     Returns ``{"ssim": {method: [B]}, "mse": {method: [B]}}``. Methods that read no gradient get SSIM 1, MSE 0.
     """

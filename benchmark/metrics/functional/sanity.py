@@ -1,4 +1,6 @@
-"""Sanity checks: cascading model-parameter randomisation (Adebayo et al. 2018; Quantus MPRT; specs.md §2.9).
+"""Sanity checks: cascading model-parameter randomisation (Adebayo et al. 2018; Quantus MPRT).
+
+Specification: docs/metrics.md#model_randomization.
 
 The explain function takes the model: ``explain_fn(model, images, targets, names) -> {name: [B,H,W]}``
 (the :class:`benchmark.metrics.ExplainFn` protocol). It must resolve the target layer **by name** on the
@@ -8,7 +10,7 @@ model it is given, since the randomised model is a copy.
 from __future__ import annotations
 
 import copy
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, cast
 
 import numpy as np
 import torch
@@ -43,9 +45,10 @@ def _randomize(module: nn.Module, seed: int) -> None:
         t.data = t.data.contiguous()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + 1)
-        fresh.reset_parameters()
+        cast(Callable[[], None], fresh.reset_parameters)()  # a module with reset_parameters
     with torch.no_grad():
-        for dst, src in zip([*module.parameters(), *module.buffers()], [*fresh.parameters(), *fresh.buffers()]):
+        old, new = [*module.parameters(), *module.buffers()], [*fresh.parameters(), *fresh.buffers()]
+        for dst, src in zip(old, new, strict=True):
             dst.copy_(src)
 
 

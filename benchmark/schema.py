@@ -1,0 +1,47 @@
+"""The shape of the results: score, curve and timing columns, and what one unit produces.
+
+A leaf module (it imports nothing of cambench): the runner fills these tables, the store writes and reads
+them, the report reads them. ``status`` in a score row: ``ok`` (finite value), ``undefined`` (the metric
+returned NaN: undefined for that image), ``error`` (the method or the metric raised; ``message`` says why).
+``degenerate``: the method's raw map was constant or non-finite, so its published map is all zeros.
+See docs/interfaces.md (Result schema, Store).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+
+SCORE_COLUMNS = [
+    "model",
+    "dataset",
+    "method",
+    "metric",
+    "image_id",
+    "value",
+    "status",
+    "message",
+    "degenerate",
+]
+#: Per-image sufficient statistics of dataset-level metrics (``register_metric(level="dataset")``): one
+#: row per (model, dataset, method, metric, image_id), ``stats`` a float64 vector of the metric's S values.
+STATS_COLUMNS = ["model", "dataset", "method", "metric", "image_id", "stats", "degenerate"]
+CURVE_COLUMNS = ["model", "dataset", "method", "metric", "step", "x", "value", "n"]
+TIMING_COLUMNS = ["unit", "model", "dataset", "stage", "name", "seconds"]
+
+
+@dataclass
+class UnitResult:
+    """Everything one unit produced (picklable): score rows, mean curves, timings, gallery sample."""
+
+    key: str
+    scores: pd.DataFrame
+    curves: pd.DataFrame
+    timings: pd.DataFrame
+    gallery: Optional[dict[str, np.ndarray]] = None
+    info: dict = field(default_factory=dict)
+    #: per-image statistics of the dataset-level metrics (``STATS_COLUMNS``); None or empty when none ran
+    stats: Optional[pd.DataFrame] = None

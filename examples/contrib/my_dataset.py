@@ -1,0 +1,40 @@
+"""A new dataset in one file: seeded images of one bright square (class 0) or disc (class 1) with masks."""
+
+import torch
+
+from benchmark.data import CamDataset, Sample, register_dataset
+
+
+class Blobs(CamDataset):
+    """``n`` images ``[3, size, size]`` in [0, 1] (not normalised); the mask is the object."""
+
+    has_masks = True
+    num_classes = 2
+    class_names = ["square", "disc"]
+
+    def __init__(self, n: int = 8, seed: int = 0, size: int = 32) -> None:
+        super().__init__()
+        self.n, self.seed, self.size = n, seed, size
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> Sample:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + i)  # one image = one seed: order-free
+        s, r = self.size, self.size // 6
+        cy, cx = (int(v) for v in torch.randint(r, s - r, (2,), generator=g))
+        yy, xx = torch.meshgrid(torch.arange(s), torch.arange(s), indexing="ij")
+        label = i % 2
+        if label == 0:
+            mask = ((yy - cy).abs() <= r) & ((xx - cx).abs() <= r)
+        else:
+            mask = (yy - cy) ** 2 + (xx - cx) ** 2 <= r**2
+        image = 0.3 * torch.rand(3, s, s, generator=g)
+        image[:, mask] = 0.9
+        return Sample(image=image, target=label, id=f"blob{i:04d}", mask=mask, label=label)
+
+
+@register_dataset("blobs", has_masks=True, has_boxes=False, default_model="blob_cnn")
+def blobs(root=None, n=None, seed=0, size: int = 32) -> Blobs:
+    """``root`` is unused (generated data); ``n`` images (default 8)."""
+    return Blobs(n=8 if n is None else n, seed=seed, size=size)

@@ -1,0 +1,17 @@
+"""A new CAM method in one file: Grad-CAM weighted by positive gradients only.
+
+Load it with ``--plugin examples/contrib/my_method.py`` (or ``plugins = [...]`` in a suite).
+"""
+
+import torch
+
+from benchmark.methods import ExplainContext, register_method
+
+
+@register_method("posgrad_cam", family="gradient", defaults={"power": 1.0}, paper="CONTRIBUTING example")
+def posgrad_cam(ctx: ExplainContext, power: float = 1.0) -> torch.Tensor:
+    """``w_k = mean_ij ReLU(g_k)^power``, ``M = sum_k w_k A_k``; returns the raw ``[B,h,w]`` map."""
+    cap = ctx.capture  # A, dy^c/dA and the logits: one forward+backward shared by every method
+    assert cap.gradients is not None
+    weights = cap.gradients.clamp_min(0).pow(power).mean(dim=(-2, -1))  # [B, C]
+    return torch.einsum("bc,bchw->bhw", weights, cap.activations)  # ReLU, min-max, upsampling: shared

@@ -147,11 +147,11 @@ def dataset_value(name: str, stats: Any, ids: Sequence[str], params: Optional[Ma
     ids = list(ids)
     if len(ids) != arr.shape[0]:
         raise ValueError(f"stats of {name!r} have {arr.shape[0]} rows but {len(ids)} ids were given.")
-    keep = np.isfinite(arr).all(axis=1)
+    keep = np.asarray(np.isfinite(arr).all(axis=1), dtype=bool)
     if not keep.any():
         return float("nan")
     p = metric_params(name, params)
-    return float(entry.meta["compute"](arr[keep], [i for i, k in zip(ids, list(keep), strict=True) if k], **p))
+    return float(entry.meta["compute"](arr[keep], [i for i, k in zip(ids, keep.tolist(), strict=True) if k], **p))
 
 
 def metric_params(name: str, overrides: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:

@@ -142,8 +142,8 @@ def _stats_groups(stats_rows: Optional[pd.DataFrame]) -> dict[tuple, tuple[np.nd
         return out
     for key, g in stats_rows.groupby(KEYS, sort=True):
         arr = np.stack([np.asarray(v, dtype=np.float64) for v in g["stats"]])
-        keep = np.isfinite(arr).all(axis=1)
-        out[key] = (arr[keep], [i for i, k in zip(g["image_id"], list(keep), strict=True) if k])
+        keep = np.asarray(np.isfinite(arr).all(axis=1), dtype=bool)
+        out[key] = (arr[keep], [i for i, k in zip(g["image_id"], keep.tolist(), strict=True) if k])
     return out
 
 

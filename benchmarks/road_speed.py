@@ -103,7 +103,8 @@ def main() -> None:
     n, s = args.images, args.size
     low = torch.rand(n, 3, max(2, s // 8), max(2, s // 8), generator=g)
     x = F.interpolate(low, size=(s, s), mode="bilinear", align_corners=False)
-    mean, std = torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1), torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1)
+    mean = torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1)
+    std = torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1)
     x = ((x - mean) / std).to(device)
     with torch.no_grad():
         t = model(x).argmax(1)
@@ -112,7 +113,8 @@ def main() -> None:
     keys = torch.arange(n)
 
     print(f"ROAD MoRF: {args.model} random init, {n} images {s}x{s}, fractions {fractions}, one Grad-CAM map each, "
-          f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, {platform.processor() or platform.machine()}")
+          f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"{platform.processor() or platform.machine()}")
 
     def cambench(imputer: str):
         return lambda: road(cb_model, x.contiguous(memory_format=torch.channels_last), t, sal, percentages=fractions,
@@ -169,7 +171,8 @@ def main() -> None:
     print(f"speed-up vs pytorch-grad-cam imputed forwards only:        "
           f"{min(rows['pytorch-grad-cam, imputed forwards only']) / cg:.2f}x")
     if not args.skip_exact:
-        print(f"speed-up vs cambench imputer=exact:                       {min(rows['cambench road, imputer=exact']) / cg:.2f}x")
+        print(f"speed-up vs cambench imputer=exact:                       "
+              f"{min(rows['cambench road, imputer=exact']) / cg:.2f}x")
         print(f"imputation alone, cg vs exact:                            "
               f"{min(imp['cambench exact (scipy, per image)']) / min(imp['cambench batched cg']):.2f}x")
     print(f"imputation alone, cg vs pytorch-grad-cam:                 "

@@ -33,7 +33,7 @@ SAMPLES=${SAMPLES:-4}      # max-sensitivity samples
 CHUNK=${CHUNK:-256}        # forward batch of the extra forwards (both sides)
 PRECISION=${PRECISION:-bf16}
 ROAD_IMAGES=${ROAD_IMAGES:-4}    # road_speed images (the CPU measurement's setting; try 32 for throughput)
-SWEEP_LIMIT=${SWEEP_LIMIT:-50}   # images of the sweep shard timing (one shard = 50 images)
+SWEEP_LIMIT=${SWEEP_LIMIT:-16}   # images of the sweep shard timing (--limit: one unit of 16 images, ~2 min)
 if [[ -n "${IMAGENET_ROOT:-}" ]]; then SWEEP=${SWEEP:-sweep-gpu}; else SWEEP=${SWEEP:-sweep-gpu-synthetic}; fi
 export TQDM_DISABLE=1 PYTHONUNBUFFERED=1 MPLBACKEND=Agg
 mkdir -p "$RES"
@@ -88,7 +88,7 @@ step pipeline_bf16_peer "${T_PIPE16:-200}" python benchmarks/pipeline_speed.py -
 step cambench_bf16_compile "${T_COMPILE:-180}" python benchmarks/pipeline_speed.py --model resnet50 --size 224 \
   --images $((IMAGES * 4)) --steps "$STEPS" --samples "$SAMPLES" --chunk "$CHUNK" --batch 16 --device cuda \
   --gpu-util --floor-batch 256 --precision bf16 --skip-peer --compile
-step sweep_shard "${T_SWEEP:-420}" bash -c '
+step sweep_shard "${T_SWEEP:-300}" bash -c '
   t0=$(date +%s.%N)
   python run_bench.py run "$0" --device cuda --limit "$1" --precision bf16 --compile --out "$2/sweep_shard" \
     --fresh --quiet --no-plots

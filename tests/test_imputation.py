@@ -73,6 +73,19 @@ def test_cg_equals_sparse_solve_on_random_masks_2d(seed, fraction):
         assert torch.equal(ours[i][:, ~removed[i]], x[i][:, ~removed[i]])  # kept pixels untouched
 
 
+def test_cg_one_kept_pixel_in_a_large_image():
+    # the worst conditioning: one Dirichlet pixel in a corner, everything else a Neumann-bounded hole
+    x = torch.randn(1, 3, 64, 60, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    removed = torch.ones(1, 64, 60, dtype=torch.bool)
+    removed[0, 63, 59] = False
+    ours = solve_masked_laplace(x, removed)
+    torch.testing.assert_close(ours[0], x[0, :, 63:, 59:].expand(3, 64, 60), rtol=0, atol=1e-4)  # = that pixel
+    removed[0, 10:20, 5:50] = False  # and a kept bar
+    ours = solve_masked_laplace(x, removed)
+    ref = sparse_reference(x[0].numpy(), removed[0].numpy(), neighbour_stencil(2).numpy())
+    np.testing.assert_allclose(ours[0].numpy(), ref, rtol=0, atol=1e-4)
+
+
 def test_jacobi_preconditioner_and_face_stencil_2d():
     g = torch.Generator().manual_seed(4)
     x = torch.randn(2, 2, 12, 10, generator=g, dtype=torch.float64)

@@ -165,13 +165,13 @@ class _Coarsest:
         mat = level.apply(basis.contiguous()).reshape(-1, n_cells, n_cells)  # [N, j, i] = A[i, j] (symmetric)
         inactive = (~level.active).reshape(-1, n_cells).to(mat.dtype)
         mat = mat + torch.diag_embed(inactive)  # identity rows where no unknown lives
-        self.chol = torch.linalg.cholesky(mat)
+        self.chol = torch.linalg.cholesky(mat.double())  # float64: tiny, and ill-conditioned on large holes
         self.n_cells = n_cells
 
     def solve(self, r: Tensor) -> Tensor:
         n, c = r.shape[:2]
-        rhs = r.reshape(n, c, self.n_cells).transpose(1, 2)
-        sol = torch.cholesky_solve(rhs, self.chol).transpose(1, 2).reshape(r.shape)
+        rhs = r.reshape(n, c, self.n_cells).transpose(1, 2).double()
+        sol = torch.cholesky_solve(rhs, self.chol).transpose(1, 2).reshape(r.shape).to(r.dtype)
         return sol * self.level.active
 
 

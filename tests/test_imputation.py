@@ -21,6 +21,7 @@ from scipy.sparse.linalg import spsolve
 from benchmark.metrics.functional.faithfulness import (
     noisy_linear_impute,
     noisy_linear_impute_batch,
+    resolve_imputer,
     road,
     road_removal_counts,
 )
@@ -145,6 +146,12 @@ def test_solver_validates_inputs():
         neighbour_stencil(3, "road")
     with pytest.raises(ValueError, match="imputer"):
         noisy_linear_impute(x[0], torch.zeros(6, 6, dtype=torch.bool), imputer="lu")
+    assert resolve_imputer("auto", torch.device("cpu")) == "exact"
+    assert resolve_imputer("auto", torch.device("cuda")) == "cg"
+    assert resolve_imputer("cg", torch.device("cpu")) == "cg"
+    removed = torch.rand(6, 6, generator=torch.Generator().manual_seed(1)) < 0.5
+    torch.testing.assert_close(noisy_linear_impute(x[0], removed, noise=0.0, imputer="auto"),
+                               noisy_linear_impute(x[0], removed, noise=0.0, imputer="exact"))
     # a row with nothing removed comes back unchanged
     torch.testing.assert_close(noisy_linear_impute_batch(x, torch.zeros(2, 6, 6, dtype=torch.bool), noise=0.0), x)
 

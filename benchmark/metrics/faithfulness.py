@@ -132,7 +132,8 @@ def increase_in_confidence(ctx: MetricContext, **params) -> dict[str, Tensor]:
     return _split(methods, (y < o).float())
 
 
-# imputer: "cg" (batched conjugate gradient on the run's device) or "exact" (scipy sparse solve per image)
+# imputer: "cg" (batched conjugate gradient on the run's device), "exact" (scipy sparse solve per image) or
+# "auto" (exact on CPU, where it is faster: benchmarks/RESULTS.md section 6; cg on accelerators)
 _ROAD_DEFAULTS = dict(percentages=ROAD_PERCENTAGES, noise=0.01, score="prob", count_rule="round", imputer="cg")
 
 

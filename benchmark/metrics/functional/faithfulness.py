@@ -401,15 +401,24 @@ def linear_imputation_system(removed: np.ndarray, image: np.ndarray) -> tuple[sp
     return a, b
 
 
-IMPUTERS = ("cg", "exact")
+IMPUTERS = ("cg", "exact", "auto")
 
 
 def _check_imputer(imputer: str) -> None:
     if imputer not in IMPUTERS:
         raise ValueError(
             f"imputer must be one of {IMPUTERS} ('cg': batched conjugate gradient on the tensor's device, "
-            f"'exact': scipy sparse direct solve per image); got {imputer!r}."
+            f"'exact': scipy sparse direct solve per image, 'auto': exact on CPU, cg elsewhere); got {imputer!r}."
         )
+
+
+def resolve_imputer(imputer: str, device: torch.device) -> str:
+    """``"auto"`` -> ``"exact"`` on CPU (SuperLU beats the grid solver there: benchmarks/RESULTS.md,
+    section 6), ``"cg"`` on accelerators; other names unchanged. The two agree to ~1e-5 per pixel."""
+    _check_imputer(imputer)
+    if imputer == "auto":
+        return "exact" if torch.device(device).type == "cpu" else "cg"
+    return imputer
 
 
 def noisy_linear_impute(
@@ -429,7 +438,7 @@ def noisy_linear_impute(
     global RNG this reproduces pytorch-grad-cam's ``NoisyLinearImputer`` exactly). Returns float32
     ``[C,H,W]`` on the image's device.
     """
-    _check_imputer(imputer)
+    imputer = resolve_imputer(imputer, image.device)
     if imputer == "cg":
         gen = generator if generator is not None else torch.default_generator
         return noisy_linear_impute_batch(image[None], removed.reshape(1, *image.shape[-2:]), noise=noise,
@@ -548,9 +557,10 @@ def road_curves(
     image index), so rows of different methods on one image share their random numbers and results do
     not depend on the chunk size. ``imputer="cg"`` solves all imputations of a forward chunk (rows x
     percentages) as one batched conjugate-gradient solve on the images' device; ``"exact"`` runs one scipy
-    sparse solve per (row, percentage), the reference algorithm (they agree to ~1e-5 per pixel).
+    sparse solve per (row, percentage), the reference algorithm (they agree to ~1e-5 per pixel); ``"auto"``
+    picks exact on CPU, cg elsewhere.
     """
-    _check_imputer(imputer)
+    imputer = resolve_imputer(imputer, images.device)
     if order not in ("morf", "lerf"):
         raise ValueError(f"order must be 'morf' or 'lerf', got {order!r}.")
     n = saliency.shape[0]

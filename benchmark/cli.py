@@ -4,7 +4,7 @@
     run_bench.py run SUITE [--out DIR] [--device auto|cpu|cuda|cuda:N] [--limit N] [--batch-size N]
                            [--data-root DIR] [--fresh] [--quiet] [--no-plots]
                            [--backend sequential|loky|dask] [--workers N] [--scheduler tcp://HOST:PORT]
-                           [--precision fp32|tf32|bf16|fp16]
+                           [--precision fp32|tf32|bf16|fp16] [--compile]
     run_bench.py list {methods,metrics,models,datasets,suites}
     run_bench.py report DIR
     run_bench.py compare DIR --baseline CSV [--tolerance EPS] [--all]
@@ -67,6 +67,10 @@ def _parser() -> argparse.ArgumentParser:
                         "may use TF32 for every convolution and matmul; bf16/fp16: autocast of the perturbation "
                         "forwards (Score-/Ablation-CAM, deletion, ...), the gradient capture stays fp32 "
                         "(default: fp32)")
+    r.add_argument("--compile", action="store_true",
+                   help="torch.compile the perturbation forwards (CUDA graphs on CUDA: mode reduce-overhead) and "
+                        "let cuDNN autotune its convolutions; falls back to eager with a warning where "
+                        "torch.compile is unavailable")
 
     ls = sub.add_parser("list", help="list registered methods, metrics, models, datasets or suites")
     ls.add_argument("what", choices=LISTABLE)
@@ -110,7 +114,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     load_registries(_plugins(args), check=True)  # a broken plugin fails here, before any model work
     res = run_suite(suite, out, fresh=args.fresh, limit=args.limit, quiet=args.quiet, plots=not args.no_plots,
                     backend=args.backend, workers=args.workers, scheduler=args.scheduler,
-                    options=ExecOptions(precision=args.precision), plugins=_plugins(args))
+                    options=ExecOptions(precision=args.precision, compile=args.compile), plugins=_plugins(args))
     rep = res.report
     print(f"\ncambench suite {suite.name!r} (hash {res.plan.hash}): {len(res.ran)} unit(s) run, "
           f"{len(res.reused)} reused, {len(rep.scores)} score rows -> {out}")

@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmark import methods
-from benchmark.methods.base import forward_precision
+from benchmark.methods.base import PRECISIONS, cudnn_autotune, forward_compile, forward_precision
 from benchmark.metrics import MetricContext, compute_metrics
 from benchmark.metrics.functional.faithfulness import rise_blur
 from benchmark.metrics.perturbation import pixel_order, order_to_rank, step_counts
@@ -171,7 +171,7 @@ def run_cambench(model, layer, x, targets, masks, names, args) -> dict:
               "insertion_auc": {"n_steps": args.steps, "step": None},
               "max_sensitivity": {"n_samples": args.samples, "radius": 0.2}}
     out: dict = {"maps": 0.0, "metrics": 0.0, "values": {}}
-    with forward_precision(args.precision):
+    with forward_precision(args.precision), forward_compile(args.compile), cudnn_autotune(args.compile):
         for s in range(0, x.shape[0], args.batch):
             xb, tb, mb = x[s : s + args.batch], targets[s : s + args.batch], masks[s : s + args.batch]
             _sync(x.device)
@@ -193,6 +193,23 @@ def run_cambench(model, layer, x, targets, masks, names, args) -> dict:
 
 
 # -- (b) pytorch-grad-cam + Quantus, image by image -------------------------------------------------
+
+
+class AutocastForwards(torch.nn.Module):
+    """The peer's model under cambench's precision rule: forwards without gradients (Quantus' metric
+    forwards, pgc's Score-/Ablation-CAM batches, the insertion loop) autocast to ``dtype`` and return float32
+    (numpy-convertible) outputs; forwards with gradients (pgc's capture) stay fp32, as cambench's capture."""
+
+    def __init__(self, model: torch.nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.model, self.dtype = model, dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            return self.model(x)
+        with torch.autocast(x.device.type, dtype=self.dtype):
+            return self.model(x).float()
+
 
 
 def run_peer(model, layer, x, targets, masks, names, args) -> dict:
@@ -305,7 +322,13 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=64, help="forward batch of the extra forwards (both sides)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
-                    help="cambench perturbation forwards (the peer always runs fp32)")
+                    help="perturbation forwards (no-gradient forwards) of both sides; the capture stays fp32")
+    ap.add_argument("--peer-precision", choices=("same", "fp32"), default="same",
+                    help="same: the peer's no-gradient forwards autocast like cambench's (a fair ratio); "
+                         "fp32: the peer as the user runs it")
+    ap.add_argument("--compile", action="store_true",
+                    help="cambench side: torch.compile the perturbation forwards (CUDA graphs on CUDA) and "
+                         "cuDNN autotuning (the runner's --compile); the warm-up pays the compile")
     ap.add_argument("--methods", default=None, help="comma-separated subset of the methods")
     ap.add_argument("--gpu-util", action="store_true", help="sample GPU utilisation (needs pynvml)")
     ap.add_argument("--floor-batch", type=int, default=None,
@@ -346,6 +369,9 @@ def main() -> None:
         model_ours = model_ours.to(memory_format=torch.channels_last)
     if peer_cl:
         model = model.to(memory_format=torch.channels_last)
+    peer_precision = args.precision if args.peer_precision == "same" else "fp32"
+    if PRECISIONS[peer_precision] is not None:
+        model = AutocastForwards(model, PRECISIONS[peer_precision])
     setups = {  # side -> (runner, model, layer, images)
         "cambench": (run_cambench, model_ours, methods.resolve_layer(model_ours, layer_name), cl(x) if ours_cl else x),
         "peer (pgc + Quantus)": (run_peer, model, layer, cl(x) if peer_cl else x),
@@ -354,14 +380,17 @@ def main() -> None:
 
     print(f"# pipeline_speed: {args.model} weights={args.weights}, data={args.data}, {args.images} images {args.size}x{args.size}, "
           f"{len(names)} methods ({', '.join(names)}), metrics {', '.join(METRICS)}, {args.steps} steps, "
-          f"{args.samples} sensitivity samples, chunk {args.chunk}, device={device}, precision={args.precision}, "
+          f"{args.samples} sensitivity samples, chunk {args.chunk}, device={device}, precision={args.precision} "
+          f"(peer {peer_precision}), compile={args.compile}, "
           f"channels_last cambench={ours_cl} peer={peer_cl}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}, "
           f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or 'cpu'}")
 
-    # warm-up (cudnn autotuning, allocator, lazy imports) on one image, not timed
+    # warm-up (cudnn autotuning, allocator, lazy imports; with --compile the compile of each chunk shape) on
+    # one batch, not timed
     _, m0, l0, x0 = setups["cambench"]
-    run_cambench(m0, l0, x0[:1], targets[:1], masks[:1], names[:1], args)
+    warm = min(args.batch, x0.shape[0]) if args.compile else 1
+    run_cambench(m0, l0, x0[:warm], targets[:warm], masks[:warm], names if args.compile else names[:1], args)
     from benchmark.methods.base import forward_chunk
 
     # the floor's unit cost first, so that a run cut short still prints it with the sides that finished

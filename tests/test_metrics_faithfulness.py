@@ -117,6 +117,10 @@ def test_road_imputation_equals_pgc_with_identical_seeds(percentile, order):
         assert torch.equal((ref != x[i]).any(0), removed)
         ours = noisy_linear_impute(x[i], removed, noise=0.01, generator=torch.Generator().manual_seed(123))
         torch.testing.assert_close(ours, ref, rtol=0, atol=1e-6)
+        # the batched conjugate-gradient imputer: same noise, the solve within its 1e-4 tolerance
+        ours_cg = noisy_linear_impute(x[i], removed, noise=0.01, generator=torch.Generator().manual_seed(123),
+                                      imputer="cg")
+        torch.testing.assert_close(ours_cg, ref, rtol=0, atol=1e-4)
 
 
 @pytest.mark.parametrize("order", ["morf", "lerf"])

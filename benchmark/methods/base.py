@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import warnings
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
@@ -66,6 +68,81 @@ def tf32(allow: bool) -> Iterator[None]:
         yield
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+_FORWARD_COMPILE: contextvars.ContextVar[bool] = contextvars.ContextVar("cambench_forward_compile", default=False)
+#: per model: {(mode, dynamic): compiled callable, or None after a failed compile (eager from then on)}
+_COMPILED: "weakref.WeakKeyDictionary[nn.Module, dict[str, Any]]" = weakref.WeakKeyDictionary()
+
+
+@contextlib.contextmanager
+def forward_compile(enabled: bool = True) -> Iterator[None]:
+    """Run the extra (perturbation) forwards through ``torch.compile`` inside the block (``--compile``).
+
+    :func:`perturbation_forward` then calls a compiled copy of the model (shared weights): mode
+    ``"reduce-overhead"`` on CUDA (inductor kernels replayed as CUDA graphs; the forward chunks have static
+    shapes, so each chunk size records one graph), ``"default"`` elsewhere. Scores change only by float
+    reassociation. Where ``torch.compile`` is unavailable or fails on a model, one warning says so and the
+    forwards run eagerly. Scoped by a context variable, like :func:`forward_precision`.
+    """
+    token = _FORWARD_COMPILE.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _FORWARD_COMPILE.reset(token)
+
+
+def _compile_warning(model: nn.Module, why: str) -> None:
+    warnings.warn(
+        f"--compile: torch.compile is not usable for {type(model).__name__} here ({why}); the perturbation "
+        "forwards run eagerly (same scores, no compile speed-up). Drop --compile to silence this, or install "
+        "a working compiler toolchain (inductor needs a C++ compiler on CPU, Triton on CUDA).",
+        RuntimeWarning, stacklevel=3,
+    )
+
+
+def perturbation_forward(model: nn.Module, inputs: Tensor) -> Tensor:
+    """``model(inputs)`` for an extra forward: eager, or compiled under :func:`forward_compile`."""
+    if not _FORWARD_COMPILE.get():
+        return model(inputs)
+    mode = "reduce-overhead" if inputs.device.type == "cuda" else "default"
+    cache = _COMPILED.setdefault(model, {})
+    if mode not in cache:
+        compile_fn = getattr(torch, "compile", None)
+        if compile_fn is None:
+            cache[mode] = None
+            _compile_warning(model, "this torch has no torch.compile")
+        else:
+            try:
+                cache[mode] = compile_fn(model, mode=mode, dynamic=False)
+            except Exception as err:  # noqa: BLE001  (platform without dynamo support)
+                cache[mode] = None
+                _compile_warning(model, f"{type(err).__name__}: {err}")
+    fn = cache[mode]
+    if fn is None:
+        return model(inputs)
+    try:
+        out = fn(inputs)
+    except (torch.cuda.OutOfMemoryError, MemoryError):
+        raise  # the engine halves the chunk and retries
+    except Exception as err:  # noqa: BLE001  (inductor/Triton/compiler failure on first call)
+        cache[mode] = None
+        _compile_warning(model, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+        return model(inputs)
+    return out.clone() if mode == "reduce-overhead" else out  # CUDA-graph outputs are reused by the next call
+
+
+@contextlib.contextmanager
+def cudnn_autotune(enabled: bool) -> Iterator[None]:
+    """``torch.backends.cudnn.benchmark`` inside the block (restored after): cuDNN times its convolution
+    algorithms once per input shape and keeps the fastest (the runner's ``--compile`` turns it on on CUDA).
+    Process-wide flag: not thread-safe."""
+    saved = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = bool(enabled)
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = saved
 
 
 def forward_autocast(device: torch.device | str) -> contextlib.AbstractContextManager:
@@ -184,7 +261,7 @@ class ExplainContext:
         step = forward_chunk(self.batch_size, inputs)
         with torch.inference_mode(), forward_autocast(inputs.device):
             for i in range(0, inputs.shape[0], step):
-                logits = self.model(inputs[i : i + step]).float()
+                logits = perturbation_forward(self.model, inputs[i : i + step]).float()
                 if softmax:
                     logits = logits.softmax(dim=1)
                 out.append(logits.gather(1, index[i : i + step, None]).squeeze(1))

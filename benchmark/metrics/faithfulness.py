@@ -134,7 +134,9 @@ def increase_in_confidence(ctx: MetricContext, **params) -> dict[str, Tensor]:
     return _split(methods, (y < o).float())
 
 
-_ROAD_DEFAULTS = dict(percentages=ROAD_PERCENTAGES, noise=0.01, score="prob", count_rule="round")
+# imputer: "cg" (batched conjugate gradient on the run's device), "exact" (scipy sparse solve per image) or
+# "auto" (exact on CPU, where it is faster: benchmarks/RESULTS.md section 6; cg on accelerators)
+_ROAD_DEFAULTS = dict(percentages=ROAD_PERCENTAGES, noise=0.01, score="prob", count_rule="round", imputer="cg")
 
 
 def _road(ctx: MetricContext, name: str, order: str, **params) -> dict[str, Tensor]:

@@ -31,7 +31,7 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from ..methods.base import forward_autocast, forward_chunk
+from ..methods.base import forward_autocast, forward_chunk, perturbation_forward
 
 #: Exceptions treated as "the chunk does not fit": the chunk is halved and retried.
 OOM_ERRORS: tuple[type[BaseException], ...] = (torch.cuda.OutOfMemoryError,)
@@ -217,7 +217,7 @@ def batched_scores(
                 if measure:
                     base = torch.cuda.memory_allocated(device)
                     torch.cuda.reset_peak_memory_stats(device)
-                logits = model(x)
+                logits = perturbation_forward(model, x)
                 if measure:  # peak activation memory of this chunk, plus its inputs, per input
                     assert key is not None
                     peak = torch.cuda.max_memory_allocated(device) - base + x.numel() * x.element_size()

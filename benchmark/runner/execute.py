@@ -26,6 +26,8 @@ so a unit's rows do not depend on which units ran before it (resume, parallel ba
 
 from __future__ import annotations
 
+import contextlib
+
 import dataclasses
 import hashlib
 import importlib
@@ -98,12 +100,16 @@ class ExecOptions:
                    token reshape, on every device (measured faster on CUDA and on CPU: benchmarks/RESULTS.md).
     prefetch:      load/collate/pin the next batches in a background thread; ``None`` = on CUDA.
     threads:       ``torch.set_num_threads`` in the process running the unit (parallel CPU workers).
+    compile:       ``torch.compile`` the extra (perturbation) forwards (``reduce-overhead``: CUDA graphs on
+                   CUDA) and let cuDNN autotune its convolutions (``cudnn.benchmark``);
+                   :func:`~benchmark.methods.base.forward_compile`. Scores move by float reassociation only.
     """
 
     precision: str = "fp32"
     channels_last: Optional[bool] = None
     prefetch: Optional[bool] = None
     threads: Optional[int] = None
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -517,13 +523,14 @@ def run_unit(
     failures become ``status="error"`` rows; model/weights/data-root problems raise. ``options``: see
     :class:`ExecOptions` (precision, channels_last, prefetch, threads).
     """
-    from ..methods.base import forward_precision, tf32
+    from ..methods.base import cudnn_autotune, forward_compile, forward_precision, tf32
 
     opts = options or ExecOptions()
     if opts.threads:
         torch.set_num_threads(int(opts.threads))
+    autotune = cudnn_autotune(True) if opts.compile else contextlib.nullcontext()
     with forward_precision(opts.precision), tf32(allow=opts.precision == "tf32"), \
-            warnings.catch_warnings(record=True) as caught:
+            forward_compile(opts.compile), autotune, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = _run_unit(suite, unit, progress, opts)
     # the warnings of methods and metrics (e.g. Ablation-CAM's sign note) travel with the result: the

@@ -1,0 +1,335 @@
+"""Batched linear imputation: the masked neighbour-Laplacian system solved by preconditioned conjugate gradient.
+
+ROAD's linear imputation (Rong et al., "A Consistent and Efficient Evaluation Strategy for Attribution
+Methods", ICML 2022, section 4) sets every removed pixel to the weighted mean of its in-image neighbours:
+``sum_j w_j (v_j - v_i) = 0``. On the removed set ``M`` this is ``A u = b`` with
+
+    (A u)(i) = d(i) u(i) - sum_o w_o u(i + o)      (i, i + o in M;  d(i) = sum of the in-image weights)
+    b(i)     = sum_o w_o x(i + o)                  (i + o in the image, not in M)
+
+``A`` is the masked graph Laplacian of the stencil ``w`` (a ``3 x ... x 3`` kernel with a zero centre):
+symmetric and positive definite whenever one pixel is kept. It is applied as a convolution (shifted
+multiply-adds over the whole grid), so every system of a batch -- images x methods x fractions x channels --
+runs in one tensor program on the tensor's device, in any number of spatial dimensions (``[N, C, H, W]``
+with 4 or 8 neighbours, ``[N, C, D, H, W]`` with 6).
+
+The solver is conjugate gradient (Hestenes & Stiefel 1952) preconditioned either by Jacobi (``d^-1``) or by
+one symmetric multigrid V-cycle whose smoother is damped Jacobi and whose coarse operators are Galerkin
+products ``P^T A P`` of 2-per-axis aggregation (each coarse level is again a ``3^d`` stencil, with
+per-cell coefficients; the coarsest, at most ``4^d`` cells, is solved by a batched Cholesky). Both
+preconditioners are symmetric positive definite, so CG converges to the exact solution of the sparse
+system; the multigrid one needs a few tens of iterations where Jacobi needs thousands on large holes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+# ROAD's weights (section 4): 1/6 for the edge neighbours, 1/12 for the diagonal ones (they sum to 1)
+_ROAD_2D = ((1 / 12, 1 / 6, 1 / 12), (1 / 6, 0.0, 1 / 6), (1 / 12, 1 / 6, 1 / 12))
+
+
+def neighbour_stencil(ndim: int = 2, kind: str = "road", dtype: torch.dtype = torch.float64) -> Tensor:
+    """Neighbour weights as a ``[3] * ndim`` kernel with a zero centre.
+
+    ``kind="road"``: ROAD's 8-neighbour weights (1/6 edge, 1/12 diagonal; 2-D only). ``kind="face"``: the
+    ``2 * ndim`` face neighbours (4 in 2-D, 6 in 3-D), weight ``1 / (2 ndim)`` each.
+    """
+    if kind == "road":
+        if ndim != 2:
+            raise ValueError(
+                f"The ROAD stencil (1/6 edge, 1/12 diagonal neighbours) is 2-D; got ndim={ndim}. "
+                "Use kind='face' for the 2*ndim face neighbours in other dimensions."
+            )
+        return torch.tensor(_ROAD_2D, dtype=dtype)
+    if kind == "face":
+        if ndim < 1:
+            raise ValueError(f"ndim must be >= 1; got {ndim}.")
+        k = torch.zeros([3] * ndim, dtype=dtype)
+        for axis in range(ndim):
+            for side in (0, 2):
+                idx = [1] * ndim
+                idx[axis] = side
+                k[tuple(idx)] = 1.0 / (2 * ndim)
+        return k
+    raise ValueError(f"kind must be 'road' or 'face'; got {kind!r}.")
+
+
+def _shifted(xp: Tensor, offset: Sequence[int], shape: Sequence[int]) -> Tensor:
+    """View of the 1-padded ``xp`` at ``x[i + offset]`` for every ``i`` of the unpadded grid ``shape``."""
+    d = len(shape)
+    index = [slice(None)] * (xp.ndim - d)
+    index += [slice(1 + o, 1 + o + s) for o, s in zip(offset, shape)]
+    return xp[tuple(index)]
+
+
+def _pad1(x: Tensor, d: int) -> Tensor:
+    return F.pad(x, [1, 1] * d)
+
+
+class _Level:
+    """SPD operator on the active cells of one grid: ``(A u)(i) = diag(i) u(i) + sum_o coef_o(i) u(i + o)``.
+
+    ``diag [N, 1, *S]``; ``coefs [K, N, 1, *S]`` for ``offsets`` (K tuples in ``{-1, 0, 1}^d``, centre
+    excluded); coefficients vanish wherever ``i`` or ``i + o`` is inactive or outside the grid, so the
+    operator maps vectors supported on the active cells to vectors supported on them.
+    """
+
+    def __init__(self, diag: Tensor, coefs: Tensor, offsets: list[tuple[int, ...]]):
+        self.diag = diag
+        self.coefs = coefs
+        self.offsets = offsets
+        self.shape = tuple(diag.shape[2:])
+        self.active = diag > 0
+        self.dinv = torch.where(self.active, 1.0 / torch.where(self.active, diag, torch.ones_like(diag)), 0.0)
+
+    def apply(self, x: Tensor) -> Tensor:
+        xp = _pad1(x, len(self.shape))
+        y = self.diag * x
+        for k, o in enumerate(self.offsets):
+            y.addcmul_(self.coefs[k], _shifted(xp, o, self.shape))
+        return y
+
+
+def _even(x: Tensor, d: int) -> Tensor:
+    """Zero-pad the last ``d`` dims of ``x`` to even sizes."""
+    pads: list[int] = []
+    for s in reversed(x.shape[x.ndim - d:]):
+        pads += [0, s % 2]
+    return F.pad(x, pads) if any(pads) else x
+
+
+def _parity(x: Tensor, p: Sequence[int]) -> Tensor:
+    d = len(p)
+    return x[(Ellipsis, *[slice(q, None, 2) for q in p])] if d else x
+
+
+def _restrict(r: Tensor, d: int) -> Tensor:
+    """``P^T r``: the sum over each ``2^d`` block (sizes padded to even)."""
+    r = _even(r, d)
+    parities = list(itertools.product((0, 1), repeat=d))
+    out = _parity(r, parities[0]).clone()
+    for p in parities[1:]:
+        out += _parity(r, p)
+    return out
+
+
+def _prolong(e: Tensor, fine_shape: Sequence[int]) -> Tensor:
+    """``P e``: each coarse value copied to its ``2^d`` children, cropped to ``fine_shape`` (unmasked)."""
+    d = len(fine_shape)
+    lead = e.shape[: e.ndim - d]
+    view: list[int] = list(lead)
+    expand: list[int] = list(lead)
+    for s in e.shape[e.ndim - d:]:
+        view += [s, 1]
+        expand += [s, 2]
+    out = e.reshape(view).expand(expand).reshape(*lead, *[2 * s for s in e.shape[e.ndim - d:]])
+    return out[(Ellipsis, *[slice(0, s) for s in fine_shape])]
+
+
+def _galerkin(level: _Level) -> _Level:
+    """The coarse operator ``P^T A P`` of 2-per-axis aggregation: again a 3^d stencil (exact, no approximation)."""
+    d = len(level.shape)
+    diag = _even(level.diag, d)
+    coefs = _even(level.coefs, d)
+    coarse_offsets = [o for o in itertools.product((-1, 0, 1), repeat=d) if any(o)]
+    pos = {o: k for k, o in enumerate(coarse_offsets)}
+    cdiag = sum(_parity(diag, p) for p in itertools.product((0, 1), repeat=d))
+    ccoefs = torch.zeros((len(coarse_offsets), *cdiag.shape), dtype=diag.dtype, device=diag.device)
+    for k, o in enumerate(level.offsets):
+        for p in itertools.product((0, 1), repeat=d):
+            block = tuple((q + oo) // 2 for q, oo in zip(p, o))  # the child's coupling lands in this block
+            part = _parity(coefs[k], p)
+            if any(block):
+                ccoefs[pos[block]] += part
+            else:
+                cdiag = cdiag + part
+    keep = [k for k in range(len(coarse_offsets)) if bool(ccoefs[k].ne(0).any())]
+    return _Level(cdiag, ccoefs[keep], [coarse_offsets[k] for k in keep])
+
+
+class _Coarsest:
+    """Exact solve on a grid of at most ``4^d`` cells: batched Cholesky of the assembled stencil matrix."""
+
+    def __init__(self, level: _Level):
+        self.level = level
+        n_cells = math.prod(level.shape)
+        eye = torch.eye(n_cells, dtype=level.diag.dtype, device=level.diag.device)
+        basis = eye.reshape(1, n_cells, *level.shape).expand(level.diag.shape[0], -1, *level.shape)
+        mat = level.apply(basis.contiguous()).reshape(-1, n_cells, n_cells)  # [N, j, i] = A[i, j] (symmetric)
+        inactive = (~level.active).reshape(-1, n_cells).to(mat.dtype)
+        mat = mat + torch.diag_embed(inactive)  # identity rows where no unknown lives
+        self.chol = torch.linalg.cholesky(mat.double())  # float64: tiny, and ill-conditioned on large holes
+        self.n_cells = n_cells
+
+    def solve(self, r: Tensor) -> Tensor:
+        n, c = r.shape[:2]
+        rhs = r.reshape(n, c, self.n_cells).transpose(1, 2).double()
+        sol = torch.cholesky_solve(rhs, self.chol).transpose(1, 2).reshape(r.shape).to(r.dtype)
+        return sol * self.level.active
+
+
+class _Multigrid:
+    """One symmetric V-cycle (damped Jacobi pre/post smoothing, Galerkin aggregation coarse levels).
+
+    The coarse correction is scaled by ``alpha`` (over-correction, which piecewise-constant aggregation
+    needs: Braess 1995; the cycle stays symmetric positive definite for ``0 < alpha < 2``).
+    """
+
+    def __init__(self, fine: _Level, omega: float = 0.7, sweeps: int = 1, coarsest: int = 4, alpha: float = 1.5):
+        self.levels = [fine]
+        while max(self.levels[-1].shape) > coarsest:
+            self.levels.append(_galerkin(self.levels[-1]))
+        self.bottom = _Coarsest(self.levels[-1])
+        self.omega = omega
+        self.sweeps = sweeps
+        self.alpha = alpha
+
+    def __call__(self, r: Tensor, depth: int = 0) -> Tensor:
+        level = self.levels[depth]
+        if depth == len(self.levels) - 1:
+            return self.bottom.solve(r)
+        wd = self.omega * level.dinv
+        z = wd * r
+        for _ in range(self.sweeps - 1):
+            z = z + wd * (r - level.apply(z))
+        ec = self(_restrict(r - level.apply(z), len(level.shape)), depth + 1)
+        z = z.add_(_prolong(ec, level.shape) * level.active, alpha=self.alpha)
+        for _ in range(self.sweeps):
+            z = z + wd * (r - level.apply(z))
+        return z
+
+
+class _FineLevel(_Level):
+    """The finest operator with a constant stencil: ``A u = d * u - M * W(u)`` for ``u`` supported on ``M``.
+
+    ``W`` (the neighbour-weighted sum) is a convolution evaluated as scalar-weighted shifted adds: cheaper
+    than the per-cell coefficient maps of the coarse levels (which ``coefs`` still holds for coarsening).
+    """
+
+    def __init__(self, diag: Tensor, coefs: Tensor, offsets: list[tuple[int, ...]], weights: list[float],
+                 mask: Tensor):
+        super().__init__(diag, coefs, offsets)
+        self.weights = weights
+        self.mask = mask
+
+    def neighbour_sum(self, x: Tensor) -> Tensor:
+        """``W(x)(i) = sum_o w_o x(i + o)`` over in-image neighbours (zero padding)."""
+        xp = _pad1(x, len(self.shape))
+        y = torch.zeros_like(x)
+        for o, w in zip(self.offsets, self.weights):
+            y.add_(_shifted(xp, o, self.shape), alpha=w)
+        return y
+
+    def apply(self, x: Tensor) -> Tensor:
+        return (self.diag * x).sub_(self.mask * self.neighbour_sum(x))
+
+
+def masked_laplacian(removed: Tensor, stencil: Tensor, dtype: torch.dtype = torch.float64) -> _FineLevel:
+    """The operator ``A`` of the module docstring for the masks ``removed`` ``[N, *S]`` (bool)."""
+    d = stencil.ndim
+    if removed.ndim < d + 1:
+        raise ValueError(
+            f"removed must be [N, *S] with {d} spatial dims (the stencil's); got shape {tuple(removed.shape)}."
+        )
+    m = removed.reshape(-1, 1, *removed.shape[-d:]).to(dtype)
+    shape = tuple(m.shape[2:])
+    inside = _pad1(torch.ones_like(m), d)
+    mp = _pad1(m, d)
+    offsets, coefs, weights = [], [], []
+    diag = torch.zeros_like(m)
+    for idx in itertools.product(range(3), repeat=d):
+        w = float(stencil[idx])
+        if w == 0.0 or not any(i != 1 for i in idx):
+            continue
+        o = tuple(i - 1 for i in idx)
+        diag = diag + w * _shifted(inside, o, shape)
+        offsets.append(o)
+        weights.append(w)
+        coefs.append(-w * m * _shifted(mp, o, shape))
+    coef = torch.stack(coefs) if coefs else m.new_zeros((0, *m.shape))
+    return _FineLevel(diag * m, coef, offsets, weights, m)
+
+
+def _dot(a: Tensor, b: Tensor, d: int) -> Tensor:
+    return (a * b).sum(dim=tuple(range(a.ndim - d, a.ndim)), keepdim=True)
+
+
+def solve_masked_laplace(
+    values: Tensor,
+    removed: Tensor,
+    stencil: Optional[Tensor] = None,
+    *,
+    preconditioner: str = "multigrid",
+    tol: float = 1e-5,
+    max_iter: Optional[int] = None,
+    dtype: torch.dtype = torch.float64,
+    precond_dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """Impute the ``removed`` cells of ``values`` ``[N, C, *S]`` by the masked neighbour-mean system.
+
+    ``removed`` ``[N, *S]`` (bool) is shared by the ``C`` channels of its row; ``stencil`` ``[3] * d``
+    (default: ROAD's 8-neighbour weights in 2-D, the ``2 d`` face neighbours otherwise). Conjugate gradient
+    with the ``preconditioner`` (``"multigrid"`` or ``"jacobi"``) runs until the preconditioned residual of
+    every system -- an estimate of its error -- is below ``tol`` in max-norm (or ``max_iter``). CG runs in
+    ``dtype``; the multigrid V-cycle in ``precond_dtype`` (float32 halves its memory traffic; a
+    preconditioner only changes the iteration count, not the solution CG converges to). Returns
+    ``values`` in ``dtype`` with the removed cells replaced by the solution (kept cells untouched).
+    Raises ``ValueError`` when a row has every cell removed (the system is singular).
+    """
+    d = removed.ndim - 1
+    if stencil is None:
+        stencil = neighbour_stencil(d, "road" if d == 2 else "face")
+    if stencil.ndim != d or any(s != 3 for s in stencil.shape):
+        raise ValueError(f"stencil must be [3]*{d} for removed of shape {tuple(removed.shape)}; "
+                         f"got {tuple(stencil.shape)}.")
+    if values.ndim != d + 2 or values.shape[0] != removed.shape[0] or values.shape[2:] != removed.shape[1:]:
+        raise ValueError(f"values must be [N, C, *S] with [N, *S] = {tuple(removed.shape)}; "
+                         f"got {tuple(values.shape)}.")
+    if preconditioner not in ("multigrid", "jacobi"):
+        raise ValueError(f"preconditioner must be 'multigrid' or 'jacobi'; got {preconditioner!r}.")
+    removed = removed.to(values.device).bool()
+    full = removed.reshape(removed.shape[0], -1).all(dim=1)
+    if bool(full.any()):
+        raise ValueError(
+            "Linear imputation needs at least one kept cell per row (no known neighbour otherwise); rows "
+            f"{full.nonzero().flatten().tolist()} have every cell removed. Use removal fractions below 1."
+        )
+    x = values.to(dtype)
+    a = masked_laplacian(removed, stencil.to(dtype=dtype, device=values.device), dtype)
+    m = a.mask
+    b = a.neighbour_sum(x * (1 - m)) * m  # b(i) = sum_o w_o x(i + o) over the kept neighbours
+    if preconditioner == "jacobi":
+        precond = lambda r: a.dinv * r  # noqa: E731
+    elif precond_dtype == dtype:
+        precond = _Multigrid(a)
+    else:  # the V-cycle in a cheaper dtype: it only steers CG, whose iterates and residuals stay in ``dtype``
+        low = masked_laplacian(removed, stencil.to(dtype=precond_dtype, device=values.device), precond_dtype)
+        mg = _Multigrid(low)
+        precond = lambda r: mg(r.to(precond_dtype)).to(dtype)  # noqa: E731
+    if max_iter is None:
+        max_iter = 200 if preconditioner == "multigrid" else 20 * max(a.shape) ** 2
+    u = torch.zeros_like(b)
+    r = b
+    z = precond(r)
+    p = z
+    rz = _dot(r, z, d)
+    tiny = torch.finfo(dtype).tiny
+    for _ in range(max_iter):
+        if float(z.abs().amax()) <= tol:
+            break
+        ap = a.apply(p)
+        alpha = rz / _dot(p, ap, d).clamp_min(tiny)
+        u = u.addcmul_(alpha, p)
+        r = r - alpha * ap
+        z = precond(r)
+        rz_new = _dot(r, z, d)
+        p = z + (rz_new / rz.clamp_min(tiny)) * p
+        rz = rz_new
+    return torch.where(m.bool(), u, x)

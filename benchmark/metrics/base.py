@@ -18,7 +18,8 @@ from ..types import Batch
 METRICS: Registry[Callable[..., dict[str, Tensor]]] = Registry("metric")
 
 FAMILIES = ("faithfulness", "localization", "robustness", "sanity", "cost")
-NEEDS = ("saliency", "masks", "boxes", "model", "explainer")
+NEEDS = ("saliency", "masks", "boxes", "model", "explainer", "frames")
+#: ``frames``: the metric reads a time (or depth) axis, so it needs volumes or clips ``[B,C,T,H,W]``.
 
 
 class ExplainFn(Protocol):
@@ -98,6 +99,8 @@ def missing_needs(name: str, ctx: MetricContext) -> list[str]:
         elif need == "boxes" and ctx.batch.boxes is None:
             missing.append(need)
         elif need == "explainer" and ctx.explain is None:
+            missing.append(need)
+        elif need == "frames" and ctx.batch.images.ndim != 5:
             missing.append(need)
     return missing
 

@@ -31,8 +31,8 @@ def pointing_game(ctx: MetricContext, tolerance: float = 15) -> dict[str, Tensor
 )
 def energy_pointing_game(ctx: MetricContext) -> dict[str, Tensor]:
     """Share of the map's energy inside the union of the GT boxes (NaN: all-zero map or no box)."""
-    h, w = ctx.batch.images.shape[-2:]
-    region = F.boxes_to_mask(ctx.batch.boxes, (h, w), device=ctx.batch.images.device)
+    size = tuple(ctx.batch.images.shape[2:])  # (H, W), or (T, H, W) for volumes and clips
+    region = F.boxes_to_mask(ctx.batch.boxes, size, device=ctx.batch.images.device)
     return _per_method(ctx, lambda s: F.energy_pointing_game(s, region.to(s.device)))
 
 
@@ -103,3 +103,14 @@ def pxap(ctx: MetricContext, cam_curve_interval: float = 0.01) -> dict[str, Tens
         curves[m] = hist.flatten(1).float()
         out[m] = F.pxap_from_histograms(hist).float()
     return out
+
+
+@register_metric(
+    "temporal_energy", family="localization", higher_is_better=True, needs=("saliency", "masks", "frames"),
+    defaults={}, paper="cambench: the energy pointing game (Wang et al. 2020) along the time axis",
+)
+def temporal_energy(ctx: MetricContext) -> dict[str, Tensor]:
+    """Volumes and clips only: share of the map's energy in the frames (slices) that hold the object
+    (NaN: all-zero map or no object in any frame). See ``functional.localization.temporal_energy``."""
+    masks = ctx.batch.masks
+    return _per_method(ctx, lambda s: F.temporal_energy(s, masks.to(s.device)))

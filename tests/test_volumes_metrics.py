@@ -55,7 +55,7 @@ def test_energy_mask_iou_and_temporal_energy_known_answers() -> None:
     mask[0, 0, 0, 0] = True
     torch.testing.assert_close(FL.temporal_energy(sal, mask), torch.tensor([1.0]))
     torch.testing.assert_close(FL.energy_pointing_game(sal, mask), torch.tensor([1 / 17]))
-    torch.testing.assert_close(FL.mask_iou(sal, mask, 0.5), torch.tensor([1 / 17]))
+    torch.testing.assert_close(FL.mask_iou(sal, mask, 0.5), torch.tensor([1 / 21]))  # 1 shared of 17 + 5 - 1
     assert torch.isnan(FL.temporal_energy(torch.zeros_like(sal), mask))[0]
     with pytest.raises(DimensionError, match="T,H,W"):
         FL.temporal_energy(sal[:, 0], mask[:, 0])

@@ -35,7 +35,7 @@ IOU_THRESHOLDS = (30, 50, 70)
 
 
 def _check_maps(saliency: Tensor, other: Optional[Tensor] = None, name: str = "gt_mask") -> None:
-    if saliency.ndim not in (3, 4):
+    if saliency.ndim not in (3, 4) or (saliency.ndim == 4 and saliency.shape[1] == 1):  # [B,1,H,W]: a channel axis
         raise ValueError(
             f"saliency must be [B,H,W] (or [B,T,H,W] for volumes and clips); got shape "
             f"{tuple(saliency.shape)}. Squeeze the channel axis of [B,1,H,W] maps, or add a batch axis to a "

@@ -144,3 +144,15 @@ def test_r3d18_tiny_clips_every_method() -> None:
         assert o.maps.shape == (2, 8, 32, 32), n
         assert torch.isfinite(o.maps).all() and float(o.maps.max()) <= 1 and float(o.maps.min()) >= 0, n
     assert sum(not bool(o.degenerate.all()) for o in out.values()) >= len(out) - 3
+
+
+def test_r3d18_score_family_on_a_shallow_layer() -> None:
+    """Score-/SS-/IS-CAM on r3d_18 clips, batched in 3-D (layer1: 64 channels keeps the CPU cost small)."""
+    from benchmark.models import create_model
+
+    h = create_model("r3d_18", weights="random", input_size=(4, 16, 16))
+    x = torch.randn(1, 3, 4, 16, 16, generator=torch.Generator().manual_seed(6))
+    params = {"sscam": {"n_samples": 1}, "iscam": {"n_samples": 1}}
+    out = methods.explain(h.model, "layer1", x, [3], ["scorecam", "sscam", "iscam"], params=params, batch_size=64)
+    for n, m in out.items():
+        assert m.shape == (1, 4, 16, 16) and torch.isfinite(m).all() and float(m.max()) > 0, n

@@ -214,8 +214,7 @@ def plan_run(suite: Suite, limit: Optional[int] = None, precision: str = "fp32")
         skipped = {}
         for name in metrics:
             needs = METRICS.entry(name).meta.get("needs", ())
-            lack = [n for n in needs if (n == "masks" and not dataset.has_masks) or (n == "boxes" and not dataset.has_boxes)
-                    or (n == "frames" and getattr(dataset, "ndim", 2) != 3)]  # frames: volumes and clips only
+            lack = [n for n in needs if (n == "masks" and not dataset.has_masks) or (n == "boxes" and not dataset.has_boxes)]
             if lack:
                 skipped[name] = f"needs {' and '.join(lack)}, which dataset {exp.dataset!r} does not provide"
         mparams = {m: mparams[m] for m in metrics}

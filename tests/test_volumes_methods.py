@@ -69,7 +69,8 @@ def test_finalize_3d_trilinear_and_unit_range() -> None:
 
 @pytest.mark.parametrize("name", ALL)
 def test_every_method_gives_volume_maps(vol_model: VolumeCNN, clips: torch.Tensor, name: str) -> None:
-    out = methods.explain(vol_model, "block3", clips[:2], [0, 3], [name], params=FAST, details=True, batch_size=16)[name]
+    out = methods.explain(vol_model, "block3", clips[:2], [0, 3], [name], params=FAST, details=True,
+                          batch_size=16)[name]
     assert out.maps.shape == (2, 8, 16, 16)
     assert out.maps.dtype == torch.float32 and torch.isfinite(out.maps).all()
     assert float(out.maps.min()) >= 0 and float(out.maps.max()) <= 1

@@ -47,7 +47,9 @@ def clip_box(mask: Tensor) -> Tensor:
     return volume_box(mask)
 
 
-def render_clip(rng: np.random.Generator, frames: int, size: int, distractor: bool) -> tuple[np.ndarray, int, np.ndarray]:
+def render_clip(
+    rng: np.random.Generator, frames: int, size: int, distractor: bool
+) -> tuple[np.ndarray, int, np.ndarray]:
     """One clip: ``(frames [T,3,S,S] float32 in [0,1], class, masks [T,S,S] bool)``."""
     t, s = frames, size
     bg = np.stack([gaussian_filter(rng.standard_normal((s, s)), 3.0) for _ in range(3)])

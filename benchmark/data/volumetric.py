@@ -266,7 +266,9 @@ class NiftiDataset(CamDataset):
                             classes[row[0]] = int(row[1])
                         except ValueError:
                             if row[0] != "name":
-                                raise DataError(f"{csv_path}: class {row[1]!r} of {row[0]!r} is not an integer.") from None
+                                raise DataError(
+                                    f"{csv_path}: class {row[1]!r} of {row[0]!r} is not an integer."
+                                ) from None
         if target == "label" and not classes:
             raise DataError(f"target='label' needs {csv_path} (lines NAME,class); or use target='predicted'.")
         self.records = []

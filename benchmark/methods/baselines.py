@@ -26,7 +26,8 @@ def center_map(ctx: ExplainContext, sigma: float = 0.25) -> Tensor:
     on volumes and clips centred in all three axes."""
     b = ctx.images.shape[0]
     if len(ctx.input_size) == 3:
-        axes = [(torch.arange(n, device=ctx.images.device, dtype=torch.float32) + 0.5) / n - 0.5 for n in ctx.input_size]
+        dev = ctx.images.device
+        axes = [(torch.arange(n, device=dev, dtype=torch.float32) + 0.5) / n - 0.5 for n in ctx.input_size]
         d2 = axes[0][:, None, None] ** 2 + axes[1][None, :, None] ** 2 + axes[2][None, None, :] ** 2
         return torch.exp(-d2 / (2 * sigma**2)).expand(b, *ctx.input_size).clone()
     h, w = ctx.input_size

@@ -153,7 +153,9 @@ def train_and_ship(cfg: VolumeTrainConfig = DEFAULT_CONFIG, n_test: int = 200) -
 
 
 @register_model("volume_cnn", dataset="volumes", synthetic=True, input_size=(32, 32, 32), ndim=3)
-def volume_cnn(weights: str = "default", seed: int = 0, train_config: Optional[VolumeTrainConfig] = None) -> ModelHandle:
+def volume_cnn(
+    weights: str = "default", seed: int = 0, train_config: Optional[VolumeTrainConfig] = None
+) -> ModelHandle:
     """3-D CNN trained on ``volumes`` (``weights``: "default" = shipped, "train", "random", or a path)."""
     cfg = train_config or DEFAULT_CONFIG
     torch.manual_seed(seed)

@@ -35,3 +35,7 @@ class WeightsError(CambenchError, FileNotFoundError):
 
 class SuiteError(CambenchError, ValueError):
     """A suite file is invalid."""
+
+
+class DimensionError(CambenchError, ValueError):
+    """A method or metric is not defined for the number of spatial axes of the input (2-D images, 3-D clips)."""

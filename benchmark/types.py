@@ -15,10 +15,11 @@ Reshape = Callable[[Tensor], Tensor]
 class Batch:
     """A batch of model-ready images with what is known about them.
 
-    images:  ``[B,3,H,W]`` float, already normalised for the model.
+    images:  ``[B,3,H,W]`` float, already normalised for the model (volumes and clips: ``[B,3,T,H,W]``).
     targets: ``[B]`` long, the class to explain.
-    masks:   ``[B,H,W]`` bool ground-truth region of the target object, or None.
-    boxes:   list of ``[K,4]`` float xyxy pixel boxes of the target object (one tensor per image), or None.
+    masks:   ``[B,H,W]`` bool ground-truth region of the target object (``[B,T,H,W]``), or None.
+    boxes:   list of ``[K,4]`` float xyxy pixel boxes of the target object (one tensor per image; volumes
+             and clips: ``[K,6]`` ``x0,y0,t0,x1,y1,t1``), or None.
     ids:     stable string per image, the key of every score row.
     """
 
@@ -31,17 +32,20 @@ class Batch:
 
     def __post_init__(self) -> None:
         b = self.images.shape[0]
-        if self.images.ndim != 4:
-            raise ValueError(f"Batch.images must be [B,C,H,W], got shape {tuple(self.images.shape)}.")
+        if self.images.ndim not in (4, 5):
+            raise ValueError(
+                f"Batch.images must be [B,C,H,W] (or [B,C,T,H,W] for volumes and clips), got shape "
+                f"{tuple(self.images.shape)}."
+            )
         if self.targets.shape != (b,):
             raise ValueError(
                 f"Batch.targets must be [B]={b}, got shape {tuple(self.targets.shape)}."
             )
         if len(self.ids) != b:
             raise ValueError(f"Batch.ids must hold {b} ids, got {len(self.ids)}.")
-        if self.masks is not None and self.masks.shape != (b, *self.images.shape[-2:]):
+        if self.masks is not None and self.masks.shape != (b, *self.images.shape[2:]):
             raise ValueError(
-                f"Batch.masks must be [B,H,W]={(b, *self.images.shape[-2:])}, "
+                f"Batch.masks must be [B,H,W]={(b, *self.images.shape[2:])} (the images' spatial size), "
                 f"got {tuple(self.masks.shape)}."
             )
         if self.boxes is not None and len(self.boxes) != b:
@@ -106,7 +110,7 @@ class ModelHandle:
     name: str
     model: nn.Module
     target_layer: str
-    input_size: tuple[int, int] = (224, 224)
+    input_size: tuple[int, ...] = (224, 224)  # (T, H, W) for volume and video models
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     reshape: Optional[Reshape] = None
@@ -115,11 +119,13 @@ class ModelHandle:
 
     def normalize(self, images01: Tensor) -> Tensor:
         """Map ``[B,3,H,W]`` images in [0,1] to the model's input space."""
-        mean = torch.tensor(self.mean, dtype=images01.dtype, device=images01.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, dtype=images01.dtype, device=images01.device).view(1, -1, 1, 1)
+        shape = (1, -1) + (1,) * (images01.ndim - 2)  # [B,3,H,W], or [B,3,T,H,W] volumes and clips
+        mean = torch.tensor(self.mean, dtype=images01.dtype, device=images01.device).view(shape)
+        std = torch.tensor(self.std, dtype=images01.dtype, device=images01.device).view(shape)
         return (images01 - mean) / std
 
     def denormalize(self, images: Tensor) -> Tensor:
-        mean = torch.tensor(self.mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+        shape = (1, -1) + (1,) * (images.ndim - 2)
+        mean = torch.tensor(self.mean, dtype=images.dtype, device=images.device).view(shape)
+        std = torch.tensor(self.std, dtype=images.dtype, device=images.device).view(shape)
         return images * std + mean

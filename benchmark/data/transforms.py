@@ -31,11 +31,41 @@ ResizeMode = Literal["resize", "resize_center_crop"]
 DEFAULT_CROP_FRACTION = 0.875
 
 
-def _as_hw(size: int | Sequence[int]) -> tuple[int, int]:
+def _as_hw(size: int | Sequence[int]) -> tuple[int, ...]:
+    """``(H, W)``; a 3-sequence ``(T, H, W)`` (volume and video models) is kept as it is."""
     if isinstance(size, int):
         return size, size
+    if len(size) == 3:
+        return tuple(int(v) for v in size)
     h, w = (int(v) for v in size)
     return h, w
+
+
+def resize_volume_sample(sample: Sample, size: Sequence[int]) -> Sample:
+    """Resize a volume or clip ``[C,T,H,W]`` to ``size = (T, H, W)``: the image trilinearly (half-voxel
+    centres), the ``[T,H,W]`` mask by ``nearest-exact`` sampling, ``[K,6]`` edge boxes
+    ``x1,y1,t1,x2,y2,t2`` by the exact per-axis ratios (boxes left with no volume are dropped)."""
+    out = tuple(int(v) for v in size)
+    img = sample.image
+    shape = tuple(int(v) for v in img.shape[1:])
+    if len(out) != 3:
+        raise DataError(f"{sample.id}: a [C,T,H,W] item needs a (T, H, W) model input size, got {out}.")
+    if sample.mask is not None and tuple(sample.mask.shape) != shape:
+        raise DataError(f"{sample.id}: mask shape {tuple(sample.mask.shape)} does not match the volume {shape}.")
+    if shape == out:
+        return sample
+    img = F.interpolate(img[None].float(), size=out, mode="trilinear", align_corners=False)[0].clamp_(0.0, 1.0)
+    mask = sample.mask
+    if mask is not None:
+        mask = F.interpolate(mask[None, None].float(), size=out, mode="nearest-exact")[0, 0] > 0.5
+    boxes = sample.boxes
+    if boxes is not None:
+        boxes = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 6)
+        (t, h, w), (ot, oh, ow) = shape, out
+        factor = torch.tensor([ow / w, oh / h, ot / t] * 2)
+        boxes = torch.minimum((boxes * factor).clamp(min=0.0), torch.tensor([ow, oh, ot] * 2, dtype=torch.float32))
+        boxes = boxes[(boxes[:, 3:] > boxes[:, :3]).all(dim=1)]
+    return dataclasses.replace(sample, image=img.contiguous(), mask=mask, boxes=boxes)
 
 
 def resize_sample(
@@ -52,6 +82,10 @@ def resize_sample(
     per-axis ratios, shifted by the crop offset and clipped to the image; boxes left with no area are
     dropped. The mask uses ``nearest-exact`` sampling (pixel centres), the image bilinear with antialias.
     """
+    if sample.image.ndim == 4:  # a volume or clip [C,T,H,W]
+        if mode != "resize":
+            raise ValueError(f"Volumes and clips are resized with mode='resize' only, got {mode!r}.")
+        return resize_volume_sample(sample, _as_hw(size))
     out_h, out_w = _as_hw(size)
     img = sample.image
     if img.ndim != 3:
@@ -145,17 +179,17 @@ class _Collate:
         good = [it for it in items if isinstance(it, Sample)]
         if not good:
             return None, errors
-        h, w = good[0].image.shape[-2:]
+        grid = tuple(good[0].image.shape[1:])  # (H, W), or (T, H, W) for volumes and clips
         images = torch.stack([s.image.float() for s in good])
         if any(s.mask is not None for s in good):  # a missing mask is empty (metrics give NaN for it)
             masks: Optional[Tensor] = torch.stack(
-                [s.mask if s.mask is not None else torch.zeros((h, w), dtype=torch.bool) for s in good]
+                [s.mask if s.mask is not None else torch.zeros(grid, dtype=torch.bool) for s in good]
             )
         else:
             masks = None
         if any(s.boxes is not None for s in good):
             boxes: Optional[list[Tensor]] = [
-                s.boxes if s.boxes is not None else torch.zeros((0, 4)) for s in good
+                s.boxes if s.boxes is not None else torch.zeros((0, 2 * len(grid))) for s in good
             ]
         else:
             boxes = None

@@ -72,7 +72,7 @@ def tf32(allow: bool) -> Iterator[None]:
 
 _FORWARD_COMPILE: contextvars.ContextVar[bool] = contextvars.ContextVar("cambench_forward_compile", default=False)
 #: per model: {(mode, dynamic): compiled callable, or None after a failed compile (eager from then on)}
-_COMPILED: "weakref.WeakKeyDictionary[nn.Module, dict[str, Any]]" = weakref.WeakKeyDictionary()
+_COMPILED: weakref.WeakKeyDictionary[nn.Module, dict[str, Any]] = weakref.WeakKeyDictionary()
 
 
 @contextlib.contextmanager
@@ -115,7 +115,7 @@ def perturbation_forward(model: nn.Module, inputs: Tensor) -> Tensor:
         else:
             try:
                 cache[mode] = compile_fn(model, mode=mode, dynamic=False)
-            except Exception as err:  # noqa: BLE001  (platform without dynamo support)
+            except Exception as err:
                 cache[mode] = None
                 _compile_warning(model, f"{type(err).__name__}: {err}")
     fn = cache[mode]
@@ -125,7 +125,7 @@ def perturbation_forward(model: nn.Module, inputs: Tensor) -> Tensor:
         out = fn(inputs)
     except (torch.cuda.OutOfMemoryError, MemoryError):
         raise  # the engine halves the chunk and retries
-    except Exception as err:  # noqa: BLE001  (inductor/Triton/compiler failure on first call)
+    except Exception as err:
         cache[mode] = None
         _compile_warning(model, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
         return model(inputs)
@@ -166,6 +166,8 @@ def forward_chunk(batch_size: int, example: Tensor) -> int:
     if example.device.type != "cpu" or example.ndim < 3:
         return int(batch_size)
     hw = int(example.shape[-1]) * int(example.shape[-2])
+    if example.ndim >= 5:  # a batch of volumes or clips [N,C,T,H,W]: count voxels
+        hw *= int(example.shape[-3])
     return max(1, min(int(batch_size), CPU_CHUNK_PIXELS // max(1, hw)))
 
 
@@ -234,7 +236,10 @@ class ExplainContext:
         return self._capture
 
     @property
-    def input_size(self) -> tuple[int, int]:
+    def input_size(self) -> tuple[int, ...]:
+        """``(H, W)`` of images ``[B,C,H,W]``; ``(T, H, W)`` of volumes and clips ``[B,C,T,H,W]``."""
+        if self.images.ndim == 5:
+            return int(self.images.shape[-3]), int(self.images.shape[-2]), int(self.images.shape[-1])
         return int(self.images.shape[-2]), int(self.images.shape[-1])
 
     def generator(self, salt: int = 0) -> torch.Generator:
@@ -272,8 +277,8 @@ class ExplainContext:
 class MethodOutput:
     """A method's result on a batch: final maps, raw low-resolution maps and the degenerate flags."""
 
-    maps: Tensor  # [B,H,W] float32 in [0,1]
-    raw: Tensor  # [B,h,w] before post-processing
+    maps: Tensor  # [B,H,W] (or [B,T,H,W] for volumes and clips) float32 in [0,1]
+    raw: Tensor  # [B,h,w] (or [B,t,h,w]) before post-processing
     degenerate: Tensor  # [B] bool: the raw map was constant or non-finite, so maps are zeros
 
 
@@ -311,9 +316,10 @@ def _context(
     targets: Tensor | Sequence[int] | int,
     **kwargs: Any,
 ) -> ExplainContext:
-    if not isinstance(images, Tensor) or images.ndim != 4:
+    if not isinstance(images, Tensor) or images.ndim not in (4, 5):
         raise ValueError(
-            f"images must be a [B,C,H,W] tensor; got {getattr(images, 'shape', type(images).__name__)}. "
+            f"images must be a [B,C,H,W] tensor (or [B,C,T,H,W] for volumes and clips); got "
+            f"{getattr(images, 'shape', type(images).__name__)}. "
             "Add a batch dimension with images[None] for a single image."
         )
     b = images.shape[0]
@@ -349,6 +355,7 @@ def explain(
 ) -> dict[str, Any]:
     """Compute several methods on one batch from **one** shared capture.
 
+    ``images`` are ``[B,C,H,W]``, or ``[B,C,T,H,W]`` volumes and clips (maps are then ``[B,T,H,W]``).
     Returns ``{name: Tensor[B,H,W]}`` (or ``{name: MethodOutput}`` with ``details=True``). ``params`` maps a
     method name to hyper-parameter overrides. ``names=None`` runs every registered method that needs no
     ground truth and applies to ``model`` (:func:`is_applicable`). ``gradient_noise`` (``g -> g'``) perturbs the

@@ -17,13 +17,19 @@ def random_map(ctx: ExplainContext, resolution: int = 7) -> Tensor:
     Each image's map depends only on the seed and its position in the batch stream; use ``seed`` to vary.
     """
     b = ctx.images.shape[0]
-    return ctx.rand((b, resolution, resolution), salt=101)
+    return ctx.rand((b, *([resolution] * len(ctx.input_size))), salt=101)  # [B,r,r] (or [B,r,r,r] in 3-D)
 
 
 @register_method("center", family="baseline", needs_gradients=False, defaults={"sigma": 0.25})
 def center_map(ctx: ExplainContext, sigma: float = 0.25) -> Tensor:
-    """Isotropic Gaussian centred on the image, ``sigma`` as a fraction of the image side (centre bias)."""
+    """Isotropic Gaussian centred on the image, ``sigma`` as a fraction of the image side (centre bias);
+    on volumes and clips centred in all three axes."""
     b = ctx.images.shape[0]
+    if len(ctx.input_size) == 3:
+        dev = ctx.images.device
+        axes = [(torch.arange(n, device=dev, dtype=torch.float32) + 0.5) / n - 0.5 for n in ctx.input_size]
+        d2 = axes[0][:, None, None] ** 2 + axes[1][None, :, None] ** 2 + axes[2][None, None, :] ** 2
+        return torch.exp(-d2 / (2 * sigma**2)).expand(b, *ctx.input_size).clone()
     h, w = ctx.input_size
     ys = (torch.arange(h, device=ctx.images.device, dtype=torch.float32) + 0.5) / h - 0.5
     xs = (torch.arange(w, device=ctx.images.device, dtype=torch.float32) + 0.5) / w - 0.5

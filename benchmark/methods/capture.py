@@ -82,10 +82,10 @@ def default_layer_name(model: nn.Module) -> str:
     for name in ("layer4", "features", "stages", "blocks", "conv_head"):
         if name in modules:
             return name
-    convs = [n for n, m in modules.items() if isinstance(m, nn.Conv2d)]
+    convs = [n for n, m in modules.items() if isinstance(m, (nn.Conv2d, nn.Conv3d))]
     if not convs:
         raise LayerError(
-            f"Cannot pick a default target layer for {type(model).__name__}: it has no Conv2d. "
+            f"Cannot pick a default target layer for {type(model).__name__}: it has no Conv2d or Conv3d. "
             "Pass layer='<dotted module name>' explicitly."
         )
     return convs[-1]
@@ -174,6 +174,23 @@ def _check_called(calls: list[int], layer: nn.Module) -> None:
         )
 
 
+def check_activations(acts: Tensor, images: Tensor) -> None:
+    """:class:`CaptureError` unless ``acts`` is ``[B,C,h,w]`` for images or ``[B,C,t,h,w]`` for volumes
+    and clips ``[B,C,T,H,W]`` (channel weights then run over all the non-channel axes)."""
+    want = images.ndim
+    if acts.ndim == want and want in (4, 5):
+        return
+    if want == 5:
+        raise CaptureError(
+            f"The target layer's output has shape {tuple(acts.shape)}; CAMs of volumes and clips "
+            "[B,C,T,H,W] need a [B,C,t,h,w] feature map (a Conv3d block's output). Pick a 3-D conv layer."
+        )
+    raise CaptureError(
+        f"The target layer's output has shape {tuple(acts.shape)}; CAMs need [B,C,h,w]. For a "
+        "transformer, pass reshape=vit_reshape (tokens) or swin_reshape (channels-last)."
+    )
+
+
 def capture(
     model: nn.Module,
     layer: nn.Module,
@@ -213,11 +230,7 @@ def capture(
     if reshape is not None:
         acts = reshape(acts)
         grads = None if grads is None else reshape(grads)
-    if acts.ndim != 4:
-        raise CaptureError(
-            f"The target layer's output has shape {tuple(acts.shape)}; CAMs need [B,C,h,w]. For a "
-            "transformer, pass reshape=vit_reshape (tokens) or swin_reshape (channels-last)."
-        )
+    check_activations(acts, images)
     return Capture(activations=acts, gradients=grads, logits=logits.detach(), targets=targets)
 
 

@@ -43,6 +43,8 @@ def cluster_filter(g: Tensor, sigma_spatial: float = 5.0, sigma_range: float = 0
     """
     if sigma_spatial <= 0:
         return g
+    if g.ndim == 3:  # volumes and clips: the same kernel over (t, h, w)
+        return _cluster_filter_3d(g, sigma_spatial, sigma_range)
     h, w = g.shape
     i = torch.arange(h, device=g.device, dtype=g.dtype)[:, None]
     j = torch.arange(w, device=g.device, dtype=g.dtype)[None, :]
@@ -53,6 +55,22 @@ def cluster_filter(g: Tensor, sigma_spatial: float = 5.0, sigma_range: float = 0
     # 'same' zero padding as torch's padding="same" lays it out (left = total // 2, right = the rest).
     pad = (((w - 1) // 2), (w - 1) - (w - 1) // 2, (h - 1) // 2, (h - 1) - (h - 1) // 2)
     return F.conv2d(F.pad(g[None, None], pad), k[None, None])[0, 0]
+
+
+def _cluster_filter_3d(g: Tensor, sigma_spatial: float, sigma_range: float) -> Tensor:
+    """:func:`cluster_filter` of a ``[t,h,w]`` mean gradient: the spatial Gaussian runs over the three axes
+    (distance to the centre ``(t/2, h/2, w/2)``), the range term and the 'same' zero padding as in 2-D."""
+    t, h, w = g.shape
+    axes = [torch.arange(n, device=g.device, dtype=g.dtype) - n / 2 for n in (t, h, w)]
+    d2 = axes[0][:, None, None] ** 2 + axes[1][None, :, None] ** 2 + axes[2][None, None, :] ** 2
+    spatial = torch.exp(-d2 / (2 * sigma_spatial**2))
+    rng = torch.exp(-((g - g.mean()) ** 2) / (2 * sigma_range**2)) if sigma_range > 0 else 1.0
+    k = spatial * rng
+    k = k / (k.sum() + 1e-6)
+    pad: tuple[int, ...] = ()
+    for n in (w, h, t):
+        pad += ((n - 1) // 2, (n - 1) - (n - 1) // 2)
+    return F.conv3d(F.pad(g[None, None], pad), k[None, None])[0, 0]
 
 
 def cluster_channels(
@@ -108,16 +126,17 @@ def cfcam(
     cap = ctx.capture
     a, g = cap.activations, cap.gradients
     assert g is not None
-    b, c, h, w = a.shape
+    b, c = a.shape[:2]
+    axes = tuple(range(-(a.ndim - 2), 0))  # (h, w), or (t, h, w) for volumes and clips
     out = []
-    feats_all = a.detach().reshape(b, c, h * w).cpu().numpy()
+    feats_all = a.detach().reshape(b, c, -1).cpu().numpy()
     for i in range(b):
         labels = cluster_channels(
             feats_all[i], norm_percentile, eps_percentile, eps_floor, min_samples_frac,
             min_samples_floor, cluster,
         )
         lab = torch.from_numpy(labels).to(a.device)
-        weights = g[i].mean(dim=(-2, -1)).clone()
+        weights = g[i].mean(dim=axes).clone()
         for cid in np.unique(labels[labels >= 0]):
             members = lab == int(cid)
             filtered = cluster_filter(g[i][members].mean(0), sigma_spatial, sigma_range)
@@ -126,5 +145,6 @@ def cfcam(
         wv = weights[valid]
         if weight_norm == "softmax":
             wv = wv.softmax(0)
-        out.append(torch.einsum("k,khw->hw", wv.to(a.dtype), a[i][valid]))
+        eq = "k,kthw->thw" if a.ndim == 5 else "k,khw->hw"
+        out.append(torch.einsum(eq, wv.to(a.dtype), a[i][valid]))
     return torch.stack(out)

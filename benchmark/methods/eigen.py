@@ -45,8 +45,9 @@ def projection_2d(x: Tensor, center: bool = True, sign: str = "none", solver: st
     """
     if sign not in SIGNS:
         raise ValueError(f"sign must be one of {SIGNS}, got {sign!r}.")
-    b, c, h, w = x.shape
-    o = torch.nan_to_num(x.detach(), nan=0.0).reshape(b, c, h * w).transpose(1, 2)  # [B, hw, C]
+    b, c = x.shape[:2]
+    grid = tuple(x.shape[2:])  # (h, w), or (t, h, w) for volumes and clips: rows are all positions
+    o = torch.nan_to_num(x.detach(), nan=0.0).reshape(b, c, -1).transpose(1, 2)  # [B, hw, C]
     if center:
         o = o - o.mean(dim=1, keepdim=True)
     v1 = first_right_singular_vector(o, solver)  # [B, C]
@@ -59,7 +60,7 @@ def projection_2d(x: Tensor, center: bool = True, sign: str = "none", solver: st
         pc, rc = proj - proj.mean(1, keepdim=True), ref - ref.mean(1, keepdim=True)
         flip = (pc * rc).sum(dim=1) < 0
         proj = torch.where(flip[:, None], -proj, proj)
-    return proj.reshape(b, h, w)
+    return proj.reshape(b, *grid)
 
 
 @register_method(

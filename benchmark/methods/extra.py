@@ -24,8 +24,8 @@ from torch import Tensor
 
 from ..errors import CaptureError
 from .base import ExplainContext, register_method
-from .capture import _check_called, hooked
-from .gradient import SPATIAL, gradcampp_weights, weighted_sum
+from .capture import _check_called, check_activations, hooked
+from .gradient import gradcampp_weights, spatial, weighted_sum
 
 Objective = Callable[[Tensor], Tensor]  # logits [B,K] -> per-sample scalar [B]
 
@@ -79,11 +79,7 @@ def objective_gradients(
     if ctx.reshape is not None:
         acts, grads = ctx.reshape(acts), ctx.reshape(grads)
         second = None if second is None else ctx.reshape(second.detach())
-    if acts.ndim != 4:
-        raise CaptureError(
-            f"The target layer's output has shape {tuple(acts.shape)}; CAMs need [B,C,h,w]. For a "
-            "transformer, pass reshape=vit_reshape (tokens) or swin_reshape (channels-last)."
-        )
+    check_activations(acts, ctx.images)
     if ctx.gradient_noise is not None:
         grads = ctx.gradient_noise(grads)
     return acts, grads, (None if second is None else second.detach()), logits.detach()
@@ -128,14 +124,16 @@ def kernel_projection(x: Tensor, kernel: str = "sigmoid", gamma: Optional[float]
 
     if kernel not in KERNELS:
         raise ValueError(f"kpcacam kernel must be one of {KERNELS}, got {kernel!r}.")
-    b, c, h, w = x.shape
-    o = torch.nan_to_num(x.detach(), nan=0.0).reshape(b, c, h * w).transpose(1, 2)
-    rows = (o - o.mean(dim=1, keepdim=True)).cpu().numpy()
-    out = np.empty((b, h * w), dtype=np.float64)
+    b, c = x.shape[:2]
+    grid = tuple(x.shape[2:])  # (h, w), or (t, h, w) for volumes and clips
+    n = int(np.prod(grid))
+    o = torch.nan_to_num(x.detach(), nan=0.0).reshape(b, c, n).transpose(1, 2)
+    o = (o - o.mean(dim=1, keepdim=True)).cpu().numpy()
+    out = np.empty((b, n), dtype=np.float64)
     for i in range(b):  # one small eigen-problem per image (scikit-learn has no batched KernelPCA)
         kpca = KernelPCA(n_components=1, kernel=kernel, gamma=gamma, random_state=seed)
-        out[i] = kpca.fit_transform(rows[i])[:, 0]
-    return torch.from_numpy(out).to(x.device, x.dtype).reshape(b, h, w)
+        out[i] = kpca.fit_transform(o[i])[:, 0]
+    return torch.from_numpy(out).to(x.device, x.dtype).reshape(b, *grid)
 
 
 @register_method(
@@ -193,7 +191,7 @@ BASES = ("gradcam", "gradcampp", "layercam")
 
 def _base_map(base: str, a: Tensor, g: Tensor) -> Tensor:
     if base == "gradcam":
-        return weighted_sum(g.mean(dim=SPATIAL), a)
+        return weighted_sum(g.mean(dim=spatial(a)), a)
     if base == "gradcampp":
         return weighted_sum(gradcampp_weights(a, g, g**2, g**3), a)
     if base == "layercam":
@@ -242,4 +240,4 @@ def shapleycam(ctx: ExplainContext, objective: str = "logit") -> Tensor:
     obj = target_logit(ctx.targets) if objective == "logit" else rest_objective(ctx.targets)
     a, g, h, _ = objective_gradients(ctx, obj, hvp=True)
     assert h is not None
-    return weighted_sum((g - 0.5 * h).mean(dim=SPATIAL), a)
+    return weighted_sum((g - 0.5 * h).mean(dim=spatial(a)), a)

@@ -13,6 +13,8 @@ eps is a noise floor that matters: layers whose ``|b g|`` is ~1e-8 (saturated ga
 counting as much as any other channel. ``eps=0`` gives the paper's scale-free ``psi`` (a map whose range is
 below 1e-6 of its magnitude then counts as constant, 0).
 Upsampling is linear, so each layer's channel sum is taken at its own resolution and upsampled once.
+On volumes and clips ``[B,C,T,H,W]`` the bias layers are the ``nn.Conv3d`` / ``nn.BatchNorm3d`` modules, and
+``psi`` normalises each (volume, channel) map over its three axes and upsamples it trilinearly.
 """
 
 from __future__ import annotations
@@ -24,16 +26,20 @@ from .base import ExplainContext, register_method
 from .postprocess import REL_TOL, upsample
 
 BIAS_TYPES = (nn.Conv2d, nn.BatchNorm2d)
+BIAS_TYPES_3D = (nn.Conv3d, nn.BatchNorm3d)
 
 
-def bias_layers(model: nn.Module) -> list[nn.Module]:
-    """Modules of exact type Conv2d / BatchNorm2d that have a bias (pgc's selection rule)."""
-    return [m for m in model.modules() if type(m) in BIAS_TYPES and getattr(m, "bias", None) is not None]
+def bias_layers(model: nn.Module, volumetric: bool = False) -> list[nn.Module]:
+    """Modules of exact type Conv2d / BatchNorm2d that have a bias (pgc's selection rule); Conv3d /
+    BatchNorm3d with ``volumetric``."""
+    types = BIAS_TYPES_3D if volumetric else BIAS_TYPES
+    return [m for m in model.modules() if type(m) in types and getattr(m, "bias", None) is not None]
 
 
 def effective_bias(layer: nn.Module) -> Tensor:
     """The per-channel bias the layer adds in eval mode (BatchNorm folded: ``beta - mu gamma / sigma``)."""
-    if isinstance(layer, nn.BatchNorm2d) and layer.running_mean is not None and layer.running_var is not None:
+    bn = isinstance(layer, (nn.BatchNorm2d, nn.BatchNorm3d))
+    if bn and layer.running_mean is not None and layer.running_var is not None:
         gamma = layer.weight if layer.weight is not None else torch.ones_like(layer.running_mean)
         return (layer.bias - layer.running_mean * gamma / torch.sqrt(layer.running_var + layer.eps)).detach()
     bias = layer.bias
@@ -47,8 +53,9 @@ def channel_minmax(x: Tensor, eps: float = 1e-7, rel_tol: float = REL_TOL) -> Te
     With ``eps=0`` (scale-free) a map whose range is at most ``rel_tol`` times its largest magnitude is
     constant up to float rounding and becomes 0 rather than amplified rounding noise.
     """
-    lo = x.amin(dim=(-2, -1), keepdim=True)
-    hi = x.amax(dim=(-2, -1), keepdim=True)
+    axes = (-3, -2, -1) if x.ndim == 5 else (-2, -1)
+    lo = x.amin(dim=axes, keepdim=True)
+    hi = x.amax(dim=axes, keepdim=True)
     span = hi - lo
     if eps > 0:
         return (x - lo) / (span + eps)
@@ -68,7 +75,8 @@ def fullgrad(ctx: ExplainContext, eps: float = 1e-7) -> Tensor:
 
     ``eps``: the per-map normalisation's noise floor (pgc 1e-7; 0 = scale-free).
     """
-    layers = bias_layers(ctx.model)
+    volumetric = ctx.images.ndim == 5
+    layers = bias_layers(ctx.model, volumetric)
     outputs: list[tuple[nn.Module, Tensor]] = []
 
     def keep(module: nn.Module, args: tuple, out: Tensor) -> Tensor:
@@ -89,8 +97,8 @@ def fullgrad(ctx: ExplainContext, eps: float = 1e-7) -> Tensor:
     gx = grads[0] if grads[0] is not None else torch.zeros_like(x)
     total = channel_minmax((x.detach() * gx).abs(), eps).sum(dim=1)
     for (module, _), g in zip(outputs, grads[1:], strict=True):
-        if g is None or g.ndim != 4:
+        if g is None or g.ndim != ctx.images.ndim:
             continue
-        bias = effective_bias(module).to(g.dtype).view(1, -1, 1, 1)
+        bias = effective_bias(module).to(g.dtype).view(1, -1, *([1] * (g.ndim - 2)))
         total = total + upsample(channel_minmax((bias * g).abs(), eps).sum(dim=1), size)
     return total

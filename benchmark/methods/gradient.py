@@ -1,6 +1,8 @@
 """Gradient CAM methods: pure functions of the shared capture (A, dy^c/dA) — docs/methods.md#cam to #layercam.
 
 Each returns the raw ``[B,h,w]`` map; the common pipeline (ReLU, min-max, upsampling) runs afterwards.
+On volumes and clips the activations are ``[B,C,t,h,w]``: every channel weight (a mean or sum "over the
+spatial positions" in the papers) runs over all the non-channel axes (:func:`spatial`), maps are ``[B,t,h,w]``.
 """
 
 from __future__ import annotations
@@ -14,10 +16,18 @@ from .base import ExplainContext, register_method
 from .capture import capture as _capture
 
 SPATIAL = (-2, -1)
+SPATIAL_3D = (-3, -2, -1)
+
+
+def spatial(x: Tensor) -> tuple[int, ...]:
+    """The axes a channel weight reduces over: ``(-2, -1)`` of ``[B,C,h,w]``, ``(-3, -2, -1)`` of ``[B,C,t,h,w]``."""
+    return SPATIAL_3D if x.ndim == 5 else SPATIAL
 
 
 def weighted_sum(weights: Tensor, acts: Tensor) -> Tensor:
-    """``sum_k w_k A_k``: ``[B,C]`` x ``[B,C,h,w]`` -> ``[B,h,w]``."""
+    """``sum_k w_k A_k``: ``[B,C]`` x ``[B,C,h,w]`` -> ``[B,h,w]`` (``[B,C,t,h,w]`` -> ``[B,t,h,w]``)."""
+    if acts.ndim == 5:
+        return torch.einsum("bc,bcthw->bthw", weights.to(acts.dtype), acts)
     return torch.einsum("bc,bchw->bhw", weights.to(acts.dtype), acts)
 
 
@@ -54,7 +64,7 @@ def cam(ctx: ExplainContext) -> Tensor:
 def gradcam(ctx: ExplainContext) -> Tensor:
     """Grad-CAM: ``alpha_k = mean_ij g_k``; ``M = sum_k alpha_k A_k`` (Selvaraju et al. ICCV 2017)."""
     cap = ctx.capture
-    return weighted_sum(_grads(cap).mean(dim=SPATIAL), cap.activations)
+    return weighted_sum(_grads(cap).mean(dim=spatial(cap.activations)), cap.activations)
 
 
 def gradcampp_weights(acts: Tensor, d1: Tensor, d2: Tensor, d3: Tensor, alpha_norm: bool = False) -> Tensor:
@@ -64,13 +74,14 @@ def gradcampp_weights(acts: Tensor, d1: Tensor, d2: Tensor, d3: Tensor, alpha_no
     ``w_k = sum_ij alpha_ij ReLU(D1_ij)``. With ``alpha_norm`` the authors' code also divides alpha by its
     sum over positive-gradient positions (docs/methods.md#gradcampp).
     """
-    sum_a = acts.sum(dim=SPATIAL, keepdim=True)
+    axes = spatial(acts)
+    sum_a = acts.sum(dim=axes, keepdim=True)
     alpha = d2 / (2 * d2 + sum_a * d3 + 1e-6)
     alpha = torch.where(d2 != 0, alpha, torch.zeros_like(alpha))
     if alpha_norm:
-        norm = torch.where(d1 > 0, alpha, torch.zeros_like(alpha)).sum(dim=SPATIAL, keepdim=True)
+        norm = torch.where(d1 > 0, alpha, torch.zeros_like(alpha)).sum(dim=axes, keepdim=True)
         alpha = alpha / torch.where(norm != 0, norm, torch.ones_like(norm))
-    return (alpha * d1.clamp_min(0)).sum(dim=SPATIAL)
+    return (alpha * d1.clamp_min(0)).sum(dim=axes)
 
 
 @register_method(
@@ -126,7 +137,8 @@ def xgradcam(ctx: ExplainContext) -> Tensor:
     """XGrad-CAM: ``w_k = sum_ij A_k(i,j) / (sum_ab A_k(a,b) + 1e-7) * g_k(i,j)`` (Fu et al. BMVC 2020)."""
     cap = ctx.capture
     a, g = cap.activations, _grads(cap)
-    w = (a / (a.sum(dim=SPATIAL, keepdim=True) + 1e-7) * g).sum(dim=SPATIAL)
+    axes = spatial(a)
+    w = (a / (a.sum(dim=axes, keepdim=True) + 1e-7) * g).sum(dim=axes)
     return weighted_sum(w, a)
 
 

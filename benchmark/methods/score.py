@@ -17,12 +17,21 @@ from .capture import hooked
 from .gradient import weighted_sum
 
 
-def channel_masks(acts: Tensor, size: tuple[int, int], align_corners: bool = True, eps: float = 1e-8) -> Tensor:
-    """Upsample each channel ``[C,h,w] -> [C,H,W]`` and min-max it to [0,1] (Score-CAM step 1-2)."""
-    up = F.interpolate(acts[None], size=size, mode="bilinear", align_corners=align_corners)[0]
+def interp_mode(size: tuple[int, ...]) -> str:
+    """``"bilinear"`` for an ``(H, W)`` size, ``"trilinear"`` for a ``(T, H, W)`` one."""
+    return "trilinear" if len(size) == 3 else "bilinear"
+
+
+def channel_masks(acts: Tensor, size: tuple[int, ...], align_corners: bool = True, eps: float = 1e-8) -> Tensor:
+    """Upsample each channel ``[C,h,w] -> [C,H,W]`` and min-max it to [0,1] (Score-CAM step 1-2).
+
+    Volumes and clips: ``[C,t,h,w] -> [C,T,H,W]`` (trilinear).
+    """
+    up = F.interpolate(acts[None], size=size, mode=interp_mode(size), align_corners=align_corners)[0]
     flat = up.flatten(1)
-    lo = flat.min(1).values[:, None, None]
-    hi = flat.max(1).values[:, None, None]
+    shape = (-1,) + (1,) * (up.ndim - 1)
+    lo = flat.min(1).values.view(shape)
+    hi = flat.max(1).values.view(shape)
     return (up - lo) / (hi - lo + eps)
 
 
@@ -66,16 +75,23 @@ def scorecam(ctx: ExplainContext, variant: str = "pgc") -> Tensor:
         if not official and bool(zero.any()):
             scores[zero] = ctx.forward_scores(xb * 0, t[None])  # one forward shared by every all-zero mask
         if official:
-            up = F.interpolate(a[b][None], size=size, mode="bilinear", align_corners=False)[0]
+            up = F.interpolate(a[b][None], size=size, mode=interp_mode(size), align_corners=False)[0]
             flat = up.flatten(1)
             const = flat.max(1).values == flat.min(1).values
             w = torch.where(const, torch.zeros_like(scores), scores)
-            cam = torch.einsum("c,chw->hw", w.to(up.dtype), up)
+            cam = _channel_sum(w.to(up.dtype), up)
         else:
             w = scores.softmax(dim=0)
-            cam = torch.einsum("c,chw->hw", w.to(a.dtype), a[b])
+            cam = _channel_sum(w.to(a.dtype), a[b])
         out.append(cam)
     return torch.stack(out)  # official: [B,H,W] already at input size; pgc: [B,h,w]
+
+
+def _channel_sum(w: Tensor, a: Tensor) -> Tensor:
+    """``sum_k w_k A_k`` of one image: ``[C]`` x ``[C,h,w]`` (or ``[C,t,h,w]``)."""
+    if a.ndim == 4:
+        return torch.einsum("c,cthw->thw", w, a)
+    return torch.einsum("c,chw->hw", w, a)
 
 
 _WARNED: list[bool] = []
@@ -142,7 +158,7 @@ def ablationcam(ctx: ExplainContext, ablation_value: float | None = None) -> Ten
             state["value"] = ablation_value if ablation_value is not None else values[i]
             for j in range(0, c, ctx.batch_size):
                 ch = torch.arange(j, min(c, j + ctx.batch_size), device=a.device)
-                state["acts"] = a[i][None].expand(len(ch), -1, -1, -1)
+                state["acts"] = a[i][None].expand(len(ch), *a.shape[1:])
                 state["channels"] = ch
                 weights[i, ch] = _ablated_scores(ctx, i, state)
     denom = torch.where(y.abs() < 1e-7, torch.full_like(y, 1e-7), y)

@@ -20,19 +20,22 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .base import ExplainContext, register_method
+from .gradient import spatial, weighted_sum
+from .score import interp_mode
 
 SSCAM_SALT = 4242
 
 
-def tc_channel_masks(acts: Tensor, size: tuple[int, int], eps: float = 1e-8) -> Tensor:
+def tc_channel_masks(acts: Tensor, size: tuple[int, ...], eps: float = 1e-8) -> Tensor:
     """torchcam's Score-CAM masks: per-channel min-max at low resolution, then bilinear upsampling.
 
-    ``[B,C,h,w] -> [B,C,H,W]``.
+    ``[B,C,h,w] -> [B,C,H,W]``; volumes and clips ``[B,C,t,h,w] -> [B,C,T,H,W]`` (trilinear).
     """
-    lo = acts.amin(dim=(-2, -1), keepdim=True)
+    axes = spatial(acts)
+    lo = acts.amin(dim=axes, keepdim=True)
     m = acts - lo
-    m = m / (m.amax(dim=(-2, -1), keepdim=True) + eps)
-    return F.interpolate(m, size=size, mode="bilinear", align_corners=False)
+    m = m / (m.amax(dim=axes, keepdim=True) + eps)
+    return F.interpolate(m, size=size, mode=interp_mode(size), align_corners=False)
 
 
 def stream_scores(ctx: ExplainContext, blocks: Iterator[tuple[Tensor, Tensor]], total: int) -> Tensor:
@@ -83,7 +86,7 @@ def sscam_noise(ctx: ExplainContext, sample: int, shape: tuple[int, ...], std: f
 
 def _weighted_low_res(acts: Tensor, scores: Tensor) -> Tensor:
     w = scores.softmax(dim=1)  # [B,C]
-    return torch.einsum("bc,bchw->bhw", w.to(acts.dtype), acts)
+    return weighted_sum(w, acts)
 
 
 @register_method(

@@ -32,8 +32,9 @@ METRICS: Registry[Callable[..., dict[str, Tensor]]] = Registry("metric")
 FAMILIES = ("faithfulness", "localization", "robustness", "sanity", "cost")
 LEVELS = ("image", "dataset")
 #: What a metric may need beyond the model and the batch (which every metric receives): the methods'
-#: maps, ground-truth masks or boxes, or the ability to re-explain (``ctx.explain``). See ``missing_needs``.
-NEEDS = ("saliency", "masks", "boxes", "explainer")
+#: maps, ground-truth masks or boxes, the ability to re-explain (``ctx.explain``), or ``frames``: a time
+#: (or depth) axis, i.e. volumes or clips ``[B,C,T,H,W]``. See ``missing_needs``.
+NEEDS = ("saliency", "masks", "boxes", "explainer", "frames")
 
 
 class ExplainFn(Protocol):
@@ -168,6 +169,8 @@ def missing_needs(name: str, ctx: MetricContext) -> list[str]:
         elif need == "boxes" and ctx.batch.boxes is None:
             missing.append(need)
         elif need == "explainer" and ctx.explain is None:
+            missing.append(need)
+        elif need == "frames" and ctx.batch.images.ndim != 5:
             missing.append(need)
     return missing
 

@@ -40,12 +40,12 @@ def _stacked(ctx: MetricContext) -> tuple[list[str], Tensor, Tensor, Tensor]:
     b = images.shape[0]
     if not methods:
         empty = torch.zeros(0, dtype=torch.long)
-        return [], images.new_zeros((0, *images.shape[-2:])), empty, empty.clone()
+        return [], images.new_zeros((0, *images.shape[2:])), empty, empty.clone()
     for m in methods:
-        if ctx.saliency[m].shape != (b, *images.shape[-2:]):
+        if ctx.saliency[m].shape != (b, *images.shape[2:]):
             raise ValueError(
                 f"Saliency of method {m!r} has shape {tuple(ctx.saliency[m].shape)}; expected "
-                f"[B,H,W]={(b, *images.shape[-2:])} at the input resolution."
+                f"[B,H,W]={(b, *images.shape[2:])} at the input resolution."
             )
     sal = torch.cat([ctx.saliency[m].to(images.device) for m in methods])
     index = torch.arange(b, device=images.device).repeat(len(methods))

@@ -45,9 +45,9 @@ def pointing_game(ctx: MetricContext, tolerance: float = 15) -> dict[str, Tensor
 )
 def energy_pointing_game(ctx: MetricContext) -> dict[str, Tensor]:
     """Share of the map's energy inside the union of the GT boxes (NaN: all-zero map or no box)."""
-    h, w = ctx.batch.images.shape[-2:]
+    size = tuple(ctx.batch.images.shape[2:])  # (H, W), or (T, H, W) for volumes and clips
     boxes = F.edge_boxes_to_inclusive(_boxes(ctx))  # the datasets' pixel edges -> inclusive pixels
-    region = F.boxes_to_mask(boxes, (h, w), device=ctx.batch.images.device)
+    region = F.boxes_to_mask(boxes, size, device=ctx.batch.images.device)
     return _per_method(ctx, lambda s: F.energy_pointing_game(s, region.to(s.device)))
 
 
@@ -135,3 +135,14 @@ def pxap(ctx: MetricContext, cam_curve_interval: float = 0.01) -> dict[str, Tens
     background pixels (as in the reference)."""
     masks = _masks(ctx)
     return {m: F.pxap_histograms(s, masks.to(s.device), cam_curve_interval).flatten(1) for m, s in ctx.saliency.items()}
+
+
+@register_metric(
+    "temporal_energy", family="localization", higher_is_better=True, needs=("saliency", "masks", "frames"),
+    defaults={}, paper="cambench: the energy pointing game (Wang et al. 2020) along the time axis",
+)
+def temporal_energy(ctx: MetricContext) -> dict[str, Tensor]:
+    """Volumes and clips only: share of the map's energy in the frames (slices) that hold the object
+    (NaN: all-zero map or no object in any frame). See ``functional.localization.temporal_energy``."""
+    masks = _masks(ctx)
+    return _per_method(ctx, lambda s: F.temporal_energy(s, masks.to(s.device)))

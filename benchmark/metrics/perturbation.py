@@ -67,9 +67,10 @@ def _free_bytes(device: torch.device) -> float:
 
 
 def _check_saliency(saliency: Tensor) -> Tensor:
-    if saliency.ndim not in (2, 3):
+    if saliency.ndim not in (2, 3, 4):
         raise ValueError(
-            f"Saliency maps must be [N,H,W] (or flat [N,H*W]); got shape {tuple(saliency.shape)}."
+            f"Saliency maps must be [N,H,W] (or [N,T,H,W] for volumes and clips, or flat [N,H*W]); got "
+            f"shape {tuple(saliency.shape)}."
         )
     flat = saliency.reshape(saliency.shape[0], -1)
     if not torch.is_floating_point(flat):
@@ -258,7 +259,8 @@ def perturbation_curves(
 ) -> Tensor:
     """Target scores ``[N, S]`` of ``where(rank < k_s, substrate, image)`` for every row and step.
 
-    images:      ``[B,3,H,W]`` (normalised) -- the start of the curve.
+    images:      ``[B,3,H,W]`` (normalised) -- the start of the curve; volumes and clips ``[B,3,T,H,W]``
+                 (then every "pixel" below is a voxel, all channels of a voxel together).
     orders:      ``[N, H*W]`` long, per-row pixel orders (first = perturbed first), e.g. ``pixel_order``.
     substrate:   ``[B,3,H,W]`` (or ``[1,3,H,W]``) -- what perturbed pixels become (zeros, a blur, or,
                  for insertion, the image itself with ``images`` = the blurred start).
@@ -269,12 +271,15 @@ def perturbation_curves(
                  without copying the images.
     """
     n = orders.shape[0]
-    if images.ndim != 4:
-        raise ValueError(f"images must be [B,C,H,W]; got shape {tuple(images.shape)}.")
-    hw = images.shape[-2] * images.shape[-1]
+    if images.ndim not in (4, 5):
+        raise ValueError(f"images must be [B,C,H,W] (or [B,C,T,H,W]); got shape {tuple(images.shape)}.")
+    grid = tuple(images.shape[2:])  # (H, W), or (T, H, W)
+    hw = 1
+    for v in grid:
+        hw *= int(v)
     if orders.shape != (n, hw):
         raise ValueError(
-            f"orders must be [N, H*W] = [{n}, {hw}] for {tuple(images.shape[-2:])} images; "
+            f"orders must be [N, H*W] = [{n}, {hw}] for {grid} images; "
             f"got {tuple(orders.shape)}."
         )
     if targets.shape != (n,):
@@ -300,14 +305,13 @@ def perturbation_curves(
     if s == 0:
         raise ValueError("steps is empty: give at least one pixel count.")
     ranks = order_to_rank(orders.to(device))
-    h, w = images.shape[-2:]
     targets = targets.to(device).long()
     pair_row, pair_col, src = _shared_ends(image_index, targets, k, hw)
 
     def build(items: Tensor) -> Tensor:
         row, col = pair_row[items], pair_col[items]
         img_row = image_index[row]
-        mask = (ranks[row] < k[col, None]).view(-1, 1, h, w)
+        mask = (ranks[row] < k[col, None]).view(-1, 1, *grid)
         return torch.where(mask, _rows(substrate, img_row), images[img_row])
 
     scores = batched_scores(

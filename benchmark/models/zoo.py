@@ -361,3 +361,110 @@ if _timm_available():
         register_model(f"timm/{_name}", source="timm", family="timm", pretrained="hf-cache")(
             partial(timm_model, _name)
         )
+
+
+# -- torchvision video classifiers (Kinetics-400) ------------------------------------------------------
+KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
+KINETICS_STD = (0.22803, 0.22145, 0.216989)
+
+
+class MViTTokens:
+    """Reshape of MViT's token outputs ``[B, 1 + t*h*w, C]`` (class token first) to ``[B,C,t,h,w]``.
+
+    MViT carries the token grid ``thw`` beside the tokens (``block(x, thw)``); a forward pre-hook on the
+    block that holds the target layer records it on every forward, so the reshape always uses the grid of
+    the clip just explained. Picklable state: the recorded grid only.
+    """
+
+    def __init__(self) -> None:
+        self.thw: tuple[int, int, int] | None = None
+
+    def record(self, module: nn.Module, args: tuple) -> None:
+        self.thw = tuple(int(v) for v in args[1])  # type: ignore[assignment]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.thw is None:
+            raise WeightsError("MViT token grid unknown: the model has not run since it was built.")
+        t, h, w = self.thw
+        b, n, c = x.shape
+        if n - 1 != t * h * w:
+            raise ValueError(f"MViT: {n - 1} patch tokens do not form the recorded {t}x{h}x{w} grid.")
+        return x[:, 1:, :].reshape(b, t, h, w, c).permute(0, 4, 1, 2, 3)
+
+
+@dataclass(frozen=True)
+class VideoSpec:
+    name: str
+    weights_enum: str  # attribute of torchvision.models.video
+    target_layer: str
+    input_size: tuple[int, int, int]  # (T, H, W) the weights were trained at
+    family: str = "video_cnn"
+
+
+VIDEO_MODELS: dict[str, VideoSpec] = {
+    s.name: s
+    for s in [
+        VideoSpec("r3d_18", "R3D_18_Weights", "layer4", (16, 112, 112)),
+        VideoSpec("mc3_18", "MC3_18_Weights", "layer4", (16, 112, 112)),
+        VideoSpec("r2plus1d_18", "R2Plus1D_18_Weights", "layer4", (16, 112, 112)),
+        VideoSpec("s3d", "S3D_Weights", "features", (16, 224, 224)),
+        # the last block's input LayerNorm (as for ViT: the block output reaches the head only through the
+        # class token, so its patch gradients would be 0)
+        VideoSpec("mvit_v2_s", "MViT_V2_S_Weights", "blocks.15.norm1", (16, 224, 224), family="video_transformer"),
+    ]
+}
+
+
+def video_model(
+    spec: VideoSpec, weights: str = "default", seed: int = 0, target_layer: str | None = None,
+    input_size: tuple[int, int, int] | None = None,
+) -> ModelHandle:
+    """torchvision video classifier ``spec.name`` ("default" = the Kinetics-400 checkpoint in the local torch
+    hub cache, never downloaded; "random"; or a state-dict path). ``input_size`` (T, H, W) overrides the
+    clip size the data is resized to (tiny clips for CPU tests)."""
+    import torchvision.models.video as tvv
+
+    enum = getattr(tvv, spec.weights_enum).DEFAULT
+    ckpt: Path | None = None
+    if weights == "default":
+        ckpt = hub_checkpoint_path(enum.url)
+        if not ckpt.is_file():
+            raise missing_weights_error(spec.name, ckpt, enum.url)
+    elif weights != "random":
+        ckpt = Path(weights)
+        if not ckpt.is_file():
+            raise WeightsError(
+                f"Checkpoint {ckpt} for {spec.name} does not exist. Pass an existing state-dict file, "
+                "'default' (torch hub cache) or 'random'."
+            )
+    with seeded_init(seed):
+        model = getattr(tvv, spec.name)(weights=None)
+        if ckpt is None:
+            redraw_zero_linears(model)
+    if ckpt is not None:
+        load_checkpoint(model, ckpt, spec.name)
+    layer = target_layer or spec.target_layer
+    reshape: Reshape | None = None
+    if spec.family == "video_transformer":
+        tokens = MViTTokens()
+        block = ".".join(layer.split(".")[:2])  # "blocks.<i>"
+        dict(model.named_modules())[block].register_forward_pre_hook(tokens.record)
+        reshape = tokens
+    return ModelHandle(
+        name=spec.name,
+        model=model.eval(),
+        target_layer=layer,
+        input_size=tuple(input_size or spec.input_size),
+        mean=KINETICS_MEAN,
+        std=KINETICS_STD,
+        reshape=reshape,
+        class_names=list(enum.meta["categories"]),
+        meta={"weights": str(ckpt) if ckpt is not None else weights, "url": enum.url, "family": spec.family,
+              "num_classes": len(enum.meta["categories"]), "ndim": 3},
+    )
+
+
+for _vspec in VIDEO_MODELS.values():
+    register_model(_vspec.name, source="torchvision", family=_vspec.family, pretrained="torch-hub-cache", ndim=3)(
+        partial(video_model, _vspec)
+    )

@@ -138,6 +138,9 @@ def gallery(samples: Sequence[dict[str, np.ndarray]], out_dir: Path, max_images:
                     rows.append((p, i))
         if not rows:
             continue
+        if rows[0][0]["images"].ndim == 5:  # volumes and clips [N,T,H,W,3]: strips of slices / frames
+            paths.append(slice_gallery(rows, methods, model, dataset, out_dir))
+            continue
         ncol = len(methods) + 1
         fig, axes = plt.subplots(len(rows), ncol, figsize=(1.45 * ncol, 1.5 * len(rows)), squeeze=False)
         for r, (p, i) in enumerate(rows):
@@ -255,6 +258,50 @@ def kendall_matrix(taus: pd.DataFrame, out_dir: Path) -> list[Path]:
         fig.tight_layout()
         paths.append(_save(fig, out_dir / f"kendall-{_slug(model, dataset)}.png"))
     return paths
+
+
+def strip_slices(n_slices: int, mask: np.ndarray | None, count: int = 3) -> list[int]:
+    """``count`` slice (frame) indices of a ``[T,H,W]`` volume to show: spread evenly over the slices that
+    hold the object when a mask says where it is, else over the whole depth."""
+    hold = np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1)) if mask is not None else np.zeros(0, int)
+    pool = hold if hold.size else np.arange(n_slices)
+    k = min(count, pool.size)
+    return [int(pool[int(j)]) for j in np.floor((np.arange(k) + 0.5) * pool.size / k)]
+
+
+def slice_gallery(rows: Sequence[tuple[dict, int]], methods: Sequence[str], model: str, dataset: str,
+                  out_dir: Path, max_volumes: int = 2, count: int = 3) -> Path:
+    """Gallery of volumes and clips: per volume a strip of ``count`` slices (frames) through the object,
+    rows = slices, columns = the slice then each method's map on it; mask outlines in white, the 3-D
+    boxes' cross-sections (``x0,y0,t0,x1,y1,t1``) in lime on the slices they cross."""
+    strips = []
+    for p, i in rows[:max_volumes]:
+        mask = p["masks"][i] if "masks" in p else None
+        strips += [(p, i, t) for t in strip_slices(p["images"][i].shape[0], mask, count)]
+    ncol = len(methods) + 1
+    fig, axes = plt.subplots(len(strips), ncol, figsize=(1.45 * ncol, 1.5 * len(strips)), squeeze=False)
+    for r, (p, i, t) in enumerate(strips):
+        img = p["images"][i][t]
+        title = str(p["target_names"][i]) if "target_names" in p else f"class {int(p['targets'][i])}"
+        for c in range(ncol):
+            ax = axes[r, c]
+            ax.imshow(img)
+            if c > 0:
+                ax.imshow(p["maps"][i, c - 1][t].astype(np.float32), cmap="jet", alpha=0.5, vmin=0, vmax=1)
+            if "masks" in p and p["masks"][i][t].any():
+                ax.contour(p["masks"][i][t].astype(float), levels=[0.5], colors="white", linewidths=0.6)
+            if "boxes" in p and p["boxes"].shape[-1] == 6:
+                for x0, y0, t0, x1, y1, t1 in p["boxes"][i]:
+                    if np.isfinite(x0) and t0 <= t < t1:
+                        ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="lime", lw=0.9))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title("slice" if c == 0 else methods[c - 1], fontsize=7)
+        axes[r, 0].set_ylabel(f"{p['ids'][i]}\n{title}\nslice {t}", fontsize=6)
+    fig.suptitle(f"{model} on {dataset} (slices / frames)", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, out_dir / f"gallery-{_slug(model, dataset)}.png")
 
 
 def all_plots(

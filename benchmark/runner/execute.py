@@ -27,7 +27,6 @@ so a unit's rows do not depend on which units ran before it (resume, parallel ba
 from __future__ import annotations
 
 import contextlib
-
 import dataclasses
 import hashlib
 import importlib
@@ -694,13 +693,15 @@ def _run_unit(suite: Suite, unit: Unit, progress: Optional[Callable[[int], None]
         keep = max(0, min(len(ids), unit.gallery - n_done))
         if keep:
             imgs = handle.denormalize(batch.images[:keep].detach()).clamp(0, 1)
-            gal["images"].append((imgs.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8))
+            channels_last = (0, *range(2, imgs.ndim), 1)  # [B,H,W,3], or [B,T,H,W,3] for volumes and clips
+            gal["images"].append((imgs.permute(*channels_last).cpu().numpy() * 255).round().astype(np.uint8))
             gal["ids"] += ids[:keep]
             gal["targets"].append(batch.targets[:keep].cpu().numpy())
             if batch.masks is not None:
                 gal["masks"].append(batch.masks[:keep].cpu().numpy())
             if batch.boxes is not None:
-                gal["boxes"] += [b.detach().float().cpu().numpy().reshape(-1, 4) for b in batch.boxes[:keep]]
+                k = 6 if batch.images.ndim == 5 else 4  # 3-D boxes of volumes and clips
+                gal["boxes"] += [b.detach().float().cpu().numpy().reshape(-1, k) for b in batch.boxes[:keep]]
             gal["maps"].append({m: saliency[m][:keep].detach().cpu().numpy().astype(np.float16) for m in saliency})
         n_done += len(ids)
         if progress is not None:
@@ -791,7 +792,7 @@ def _gallery_arrays(gal: dict[str, list], handle: ModelHandle, exp: Experiment) 
         out["masks"] = np.concatenate(gal["masks"]).astype(bool)
     if gal["boxes"]:
         kmax = max(b.shape[0] for b in gal["boxes"])
-        pad = np.full((len(gal["boxes"]), max(kmax, 1), 4), np.nan, dtype=np.float32)
+        pad = np.full((len(gal["boxes"]), max(kmax, 1), gal["boxes"][0].shape[-1]), np.nan, dtype=np.float32)
         for i, b in enumerate(gal["boxes"]):
             pad[i, : b.shape[0]] = b
         out["boxes"] = pad

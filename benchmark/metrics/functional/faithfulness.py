@@ -20,7 +20,6 @@ from scipy.ndimage import gaussian_filter
 from scipy.sparse.linalg import spsolve
 from torch import Tensor, nn
 
-from .imputation import solve_masked_laplace
 from ..perturbation import (
     OOM_ERRORS,
     batched_scores,
@@ -31,6 +30,7 @@ from ..perturbation import (
     step_counts,
     trapezoid_auc,
 )
+from .imputation import solve_masked_laplace
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -44,14 +44,17 @@ Substrate = Union[str, Tensor]
 
 
 def _check_inputs(images: Tensor, targets: Tensor, saliency: Tensor) -> None:
-    if images.ndim != 4:
-        raise ValueError(f"images must be [B,3,H,W] (normalised); got shape {tuple(images.shape)}.")
-    b, _, h, w = images.shape
+    if images.ndim not in (4, 5):
+        raise ValueError(
+            f"images must be [B,3,H,W] (normalised; [B,3,T,H,W] for volumes and clips); got shape "
+            f"{tuple(images.shape)}."
+        )
+    b = images.shape[0]
     if targets.shape != (b,):
         raise ValueError(f"targets must be [B]={b}; got shape {tuple(targets.shape)}.")
-    if saliency.shape != (b, h, w):
+    if saliency.shape != (b, *images.shape[2:]):
         raise ValueError(
-            f"saliency must be [B,H,W]={(b, h, w)} (maps at input resolution); "
+            f"saliency must be [B,H,W]={(b, *images.shape[2:])} (maps at input resolution); "
             f"got {tuple(saliency.shape)}. Upsample the maps to the input size first."
         )
 
@@ -64,9 +67,26 @@ def gkern(klen: int = 11, nsig: float = 5.0) -> Tensor:
     return torch.from_numpy(gaussian_filter(inp, nsig).astype(np.float32))
 
 
+def gkern3d(klen: int = 11, nsig: float = 5.0) -> Tensor:
+    """:func:`gkern` in 3-D: a centred dirac on a ``klen^3`` grid smoothed by ``gaussian_filter(sigma=nsig)``
+    (``[klen, klen, klen]`` float32, sums to 1)."""
+    inp = np.zeros((klen, klen, klen))
+    inp[klen // 2, klen // 2, klen // 2] = 1
+    return torch.from_numpy(gaussian_filter(inp, nsig).astype(np.float32))
+
+
 def rise_blur(images: Tensor, klen: int = 11, sigma: float = 5.0) -> Tensor:
-    """Per-channel blur with ``gkern(klen, sigma)`` and zero padding ``klen // 2`` (RISE insertion start)."""
+    """Per-channel blur with ``gkern(klen, sigma)`` and zero padding ``klen // 2`` (RISE insertion start).
+
+    Volumes and clips ``[B,3,T,H,W]``: the 3-D substrate, a per-channel blur with :func:`gkern3d` over the
+    three axes (isotropic in voxels) and the same zero padding.
+    """
     c = images.shape[1]
+    if images.ndim == 5:
+        k3 = gkern3d(klen, sigma).to(images.device, images.dtype)
+        weight3 = k3.expand(c, 1, klen, klen, klen).contiguous()
+        with torch.inference_mode():
+            return torch.nn.functional.conv3d(images, weight3, padding=klen // 2, groups=c)
     k = gkern(klen, sigma).to(images.device, images.dtype)
     weight = k.expand(c, 1, klen, klen).contiguous()
     with torch.inference_mode():
@@ -120,11 +140,11 @@ def causal_curves(
     if mode not in ("deletion", "insertion"):
         raise ValueError(f"mode must be 'deletion' or 'insertion', got {mode!r}.")
     n = saliency.shape[0]
-    hw = images.shape[-2] * images.shape[-1]
-    if saliency.shape[1:] != images.shape[-2:]:
+    hw = int(np.prod(images.shape[2:]))  # pixels, or voxels of volumes and clips
+    if saliency.shape[1:] != images.shape[2:]:
         raise ValueError(
             f"saliency maps {tuple(saliency.shape[1:])} must match the image size "
-            f"{tuple(images.shape[-2:])}; upsample them first."
+            f"{tuple(images.shape[2:])}; upsample them first."
         )
     if targets.shape != (n,):
         raise ValueError(f"targets must be [N]={n}; got shape {tuple(targets.shape)}.")
@@ -237,8 +257,9 @@ def explanation_images(
     if variant == "paper":
         return images * saliency.unsqueeze(1).to(images.dtype)
     if variant == "cfcam":
-        m = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
-        s = torch.as_tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+        shape = (1, -1) + (1,) * (images.ndim - 2)
+        m = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(shape)
+        s = torch.as_tensor(std, dtype=images.dtype, device=images.device).view(shape)
         keep = (saliency > threshold).unsqueeze(1)
         return torch.where(keep, images, (-m / s).expand_as(images))
     raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}.")
@@ -560,6 +581,14 @@ def road_curves(
     sparse solve per (row, percentage), the reference algorithm (they agree to ~1e-5 per pixel); ``"auto"``
     picks exact on CPU, cg elsewhere.
     """
+    if images.ndim == 5:
+        from ...errors import DimensionError
+
+        raise DimensionError(
+            f"ROAD is not defined in 3-D yet: its noisy linear imputation solves over 2-D pixel neighbourhoods, "
+            f"and these inputs are volumes or clips {tuple(images.shape)}. Use deletion_auc / insertion_auc "
+            "(3-D blur substrate) for the faithfulness of volume and video maps."
+        )
     imputer = resolve_imputer(imputer, images.device)
     if order not in ("morf", "lerf"):
         raise ValueError(f"order must be 'morf' or 'lerf', got {order!r}.")

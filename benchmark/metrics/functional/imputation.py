@@ -306,13 +306,13 @@ def solve_masked_laplace(
     m = a.mask
     b = a.neighbour_sum(x * (1 - m)) * m  # b(i) = sum_o w_o x(i + o) over the kept neighbours
     if preconditioner == "jacobi":
-        precond = lambda r: a.dinv * r  # noqa: E731
+        precond = lambda r: a.dinv * r
     elif precond_dtype == dtype:
         precond = _Multigrid(a)
     else:  # the V-cycle in a cheaper dtype: it only steers CG, whose iterates and residuals stay in ``dtype``
         low = masked_laplacian(removed, stencil.to(dtype=precond_dtype, device=values.device), precond_dtype)
         mg = _Multigrid(low)
-        precond = lambda r: mg(r.to(precond_dtype)).to(dtype)  # noqa: E731
+        precond = lambda r: mg(r.to(precond_dtype)).to(dtype)
     if max_iter is None:
         max_iter = 200 if preconditioner == "multigrid" else 20 * max(a.shape) ** 2
     u = torch.zeros_like(b)

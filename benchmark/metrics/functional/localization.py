@@ -9,6 +9,10 @@ Conventions shared by every function here:
   ``+1`` convention, ``(x1 - x0 + 1) * (y1 - y0 + 1)``.
 * Connected components use 8-connectivity (what ``cv2.findContours`` traces).
 * ``NaN`` means "undefined for this image" and each function says when.
+* Volumes and clips: maps and masks are ``[B,T,H,W]`` (``T`` = depth or time), distances are in voxels
+  (all axes in the same unit), 3-D boxes are ``[K,6]`` ``[x0, y0, t0, x1, y1, t1]`` with the same inclusive
+  convention and volumes ``(x1 - x0 + 1) (y1 - y0 + 1) (t1 - t0 + 1)``, connected components use
+  26-connectivity (the 3-D analogue of 8-connectivity).
 """
 
 from __future__ import annotations
@@ -20,18 +24,22 @@ import torch
 from scipy import ndimage
 from torch import Tensor
 
+from ...errors import DimensionError
+
 _EIGHT = np.ones((3, 3), dtype=bool)  # 8-connectivity structure
 _FOUR = ndimage.generate_binary_structure(2, 1)
+_TWENTY_SIX = np.ones((3, 3, 3), dtype=bool)  # 26-connectivity in volumes
 
 # MaxBoxAccV2 (Choe et al. CVPR 2020): IoU thresholds in percent.
 IOU_THRESHOLDS = (30, 50, 70)
 
 
 def _check_maps(saliency: Tensor, other: Optional[Tensor] = None, name: str = "gt_mask") -> None:
-    if saliency.ndim != 3:
+    if saliency.ndim not in (3, 4) or (saliency.ndim == 4 and saliency.shape[1] == 1):  # [B,1,H,W]: a channel axis
         raise ValueError(
-            f"saliency must be [B,H,W]; got shape {tuple(saliency.shape)}. Squeeze the channel axis of "
-            "[B,1,H,W] maps, or add a batch axis to a single map."
+            f"saliency must be [B,H,W] (or [B,T,H,W] for volumes and clips); got shape "
+            f"{tuple(saliency.shape)}. Squeeze the channel axis of [B,1,H,W] maps, or add a batch axis to a "
+            "single map."
         )
     if other is not None and other.shape != saliency.shape:
         raise ValueError(
@@ -41,13 +49,15 @@ def _check_maps(saliency: Tensor, other: Optional[Tensor] = None, name: str = "g
 
 
 def _check_boxes(saliency: Tensor, boxes: Sequence[Tensor]) -> None:
+    k = 6 if saliency.ndim == 4 else 4
     if len(boxes) != saliency.shape[0]:
         raise ValueError(
-            f"boxes must hold one [K,4] tensor per image ({saliency.shape[0]}); got {len(boxes)}."
+            f"boxes must hold one [K,{k}] tensor per image ({saliency.shape[0]}); got {len(boxes)}."
         )
     for i, b in enumerate(boxes):
-        if b.ndim != 2 or b.shape[-1] != 4:
-            raise ValueError(f"boxes[{i}] must be [K,4] xyxy; got shape {tuple(b.shape)}.")
+        if b.ndim != 2 or b.shape[-1] != k:
+            what = "xyxy" if k == 4 else "[x0,y0,t0,x1,y1,t1] (3-D boxes of [B,T,H,W] maps)"
+            raise ValueError(f"boxes[{i}] must be [K,{k}] {what}; got shape {tuple(b.shape)}.")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -61,13 +71,18 @@ def pointing_game(saliency: Tensor, gt_mask: Tensor, tolerance: float = 15) -> T
     ``tolerance == 0`` (Quantus ``PointingGame``): a hit if **any** pixel attaining the maximum lies in
     the mask (so a constant map, e.g. all zeros, hits whenever the mask is non-empty).
     For ``tolerance > 0`` a constant map points at pixel ``(0, 0)``.
+    Volumes and clips ``[B,T,H,W]``: the first maximum in raster order of the volume, a ball of radius
+    ``tolerance`` voxels.
     Returns ``Tensor[B]`` float: 1/0, or NaN when the mask is empty (TorchRay skips such images).
     """
     _check_maps(saliency, gt_mask)
     if tolerance < 0:
         raise ValueError(f"tolerance must be >= 0 pixels; got {tolerance}.")
-    b, h, w = saliency.shape
     mask = gt_mask.bool()
+    if saliency.ndim == 4 and tolerance != 0:
+        return _pointing_game_3d(saliency, mask, tolerance)
+    b = saliency.shape[0]
+    h, w = saliency.shape[-2:]
     flat = saliency.reshape(b, -1)
     if tolerance == 0:
         at_max = flat == flat.max(dim=1, keepdim=True).values
@@ -81,6 +96,23 @@ def pointing_game(saliency: Tensor, gt_mask: Tensor, tolerance: float = 15) -> T
         hit = (mask & (d2 < float(tolerance) ** 2)).flatten(1).any(dim=1)
     out = hit.float()
     return torch.where(mask.flatten(1).any(dim=1), out, torch.full_like(out, float("nan")))
+
+
+def _pointing_game_3d(saliency: Tensor, mask: Tensor, tolerance: float) -> Tensor:
+    """:func:`pointing_game` with ``tolerance > 0`` on ``[B,T,H,W]``: a ball of ``tolerance`` voxels."""
+    b, t, h, w = saliency.shape
+    idx = saliency.reshape(b, -1).argmax(dim=1)  # first maximum in raster order
+    pt, rem = (idx // (h * w)).float(), idx % (h * w)
+    py, px = (rem // w).float(), (rem % w).float()
+    f32 = dict(device=saliency.device, dtype=torch.float32)
+    ts, ys, xs = torch.arange(t, **f32), torch.arange(h, **f32), torch.arange(w, **f32)
+    d2 = (
+        (ts[None, :, None, None] - pt[:, None, None, None]) ** 2
+        + (ys[None, None, :, None] - py[:, None, None, None]) ** 2
+        + (xs[None, None, None, :] - px[:, None, None, None]) ** 2
+    )
+    hit = (mask & (d2 < float(tolerance) ** 2)).flatten(1).any(dim=1).float()
+    return torch.where(mask.flatten(1).any(dim=1), hit, torch.full_like(hit, float("nan")))
 
 
 def pointing_game_class_mean(hits: Tensor, classes: Tensor) -> float:
@@ -118,8 +150,32 @@ def energy_pointing_game(saliency: Tensor, gt_mask: Tensor) -> Tensor:
     return torch.where(ok, inside / total.where(ok, torch.ones_like(total)), torch.full_like(total, float("nan")))
 
 
-def boxes_to_mask(boxes: Sequence[Tensor], size: tuple[int, int], device=None) -> Tensor:
-    """Union of inclusive-pixel xyxy boxes as a ``[B,H,W]`` bool mask (boxes are rounded and clipped)."""
+def temporal_energy(saliency: Tensor, gt_mask: Tensor) -> Tensor:
+    """Temporal score of clips and volumes ``[B,T,H,W]``: the share of the map's energy in the frames
+    (slices) where the object is, ``sum_{t: M_t != 0} sum_ij L_tij / sum_tij L_tij``.
+
+    The energy pointing game (Wang et al. 2020) with the mask replaced by whole frames: it asks *when*, not
+    *where*, so a map that finds the right frames but the wrong place still scores 1. ``L`` is the map
+    clipped at 0. NaN when the map sums to 0 or the object is in no frame. Invariant to positive rescaling.
+    """
+    _check_maps(saliency, gt_mask)
+    if saliency.ndim != 4:
+        raise DimensionError(
+            f"temporal_energy needs [B,T,H,W] maps of volumes or clips; got shape {tuple(saliency.shape)}."
+        )
+    present = gt_mask.bool().flatten(2).any(dim=2)  # [B,T]: frames that hold the object
+    energy = saliency.float().clamp_min(0).flatten(2).sum(dim=2)  # [B,T]
+    total = energy.sum(dim=1)
+    inside = (energy * present).sum(dim=1)
+    ok = (total > 0) & present.any(dim=1)
+    return torch.where(ok, inside / total.where(ok, torch.ones_like(total)), torch.full_like(total, float("nan")))
+
+
+def boxes_to_mask(boxes: Sequence[Tensor], size: tuple[int, ...], device=None) -> Tensor:
+    """Union of inclusive-pixel xyxy boxes as a ``[B,H,W]`` bool mask (boxes are rounded and clipped);
+    ``[K,6]`` 3-D boxes and ``size = (T,H,W)`` give a ``[B,T,H,W]`` mask."""
+    if len(size) == 3:
+        return _boxes_to_mask_3d(boxes, size, device)
     h, w = size
     ys = torch.arange(h, device=device)[:, None]
     xs = torch.arange(w, device=device)[None, :]
@@ -136,13 +192,39 @@ def boxes_to_mask(boxes: Sequence[Tensor], size: tuple[int, int], device=None) -
     return out
 
 
+def _boxes_to_mask_3d(boxes: Sequence[Tensor], size: tuple[int, ...], device=None) -> Tensor:
+    t, h, w = (int(v) for v in size)
+    ts = torch.arange(t, device=device)[:, None, None]
+    ys = torch.arange(h, device=device)[None, :, None]
+    xs = torch.arange(w, device=device)[None, None, :]
+    out = torch.zeros((len(boxes), t, h, w), dtype=torch.bool, device=device)
+    for i, bx in enumerate(boxes):  # one vectorised op per volume over its K boxes
+        if bx.numel() == 0:
+            continue
+        r = bx.to(device).reshape(-1, 6).round().long()[:, :, None, None, None]
+        inside = (
+            (xs[None] >= r[:, 0]) & (xs[None] <= r[:, 3]) & (ys[None] >= r[:, 1]) & (ys[None] <= r[:, 4])
+            & (ts[None] >= r[:, 2]) & (ts[None] <= r[:, 5])
+        )
+        out[i] = inside.any(dim=0)
+    return out
+
+
 # ------------------------------------------------------------------------------------------------
 # Boxes from maps
 # ------------------------------------------------------------------------------------------------
 def box_iou_matrix(a: Tensor, b: Tensor) -> Tensor:
-    """IoU ``[Na,Nb]`` of inclusive-pixel xyxy boxes with the ``+1`` area convention (wsolevaluation)."""
+    """IoU ``[Na,Nb]`` of inclusive-pixel xyxy boxes with the ``+1`` area convention (wsolevaluation);
+    ``[N,6]`` 3-D boxes give the IoU of their volumes."""
     a = a.double()
     b = b.double()
+    if a.shape[-1] == 6:
+        lt = torch.maximum(a[:, None, :3], b[None, :, :3])
+        rb = torch.minimum(a[:, None, 3:], b[None, :, 3:])
+        inter = (rb - lt + 1).clamp_min(0).prod(dim=-1)
+        vol_a = (a[:, 3:] - a[:, :3] + 1).prod(dim=-1)[:, None]
+        vol_b = (b[:, 3:] - b[:, :3] + 1).prod(dim=-1)[None, :]
+        return inter / (vol_a + vol_b - inter)
     lt = torch.maximum(a[:, None, :2], b[None, :, :2])
     rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])
     wh = (rb - lt + 1).clamp_min(0)
@@ -172,13 +254,20 @@ def component_boxes(binary: np.ndarray, holes: bool = False) -> np.ndarray:
 
 
 def largest_component_box(binary: np.ndarray) -> Optional[np.ndarray]:
-    """Inclusive xyxy box of the largest 8-connected component (ties: lowest label), or None if empty."""
-    labels, n = ndimage.label(binary, structure=_EIGHT)
+    """Inclusive xyxy box of the largest 8-connected component (ties: lowest label), or None if empty.
+
+    A ``[T,H,W]`` array: the 26-connected component's ``[x0, y0, t0, x1, y1, t1]`` box.
+    """
+    labels, n = ndimage.label(binary, structure=_TWENTY_SIX if binary.ndim == 3 else _EIGHT)
     if n == 0:
         return None
     sizes = np.bincount(labels.ravel())[1:]
     k = int(np.argmax(sizes))  # first (lowest label) among equal sizes
     s = ndimage.find_objects(labels)[k]
+    if binary.ndim == 3:
+        return np.array(
+            [s[2].start, s[1].start, s[0].start, s[2].stop - 1, s[1].stop - 1, s[0].stop - 1], dtype=np.int64
+        )
     return np.array([s[1].start, s[0].start, s[1].stop - 1, s[0].stop - 1], dtype=np.int64)
 
 
@@ -194,7 +283,7 @@ def box_iou(saliency: Tensor, boxes: Sequence[Tensor], threshold: float = 0.15) 
     _check_boxes(saliency, boxes)
     s = saliency.detach().float().cpu()
     mx = s.flatten(1).max(dim=1).values
-    binary = ((s >= threshold * mx[:, None, None]) & (s > 0)).numpy()
+    binary = ((s >= threshold * mx.view((-1,) + (1,) * (s.ndim - 1))) & (s > 0)).numpy()
     out = torch.full((s.shape[0],), float("nan"), dtype=torch.float64)
     for i in range(s.shape[0]):  # connected components are inherently per image (scipy)
         gt = boxes[i].detach().cpu()
@@ -244,6 +333,11 @@ def box_best_ious(
     own resolution (wsol resizes to 224x224 first; give boxes in map pixels). NaN rows: no GT box.
     """
     _check_maps(saliency)
+    if saliency.ndim == 4:
+        raise DimensionError(
+            "max_box_acc (MaxBoxAccV2) is not defined in 3-D yet: its multi-contour boxes follow "
+            "cv2.findContours on 2-D maps. Use box_iou (3-D boxes) or pxap on volumes and clips."
+        )
     _check_boxes(saliency, boxes)
     taus = cam_thresholds(cam_curve_interval)
     q = (wsol_normalize(saliency.detach().cpu()) * 255).to(torch.uint8).numpy()  # truncation, as astype
@@ -302,8 +396,9 @@ def edge_boxes_to_inclusive(boxes: Sequence[Tensor]) -> list[Tensor]:
     out = []
     for b in boxes:
         b = b.detach().double()
-        lo = torch.ceil(b[:, :2] - 0.5)
-        hi = torch.floor(b[:, 2:] - 0.5)
+        k = b.shape[1] // 2  # xyxy, or xyt-xyt for volumes and clips
+        lo = torch.ceil(b[:, :k] - 0.5)
+        hi = torch.floor(b[:, k:] - 0.5)
         out.append(torch.cat([lo, hi], dim=1))
     return out
 

@@ -194,7 +194,7 @@ def local_lipschitz(
     shape = images.shape[1:]
 
     def by_max(m: Tensor) -> Tensor:
-        mx = m.flatten(1).abs().max(dim=1).values.view(-1, 1, 1)
+        mx = m.flatten(1).abs().max(dim=1).values.view((-1,) + (1,) * (m.ndim - 1))
         return m / mx.where(mx > 0, torch.ones_like(mx))
 
     def score(ref: Tensor, pert: Tensor, delta: Tensor) -> Tensor:
@@ -228,8 +228,9 @@ def gradient_noise_fn(sigma: float, seed: int, relative: bool = True) -> Callabl
 
 def _minmax(m: Tensor) -> Tensor:
     flat = m.flatten(1)
-    lo = flat.min(dim=1).values.view(-1, 1, 1)
-    hi = flat.max(dim=1).values.view(-1, 1, 1)
+    shape = (-1,) + (1,) * (m.ndim - 1)  # [B,H,W] or [B,T,H,W]
+    lo = flat.min(dim=1).values.view(shape)
+    hi = flat.max(dim=1).values.view(shape)
     span = hi - lo
     return torch.where(span > 0, (m - lo) / span.where(span > 0, torch.ones_like(span)), torch.zeros_like(m))
 
@@ -237,12 +238,21 @@ def _minmax(m: Tensor) -> Tensor:
 def ssim(a: Tensor, b: Tensor, win_size: int = 7, data_range: float = 1.0) -> Tensor:
     """Batched SSIM ``[B]`` of ``[B,H,W]`` maps, equal to ``skimage.metrics.structural_similarity(a_i, b_i,
     data_range=data_range, win_size=win_size, gaussian_weights=False)`` (uniform window, sample
-    covariance, K1=0.01, K2=0.03, mean over the window positions that fit inside the image)."""
+    covariance, K1=0.01, K2=0.03, mean over the window positions that fit inside the image).
+
+    ``[B,T,H,W]`` maps of volumes and clips: skimage's N-D SSIM, a ``win_size^3`` cube window; a depth or
+    time axis shorter than ``win_size`` uses a window as long as that axis (skimage would refuse it).
+    """
     if a.shape[-1] < win_size or a.shape[-2] < win_size:
         raise ValueError(f"SSIM needs maps of at least {win_size}x{win_size}; got {tuple(a.shape[-2:])}.")
     x, y = a.double()[:, None], b.double()[:, None]
-    pool = lambda t: F.avg_pool2d(t, win_size, stride=1)
-    np_ = win_size * win_size
+    if a.ndim == 4:
+        win = (min(win_size, int(a.shape[1])), win_size, win_size)
+        pool = lambda t: F.avg_pool3d(t, win, stride=1)
+        np_ = win[0] * win[1] * win[2]
+    else:
+        pool = lambda t: F.avg_pool2d(t, win_size, stride=1)
+        np_ = win_size * win_size
     cov_norm = np_ / (np_ - 1)
     ux, uy = pool(x), pool(y)
     vx = cov_norm * (pool(x * x) - ux * ux)

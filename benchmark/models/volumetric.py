@@ -1,0 +1,185 @@
+"""``volume_cnn``: a small 3-D CNN trained by cambench on the ``volumes`` data, shipped with the package.
+
+Architecture (:class:`VolumeCNN`): three 3-D conv blocks (3x3x3 conv, BatchNorm, ReLU; blocks 1-2 end with a
+2x2x2 max-pool), global average pooling and one linear layer, so the original CAM (Zhou et al. 2016, eq. 2)
+applies and Grad-CAM equals it up to a positive scale (Selvaraju et al. 2017, section 3.1). At 32^3 the
+default target layer ``block3`` outputs an 8^3 map.
+
+Weights ``"default"`` are the shipped file ``benchmark/models/weights/volume_cnn.pt`` (trained once with
+:func:`train_volume_model` and saved with :func:`~benchmark.models.shipped.save_shipped`; SHA-256 and the
+training-configuration hash are checked when loading). ``"train"`` retrains (about a minute on 2 CPU cores),
+``"random"`` is a seeded random init, a path loads a state dict.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Optional
+
+import torch
+from torch import Tensor, nn
+
+from ..data.volumetric import VOLUME_CLASSES, VOLUME_GENERATOR_VERSION, VolumesDataset
+from ..types import ModelHandle
+from .base import register_model
+from .shipped import has_shipped, load_shipped, save_shipped
+from .synthetic import load_checkpoint
+
+log = logging.getLogger(__name__)
+
+#: Bump when the architecture or the training loop changes: it is part of the training hash.
+TRAINER_VERSION = 1
+
+MEAN = (0.5, 0.5, 0.5)
+STD = (0.25, 0.25, 0.25)
+TARGET_LAYER = "block3"
+
+
+class VolumeCNN(nn.Module):
+    """``3 -> w1 -> w2 -> w3`` 3-D conv blocks, GAP and a linear classifier (CAM-compatible)."""
+
+    def __init__(self, num_classes: int = len(VOLUME_CLASSES), widths: tuple[int, ...] = (8, 16, 32)) -> None:
+        super().__init__()
+        if len(widths) != 3:
+            raise ValueError(f"VolumeCNN needs 3 block widths, got {widths}.")
+        chans = (3, *widths)
+        for i in range(3):
+            layers: list[nn.Module] = [
+                nn.Conv3d(chans[i], chans[i + 1], 3, padding=1, bias=False),
+                nn.BatchNorm3d(chans[i + 1]),
+                nn.ReLU(inplace=False),
+            ]
+            if i < 2:
+                layers.append(nn.MaxPool3d(2))
+            self.add_module(f"block{i + 1}", nn.Sequential(*layers))
+        self.pool = nn.AdaptiveAvgPool3d(1)
+        self.fc = nn.Linear(widths[-1], num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.block3(self.block2(self.block1(x)))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+@dataclass(frozen=True)
+class VolumeTrainConfig:
+    """Everything that determines the trained ``volume_cnn`` (hashed into its shipped record)."""
+
+    name: str = "volume_cnn"
+    n_train: int = 1200
+    size: int = 32
+    epochs: int = 8
+    batch_size: int = 24
+    lr: float = 4e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    widths: tuple[int, ...] = (8, 16, 32)
+    data_seed: int = 0
+
+    def digest(self) -> str:
+        payload = {"config": asdict(self), "generator_version": VOLUME_GENERATOR_VERSION,
+                   "trainer_version": TRAINER_VERSION}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+DEFAULT_CONFIG = VolumeTrainConfig()
+
+
+def normalize(volumes01: Tensor) -> Tensor:
+    mean = torch.tensor(MEAN, dtype=volumes01.dtype).view(1, 3, 1, 1, 1)
+    std = torch.tensor(STD, dtype=volumes01.dtype).view(1, 3, 1, 1, 1)
+    return (volumes01 - mean) / std
+
+
+def train_volume_model(cfg: VolumeTrainConfig = DEFAULT_CONFIG) -> tuple[VolumeCNN, dict[str, Any]]:
+    """Train :class:`VolumeCNN` on the ``train`` split of ``volumes`` (Adam, one-cycle schedule, seeded)."""
+    t0 = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    model = VolumeCNN(len(VOLUME_CLASSES), cfg.widths)
+    data = VolumesDataset(n=cfg.n_train, seed=cfg.data_seed, split="train", size=cfg.size)
+    vols, labels = data.images_and_labels()
+    vols_u8 = (vols[:, :1] * 255).round_().to(torch.uint8)  # the three channels are equal: keep one
+    del vols
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps = -(-cfg.n_train // cfg.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(1, cfg.epochs * steps),
+                                                pct_start=0.25)
+    model.train()
+    losses: list[float] = []
+    for epoch in range(cfg.epochs):
+        order = torch.randperm(cfg.n_train, generator=gen)
+        correct = 0
+        for start in range(0, cfg.n_train, cfg.batch_size):
+            idx = order[start : start + cfg.batch_size]
+            x = normalize(vols_u8[idx].float().div_(255).expand(-1, 3, -1, -1, -1))
+            logits = model(x)
+            loss = nn.functional.cross_entropy(logits, labels[idx])
+            correct += int((logits.detach().argmax(1) == labels[idx]).sum())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(float(loss.detach()))
+        log.info("%s epoch %d/%d: loss %.3f, train accuracy %.3f (%.0f s)", cfg.name, epoch + 1, cfg.epochs,
+                 sum(losses[-steps:]) / steps, correct / cfg.n_train, time.perf_counter() - t0)
+    model.eval()
+    tail = losses[-max(1, steps // 4):]
+    return model, {"train_seconds": round(time.perf_counter() - t0, 2), "final_loss": sum(tail) / len(tail)}
+
+
+@torch.inference_mode()
+def evaluate_accuracy(model: nn.Module, dataset: VolumesDataset, batch_size: int = 50) -> float:
+    """Top-1 accuracy of ``model`` on ``dataset`` (labels = the lesion's class)."""
+    model.eval()
+    correct = 0
+    for start in range(0, len(dataset), batch_size):
+        x, y = dataset.images_and_labels(range(start, min(len(dataset), start + batch_size)))
+        correct += int((model(normalize(x)).argmax(1) == y).sum())
+    return correct / max(1, len(dataset))
+
+
+def train_and_ship(cfg: VolumeTrainConfig = DEFAULT_CONFIG, n_test: int = 200) -> dict[str, Any]:
+    """Train, measure the held-out accuracy on ``n_test`` test volumes, and write the shipped files."""
+    model, info = train_volume_model(cfg)
+    acc = evaluate_accuracy(model, VolumesDataset(n=n_test, seed=cfg.data_seed, split="test", size=cfg.size))
+    meta = {"hash": cfg.digest(), "config": asdict(cfg), "generator_version": VOLUME_GENERATOR_VERSION,
+            "trainer_version": TRAINER_VERSION, "test_accuracy": acc, "n_test": n_test, **info}
+    save_shipped(cfg.name, model.state_dict(), meta)
+    return meta
+
+
+@register_model("volume_cnn", dataset="volumes", synthetic=True, input_size=(32, 32, 32), ndim=3)
+def volume_cnn(
+    weights: str = "default", seed: int = 0, train_config: Optional[VolumeTrainConfig] = None
+) -> ModelHandle:
+    """3-D CNN trained on ``volumes`` (``weights``: "default" = shipped, "train", "random", or a path)."""
+    cfg = train_config or DEFAULT_CONFIG
+    torch.manual_seed(seed)
+    model = VolumeCNN(len(VOLUME_CLASSES), cfg.widths)
+    meta: dict[str, Any] = {"weights": weights, "train_config": asdict(cfg)}
+    if weights == "default":
+        if not has_shipped(cfg.name) and train_config is not None:
+            model, info = train_volume_model(cfg)
+            meta.update(info)
+        else:
+            model.load_state_dict(load_shipped(cfg.name, expect_hash=cfg.digest()))
+    elif weights == "train":
+        model, info = train_volume_model(cfg)
+        meta.update(info)
+    elif weights == "random":
+        meta["seed"] = seed
+    else:
+        load_checkpoint(model, weights)
+    model.eval()
+    return ModelHandle(
+        name="volume_cnn", model=model, target_layer=TARGET_LAYER, input_size=(cfg.size,) * 3, mean=MEAN,
+        std=STD, class_names=list(VOLUME_CLASSES), meta=meta,
+    )
+
+
+__all__ = ["DEFAULT_CONFIG", "VolumeCNN", "VolumeTrainConfig", "evaluate_accuracy", "train_and_ship",
+           "train_volume_model", "volume_cnn"]

@@ -17,3 +17,6 @@ from .robustness import (  # noqa: F401
 )
 from .sanity import model_randomization  # noqa: F401
 from .cost import latency_ms, peak_memory_mb  # noqa: F401
+from .seeds import (  # noqa: F401
+    miou_from_confusion, seed_labels, seed_statistics, segmentation_confusion, statistics_from_confusion,
+)

@@ -399,7 +399,8 @@ def _pinned(batch: Batch) -> Batch:
     """The batch in page-locked host memory (so that the copy to the GPU can be asynchronous)."""
     pin = lambda t: None if t is None else t.pin_memory()  # noqa: E731
     return Batch(pin(batch.images), pin(batch.targets), list(batch.ids), pin(batch.masks),
-                 None if batch.boxes is None else [pin(b) for b in batch.boxes], pin(batch.labels))
+                 None if batch.boxes is None else [pin(b) for b in batch.boxes], pin(batch.labels),
+                 pin(batch.ignore))
 
 
 def _device_batches(batches: Iterator[Batch], device: torch.device, prefetch: bool, channels_last: bool) -> Iterator[Batch]:
@@ -428,6 +429,10 @@ def _get_dataset(exp: Experiment, seed: int) -> Any:
             _DATASETS[key] = create_dataset(exp.dataset, **kwargs)
         except TypeError as exc:
             raise SuiteError(f"Dataset {exp.dataset!r} rejected the suite's `data` arguments {kwargs}: {exc}") from None
+    if exp.target == "labels":  # one sample per (image, present class), kept in the image's batch
+        from ..data.transforms import per_class
+
+        return per_class(_DATASETS[key])
     return _DATASETS[key]
 
 
@@ -521,6 +526,10 @@ def _run_unit(suite: Suite, unit: Unit, progress: Optional[Callable[[int], None]
         handle = dataclasses.replace(handle, target_layer=exp.layer)
     prefetch = device.type == "cuda" if opts.prefetch is None else bool(opts.prefetch)
     dataset = _get_dataset(exp, suite.seed)
+    if exp.target == "labels":
+        from ..data.transforms import check_class_count
+
+        check_class_count(handle, dataset)
     n_errors_before = len(getattr(dataset, "errors", []))
     timings.append(("load", "model+dataset", time.perf_counter() - t))
     model = handle.model
@@ -558,7 +567,7 @@ def _run_unit(suite: Suite, unit: Unit, progress: Optional[Callable[[int], None]
             if exp.target != "predicted":
                 pred = torch.where(unknown, pred, batch.targets)
             labels = batch.labels if batch.labels is not None else batch.targets
-            batch = Batch(batch.images, pred, ids, batch.masks, batch.boxes, labels)
+            batch = replace(batch, targets=pred, labels=labels)
 
         # 1. every method from one shared capture
         layer = M.resolve_layer(model, handle.target_layer)
@@ -571,7 +580,7 @@ def _run_unit(suite: Suite, unit: Unit, progress: Optional[Callable[[int], None]
         for name in unit.methods:
             t = time.perf_counter()
             try:
-                outputs[name] = M.run_method(ectx, name, method_params.get(name))
+                outputs[name] = M.run_method(ectx, name, method_params.get(name), ms_flip=exp.ms_flip_config)
             except Exception as exc:  # noqa: BLE001  (recorded, the run goes on)
                 failed[name] = _err(exc)
             timings.append(("explain", name, time.perf_counter() - t))
@@ -583,7 +592,7 @@ def _run_unit(suite: Suite, unit: Unit, progress: Optional[Callable[[int], None]
             return M.explain(
                 model_, handle.target_layer, images, targets, names, reshape=handle.reshape,
                 params={n: method_params[n] for n in names if n in method_params},
-                batch_size=fbs, seed=_seed, masks=masks, gradient_noise=gradient_noise,
+                batch_size=fbs, seed=_seed, masks=masks, gradient_noise=gradient_noise, ms_flip=exp.ms_flip_config,
             )
 
         # 2. every metric (each scores all methods of the batch at once)

@@ -283,3 +283,40 @@ def test_tiny_multilabel_suite_scores_one_row_per_image_and_class(ms_flip):
     for (method, metric), g in s.groupby(["method", "metric"]):
         assert sorted(g["image_id"]) == want
         assert (g["status"] == "ok").all(), g["message"].tolist()
+
+
+# -- report ------------------------------------------------------------------------------------------
+
+
+def test_seeds_table_and_curves_from_stored_statistics(handle, batches, tmp_path):
+    import pandas as pd
+
+    from benchmark.report.seeds import seed_curves, seeds_table, write_seed_report
+
+    torch.manual_seed(0)
+    rows = []
+    for b in batches:
+        sal = {"oracle": b.masks.float(), "noise": torch.rand(b.masks.shape)}
+        res = compute_metrics(_ctx(handle, b, sal), ["seed_miou", "seed_miou_oracle_threshold"])
+        for metric, per in res.items():
+            for method, st in per.items():
+                rows += [("m", "shapes_multilabel", method, metric, i, r) for i, r in zip(b.ids, st.numpy())]
+    stats = pd.DataFrame(rows, columns=["model", "dataset", "method", "metric", "image_id", "stats"])
+    names = create_dataset("shapes_multilabel", n=1).class_names
+    table = seeds_table(stats, names)
+    assert set(table["variant"]) == {"held_out", "oracle"}
+    for method in ("oracle", "noise"):
+        sub = stats[(stats["method"] == method) & (stats["metric"] == "seed_miou")]
+        arr, ids = np.stack(sub["stats"]), list(sub["image_id"])
+        t = table[(table["method"] == method) & (table["class"] == "mean")].set_index("variant")["iou"]
+        assert t["held_out"] == pytest.approx(S.compute_seed_miou(arr, ids, 21, 0.5))
+        assert t["oracle"] == pytest.approx(S.compute_seed_miou_oracle(arr, ids, 21))
+    per = table[(table["class"] != "mean")]
+    ok = per.dropna(subset=["iou"])
+    assert np.allclose(ok["iou"] + ok["fp_ratio"] + ok["fn_ratio"], 1.0)
+    perfect = per[(per["method"] == "oracle") & per["iou"].notna()]
+    assert np.allclose(perfect["precision"], 1.0) and np.allclose(perfect["recall"], 1.0)
+    curves = seed_curves(stats)
+    assert len(curves) == 2 * 21 and curves.groupby("method")["miou"].max()["oracle"] == pytest.approx(1.0)
+    written = write_seed_report(stats, tmp_path, {("m", "shapes_multilabel"): names})
+    assert written["seeds"].is_file() and written["plot"].stat().st_size > 1000

@@ -106,20 +106,30 @@ def seed_statistics(
     (background included). These are the diagonal, row and column sums of the confusion matrix: they add
     up over images and give IoU, precision, recall and the FP / FN ratios of every class.
     """
-    b = cams.shape[0]
+    b, k = int(cams.shape[0]), int(cams.shape[1])
     c = int(num_classes)
+    if c < k + 1:
+        raise ValueError(f"num_classes={c} is too small for {k} class maps (+ background).")
     ts = torch.as_tensor(list(thresholds), dtype=torch.float64, device=cams.device)
-    present = torch.as_tensor(present, dtype=torch.bool, device=cams.device)
-    norm = _normalise_present(cams, present)
-    best, arg = norm.max(dim=1)  # [B,H,W]
-    pred = torch.where(best.double()[:, None] >= ts.view(1, -1, 1, 1), arg[:, None] + 1, torch.zeros_like(arg[:, None]))
-    gt = gt.to(cams.device).long()[:, None].expand_as(pred)  # [B,T,H,W]
-    keep = (gt != int(ignore_index)) & (gt >= 0) & (gt < c)
-    if bool((pred >= c).any()):
-        raise ValueError(f"num_classes={c} is too small for {cams.shape[1]} class maps (+ background).")
-    # one bincount over (image, threshold, gt, pred) cells
+    if ts.ndim != 1 or ts.numel() == 0 or bool((ts[1:] < ts[:-1]).any()):
+        raise ValueError(f"thresholds must be a non-empty ascending sequence, got {list(thresholds)}.")
     t = ts.numel()
-    cell = torch.arange(b * t, device=cams.device).view(b, t, 1, 1) * (c * c) + gt.clamp(0, c - 1) * c + pred
-    counts = torch.bincount(cell[keep], minlength=b * t * c * c).view(b, t, c, c).double()
-    tp = counts.diagonal(dim1=2, dim2=3)
-    return torch.stack([tp, counts.sum(3), counts.sum(2)], dim=2)
+    present = torch.as_tensor(present, dtype=torch.bool, device=cams.device)
+    best, arg = _normalise_present(cams, present).max(dim=1)  # [B,H,W]
+    # level = how many thresholds are <= best: the pixel is class arg+1 at threshold t iff t < level, and
+    # background otherwise. One histogram over (image, level, gt, arg) then gives every threshold at once.
+    level = torch.searchsorted(ts, best.double().contiguous(), right=True)  # [B,H,W] in 0..T
+    gt = gt.to(cams.device).long()
+    keep = (gt != int(ignore_index)) & (gt >= 0) & (gt < c)
+    cell = ((torch.arange(b, device=cams.device).view(b, 1, 1) * (t + 1) + level) * c + gt.clamp(0, c - 1)) * k + arg
+    hist = torch.bincount(cell[keep], minlength=b * (t + 1) * c * k).view(b, t + 1, c, k).double()
+    above = hist.flip(1).cumsum(1).flip(1)[:, 1:]  # [B,T,C,K]: pixels with level > t (class arg+1)
+    below = hist.cumsum(1)[:, :t].sum(3)  # [B,T,C]: pixels with level <= t (background)
+    tp = torch.zeros(b, t, c, dtype=torch.float64, device=cams.device)
+    tp[..., 0] = below[..., 0]
+    tp[..., 1 : k + 1] = above[:, :, 1 : k + 1].diagonal(dim1=2, dim2=3)  # gt = arg + 1
+    gt_count = below + above.sum(3)
+    pred = torch.zeros_like(tp)
+    pred[..., 0] = below.sum(2)
+    pred[..., 1 : k + 1] = above.sum(2)
+    return torch.stack([tp, gt_count, pred], dim=2)

@@ -18,7 +18,7 @@ def test_shipped_multilabel_model_loads_and_is_accurate():
     assert meta["hash"] == DEFAULT_CONFIG.digest()
     test = create_dataset("shapes_multilabel", n=100, split="test")
     acc = evaluate_multilabel(h.model, test)
-    assert acc["label_accuracy"] > 0.85  # chance (all negative) is ~0.67
+    assert acc["label_accuracy"] > 0.95  # chance (all negative) is ~0.67
     # the sigmoid head: logits of present classes are higher than those of absent ones on average
     x, y = test.images_and_targets(range(50))
     with torch.inference_mode():

@@ -73,7 +73,7 @@ class MultiLabelTrainConfig:
 
     n_train: int = 2000
     image_size: int = 64
-    epochs: int = 6
+    epochs: int = 12
     batch_size: int = 32
     lr: float = 4e-3
     weight_decay: float = 1e-4

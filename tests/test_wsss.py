@@ -320,3 +320,32 @@ def test_seeds_table_and_curves_from_stored_statistics(handle, batches, tmp_path
     assert len(curves) == 2 * 21 and curves.groupby("method")["miou"].max()["oracle"] == pytest.approx(1.0)
     written = write_seed_report(stats, tmp_path, {("m", "shapes_multilabel"): names})
     assert written["seeds"].is_file() and written["plot"].stat().st_size > 1000
+
+
+def test_wsss_voc_suite_needs_its_checkpoint_and_data(monkeypatch):
+    from pathlib import Path
+
+    from benchmark.errors import SuiteError
+    from benchmark.runner import plan_run
+    from benchmark.runner.suite import load_suite
+
+    monkeypatch.delenv("WSSS_CHECKPOINT", raising=False)
+    monkeypatch.delenv("VOC_ROOT", raising=False)
+    s = load_suite(str(Path(__file__).resolve().parents[1] / "suites" / "wsss-voc.toml"))
+    assert [e.target for e in s.experiments] == ["labels", "labels"]
+    assert [e.ms_flip for e in s.experiments] == [False, True]
+    with pytest.raises(SuiteError, match="WSSS_CHECKPOINT|VOC_ROOT"):
+        plan_run(s)
+
+
+def test_runner_refuses_a_class_count_mismatch(tmp_path):
+    from benchmark.runner import plan_run, run_unit
+    from benchmark.runner.suite import parse_suite
+    from test_data_loaders import _voc_root
+
+    root = _voc_root(tmp_path)
+    text = SUITE.replace('dataset = "shapes_multilabel"', 'dataset = "voc"').replace(
+        "data = { n = 6 }", f'data = {{ root = "{root}" }}')
+    suite = parse_suite(text)
+    with pytest.raises(DataError, match="Class-count mismatch.*6 classes.*20"):
+        run_unit(suite, plan_run(suite).units[0])

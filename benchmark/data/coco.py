@@ -8,7 +8,8 @@ Labels are contiguous 0..K-1 in sorted category-id order.
 
 Multi-label view (``target = "labels"``, WSSS on COCO 2014: ``split="train2014"``, 80 classes + background):
 :meth:`COCODataset.class_samples` turns the instances into a semantic mask (union per category; crowd
-regions outside the instances and pixels claimed by two categories are void = ignored) and yields one sample per category present.
+regions outside the instances and pixels claimed by two categories are void = ignored) and yields one
+sample per category present.
 
 Class mapping: as for VOC (see :mod:`benchmark.data.voc`): ``target="label"`` with an optional
 ``class_map`` (COCO names or contiguous indices -> model classes; unmapped images are skipped and

@@ -341,6 +341,6 @@ def make_batches(
 
 
 __all__ = [
-    "BatchIterator", "CLASS_SEP", "check_class_count", "DEFAULT_CROP_FRACTION", "PerClassTargets", "image_key", "make_batches",
-    "per_class", "resize_sample",
+    "BatchIterator", "CLASS_SEP", "check_class_count", "DEFAULT_CROP_FRACTION", "PerClassTargets", "image_key",
+    "make_batches", "per_class", "resize_sample",
 ]

@@ -53,7 +53,9 @@ def held_out(ids: Sequence[str], share: float) -> np.ndarray:
     so every row of an image lands on the same side, whatever the order or subset of rows.
     """
     if not 0.0 < float(share) < 1.0:
-        raise ValueError(f"threshold_split must be in (0, 1) (the share of images that choose the threshold), got {share}.")
+        raise ValueError(
+            f"threshold_split must be in (0, 1) (the share of images that choose the threshold), got {share}."
+        )
     u = [int.from_bytes(hashlib.sha256(image_key(i).encode()).digest()[:8], "big") / 2.0**64 for i in ids]
     return np.asarray(u) < float(share)
 

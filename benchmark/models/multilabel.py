@@ -20,7 +20,7 @@ import json
 import logging
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -214,7 +214,8 @@ def voc_multilabel_resnet50(
     names = list(VOC_CLASSES) if int(num_classes) == len(VOC_CLASSES) else None
     return ModelHandle(name="voc_multilabel_resnet50", model=model.eval(), target_layer=target_layer,
                        input_size=(int(input_size), int(input_size)), mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                       class_names=names, meta={"weights": weights, "num_classes": int(num_classes), "multilabel": True})
+                       class_names=names,
+                       meta={"weights": weights, "num_classes": int(num_classes), "multilabel": True})
 
 
 __all__ = [

@@ -156,8 +156,12 @@ def plot_seed_curves(curves: pd.DataFrame, path: str | Path) -> Optional[Path]:
     return path
 
 
-def write_seed_report(stats: pd.DataFrame, out: str | Path, class_names: Optional[Mapping[tuple[str, str], Sequence[str]]]
-                      = None, params: Optional[Mapping[str, Any]] = None) -> dict[str, Path]:
+def write_seed_report(
+    stats: pd.DataFrame,
+    out: str | Path,
+    class_names: Optional[Mapping[tuple[str, str], Sequence[str]]] = None,
+    params: Optional[Mapping[str, Any]] = None,
+) -> dict[str, Path]:
     """Write ``OUT/seeds.csv``, ``OUT/seed_curves.csv`` and ``OUT/plots/seed_miou_vs_threshold.png``;
     ``class_names`` maps ``(model, dataset)`` to the dataset's class names. Returns what was written."""
     out = Path(out)

@@ -29,6 +29,7 @@ class Batch:
     masks: Optional[Tensor] = None
     boxes: Optional[list[Tensor]] = None
     labels: Optional[Tensor] = None  # true class when it differs from the explained target
+    ignore: Optional[Tensor] = None  # [B,H,W] bool: pixels without ground truth (e.g. VOC void), or None
 
     def __post_init__(self) -> None:
         b = self.images.shape[0]
@@ -47,6 +48,10 @@ class Batch:
             raise ValueError(
                 f"Batch.masks must be [B,H,W]={(b, *self.images.shape[2:])} (the images' spatial size), "
                 f"got {tuple(self.masks.shape)}."
+            )
+        if self.ignore is not None and self.ignore.shape != (b, *self.images.shape[-2:]):
+            raise ValueError(
+                f"Batch.ignore must be [B,H,W]={(b, *self.images.shape[-2:])}, got {tuple(self.ignore.shape)}."
             )
         if self.boxes is not None and len(self.boxes) != b:
             raise ValueError(f"Batch.boxes must hold {b} box tensors, got {len(self.boxes)}.")
@@ -68,6 +73,7 @@ class Batch:
             masks=opt(self.masks),
             boxes=None if self.boxes is None else [mv(b) for b in self.boxes],
             labels=opt(self.labels),
+            ignore=opt(self.ignore),
         )
 
     def select(self, index: Sequence[int]) -> Batch:
@@ -80,6 +86,7 @@ class Batch:
             masks=None if self.masks is None else self.masks[it],
             boxes=None if self.boxes is None else [self.boxes[i] for i in idx],
             labels=None if self.labels is None else self.labels[it],
+            ignore=None if self.ignore is None else self.ignore[it],
         )
 
 

@@ -21,6 +21,7 @@ class Sample:
     mask: Optional[Tensor] = None  # [H,W] bool, region of the target object
     boxes: Optional[Tensor] = None  # [K,4] float xyxy pixels of the target object
     label: Optional[int] = None
+    ignore: Optional[Tensor] = None  # [H,W] bool, pixels without ground truth (VOC's void border, 255)
 
 
 class CamDataset(Dataset):
@@ -33,6 +34,19 @@ class CamDataset(Dataset):
 
     def __init__(self) -> None:
         self.errors: list[str] = []  # files skipped as corrupt or missing, by name and reason
+
+    def class_samples(self, index: int) -> list[Sample]:
+        """Multi-label view of image ``index``: one :class:`Sample` per class present in it (``target =
+        "labels"``), each with that class as ``target``/``label``, that class's pixels as ``mask``, the
+        image's void pixels as ``ignore`` and the id ``"<image id>#<class name>"``. Datasets with per-class
+        ground truth override this."""
+        from ..errors import DataError
+
+        raise DataError(
+            f"Dataset {type(self).__name__} has no per-class ground truth, so it cannot explain every class "
+            "of an image (target = \"labels\"). Use a multi-label dataset (shapes_multilabel, voc, coco) or "
+            "target = \"label\"."
+        )
 
 
 DATASETS: Registry[Callable[..., CamDataset]] = Registry("dataset")

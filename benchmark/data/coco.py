@@ -6,6 +6,11 @@ their segmentations: polygons rasterised with :func:`skimage.draw.polygon`, RLE 
 ``counts`` lists and compressed strings) decoded by :func:`rle_decode`. Crowd regions are ignored.
 Labels are contiguous 0..K-1 in sorted category-id order.
 
+Multi-label view (``target = "labels"``, WSSS on COCO 2014: ``split="train2014"``, 80 classes + background):
+:meth:`COCODataset.class_samples` turns the instances into a semantic mask (union per category; crowd
+regions outside the instances and pixels claimed by two categories are void = ignored) and yields one
+sample per category present.
+
 Class mapping: as for VOC (see :mod:`benchmark.data.voc`): ``target="label"`` with an optional
 ``class_map`` (COCO names or contiguous indices -> model classes; unmapped images are skipped and
 counted), or ``target="predicted"`` (the model's own top-1 class; the COCO label stays in ``label``).
@@ -19,9 +24,11 @@ from pathlib import Path
 
 import torch
 
+from torch import Tensor
+
 from ..errors import DataError
-from ._common import RecordDataset, first_existing, resolve_target
-from .base import register_dataset
+from ._common import RecordDataset, first_existing, load_image, resolve_target
+from .base import Sample, register_dataset
 
 LAYOUT = """\
   ROOT/annotations/instances_<split>.json   (e.g. instances_val2017.json)
@@ -71,9 +78,12 @@ class COCODataset(RecordDataset):
         errors: list[str] = []
         self.skipped: dict[str, int] = {"no_instances": 0, "unmapped": 0}
         per_image: dict[int, list[dict]] = defaultdict(list)
+        crowd: dict[int, list] = defaultdict(list)
         for k, a in enumerate(doc.get("annotations", [])):
             try:
                 if a.get("iscrowd", 0):
+                    if isinstance(a.get("segmentation"), (dict, list)):
+                        crowd[int(a["image_id"])].append(a["segmentation"])  # void in the semantic masks
                     continue
                 x, y, w, h = (float(v) for v in a["bbox"])
                 seg = a["segmentation"]
@@ -117,6 +127,8 @@ class COCODataset(RecordDataset):
                     "target": tgt,
                     "boxes": torch.tensor([a["box"] for a in chosen], dtype=torch.float32),
                     "mask": ("coco", segs),
+                    "semantic": [(a["label"], a["segs"]) for a in anns],
+                    "crowd": crowd.get(image_id, []),
                 }
             )
         super().__init__(records, n, seed, verify=verify)
@@ -124,6 +136,36 @@ class COCODataset(RecordDataset):
         self.class_names = names
         self.num_classes = len(names)
         self.root = root
+
+    def semantic_map(self, i: int) -> tuple[Tensor, Tensor]:
+        """Image ``i`` and its semantic ``[H,W]`` map (0 background, k+1 class k, 255 void).
+
+        The instances (polygons / RLE) of each class are unioned; pixels covered by instances of two
+        different classes, and crowd regions outside every instance, are void (no single ground-truth class).
+        """
+        from .voc import VOID
+
+        rec = self.records[i]
+        image = load_image(rec["path"])
+        h, w = image.shape[-2:]
+        k = len(self.class_names or [])
+        per_class = torch.zeros(k + 1, h, w, dtype=torch.bool)
+        for label, segs in rec["semantic"]:
+            per_class[label + 1] |= self._mask({"mask": ("coco", segs)}, h, w)
+        n_cls = per_class.sum(0)
+        labels = per_class.long().argmax(0)
+        labels[n_cls > 1] = VOID
+        for seg in rec["crowd"]:  # crowd regions not covered by a single instance: void
+            crowd = self._mask({"mask": ("coco", seg if isinstance(seg, list) else [seg])}, h, w)
+            labels[crowd & (n_cls == 0)] = VOID
+        return image, labels
+
+    def class_samples(self, i: int) -> list[Sample]:
+        """One sample per category present (COCO instances turned into semantic masks), in class order."""
+        from .voc import VOID, semantic_samples
+
+        image, labels = self.semantic_map(i)
+        return semantic_samples(image, labels, self.records[i]["id"], list(self.class_names or []), VOID)
 
 
 @register_dataset(

@@ -112,11 +112,17 @@ def resize_sample(
         )[0].clamp_(0.0, 1.0)
     img = img[:, top : top + out_h, left : left + out_w]
 
-    mask = sample.mask
-    if mask is not None:
+    def resize_mask(mask: Optional[Tensor], what: str) -> Optional[Tensor]:
+        if mask is None:
+            return None
+        if tuple(mask.shape) != (h, w):
+            raise DataError(f"{sample.id}: {what} shape {tuple(mask.shape)} does not match the image ({h}, {w}).")
         if (new_h, new_w) != (h, w):
             mask = F.interpolate(mask[None, None].float(), size=(new_h, new_w), mode="nearest-exact")[0, 0] > 0.5
-        mask = mask[top : top + out_h, left : left + out_w].bool()
+        return mask[top : top + out_h, left : left + out_w].bool()
+
+    mask = resize_mask(sample.mask, "mask")
+    ignore = resize_mask(sample.ignore, "ignore mask")
 
     boxes = sample.boxes
     if boxes is not None:
@@ -128,7 +134,9 @@ def resize_sample(
         boxes = torch.minimum(boxes.clamp(min=0.0), limit)
         keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
         boxes = boxes[keep]
-    return dataclasses.replace(sample, image=img.contiguous(), mask=mask, boxes=boxes)
+    if ignore is None:  # (keeps the default path identical to what it was before ``ignore`` existed)
+        return dataclasses.replace(sample, image=img.contiguous(), mask=mask, boxes=boxes)
+    return dataclasses.replace(sample, image=img.contiguous(), mask=mask, boxes=boxes, ignore=ignore)
 
 
 @dataclass
@@ -159,10 +167,13 @@ class _Prepared(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, j: int) -> Sample | _Failed:
+    def __getitem__(self, j: int) -> Sample | list[Sample] | _Failed:
         i = self.indices[j]
         try:
-            return resize_sample(self.dataset[i], self.size, self.mode)
+            item = self.dataset[i]
+            if isinstance(item, list):  # a multi-label view: one sample per present class, kept together
+                return [resize_sample(s, self.size, self.mode) for s in item]
+            return resize_sample(item, self.size, self.mode)
         except (DataError, OSError) as exc:  # OSError: unreadable/missing files (PIL raises subclasses)
             return _Failed(i, f"{item_name(self.dataset, i)}: {type(exc).__name__}: {exc}")
 
@@ -174,9 +185,9 @@ class _Collate:
         # Keep only what normalisation needs: workers must not receive a copy of the model.
         self.handle = dataclasses.replace(handle, model=nn.Identity())
 
-    def __call__(self, items: list[Sample | _Failed]) -> tuple[Optional[Batch], list[str]]:
+    def __call__(self, items: list[Sample | list[Sample] | _Failed]) -> tuple[Optional[Batch], list[str]]:
         errors = [it.message for it in items if isinstance(it, _Failed)]
-        good = [it for it in items if isinstance(it, Sample)]
+        good = [s for it in items for s in (it if isinstance(it, list) else [it]) if isinstance(s, Sample)]
         if not good:
             return None, errors
         grid = tuple(good[0].image.shape[1:])  # (H, W), or (T, H, W) for volumes and clips
@@ -198,6 +209,11 @@ class _Collate:
             if all(s.label is not None for s in good)
             else None
         )
+        ignore = (
+            torch.stack([s.ignore if s.ignore is not None else torch.zeros((h, w), dtype=torch.bool) for s in good])
+            if any(s.ignore is not None for s in good)
+            else None
+        )
         batch = Batch(
             images=self.handle.normalize(images),
             targets=torch.tensor([int(s.target) for s in good], dtype=torch.long),
@@ -205,6 +221,7 @@ class _Collate:
             masks=masks,
             boxes=boxes,
             labels=labels,
+            ignore=ignore,
         )
         return batch, errors
 
@@ -277,6 +294,66 @@ class BatchIterator:
                 yield batch
 
 
+#: Separator of image id and class name in the ids of a multi-label view (``"img_0003#cat"``).
+CLASS_SEP = "#"
+
+
+def image_key(item_id: str) -> str:
+    """The image part of a score-row id (``"img_0003#cat" -> "img_0003"``; plain ids are returned as is)."""
+    return str(item_id).split(CLASS_SEP, 1)[0]
+
+
+class PerClassTargets(Dataset):
+    """Multi-label view of a dataset (``target = "labels"``): item ``i`` is the list of the
+    :meth:`~benchmark.data.base.CamDataset.class_samples` of image ``i``, one sample per present class.
+
+    :func:`make_batches` keeps the samples of one image together, in one batch, so that a metric can
+    group an image's present-class maps by :func:`image_key`. Every other attribute (``has_masks``,
+    ``num_classes``, ``class_names``, ``errors`` ...) is the wrapped dataset's.
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        from .base import CamDataset
+
+        fn = getattr(type(dataset), "class_samples", None)
+        if not callable(fn) or fn is CamDataset.class_samples:
+            raise DataError(
+                f"Dataset {type(dataset).__name__} has no class_samples(index), so it cannot explain every "
+                'class of an image (target = "labels"). Use shapes_multilabel, voc or coco, or target = "label".'
+            )
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> list[Sample]:
+        return list(self.dataset.class_samples(index))  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
+def per_class(dataset: Dataset) -> PerClassTargets:
+    """``dataset`` as a multi-label view (idempotent); raises :class:`DataError` when it has none."""
+    return dataset if isinstance(dataset, PerClassTargets) else PerClassTargets(dataset)
+
+
+def check_class_count(handle: ModelHandle, dataset: Dataset) -> None:
+    """Raise :class:`DataError` when a multi-label experiment pairs a model and a dataset whose class
+    counts differ (a seed of class k would explain another class's logit)."""
+    n_model = handle.meta.get("num_classes") or (len(handle.class_names) if handle.class_names else 0)
+    n_data = int(getattr(dataset, "num_classes", 0) or 0)
+    if n_model and n_data and int(n_model) != n_data:
+        raise DataError(
+            f"Class-count mismatch: model {handle.name!r} has {n_model} classes, dataset "
+            f"{type(getattr(dataset, 'dataset', dataset)).__name__} has {n_data}. target = \"labels\" explains "
+            "the dataset's classes with the model's logits of the same index: use a model trained on this "
+            "dataset's classes (e.g. a multi-label checkpoint with a matching head)."
+        )
+
+
 def make_batches(
     dataset: Dataset,
     handle: ModelHandle,
@@ -297,4 +374,7 @@ def make_batches(
     return BatchIterator(dataset, handle, batch_size, indices, num_workers, pin_memory, seed, mode)
 
 
-__all__ = ["BatchIterator", "DEFAULT_CROP_FRACTION", "make_batches", "resize_sample"]
+__all__ = [
+    "BatchIterator", "CLASS_SEP", "check_class_count", "DEFAULT_CROP_FRACTION", "PerClassTargets", "image_key",
+    "make_batches", "per_class", "resize_sample",
+]

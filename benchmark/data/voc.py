@@ -20,9 +20,11 @@ from pathlib import Path
 
 import torch
 
+from torch import Tensor
+
 from ..errors import DataError
-from ._common import RecordDataset, largest_class, parse_pascal_xml, resolve_target
-from .base import register_dataset
+from ._common import RecordDataset, largest_class, load_image, parse_pascal_xml, resolve_target
+from .base import Sample, register_dataset
 
 VOC_CLASSES = [
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -32,9 +34,15 @@ VOC_CLASSES = [
 
 LAYOUT = """\
   ROOT = VOCdevkit/VOC2012 (or VOCdevkit, or the folder holding VOCdevkit), containing
-    Annotations/<id>.xml   JPEGImages/<id>.jpg   SegmentationClass/<id>.png
-    ImageSets/Segmentation/<split>.txt (segmentation=True)
-    ImageSets/Main/<split>.txt (segmentation=False)"""
+    Annotations/<id>.xml   JPEGImages/<id>.jpg   SegmentationClass/<id>.png   SegmentationObject/<id>.png
+    ImageSets/Segmentation/<split>.txt (segmentation=True; split = train | val | trainval | train_aug)
+    ImageSets/Main/<split>.txt (segmentation=False)
+    SegmentationClassAug/<id>.png + ImageSets/Segmentation/train_aug.txt (split="train_aug": the SBD
+      augmented training set of Hariharan et al. 2011, 10582 images, as WSSS papers use it)"""
+
+#: Folder of the class-index PNGs per segmentation split (train_aug: SBD's masks converted to PNG).
+MASK_DIRS = {"train_aug": "SegmentationClassAug"}
+VOID = 255
 
 
 def find_voc_root(root: Path) -> Path:
@@ -68,7 +76,17 @@ class VOCDataset(RecordDataset):
         voc = find_voc_root(root)
         list_file = voc / "ImageSets" / ("Segmentation" if segmentation else "Main") / f"{split}.txt"
         if not list_file.is_file():
-            raise DataError(f"VOC image list {list_file} is missing. Expected layout:\n{LAYOUT}")
+            have = sorted(p.stem for p in list_file.parent.glob("*.txt")) if list_file.parent.is_dir() else []
+            hint = (" train_aug needs the SBD augmentation (SegmentationClassAug/ and its train_aug.txt list)."
+                    if split == "train_aug" else "")
+            raise DataError(
+                f"VOC split {split!r} is missing: {list_file} does not exist (splits found: "
+                f"{', '.join(have) or 'none'}).{hint} Pass split=... one of those. Expected layout:\n{LAYOUT}"
+            )
+        mask_dir = voc / MASK_DIRS.get(split, "SegmentationClass")
+        if segmentation and not mask_dir.is_dir():
+            raise DataError(f"VOC split {split!r} needs its masks in {mask_dir}/, which does not exist. "
+                            f"Expected layout:\n{LAYOUT}")
         ids = [line.split()[0] for line in list_file.read_text().splitlines() if line.strip()]
         errors: list[str] = []
         self.skipped: dict[str, int] = {"only_difficult": 0, "unmapped": 0}
@@ -98,7 +116,7 @@ class VOCDataset(RecordDataset):
                 continue
             mask: tuple = ("boxes",)
             if segmentation:
-                png = voc / "SegmentationClass" / f"{image_id}.png"
+                png = mask_dir / f"{image_id}.png"
                 if not png.is_file():
                     errors.append(f"{png.name}: segmentation file missing")
                     continue
@@ -118,6 +136,74 @@ class VOCDataset(RecordDataset):
         self.errors[:0] = errors
         self.class_names = list(VOC_CLASSES)
         self.root = voc
+        self.segmentation = segmentation
+
+    def _label_map(self, i: int) -> tuple[Tensor, Tensor]:
+        """Image ``i`` and its ``[H,W]`` class-index map (0 background, k+1 class k, 255 void)."""
+        rec = self.records[i]
+        if not self.segmentation or rec["mask"][0] != "label_png":
+            raise DataError('target = "labels" on voc needs segmentation=True (the class masks of '
+                            "SegmentationClass/ or SegmentationClassAug/).")
+        image = load_image(rec["path"])
+        labels = read_label_png(Path(rec["mask"][1]))
+        if tuple(labels.shape) != tuple(image.shape[-2:]):
+            raise DataError(f"{Path(rec['mask'][1]).name}: segmentation is {tuple(labels.shape)}, image is "
+                            f"{tuple(image.shape[-2:])}.")
+        return image, labels
+
+    def class_samples(self, i: int) -> list[Sample]:
+        """One sample per class present in the class-index PNG (void 255 = ``ignore``), in class order."""
+        rec = self.records[i]
+        image, labels = self._label_map(i)
+        bad = sorted(set(torch.unique(labels).tolist()) - set(range(len(VOC_CLASSES) + 1)) - {VOID})
+        if bad:
+            raise DataError(f"{Path(rec['mask'][1]).name}: class indices {bad} outside 0..20 and 255.")
+        return semantic_samples(image, labels, rec["id"], VOC_CLASSES, VOID)
+
+    def instance_masks(self, i: int) -> list[tuple[int, Tensor]]:
+        """``(class, [H,W] bool)`` per object of ``SegmentationObject/<id>.png`` (instance ``j`` = the
+        ``j``-th object of the XML, 255 = void), the class read from ``SegmentationClass`` under it."""
+        rec = self.records[i]
+        obj_png = self.root / "SegmentationObject" / f"{rec['id']}.png"
+        if not obj_png.is_file():
+            raise DataError(f"{obj_png.name}: instance masks missing ({obj_png}). Expected layout:\n{LAYOUT}")
+        _, labels = self._label_map(i)
+        inst = read_label_png(obj_png)
+        out = []
+        for j in sorted(set(torch.unique(inst).tolist()) - {0, VOID}):
+            m = inst == j
+            cls = torch.mode(labels[m]).values
+            out.append((int(cls) - 1, m))
+        return out
+
+
+def read_label_png(path: Path) -> Tensor:
+    """A palette / greyscale label PNG as a ``[H,W]`` long tensor of indices (PIL, no colour conversion)."""
+    import numpy as np
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im)
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path.name}: unreadable segmentation PNG ({e})") from e
+    if arr.ndim != 2:
+        raise DataError(f"{path.name}: a label PNG must be single-channel (palette indices), got shape {arr.shape}.")
+    return torch.from_numpy(arr.astype("int64"))
+
+
+def semantic_samples(image: Tensor, labels: Tensor, image_id: str, names: list[str], void: int = VOID) -> list[Sample]:
+    """The multi-label samples of a semantic map (0 background, k+1 class k, ``void`` ignored)."""
+    from .synthetic import mask_to_box
+
+    ignore = labels == void
+    present = sorted(c for c in torch.unique(labels).tolist() if 0 < c <= len(names))
+    out = []
+    for c in present:
+        m = labels == c
+        out.append(Sample(image=image, target=c - 1, id=f"{image_id}#{names[c - 1]}", mask=m, boxes=mask_to_box(m),
+                          label=c - 1, ignore=ignore))
+    return out
 
 
 @register_dataset(

@@ -39,6 +39,8 @@ from .capture import (
     vit_reshape,
 )
 from .postprocess import finalize
+from . import msflip  # noqa: E402  (multi-scale + flip aggregation, ms_flip = true)
+from .msflip import MultiScaleFlip  # noqa: E402
 
 __all__ = [
     "METHODS",

@@ -299,8 +299,19 @@ def _params(name: str, overrides: Optional[Mapping[str, Any]]) -> dict[str, Any]
     return METHODS.params(name, overrides)
 
 
-def run_method(ctx: ExplainContext, name: str, params: Optional[Mapping[str, Any]] = None) -> MethodOutput:
-    """Compute one method on a context (sharing its capture), with the standard post-processing."""
+def run_method(
+    ctx: ExplainContext, name: str, params: Optional[Mapping[str, Any]] = None, ms_flip: Any = None
+) -> MethodOutput:
+    """Compute one method on a context (sharing its capture), with the standard post-processing.
+
+    ``ms_flip``: a :class:`~benchmark.methods.msflip.MultiScaleFlip` (or ``True`` for its defaults) sums the
+    method's maps over scales and horizontal flips, the WSSS papers' CAM protocol (``methods/msflip.py``);
+    ``None`` (default) is the plain single-scale pipeline.
+    """
+    if ms_flip:
+        from .msflip import MultiScaleFlip, run_method_ms_flip
+
+        return run_method_ms_flip(ctx, name, params, ms_flip if isinstance(ms_flip, MultiScaleFlip) else None)
     entry = METHODS.entry(name)
     p = _params(name, params)
     relu = bool(p.pop("relu", entry.meta["relu"]))
@@ -352,6 +363,7 @@ def explain(
     masks: Optional[Tensor] = None,
     gradient_noise: Optional[Callable[[Tensor], Tensor]] = None,
     details: bool = False,
+    ms_flip: Any = None,
 ) -> dict[str, Any]:
     """Compute several methods on one batch from **one** shared capture.
 
@@ -360,7 +372,8 @@ def explain(
     method name to hyper-parameter overrides. ``names=None`` runs every registered method that needs no
     ground truth and applies to ``model`` (:func:`is_applicable`). ``gradient_noise`` (``g -> g'``) perturbs the
     captured gradients before any method reads them (the CF-CAM robustness protocol,
-    docs/metrics.md#gradient_noise_stability).
+    docs/metrics.md#gradient_noise_stability). ``ms_flip``: multi-scale + flip aggregation of every method (see
+    :func:`run_method`).
     """
     if names is None:
         names = [n for n in METHODS.list() if n != "oracle" and is_applicable(n, model)]
@@ -373,7 +386,7 @@ def explain(
     )
     out: dict[str, Any] = {}
     for n in names:
-        res = run_method(ctx, n, (params or {}).get(n))
+        res = run_method(ctx, n, (params or {}).get(n), ms_flip=ms_flip)
         out[n] = res if details else res.maps
     return out
 

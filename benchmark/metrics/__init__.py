@@ -20,6 +20,7 @@ from .base import (
     missing_needs,
     register_metric,
 )
+from . import seeds  # noqa: E402,F401  (WSSS seed metrics, dataset level)
 
 __all__ = [
     "METRICS",

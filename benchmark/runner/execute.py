@@ -420,7 +420,8 @@ def _pinned(batch: Batch) -> Batch:
         return None if t is None else t.pin_memory()
 
     return Batch(batch.images.pin_memory(), batch.targets.pin_memory(), list(batch.ids), opt(batch.masks),
-                 None if batch.boxes is None else [b.pin_memory() for b in batch.boxes], opt(batch.labels))
+                 None if batch.boxes is None else [b.pin_memory() for b in batch.boxes], opt(batch.labels),
+                 opt(batch.ignore))
 
 
 def _device_batches(
@@ -461,6 +462,10 @@ def _get_dataset(exp: Experiment, seed: int) -> Any:
                 f"{exc}. Fix `data` (see `run_bench.py list datasets` for its arguments)."
             ) from None
         _DATASET_ERRORS[key] = [str(e) for e in getattr(_DATASETS[key], "errors", [])]
+    if exp.target == "labels":  # one sample per (image, present class), kept in the image's batch
+        from ..data.transforms import per_class
+
+        return per_class(_DATASETS[key])
     return _DATASETS[key]
 
 
@@ -553,6 +558,10 @@ def _run_unit(suite: Suite, unit: Unit, progress: Optional[Callable[[int], None]
         handle = dataclasses.replace(handle, target_layer=exp.layer)
     prefetch = device.type == "cuda" if opts.prefetch is None else bool(opts.prefetch)
     dataset = _get_dataset(exp, suite.seed)
+    if exp.target == "labels":
+        from ..data.transforms import check_class_count
+
+        check_class_count(handle, dataset)
     n_errors_before = len(getattr(dataset, "errors", []))
     timings.append(("load", "model+dataset", time.perf_counter() - t))
     model = handle.model
@@ -605,7 +614,7 @@ def _run_unit(suite: Suite, unit: Unit, progress: Optional[Callable[[int], None]
             if exp.target != "predicted":
                 pred = torch.where(unknown, pred, batch.targets)
             labels = batch.labels if batch.labels is not None else batch.targets
-            batch = Batch(batch.images, pred, ids, batch.masks, batch.boxes, labels)
+            batch = replace(batch, targets=pred, labels=labels)
 
         # 1. every method from one shared capture
         layer = M.resolve_layer(model, handle.target_layer)
@@ -618,7 +627,7 @@ def _run_unit(suite: Suite, unit: Unit, progress: Optional[Callable[[int], None]
         for name in unit.methods:
             t = time.perf_counter()
             try:
-                outputs[name] = M.run_method(ectx, name, method_params.get(name))
+                outputs[name] = M.run_method(ectx, name, method_params.get(name), ms_flip=exp.ms_flip_config)
             except Exception as exc:
                 failed[name] = _err(exc)
             timings.append(("explain", name, time.perf_counter() - t))
@@ -632,7 +641,7 @@ def _run_unit(suite: Suite, unit: Unit, progress: Optional[Callable[[int], None]
             return M.explain(
                 model_, handle.target_layer, images, targets, names, reshape=handle.reshape,
                 params={n: method_params[n] for n in names if n in method_params},
-                batch_size=fbs, seed=_seed, masks=masks, gradient_noise=gradient_noise,
+                batch_size=fbs, seed=_seed, masks=masks, gradient_noise=gradient_noise, ms_flip=exp.ms_flip_config,
             )
 
         # 2. every metric (each scores all methods of the batch at once)

@@ -24,9 +24,10 @@ A suite file looks like::
     model = "shapes_cnn"
     weights = "default"        # default | random | path to a checkpoint
     dataset = "shapes"
-    target = "label"           # label (ground truth) | predicted (top-1)
+    target = "label"           # label (ground truth) | predicted (top-1) | labels (every class present)
     data = { n = 16, split = "test" }   # keyword arguments of the dataset factory
     layer = "layer4"           # optional: target layer (dotted name); default = the model's own
+    ms_flip = false            # true: every method's maps summed over ms_scales and flips (WSSS protocol)
     # label, model_kwargs, methods, metrics, reexplain_methods, method_params, metric_params may be
     # overridden here
 
@@ -87,9 +88,15 @@ EXPERIMENT_KEYS = (
     "reexplain_methods",
     "method_params",
     "metric_params",
+    "ms_flip",
+    "ms_scales",
 )
 
-TARGETS = ("label", "predicted")
+#: ``labels`` explains every class present in an image (one score row per image and class, ids
+#: ``"<image>#<class>"``; datasets with per-class ground truth: shapes_multilabel, voc, coco).
+TARGETS = ("label", "predicted", "labels")
+#: Scales of ``ms_flip = true`` unless ``ms_scales`` is given (benchmark/methods/msflip.py).
+MS_SCALES = (0.5, 1.0, 1.5, 2.0)
 METRIC_FAMILIES = ("faithfulness", "localization", "robustness", "sanity", "cost")
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -114,6 +121,18 @@ class Experiment:
     reexplain_methods: tuple[str, ...] | str = "all"
     method_params: dict = field(default_factory=dict)
     metric_params: dict = field(default_factory=dict)
+    #: the WSSS CAM protocol for every method: maps summed over ``ms_scales`` and horizontal flips
+    ms_flip: bool = False
+    ms_scales: tuple[float, ...] = MS_SCALES
+
+    @property
+    def ms_flip_config(self) -> Any:
+        """The :class:`~benchmark.methods.msflip.MultiScaleFlip` of ``ms_flip = true``, else None."""
+        if not self.ms_flip:
+            return None
+        from ..methods.msflip import MultiScaleFlip
+
+        return MultiScaleFlip(scales=tuple(self.ms_scales), flip=True)
 
     @property
     def key(self) -> str:
@@ -148,7 +167,7 @@ class Suite:
         d = asdict(self)
         for k in ("source", "path", "description", "device", "name"):
             d.pop(k)
-        d["experiments"] = [asdict(e) for e in self.experiments]
+        d["experiments"] = [_exp_dict(e) for e in self.experiments]
         return d
 
     def hash(self, extra: Any = None) -> str:
@@ -191,6 +210,15 @@ class Suite:
                 for var in _ENV.findall(value):
                     out.append((f"{e.label}/{e.dataset}", var))
         return out
+
+
+def _exp_dict(e: Experiment) -> dict[str, Any]:
+    """An experiment as hashed: the multi-scale keys only when ``ms_flip`` is on (older hashes unchanged)."""
+    d = asdict(e)
+    if not e.ms_flip:
+        d.pop("ms_flip")
+        d.pop("ms_scales")
+    return d
 
 
 # -- loading ---------------------------------------------------------------------------------------
@@ -338,6 +366,14 @@ def _experiment(raw: Any, i: int, cfg: Mapping[str, Any], where: str) -> Experim
     layer = raw.get("layer")
     if layer is not None and (not isinstance(layer, str) or not layer):
         raise SuiteError(f"{w}: `layer` must be a dotted module name such as \"layer4\" or \"blocks.15\".")
+    ms_flip = raw.get("ms_flip", False)
+    if not isinstance(ms_flip, bool):
+        raise SuiteError(f"{w}: `ms_flip` must be true or false (multi-scale + flip CAMs), got {ms_flip!r}.")
+    scales = raw.get("ms_scales", list(MS_SCALES))
+    if (not isinstance(scales, list) or not scales
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in scales)):
+        raise SuiteError(f"{w}: `ms_scales` must be a non-empty list of positive numbers such as "
+                         f"[0.5, 1.0, 1.5, 2.0], got {scales!r}.")
     mparams = _merge_params(cfg["method_params"], raw.get("method_params", {}), "method_params", w)
     kparams = _merge_params(cfg["metric_params"], raw.get("metric_params", {}), "metric_params", w)
     return Experiment(
@@ -354,6 +390,8 @@ def _experiment(raw: Any, i: int, cfg: Mapping[str, Any], where: str) -> Experim
         reexplain_methods=reexplain,
         method_params=mparams,
         metric_params=kparams,
+        ms_flip=ms_flip,
+        ms_scales=tuple(float(v) for v in scales),
     )
 
 

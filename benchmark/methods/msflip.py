@@ -1,0 +1,110 @@
+"""Multi-scale + horizontal-flip aggregation of any method's maps (the CAM protocol of WSSS papers).
+
+WSSS papers (e.g. IRN, Ahn et al. CVPR 2019; SEAM, Wang et al. CVPR 2020) compute the CAM of an image at
+several scales (typically 0.5, 1.0, 1.5, 2.0) and on its horizontal mirror, bring every map back to the
+input resolution (bilinear upsampling, un-mirroring), **sum** them, then normalise the sum. This module
+does that for every registered method: each (scale, flip) variant of the batch gets its own
+:class:`~benchmark.methods.base.ExplainContext` (one capture per variant, shared by every method of the
+batch through ``ctx.cache``), the method's raw map of each variant goes through the method's ReLU (if
+any) and is upsampled to the input size, and the sum is min-max normalised
+(:func:`~benchmark.methods.postprocess.finalize`). Images are rescaled with bilinear interpolation
+(half-pixel centres). Models that accept only one input size (ViTs with fixed position embeddings)
+cannot be evaluated at other scales: the method then fails and is recorded as such.
+
+With ``ms_flip`` unset (the default) nothing here runs and maps are those of the 2-D default pipeline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .postprocess import finalize, upsample
+
+#: Scales of the WSSS papers' protocol (IRN / SEAM).
+DEFAULT_SCALES: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0)
+
+
+@dataclass(frozen=True)
+class MultiScaleFlip:
+    """Which variants to aggregate: every scale in ``scales``, each also mirrored when ``flip``."""
+
+    scales: tuple[float, ...] = DEFAULT_SCALES
+    flip: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.scales or any(float(s) <= 0 for s in self.scales):
+            raise ValueError(f"ms_flip scales must be a non-empty list of positive numbers, got {self.scales}.")
+
+    @property
+    def variants(self) -> list[tuple[float, bool]]:
+        return [(float(s), f) for s in self.scales for f in ((False, True) if self.flip else (False,))]
+
+
+def _resize(x: Tensor, size: tuple[int, int], nearest: bool = False) -> Tensor:
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    if nearest:
+        return F.interpolate(x[:, None].float(), size=size, mode="nearest-exact")[:, 0] > 0.5
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+def variant_context(ctx: Any, scale: float, flip: bool) -> Any:
+    """The context of ``ctx``'s batch mirrored (``flip``) and rescaled by ``scale`` (memoised in ``ctx.cache``)."""
+    from .base import ExplainContext
+
+    key = ("ms_flip_variant", float(scale), bool(flip))
+    if key in ctx.cache:
+        return ctx.cache[key]
+    h, w = ctx.input_size
+    size = (max(1, int(round(h * scale))), max(1, int(round(w * scale))))
+    images = ctx.images.flip(-1) if flip else ctx.images
+    images = _resize(images, size)
+    masks = ctx.masks
+    if masks is not None:
+        masks = _resize(masks.flip(-1) if flip else masks, size, nearest=True)
+    v = ExplainContext(
+        model=ctx.model, layer=ctx.layer, images=images, targets=ctx.targets, reshape=ctx.reshape,
+        batch_size=ctx.batch_size, seed=ctx.seed, masks=masks, gradient_noise=ctx.gradient_noise,
+    )
+    ctx.cache[key] = v
+    return v
+
+
+def run_method_ms_flip(
+    ctx: Any, name: str, params: Optional[Mapping[str, Any]] = None, config: Optional[MultiScaleFlip] = None
+) -> Any:
+    """Method ``name`` aggregated over ``config``'s scales and flips (sum at input resolution, then
+    min-max); returns a :class:`~benchmark.methods.base.MethodOutput` whose ``raw`` is the sum."""
+    from .base import METHODS, MethodOutput, _params
+
+    config = config or MultiScaleFlip()
+    entry = METHODS.entry(name)
+    p = _params(name, params)
+    relu = bool(p.pop("relu", entry.meta["relu"]))
+    size = ctx.input_size
+    total: Optional[Tensor] = None
+    nonfinite: Optional[Tensor] = None
+    for scale, flip in config.variants:
+        raw = entry.obj(variant_context(ctx, scale, flip), **p).float()
+        bad = ~torch.isfinite(raw).flatten(1).all(dim=1)
+        m = torch.nan_to_num(raw, nan=0.0, posinf=0.0, neginf=0.0)
+        if relu:
+            m = m.clamp_min(0)
+        m = upsample(m, size)
+        if flip:
+            m = m.flip(-1)
+        total = m if total is None else total + m
+        nonfinite = bad if nonfinite is None else nonfinite | bad
+    assert total is not None and nonfinite is not None
+    maps, degenerate = finalize(total, size, relu=False)
+    degenerate = degenerate | nonfinite
+    maps = torch.where(degenerate.view(-1, 1, 1), torch.zeros_like(maps), maps)
+    return MethodOutput(maps=maps, raw=total.detach(), degenerate=degenerate)
+
+
+__all__ = ["DEFAULT_SCALES", "MultiScaleFlip", "run_method_ms_flip", "variant_context"]

@@ -76,7 +76,8 @@ def meta_consistency(
     ``minor [K, L, N]``, ``disruptive [K, L, N]``; ``kept [K, N]`` (``changed [K, N]``): the images whose
     prediction the k-th minor perturbation keeps (the k-th disruptive one changes). NaN entries are left out."""
     iac_nr, iec_nr, iac_ar, iec_ar = [], [], [], []
-    for qh, sel, nr in [(m, s, True) for m, s in zip(minor, kept)] + [(d, s, False) for d, s in zip(disruptive, changed)]:
+    runs = [(m, s, True) for m, s in zip(minor, kept)] + [(d, s, False) for d, s in zip(disruptive, changed)]
+    for qh, sel, nr in runs:
         ok = np.asarray(sel, dtype=bool) & np.all(np.isfinite(q) & np.isfinite(qh), axis=0)
         for lq, lh in zip(q, qh):
             fin = np.asarray(sel, dtype=bool) & np.isfinite(lq) & np.isfinite(lh)

@@ -14,6 +14,11 @@ Per batch of a unit:
 3. every metric through ``benchmark.metrics.compute_metrics`` on one :class:`MetricContext` (perturbation
    metrics batch all methods internally), one metric at a time so that a failure stays local.
 
+With the suite's ``meta_evaluation`` (docs/metrics.md, "Meta-evaluation"), each batch is then re-explained
+and its image-level metrics re-scored under K minor and K disruptive perturbed copies of the model
+(:func:`perturb_model`, one set per experiment, seeded by :func:`meta_seed`); those rows are the unit's
+``perturbed`` table (``PERTURBED_COLUMNS``), reduced by :mod:`benchmark.report.meta`. Off, nothing of it runs.
+
 Statuses in the score rows: ``ok`` (finite value), ``undefined`` (the metric returned NaN: undefined for
 that image, e.g. an empty mask), ``error`` (the method or the metric raised; ``message`` says why).
 Metrics whose needs the dataset cannot meet (masks, boxes) produce **no rows**; they are listed with the

@@ -29,6 +29,10 @@ SCORE_COLUMNS = [
 #: Per-image sufficient statistics of dataset-level metrics (``register_metric(level="dataset")``): one
 #: row per (model, dataset, method, metric, image_id), ``stats`` a float64 vector of the metric's S values.
 STATS_COLUMNS = ["model", "dataset", "method", "metric", "image_id", "stats", "degenerate"]
+#: Per-image scores of image-level metrics re-computed under MetaQuantus' model perturbations (only with
+#: ``meta_evaluation``): ``perturbation`` is ``minor`` or ``disruptive``, ``k`` the perturbed model's index,
+#: ``pred_same`` whether that model predicts the image's class as the unperturbed model does.
+PERTURBED_COLUMNS = ["model", "dataset", "method", "metric", "image_id", "perturbation", "k", "value", "pred_same"]
 CURVE_COLUMNS = ["model", "dataset", "method", "metric", "step", "x", "value", "n"]
 TIMING_COLUMNS = ["unit", "model", "dataset", "stage", "name", "seconds"]
 
@@ -45,3 +49,5 @@ class UnitResult:
     info: dict = field(default_factory=dict)
     #: per-image statistics of the dataset-level metrics (``STATS_COLUMNS``); None or empty when none ran
     stats: Optional[pd.DataFrame] = None
+    #: scores under the meta-evaluation's perturbed models (``PERTURBED_COLUMNS``); None when it is off
+    perturbed: Optional[pd.DataFrame] = None

@@ -7,6 +7,8 @@ Layout of an output directory ``OUT``::
                                           the unit's mean curves and timings (one file = one commit)
     OUT/stats/<unit_key>__<hash>.parquet  per-image statistics of the unit's dataset-level metrics
                                           (``STATS_COLUMNS``; only when some ran)
+    OUT/perturbed/<unit_key>__<hash>.parquet  scores under the meta-evaluation's perturbed models
+                                          (``PERTURBED_COLUMNS``; only with ``meta_evaluation``)
     OUT/gallery/<unit_key>__<hash>.npz    images + every method's map for the first images (gallery)
 
 Every file is written to a temporary name in the same folder and moved into place with ``os.replace``
@@ -32,7 +34,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .schema import CURVE_COLUMNS, SCORE_COLUMNS, STATS_COLUMNS, TIMING_COLUMNS, UnitResult
+from .schema import CURVE_COLUMNS, PERTURBED_COLUMNS, SCORE_COLUMNS, STATS_COLUMNS, TIMING_COLUMNS, UnitResult
 
 META_KEY = b"cambench"
 _SEP = "__"
@@ -104,6 +106,7 @@ class Store:
         self.parts = self.out / "parts"
         self.gallery = self.out / "gallery"
         self.stats = self.out / "stats"
+        self.perturbed = self.out / "perturbed"  # created by the first unit that has such rows
         self.log = log or (lambda msg: print(msg, file=sys.stderr))
         self.units: Optional[frozenset[str]] = None if units is None else frozenset(units)
 
@@ -111,14 +114,16 @@ class Store:
     def prepare(self, fresh: bool = False) -> None:
         """Create the folders; with ``fresh`` delete earlier results; drop stale parts and temp files."""
         if fresh:
-            for d in (self.parts, self.gallery, self.stats, self.out / "plots"):
+            for d in (self.parts, self.gallery, self.stats, self.perturbed, self.out / "plots"):
                 if d.exists():
                     shutil.rmtree(d)
         self.parts.mkdir(parents=True, exist_ok=True)
         self.gallery.mkdir(parents=True, exist_ok=True)
         self.stats.mkdir(parents=True, exist_ok=True)
         other = 0
-        for folder in (self.parts, self.gallery, self.stats):
+        for folder in (self.parts, self.gallery, self.stats, self.perturbed):
+            if not folder.is_dir():
+                continue
             for f in folder.iterdir():
                 if f.name.startswith(".") and f.name.endswith(".tmp"):
                     f.unlink(missing_ok=True)  # left by a killed writer
@@ -143,6 +148,9 @@ class Store:
     def stats_path(self, key: str) -> Path:
         return self.stats / f"{key}{_SEP}{self.hash}.parquet"
 
+    def perturbed_path(self, key: str) -> Path:
+        return self.perturbed / f"{key}{_SEP}{self.hash}.parquet"
+
     def gallery_path(self, key: str) -> Path:
         return self.gallery / f"{key}{_SEP}{self.hash}.npz"
 
@@ -166,6 +174,12 @@ class Store:
             write_parquet(self.stats_path(result.key), stats)
         else:
             self.stats_path(result.key).unlink(missing_ok=True)  # a rerun of a unit that had some
+        perturbed = getattr(result, "perturbed", None)
+        if perturbed is not None:
+            self.perturbed.mkdir(parents=True, exist_ok=True)
+            write_parquet(self.perturbed_path(result.key), perturbed)
+        elif self.perturbed.is_dir():
+            self.perturbed_path(result.key).unlink(missing_ok=True)
         meta = {
             "suite_hash": self.hash,
             "unit": result.key,
@@ -217,6 +231,20 @@ class Store:
         if not frames:
             return pd.DataFrame({c: pd.Series(dtype="bool" if c == "degenerate" else "object") for c in STATS_COLUMNS})
         return sort_scores(pd.concat(frames, ignore_index=True))
+
+    def load_perturbed(self) -> pd.DataFrame:
+        """The meta-evaluation's scores under perturbed models of the finished units (canonical order;
+        empty when no unit ran it). Only units whose part exists count, as for :meth:`load_stats`."""
+
+        done = self.done()
+        found = sorted(self.perturbed.glob(f"*{_SEP}{self.hash}.parquet")) if self.perturbed.is_dir() else []
+        files = self._selected(p for p in found if p.name.rsplit(_SEP, 1)[0] in done)
+        frames = [pq.read_table(p).to_pandas() for p in files]
+        if not frames:
+            return pd.DataFrame(columns=PERTURBED_COLUMNS)
+        df = pd.concat(frames, ignore_index=True)
+        return df.sort_values(["model", "dataset", "method", "metric", "perturbation", "k", "image_id"],
+                              kind="mergesort").reset_index(drop=True)
 
     def load_meta(self) -> list[dict]:
         return [read_meta(p) for p in self._parts()]

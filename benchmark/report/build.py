@@ -95,8 +95,14 @@ def write_report(out_dir: str | Path, *, plots: bool = True, html: bool = True) 
     costs = cost_metrics(directions)
     equiv = C.equivalences(store.load_meta(), run)
     taus = C.kendall_taus(board, exclude=costs)
+    perturbed = store.load_perturbed()
+    meta = None
+    if len(perturbed):  # the suite's meta_evaluation (MetaQuantus): NR and AR columns of the card
+        from .meta import meta_scores
+
+        meta = meta_scores(scores, perturbed, directions, baseline_methods(set(scores["method"])))
     mcard = C.metric_card(board, ranked.pairwise, ranked.tests, run.get("families", {}), run.get("levels", {}), taus,
-                          exclude=costs)
+                          exclude=costs, meta=meta)
     fails = _with_dataset_errors(tables.failures(scores), run)
     timings = store.load_timings()
     curves = store.load_curves()

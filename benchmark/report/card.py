@@ -6,7 +6,9 @@
 - :func:`kendall_taus`: the inter-metric Kendall tau of the methods' rankings (LATEC, Klein et al.
   NeurIPS 2024, Sec. 5): do the metrics agree on which method is better?
 - :func:`metric_card`: per (model, dataset, metric), ``saturated``, ``separable``, ``baseline_order``,
-  ``beats_random`` and a ``verdict`` (``metric_card.csv``; the report greys out what it flags).
+  ``beats_random`` and a ``verdict`` (``metric_card.csv``; the report greys out what it flags); with the
+  suite's ``meta_evaluation`` also MetaQuantus' IAC/IEC, noise resilience ``NR`` and adversary reactivity
+  ``AR`` (:mod:`benchmark.report.meta`).
 """
 
 from __future__ import annotations
@@ -157,6 +159,7 @@ def metric_card(
     levels: Optional[Mapping[str, str]] = None,
     taus: Optional[pd.DataFrame] = None,
     exclude: Sequence[str] = (),
+    meta: Optional[pd.DataFrame] = None,
 ) -> pd.DataFrame:
     """The metric report card (module docstring). Per (model, dataset, metric) over the ranked methods:
 
@@ -170,7 +173,9 @@ def metric_card(
       where the order is n/a);
     - ``median_tau``: median Kendall tau with the other metrics;
     - ``verdict``: ``ok``, or why the report greys the metric out (saturated; cannot separate methods:
-      fewer than 10 % of pairs differ)."""
+      fewer than 10 % of pairs differ);
+    - with ``meta`` (:func:`benchmark.report.meta.meta_scores`, only when the suite ran the meta-evaluation):
+      its columns ``IAC_NR`` ... ``meta_changed`` appended (NaN for metrics it did not cover)."""
     rows = []
     levels = levels or {}
     lb = board[(board["metric"] != MEAN_RANK) & ~board["metric"].isin(list(exclude))]
@@ -220,4 +225,10 @@ def metric_card(
             why.append(f"cannot separate methods: {sep:.0%} of pairs differ significantly (Holm 0.05)")
         rows.append((model, dataset, metric, families.get(metric, ""), levels.get(metric, "image"), len(means), share,
                      saturated, sep, fp, order, "; ".join(viol), beats, tau, "; ".join(why) or "ok"))
-    return pd.DataFrame(rows, columns=CARD_COLUMNS)
+    card = pd.DataFrame(rows, columns=CARD_COLUMNS)
+    if meta is not None and len(meta):
+        from .meta import META_COLUMNS
+
+        card = card.merge(meta[["model", "dataset", "metric", *META_COLUMNS]], on=["model", "dataset", "metric"],
+                          how="left")
+    return card

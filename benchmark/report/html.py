@@ -137,6 +137,13 @@ def frame_html(df: pd.DataFrame, max_rows: int = 200) -> str:
     return f"<table><tr>{head}</tr>{''.join(body)}</table>{more}"
 
 
+META_NOTE = """<p class="muted">NR, AR: MetaQuantus' meta-evaluation (Hedstrom et al., TMLR 2023), over the
+suite's minor and disruptive model perturbations (multiplicative Gaussian weight noise, methods re-explained). NR
+(noise resilience, 1 best): the scores and the methods' ranking stay under minor noise; AR (adversary reactivity,
+1 best): they change under disruptive noise. Each is the mean of an intra-consistency (IAC: Wilcoxon p over images)
+and an inter-consistency (IEC: ranks kept / scores worsened) part (on hover); docs/metrics.md, "Meta-evaluation".</p>"""
+
+
 def experiment_section(
     model: str, dataset: str, board: pd.DataFrame, card: pd.DataFrame, equiv: pd.DataFrame, tests: pd.DataFrame,
     families: Mapping[str, str], plots: Mapping[str, Sequence[Path]], n_images: Optional[int] = None,
@@ -146,6 +153,7 @@ def experiment_section(
     g = board[(board["model"] == model) & (board["dataset"] == dataset)]
     c = card[(card["model"] == model) & (card["dataset"] == dataset)] if len(card) else card
     grey = {r.metric: r.verdict for r in c.itertuples(index=False) if r.verdict != "ok"} if len(c) else {}
+    has_meta = "NR" in c.columns and bool(c["NR"].notna().any()) if len(c) else False
     # groups first: per metric, the methods of group "a" (not significantly different from the best)
     grows = []
     for fam in FAMILY_ORDER + ("other",):
@@ -160,14 +168,17 @@ def experiment_section(
                 f'<tr{cls}><td class="l">{_e(r.metric)}</td><td class="l">{_e(r.level)}</td><td>{ngroups}</td>'
                 f'<td class="l">{_e(top)}</td><td>{_fmt(r.saturated_share)}</td><td>{_fmt(r.separable)}</td>'
                 f'<td>{_fmt(r.friedman_p)}</td><td class="l">{_e(r.baseline_order)}</td><td>{_e(r.beats_random)}</td>'
-                f'<td>{_fmt(r.median_tau)}</td><td class="l">{_e(r.verdict)}'
+                f'<td>{_fmt(r.median_tau)}</td>'
+                + (f'<td title="IAC {_fmt(r.IAC_NR)}, IEC {_fmt(r.IEC_NR)}">{_fmt(r.NR)}</td>'
+                   f'<td title="IAC {_fmt(r.IAC_AR)}, IEC {_fmt(r.IEC_AR)}">{_fmt(r.AR)}</td>' if has_meta else "")
+                + f'<td class="l">{_e(r.verdict)}'
                 f'{"<br>" + _e(r.violators) if r.violators else ""}</td></tr>'
             )
     card_html = (
         '<table class="card"><tr><th class=l>metric</th><th class=l>level</th><th>groups</th>'
         '<th class=l>group a (tied with the best)</th><th>saturated</th><th>separable</th><th>Friedman p</th>'
         '<th class=l>oracle ≥ methods ≥ random</th><th>beat random</th><th>median τ</th>'
-        '<th class=l>verdict</th></tr>'
+        + ("<th>NR</th><th>AR</th>" if has_meta else "") + '<th class=l>verdict</th></tr>'
         + "".join(grows) + "</table>"
     ) if grows else '<p class="muted">No metric card.</p>'
     e = equiv[(equiv["model"] == model) & (equiv["dataset"] == dataset)] if len(equiv) else equiv
@@ -183,7 +194,7 @@ the share of methods tied with the best value (saturated), the share of method p
 oracle ≥ methods ≥ random holds, how many methods beat random's 95% CI, and the median Kendall τ with the other
 metrics. Greyed-out metrics cannot rank methods on this data (the verdict says why); baselines (random, center,
 oracle) are references: never ranked, not in the mean rank.</p>
-{card_html}
+{card_html}{META_NOTE if has_meta else ""}
 <h3>Equivalent methods</h3><p class="muted">Pairs whose maps are identical on every image (max |diff| ≤ 1e-6); their
 scores are equal, so their rank differences are noise. The reason is given where the capture proves it.</p>
 {frame_html(e.drop(columns=["model", "dataset"]) if len(e) else e)}

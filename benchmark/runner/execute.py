@@ -14,6 +14,11 @@ Per batch of a unit:
 3. every metric through ``benchmark.metrics.compute_metrics`` on one :class:`MetricContext` (perturbation
    metrics batch all methods internally), one metric at a time so that a failure stays local.
 
+With the suite's ``meta_evaluation`` (docs/metrics.md, "Meta-evaluation"), each batch is then re-explained
+and its image-level metrics re-scored under K minor and K disruptive perturbed copies of the model
+(:func:`perturb_model`, one set per experiment, seeded by :func:`meta_seed`); those rows are the unit's
+``perturbed`` table (``PERTURBED_COLUMNS``), reduced by :mod:`benchmark.report.meta`. Off, nothing of it runs.
+
 Statuses in the score rows: ``ok`` (finite value), ``undefined`` (the metric returned NaN: undefined for
 that image, e.g. an empty mask), ``error`` (the method or the metric raised; ``message`` says why).
 Metrics whose needs the dataset cannot meet (masks, boxes) produce **no rows**; they are listed with the
@@ -27,6 +32,7 @@ so a unit's rows do not depend on which units ran before it (resume, parallel ba
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import hashlib
 import importlib
@@ -43,10 +49,16 @@ import pandas as pd
 import torch
 
 from ..errors import CambenchError, SuiteError, UnknownNameError, WeightsError
-from ..schema import CURVE_COLUMNS, SCORE_COLUMNS, STATS_COLUMNS, TIMING_COLUMNS, UnitResult  # re-exported
+from ..schema import (  # re-exported
+    CURVE_COLUMNS, PERTURBED_COLUMNS, SCORE_COLUMNS, STATS_COLUMNS, TIMING_COLUMNS, UnitResult,
+)
 from ..types import Batch, ModelHandle
 from .suite import METRIC_FAMILIES, Experiment, Suite
 from .validate import check_kwargs
+
+#: The two kinds of perturbation of the meta-evaluation, in order (docs/metrics.md, "Meta-evaluation").
+META_KINDS = ("minor", "disruptive")
+
 
 # -- registries and plugins ------------------------------------------------------------------------
 
@@ -510,6 +522,26 @@ def batch_seed(seed: int, unit_key: str, batch_index: int) -> int:
     return int(digest[:8], 16) & 0x7FFFFFFF
 
 
+def meta_seed(seed: int, experiment: int, kind: str, k: int) -> int:
+    """The seed of the ``k``-th ``kind`` perturbed model of an experiment: one model for all its units and
+    images (the meta-evaluation perturbs the model once per ``k``, as MetaQuantus), whatever ran before."""
+    digest = hashlib.sha256(f"{seed}:meta:{experiment}:{kind}:{k}".encode()).hexdigest()
+    return int(digest[:8], 16) & 0x7FFFFFFF
+
+
+def perturb_model(model: torch.nn.Module, std: float, seed: int) -> torch.nn.Module:
+    """A copy of ``model`` with every parameter multiplied by noise drawn from N(1, ``std``) on the CPU (so a
+    seed gives the same model on every device): the model perturbation of MetaQuantus (Hedstrom et al., TMLR
+    2023, Sec. 4: multiplicative Gaussian weight noise; small ``std`` = minor, large = disruptive)."""
+    out = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(int(seed))
+    with torch.no_grad():
+        for p in out.parameters():
+            noise = 1.0 + std * torch.randn(p.shape, generator=g, dtype=torch.float32)
+            p.mul_(noise.to(device=p.device, dtype=p.dtype))
+    return out.eval()
+
+
 def _err(exc: BaseException) -> str:
     msg = f"{type(exc).__name__}: {exc}"
     return msg if len(msg) <= 500 else msg[:497] + "..."
@@ -599,6 +631,8 @@ def _run_unit(suite: Suite, unit: Unit, progress: Optional[Callable[[int], None]
     curve_sum: dict[tuple[str, str], tuple[np.ndarray, int]] = {}
     gal: dict[str, list] = {"images": [], "ids": [], "targets": [], "masks": [], "boxes": [], "maps": []}
     n_done = 0
+    pcols: Optional[dict[str, list]] = {c: [] for c in PERTURBED_COLUMNS} if exp.meta_evaluation else None
+    perturbed_models: list[tuple[str, int, torch.nn.Module]] = []
 
     host = _make_batches(dataset, handle, suite.batch_size, unit.indices)
     batches = _device_batches(host, device, prefetch, channels_last)
@@ -690,6 +724,16 @@ def _run_unit(suite: Suite, unit: Unit, progress: Optional[Callable[[int], None]
                     add(name, metric, ids, v.tolist(), status, "", degenerate[name])
             timings.append(("metric", metric, time.perf_counter() - t))
 
+        if pcols is not None:  # 2b. the meta-evaluation: the same metrics under perturbed models
+            if not perturbed_models:
+                perturbed_models = [
+                    (kind, k, perturb_model(model, std, meta_seed(suite.seed, unit.experiment, kind, k)))
+                    for kind, std in zip(META_KINDS, (suite.meta_minor_std, suite.meta_disruptive_std))
+                    for k in range(suite.meta_perturbations)
+                ]
+            _meta_batch(pcols, perturbed_models, model, handle, exp, unit, batch, outputs, explain_fn, seed, fbs,
+                        timings)
+
         # 3. curves (mean per unit) and the gallery sample
         for metric, per_method in mctx.curves.items():
             for name, c in per_method.items():
@@ -727,6 +771,12 @@ def _run_unit(suite: Suite, unit: Unit, progress: Optional[Callable[[int], None]
     stats = pd.DataFrame(scols, columns=STATS_COLUMNS)
     stats["degenerate"] = stats["degenerate"].astype(bool)
     curves = _curves_frame(exp, curve_sum)
+    perturbed = None
+    if pcols is not None:
+        perturbed = pd.DataFrame(pcols, columns=PERTURBED_COLUMNS)
+        perturbed["value"] = perturbed["value"].astype("float64")
+        perturbed["k"] = perturbed["k"].astype("int64")
+        perturbed["pred_same"] = perturbed["pred_same"].astype(bool)
     timings.append(("total", "unit", time.perf_counter() - t_unit))
     tdf = pd.DataFrame(
         [(unit.key, exp.label, exp.dataset, s, n, sec) for s, n, sec in timings], columns=TIMING_COLUMNS
@@ -740,7 +790,70 @@ def _run_unit(suite: Suite, unit: Unit, progress: Optional[Callable[[int], None]
         gallery=_gallery_arrays(gal, handle, exp) if gal["ids"] else None,
         info={"n_images": n_done, "data_errors": new_errors, "map_diffs": map_diffs, "capture": capture_facts},
         stats=stats,
+        perturbed=perturbed,
     )
+
+
+def _meta_batch(
+    pcols: dict[str, list], perturbed_models: Sequence[tuple[str, int, torch.nn.Module]], model: torch.nn.Module,
+    handle: ModelHandle, exp: Experiment, unit: Unit, batch: Batch, outputs: dict[str, Any], explain_fn: Callable,
+    seed: int, fbs: int,
+    timings: list[tuple[str, str, float]],
+) -> None:
+    """Re-explain the batch with every perturbed model and re-score its image-level metrics (MetaQuantus'
+    model perturbation test; the report reduces the rows to IAC, IEC, NR and AR: benchmark/report/meta.py).
+
+    Targets and seeds are those of the unperturbed scoring, so only the model differs. Dataset-level
+    metrics are left out (the test compares per-image scores); a method or metric that fails under a
+    perturbed model gives no rows there (the report uses the images both scorings have)."""
+    from .. import methods as M
+    from ..metrics import METRICS, MetricContext, compute_metrics, missing_needs
+
+    ids = list(batch.ids)
+    with torch.inference_mode():
+        pred0 = model(batch.images).argmax(dim=1)
+    for kind, k, mp in perturbed_models:
+        t = time.perf_counter()
+        with torch.inference_mode():
+            same = (mp(batch.images).argmax(dim=1) == pred0).cpu().numpy().astype(bool)
+        torch.manual_seed(seed)
+        ectx = M.ExplainContext(
+            model=mp, layer=M.resolve_layer(mp, handle.target_layer), images=batch.images, targets=batch.targets,
+            reshape=handle.reshape, batch_size=fbs, seed=seed, masks=batch.masks,
+        )
+        sal: dict[str, torch.Tensor] = {}
+        for name in outputs:
+            try:
+                sal[name] = M.run_method(ectx, name, exp.method_params.get(name)).maps
+            except Exception:  # noqa: BLE001  (no rows for this method under this model)
+                continue
+        mctx = MetricContext(model=mp, batch=batch, saliency=sal, explain=explain_fn, seed=seed, batch_size=fbs)
+        re_sal = {m: v for m, v in sal.items() if _reexplained(m, exp.reexplain_methods)}
+        mctx_re = dataclasses.replace(mctx, saliency=re_sal, cache=mctx.cache, curves=mctx.curves)
+        for metric in unit.metrics:
+            meta = METRICS.entry(metric).meta
+            if meta.get("level", "image") == "dataset" or missing_needs(metric, mctx):
+                continue
+            ctx_m = mctx_re if "explainer" in meta.get("needs", ()) else mctx
+            if not ctx_m.saliency:
+                continue
+            torch.manual_seed(seed)
+            try:
+                res = compute_metrics(ctx_m, [metric], exp.metric_params).get(metric, {})
+            except Exception:  # noqa: BLE001
+                continue
+            for name, v in res.items():
+                v = v.detach().float().cpu().double().numpy().reshape(-1)
+                if v.shape[0] != len(ids):
+                    continue
+                n = len(ids)
+                for c, x in (("model", exp.label), ("dataset", exp.dataset), ("method", name), ("metric", metric),
+                             ("perturbation", kind), ("k", k)):
+                    pcols[c] += [x] * n
+                pcols["image_id"] += ids
+                pcols["value"] += v.tolist()
+                pcols["pred_same"] += same.tolist()
+        timings.append(("meta", f"{kind} model", time.perf_counter() - t))
 
 
 def _accumulate_map_diffs(acc: dict[str, float], saliency: dict[str, torch.Tensor]) -> None:

@@ -14,6 +14,11 @@ A suite file looks like::
     metrics = "all"            # "all", family names ("faithfulness", ...) and/or metric names
     reexplain_methods = "all"  # methods that re-explaining metrics (robustness, sanity, cost) run on:
                                # "all", or method names and/or families ("gradient", "perturbation", ...)
+    meta_evaluation = false    # MetaQuantus meta-evaluation of every image-level metric (docs/metrics.md,
+                               # "Meta-evaluation"); also a key of one experiment
+    meta_perturbations = 3     # K: perturbed models per kind (minor, disruptive)
+    meta_minor_std = 0.001     # std of the multiplicative N(1, std) weight noise of a minor perturbation
+    meta_disruptive_std = 2.0  # ... and of a disruptive one
 
     [method_params.smoothgradcampp]   # hyper-parameters shared by every experiment
     n_samples = 2
@@ -68,6 +73,10 @@ SUITE_DEFAULTS: dict[str, Any] = {
     "methods": "all",
     "metrics": "all",
     "reexplain_methods": "all",
+    "meta_evaluation": False,
+    "meta_perturbations": 3,
+    "meta_minor_std": 0.001,
+    "meta_disruptive_std": 2.0,
     "method_params": {},
     "metric_params": {},
     "experiments": None,
@@ -86,11 +95,14 @@ EXPERIMENT_KEYS = (
     "methods",
     "metrics",
     "reexplain_methods",
+    "meta_evaluation",
     "method_params",
     "metric_params",
     "ms_flip",
     "ms_scales",
 )
+#: Suite keys of the meta-evaluation (left out of the suite hash while no experiment turns it on).
+META_KEYS = ("meta_perturbations", "meta_minor_std", "meta_disruptive_std")
 
 #: ``labels`` explains every class present in an image (one score row per image and class, ids
 #: ``"<image>#<class>"``; datasets with per-class ground truth: shapes_multilabel, voc, coco).
@@ -133,6 +145,8 @@ class Experiment:
         from ..methods.msflip import MultiScaleFlip
 
         return MultiScaleFlip(scales=tuple(self.ms_scales), flip=True)
+    #: MetaQuantus meta-evaluation of this experiment's image-level metrics (docs/metrics.md)
+    meta_evaluation: bool = False
 
     @property
     def key(self) -> str:
@@ -155,6 +169,10 @@ class Suite:
     gallery: int = 4
     bootstrap: int = 1000
     plugins: tuple[str, ...] = ()
+    #: MetaQuantus model perturbation test (docs/metrics.md, "Meta-evaluation"): K perturbed models per kind
+    meta_perturbations: int = 3
+    meta_minor_std: float = 0.001
+    meta_disruptive_std: float = 2.0
     source: str = ""  # the TOML text as read (recorded in the report)
     path: Optional[str] = None
 
@@ -168,7 +186,17 @@ class Suite:
         for k in ("source", "path", "description", "device", "name"):
             d.pop(k)
         d["experiments"] = [_exp_dict(e) for e in self.experiments]
+        if not self.meta_evaluation:  # suites without meta-evaluation keep the hash they always had
+            for k in META_KEYS:
+                d.pop(k)
+            for e in d["experiments"]:
+                e.pop("meta_evaluation")
         return d
+
+    @property
+    def meta_evaluation(self) -> bool:
+        """Whether any experiment runs the meta-evaluation."""
+        return any(e.meta_evaluation for e in self.experiments)
 
     def hash(self, extra: Any = None) -> str:
         """Stable 12-hex-digit hash of the normalised suite, the package version and ``extra``."""
@@ -292,11 +320,18 @@ def parse_suite(text: str, path: Optional[str] = None, default_name: Optional[st
     name = cfg["name"] or default_name or (Path(path).stem if path else None)
     if not isinstance(name, str) or not name:
         raise SuiteError(f"{where}: the suite needs a `name = \"...\"`.")
-    for key in ("seed", "batch_size", "shard_size", "forward_batch_size", "gallery", "bootstrap"):
+    for key in ("seed", "batch_size", "shard_size", "forward_batch_size", "gallery", "bootstrap", "meta_perturbations"):
         v = cfg[key]
         if not isinstance(v, int) or isinstance(v, bool) or v < (0 if key in ("seed", "gallery") else 1):
             kind = "non-negative" if key in ("seed", "gallery") else "positive"
             raise SuiteError(f"{where}: `{key}` must be a {kind} integer, got {v!r}.")
+    for key in ("meta_minor_std", "meta_disruptive_std"):
+        v = cfg[key]
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
+            raise SuiteError(f"{where}: `{key}` must be a positive number (the std of the multiplicative N(1, std) "
+                             f"weight noise), got {v!r}.")
+    if not isinstance(cfg["meta_evaluation"], bool):
+        raise SuiteError(f"{where}: `meta_evaluation` must be true or false, got {cfg['meta_evaluation']!r}.")
     if not isinstance(cfg["description"], str):
         raise SuiteError(f"{where}: `description` must be a string, got {cfg['description']!r}.")
     _check_device(cfg["device"], f"{where}: `device`")
@@ -335,6 +370,9 @@ def parse_suite(text: str, path: Optional[str] = None, default_name: Optional[st
         gallery=cfg["gallery"],
         bootstrap=cfg["bootstrap"],
         plugins=tuple(plugins),
+        meta_perturbations=cfg["meta_perturbations"],
+        meta_minor_std=float(cfg["meta_minor_std"]),
+        meta_disruptive_std=float(cfg["meta_disruptive_std"]),
         source=text,
         path=path,
     )
@@ -374,6 +412,9 @@ def _experiment(raw: Any, i: int, cfg: Mapping[str, Any], where: str) -> Experim
             or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in scales)):
         raise SuiteError(f"{w}: `ms_scales` must be a non-empty list of positive numbers such as "
                          f"[0.5, 1.0, 1.5, 2.0], got {scales!r}.")
+    meta = raw.get("meta_evaluation", cfg["meta_evaluation"])
+    if not isinstance(meta, bool):
+        raise SuiteError(f"{w}: `meta_evaluation` must be true or false, got {meta!r}.")
     mparams = _merge_params(cfg["method_params"], raw.get("method_params", {}), "method_params", w)
     kparams = _merge_params(cfg["metric_params"], raw.get("metric_params", {}), "metric_params", w)
     return Experiment(
@@ -392,6 +433,7 @@ def _experiment(raw: Any, i: int, cfg: Mapping[str, Any], where: str) -> Experim
         metric_params=kparams,
         ms_flip=ms_flip,
         ms_scales=tuple(float(v) for v in scales),
+        meta_evaluation=meta,
     )
 
 

@@ -16,13 +16,14 @@ from scipy import stats as st
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-import runner_fakes  # noqa: E402,F401
-from benchmark.errors import SuiteError  # noqa: E402
-from benchmark.report import meta as MQ  # noqa: E402
-from benchmark.report.card import CARD_COLUMNS  # noqa: E402
-from benchmark.runner import load_suite, parse_suite, plan_run, run_suite, run_unit  # noqa: E402
-from benchmark.runner.execute import perturb_model  # noqa: E402
-from benchmark.store import Store  # noqa: E402
+from benchmark.errors import SuiteError
+from benchmark.report import meta as MQ
+from benchmark.report.card import CARD_COLUMNS
+from benchmark.runner import load_suite, parse_suite, plan_run, run_suite, run_unit
+from benchmark.runner.execute import perturb_model
+from benchmark.store import Store
+
+import runner_fakes
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning", "ignore::UserWarning")
 

@@ -10,15 +10,15 @@ import torch
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-from benchmark import methods as M  # noqa: E402
-from benchmark.data import create_dataset  # noqa: E402
-from benchmark.data.transforms import check_class_count, image_key, make_batches, per_class  # noqa: E402
-from benchmark.errors import DataError  # noqa: E402
-from benchmark.metrics import METRICS, MetricContext, compute_metrics  # noqa: E402
-from benchmark.metrics import seeds as S  # noqa: E402
-from benchmark.metrics.functional import miou_from_confusion, seed_labels, segmentation_confusion  # noqa: E402
-from benchmark.models import create_model  # noqa: E402
-from benchmark.types import Batch  # noqa: E402
+from benchmark import methods as M
+from benchmark.data import create_dataset
+from benchmark.data.transforms import check_class_count, image_key, make_batches, per_class
+from benchmark.errors import DataError
+from benchmark.metrics import METRICS, MetricContext, compute_metrics
+from benchmark.metrics import seeds as S
+from benchmark.metrics.functional import miou_from_confusion, seed_labels, segmentation_confusion
+from benchmark.models import create_model
+from benchmark.types import Batch
 
 
 @pytest.fixture(scope="module")
@@ -339,9 +339,10 @@ def test_wsss_voc_suite_needs_its_checkpoint_and_data(monkeypatch):
 
 
 def test_runner_refuses_a_class_count_mismatch(tmp_path):
+    from test_data_loaders import _voc_root
+
     from benchmark.runner import plan_run, run_unit
     from benchmark.runner.suite import parse_suite
-    from test_data_loaders import _voc_root
 
     root = _voc_root(tmp_path)
     text = SUITE.replace('dataset = "shapes_multilabel"', 'dataset = "voc"').replace(

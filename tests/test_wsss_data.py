@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_data_loaders import _coco_root, _voc_root  # the fixtures of the single-label loaders
 
 from benchmark.data import create_dataset
 from benchmark.data._common import polygon_mask
 from benchmark.data.transforms import make_batches, per_class
 from benchmark.errors import DataError
 from benchmark.types import ModelHandle
-from test_data_loaders import _coco_root, _voc_root  # the fixtures of the single-label loaders
 
 
 def _png(path, arr):

@@ -10,7 +10,11 @@ from hypothesis import strategies as st
 from sklearn.metrics import confusion_matrix
 
 from benchmark.metrics.functional import (
-    miou_from_confusion, seed_labels, seed_statistics, segmentation_confusion, statistics_from_confusion,
+    miou_from_confusion,
+    seed_labels,
+    seed_statistics,
+    segmentation_confusion,
+    statistics_from_confusion,
 )
 
 

@@ -23,7 +23,6 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-
 from torch import Tensor
 
 from ..errors import DataError

@@ -210,7 +210,7 @@ class _Collate:
             else None
         )
         ignore = (
-            torch.stack([s.ignore if s.ignore is not None else torch.zeros((h, w), dtype=torch.bool) for s in good])
+            torch.stack([s.ignore if s.ignore is not None else torch.zeros(grid, dtype=torch.bool) for s in good])
             if any(s.ignore is not None for s in good)
             else None
         )

@@ -14,6 +14,7 @@ from . import (  # noqa: F401  (registration side effects)
     fullgrad,
     gradient,
     legrad,
+    msflip,
     score,
     score_variants,
 )
@@ -38,12 +39,12 @@ from .capture import (
     swin_reshape,
     vit_reshape,
 )
+from .msflip import MultiScaleFlip
 from .postprocess import finalize
-from . import msflip  # noqa: E402  (multi-scale + flip aggregation, ms_flip = true)
-from .msflip import MultiScaleFlip  # noqa: E402
 
 __all__ = [
     "METHODS",
+    "MultiScaleFlip",
     "ExplainContext",
     "Explainer",
     "MethodOutput",

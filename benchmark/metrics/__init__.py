@@ -7,6 +7,7 @@ from . import (
     quantus_bridge,  # noqa: F401  (the quantus/<ClassName> prefix, resolved lazily)
     robustness,  # noqa: F401
     sanity,  # noqa: F401
+    seeds,  # noqa: F401  (WSSS seed metrics, dataset level)
 )
 from .base import (
     METRICS,
@@ -20,7 +21,6 @@ from .base import (
     missing_needs,
     register_metric,
 )
-from . import seeds  # noqa: E402,F401  (WSSS seed metrics, dataset level)
 
 __all__ = [
     "METRICS",

@@ -89,7 +89,7 @@ def meta_consistency(
                 iec_nr.append(iec_resilience(q[:, ok], qh[:, ok]))
             else:
                 iec_ar.append(iec_adversary(q[:, ok], qh[:, ok], higher_is_better))
-    mean = lambda v: float(np.mean(v)) if len(v) else float("nan")  # noqa: E731
+    mean = lambda v: float(np.mean(v)) if len(v) else float("nan")
     out = {"IAC_NR": mean(iac_nr), "IAC_AR": mean(iac_ar), "IEC_NR": mean(iec_nr), "IEC_AR": mean(iec_ar)}
     out["NR"] = (out["IAC_NR"] + out["IEC_NR"]) / 2
     out["AR"] = (out["IAC_AR"] + out["IEC_AR"]) / 2

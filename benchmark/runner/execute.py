@@ -50,7 +50,12 @@ import torch
 
 from ..errors import CambenchError, SuiteError, UnknownNameError, WeightsError
 from ..schema import (  # re-exported
-    CURVE_COLUMNS, PERTURBED_COLUMNS, SCORE_COLUMNS, STATS_COLUMNS, TIMING_COLUMNS, UnitResult,
+    CURVE_COLUMNS,
+    PERTURBED_COLUMNS,
+    SCORE_COLUMNS,
+    STATS_COLUMNS,
+    TIMING_COLUMNS,
+    UnitResult,
 )
 from ..types import Batch, ModelHandle
 from .suite import METRIC_FAMILIES, Experiment, Suite
@@ -825,7 +830,7 @@ def _meta_batch(
         for name in outputs:
             try:
                 sal[name] = M.run_method(ectx, name, exp.method_params.get(name)).maps
-            except Exception:  # noqa: BLE001  (no rows for this method under this model)
+            except Exception:
                 continue
         mctx = MetricContext(model=mp, batch=batch, saliency=sal, explain=explain_fn, seed=seed, batch_size=fbs)
         re_sal = {m: v for m, v in sal.items() if _reexplained(m, exp.reexplain_methods)}
@@ -840,7 +845,7 @@ def _meta_batch(
             torch.manual_seed(seed)
             try:
                 res = compute_metrics(ctx_m, [metric], exp.metric_params).get(metric, {})
-            except Exception:  # noqa: BLE001
+            except Exception:
                 continue
             for name, v in res.items():
                 v = v.detach().float().cpu().double().numpy().reshape(-1)

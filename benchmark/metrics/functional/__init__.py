@@ -28,5 +28,9 @@ from .robustness import (  # noqa: F401
 )
 from .sanity import model_randomization  # noqa: F401
 from .seeds import (  # noqa: F401
-    miou_from_confusion, seed_labels, seed_statistics, segmentation_confusion, statistics_from_confusion,
+    miou_from_confusion,
+    seed_labels,
+    seed_statistics,
+    segmentation_confusion,
+    statistics_from_confusion,
 )

@@ -109,7 +109,8 @@ def test_perturb_model_is_seeded_multiplicative_and_leaves_the_original():
     model = runner_fakes.fake_cnn().model
     before = [p.detach().clone() for p in model.parameters()]
     a, b, c = perturb_model(model, 0.5, 7), perturb_model(model, 0.5, 7), perturb_model(model, 0.5, 8)
-    for p0, p, pa, pb, pc in zip(before, model.parameters(), a.parameters(), b.parameters(), c.parameters()):
+    params = (before, model.parameters(), a.parameters(), b.parameters(), c.parameters())
+    for p0, p, pa, pb, pc in zip(*params, strict=True):
         assert torch.equal(p0, p)  # the original is untouched
         assert torch.equal(pa, pb) and not torch.equal(pa, pc)
         assert not torch.equal(pa, p0)

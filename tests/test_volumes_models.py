@@ -49,4 +49,4 @@ def test_video_zoo_offline(name: str, tmp_path, monkeypatch) -> None:
         create_model(name)  # default weights: the hub cache is empty here, nothing is downloaded
     h = create_model(name, weights="random")
     assert len(h.input_size) == 3 and h.meta["num_classes"] == 400
-    assert h.layer() is not None
+    assert methods.resolve_layer(h.model, h.target_layer) is not None

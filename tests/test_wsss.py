@@ -45,13 +45,13 @@ def test_labels_view_has_one_item_per_present_class_and_keeps_images_together(da
         keys = [image_key(i) for i in b.ids]
         # an image's rows never straddle two batches
         assert all(k not in [image_key(j) for c in batches if c is not b for j in c.ids] for k in keys)
-        for i, t, m in zip(b.ids, b.targets.tolist(), b.masks):
+        for i, t, m in zip(b.ids, b.targets.tolist(), b.masks, strict=True):
             assert i.split("#")[1] == data.class_names[t] and bool(m.any())
     # per-class masks of one image are disjoint and match the scene exactly (at 64 px, no resize)
     sc = data.multi_scene(0)
     got = {s.target: s.mask for s in data.class_samples(0)}
     assert sorted(got) == sorted(sc.classes)
-    for c, m in zip(sc.classes, sc.masks):
+    for c, m in zip(sc.classes, sc.masks, strict=True):
         assert torch.equal(got[c], m)
 
 
@@ -112,7 +112,8 @@ def test_seed_statistics_equal_the_per_image_reference(handle, batches):
         sal = torch.rand(b.masks.shape)
         st = S.image_statistics(_ctx(handle, b, {"m": sal}), n_thresholds=21)["m"]
         assert st.shape == (len(b), 21 * 3 * 7)
-        rows.append(st.numpy()); ids += b.ids
+        rows.append(st.numpy())
+        ids += b.ids
         for t in ref:
             ref[t] += _reference_confusion(b, sal, t, 6)
     stats = np.concatenate(rows)
@@ -133,7 +134,8 @@ def test_seed_miou_is_one_for_the_ground_truth_and_zero_rows_elsewhere(handle, b
         keys = [image_key(i) for i in b.ids]
         later = [j for j, k in enumerate(keys) if keys.index(k) != j]
         assert (st[later] == 0).all()  # an image's statistics sit in its first row
-        stats.append(st); ids += b.ids
+        stats.append(st)
+        ids += b.ids
     stats = np.concatenate(stats)
     held = S.held_out(ids, 0.5)
     assert held.any() and not held.all()
@@ -280,7 +282,7 @@ def test_tiny_multilabel_suite_scores_one_row_per_image_and_class(ms_flip):
     s = res.scores
     d = per_class(create_dataset("shapes_multilabel", n=6))
     want = sorted(x.id for i in range(6) for x in d[i])
-    for (method, metric), g in s.groupby(["method", "metric"]):
+    for _, g in s.groupby(["method", "metric"]):
         assert sorted(g["image_id"]) == want
         assert (g["status"] == "ok").all(), g["message"].tolist()
 
@@ -300,7 +302,8 @@ def test_seeds_table_and_curves_from_stored_statistics(handle, batches, tmp_path
         res = compute_metrics(_ctx(handle, b, sal), ["seed_miou", "seed_miou_oracle_threshold"])
         for metric, per in res.items():
             for method, st in per.items():
-                rows += [("m", "shapes_multilabel", method, metric, i, r) for i, r in zip(b.ids, st.numpy())]
+                rows += [("m", "shapes_multilabel", method, metric, i, r)
+                         for i, r in zip(b.ids, st.numpy(), strict=True)]
     stats = pd.DataFrame(rows, columns=["model", "dataset", "method", "metric", "image_id", "stats"])
     names = create_dataset("shapes_multilabel", n=1).class_names
     table = seeds_table(stats, names)

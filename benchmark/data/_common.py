@@ -161,6 +161,20 @@ def rle_decode(rle: dict, height: int | None = None, width: int | None = None) -
     return torch.from_numpy(flat.reshape(w, h).T.copy())
 
 
+def coco_mask(segments: Iterable[Any], height: int, width: int) -> Tensor:
+    """Union ``[H,W]`` bool mask of COCO segments: each one an RLE dict or a flat polygon ``[x0,y0,x1,y1,...]``."""
+    mask = torch.zeros(height, width, dtype=torch.bool)
+    for seg in segments:
+        if isinstance(seg, dict):
+            m = rle_decode(seg)
+            if tuple(m.shape) != (height, width):
+                raise DataError(f"RLE mask is {tuple(m.shape)}, image is {(height, width)}.")
+            mask |= m
+        else:
+            mask |= polygon_mask([seg], height, width)
+    return mask
+
+
 def subset_indices(total: int, n: int | None, seed: int) -> list[int]:
     """All indices, or a seeded random subset of ``n`` of them kept in their original order."""
     if n is None or n >= total:
@@ -345,14 +359,5 @@ class RecordDataset(CamDataset):
                 )
             return torch.from_numpy(labels == spec[2])
         if kind == "coco":
-            mask = torch.zeros(h, w, dtype=torch.bool)
-            for seg in spec[1]:
-                if isinstance(seg, dict):
-                    m = rle_decode(seg)
-                    if tuple(m.shape) != (h, w):
-                        raise DataError(f"RLE mask is {tuple(m.shape)}, image is {(h, w)}.")
-                    mask |= m
-                else:
-                    mask |= polygon_mask([seg], h, w)
-            return mask
+            return coco_mask(spec[1], h, w)
         raise DataError(f"Unknown mask kind {kind!r}.")

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from ..errors import DataError
-from ._common import RecordDataset, first_existing, load_image, resolve_target
+from ._common import RecordDataset, coco_mask, first_existing, load_image, resolve_target
 from .base import Sample, register_dataset
 
 LAYOUT = """\
@@ -150,12 +150,12 @@ class COCODataset(RecordDataset):
         k = len(self.class_names or [])
         per_class = torch.zeros(k + 1, h, w, dtype=torch.bool)
         for label, segs in rec["semantic"]:
-            per_class[label + 1] |= self._mask({"mask": ("coco", segs)}, h, w)
+            per_class[label + 1] |= coco_mask(segs, h, w)
         n_cls = per_class.sum(0)
         labels = per_class.long().argmax(0)
         labels[n_cls > 1] = VOID
         for seg in rec["crowd"]:  # crowd regions not covered by a single instance: void
-            crowd = self._mask({"mask": ("coco", seg if isinstance(seg, list) else [seg])}, h, w)
+            crowd = coco_mask(seg if isinstance(seg, list) else [seg], h, w)
             labels[crowd & (n_cls == 0)] = VOID
         return image, labels
 

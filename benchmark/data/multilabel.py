@@ -74,7 +74,7 @@ class ShapesMultiLabel(ShapesDataset):
         for r in radii:
             cand = rng.uniform(lo + r, hi - r, size=(64, 2))
             ok = np.ones(64, dtype=bool)
-            for (cx, cy), r2 in zip(out, radii):
+            for (cx, cy), r2 in zip(out, radii, strict=False):  # out: the centres of radii[:len(out)]
                 ok &= np.hypot(cand[:, 0] - cx, cand[:, 1] - cy) >= r + r2 + gap
             if not ok.any():
                 break
@@ -94,7 +94,7 @@ class ShapesMultiLabel(ShapesDataset):
         centres = self._centres(rng, radii)
         img, base = self._background(rng)
         masks = []
-        for cls, (cx, cy), r in zip(classes, centres, radii):
+        for cls, (cx, cy), r in zip(classes, centres, radii, strict=False):  # centres may stop early
             m = self._draw_object(rng, cls, cx, cy, r)
             img = np.where(m[None], self._object_colour(rng, base)[:, None, None], img)
             masks.append(torch.from_numpy(m))

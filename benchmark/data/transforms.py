@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Callable, Iterator, Literal, Optional, Sequence
+from typing import Any, Callable, Iterator, Literal, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -161,7 +161,7 @@ def item_name(dataset: Dataset, index: int) -> str:
 class _Prepared(Dataset):
     """``dataset[indices[j]]`` resized for the model; corrupt items become :class:`_Failed`."""
 
-    def __init__(self, dataset: Dataset, indices: Sequence[int], size: tuple[int, int], mode: ResizeMode):
+    def __init__(self, dataset: Dataset, indices: Sequence[int], size: tuple[int, ...], mode: ResizeMode):
         self.dataset, self.indices, self.size, self.mode = dataset, list(indices), size, mode
 
     def __len__(self) -> int:
@@ -329,7 +329,7 @@ class PerClassTargets(Dataset):
     def __getitem__(self, index: int) -> list[Sample]:
         return list(self.dataset.class_samples(index))  # type: ignore[attr-defined]
 
-    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+    def __getattr__(self, name: str) -> Any:
         if name == "dataset":
             raise AttributeError(name)
         return getattr(self.dataset, name)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, Optional, Sequence, TypedDict
 
 import numpy as np
 import torch
@@ -158,7 +158,7 @@ class VolumesDataset(CamDataset):
         return Sample(image=image, target=cls, id=f"volumes-{self.split}-{int(i):05d}", mask=m,
                       boxes=volume_box(m), label=cls)
 
-    def images_and_labels(self, indices=None) -> tuple[Tensor, Tensor]:  # type: ignore[no-untyped-def]
+    def images_and_labels(self, indices: Optional[Sequence[int]] = None) -> tuple[Tensor, Tensor]:
         """``([N,3,D,D,D] float in [0,1], [N] long)`` of ``indices`` (default: all)."""
         idx = range(self.n) if indices is None else indices
         imgs, labels = [], []
@@ -207,7 +207,8 @@ def read_nifti(path: str | Path) -> np.ndarray:
         raise DataError("Reading NIfTI volumes needs nibabel: pip install 'cambench[volumes]'.") from exc
     p = Path(path)
     try:
-        arr = np.asarray(nib.load(str(p)).get_fdata(dtype=np.float32))
+        # nibabel types load() as FileBasedImage; NIfTI images are DataobjImages, which have get_fdata
+        arr = np.asarray(nib.load(str(p)).get_fdata(dtype=np.float32))  # type: ignore[attr-defined]
     except FileNotFoundError:
         raise DataError(f"{p}: file not found.") from None
     except Exception as exc:
@@ -226,6 +227,12 @@ def window(arr: np.ndarray, lo: Optional[float], hi: Optional[float]) -> np.ndar
     if not hi > lo:
         return np.zeros_like(arr, dtype=np.float32)
     return np.clip((arr - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+
+
+# One NIfTI item: image (and optional label volume) paths, the target index and the classes.csv class.
+_NiftiRecord = TypedDict(
+    "_NiftiRecord", {"id": str, "image": Path, "label": Optional[Path], "target": int, "class": Optional[int]}
+)
 
 
 class NiftiDataset(CamDataset):
@@ -271,7 +278,7 @@ class NiftiDataset(CamDataset):
                                 ) from None
         if target == "label" and not classes:
             raise DataError(f"target='label' needs {csv_path} (lines NAME,class); or use target='predicted'.")
-        self.records = []
+        self.records: list[_NiftiRecord] = []
         for p in files:
             stem = _stem(p)
             label = next((root / "labels" / f"{stem}{e}" for e in NIFTI_EXTENSIONS

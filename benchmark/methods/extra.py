@@ -127,8 +127,8 @@ def kernel_projection(x: Tensor, kernel: str = "sigmoid", gamma: Optional[float]
     b, c = x.shape[:2]
     grid = tuple(x.shape[2:])  # (h, w), or (t, h, w) for volumes and clips
     n = int(np.prod(grid))
-    o = torch.nan_to_num(x.detach(), nan=0.0).reshape(b, c, n).transpose(1, 2)
-    o = (o - o.mean(dim=1, keepdim=True)).cpu().numpy()
+    pos = torch.nan_to_num(x.detach(), nan=0.0).reshape(b, c, n).transpose(1, 2)
+    o = (pos - pos.mean(dim=1, keepdim=True)).cpu().numpy()
     out = np.empty((b, n), dtype=np.float64)
     for i in range(b):  # one small eigen-problem per image (scikit-learn has no batched KernelPCA)
         kpca = KernelPCA(n_components=1, kernel=kernel, gamma=gamma, random_state=seed)

@@ -45,6 +45,12 @@ SHIPPED_NAME = "shapes_multilabel_cnn"
 class MultiLabelCNN(nn.Module):
     """``3 -> w1 -> w2 -> w3 -> w4`` conv blocks, GAP and a linear layer with one logit per class."""
 
+    # registered with add_module in __init__ (the names are the state-dict keys); declared for type checkers
+    block1: nn.Sequential
+    block2: nn.Sequential
+    block3: nn.Sequential
+    block4: nn.Sequential
+
     def __init__(self, num_classes: int = len(SHAPE_CLASSES), widths: tuple[int, ...] = (16, 32, 64, 128)) -> None:
         super().__init__()
         if len(widths) != 4:

@@ -42,6 +42,11 @@ TARGET_LAYER = "block3"
 class VolumeCNN(nn.Module):
     """``3 -> w1 -> w2 -> w3`` 3-D conv blocks, GAP and a linear classifier (CAM-compatible)."""
 
+    # registered with add_module in __init__ (the names are the state-dict keys); declared for type checkers
+    block1: nn.Sequential
+    block2: nn.Sequential
+    block3: nn.Sequential
+
     def __init__(self, num_classes: int = len(VOLUME_CLASSES), widths: tuple[int, ...] = (8, 16, 32)) -> None:
         super().__init__()
         if len(widths) != 3:

@@ -75,11 +75,15 @@ def meta_consistency(
     """IAC/IEC/NR/AR/MC (module docstring) of unperturbed scores ``q [L, N]`` and perturbed ones
     ``minor [K, L, N]``, ``disruptive [K, L, N]``; ``kept [K, N]`` (``changed [K, N]``): the images whose
     prediction the k-th minor perturbation keeps (the k-th disruptive one changes). NaN entries are left out."""
-    iac_nr, iec_nr, iac_ar, iec_ar = [], [], [], []
-    runs = [(m, s, True) for m, s in zip(minor, kept)] + [(d, s, False) for d, s in zip(disruptive, changed)]
+    iac_nr: list[float] = []
+    iec_nr: list[float] = []
+    iac_ar: list[float] = []
+    iec_ar: list[float] = []
+    runs = ([(m, s, True) for m, s in zip(minor, kept, strict=True)]
+            + [(d, s, False) for d, s in zip(disruptive, changed, strict=True)])
     for qh, sel, nr in runs:
         ok = np.asarray(sel, dtype=bool) & np.all(np.isfinite(q) & np.isfinite(qh), axis=0)
-        for lq, lh in zip(q, qh):
+        for lq, lh in zip(q, qh, strict=True):
             fin = np.asarray(sel, dtype=bool) & np.isfinite(lq) & np.isfinite(lh)
             p = wilcoxon_p(lq[fin], lh[fin])
             if np.isfinite(p):

@@ -95,7 +95,7 @@ def seeds_table(
             if not np.isfinite(curve).any():
                 continue
             t = int(np.nanargmax(curve))
-            n_img = len({image_key(i) for i, k in zip(ids, evaluate) if k})
+            n_img = len({image_key(i) for i, k in zip(ids, evaluate, strict=True) if k})
             m = _class_metrics(reshape_stats(arr[evaluate], t_n).sum(0)[t])
             for k, name in enumerate(names):
                 out.append([*key, variant, float(grid[t]), n_img, name, *(float(m[f][k]) for f in TABLE_COLUMNS[7:])])
@@ -118,7 +118,7 @@ def seed_curves(stats: pd.DataFrame, params: Optional[Mapping[str, Any]] = None)
         nan = np.full(t_n, np.nan)
         sel = miou_curve(arr[held], t_n) if held.any() else nan
         ev = miou_curve(arr[~held], t_n) if (~held).any() else nan
-        for t, (a, b, c) in enumerate(zip(miou_curve(arr, t_n), sel, ev)):
+        for t, (a, b, c) in enumerate(zip(miou_curve(arr, t_n), sel, ev, strict=True)):
             out.append([*key, float(grid[t]), float(a), float(b), float(c)])
     return pd.DataFrame(out, columns=CURVE_COLUMNS)
 
@@ -135,7 +135,7 @@ def plot_seed_curves(curves: pd.DataFrame, path: str | Path) -> Optional[Path]:
 
     groups = list(curves.groupby(["model", "dataset"], sort=False))
     fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 3.6), squeeze=False)
-    for ax, ((model, dataset), g) in zip(axes[0], groups):
+    for ax, ((model, dataset), g) in zip(axes[0], groups, strict=True):
         for method, c in g.groupby("method", sort=False):
             line, = ax.plot(c["threshold"], c["miou"], label=method)
             sel = c["miou_selection"].to_numpy()

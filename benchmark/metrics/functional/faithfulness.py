@@ -518,7 +518,7 @@ def noisy_linear_impute_batch(
                              f"{None if generators is None else len(generators)}.")
         flat = removed.reshape(n, -1).cpu()
         draws = torch.zeros(n, c, h * w)
-        for i, (gen, k) in enumerate(zip(generators, counts.tolist())):  # one draw per row, not per pixel
+        for i, (gen, k) in enumerate(zip(generators, counts.tolist(), strict=True)):  # one draw per row, not per pixel
             if k:
                 draws[i][:, flat[i]] = torch.randn((c, k), generator=gen)
         vals = vals + noise * draws.view(n, c, h, w).to(images.device)
@@ -608,7 +608,7 @@ def road_curves(
         rows, js = items.div(p, rounding_mode="floor"), items.remainder(p)
         rows_dev, js_dev = rows.to(images.device), js.to(images.device)
         removed = (ranks[rows_dev] < ks.to(images.device)[js_dev][:, None]).view(-1, h, w)
-        gens = [_item_generator(seed, keys[r], j) for r, j in zip(rows.tolist(), js.tolist())]
+        gens = [_item_generator(seed, keys[r], j) for r, j in zip(rows.tolist(), js.tolist(), strict=True)]
         imgs = images[image_index[rows_dev]]
         return noisy_linear_impute_batch(imgs, removed, noise=noise, generators=gens).to(images.dtype)
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from types import EllipsisType
 from typing import Optional, Sequence
 
 import torch
@@ -65,7 +66,7 @@ def _shifted(xp: Tensor, offset: Sequence[int], shape: Sequence[int]) -> Tensor:
     """View of the 1-padded ``xp`` at ``x[i + offset]`` for every ``i`` of the unpadded grid ``shape``."""
     d = len(shape)
     index = [slice(None)] * (xp.ndim - d)
-    index += [slice(1 + o, 1 + o + s) for o, s in zip(offset, shape)]
+    index += [slice(1 + o, 1 + o + s) for o, s in zip(offset, shape, strict=True)]
     return xp[tuple(index)]
 
 
@@ -107,7 +108,8 @@ def _even(x: Tensor, d: int) -> Tensor:
 
 def _parity(x: Tensor, p: Sequence[int]) -> Tensor:
     d = len(p)
-    return x[(Ellipsis, *[slice(q, None, 2) for q in p])] if d else x
+    index: tuple[EllipsisType | slice, ...] = (Ellipsis, *[slice(q, None, 2) for q in p])
+    return x[index] if d else x
 
 
 def _restrict(r: Tensor, d: int) -> Tensor:
@@ -130,7 +132,8 @@ def _prolong(e: Tensor, fine_shape: Sequence[int]) -> Tensor:
         view += [s, 1]
         expand += [s, 2]
     out = e.reshape(view).expand(expand).reshape(*lead, *[2 * s for s in e.shape[e.ndim - d:]])
-    return out[(Ellipsis, *[slice(0, s) for s in fine_shape])]
+    crop: tuple[EllipsisType | slice, ...] = (Ellipsis, *[slice(0, s) for s in fine_shape])
+    return out[crop]
 
 
 def _galerkin(level: _Level) -> _Level:
@@ -140,11 +143,11 @@ def _galerkin(level: _Level) -> _Level:
     coefs = _even(level.coefs, d)
     coarse_offsets = [o for o in itertools.product((-1, 0, 1), repeat=d) if any(o)]
     pos = {o: k for k, o in enumerate(coarse_offsets)}
-    cdiag = sum(_parity(diag, p) for p in itertools.product((0, 1), repeat=d))
+    cdiag = _restrict(diag, d)  # the sum of the 2^d children's diagonals
     ccoefs = torch.zeros((len(coarse_offsets), *cdiag.shape), dtype=diag.dtype, device=diag.device)
     for k, o in enumerate(level.offsets):
         for p in itertools.product((0, 1), repeat=d):
-            block = tuple((q + oo) // 2 for q, oo in zip(p, o))  # the child's coupling lands in this block
+            block = tuple((q + oo) // 2 for q, oo in zip(p, o, strict=True))  # the child's coupling lands in this block
             part = _parity(coefs[k], p)
             if any(block):
                 ccoefs[pos[block]] += part
@@ -223,7 +226,7 @@ class _FineLevel(_Level):
         """``W(x)(i) = sum_o w_o x(i + o)`` over in-image neighbours (zero padding)."""
         xp = _pad1(x, len(self.shape))
         y = torch.zeros_like(x)
-        for o, w in zip(self.offsets, self.weights):
+        for o, w in zip(self.offsets, self.weights, strict=True):
             y.add_(_shifted(xp, o, self.shape), alpha=w)
         return y
 

@@ -104,8 +104,8 @@ def _pointing_game_3d(saliency: Tensor, mask: Tensor, tolerance: float) -> Tenso
     idx = saliency.reshape(b, -1).argmax(dim=1)  # first maximum in raster order
     pt, rem = (idx // (h * w)).float(), idx % (h * w)
     py, px = (rem // w).float(), (rem % w).float()
-    f32 = dict(device=saliency.device, dtype=torch.float32)
-    ts, ys, xs = torch.arange(t, **f32), torch.arange(h, **f32), torch.arange(w, **f32)
+    dev, f32 = saliency.device, torch.float32
+    ts, ys, xs = (torch.arange(n, device=dev, dtype=f32) for n in (t, h, w))
     d2 = (
         (ts[None, :, None, None] - pt[:, None, None, None]) ** 2
         + (ys[None, None, :, None] - py[:, None, None, None]) ** 2

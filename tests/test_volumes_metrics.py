@@ -11,7 +11,7 @@ from torch import nn
 
 from benchmark import methods
 from benchmark.errors import DimensionError
-from benchmark.metrics import MetricContext, compute_metrics
+from benchmark.metrics import MetricContext, compute_metrics, dataset_value, metric_level
 from benchmark.metrics.functional import faithfulness as FF
 from benchmark.metrics.functional import localization as FL
 from benchmark.metrics.functional.robustness import ssim
@@ -146,11 +146,18 @@ def test_registry_metrics_finite_on_volumes(setup) -> None:
     for metric, per in res.items():
         for m in ("gradcam", "oracle"):
             v = per[m]
+            if metric_level(metric) == "dataset":  # per-image statistics [B, S], reduced over the dataset
+                assert v.shape[0] == 2 and v.ndim == 2, (metric, m)
+                value = dataset_value(metric, v.double().numpy(), list(batch.ids), params.get(metric))
+                assert np.isfinite(value), (metric, m)
+                continue
             assert v.shape == (2,), (metric, m)
             if metric in ("model_randomization",) and m == "oracle":
                 continue  # Spearman of a map with itself: 1, or NaN for constant ones
             assert torch.isfinite(v).all(), (metric, m, v)
-    # the oracle map is the mask: perfect localisation
+    # the oracle map is the mask: perfect localisation (PxAP over the two volumes too)
+    pxap = dataset_value("pxap", res["pxap"]["oracle"].double().numpy(), list(batch.ids), None)
+    assert pxap == pytest.approx(1.0)
     for metric in ("pointing_game", "energy_pointing_game_mask", "mask_iou", "temporal_energy"):
         torch.testing.assert_close(res[metric]["oracle"], torch.ones(2), msg=metric)
 

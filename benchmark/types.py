@@ -28,6 +28,9 @@ class Batch:
     masks: Optional[Tensor] = None
     boxes: Optional[list[Tensor]] = None
     labels: Optional[Tensor] = None  # true class when it differs from the explained target
+    #: ``{name: [B,...]}`` per-image tensors a dataset knows by construction (``Sample.extras``, stacked;
+    #: images, keys ending in ``_image``, normalised like ``images``), e.g. ``truth_mask`` (``truth`` metrics).
+    extras: Optional[dict[str, Tensor]] = None
 
     def __post_init__(self) -> None:
         b = self.images.shape[0]
@@ -59,6 +62,7 @@ class Batch:
             masks=mv(self.masks),
             boxes=None if self.boxes is None else [mv(b) for b in self.boxes],
             labels=mv(self.labels),
+            extras=None if self.extras is None else {k: mv(v) for k, v in self.extras.items()},
         )
 
     def select(self, index: Sequence[int]) -> "Batch":
@@ -71,6 +75,7 @@ class Batch:
             masks=None if self.masks is None else self.masks[it],
             boxes=None if self.boxes is None else [self.boxes[i] for i in idx],
             labels=None if self.labels is None else self.labels[it],
+            extras=None if self.extras is None else {k: v[it] for k, v in self.extras.items()},
         )
 
 

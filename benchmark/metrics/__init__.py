@@ -15,6 +15,7 @@ from . import localization  # noqa: F401,E402  (registration side effects)
 from . import robustness  # noqa: F401,E402
 from . import sanity  # noqa: F401,E402
 from . import cost  # noqa: F401,E402
+from . import truth  # noqa: F401,E402  (model-truth family)
 
 __all__ = [
     "METRICS",

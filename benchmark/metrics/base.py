@@ -17,8 +17,8 @@ from ..types import Batch
 
 METRICS: Registry[Callable[..., dict[str, Tensor]]] = Registry("metric")
 
-FAMILIES = ("faithfulness", "localization", "robustness", "sanity", "cost")
-NEEDS = ("saliency", "masks", "boxes", "model", "explainer")
+FAMILIES = ("faithfulness", "localization", "robustness", "sanity", "cost", "truth")
+NEEDS = ("saliency", "masks", "boxes", "model", "explainer", "truth")
 
 
 class ExplainFn(Protocol):
@@ -99,6 +99,8 @@ def missing_needs(name: str, ctx: MetricContext) -> list[str]:
             missing.append(need)
         elif need == "explainer" and ctx.explain is None:
             missing.append(need)
+        elif need == "truth" and not (ctx.batch.extras and "truth_mask" in ctx.batch.extras):
+            missing.append(need)  # no model truth known for this dataset (see metrics/truth.py)
     return missing
 
 

@@ -399,7 +399,8 @@ def _pinned(batch: Batch) -> Batch:
     """The batch in page-locked host memory (so that the copy to the GPU can be asynchronous)."""
     pin = lambda t: None if t is None else t.pin_memory()  # noqa: E731
     return Batch(pin(batch.images), pin(batch.targets), list(batch.ids), pin(batch.masks),
-                 None if batch.boxes is None else [pin(b) for b in batch.boxes], pin(batch.labels))
+                 None if batch.boxes is None else [pin(b) for b in batch.boxes], pin(batch.labels),
+                 None if batch.extras is None else {k: pin(v) for k, v in batch.extras.items()})
 
 
 def _device_batches(batches: Iterator[Batch], device: torch.device, prefetch: bool, channels_last: bool) -> Iterator[Batch]:
@@ -558,7 +559,7 @@ def _run_unit(suite: Suite, unit: Unit, progress: Optional[Callable[[int], None]
             if exp.target != "predicted":
                 pred = torch.where(unknown, pred, batch.targets)
             labels = batch.labels if batch.labels is not None else batch.targets
-            batch = Batch(batch.images, pred, ids, batch.masks, batch.boxes, labels)
+            batch = Batch(batch.images, pred, ids, batch.masks, batch.boxes, labels, batch.extras)
 
         # 1. every method from one shared capture
         layer = M.resolve_layer(model, handle.target_layer)

@@ -90,7 +90,7 @@ EXPERIMENT_KEYS = (
 )
 
 TARGETS = ("label", "predicted")
-METRIC_FAMILIES = ("faithfulness", "localization", "robustness", "sanity", "cost")
+METRIC_FAMILIES = ("faithfulness", "localization", "robustness", "sanity", "cost", "truth")
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 

@@ -33,7 +33,7 @@ def center_map(ctx: ExplainContext, sigma: float = 0.25) -> Tensor:
 
 #: Rim value of the dilated oracle: far below the mask's 1.0, so thresholded and energy-based localization
 #: metrics see (almost) only the mask, while ranking-based faithfulness metrics (deletion, insertion) remove
-#: or reveal the mask first and then the rim nearest-first. See docs/metrics.md, "oracle and the silhouette".
+#: or reveal the mask first and then the rim nearest-first. See docs/scenes-and-truth.md, "the silhouette artefact".
 ORACLE_RIM = 0.01
 
 

@@ -2,7 +2,7 @@
 
 On ``shapes_shortcut`` with ``shapes_shortcut_cnn`` the dataset knows the model's evidence by construction
 (the class-coded mark; ``Batch.extras["truth_mask"]``), in the spirit of FunnyBirds (Hesse et al., ICCV
-2023). Functional forms in ``functional/truth.py``; definitions in ``docs/metrics.md``. Datasets without a
+2023). Functional forms in ``functional/truth.py``; definitions in ``docs/scenes-and-truth.md``. Datasets without a
 model truth skip these metrics (their need ``truth`` is not met).
 """
 
@@ -90,8 +90,11 @@ def distractibility(ctx: MetricContext) -> dict[str, Tensor]:
     out = {m: torch.full((len(ok),), float("nan")) for m in ctx.methods}
     if not bool(ok.any()) or ctx.explain is None:
         return out
-    idx = torch.nonzero(ok).flatten()
-    maps = ctx.explain(ctx.model, moved[idx].to(ctx.batch.images.device), ctx.batch.targets[idx], ctx.methods)
+    # the whole batch (images without a distractor unchanged), so per-image inputs such as the oracle's
+    # ground truth (the mark, which did not move) still line up with the images
+    images = torch.where(ok.to(moved.device)[:, None, None, None], moved, ctx.batch.images.to(moved.device))
+    maps = ctx.explain(ctx.model, images.to(ctx.batch.images.device), ctx.batch.targets, ctx.methods)
     for m in ctx.methods:
-        out[m][idx.cpu()] = F.map_shift(ctx.saliency[m][idx.to(ctx.saliency[m].device)], maps[m]).float().cpu()
+        shift = F.map_shift(ctx.saliency[m], maps[m].to(ctx.saliency[m].device)).float().cpu()
+        out[m] = torch.where(ok.cpu(), shift, out[m])
     return out

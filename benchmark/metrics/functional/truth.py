@@ -4,7 +4,7 @@ Hesse et al., "FunnyBirds: A Synthetic Vision Dataset for a Part-Based Analysis 
 Methods", ICCV 2023, score explanations on data whose generator controls what the model can use. Here the
 truth is the class-coded mark of ``shapes_shortcut`` (see ``benchmark/data/synthetic.py``): a model trained
 with the mark aligned to the label reads the mark, so the mark is the cause of its decision by construction
-(``docs/metrics.md``, "truth"). All functions take maps ``[B,H,W]`` and the truth mask ``[B,H,W]`` bool.
+(``docs/scenes-and-truth.md``). All functions take maps ``[B,H,W]`` and the truth mask ``[B,H,W]`` bool.
 """
 
 from __future__ import annotations

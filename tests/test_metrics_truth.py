@@ -77,7 +77,7 @@ def test_oracle_is_one_and_the_object_is_zero_on_the_shortcut_model(shortcut) ->
     h, ds, batch, objects = shortcut
     assert torch.equal(batch.masks, batch.extras["truth_mask"])  # oracle = the mark on shapes_shortcut
     maps = {"oracle": M.explain(h.model, h.target_layer, batch.images, batch.targets, ["oracle"],
-                                masks=batch.masks)["oracle"],
+                                masks=batch.masks, params={"oracle": {"mask_dilation": 0}})["oracle"],
             "object": objects.float(),
             "random": torch.rand(objects.shape, generator=torch.Generator().manual_seed(0))}
     ctx = _ctx(h, batch, maps)

@@ -38,15 +38,20 @@ ORACLE_RIM = 0.01
 
 
 @register_method(
-    "oracle", family="baseline", needs_gradients=False, needs_ground_truth=True, defaults={"mask_dilation": 0}
+    "oracle", family="baseline", needs_gradients=False, needs_ground_truth=True, defaults={"mask_dilation": 8},
+    note="deletion/insertion: deleting exactly the mask leaves the object's silhouette; the default rim of 8 px "
+         "(values <= 0.01) ranks the object's surroundings next (docs/scenes-and-truth.md)",
 )
-def oracle_map(ctx: ExplainContext, mask_dilation: int = 0) -> Tensor:
+def oracle_map(ctx: ExplainContext, mask_dilation: int = 8) -> Tensor:
     """The ground-truth mask of the target object (an upper bound for localization metrics).
 
     ``mask_dilation`` (pixels, Chebyshev distance): a rim of that width around the mask gets small values
     decreasing outwards (at most :data:`ORACLE_RIM`). Deleting exactly the mask leaves the object's
     silhouette (its outline in the fill colour still shows the shape), so a rim ranks the pixels around
     the object right after it; the mask itself keeps the top value (localization is unchanged).
+    Default 8 px: measured on shapes_cnn (32 test images) it lowers deletion AUC from 0.232 to 0.181
+    (simple scenes) and 0.191 to 0.164 (clutter), raises insertion AUC from 0.761 to 0.846 and 0.699 to
+    0.767, and keeps the energy pointing game >= 0.99 (docs/scenes-and-truth.md). 0: the bare mask.
     """
     if ctx.masks is None:
         raise ValueError("The 'oracle' baseline needs ground-truth masks; this dataset has none.")

@@ -1,4 +1,4 @@
-"""Small CNNs trained by cambench on its own synthetic data: ``shapes_cnn`` and ``shapes_shortcut_cnn``.
+"""Small CNNs trained by cambench on its own synthetic data: ``shapes_cnn``, ``shapes_deep_cnn``, ``shapes_shortcut_cnn``.
 
 Architecture (:class:`ShapesCNN`): four conv blocks (3x3 conv, BatchNorm, ReLU; the first conv has stride
 2 and blocks 1-3 end with a 2x2 max-pool), then global average pooling and one linear layer, so the

@@ -1,4 +1,4 @@
-"""Small CNNs trained by cambench on its own synthetic data: ``shapes_cnn``, ``shapes_deep_cnn``, ``shapes_shortcut_cnn``.
+"""Small CNNs trained by cambench on its own synthetic data: shapes_cnn, shapes_deep_cnn, shapes_shortcut_cnn.
 
 Architecture (:class:`ShapesCNN`): four conv blocks (3x3 conv, BatchNorm, ReLU; the first conv has stride
 2 and blocks 1-3 end with a 2x2 max-pool), then global average pooling and one linear layer, so the
@@ -8,15 +8,16 @@ image): enough for >= 95 % held-out accuracy within the CPU budget.
 
 ``shapes_deep_cnn`` adds a fifth conv block after ``block4`` (still the explained layer), so its head is
 not linear: the gradients at ``block4`` vary over space and Grad-CAM, HiResCAM and XGrad-CAM differ.
-``shapes_cnn`` and ``shapes_deep_cnn`` are trained on both scene kinds of ``shapes`` (simple and clutter).
+``shapes_cnn`` is trained on both scene kinds of ``shapes`` (simple and clutter), ``shapes_deep_cnn`` on the
+simple scenes.
 
 Weights ``"default"`` are the files shipped in ``benchmark/models/weights`` (SHA-256 checked, see
 :mod:`benchmark.models.shipped`): the same numbers on every machine, no training at run time. Training
 (``python run_bench.py train-models [NAMES]`` rewrites the shipped files; ``weights="train"`` trains in
 the cache instead) uses a fixed seed and Adam for a few epochs on a few thousand images. Weights
-``"train"`` are cached in ``$CAMBENCH_CACHE/synthetic`` (default ``~/.cache/cambench/synthetic``): a ``state_dict`` (``.pt``, loaded with ``weights_only=True``) plus a JSON
-file with the training configuration and its hash. A different configuration (or generator version) has a
-different hash and is trained again. Files are written to a temporary name and moved into place with
+``"train"`` are cached in ``$CAMBENCH_CACHE/synthetic`` (default ``~/.cache/cambench/synthetic``): a
+``state_dict`` (``.pt``, loaded with ``weights_only=True``) plus a JSON file with the training
+configuration and its hash. A different configuration (or generator version) has a different hash and is trained again. Files are written to a temporary name and moved into place with
 ``os.replace``; an exclusive file lock (where the OS has ``fcntl``) makes concurrent processes wait for the
 first trainer instead of training twice.
 """

@@ -87,6 +87,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--all", action="store_true", help="print every row, not only the changed ones")
     c.add_argument("--gate-cost", action="store_true",
                    help="let latency/memory metrics fail the gate too (off: they depend on the machine)")
+
+    t = sub.add_parser("train-models", help="retrain cambench's synthetic models and rewrite their shipped weights")
+    t.add_argument("names", nargs="*", metavar="NAME", help="models to train (default: all synthetic models)")
     return p
 
 
@@ -246,6 +249,23 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_models(args: argparse.Namespace) -> int:
+    import logging
+
+    from .errors import WeightsError
+    from .models.synthetic import train_and_ship
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        records = train_and_ship(args.names or None)
+    except WeightsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for name, rec in records.items():
+        print(f"{name}: held-out accuracy {rec['held_out_accuracy']}, sha256 {rec.get('sha256', '')[:12]}")
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from .report.compare import compare, format_comparison, read_leaderboard
 
@@ -264,7 +284,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.command is None:  # no command: run the quick suite (global options such as --plugin kept)
         args = parser.parse_args([*argv, "run"])
-    handlers = {"run": cmd_run, "list": cmd_list, "report": cmd_report, "compare": cmd_compare}
+    handlers = {"run": cmd_run, "list": cmd_list, "report": cmd_report, "compare": cmd_compare,
+                "train-models": cmd_train_models}
     try:
         return handlers[args.command](args)
     except (CambenchError, FileNotFoundError) as exc:

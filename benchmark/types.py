@@ -30,6 +30,9 @@ class Batch:
     boxes: Optional[list[Tensor]] = None
     labels: Optional[Tensor] = None  # true class when it differs from the explained target
     ignore: Optional[Tensor] = None  # [B,H,W] bool: pixels without ground truth (e.g. VOC void), or None
+    #: ``{name: [B,...]}`` per-image tensors a dataset knows by construction (``Sample.extras``, stacked;
+    #: images, keys ending in ``_image``, normalised like ``images``), e.g. ``truth_mask`` (``truth`` metrics).
+    extras: Optional[dict[str, Tensor]] = None
 
     def __post_init__(self) -> None:
         b = self.images.shape[0]
@@ -74,6 +77,7 @@ class Batch:
             boxes=None if self.boxes is None else [mv(b) for b in self.boxes],
             labels=opt(self.labels),
             ignore=opt(self.ignore),
+            extras=None if self.extras is None else {k: mv(v) for k, v in self.extras.items()},
         )
 
     def select(self, index: Sequence[int]) -> Batch:
@@ -87,6 +91,7 @@ class Batch:
             boxes=None if self.boxes is None else [self.boxes[i] for i in idx],
             labels=None if self.labels is None else self.labels[it],
             ignore=None if self.ignore is None else self.ignore[it],
+            extras=None if self.extras is None else {k: v[it] for k, v in self.extras.items()},
         )
 
 

@@ -146,7 +146,7 @@ def test_photos_offline_with_polygon_masks(monkeypatch) -> None:
 
     monkeypatch.setattr(socket.socket, "connect", no_network)
     ds = create_dataset("photos")
-    assert len(ds) == 7 and ds.errors == [] and ds.has_masks and ds.has_boxes
+    assert len(ds) == 10 and ds.errors == [] and ds.has_masks and ds.has_boxes
     doc = json.loads((Path(__file__).parents[1] / "benchmark/data/annotations/photos.json").read_text())
     by_id = {o["id"]: o for o in doc["objects"]}
     ids = set()
@@ -166,7 +166,7 @@ def test_photos_offline_with_polygon_masks(monkeypatch) -> None:
         assert s.mask.shape == (h, w) and 0.01 < s.mask.float().mean() < 0.95
         ys, xs = torch.nonzero(s.mask, as_tuple=True)
         assert xs.min() >= x0 - 1 and xs.max() <= x1 and ys.min() >= y0 - 1 and ys.max() <= y1
-    assert len(ids) == 7
+    assert len(ids) == 10
     sub = create_dataset("photos", n=3, seed=1)
     assert len(sub) == 3 and [o["id"] for o in sub.objects] == [
         o["id"] for o in create_dataset("photos", n=3, seed=1).objects

@@ -510,8 +510,14 @@ def test_oracle_uses_masks() -> None:
     model, x = _net(), _x(2)
     masks = torch.zeros(2, 16, 16, dtype=torch.bool)
     masks[:, 4:8, 4:8] = True
-    out = methods.explain(model, "features", x, 0, ["oracle"], masks=masks)["oracle"]
+    out = methods.explain(model, "features", x, 0, ["oracle"], masks=masks,
+                          params={"oracle": {"mask_dilation": 0}})["oracle"]
     torch.testing.assert_close(out, masks.float())
+    # default rim (mask_dilation=8 px): the mask keeps 1, the rim gets values in (0, 0.01] decreasing outwards
+    rim = methods.explain(model, "features", x, 0, ["oracle"], masks=masks)["oracle"]
+    assert torch.equal(rim[masks], torch.ones(int(masks.sum())))
+    assert 0 < float(rim[0, 3, 5]) <= 0.01 and float(rim[0, 3, 5]) > float(rim[0, 0, 5]) > 0
+    assert float(rim[0, 15, 15]) == 0.0
     with pytest.raises(ValueError, match="ground-truth masks"):
         methods.explain(model, "features", x, 0, ["oracle"])
 

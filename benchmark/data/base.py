@@ -22,6 +22,9 @@ class Sample:
     boxes: Optional[Tensor] = None  # [K,4] float xyxy pixels of the target object
     label: Optional[int] = None
     ignore: Optional[Tensor] = None  # [H,W] bool, pixels without ground truth (VOC's void border, 255)
+    #: Extra per-image tensors a dataset knows by construction (``[H,W]`` masks, ``[3,H,W]`` images in
+    #: [0,1]), e.g. the model-truth region of the ``truth`` metrics; they travel into ``Batch.extras``.
+    extras: Optional[dict[str, Tensor]] = None
 
 
 class CamDataset(Dataset):

@@ -1,10 +1,13 @@
-"""``photos``: scikit-image sample photos of ImageNet objects, hand-annotated (boxes + polygon masks).
+"""``photos``: real photos of ImageNet objects shipped offline by installed packages, hand-annotated.
 
-Only photos bundled inside the scikit-image wheel (``skimage/data/*``) are used, read straight from that
-folder, so nothing is ever fetched (no pooch download). Annotations live in
-``benchmark/data/annotations/photos.json``: one entry per object, so an image with two objects
-(``astronaut.png``: the shuttle model and the helmet) gives two samples. Masks are our coarse polygon
-outlines rasterised with :func:`skimage.draw.polygon`; boxes are the polygons' bounding boxes.
+Only photos bundled inside installed wheels are used, read straight from their folders, so nothing is
+ever fetched (no pooch download): scikit-image's ``skimage/data`` (chelsea, coffee, astronaut, rocket,
+the two motorcycle views), scikit-learn's ``sklearn/datasets/images`` (china, flower) and matplotlib's
+``mpl-data/sample_data`` (grace_hopper). Annotations live in ``benchmark/data/annotations/photos.json``:
+one entry per object with its ImageNet class (the acceptable class efficientnet_lite0 ranks highest),
+its ``source`` package, polygon mask(s) and box. Objects whose class the model does not rank in its top 5
+are listed under ``excluded`` with the reason (the astronaut photo's shuttle model). Masks are our coarse
+polygon outlines rasterised with :func:`skimage.draw.polygon`; boxes are the polygons' bounding boxes.
 """
 
 from __future__ import annotations
@@ -27,6 +30,21 @@ def skimage_data_dir() -> Path:
     return Path(skimage.data.__file__).resolve().parent
 
 
+def source_dir(source: str) -> Path:
+    """The folder of the sample photos shipped by package ``source`` (skimage, sklearn or matplotlib)."""
+    if source == "skimage":
+        return skimage_data_dir()
+    if source == "sklearn":
+        import sklearn.datasets
+
+        return Path(sklearn.datasets.__file__).resolve().parent / "images"
+    if source == "matplotlib":
+        import matplotlib
+
+        return Path(matplotlib.get_data_path()) / "sample_data"
+    raise DataError(f"Unknown photo source {source!r} in the annotations; expected skimage, sklearn or matplotlib.")
+
+
 class PhotosDataset(CamDataset):
     """Annotated skimage photos; ``target`` = the annotated ImageNet class (``label`` too)."""
 
@@ -46,10 +64,16 @@ class PhotosDataset(CamDataset):
         self.root = skimage_data_dir()
         keep = []
         for obj in objects:
-            if not (self.root / obj["file"]).is_file():
-                self.errors.append(f"{obj['file']}: not bundled with this scikit-image ({self.root})")
+            src = obj.get("source", "skimage")
+            try:
+                root = source_dir(src)
+            except ImportError as e:
+                self.errors.append(f"{obj['file']}: package {src!r} is not installed ({e})")
                 continue
-            keep.append(obj)
+            if not (root / obj["file"]).is_file():
+                self.errors.append(f"{obj['file']}: not bundled with this {src} ({root})")
+                continue
+            keep.append({**obj, "_path": str(root / obj["file"])})
         self.objects = [keep[i] for i in subset_indices(len(keep), n, seed)]
 
     def __len__(self) -> int:
@@ -63,14 +87,14 @@ class PhotosDataset(CamDataset):
         import skimage.io
 
         obj = self.objects[i]
-        path = self.root / obj["file"]
+        path = Path(obj["_path"])
         try:
             arr = skimage.io.imread(path)
         except Exception as e:  # any decoder failure: a DataError naming the file (the batch builder records it)
             raise DataError(f"Cannot decode the skimage photo {path}: {e}") from e
         image = to_image_tensor(np.asarray(arr))
         h, w = image.shape[-2:]
-        mask = polygon_mask([obj["polygon"]], h, w)
+        mask = polygon_mask(obj["polygons"] if "polygons" in obj else [obj["polygon"]], h, w)
         boxes = torch.tensor([obj["box"]], dtype=torch.float32)
         c = int(obj["class_id"])
         return Sample(image=image, target=c, id=obj["id"], mask=mask, boxes=boxes, label=c)
@@ -86,5 +110,5 @@ class PhotosDataset(CamDataset):
     offline=True,
 )
 def photos(root: str | None = None, n: int | None = None, seed: int = 0, **kw) -> PhotosDataset:
-    """The 7 annotated skimage photos (``root`` is ignored: they ship with scikit-image)."""
+    """The annotated photos of skimage, sklearn and matplotlib (``root`` is ignored: they ship with those)."""
     return PhotosDataset(n=n, seed=seed, **kw)

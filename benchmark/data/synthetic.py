@@ -12,6 +12,20 @@ learns to read the mark;
 ``shortcut="shuffled"`` (mark class drawn independently of the object) and ``shortcut="absent"`` prove
 it. Its ground truth is the mark (``gt="mark"``, what the model really uses) or the object (``gt="object"``).
 
+``scene="clutter"`` (harder scenes, opt-in; ``scene="simple"``, the default, is the generator above,
+unchanged and reproducible) draws 1-3 **instances** of the target class of varied size (radius 0.09-0.15 of
+the side) anywhere in the image (off-centre: the image centre is no better a guess than any other place),
+1-3 distractors of other classes (each smaller than the smallest target instance, so the target class is
+the class with the most area: what a CNN with global average pooling reads), on denser clutter (colour
+noise *and* stripes, plus thin random strokes), quantised to 8 bits. Ground truth is per instance:
+``Sample.mask`` is the union of the target instances, ``Sample.boxes`` one box per instance, and
+:meth:`ShapesDataset.scene` exposes every instance's and distractor's mask.
+
+Model truth (``Sample.extras``, used by the ``truth`` metric family): with a mark drawn, ``truth_mask`` is
+the mark (what a model trained with ``shortcut="aligned"`` provably reads), ``moved_image`` the same image
+with the first distractor moved elsewhere (NaN-filled when the image has no distractor) and
+``moved_region`` the union of that distractor's old and new pixels.
+
 Conventions:
 
 * image ``i`` is a pure function of ``(seed, split, i)`` (numpy ``SeedSequence([seed, split, i])``), so
@@ -37,6 +51,9 @@ from .base import CamDataset, Sample, register_dataset
 
 #: Bump when the drawing changes: it is part of the synthetic models' training hash.
 GENERATOR_VERSION = 1
+#: Version of the ``scene="clutter"`` drawing (part of the training hash of models trained on it).
+CLUTTER_VERSION = 1
+SCENES = ("simple", "clutter")
 
 SHAPE_CLASSES: tuple[str, ...] = ("disk", "square", "triangle", "ring", "cross", "bar")
 SPLITS = {"train": 0, "test": 1}
@@ -54,6 +71,13 @@ _PIXEL_NOISE = 0.03
 # Objects are rotated by a multiple of 90 degrees plus a small jitter (radians): full rotation invariance
 # would need far more training than the 2-minute CPU budget of the synthetic models allows.
 _JITTER = 0.15
+# scene="clutter": target instances, distractors relative to the smallest instance, strokes, margins.
+_CL_TARGET_R = (0.09, 0.15)
+_CL_N_TARGETS = (1, 2, 3)
+_CL_P_TARGETS = (0.4, 0.35, 0.25)
+_CL_DISTRACTOR_SCALE = (0.45, 0.6)
+_CL_MAX_DISTRACTORS = 3
+_CL_STROKES = (4, 12)
 
 # Mark places for the 6 classes (x, y of the mark's top-left corner, in units of the free border span).
 _MARK_PLACES = ((0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0), (0.5, 0.0), (0.5, 1.0))
@@ -109,6 +133,8 @@ class Scene:
     mark_class: Optional[int] = None
     mark_mask: Optional[Tensor] = None
     mark_box: Optional[Tensor] = None
+    instance_masks: list[Tensor] = field(default_factory=list)  # every target instance (first = object_mask's)
+    instance_boxes: Optional[Tensor] = None  # [K,4], one box per target instance
 
 
 class ShapesDataset(CamDataset):
@@ -123,6 +149,8 @@ class ShapesDataset(CamDataset):
         shortcut: ``None`` (plain ``shapes``), ``"aligned"`` (mark of the object's class),
             ``"shuffled"`` (mark of a class drawn uniformly, independently of the object) or ``"absent"``.
         gt: which region ``Sample.mask``/``boxes`` hold: ``"object"`` or ``"mark"`` (only with a mark).
+        scene: ``"simple"`` (one target, the reproducible default) or ``"clutter"`` (several target
+            instances, distractors, off-centre, denser clutter; see the module docstring).
     """
 
     has_masks = True
@@ -139,8 +167,16 @@ class ShapesDataset(CamDataset):
         max_distractors: int = 2,
         shortcut: Optional[Literal["aligned", "shuffled", "absent"]] = None,
         gt: Literal["object", "mark"] = "object",
+        scene: Literal["simple", "clutter"] = "simple",
     ) -> None:
         super().__init__()
+        if scene not in SCENES:
+            raise ValueError(f"scene must be one of {SCENES}, got {scene!r}. 'simple' is the default generator.")
+        if scene == "clutter" and shortcut is not None:
+            raise ValueError(
+                f"scene='clutter' has no shortcut marks (got shortcut={shortcut!r}); use scene='simple' for "
+                "shapes_shortcut."
+            )
         if split not in SPLITS:
             raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}.")
         if int(n) < 0:
@@ -162,7 +198,7 @@ class ShapesDataset(CamDataset):
             )
         self.n, self.seed, self.split = int(n), int(seed), split
         self.image_size, self.max_distractors = int(image_size), int(max_distractors)
-        self.shortcut, self.gt = shortcut, gt
+        self.shortcut, self.gt, self.scene_kind = shortcut, gt, scene
         s = self.image_size
         c = np.arange(s, dtype=np.float32) + 0.5  # pixel centres
         self._yy, self._xx = np.meshgrid(c, c, indexing="ij")
@@ -172,7 +208,8 @@ class ShapesDataset(CamDataset):
         return self.n
 
     def sample_id(self, index: int) -> str:
-        return f"{self.split}-s{self.seed}-{index:06d}"
+        prefix = "" if self.scene_kind == "simple" else "clutter-"
+        return f"{prefix}{self.split}-s{self.seed}-{index:06d}"
 
     # -- drawing ----------------------------------------------------------------------------------
     def _rng(self, index: int, stream: int = 0) -> np.random.Generator:
@@ -251,10 +288,17 @@ class ShapesDataset(CamDataset):
         m[y0 : y0 + side, x0 : x0 + side] = True
         return m
 
-    def scene(self, index: int) -> Scene:
-        """Draw image ``index`` with all its parts (target, distractors, mark)."""
+    def scene(self, index: int, move_distractor: bool = False, draw_mark: bool = True) -> Scene:
+        """Draw image ``index`` with all its parts (target, distractors, mark).
+
+        ``move_distractor``: the same image with the first distractor at another free place (drawn from
+        stream 2; everything else, pixel noise included, unchanged). ``draw_mark=False``: the same image
+        without the mark.
+        """
         if not 0 <= index < self.n:
             raise IndexError(f"index {index} out of range for a dataset of {self.n} images.")
+        if self.scene_kind == "clutter":
+            return self._clutter_scene(index, move_distractor)
         rng = self._rng(index)
         k = len(SHAPE_CLASSES)
         label = int(rng.integers(k))
@@ -264,6 +308,8 @@ class ShapesDataset(CamDataset):
         s = self.image_size
         radii = [float(rng.uniform(*_TARGET_R)) * s] + [float(r) * s for r in rng.uniform(*_DISTRACTOR_R, size=n_dis)]
         centres = self._place(rng, radii)
+        if move_distractor and len(centres) > 1:
+            centres[1] = self._move(self._rng(index, stream=2), centres, radii, 1)
         img, base = self._background(rng)
         masks = []
         for cls, (cx, cy), r in zip([label] + dis, centres, radii, strict=False):  # unplaced ones dropped
@@ -273,7 +319,7 @@ class ShapesDataset(CamDataset):
         img = img + rng.normal(0.0, _PIXEL_NOISE, size=img.shape).astype(np.float32)
 
         mark_cls = mark_mask = None
-        if self.shortcut in ("aligned", "shuffled"):
+        if self.shortcut in ("aligned", "shuffled") and draw_mark:
             mrng = self._rng(index, stream=1)
             mark_cls = label if self.shortcut == "aligned" else int(mrng.integers(k))
             mark_mask = self._mark_mask(mark_cls)
@@ -291,7 +337,113 @@ class ShapesDataset(CamDataset):
             mark_class=mark_cls,
             mark_mask=mm,
             mark_box=None if mm is None else mask_to_box(mm),
+            instance_masks=[obj],
+            instance_boxes=mask_to_box(obj),
         )
+
+    def _move(
+        self, rng: np.random.Generator, centres: list[tuple[float, float]], radii: list[float], j: int,
+        lo: Optional[float] = None, hi: Optional[float] = None,
+    ) -> tuple[float, float]:
+        """A new centre for object ``j``, clear of the others and at least two radii from where it was."""
+        s = self.image_size
+        lo = _BORDER * s if lo is None else lo
+        hi = (1 - _BORDER) * s if hi is None else hi
+        r = radii[j]
+        cand = rng.uniform(lo + r, hi - r, size=(256, 2))
+        ok = np.hypot(cand[:, 0] - centres[j][0], cand[:, 1] - centres[j][1]) >= 2 * r
+        for k, ((cx, cy), r2) in enumerate(zip(centres, radii)):
+            if k != j:
+                ok &= np.hypot(cand[:, 0] - cx, cand[:, 1] - cy) >= r + r2 + 0.03 * s
+        return tuple(cand[int(np.argmax(ok))]) if ok.any() else centres[j]
+
+    # -- scene="clutter" ----------------------------------------------------------------------------
+    def _strokes(self, rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
+        """Thin random line segments (1-1.5 px wide, 0.05-0.2 of the side long) of random colours."""
+        s = self.image_size
+        for _ in range(int(rng.integers(*_CL_STROKES))):
+            x0, y0 = rng.uniform(0, s, size=2)
+            ang = float(rng.uniform(0, np.pi))
+            length = float(rng.uniform(0.05, 0.2)) * s
+            half_w = float(rng.uniform(0.5, 0.75))
+            dx, dy = np.cos(ang), np.sin(ang)
+            t = (self._xx - x0) * dx + (self._yy - y0) * dy
+            d = np.abs(-(self._xx - x0) * dy + (self._yy - y0) * dx)
+            m = (d <= half_w) & (np.abs(t) <= length / 2)
+            img = np.where(m[None], rng.uniform(0, 1, size=3).astype(np.float32)[:, None, None], img)
+        return img
+
+    def _clutter_scene(self, index: int, move_distractor: bool = False) -> Scene:
+        rng = self._rng(index)
+        s, k = self.image_size, len(SHAPE_CLASSES)
+        label = int(rng.integers(k))
+        n_t = int(rng.choice(_CL_N_TARGETS, p=_CL_P_TARGETS))
+        n_dis = int(rng.integers(1, _CL_MAX_DISTRACTORS + 1))
+        dis = [int(c) for c in rng.permutation([c for c in range(k) if c != label])[:n_dis]]
+        rt = [float(r) * s for r in rng.uniform(*_CL_TARGET_R, size=n_t)]
+        rd = [float(r) * min(rt) for r in rng.uniform(*_CL_DISTRACTOR_SCALE, size=n_dis)]
+        radii = rt + rd
+        margin = 0.02 * s
+        centres: list[tuple[float, float]] = []
+        for r in radii:  # anywhere in the image (no border band), disjoint with a gap
+            cand = rng.uniform(margin + r, s - margin - r, size=(64, 2))
+            ok = np.ones(64, dtype=bool)
+            for (cx, cy), r2 in zip(centres, radii):
+                ok &= np.hypot(cand[:, 0] - cx, cand[:, 1] - cy) >= r + r2 + 0.03 * s
+            centres.append(tuple(cand[int(np.argmax(ok))]) if ok.any() else (np.nan, np.nan))
+        placed = [i for i, c in enumerate(centres) if not np.isnan(c[0])]
+        if move_distractor and n_t in placed and n_t < len(centres):
+            centres[n_t] = self._move(self._rng(index, stream=2), centres, radii, n_t, 0.0, float(s))
+        img, base = self._background(rng)
+        img2, base2 = self._background(rng)  # a second texture on top of the first
+        img = img + (img2 - base2[:, None, None])
+        img = self._strokes(rng, img)
+        classes = [label] * n_t + dis
+        masks: list[Optional[np.ndarray]] = []
+        for i, (cls, (cx, cy), r) in enumerate(zip(classes, centres, radii)):
+            colour = self._object_colour(rng, base)
+            if i not in placed:
+                masks.append(None)
+                continue
+            m = self._draw_object(rng, cls, cx, cy, r)
+            img = np.where(m[None], colour[:, None, None], img)
+            masks.append(m)
+        img = img + rng.normal(0.0, _PIXEL_NOISE, size=img.shape).astype(np.float32)
+        img = np.round(np.clip(img, 0.0, 1.0) * 255.0) / 255.0  # 8 bits: no sub-ULP differences survive
+        inst = [torch.from_numpy(m) for m in masks[:n_t] if m is not None]
+        union = torch.stack(inst).any(dim=0)
+        boxes = torch.cat([mask_to_box(m) for m in inst])
+        dmasks = [(c, torch.from_numpy(m)) for c, m in zip(dis, masks[n_t:]) if m is not None]
+        return Scene(
+            image=torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32)),
+            label=label,
+            object_mask=union,
+            object_box=boxes,
+            distractor_classes=[c for c, _ in dmasks],
+            distractor_masks=[m for _, m in dmasks],
+            instance_masks=inst,
+            instance_boxes=boxes,
+        )
+
+    def extras(self, index: int, sc: Optional[Scene] = None) -> dict[str, Tensor]:
+        """Model-truth tensors of image ``index`` (see the module docstring); empty without a mark."""
+        if self.shortcut not in ("aligned", "shuffled"):
+            return {}
+        sc = sc if sc is not None else self.scene(index)
+        moved = self.scene(index, move_distractor=True)
+        s = self.image_size
+        if sc.distractor_masks:
+            moved_image = moved.image
+            region = sc.distractor_masks[0] | moved.distractor_masks[0]
+        else:
+            moved_image = torch.full((3, s, s), float("nan"))
+            region = torch.zeros((s, s), dtype=torch.bool)
+        return {
+            "truth_mask": sc.mark_mask,
+            "unmarked_image": self.scene(index, draw_mark=False).image,
+            "moved_image": moved_image,
+            "moved_region": region,
+        }
 
     def __getitem__(self, index: int) -> Sample:
         index = int(index)
@@ -304,7 +456,7 @@ class ShapesDataset(CamDataset):
             mask, boxes = sc.object_mask, sc.object_box
         return Sample(
             image=sc.image, target=sc.label, id=self.sample_id(index), mask=mask, boxes=boxes,
-            label=sc.label,
+            label=sc.label, extras=self.extras(index, sc),
         )
 
     def images_and_labels(self, indices: Optional[range | list[int]] = None) -> tuple[Tensor, Tensor]:
@@ -323,7 +475,10 @@ class ShapesDataset(CamDataset):
 def shapes(
     root: Optional[str] = None, n: Optional[int] = None, seed: int = 0, split: str = "test", **kw
 ) -> ShapesDataset:
-    """Synthetic shapes in clutter with distractors (``root`` is ignored: nothing is read from disk)."""
+    """Synthetic shapes in clutter with distractors (``root`` is ignored: nothing is read from disk).
+
+    ``scene="clutter"``: the harder scenes (several target instances, off-centre, denser clutter).
+    """
     return ShapesDataset(n=1000 if n is None else n, seed=seed, split=split, **kw)  # type: ignore[arg-type]
 
 

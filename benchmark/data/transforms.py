@@ -134,9 +134,18 @@ def resize_sample(
         boxes = torch.minimum(boxes.clamp(min=0.0), limit)
         keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
         boxes = boxes[keep]
+    extras = sample.extras
+    if extras and (new_h, new_w, out_h, out_w) != (h, w, h, w):  # masks nearest-exact, images bilinear
+        def fit(t: Tensor) -> Tensor:
+            x = t[None, None].float() if t.ndim == 2 else t[None].float()
+            mode = "nearest-exact" if t.dtype == torch.bool else "bilinear"
+            kw = {} if mode == "nearest-exact" else {"align_corners": False, "antialias": True}
+            x = F.interpolate(x, size=(new_h, new_w), mode=mode, **kw)[0][..., top : top + out_h, left : left + out_w]
+            return (x[0] > 0.5) if t.dtype == torch.bool else x.contiguous()
+        extras = {k: fit(v) for k, v in extras.items()}
     if ignore is None:  # (keeps the default path identical to what it was before ``ignore`` existed)
-        return dataclasses.replace(sample, image=img.contiguous(), mask=mask, boxes=boxes)
-    return dataclasses.replace(sample, image=img.contiguous(), mask=mask, boxes=boxes, ignore=ignore)
+        return dataclasses.replace(sample, image=img.contiguous(), mask=mask, boxes=boxes, extras=extras)
+    return dataclasses.replace(sample, image=img.contiguous(), mask=mask, boxes=boxes, ignore=ignore, extras=extras)
 
 
 @dataclass
@@ -214,7 +223,16 @@ class _Collate:
             if any(s.ignore is not None for s in good)
             else None
         )
+        keys = set(good[0].extras or {})
+        extras = (
+            {k: torch.stack([s.extras[k] for s in good]) for k in sorted(keys)}  # type: ignore[index]
+            if keys and all(set(s.extras or {}) == keys for s in good)
+            else None
+        )
+        if extras:  # extra images ("*_image") are normalised like the batch's images
+            extras = {k: self.handle.normalize(v.float()) if k.endswith("_image") else v for k, v in extras.items()}
         batch = Batch(
+            extras=extras,
             images=self.handle.normalize(images),
             targets=torch.tensor([int(s.target) for s in good], dtype=torch.long),
             ids=[str(s.id) for s in good],

@@ -37,9 +37,39 @@ def center_map(ctx: ExplainContext, sigma: float = 0.25) -> Tensor:
     return g.expand(b, h, w).clone()
 
 
-@register_method("oracle", family="baseline", needs_gradients=False, needs_ground_truth=True)
-def oracle_map(ctx: ExplainContext) -> Tensor:
-    """The ground-truth mask of the target object (an upper bound for localization metrics)."""
+#: Rim value of the dilated oracle: far below the mask's 1.0, so thresholded and energy-based localization
+#: metrics see (almost) only the mask, while ranking-based faithfulness metrics (deletion, insertion) remove
+#: or reveal the mask first and then the rim nearest-first. See docs/scenes-and-truth.md, "the silhouette artefact".
+ORACLE_RIM = 0.01
+
+
+@register_method(
+    "oracle", family="baseline", needs_gradients=False, needs_ground_truth=True, defaults={"mask_dilation": 8},
+    note="deletion/insertion: deleting exactly the mask leaves the object's silhouette; the default rim of 8 px "
+         "(values <= 0.01) ranks the object's surroundings next (docs/scenes-and-truth.md)",
+)
+def oracle_map(ctx: ExplainContext, mask_dilation: int = 8) -> Tensor:
+    """The ground-truth mask of the target object (an upper bound for localization metrics).
+
+    ``mask_dilation`` (pixels, Chebyshev distance): a rim of that width around the mask gets small values
+    decreasing outwards (at most :data:`ORACLE_RIM`). Deleting exactly the mask leaves the object's
+    silhouette (its outline in the fill colour still shows the shape), so a rim ranks the pixels around
+    the object right after it; the mask itself keeps the top value (localization is unchanged).
+    Default 8 px: measured on shapes_cnn (32 test images) it lowers deletion AUC from 0.232 to 0.181
+    (simple scenes) and 0.191 to 0.164 (clutter), raises insertion AUC from 0.761 to 0.846 and 0.699 to
+    0.767, and keeps the energy pointing game >= 0.99 (docs/scenes-and-truth.md). 0: the bare mask.
+    """
     if ctx.masks is None:
         raise ValueError("The 'oracle' baseline needs ground-truth masks; this dataset has none.")
-    return ctx.masks.float()
+    d = int(mask_dilation)
+    if d < 0:
+        raise ValueError(f"mask_dilation must be >= 0 pixels, got {mask_dilation}.")
+    m = ctx.masks.float()
+    if d == 0:
+        return m
+    out, cur = m.clone(), m[:, None]
+    for i in range(1, d + 1):  # one 3x3 dilation per pixel of rim width (d steps, not a pixel loop)
+        nxt = torch.nn.functional.max_pool2d(cur, 3, stride=1, padding=1)
+        out = out + (nxt - cur)[:, 0] * (ORACLE_RIM * (d + 1 - i) / d)
+        cur = nxt
+    return out

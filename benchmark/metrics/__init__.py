@@ -21,6 +21,7 @@ from .base import (
     missing_needs,
     register_metric,
 )
+from . import truth  # noqa: E402,F401  (model-truth family)
 
 __all__ = [
     "METRICS",

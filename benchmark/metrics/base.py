@@ -29,12 +29,13 @@ from ..types import Batch
 
 METRICS: Registry[Callable[..., dict[str, Tensor]]] = Registry("metric")
 
-FAMILIES = ("faithfulness", "localization", "robustness", "sanity", "cost")
+FAMILIES = ("faithfulness", "localization", "robustness", "sanity", "cost", "truth")
 LEVELS = ("image", "dataset")
 #: What a metric may need beyond the model and the batch (which every metric receives): the methods'
-#: maps, ground-truth masks or boxes, the ability to re-explain (``ctx.explain``), or ``frames``: a time
-#: (or depth) axis, i.e. volumes or clips ``[B,C,T,H,W]``. See ``missing_needs``.
-NEEDS = ("saliency", "masks", "boxes", "explainer", "frames")
+#: maps, ground-truth masks or boxes, the ability to re-explain (``ctx.explain``), ``frames``: a time
+#: (or depth) axis, i.e. volumes or clips ``[B,C,T,H,W]``, or ``truth``: what the model uses, known by
+#: construction (``Batch.extras["truth_mask"]``). See ``missing_needs``.
+NEEDS = ("saliency", "masks", "boxes", "explainer", "frames", "truth")
 
 
 class ExplainFn(Protocol):
@@ -172,6 +173,8 @@ def missing_needs(name: str, ctx: MetricContext) -> list[str]:
             missing.append(need)
         elif need == "frames" and ctx.batch.images.ndim != 5:
             missing.append(need)
+        elif need == "truth" and not (ctx.batch.extras and "truth_mask" in ctx.batch.extras):
+            missing.append(need)  # no model truth known for this dataset (see metrics/truth.py)
     return missing
 
 

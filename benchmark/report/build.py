@@ -148,7 +148,7 @@ def headline_metrics(run: dict, board: pd.DataFrame, k: int = 5) -> list[str]:
     """A few metrics for the terminal summary: the usual headline ones, then one per family."""
     fam = run.get("families", {})
     present = [m for m in board["metric"].unique() if m != tables.MEAN_RANK]
-    order = ["faithfulness", "localization", "robustness", "sanity", "cost"]
+    order = ["faithfulness", "localization", "robustness", "sanity", "truth", "cost"]
     picked: list[str] = [m for m in HEADLINE if m in present]
     for f in order:
         if any(fam.get(m) == f for m in picked):

@@ -438,7 +438,7 @@ def _pinned(batch: Batch) -> Batch:
 
     return Batch(batch.images.pin_memory(), batch.targets.pin_memory(), list(batch.ids), opt(batch.masks),
                  None if batch.boxes is None else [b.pin_memory() for b in batch.boxes], opt(batch.labels),
-                 opt(batch.ignore))
+                 opt(batch.ignore), None if batch.extras is None else {k: v.pin_memory() for k, v in batch.extras.items()})
 
 
 def _device_batches(

@@ -120,3 +120,22 @@ def test_leaderboard_groups_avg_rank_cd_and_friedman():
     assert (MEAN_RANK, "random") not in b.index
     assert t.loc[MEAN_RANK, "n_blocks"] == 2 and t.loc[MEAN_RANK, "level"] == "metrics"
     assert b.loc[(MEAN_RANK, "best"), "cd"] == pytest.approx(R.critical_difference(3, 2))
+
+
+def test_wilcoxon_pvalues_exact_without_ties_normal_approximation_with_ties():
+    from scipy import stats as st
+
+    from benchmark.report.ranking import wilcoxon_pvalues
+
+    rng = np.random.default_rng(5)
+    clean = rng.normal(0.1, 1.0, size=(3, 12))  # continuous: no zeros, no ties -> scipy's exact null
+    tied = np.round(rng.normal(0.3, 1.0, size=(2, 12)), 1)  # ties and zeros (scipy "auto": a permutation test)
+    tied[:, 0] = 0.0
+    got = wilcoxon_pvalues(np.vstack([clean, tied, np.zeros((1, 12))]))
+    want_exact = st.wilcoxon(clean, axis=1, method="exact").pvalue
+    want_approx = st.wilcoxon(tied, axis=1, zero_method="wilcox", method="approx").pvalue
+    np.testing.assert_allclose(got[:3], want_exact)
+    np.testing.assert_allclose(got[3:5], want_approx)
+    assert got[5] == 1.0  # identical scores: nothing to test
+    # a known answer: 8 positive differences of distinct size -> exact two-sided p = 2 / 2^8
+    assert wilcoxon_pvalues(np.arange(1.0, 9.0)[None])[0] == pytest.approx(2 / 256)

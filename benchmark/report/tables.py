@@ -298,7 +298,9 @@ def paired_wilcoxon(a: pd.Series, b: pd.Series) -> tuple[int, float, float, floa
     d = (joined["a"] - joined["b"]).to_numpy(dtype=np.float64)
     if np.all(d == 0):
         return n, 0.0, float("nan"), 1.0
-    res = stats.wilcoxon(joined["a"].to_numpy(), joined["b"].to_numpy(), zero_method="wilcox", alternative="two-sided")
+    exact = bool(R._exact_ok(d[None])[0])
+    res = stats.wilcoxon(joined["a"].to_numpy(), joined["b"].to_numpy(), zero_method="wilcox",
+                         method="exact" if exact else "approx", alternative="two-sided")
     return n, float(d.mean()), float(res.statistic), float(res.pvalue)
 
 

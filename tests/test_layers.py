@@ -24,11 +24,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
 ]
 
 #: Cycles that remain, each to be removed (then delete its entry: the test fails on a stale entry).
-ALLOWED_CYCLES: dict[frozenset[str], str] = {
-    frozenset({"benchmark.models.base", "benchmark.models.zoo"}):
-        "create_model resolves the 'timm/' prefix by importing the zoo, which registers into base; "
-        "fix: a prefix resolver registered by the zoo (issue 13, after the merge).",
-}
+ALLOWED_CYCLES: dict[frozenset[str], str] = {}
 
 #: Edges from a lower layer to a higher one that remain, each to be removed.
 ALLOWED_UPWARD: dict[tuple[str, str], str] = {

@@ -83,6 +83,13 @@ def load_registries(plugins: Sequence[str] = (), check: bool = False) -> None:
     load_plugins(list(plugins), check=check)
 
 
+def _method_meta(names: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """The registry metadata of methods ``names`` for :attr:`benchmark.metrics.MetricContext.method_meta`."""
+    from ..methods import METHODS
+
+    return {n: dict(METHODS.entry(n).meta) for n in names if n in METHODS}
+
+
 def resolve_device(device: str) -> torch.device:
     """``auto`` -> ``cuda`` if available, else ``mps`` if available, else ``cpu``."""
     if device == "auto":
@@ -684,7 +691,8 @@ def _run_unit(suite: Suite, unit: Unit, progress: Optional[Callable[[int], None]
             )
 
         # 2. every metric (each scores all methods of the batch at once)
-        mctx = MetricContext(model=model, batch=batch, saliency=saliency, explain=explain_fn, seed=seed, batch_size=fbs)
+        mctx = MetricContext(model=model, batch=batch, saliency=saliency, explain=explain_fn, seed=seed, batch_size=fbs,
+                             method_meta=_method_meta(saliency))
         # Metrics that re-explain (robustness, sanity, cost) see only the suite's reexplain_methods; the
         # contexts share one cache, so paired metrics still share their re-explanations.
         re_sal = {m: v for m, v in saliency.items() if _reexplained(m, exp.reexplain_methods)}
@@ -832,7 +840,8 @@ def _meta_batch(
                 sal[name] = M.run_method(ectx, name, exp.method_params.get(name)).maps
             except Exception:
                 continue
-        mctx = MetricContext(model=mp, batch=batch, saliency=sal, explain=explain_fn, seed=seed, batch_size=fbs)
+        mctx = MetricContext(model=mp, batch=batch, saliency=sal, explain=explain_fn, seed=seed, batch_size=fbs,
+                             method_meta=_method_meta(sal))
         re_sal = {m: v for m, v in sal.items() if _reexplained(m, exp.reexplain_methods)}
         mctx_re = dataclasses.replace(mctx, saliency=re_sal, cache=mctx.cache, curves=mctx.curves)
         for metric in unit.metrics:
@@ -1004,8 +1013,7 @@ def run_suite(
     fresh: bool = False,
     limit: Optional[int] = None,
     quiet: bool = False,
-    report: bool = True,
-    plots: bool = True,
+    report: Optional[Callable[[Path], Any]] = None,
     log: Optional[Callable[[str], None]] = None,
     backend: str = "sequential",
     workers: Optional[int] = None,
@@ -1014,7 +1022,12 @@ def run_suite(
     options: Optional[ExecOptions] = None,
     plugins: Sequence[str] = (),
 ) -> RunOutcome:
-    """Plan ``suite``, run every unit not already stored in ``out``, then write tables and the report.
+    """Plan ``suite``, run every unit not already stored in ``out`` (its parts and ``run.json``).
+
+    The report is the caller's: ``report`` (a callable, e.g. ``functools.partial(write_report, plots=False)``
+    of :func:`benchmark.report.build.write_report`, which the CLI passes), when given, is called as
+    ``report(out)`` at the end, still under the run's lock, and its result is :attr:`RunOutcome.report`;
+    without it (``None`` or ``False``), call ``write_report(out)`` afterwards.
 
     Killing the process at any point loses at most the units in flight; rerunning with the same
     arguments resumes and gives the same final tables as an uninterrupted run. ``backend``
@@ -1032,16 +1045,23 @@ def run_suite(
     from ..outdir import RunLock, check_out_dir
     from .progress import Progress
 
+    if report is True or (report and not callable(report)):
+        raise CambenchError(
+            f"run_suite(report=...) takes a callable report(out) -> report, got {report!r}; pass e.g. "
+            "functools.partial(benchmark.report.build.write_report, plots=False), or call write_report(out) "
+            "after run_suite."
+        )
     out = Path(out)
     check_out_dir(out)  # a bad --out is refused before any model or data work
     with Progress(quiet=quiet, log=log) as progress, RunLock(out, progress.log):
-        return _run_locked(suite, out, progress, fresh=fresh, limit=limit, report=report, plots=plots,
+        return _run_locked(suite, out, progress, fresh=fresh, limit=limit, report=report,
                            backend=backend, workers=workers, scheduler=scheduler, client=client,
                            options=options or ExecOptions(), plugins=plugins)
 
 
-def _run_locked(suite: Suite, out: Path, progress: Any, *, fresh: bool, limit: Optional[int], report: bool,
-                plots: bool, backend: str, workers: Optional[int], scheduler: Optional[str], client: Any,
+def _run_locked(suite: Suite, out: Path, progress: Any, *, fresh: bool, limit: Optional[int],
+                report: Optional[Callable[[Path], Any]], backend: str, workers: Optional[int],
+                scheduler: Optional[str], client: Any,
                 options: ExecOptions, plugins: Sequence[str]) -> RunOutcome:
     from ..store import Store, atomic_write_text
     from .parallel import execute_units
@@ -1096,9 +1116,5 @@ def _run_locked(suite: Suite, out: Path, progress: Any, *, fresh: bool, limit: O
             unreadable.append({"model": exp.label, "dataset": exp.dataset, "item": m.split(":")[0], "reason": m})
     record.update(unreadable=unreadable, unreported_units=unreported)
     atomic_write_text(out / "run.json", json.dumps(record, indent=1, default=str))
-    rep = None
-    if report:
-        from ..report.build import write_report
-
-        rep = write_report(out, plots=plots)
+    rep = report(out) if report else None
     return RunOutcome(plan, out, ran, reused, rep, unreadable=unreadable, unreported=unreported)

@@ -134,7 +134,7 @@ def test_graph_sees_every_kind_of_import() -> None:
     assert "benchmark.methods.base" in graph["benchmark.methods.gradient"]  # from .base import ...
     assert "benchmark.errors" in graph["benchmark.registry"]  # from .errors import ...
     assert "benchmark.methods" in graph["benchmark.plugins"]  # from .methods import METHODS
-    assert "benchmark.plugins" in graph["benchmark.runner.execute"]  # inside a function
+    assert "benchmark.plugins" in graph["benchmark.runner.plan"]  # inside a function
     assert "benchmark.schema" in graph["benchmark.store"]
 
 
@@ -144,6 +144,15 @@ def test_metrics_read_method_facts_from_their_context() -> None:
     graph = import_graph()
     for m in ("benchmark.metrics.robustness", "benchmark.metrics.sanity"):
         assert not {d for d in graph[m] if d == "benchmark.methods" or d.startswith("benchmark.methods.")}, m
+
+
+def test_runner_parts_point_down() -> None:
+    """Inside the runner: plan <- unit <- driver <- execute (the re-export module), never back up."""
+    graph = import_graph()
+    order = ["benchmark.runner.plan", "benchmark.runner.unit", "benchmark.runner.driver", "benchmark.runner.execute"]
+    for i, m in enumerate(order):
+        assert not graph[m] & set(order[i + 1 :]), (m, graph[m] & set(order[i + 1 :]))
+    assert "benchmark.runner.execute" not in set().union(*(graph[m] for m in graph if m != "benchmark.runner"))
 
 
 def test_cycle_finder_finds_cycles() -> None:

@@ -185,6 +185,7 @@ def test_units_run_with_tf32_only_when_asked(monkeypatch, precision, allowed) ->
     import torch
 
     from benchmark.runner import execute
+    from benchmark.runner import unit as unit_mod
 
     seen = {}
 
@@ -193,7 +194,7 @@ def test_units_run_with_tf32_only_when_asked(monkeypatch, precision, allowed) ->
         return execute.UnitResult("k", pd.DataFrame(), pd.DataFrame(), pd.DataFrame())
 
     before = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
-    monkeypatch.setattr(execute, "_run_unit", fake_unit)
+    monkeypatch.setattr(unit_mod, "_run_unit", fake_unit)  # run_unit calls it there
     execute.run_unit(None, None, options=execute.ExecOptions(precision=precision))
     assert seen["flags"] == (allowed, allowed)
     assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == before

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -111,11 +112,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("results") / suite.name
     check_out_dir(out)  # before importing torch, models or data
     RunLock(out).acquire().release()  # another run into `out` is refused now, not after the imports
-    from .report.build import summary_text
+    from .report.build import summary_text, write_report
     from .runner import ExecOptions, load_registries, run_suite
 
     load_registries(_plugins(args), check=True)  # a broken plugin fails here, before any model work
-    res = run_suite(suite, out, fresh=args.fresh, limit=args.limit, quiet=args.quiet, plots=not args.no_plots,
+    res = run_suite(suite, out, fresh=args.fresh, limit=args.limit, quiet=args.quiet,
+                    report=partial(write_report, plots=not args.no_plots),
                     backend=args.backend, workers=args.workers, scheduler=args.scheduler,
                     options=ExecOptions(precision=args.precision, compile=args.compile), plugins=_plugins(args))
     rep = res.report

@@ -39,3 +39,11 @@ class SuiteError(CambenchError, ValueError):
 
 class DimensionError(CambenchError, ValueError):
     """A method or metric is not defined for the number of spatial axes of the input (2-D images, 3-D clips)."""
+
+
+class PluginError(CambenchError):
+    """A plugin could not be loaded (import error, name clash) or one of its methods breaks the contract."""
+
+
+class ContractError(PluginError):
+    """A registered method (plugin or built-in) failed the method contract check."""

@@ -167,6 +167,7 @@ def fake_warns(ctx) -> Tensor:
 
 # -- helpers shared by the runner test modules ---------------------------------------------------
 
+from functools import partial  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 SUITES = Path(__file__).parent / "runner_suites"
@@ -177,10 +178,12 @@ _RUNS: dict = {}
 
 def run_cached(tmp_root: Path, suite: str = "tiny", plots: bool = False, **kw):
     """Run ``runner_suites/<suite>.toml`` once per test session (cached by arguments)."""
+    from benchmark.report.build import write_report
     from benchmark.runner import load_suite, run_suite
 
     key = (suite, plots, tuple(sorted(kw.items())))
     if key not in _RUNS:
         out = Path(tmp_root) / f"{suite}-{len(_RUNS)}"
-        _RUNS[key] = run_suite(load_suite(SUITES / f"{suite}.toml"), out, quiet=True, plots=plots, **kw)
+        _RUNS[key] = run_suite(load_suite(SUITES / f"{suite}.toml"), out, quiet=True,
+                                   report=partial(write_report, plots=plots), **kw)
     return _RUNS[key]

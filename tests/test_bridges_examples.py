@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import os
+from functools import partial
 from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")
@@ -19,6 +20,7 @@ quantus = pytest.importorskip("quantus")
 from benchmark import methods  # noqa: E402
 from benchmark.data import create_dataset  # noqa: E402
 from benchmark.models import create_model  # noqa: E402
+from benchmark.report.build import write_report  # noqa: E402
 from benchmark.runner import run_suite  # noqa: E402
 from benchmark.runner.suite import load_suite  # noqa: E402
 
@@ -56,7 +58,7 @@ def test_quantus_suite_example_runs(tmp_path) -> None:
     suite = load_suite(EXAMPLES / "quantus_suite.toml")
     exp = dataclasses.replace(suite.experiments[0], weights="random")  # the test does not train shapes_cnn
     suite = dataclasses.replace(suite, experiments=(exp,), device="cpu", bootstrap=20, gallery=0)
-    res = run_suite(suite, tmp_path / "q", quiet=True, plots=False, limit=2)
+    res = run_suite(suite, tmp_path / "q", quiet=True, report=partial(write_report, plots=False), limit=2)
     lb = res.report.leaderboard
     metrics = ["quantus/Sparseness", "quantus/Complexity", "quantus/RelevanceRankAccuracy",
                "quantus/FaithfulnessCorrelation", "quantus/MaxSensitivity", "deletion_auc"]

@@ -107,6 +107,7 @@ def test_compile_option_reaches_the_unit(monkeypatch):
 
     from benchmark.cli import _parser as build_parser
     from benchmark.runner import execute
+    from benchmark.runner import unit as unit_mod
 
     args = build_parser().parse_args(["run", "quick", "--compile"])
     assert args.compile is True
@@ -117,7 +118,7 @@ def test_compile_option_reaches_the_unit(monkeypatch):
         seen["state"] = (base._FORWARD_COMPILE.get(), torch.backends.cudnn.benchmark)
         return execute.UnitResult("k", pd.DataFrame(), pd.DataFrame(), pd.DataFrame())
 
-    monkeypatch.setattr(execute, "_run_unit", fake_unit)
+    monkeypatch.setattr(unit_mod, "_run_unit", fake_unit)  # run_unit calls it there
     before = torch.backends.cudnn.benchmark
     execute.run_unit(None, None, options=execute.ExecOptions(compile=True))
     assert seen["state"] == (True, True)

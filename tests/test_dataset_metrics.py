@@ -5,6 +5,7 @@ the leaderboard's MaxBoxAccV2 / PxAP against an independent port of wsolevaluati
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")
@@ -17,6 +18,7 @@ import torch
 
 from benchmark import methods as Mth
 from benchmark.metrics import METRICS, MetricContext, compute_metrics, dataset_value, register_metric
+from benchmark.report.build import write_report
 from benchmark.report.tables import _seed_for, bootstrap_stat, ranked_leaderboard
 from benchmark.runner import parse_suite, run_suite
 from benchmark.runner.execute import _get_dataset, _get_model, _make_batches
@@ -59,7 +61,7 @@ def suite():
 def run(suite, tmp_path_factory):
     out = tmp_path_factory.mktemp("dl")
     torch.set_num_threads(1)
-    res = run_suite(suite, out, quiet=True, plots=False)
+    res = run_suite(suite, out, quiet=True, report=partial(write_report, plots=False))
     return res, out
 
 
@@ -180,7 +182,7 @@ def test_statistics_are_stored_per_image_and_survive_resume(suite, run, tmp_path
     # resume: delete one unit's part, rerun: the statistics come back identical
     part = sorted(store.parts.iterdir())[0]
     part.unlink()
-    again = run_suite(suite, out, quiet=True, plots=False)
+    again = run_suite(suite, out, quiet=True, report=partial(write_report, plots=False))
     assert len(again.ran) == 1
     st2 = Store(out, res.plan.hash).load_stats()
     pd.testing.assert_frame_equal(st2.drop(columns="stats"), st.drop(columns="stats"))

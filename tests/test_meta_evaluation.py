@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 from benchmark.errors import SuiteError
 from benchmark.report import meta as MQ
+from benchmark.report.build import write_report
 from benchmark.report.card import CARD_COLUMNS
 from benchmark.runner import load_suite, parse_suite, plan_run, run_suite, run_unit
 from benchmark.runner.execute import perturb_model
@@ -175,7 +177,8 @@ def test_suite_key_errors(top, exp, msg):
 @pytest.fixture(scope="module")
 def meta_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("meta")
-    res = run_suite(load_suite(SUITES / "meta.toml"), out, quiet=True, plots=False)
+    res = run_suite(load_suite(SUITES / "meta.toml"), out, quiet=True,
+                    report=partial(write_report, plots=False))
     return out, res
 
 
@@ -228,7 +231,7 @@ def test_meta_rows_do_not_change_the_unperturbed_scores(meta_run):
 
 def test_card_without_meta_keeps_its_columns(tmp_path):
     res = run_suite(parse_suite(BASE.format(top="", exp=""), path=str(SUITES / "x.toml")), tmp_path, quiet=True,
-                    plots=False)
+                    report=partial(write_report, plots=False))
     assert list(pd.read_csv(tmp_path / "metric_card.csv").columns) == CARD_COLUMNS
     assert not (tmp_path / "perturbed").exists() and Store(tmp_path, res.plan.hash).load_perturbed().empty
 
@@ -244,7 +247,8 @@ def test_resume_and_loky_give_the_same_meta_rows(meta_run, tmp_path):
     store = Store(copy, res.plan.hash)
     store.part_path(key).unlink()
     store.perturbed_path(key).unlink()
-    again = run_suite(load_suite(SUITES / "meta.toml"), copy, quiet=True, plots=False)
+    again = run_suite(load_suite(SUITES / "meta.toml"), copy, quiet=True,
+                      report=partial(write_report, plots=False))
     assert again.ran == [key]
     pd.testing.assert_frame_equal(Store(copy, res.plan.hash).load_perturbed(), ref)
     pd.testing.assert_frame_equal(pd.read_csv(copy / "metric_card.csv"), card)

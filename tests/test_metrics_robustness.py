@@ -160,7 +160,9 @@ def make_ctx(setup, names):
 
     sal = explain_fn(model, images, targets, names)
     batch = Batch(images=images, targets=targets, ids=[str(i) for i in range(4)])
-    return M.MetricContext(model=model, batch=batch, saliency=sal, explain=explain_fn, seed=0, batch_size=8)
+    meta = {n: methods.METHODS.entry(n).meta for n in sal}  # what the runner passes (family, needs_gradients)
+    return M.MetricContext(model=model, batch=batch, saliency=sal, explain=explain_fn, seed=0, batch_size=8,
+                           method_meta=meta)
 
 
 def test_registry_robustness_and_cost(setup):

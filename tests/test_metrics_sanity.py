@@ -115,7 +115,8 @@ def test_registry_model_randomization(data):
     names = ["gradcam", "center", "oracle"]
     sal = methods.explain(model, LAYER, images, targets, names, masks=masks)
     batch = Batch(images=images, targets=targets, ids=list("abcd"), masks=masks)
-    ctx = M.MetricContext(model=model, batch=batch, saliency=sal, explain=explain_fn)
+    meta = {n: methods.METHODS.entry(n).meta for n in names}  # what the runner passes: the baselines' family
+    ctx = M.MetricContext(model=model, batch=batch, saliency=sal, explain=explain_fn, method_meta=meta)
     res = M.compute_metrics(ctx, ["model_randomization", "model_randomization_ssim"])
     direct = S.model_randomization(model, explain_fn, images, targets, ["gradcam"], reference=sal)
     torch.testing.assert_close(res["model_randomization"]["gradcam"], direct["gradcam"], equal_nan=True)

@@ -7,7 +7,7 @@ import torch
 
 from benchmark.errors import WeightsError
 from benchmark.methods.capture import capture, resolve_layer
-from benchmark.models import create_model, list_models, zoo
+from benchmark.models import MODELS, create_model, list_models, zoo
 
 TRANSFORMERS = {"vit_b_16", "swin_t"}
 
@@ -148,6 +148,10 @@ def test_timm_any_name_and_swin_tokens_reshape() -> None:
     assert torch.equal(zoo.swin_tokens_reshape(nhwc), nhwc.permute(0, 3, 1, 2))
     h = zoo.timm_model("resnet10t", weights="random")  # not registered: any timm name works
     assert h.name == "timm/resnet10t" and h.target_layer == "layer4"
+    assert "timm" in MODELS.prefixes() and "timm/resnet10t" not in MODELS.list()
+    h2 = create_model("timm/resnet10t", weights="random")  # through the zoo's prefix resolver
+    assert h2.name == "timm/resnet10t" and not h2.model.training
+    assert MODELS.entry("timm/resnet10t").meta["family"] == "timm"
 
 
 def test_timm_pretrained_only_from_local_cache(tmp_path, monkeypatch) -> None:

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import warnings
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 from benchmark import cli
 from benchmark.outdir import LOCK_NAME, OutputDirError, RunLock, check_out_dir
+from benchmark.report.build import write_report
 from benchmark.runner import load_suite, run_suite
 from benchmark.runner.progress import Progress
 from benchmark.store import atomic_write_text
@@ -148,9 +150,9 @@ def test_atomic_writes_follow_the_umask(tmp_path, umask, mode):
 def test_a_smaller_limit_reports_only_its_images_and_says_so(tmp_path):
     suite = load_suite(TINY)
     out = tmp_path / "o"
-    full = run_suite(suite, out, quiet=True, plots=False)
+    full = run_suite(suite, out, quiet=True, report=partial(write_report, plots=False))
     n_full = full.report.scores["image_id"].nunique()
-    small = run_suite(suite, out, quiet=True, plots=False, limit=2)
+    small = run_suite(suite, out, quiet=True, report=partial(write_report, plots=False), limit=2)
     assert small.ran == [] and len(small.reused) == 2  # its units are the first shard of each experiment
     ids = small.report.scores.groupby("dataset")["image_id"].nunique()
     assert ids.to_dict() == {"fake_plain": 2, "fake_shapes": 2} and n_full > 2
@@ -160,7 +162,7 @@ def test_a_smaller_limit_reports_only_its_images_and_says_so(tmp_path):
     assert len(list((out / "parts").glob("*.parquet"))) == len(full.plan.units)  # kept on disk
     lb = pd.read_csv(out / "leaderboard.csv")
     assert set(lb.loc[lb["metric"] != "mean_rank", "n"]) <= {1, 2}
-    again = run_suite(suite, out, quiet=True, plots=False)
+    again = run_suite(suite, out, quiet=True, report=partial(write_report, plots=False))
     assert again.unreported == [] and again.report.scores["image_id"].nunique() == n_full
 
 

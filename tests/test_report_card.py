@@ -4,6 +4,7 @@ and the metric report card (saturated, separable, baseline order, beats random, 
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")
@@ -15,6 +16,7 @@ import torch
 from scipy import stats
 
 from benchmark.report import card as C
+from benchmark.report.build import write_report
 from benchmark.report.tables import ranked_leaderboard
 from benchmark.runner import parse_suite, run_suite
 from benchmark.runner.execute import _accumulate_map_diffs
@@ -48,7 +50,8 @@ data = {{ n = 4 }}
 def report(tmp_path_factory):
     suite = parse_suite(SUITE.format(plugin=Path(runner_fakes.__file__).resolve()), default_name="equivalences")
     torch.set_num_threads(1)
-    return run_suite(suite, tmp_path_factory.mktemp("eq"), quiet=True, plots=False).report
+    return run_suite(suite, tmp_path_factory.mktemp("eq"), quiet=True,
+                     report=partial(write_report, plots=False)).report
 
 
 def test_equivalences_list_every_identical_pair_with_its_reason(report):

@@ -4,6 +4,7 @@ determinism and in-process resume."""
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,8 @@ import pandas as pd
 import pytest
 import torch
 
+from benchmark.errors import CambenchError
+from benchmark.report.build import write_report
 from benchmark.runner import load_suite, plan_run, run_suite, run_unit
 from benchmark.runner.execute import batch_seed, clear_caches
 from benchmark.store import Store
@@ -118,7 +121,8 @@ def test_failures_are_recorded_and_the_run_goes_on(tmp_path):
 
 def test_two_runs_give_identical_score_files(tiny, tmp_path):
     clear_caches()
-    again = run_suite(load_suite(runner_fakes.SUITES / "tiny.toml"), tmp_path / "again", quiet=True, plots=False)
+    again = run_suite(load_suite(runner_fakes.SUITES / "tiny.toml"), tmp_path / "again", quiet=True,
+                      report=partial(write_report, plots=False))
     assert (tiny.out / "scores.parquet").read_bytes() == (again.out / "scores.parquet").read_bytes()
     assert (tiny.out / "leaderboard.csv").read_text() == (again.out / "leaderboard.csv").read_text()
     assert (tiny.out / "significance.csv").read_text() == (again.out / "significance.csv").read_text()
@@ -129,13 +133,14 @@ def test_rerun_resumes_and_other_settings_invalidate_parts(tiny, tmp_path):
     out = tmp_path / "r"
     first = run_suite(suite, out, quiet=True, report=False, limit=2)
     assert len(first.ran) == 2 and first.reused == []  # 1 unit of 2 images per experiment
-    second = run_suite(suite, out, quiet=True, plots=False)
+    second = run_suite(suite, out, quiet=True, report=partial(write_report, plots=False))
     assert sorted(second.reused) == sorted(first.ran) and len(second.ran) == len(second.plan.units) - 2
     pd.testing.assert_frame_equal(second.report.scores, tiny.report.scores)
     msgs = []
     from dataclasses import replace
 
-    third = run_suite(replace(suite, seed=4), out, quiet=True, log=msgs.append, limit=2, plots=False)
+    third = run_suite(replace(suite, seed=4), out, quiet=True, log=msgs.append, limit=2,
+                      report=partial(write_report, plots=False))
     assert third.reused == [] and any("kept, not reported" in m for m in msgs)
     n_parts = len(second.plan.units) + len(third.plan.units)
     assert len(list((out / "parts").glob("*.parquet"))) == n_parts and len(third.plan.units) == 2
@@ -143,6 +148,21 @@ def test_rerun_resumes_and_other_settings_invalidate_parts(tiny, tmp_path):
     assert set(third.report.scores["image_id"]) == {"fake000", "fake001"}
     fresh = run_suite(replace(suite, seed=4), out, quiet=True, report=False, fresh=True, limit=2)
     assert fresh.reused == []
+
+
+def test_run_suite_leaves_the_report_to_the_caller(tmp_path):
+    """The runner imports no report code: no ``report`` callable, no report files; ``report=True`` (the old
+    flag) is refused before any work, saying what to pass instead."""
+    suite = load_suite(runner_fakes.SUITES / "tiny.toml")
+    res = run_suite(suite, tmp_path / "plain", quiet=True, limit=2)
+    assert res.report is None and (tmp_path / "plain" / "run.json").is_file()
+    assert not (tmp_path / "plain" / "leaderboard.csv").exists()
+    seen = []
+    later = run_suite(suite, tmp_path / "plain", quiet=True, limit=2, report=lambda out: seen.append(out) or 7)
+    assert seen == [tmp_path / "plain"] and later.report == 7 and later.ran == []
+    with pytest.raises(CambenchError, match="takes a callable"):
+        run_suite(suite, tmp_path / "flag", quiet=True, report=True)
+    assert not (tmp_path / "flag").exists()
 
 
 def test_run_unit_is_pure_and_seeded_by_unit():
@@ -165,6 +185,7 @@ def test_units_run_with_tf32_only_when_asked(monkeypatch, precision, allowed) ->
     import torch
 
     from benchmark.runner import execute
+    from benchmark.runner import unit as unit_mod
 
     seen = {}
 
@@ -173,7 +194,7 @@ def test_units_run_with_tf32_only_when_asked(monkeypatch, precision, allowed) ->
         return execute.UnitResult("k", pd.DataFrame(), pd.DataFrame(), pd.DataFrame())
 
     before = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
-    monkeypatch.setattr(execute, "_run_unit", fake_unit)
+    monkeypatch.setattr(unit_mod, "_run_unit", fake_unit)  # run_unit calls it there
     execute.run_unit(None, None, options=execute.ExecOptions(precision=precision))
     assert seen["flags"] == (allowed, allowed)
     assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == before

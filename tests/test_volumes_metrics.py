@@ -130,7 +130,8 @@ def test_registry_metrics_finite_on_volumes(setup) -> None:
         return methods.explain(m, "block3", images, targets, which, masks=batch.masks, **kw)
 
     sal = explain(model, batch.images, batch.targets, names)
-    ctx = MetricContext(model=model, batch=batch, saliency=sal, explain=explain, batch_size=16)
+    meta = {n: methods.METHODS.entry(n).meta for n in names}  # what the runner passes
+    ctx = MetricContext(model=model, batch=batch, saliency=sal, explain=explain, batch_size=16, method_meta=meta)
     params = {
         "deletion_auc": {"n_steps": 4}, "insertion_auc": {"n_steps": 4, "blur_klen": 3},
         "max_sensitivity": {"n_samples": 2}, "avg_sensitivity": {"n_samples": 2},

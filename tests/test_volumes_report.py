@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from benchmark.report.build import write_report
 from benchmark.report.plots import gallery, strip_slices
 from benchmark.runner import load_suite, run_suite
 
@@ -33,7 +35,7 @@ data = { n = 2, size = 32 }
 def test_runner_on_volumes_scores_and_slice_gallery(tmp_path: Path) -> None:
     path = tmp_path / "vol.toml"
     path.write_text(SUITE)
-    out = run_suite(load_suite(path), tmp_path / "out", quiet=True, plots=True)
+    out = run_suite(load_suite(path), tmp_path / "out", quiet=True, report=partial(write_report, plots=True))
     scores = pd.read_parquet(out.out / "scores.parquet")
     assert set(scores["metric"]) == {"mask_iou", "temporal_energy", "deletion_auc", "box_iou", "pointing_game"}
     ok = scores[scores["method"] == "gradcam"]

@@ -21,6 +21,7 @@ from ..registry import Registry
 from ..types import Capture, Reshape
 from .capture import capture as _capture
 from .capture import resolve_layer
+from .msflip import MultiScaleFlip, run_method_ms_flip
 from .postprocess import finalize
 
 METHODS: Registry[Callable[..., Tensor]] = Registry("method")
@@ -308,13 +309,13 @@ def run_method(
     method's maps over scales and horizontal flips, the WSSS papers' CAM protocol (``methods/msflip.py``);
     ``None`` (default) is the plain single-scale pipeline.
     """
-    if ms_flip:
-        from .msflip import MultiScaleFlip, run_method_ms_flip
-
-        return run_method_ms_flip(ctx, name, params, ms_flip if isinstance(ms_flip, MultiScaleFlip) else None)
     entry = METHODS.entry(name)
     p = _params(name, params)
     relu = bool(p.pop("relu", entry.meta["relu"]))
+    if ms_flip:
+        config = ms_flip if isinstance(ms_flip, MultiScaleFlip) else None
+        ms_maps, ms_raw, ms_bad = run_method_ms_flip(ctx, lambda c: entry.obj(c, **p), relu, config)
+        return MethodOutput(maps=ms_maps, raw=ms_raw, degenerate=ms_bad)
     raw = entry.obj(ctx, **p)
     maps, bad = finalize(raw, ctx.input_size, relu=relu)
     return MethodOutput(maps=maps, raw=raw.detach(), degenerate=bad)

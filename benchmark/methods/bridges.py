@@ -22,9 +22,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..errors import CambenchError
+from ..errors import CambenchError, ContractError
 from .base import METHODS, ExplainContext, register_method
 from .capture import layer_name
+from .contract import check_method
 
 LIBRARIES = {
     "pgc": ("pytorch_grad_cam", "grad-cam==1.5.7", "pytorch-grad-cam"),
@@ -261,8 +262,6 @@ def from_pytorch_grad_cam(
 
 
 def _check_now(name: str) -> None:
-    from ..plugins import ContractError, check_method
-
     problems = check_method(name)
     if problems:
         source = METHODS.entry(name).meta.get("source", "cambench")

@@ -16,8 +16,8 @@ With ``ms_flip`` unset (the default) nothing here runs and maps are those of the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -54,9 +54,8 @@ def _resize(x: Tensor, size: tuple[int, int], nearest: bool = False) -> Tensor:
 
 
 def variant_context(ctx: Any, scale: float, flip: bool) -> Any:
-    """The context of ``ctx``'s batch mirrored (``flip``) and rescaled by ``scale`` (memoised in ``ctx.cache``)."""
-    from .base import ExplainContext
-
+    """The context of ``ctx``'s batch mirrored (``flip``) and rescaled by ``scale`` (memoised in ``ctx.cache``):
+    a copy of ``ctx`` (an :class:`~benchmark.methods.base.ExplainContext`) with its own capture and cache."""
     key = ("ms_flip_variant", float(scale), bool(flip))
     if key in ctx.cache:
         return ctx.cache[key]
@@ -67,30 +66,23 @@ def variant_context(ctx: Any, scale: float, flip: bool) -> Any:
     masks = ctx.masks
     if masks is not None:
         masks = _resize(masks.flip(-1) if flip else masks, size, nearest=True)
-    v = ExplainContext(
-        model=ctx.model, layer=ctx.layer, images=images, targets=ctx.targets, reshape=ctx.reshape,
-        batch_size=ctx.batch_size, seed=ctx.seed, masks=masks, gradient_noise=ctx.gradient_noise,
-    )
+    v = replace(ctx, images=images, masks=masks, _capture=None, cache={})
     ctx.cache[key] = v
     return v
 
 
 def run_method_ms_flip(
-    ctx: Any, name: str, params: Optional[Mapping[str, Any]] = None, config: Optional[MultiScaleFlip] = None
-) -> Any:
-    """Method ``name`` aggregated over ``config``'s scales and flips (sum at input resolution, then
-    min-max); returns a :class:`~benchmark.methods.base.MethodOutput` whose ``raw`` is the sum."""
-    from .base import METHODS, MethodOutput, _params
-
+    ctx: Any, method: Callable[[Any], Tensor], relu: bool, config: Optional[MultiScaleFlip] = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """A method's raw map function ``method(ctx) -> Tensor`` aggregated over ``config``'s scales and flips
+    (sum at input resolution, then min-max); returns ``(maps, raw, degenerate)`` of a
+    :class:`~benchmark.methods.base.MethodOutput` (``raw`` is the sum). ``relu``: the method's ReLU."""
     config = config or MultiScaleFlip()
-    entry = METHODS.entry(name)
-    p = _params(name, params)
-    relu = bool(p.pop("relu", entry.meta["relu"]))
     size = ctx.input_size
     total: Optional[Tensor] = None
     nonfinite: Optional[Tensor] = None
     for scale, flip in config.variants:
-        raw = entry.obj(variant_context(ctx, scale, flip), **p).float()
+        raw = method(variant_context(ctx, scale, flip)).float()
         bad = ~torch.isfinite(raw).flatten(1).all(dim=1)
         m = torch.nan_to_num(raw, nan=0.0, posinf=0.0, neginf=0.0)
         if relu:
@@ -104,7 +96,6 @@ def run_method_ms_flip(
     maps, degenerate = finalize(total, size, relu=False)
     degenerate = degenerate | nonfinite
     maps = torch.where(degenerate.view(-1, 1, 1), torch.zeros_like(maps), maps)
-    return MethodOutput(maps=maps, raw=total.detach(), degenerate=degenerate)
-
+    return maps, total.detach(), degenerate
 
 __all__ = ["DEFAULT_SCALES", "MultiScaleFlip", "run_method_ms_flip", "variant_context"]

@@ -67,10 +67,22 @@ class MetricContext:
     #: same perturbations, the two gradient-noise scores and the two randomisation similarities share
     #: their maps), so each costly explanation is computed once per batch.
     cache: dict = field(default_factory=dict)
+    #: Registry metadata of the methods in ``saliency`` (``family``, ``needs_gradients``...), filled by the
+    #: runner (``{name: METHODS.entry(name).meta}``): metrics read method facts here, never the registry.
+    #: A method without an entry gets each key's default (a live, gradient-based method).
+    method_meta: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     @property
     def methods(self) -> list[str]:
         return list(self.saliency)
+
+    def method_info(self, name: str, key: str, default: Any = None) -> Any:
+        """Metadata ``key`` of method ``name`` (from :attr:`method_meta`), ``default`` when not given."""
+        return self.method_meta.get(name, {}).get(key, default)
+
+    def is_baseline(self, name: str) -> bool:
+        """Whether method ``name`` is a baseline (``family="baseline"``: input-independent reference maps)."""
+        return self.method_info(name, "family", "") == "baseline"
 
 
 def register_metric(

@@ -14,13 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..methods import METHODS
 from .base import MetricContext, register_metric
 from .functional import robustness as F
-
-
-def _meta(name: str, key: str, default):
-    return METHODS.entry(name).meta.get(key, default) if name in METHODS else default
 
 
 def _bound(ctx: MetricContext) -> Callable[..., dict]:
@@ -34,7 +29,7 @@ def _bound(ctx: MetricContext) -> Callable[..., dict]:
 
 
 def _perturbed(ctx: MetricContext, fn, constant: float, **params) -> dict[str, Tensor]:
-    live = [m for m in ctx.saliency if _meta(m, "family", "") != "baseline"]
+    live = [m for m in ctx.saliency if not ctx.is_baseline(m)]
     b = ctx.batch.images.shape[0]
     out = {m: torch.full((b,), constant) for m in ctx.saliency if m not in live}
     if live:
@@ -48,7 +43,7 @@ def _perturbed(ctx: MetricContext, fn, constant: float, **params) -> dict[str, T
 def _sensitivity(ctx: MetricContext, reduce, radius: float, n_samples: int, relative: bool,
                  norm: str) -> dict[str, Tensor]:
     """Max and Avg-Sensitivity draw the same perturbations: explain them once per batch (ctx.cache)."""
-    live = [m for m in ctx.saliency if _meta(m, "family", "") != "baseline"]
+    live = [m for m in ctx.saliency if not ctx.is_baseline(m)]
     b = ctx.batch.images.shape[0]
     out = {m: torch.zeros(b) for m in ctx.saliency if m not in live}
     if live:
@@ -90,7 +85,7 @@ def local_lipschitz(ctx: MetricContext, **params) -> dict[str, Tensor]:
 
 
 def _gradient_noise(ctx: MetricContext, key: str, sigma: float, relative: bool) -> dict[str, Tensor]:
-    live = [m for m in ctx.saliency if _meta(m, "needs_gradients", True)]
+    live = [m for m in ctx.saliency if ctx.method_info(m, "needs_gradients", True)]
     b = ctx.batch.images.shape[0]
     const = 1.0 if key == "ssim" else 0.0
     out = {m: torch.full((b,), const) for m in ctx.saliency if m not in live}

@@ -16,7 +16,6 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ..methods import METHODS
 from .base import MetricContext, register_metric
 from .functional import sanity as F
 
@@ -38,7 +37,7 @@ def _count_undefined(name: str, out: dict[str, Tensor]) -> None:
 
 def _mprt(ctx: MetricContext, similarity: str, layer_order: str, seed: int, max_layers: Optional[int],
           signed: bool = False):
-    base = [m for m in ctx.saliency if m in METHODS and METHODS.entry(m).meta.get("family") == "baseline"]
+    base = [m for m in ctx.saliency if ctx.is_baseline(m)]
     live = [m for m in ctx.saliency if m not in base]
     out = {m: F.map_similarity(ctx.saliency[m], ctx.saliency[m], similarity, signed=signed) for m in base}
     if live:

@@ -22,14 +22,9 @@ def create_model(
 ) -> ModelHandle:
     """Build model ``name`` with ``weights`` ("default", "random" or a checkpoint path), in eval mode.
 
-    ``"timm/<any timm name>"`` builds any timm model even when it is not registered here.
+    ``"timm/<any timm name>"`` builds any timm model even when it is not registered here (the zoo registers
+    the ``timm/`` prefix on :data:`MODELS`).
     """
-    if name.startswith("timm/") and name not in MODELS:
-        from .zoo import timm_model
-
-        handle = timm_model(name[len("timm/") :], weights=weights, **kwargs)
-        handle.model.eval().to(device)
-        return handle
     handle = MODELS.get(name)(weights=weights, **kwargs)
     handle.model.eval().to(device)
     return handle

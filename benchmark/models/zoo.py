@@ -32,7 +32,7 @@ from ..data._common import imagenet_names
 from ..errors import WeightsError
 from ..methods.capture import default_layer_name, swin_reshape, vit_reshape
 from ..types import ModelHandle, Reshape
-from .base import register_model
+from .base import MODELS, register_model
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -355,6 +355,13 @@ def _timm_available() -> bool:
 
     return importlib.util.find_spec("timm") is not None
 
+
+def _resolve_timm(model_name: str) -> tuple[Callable[..., ModelHandle], dict[str, Any]]:
+    """``"timm/<any timm name>"``: a factory of :func:`timm_model` (timm is imported when it is called)."""
+    return partial(timm_model, model_name), {"source": "timm", "family": "timm", "pretrained": "hf-cache"}
+
+
+MODELS.add_prefix("timm", _resolve_timm)
 
 if _timm_available():
     for _name in TIMM_MODELS:

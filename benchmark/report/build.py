@@ -78,7 +78,7 @@ def write_report(out_dir: str | Path, *, plots: bool = True, html: bool = True) 
     from ..metrics import METRICS
 
     if len(stats) and not set(stats["metric"]) <= set(METRICS) and run.get("plugins"):
-        from ..runner.execute import load_registries
+        from ..runner.plan import load_registries
 
         load_registries(run["plugins"])  # a plugin's dataset-level metric: its `compute` reduces the stats
     directions = {k: bool(v) for k, v in run.get("directions", {}).items()}

@@ -207,6 +207,18 @@ def image_level_tests(
     return test, pw, {m: float(v) for m, v in avg.items()}
 
 
+def resample_values(fn: Callable, arr: np.ndarray, ids: Sequence[str], draws: np.ndarray) -> np.ndarray:
+    """``fn(arr[d], ids[d])`` for every row ``d`` of ``draws [R, N]``; through ``fn.weighted(arr, W)`` (the
+    metric's ``compute_weighted``, ``W[r, i]`` = times image i is drawn in resample r) when it has one."""
+    weighted = getattr(fn, "weighted", None)
+    if weighted is not None:
+        r, n = draws.shape
+        w = np.bincount((draws + n * np.arange(r)[:, None]).ravel(), minlength=r * n).reshape(r, n)
+        return np.asarray(weighted(arr, w), dtype=np.float64)
+    ids = list(ids)
+    return np.array([fn(arr[d], [ids[x] for x in d]) for d in draws], dtype=np.float64)
+
+
 def dataset_level_tests(
     stats_by_method: Mapping[str, tuple[np.ndarray, list[str]]],
     compute: Callable[[np.ndarray, list[str]], float],
@@ -218,8 +230,6 @@ def dataset_level_tests(
 
     ``stats_by_method[m] = (stats [N_m, S], ids)`` (finite rows); pairs use the images common to all
     methods, resampled identically for every method (``numpy.random.default_rng(seed)``)."""
-    from .tables import resample_values
-
     methods = list(stats_by_method)
     common = None
     for m in methods:

@@ -27,6 +27,7 @@ import pandas as pd
 from scipy import stats
 
 from . import ranking as R
+from .ranking import resample_values
 
 KEYS = ["model", "dataset", "method", "metric"]
 LEADERBOARD_COLUMNS = KEYS + [
@@ -75,18 +76,6 @@ def valid_scores(scores: pd.DataFrame) -> pd.DataFrame:
 def direction_ranks(means: pd.Series, higher_is_better: bool) -> pd.Series:
     """Ranks of ``means`` with 1 = best for the direction; ties get the average rank."""
     return means.rank(ascending=not higher_is_better, method="average")
-
-
-def resample_values(fn: Callable, arr: np.ndarray, ids: Sequence[str], draws: np.ndarray) -> np.ndarray:
-    """``fn(arr[d], ids[d])`` for every row ``d`` of ``draws [R, N]``; through ``fn.weighted(arr, W)`` (the
-    metric's ``compute_weighted``, ``W[r, i]`` = times image i is drawn in resample r) when it has one."""
-    weighted = getattr(fn, "weighted", None)
-    if weighted is not None:
-        r, n = draws.shape
-        w = np.bincount((draws + n * np.arange(r)[:, None]).ravel(), minlength=r * n).reshape(r, n)
-        return np.asarray(weighted(arr, w), dtype=np.float64)
-    ids = list(ids)
-    return np.array([fn(arr[d], [ids[x] for x in d]) for d in draws], dtype=np.float64)
 
 
 def bootstrap_stat(

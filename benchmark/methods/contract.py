@@ -1,0 +1,266 @@
+"""The method contract check: every registered method (built-in, bridged or plugin) on a tiny seeded model.
+
+:func:`check_method` runs the contract on one method, :func:`check_methods` on several (raising
+:class:`~benchmark.errors.ContractError`); :mod:`benchmark.plugins` re-exports both and runs them on every
+plugin it loads. The contract is described in :mod:`benchmark.plugins` and ``docs/interfaces.md``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from contextlib import contextmanager
+from typing import Any, Iterable, Iterator, Mapping, Optional
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ContractError
+from .base import METHODS, _context, _params
+from .capture import vit_reshape
+from .postprocess import finalize
+
+
+# -- the contract check -------------------------------------------------------------------------------
+class _TinyCNN(nn.Module):
+    """conv-BN-ReLU-conv-ReLU ["features", 8x16x16 at 32x32] -> GAP -> Linear(5): cheap, with biases."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.Conv2d(8, 8, 3, stride=2, padding=1),
+            nn.ReLU(),
+        )
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.features(x).mean(dim=(-2, -1)))
+
+
+def _check_model(vit: bool, seed: int) -> tuple[nn.Module, str, Any]:
+    """A seeded tiny model, its target layer name and reshape (ViT: torchvision, 4x4 patches of 8 px)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if vit:
+            from torchvision.models import VisionTransformer
+
+            model = VisionTransformer(
+                image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64, num_classes=5
+            )
+            nn.init.normal_(model.heads.head.weight, std=0.5)  # torchvision initialises the head to zero
+            return model.eval(), "encoder.layers.encoder_layer_1.ln_1", vit_reshape
+        model = _TinyCNN()
+    bn = model.features[1]
+    assert isinstance(bn, nn.BatchNorm2d) and bn.running_mean is not None and bn.running_var is not None
+    with torch.no_grad():  # non-trivial BatchNorm statistics (FullGrad's biases, non-zero means)
+        bn.running_mean.copy_(0.3 * torch.randn(8, generator=gen))
+        bn.running_var.copy_(0.5 + torch.rand(8, generator=gen))
+        bn.bias.copy_(0.2 * torch.randn(8, generator=gen))
+    return model.eval(), "features", None
+
+
+def _hooks(model: nn.Module) -> dict[str, int]:
+    kinds = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+    out = {}
+    for name, m in model.named_modules():
+        n = sum(len(getattr(m, k, {}) or {}) for k in kinds)
+        if n:
+            out[name or "<model>"] = n
+    return out
+
+
+def _global_hooks() -> int:
+    from torch.nn.modules import module as mod
+
+    names = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
+             "_global_backward_pre_hooks")
+    return sum(len(getattr(mod, n, {}) or {}) for n in names)
+
+
+def _run(
+    name: str, params: Optional[Mapping[str, Any]], model, layer, x, t, reshape, masks, seed
+) -> tuple[Any, Tensor, Tensor]:
+    """One method call the way ``methods.explain`` makes it; returns ``(raw, maps, degenerate)``."""
+    entry = METHODS.entry(name)
+    ctx = _context(model, layer, x, t, reshape=reshape, batch_size=16, seed=seed, masks=masks)
+    p = _params(name, params)
+    relu = bool(p.pop("relu", entry.meta["relu"]))
+    raw = entry.obj(ctx, **p)
+    if not isinstance(raw, Tensor) or raw.ndim != 3 or not raw.is_floating_point():
+        return raw, torch.empty(0), torch.empty(0)
+    maps, bad = finalize(raw, ctx.input_size, relu=relu)
+    return raw, maps, bad
+
+
+def _describe(raw: Any) -> str:
+    if isinstance(raw, Tensor):
+        return f"a {raw.dtype} tensor of shape {tuple(raw.shape)}"
+    return f"a {type(raw).__name__}"
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """Tiny models run fastest on one intra-op thread (and do not fight other processes for cores)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        try:
+            from threadpoolctl import threadpool_limits  # NumPy/SciPy BLAS (Eigen-CAM's SVD, KernelPCA)
+        except ImportError:  # pragma: no cover - scikit-learn depends on threadpoolctl
+            yield
+        else:
+            with threadpool_limits(1):
+                yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def check_method(
+    name: str,
+    params: Optional[Mapping[str, Any]] = None,
+    *,
+    n_images: int = 4,
+    seed: int = 0,
+    atol: float = 1e-4,
+) -> list[str]:
+    """Run the method contract on ``name`` (with ``params`` overrides); returns the problems found ([] = ok).
+
+    Checks, on ``n_images`` random 3x32x32 images of a tiny seeded model:
+    raw map: a floating ``Tensor[B,h,w]``, ``1 <= h,w <= 32``, finite, on the images' device;
+    final map (after the shared ReLU / min-max / upsampling): ``[B,32,32]`` float32, finite, in [0,1],
+    not attached to an autograd graph; not every map constant; deterministic for a fixed seed;
+    batch-consistent within ``atol`` (unless registered with ``batch_consistent=False``); and the model
+    keeps no hook, the same parameters and buffers, eval mode, and autograd stays as it was.
+    """
+    with _one_thread(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # methods' own advisories (e.g. Ablation-CAM's sign warning)
+        return _check_method(name, params, n_images=n_images, seed=seed, atol=atol)
+
+
+def _check_method(
+    name: str, params: Optional[Mapping[str, Any]], *, n_images: int, seed: int, atol: float
+) -> list[str]:
+    entry = METHODS.entry(name)
+    _params(name, params)  # an unknown parameter is a configuration error: raise it, do not report it
+    meta = entry.meta
+    vit = "vit" in tuple(meta.get("architectures", ()))
+    model, layer, reshape = _check_model(vit, seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    x = torch.randn(n_images, 3, 32, 32, generator=g)
+    t = torch.arange(n_images) % 5
+    masks = torch.rand(n_images, 32, 32, generator=g) > 0.7 if meta.get("needs_ground_truth") else None
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    hooks0, global0, grad0 = _hooks(model), _global_hooks(), torch.is_grad_enabled()
+    problems: list[str] = []
+
+    def call(xs: Tensor, ts: Tensor, ms: Optional[Tensor]) -> Optional[Tensor]:
+        try:
+            raw, maps, bad = _run(name, params, model, layer, xs, ts, reshape, ms, seed)
+        except Exception as exc:  # the check reports; it never crashes on a broken method
+            problems.append(f"raised {type(exc).__name__}: {exc}")
+            return None
+        b = xs.shape[0]
+        if not isinstance(raw, Tensor) or raw.ndim != 3 or raw.shape[0] != b:
+            problems.append(
+                f"returned {_describe(raw)}; expected a raw map Tensor[B,h,w] with B={b} (one 2-D map per "
+                "image, channels already combined)"
+            )
+            return None
+        if not raw.is_floating_point():
+            problems.append(f"returned dtype {raw.dtype}; expected a floating-point map")
+            return None
+        h, w = raw.shape[-2:]
+        if not (1 <= h <= xs.shape[-2] and 1 <= w <= xs.shape[-1]):
+            problems.append(
+                f"returned maps of spatial size {(h, w)}: out of range; expected between (1, 1) and the "
+                f"input size {tuple(xs.shape[-2:])}"
+            )
+        if raw.device != xs.device:
+            problems.append(f"returned a map on {raw.device}; expected the images' device {xs.device}")
+        nonfinite = int((~torch.isfinite(raw.detach())).flatten(1).any(dim=1).sum())
+        if nonfinite:
+            problems.append(f"returned NaN or inf values in {nonfinite} of {b} maps")
+        if maps.shape != (b, *xs.shape[-2:]) or maps.dtype != torch.float32:
+            problems.append(f"final maps are {_describe(maps)}; expected float32 of shape {(b, *xs.shape[-2:])}")
+        elif not bool(torch.isfinite(maps).all()) or float(maps.min()) < 0 or float(maps.max()) > 1:
+            lo, hi = float(maps.min()), float(maps.max())
+            problems.append(f"final maps out of range [{lo:.3g}, {hi:.3g}]; expected [0, 1]")
+        if maps.requires_grad or raw.requires_grad:
+            problems.append("returned a tensor attached to the autograd graph; return raw.detach()")
+        if b > 1 and not nonfinite and bool(bad.all()):
+            problems.append(f"every one of the {b} maps is constant (all zeros after post-processing)")
+        return maps.detach()
+
+    first = call(x, t, masks)
+    if first is not None and not problems:
+        again = call(x, t, masks)
+        if again is not None and not torch.allclose(first, again, atol=1e-6, rtol=0):
+            diff = float((first - again).abs().max())
+            problems.append(f"is not deterministic: two runs with seed={seed} differ by up to {diff:.3g}")
+        if meta.get("batch_consistent", True) and n_images > 1:
+            worst = 0.0
+            for i in range(n_images):
+                single = call(x[i : i + 1], t[i : i + 1], None if masks is None else masks[i : i + 1])
+                if single is None:
+                    break
+                worst = max(worst, float((single[0] - first[i]).abs().max()))
+            if worst > atol:
+                problems.append(
+                    f"is not batch-consistent: a batch of {n_images} differs from the same images one at a "
+                    f"time by up to {worst:.3g} (> {atol}). Seed per image, or register the method with "
+                    "batch_consistent=False if it is seeded per batch"
+                )
+    hooks1 = _hooks(model)
+    if hooks1 != hooks0 or _global_hooks() != global0:
+        left = {k: v - hooks0.get(k, 0) for k, v in hooks1.items() if v != hooks0.get(k, 0)}
+        problems.append(
+            f"left hooks on the model ({left or 'global module hooks'}); remove them in a finally block "
+            "(handle.remove())"
+        )
+    changed = [k for k, v in model.state_dict().items() if k not in state or not torch.equal(v, state[k])]
+    if changed:
+        problems.append(f"modified the model's parameters or buffers: {', '.join(changed[:5])}")
+    if model.training:
+        problems.append("left the model in training mode; restore model.eval()")
+    if torch.is_grad_enabled() != grad0:
+        torch.set_grad_enabled(grad0)
+        problems.append("changed the global autograd state; use `with torch.enable_grad():` / no_grad blocks")
+    return problems
+
+
+def check_methods(
+    names: Optional[Iterable[str]] = None,
+    *,
+    params: Optional[Mapping[str, Mapping[str, Any]]] = None,
+    raise_on_error: bool = True,
+) -> dict[str, list[str]]:
+    """Contract-check several methods (default: every registered one); see :func:`check_method`.
+
+    ``params`` maps a method name to hyper-parameter overrides (e.g. a suite's). Raises
+    :class:`ContractError` listing every failing method, its source (plugin) and problems, unless
+    ``raise_on_error=False``; returns ``{name: problems}``.
+    """
+    names = list(METHODS.list() if names is None else dict.fromkeys(names))
+    for n in names:
+        METHODS.entry(n)  # unknown names fail here, listing the valid ones
+    with _one_thread():
+        report = {n: check_method(n, (params or {}).get(n)) for n in names}
+    failed = {n: p for n, p in report.items() if p}
+    if failed and raise_on_error:
+        lines = []
+        for n, probs in failed.items():
+            source = METHODS.entry(n).meta.get("source", "cambench")
+            origin = f"plugin {source!r}" if source != "cambench" else "built-in"
+            lines.append(f"method {n!r} ({origin}):")
+            lines.extend(f"  - {p}" for p in probs)
+        raise ContractError(
+            "CAM method contract check failed before any benchmark work:\n" + "\n".join(lines)
+            + "\nA method is fn(ctx, **params) -> raw Tensor[B,h,w] (see benchmark.plugins)."
+        )
+    return report
+
+
+__all__ = ["ContractError", "check_method", "check_methods"]

@@ -1,0 +1,201 @@
+"""The driver: :func:`run_suite` plans a suite, skips the units already in the store, runs the others
+on a backend (:func:`benchmark.runner.parallel.execute_units`) and writes each one as it arrives, then the
+``run.json`` record (:func:`run_record`). The report is the caller's. Re-exported by
+:mod:`benchmark.runner.execute`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..errors import CambenchError
+from .plan import Plan, load_registries, plan_run
+from .suite import Suite
+from .unit import ExecOptions, resolve_device, run_unit
+
+# -- the driver ------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunOutcome:
+    """What :func:`run_suite` did: the plan, the units it ran, those it found finished, the report."""
+
+    plan: Plan
+    out: Path
+    ran: list[str]
+    reused: list[str]
+    report: Any = None
+    #: items a dataset could not read (``model``, ``dataset``, ``item``, ``reason``), each once
+    unreadable: list[dict] = field(default_factory=list)
+    #: finished units on disk outside this run (another ``--limit``, ``n`` or setting): kept, not reported
+    unreported: list[str] = field(default_factory=list)
+
+
+def versions() -> dict[str, str]:
+    import platform
+
+    from .. import __version__
+
+    out = {"cambench": __version__, "python": platform.python_version(), "torch": torch.__version__,
+           "numpy": np.__version__, "pandas": pd.__version__}
+    from importlib import metadata
+
+    for dist in ("torchvision", "timm"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:  # pragma: no cover
+            pass
+    out["platform"] = platform.platform(terse=True)
+    return out
+
+
+def run_record(plan: Plan, device: torch.device) -> dict:
+    """The ``run.json`` record: what the report needs without the registries (directions, families...)."""
+    s = plan.suite
+    return {
+        "suite": s.name,
+        "suite_hash": plan.hash,
+        "suite_path": s.path,
+        "suite_toml": s.source,
+        "seed": s.seed,
+        "bootstrap": s.bootstrap,
+        "batch_size": s.batch_size,
+        "shard_size": s.shard_size,
+        "device": str(device),
+        "created": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "versions": versions(),
+        "directions": plan.directions,
+        "families": plan.families,
+        "levels": plan.levels,
+        "plugins": [str(p) for p in s.plugins],
+        "units": [u.key for u in plan.units],
+        "experiments": [
+            {"label": e.label, "model": e.model, "dataset": e.dataset, "n_images": e.n_images,
+             "methods": list(e.methods), "metrics": list(e.metrics), "skipped": e.skipped,
+             "method_params": e.method_params, "metric_params": e.metric_params,
+             "data_errors": e.data_errors}
+            for e in plan.experiments
+        ],
+    }
+
+
+def run_suite(
+    suite: Suite,
+    out: str | Path,
+    *,
+    fresh: bool = False,
+    limit: Optional[int] = None,
+    quiet: bool = False,
+    report: Optional[Callable[[Path], Any]] = None,
+    log: Optional[Callable[[str], None]] = None,
+    backend: str = "sequential",
+    workers: Optional[int] = None,
+    scheduler: Optional[str] = None,
+    client: Any = None,
+    options: Optional[ExecOptions] = None,
+    plugins: Sequence[str] = (),
+) -> RunOutcome:
+    """Plan ``suite``, run every unit not already stored in ``out`` (its parts and ``run.json``).
+
+    The report is the caller's: ``report`` (a callable, e.g. ``functools.partial(write_report, plots=False)``
+    of :func:`benchmark.report.build.write_report`, which the CLI passes), when given, is called as
+    ``report(out)`` at the end, still under the run's lock, and its result is :attr:`RunOutcome.report`;
+    without it (``None`` or ``False``), call ``write_report(out)`` afterwards.
+
+    Killing the process at any point loses at most the units in flight; rerunning with the same
+    arguments resumes and gives the same final tables as an uninterrupted run. ``backend``
+    (``sequential`` | ``loky`` | ``dask``), ``workers``, ``scheduler`` and ``client``: see
+    :func:`benchmark.runner.parallel.execute_units` (every backend gives the same scores, and the parent
+    writes each unit's part as it arrives). ``options``: :class:`ExecOptions`; ``plugins``: extra
+    plugins the workers import.
+
+    Before anything else ``out`` is checked (:func:`benchmark.outdir.check_out_dir`) and locked for this
+    run (:class:`benchmark.outdir.RunLock`: a second run into it raises at once, naming the first one's
+    pid). Progress: :class:`benchmark.runner.progress.Progress` (bars on a terminal, one line per finished
+    unit otherwise; ``log`` replaces its printing). The tables cover the units of this plan only; other
+    finished units in ``out`` are listed in :attr:`RunOutcome.unreported`.
+    """
+    from ..outdir import RunLock, check_out_dir
+    from .progress import Progress
+
+    if report is True or (report and not callable(report)):
+        raise CambenchError(
+            f"run_suite(report=...) takes a callable report(out) -> report, got {report!r}; pass e.g. "
+            "functools.partial(benchmark.report.build.write_report, plots=False), or call write_report(out) "
+            "after run_suite."
+        )
+    out = Path(out)
+    check_out_dir(out)  # a bad --out is refused before any model or data work
+    with Progress(quiet=quiet, log=log) as progress, RunLock(out, progress.log):
+        return _run_locked(suite, out, progress, fresh=fresh, limit=limit, report=report,
+                           backend=backend, workers=workers, scheduler=scheduler, client=client,
+                           options=options or ExecOptions(), plugins=plugins)
+
+
+def _run_locked(suite: Suite, out: Path, progress: Any, *, fresh: bool, limit: Optional[int],
+                report: Optional[Callable[[Path], Any]], backend: str, workers: Optional[int],
+                scheduler: Optional[str], client: Any,
+                options: ExecOptions, plugins: Sequence[str]) -> RunOutcome:
+    from ..store import Store, atomic_write_text
+    from .parallel import execute_units
+
+    log = progress.log
+    plan = plan_run(suite, limit, precision=options.precision)
+    device = resolve_device(suite.device)
+    store = Store(out, plan.hash, log, units=[u.key for u in plan.units])
+    store.prepare(fresh)
+    record = run_record(plan, device)
+    record.update(precision=options.precision, backend=backend)
+    atomic_write_text(out / "run.json", json.dumps(record, indent=1, default=str))
+    for e in plan.experiments:
+        for msg in e.data_errors:
+            log(f"cambench: {e.label}/{e.dataset}: unreadable, left out: {msg}")
+    done = store.done()
+    todo = [u for u in plan.units if u.key not in done]
+    reused = [u.key for u in plan.units if u.key in done]
+    if reused:
+        log(f"cambench: resuming in {out}: {len(reused)} of {len(plan.units)} unit(s) already finished.")
+    unreported = store.unreported()
+    if unreported:
+        log(f"cambench: {len(unreported)} finished unit(s) in {store.parts} lie outside this run (another "
+            f"--limit, `n` or setting): kept on disk, not in the tables. Rerun with that setting to report them.")
+    ran = []
+    progress.start(len(todo), sum(u.stop - u.start for u in todo))
+    results = execute_units(suite, todo, unit_fn=run_unit, setup_fn=load_registries, options=options,
+                            backend=backend, workers=workers, scheduler=scheduler, client=client,
+                            plugins=plugins, progress=progress.images)
+    try:
+        for result in results:
+            store.write_unit(result)
+            for w in result.info.get("warnings", ()):
+                progress.warn_once(w, f"cambench: {result.key}: {w}")
+            for msg in result.info.get("data_errors", ()):
+                log(f"cambench: {result.key}: unreadable, left out: {msg}")
+            ran.append(result.key)
+            unit = next(u for u in todo if u.key == result.key)
+            progress.unit_done(result.key, unit.stop - unit.start)
+    finally:
+        results.close()
+        progress.stop()
+    # every item a dataset could not read, named once: when it was built (plan) and while a unit loaded it
+    unreadable = [
+        {"model": e.label, "dataset": e.dataset, "item": m.split(":")[0], "reason": m} for e in plan.experiments
+        for m in e.data_errors
+    ]
+    exp_of = {u.key: plan.experiments[u.experiment] for u in plan.units}
+    for meta in store.load_meta():
+        exp = exp_of[meta["unit"]]
+        for m in dict.fromkeys(str(m) for m in meta.get("info", {}).get("data_errors", [])):
+            unreadable.append({"model": exp.label, "dataset": exp.dataset, "item": m.split(":")[0], "reason": m})
+    record.update(unreadable=unreadable, unreported_units=unreported)
+    atomic_write_text(out / "run.json", json.dumps(record, indent=1, default=str))
+    rep = report(out) if report else None
+    return RunOutcome(plan, out, ran, reused, rep, unreadable=unreadable, unreported=unreported)

@@ -352,7 +352,7 @@ class ShapesDataset(CamDataset):
         r = radii[j]
         cand = rng.uniform(lo + r, hi - r, size=(256, 2))
         ok = np.hypot(cand[:, 0] - centres[j][0], cand[:, 1] - centres[j][1]) >= 2 * r
-        for k, ((cx, cy), r2) in enumerate(zip(centres, radii)):
+        for k, ((cx, cy), r2) in enumerate(zip(centres, radii, strict=False)):
             if k != j:
                 ok &= np.hypot(cand[:, 0] - cx, cand[:, 1] - cy) >= r + r2 + 0.03 * s
         return tuple(cand[int(np.argmax(ok))]) if ok.any() else centres[j]
@@ -388,7 +388,7 @@ class ShapesDataset(CamDataset):
         for r in radii:  # anywhere in the image (no border band), disjoint with a gap
             cand = rng.uniform(margin + r, s - margin - r, size=(64, 2))
             ok = np.ones(64, dtype=bool)
-            for (cx, cy), r2 in zip(centres, radii):
+            for (cx, cy), r2 in zip(centres, radii, strict=False):
                 ok &= np.hypot(cand[:, 0] - cx, cand[:, 1] - cy) >= r + r2 + 0.03 * s
             centres.append(tuple(cand[int(np.argmax(ok))]) if ok.any() else (np.nan, np.nan))
         placed = [i for i, c in enumerate(centres) if not np.isnan(c[0])]
@@ -400,7 +400,7 @@ class ShapesDataset(CamDataset):
         img = self._strokes(rng, img)
         classes = [label] * n_t + dis
         masks: list[Optional[np.ndarray]] = []
-        for i, (cls, (cx, cy), r) in enumerate(zip(classes, centres, radii)):
+        for i, (cls, (cx, cy), r) in enumerate(zip(classes, centres, radii, strict=False)):
             colour = self._object_colour(rng, base)
             if i not in placed:
                 masks.append(None)
@@ -413,7 +413,7 @@ class ShapesDataset(CamDataset):
         inst = [torch.from_numpy(m) for m in masks[:n_t] if m is not None]
         union = torch.stack(inst).any(dim=0)
         boxes = torch.cat([mask_to_box(m) for m in inst])
-        dmasks = [(c, torch.from_numpy(m)) for c, m in zip(dis, masks[n_t:]) if m is not None]
+        dmasks = [(c, torch.from_numpy(m)) for c, m in zip(dis, masks[n_t:], strict=False) if m is not None]
         return Scene(
             image=torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32)),
             label=label,
@@ -438,6 +438,7 @@ class ShapesDataset(CamDataset):
         else:
             moved_image = torch.full((3, s, s), float("nan"))
             region = torch.zeros((s, s), dtype=torch.bool)
+        assert sc.mark_mask is not None  # shortcut scenes always draw the mark
         return {
             "truth_mask": sc.mark_mask,
             "unmarked_image": self.scene(index, draw_mark=False).image,

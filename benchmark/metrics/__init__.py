@@ -8,6 +8,7 @@ from . import (
     robustness,  # noqa: F401
     sanity,  # noqa: F401
     seeds,  # noqa: F401  (WSSS seed metrics, dataset level)
+    truth,  # noqa: F401  (model-truth family)
 )
 from .base import (
     METRICS,
@@ -21,7 +22,6 @@ from .base import (
     missing_needs,
     register_metric,
 )
-from . import truth  # noqa: E402,F401  (model-truth family)
 
 __all__ = [
     "METRICS",

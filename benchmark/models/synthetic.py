@@ -17,7 +17,8 @@ Weights ``"default"`` are the files shipped in ``benchmark/models/weights`` (SHA
 the cache instead) uses a fixed seed and Adam for a few epochs on a few thousand images. Weights
 ``"train"`` are cached in ``$CAMBENCH_CACHE/synthetic`` (default ``~/.cache/cambench/synthetic``): a
 ``state_dict`` (``.pt``, loaded with ``weights_only=True``) plus a JSON file with the training
-configuration and its hash. A different configuration (or generator version) has a different hash and is trained again. Files are written to a temporary name and moved into place with
+configuration and its hash. A different configuration (or generator version) has a different hash and is trained
+again. Files are written to a temporary name and moved into place with
 ``os.replace``; an exclusive file lock (where the OS has ``fcntl``) makes concurrent processes wait for the
 first trainer instead of training twice.
 """
@@ -183,7 +184,7 @@ def _render_training_set(cfg: TrainConfig) -> tuple[Tensor, Tensor]:
         raise ValueError(f"TrainConfig.scenes must be a non-empty subset of {SCENES}, got {cfg.scenes!r}.")
     sizes = [cfg.n_train // len(cfg.scenes) + (i < cfg.n_train % len(cfg.scenes)) for i in range(len(cfg.scenes))]
     xs, ys = [], []
-    for kind, n in zip(cfg.scenes, sizes):
+    for kind, n in zip(cfg.scenes, sizes, strict=True):
         ds = _dataset(cfg, "train", n, kind)
         for start in range(0, n, 500):  # in chunks: float images of the whole set would not fit in memory
             x, y = ds.images_and_labels(range(start, min(n, start + 500)))

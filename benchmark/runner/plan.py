@@ -345,9 +345,10 @@ def _pinned(batch: Batch) -> Batch:
     def opt(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
         return None if t is None else t.pin_memory()
 
+    extras = None if batch.extras is None else {k: v.pin_memory() for k, v in batch.extras.items()}
     return Batch(batch.images.pin_memory(), batch.targets.pin_memory(), list(batch.ids), opt(batch.masks),
                  None if batch.boxes is None else [b.pin_memory() for b in batch.boxes], opt(batch.labels),
-                 opt(batch.ignore))
+                 opt(batch.ignore), extras)
 
 
 def _device_batches(

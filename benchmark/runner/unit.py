@@ -325,7 +325,7 @@ def _run_unit(suite: Suite, unit: Unit, progress: Optional[Callable[[int], None]
             if not perturbed_models:
                 perturbed_models = [
                     (kind, k, perturb_model(model, std, meta_seed(suite.seed, unit.experiment, kind, k)))
-                    for kind, std in zip(META_KINDS, (suite.meta_minor_std, suite.meta_disruptive_std))
+                    for kind, std in zip(META_KINDS, (suite.meta_minor_std, suite.meta_disruptive_std), strict=True)
                     for k in range(suite.meta_perturbations)
                 ]
             _meta_batch(pcols, perturbed_models, model, handle, exp, unit, batch, outputs, explain_fn, seed, fbs,
@@ -343,8 +343,8 @@ def _run_unit(suite: Suite, unit: Unit, progress: Optional[Callable[[int], None]
         keep = max(0, min(len(ids), unit.gallery - n_done))
         if keep:
             imgs = handle.denormalize(batch.images[:keep].detach()).clamp(0, 1)
-            channels_last = (0, *range(2, imgs.ndim), 1)  # [B,H,W,3], or [B,T,H,W,3] for volumes and clips
-            gal["images"].append((imgs.permute(*channels_last).cpu().numpy() * 255).round().astype(np.uint8))
+            to_hwc = (0, *range(2, imgs.ndim), 1)  # [B,H,W,3], or [B,T,H,W,3] for volumes and clips
+            gal["images"].append((imgs.permute(*to_hwc).cpu().numpy() * 255).round().astype(np.uint8))
             gal["ids"] += ids[:keep]
             gal["targets"].append(batch.targets[:keep].cpu().numpy())
             if batch.masks is not None:
@@ -440,8 +440,8 @@ def _meta_batch(
                 res = compute_metrics(ctx_m, [metric], exp.metric_params).get(metric, {})
             except Exception:
                 continue
-            for name, v in res.items():
-                v = v.detach().float().cpu().double().numpy().reshape(-1)
+            for name, value in res.items():
+                v = value.detach().float().cpu().double().numpy().reshape(-1)
                 if v.shape[0] != len(ids):
                     continue
                 n = len(ids)

@@ -157,3 +157,18 @@ def test_r3d18_score_family_on_a_shallow_layer() -> None:
     out = methods.explain(h.model, "layer1", x, [3], ["scorecam", "sscam", "iscam"], params=params, batch_size=64)
     for n, m in out.items():
         assert m.shape == (1, 4, 16, 16) and torch.isfinite(m).all() and float(m.max()) > 0, n
+
+
+def test_oracle_rim_dilates_in_3d() -> None:
+    """The oracle's mask_dilation grows a decreasing rim in every direction of a volume (Chebyshev distance)."""
+    from benchmark.methods.base import ExplainContext, run_method
+
+    mask = torch.zeros(1, 9, 9, 9, dtype=torch.bool)
+    mask[0, 4, 4, 4] = True
+    model = nn.Sequential(nn.Conv3d(3, 2, 3, padding=1), nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(2, 2))
+    ctx = ExplainContext(model=model, layer=model[0], images=torch.rand(1, 3, 9, 9, 9), targets=torch.zeros(1).long(),
+                         masks=mask)
+    raw = run_method(ctx, "oracle", {"mask_dilation": 2}).raw
+    assert raw[0, 4, 4, 4] == 1.0
+    rim1, rim2 = raw[0, 3, 3, 3], raw[0, 2, 6, 4]
+    assert 0 < rim2 < rim1 < 1 and raw[0, 0, 0, 0] == 0

@@ -51,7 +51,7 @@ ORACLE_RIM = 0.01
 def oracle_map(ctx: ExplainContext, mask_dilation: int = 8) -> Tensor:
     """The ground-truth mask of the target object (an upper bound for localization metrics).
 
-    ``mask_dilation`` (pixels, Chebyshev distance): a rim of that width around the mask gets small values
+    ``mask_dilation`` (pixels, or voxels for volumes and clips; Chebyshev distance): a rim of that width around the mask gets small values
     decreasing outwards (at most :data:`ORACLE_RIM`). Deleting exactly the mask leaves the object's
     silhouette (its outline in the fill colour still shows the shape), so a rim ranks the pixels around
     the object right after it; the mask itself keeps the top value (localization is unchanged).
@@ -68,8 +68,9 @@ def oracle_map(ctx: ExplainContext, mask_dilation: int = 8) -> Tensor:
     if d == 0:
         return m
     out, cur = m.clone(), m[:, None]
+    pool = torch.nn.functional.max_pool3d if m.ndim == 4 else torch.nn.functional.max_pool2d  # volumes: 3x3x3
     for i in range(1, d + 1):  # one 3x3 dilation per pixel of rim width (d steps, not a pixel loop)
-        nxt = torch.nn.functional.max_pool2d(cur, 3, stride=1, padding=1)
+        nxt = pool(cur, 3, stride=1, padding=1)
         out = out + (nxt - cur)[:, 0] * (ORACLE_RIM * (d + 1 - i) / d)
         cur = nxt
     return out

@@ -80,6 +80,7 @@ def test_deep_model_architecture() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.training
 def test_training_reaches_95_percent(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """``weights="train"`` retrains the default configuration (minutes on 2 CPU cores)."""
     monkeypatch.setenv("CAMBENCH_CACHE", str(tmp_path))

@@ -27,6 +27,7 @@ def test_shipped_multilabel_model_loads_and_is_accurate():
 
 
 @pytest.mark.slow
+@pytest.mark.training
 def test_retraining_reproduces_the_shipped_quality():
     model, _ = train_multilabel_model(DEFAULT_CONFIG)
     acc = evaluate_multilabel(model, create_dataset("shapes_multilabel", n=200, split="test"))

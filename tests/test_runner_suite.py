@@ -137,7 +137,7 @@ def test_packaged_quick_suite_loads_from_anywhere(monkeypatch, tmp_path):
     s = load_suite("quick")
     assert s.path == "benchmark/suites/quick.toml"
     assert [(e.model, e.dataset) for e in s.experiments] == [
-        ("shapes_cnn", "shapes"), ("efficientnet_lite0", "photos"), ("volume_cnn", "volumes"),
-        ("shapes_multilabel_cnn", "shapes_multilabel"),
+        ("shapes_cnn", "shapes"), ("shapes_deep_cnn", "shapes"), ("shapes_shortcut_cnn", "shapes_shortcut"),
+        ("efficientnet_lite0", "photos"), ("volume_cnn", "volumes"), ("shapes_multilabel_cnn", "shapes_multilabel"),
     ]
     assert s.experiments[0].methods == "all" and s.experiments[0].metrics == "all"

@@ -127,7 +127,8 @@ def test_registry_metrics_finite_on_volumes(setup) -> None:
     names = ["gradcam", "cam", "random", "oracle"]
 
     def explain(m, images, targets, which, **kw):
-        return methods.explain(m, "block3", images, targets, which, masks=batch.masks, **kw)
+        return methods.explain(m, "block3", images, targets, which, masks=batch.masks,
+                               params={"oracle": {"mask_dilation": 0}}, **kw)  # the oracle is the bare mask
 
     sal = explain(model, batch.images, batch.targets, names)
     meta = {n: methods.METHODS.entry(n).meta for n in names}  # what the runner passes

@@ -47,7 +47,8 @@ def compare(
     new: pd.DataFrame, baseline: pd.DataFrame, tolerance: float = 0.02, gate_cost: bool = False
 ) -> pd.DataFrame:
     """Row-by-row comparison with a ``status``: ok, improved, regression, missing, new, info."""
-    b = baseline.rename(columns={"mean": "baseline"})
+    # leaderboard.csv's own ``baseline`` column (random/center/oracle flags) would collide with the name
+    b = baseline.drop(columns=["baseline"], errors="ignore").rename(columns={"mean": "baseline"})
     for c in ("ci_low", "ci_high"):
         if c not in b.columns:
             b[c] = np.nan

@@ -353,3 +353,28 @@ def test_runner_refuses_a_class_count_mismatch(tmp_path):
     suite = parse_suite(text)
     with pytest.raises(DataError, match="Class-count mismatch.*6 classes.*20"):
         run_unit(suite, plan_run(suite).units[0])
+
+
+def test_a_run_writes_seeds_csv_and_the_threshold_plot_into_the_report(tmp_path):
+    """End to end: seed metrics through the runner's dataset-level statistics into leaderboard, seeds.csv,
+    plots/ and report.html."""
+    from functools import partial
+
+    import pandas as pd
+
+    from benchmark.report.build import write_report
+    from benchmark.runner import run_suite
+    from benchmark.runner.suite import parse_suite
+
+    text = SUITE.replace('metrics = ["pointing_game", "energy_pointing_game_mask"]',
+                         'metrics = ["seed_miou", "seed_miou_oracle_threshold"]')
+    out = tmp_path / "run"
+    run_suite(parse_suite(text), out, quiet=True, report=partial(write_report, plots=True))
+    board = pd.read_csv(out / "leaderboard.csv")
+    assert {"seed_miou", "seed_miou_oracle_threshold"} <= set(board["metric"])
+    seeds = pd.read_csv(out / "seeds.csv")
+    assert set(seeds["method"]) == {"gradcam", "cam"} and "background" in set(seeds["class"])
+    oracle = board[board["metric"] == "seed_miou_oracle_threshold"].set_index("method")["mean"]
+    assert ((oracle >= 0) & (oracle <= 1)).all()
+    assert (out / "plots" / "seed_miou_vs_threshold.png").is_file()
+    assert "WSSS seeds" in (out / "report.html").read_text()

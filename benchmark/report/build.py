@@ -121,6 +121,11 @@ def write_report(out_dir: str | Path, *, plots: bool = True, html: bool = True) 
     atomic_write_text(out / "failures.csv", fails.to_csv(index=False))
     atomic_write_text(out / "timings.csv", timings.to_csv(index=False))
 
+    from .seeds import write_seed_report
+
+    seed_params = next((e.get("metric_params", {}).get("seed_miou") for e in run.get("experiments", [])
+                        if "seed_miou" in e.get("metrics", [])), None)
+    seed_files = write_seed_report(stats, out, params=seed_params) if len(stats) else {}
     figs: dict = {}
     if plots:
         from .plots import all_plots
@@ -130,6 +135,8 @@ def write_report(out_dir: str | Path, *, plots: bool = True, html: bool = True) 
         fam = run.get("families", {})
         plotted = curves[curves["metric"].map(lambda m: fam.get(m, "faithfulness") == "faithfulness")]
         figs = all_plots(board, plotted, store.load_gallery(), out / "plots", families=fam, taus=taus)
+        if "plot" in seed_files:
+            figs["seeds"] = [seed_files["plot"]]
     if html:
         from .html import render
 

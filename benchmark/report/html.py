@@ -42,6 +42,17 @@ def _img(path: Path) -> str:
     return f'<img alt="{_e(Path(path).stem)}" src="data:image/png;base64,{data}">'
 
 
+def _seeds_html(plots: Mapping[str, Sequence[Path]]) -> str:
+    """The WSSS seed section (seeds.csv, docs/wsss.md): mIoU against the background threshold."""
+    if not plots.get("seeds"):
+        return ""
+    return ('<h2>WSSS seeds</h2><p class="muted">Seed mIoU (background + classes) against the background '
+            "threshold, per method; the marked threshold is the one chosen on the held-out images "
+            "(seed_miou); seed_miou_oracle_threshold is the optimistic best on the evaluated images. "
+            "Per-class IoU, precision, recall, FP and FN ratios: seeds.csv.</p>"
+            + "".join(_img(p) for p in plots["seeds"]))
+
+
 def _fmt(v: float) -> str:
     if v is None or not np.isfinite(v):
         return "–"
@@ -273,6 +284,7 @@ percentile-bootstrap CI over images ({_e(run.get('bootstrap', 1000))} resamples,
 ↓ lower is better; bold = best (ties included). Methods sorted by mean rank over the quality metrics (cost metrics are
 ranked but not averaged in).</p>
 {sections}
+{_seeds_html(plots)}
 <h2>Ties with the best method</h2>
 <p class="muted">Paired Wilcoxon signed-rank test against the best method per metric, Holm-corrected
 (p ≥ 0.05 listed; all in significance.csv).</p>

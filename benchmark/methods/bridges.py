@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import CambenchError, ContractError
+from ..seeding import seeded
 from .base import METHODS, ExplainContext, register_method
 from .capture import layer_name
 from .contract import check_method
@@ -54,19 +55,6 @@ def _import(prefix: str) -> Any:
             f"The {prefix}/ methods need {title}, which is not installed ({type(exc).__name__}: {exc}). "
             f"Install it with `pip install {pip}` (or `pip install \"cambench[bridges]\"`)."
         ) from exc
-
-
-@contextlib.contextmanager
-def _seeded(seed: int) -> Iterator[None]:
-    """Seed NumPy's and torch's global generators (the libraries draw from them); restore both afterwards."""
-    state = np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
-        np.random.seed(int(seed) % (2**32))
-        torch.manual_seed(int(seed))
-        try:
-            yield
-        finally:
-            np.random.set_state(state)
 
 
 @contextlib.contextmanager
@@ -147,7 +135,7 @@ def pgc_raw(cls: type, ctx: ExplainContext, **params: Any) -> Tensor:
     targets_mod = importlib.import_module("pytorch_grad_cam.utils.model_targets")
     call = {k: params.pop(k) for k in PGC_CALL if k in params}
     seen: list[np.ndarray] = []
-    with _gradient_noise(ctx), _seeded(ctx.seed):
+    with _gradient_noise(ctx), seeded(ctx.seed):
         with contextlib.redirect_stdout(io.StringIO()):  # FullGrad print()s that it ignores target_layers
             cam = cls(model=ctx.model, target_layers=[ctx.layer], reshape_transform=ctx.reshape, **params)
         try:
@@ -283,7 +271,7 @@ def torchcam_raw(cls: type, ctx: ExplainContext, **params: Any) -> Tensor:
     kwargs = dict(params)
     if ctx.reshape is not None and "reshape_transform" in inspect.signature(cls.__init__).parameters:  # type: ignore[misc]
         kwargs["reshape_transform"] = ctx.reshape
-    with _gradient_noise(ctx), _seeded(ctx.seed):
+    with _gradient_noise(ctx), seeded(ctx.seed):
         extractor = cls(ctx.model, target_layer=layer_name(ctx.model, ctx.layer), **kwargs)
         try:
             with torch.enable_grad(), _keep_grads(ctx.model):
@@ -377,7 +365,7 @@ def captum_raw(cls: type, ctx: ExplainContext, **params: Any) -> Tensor:
         kwargs["target"] = ctx.targets
     if cls.__name__ in CAPTUM_ZERO_BASELINES and "baselines" not in kwargs:
         kwargs["baselines"] = torch.zeros((2, *ctx.images.shape[1:]), dtype=ctx.images.dtype, device=ctx.images.device)
-    with _gradient_noise(ctx), _seeded(ctx.seed), torch.enable_grad(), _keep_grads(ctx.model):
+    with _gradient_noise(ctx), seeded(ctx.seed), torch.enable_grad(), _keep_grads(ctx.model):
         out = attr.attribute(ctx.images, **kwargs)
     if isinstance(out, (tuple, list)):
         out = out[0]

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from ...errors import CambenchError
+from ...seeding import seeded
 
 QUANTUS_VERSION = "0.6.0"
 
@@ -227,19 +228,6 @@ def _to_scores(name: str, out: Any, b: int) -> Tensor:
         arr = np.asarray(v, dtype=np.float64)
         vals.append(float(arr) if arr.ndim == 0 else float(np.trapezoid(arr.reshape(-1), dx=1)))
     return torch.tensor(vals, dtype=torch.float64).float()
-
-
-@contextlib.contextmanager
-def seeded(seed: int):
-    """Seed NumPy's and torch's global generators (Quantus draws from them); restore both afterwards."""
-    state = np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
-        np.random.seed(int(seed) % (2**32))
-        torch.manual_seed(int(seed))
-        try:
-            yield
-        finally:
-            np.random.set_state(state)
 
 
 def check_usable(name: str) -> None:

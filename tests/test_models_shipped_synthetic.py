@@ -26,9 +26,7 @@ def test_default_weights_are_shipped_and_never_trained(name, monkeypatch) -> Non
     meta = shipped_meta(name)
     assert meta["hash"] == S.DEFAULT_CONFIGS[name].digest() and (weights_dir() / f"{name}.pt").stat().st_size < 2e6
     acc = meta["held_out_accuracy"]
-    assert acc["simple"] >= 0.95, acc
-    # clutter scenes (shapes_cnn only): 0.87 recorded; the 95 % needs a longer training run
-    assert acc.get("clutter", 1.0) >= 0.85, acc
+    assert acc["simple"] >= 0.95 and acc.get("clutter", 1.0) >= 0.95, acc
     state = h.model.state_dict()
     assert all(torch.equal(state[k], v) for k, v in load_shipped(name).items())
 
@@ -53,12 +51,12 @@ def test_shipped_accuracy_on_held_out_images() -> None:
         h = create_model(name)
         for kind in S.DEFAULT_CONFIGS[name].scenes:
             acc = S.evaluate_accuracy(h.model, ShapesDataset(n=200, split="test", seed=5, scene=kind))
-            assert acc >= (0.95 if kind == "simple" else 0.85), (name, kind, acc)
+            assert acc >= 0.95, (name, kind, acc)
 
 
 def test_gradient_methods_differ_on_the_deep_model_only() -> None:
     names = ["gradcam", "hirescam", "xgradcam"]
-    ds = ShapesDataset(n=8, split="test", seed=2)
+    ds = ShapesDataset(n=8, split="test", seed=2, scene="clutter")  # the scenes the quick suite explains
     x, y = ds.images_and_labels()
     out = {}
     for model in ("shapes_cnn", "shapes_deep_cnn"):
@@ -86,4 +84,4 @@ def test_training_reaches_95_percent(tmp_path, monkeypatch) -> None:  # type: ig
     monkeypatch.setenv("CAMBENCH_CACHE", str(tmp_path))
     h = create_model("shapes_cnn", weights="train")
     acc = S.held_out_accuracy(h.model, S.DEFAULT_CONFIGS["shapes_cnn"], 200)
-    assert acc["simple"] >= 0.95 and acc["clutter"] >= 0.85, acc
+    assert acc["simple"] >= 0.95 and acc["clutter"] >= 0.95, acc

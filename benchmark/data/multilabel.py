@@ -24,10 +24,10 @@ from torch import Tensor
 
 from ..errors import DataError
 from .base import Sample, register_dataset
-from .synthetic import _PIXEL_NOISE, SHAPE_CLASSES, ShapesDataset, mask_to_box
+from .synthetic import _PIXEL_NOISE, SHAPE_CLASSES, ShapesDataset, mask_to_box, quantize8
 
 #: Bump when the drawing changes: it is part of the multi-label model's training hash.
-MULTILABEL_GENERATOR_VERSION = 1
+MULTILABEL_GENERATOR_VERSION = 2
 _STREAM = 7  # keeps the random streams apart from those of ``shapes``
 _RADIUS = (0.13, 0.18)  # object circumradius, fraction of the side (all objects alike)
 _MARGIN = 0.04
@@ -99,7 +99,7 @@ class ShapesMultiLabel(ShapesDataset):
             img = np.where(m[None], self._object_colour(rng, base)[:, None, None], img)
             masks.append(torch.from_numpy(m))
         img = img + rng.normal(0.0, _PIXEL_NOISE, size=img.shape).astype(np.float32)
-        image = torch.from_numpy(np.ascontiguousarray(np.clip(img, 0.0, 1.0), dtype=np.float32))
+        image = torch.from_numpy(quantize8(img))
         return MultiScene(image=image, classes=classes[: len(centres)], masks=masks)
 
     def class_samples(self, index: int) -> list[Sample]:

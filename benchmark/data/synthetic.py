@@ -17,7 +17,7 @@ unchanged and reproducible) draws 1-3 **instances** of the target class of varie
 the side) anywhere in the image (off-centre: the image centre is no better a guess than any other place),
 1-3 distractors of other classes (each smaller than the smallest target instance, so the target class is
 the class with the most area: what a CNN with global average pooling reads), on denser clutter (colour
-noise *and* stripes, plus thin random strokes), quantised to 8 bits. Ground truth is per instance:
+noise *and* stripes, plus thin random strokes). Ground truth is per instance:
 ``Sample.mask`` is the union of the target instances, ``Sample.boxes`` one box per instance, and
 :meth:`ShapesDataset.scene` exposes every instance's and distractor's mask.
 
@@ -30,6 +30,9 @@ Conventions:
 
 * image ``i`` is a pure function of ``(seed, split, i)`` (numpy ``SeedSequence([seed, split, i])``), so
   any shard can be generated on its own, in any order, in any process;
+* every image is the same on every machine: textures are computed in float64 (numpy's float32 ``sin``/``exp``
+  kernels and BLAS give CPU-dependent last bits) and cast to float32 once, and the finished image is
+  quantised to 8 bits (``k/255``), as a stored photo is;
 * ``split="train"`` and ``split="test"`` use disjoint seed streams;
 * the mark is drawn from its own stream ``(seed, split, i, 1)``: ``shapes_shortcut`` with
   ``shortcut="absent"`` gives exactly the ``shapes`` image;
@@ -50,9 +53,9 @@ from torch import Tensor
 from .base import CamDataset, Sample, register_dataset
 
 #: Bump when the drawing changes: it is part of the synthetic models' training hash.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 #: Version of the ``scene="clutter"`` drawing (part of the training hash of models trained on it).
-CLUTTER_VERSION = 1
+CLUTTER_VERSION = 2
 SCENES = ("simple", "clutter")
 
 SHAPE_CLASSES: tuple[str, ...] = ("disk", "square", "triangle", "ring", "cross", "bar")
@@ -107,6 +110,11 @@ def _shape_mask(cls: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     if name == "bar":
         return (np.abs(u) <= 1.0) & (np.abs(v) <= 0.3)
     raise ValueError(f"Unknown shape class {cls}.")
+
+
+def quantize8(img: np.ndarray) -> np.ndarray:
+    """``img`` clipped to [0,1] and rounded to 8 bits (float32 ``k/255``), as a photo would be stored."""
+    return np.ascontiguousarray(np.round(np.clip(img, 0.0, 1.0) * 255.0) / 255.0, dtype=np.float32)
 
 
 def mask_to_box(mask: Tensor) -> Tensor:
@@ -216,29 +224,36 @@ class ShapesDataset(CamDataset):
         return np.random.default_rng(np.random.SeedSequence([self.seed, SPLITS[self.split], index, stream]))
 
     def _background(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Textured background ``[3,S,S]`` float32 and its base colour.
+
+        The texture is computed in float64 (numpy's float32 ``sin``/``exp`` kernels and BLAS differ by an
+        ULP between CPUs) and cast to float32 once, so it is the same on every machine.
+        """
         s = self.image_size
         base = rng.uniform(0.2, 0.8, size=3).astype(np.float32)
         if rng.random() < 0.5:  # smooth colour noise: a coarse random grid, Gaussian-interpolated
             g = int(rng.integers(3, 9))
-            coarse = rng.normal(0.0, 0.16, size=(3, g, g)).astype(np.float32)
-            w = self._smooth_weights(g)  # [S,g]
-            tex = np.einsum("yi,cij,xj->cyx", w, coarse, w, optimize=True)
+            coarse = rng.normal(0.0, 0.16, size=(3, g, g)).astype(np.float32).astype(np.float64)
+            w = self._smooth_weights(g)  # [S,g] float64
+            tex = np.einsum("yi,cij,xj->cyx", w, coarse, w, optimize=False)  # no BLAS: a fixed summation order
         else:  # stripes of random period, orientation, phase and per-channel amplitude
             theta = float(rng.uniform(0, np.pi))
             period = float(rng.uniform(0.06, 0.25)) * s
             phase = float(rng.uniform(0, 2 * np.pi))
-            amp = rng.uniform(0.04, 0.15, size=(3, 1, 1)).astype(np.float32)
-            proj = self._xx * np.cos(theta) + self._yy * np.sin(theta)
+            amp = rng.uniform(0.04, 0.15, size=(3, 1, 1)).astype(np.float32).astype(np.float64)
+            c = np.arange(s, dtype=np.float64) + 0.5
+            proj = c[None, :] * np.cos(theta) + c[:, None] * np.sin(theta)
             tex = amp * np.sin(2 * np.pi * proj / period + phase)[None]
-        return base[:, None, None] + tex, base
+        return base[:, None, None] + tex.astype(np.float32), base
 
     def _smooth_weights(self, g: int) -> np.ndarray:
-        """Row-normalised Gaussian weights ``[S,g]`` from ``g`` knots to the ``S`` pixel centres."""
+        """Row-normalised Gaussian weights ``[S,g]`` (float64) from ``g`` knots to the ``S`` pixel centres."""
         if g not in self._weights:
             s = self.image_size
             knots = (np.arange(g) + 0.5) / g * s
-            w = np.exp(-0.5 * ((self._xx[0][:, None] - knots[None]) / (0.6 * s / g)) ** 2)
-            self._weights[g] = (w / w.sum(axis=1, keepdims=True)).astype(np.float32)
+            c = np.arange(s, dtype=np.float64) + 0.5
+            w = np.exp(-0.5 * ((c[:, None] - knots[None]) / (0.6 * s / g)) ** 2)
+            self._weights[g] = w / w.sum(axis=1, keepdims=True)
         return self._weights[g]
 
     def _object_colour(self, rng: np.random.Generator, base: np.ndarray) -> np.ndarray:
@@ -328,7 +343,7 @@ class ShapesDataset(CamDataset):
         obj = torch.from_numpy(masks[0])
         mm = None if mark_mask is None else torch.from_numpy(mark_mask)
         return Scene(
-            image=torch.from_numpy(np.ascontiguousarray(np.clip(img, 0.0, 1.0), dtype=np.float32)),
+            image=torch.from_numpy(quantize8(img)),
             label=label,
             object_mask=obj,
             object_box=mask_to_box(obj),
@@ -409,13 +424,12 @@ class ShapesDataset(CamDataset):
             img = np.where(m[None], colour[:, None, None], img)
             masks.append(m)
         img = img + rng.normal(0.0, _PIXEL_NOISE, size=img.shape).astype(np.float32)
-        img = np.round(np.clip(img, 0.0, 1.0) * 255.0) / 255.0  # 8 bits: no sub-ULP differences survive
         inst = [torch.from_numpy(m) for m in masks[:n_t] if m is not None]
         union = torch.stack(inst).any(dim=0)
         boxes = torch.cat([mask_to_box(m) for m in inst])
         dmasks = [(c, torch.from_numpy(m)) for c, m in zip(dis, masks[n_t:], strict=False) if m is not None]
         return Scene(
-            image=torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32)),
+            image=torch.from_numpy(quantize8(img)),
             label=label,
             object_mask=union,
             object_box=boxes,

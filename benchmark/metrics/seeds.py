@@ -183,7 +183,7 @@ def image_statistics(ctx: MetricContext, n_thresholds: int = 21, num_classes: in
 
 
 @register_metric(
-    "seed_miou", family="localization", higher_is_better=True, needs=("saliency", "masks", "model"),
+    "seed_miou", family="localization", higher_is_better=True, needs=("saliency", "masks"),
     defaults=DEFAULTS, paper=PAPER, level="dataset", compute=compute_seed_miou, optimistic=False,
     threshold="chosen on the held-out split (threshold_split of the images, by hash of image id); "
               "scored on the other images",
@@ -199,7 +199,7 @@ def seed_miou(ctx: MetricContext, n_thresholds: int = 21, threshold_split: float
 
 @register_metric(
     "seed_miou_oracle_threshold", family="localization", higher_is_better=True,
-    needs=("saliency", "masks", "model"), defaults=DEFAULTS, paper=PAPER + " (threshold swept on the test images)",
+    needs=("saliency", "masks"), defaults=DEFAULTS, paper=PAPER + " (threshold swept on the test images)",
     level="dataset", compute=compute_seed_miou_oracle, optimistic=True,
     threshold="best on the evaluated images themselves: OPTIMISTIC (an upper bound, as most papers report it)",
 )

@@ -8,8 +8,7 @@ image): enough for >= 95 % held-out accuracy within the CPU budget.
 
 ``shapes_deep_cnn`` adds a fifth conv block after ``block4`` (still the explained layer), so its head is
 not linear: the gradients at ``block4`` vary over space and Grad-CAM, HiResCAM and XGrad-CAM differ.
-``shapes_cnn`` is trained on both scene kinds of ``shapes`` (simple and clutter), ``shapes_deep_cnn`` on the
-simple scenes.
+``shapes_cnn`` and ``shapes_deep_cnn`` are trained on both scene kinds of ``shapes`` (simple and clutter).
 
 Weights ``"default"`` are the files shipped in ``benchmark/models/weights`` (SHA-256 checked, see
 :mod:`benchmark.models.shipped`): the same numbers on every machine, no training at run time. Training
@@ -131,11 +130,12 @@ class TrainConfig:
 
 
 DEFAULT_CONFIGS: dict[str, TrainConfig] = {
-    # Trained on both scene kinds: it classifies the simple default scenes and the harder clutter scenes.
-    "shapes_cnn": TrainConfig(scenes=("simple", "clutter"), n_train=4000, epochs=6),
-    # The same, with one more conv block after the explained layer (gradient methods differ on it).
-    # (trained on the simple scenes only: the CPU budget of this change did not allow the mixed set twice)
-    "shapes_deep_cnn": TrainConfig(name="shapes_deep_cnn", n_train=4000, epochs=5, head="conv"),
+    # Trained on both scene kinds (6,000 images each, 10 epochs): >= 98 % held-out on simple and clutter scenes.
+    "shapes_cnn": TrainConfig(scenes=("simple", "clutter"), n_train=12000, epochs=10),
+    # The same data and schedule, with one more conv block after the explained layer (gradient methods differ).
+    "shapes_deep_cnn": TrainConfig(
+        name="shapes_deep_cnn", scenes=("simple", "clutter"), n_train=12000, epochs=10, head="conv"
+    ),
     # The mark is far easier than the shape: little data and two epochs make the model rely on it.
     "shapes_shortcut_cnn": TrainConfig(
         name="shapes_shortcut_cnn", shortcut="aligned", n_train=2000, epochs=4

@@ -220,6 +220,24 @@ PxAP) are computed over all images. The mean rank over the quality metrics is sh
 """
 
 
+def notes_html(run: Mapping) -> str:
+    """The methods' caveats recorded in ``run.json`` (``method_notes``), each with the parameters it ran
+    with per experiment, e.g. the oracle's ``mask_dilation`` (docs/scenes-and-truth.md)."""
+    notes = run.get("method_notes") or {}
+    if not notes:
+        return ""
+    items = []
+    for m, note in sorted(notes.items()):
+        used = [
+            f"{e['label']} / {e['dataset']}: "
+            + (", ".join(f"{k}={v}" for k, v in sorted((e.get("method_params", {}).get(m) or {}).items()))
+               or "defaults")
+            for e in run.get("experiments", []) if m in e.get("methods", [])
+        ]
+        items.append(f"<li><b>{_e(m)}</b>: {_e(note)}<br><span class=\"muted\">{_e('; '.join(used))}</span></li>")
+    return "<h2>Notes on methods</h2><ul>" + "".join(items) + "</ul>"
+
+
 def render(
     run: Mapping,
     board: pd.DataFrame,
@@ -284,6 +302,7 @@ percentile-bootstrap CI over images ({_e(run.get('bootstrap', 1000))} resamples,
 ↓ lower is better; bold = best (ties included). Methods sorted by mean rank over the quality metrics (cost metrics are
 ranked but not averaged in).</p>
 {sections}
+{notes_html(run)}
 {_seeds_html(plots)}
 <h2>Ties with the best method</h2>
 <p class="muted">Paired Wilcoxon signed-rank test against the best method per metric, Holm-corrected

@@ -57,6 +57,19 @@ def versions() -> dict[str, str]:
     return out
 
 
+def method_notes(methods: Sequence[str]) -> dict[str, str]:
+    """``{method: note}`` for the methods whose registration carries a ``note`` (a caveat a reader of the
+    report must see next to the numbers, e.g. the oracle's silhouette artefact on deletion/insertion)."""
+    from ..methods import METHODS
+
+    out = {}
+    for m in methods:
+        note = METHODS.entry(m).meta.get("note")
+        if note:
+            out[m] = str(note)
+    return out
+
+
 def run_record(plan: Plan, device: torch.device) -> dict:
     """The ``run.json`` record: what the report needs without the registries (directions, families...)."""
     s = plan.suite
@@ -77,6 +90,7 @@ def run_record(plan: Plan, device: torch.device) -> dict:
         "levels": plan.levels,
         "plugins": [str(p) for p in s.plugins],
         "units": [u.key for u in plan.units],
+        "method_notes": method_notes(sorted({m for e in plan.experiments for m in e.methods})),
         "experiments": [
             {"label": e.label, "model": e.model, "dataset": e.dataset, "n_images": e.n_images,
              "methods": list(e.methods), "metrics": list(e.metrics), "skipped": e.skipped,

@@ -169,6 +169,15 @@ def test_a_part_whose_curves_file_is_missing_is_an_error_that_says_how_to_fix_it
         store.load_curves()
 
 
+def test_an_out_dir_whose_curves_folder_is_a_file_is_refused_before_any_work(tmp_path):
+    from benchmark.outdir import OutputDirError, check_out_dir
+
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "curves").write_text("x")
+    with pytest.raises(OutputDirError, match="curves is a file, but cambench keeps its curves there"):
+        check_out_dir(tmp_path / "o")
+
+
 def test_a_directory_of_the_earlier_layout_resumes_and_reports_the_same_curves(tmp_path):
     """Half a run written the earlier way (curves in the parts' metadata) is resumed by this version: the
     finished units are reused, the report's curves and scores equal an uninterrupted run's, and the curve

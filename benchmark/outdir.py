@@ -114,7 +114,7 @@ def check_out_dir(out: str | os.PathLike, flag: str = "--out", create: bool = Tr
                     f"{where}: its parent {p} is {what}, not a directory; {_fix(flag)}."
                 )
             break
-    for sub in ("parts", "gallery", "plots"):
+    for sub in ("parts", "curves", "gallery", "plots"):
         s = absolute / sub
         if s.exists() and not s.is_dir():
             raise OutputDirError(

@@ -4,7 +4,9 @@ Layout of an output directory ``OUT``::
 
     OUT/run.json                          suite hash, suite TOML, versions, metric directions, skipped
     OUT/parts/<unit_key>__<hash>.parquet  score rows of one finished unit; its Parquet metadata holds
-                                          the unit's mean curves and timings (one file = one commit)
+                                          the unit's timings and info (one file = one commit)
+    OUT/curves/<unit_key>__<hash>.parquet the unit's mean curves (``CURVE_COLUMNS``, typed: ``CURVE_SCHEMA``;
+                                          only when it has some)
     OUT/stats/<unit_key>__<hash>.parquet  per-image statistics of the unit's dataset-level metrics
                                           (``STATS_COLUMNS``; only when some ran)
     OUT/perturbed/<unit_key>__<hash>.parquet  scores under the meta-evaluation's perturbed models
@@ -12,10 +14,13 @@ Layout of an output directory ``OUT``::
     OUT/gallery/<unit_key>__<hash>.npz    images + every method's map for the first images (gallery)
 
 Every file is written to a temporary name in the same folder and moved into place with ``os.replace``
-(atomic on POSIX and Windows), the gallery and the statistics before the part: a part on disk means its
-unit is finished. A rerun skips units whose part carries the current suite hash. Parts with another hash
-(another suite, version or setting such as ``n``) and parts of this hash outside the units asked for (a
-larger ``--limit``) are kept on disk but not read (:meth:`Store.unreported`); ``fresh=True`` starts over.
+(atomic on POSIX and Windows), the gallery, the statistics and the curves before the part: a part on disk
+means its unit is finished (a curves or statistics file without its part is an unfinished unit, not read;
+its rerun replaces it). Parts written by earlier versions, which kept the curves as JSON in the part's
+metadata (key ``curves``), are still read: such a directory resumes and reports. A rerun skips units
+whose part carries the current suite hash. Parts with another hash (another suite, version or setting
+such as ``n``) and parts of this hash outside the units asked for (a larger ``--limit``) are kept on
+disk but not read (:meth:`Store.unreported`); ``fresh=True`` starts over.
 """
 
 from __future__ import annotations
@@ -34,10 +39,16 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .errors import CambenchError
 from .schema import CURVE_COLUMNS, PERTURBED_COLUMNS, SCORE_COLUMNS, STATS_COLUMNS, TIMING_COLUMNS, UnitResult
 
 META_KEY = b"cambench"
 _SEP = "__"
+#: The Parquet types of a unit's mean curves (``CURVE_COLUMNS``): ``n`` is the unit's number of images.
+CURVE_SCHEMA = pa.schema([
+    ("model", pa.string()), ("dataset", pa.string()), ("method", pa.string()), ("metric", pa.string()),
+    ("step", pa.int64()), ("x", pa.float64()), ("value", pa.float64()), ("n", pa.int64()),
+])
 
 
 def file_mode() -> int:
@@ -75,9 +86,12 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def write_parquet(path: Path, df: pd.DataFrame, meta: Optional[dict] = None) -> None:
-    """Atomically write ``df`` as Parquet, with ``meta`` (JSON) in the schema metadata."""
-    table = pa.Table.from_pandas(df, preserve_index=False)
+def write_parquet(
+    path: Path, df: pd.DataFrame, meta: Optional[dict] = None, schema: Optional[pa.Schema] = None
+) -> None:
+    """Atomically write ``df`` as Parquet, with ``meta`` (JSON) in the schema metadata; ``schema``: the
+    column types to write (cast from ``df``'s; ``None``: inferred by pyarrow)."""
+    table = pa.Table.from_pandas(df, schema=schema, preserve_index=False)
     if meta is not None:
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), META_KEY: json.dumps(meta).encode()})
     buf = io.BytesIO()
@@ -106,6 +120,7 @@ class Store:
         self.parts = self.out / "parts"
         self.gallery = self.out / "gallery"
         self.stats = self.out / "stats"
+        self.curves = self.out / "curves"  # created by the first unit that has curves
         self.perturbed = self.out / "perturbed"  # created by the first unit that has such rows
         self.log = log or (lambda msg: print(msg, file=sys.stderr))
         self.units: Optional[frozenset[str]] = None if units is None else frozenset(units)
@@ -114,14 +129,14 @@ class Store:
     def prepare(self, fresh: bool = False) -> None:
         """Create the folders; with ``fresh`` delete earlier results; drop stale parts and temp files."""
         if fresh:
-            for d in (self.parts, self.gallery, self.stats, self.perturbed, self.out / "plots"):
+            for d in (self.parts, self.gallery, self.stats, self.curves, self.perturbed, self.out / "plots"):
                 if d.exists():
                     shutil.rmtree(d)
         self.parts.mkdir(parents=True, exist_ok=True)
         self.gallery.mkdir(parents=True, exist_ok=True)
         self.stats.mkdir(parents=True, exist_ok=True)
         other = 0
-        for folder in (self.parts, self.gallery, self.stats, self.perturbed):
+        for folder in (self.parts, self.gallery, self.stats, self.curves, self.perturbed):
             if not folder.is_dir():
                 continue
             for f in folder.iterdir():
@@ -148,6 +163,9 @@ class Store:
     def stats_path(self, key: str) -> Path:
         return self.stats / f"{key}{_SEP}{self.hash}.parquet"
 
+    def curves_path(self, key: str) -> Path:
+        return self.curves / f"{key}{_SEP}{self.hash}.parquet"
+
     def perturbed_path(self, key: str) -> Path:
         return self.perturbed / f"{key}{_SEP}{self.hash}.parquet"
 
@@ -163,7 +181,8 @@ class Store:
 
     # -- writing -----------------------------------------------------------------------------------
     def write_unit(self, result: UnitResult) -> Path:
-        """Commit a :class:`~benchmark.schema.UnitResult`: gallery first, then the part."""
+        """Commit a :class:`~benchmark.schema.UnitResult`: gallery, statistics, curves and perturbed scores
+        first, then the part (whose metadata says how many curve rows the unit has)."""
         if result.gallery is not None:
             buf = io.BytesIO()
             arrays: dict[str, Any] = dict(result.gallery)
@@ -180,10 +199,16 @@ class Store:
             write_parquet(self.perturbed_path(result.key), perturbed)
         elif self.perturbed.is_dir():
             self.perturbed_path(result.key).unlink(missing_ok=True)
+        curves = result.curves
+        if curves is not None and len(curves):
+            self.curves.mkdir(parents=True, exist_ok=True)
+            write_parquet(self.curves_path(result.key), curves[CURVE_COLUMNS], schema=CURVE_SCHEMA)
+        elif self.curves.is_dir():
+            self.curves_path(result.key).unlink(missing_ok=True)  # a rerun of a unit that had some
         meta = {
             "suite_hash": self.hash,
             "unit": result.key,
-            "curves": result.curves.to_dict(orient="list"),
+            "curve_rows": 0 if curves is None else len(curves),
             "timings": result.timings.to_dict(orient="list"),
             "info": result.info,
         }
@@ -249,9 +274,25 @@ class Store:
     def load_meta(self) -> list[dict]:
         return [read_meta(p) for p in self._parts()]
 
+    def _unit_curves(self, part: Path) -> pd.DataFrame:
+        """The mean curves of the unit of ``part``: its curves file, or the JSON in the metadata of a part
+        written before curves had their own file (``curves`` key, ``DataFrame.to_dict(orient="list")``)."""
+        meta = read_meta(part)
+        if "curves" in meta:  # the earlier layout
+            return pd.DataFrame(meta["curves"])
+        path = self.curves_path(self._key(part))
+        if path.is_file():
+            return pq.read_table(path).to_pandas()
+        if meta.get("curve_rows", 0):
+            raise CambenchError(
+                f"The part {part} says its unit has {meta['curve_rows']} curve rows but {path} is missing; "
+                f"expected both files of a finished unit. Delete the part to rerun that unit, or rerun with --fresh."
+            )
+        return pd.DataFrame(columns=CURVE_COLUMNS)
+
     def load_curves(self) -> pd.DataFrame:
         """Mean curves over all images (units combined, weighted by their image counts)."""
-        frames = [pd.DataFrame(m.get("curves", {})) for m in self.load_meta()]
+        frames = [self._unit_curves(p) for p in self._parts()]
         frames = [f for f in frames if len(f)]
         if not frames:
             return pd.DataFrame(columns=CURVE_COLUMNS)

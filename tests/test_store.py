@@ -42,7 +42,8 @@ def test_parts_are_committed_atomically_with_their_hash(tmp_path):
     assert path.name == "00-u-000000-000001__abc123.parquet"
     assert st.done() == {"00-u-000000-000001"}
     meta = read_meta(path)
-    assert meta["suite_hash"] == "abc123" and meta["curves"]["value"] == [1.0, 0.5]
+    assert meta["suite_hash"] == "abc123" and meta["curve_rows"] == 2 and "curves" not in meta
+    assert pd.read_parquet(st.curves_path("00-u-000000-000001"))["value"].tolist() == [1.0, 0.5]
     assert not [p for p in (tmp_path / "parts").iterdir() if p.name.startswith(".")]
     st.write_unit(_result("00-u-000001-000002", 3.0))
     curves = st.load_curves()

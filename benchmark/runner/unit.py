@@ -196,21 +196,8 @@ def _run_unit(suite: Suite, unit: Unit, progress: Optional[Callable[[int], None]
     fbs = suite.forward_batch_size
     method_params = exp.method_params
 
-    cols: dict[str, list] = {c: [] for c in SCORE_COLUMNS}
-
-    def add(
-        method: str, metric: str, ids: Sequence[str], values: Any, status: Any, message: Any, degenerate: Any
-    ) -> None:
-        n = len(ids)
-        cols["model"] += [exp.label] * n
-        cols["dataset"] += [exp.dataset] * n
-        cols["method"] += [method] * n
-        cols["metric"] += [metric] * n
-        cols["image_id"] += list(ids)
-        cols["value"] += list(values)
-        cols["status"] += list(status) if isinstance(status, (list, np.ndarray)) else [status] * n
-        cols["message"] += [message] * n
-        cols["degenerate"] += list(degenerate) if isinstance(degenerate, (list, np.ndarray)) else [degenerate] * n
+    score_rows = ScoreRows(exp.label, exp.dataset)
+    add = score_rows.add
 
     scols: dict[str, list] = {c: [] for c in STATS_COLUMNS}
 
@@ -290,14 +277,14 @@ def _run_unit(suite: Suite, unit: Unit, progress: Optional[Callable[[int], None]
                 continue
             for name, msg in failed.items():
                 if not reexplains or _reexplained(name, exp.reexplain_methods):
-                    add(name, metric, ids, [np.nan] * len(ids), "error", f"method failed: {msg}", False)
+                    add(name, metric, ids, np.nan, "error", f"method failed: {msg}", False)
             t = time.perf_counter()
             try:
                 res = compute_metrics(ctx_m, [metric], exp.metric_params).get(metric, {})
             except Exception as exc:
                 msg = f"metric failed: {_err(exc)}"
                 for name in ctx_m.saliency:
-                    add(name, metric, ids, [np.nan] * len(ids), "error", msg, degenerate[name])
+                    add(name, metric, ids, np.nan, "error", msg, degenerate[name])
             else:
                 dataset_level = METRICS.entry(metric).meta.get("level", "image") == "dataset"
                 for name in ctx_m.saliency:
@@ -306,7 +293,7 @@ def _run_unit(suite: Suite, unit: Unit, progress: Optional[Callable[[int], None]
                     if dataset_level:  # per-image sufficient statistics [B, S], reduced by the leaderboard
                         st = res[name].detach().cpu().double().numpy()
                         if st.ndim != 2 or st.shape[0] != len(ids):
-                            add(name, metric, ids, [np.nan] * len(ids), "error",
+                            add(name, metric, ids, np.nan, "error",
                                 f"dataset-level metric returned statistics of shape {tuple(st.shape)}; "
                                 f"expected [{len(ids)}, S]", degenerate[name])
                             continue
@@ -314,11 +301,11 @@ def _run_unit(suite: Suite, unit: Unit, progress: Optional[Callable[[int], None]
                         continue
                     v = res[name].detach().float().cpu().double().numpy().reshape(-1)
                     if v.shape[0] != len(ids):
-                        add(name, metric, ids, [np.nan] * len(ids), "error",
+                        add(name, metric, ids, np.nan, "error",
                             f"metric returned {v.shape[0]} values for {len(ids)} images", degenerate[name])
                         continue
-                    status = np.where(np.isfinite(v), "ok", "undefined").tolist()
-                    add(name, metric, ids, v.tolist(), status, "", degenerate[name])
+                    status = np.where(np.isfinite(v), "ok", "undefined")
+                    add(name, metric, ids, v, status, "", degenerate[name])
             timings.append(("metric", metric, time.perf_counter() - t))
 
         if pcols is not None:  # 2b. the meta-evaluation: the same metrics under perturbed models
@@ -360,11 +347,9 @@ def _run_unit(suite: Suite, unit: Unit, progress: Optional[Callable[[int], None]
     # image-level failures (corrupt/missing files skipped by the loader)
     new_errors = list(getattr(dataset, "errors", []))[n_errors_before:]
     for msg in new_errors:
-        add("(data)", "(load)", [str(msg).split(":")[0]], [np.nan], "error", str(msg)[:500], False)
+        add("(data)", "(load)", [str(msg).split(":")[0]], np.nan, "error", str(msg)[:500], False)
 
-    scores = pd.DataFrame(cols, columns=SCORE_COLUMNS)
-    scores["value"] = scores["value"].astype("float64")
-    scores["degenerate"] = scores["degenerate"].astype(bool)
+    scores = score_rows.frame()
     stats = pd.DataFrame(scols, columns=STATS_COLUMNS)
     stats["degenerate"] = stats["degenerate"].astype(bool)
     curves = _curves_frame(exp, curve_sum)
@@ -389,6 +374,63 @@ def _run_unit(suite: Suite, unit: Unit, progress: Optional[Callable[[int], None]
         stats=stats,
         perturbed=perturbed,
     )
+
+
+class ScoreRows:
+    """The score rows (``SCORE_COLUMNS``) of one unit, gathered per (method, metric, batch) as numpy chunks
+    and built into one DataFrame by :meth:`frame` (no per-row Python objects on the way)."""
+
+    def __init__(self, model: str, dataset: str) -> None:
+        self.model, self.dataset = model, dataset
+        self._chunks: list[tuple[str, str, str, list, np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def add(
+        self, method: str, metric: str, ids: Sequence[str], values: Any, status: Any, message: str, degenerate: Any
+    ) -> None:
+        """Rows of ``method`` x ``metric`` for images ``ids``: ``values`` (one per image, or a scalar such as
+        NaN for all), ``status`` (per image or one for all), one ``message``, ``degenerate`` (per image or one)."""
+        n = len(ids)
+
+        def per_image(x: Any, dtype: Any) -> np.ndarray:
+            if isinstance(x, (list, tuple, np.ndarray)):
+                arr = np.asarray(x, dtype=dtype).reshape(-1)
+                if arr.shape[0] != n:
+                    raise CambenchError(f"Score rows of {method} x {metric}: {arr.shape[0]} values for {n} images; "
+                                        f"expected one per image (or one value for all).")
+                return arr
+            return np.full(n, x, dtype=dtype)
+
+        self._chunks.append((
+            method, metric, message, list(ids), per_image(values, np.float64),
+            per_image(status, object), per_image(degenerate, bool),
+        ))
+
+    def __len__(self) -> int:
+        return sum(len(c[3]) for c in self._chunks)
+
+    def frame(self) -> pd.DataFrame:
+        """One DataFrame of every row added, in the order added (``value`` float64, ``degenerate`` bool)."""
+        if not self._chunks:
+            empty = pd.DataFrame({c: [] for c in SCORE_COLUMNS}, columns=SCORE_COLUMNS)
+            return empty.astype({"value": "float64", "degenerate": bool})
+        counts = [len(c[3]) for c in self._chunks]
+        n = sum(counts)
+
+        def repeated(i: int) -> np.ndarray:
+            return np.repeat(np.asarray([c[i] for c in self._chunks], dtype=object), counts)
+
+        cols = {
+            "model": np.full(n, self.model, dtype=object),
+            "dataset": np.full(n, self.dataset, dtype=object),
+            "method": repeated(0),
+            "metric": repeated(1),
+            "image_id": [i for c in self._chunks for i in c[3]],  # as given (str)
+            "value": np.concatenate([c[4] for c in self._chunks]),
+            "status": np.concatenate([c[5] for c in self._chunks]),
+            "message": repeated(2),
+            "degenerate": np.concatenate([c[6] for c in self._chunks]),
+        }
+        return pd.DataFrame(cols, columns=SCORE_COLUMNS)
 
 
 def _meta_batch(

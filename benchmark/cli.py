@@ -22,6 +22,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from .cpukernels import MODES
+from .cpukernels import select as _select_cpu_kernels
 from .errors import CambenchError
 from .registry import Registry
 
@@ -40,6 +42,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
                    help="import a module or .py file that registers extra entries (repeatable)")
+    p.add_argument("--cpu-kernels", choices=MODES, default=os.environ.get("CAMBENCH_CPU_KERNELS", "portable"),
+                   help="portable (default): cap torch's CPU kernels at AVX2, so that scores are the same on "
+                        "every x86-64 machine; native: the fastest kernels of this CPU (last bits may differ). "
+                        "Environment: CAMBENCH_CPU_KERNELS")
     sub = p.add_subparsers(dest="command")
 
     r = sub.add_parser("run", help="run a suite (resumes into an existing output directory)")
@@ -286,6 +292,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.command is None:  # no command: run the quick suite (global options such as --plugin kept)
         args = parser.parse_args([*argv, "run"])
+    try:
+        _select_cpu_kernels(args.cpu_kernels)  # before anything imports torch
+    except ValueError as exc:
+        print(f"error: {exc} (from --cpu-kernels or CAMBENCH_CPU_KERNELS)", file=sys.stderr)
+        return 2
     handlers = {"run": cmd_run, "list": cmd_list, "report": cmd_report, "compare": cmd_compare,
                 "train-models": cmd_train_models}
     try:

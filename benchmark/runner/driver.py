@@ -54,6 +54,9 @@ def versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:  # pragma: no cover
             pass
     out["platform"] = platform.platform(terse=True)
+    from ..cpukernels import describe
+
+    out["cpu_kernels"] = describe()
     return out
 
 

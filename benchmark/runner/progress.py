@@ -6,8 +6,11 @@
 * Without a terminal (a redirected log, CI): no bars, but one line per finished unit with the elapsed
   time and an ETA, so that a log file shows the run advancing.
 * ``quiet``: nothing (only the CLI's summary), unless the caller passes its own ``log``.
+* A model trained for the run draws its own bar below these (:mod:`benchmark.progress`) only where the run
+  shows bars (a terminal, not ``quiet``), else logs a line per epoch with elapsed time and ETA.
 
-Each distinct warning is shown once per run.
+Each distinct warning (a Python warning, a ``logging`` WARNING, one forwarded from a worker process) is
+shown once per run.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import sys
 import time
 import warnings
 from typing import Any, Callable, Optional, TextIO
+
+from ..progress import bars, eta_text, format_interval
 
 
 class _Handler(logging.Handler):
@@ -29,17 +34,13 @@ class _Handler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self.progress.log(self.format(record))
+            text = self.format(record)
+            if record.levelno >= logging.WARNING:  # a warning once per run, however many units log it
+                self.progress.warn_once(text)
+            else:
+                self.progress.log(text)
         except Exception:
             self.handleError(record)
-
-
-def format_interval(seconds: float) -> str:
-    """``H:MM:SS`` / ``M:SS``."""
-    s = int(round(max(seconds, 0.0)))
-    h, rem = divmod(s, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
 class Progress:
@@ -58,6 +59,7 @@ class Progress:
         self._handler: Optional[_Handler] = None
         self._logger_state: tuple[int, bool] = (logging.NOTSET, True)
         self._warnings: Any = None
+        self._bars_policy: Any = None
         self.n_units = self.n_images = 0
         self.units_done = self.images_done = 0
         self.t0 = time.perf_counter()
@@ -74,7 +76,7 @@ class Progress:
             return
         if self.quiet:
             return
-        if self.bars_shown:
+        if self.bars_shown or self.tty:  # on a terminal a training bar (benchmark.progress) may be shown
             from tqdm.auto import tqdm
 
             tqdm.write(msg, file=self.stream)
@@ -108,11 +110,17 @@ class Progress:
                 logger.setLevel(logging.INFO)
         self._warnings = warnings.catch_warnings()
         self._warnings.__enter__()
+        # the loops below (a first-time model training) draw their own bar only where this run shows bars
+        self._bars_policy = bars(not self.quiet and self.tty)
+        self._bars_policy.__enter__()
         warnings.showwarning = self._showwarning
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+        if self._bars_policy is not None:
+            self._bars_policy.__exit__(*exc)
+            self._bars_policy = None
         if self._warnings is not None:
             self._warnings.__exit__(*exc)
             self._warnings = None
@@ -151,9 +159,7 @@ class Progress:
         if self.bars_shown or self.quiet:
             return
         elapsed = time.perf_counter() - self.t0
-        left = max(self.n_images - self.images_done, 0)
-        rate = self.images_done / elapsed if elapsed > 0 else 0.0
-        eta = format_interval(left / rate) if rate > 0 else "?"
+        eta = eta_text(self.images_done, self.n_images, elapsed)
         self.log(
             f"cambench: unit {self.units_done}/{self.n_units} done ({key}, {n_images} images; "
             f"{self.images_done}/{self.n_images} images): elapsed {format_interval(elapsed)}, ETA {eta}"

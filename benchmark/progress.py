@@ -85,6 +85,8 @@ class EpochProgress:
         self.steps = int(steps)
         self.stream = stream if stream is not None else sys.stderr
         self.bar: Any = None
+        #: whether the loop drew a visible bar (still true after the block, when the bar is gone)
+        self.had_bar = False
         self.t0 = time.perf_counter()
 
     @property
@@ -99,6 +101,7 @@ class EpochProgress:
             # no position: tqdm puts it below the bars already shown (the runner's units and images)
             self.bar = tqdm(total=self.epochs * self.steps, desc=f"train {self.desc}", unit="step",
                             leave=False, file=self.stream)
+            self.had_bar = self.bar_shown
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -106,7 +106,7 @@ def fit(
     model.eval()
     tail = losses[-max(1, steps // 4) :]
     seconds = time.perf_counter() - t0
-    if progress.bar_shown:  # the bar is gone: one line that stays
+    if progress.had_bar:  # the bar is gone: one line that stays
         log.info("%s trained: %s (%.0f s)", name, summary, seconds)
     return model, {"train_seconds": round(seconds, 2), "final_loss": sum(tail) / len(tail)}
 

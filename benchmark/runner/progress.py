@@ -25,10 +25,11 @@ from ..progress import bars, eta_text, format_interval
 
 
 class _Handler(logging.Handler):
-    """Sends ``benchmark.*`` log records through :meth:`Progress.log` (above the bars)."""
+    """Sends log records through :meth:`Progress.log` (above the bars): those of ``benchmark.*`` from INFO,
+    and (when no other handler is configured) any logger's from WARNING; each distinct warning once."""
 
-    def __init__(self, progress: Progress) -> None:
-        super().__init__(logging.INFO)
+    def __init__(self, progress: Progress, level: int = logging.INFO) -> None:
+        super().__init__(level)
         self.progress = progress
         self.setFormatter(logging.Formatter("%(name)s: %(message)s"))
 
@@ -57,6 +58,7 @@ class Progress:
         self._units_bar: Any = None
         self._images_bar: Any = None
         self._handler: Optional[_Handler] = None
+        self._root_handler: Optional[_Handler] = None
         self._logger_state: tuple[int, bool] = (logging.NOTSET, True)
         self._warnings: Any = None
         self._bars_policy: Any = None
@@ -108,6 +110,12 @@ class Progress:
             logger.propagate = False
             if logger.getEffectiveLevel() > logging.INFO:
                 logger.setLevel(logging.INFO)
+        root = logging.getLogger()
+        if not self.quiet and not root.handlers:
+            # another library's or a plugin's WARNING: above the bars too (logging's last resort would print
+            # it into them)
+            self._root_handler = _Handler(self, logging.WARNING)
+            root.addHandler(self._root_handler)
         self._warnings = warnings.catch_warnings()
         self._warnings.__enter__()
         # the loops below (a first-time model training) draw their own bar only where this run shows bars
@@ -130,6 +138,9 @@ class Progress:
             logger.setLevel(self._logger_state[0])
             logger.propagate = self._logger_state[1]
             self._handler = None
+        if self._root_handler is not None:
+            logging.getLogger().removeHandler(self._root_handler)
+            self._root_handler = None
 
     def start(self, n_units: int, n_images: int) -> None:
         """Begin the bars (on a terminal) for ``n_units`` units of ``n_images`` images in all."""

@@ -109,9 +109,12 @@ def test_reemitted_records_go_through_the_run_display_each_warning_once(monkeypa
 
 
 @pytest.mark.slow
-def test_loky_workers_log_records_reach_the_driver_once(tmp_path, caplog):
+@pytest.mark.parametrize("backend", ["loky", "dask"])
+def test_workers_log_records_reach_the_driver_once(backend, tmp_path, caplog):
+    if backend == "dask":
+        pytest.importorskip("distributed")
     caplog.set_level(logging.INFO)
-    out = run_suite(_suite(), tmp_path, quiet=True, report=False, backend="loky", workers=2)
+    out = run_suite(_suite(), tmp_path, quiet=True, report=False, backend=backend, workers=2)
     assert len(out.ran) == 2  # two units, each logging the warning on each of its batches
     warned = [r for r in caplog.records if r.getMessage() == logging_fakes.WARNING]
     assert len(warned) == 1 and warned[0].name == "logging_fakes" and warned[0].levelno == logging.WARNING

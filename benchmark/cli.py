@@ -258,14 +258,14 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_train_models(args: argparse.Namespace) -> int:
-    import logging
-
     from .errors import WeightsError
     from .models.synthetic import train_and_ship
+    from .runner.progress import Progress
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        records = train_and_ship(args.names or None)
+        # a bar per model on a terminal, else one line per epoch with elapsed time and ETA; messages above it
+        with Progress():
+            records = train_and_ship(args.names or None)
     except WeightsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -51,3 +51,6 @@ class UnitResult:
     stats: Optional[pd.DataFrame] = None
     #: scores under the meta-evaluation's perturbed models (``PERTURBED_COLUMNS``); None when it is off
     perturbed: Optional[pd.DataFrame] = None
+    #: ``logging`` records emitted while a worker process (loky, dask) computed the unit, for the parent to
+    #: re-emit (messages formatted, no arguments or tracebacks left to pickle); empty in-process. Not stored.
+    logs: list = field(default_factory=list)

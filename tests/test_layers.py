@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1] / "benchmark"
 #: Layers from the bottom up; a module belongs to the layer of its longest matching prefix.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("benchmark.errors", "benchmark.registry", "benchmark.types", "benchmark.schema", "benchmark.outdir",
-              "benchmark.seeding", "benchmark.cpukernels",
+              "benchmark.seeding", "benchmark.cpukernels", "benchmark.progress",
               "benchmark.methods.capture", "benchmark.methods.postprocess")),
     ("components", ("benchmark", "benchmark.methods", "benchmark.metrics", "benchmark.models", "benchmark.data")),
     ("extension", ("benchmark.plugins",)),

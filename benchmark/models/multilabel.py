@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
-import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -32,8 +30,7 @@ from ..errors import WeightsError
 from ..types import ModelHandle
 from .base import register_model
 from .shipped import has_shipped, load_shipped, save_shipped
-
-log = logging.getLogger(__name__)
+from .training import exact_match_correct, fit
 
 TRAINER_VERSION = 1
 MEAN = (0.5, 0.5, 0.5)
@@ -101,38 +98,20 @@ def _normalize(images01: Tensor) -> Tensor:
 
 
 def train_multilabel_model(cfg: MultiLabelTrainConfig = DEFAULT_CONFIG) -> tuple[MultiLabelCNN, dict[str, Any]]:
-    """Train :class:`MultiLabelCNN` on ``shapes_multilabel`` ``train`` with per-class BCE (Adam, one-cycle)."""
-    t0 = time.perf_counter()
-    torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    model = MultiLabelCNN(len(SHAPE_CLASSES), cfg.widths)
-    data = ShapesMultiLabel(n=cfg.n_train, seed=cfg.data_seed, split="train", image_size=cfg.image_size)
-    images, targets = data.images_and_targets()
-    images_u8 = (images * 255).round_().to(torch.uint8)
-    del images
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps = -(-cfg.n_train // cfg.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(1, cfg.epochs * steps),
-                                                pct_start=0.25)
-    model.train()
-    losses: list[float] = []
-    for epoch in range(cfg.epochs):
-        order = torch.randperm(cfg.n_train, generator=gen)
-        for start in range(0, cfg.n_train, cfg.batch_size):
-            idx = order[start : start + cfg.batch_size]
-            loss = nn.functional.binary_cross_entropy_with_logits(
-                model(_normalize(images_u8[idx].float().div_(255))), targets[idx]
-            )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(float(loss.detach()))
-        log.info("%s epoch %d/%d: loss %.3f (%.0f s)", SHIPPED_NAME, epoch + 1, cfg.epochs,
-                 sum(losses[-steps:]) / steps, time.perf_counter() - t0)
-    model.eval()
-    tail = losses[-max(1, steps // 4) :]
-    return model, {"train_seconds": round(time.perf_counter() - t0, 2), "final_loss": sum(tail) / len(tail)}
+    """Train :class:`MultiLabelCNN` on ``shapes_multilabel`` ``train`` with per-class BCE (Adam, one-cycle;
+    :func:`benchmark.models.training.fit`)."""
+
+    def data() -> tuple[Tensor, Tensor]:
+        ds = ShapesMultiLabel(n=cfg.n_train, seed=cfg.data_seed, split="train", image_size=cfg.image_size)
+        images, targets = ds.images_and_targets()
+        return (images * 255).round_().to(torch.uint8), targets
+
+    return fit(
+        lambda: MultiLabelCNN(len(SHAPE_CLASSES), cfg.widths), data, name=SHIPPED_NAME, seed=cfg.seed,
+        epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
+        inputs=lambda u8: _normalize(u8.float().div_(255)), loss=nn.functional.binary_cross_entropy_with_logits,
+        correct=exact_match_correct, accuracy="train exact match",
+    )
 
 
 @torch.inference_mode()

@@ -30,7 +30,6 @@ import json
 import logging
 import os
 import tempfile
-import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
@@ -43,6 +42,7 @@ from ..errors import WeightsError
 from ..types import ModelHandle
 from .base import register_model
 from .shipped import load_shipped, save_shipped, shipped_meta
+from .training import fit
 
 log = logging.getLogger(__name__)
 
@@ -203,40 +203,13 @@ def train_shapes_model(cfg: TrainConfig) -> tuple[ShapesCNN, dict[str, Any]]:
     """Train :class:`ShapesCNN` on the ``train`` split as ``cfg`` says (deterministic for a given torch).
 
     Images are rendered once and kept as uint8 (``n_train x 3 x S x S`` bytes); each epoch visits them in
-    a seeded random order; Adam with a one-cycle learning-rate schedule.
+    a seeded random order; Adam with a one-cycle learning-rate schedule (:func:`benchmark.models.training.fit`).
     """
-    t0 = time.perf_counter()
-    torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    model = ShapesCNN(len(SHAPE_CLASSES), cfg.widths, cfg.head)
-    images_u8, labels = _training_set(cfg)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = -(-cfg.n_train // cfg.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=cfg.lr, total_steps=max(1, cfg.epochs * steps_per_epoch), pct_start=0.25
+    return fit(
+        lambda: ShapesCNN(len(SHAPE_CLASSES), cfg.widths, cfg.head), lambda: _training_set(cfg), name=cfg.name,
+        seed=cfg.seed, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
+        inputs=lambda u8: _normalize(u8.float().div_(255)), loss=nn.functional.cross_entropy,
     )
-    model.train()
-    losses: list[float] = []
-    for epoch in range(cfg.epochs):
-        order = torch.randperm(cfg.n_train, generator=gen)
-        correct = 0
-        for start in range(0, cfg.n_train, cfg.batch_size):
-            idx = order[start : start + cfg.batch_size]
-            x = _normalize(images_u8[idx].float().div_(255))
-            logits = model(x)
-            loss = nn.functional.cross_entropy(logits, labels[idx])
-            correct += int((logits.detach().argmax(1) == labels[idx]).sum())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(float(loss.detach()))
-        log.info("%s epoch %d/%d: loss %.3f, train accuracy %.3f (%.0f s)", cfg.name, epoch + 1, cfg.epochs,
-                 sum(losses[-steps_per_epoch:]) / steps_per_epoch, correct / cfg.n_train, time.perf_counter() - t0)
-    model.eval()
-    tail = losses[-max(1, steps_per_epoch // 4) :]
-    meta = {"train_seconds": round(time.perf_counter() - t0, 2), "final_loss": sum(tail) / len(tail)}
-    return model, meta
 
 
 @torch.inference_mode()

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
-import time
 from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
@@ -28,8 +26,7 @@ from ..types import ModelHandle
 from .base import register_model
 from .shipped import has_shipped, load_shipped, save_shipped
 from .synthetic import load_checkpoint
-
-log = logging.getLogger(__name__)
+from .training import fit
 
 #: Bump when the architecture or the training loop changes: it is part of the training hash.
 TRAINER_VERSION = 1
@@ -100,40 +97,19 @@ def normalize(volumes01: Tensor) -> Tensor:
 
 
 def train_volume_model(cfg: VolumeTrainConfig = DEFAULT_CONFIG) -> tuple[VolumeCNN, dict[str, Any]]:
-    """Train :class:`VolumeCNN` on the ``train`` split of ``volumes`` (Adam, one-cycle schedule, seeded)."""
-    t0 = time.perf_counter()
-    torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    model = VolumeCNN(len(VOLUME_CLASSES), cfg.widths)
-    data = VolumesDataset(n=cfg.n_train, seed=cfg.data_seed, split="train", size=cfg.size)
-    vols, labels = data.images_and_labels()
-    vols_u8 = (vols[:, :1] * 255).round_().to(torch.uint8)  # the three channels are equal: keep one
-    del vols
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps = -(-cfg.n_train // cfg.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(1, cfg.epochs * steps),
-                                                pct_start=0.25)
-    model.train()
-    losses: list[float] = []
-    for epoch in range(cfg.epochs):
-        order = torch.randperm(cfg.n_train, generator=gen)
-        correct = 0
-        for start in range(0, cfg.n_train, cfg.batch_size):
-            idx = order[start : start + cfg.batch_size]
-            x = normalize(vols_u8[idx].float().div_(255).expand(-1, 3, -1, -1, -1))
-            logits = model(x)
-            loss = nn.functional.cross_entropy(logits, labels[idx])
-            correct += int((logits.detach().argmax(1) == labels[idx]).sum())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(float(loss.detach()))
-        log.info("%s epoch %d/%d: loss %.3f, train accuracy %.3f (%.0f s)", cfg.name, epoch + 1, cfg.epochs,
-                 sum(losses[-steps:]) / steps, correct / cfg.n_train, time.perf_counter() - t0)
-    model.eval()
-    tail = losses[-max(1, steps // 4):]
-    return model, {"train_seconds": round(time.perf_counter() - t0, 2), "final_loss": sum(tail) / len(tail)}
+    """Train :class:`VolumeCNN` on the ``train`` split of ``volumes`` (Adam, one-cycle schedule, seeded;
+    :func:`benchmark.models.training.fit`)."""
+
+    def data() -> tuple[Tensor, Tensor]:
+        vols, labels = VolumesDataset(n=cfg.n_train, seed=cfg.data_seed, split="train",
+                                      size=cfg.size).images_and_labels()
+        return (vols[:, :1] * 255).round_().to(torch.uint8), labels  # the three channels are equal: keep one
+
+    return fit(
+        lambda: VolumeCNN(len(VOLUME_CLASSES), cfg.widths), data, name=cfg.name, seed=cfg.seed, epochs=cfg.epochs,
+        batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
+        inputs=lambda u8: normalize(u8.float().div_(255).expand(-1, 3, -1, -1, -1)), loss=nn.functional.cross_entropy,
+    )
 
 
 @torch.inference_mode()

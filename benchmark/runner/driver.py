@@ -162,7 +162,7 @@ def _run_locked(suite: Suite, out: Path, progress: Any, *, fresh: bool, limit: O
                 scheduler: Optional[str], client: Any,
                 options: ExecOptions, plugins: Sequence[str]) -> RunOutcome:
     from ..store import Store, atomic_write_text
-    from .parallel import execute_units
+    from .parallel import execute_units, reemit_logs
 
     log = progress.log
     plan = plan_run(suite, limit, precision=options.precision)
@@ -189,9 +189,11 @@ def _run_locked(suite: Suite, out: Path, progress: Any, *, fresh: bool, limit: O
     results = execute_units(suite, todo, unit_fn=run_unit, setup_fn=load_registries, options=options,
                             backend=backend, workers=workers, scheduler=scheduler, client=client,
                             plugins=plugins, progress=progress.images)
+    seen_logs: set[tuple[str, int, str]] = set()
     try:
         for result in results:
             store.write_unit(result)
+            reemit_logs(getattr(result, "logs", ()), seen_logs)  # a worker's messages, each warning once
             for w in result.info.get("warnings", ()):
                 progress.warn_once(w, f"cambench: {result.key}: {w}")
             for msg in result.info.get("data_errors", ()):

@@ -18,11 +18,17 @@ uses ``cuda:<slot mod #GPUs>``: one worker per GPU, each pinned to its own devic
 ``torch.set_num_threads(cores // workers)``. On dask, units that need a GPU are submitted with
 ``resources={"GPU": 1}`` when the cluster's workers declare a ``GPU`` resource
 (``dask worker tcp://... --resources GPU=1``).
+
+Messages: a worker draws no progress bar (its stderr is the parent's terminal) and keeps the ``logging``
+records of its unit (:func:`captured_logs`: INFO and above of ``benchmark.*``, WARNING and above of any
+logger, e.g. a model trained in the worker, a dataset skipping a file, a plugin's warning); they travel back in
+:attr:`UnitResult.logs` and the parent re-emits them (:func:`reemit_logs`), each distinct warning once.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import queue
 import tempfile
@@ -35,6 +41,7 @@ from typing import Any, Callable, Generator, Iterator, Optional, Sequence, TypeV
 import torch
 
 from ..errors import CambenchError
+from ..progress import bars
 from ..schema import UnitResult
 from .suite import Suite
 
@@ -118,18 +125,91 @@ def _my_slot(token: str) -> int:
     return int(_SLOT["slot"])
 
 
+# -- log records of a worker ----------------------------------------------------------------------
+
+#: Attributes of a ``LogRecord`` that travel to the parent (all picklable once the message is formatted).
+_RECORD_FIELDS = ("name", "levelno", "levelname", "pathname", "filename", "module", "lineno", "funcName",
+                  "created", "msecs", "relativeCreated", "process", "processName", "threadName")
+
+
+class _Collect(logging.Handler):
+    """Keeps the records of one thread: INFO and above of ``benchmark.*``, WARNING and above of any logger."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.thread = threading.get_ident()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread != self.thread:  # another unit in a threaded dask worker
+            return
+        if record.levelno < logging.WARNING and not (record.name == "benchmark" or
+                                                     record.name.startswith("benchmark.")):
+            return
+        try:
+            fields = {k: getattr(record, k, None) for k in _RECORD_FIELDS}
+            fields.update(msg=record.getMessage(), args=None, exc_info=None, stack_info=record.stack_info,
+                          exc_text=record.exc_text or (logging.Formatter().formatException(record.exc_info)
+                                                       if record.exc_info else None))
+            self.records.append(logging.makeLogRecord(fields))
+        except Exception:  # a message that cannot be formatted: say so, as logging itself would
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def captured_logs() -> Iterator[list[logging.LogRecord]]:
+    """Collect the ``logging`` records of this thread during the block (the list it yields, filled as they
+    come); ``benchmark.*`` INFO is enabled meanwhile, and the records are not printed here."""
+    handler = _Collect()
+    root, ours = logging.getLogger(), logging.getLogger("benchmark")
+    saved = ours.level
+    if ours.getEffectiveLevel() > logging.INFO:
+        ours.setLevel(logging.INFO)
+    root.addHandler(handler)
+    if not ours.propagate:  # records of benchmark.* would not reach the root logger
+        ours.addHandler(handler)
+    try:
+        yield handler.records
+    finally:
+        root.removeHandler(handler)
+        ours.removeHandler(handler)
+        ours.setLevel(saved)
+
+
+def reemit_logs(records: Sequence[logging.LogRecord], seen: set[tuple[str, int, str]]) -> int:
+    """Hand ``records`` (from a worker's :attr:`UnitResult.logs`) to this process's loggers, as if logged
+    here; a WARNING or above whose ``(logger, level, message)`` is in ``seen`` is skipped (and each new
+    one added), so a warning that every unit logs is shown once per run. Returns the number re-emitted."""
+    n = 0
+    for rec in records:
+        if rec.levelno >= logging.WARNING:
+            key = (rec.name, rec.levelno, rec.getMessage())
+            if key in seen:
+                continue
+            seen.add(key)
+        logger = logging.getLogger(rec.name)
+        if logger.isEnabledFor(rec.levelno):
+            logger.handle(rec)
+            n += 1
+    return n
+
+
 def _work(
     suite: Suite, unit: Any, options: Any, plugins: tuple[str, ...], token: str, unit_fn: UnitFn, setup_fn: SetupFn
 ) -> UnitResult:
-    """What a worker runs for one unit: registries (``setup_fn``), its device, then ``unit_fn``."""
-    setup_fn((*suite.plugins, *plugins))
-    n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if suite.device in ("cuda", "auto") and n_gpus > 1:
-        device = worker_device(suite.device, n_gpus, _my_slot(token))
-        if device != suite.device:
-            suite = replace(suite, device=device)
-            torch.cuda.set_device(torch.device(device))
-    return unit_fn(suite, unit, options=options)
+    """What a worker runs for one unit: registries (``setup_fn``), its device, then ``unit_fn``, without
+    progress bars and with its log records kept in the result (:func:`captured_logs`)."""
+    with bars(False), captured_logs() as records:
+        setup_fn((*suite.plugins, *plugins))
+        n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if suite.device in ("cuda", "auto") and n_gpus > 1:
+            device = worker_device(suite.device, n_gpus, _my_slot(token))
+            if device != suite.device:
+                suite = replace(suite, device=device)
+                torch.cuda.set_device(torch.device(device))
+        result = unit_fn(suite, unit, options=options)
+    result.logs = list(records)
+    return result
 
 
 # -- backends --------------------------------------------------------------------------------------

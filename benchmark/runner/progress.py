@@ -6,8 +6,11 @@
 * Without a terminal (a redirected log, CI): no bars, but one line per finished unit with the elapsed
   time and an ETA, so that a log file shows the run advancing.
 * ``quiet``: nothing (only the CLI's summary), unless the caller passes its own ``log``.
+* A model trained for the run draws its own bar below these (:mod:`benchmark.progress`) only where the run
+  shows bars (a terminal, not ``quiet``), else logs a line per epoch with elapsed time and ETA.
 
-Each distinct warning is shown once per run.
+Each distinct warning (a Python warning, a ``logging`` WARNING, one forwarded from a worker process) is
+shown once per run.
 """
 
 from __future__ import annotations
@@ -18,28 +21,27 @@ import time
 import warnings
 from typing import Any, Callable, Optional, TextIO
 
+from ..progress import bars, eta_text, format_interval
+
 
 class _Handler(logging.Handler):
-    """Sends ``benchmark.*`` log records through :meth:`Progress.log` (above the bars)."""
+    """Sends log records through :meth:`Progress.log` (above the bars): those of ``benchmark.*`` from INFO,
+    and (when no other handler is configured) any logger's from WARNING; each distinct warning once."""
 
-    def __init__(self, progress: Progress) -> None:
-        super().__init__(logging.INFO)
+    def __init__(self, progress: Progress, level: int = logging.INFO) -> None:
+        super().__init__(level)
         self.progress = progress
         self.setFormatter(logging.Formatter("%(name)s: %(message)s"))
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self.progress.log(self.format(record))
+            text = self.format(record)
+            if record.levelno >= logging.WARNING:  # a warning once per run, however many units log it
+                self.progress.warn_once(text)
+            else:
+                self.progress.log(text)
         except Exception:
             self.handleError(record)
-
-
-def format_interval(seconds: float) -> str:
-    """``H:MM:SS`` / ``M:SS``."""
-    s = int(round(max(seconds, 0.0)))
-    h, rem = divmod(s, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
 class Progress:
@@ -56,8 +58,10 @@ class Progress:
         self._units_bar: Any = None
         self._images_bar: Any = None
         self._handler: Optional[_Handler] = None
+        self._root_handler: Optional[_Handler] = None
         self._logger_state: tuple[int, bool] = (logging.NOTSET, True)
         self._warnings: Any = None
+        self._bars_policy: Any = None
         self.n_units = self.n_images = 0
         self.units_done = self.images_done = 0
         self.t0 = time.perf_counter()
@@ -74,7 +78,7 @@ class Progress:
             return
         if self.quiet:
             return
-        if self.bars_shown:
+        if self.bars_shown or self.tty:  # on a terminal a training bar (benchmark.progress) may be shown
             from tqdm.auto import tqdm
 
             tqdm.write(msg, file=self.stream)
@@ -106,13 +110,25 @@ class Progress:
             logger.propagate = False
             if logger.getEffectiveLevel() > logging.INFO:
                 logger.setLevel(logging.INFO)
+        root = logging.getLogger()
+        if not self.quiet and not root.handlers:
+            # another library's or a plugin's WARNING: above the bars too (logging's last resort would print
+            # it into them)
+            self._root_handler = _Handler(self, logging.WARNING)
+            root.addHandler(self._root_handler)
         self._warnings = warnings.catch_warnings()
         self._warnings.__enter__()
+        # the loops below (a first-time model training) draw their own bar only where this run shows bars
+        self._bars_policy = bars(not self.quiet and self.tty)
+        self._bars_policy.__enter__()
         warnings.showwarning = self._showwarning
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+        if self._bars_policy is not None:
+            self._bars_policy.__exit__(*exc)
+            self._bars_policy = None
         if self._warnings is not None:
             self._warnings.__exit__(*exc)
             self._warnings = None
@@ -122,6 +138,9 @@ class Progress:
             logger.setLevel(self._logger_state[0])
             logger.propagate = self._logger_state[1]
             self._handler = None
+        if self._root_handler is not None:
+            logging.getLogger().removeHandler(self._root_handler)
+            self._root_handler = None
 
     def start(self, n_units: int, n_images: int) -> None:
         """Begin the bars (on a terminal) for ``n_units`` units of ``n_images`` images in all."""
@@ -151,9 +170,7 @@ class Progress:
         if self.bars_shown or self.quiet:
             return
         elapsed = time.perf_counter() - self.t0
-        left = max(self.n_images - self.images_done, 0)
-        rate = self.images_done / elapsed if elapsed > 0 else 0.0
-        eta = format_interval(left / rate) if rate > 0 else "?"
+        eta = eta_text(self.images_done, self.n_images, elapsed)
         self.log(
             f"cambench: unit {self.units_done}/{self.n_units} done ({key}, {n_images} images; "
             f"{self.images_done}/{self.n_images} images): elapsed {format_interval(elapsed)}, ETA {eta}"

@@ -96,7 +96,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="let latency/memory metrics fail the gate too (off: they depend on the machine)")
 
     t = sub.add_parser("train-models", help="retrain cambench's synthetic models and rewrite their shipped weights")
-    t.add_argument("names", nargs="*", metavar="NAME", help="models to train (default: all synthetic models)")
+    t.add_argument("names", nargs="*", metavar="NAME",
+                   help="models to train (default: every model with shipped weights: shapes_cnn, shapes_deep_cnn, "
+                        "shapes_shortcut_cnn, shapes_multilabel_cnn, volume_cnn)")
     return p
 
 
@@ -257,20 +259,41 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Every model whose weights ship with cambench, and the module whose ``train_and_ship`` retrains it.
+SHIPPED_MODELS = {"shapes_cnn": "synthetic", "shapes_deep_cnn": "synthetic", "shapes_shortcut_cnn": "synthetic",
+                  "shapes_multilabel_cnn": "multilabel", "volume_cnn": "volumetric"}
+
+
 def cmd_train_models(args: argparse.Namespace) -> int:
+    import importlib
+
     from .errors import WeightsError
-    from .models.synthetic import train_and_ship
+    from .models.shipped import shipped_meta
     from .runner.progress import Progress
 
+    names = list(args.names) or list(SHIPPED_MODELS)
+    unknown = [n for n in names if n not in SHIPPED_MODELS]
+    if unknown:
+        print(f"error: unknown model(s) {unknown}; models with shipped weights: {', '.join(SHIPPED_MODELS)}.",
+              file=sys.stderr)
+        return 2
+    records: dict[str, dict] = {}
     try:
         # a bar per model on a terminal, else one line per epoch with elapsed time and ETA; messages above it
         with Progress():
-            records = train_and_ship(args.names or None)
+            for name in names:
+                mod = importlib.import_module(f".models.{SHIPPED_MODELS[name]}", __package__)
+                if SHIPPED_MODELS[name] == "synthetic":
+                    records.update(mod.train_and_ship([name]))
+                else:
+                    mod.train_and_ship()
+                    records[name] = shipped_meta(name)
     except WeightsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for name, rec in records.items():
-        print(f"{name}: held-out accuracy {rec['held_out_accuracy']}, sha256 {rec.get('sha256', '')[:12]}")
+        acc = {k: v for k, v in rec.items() if "accuracy" in k or k in ("exact_match",)}
+        print(f"{name}: {acc}, sha256 {rec.get('sha256', '')[:12]}")
     return 0
 
 

@@ -164,8 +164,23 @@ def test_train_models_without_a_terminal_logs_each_epoch(monkeypatch, capsys):
         return {n: {"held_out_accuracy": {"simple": 1.0}, "sha256": "ab" * 32} for n in names}
 
     monkeypatch.setattr(S, "train_and_ship", train_and_ship)
-    assert cli.main(["train-models", "tiny"]) == 0
+    assert cli.main(["train-models", "shapes_cnn"]) == 0
     out, err = capsys.readouterr()
     epochs = [x for x in err.splitlines() if " epoch " in x]
     assert len(epochs) == 2 and all(EPOCH.match(x.split(": ", 1)[1]) for x in epochs), err
-    assert "tiny: held-out accuracy {'simple': 1.0}, sha256 abababababab" in out
+    assert "shapes_cnn: {'held_out_accuracy': {'simple': 1.0}}, sha256 abababababab" in out
+
+
+def test_train_models_covers_every_shipped_model_and_refuses_unknown_names(monkeypatch, capsys):
+    from benchmark import cli
+    from benchmark.models import multilabel, volumetric
+
+    called = []
+    monkeypatch.setattr(multilabel, "train_and_ship", lambda: called.append("ml") or {})
+    monkeypatch.setattr(volumetric, "train_and_ship", lambda: called.append("vol") or {})
+    assert cli.main(["train-models", "shapes_multilabel_cnn", "volume_cnn"]) == 0
+    assert called == ["ml", "vol"]
+    out = capsys.readouterr().out
+    assert "shapes_multilabel_cnn: {" in out and "volume_cnn: {" in out and "sha256 " in out
+    assert cli.main(["train-models", "tiny"]) == 2
+    assert "unknown model(s) ['tiny']" in capsys.readouterr().err

@@ -179,25 +179,37 @@ def test_run_unit_is_pure_and_seeded_by_unit():
 
 
 @pytest.mark.parametrize("precision,allowed", [("fp32", False), ("bf16", False), ("tf32", True)])
-def test_units_run_with_tf32_only_when_asked(monkeypatch, precision, allowed) -> None:
+def test_units_run_with_tf32_only_when_asked(precision, allowed) -> None:
     """``--precision fp32`` is IEEE fp32 on CUDA too (PyTorch's default lets cuDNN use TF32); the flags are
     restored after the unit."""
     import torch
 
+    from benchmark.methods.base import PRECISIONS
     from benchmark.runner import execute
-    from benchmark.runner import unit as unit_mod
-
-    seen = {}
-
-    def fake_unit(suite, unit, progress, opts):
-        seen["flags"] = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
-        return execute.UnitResult("k", pd.DataFrame(), pd.DataFrame(), pd.DataFrame())
 
     before = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
-    monkeypatch.setattr(unit_mod, "_run_unit", fake_unit)  # run_unit calls it there
-    execute.run_unit(None, None, options=execute.ExecOptions(precision=precision))
-    assert seen["flags"] == (allowed, allowed)
+    seen = runner_fakes.state_seen_by_a_unit(execute.ExecOptions(precision=precision))  # the public run_unit
+    assert seen["tf32"] == (allowed, allowed) and seen["precision"] == PRECISIONS[precision]
     assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == before
+
+
+def test_unit_environment_sets_and_restores_the_process_state() -> None:
+    import warnings
+
+    import torch
+
+    from benchmark.methods.base import forward_autocast
+    from benchmark.runner.unit import ExecOptions, unit_environment
+
+    before = (torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
+    with unit_environment(ExecOptions(precision="bf16", compile=True)) as caught:
+        assert isinstance(forward_autocast("cpu"), torch.autocast)
+        assert torch.backends.cudnn.benchmark is True and torch.backends.cudnn.allow_tf32 is False
+        warnings.warn("first", RuntimeWarning)
+        warnings.warn("first", RuntimeWarning)  # "always": both collected, the runner deduplicates
+    assert [str(w.message) for w in caught] == ["first", "first"]
+    assert (torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark) == before
+    assert not isinstance(forward_autocast("cpu"), torch.autocast)
 
 
 def test_warnings_of_methods_are_collected_and_logged_once(tmp_path, recwarn):

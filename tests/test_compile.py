@@ -103,10 +103,10 @@ def test_cudnn_autotune_is_scoped():
 
 
 def test_compile_option_reaches_the_unit():
-    import runner_fakes
-
     from benchmark.cli import _parser as build_parser
     from benchmark.runner import execute
+
+    import runner_fakes
 
     args = build_parser().parse_args(["run", "quick", "--compile"])
     assert args.compile is True

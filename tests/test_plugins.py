@@ -366,7 +366,8 @@ def test_run_method_validate_raises_a_contract_error(name, problem) -> None:
     _register_bad()
     x = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     ctx = methods.explain_context(_net(), "1", x, [0, 1, 2])
-    with pytest.raises(ContractError, match=rf"Method '{name}' \(built-in\) broke the method contract: .*{problem}") as err:
+    expected = rf"Method '{name}' \(built-in\) broke the method contract: .*{problem}"
+    with pytest.raises(ContractError, match=expected) as err:
         methods.run_method(ctx, name, validate=True)
     assert len(err.value.problems) >= 1 and any(re.search(problem, p) for p in err.value.problems)
     assert name in check_methods([name], raise_on_error=False) and check_method(name)  # the check reports it

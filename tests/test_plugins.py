@@ -277,6 +277,7 @@ def test_a_plugin_may_register_models_and_datasets(tmp_path) -> None:
     from benchmark.data import DATASETS, create_dataset
     from benchmark.models import MODELS, create_model
 
+    earlier = plugins.loaded_plugins()  # e.g. the runner tests' fakes, loaded once per process
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a plugin with a model and a dataset registered something: no warning
         (plugin,) = load_plugins([_plugin(tmp_path, _MODEL_AND_DATASET, "zoo.py")], entry_points=False)
@@ -284,9 +285,9 @@ def test_a_plugin_may_register_models_and_datasets(tmp_path) -> None:
     assert MODELS.entry("plugin_net").source == "zoo.py" and DATASETS.entry("plugin_dots").source == "zoo.py"
     handle = create_model("plugin_net")
     assert handle.model(create_dataset("plugin_dots")[1].image[None]).shape == (1, 2)
-    assert plugins.loaded_plugins() == [plugin]
-    assert plugins.unload_plugins() == [plugin]
-    assert "plugin_net" not in MODELS and "plugin_dots" not in DATASETS and plugins.loaded_plugins() == []
+    assert plugins.loaded_plugins() == [*earlier, plugin]
+    assert plugins.unload_plugins([plugin]) == [plugin]
+    assert "plugin_net" not in MODELS and "plugin_dots" not in DATASETS and plugins.loaded_plugins() == earlier
     assert not any(m.startswith("cambench_plugin_zoo_") for m in sys.modules)
     (again,) = load_plugins([str(tmp_path / "zoo.py")], entry_points=False)  # unloaded: imported afresh
     assert again is not plugin and again.models == ["plugin_net"] and "plugin_net" in MODELS
@@ -296,10 +297,11 @@ def test_a_failing_plugin_rolls_back_its_models_and_datasets(tmp_path) -> None:
     from benchmark.data import DATASETS
     from benchmark.models import MODELS
 
+    earlier = plugins.loaded_plugins()
     spec = _plugin(tmp_path, _MODEL_AND_DATASET + "\nraise RuntimeError('half way')\n", "half.py")
     with pytest.raises(PluginError, match=r"Plugin 'half.py' failed to import .*RuntimeError: half way"):
         load_plugins([spec], entry_points=False)
-    assert "plugin_net" not in MODELS and "plugin_dots" not in DATASETS and plugins.loaded_plugins() == []
+    assert "plugin_net" not in MODELS and "plugin_dots" not in DATASETS and plugins.loaded_plugins() == earlier
     clash = _plugin(tmp_path, _MODEL_AND_DATASET.replace('"plugin_dots"', '"shapes"'), "clash_data.py")
     with pytest.raises(PluginError, match=r"dataset 'shapes' is already registered \(by cambench\); clash_data.py"):
         load_plugins([clash], entry_points=False)
@@ -323,14 +325,15 @@ def test_isolated_restores_registries_and_loaded_plugins(tmp_path) -> None:
     from benchmark.models import MODELS
 
     (kept,) = load_plugins([str(EXAMPLE)], entry_points=False)
-    builtin = METHODS.entry("gradcam")
+    builtin, loaded = METHODS.entry("gradcam"), plugins.loaded_plugins()
     with plugins.isolated():
         load_plugins([_plugin(tmp_path, _MODEL_AND_DATASET, "inner.py")], entry_points=False)
         METHODS.remove("gradcam")
         plugins.unload_plugins([kept])
         assert "topk_gradcam" not in METHODS and "plugin_net" in MODELS
     assert METHODS.entry("gradcam") == builtin and "plugin_net" not in MODELS
-    assert plugins.loaded_plugins() == [kept] and METHODS.entry("topk_gradcam").source == "my_cam.py"
+    assert plugins.loaded_plugins() == loaded and kept in loaded
+    assert METHODS.entry("topk_gradcam").source == "my_cam.py"
     assert not any(m.startswith("cambench_plugin_inner_") for m in sys.modules)
 
 

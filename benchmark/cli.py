@@ -7,7 +7,7 @@
                            [--precision fp32|tf32|bf16|fp16] [--compile]
     run_bench.py list {methods,metrics,models,datasets,suites}
     run_bench.py report DIR
-    run_bench.py compare DIR --baseline CSV [--tolerance EPS] [--all]
+    run_bench.py compare DIR --baseline CSV [--tolerance EPS] [--all] [--require-baseline-rows]
 
 ``--plugin MODULE_OR_FILE.py`` (repeatable, or ``CAMBENCH_PLUGINS=a,b``) imports modules that register
 extra methods, metrics, models or datasets before anything runs.
@@ -94,6 +94,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--all", action="store_true", help="print every row, not only the changed ones")
     c.add_argument("--gate-cost", action="store_true",
                    help="let latency/memory metrics fail the gate too (off: they depend on the machine)")
+    c.add_argument("--require-baseline-rows", action="store_true",
+                   help="exit 1 also when a baseline row is missing from the new run (rows only in the new run, "
+                        "e.g. a new method, never fail)")
 
     t = sub.add_parser("train-models", help="retrain cambench's synthetic models and rewrite their shipped weights")
     t.add_argument("names", nargs="*", metavar="NAME",
@@ -298,14 +301,15 @@ def cmd_train_models(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .report.compare import compare, format_comparison, read_leaderboard
+    from .report.compare import compare, format_comparison, gate_failures, read_leaderboard
 
     table = compare(
         read_leaderboard(args.dir), read_leaderboard(args.baseline), tolerance=args.tolerance,
         gate_cost=args.gate_cost,
     )
-    print(format_comparison(table, show_ok=args.all))
-    return 1 if (table["status"] == "regression").any() else 0
+    strict = bool(args.require_baseline_rows)
+    print(format_comparison(table, show_ok=args.all, require_baseline_rows=strict))
+    return 1 if len(gate_failures(table, require_baseline_rows=strict)) else 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

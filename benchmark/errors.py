@@ -5,6 +5,8 @@ Every error says what was wrong, what was expected, and how to fix it (scikit-le
 
 from __future__ import annotations
 
+from typing import Sequence
+
 
 class CambenchError(Exception):
     """Base class of every error cambench raises on purpose."""
@@ -46,4 +48,11 @@ class PluginError(CambenchError):
 
 
 class ContractError(PluginError):
-    """A registered method (plugin or built-in) failed the method contract check."""
+    """A registered method (plugin or built-in) failed the method contract check.
+
+    ``problems``: the broken rules, one sentence each (``run_method(..., validate=True)`` fills it).
+    """
+
+    def __init__(self, *args: object, problems: Sequence[str] = ()) -> None:
+        super().__init__(*args)
+        self.problems: list[str] = list(problems)

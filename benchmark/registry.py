@@ -7,6 +7,7 @@ and names that are the strings users type.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import difflib
 import fnmatch
 from dataclasses import dataclass, field
@@ -50,6 +51,7 @@ class Registry(Generic[T]):
         self._entries: dict[str, Entry[T]] = {}
         self._prefixes: dict[str, tuple[Resolver, Optional[Lister]]] = {}
         self._resolved: dict[str, Entry[T]] = {}  # cache of prefix lookups (never listed unless asked)
+        self._recording: builtins.list[tuple[str, builtins.list[str]]] = []  # open :meth:`recording` blocks
 
     # -- name prefixes (timm style: "timm/resnet50", "quantus/Sparseness") -------------------------------
     def add_prefix(self, prefix: str, resolver: Resolver, lister: Optional[Lister] = None) -> None:
@@ -113,6 +115,9 @@ class Registry(Generic[T]):
         """Register ``obj`` directly (non-decorator form)."""
         if not isinstance(name, str) or not name or name != name.strip():
             raise CambenchError(f"Invalid {self.kind} name {name!r}: expected a non-empty string.")
+        recorder = self._recording[-1] if self._recording else None  # inside ``recording(source)``
+        if recorder is not None:
+            meta.setdefault("source", recorder[0])
         if name in self._entries and not override:
             old = self._entries[name].meta.get("source", "cambench")
             new = meta.get("source", "cambench")
@@ -122,6 +127,8 @@ class Registry(Generic[T]):
             )
         entry = Entry(name, obj, dict(meta))
         self._entries[name] = entry
+        if recorder is not None:
+            recorder[1].append(name)
         return entry
 
     def remove(self, name: str) -> None:
@@ -214,3 +221,61 @@ class Registry(Generic[T]):
     def entries(self, *, prefixed: bool = False) -> builtins.list[Entry[T]]:  # ``list`` is the method above
         """Entries of :meth:`list` (``prefixed=True``: also every listed prefixed name, resolved)."""
         return [self.entry(n) for n in self.list(prefixed=prefixed)]
+
+    # -- recording and isolation (plugins, tests) ---------------------------------------------------------
+    @contextlib.contextmanager
+    def recording(self, source: str) -> Iterator[builtins.list[str]]:
+        """Inside the block, every :meth:`add` tags its entry ``source=source`` (unless the registration
+        gives one) and appends its name to the yielded list, in order. Blocks nest: the innermost records.
+
+        >>> with METHODS.recording("my_cams.py") as added:
+        ...     import my_cams
+        >>> added
+        ['topk_gradcam']
+        """
+        names: builtins.list[str] = []
+        frame = (source, names)
+        self._recording.append(frame)
+        try:
+            yield names
+        finally:
+            self._recording[:] = [f for f in self._recording if f is not frame]
+
+    def snapshot(self) -> RegistryState:
+        """The registry's current contents (entries, prefixes, resolved cache), for :meth:`restore`."""
+        return RegistryState(self.kind, dict(self._entries), dict(self._prefixes), dict(self._resolved))
+
+    def restore(self, state: RegistryState) -> None:
+        """Put back exactly the contents of ``state`` (from :meth:`snapshot` of this registry): names
+        registered since are gone, names removed or replaced since are back as they were."""
+        if not isinstance(state, RegistryState) or state.kind != self.kind:
+            got = getattr(state, "kind", type(state).__name__)
+            raise CambenchError(
+                f"Cannot restore the {self.kind} registry from a snapshot of {got!r}: pass the value that "
+                f"{self.kind.upper()}S.snapshot() returned."
+            )
+        self._entries.clear()
+        self._entries.update(state.entries)
+        self._prefixes.clear()
+        self._prefixes.update(state.prefixes)
+        self._resolved.clear()
+        self._resolved.update(state.resolved)
+
+    @contextlib.contextmanager
+    def isolated(self) -> Iterator[Registry[T]]:
+        """A block whose registrations and removals are undone on exit (tests: ``with METHODS.isolated():``)."""
+        state = self.snapshot()
+        try:
+            yield self
+        finally:
+            self.restore(state)
+
+
+@dataclass(frozen=True)
+class RegistryState:
+    """What :meth:`Registry.snapshot` returns: copies of a registry's tables (opaque; pass it to restore)."""
+
+    kind: str
+    entries: Mapping[str, Entry[Any]]
+    prefixes: Mapping[str, tuple[Resolver, Optional[Lister]]]
+    resolved: Mapping[str, Entry[Any]]

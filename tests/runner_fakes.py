@@ -165,6 +165,20 @@ def fake_warns(ctx) -> Tensor:
     return torch.rand(ctx.images.shape[0], 4, 4, generator=ctx.generator(3)).to(ctx.images.device)
 
 
+@register_method("fake_env", family="baseline", needs_gradients=False, override=True)
+def fake_env(ctx) -> Tensor:
+    """A valid map that records the process state it ran in (``METHODS.get("fake_env").seen``): precision,
+    compile, cuDNN autotuning and TF32 flags, as :func:`benchmark.runner.unit.unit_environment` sets them."""
+    from benchmark.methods import base
+
+    fake_env.seen = {  # type: ignore[attr-defined]
+        "precision": base._FORWARD_DTYPE.get(), "compile": base._FORWARD_COMPILE.get(),
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+        "tf32": (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32),
+    }
+    return torch.rand(ctx.images.shape[0], 4, 4, generator=ctx.generator(5)).to(ctx.images.device)
+
+
 # -- helpers shared by the runner test modules ---------------------------------------------------
 
 from functools import partial  # noqa: E402
@@ -187,3 +201,35 @@ def run_cached(tmp_root: Path, suite: str = "tiny", plots: bool = False, **kw):
         _RUNS[key] = run_suite(load_suite(SUITES / f"{suite}.toml"), out, quiet=True,
                                    report=partial(write_report, plots=plots), **kw)
     return _RUNS[key]
+
+
+def state_seen_by_a_unit(options) -> dict:
+    """Run one unit of a one-method suite (``fake_env`` on two fake images) through the public
+    :func:`benchmark.runner.run_unit` with ``options``; return the state its method saw."""
+    from benchmark.methods import METHODS
+    from benchmark.runner import parse_suite, plan_run, run_unit
+
+    suite = parse_suite(
+        f"""
+name = "env"
+seed = 0
+device = "cpu"
+batch_size = 2
+shard_size = 2
+gallery = 0
+bootstrap = 10
+plugins = ["{Path(__file__).resolve()}"]
+methods = ["fake_env"]
+metrics = ["fake_inside"]
+
+[[experiments]]
+model = "fake_cnn"
+dataset = "fake_shapes"
+data = {{ n = 2 }}
+""",
+        default_name="env",
+    )
+    plan = plan_run(suite)
+    result = run_unit(suite, plan.units[0], options=options)
+    assert (result.scores["status"] == "ok").all(), result.scores
+    return dict(METHODS.get("fake_env").seen)

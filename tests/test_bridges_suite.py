@@ -4,7 +4,6 @@ metrics named in a suite, get leaderboard rows for every metric (a fake, seconds
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")
@@ -19,7 +18,6 @@ pytest.importorskip("quantus")
 from benchmark import plugins
 from benchmark.cli import main
 from benchmark.methods import METHODS
-from benchmark.metrics import METRICS
 from benchmark.runner.suite import load_suite
 
 TESTS = Path(__file__).resolve().parent
@@ -29,17 +27,8 @@ PLUGIN = TESTS / "plugins" / "pgc_subclass_cam.py"
 
 @pytest.fixture(autouse=True)
 def clean_registries():
-    m, k, loaded, mods = dict(METHODS._entries), dict(METRICS._entries), dict(plugins._LOADED), set(sys.modules)
-    yield
-    METHODS._entries.clear()
-    METHODS._entries.update(m)
-    METRICS._entries.clear()
-    METRICS._entries.update(k)
-    plugins._LOADED.clear()
-    plugins._LOADED.update(loaded)
-    for name in set(sys.modules) - mods:
-        if name.startswith("cambench_plugin_"):
-            del sys.modules[name]
+    with plugins.isolated():
+        yield
 
 
 def test_basecam_plugin_gets_leaderboard_rows_for_every_metric(tmp_path, capsys) -> None:

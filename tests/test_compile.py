@@ -102,26 +102,18 @@ def test_cudnn_autotune_is_scoped():
     assert torch.backends.cudnn.benchmark == before
 
 
-def test_compile_option_reaches_the_unit(monkeypatch):
-    import pandas as pd
-
+def test_compile_option_reaches_the_unit():
     from benchmark.cli import _parser as build_parser
     from benchmark.runner import execute
-    from benchmark.runner import unit as unit_mod
+
+    import runner_fakes
 
     args = build_parser().parse_args(["run", "quick", "--compile"])
     assert args.compile is True
     assert build_parser().parse_args(["run", "quick"]).compile is False
-    seen = {}
-
-    def fake_unit(suite, unit, progress, opts):
-        seen["state"] = (base._FORWARD_COMPILE.get(), torch.backends.cudnn.benchmark)
-        return execute.UnitResult("k", pd.DataFrame(), pd.DataFrame(), pd.DataFrame())
-
-    monkeypatch.setattr(unit_mod, "_run_unit", fake_unit)  # run_unit calls it there
     before = torch.backends.cudnn.benchmark
-    execute.run_unit(None, None, options=execute.ExecOptions(compile=True))
-    assert seen["state"] == (True, True)
-    execute.run_unit(None, None, options=execute.ExecOptions())
-    assert seen["state"] == (False, before)
-    assert torch.backends.cudnn.benchmark == before
+    seen = runner_fakes.state_seen_by_a_unit(execute.ExecOptions(compile=True))  # the public run_unit
+    assert (seen["compile"], seen["cudnn_benchmark"]) == (True, True)
+    seen = runner_fakes.state_seen_by_a_unit(execute.ExecOptions())
+    assert (seen["compile"], seen["cudnn_benchmark"]) == (False, before)
+    assert torch.backends.cudnn.benchmark == before and base._FORWARD_COMPILE.get() is False

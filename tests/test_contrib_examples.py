@@ -5,7 +5,6 @@ CONTRIBUTING.md shows each file verbatim."""
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
 import pytest
@@ -24,29 +23,18 @@ CONTRIB = ROOT / "examples" / "contrib"
 FILES = {"method": "my_method.py", "metric": "my_metric.py", "dataset": "my_dataset.py", "model": "my_model.py"}
 NAMES = {"method": "posgrad_cam", "metric": "keep_top_prob", "dataset": "blobs", "model": "blob_cnn"}
 
-pytestmark = [
-    pytest.mark.usefixtures("one_thread"),
-    # the plugin loader tracks methods and metrics only (models and datasets: issue 13, after the merge)
-    pytest.mark.filterwarnings(r"ignore:Plugin 'my_(dataset|model)\.py' registered no method:UserWarning"),
-]
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.filterwarnings("error:Plugin .* registered nothing")]
 
 
 @pytest.fixture()
 def contrib():
     """Load the four example plugins (the method contract check included); unregister them afterwards."""
-    registries = {"method": METHODS, "metric": METRICS, "dataset": DATASETS, "model": MODELS}
-    loaded, mods = dict(plugins._LOADED), set(sys.modules)
-    try:
-        plugins.load_plugins([str(CONTRIB / f) for f in FILES.values()], entry_points=False, check=True)
+    with plugins.isolated():
+        loaded = plugins.load_plugins([str(CONTRIB / f) for f in FILES.values()], entry_points=False, check=True)
+        assert [p.registered() for p in loaded] == [
+            {k + "s": [NAMES[k]] if k == kind else [] for k in FILES} for kind in FILES
+        ]
         yield
-    finally:
-        for kind, reg in registries.items():
-            reg.remove(NAMES[kind])
-        plugins._LOADED.clear()
-        plugins._LOADED.update(loaded)
-        for name in set(sys.modules) - mods:
-            if name.startswith("cambench_plugin_"):
-                del sys.modules[name]
 
 
 def test_each_file_registers_its_extension(contrib) -> None:

@@ -29,15 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(autouse=True)
 def clean_registries():
-    m, loaded, mods = dict(METHODS._entries), dict(plugins._LOADED), set(sys.modules)
-    yield
-    METHODS._entries.clear()
-    METHODS._entries.update(m)
-    plugins._LOADED.clear()
-    plugins._LOADED.update(loaded)
-    for name in set(sys.modules) - mods:
-        if name.startswith("cambench_plugin_"):
-            del sys.modules[name]
+    with plugins.isolated():
+        yield
 
 
 class SmallCNN(nn.Module):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import pytest
@@ -21,18 +23,9 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "my_cam.py"
 
 @pytest.fixture(autouse=True)
 def clean_registries():
-    """Plugins register into the global registries: restore them (and the loaded-plugin table) after each test."""
-    m, k, loaded, mods = dict(METHODS._entries), dict(METRICS._entries), dict(plugins._LOADED), set(sys.modules)
-    yield
-    METHODS._entries.clear()
-    METHODS._entries.update(m)
-    METRICS._entries.clear()
-    METRICS._entries.update(k)
-    plugins._LOADED.clear()
-    plugins._LOADED.update(loaded)
-    for name in set(sys.modules) - mods:
-        if name.startswith(("cambench_plugin_", "cb_test_")):
-            del sys.modules[name]
+    """Plugins register into the global registries: restore them (and the loaded plugins) after each test."""
+    with plugins.isolated():
+        yield
 
 
 def _plugin(tmp_path: Path, body: str, name: str = "my_plugin.py") -> str:
@@ -234,16 +227,172 @@ def test_entry_points_are_loaded_automatically(tmp_path, monkeypatch) -> None:
 
 
 def test_plugin_registering_nothing_warns(tmp_path) -> None:
-    with pytest.warns(UserWarning, match="registered no method and no metric"):
+    with pytest.warns(UserWarning, match="registered nothing"):
         load_plugins([_plugin(tmp_path, "x = 1\n", "empty.py")], entry_points=False)
 
 
-def test_registry_add_is_restored_after_loading(tmp_path) -> None:
+def test_recording_ends_with_loading(tmp_path) -> None:
     load_plugins([str(EXAMPLE)], entry_points=False)
-    assert "add" not in METHODS.__dict__ and "add" not in METRICS.__dict__
 
     @methods.register_method("after_plugins_cam", family="gradient")
     def later(ctx):
         return ctx.capture.activations.sum(1)
 
     assert METHODS.entry("after_plugins_cam").meta.get("source") is None  # built-in again
+
+
+_MODEL_AND_DATASET = """
+import torch
+from torch import nn
+from benchmark.data import CamDataset, Sample, register_dataset
+from benchmark.models import register_model
+from benchmark.types import ModelHandle
+
+
+@register_model("plugin_net", family="cnn")
+def plugin_net(weights="default"):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(4, 2))
+    return ModelHandle(name="plugin_net", model=net.eval(), target_layer="1", input_size=(8, 8))
+
+
+class Dots(CamDataset):
+    num_classes = 2
+
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, i):
+        return Sample(image=torch.full((3, 8, 8), float(i)), target=i, id=f"dot{i}")
+
+
+@register_dataset("plugin_dots", has_masks=False, has_boxes=False)
+def plugin_dots(root=None, n=None, seed=0):
+    return Dots()
+"""
+
+
+def test_a_plugin_may_register_models_and_datasets(tmp_path) -> None:
+    from benchmark.data import DATASETS, create_dataset
+    from benchmark.models import MODELS, create_model
+
+    earlier = plugins.loaded_plugins()  # e.g. the runner tests' fakes, loaded once per process
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a plugin with a model and a dataset registered something: no warning
+        (plugin,) = load_plugins([_plugin(tmp_path, _MODEL_AND_DATASET, "zoo.py")], entry_points=False)
+    assert (plugin.models, plugin.datasets, plugin.methods, plugin.metrics) == (["plugin_net"], ["plugin_dots"], [], [])
+    assert MODELS.entry("plugin_net").source == "zoo.py" and DATASETS.entry("plugin_dots").source == "zoo.py"
+    handle = create_model("plugin_net")
+    assert handle.model(create_dataset("plugin_dots")[1].image[None]).shape == (1, 2)
+    assert plugins.loaded_plugins() == [*earlier, plugin]
+    assert plugins.unload_plugins([plugin]) == [plugin]
+    assert "plugin_net" not in MODELS and "plugin_dots" not in DATASETS and plugins.loaded_plugins() == earlier
+    assert not any(m.startswith("cambench_plugin_zoo_") for m in sys.modules)
+    (again,) = load_plugins([str(tmp_path / "zoo.py")], entry_points=False)  # unloaded: imported afresh
+    assert again is not plugin and again.models == ["plugin_net"] and "plugin_net" in MODELS
+
+
+def test_a_failing_plugin_rolls_back_its_models_and_datasets(tmp_path) -> None:
+    from benchmark.data import DATASETS
+    from benchmark.models import MODELS
+
+    earlier = plugins.loaded_plugins()
+    spec = _plugin(tmp_path, _MODEL_AND_DATASET + "\nraise RuntimeError('half way')\n", "half.py")
+    with pytest.raises(PluginError, match=r"Plugin 'half.py' failed to import .*RuntimeError: half way"):
+        load_plugins([spec], entry_points=False)
+    assert "plugin_net" not in MODELS and "plugin_dots" not in DATASETS and plugins.loaded_plugins() == earlier
+    clash = _plugin(tmp_path, _MODEL_AND_DATASET.replace('"plugin_dots"', '"shapes"'), "clash_data.py")
+    with pytest.raises(PluginError, match=r"dataset 'shapes' is already registered \(by cambench\); clash_data.py"):
+        load_plugins([clash], entry_points=False)
+    assert "plugin_net" not in MODELS and DATASETS.entry("shapes").meta.get("source") is None
+
+
+def test_unloading_a_plugin_puts_back_what_it_replaced(tmp_path) -> None:
+    builtin = METHODS.entry("gradcam")
+    spec = _plugin(tmp_path, """
+        @register_method("gradcam", family="gradient", override=True)
+        def mine(ctx):
+            return ctx.capture.activations.sum(1)
+    """, "override.py")
+    (plugin,) = load_plugins([spec], entry_points=False)
+    assert METHODS.entry("gradcam").source == "override.py" and plugin.methods == ["gradcam"]
+    plugins.unload_plugins([plugin])
+    assert METHODS.entry("gradcam") == builtin
+
+
+def test_isolated_restores_registries_and_loaded_plugins(tmp_path) -> None:
+    from benchmark.models import MODELS
+
+    (kept,) = load_plugins([str(EXAMPLE)], entry_points=False)
+    builtin, loaded = METHODS.entry("gradcam"), plugins.loaded_plugins()
+    with plugins.isolated():
+        load_plugins([_plugin(tmp_path, _MODEL_AND_DATASET, "inner.py")], entry_points=False)
+        METHODS.remove("gradcam")
+        plugins.unload_plugins([kept])
+        assert "topk_gradcam" not in METHODS and "plugin_net" in MODELS
+    assert METHODS.entry("gradcam") == builtin and "plugin_net" not in MODELS
+    assert plugins.loaded_plugins() == loaded and kept in loaded
+    assert METHODS.entry("topk_gradcam").source == "my_cam.py"
+    assert not any(m.startswith("cambench_plugin_inner_") for m in sys.modules)
+
+
+# -- run_method(..., validate=True): the map contract on every call ---------------------------------------
+def _register_bad() -> None:
+    @methods.register_method("nan_cam", family="gradient")
+    def nan_cam(ctx):
+        raw = ctx.capture.activations.sum(1)
+        raw[0, 0, 0] = float("nan")
+        return raw
+
+    @methods.register_method("int_cam", family="baseline", needs_gradients=False)
+    def int_cam(ctx):
+        return torch.ones(ctx.images.shape[0], 4, 4, dtype=torch.long)
+
+    @methods.register_method("attached_cam", family="gradient")
+    def attached_cam(ctx):
+        with torch.enable_grad():
+            return ctx.model[0](ctx.images).sum(1)  # a graph-attached map
+
+    @methods.register_method("huge_cam", family="baseline", needs_gradients=False)
+    def huge_cam(ctx):
+        return torch.rand(ctx.images.shape[0], 64, 64, generator=ctx.generator())
+
+
+@pytest.mark.parametrize("name, problem", [
+    ("nan_cam", r"returned NaN or inf values in 1 of 3 maps"),
+    ("int_cam", r"returned dtype torch.int64; expected a floating-point map"),
+    ("attached_cam", r"attached to the autograd graph; return raw.detach\(\)"),
+    ("huge_cam", r"spatial size \(64, 64\): out of range; expected between \(1, 1\) and the input size \(16, 16\)"),
+])
+def test_run_method_validate_raises_a_contract_error(name, problem) -> None:
+    _register_bad()
+    x = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    ctx = methods.explain_context(_net(), "1", x, [0, 1, 2])
+    expected = rf"Method '{name}' \(built-in\) broke the method contract: .*{problem}"
+    with pytest.raises(ContractError, match=expected) as err:
+        methods.run_method(ctx, name, validate=True)
+    assert len(err.value.problems) >= 1 and any(re.search(problem, p) for p in err.value.problems)
+    assert name in check_methods([name], raise_on_error=False) and check_method(name)  # the check reports it
+
+
+def test_run_method_validate_changes_nothing_for_a_valid_method() -> None:
+    x = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    model = _net()
+    for name in ("gradcam", "scorecam", "random"):
+        plain = methods.run_method(methods.explain_context(model, "1", x, [0, 1, 2]), name)
+        checked = methods.run_method(methods.explain_context(model, "1", x, [0, 1, 2]), name, validate=True)
+        assert torch.equal(plain.maps, checked.maps) and torch.equal(plain.raw, checked.raw)
+        assert torch.equal(plain.degenerate, checked.degenerate)
+
+
+def test_run_method_validate_checks_every_multiscale_variant() -> None:
+    _register_bad()
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    ctx = methods.explain_context(_net(), "1", x, [0, 1])
+    out = methods.run_method(ctx, "nan_cam", ms_flip=True)  # default: the NaN map is zeroed and flagged
+    assert out.degenerate.tolist() == [True, False] and float(out.maps[0].abs().max()) == 0.0
+    with pytest.raises(ContractError, match="NaN or inf values in 1 of 2 maps"):
+        methods.run_method(ctx, "nan_cam", ms_flip=True, validate=True)
+    ok = methods.run_method(ctx, "gradcam", ms_flip=True, validate=True)
+    assert ok.maps.shape == (2, 16, 16)

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from benchmark.cli import main
-from benchmark.report.compare import compare, format_comparison
+from benchmark.report.compare import compare, format_comparison, gate_failures, read_leaderboard
 
 
 def _board() -> pd.DataFrame:
@@ -82,3 +82,76 @@ def test_cli_exit_codes(tmp_path, capsys):
     assert "REGRESSION: 1 row(s)" in out and "gradcam" in out
     assert main(["compare", str(run), "--baseline", str(base), "--tolerance", "0.5"]) == 0
     assert main(["compare", str(tmp_path / "nope"), "--baseline", str(base)]) == 2
+
+
+def _with_cost(family_column: bool = True) -> pd.DataFrame:
+    b = _board()
+    cost = b[b["metric"] == "insertion"].assign(metric="latency_ms", mean=[10.0, 12.0], ci_low=[9.0, 11.0],
+                                               ci_high=[11.0, 13.0], higher_is_better=False)
+    b = pd.concat([b, cost], ignore_index=True)
+    if family_column:
+        b["family"] = b["metric"].map({"insertion": "faithfulness", "deletion": "faithfulness",
+                                       "latency_ms": "cost", "mean_rank": ""})
+    return b
+
+
+def test_cost_rows_are_read_from_the_family_column():
+    slow = _with_cost()
+    slow.loc[slow["metric"] == "latency_ms", "mean"] += 50.0
+    t = compare(slow, _with_cost()).set_index(["method", "metric"])
+    assert t.loc[("gradcam", "latency_ms"), "status"] == "info"
+    assert compare(slow, _with_cost(), gate_cost=True).set_index(["method", "metric"]).loc[
+        ("gradcam", "latency_ms"), "status"] == "regression"
+    # the recorded family decides, not the live registry (where latency_ms is a cost metric)
+    relabelled = slow.assign(family=slow["family"].replace("cost", "faithfulness"))
+    ref = _with_cost().assign(family=lambda d: d["family"].replace("cost", "faithfulness"))
+    t = compare(relabelled, ref).set_index(["method", "metric"])
+    assert t.loc[("gradcam", "latency_ms"), "status"] == "regression"
+
+
+def test_an_older_reference_without_the_family_column_is_accepted(tmp_path):
+    slow = _with_cost()
+    slow.loc[slow["metric"] == "latency_ms", "mean"] += 50.0
+    old = _with_cost(family_column=False)
+    t = compare(slow, old)  # the new board's families serve both sides
+    assert set(t["status"]) == {"ok", "info"}
+    assert t.set_index(["method", "metric"]).loc[("layercam", "latency_ms"), "status"] == "info"
+    run = tmp_path / "old_run"  # an older run directory: no column, but its run.json recorded the families
+    run.mkdir()
+    old.to_csv(run / "leaderboard.csv", index=False)
+    (run / "run.json").write_text('{"families": {"latency_ms": "cost", "insertion": "faithfulness"}}')
+    back = read_leaderboard(run)
+    assert dict(zip(back["metric"], back["family"], strict=True)) == {
+        "insertion": "faithfulness", "deletion": "", "mean_rank": "", "latency_ms": "cost"}
+    old.to_csv(tmp_path / "bare.csv", index=False)
+    assert "family" not in read_leaderboard(tmp_path / "bare.csv").columns
+    assert set(compare(old, old)["status"]) == {"ok", "info"}
+
+
+def test_the_gate_compares_exactly_the_baseline_rows(tmp_path, capsys):
+    """The quick gate (--require-baseline-rows): every baseline row must be present and within tolerance; a
+    method added since the baseline only adds "new" rows and passes; a baseline row that disappeared fails."""
+    base = tmp_path / "reference.csv"
+    _board().to_csv(base, index=False)
+    extra = pd.concat([_board(), _board().iloc[[0, 2]].assign(method="newcam", mean=[0.1, 0.9])])
+    (tmp_path / "extra.csv").write_text(extra.to_csv(index=False))
+    assert main(["compare", str(tmp_path / "extra.csv"), "--baseline", str(base), "--require-baseline-rows"]) == 0
+    out = capsys.readouterr().out
+    assert "OK: no regression" in out and "new: 2" in out and "newcam" in out
+    t = compare(extra, _board())
+    assert gate_failures(t, require_baseline_rows=True).empty and (t["status"] == "new").sum() == 2
+
+    missing = _board().drop(index=1)  # layercam's insertion row is gone
+    (tmp_path / "missing.csv").write_text(missing.to_csv(index=False))
+    assert main(["compare", str(tmp_path / "missing.csv"), "--baseline", str(base), "--require-baseline-rows"]) == 1
+    out = capsys.readouterr().out
+    assert "MISSING: 1 baseline row(s) not in the new run" in out and "layercam" in out
+    failed = gate_failures(compare(missing, _board()), require_baseline_rows=True)
+    assert failed[["method", "metric", "status"]].values.tolist() == [["layercam", "insertion", "missing"]]
+    # without the flag a partial run (a reduced suite) may be compared with the full reference
+    assert main(["compare", str(tmp_path / "missing.csv"), "--baseline", str(base)]) == 0
+    broken = extra.copy()
+    broken.loc[(broken["method"] == "gradcam") & (broken["metric"] == "insertion"), "mean"] = 0.40
+    (tmp_path / "broken.csv").write_text(broken.to_csv(index=False))
+    assert main(["compare", str(tmp_path / "broken.csv"), "--baseline", str(base), "--require-baseline-rows"]) == 1
+    assert "REGRESSION: 1 row(s)" in capsys.readouterr().out

@@ -63,18 +63,19 @@ def test_ranks_respect_the_metric_direction_and_average_ties():
     assert (mr.loc["a", "rank"], mr.loc["b", "rank"], mr.loc["c", "rank"]) == (1.5, 1.5, 3)
     assert not mr["higher_is_better"].any()
     assert list(lb.columns) == ["model", "dataset", "method", "metric", "mean", "ci_low", "ci_high", "n", "rank",
-                                "higher_is_better", "group", "avg_rank", "cd", "baseline"]
+                                "higher_is_better", "group", "avg_rank", "cd", "baseline", "family"]
     row = lb[(lb["metric"] == "up") & (lb["method"] == "a")].iloc[0]
     assert row["ci_low"] <= row["mean"] <= row["ci_high"] and row["n"] == 2 and row["higher_is_better"]
 
 
 def test_cost_metrics_are_ranked_but_stay_out_of_mean_rank():
     """Latency keeps its ranked rows; mean_rank is averaged over the quality metrics only, so a timing
-    change cannot reorder it (the report passes the cost family of the registry)."""
-    from benchmark.report.build import cost_metrics
+    change cannot reorder it (the report passes the cost family the run recorded in run.json)."""
+    from benchmark.report.tables import cost_metrics
 
-    got = cost_metrics(["deletion_auc", "latency_ms", "peak_memory_mb", "unregistered"])
+    got = cost_metrics({"peak_memory_mb": "cost", "deletion_auc": "faithfulness", "latency_ms": "cost", "x": ""})
     assert got == ["latency_ms", "peak_memory_mb"]
+    assert cost_metrics({"latency_ms": "faithfulness"}) == []  # the recorded family decides, not the registry
     quality = {("a", "up"): [0.9], ("b", "up"): [0.1]}
     fast_a = _scores({**quality, ("a", "latency_ms"): [1.0], ("b", "latency_ms"): [9.0]})
     slow_a = _scores({**quality, ("a", "latency_ms"): [9.0], ("b", "latency_ms"): [1.0]})
@@ -87,6 +88,15 @@ def test_cost_metrics_are_ranked_but_stay_out_of_mean_rank():
     assert boards[1].set_index(["metric", "method"]).loc[("latency_ms", "a"), "rank"] == 2
     mixed = leaderboard(slow_a, dirs, n_boot=10).set_index(["metric", "method"])  # without the exclusion
     assert mixed.loc[(MEAN_RANK, "a"), "mean"] == 1.5
+
+
+def test_the_family_column_comes_from_the_families_passed():
+    s = _scores({("a", "up"): [0.9], ("b", "up"): [0.1], ("a", "latency_ms"): [1.0], ("b", "latency_ms"): [2.0]})
+    dirs = {"up": True, "latency_ms": False}
+    lb = leaderboard(s, dirs, n_boot=10, families={"up": "localization", "latency_ms": "cost"})
+    fam = lb.groupby("metric")["family"].agg(set).to_dict()
+    assert fam == {"up": {"localization"}, "latency_ms": {"cost"}, MEAN_RANK: {""}}
+    assert set(leaderboard(s, dirs, n_boot=10)["family"]) == {""}  # nothing recorded: blank, never looked up
 
 
 def test_leaderboard_ignores_failed_and_undefined_rows_and_needs_directions():

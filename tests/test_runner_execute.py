@@ -179,25 +179,37 @@ def test_run_unit_is_pure_and_seeded_by_unit():
 
 
 @pytest.mark.parametrize("precision,allowed", [("fp32", False), ("bf16", False), ("tf32", True)])
-def test_units_run_with_tf32_only_when_asked(monkeypatch, precision, allowed) -> None:
+def test_units_run_with_tf32_only_when_asked(precision, allowed) -> None:
     """``--precision fp32`` is IEEE fp32 on CUDA too (PyTorch's default lets cuDNN use TF32); the flags are
     restored after the unit."""
     import torch
 
+    from benchmark.methods.base import PRECISIONS
     from benchmark.runner import execute
-    from benchmark.runner import unit as unit_mod
-
-    seen = {}
-
-    def fake_unit(suite, unit, progress, opts):
-        seen["flags"] = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
-        return execute.UnitResult("k", pd.DataFrame(), pd.DataFrame(), pd.DataFrame())
 
     before = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
-    monkeypatch.setattr(unit_mod, "_run_unit", fake_unit)  # run_unit calls it there
-    execute.run_unit(None, None, options=execute.ExecOptions(precision=precision))
-    assert seen["flags"] == (allowed, allowed)
+    seen = runner_fakes.state_seen_by_a_unit(execute.ExecOptions(precision=precision))  # the public run_unit
+    assert seen["tf32"] == (allowed, allowed) and seen["precision"] == PRECISIONS[precision]
     assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == before
+
+
+def test_unit_environment_sets_and_restores_the_process_state() -> None:
+    import warnings
+
+    import torch
+
+    from benchmark.methods.base import forward_autocast
+    from benchmark.runner.unit import ExecOptions, unit_environment
+
+    before = (torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
+    with unit_environment(ExecOptions(precision="bf16", compile=True)) as caught:
+        assert isinstance(forward_autocast("cpu"), torch.autocast)
+        assert torch.backends.cudnn.benchmark is True and torch.backends.cudnn.allow_tf32 is False
+        warnings.warn("first", RuntimeWarning, stacklevel=1)
+        warnings.warn("first", RuntimeWarning, stacklevel=1)  # "always": both kept, the runner deduplicates
+    assert [str(w.message) for w in caught] == ["first", "first"]
+    assert (torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark) == before
+    assert not isinstance(forward_autocast("cpu"), torch.autocast)
 
 
 def test_warnings_of_methods_are_collected_and_logged_once(tmp_path, recwarn):
@@ -235,3 +247,27 @@ data = {{ n = 4 }}
 
     for part in sorted((tmp_path / "parts").glob("*.parquet")):
         assert any("fake_warns has something to say" in w for w in read_meta(part)["info"]["warnings"])
+
+
+def test_leaderboard_family_column_is_read_from_run_json(tiny, tmp_path):
+    """leaderboard.csv says each metric's family as run.json recorded it, and the report reads the cost
+    metrics (out of mean_rank) from there too, not from the live registry."""
+    import shutil
+
+    lb = pd.read_csv(tiny.out / "leaderboard.csv", keep_default_na=False)
+    run = json.loads((tiny.out / "run.json").read_text())
+    assert run["families"] == {"fake_inside": "localization", "fake_drop": "faithfulness", "fake_noise": "robustness"}
+    fam = lb.groupby("metric")["family"].agg(set).to_dict()
+    assert fam == {**{m: {f} for m, f in run["families"].items()}, "mean_rank": {""}}
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny.out, copy)
+    run["families"]["fake_drop"] = "cost"  # as if the run had recorded fake_drop as a cost metric
+    (copy / "run.json").write_text(json.dumps(run))
+    rep = write_report(copy, plots=False, html=False)
+    board = pd.read_csv(copy / "leaderboard.csv", keep_default_na=False)
+    assert set(board.loc[board["metric"] == "fake_drop", "family"]) == {"cost"}
+    def mean_rank_n(board):
+        return set(board[(board["metric"] == "mean_rank") & (board["dataset"] == "fake_shapes")]["n"])
+
+    assert mean_rank_n(tiny.report.leaderboard) == {3} and mean_rank_n(rep.leaderboard) == {2}  # fake_drop left out

@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequenc
 import torch
 from torch import Tensor, nn
 
+from ..errors import ContractError
 from ..registry import Registry
 from ..types import Capture, Reshape
 from .capture import capture as _capture
@@ -296,38 +297,128 @@ def is_applicable(name: str, model: nn.Module | str | None) -> bool:
     return any(a in kind or (a == "vit" and "visiontransformer" in kind) for a in archs)
 
 
-def _params(name: str, overrides: Optional[Mapping[str, Any]]) -> dict[str, Any]:
+def method_params(name: str, overrides: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+    """Method ``name``'s hyper-parameters: its registered defaults updated by ``overrides`` (an unknown key is
+    a ``TypeError`` naming the valid ones)."""
     return METHODS.params(name, overrides)
 
 
+_params = method_params  # the name the method modules use
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    return f"a {type(value).__name__}"
+
+
+def raw_map_problems(raw: Any, images: Tensor) -> list[str]:
+    """How a method's raw output breaks the map contract for ``images`` ``[B,C,H,W]`` (``[B,C,T,H,W]``).
+
+    The contract (docs/interfaces.md, "Methods"): a floating ``Tensor[B,h,w]`` (``[B,t,h,w]`` for volumes and
+    clips), one map per image, each spatial size between 1 and the input's, on the images' device, finite,
+    detached from the autograd graph. Returns the problems as sentences (``[]``: none).
+    """
+    b, size = int(images.shape[0]), tuple(int(s) for s in images.shape[2:])
+    shape = "[B,h,w]" if len(size) == 2 else "[B,t,h,w]"
+    if not isinstance(raw, Tensor) or raw.ndim != len(size) + 1 or raw.shape[0] != b:
+        return [f"returned {_describe(raw)}; expected a raw map Tensor{shape} with B={b} (one map per image, "
+                "channels already combined)"]
+    if not raw.is_floating_point():
+        return [f"returned dtype {raw.dtype}; expected a floating-point map"]
+    problems = []
+    spatial = tuple(int(s) for s in raw.shape[1:])
+    if not all(1 <= s <= full for s, full in zip(spatial, size, strict=True)):
+        problems.append(f"returned maps of spatial size {spatial}: out of range; expected between "
+                        f"{(1,) * len(size)} and the input size {size}")
+    if raw.device != images.device:
+        problems.append(f"returned a map on {raw.device}; expected the images' device {images.device}")
+    nonfinite = int((~torch.isfinite(raw.detach())).flatten(1).any(dim=1).sum())
+    if nonfinite:
+        problems.append(f"returned NaN or inf values in {nonfinite} of {b} maps")
+    if raw.requires_grad:
+        problems.append("returned a tensor attached to the autograd graph; return raw.detach()")
+    return problems
+
+
+def final_map_problems(maps: Tensor, size: Sequence[int]) -> list[str]:
+    """How post-processed maps break the contract: ``[B, *size]`` float32, finite, in [0, 1], detached."""
+    problems = []
+    expected = (int(maps.shape[0]), *map(int, size))
+    if tuple(maps.shape) != expected or maps.dtype != torch.float32:
+        problems.append(f"final maps are {_describe(maps)}; expected float32 of shape {expected}")
+    elif not bool(torch.isfinite(maps).all()) or float(maps.min()) < 0 or float(maps.max()) > 1:
+        lo, hi = float(maps.min()), float(maps.max())
+        problems.append(f"final maps out of range [{lo:.3g}, {hi:.3g}]; expected [0, 1]")
+    if maps.requires_grad:
+        problems.append("final maps are attached to the autograd graph; return raw.detach()")
+    return problems
+
+
+def _contract_error(name: str, problems: list[str]) -> ContractError:
+    source = METHODS.entry(name).meta.get("source", "cambench")
+    origin = f"plugin {source!r}" if source != "cambench" else "built-in"
+    return ContractError(
+        f"Method {name!r} ({origin}) broke the method contract: " + "; ".join(problems) + ". A method is "
+        "fn(ctx, **params) -> a finite, detached, floating raw map Tensor[B,h,w] on the images' device "
+        "(docs/interfaces.md); fix the method, or run it without validate=True to let the pipeline zero "
+        "non-finite maps.",
+        problems=problems,
+    )
+
+
 def run_method(
-    ctx: ExplainContext, name: str, params: Optional[Mapping[str, Any]] = None, ms_flip: Any = None
+    ctx: ExplainContext,
+    name: str,
+    params: Optional[Mapping[str, Any]] = None,
+    ms_flip: Any = None,
+    *,
+    validate: bool = False,
 ) -> MethodOutput:
     """Compute one method on a context (sharing its capture), with the standard post-processing.
 
     ``ms_flip``: a :class:`~benchmark.methods.msflip.MultiScaleFlip` (or ``True`` for its defaults) sums the
     method's maps over scales and horizontal flips, the WSSS papers' CAM protocol (``methods/msflip.py``);
-    ``None`` (default) is the plain single-scale pipeline.
+    ``None`` (default) is the plain single-scale pipeline. ``validate=True`` checks the map contract on this
+    call (:func:`raw_map_problems` on every raw map the method returns, :func:`final_map_problems` on the
+    final maps) and raises :class:`~benchmark.errors.ContractError` listing what is wrong; by default the
+    pipeline turns a non-finite raw map into a zero map flagged ``degenerate``.
     """
     entry = METHODS.entry(name)
-    p = _params(name, params)
+    p = method_params(name, params)
     relu = bool(p.pop("relu", entry.meta["relu"]))
+
+    def call(c: ExplainContext) -> Tensor:
+        raw = entry.obj(c, **p)
+        if validate:
+            problems = raw_map_problems(raw, c.images)
+            if problems:
+                raise _contract_error(name, problems)
+        return raw
+
     if ms_flip:
         config = ms_flip if isinstance(ms_flip, MultiScaleFlip) else None
-        ms_maps, ms_raw, ms_bad = run_method_ms_flip(ctx, lambda c: entry.obj(c, **p), relu, config)
-        return MethodOutput(maps=ms_maps, raw=ms_raw, degenerate=ms_bad)
-    raw = entry.obj(ctx, **p)
-    maps, bad = finalize(raw, ctx.input_size, relu=relu)
+        maps, raw, bad = run_method_ms_flip(ctx, call, relu, config)
+    else:
+        raw = call(ctx)
+        maps, bad = finalize(raw, ctx.input_size, relu=relu)
+    if validate:
+        problems = final_map_problems(maps, ctx.input_size)
+        if problems:
+            raise _contract_error(name, problems)
     return MethodOutput(maps=maps, raw=raw.detach(), degenerate=bad)
 
 
-def _context(
+def explain_context(
     model: nn.Module,
     layer: nn.Module | str | None,
     images: Tensor,
     targets: Tensor | Sequence[int] | int,
     **kwargs: Any,
 ) -> ExplainContext:
+    """The :class:`ExplainContext` :func:`explain` builds: checks ``images`` (``[B,C,H,W]`` or
+    ``[B,C,T,H,W]``), ``targets`` (one class per image, or one for all) and eval mode, and resolves ``layer``;
+    ``kwargs`` are the context's other fields (``reshape``, ``batch_size``, ``seed``, ``masks``...)."""
     if not isinstance(images, Tensor) or images.ndim not in (4, 5):
         raise ValueError(
             f"images must be a [B,C,H,W] tensor (or [B,C,T,H,W] for volumes and clips); got "
@@ -348,6 +439,9 @@ def _context(
         images = images.clone() if images.is_inference() else images
         t = t.clone() if t.is_inference() else t
     return ExplainContext(model=model, layer=resolve_layer(model, layer), images=images, targets=t, **kwargs)
+
+
+_context = explain_context
 
 
 def explain(

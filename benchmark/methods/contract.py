@@ -2,7 +2,10 @@
 
 :func:`check_method` runs the contract on one method, :func:`check_methods` on several (raising
 :class:`~benchmark.errors.ContractError`); :mod:`benchmark.plugins` re-exports both and runs them on every
-plugin it loads. The contract is described in :mod:`benchmark.plugins` and ``docs/interfaces.md``.
+plugin it loads. The contract is described in :mod:`benchmark.plugins` and ``docs/interfaces.md``; its map
+rules (shape, dtype, range, finite, detached) are checked on every call by the public
+``run_method(..., validate=True)``, which this check calls, plus what needs several calls (determinism,
+batch consistency, no constant maps) and the model's state (hooks, parameters, eval mode, autograd).
 """
 
 from __future__ import annotations
@@ -15,9 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ContractError
-from .base import METHODS, _context, _params
+from .base import METHODS, MethodOutput, explain_context, method_params, run_method
 from .capture import vit_reshape
-from .postprocess import finalize
 
 
 # -- the contract check -------------------------------------------------------------------------------
@@ -80,27 +82,6 @@ def _global_hooks() -> int:
     return sum(len(getattr(mod, n, {}) or {}) for n in names)
 
 
-def _run(
-    name: str, params: Optional[Mapping[str, Any]], model, layer, x, t, reshape, masks, seed
-) -> tuple[Any, Tensor, Tensor]:
-    """One method call the way ``methods.explain`` makes it; returns ``(raw, maps, degenerate)``."""
-    entry = METHODS.entry(name)
-    ctx = _context(model, layer, x, t, reshape=reshape, batch_size=16, seed=seed, masks=masks)
-    p = _params(name, params)
-    relu = bool(p.pop("relu", entry.meta["relu"]))
-    raw = entry.obj(ctx, **p)
-    if not isinstance(raw, Tensor) or raw.ndim != 3 or not raw.is_floating_point():
-        return raw, torch.empty(0), torch.empty(0)
-    maps, bad = finalize(raw, ctx.input_size, relu=relu)
-    return raw, maps, bad
-
-
-def _describe(raw: Any) -> str:
-    if isinstance(raw, Tensor):
-        return f"a {raw.dtype} tensor of shape {tuple(raw.shape)}"
-    return f"a {type(raw).__name__}"
-
-
 @contextmanager
 def _one_thread() -> Iterator[None]:
     """Tiny models run fastest on one intra-op thread (and do not fight other processes for cores)."""
@@ -144,7 +125,7 @@ def _check_method(
     name: str, params: Optional[Mapping[str, Any]], *, n_images: int, seed: int, atol: float
 ) -> list[str]:
     entry = METHODS.entry(name)
-    _params(name, params)  # an unknown parameter is a configuration error: raise it, do not report it
+    method_params(name, params)  # an unknown parameter is a configuration error: raise it, do not report it
     meta = entry.meta
     vit = "vit" in tuple(meta.get("architectures", ()))
     model, layer, reshape = _check_model(vit, seed)
@@ -158,41 +139,18 @@ def _check_method(
 
     def call(xs: Tensor, ts: Tensor, ms: Optional[Tensor]) -> Optional[Tensor]:
         try:
-            raw, maps, bad = _run(name, params, model, layer, xs, ts, reshape, ms, seed)
+            ctx = explain_context(model, layer, xs, ts, reshape=reshape, batch_size=16, seed=seed, masks=ms)
+            out: MethodOutput = run_method(ctx, name, params, validate=True)  # the map contract, every call
+        except ContractError as exc:
+            problems.extend(exc.problems or [f"raised ContractError: {exc}"])
+            return None
         except Exception as exc:  # the check reports; it never crashes on a broken method
             problems.append(f"raised {type(exc).__name__}: {exc}")
             return None
         b = xs.shape[0]
-        if not isinstance(raw, Tensor) or raw.ndim != 3 or raw.shape[0] != b:
-            problems.append(
-                f"returned {_describe(raw)}; expected a raw map Tensor[B,h,w] with B={b} (one 2-D map per "
-                "image, channels already combined)"
-            )
-            return None
-        if not raw.is_floating_point():
-            problems.append(f"returned dtype {raw.dtype}; expected a floating-point map")
-            return None
-        h, w = raw.shape[-2:]
-        if not (1 <= h <= xs.shape[-2] and 1 <= w <= xs.shape[-1]):
-            problems.append(
-                f"returned maps of spatial size {(h, w)}: out of range; expected between (1, 1) and the "
-                f"input size {tuple(xs.shape[-2:])}"
-            )
-        if raw.device != xs.device:
-            problems.append(f"returned a map on {raw.device}; expected the images' device {xs.device}")
-        nonfinite = int((~torch.isfinite(raw.detach())).flatten(1).any(dim=1).sum())
-        if nonfinite:
-            problems.append(f"returned NaN or inf values in {nonfinite} of {b} maps")
-        if maps.shape != (b, *xs.shape[-2:]) or maps.dtype != torch.float32:
-            problems.append(f"final maps are {_describe(maps)}; expected float32 of shape {(b, *xs.shape[-2:])}")
-        elif not bool(torch.isfinite(maps).all()) or float(maps.min()) < 0 or float(maps.max()) > 1:
-            lo, hi = float(maps.min()), float(maps.max())
-            problems.append(f"final maps out of range [{lo:.3g}, {hi:.3g}]; expected [0, 1]")
-        if maps.requires_grad or raw.requires_grad:
-            problems.append("returned a tensor attached to the autograd graph; return raw.detach()")
-        if b > 1 and not nonfinite and bool(bad.all()):
+        if b > 1 and bool(out.degenerate.all()):
             problems.append(f"every one of the {b} maps is constant (all zeros after post-processing)")
-        return maps.detach()
+        return out.maps.detach()
 
     first = call(x, t, masks)
     if first is not None and not problems:

@@ -40,13 +40,6 @@ def read_run(out_dir: str | Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def cost_metrics(names: Iterable[str]) -> list[str]:
-    """The registered metrics of the ``cost`` family among ``names`` (left out of ``mean_rank``)."""
-    from ..metrics import METRICS
-
-    return [m for m in names if m in METRICS and METRICS.entry(m).meta.get("family") == "cost"]
-
-
 def _with_dataset_errors(fails: pd.DataFrame, run: dict) -> pd.DataFrame:
     """``fails`` plus one row per item a dataset could not read when it was built (``run.json``)."""
     rows = [
@@ -82,17 +75,18 @@ def write_report(out_dir: str | Path, *, plots: bool = True, html: bool = True) 
 
         load_registries(run["plugins"])  # a plugin's dataset-level metric: its `compute` reduces the stats
     directions = {k: bool(v) for k, v in run.get("directions", {}).items()}
+    families = {str(k): str(v) for k, v in run.get("families", {}).items()}  # recorded by the run, not looked up
+    costs = tables.cost_metrics(families)
     mparams = {(e["label"], e["dataset"]): e.get("metric_params", {}) for e in run.get("experiments", [])}
     ranked = tables.ranked_leaderboard(
         scores, directions, seed=int(run.get("seed", 0)), n_boot=int(run.get("bootstrap", 1000)),
-        exclude_from_mean_rank=cost_metrics(directions), stats=stats, metric_params=mparams,
-        baselines=baseline_methods(set(scores["method"]) | set(stats["method"])),
+        exclude_from_mean_rank=costs, stats=stats, metric_params=mparams,
+        baselines=baseline_methods(set(scores["method"]) | set(stats["method"])), families=families,
     )
     board = ranked.board
     sig = tables.significance(scores, board)
     from . import card as C
 
-    costs = cost_metrics(directions)
     equiv = C.equivalences(store.load_meta(), run)
     taus = C.kendall_taus(board, exclude=costs)
     perturbed = store.load_perturbed()

@@ -10,7 +10,9 @@
   over the per-image statistics of all images and a bootstrap CI over images. Baselines (``baseline``
   column: random, center, oracle) are shown beside every metric as references: no rank, no group, not in
   ``mean_rank``. ``group``, ``avg_rank`` and ``cd``: the rank statistics of
-  :mod:`benchmark.report.ranking` (Friedman, Wilcoxon-Holm / paired bootstrap, Demsar's CD).
+  :mod:`benchmark.report.ranking` (Friedman, Wilcoxon-Holm / paired bootstrap, Demsar's CD). ``family``:
+  the metric's family as the run recorded it (``run.json``'s ``families``; empty for ``mean_rank``), so
+  that the CSV alone says which rows are cost metrics (:func:`cost_metrics`).
 - ``significance``: per (model, dataset, metric), the paired Wilcoxon signed-rank test (Wilcoxon 1945)
   of every method against the best one on their common images, with Holm's (1979) step-down correction
   over the methods compared.
@@ -31,13 +33,22 @@ from .ranking import resample_values
 
 KEYS = ["model", "dataset", "method", "metric"]
 LEADERBOARD_COLUMNS = KEYS + [
-    "mean", "ci_low", "ci_high", "n", "rank", "higher_is_better", "group", "avg_rank", "cd", "baseline",
+    "mean", "ci_low", "ci_high", "n", "rank", "higher_is_better", "group", "avg_rank", "cd", "baseline", "family",
 ]
 SIGNIFICANCE_COLUMNS = [
     "model", "dataset", "metric", "method", "best", "n_pairs", "mean_diff", "statistic", "p_value",
     "p_holm", "significant",
 ]
 MEAN_RANK = "mean_rank"
+#: The metric family whose rows measure the machine (latency, memory): out of ``mean_rank``, and out of the
+#: regression gate unless asked (:mod:`benchmark.report.compare`).
+COST_FAMILY = "cost"
+
+
+def cost_metrics(families: Mapping[str, Any]) -> list[str]:
+    """The metrics of the cost family in ``families`` (metric -> family: ``run.json``'s ``families``, or a
+    leaderboard's ``family`` column), sorted. The one place the report and the gate decide what is a cost."""
+    return sorted(str(m) for m, f in families.items() if f == COST_FAMILY)
 
 
 def _seed_for(seed: int, key: tuple) -> int:
@@ -169,6 +180,7 @@ def ranked_leaderboard(
     metric_params: Optional[Mapping[tuple[str, str], Mapping[str, Mapping[str, Any]]]] = None,
     baselines: Iterable[str] = (),
     alpha: float = 0.05,
+    families: Optional[Mapping[str, str]] = None,
 ) -> Ranked:
     """The leaderboard and its rank statistics.
 
@@ -176,6 +188,7 @@ def ranked_leaderboard(
     is the metric's ``compute`` over all images, with a bootstrap CI over images, ``n`` = images.
     ``metric_params[(model, dataset)][metric]``: the parameters ``compute`` gets. ``baselines``: methods
     shown as references (``baseline = True``): no rank, no group, out of ``mean_rank`` and of the tests.
+    ``families``: metric -> family (``run.json``), written into the ``family`` column ("" where unknown).
     """
     ok = valid_scores(scores)
     sgroups = _stats_groups(stats)
@@ -259,6 +272,7 @@ def ranked_leaderboard(
         tests.append({"model": model, "dataset": dataset, "metric": metric, "level": level, **test})
         if len(pw):
             pairs.append(pw.assign(model=model, dataset=dataset, metric=metric))
+    out["family"] = [("" if m == MEAN_RANK else str((families or {}).get(m, ""))) for m in out["metric"]]
     out = out.sort_values(["model", "dataset", "metric", "baseline", "rank", "method"], kind="mergesort")
     tdf = pd.DataFrame(tests).reindex(columns=R.RANK_TEST_COLUMNS)
     pdf = pd.concat(pairs, ignore_index=True)[R.PAIRWISE_COLUMNS] if pairs else pd.DataFrame(columns=R.PAIRWISE_COLUMNS)

@@ -14,7 +14,7 @@ import hashlib
 import time
 import warnings
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -143,17 +143,15 @@ def _err(exc: BaseException) -> str:
     return msg if len(msg) <= 500 else msg[:497] + "..."
 
 
-def run_unit(
-    suite: Suite,
-    unit: Unit,
-    progress: Optional[Callable[[int], None]] = None,
-    options: Optional[ExecOptions] = None,
-) -> UnitResult:
-    """Compute every method and metric on the images of ``unit`` (a pure function of its inputs).
+@contextlib.contextmanager
+def unit_environment(options: Optional[ExecOptions] = None) -> Iterator[list[warnings.WarningMessage]]:
+    """The process state every unit is computed in (what :func:`run_unit` enters around its work).
 
-    ``progress(n)`` is called after each batch with the number of images done. Method and metric
-    failures become ``status="error"`` rows; model/weights/data-root problems raise. ``options``: see
-    :class:`ExecOptions` (precision, channels_last, prefetch, threads).
+    ``options.threads`` sets ``torch.set_num_threads``; inside the block the extra forwards run in
+    ``options.precision`` (:func:`~benchmark.methods.base.forward_precision`), TF32 is allowed only for
+    ``precision="tf32"`` (:func:`~benchmark.methods.base.tf32`), ``options.compile`` compiles the extra
+    forwards and turns on cuDNN autotuning; every flag is restored on exit. Yields the list that collects
+    the block's warnings (all of them, ``"always"``).
     """
     from ..methods.base import cudnn_autotune, forward_compile, forward_precision, tf32
 
@@ -164,6 +162,24 @@ def run_unit(
     with forward_precision(opts.precision), tf32(allow=opts.precision == "tf32"), \
             forward_compile(opts.compile), autotune, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        yield caught
+
+
+def run_unit(
+    suite: Suite,
+    unit: Unit,
+    progress: Optional[Callable[[int], None]] = None,
+    options: Optional[ExecOptions] = None,
+) -> UnitResult:
+    """Compute every method and metric on the images of ``unit`` (a pure function of its inputs).
+
+    ``progress(n)`` is called after each batch with the number of images done. Method and metric
+    failures become ``status="error"`` rows; model/weights/data-root problems raise. ``options``: see
+    :class:`ExecOptions` (precision, channels_last, prefetch, threads, compile), applied by
+    :func:`unit_environment`.
+    """
+    opts = options or ExecOptions()
+    with unit_environment(opts) as caught:
         result = _run_unit(suite, unit, progress, opts)
     # the warnings of methods and metrics (e.g. Ablation-CAM's sign note) travel with the result: the
     # parent logs each distinct one once (nothing under --quiet) and the part's metadata keeps them

@@ -15,6 +15,11 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
+#: The metric families, in the order the report shows them (then "other": a family outside this tuple, e.g.
+#: a Quantus bridge's). ``register_metric(family=...)`` accepts these; a suite's ``metrics`` may name one to
+#: select its members. The one list: metrics, runner and report import it from here.
+METRIC_FAMILIES = ("faithfulness", "localization", "robustness", "sanity", "cost", "truth")
+
 SCORE_COLUMNS = [
     "model",
     "dataset",

@@ -127,8 +127,12 @@ def test_suite_schema_types(text, needle):
 
 
 def test_a_value_the_dataset_rejects_is_a_suite_error_naming_data():
+    suite = parse_suite(_suite("", '{ n = 4, max_distractors = 9 }'))
+    with pytest.raises(SuiteError, match=r"Dataset 'shapes' rejected the suite's `data` arguments .*max_distractors"):
+        plan_run(suite)
+    # the dataset is its class: its __init__ hints check the values before it is built
     suite = parse_suite(_suite("", '{ n = 4, split = "nope" }'))
-    with pytest.raises(SuiteError, match=r"Dataset 'shapes' rejected the suite's `data` arguments .*split"):
+    with pytest.raises(SuiteError, match=r"`split` must be one of 'train', 'test', got 'nope'"):
         plan_run(suite)
 
 

@@ -120,3 +120,94 @@ def test_builtin_defaults_are_their_signatures_unless_overridden() -> None:
             if e.meta.get("source", "cambench") != "cambench" or e.obj.__module__.startswith("tests"):
                 continue
             assert e.meta["defaults"] == signature_defaults(e.obj), e.name
+
+
+def test_a_dataset_class_is_its_own_factory_with_metadata_from_its_attributes(capsys) -> None:
+    """``@register_dataset`` on a CamDataset subclass: the registry's factory is the class, ``list datasets``
+    shows its ``__init__`` arguments, the metadata comes from its class attributes (keywords override)."""
+    from benchmark import cli
+    from benchmark.data import DATASETS, CamDataset, Sample, create_dataset, register_dataset
+    from benchmark.runner.validate import check_kwargs
+
+    @register_dataset("dots_cls", mask_kind="dots")
+    class Dots(CamDataset):
+        has_masks = True
+        num_classes = 3
+        default_model = "dots_cnn"
+        synthetic = True
+
+        def __init__(self, n: int = 4, seed: int = 0, size: int = 8, *, root: str | None = None) -> None:
+            super().__init__()
+            self.n, self.size = n, size
+
+        def __len__(self) -> int:
+            return self.n
+
+        def __getitem__(self, i: int) -> Sample:
+            return Sample(image=torch.zeros(3, self.size, self.size), target=i % 3, id=f"d{i}")
+
+    try:
+        e = DATASETS.entry("dots_cls")
+        assert e.obj is Dots
+        assert e.meta == {"has_masks": True, "has_boxes": False, "num_classes": 3, "default_model": "dots_cnn",
+                          "synthetic": True, "mask_kind": "dots"}
+        ds = create_dataset("dots_cls", n=2, seed=1, size=4, root="/ignored")
+        assert isinstance(ds, Dots) and len(ds) == 2 and ds[1].image.shape == (3, 4, 4)
+        with pytest.raises(Exception, match="`size` must be an integer"):
+            check_kwargs(DATASETS.get("dots_cls"), {"size": "big"}, "data")
+        assert cli.main(["list", "datasets"]) == 0
+        line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("dots_cls "))
+        assert "default_model=dots_cnn" in line and line.endswith("args: n=4, seed=0, size=8, root=None")
+    finally:
+        DATASETS.remove("dots_cls")
+
+
+def test_a_dataset_factory_function_still_registers_and_a_non_dataset_class_is_refused() -> None:
+    from benchmark.data import DATASETS, CamDataset, create_dataset, register_dataset
+    from benchmark.errors import CambenchError
+
+    class Empty(CamDataset):
+        def __len__(self) -> int:
+            return 0
+
+    @register_dataset("empty_fn", has_masks=False, has_boxes=False)
+    def empty_fn(root=None, n=None, seed=0):
+        return Empty()
+
+    try:
+        assert DATASETS.get("empty_fn") is empty_fn and DATASETS.entry("empty_fn").meta == {
+            "has_masks": False, "has_boxes": False}
+        assert isinstance(create_dataset("empty_fn", seed=3), Empty)
+    finally:
+        DATASETS.remove("empty_fn")
+    with pytest.raises(CambenchError, match="not a CamDataset subclass"):
+        register_dataset("not_a_dataset")(dict)
+    assert "not_a_dataset" not in DATASETS
+
+
+def test_builtin_datasets_keep_their_arguments_and_behaviour() -> None:
+    """What the removed factory functions did, the classes do: ``root`` accepted (ignored) by generated data,
+    ``n=None`` = the default size, ``shapes_shortcut``'s ground truth chosen from its mark, a missing root
+    of a real dataset refused by name."""
+    from benchmark.data import DATASETS, create_dataset
+    from benchmark.data.synthetic import ShapesDataset
+    from benchmark.errors import DataError
+    from benchmark.runner import load_registries
+
+    load_registries()
+    builtin = [n for n in DATASETS.list() if DATASETS.get(n).__module__.startswith("benchmark.data.")]
+    assert len(builtin) >= 12
+    for name in builtin:
+        assert isinstance(DATASETS.get(name), type), f"{name} is registered as a class"
+    assert len(create_dataset("shapes", n=None, seed=0, root="/nowhere")) == 1000
+    aligned = create_dataset("shapes_shortcut", n=2, seed=0)
+    assert isinstance(aligned, ShapesDataset) and (aligned.shortcut, aligned.gt) == ("aligned", "mark")
+    absent = create_dataset("shapes_shortcut", n=2, seed=0, shortcut="absent")
+    assert (absent.shortcut, absent.gt) == ("absent", "object")
+    ref = ShapesDataset(n=2, seed=0, shortcut="aligned", gt="mark")
+    assert torch.equal(aligned[1].image, ref[1].image) and torch.equal(aligned[1].mask, ref[1].mask)
+    for name, needle in [("folder", "needs root='/path/to/images'"), ("imagenet", "needs root=..."),
+                         ("voc", "needs root=..."), ("coco", "needs root=..."), ("video_folder", "needs root="),
+                         ("nifti", "needs root=")]:
+        with pytest.raises(DataError, match=f"The {name} dataset {needle}"):
+            create_dataset(name, seed=0)

@@ -164,6 +164,12 @@ def test_report_sections_show_every_family_of_the_one_list_truth_included():
     html = experiment_section("m", "d", r.board, card, pd.DataFrame(), r.tests, fams, {})
     heads = re.findall(r"<h4>([^<]*)</h4>", html)
     assert heads == ["faithfulness", "truth", "complexity"]
+    from benchmark.report.build import headline_metrics
+
+    # the terminal summary's pick (one metric per family, in the same order) reads the same list
+    run = {"families": {**fams, "lat": "cost", "rob": "robustness"}}
+    board = pd.DataFrame({"metric": ["lat", "cx", "tr", "rob", "del"]})
+    assert headline_metrics(run, board, k=4) == ["del", "rob", "tr", "lat"]
     assert heads[:2] == [f for f in METRIC_FAMILIES if f in ("faithfulness", "truth")]
     card_rows = re.findall(r'<tr[^>]*><td class="l">([^<]*)</td><td class="l">image</td>', html)
     assert card_rows == ["del", "tr", "cx"]  # by family: faithfulness, truth, then "other"

@@ -37,7 +37,7 @@ class Entry(Generic[T]):
         raise AttributeError(item)
 
 
-def signature_defaults(fn: Callable[..., Any], skip: int = 1) -> dict[str, Any]:
+def signature_defaults(fn: Any, skip: int = 1) -> dict[str, Any]:
     """``{name: default}`` of ``fn``'s keyword parameters that have a default, in signature order.
 
     The first ``skip`` positional parameters (a method's ``ctx: ExplainContext``, a metric's

@@ -73,14 +73,14 @@ class PhotosDataset(CamDataset):
         for obj in objects:
             src = obj.get("source", "skimage")
             try:
-                root = source_dir(src)
+                where = source_dir(src)
             except ImportError as e:
                 self.errors.append(f"{obj['file']}: package {src!r} is not installed ({e})")
                 continue
-            if not (root / obj["file"]).is_file():
-                self.errors.append(f"{obj['file']}: not bundled with this {src} ({root})")
+            if not (where / obj["file"]).is_file():
+                self.errors.append(f"{obj['file']}: not bundled with this {src} ({where})")
                 continue
-            keep.append({**obj, "_path": str(root / obj["file"])})
+            keep.append({**obj, "_path": str(where / obj["file"])})
         self.objects = [keep[i] for i in subset_indices(len(keep), n, seed)]
 
     def __len__(self) -> int:

@@ -10,6 +10,7 @@ import builtins
 import contextlib
 import difflib
 import fnmatch
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, Iterable, Iterator, Mapping, Optional, TypeVar
 
@@ -35,6 +36,60 @@ class Entry(Generic[T]):
         if item in meta:
             return meta[item]
         raise AttributeError(item)
+
+
+def signature_defaults(fn: Any, skip: int = 1) -> dict[str, Any]:
+    """``{name: default}`` of ``fn``'s keyword parameters that have a default, in signature order.
+
+    The first ``skip`` positional parameters (a method's ``ctx: ExplainContext``, a metric's
+    ``ctx: MetricContext``) are not parameters a suite sets, nor are ``*args``/``**kwargs`` or positional-only
+    ones. This is how a method or metric declares its hyper-parameters (docs/interfaces.md, "Declaring
+    parameters"): the signature is the declaration. A callable without a signature has none.
+    """
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return {}
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    skipped = 0
+    out: dict[str, Any] = {}
+    for p in params:
+        if p.kind in positional and skipped < skip:
+            skipped += 1
+            continue
+        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY) and (
+            p.default is not inspect.Parameter.empty
+        ):
+            out[p.name] = p.default
+    return out
+
+
+def declared_defaults(
+    fn: Callable[..., Any], overrides: Optional[Mapping[str, Any]], what: str, skip: int = 1
+) -> dict[str, Any]:
+    """The parameters a registration declares: ``fn``'s :func:`signature_defaults`, updated by the explicit
+    ``overrides`` (``defaults=`` of ``register_method``/``register_metric``).
+
+    ``defaults=`` only overrides, e.g. for a second registered name sharing one function, or declares the
+    parameters of a callable that forwards ``**params`` (a library bridge). A key ``fn`` cannot receive (not
+    in its signature and no ``**kwargs``) is a :class:`CambenchError` naming ``what``.
+    """
+    out = signature_defaults(fn, skip)
+    extra = dict(overrides or {})
+    try:
+        params = inspect.signature(fn).parameters.values()
+        var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+    except (TypeError, ValueError):
+        var_kw = True
+    bad = [k for k in extra if k not in out and not var_kw]
+    if bad:
+        raise CambenchError(
+            f"{what}: defaults= names {bad}, which its function does not take (its parameters: "
+            f"{', '.join(out) or '(none)'}). Declare a parameter with its default in the function's signature "
+            "instead; defaults= only overrides."
+        )
+    out.update(extra)
+    return out
 
 
 class Registry(Generic[T]):
@@ -147,8 +202,17 @@ class Registry(Generic[T]):
         return self.entry(name).obj
 
     def params(self, name: str, overrides: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
-        """The entry's ``defaults`` metadata updated by ``overrides``; an unknown key is a TypeError."""
-        params = dict(self.entry(name).meta.get("defaults", {}))
+        """The entry's parameters updated by ``overrides``; an unknown key is a TypeError naming the valid ones.
+
+        The parameters are the entry's ``defaults`` metadata (``register_method``/``register_metric`` store
+        there what :func:`declared_defaults` read from the function's signature); an entry added without
+        that metadata gets its object's :func:`signature_defaults`.
+        """
+        entry = self.entry(name)
+        if "defaults" in entry.meta:
+            params = dict(entry.meta["defaults"])
+        else:
+            params = signature_defaults(entry.obj)
         for key, value in (overrides or {}).items():
             if key not in params:
                 raise TypeError(

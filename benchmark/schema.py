@@ -15,6 +15,12 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
+#: The metric families, in the order the report shows them (then "other": a family outside this tuple, e.g.
+#: a Quantus bridge's) and the terminal summary picks its headline metrics; cost, which says nothing of a
+#: map's quality, last. ``register_metric(family=...)`` accepts these; a suite's ``metrics`` may name one to
+#: select its members. The one list: metrics, runner and report import it from here.
+METRIC_FAMILIES = ("faithfulness", "localization", "robustness", "sanity", "truth", "cost")
+
 SCORE_COLUMNS = [
     "model",
     "dataset",

@@ -10,7 +10,7 @@ import torch
 from benchmark.methods import ExplainContext, register_method
 
 
-@register_method("topk_gradcam", family="gradient", defaults={"k": 8}, paper="example plugin")
+@register_method("topk_gradcam", family="gradient", paper="example plugin")  # parameters: the signature
 def topk_gradcam(ctx: ExplainContext, k: int = 8) -> torch.Tensor:
     """alpha_k = mean_ij dy^c/dA_k (Grad-CAM); keep the k largest alpha_k of each image, zero the rest."""
     cap = ctx.capture  # activations, gradients, logits: one forward+backward shared by all methods

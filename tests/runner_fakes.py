@@ -108,7 +108,7 @@ def fake_inside(ctx: MetricContext) -> dict[str, Tensor]:
 
 
 @register_metric("fake_drop", family="faithfulness", higher_is_better=False, needs=("saliency",),
-                 defaults={"steps": 4}, override=True)
+                 override=True)
 def fake_drop(ctx: MetricContext, steps: int = 4) -> dict[str, Tensor]:
     """Tiny deletion AUC: zero the top-k salient pixels (k = 0..HW in ``steps``), all methods batched."""
     names = list(ctx.saliency)
@@ -133,7 +133,7 @@ def fake_drop(ctx: MetricContext, steps: int = 4) -> dict[str, Tensor]:
 
 
 @register_metric("fake_noise", family="robustness", higher_is_better=False, needs=("saliency", "explainer"),
-                 defaults={"sigma": 0.5}, override=True)
+                 override=True)
 def fake_noise(ctx: MetricContext, sigma: float = 0.5) -> dict[str, Tensor]:
     """Mean |map - map under seeded gradient noise| (the CF-CAM protocol), through ctx.explain."""
     g = torch.Generator().manual_seed(ctx.seed)

@@ -212,7 +212,7 @@ def _ratio_metric(ctx: MetricContext, scale: float = 1.0) -> dict[str, torch.Ten
 def _test_ratio_metric():
     """A dataset-level test metric, registered only during each test (never seen by other test files)."""
     register_metric("test_ratio", family="localization", higher_is_better=True, level="dataset", compute=_sum_ratio,
-                    defaults={"scale": 1.0}, override=True)(_ratio_metric)
+                    override=True)(_ratio_metric)
     yield
     METRICS.remove("test_ratio")
 

@@ -4,6 +4,7 @@ and the metric report card (saturated, separable, baseline order, beats random, 
 from __future__ import annotations
 
 import os
+import re
 from functools import partial
 from pathlib import Path
 
@@ -143,3 +144,32 @@ def test_vectorised_kendall_tau_equals_scipy_with_ties_and_missing():
                 assert np.isnan(tau[a, b])
             else:
                 assert tau[a, b] == pytest.approx(ref)
+
+
+def test_report_sections_show_every_family_of_the_one_list_truth_included():
+    """The report orders its family tables and its card rows by ``schema.METRIC_FAMILIES`` (+ "other"): a
+    ``truth`` metric gets its table and its card row (it used to be missing from the card's rows), and a
+    family outside the list (a Quantus bridge's ``complexity``) is shown as well, after the listed ones."""
+    from benchmark.report.html import experiment_section
+    from benchmark.schema import METRIC_FAMILIES
+
+    rng = np.random.default_rng(1)
+    base = rng.uniform(0, 1, 20)
+    vals = {(m, k): list(base + i + (j if k == "cx" else 0)) for i, m in enumerate(["a", "b", "random", "oracle"])
+            for j, k in enumerate(["tr", "del", "cx"])}
+    r = ranked_leaderboard(_scores(vals), {"tr": True, "del": False, "cx": True}, n_boot=50,
+                           baselines=["random", "oracle"])
+    fams = {"tr": "truth", "del": "faithfulness", "cx": "complexity"}
+    card = C.metric_card(r.board, r.pairwise, r.tests, fams)
+    html = experiment_section("m", "d", r.board, card, pd.DataFrame(), r.tests, fams, {})
+    heads = re.findall(r"<h4>([^<]*)</h4>", html)
+    assert heads == ["faithfulness", "truth", "complexity"]
+    from benchmark.report.build import headline_metrics
+
+    # the terminal summary's pick (one metric per family, in the same order) reads the same list
+    run = {"families": {**fams, "lat": "cost", "rob": "robustness"}}
+    board = pd.DataFrame({"metric": ["lat", "cx", "tr", "rob", "del"]})
+    assert headline_metrics(run, board, k=4) == ["del", "rob", "tr", "lat"]
+    assert heads[:2] == [f for f in METRIC_FAMILIES if f in ("faithfulness", "truth")]
+    card_rows = re.findall(r'<tr[^>]*><td class="l">([^<]*)</td><td class="l">image</td>', html)
+    assert card_rows == ["del", "tr", "cx"]  # by family: faithfulness, truth, then "other"

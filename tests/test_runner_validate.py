@@ -127,8 +127,12 @@ def test_suite_schema_types(text, needle):
 
 
 def test_a_value_the_dataset_rejects_is_a_suite_error_naming_data():
+    suite = parse_suite(_suite("", '{ n = 4, max_distractors = 9 }'))
+    with pytest.raises(SuiteError, match=r"Dataset 'shapes' rejected the suite's `data` arguments .*max_distractors"):
+        plan_run(suite)
+    # the dataset is its class: its __init__ hints check the values before it is built
     suite = parse_suite(_suite("", '{ n = 4, split = "nope" }'))
-    with pytest.raises(SuiteError, match=r"Dataset 'shapes' rejected the suite's `data` arguments .*split"):
+    with pytest.raises(SuiteError, match=r"`split` must be one of 'train', 'test', got 'nope'"):
         plan_run(suite)
 
 
@@ -142,3 +146,18 @@ def test_an_unresolvable_hint_leaves_the_other_hints_checked():
     check_kwargs(ns["f"], {"a": "anything"}, "p")  # unknown annotation: passes
     with pytest.raises(SuiteError, match="`n` must be an integer"):
         check_kwargs(ns["f"], {"n": "2"}, "p")
+
+
+def test_an_unknown_metric_or_method_key_names_the_valid_ones():
+    """Parameters declared only by the signature: an unknown suite key is refused with the valid keys."""
+    suite = parse_suite(_suite("[metric_params.deletion_auc]\nn_step = 4\n"))
+    with pytest.raises(SuiteError, match=r"\[metric_params.deletion_auc\]: Metric 'deletion_auc' has no parameter "
+                                         r"'n_step'. Its parameters: blur_klen, blur_sigma, n_steps, rise_ties, "
+                                         r"score, step, substrate."):
+        plan_run(suite)
+    suite = parse_suite(_suite("[method_params.gradcampp]\nalpha = true\n"))
+    with pytest.raises(SuiteError, match=r"method 'gradcampp' has no parameter 'alpha'. Its parameters: alpha_norm."):
+        plan_run(suite)
+    suite = parse_suite(_suite("[metric_params.road_morf]\npercentages = [0.1, \"x\"]\n"))
+    with pytest.raises(SuiteError, match=r"`percentages` must be array \(each a number\)"):
+        plan_run(suite)

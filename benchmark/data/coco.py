@@ -34,13 +34,20 @@ LAYOUT = """\
   ROOT/<split>/<file_name>                  (or ROOT/images/<split>/, e.g. val2017/000000000139.jpg)"""
 
 
+@register_dataset("coco")
 class COCODataset(RecordDataset):
+    """MS-COCO instances, the dataset ``coco`` (see the module docstring for targets and the class-mapping
+    problem)."""
+
     has_boxes = True
     has_masks = True
+    num_classes = 80  # the instance categories; an instance counts those of its annotation file
+    default_model = "resnet50"
+    mask_kind = "instance"
 
     def __init__(
         self,
-        root: str | Path,
+        root: str | Path | None = None,
         n: int | None = None,
         seed: int = 0,
         split: str = "val2017",
@@ -50,6 +57,8 @@ class COCODataset(RecordDataset):
         class_map: dict | None = None,
         verify: bool = True,
     ) -> None:
+        if root is None:
+            raise DataError(f"The coco dataset needs root=... Expected layout:\n{LAYOUT}")
         root = Path(root).expanduser()
         if not root.is_dir():
             raise DataError(f"COCO root {root} does not exist. Expected layout:\n{LAYOUT}")
@@ -165,23 +174,3 @@ class COCODataset(RecordDataset):
 
         image, labels = self.semantic_map(i)
         return semantic_samples(image, labels, self.records[i]["id"], list(self.class_names or []), VOID)
-
-
-@register_dataset(
-    "coco", has_masks=True, has_boxes=True, default_model="resnet50", num_classes=80, mask_kind="instance"
-)
-def coco(
-    root: str | None = None,
-    n: int | None = None,
-    seed: int = 0,
-    split: str = "val2017",
-    annotation_file: str | None = None,
-    images_dir: str | None = None,
-    target: str | int = "label",
-    class_map: dict | None = None,
-    verify: bool = True,
-) -> COCODataset:
-    """MS-COCO instances (see the module docstring for targets and the class-mapping problem)."""
-    if root is None:
-        raise DataError(f"The coco dataset needs root=... Expected layout:\n{LAYOUT}")
-    return COCODataset(root, n, seed, split, annotation_file, images_dir, target, class_map, verify)

@@ -20,18 +20,25 @@ from ._common import IMAGE_EXTENSIONS, RecordDataset, resolve_target
 from .base import register_dataset
 
 
+@register_dataset("folder")
 class ImageFolder(RecordDataset):
+    """Plain images without ground truth, the dataset ``folder`` (explains the predicted class unless
+    ``target`` is an int)."""
+
     has_boxes = False
     has_masks = False
+    default_model = "resnet50"
 
     def __init__(
         self,
-        root: str | Path,
+        root: str | Path | None = None,
         n: int | None = None,
         seed: int = 0,
         target: str | int = "predicted",
         verify: bool = True,
     ) -> None:
+        if root is None:
+            raise DataError("The folder dataset needs root='/path/to/images'.")
         root = Path(root).expanduser()
         if not root.is_dir():
             raise DataError(
@@ -56,17 +63,3 @@ class ImageFolder(RecordDataset):
             raise DataError(f"No image files ({', '.join(IMAGE_EXTENSIONS)}) under {root}.")
         super().__init__(records, n, seed, verify=verify)
         self.root = root
-
-
-@register_dataset("folder", has_masks=False, has_boxes=False, default_model="resnet50")
-def folder(
-    root: str | None = None,
-    n: int | None = None,
-    seed: int = 0,
-    target: str | int = "predicted",
-    verify: bool = True,
-) -> ImageFolder:
-    """Plain images without ground truth (explains the predicted class unless ``target`` is an int)."""
-    if root is None:
-        raise DataError("The folder dataset needs root='/path/to/images'.")
-    return ImageFolder(root, n, seed, target, verify)

@@ -83,19 +83,29 @@ def _parse_xml_dir(directory: Path, errors: list[str]) -> dict[str, list[tuple[s
     return out
 
 
+@register_dataset("imagenet")
 class ImageNetVal(RecordDataset):
+    """ILSVRC-2012 val with boxes, the dataset ``imagenet`` (``target="label"``: the true class;
+    ``"predicted"``: model's top-1)."""
+
     has_masks = True
     has_boxes = True
     num_classes = 1000
+    default_model = "resnet50"
+    mask_kind = "box"
 
     def __init__(
         self,
-        root: str | Path,
+        root: str | Path | None = None,
         n: int | None = None,
         seed: int = 0,
         target: str | int = "label",
         verify: bool = True,
     ) -> None:
+        if root is None:
+            raise DataError(
+                f"The imagenet dataset needs root=... (the ILSVRC val folder). Expected layout:\n{LAYOUT}"
+            )
         root = Path(root).expanduser()
         if not root.is_dir():
             raise DataError(f"ImageNet root {root} does not exist. Expected layout:\n{LAYOUT}")
@@ -143,21 +153,3 @@ class ImageNetVal(RecordDataset):
         self.errors[:0] = errors
         self.class_names = names
         self.root = root
-
-
-@register_dataset(
-    "imagenet", has_masks=True, has_boxes=True, default_model="resnet50", num_classes=1000, mask_kind="box"
-)
-def imagenet(
-    root: str | None = None,
-    n: int | None = None,
-    seed: int = 0,
-    target: str | int = "label",
-    verify: bool = True,
-) -> ImageNetVal:
-    """ILSVRC-2012 val with boxes (``target="label"``: the true class; ``"predicted"``: model's top-1)."""
-    if root is None:
-        raise DataError(
-            f"The imagenet dataset needs root=... (the ILSVRC val folder). Expected layout:\n{LAYOUT}"
-        )
-    return ImageNetVal(root, n=n, seed=seed, target=target, verify=verify)

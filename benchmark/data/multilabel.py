@@ -40,21 +40,26 @@ class MultiScene:
     masks: list[Tensor]  # [S,S] bool per class
 
 
+@register_dataset("shapes_multilabel")
 class ShapesMultiLabel(ShapesDataset):
-    """Several distinct shape classes per image with exact per-class masks (see the module docstring)."""
+    """Several distinct shape classes per image with exact per-class masks (see the module docstring); the
+    dataset ``shapes_multilabel`` (``n=None``: 1000; ``root`` is ignored: nothing is read from disk)."""
 
     has_masks = True
     has_boxes = True
     multilabel = True
+    default_model = "shapes_multilabel_cnn"
 
     def __init__(
         self,
-        n: int = 1000,
+        n: Optional[int] = 1000,
         seed: int = 0,
         split: str = "test",
         image_size: int = 64,
         max_objects: int = 3,
         min_objects: int = 1,
+        *,
+        root: Optional[str] = None,
     ) -> None:
         super().__init__(n=n, seed=seed, split=split, image_size=image_size)  # type: ignore[arg-type]
         if not 1 <= int(min_objects) <= int(max_objects) <= len(SHAPE_CLASSES):
@@ -140,15 +145,4 @@ class ShapesMultiLabel(ShapesDataset):
         return torch.stack([sc.image for sc in scenes]), y
 
 
-@register_dataset(
-    "shapes_multilabel", has_masks=True, has_boxes=True, default_model="shapes_multilabel_cnn",
-    num_classes=len(SHAPE_CLASSES), synthetic=True, multilabel=True,
-)
-def shapes_multilabel(
-    root: Optional[str] = None, n: Optional[int] = None, seed: int = 0, split: str = "test", **kw
-) -> ShapesMultiLabel:
-    """Synthetic multi-label shapes (``root`` is ignored: nothing is read from disk)."""
-    return ShapesMultiLabel(n=1000 if n is None else n, seed=seed, split=split, **kw)
-
-
-__all__ = ["MULTILABEL_GENERATOR_VERSION", "MultiScene", "ShapesMultiLabel", "shapes_multilabel"]
+__all__ = ["MULTILABEL_GENERATOR_VERSION", "MultiScene", "ShapesMultiLabel"]

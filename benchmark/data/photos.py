@@ -45,14 +45,21 @@ def source_dir(source: str) -> Path:
     raise DataError(f"Unknown photo source {source!r} in the annotations; expected skimage, sklearn or matplotlib.")
 
 
+@register_dataset("photos")
 class PhotosDataset(CamDataset):
-    """Annotated skimage photos; ``target`` = the annotated ImageNet class (``label`` too)."""
+    """The annotated photos of skimage, sklearn and matplotlib (the dataset ``photos``); ``target`` = the
+    annotated ImageNet class (``label`` too). ``root`` is ignored: the photos ship with those packages."""
 
     has_masks = True
     has_boxes = True
     num_classes = 1000
+    default_model = "efficientnet_lite0"
+    mask_kind = "polygon"
+    offline = True
 
-    def __init__(self, n: int | None = None, seed: int = 0, annotations: Path | None = None) -> None:
+    def __init__(
+        self, n: int | None = None, seed: int = 0, annotations: Path | None = None, *, root: str | None = None
+    ) -> None:
         super().__init__()
         path = Path(annotations) if annotations is not None else ANNOTATIONS_DIR / "photos.json"
         try:
@@ -66,14 +73,14 @@ class PhotosDataset(CamDataset):
         for obj in objects:
             src = obj.get("source", "skimage")
             try:
-                root = source_dir(src)
+                where = source_dir(src)
             except ImportError as e:
                 self.errors.append(f"{obj['file']}: package {src!r} is not installed ({e})")
                 continue
-            if not (root / obj["file"]).is_file():
-                self.errors.append(f"{obj['file']}: not bundled with this {src} ({root})")
+            if not (where / obj["file"]).is_file():
+                self.errors.append(f"{obj['file']}: not bundled with this {src} ({where})")
                 continue
-            keep.append({**obj, "_path": str(root / obj["file"])})
+            keep.append({**obj, "_path": str(where / obj["file"])})
         self.objects = [keep[i] for i in subset_indices(len(keep), n, seed)]
 
     def __len__(self) -> int:
@@ -98,17 +105,3 @@ class PhotosDataset(CamDataset):
         boxes = torch.tensor([obj["box"]], dtype=torch.float32)
         c = int(obj["class_id"])
         return Sample(image=image, target=c, id=obj["id"], mask=mask, boxes=boxes, label=c)
-
-
-@register_dataset(
-    "photos",
-    has_masks=True,
-    has_boxes=True,
-    default_model="efficientnet_lite0",
-    num_classes=1000,
-    mask_kind="polygon",
-    offline=True,
-)
-def photos(root: str | None = None, n: int | None = None, seed: int = 0, **kw) -> PhotosDataset:
-    """The annotated photos of skimage, sklearn and matplotlib (``root`` is ignored: they ship with those)."""
-    return PhotosDataset(n=n, seed=seed, **kw)

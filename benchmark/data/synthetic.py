@@ -145,11 +145,13 @@ class Scene:
     instance_boxes: Optional[Tensor] = None  # [K,4], one box per target instance
 
 
+@register_dataset("shapes")
 class ShapesDataset(CamDataset):
-    """Deterministic synthetic shapes with exact masks and boxes (see the module docstring).
+    """Deterministic synthetic shapes with exact masks and boxes (see the module docstring); the dataset
+    ``shapes``.
 
     Args:
-        n: number of images.
+        n: number of images (None: 1000).
         seed: base seed; image ``i`` depends only on ``(seed, split, i)``.
         split: ``"train"`` or ``"test"`` (disjoint seed streams).
         image_size: side ``S`` of the square images (geometry scales with it).
@@ -159,16 +161,19 @@ class ShapesDataset(CamDataset):
         gt: which region ``Sample.mask``/``boxes`` hold: ``"object"`` or ``"mark"`` (only with a mark).
         scene: ``"simple"`` (one target, the reproducible default) or ``"clutter"`` (several target
             instances, distractors, off-centre, denser clutter; see the module docstring).
+        root: ignored (nothing is read from disk; accepted so that ``--data-root`` applies to every suite).
     """
 
     has_masks = True
     has_boxes = True
     num_classes = len(SHAPE_CLASSES)
     class_names = list(SHAPE_CLASSES)
+    default_model = "shapes_cnn"
+    synthetic = True
 
     def __init__(
         self,
-        n: int = 1000,
+        n: Optional[int] = 1000,
         seed: int = 0,
         split: Literal["train", "test"] = "test",
         image_size: int = 128,
@@ -176,8 +181,11 @@ class ShapesDataset(CamDataset):
         shortcut: Optional[Literal["aligned", "shuffled", "absent"]] = None,
         gt: Literal["object", "mark"] = "object",
         scene: Literal["simple", "clutter"] = "simple",
+        *,
+        root: Optional[str] = None,
     ) -> None:
         super().__init__()
+        n = 1000 if n is None else n
         if scene not in SCENES:
             raise ValueError(f"scene must be one of {SCENES}, got {scene!r}. 'simple' is the default generator.")
         if scene == "clutter" and shortcut is not None:
@@ -484,42 +492,33 @@ class ShapesDataset(CamDataset):
         return torch.stack([s.image for s in scenes]), torch.tensor([s.label for s in scenes])
 
 
-@register_dataset(
-    "shapes", has_masks=True, has_boxes=True, default_model="shapes_cnn", num_classes=6, synthetic=True
-)
-def shapes(
-    root: Optional[str] = None, n: Optional[int] = None, seed: int = 0, split: str = "test", **kw
-) -> ShapesDataset:
-    """Synthetic shapes in clutter with distractors (``root`` is ignored: nothing is read from disk).
+@register_dataset("shapes_shortcut")
+class ShapesShortcut(ShapesDataset):
+    """``shapes`` plus a class-coded border mark (the dataset ``shapes_shortcut``); ground truth = the mark
+    unless ``gt="object"``.
 
-    ``scene="clutter"``: the harder scenes (several target instances, off-centre, denser clutter).
+    ``gt`` defaults to ``"mark"`` when a mark is drawn and to ``"object"`` when ``shortcut="absent"``; the
+    other arguments are :class:`ShapesDataset`'s.
     """
-    return ShapesDataset(n=1000 if n is None else n, seed=seed, split=split, **kw)  # type: ignore[arg-type]
 
+    default_model = "shapes_shortcut_cnn"
 
-@register_dataset(
-    "shapes_shortcut",
-    has_masks=True,
-    has_boxes=True,
-    default_model="shapes_shortcut_cnn",
-    num_classes=6,
-    synthetic=True,
-)
-def shapes_shortcut(
-    root: Optional[str] = None,
-    n: Optional[int] = None,
-    seed: int = 0,
-    split: str = "test",
-    shortcut: str = "aligned",
-    gt: Optional[str] = None,
-    **kw,
-) -> ShapesDataset:
-    """Shapes plus a class-coded border mark; ground truth = the mark unless ``gt="object"``.
-
-    ``gt`` defaults to ``"mark"`` when a mark is drawn and to ``"object"`` when ``shortcut="absent"``.
-    """
-    if gt is None:
-        gt = "object" if shortcut == "absent" else "mark"
-    return ShapesDataset(
-        n=1000 if n is None else n, seed=seed, split=split, shortcut=shortcut, gt=gt, **kw  # type: ignore[arg-type]
-    )
+    def __init__(
+        self,
+        n: Optional[int] = 1000,
+        seed: int = 0,
+        split: Literal["train", "test"] = "test",
+        shortcut: Optional[Literal["aligned", "shuffled", "absent"]] = "aligned",
+        gt: Optional[Literal["object", "mark"]] = None,
+        image_size: int = 128,
+        max_distractors: int = 2,
+        scene: Literal["simple", "clutter"] = "simple",
+        *,
+        root: Optional[str] = None,
+    ) -> None:
+        if gt is None:
+            gt = "object" if shortcut == "absent" else "mark"
+        super().__init__(
+            n=n, seed=seed, split=split, image_size=image_size, max_distractors=max_distractors, shortcut=shortcut,
+            gt=gt, scene=scene,
+        )

@@ -94,18 +94,22 @@ def render_clip(
     return np.clip(img, 0.0, 1.0).astype(np.float32), cls, masks
 
 
+@register_dataset("clips")
 class ClipsDataset(CamDataset):
-    """Deterministic short videos with a moving object (see the module docstring)."""
+    """Deterministic short videos with a moving object and per-frame masks (see the module docstring); the
+    dataset ``clips`` (``root`` is ignored: nothing is read from disk)."""
 
     has_masks = True
     has_boxes = True
     num_classes = len(CLIP_CLASSES)
     class_names = list(CLIP_CLASSES)
     ndim = 3
+    synthetic = True
+    default_model = "r3d_18"
 
     def __init__(
         self, n: int = 100, seed: int = 0, split: Literal["train", "test"] = "test", frames: int = 8,
-        size: int = 32, distractor: bool = True,
+        size: int = 32, distractor: bool = True, *, root: Optional[str] = None,
     ) -> None:
         super().__init__()
         if split not in SPLITS:
@@ -126,15 +130,6 @@ class ClipsDataset(CamDataset):
         m = torch.from_numpy(masks)
         return Sample(image=torch.from_numpy(img).permute(1, 0, 2, 3).contiguous(), target=cls,
                       id=f"clips-{self.split}-{int(i):05d}", mask=m, boxes=clip_box(m), label=cls)
-
-
-@register_dataset("clips", has_masks=True, has_boxes=True, synthetic=True, ndim=3, default_model="r3d_18")
-def clips(
-    root: Optional[str] = None, n: int = 100, seed: int = 0, split: Literal["train", "test"] = "test",
-    frames: int = 8, size: int = 32, distractor: bool = True,
-) -> ClipsDataset:
-    """Short synthetic videos with a moving object and per-frame masks."""
-    return ClipsDataset(n=n, seed=seed, split=split, frames=frames, size=size, distractor=distractor)
 
 
 # -- real videos ---------------------------------------------------------------------------------------
@@ -189,17 +184,22 @@ def _pick(total: int, frames: int) -> np.ndarray:
     return np.floor((np.arange(frames) + 0.5) * total / frames).astype(np.int64).clip(0, total - 1)
 
 
+@register_dataset("video_folder")
 class VideoFolder(CamDataset):
-    """Videos (frame folders or files) in class folders, with optional per-frame masks."""
+    """Videos in class folders (the dataset ``video_folder``): frame folders or video files (PyAV), optional
+    per-frame masks (``has_masks``: whether any clip has them)."""
 
+    has_masks = True  # masks may be given; an instance says whether they are
     has_boxes = True
     ndim = 3
 
     def __init__(
-        self, root: str | Path, n: Optional[int] = None, seed: int = 0, frames: int = 8,
+        self, root: str | Path | None = None, n: Optional[int] = None, seed: int = 0, frames: int = 8,
         classes: Optional[Sequence[str]] = None,
     ) -> None:
         super().__init__()
+        if root is None:
+            raise DataError("The video_folder dataset needs root='/path/to/videos'.")
         root = Path(root).expanduser()
         if not root.is_dir():
             raise DataError(
@@ -270,17 +270,6 @@ class VideoFolder(CamDataset):
         image = torch.from_numpy(video).float().div_(255).permute(3, 0, 1, 2).contiguous()  # [3,T,H,W]
         return Sample(image=image, target=int(rec["target"]), id=rec["id"], mask=mask,
                       boxes=None if mask is None else clip_box(mask), label=int(rec["target"]))
-
-
-@register_dataset("video_folder", has_masks=True, has_boxes=True, ndim=3)
-def video_folder(
-    root: Optional[str] = None, n: Optional[int] = None, seed: int = 0, frames: int = 8,
-    classes: Optional[Sequence[str]] = None,
-) -> VideoFolder:
-    """Videos in class folders: frame folders or video files (PyAV), optional per-frame masks."""
-    if root is None:
-        raise DataError("The video_folder dataset needs root='/path/to/videos'.")
-    return VideoFolder(root, n, seed, frames, classes)
 
 
 __all__ = ["CLIP_CLASSES", "ClipsDataset", "VideoFolder", "read_video_file", "render_clip"]

@@ -53,14 +53,20 @@ def find_voc_root(root: Path) -> Path:
     )
 
 
+@register_dataset("voc")
 class VOCDataset(RecordDataset):
+    """PASCAL VOC 2012, the dataset ``voc`` (see the module docstring for targets and the ImageNet
+    class-mapping problem)."""
+
     has_boxes = True
     has_masks = True
     num_classes = len(VOC_CLASSES)
+    default_model = "resnet50"
+    mask_kind = "segmentation"
 
     def __init__(
         self,
-        root: str | Path,
+        root: str | Path | None = None,
         n: int | None = None,
         seed: int = 0,
         split: str = "val",
@@ -69,6 +75,8 @@ class VOCDataset(RecordDataset):
         class_map: dict | None = None,
         verify: bool = True,
     ) -> None:
+        if root is None:
+            raise DataError(f"The voc dataset needs root=... Expected layout:\n{LAYOUT}")
         root = Path(root).expanduser()
         if not root.is_dir():
             raise DataError(f"VOC root {root} does not exist. Expected layout:\n{LAYOUT}")
@@ -203,22 +211,3 @@ def semantic_samples(image: Tensor, labels: Tensor, image_id: str, names: list[s
         out.append(Sample(image=image, target=c - 1, id=f"{image_id}#{names[c - 1]}", mask=m, boxes=mask_to_box(m),
                           label=c - 1, ignore=ignore))
     return out
-
-
-@register_dataset(
-    "voc", has_masks=True, has_boxes=True, default_model="resnet50", num_classes=20, mask_kind="segmentation"
-)
-def voc(
-    root: str | None = None,
-    n: int | None = None,
-    seed: int = 0,
-    split: str = "val",
-    segmentation: bool = True,
-    target: str | int = "label",
-    class_map: dict | None = None,
-    verify: bool = True,
-) -> VOCDataset:
-    """PASCAL VOC 2012 (see the module docstring for targets and the ImageNet class-mapping problem)."""
-    if root is None:
-        raise DataError(f"The voc dataset needs root=... Expected layout:\n{LAYOUT}")
-    return VOCDataset(root, n, seed, split, segmentation, target, class_map, verify)

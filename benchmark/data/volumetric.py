@@ -108,12 +108,15 @@ def render_volume(
     return np.clip(img, 0.0, 1.0).astype(np.float32), cls, target, distractors
 
 
+@register_dataset("volumes")
 class VolumesDataset(CamDataset):
-    """Deterministic CT-like volumes with one lesion each (see the module docstring).
+    """Deterministic CT-like volumes with one lesion each, whose class is its shape (exact 3-D masks and
+    boxes; see the module docstring): the dataset ``volumes``.
 
     Args:
         n: number of volumes. seed: base seed. split: ``"train"`` or ``"test"`` (disjoint streams).
         size: side ``D`` of the cubic volumes (>= 16). max_distractors: 0..3 smaller lesions of other classes.
+        root: ignored (nothing is read from disk).
     """
 
     has_masks = True
@@ -121,6 +124,8 @@ class VolumesDataset(CamDataset):
     num_classes = len(VOLUME_CLASSES)
     class_names = list(VOLUME_CLASSES)
     ndim = 3
+    synthetic = True
+    default_model = "volume_cnn"
 
     def __init__(
         self,
@@ -129,6 +134,8 @@ class VolumesDataset(CamDataset):
         split: Literal["train", "test"] = "test",
         size: int = 32,
         max_distractors: int = 2,
+        *,
+        root: Optional[str] = None,
     ) -> None:
         super().__init__()
         if split not in SPLITS:
@@ -169,19 +176,6 @@ class VolumesDataset(CamDataset):
         if not imgs:
             return torch.zeros((0, 3, self.size, self.size, self.size)), torch.zeros(0, dtype=torch.long)
         return torch.stack(imgs)[:, None].expand(-1, 3, -1, -1, -1).contiguous(), torch.tensor(labels)
-
-
-@register_dataset("volumes", has_masks=True, has_boxes=True, synthetic=True, ndim=3, default_model="volume_cnn")
-def volumes(
-    root: Optional[str] = None,
-    n: int = 200,
-    seed: int = 0,
-    split: Literal["train", "test"] = "test",
-    size: int = 32,
-    max_distractors: int = 2,
-) -> VolumesDataset:
-    """CT-like volumes with a lesion whose class is its shape (exact 3-D masks and boxes)."""
-    return VolumesDataset(n=n, seed=seed, split=split, size=size, max_distractors=max_distractors)
 
 
 # -- NIfTI ---------------------------------------------------------------------------------------------
@@ -235,9 +229,11 @@ _NiftiRecord = TypedDict(
 )
 
 
+@register_dataset("nifti")
 class NiftiDataset(CamDataset):
-    """NIfTI volumes with label volumes (see the module docstring); corrupt files raise :class:`DataError`
-    when read (the batching pipeline skips them and reports them in ``.errors``)."""
+    """NIfTI volumes with label volumes (nibabel; see the module docstring), the dataset ``nifti``; corrupt
+    files raise :class:`DataError` when read (the batching pipeline skips them and reports them in
+    ``.errors``)."""
 
     has_masks = True
     has_boxes = True
@@ -245,7 +241,7 @@ class NiftiDataset(CamDataset):
 
     def __init__(
         self,
-        root: str | Path,
+        root: str | Path | None = None,
         n: Optional[int] = None,
         seed: int = 0,
         target: str | int = "label",
@@ -253,6 +249,8 @@ class NiftiDataset(CamDataset):
         window_range: Optional[tuple[float, float]] = None,
     ) -> None:
         super().__init__()
+        if root is None:
+            raise DataError("The nifti dataset needs root='/path' holding images/, labels/ and classes.csv.")
         root = Path(root).expanduser()
         images = root / "images"
         if not images.is_dir():
@@ -316,21 +314,6 @@ class NiftiDataset(CamDataset):
         image = torch.from_numpy(vol)[None].expand(3, -1, -1, -1).contiguous()
         return Sample(image=image, target=int(rec["target"]), id=rec["id"], mask=mask,
                       boxes=None if mask is None else volume_box(mask), label=rec["class"])
-
-
-@register_dataset("nifti", has_masks=True, has_boxes=True, ndim=3)
-def nifti(
-    root: Optional[str] = None,
-    n: Optional[int] = None,
-    seed: int = 0,
-    target: str | int = "label",
-    label_value: Optional[int] = None,
-    window_range: Optional[tuple[float, float]] = None,
-) -> NiftiDataset:
-    """NIfTI volumes with label volumes (nibabel)."""
-    if root is None:
-        raise DataError("The nifti dataset needs root='/path' holding images/, labels/ and classes.csv.")
-    return NiftiDataset(root, n, seed, target, label_value, window_range)
 
 
 __all__ = ["NiftiDataset", "VOLUME_CLASSES", "VolumesDataset", "read_nifti", "render_volume", "volume_box"]

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ContractError
-from ..registry import Registry
+from ..registry import Registry, declared_defaults
 from ..types import Capture, Reshape
 from .capture import capture as _capture
 from .capture import resolve_layer
@@ -192,23 +192,33 @@ def register_method(
     """Decorator registering a raw-map method ``fn(ctx, **params) -> Tensor[B,h,w]``.
 
     ``relu`` says whether the standard pipeline applies a ReLU before min-max (False only for CAM);
-    ``defaults`` are the method's hyper-parameters (recorded in the result tables). ``family`` must be one of
-    :data:`FAMILIES`.
+    The method's hyper-parameters (recorded in the result tables) are the keyword parameters of ``fn``'s
+    signature with their defaults; ``defaults`` only overrides them, for a second name sharing one function or
+    a function taking ``**params`` such as a library bridge (docs/interfaces.md, "Declaring parameters").
+    ``family`` must be one of :data:`FAMILIES`.
     """
     if family not in FAMILIES:
         raise ValueError(
             f"Method {name!r} has unknown family {family!r}; expected one of {FAMILIES} "
             "(docs/methods.md#families). Fix the family= of its register_method call."
         )
-    return METHODS.register(
-        name,
-        family=family,
-        relu=relu,
-        needs_gradients=needs_gradients,
-        defaults=dict(defaults or {}),
-        paper=paper,
-        **meta,
-    )
+    override = bool(meta.pop("override", False))
+
+    def deco(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        METHODS.add(
+            name,
+            fn,
+            override=override,
+            family=family,
+            relu=relu,
+            needs_gradients=needs_gradients,
+            defaults=declared_defaults(fn, defaults, f"Method {name!r}"),
+            paper=paper,
+            **meta,
+        )
+        return fn
+
+    return deco
 
 
 @dataclass

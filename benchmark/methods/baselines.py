@@ -9,7 +9,7 @@ from .base import ExplainContext, register_method
 
 
 @register_method(
-    "random", family="baseline", needs_gradients=False, defaults={"resolution": 7}, batch_consistent=False
+    "random", family="baseline", needs_gradients=False, batch_consistent=False
 )
 def random_map(ctx: ExplainContext, resolution: int = 7) -> Tensor:
     """Uniform noise on a ``resolution x resolution`` grid (upsampled like a CAM), seeded per batch.
@@ -20,7 +20,7 @@ def random_map(ctx: ExplainContext, resolution: int = 7) -> Tensor:
     return ctx.rand((b, *([resolution] * len(ctx.input_size))), salt=101)  # [B,r,r] (or [B,r,r,r] in 3-D)
 
 
-@register_method("center", family="baseline", needs_gradients=False, defaults={"sigma": 0.25})
+@register_method("center", family="baseline", needs_gradients=False)
 def center_map(ctx: ExplainContext, sigma: float = 0.25) -> Tensor:
     """Isotropic Gaussian centred on the image, ``sigma`` as a fraction of the image side (centre bias);
     on volumes and clips centred in all three axes."""
@@ -44,7 +44,7 @@ ORACLE_RIM = 0.01
 
 
 @register_method(
-    "oracle", family="baseline", needs_gradients=False, needs_ground_truth=True, defaults={"mask_dilation": 8},
+    "oracle", family="baseline", needs_gradients=False, needs_ground_truth=True,
     note="the silhouette artefact: deletion/insertion remove exactly the mask first, and the object's outline "
          "(the pixels just outside the mask keep their contrast against the fill) still shows its shape, so the "
          "bare mask (mask_dilation=0) ranks low on deletion/insertion although it is the ground truth; "

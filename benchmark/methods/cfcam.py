@@ -21,18 +21,6 @@ from torch import Tensor
 
 from .base import ExplainContext, register_method
 
-DEFAULTS = {
-    "norm_percentile": 75.0,
-    "eps_percentile": 25.0,
-    "eps_floor": 1e-5,
-    "min_samples_frac": 0.05,
-    "min_samples_floor": 2,
-    "sigma_spatial": 5.0,
-    "sigma_range": 0.1,
-    "weight_norm": "softmax",
-    "cluster": True,
-}
-
 
 def cluster_filter(g: Tensor, sigma_spatial: float = 5.0, sigma_range: float = 0.1) -> Tensor:
     """The authors' ``_bilateral_filter`` of an ``[h,w]`` mean gradient (docs/methods.md#cfcam, the filter).
@@ -106,7 +94,7 @@ def cluster_channels(
     return labels
 
 
-@register_method("cfcam", family="gradient", defaults=DEFAULTS, paper="He et al. 2025, arXiv 2504.00060")
+@register_method("cfcam", family="gradient", paper="He et al. 2025, arXiv 2504.00060")
 def cfcam(
     ctx: ExplainContext,
     norm_percentile: float = 75.0,

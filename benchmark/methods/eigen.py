@@ -67,7 +67,6 @@ def projection_2d(x: Tensor, center: bool = True, sign: str = "none", solver: st
     "eigencam",
     family="projection",
     needs_gradients=False,
-    defaults={"center": True, "sign": "none", "solver": "lapack"},
     paper="Muhammad & Yeasin 2020, eq. 3",
 )
 def eigencam(ctx: ExplainContext, center: bool = True, sign: str = "none", solver: str = "lapack") -> Tensor:
@@ -78,7 +77,6 @@ def eigencam(ctx: ExplainContext, center: bool = True, sign: str = "none", solve
 @register_method(
     "eigengradcam",
     family="projection",
-    defaults={"center": True, "sign": "none", "solver": "lapack"},
     paper="pytorch-grad-cam (Eigen-CAM applied to g*A)",
 )
 def eigengradcam(

@@ -140,7 +140,6 @@ def kernel_projection(x: Tensor, kernel: str = "sigmoid", gamma: Optional[float]
     "kpcacam",
     family="projection",
     needs_gradients=False,
-    defaults={"kernel": "sigmoid", "gamma": None},
     paper="Karmani et al. 2024 (KPCA-CAM), pytorch-grad-cam KPCA_CAM",
 )
 def kpcacam(ctx: ExplainContext, kernel: str = "sigmoid", gamma: Optional[float] = None) -> Tensor:
@@ -202,7 +201,6 @@ def _base_map(base: str, a: Tensor, g: Tensor) -> Tensor:
 @register_method(
     "finercam",
     family="gradient",
-    defaults={"n_comparisons": 3, "alpha": 1.0, "weighting": "softmax", "base": "gradcam"},
     paper="Zhang et al. 2025 (Finer-CAM), eq. 3",
 )
 def finercam(
@@ -222,7 +220,6 @@ def finercam(
 @register_method(
     "shapleycam",
     family="gradient",
-    defaults={"objective": "logit"},
     paper="Cai et al. 2025 (ShapleyCAM), arXiv 2501.06261, eq. 12",
 )
 def shapleycam(ctx: ExplainContext, objective: str = "logit") -> Tensor:

@@ -67,7 +67,6 @@ def channel_minmax(x: Tensor, eps: float = 1e-7, rel_tol: float = REL_TOL) -> Te
     "fullgrad",
     family="gradient",
     layer_free=True,
-    defaults={"eps": 1e-7},
     paper="Srinivas & Fleuret 2019 (FullGrad), eq. 7",
 )
 def fullgrad(ctx: ExplainContext, eps: float = 1e-7) -> Tensor:

@@ -85,7 +85,7 @@ def gradcampp_weights(acts: Tensor, d1: Tensor, d2: Tensor, d3: Tensor, alpha_no
 
 
 @register_method(
-    "gradcampp", family="gradient", defaults={"alpha_norm": False}, paper="Chattopadhyay et al. 2018, eq. 19"
+    "gradcampp", family="gradient", paper="Chattopadhyay et al. 2018, eq. 19"
 )
 def gradcampp(ctx: ExplainContext, alpha_norm: bool = False) -> Tensor:
     """Grad-CAM++ (paper = pytorch-grad-cam; ``alpha_norm=True`` = the authors' TF code)."""
@@ -98,7 +98,6 @@ def gradcampp(ctx: ExplainContext, alpha_norm: bool = False) -> Tensor:
 @register_method(
     "smoothgradcampp",
     family="gradient",
-    defaults={"n_samples": 4, "std": 0.3, "alpha_norm": False},
     paper="Omeiza et al. 2019, eq. 6-8",
     batch_consistent=False,  # noise drawn per batch
 )

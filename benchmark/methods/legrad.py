@@ -75,7 +75,6 @@ def _attention_output(mha: nn.MultiheadAttention, probs: Tensor, value: Tensor) 
 @register_method(
     "legrad",
     family="gradient",
-    defaults={"n_blocks": None, "prefix_tokens": 1},
     architectures=("vit",),
     paper="Bousselham et al. 2024 (LeGrad), eq. 4-6",
 )

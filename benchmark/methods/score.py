@@ -39,7 +39,6 @@ def channel_masks(acts: Tensor, size: tuple[int, ...], align_corners: bool = Tru
     "scorecam",
     family="perturbation",
     needs_gradients=False,
-    defaults={"variant": "pgc"},
     paper="Wang et al. 2020, eq. 3-5",
 )
 def scorecam(ctx: ExplainContext, variant: str = "pgc") -> Tensor:
@@ -111,7 +110,6 @@ def default_ablation_value(acts: Tensor) -> float:
     "ablationcam",
     family="perturbation",
     needs_gradients=False,
-    defaults={"ablation_value": None},
     paper="Desai & Ramaswamy 2020, eq. 2-3",
 )
 def ablationcam(ctx: ExplainContext, ablation_value: float | None = None) -> Tensor:

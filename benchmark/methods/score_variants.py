@@ -93,7 +93,6 @@ def _weighted_low_res(acts: Tensor, scores: Tensor) -> Tensor:
     "sscam",
     family="perturbation",
     needs_gradients=False,
-    defaults={"n_samples": 35, "std": 2.0},
     paper="Wang et al. 2020 (SS-CAM), arXiv 2006.14255, eq. 4-5",
 )
 def sscam(ctx: ExplainContext, n_samples: int = 35, std: float = 2.0) -> Tensor:
@@ -136,7 +135,6 @@ def iscam_coefficients(n_samples: int) -> Tensor:
     "iscam",
     family="perturbation",
     needs_gradients=False,
-    defaults={"n_samples": 10},
     paper="Naidu et al. 2020 (IS-CAM), arXiv 2010.03023, eq. 5",
 )
 def iscam(ctx: ExplainContext, n_samples: int = 10) -> Tensor:

@@ -24,12 +24,13 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Protocol, Sequenc
 
 from torch import Tensor, nn
 
-from ..registry import Registry
+from ..registry import Registry, declared_defaults
+from ..schema import METRIC_FAMILIES
 from ..types import Batch
 
 METRICS: Registry[Callable[..., dict[str, Tensor]]] = Registry("metric")
 
-FAMILIES = ("faithfulness", "localization", "robustness", "sanity", "cost", "truth")
+FAMILIES = METRIC_FAMILIES  # the one list, in benchmark/schema.py
 LEVELS = ("image", "dataset")
 #: What a metric may need beyond the model and the batch (which every metric receives): the methods'
 #: maps, ground-truth masks or boxes, the ability to re-explain (``ctx.explain``), ``frames``: a time
@@ -100,7 +101,11 @@ def register_metric(
 ) -> Callable:
     """Decorator registering a metric ``fn(ctx, **params) -> {method: Tensor[B]}`` (``level="image"``) or
     ``{method: Tensor[B, S]}`` of sufficient statistics reduced by ``compute(stats, ids, **params)``
-    (``level="dataset"``; see the module docstring)."""
+    (``level="dataset"``; see the module docstring).
+
+    The metric's parameters are the keyword parameters of ``fn``'s signature with their defaults (what
+    ``[metric_params.NAME]`` may set); ``defaults`` only overrides them, for a second name sharing one
+    function or a function taking ``**params`` (docs/interfaces.md, "Declaring parameters")."""
     if family not in FAMILIES:
         raise ValueError(f"Unknown metric family {family!r}; expected one of {FAMILIES}.")
     if level not in LEVELS:
@@ -127,18 +132,26 @@ def register_metric(
             f"Metric {name!r} has unknown needs {bad}; expected a subset of {NEEDS}. Fix the needs= of "
             "its register_metric call."
         )
-    return METRICS.register(
-        name,
-        family=family,
-        higher_is_better=higher_is_better,
-        needs=needs,
-        defaults=dict(defaults or {}),
-        paper=paper,
-        level=level,
-        compute=compute,
-        compute_weighted=compute_weighted,
-        **meta,
-    )
+    override = bool(meta.pop("override", False))
+
+    def deco(fn: Callable[..., dict[str, Tensor]]) -> Callable[..., dict[str, Tensor]]:
+        METRICS.add(
+            name,
+            fn,
+            override=override,
+            family=family,
+            higher_is_better=higher_is_better,
+            needs=needs,
+            defaults=declared_defaults(fn, defaults, f"Metric {name!r}"),
+            paper=paper,
+            level=level,
+            compute=compute,
+            compute_weighted=compute_weighted,
+            **meta,
+        )
+        return fn
+
+    return deco
 
 
 def metric_level(name: str) -> str:

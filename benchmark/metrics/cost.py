@@ -10,7 +10,7 @@ from .functional import cost as F
 
 @register_metric(
     "latency_ms", family="cost", higher_is_better=False, needs=("saliency", "explainer"),
-    defaults={"warmup": 1, "repeats": 3}, paper="median wall-clock ms per image, method alone",
+    paper="median wall-clock ms per image, method alone",
 )
 def latency_ms(ctx: MetricContext, warmup: int = 1, repeats: int = 3) -> dict[str, Tensor]:
     b = ctx.batch
@@ -21,7 +21,7 @@ def latency_ms(ctx: MetricContext, warmup: int = 1, repeats: int = 3) -> dict[st
 
 @register_metric(
     "peak_memory_mb", family="cost", higher_is_better=False, needs=("saliency", "explainer"),
-    defaults={}, paper="peak extra CUDA memory of the batch (NaN on CPU)",
+    paper="peak extra CUDA memory of the batch (NaN on CPU)",
 )
 def peak_memory_mb(ctx: MetricContext) -> dict[str, Tensor]:
     b = ctx.batch

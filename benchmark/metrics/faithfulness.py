@@ -10,7 +10,7 @@ deletion/insertion, pytorch-grad-cam's percentiles for ROAD).
 from __future__ import annotations
 
 import zlib
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -73,35 +73,27 @@ def _causal(ctx: MetricContext, name: str, mode: str, substrate: str, **params) 
     return _split(methods, trapezoid_auc(curve))
 
 
-_CAUSAL_DEFAULTS = dict(step=224, n_steps=None, score="prob", blur_klen=11, blur_sigma=5.0, rise_ties=False)
-
-
-@register_metric(
-    "deletion_auc", family="faithfulness", higher_is_better=False, needs=NEEDS,
-    defaults=dict(_CAUSAL_DEFAULTS, substrate="zeros"), paper=RISE,
-)
+@register_metric("deletion_auc", family="faithfulness", higher_is_better=False, needs=NEEDS, paper=RISE)
 def deletion(ctx: MetricContext, *, substrate: str = "zeros", step: Optional[int] = 224,
-             n_steps: Optional[int] = None, **params) -> dict[str, Tensor]:
+             n_steps: Optional[int] = None, score: str = "prob", blur_klen: int = 11, blur_sigma: float = 5.0,
+             rise_ties: bool = False) -> dict[str, Tensor]:
     """RISE deletion AUC per image (lower = the map finds what the model needs); curve in ctx.curves.
 
-    ``n_steps`` (when set) replaces ``step``.
+    ``n_steps`` (when set) replaces ``step``; ``blur_klen``/``blur_sigma``: the blur of ``substrate="blur"``.
     """
     step = None if n_steps is not None else step
-    return _causal(ctx, "deletion_auc", "deletion", substrate, step=step, n_steps=n_steps, **params)
+    return _causal(ctx, "deletion_auc", "deletion", substrate, step=step, n_steps=n_steps, score=score,
+                   blur_klen=blur_klen, blur_sigma=blur_sigma, rise_ties=rise_ties)
 
 
-@register_metric(
-    "insertion_auc", family="faithfulness", higher_is_better=True, needs=NEEDS,
-    defaults=dict(_CAUSAL_DEFAULTS, substrate="blur"), paper=RISE,
-)
+@register_metric("insertion_auc", family="faithfulness", higher_is_better=True, needs=NEEDS, paper=RISE)
 def insertion(ctx: MetricContext, *, substrate: str = "blur", step: Optional[int] = 224,
-              n_steps: Optional[int] = None, **params) -> dict[str, Tensor]:
+              n_steps: Optional[int] = None, score: str = "prob", blur_klen: int = 11, blur_sigma: float = 5.0,
+              rise_ties: bool = False) -> dict[str, Tensor]:
     """RISE insertion AUC per image (higher is better), from the blurred image; curve in ctx.curves."""
     step = None if n_steps is not None else step
-    return _causal(ctx, "insertion_auc", "insertion", substrate, step=step, n_steps=n_steps, **params)
-
-
-_CONF_DEFAULTS = dict(score="prob", variant="paper", threshold=0.5)
+    return _causal(ctx, "insertion_auc", "insertion", substrate, step=step, n_steps=n_steps, score=score,
+                   blur_klen=blur_klen, blur_sigma=blur_sigma, rise_ties=rise_ties)
 
 
 def _confidence(ctx: MetricContext, **params) -> tuple[list[str], Tensor, Tensor]:
@@ -114,29 +106,24 @@ def _confidence(ctx: MetricContext, **params) -> tuple[list[str], Tensor, Tensor
     return methods, y, o
 
 
-@register_metric(
-    "average_drop", family="faithfulness", higher_is_better=False, needs=NEEDS,
-    defaults=dict(_CONF_DEFAULTS, relative=True), paper=GRADCAMPP,
-)
-def average_drop(ctx: MetricContext, *, relative: bool = True, **params) -> dict[str, Tensor]:
+@register_metric("average_drop", family="faithfulness", higher_is_better=False, needs=NEEDS, paper=GRADCAMPP)
+def average_drop(ctx: MetricContext, *, score: str = "prob", variant: str = "paper", threshold: float = 0.5,
+                 relative: bool = True) -> dict[str, Tensor]:
     """Per-image ``max(0, Y - O) / Y`` on ``E = x * L`` (mean over images x 100 = Average Drop %)."""
-    methods, y, o = _confidence(ctx, **params)
-    return _split(methods, drop_in_confidence(y, o, relative=relative, clamp=params["variant"] != "cfcam"))
+    methods, y, o = _confidence(ctx, score=score, variant=variant, threshold=threshold)
+    return _split(methods, drop_in_confidence(y, o, relative=relative, clamp=variant != "cfcam"))
 
 
 @register_metric(
-    "increase_in_confidence", family="faithfulness", higher_is_better=True, needs=NEEDS,
-    defaults=dict(_CONF_DEFAULTS), paper=GRADCAMPP,
+    "increase_in_confidence", family="faithfulness", higher_is_better=True, needs=NEEDS, paper=GRADCAMPP
 )
-def increase_in_confidence(ctx: MetricContext, **params) -> dict[str, Tensor]:
+def increase_in_confidence(ctx: MetricContext, *, score: str = "prob", variant: str = "paper",
+                           threshold: float = 0.5) -> dict[str, Tensor]:
     """Per-image ``1[Y < O]`` (mean over images x 100 = Increase in Confidence %)."""
-    methods, y, o = _confidence(ctx, **params)
+    methods, y, o = _confidence(ctx, score=score, variant=variant, threshold=threshold)
     return _split(methods, (y < o).float())
 
 
-# imputer: "cg" (batched conjugate gradient on the run's device), "exact" (scipy sparse solve per image) or
-# "auto" (exact on CPU, where it is faster: benchmarks/RESULTS.md section 6; cg on accelerators)
-_ROAD_DEFAULTS = dict(percentages=ROAD_PERCENTAGES, noise=0.01, score="prob", count_rule="round", imputer="cg")
 
 
 def _road(ctx: MetricContext, name: str, order: str, **params) -> dict[str, Tensor]:
@@ -162,30 +149,31 @@ def _road_uncached(ctx: MetricContext, order: str, **params) -> dict[str, Tensor
     return _split(methods, curve)
 
 
-@register_metric(
-    "road_morf", family="faithfulness", higher_is_better=False, needs=NEEDS,
-    defaults=dict(_ROAD_DEFAULTS), paper=ROAD,
-)
-def road_morf(ctx: MetricContext, **params) -> dict[str, Tensor]:
+# The three ROAD entries take the same parameters: ``percentages`` (removal fractions), ``noise`` (the
+# imputation's noise), ``score``, ``count_rule`` and ``imputer``: "cg" (batched conjugate gradient on the run's
+# device), "exact" (scipy sparse solve per image) or "auto" (exact on CPU, where it is faster:
+# benchmarks/RESULTS.md section 6; cg on accelerators).
+@register_metric("road_morf", family="faithfulness", higher_is_better=False, needs=NEEDS, paper=ROAD)
+def road_morf(ctx: MetricContext, *, percentages: Sequence[float] = ROAD_PERCENTAGES, noise: float = 0.01,
+              score: str = "prob", count_rule: str = "round", imputer: str = "cg") -> dict[str, Tensor]:
     """ROAD, most relevant first: mean target probability over the removal fractions (lower is better)."""
-    return _road(ctx, "road_morf", "morf", **params)
+    return _road(ctx, "road_morf", "morf", percentages=percentages, noise=noise, score=score,
+                 count_rule=count_rule, imputer=imputer)
 
 
-@register_metric(
-    "road_lerf", family="faithfulness", higher_is_better=True, needs=NEEDS,
-    defaults=dict(_ROAD_DEFAULTS), paper=ROAD,
-)
-def road_lerf(ctx: MetricContext, **params) -> dict[str, Tensor]:
+@register_metric("road_lerf", family="faithfulness", higher_is_better=True, needs=NEEDS, paper=ROAD)
+def road_lerf(ctx: MetricContext, *, percentages: Sequence[float] = ROAD_PERCENTAGES, noise: float = 0.01,
+              score: str = "prob", count_rule: str = "round", imputer: str = "cg") -> dict[str, Tensor]:
     """ROAD, least relevant first: mean target probability over the removal fractions (higher is better)."""
-    return _road(ctx, "road_lerf", "lerf", **params)
+    return _road(ctx, "road_lerf", "lerf", percentages=percentages, noise=noise, score=score,
+                 count_rule=count_rule, imputer=imputer)
 
 
-@register_metric(
-    "road_combined", family="faithfulness", higher_is_better=True, needs=NEEDS,
-    defaults=dict(_ROAD_DEFAULTS), paper=ROAD,
-)
-def road_combined(ctx: MetricContext, **params) -> dict[str, Tensor]:
+@register_metric("road_combined", family="faithfulness", higher_is_better=True, needs=NEEDS, paper=ROAD)
+def road_combined(ctx: MetricContext, *, percentages: Sequence[float] = ROAD_PERCENTAGES, noise: float = 0.01,
+                  score: str = "prob", count_rule: str = "round", imputer: str = "cg") -> dict[str, Tensor]:
     """``(LeRF - MoRF) / 2`` per image (pytorch-grad-cam ``ROADCombined`` on probabilities)."""
+    params = dict(percentages=percentages, noise=noise, score=score, count_rule=count_rule, imputer=imputer)
     lerf = _road(ctx, "road_lerf", "lerf", **params)  # cached when road_lerf ran on this batch
     morf = _road(ctx, "road_morf", "morf", **params)
     return {m: (lerf[m] - morf[m]) / 2 for m in lerf}

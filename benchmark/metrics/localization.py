@@ -30,7 +30,7 @@ def _per_method(ctx: MetricContext, fn) -> dict[str, Tensor]:
 
 @register_metric(
     "pointing_game", family="localization", higher_is_better=True, needs=("saliency", "masks"),
-    defaults={"tolerance": 15}, paper="Zhang et al. 2016 (TorchRay protocol)",
+    paper="Zhang et al. 2016 (TorchRay protocol)",
 )
 def pointing_game(ctx: MetricContext, tolerance: float = 15) -> dict[str, Tensor]:
     """1/0 per image (NaN: empty mask). TorchRay reports the mean over classes: see
@@ -41,7 +41,7 @@ def pointing_game(ctx: MetricContext, tolerance: float = 15) -> dict[str, Tensor
 
 @register_metric(
     "energy_pointing_game", family="localization", higher_is_better=True, needs=("saliency", "boxes"),
-    defaults={}, paper="Wang et al. 2020 (Score-CAM), energy inside the boxes",
+    paper="Wang et al. 2020 (Score-CAM), energy inside the boxes",
 )
 def energy_pointing_game(ctx: MetricContext) -> dict[str, Tensor]:
     """Share of the map's energy inside the union of the GT boxes (NaN: all-zero map or no box)."""
@@ -53,7 +53,7 @@ def energy_pointing_game(ctx: MetricContext) -> dict[str, Tensor]:
 
 @register_metric(
     "energy_pointing_game_mask", family="localization", higher_is_better=True,
-    needs=("saliency", "masks"), defaults={}, paper="Wang et al. 2020 (Score-CAM), with masks",
+    needs=("saliency", "masks"), paper="Wang et al. 2020 (Score-CAM), with masks",
 )
 def energy_pointing_game_mask(ctx: MetricContext) -> dict[str, Tensor]:
     """Share of the map's energy inside the GT mask (NaN: all-zero map or empty mask)."""
@@ -63,7 +63,7 @@ def energy_pointing_game_mask(ctx: MetricContext) -> dict[str, Tensor]:
 
 @register_metric(
     "box_iou", family="localization", higher_is_better=True, needs=("saliency", "boxes"),
-    defaults={"threshold": 0.15}, paper="Selvaraju et al. 2017 (Grad-CAM localisation)",
+    paper="Selvaraju et al. 2017 (Grad-CAM localisation)",
 )
 def box_iou(ctx: MetricContext, threshold: float = 0.15) -> dict[str, Tensor]:
     """IoU of the largest component's box (map >= threshold * max) with the best GT box (the datasets'
@@ -84,7 +84,6 @@ def _max_box_acc_weighted(stats, weights, cam_curve_interval: float = 0.01, iou_
 
 @register_metric(
     "max_box_acc", family="localization", higher_is_better=True, needs=("saliency", "boxes"),
-    defaults={"cam_curve_interval": 0.01, "iou_thresholds": (30, 50, 70), "multi_contour": True},
     paper="Choe et al. CVPR 2020 (MaxBoxAccV2)", level="dataset", compute=_max_box_acc_compute,
     compute_weighted=_max_box_acc_weighted,
 )
@@ -107,7 +106,7 @@ def max_box_acc(
 
 @register_metric(
     "mask_iou", family="localization", higher_is_better=True, needs=("saliency", "masks"),
-    defaults={"threshold": 0.5}, paper="IoU of the thresholded map with the GT mask",
+    paper="IoU of the thresholded map with the GT mask",
 )
 def mask_iou(ctx: MetricContext, threshold: float = 0.5) -> dict[str, Tensor]:
     masks = _masks(ctx)
@@ -124,7 +123,7 @@ def _pxap_weighted(stats, weights, cam_curve_interval: float = 0.01):
 
 @register_metric(
     "pxap", family="localization", higher_is_better=True, needs=("saliency", "masks"),
-    defaults={"cam_curve_interval": 0.01}, paper="Choe et al. CVPR 2020 (PxAP)", level="dataset",
+    paper="Choe et al. CVPR 2020 (PxAP)", level="dataset",
     compute=_pxap_compute, compute_weighted=_pxap_weighted,
 )
 def pxap(ctx: MetricContext, cam_curve_interval: float = 0.01) -> dict[str, Tensor]:
@@ -139,7 +138,7 @@ def pxap(ctx: MetricContext, cam_curve_interval: float = 0.01) -> dict[str, Tens
 
 @register_metric(
     "temporal_energy", family="localization", higher_is_better=True, needs=("saliency", "masks", "frames"),
-    defaults={}, paper="cambench: the energy pointing game (Wang et al. 2020) along the time axis",
+    paper="cambench: the energy pointing game (Wang et al. 2020) along the time axis",
 )
 def temporal_energy(ctx: MetricContext) -> dict[str, Tensor]:
     """Volumes and clips only: share of the map's energy in the frames (slices) that hold the object

@@ -57,31 +57,33 @@ def _sensitivity(ctx: MetricContext, reduce, radius: float, n_samples: int, rela
     return {m: out[m] for m in ctx.saliency}
 
 
-_SENS = {"radius": 0.2, "n_samples": 8, "relative": True, "norm": "fro"}
-
-
 @register_metric(
     "max_sensitivity", family="robustness", higher_is_better=False, needs=("saliency", "explainer"),
-    defaults=_SENS, paper="Yeh et al. 2019 (Quantus MaxSensitivity defaults, n_samples chosen by the suite)",
+    paper="Yeh et al. 2019 (Quantus MaxSensitivity defaults, n_samples chosen by the suite)",
 )
-def max_sensitivity(ctx: MetricContext, **params) -> dict[str, Tensor]:
-    return _sensitivity(ctx, np.nanmax, **params)
+def max_sensitivity(ctx: MetricContext, radius: float = 0.2, n_samples: int = 8, relative: bool = True,
+                    norm: str = "fro") -> dict[str, Tensor]:
+    """Max-sensitivity (Yeh et al. 2019): the largest change of the map over ``n_samples`` perturbations."""
+    return _sensitivity(ctx, np.nanmax, radius=radius, n_samples=n_samples, relative=relative, norm=norm)
 
 
 @register_metric(
     "avg_sensitivity", family="robustness", higher_is_better=False, needs=("saliency", "explainer"),
-    defaults=_SENS, paper="Yeh et al. 2019 (Quantus AvgSensitivity defaults, n_samples chosen by the suite)",
+    paper="Yeh et al. 2019 (Quantus AvgSensitivity defaults, n_samples chosen by the suite)",
 )
-def avg_sensitivity(ctx: MetricContext, **params) -> dict[str, Tensor]:
-    return _sensitivity(ctx, np.nanmean, **params)
+def avg_sensitivity(ctx: MetricContext, radius: float = 0.2, n_samples: int = 8, relative: bool = True,
+                    norm: str = "fro") -> dict[str, Tensor]:
+    """Mean over the same perturbations as :func:`max_sensitivity` (shared through ``ctx.cache``)."""
+    return _sensitivity(ctx, np.nanmean, radius=radius, n_samples=n_samples, relative=relative, norm=norm)
 
 
 @register_metric(
     "local_lipschitz", family="robustness", higher_is_better=False, needs=("saliency", "explainer"),
-    defaults={"std": 0.1, "n_samples": 8}, paper="Alvarez-Melis & Jaakkola 2018 (Quantus defaults)",
+    paper="Alvarez-Melis & Jaakkola 2018 (Quantus defaults)",
 )
-def local_lipschitz(ctx: MetricContext, **params) -> dict[str, Tensor]:
-    return _perturbed(ctx, F.local_lipschitz, 0.0, **params)
+def local_lipschitz(ctx: MetricContext, std: float = 0.1, n_samples: int = 8) -> dict[str, Tensor]:
+    """Local Lipschitz estimate over ``n_samples`` Gaussian perturbations of std ``std``."""
+    return _perturbed(ctx, F.local_lipschitz, 0.0, std=std, n_samples=n_samples)
 
 
 def _gradient_noise(ctx: MetricContext, key: str, sigma: float, relative: bool) -> dict[str, Tensor]:
@@ -103,7 +105,7 @@ def _gradient_noise(ctx: MetricContext, key: str, sigma: float, relative: bool) 
 
 @register_metric(
     "gradient_noise_stability", family="robustness", higher_is_better=True,
-    needs=("saliency", "explainer"), defaults={"sigma": 1.0, "relative": True},
+    needs=("saliency", "explainer"),
     paper="CF-CAM (He et al. 2025) noise stability, noise injected before any weight (SSIM)",
 )
 def gradient_noise_stability(ctx: MetricContext, sigma: float = 1.0, relative: bool = True) -> dict[str, Tensor]:
@@ -112,7 +114,7 @@ def gradient_noise_stability(ctx: MetricContext, sigma: float = 1.0, relative: b
 
 @register_metric(
     "gradient_noise_mse", family="robustness", higher_is_better=False,
-    needs=("saliency", "explainer"), defaults={"sigma": 1.0, "relative": True},
+    needs=("saliency", "explainer"),
     paper="CF-CAM (He et al. 2025) noise stability, noise injected before any weight (MSE)",
 )
 def gradient_noise_mse(ctx: MetricContext, sigma: float = 1.0, relative: bool = True) -> dict[str, Tensor]:

@@ -19,8 +19,6 @@ from torch import Tensor
 from .base import MetricContext, register_metric
 from .functional import sanity as F
 
-_DEFAULTS = {"layer_order": "top_down", "seed": 42, "max_layers": None}
-
 
 def _count_undefined(name: str, out: dict[str, Tensor]) -> None:
     """Say how many similarities are NaN (a constant map before or after randomisation): they are
@@ -65,7 +63,6 @@ def _mprt(ctx: MetricContext, similarity: str, layer_order: str, seed: int, max_
 
 @register_metric(
     "model_randomization", family="sanity", higher_is_better=False, needs=("saliency", "explainer"),
-    defaults={**_DEFAULTS, "signed": False},
     paper="Adebayo et al. 2018 (Quantus MPRT, |Spearman| after the full cascade)",
 )
 def model_randomization(ctx: MetricContext, layer_order: str = "top_down", seed: int = 42,
@@ -78,7 +75,7 @@ def model_randomization(ctx: MetricContext, layer_order: str = "top_down", seed:
 
 @register_metric(
     "model_randomization_ssim", family="sanity", higher_is_better=False,
-    needs=("saliency", "explainer"), defaults=_DEFAULTS,
+    needs=("saliency", "explainer"),
     paper="Adebayo et al. 2018 (SSIM after the full cascade)",
 )
 def model_randomization_ssim(ctx: MetricContext, layer_order: str = "top_down", seed: int = 42,

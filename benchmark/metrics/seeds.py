@@ -31,10 +31,10 @@ from torch import Tensor
 
 from ..data.transforms import CLASS_SEP, image_key
 from ..errors import DataError
+from ..registry import signature_defaults
 from .base import MetricContext, register_metric
 from .functional.seeds import seed_statistics
 
-DEFAULTS = {"n_thresholds": 21, "threshold_split": 0.5, "num_classes": 0, "ignore_index": 255}
 PAPER = "WSSS seed mIoU (e.g. SEAM CVPR 2020, IRN CVPR 2019, ToCo CVPR 2023): CAM seeds on PASCAL VOC train"
 
 
@@ -184,7 +184,7 @@ def image_statistics(ctx: MetricContext, n_thresholds: int = 21, num_classes: in
 
 @register_metric(
     "seed_miou", family="localization", higher_is_better=True, needs=("saliency", "masks"),
-    defaults=DEFAULTS, paper=PAPER, level="dataset", compute=compute_seed_miou, optimistic=False,
+    paper=PAPER, level="dataset", compute=compute_seed_miou, optimistic=False,
     threshold="chosen on the held-out split (threshold_split of the images, by hash of image id); "
               "scored on the other images",
 )
@@ -199,7 +199,7 @@ def seed_miou(ctx: MetricContext, n_thresholds: int = 21, threshold_split: float
 
 @register_metric(
     "seed_miou_oracle_threshold", family="localization", higher_is_better=True,
-    needs=("saliency", "masks"), defaults=DEFAULTS, paper=PAPER + " (threshold swept on the test images)",
+    needs=("saliency", "masks"), paper=PAPER + " (threshold swept on the test images)",
     level="dataset", compute=compute_seed_miou_oracle, optimistic=True,
     threshold="best on the evaluated images themselves: OPTIMISTIC (an upper bound, as most papers report it)",
 )
@@ -208,6 +208,9 @@ def seed_miou_oracle_threshold(ctx: MetricContext, n_thresholds: int = 21, thres
     """Seed mIoU at the best threshold on the evaluated images (optimistic; ``threshold_split`` unused)."""
     return image_statistics(ctx, n_thresholds, num_classes, ignore_index)
 
+
+#: The seed metrics' parameters (both take the same), read from the signature (report/seeds.py uses them).
+DEFAULTS = signature_defaults(seed_miou)
 
 __all__ = [
     "chosen_threshold", "compute_seed_miou", "compute_seed_miou_oracle", "held_out", "image_statistics",

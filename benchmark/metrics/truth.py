@@ -44,7 +44,6 @@ def shortcut_energy(ctx: MetricContext) -> dict[str, Tensor]:
 
 @register_metric(
     "shortcut_intervention", family="truth", higher_is_better=True, needs=("saliency", "truth"),
-    defaults={"fraction": None, "min_drop": 0.1},
     paper="Hesse et al. 2023 (FunnyBirds) style intervention: remove the map's top pixels vs the true cause",
 )
 def shortcut_intervention(

@@ -9,6 +9,7 @@ from typing import Iterable, Optional
 
 import pandas as pd
 
+from ..schema import METRIC_FAMILIES
 from ..store import Store, atomic_write_text, write_parquet
 from . import tables
 
@@ -149,9 +150,8 @@ def headline_metrics(run: dict, board: pd.DataFrame, k: int = 5) -> list[str]:
     """A few metrics for the terminal summary: the usual headline ones, then one per family."""
     fam = run.get("families", {})
     present = [m for m in board["metric"].unique() if m != tables.MEAN_RANK]
-    order = ["faithfulness", "localization", "robustness", "sanity", "truth", "cost"]
     picked: list[str] = [m for m in HEADLINE if m in present]
-    for f in order:
+    for f in METRIC_FAMILIES:
         if any(fam.get(m) == f for m in picked):
             continue
         for m in sorted(present):

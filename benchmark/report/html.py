@@ -11,6 +11,7 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from ..schema import METRIC_FAMILIES
 from .tables import MEAN_RANK
 
 CSS = """
@@ -59,9 +60,6 @@ def _fmt(v: float) -> str:
     return f"{v:.3f}" if abs(v) < 1000 else f"{v:.3g}"
 
 
-FAMILY_ORDER = ("faithfulness", "localization", "robustness", "sanity", "cost")
-
-
 def _slug(*parts: str) -> str:
     import re
 
@@ -69,7 +67,7 @@ def _slug(*parts: str) -> str:
 
 
 def family_tables(g: pd.DataFrame, families: Mapping[str, str], grey: Mapping[str, str]) -> str:
-    """One experiment's leaderboard as one table per metric family (in FAMILY_ORDER, so each fits the page
+    """One experiment's leaderboard as one table per metric family (in METRIC_FAMILIES, so each fits the page
     width): methods sorted by mean rank, baselines last in italics (references, not ranked); a cell is
     "mean [ci] n group"; bold = best; a greyed-out column is a metric the report card flags (why on hover)."""
     metrics_all = [m for m in g["metric"].unique() if m != MEAN_RANK]
@@ -82,7 +80,7 @@ def family_tables(g: pd.DataFrame, families: Mapping[str, str], grey: Mapping[st
     cell = {(r.method, r.metric): r for r in g.itertuples(index=False)}
     top = g.groupby("metric")["rank"].min().to_dict()
     cd = float(mr["cd"].iloc[0]) if len(mr) and "cd" in mr else float("nan")
-    fams = [f for f in FAMILY_ORDER if any(families.get(m) == f for m in metrics_all)]
+    fams = [f for f in METRIC_FAMILIES if any(families.get(m) == f for m in metrics_all)]
     fams += sorted({families.get(m, "other") for m in metrics_all} - set(fams))
     parts = []
     for fam in fams:
@@ -167,9 +165,9 @@ def experiment_section(
     has_meta = "NR" in c.columns and bool(c["NR"].notna().any()) if len(c) else False
     # groups first: per metric, the methods of group "a" (not significantly different from the best)
     grows = []
-    for fam in FAMILY_ORDER + ("other",):
+    for fam in METRIC_FAMILIES + ("other",):
         for r in (c.itertuples(index=False) if len(c) else []):
-            if (r.family or "other") != fam:
+            if (r.family if r.family in METRIC_FAMILIES else "other") != fam:
                 continue
             s = g[(g["metric"] == r.metric) & ~g["baseline"].astype(bool)].sort_values("rank")
             top = ", ".join(s[s["group"].astype(str).str.contains("a")]["method"])

@@ -19,8 +19,9 @@ from typing import Any, Iterable, Iterator, Optional, Sequence
 import torch
 
 from ..errors import CambenchError, SuiteError, UnknownNameError, WeightsError
+from ..schema import METRIC_FAMILIES
 from ..types import Batch, ModelHandle
-from .suite import METRIC_FAMILIES, Experiment, Suite
+from .suite import Experiment, Suite
 from .validate import check_kwargs
 
 # -- registries and plugins ------------------------------------------------------------------------

@@ -109,7 +109,6 @@ META_KEYS = ("meta_perturbations", "meta_minor_std", "meta_disruptive_std")
 TARGETS = ("label", "predicted", "labels")
 #: Scales of ``ms_flip = true`` unless ``ms_scales`` is given (benchmark/methods/msflip.py).
 MS_SCALES = (0.5, 1.0, 1.5, 2.0)
-METRIC_FAMILIES = ("faithfulness", "localization", "robustness", "sanity", "cost", "truth")
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 

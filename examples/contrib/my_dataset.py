@@ -5,14 +5,17 @@ import torch
 from benchmark.data import CamDataset, Sample, register_dataset
 
 
+@register_dataset("blobs")  # the class is the factory: its arguments are what a suite's `data` sets
 class Blobs(CamDataset):
-    """``n`` images ``[3, size, size]`` in [0, 1] (not normalised); the mask is the object."""
+    """``n`` images ``[3, size, size]`` in [0, 1] (not normalised); the mask is the object. ``root`` is
+    unused (generated data; accepted because ``--data-root`` passes it to every dataset)."""
 
-    has_masks = True
+    has_masks = True  # the class attributes are the registry metadata (`list datasets` shows them)
     num_classes = 2
     class_names = ["square", "disc"]
+    default_model = "blob_cnn"
 
-    def __init__(self, n: int = 8, seed: int = 0, size: int = 32) -> None:
+    def __init__(self, n: int = 8, seed: int = 0, size: int = 32, *, root: str | None = None) -> None:
         super().__init__()
         self.n, self.seed, self.size = n, seed, size
 
@@ -33,8 +36,3 @@ class Blobs(CamDataset):
         image[:, mask] = 0.9
         return Sample(image=image, target=label, id=f"blob{i:04d}", mask=mask, label=label)
 
-
-@register_dataset("blobs", has_masks=True, has_boxes=False, default_model="blob_cnn")
-def blobs(root=None, n=None, seed=0, size: int = 32) -> Blobs:
-    """``root`` is unused (generated data); ``n`` images (default 8)."""
-    return Blobs(n=8 if n is None else n, seed=seed, size=size)

@@ -8,7 +8,7 @@ import torch
 from benchmark.methods import ExplainContext, register_method
 
 
-@register_method("posgrad_cam", family="gradient", defaults={"power": 1.0}, paper="CONTRIBUTING example")
+@register_method("posgrad_cam", family="gradient", paper="CONTRIBUTING example")  # parameters: the signature
 def posgrad_cam(ctx: ExplainContext, power: float = 1.0) -> torch.Tensor:
     """``w_k = mean_ij ReLU(g_k)^power``, ``M = sum_k w_k A_k``; returns the raw ``[B,h,w]`` map."""
     cap = ctx.capture  # A, dy^c/dA and the logits: one forward+backward shared by every method

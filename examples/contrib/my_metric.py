@@ -10,10 +10,9 @@ from benchmark.metrics import MetricContext, register_metric
 
 
 @register_metric(
-    "keep_top_prob", family="faithfulness", higher_is_better=True, needs=("saliency",),
-    defaults={"fraction": 0.2}, paper="CONTRIBUTING example",
+    "keep_top_prob", family="faithfulness", higher_is_better=True, needs=("saliency",), paper="CONTRIBUTING example",
 )
-def keep_top_prob(ctx: MetricContext, fraction: float = 0.2) -> dict[str, Tensor]:
+def keep_top_prob(ctx: MetricContext, fraction: float = 0.2) -> dict[str, Tensor]:  # parameters: the signature
     """Softmax probability of the target on ``x * 1[map in its top fraction]`` (zeros elsewhere)."""
     images, targets = ctx.batch.images, ctx.batch.targets
     out = {}

@@ -624,8 +624,8 @@ def road_curves(
         return torch.stack(out).to(images.dtype)
 
     flat_targets = targets.to(images.device).long().repeat_interleave(p)
-    return batched_scores(
-        model, build, flat_targets, batch_size=batch_size, score=score, oom_errors=oom_errors
+    return batched_scores(  # chunks sized from the images themselves: no imputation spent on a probe
+        model, build, flat_targets, batch_size=batch_size, score=score, oom_errors=oom_errors, example=images[:1]
     ).view(n, p)
 
 

@@ -89,12 +89,15 @@ class _Level:
         self.shape = tuple(diag.shape[2:])
         self.active = diag > 0
         self.dinv = torch.where(self.active, 1.0 / torch.where(self.active, diag, torch.ones_like(diag)), 0.0)
+        # per offset: (coefficient map, index of x[i + o] in the 1-padded x), built once (the V-cycle's hot loop)
+        self.terms = [(c, (Ellipsis, *[slice(1 + oo, 1 + oo + s) for oo, s in zip(o, self.shape, strict=True)]))
+                      for c, o in zip(coefs.unbind(0), offsets, strict=True)] if len(coefs) == len(offsets) else []
 
     def apply(self, x: Tensor) -> Tensor:
         xp = _pad1(x, len(self.shape))
         y = self.diag * x
-        for k, o in enumerate(self.offsets):
-            y.addcmul_(self.coefs[k], _shifted(xp, o, self.shape))
+        for c, index in self.terms:
+            y.addcmul_(c, xp[index])
         return y
 
 

@@ -508,7 +508,7 @@ def noisy_linear_impute_batch(
             "ROAD cannot impute an image with every pixel removed (no known neighbour); "
             "use removal fractions below 1."
         )
-    x = images.detach().float()
+    x = images.detach().float().contiguous()  # the runner's channels_last images: solve on a row-major copy
     if not bool(counts.any()):
         return x.clone()
     vals = solve_masked_laplace(x, removed, tol=tol).float()

@@ -364,7 +364,8 @@ def solve_masked_laplace(
             "Linear imputation needs at least one kept cell per row (no known neighbour otherwise); rows "
             f"{full.nonzero().flatten().tolist()} have every cell removed. Use removal fractions below 1."
         )
-    out = values.to(dtype).clone()
+    out = torch.empty(values.shape, dtype=dtype, device=values.device)  # row-major whatever the input's layout
+    out.copy_(values)  # (a channels_last input would put every grid pass on a strided path)
     n = removed.shape[0]
     if group is None:
         group = 1 if values.device.type == "cpu" else max(n, 1)

@@ -8,9 +8,10 @@ Same random-init model, images, one Grad-CAM map per image and the same removal 
 (pixel counts by pytorch-grad-cam's percentile rule):
 
 * **cambench** ``road`` (functional, what the ``road_morf`` registry entry runs): the model as the runner
-  prepares it (channels_last for CNNs); ``imputer="cg"`` (default: every image x fraction imputed by one
-  batched conjugate-gradient solve on the device, then chunked forwards) and ``imputer="exact"`` (one scipy
-  sparse solve per image and fraction, the reference algorithm);
+  prepares it (channels_last for CNNs); ``imputer="cg"`` (default: the image x fraction systems of a forward
+  chunk imputed by conjugate gradient -- batched on an accelerator, one row at a time on CPU, each on its
+  holes' bounding box -- then one forward per imputed image) and ``imputer="exact"`` (one sparse LU solve per
+  image and fraction, the reference algorithm);
 * **pytorch-grad-cam** ``ROADMostRelevantFirstAverage`` as a user calls it (per fraction: one forward of
   the originals, one sparse solve per image, one forward of the imputed batch), and the same without the
   originals' forward (``return_diff=False``: imputation + one forward per fraction, the work cambench does).

@@ -445,8 +445,9 @@ def _check_imputer(imputer: str) -> None:
 
 
 def resolve_imputer(imputer: str, device: torch.device) -> str:
-    """``"auto"`` -> ``"exact"`` on CPU (SuperLU beats the grid solver there: benchmarks/RESULTS.md,
-    section 6), ``"cg"`` on accelerators; other names unchanged. The two agree to ~1e-5 per pixel."""
+    """``"auto"`` -> ``"exact"`` on CPU (the CPU reference numbers stay those of the direct solve; at the quick
+    suite's 128 x 128 both cost the same there, at 224 x 224 cg is ~2.4x faster: benchmarks/RESULTS.md,
+    section 6.1), ``"cg"`` on accelerators; other names unchanged. The two agree to ~1e-5 per pixel."""
     _check_imputer(imputer)
     if imputer == "auto":
         return "exact" if torch.device(device).type == "cpu" else "cg"
@@ -588,9 +589,10 @@ def road_curves(
     flat index first in both). Imputation runs lazily per forward chunk. The noise of row ``n`` at
     percentage ``j`` is drawn from a generator seeded by ``(seed, noise_keys[n], j)`` (default key = the
     image index), so rows of different methods on one image share their random numbers and results do
-    not depend on the chunk size. ``imputer="cg"`` solves all imputations of a forward chunk (rows x
-    percentages) as one batched conjugate-gradient solve on the images' device; ``"exact"`` runs one scipy
-    sparse solve per (row, percentage), the reference algorithm (they agree to ~1e-5 per pixel); ``"auto"``
+    not depend on the chunk size. ``imputer="cg"`` solves the imputations of a forward chunk (rows x
+    percentages) by conjugate gradient on the images' device (all at once on accelerators, one row at a time
+    on CPU, each on its holes' bounding box); ``"exact"`` runs one sparse LU solve per (row, percentage), the
+    reference algorithm (they agree to ~1e-5 per pixel); ``"auto"``
     picks exact on CPU, cg elsewhere.
     """
     if images.ndim == 5:

@@ -18,7 +18,9 @@ one symmetric multigrid V-cycle whose smoother is damped Jacobi and whose coarse
 products ``P^T A P`` of 2-per-axis aggregation (each coarse level is again a ``3^d`` stencil, with
 per-cell coefficients; the coarsest, at most ``16^d`` cells, is solved by a batched Cholesky). Both
 preconditioners are symmetric positive definite, so CG converges to the exact solution of the sparse
-system; the multigrid one needs a few tens of iterations where Jacobi needs thousands on large holes.
+system; the multigrid one needs 11-15 iterations on ROAD's 224 x 224 systems (error estimate 1e-5) where
+Jacobi needs thousands on large holes. ROAD's 2-D weights are applied as the separable ``[1, 2, 1]`` outer
+product (two 3-tap passes), and each solve runs on the bounding box of its holes only (``_hole_box``).
 """
 
 from __future__ import annotations

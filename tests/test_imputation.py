@@ -239,7 +239,7 @@ def test_rows_solved_on_their_holes_bounding_box_in_any_grouping_and_layout():
     assert _hole_box(removed[3:]) is None
     stencil = neighbour_stencil(2, "road")
     refs = [sparse_reference(x[i].numpy(), removed[i].numpy(), stencil.numpy()) for i in range(3)] + [x[3].numpy()]
-    for kwargs in ({}, {"group": 1}, {"group": 3}, {"group": 4}):
+    for kwargs in ({}, {"group": 1}, {"group": 3}, {"group": 4}, {"precond_dtype": torch.float64}):
         ours = solve_masked_laplace(x, removed, **kwargs)
         for i in range(4):
             np.testing.assert_allclose(ours[i].numpy(), refs[i], rtol=0, atol=1e-4)

@@ -8,16 +8,19 @@ Same random-init model, images, one Grad-CAM map per image and the same removal 
 (pixel counts by pytorch-grad-cam's percentile rule):
 
 * **cambench** ``road`` (functional, what the ``road_morf`` registry entry runs): the model as the runner
-  prepares it (channels_last for CNNs); ``imputer="cg"`` (default: every image x fraction imputed by one
-  batched conjugate-gradient solve on the device, then chunked forwards) and ``imputer="exact"`` (one scipy
-  sparse solve per image and fraction, the reference algorithm);
+  prepares it (channels_last for CNNs); ``imputer="cg"`` (default: the image x fraction systems of a forward
+  chunk imputed by conjugate gradient -- batched on an accelerator, one row at a time on CPU, each on its
+  holes' bounding box -- then one forward per imputed image) and ``imputer="exact"`` (one sparse LU solve per
+  image and fraction, the reference algorithm);
 * **pytorch-grad-cam** ``ROADMostRelevantFirstAverage`` as a user calls it (per fraction: one forward of
   the originals, one sparse solve per image, one forward of the imputed batch), and the same without the
   originals' forward (``return_diff=False``: imputation + one forward per fraction, the work cambench does).
 
 Also times the imputation alone (no forwards): cambench's batched CG, cambench's exact path and
-pytorch-grad-cam's ``NoisyLinearImputer`` on the same masks. Each timing is repeated ``--repeats`` times
-(min and median printed); on a shared machine compare the ratios of one run, not absolute times.
+pytorch-grad-cam's ``NoisyLinearImputer`` on the same masks, and cambench's forwards alone (the floor of its
+ROAD: one forward per imputed image). Each timing is repeated ``--repeats`` times, round-robin over the rows
+(min and median printed); on a shared machine compare the ratios of one run, not absolute times. Pin it to
+one core for stable figures: ``taskset -c 1 python benchmarks/road_speed.py --threads 1``.
 """
 
 from __future__ import annotations
@@ -54,15 +57,19 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(fn, device: torch.device, repeats: int) -> tuple[list[float], object]:
-    out, times = None, []
+def interleaved(fns: dict, device: torch.device, repeats: int) -> tuple[dict[str, list[float]], dict[str, object]]:
+    """Time every ``fns`` entry ``repeats`` times, round-robin (repeat 1 of each, then repeat 2 of each, ...),
+    so that a change of machine load hits every row alike instead of one row's repeats."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    outs: dict[str, object] = {}
     for _ in range(repeats):
-        _sync(device)
-        t0 = time.perf_counter()
-        out = fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return times, out
+        for name, fn in fns.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            outs[name] = fn()
+            _sync(device)
+            times[name].append(time.perf_counter() - t0)
+    return times, outs
 
 
 def fmt(times: list[float]) -> str:
@@ -128,16 +135,19 @@ def main() -> None:
         lambda p: (lambda *a: PerturbationConfidenceMetric(RemoveMostRelevantFirst(p, NoisyLinearImputer()))(
             *a, return_diff=False)), kept)
 
-    rows: dict[str, list[float]] = {}
+    load0 = os.getloadavg() if hasattr(os, "getloadavg") else None
+    fns = {"cambench road, imputer=cg": cambench("cg")}
+    if not args.skip_exact:
+        fns["cambench road, imputer=exact"] = cambench("exact")
+    fns["pytorch-grad-cam ROADMostRelevantFirstAverage"] = lambda: pgc_public(x, cams, targets, model)
+    fns["pytorch-grad-cam, imputed forwards only"] = lambda: pgc_strict(x, cams, targets, model)
+    x_rows = x.repeat_interleave(len(fractions), 0).contiguous(memory_format=torch.channels_last)
+    fns["cambench forwards alone (the imputed batch's size)"] = lambda: cb_model(x_rows)
     with torch.no_grad():
         cambench("cg")()  # warm-up (allocator, kernels)
-        rows["cambench road, imputer=cg"], val_cg = timed(cambench("cg"), device, args.repeats)
-        if not args.skip_exact:
-            rows["cambench road, imputer=exact"], val_ex = timed(cambench("exact"), device, args.repeats)
-        rows["pytorch-grad-cam ROADMostRelevantFirstAverage"], _ = timed(
-            lambda: pgc_public(x, cams, targets, model), device, args.repeats)
-        rows["pytorch-grad-cam, imputed forwards only"], val_pgc = timed(
-            lambda: pgc_strict(x, cams, targets, model), device, args.repeats)
+        rows, vals = interleaved(fns, device, args.repeats)
+    val_cg, val_pgc = vals["cambench road, imputer=cg"], vals["pytorch-grad-cam, imputed forwards only"]
+    val_ex = vals.get("cambench road, imputer=exact")
 
     # imputation alone (no forwards): the same n x fractions masks
     hw = s * s
@@ -146,18 +156,22 @@ def main() -> None:
     removed = torch.stack([(ranks[i] < k).view(s, s) for i in range(n) for k in ks.tolist()])
     imgs = x.repeat_interleave(len(fractions), 0)
     gens = lambda: [_item_generator(0, i, j) for i in range(n) for j in range(len(fractions))]  # noqa: E731
-    imp: dict[str, list[float]] = {}
+    pgc_imp = NoisyLinearImputer(noise=0.01)
+    ifns = {"cambench batched cg": lambda: noisy_linear_impute_batch(imgs, removed, noise=0.01, generators=gens())}
+    if not args.skip_exact:
+        ifns["cambench exact (scipy, per image)"] = lambda: torch.stack([
+            noisy_linear_impute(imgs[i], removed[i], noise=0.01, generator=gi, imputer="exact")
+            for i, gi in enumerate(gens())])
+    ifns["pytorch-grad-cam NoisyLinearImputer"] = lambda: [
+        pgc_imp(imgs[i].cpu(), (~removed[i]).float().cpu()) for i in range(len(imgs))]
     with torch.inference_mode():
-        imp["cambench batched cg"], out_cg = timed(
-            lambda: noisy_linear_impute_batch(imgs, removed, noise=0.01, generators=gens()), device, args.repeats)
-        if not args.skip_exact:
-            imp["cambench exact (scipy, per image)"], out_ex = timed(lambda: torch.stack([
-                noisy_linear_impute(imgs[i], removed[i], noise=0.01, generator=gi, imputer="exact")
-                for i, gi in enumerate(gens())]), device, args.repeats)
-        pgc_imp = NoisyLinearImputer(noise=0.01)
-        imp["pytorch-grad-cam NoisyLinearImputer"], _ = timed(lambda: [
-            pgc_imp(imgs[i].cpu(), (~removed[i]).float().cpu()) for i in range(len(imgs))], device, args.repeats)
+        imp, iouts = interleaved(ifns, device, args.repeats)
+    out_cg, out_ex = iouts["cambench batched cg"], iouts.get("cambench exact (scipy, per image)")
+    load1 = os.getloadavg() if hasattr(os, "getloadavg") else None
 
+    if load0 is not None:
+        print(f"load average (1, 5, 15 min) at start {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}, "
+              f"at end {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}; repeats interleaved round-robin")
     print("\n-- ROAD (imputation + forwards), seconds for the whole workload")
     for name, ts in rows.items():
         print(f"{name:48s} {fmt(ts)}")
@@ -166,8 +180,10 @@ def main() -> None:
         print(f"{name:48s} {fmt(ts)}")
     cg = min(rows["cambench road, imputer=cg"])
     print("\n-- speed-up of cambench road (imputer=cg), by min time")
+    cg_med = statistics.median(rows["cambench road, imputer=cg"])
     print(f"speed-up vs pytorch-grad-cam ROADMostRelevantFirstAverage: "
-          f"{min(rows['pytorch-grad-cam ROADMostRelevantFirstAverage']) / cg:.2f}x")
+          f"{min(rows['pytorch-grad-cam ROADMostRelevantFirstAverage']) / cg:.2f}x "
+          f"(by median: {statistics.median(rows['pytorch-grad-cam ROADMostRelevantFirstAverage']) / cg_med:.2f}x)")
     print(f"speed-up vs pytorch-grad-cam imputed forwards only:        "
           f"{min(rows['pytorch-grad-cam, imputed forwards only']) / cg:.2f}x")
     if not args.skip_exact:

@@ -221,3 +221,42 @@ def test_road_scores_cg_equal_exact():
         ex = road(model, xs, t, sal, percentages=(0.1, 0.5, 0.9), order=order, noise_keys=keys, imputer="exact",
                   return_curve=True)
         torch.testing.assert_close(cg[1], ex[1], rtol=0, atol=1e-5)
+
+
+def test_rows_solved_on_their_holes_bounding_box_in_any_grouping_and_layout():
+    from benchmark.metrics.functional.imputation import _hole_box
+
+    g = torch.Generator().manual_seed(12)
+    x = torch.randn(4, 3, 30, 26, generator=g, dtype=torch.float64)
+    removed = torch.zeros(4, 30, 26, dtype=torch.bool)
+    removed[0, 4:11, 6:15] = True  # interior hole: the box is one cell larger per side
+    removed[1, 0:9, 17:26] = True  # a corner hole: the box stops at the grid's border
+    removed[2] = torch.rand(30, 26, generator=g) < 0.6
+    removed[2, 0, 0] = False
+    # row 3: nothing removed
+    assert _hole_box(removed[:1]) == (slice(3, 12), slice(5, 16))
+    assert _hole_box(removed[1:2]) == (slice(0, 10), slice(16, 26))
+    assert _hole_box(removed[3:]) is None
+    stencil = neighbour_stencil(2, "road")
+    refs = [sparse_reference(x[i].numpy(), removed[i].numpy(), stencil.numpy()) for i in range(3)] + [x[3].numpy()]
+    for kwargs in ({}, {"group": 1}, {"group": 3}, {"group": 4}, {"precond_dtype": torch.float64}):
+        ours = solve_masked_laplace(x, removed, **kwargs)
+        for i in range(4):
+            np.testing.assert_allclose(ours[i].numpy(), refs[i], rtol=0, atol=1e-4)
+    # the runner's channels_last images: same solution as the row-major ones
+    cl = solve_masked_laplace(x.contiguous(memory_format=torch.channels_last), removed)
+    torch.testing.assert_close(cl, solve_masked_laplace(x, removed), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="group"):
+        solve_masked_laplace(x, removed, group=0)
+
+
+def test_exact_solve_equals_spsolve_on_road_systems():
+    from benchmark.metrics.functional.faithfulness import exact_solve, linear_imputation_system
+
+    x, sal, _, _ = _real_maps(48)
+    ranks = order_to_rank(pixel_order(sal, descending=True))
+    for r in range(sal.shape[0]):
+        for k in road_removal_counts(48 * 48, [0.1, 0.5, 0.9, 0.99]).tolist():
+            rem = (ranks[r] < k).view(48, 48).numpy()
+            a, b = linear_imputation_system(rem, x[r % 2].numpy())
+            np.testing.assert_allclose(exact_solve(a, b), spsolve(a, b), rtol=0, atol=1e-10)

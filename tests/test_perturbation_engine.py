@@ -238,3 +238,23 @@ def test_trapezoid_auc_matches_numpy_and_constant():
     np.testing.assert_allclose(trapezoid_auc(c).numpy(), ref)
     flat = torch.full((2, 7), 0.3, dtype=torch.float64)
     torch.testing.assert_close(trapezoid_auc(flat), torch.full((2,), 0.3, dtype=torch.float64))
+
+
+def test_example_sizes_cpu_chunks_without_building_a_probe():
+    # ROAD's builder imputes: the chunk size comes from `example`, so every build call is a real chunk
+    model = tiny_cnn()
+    images = torch.randn(7, 3, 6, 6, generator=torch.Generator().manual_seed(3))
+    targets = torch.arange(7) % 3
+    calls: list[list[int]] = []
+
+    def build(items: torch.Tensor) -> torch.Tensor:
+        calls.append(items.tolist())
+        return images[items]
+
+    ref = batched_scores(model, lambda i: images[i], targets, batch_size=3)
+    out = batched_scores(model, build, targets, batch_size=3, example=images[:1])
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    assert calls == [[0, 1, 2], [3, 4, 5], [6]]  # no one-item probe before the first chunk
+    calls.clear()
+    batched_scores(model, build, targets, batch_size=3)
+    assert calls[0] == [0] and calls[1:] == [[0, 1, 2], [3, 4, 5], [6]]  # without it: one probe build

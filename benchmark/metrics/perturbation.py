@@ -172,6 +172,7 @@ def batched_scores(
     score: str = "prob",
     oom_errors: tuple[type[BaseException], ...] = OOM_ERRORS,
     adaptive: bool = True,
+    example: Optional[Tensor] = None,
 ) -> Tensor:
     """Target scores of ``len(targets)`` lazily built inputs, in adaptive chunks.
 
@@ -181,8 +182,9 @@ def batched_scores(
     one item it propagates. ``score``: ``"prob"`` (softmax probability) or ``"logit"``.
     ``adaptive``: on CUDA, after the first chunk (``batch_size`` inputs), chunks hold as many inputs as
     :data:`MEMORY_FRACTION` of the free memory allows (:func:`memory_chunk`; at most :data:`MAX_CHUNK`);
-    on CPU, chunks hold at most :func:`~benchmark.methods.base.forward_chunk` inputs.
-    Returns float32 ``[len(targets)]`` on ``targets``' device.
+    on CPU, chunks hold at most :func:`~benchmark.methods.base.forward_chunk` inputs (sized from ``example``,
+    an input of the built shape, when given -- for builders whose inputs are costly, e.g. ROAD's imputations --
+    else from one built item). Returns float32 ``[len(targets)]`` on ``targets``' device.
     """
     if score not in SCORES:
         raise ValueError(f"score must be one of {SCORES}, got {score!r}.")
@@ -193,8 +195,10 @@ def batched_scores(
     out = torch.empty(n, dtype=torch.float32, device=device)
     start, chunk = 0, int(batch_size)
     if adaptive and device.type == "cpu" and n:
-        with torch.inference_mode():
-            chunk = forward_chunk(chunk, build(torch.arange(0, 1, device=device)))
+        if example is None:
+            with torch.inference_mode():
+                example = build(torch.arange(0, 1, device=device))
+        chunk = forward_chunk(chunk, example)
     adaptive = adaptive and device.type == "cuda"
     key: Optional[tuple] = None
     measure = False

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from scipy import sparse
 from scipy.ndimage import gaussian_filter
-from scipy.sparse.linalg import spsolve
+from scipy.sparse.linalg import splu
 from torch import Tensor, nn
 
 from ..perturbation import (
@@ -412,7 +412,7 @@ def linear_imputation_system(removed: np.ndarray, image: np.ndarray) -> tuple[sp
         cols.append(var_of[nb[is_var]])
         vals.append(np.full(int(is_var.sum()), wt))
         known = ~is_var
-        np.subtract.at(b, src[known], wt * img[:, nb[known]].T)
+        b[src[known]] -= wt * img[:, nb[known]].T  # one neighbour per offset: the rows are distinct
     rows.append(np.arange(n))
     cols.append(np.arange(n))
     vals.append(diag)
@@ -420,6 +420,17 @@ def linear_imputation_system(removed: np.ndarray, image: np.ndarray) -> tuple[sp
         (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n)
     ).tocsc()
     return a, b
+
+
+def exact_solve(a: sparse.csc_matrix, b: np.ndarray) -> np.ndarray:
+    """``A^-1 b`` for ``linear_imputation_system``'s ``A`` by one sparse LU factorisation, all columns of ``b``.
+
+    ``A`` is symmetric and negative definite (one kept pixel suffices), so SuperLU runs in symmetric mode: a
+    minimum-degree ordering of ``A + A^T`` and no pivoting, about half the time and fill of ``spsolve``'s
+    default column ordering at 224 x 224, the same solution to rounding (~1e-13 on ROAD's systems).
+    """
+    lu = splu(a, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0, options={"SymmetricMode": True})
+    return np.asarray(lu.solve(np.ascontiguousarray(b)))
 
 
 IMPUTERS = ("cg", "exact", "auto")
@@ -434,8 +445,9 @@ def _check_imputer(imputer: str) -> None:
 
 
 def resolve_imputer(imputer: str, device: torch.device) -> str:
-    """``"auto"`` -> ``"exact"`` on CPU (SuperLU beats the grid solver there: benchmarks/RESULTS.md,
-    section 6), ``"cg"`` on accelerators; other names unchanged. The two agree to ~1e-5 per pixel."""
+    """``"auto"`` -> ``"exact"`` on CPU (the CPU reference numbers stay those of the direct solve; at the quick
+    suite's 128 x 128 both cost the same there, at 224 x 224 cg is ~2.4x faster: benchmarks/RESULTS.md,
+    section 6.1), ``"cg"`` on accelerators; other names unchanged. The two agree to ~1e-5 per pixel."""
     _check_imputer(imputer)
     if imputer == "auto":
         return "exact" if torch.device(device).type == "cpu" else "cg"
@@ -453,7 +465,8 @@ def noisy_linear_impute(
     """ROAD's noisy linear imputation of the ``removed`` pixels of ``image`` ``[C,H,W]``.
 
     ``imputer="exact"`` solves the system of ``linear_imputation_system`` with
-    ``scipy.sparse.linalg.spsolve`` (all channels share the factorisation); ``"cg"`` solves the same system
+    one SuperLU factorisation shared by the channels (``exact_solve``: ``spsolve``'s solution to ~1e-13);
+    ``"cg"`` solves the same system
     with ``noisy_linear_impute_batch``'s conjugate gradient. ``N(0, noise^2)`` is added to the imputed
     values, drawn as a ``[C, n]`` ``torch.randn`` from ``generator`` (with a generator seeded like the
     global RNG this reproduces pytorch-grad-cam's ``NoisyLinearImputer`` exactly). Returns float32
@@ -476,7 +489,7 @@ def noisy_linear_impute(
             "use removal fractions below 1."
         )
     a, b = linear_imputation_system(rem, out.reshape(c, h, w).numpy())
-    sol = np.asarray(spsolve(a, b)).reshape(n, c)
+    sol = exact_solve(a, b).reshape(n, c)
     vals = torch.from_numpy(sol).float().t()
     if noise:
         vals = vals + noise * torch.randn(vals.shape, generator=generator)
@@ -508,7 +521,7 @@ def noisy_linear_impute_batch(
             "ROAD cannot impute an image with every pixel removed (no known neighbour); "
             "use removal fractions below 1."
         )
-    x = images.detach().float()
+    x = images.detach().float().contiguous()  # the runner's channels_last images: solve on a row-major copy
     if not bool(counts.any()):
         return x.clone()
     vals = solve_masked_laplace(x, removed, tol=tol).float()
@@ -576,9 +589,10 @@ def road_curves(
     flat index first in both). Imputation runs lazily per forward chunk. The noise of row ``n`` at
     percentage ``j`` is drawn from a generator seeded by ``(seed, noise_keys[n], j)`` (default key = the
     image index), so rows of different methods on one image share their random numbers and results do
-    not depend on the chunk size. ``imputer="cg"`` solves all imputations of a forward chunk (rows x
-    percentages) as one batched conjugate-gradient solve on the images' device; ``"exact"`` runs one scipy
-    sparse solve per (row, percentage), the reference algorithm (they agree to ~1e-5 per pixel); ``"auto"``
+    not depend on the chunk size. ``imputer="cg"`` solves the imputations of a forward chunk (rows x
+    percentages) by conjugate gradient on the images' device (all at once on accelerators, one row at a time
+    on CPU, each on its holes' bounding box); ``"exact"`` runs one sparse LU solve per (row, percentage), the
+    reference algorithm (they agree to ~1e-5 per pixel); ``"auto"``
     picks exact on CPU, cg elsewhere.
     """
     if images.ndim == 5:
@@ -624,8 +638,8 @@ def road_curves(
         return torch.stack(out).to(images.dtype)
 
     flat_targets = targets.to(images.device).long().repeat_interleave(p)
-    return batched_scores(
-        model, build, flat_targets, batch_size=batch_size, score=score, oom_errors=oom_errors
+    return batched_scores(  # chunks sized from the images themselves: no imputation spent on a probe
+        model, build, flat_targets, batch_size=batch_size, score=score, oom_errors=oom_errors, example=images[:1]
     ).view(n, p)
 
 

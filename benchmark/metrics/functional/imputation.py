@@ -16,9 +16,11 @@ with 4 or 8 neighbours, ``[N, C, D, H, W]`` with 6).
 The solver is conjugate gradient (Hestenes & Stiefel 1952) preconditioned either by Jacobi (``d^-1``) or by
 one symmetric multigrid V-cycle whose smoother is damped Jacobi and whose coarse operators are Galerkin
 products ``P^T A P`` of 2-per-axis aggregation (each coarse level is again a ``3^d`` stencil, with
-per-cell coefficients; the coarsest, at most ``4^d`` cells, is solved by a batched Cholesky). Both
+per-cell coefficients; the coarsest, at most ``16^d`` cells, is solved by a batched Cholesky). Both
 preconditioners are symmetric positive definite, so CG converges to the exact solution of the sparse
-system; the multigrid one needs a few tens of iterations where Jacobi needs thousands on large holes.
+system; the multigrid one needs 11-15 iterations on ROAD's 224 x 224 systems (error estimate 1e-5) where
+Jacobi needs thousands on large holes. ROAD's 2-D weights are applied as the separable ``[1, 2, 1]`` outer
+product (two 3-tap passes), and each solve runs on the bounding box of its holes only (``_hole_box``).
 """
 
 from __future__ import annotations
@@ -89,12 +91,15 @@ class _Level:
         self.shape = tuple(diag.shape[2:])
         self.active = diag > 0
         self.dinv = torch.where(self.active, 1.0 / torch.where(self.active, diag, torch.ones_like(diag)), 0.0)
+        # per offset: (coefficient map, index of x[i + o] in the 1-padded x), built once (the V-cycle's hot loop)
+        self.terms = [(c, (Ellipsis, *[slice(1 + oo, 1 + oo + s) for oo, s in zip(o, self.shape, strict=True)]))
+                      for c, o in zip(coefs.unbind(0), offsets, strict=True)] if len(coefs) == len(offsets) else []
 
     def apply(self, x: Tensor) -> Tensor:
         xp = _pad1(x, len(self.shape))
         y = self.diag * x
-        for k, o in enumerate(self.offsets):
-            y.addcmul_(self.coefs[k], _shifted(xp, o, self.shape))
+        for c, index in self.terms:
+            y.addcmul_(c, xp[index])
         return y
 
 
@@ -158,7 +163,7 @@ def _galerkin(level: _Level) -> _Level:
 
 
 class _Coarsest:
-    """Exact solve on a grid of at most ``4^d`` cells: batched Cholesky of the assembled stencil matrix."""
+    """Exact solve on the coarsest grid (at most ``16^d`` cells): batched Cholesky of the assembled stencil matrix."""
 
     def __init__(self, level: _Level):
         self.level = level
@@ -185,11 +190,13 @@ class _Multigrid:
     needs: Braess 1995; the cycle stays symmetric positive definite for ``0 < alpha < 2``).
     """
 
-    def __init__(self, fine: _Level, omega: float = 0.7, sweeps: int = 1, coarsest: int = 4, alpha: float = 1.5):
+    def __init__(self, fine: _Level, omega: float = 0.8, sweeps: int = 1, coarsest: int = 16, alpha: float = 1.5):
         self.levels = [fine]
         while max(self.levels[-1].shape) > coarsest:
             self.levels.append(_galerkin(self.levels[-1]))
         self.bottom = _Coarsest(self.levels[-1])
+        self.wd = [omega * level.dinv for level in self.levels]  # damped-Jacobi weights per level
+        self.active = [level.active.to(level.diag.dtype) for level in self.levels]
         self.omega = omega
         self.sweeps = sweeps
         self.alpha = alpha
@@ -198,14 +205,14 @@ class _Multigrid:
         level = self.levels[depth]
         if depth == len(self.levels) - 1:
             return self.bottom.solve(r)
-        wd = self.omega * level.dinv
+        wd = self.wd[depth]
         z = wd * r
         for _ in range(self.sweeps - 1):
-            z = z + wd * (r - level.apply(z))
-        ec = self(_restrict(r - level.apply(z), len(level.shape)), depth + 1)
-        z = z.add_(_prolong(ec, level.shape) * level.active, alpha=self.alpha)
+            z.sub_(level.apply(z).sub_(r).mul_(wd))  # z += wd (r - A z)
+        ec = self(_restrict(torch.sub(r, level.apply(z)), len(level.shape)), depth + 1)
+        z.addcmul_(_prolong(ec, level.shape), self.active[depth], value=self.alpha)
         for _ in range(self.sweeps):
-            z = z + wd * (r - level.apply(z))
+            z.sub_(level.apply(z).sub_(r).mul_(wd))
         return z
 
 
@@ -222,8 +229,29 @@ class _FineLevel(_Level):
         self.weights = weights
         self.mask = mask
 
+        # ROAD's 2-D weights are (1/12) [1, 2, 1] (x) [1, 2, 1] minus the centre's 4/12: two 3-tap passes
+        road = torch.tensor(_ROAD_2D, dtype=diag.dtype)  # the stencil as given in this dtype: compared exactly
+        self.separable = len(self.shape) == 2 and len(weights) == 8 and all(
+            w == float(road[o[0] + 1, o[1] + 1]) for o, w in zip(offsets, weights, strict=True))
+        if self.separable:  # A x = (d + m / 3) x - (m / 12) (S (x) S) x
+            self.diag_sep = diag + mask / 3
+            self.neg_mask_sep = mask / -12
+
+    @staticmethod
+    def _outer121(x: Tensor) -> Tensor:
+        """``([1, 2, 1] (x) [1, 2, 1]) x`` with zero padding: one horizontal and one vertical 3-tap pass."""
+        h = x * 2.0
+        h[..., :, 1:] += x[..., :, :-1]
+        h[..., :, :-1] += x[..., :, 1:]
+        v = h * 2.0
+        v[..., 1:, :] += h[..., :-1, :]
+        v[..., :-1, :] += h[..., 1:, :]
+        return v
+
     def neighbour_sum(self, x: Tensor) -> Tensor:
         """``W(x)(i) = sum_o w_o x(i + o)`` over in-image neighbours (zero padding)."""
+        if self.separable:
+            return self._outer121(x).div_(12.0).sub_(x, alpha=1.0 / 3.0)
         xp = _pad1(x, len(self.shape))
         y = torch.zeros_like(x)
         for o, w in zip(self.offsets, self.weights, strict=True):
@@ -231,11 +259,17 @@ class _FineLevel(_Level):
         return y
 
     def apply(self, x: Tensor) -> Tensor:
+        if self.separable:
+            return self._outer121(x).mul_(self.neg_mask_sep).addcmul_(self.diag_sep, x)
         return (self.diag * x).sub_(self.mask * self.neighbour_sum(x))
 
 
-def masked_laplacian(removed: Tensor, stencil: Tensor, dtype: torch.dtype = torch.float64) -> _FineLevel:
-    """The operator ``A`` of the module docstring for the masks ``removed`` ``[N, *S]`` (bool)."""
+def masked_laplacian(removed: Tensor, stencil: Tensor, dtype: torch.dtype = torch.float64,
+                     with_coefs: bool = True) -> _FineLevel:
+    """The operator ``A`` of the module docstring for the masks ``removed`` ``[N, *S]`` (bool).
+
+    ``with_coefs=False`` skips the per-cell coefficient maps (only multigrid coarsening reads them).
+    """
     d = stencil.ndim
     if removed.ndim < d + 1:
         raise ValueError(
@@ -255,13 +289,35 @@ def masked_laplacian(removed: Tensor, stencil: Tensor, dtype: torch.dtype = torc
         diag = diag + w * _shifted(inside, o, shape)
         offsets.append(o)
         weights.append(w)
-        coefs.append(-w * m * _shifted(mp, o, shape))
+        if with_coefs:
+            coefs.append(-w * m * _shifted(mp, o, shape))
     coef = torch.stack(coefs) if coefs else m.new_zeros((0, *m.shape))
     return _FineLevel(diag * m, coef, offsets, weights, m)
 
 
 def _dot(a: Tensor, b: Tensor, d: int) -> Tensor:
-    return (a * b).sum(dim=tuple(range(a.ndim - d, a.ndim)), keepdim=True)
+    """Per-system inner products over the last ``d`` dims (one fused pass), shaped to broadcast back."""
+    lead = a.shape[: a.ndim - d]
+    return torch.linalg.vecdot(a.reshape(*lead, -1), b.reshape(*lead, -1)).reshape(*lead, *([1] * d))
+
+
+def _hole_box(removed: Tensor) -> Optional[tuple[slice, ...]]:
+    """The bounding box of the removed cells of ``removed`` ``[N, *S]`` (all rows), grown by one cell per
+    side (the kept neighbours that feed ``b``) and clipped to the grid; ``None`` when nothing is removed.
+
+    Every neighbour of a removed cell lies in the box, and the box's sides are either kept cells or the grid's
+    own border, so the system restricted to the box (zero-padded like the full grid) is the full system.
+    """
+    d = removed.ndim - 1
+    box = []
+    for axis in range(d):
+        other = tuple(a for a in range(removed.ndim) if a != axis + 1)
+        hit = removed.any(dim=other).nonzero().flatten() if other else removed.nonzero().flatten()
+        if hit.numel() == 0:
+            return None
+        lo, hi = int(hit[0]), int(hit[-1]) + 1
+        box.append(slice(max(lo - 1, 0), min(hi + 1, removed.shape[axis + 1])))
+    return tuple(box)
 
 
 def solve_masked_laplace(
@@ -274,6 +330,7 @@ def solve_masked_laplace(
     max_iter: Optional[int] = None,
     dtype: torch.dtype = torch.float64,
     precond_dtype: torch.dtype = torch.float32,
+    group: Optional[int] = None,
 ) -> Tensor:
     """Impute the ``removed`` cells of ``values`` ``[N, C, *S]`` by the masked neighbour-mean system.
 
@@ -282,8 +339,11 @@ def solve_masked_laplace(
     with the ``preconditioner`` (``"multigrid"`` or ``"jacobi"``) runs until the preconditioned residual of
     every system -- an estimate of its error -- is below ``tol`` in max-norm (or ``max_iter``). CG runs in
     ``dtype``; the multigrid V-cycle in ``precond_dtype`` (float32 halves its memory traffic; a
-    preconditioner only changes the iteration count, not the solution CG converges to). Returns
-    ``values`` in ``dtype`` with the removed cells replaced by the solution (kept cells untouched).
+    preconditioner only changes the iteration count, not the solution CG converges to). The rows are solved
+    ``group`` at a time (default: one row per solve on CPU -- its vectors stay in cache and each row stops
+    at its own convergence -- every row at once on accelerators), each group on the bounding box of its
+    removed cells only (the same system: ``_hole_box``). Returns ``values`` in ``dtype`` with the removed
+    cells replaced by the solution (kept cells untouched).
     Raises ``ValueError`` when a row has every cell removed (the system is singular).
     """
     d = removed.ndim - 1
@@ -297,6 +357,8 @@ def solve_masked_laplace(
                          f"got {tuple(values.shape)}.")
     if preconditioner not in ("multigrid", "jacobi"):
         raise ValueError(f"preconditioner must be 'multigrid' or 'jacobi'; got {preconditioner!r}.")
+    if group is not None and group < 1:
+        raise ValueError(f"group must be a positive number of rows per solve (or None); got {group}.")
     removed = removed.to(values.device).bool()
     full = removed.reshape(removed.shape[0], -1).all(dim=1)
     if bool(full.any()):
@@ -304,8 +366,29 @@ def solve_masked_laplace(
             "Linear imputation needs at least one kept cell per row (no known neighbour otherwise); rows "
             f"{full.nonzero().flatten().tolist()} have every cell removed. Use removal fractions below 1."
         )
-    x = values.to(dtype)
-    a = masked_laplacian(removed, stencil.to(dtype=dtype, device=values.device), dtype)
+    out = torch.empty(values.shape, dtype=dtype, device=values.device)  # row-major whatever the input's layout
+    out.copy_(values)  # (a channels_last input would put every grid pass on a strided path)
+    n = removed.shape[0]
+    if group is None:
+        group = 1 if values.device.type == "cpu" else max(n, 1)
+    stencil = stencil.to(device=values.device)
+    for start in range(0, n, group):
+        rows = slice(start, min(start + group, n))
+        box = _hole_box(removed[rows])
+        if box is None:
+            continue
+        sub = (rows, slice(None), *box)
+        out[sub] = _pcg(out[sub], removed[(rows, *box)], stencil, preconditioner, tol, max_iter, dtype,
+                        precond_dtype)
+    return out
+
+
+def _pcg(x: Tensor, removed: Tensor, stencil: Tensor, preconditioner: str, tol: float, max_iter: Optional[int],
+         dtype: torch.dtype, precond_dtype: torch.dtype) -> Tensor:
+    """Preconditioned CG on the system of ``x`` ``[N, C, *S]`` (``dtype``) and ``removed`` ``[N, *S]``."""
+    d = removed.ndim - 1
+    a = masked_laplacian(removed, stencil.to(dtype=dtype), dtype,
+                         with_coefs=preconditioner == "multigrid" and precond_dtype == dtype)
     m = a.mask
     b = a.neighbour_sum(x * (1 - m)) * m  # b(i) = sum_o w_o x(i + o) over the kept neighbours
     if preconditioner == "jacobi":
@@ -313,7 +396,7 @@ def solve_masked_laplace(
     elif precond_dtype == dtype:
         precond = _Multigrid(a)
     else:  # the V-cycle in a cheaper dtype: it only steers CG, whose iterates and residuals stay in ``dtype``
-        low = masked_laplacian(removed, stencil.to(dtype=precond_dtype, device=values.device), precond_dtype)
+        low = masked_laplacian(removed, stencil.to(dtype=precond_dtype), precond_dtype)
         mg = _Multigrid(low)
         precond = lambda r: mg(r.to(precond_dtype)).to(dtype)
     if max_iter is None:
@@ -321,18 +404,18 @@ def solve_masked_laplace(
     u = torch.zeros_like(b)
     r = b
     z = precond(r)
-    p = z
+    p = z.clone()
     rz = _dot(r, z, d)
     tiny = torch.finfo(dtype).tiny
     for _ in range(max_iter):
-        if float(z.abs().amax()) <= tol:
+        if float(torch.linalg.vector_norm(z, math.inf)) <= tol:
             break
         ap = a.apply(p)
         alpha = rz / _dot(p, ap, d).clamp_min(tiny)
-        u = u.addcmul_(alpha, p)
-        r = r - alpha * ap
+        u.addcmul_(alpha, p)
+        r.addcmul_(alpha, ap, value=-1.0)
         z = precond(r)
         rz_new = _dot(r, z, d)
-        p = z + (rz_new / rz.clamp_min(tiny)) * p
+        p.mul_(rz_new / rz.clamp_min(tiny)).add_(z)
         rz = rz_new
     return torch.where(m.bool(), u, x)

@@ -268,18 +268,16 @@ def _resolve_methods(exp: Experiment, dataset: Any, where: str, family: Any = No
 
 
 def _method_params(name: str, overrides: Optional[dict], where: str) -> dict:
+    """The method's parameters (its signature's defaults, then the suite's values), type-checked."""
     from ..methods import METHODS
 
-    defaults = dict(METHODS.entry(name).meta.get("defaults", {}))
-    for k in overrides or {}:
-        if k not in defaults:
-            raise SuiteError(
-                f"{where}: [method_params.{name}]: method {name!r} has no parameter {k!r}. "
-                f"Its parameters: {', '.join(sorted(defaults)) or '(none)'}."
-            )
-    check_kwargs(METHODS.get(name), overrides or {}, f"{where}: [method_params.{name}]", defaults=defaults,
-                 unknown_ok=True)
-    return {**defaults, **(overrides or {})}
+    try:
+        params = METHODS.params(name, overrides)
+    except TypeError as exc:  # a key the method does not take: Registry.params names the valid ones
+        raise SuiteError(f"{where}: [method_params.{name}]: {exc}") from None
+    check_kwargs(METHODS.get(name), overrides or {}, f"{where}: [method_params.{name}]",
+                 defaults=METHODS.params(name), unknown_ok=True)
+    return params
 
 
 def _resolve_metrics(exp: Experiment, where: str) -> tuple[str, ...]:

@@ -18,9 +18,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 from .cpukernels import MODES
 from .cpukernels import select as _select_cpu_kernels
@@ -40,19 +41,34 @@ def _parser() -> argparse.ArgumentParser:
         prog="run_bench.py",
         description="cambench: benchmark Class Activation Map methods. Without arguments: run the quick suite.",
     )
-    p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
-                   help="import a module or .py file that registers extra entries (repeatable)")
-    p.add_argument("--cpu-kernels", choices=MODES, default=os.environ.get("CAMBENCH_CPU_KERNELS", "portable"),
-                   help="portable (default): cap torch's CPU kernels at AVX2, so that scores are the same on "
-                        "every x86-64 machine; native: the fastest kernels of this CPU (last bits may differ). "
-                        "Environment: CAMBENCH_CPU_KERNELS")
+    p.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import a module or .py file that registers extra entries (repeatable)",
+    )
+    p.add_argument(
+        "--cpu-kernels",
+        choices=MODES,
+        default=os.environ.get("CAMBENCH_CPU_KERNELS", "portable"),
+        help="portable (default): cap torch's CPU kernels at AVX2, so that scores are the same on "
+        "every x86-64 machine; native: the fastest kernels of this CPU (last bits may differ). "
+        "Environment: CAMBENCH_CPU_KERNELS",
+    )
     sub = p.add_subparsers(dest="command")
 
     r = sub.add_parser("run", help="run a suite (resumes into an existing output directory)")
     r.add_argument("suite", nargs="?", default="quick", help="suite name (see `list suites`) or path to a .toml")
-    r.add_argument("--plugin", action="append", default=[], dest="run_plugin", metavar="MODULE",
-                   help="import a module or .py file that registers your methods/metrics; its methods "
-                        "pass the contract check before any model work (repeatable)")
+    r.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        dest="run_plugin",
+        metavar="MODULE",
+        help="import a module or .py file that registers your methods/metrics; its methods "
+        "pass the contract check before any model work (repeatable)",
+    )
     r.add_argument("--out", default=None, help="output directory (default: results/<suite name>)")
     r.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N | mps (default: the suite's)")
     r.add_argument("--limit", type=int, default=None, metavar="N", help="at most N images per experiment")
@@ -61,23 +77,42 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--fresh", action="store_true", help="discard earlier results in --out and start over")
     r.add_argument("--quiet", action="store_true", help="no progress bars or messages, only the summary")
     r.add_argument("--no-plots", action="store_true", help="tables only (no PNGs in the report)")
-    r.add_argument("--backend", default="sequential", choices=("sequential", "loky", "dask"),
-                   help="where units run: in this process, a joblib/loky process pool (one worker per GPU), "
-                        "or a dask.distributed cluster (default: sequential)")
-    r.add_argument("--workers", type=int, default=None, metavar="N",
-                   help="worker processes for loky, or for the local dask cluster (default: one per GPU, "
-                        "else one per 4 cores)")
-    r.add_argument("--scheduler", default=None, metavar="ADDRESS",
-                   help="dask scheduler address, e.g. tcp://10.0.0.1:8786 (default: a local cluster)")
-    r.add_argument("--precision", default="fp32", choices=tuple(PRECISIONS),
-                   help="fp32: IEEE fp32 on every device (TF32 off: CUDA scores equal CPU ones); tf32: CUDA "
-                        "may use TF32 for every convolution and matmul; bf16/fp16: autocast of the perturbation "
-                        "forwards (Score-/Ablation-CAM, deletion, ...), the gradient capture stays fp32 "
-                        "(default: fp32)")
-    r.add_argument("--compile", action="store_true",
-                   help="torch.compile the perturbation forwards (CUDA graphs on CUDA: mode reduce-overhead) and "
-                        "let cuDNN autotune its convolutions; falls back to eager with a warning where "
-                        "torch.compile is unavailable")
+    r.add_argument(
+        "--backend",
+        default="sequential",
+        choices=("sequential", "loky", "dask"),
+        help="where units run: in this process, a joblib/loky process pool (one worker per GPU), "
+        "or a dask.distributed cluster (default: sequential)",
+    )
+    r.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="worker processes for loky, or for the local dask cluster (default: one per GPU, else one per 4 cores)",
+    )
+    r.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="dask scheduler address, e.g. tcp://10.0.0.1:8786 (default: a local cluster)",
+    )
+    r.add_argument(
+        "--precision",
+        default="fp32",
+        choices=tuple(PRECISIONS),
+        help="fp32: IEEE fp32 on every device (TF32 off: CUDA scores equal CPU ones); tf32: CUDA "
+        "may use TF32 for every convolution and matmul; bf16/fp16: autocast of the perturbation "
+        "forwards (Score-/Ablation-CAM, deletion, ...), the gradient capture stays fp32 "
+        "(default: fp32)",
+    )
+    r.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the perturbation forwards (CUDA graphs on CUDA: mode reduce-overhead) and "
+        "let cuDNN autotune its convolutions; falls back to eager with a warning where "
+        "torch.compile is unavailable",
+    )
 
     ls = sub.add_parser("list", help="list registered methods, metrics, models, datasets or suites")
     ls.add_argument("what", choices=LISTABLE)
@@ -89,19 +124,34 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="regression gate: exit 1 if a method got worse than the baseline")
     c.add_argument("dir", help="run directory (or a leaderboard.csv) to check")
     c.add_argument("--baseline", required=True, help="baseline leaderboard.csv")
-    c.add_argument("--tolerance", type=float, default=0.02, metavar="EPS",
-                   help="absolute change a regression must exceed (default 0.02), besides leaving the CI")
+    c.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.02,
+        metavar="EPS",
+        help="absolute change a regression must exceed (default 0.02), besides leaving the CI",
+    )
     c.add_argument("--all", action="store_true", help="print every row, not only the changed ones")
-    c.add_argument("--gate-cost", action="store_true",
-                   help="let latency/memory metrics fail the gate too (off: they depend on the machine)")
-    c.add_argument("--require-baseline-rows", action="store_true",
-                   help="exit 1 also when a baseline row is missing from the new run (rows only in the new run, "
-                        "e.g. a new method, never fail)")
+    c.add_argument(
+        "--gate-cost",
+        action="store_true",
+        help="let latency/memory metrics fail the gate too (off: they depend on the machine)",
+    )
+    c.add_argument(
+        "--require-baseline-rows",
+        action="store_true",
+        help="exit 1 also when a baseline row is missing from the new run (rows only in the new run, "
+        "e.g. a new method, never fail)",
+    )
 
     t = sub.add_parser("train-models", help="retrain cambench's synthetic models and rewrite their shipped weights")
-    t.add_argument("names", nargs="*", metavar="NAME",
-                   help="models to train (default: every model with shipped weights: shapes_cnn, shapes_deep_cnn, "
-                        "shapes_shortcut_cnn, shapes_multilabel_cnn, volume_cnn)")
+    t.add_argument(
+        "names",
+        nargs="*",
+        metavar="NAME",
+        help="models to train (default: every model with shipped weights: shapes_cnn, shapes_deep_cnn, "
+        "shapes_shortcut_cnn, shapes_multilabel_cnn, volume_cnn)",
+    )
     return p
 
 
@@ -127,13 +177,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .runner import ExecOptions, load_registries, run_suite
 
     load_registries(_plugins(args), check=True)  # a broken plugin fails here, before any model work
-    res = run_suite(suite, out, fresh=args.fresh, limit=args.limit, quiet=args.quiet,
-                    report=partial(write_report, plots=not args.no_plots),
-                    backend=args.backend, workers=args.workers, scheduler=args.scheduler,
-                    options=ExecOptions(precision=args.precision, compile=args.compile), plugins=_plugins(args))
+    res = run_suite(
+        suite,
+        out,
+        fresh=args.fresh,
+        limit=args.limit,
+        quiet=args.quiet,
+        report=partial(write_report, plots=not args.no_plots),
+        backend=args.backend,
+        workers=args.workers,
+        scheduler=args.scheduler,
+        options=ExecOptions(precision=args.precision, compile=args.compile),
+        plugins=_plugins(args),
+    )
     rep = res.report
-    print(f"\ncambench suite {suite.name!r} (hash {res.plan.hash}): {len(res.ran)} unit(s) run, "
-          f"{len(res.reused)} reused, {len(rep.scores)} score rows -> {out}")
+    print(
+        f"\ncambench suite {suite.name!r} (hash {res.plan.hash}): {len(res.ran)} unit(s) run, "
+        f"{len(res.reused)} reused, {len(rep.scores)} score rows -> {out}"
+    )
     text = summary_text(rep.run, rep.leaderboard)
     if text:
         print(text)
@@ -150,14 +211,18 @@ def _print_notes(run: dict, out: Path) -> None:
     """What the tables leave out, from ``run.json``: unreadable items (each once) and other finished units."""
     unreadable = run.get("unreadable", [])
     if unreadable:
-        print(f"{len(unreadable)} image(s)/annotation(s) could not be read and were left out "
-              f"(also in {out / 'failures.csv'} and run.json):")
+        print(
+            f"{len(unreadable)} image(s)/annotation(s) could not be read and were left out "
+            f"(also in {out / 'failures.csv'} and run.json):"
+        )
         for u in unreadable:
             print(f"  {u['model']}/{u['dataset']}: {u['reason']}")
     unreported = run.get("unreported_units", [])
     if unreported:
-        print(f"{len(unreported)} finished unit(s) in {out / 'parts'} lie outside this run (another --limit, "
-              "n or setting) and are not in these tables; rerun with that setting to report them.")
+        print(
+            f"{len(unreported)} finished unit(s) in {out / 'parts'} lie outside this run (another --limit, "
+            "n or setting) and are not in these tables; rerun with that setting to report them."
+        )
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -178,15 +243,19 @@ def cmd_list(args: argparse.Namespace) -> int:
     fields: tuple[str, ...]
     if args.what == "methods":
         from .methods import METHODS as reg
+
         fields = ("family", "paper")
     elif args.what == "metrics":
         from .metrics import METRICS as reg
+
         fields = ("family", "higher_is_better", "needs")
     elif args.what == "models":
         from .models import MODELS as reg
+
         fields = ()
     else:
         from .data import DATASETS as reg
+
         fields = ("has_masks", "has_boxes", "default_model")
     if not len(reg):
         print(f"(no {args.what} registered)")
@@ -263,8 +332,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 #: Every model whose weights ship with cambench, and the module whose ``train_and_ship`` retrains it.
-SHIPPED_MODELS = {"shapes_cnn": "synthetic", "shapes_deep_cnn": "synthetic", "shapes_shortcut_cnn": "synthetic",
-                  "shapes_multilabel_cnn": "multilabel", "volume_cnn": "volumetric"}
+SHIPPED_MODELS = {
+    "shapes_cnn": "synthetic",
+    "shapes_deep_cnn": "synthetic",
+    "shapes_shortcut_cnn": "synthetic",
+    "shapes_multilabel_cnn": "multilabel",
+    "volume_cnn": "volumetric",
+}
 
 
 def cmd_train_models(args: argparse.Namespace) -> int:
@@ -277,8 +351,10 @@ def cmd_train_models(args: argparse.Namespace) -> int:
     names = list(args.names) or list(SHIPPED_MODELS)
     unknown = [n for n in names if n not in SHIPPED_MODELS]
     if unknown:
-        print(f"error: unknown model(s) {unknown}; models with shipped weights: {', '.join(SHIPPED_MODELS)}.",
-              file=sys.stderr)
+        print(
+            f"error: unknown model(s) {unknown}; models with shipped weights: {', '.join(SHIPPED_MODELS)}.",
+            file=sys.stderr,
+        )
         return 2
     records: dict[str, dict] = {}
     try:
@@ -304,7 +380,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from .report.compare import compare, format_comparison, gate_failures, read_leaderboard
 
     table = compare(
-        read_leaderboard(args.dir), read_leaderboard(args.baseline), tolerance=args.tolerance,
+        read_leaderboard(args.dir),
+        read_leaderboard(args.baseline),
+        tolerance=args.tolerance,
         gate_cost=args.gate_cost,
     )
     strict = bool(args.require_baseline_rows)
@@ -312,7 +390,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 1 if len(gate_failures(table, require_baseline_rows=strict)) else 0
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (0 ok, 1 regression found by compare, 2 usage/input error)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
@@ -324,8 +402,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ValueError as exc:
         print(f"error: {exc} (from --cpu-kernels or CAMBENCH_CPU_KERNELS)", file=sys.stderr)
         return 2
-    handlers = {"run": cmd_run, "list": cmd_list, "report": cmd_report, "compare": cmd_compare,
-                "train-models": cmd_train_models}
+    handlers = {
+        "run": cmd_run,
+        "list": cmd_list,
+        "report": cmd_report,
+        "compare": cmd_compare,
+        "train-models": cmd_train_models,
+    }
     try:
         return handlers[args.command](args)
     except (CambenchError, FileNotFoundError) as exc:

@@ -44,9 +44,12 @@ def select(mode: str) -> dict[str, str]:
     if mode == "native" or not _has_avx2():
         return {}
     if "torch" in sys.modules:
-        warnings.warn("cpu kernels 'portable' requested after torch was imported: it has no effect in this "
-                      "process; select it before importing torch (run_bench.py does).", RuntimeWarning,
-                      stacklevel=2)
+        warnings.warn(
+            "cpu kernels 'portable' requested after torch was imported: it has no effect in this "
+            "process; select it before importing torch (run_bench.py does).",
+            RuntimeWarning,
+            stacklevel=2,
+        )
         return {}
     applied = {k: v for k, v in PORTABLE_ENV.items() if k not in os.environ}
     os.environ.update(applied)

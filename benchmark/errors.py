@@ -5,7 +5,7 @@ Every error says what was wrong, what was expected, and how to fix it (scikit-le
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 
 class CambenchError(Exception):

@@ -18,19 +18,39 @@ import errno
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 from .errors import CambenchError
 
 LOCK_NAME = ".cambench.lock"
 
 #: Filesystems no result belongs on (Linux ``/proc/mounts`` types).
-SPECIAL_FILESYSTEMS = frozenset({
-    "proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2", "debugfs", "tracefs", "securityfs", "pstore",
-    "bpf", "configfs", "fusectl", "mqueue", "hugetlbfs", "efivarfs", "binfmt_misc", "autofs", "rpc_pipefs",
-    "selinuxfs", "nsfs",
-})
+SPECIAL_FILESYSTEMS = frozenset(
+    {
+        "proc",
+        "sysfs",
+        "devtmpfs",
+        "devpts",
+        "cgroup",
+        "cgroup2",
+        "debugfs",
+        "tracefs",
+        "securityfs",
+        "pstore",
+        "bpf",
+        "configfs",
+        "fusectl",
+        "mqueue",
+        "hugetlbfs",
+        "efivarfs",
+        "binfmt_misc",
+        "autofs",
+        "rpc_pipefs",
+        "selinuxfs",
+        "nsfs",
+    }
+)
 _SPECIAL_PREFIXES = ("/proc", "/sys", "/dev")
 _ORDINARY_UNDER_SPECIAL = ("/dev/shm",)  # a tmpfs: an ordinary (if volatile) place for files
 
@@ -43,7 +63,7 @@ def _fix(flag: str) -> str:
     return f"pass {flag} a directory on a writable disk (e.g. {flag} results/NAME)"
 
 
-def _mount_type(path: Path) -> Optional[str]:
+def _mount_type(path: Path) -> str | None:
     """The filesystem type of the mount holding ``path`` (Linux ``/proc/self/mounts``), else None."""
     try:
         lines = Path("/proc/self/mounts").read_text().splitlines()
@@ -95,8 +115,9 @@ def check_out_dir(out: str | os.PathLike, flag: str = "--out", create: bool = Tr
     def under(prefixes: tuple[str, ...]) -> bool:
         return any(str(real) == p or str(real).startswith(p + "/") for p in prefixes)
 
-    if special in SPECIAL_FILESYSTEMS or (os.name == "posix" and under(_SPECIAL_PREFIXES)
-                                          and not under(_ORDINARY_UNDER_SPECIAL)):
+    if special in SPECIAL_FILESYSTEMS or (
+        os.name == "posix" and under(_SPECIAL_PREFIXES) and not under(_ORDINARY_UNDER_SPECIAL)
+    ):
         raise OutputDirError(
             f"{where}: is on a special system filesystem ({special or str(real).split('/')[1]}), which cannot "
             f"hold files; {_fix(flag)}."
@@ -107,12 +128,8 @@ def check_out_dir(out: str | os.PathLike, flag: str = "--out", create: bool = Tr
             if not p.is_dir():
                 what = "an existing file" if p.is_file() else "not a directory"
                 if p == absolute:
-                    raise OutputDirError(
-                        f"{where}: is {what}, not a directory; {_fix(flag)}, or remove {p}."
-                    )
-                raise OutputDirError(
-                    f"{where}: its parent {p} is {what}, not a directory; {_fix(flag)}."
-                )
+                    raise OutputDirError(f"{where}: is {what}, not a directory; {_fix(flag)}, or remove {p}.")
+                raise OutputDirError(f"{where}: its parent {p} is {what}, not a directory; {_fix(flag)}.")
             break
     for sub in ("parts", "curves", "gallery", "plots"):
         s = absolute / sub
@@ -151,13 +168,13 @@ def _alive(pid: int) -> bool:
 class RunLock:
     """Exclusive lock of one run on ``out`` (a context manager); see the module docstring."""
 
-    def __init__(self, out: str | os.PathLike, log: Optional[Callable[[str], None]] = None) -> None:
+    def __init__(self, out: str | os.PathLike, log: Callable[[str], None] | None = None) -> None:
         self.out = Path(out)
         self.path = self.out / LOCK_NAME
         self.log = log or (lambda msg: print(msg, file=sys.stderr))
-        self._fd: Optional[int] = None
+        self._fd: int | None = None
 
-    def _busy(self, pid: Optional[int]) -> OutputDirError:
+    def _busy(self, pid: int | None) -> OutputDirError:
         who = f"pid {pid}" if pid else "another process"
         return OutputDirError(
             f"another cambench run ({who}) is writing into {self.out} (lock file {self.path}); wait for it to "
@@ -165,7 +182,7 @@ class RunLock:
         )
 
     @staticmethod
-    def _read_pid(fd: int) -> Optional[int]:
+    def _read_pid(fd: int) -> int | None:
         try:
             os.lseek(fd, 0, os.SEEK_SET)
             text = os.read(fd, 64).decode("ascii", "replace").strip()

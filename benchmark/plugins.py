@@ -38,11 +38,12 @@ import importlib
 import importlib.util
 import sys
 import warnings
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import Any
 
 from .data import DATASETS
 from .errors import CambenchError, ContractError, PluginError
@@ -54,8 +55,7 @@ from .registry import Entry, Registry, RegistryState
 
 ENTRY_POINT_GROUPS = ("cambench.methods", "cambench.metrics", "cambench.models", "cambench.datasets")
 #: The registries a plugin may add to, by the kind its :class:`Plugin` record lists them under.
-REGISTRIES: dict[str, Registry[Any]] = {"methods": METHODS, "metrics": METRICS, "models": MODELS,
-                                        "datasets": DATASETS}
+REGISTRIES: dict[str, Registry[Any]] = {"methods": METHODS, "metrics": METRICS, "models": MODELS, "datasets": DATASETS}
 
 
 @dataclass
@@ -148,13 +148,18 @@ def _load_one(key: str, name: str, origin: str, do_import: Callable[[], Any], ro
             _restore(before)
             raise PluginError(
                 f"Plugin {name!r} failed to import ({origin}): {type(exc).__name__}: {exc}. "
-                "Fix the error above (run `python -c \"import ...\"` on the file to see the traceback)."
+                'Fix the error above (run `python -c "import ..."` on the file to see the traceback).'
             ) from exc
-    replaced = {(kind, n): before[kind].entries[n] for kind, names in added.items() for n in names
-                if n in before[kind].entries}
-    plugin = Plugin(name=name, origin=origin, replaced=replaced,
-                    modules=_own_modules(set(sys.modules) - mods, roots),
-                    **{kind: list(names) for kind, names in added.items()})
+    replaced = {
+        (kind, n): before[kind].entries[n] for kind, names in added.items() for n in names if n in before[kind].entries
+    }
+    plugin = Plugin(
+        name=name,
+        origin=origin,
+        replaced=replaced,
+        modules=_own_modules(set(sys.modules) - mods, roots),
+        **{kind: list(names) for kind, names in added.items()},
+    )
     if not any(plugin.registered().values()):
         warnings.warn(
             f"Plugin {name!r} registered nothing: decorate your functions and classes with "
@@ -188,9 +193,7 @@ def _entry_points() -> list[tuple[str, metadata.EntryPoint]]:
     return out
 
 
-def load_plugins(
-    specs: Iterable[str] = (), *, entry_points: bool = True, check: bool = True
-) -> list[Plugin]:
+def load_plugins(specs: Iterable[str] = (), *, entry_points: bool = True, check: bool = True) -> list[Plugin]:
     """Load plugins (files or modules, then the ``cambench.*`` entry points of :data:`ENTRY_POINT_GROUPS`).
 
     Returns the loaded :class:`Plugin` records (also those loaded earlier). With ``check``, every method a
@@ -220,7 +223,7 @@ def loaded_plugins() -> list[Plugin]:
     return list(_LOADED.values())
 
 
-def unload_plugins(plugins: Optional[Iterable[Plugin]] = None) -> list[Plugin]:
+def unload_plugins(plugins: Iterable[Plugin] | None = None) -> list[Plugin]:
     """Unregister ``plugins`` (default: every loaded one), newest first: their methods, metrics, models and
     datasets leave the registries, entries they replaced come back, and their modules leave ``sys.modules``
     (loading them again re-imports them). Returns the plugins unloaded."""
@@ -253,6 +256,14 @@ def isolated() -> Iterator[None]:
 
 
 __all__ = [
-    "ENTRY_POINT_GROUPS", "ContractError", "Plugin", "PluginError", "check_method", "check_methods", "isolated",
-    "load_plugins", "loaded_plugins", "unload_plugins",
+    "ENTRY_POINT_GROUPS",
+    "ContractError",
+    "Plugin",
+    "PluginError",
+    "check_method",
+    "check_methods",
+    "isolated",
+    "load_plugins",
+    "loaded_plugins",
+    "unload_plugins",
 ]

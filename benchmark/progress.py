@@ -17,10 +17,11 @@ import contextlib
 import logging
 import sys
 import time
-from typing import Any, Iterator, Optional, TextIO
+from collections.abc import Iterator
+from typing import Any, TextIO
 
 #: ``None``: bars where stderr is a terminal; ``True``/``False``: set by :func:`bars` for a block.
-_BARS: list[Optional[bool]] = [None]
+_BARS: list[bool | None] = [None]
 
 
 def format_interval(seconds: float) -> str:
@@ -31,7 +32,7 @@ def format_interval(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
-def eta_seconds(done: float, total: float, elapsed: float) -> Optional[float]:
+def eta_seconds(done: float, total: float, elapsed: float) -> float | None:
     """The linear estimate of the time left, ``elapsed / done * (total - done)``; None before any work."""
     if done <= 0 or elapsed <= 0:
         return None
@@ -45,7 +46,7 @@ def eta_text(done: float, total: float, elapsed: float) -> str:
 
 
 @contextlib.contextmanager
-def bars(allowed: Optional[bool]) -> Iterator[None]:
+def bars(allowed: bool | None) -> Iterator[None]:
     """Allow (``True``) or forbid (``False``) progress bars of the loops run inside the block (``None``:
     where stderr is a terminal); the previous setting is restored afterwards."""
     saved = _BARS[0]
@@ -56,7 +57,7 @@ def bars(allowed: Optional[bool]) -> Iterator[None]:
         _BARS[0] = saved
 
 
-def bars_enabled(stream: Optional[TextIO] = None) -> bool:
+def bars_enabled(stream: TextIO | None = None) -> bool:
     """Whether a loop may draw a bar now: the setting of :func:`bars`, else whether ``stream`` (default
     stderr) is a terminal."""
     if _BARS[0] is not None:
@@ -77,8 +78,9 @@ class EpochProgress:
     ``"<desc> epoch 2/6: <summary>; elapsed 0:21, ETA 0:42"``.
     """
 
-    def __init__(self, logger: logging.Logger, desc: str, epochs: int, steps: int,
-                 stream: Optional[TextIO] = None) -> None:
+    def __init__(
+        self, logger: logging.Logger, desc: str, epochs: int, steps: int, stream: TextIO | None = None
+    ) -> None:
         self.logger = logger
         self.desc = desc
         self.epochs = int(epochs)
@@ -99,8 +101,9 @@ class EpochProgress:
             from tqdm.auto import tqdm
 
             # no position: tqdm puts it below the bars already shown (the runner's units and images)
-            self.bar = tqdm(total=self.epochs * self.steps, desc=f"train {self.desc}", unit="step",
-                            leave=False, file=self.stream)
+            self.bar = tqdm(
+                total=self.epochs * self.steps, desc=f"train {self.desc}", unit="step", leave=False, file=self.stream
+            )
             self.had_bar = self.bar_shown
         return self
 
@@ -117,8 +120,10 @@ class EpochProgress:
     def epoch(self, done: int, summary: str) -> str:
         """Epoch ``done`` (1-based) finished: show ``summary``; returns the epoch's log line."""
         elapsed = time.perf_counter() - self.t0
-        line = (f"{self.desc} epoch {done}/{self.epochs}: {summary}; elapsed {format_interval(elapsed)}, "
-                f"ETA {eta_text(done, self.epochs, elapsed)}")
+        line = (
+            f"{self.desc} epoch {done}/{self.epochs}: {summary}; elapsed {format_interval(elapsed)}, "
+            f"ETA {eta_text(done, self.epochs, elapsed)}"
+        )
         if self.bar_shown:
             self.bar.set_postfix_str(f"epoch {done}/{self.epochs}, {summary}", refresh=True)
             self.logger.debug(line)

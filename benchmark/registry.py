@@ -11,8 +11,9 @@ import contextlib
 import difflib
 import fnmatch
 import inspect
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generic, Iterable, Iterator, Mapping, Optional, TypeVar
+from typing import Any, Generic, TypeVar
 
 from .errors import CambenchError, UnknownNameError
 
@@ -65,7 +66,7 @@ def signature_defaults(fn: Any, skip: int = 1) -> dict[str, Any]:
 
 
 def declared_defaults(
-    fn: Callable[..., Any], overrides: Optional[Mapping[str, Any]], what: str, skip: int = 1
+    fn: Callable[..., Any], overrides: Mapping[str, Any] | None, what: str, skip: int = 1
 ) -> dict[str, Any]:
     """The parameters a registration declares: ``fn``'s :func:`signature_defaults`, updated by the explicit
     ``overrides`` (``defaults=`` of ``register_method``/``register_metric``).
@@ -104,12 +105,12 @@ class Registry(Generic[T]):
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, Entry[T]] = {}
-        self._prefixes: dict[str, tuple[Resolver, Optional[Lister]]] = {}
+        self._prefixes: dict[str, tuple[Resolver, Lister | None]] = {}
         self._resolved: dict[str, Entry[T]] = {}  # cache of prefix lookups (never listed unless asked)
         self._recording: builtins.list[tuple[str, builtins.list[str]]] = []  # open :meth:`recording` blocks
 
     # -- name prefixes (timm style: "timm/resnet50", "quantus/Sparseness") -------------------------------
-    def add_prefix(self, prefix: str, resolver: Resolver, lister: Optional[Lister] = None) -> None:
+    def add_prefix(self, prefix: str, resolver: Resolver, lister: Lister | None = None) -> None:
         """Resolve names ``"prefix/REST"`` lazily with ``resolver(REST) -> (obj, meta)`` (cached).
 
         ``lister()`` (optional) enumerates the ``REST`` names the prefix offers; :meth:`list` shows them as
@@ -127,7 +128,7 @@ class Registry(Generic[T]):
     def prefixes(self) -> list[str]:
         return sorted(self._prefixes)
 
-    def _split(self, name: object) -> Optional[tuple[str, str]]:
+    def _split(self, name: object) -> tuple[str, str] | None:
         if not isinstance(name, str) or "/" not in name:
             return None
         prefix, rest = name.split("/", 1)
@@ -155,9 +156,7 @@ class Registry(Generic[T]):
         return entry
 
     # -- registration -----------------------------------------------------------------------------
-    def register(
-        self, name: str | None = None, *, override: bool = False, **meta: Any
-    ) -> Callable[[T], T]:
+    def register(self, name: str | None = None, *, override: bool = False, **meta: Any) -> Callable[[T], T]:
         """Decorator registering ``obj`` under ``name`` (default: its ``__name__``) with ``meta``."""
 
         def deco(obj: T) -> T:
@@ -201,7 +200,7 @@ class Registry(Generic[T]):
         """The registered object for ``name``; an unknown name lists the valid ones."""
         return self.entry(name).obj
 
-    def params(self, name: str, overrides: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+    def params(self, name: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The entry's parameters updated by ``overrides``; an unknown key is a TypeError naming the valid ones.
 
         The parameters are the entry's ``defaults`` metadata (``register_method``/``register_metric`` store
@@ -258,9 +257,7 @@ class Registry(Generic[T]):
         valid = sorted(self._entries)
         close = difflib.get_close_matches(str(name), valid, n=3)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        return (
-            f"Unknown {self.kind} {name!r}.{hint} Valid {self.kind}s: {', '.join(valid) or '(none)'}."
-        )
+        return f"Unknown {self.kind} {name!r}.{hint} Valid {self.kind}s: {', '.join(valid) or '(none)'}."
 
     def __contains__(self, name: object) -> bool:
         """Registered, or resolvable through a prefix (a prefixed name that resolves to an error is in)."""
@@ -341,5 +338,5 @@ class RegistryState:
 
     kind: str
     entries: Mapping[str, Entry[Any]]
-    prefixes: Mapping[str, tuple[Resolver, Optional[Lister]]]
+    prefixes: Mapping[str, tuple[Resolver, Lister | None]]
     resolved: Mapping[str, Entry[Any]]

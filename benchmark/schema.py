@@ -10,7 +10,6 @@ See docs/interfaces.md (Result schema, Store).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -51,12 +50,12 @@ class UnitResult:
     scores: pd.DataFrame
     curves: pd.DataFrame
     timings: pd.DataFrame
-    gallery: Optional[dict[str, np.ndarray]] = None
+    gallery: dict[str, np.ndarray] | None = None
     info: dict = field(default_factory=dict)
     #: per-image statistics of the dataset-level metrics (``STATS_COLUMNS``); None or empty when none ran
-    stats: Optional[pd.DataFrame] = None
+    stats: pd.DataFrame | None = None
     #: scores under the meta-evaluation's perturbed models (``PERTURBED_COLUMNS``); None when it is off
-    perturbed: Optional[pd.DataFrame] = None
+    perturbed: pd.DataFrame | None = None
     #: ``logging`` records emitted while a worker process (loky, dask) computed the unit, for the parent to
     #: re-emit (messages formatted, no arguments or tracebacks left to pickle); empty in-process. Not stored.
     logs: list = field(default_factory=list)

@@ -31,8 +31,9 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -45,10 +46,18 @@ from .schema import CURVE_COLUMNS, PERTURBED_COLUMNS, SCORE_COLUMNS, STATS_COLUM
 META_KEY = b"cambench"
 _SEP = "__"
 #: The Parquet types of a unit's mean curves (``CURVE_COLUMNS``): ``n`` is the unit's number of images.
-CURVE_SCHEMA = pa.schema([
-    ("model", pa.string()), ("dataset", pa.string()), ("method", pa.string()), ("metric", pa.string()),
-    ("step", pa.int64()), ("x", pa.float64()), ("value", pa.float64()), ("n", pa.int64()),
-])
+CURVE_SCHEMA = pa.schema(
+    [
+        ("model", pa.string()),
+        ("dataset", pa.string()),
+        ("method", pa.string()),
+        ("metric", pa.string()),
+        ("step", pa.int64()),
+        ("x", pa.float64()),
+        ("value", pa.float64()),
+        ("n", pa.int64()),
+    ]
+)
 
 
 def file_mode() -> int:
@@ -86,9 +95,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def write_parquet(
-    path: Path, df: pd.DataFrame, meta: Optional[dict] = None, schema: Optional[pa.Schema] = None
-) -> None:
+def write_parquet(path: Path, df: pd.DataFrame, meta: dict | None = None, schema: pa.Schema | None = None) -> None:
     """Atomically write ``df`` as Parquet, with ``meta`` (JSON) in the schema metadata; ``schema``: the
     column types to write (cast from ``df``'s; ``None``: inferred by pyarrow)."""
     table = pa.Table.from_pandas(df, schema=schema, preserve_index=False)
@@ -113,8 +120,13 @@ class Store:
     (:meth:`unreported`) and are reported again by a run that asks for them. ``None``: every part.
     """
 
-    def __init__(self, out_dir: str | os.PathLike, suite_hash: str, log: Callable[[str], None] | None = None,
-                 units: Optional[Iterable[str]] = None) -> None:
+    def __init__(
+        self,
+        out_dir: str | os.PathLike,
+        suite_hash: str,
+        log: Callable[[str], None] | None = None,
+        units: Iterable[str] | None = None,
+    ) -> None:
         self.out = Path(out_dir)
         self.hash = suite_hash
         self.parts = self.out / "parts"
@@ -123,7 +135,7 @@ class Store:
         self.curves = self.out / "curves"  # created by the first unit that has curves
         self.perturbed = self.out / "perturbed"  # created by the first unit that has such rows
         self.log = log or (lambda msg: print(msg, file=sys.stderr))
-        self.units: Optional[frozenset[str]] = None if units is None else frozenset(units)
+        self.units: frozenset[str] | None = None if units is None else frozenset(units)
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def prepare(self, fresh: bool = False) -> None:
@@ -151,7 +163,7 @@ class Store:
             )
 
     @staticmethod
-    def _hash_of(path: Path) -> Optional[str]:
+    def _hash_of(path: Path) -> str | None:
         stem = path.name
         for ext in (".parquet", ".npz"):
             stem = stem[: -len(ext)] if stem.endswith(ext) else stem
@@ -233,8 +245,11 @@ class Store:
         if not self.parts.is_dir():
             return []
         same = sorted(k for k in self.done() if self.units is not None and k not in self.units)
-        other = sorted(f.name[: -len(".parquet")] for f in self.parts.glob("*.parquet")
-                       if self._hash_of(f) not in (None, self.hash))
+        other = sorted(
+            f.name[: -len(".parquet")]
+            for f in self.parts.glob("*.parquet")
+            if self._hash_of(f) not in (None, self.hash)
+        )
         return same + other
 
     def load_scores(self) -> pd.DataFrame:
@@ -268,8 +283,9 @@ class Store:
         if not frames:
             return pd.DataFrame(columns=PERTURBED_COLUMNS)
         df = pd.concat(frames, ignore_index=True)
-        return df.sort_values(["model", "dataset", "method", "metric", "perturbation", "k", "image_id"],
-                              kind="mergesort").reset_index(drop=True)
+        return df.sort_values(
+            ["model", "dataset", "method", "metric", "perturbation", "k", "image_id"], kind="mergesort"
+        ).reset_index(drop=True)
 
     def load_meta(self) -> list[dict]:
         return [read_meta(p) for p in self._parts()]

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -26,13 +26,13 @@ class Batch:
     images: Tensor
     targets: Tensor
     ids: list[str]
-    masks: Optional[Tensor] = None
-    boxes: Optional[list[Tensor]] = None
-    labels: Optional[Tensor] = None  # true class when it differs from the explained target
-    ignore: Optional[Tensor] = None  # [B,H,W] bool: pixels without ground truth (e.g. VOC void), or None
+    masks: Tensor | None = None
+    boxes: list[Tensor] | None = None
+    labels: Tensor | None = None  # true class when it differs from the explained target
+    ignore: Tensor | None = None  # [B,H,W] bool: pixels without ground truth (e.g. VOC void), or None
     #: ``{name: [B,...]}`` per-image tensors a dataset knows by construction (``Sample.extras``, stacked;
     #: images, keys ending in ``_image``, normalised like ``images``), e.g. ``truth_mask`` (``truth`` metrics).
-    extras: Optional[dict[str, Tensor]] = None
+    extras: dict[str, Tensor] | None = None
 
     def __post_init__(self) -> None:
         b = self.images.shape[0]
@@ -42,9 +42,7 @@ class Batch:
                 f"{tuple(self.images.shape)}."
             )
         if self.targets.shape != (b,):
-            raise ValueError(
-                f"Batch.targets must be [B]={b}, got shape {tuple(self.targets.shape)}."
-            )
+            raise ValueError(f"Batch.targets must be [B]={b}, got shape {tuple(self.targets.shape)}.")
         if len(self.ids) != b:
             raise ValueError(f"Batch.ids must hold {b} ids, got {len(self.ids)}.")
         if self.masks is not None and self.masks.shape != (b, *self.images.shape[2:]):
@@ -66,7 +64,7 @@ class Batch:
         def mv(t: Tensor) -> Tensor:
             return t.to(device, non_blocking=non_blocking)
 
-        def opt(t: Optional[Tensor]) -> Optional[Tensor]:
+        def opt(t: Tensor | None) -> Tensor | None:
             return None if t is None else mv(t)
 
         return Batch(
@@ -106,7 +104,7 @@ class Capture:
     """
 
     activations: Tensor
-    gradients: Optional[Tensor]
+    gradients: Tensor | None
     logits: Tensor
     targets: Tensor
 
@@ -125,8 +123,8 @@ class ModelHandle:
     input_size: tuple[int, ...] = (224, 224)  # (T, H, W) for volume and video models
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
-    reshape: Optional[Reshape] = None
-    class_names: Optional[list[str]] = None
+    reshape: Reshape | None = None
+    class_names: list[str] | None = None
     meta: dict = field(default_factory=dict)
 
     def normalize(self, images01: Tensor) -> Tensor:

@@ -23,13 +23,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import torch
+import torch.nn.functional as F
 
-from benchmark import methods  # noqa: E402
-from benchmark.methods.base import forward_precision, tf32  # noqa: E402
-from benchmark.metrics import MetricContext, compute_metrics  # noqa: E402
-from benchmark.types import Batch  # noqa: E402
+from benchmark import methods
+from benchmark.methods.base import forward_precision, tf32
+from benchmark.metrics import MetricContext, compute_metrics
+from benchmark.types import Batch
 
 METRICS = ["deletion_auc", "insertion_auc", "average_drop", "pointing_game", "mask_iou", "road_morf",
            "max_sensitivity", "gradient_noise_stability", "model_randomization", "latency_ms", "peak_memory_mb"]

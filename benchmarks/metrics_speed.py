@@ -111,8 +111,8 @@ def main() -> None:
     with torch.inference_mode():  # warm-up
         timed(lambda: model_ours(x_ours[:1]), device)
         timed(lambda: model(x[:1]), device)
-    per = lambda t: t / b  # noqa: E731
-    line = lambda name, t: print(f"{name:54s} {t:9.2f} {per(t):9.2f}", flush=True)  # noqa: E731
+    per = lambda t: t / b
+    line = lambda name, t: print(f"{name:54s} {t:9.2f} {per(t):9.2f}", flush=True)
     print(f"{'contender':54s} {'total s':>9s} {'s/image':>9s}", flush=True)
     t_del, res_del = timed(lambda: ours(["deletion_auc"]), device)
     line("cambench deletion_auc (8 methods, one engine call)", t_del)

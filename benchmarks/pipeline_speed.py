@@ -54,7 +54,7 @@ from benchmark import methods
 from benchmark.methods.base import PRECISIONS, cudnn_autotune, forward_compile, forward_precision
 from benchmark.metrics import MetricContext, compute_metrics
 from benchmark.metrics.functional.faithfulness import rise_blur
-from benchmark.metrics.perturbation import pixel_order, order_to_rank, step_counts
+from benchmark.metrics.perturbation import order_to_rank, pixel_order, step_counts
 from benchmark.types import Batch
 
 PGC = {
@@ -104,11 +104,11 @@ class GpuSampler:
         while not self._stop.is_set():
             try:
                 self.samples.append(torch.cuda.utilization(self.device))
-            except Exception:  # noqa: BLE001  (no pynvml: no samples)
+            except Exception:
                 return
             time.sleep(self.period)
 
-    def __enter__(self) -> "GpuSampler":
+    def __enter__(self) -> GpuSampler:
         self._thread.start()
         return self
 
@@ -363,7 +363,7 @@ def main() -> None:
     targets = pred.clone()  # a normal tensor (inference tensors cannot enter autograd)
     layer_name = next(n for n, m in model.named_modules() if m is layer)
     ours_cl, peer_cl = args.channels_last == "on", args.peer_channels_last
-    cl = lambda t: t.contiguous(memory_format=torch.channels_last)  # noqa: E731
+    cl = lambda t: t.contiguous(memory_format=torch.channels_last)
     model_ours = copy.deepcopy(model)
     if ours_cl:
         model_ours = model_ours.to(memory_format=torch.channels_last)

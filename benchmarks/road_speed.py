@@ -155,7 +155,7 @@ def main() -> None:
     ranks = order_to_rank(pixel_order(sal, descending=True))
     removed = torch.stack([(ranks[i] < k).view(s, s) for i in range(n) for k in ks.tolist()])
     imgs = x.repeat_interleave(len(fractions), 0)
-    gens = lambda: [_item_generator(0, i, j) for i in range(n) for j in range(len(fractions))]  # noqa: E731
+    gens = lambda: [_item_generator(0, i, j) for i in range(n) for j in range(len(fractions))]
     pgc_imp = NoisyLinearImputer(noise=0.01)
     ifns = {"cambench batched cg": lambda: noisy_linear_impute_batch(imgs, removed, noise=0.01, generators=gens())}
     if not args.skip_exact:

@@ -35,7 +35,8 @@ def main(n: int = 4) -> dict[str, torch.Tensor]:
         "EffectiveComplexity": quantus_metric("EffectiveComplexity", model, x, t, maps, eps=0.1),
         "RelevanceRankAccuracy": quantus_metric("RelevanceRankAccuracy", model, x, t, maps, masks=masks),
         "FaithfulnessCorrelation": quantus_metric(
-            "FaithfulnessCorrelation", model, x, t, maps, nr_runs=10, subset_size=64, seed=0),
+            "FaithfulnessCorrelation", model, x, t, maps, nr_runs=10, subset_size=64, seed=0
+        ),
         "MaxSensitivity": quantus_metric("MaxSensitivity", model, x, t, maps, explain=explain, nr_samples=2),
     }
     for name, value in scores.items():

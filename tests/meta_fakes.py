@@ -18,8 +18,7 @@ def fake_pixel_mean(ctx: MetricContext) -> dict[str, Tensor]:
     return {n: v.clone() for n in ctx.saliency}
 
 
-@register_metric("fake_logit", family="faithfulness", higher_is_better=True, needs=("saliency", "model"),
-                 override=True)
+@register_metric("fake_logit", family="faithfulness", higher_is_better=True, needs=("saliency", "model"), override=True)
 def fake_logit(ctx: MetricContext) -> dict[str, Tensor]:
     v = ctx.model(ctx.batch.images).gather(1, ctx.batch.targets[:, None]).squeeze(1).detach()
     return {n: v.clone() for n in ctx.saliency}

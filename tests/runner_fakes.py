@@ -48,8 +48,12 @@ class FakeShapes(CamDataset):
         mask[y : y + h, x : x + w] = True
         box = torch.tensor([[x, y, x + w, y + h]], dtype=torch.float32)
         return Sample(
-            image=img, target=cls, id=f"fake{i:03d}", mask=mask if self.has_masks else None,
-            boxes=box if self.has_boxes else None, label=cls,
+            image=img,
+            target=cls,
+            id=f"fake{i:03d}",
+            mask=mask if self.has_masks else None,
+            boxes=box if self.has_boxes else None,
+            label=cls,
         )
 
 
@@ -84,8 +88,15 @@ def fake_cnn(weights: str = "default") -> ModelHandle:
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.4)
-    return ModelHandle("fake_cnn", model.eval(), "features", input_size=(SIZE, SIZE), mean=(0.5, 0.5, 0.5),
-                       std=(0.25, 0.25, 0.25), class_names=["square", "bar"])
+    return ModelHandle(
+        "fake_cnn",
+        model.eval(),
+        "features",
+        input_size=(SIZE, SIZE),
+        mean=(0.5, 0.5, 0.5),
+        std=(0.25, 0.25, 0.25),
+        class_names=["square", "bar"],
+    )
 
 
 @register_method("fake_broken", family="baseline", needs_gradients=False, override=True)
@@ -107,8 +118,7 @@ def fake_inside(ctx: MetricContext) -> dict[str, Tensor]:
     return out
 
 
-@register_metric("fake_drop", family="faithfulness", higher_is_better=False, needs=("saliency",),
-                 override=True)
+@register_metric("fake_drop", family="faithfulness", higher_is_better=False, needs=("saliency",), override=True)
 def fake_drop(ctx: MetricContext, steps: int = 4) -> dict[str, Tensor]:
     """Tiny deletion AUC: zero the top-k salient pixels (k = 0..HW in ``steps``), all methods batched."""
     names = list(ctx.saliency)
@@ -132,8 +142,9 @@ def fake_drop(ctx: MetricContext, steps: int = 4) -> dict[str, Tensor]:
     return {n: auc[i] for i, n in enumerate(names)}
 
 
-@register_metric("fake_noise", family="robustness", higher_is_better=False, needs=("saliency", "explainer"),
-                 override=True)
+@register_metric(
+    "fake_noise", family="robustness", higher_is_better=False, needs=("saliency", "explainer"), override=True
+)
 def fake_noise(ctx: MetricContext, sigma: float = 0.5) -> dict[str, Tensor]:
     """Mean |map - map under seeded gradient noise| (the CF-CAM protocol), through ctx.explain."""
     g = torch.Generator().manual_seed(ctx.seed)
@@ -172,7 +183,8 @@ def fake_env(ctx) -> Tensor:
     from benchmark.methods import base
 
     fake_env.seen = {  # type: ignore[attr-defined]
-        "precision": base._FORWARD_DTYPE.get(), "compile": base._FORWARD_COMPILE.get(),
+        "precision": base._FORWARD_DTYPE.get(),
+        "compile": base._FORWARD_COMPILE.get(),
         "cudnn_benchmark": torch.backends.cudnn.benchmark,
         "tf32": (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32),
     }
@@ -198,8 +210,9 @@ def run_cached(tmp_root: Path, suite: str = "tiny", plots: bool = False, **kw):
     key = (suite, plots, tuple(sorted(kw.items())))
     if key not in _RUNS:
         out = Path(tmp_root) / f"{suite}-{len(_RUNS)}"
-        _RUNS[key] = run_suite(load_suite(SUITES / f"{suite}.toml"), out, quiet=True,
-                                   report=partial(write_report, plots=plots), **kw)
+        _RUNS[key] = run_suite(
+            load_suite(SUITES / f"{suite}.toml"), out, quiet=True, report=partial(write_report, plots=plots), **kw
+        )
     return _RUNS[key]
 
 

@@ -60,8 +60,14 @@ def test_quantus_suite_example_runs(tmp_path) -> None:
     suite = dataclasses.replace(suite, experiments=(exp,), device="cpu", bootstrap=20, gallery=0)
     res = run_suite(suite, tmp_path / "q", quiet=True, report=partial(write_report, plots=False), limit=2)
     lb = res.report.leaderboard
-    metrics = ["quantus/Sparseness", "quantus/Complexity", "quantus/RelevanceRankAccuracy",
-               "quantus/FaithfulnessCorrelation", "quantus/MaxSensitivity", "deletion_auc"]
+    metrics = [
+        "quantus/Sparseness",
+        "quantus/Complexity",
+        "quantus/RelevanceRankAccuracy",
+        "quantus/FaithfulnessCorrelation",
+        "quantus/MaxSensitivity",
+        "deletion_auc",
+    ]
     for method in ("gradcam", "layercam", "pgc/GradCAMPlusPlus"):
         for metric in metrics:
             assert ((lb["method"] == method) & (lb["metric"] == metric)).sum() == 1, (method, metric)

@@ -62,8 +62,7 @@ def test_compile_falls_back_with_a_clear_warning(monkeypatch):
     def broken(*a, **kw):
         raise RuntimeError("inductor: no C++ compiler found")
 
-    for patch in (lambda: monkeypatch.setattr(torch, "compile", broken),
-                  lambda: monkeypatch.delattr(torch, "compile")):
+    for patch in (lambda: monkeypatch.setattr(torch, "compile", broken), lambda: monkeypatch.delattr(torch, "compile")):
         model = tiny_cnn(2)
         eager = deletion_auc(model, x, t, sal, n_steps=6)
         patch()
@@ -86,6 +85,7 @@ def test_compile_failure_at_first_call_falls_back(monkeypatch):
     def lazy_failure(fn, **kw):
         def run(*a):
             raise RuntimeError("BackendCompilerFailed: triton not found")
+
         return run
 
     monkeypatch.setattr(torch, "compile", lazy_failure)

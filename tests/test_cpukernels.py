@@ -24,8 +24,15 @@ PROBE = (
 
 def _capability(*args: str, **env: str) -> str:
     clean = {k: v for k, v in os.environ.items() if k not in cpukernels.PORTABLE_ENV and k != "CAMBENCH_CPU_KERNELS"}
-    out = subprocess.run([sys.executable, "-c", PROBE, *args], cwd=ROOT, env={**clean, **env}, capture_output=True,
-                         text=True, timeout=300, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, *args],
+        cwd=ROOT,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    ).stdout
     return next(line.split()[1] for line in out.splitlines() if line.startswith("CAP "))
 
 
@@ -40,9 +47,13 @@ def test_the_cli_selects_portable_kernels_before_torch_loads() -> None:
 
 @needs_avx2
 def test_native_leaves_torchs_choice_and_the_users_environment_wins() -> None:
-    native = subprocess.run([sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"],
-                            env={k: v for k, v in os.environ.items() if k not in cpukernels.PORTABLE_ENV},
-                            capture_output=True, text=True, check=True).stdout.strip()
+    native = subprocess.run(
+        [sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"],
+        env={k: v for k, v in os.environ.items() if k not in cpukernels.PORTABLE_ENV},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     assert _capability("--cpu-kernels", "native") == native
     assert _capability(CAMBENCH_CPU_KERNELS="native") == native
     assert _capability(ATEN_CPU_CAPABILITY="default") == "DEFAULT"  # set by the user: left alone

@@ -14,7 +14,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,8 +47,14 @@ def _found_targets() -> list[str]:
 
 
 def _hashes(env: dict[str, str]) -> dict[str, str]:
-    run = subprocess.run([sys.executable, "-c", SCRIPT, str(ROOT)], env={**os.environ, **env},
-                         capture_output=True, text=True, timeout=600, check=True)
+    run = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(ROOT)],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
@@ -63,4 +68,3 @@ def test_synthetic_images_do_not_depend_on_the_cpus_simd_kernels() -> None:
     if here.pop("control_f32_sin") == older.pop("control_f32_sin"):
         pytest.skip("the SIMD switch did not change numpy's float32 sin here: the comparison would prove nothing")
     assert here == older
-

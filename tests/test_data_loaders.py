@@ -154,11 +154,7 @@ def test_photos_offline_with_polygon_masks(monkeypatch) -> None:
         s = ds[i]
         ids.add(s.id)
         h, w = s.image.shape[-2:]
-        assert (
-            s.image.shape[0] == 3
-            and s.image.dtype == torch.float32
-            and 0 <= s.image.min() <= s.image.max() <= 1
-        )
+        assert s.image.shape[0] == 3 and s.image.dtype == torch.float32 and 0 <= s.image.min() <= s.image.max() <= 1
         assert s.target == s.label == by_id[s.id]["class_id"]
         assert ds.class_names[s.target] == by_id[s.id]["class_name"]  # no off-by-one in class ids
         x0, y0, x1, y1 = s.boxes[0].tolist()
@@ -299,9 +295,7 @@ def _coco_root(tmp_path: Path) -> tuple[Path, np.ndarray]:
     rle_mask[20:22, 0:3] = True
     counts = _mask_to_counts(rle_mask)
     doc = {
-        "images": [
-            {"id": i, "file_name": f"{i:012d}.jpg", "height": 30, "width": 40} for i in (1, 2, 3, 4, 5)
-        ],
+        "images": [{"id": i, "file_name": f"{i:012d}.jpg", "height": 30, "width": 40} for i in (1, 2, 3, 4, 5)],
         "categories": [{"id": 18, "name": "dog"}, {"id": 1, "name": "person"}, {"id": 17, "name": "cat"}],
         "annotations": [
             # image 1: small person + a dog made of two polygons (largest) -> dog

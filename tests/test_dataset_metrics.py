@@ -204,15 +204,18 @@ def _sum_ratio(stats, ids, scale: float = 1.0) -> float:
 
 
 def _ratio_metric(ctx: MetricContext, scale: float = 1.0) -> dict[str, torch.Tensor]:
-    return {m: torch.stack([s.flatten(1).sum(1), torch.full((s.shape[0],), float(s[0].numel()))], 1)
-            for m, s in ctx.saliency.items()}
+    return {
+        m: torch.stack([s.flatten(1).sum(1), torch.full((s.shape[0],), float(s[0].numel()))], 1)
+        for m, s in ctx.saliency.items()
+    }
 
 
 @pytest.fixture(autouse=True)
 def _test_ratio_metric():
     """A dataset-level test metric, registered only during each test (never seen by other test files)."""
-    register_metric("test_ratio", family="localization", higher_is_better=True, level="dataset", compute=_sum_ratio,
-                    override=True)(_ratio_metric)
+    register_metric(
+        "test_ratio", family="localization", higher_is_better=True, level="dataset", compute=_sum_ratio, override=True
+    )(_ratio_metric)
     yield
     METRICS.remove("test_ratio")
 
@@ -248,8 +251,9 @@ def test_leaderboard_of_a_dataset_level_metric_is_compute_of_all_rows_with_a_boo
             st_row = np.array([rng.binomial(int(trials), p), trials])
             rows.append(("x", "d", m, "test_ratio", f"i{i:02d}", st_row, False))
     st = pd.DataFrame(rows, columns=["model", "dataset", "method", "metric", "image_id", "stats", "degenerate"])
-    empty = pd.DataFrame(columns=["model", "dataset", "method", "metric", "image_id", "value", "status", "message",
-                                  "degenerate"]).astype({"value": float})
+    empty = pd.DataFrame(
+        columns=["model", "dataset", "method", "metric", "image_id", "value", "status", "message", "degenerate"]
+    ).astype({"value": float})
     r = ranked_leaderboard(empty, {"test_ratio": True}, n_boot=200, stats=st, baselines=["random"])
     b = r.board.set_index(["method", "metric"])
     for m in ("a", "b"):
@@ -275,14 +279,17 @@ def test_weighted_resampling_equals_recomputing_on_resampled_rows():
     rng = np.random.default_rng(4)
     box_rows = rng.random((13, 20))
     hist_rows = rng.integers(0, 30, (13, 44)).astype(float)
-    for metric, rows, params in (("max_box_acc", box_rows, {"cam_curve_interval": 0.05}),
-                                 ("pxap", hist_rows, {"cam_curve_interval": 0.05})):
+    for metric, rows, params in (
+        ("max_box_acc", box_rows, {"cam_curve_interval": 0.05}),
+        ("pxap", hist_rows, {"cam_curve_interval": 0.05}),
+    ):
         fn = _dataset_compute(metric, params)
         assert hasattr(fn, "weighted")
         ids = [f"i{i}" for i in range(13)]
         plain = lambda a, i, fn=fn: fn(a, i)
         assert bootstrap_stat(fn, rows, ids, n_boot=300, seed=7) == pytest.approx(
-            bootstrap_stat(plain, rows, ids, n_boot=300, seed=7), abs=1e-12)
+            bootstrap_stat(plain, rows, ids, n_boot=300, seed=7), abs=1e-12
+        )
         assert fn(rows, ids) == pytest.approx(dataset_value(metric, rows, ids, params), abs=1e-12)
 
 

@@ -71,13 +71,9 @@ def test_gradcam_energy_falls_on_every_annotated_object(lite0) -> None:
     ds = create_dataset("photos")
     samples = [ds[i] for i in range(len(ds))]
     x = lite0.normalize(
-        torch.cat(
-            [F.interpolate(s.image[None], size=(224, 224), mode="bilinear", antialias=True) for s in samples]
-        )
+        torch.cat([F.interpolate(s.image[None], size=(224, 224), mode="bilinear", antialias=True) for s in samples])
     )
-    masks = (
-        torch.cat([F.interpolate(s.mask[None, None].float(), size=(224, 224)) for s in samples])[:, 0] > 0.5
-    )
+    masks = torch.cat([F.interpolate(s.mask[None, None].float(), size=(224, 224)) for s in samples])[:, 0] > 0.5
     layer = resolve_layer(lite0.model, lite0.target_layer)
     cap = capture(lite0.model, layer, x, torch.tensor([s.target for s in samples]))
     cam = torch.relu((cap.gradients.mean((2, 3), keepdim=True) * cap.activations).sum(1, keepdim=True))

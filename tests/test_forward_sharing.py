@@ -20,8 +20,9 @@ from benchmark.methods import score
 from benchmark.methods.score_variants import iscam_coefficients
 
 
-def _maps(model: nn.Module, layer: str, x: torch.Tensor, t: torch.Tensor, *, tail: bool | None,
-          batch_size: int = 16) -> tuple[torch.Tensor, list[int]]:
+def _maps(
+    model: nn.Module, layer: str, x: torch.Tensor, t: torch.Tensor, *, tail: bool | None, batch_size: int = 16
+) -> tuple[torch.Tensor, list[int]]:
     """Raw Ablation-CAM maps and the batch sizes the model's input saw (tail forced on/off, or auto)."""
     module = methods.resolve_layer(model, layer)
     score._TAIL_OK.pop(module, None)
@@ -104,7 +105,7 @@ def test_networks_that_cannot_carry_the_batch_fall_back_to_full_copies() -> None
         torch.testing.assert_close(auto, full, msg=cls.__name__)
         c = model.block[0].out_channels
         chunks = [min(3, c - j) for j in range(0, c, 3)] * 2  # n full copies per chunk, both images
-        assert seen[-len(chunks):] == chunks, (cls.__name__, seen)
+        assert seen[-len(chunks) :] == chunks, (cls.__name__, seen)
 
 
 class DeadNet(nn.Module):
@@ -157,8 +158,9 @@ def test_all_zero_masks_share_one_forward_and_keep_the_maps() -> None:
         seen: list[int] = []
         h = model.register_forward_pre_hook(lambda m, args, seen=seen: seen.append(int(args[0].shape[0])))
         try:
-            raw = methods.explain(model, "block", x, t, [name], params={name: params}, batch_size=64,
-                                  details=True)[name].raw
+            raw = methods.explain(model, "block", x, t, [name], params={name: params}, batch_size=64, details=True)[
+                name
+            ].raw
         finally:
             h.remove()
         torch.testing.assert_close(raw, _brute_force(model, x, t, name, scales), rtol=1e-4, atol=1e-5, msg=name)

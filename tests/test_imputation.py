@@ -150,8 +150,10 @@ def test_solver_validates_inputs():
     assert resolve_imputer("auto", torch.device("cuda")) == "cg"
     assert resolve_imputer("cg", torch.device("cpu")) == "cg"
     removed = torch.rand(6, 6, generator=torch.Generator().manual_seed(1)) < 0.5
-    torch.testing.assert_close(noisy_linear_impute(x[0], removed, noise=0.0, imputer="auto"),
-                               noisy_linear_impute(x[0], removed, noise=0.0, imputer="exact"))
+    torch.testing.assert_close(
+        noisy_linear_impute(x[0], removed, noise=0.0, imputer="auto"),
+        noisy_linear_impute(x[0], removed, noise=0.0, imputer="exact"),
+    )
     # a row with nothing removed comes back unchanged
     torch.testing.assert_close(noisy_linear_impute_batch(x, torch.zeros(2, 6, 6, dtype=torch.bool), noise=0.0), x)
 
@@ -164,11 +166,17 @@ def _real_maps(h: int = 64) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, t
     from benchmark import methods
 
     photos = [skdata.astronaut(), skdata.chelsea()]
-    x = torch.cat([
-        torch.nn.functional.interpolate(torch.from_numpy(np.ascontiguousarray(p)).permute(2, 0, 1)[None].float() / 255,
-                                        size=(h, h), mode="bilinear", align_corners=False)
-        for p in photos
-    ])
+    x = torch.cat(
+        [
+            torch.nn.functional.interpolate(
+                torch.from_numpy(np.ascontiguousarray(p)).permute(2, 0, 1)[None].float() / 255,
+                size=(h, h),
+                mode="bilinear",
+                align_corners=False,
+            )
+            for p in photos
+        ]
+    )
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     x = (x - mean) / std
@@ -194,18 +202,21 @@ def test_cg_equals_exact_on_real_maps_with_identical_noise():
     gens = [torch.Generator().manual_seed(100 + i) for i in range(len(rows))]
     batched = noisy_linear_impute_batch(imgs, removed, noise=0.01, generators=gens)
     for i in range(len(rows)):
-        exact = noisy_linear_impute(imgs[i], removed[i], noise=0.01,
-                                    generator=torch.Generator().manual_seed(100 + i), imputer="exact")
+        exact = noisy_linear_impute(
+            imgs[i], removed[i], noise=0.01, generator=torch.Generator().manual_seed(100 + i), imputer="exact"
+        )
         torch.testing.assert_close(batched[i], exact, rtol=0, atol=1e-4)
-        single = noisy_linear_impute(imgs[i], removed[i], noise=0.01,
-                                     generator=torch.Generator().manual_seed(100 + i), imputer="cg")
+        single = noisy_linear_impute(
+            imgs[i], removed[i], noise=0.01, generator=torch.Generator().manual_seed(100 + i), imputer="cg"
+        )
         torch.testing.assert_close(single, exact, rtol=0, atol=1e-4)
     # the noise is the same draw: without it both imputers differ by the same (tiny) solver error
     plain = noisy_linear_impute_batch(imgs, removed, noise=0.0)
     noise_cg = batched - plain
     exact0 = noisy_linear_impute(imgs[5], removed[5], noise=0.0, imputer="exact")
-    exact1 = noisy_linear_impute(imgs[5], removed[5], noise=0.01, generator=torch.Generator().manual_seed(105),
-                                 imputer="exact")
+    exact1 = noisy_linear_impute(
+        imgs[5], removed[5], noise=0.01, generator=torch.Generator().manual_seed(105), imputer="exact"
+    )
     torch.testing.assert_close(noise_cg[5], exact1 - exact0, rtol=0, atol=1e-6)
     assert float(noise_cg[5].abs().amax()) > 0.01  # there is noise to compare
 
@@ -216,10 +227,28 @@ def test_road_scores_cg_equal_exact():
     xs = x.repeat(2, 1, 1, 1)
     keys = torch.tensor([11, 22, 11, 22])
     for order in ("morf", "lerf"):
-        cg = road(model, xs, t, sal, percentages=(0.1, 0.5, 0.9), order=order, noise_keys=keys, imputer="cg",
-                  return_curve=True)
-        ex = road(model, xs, t, sal, percentages=(0.1, 0.5, 0.9), order=order, noise_keys=keys, imputer="exact",
-                  return_curve=True)
+        cg = road(
+            model,
+            xs,
+            t,
+            sal,
+            percentages=(0.1, 0.5, 0.9),
+            order=order,
+            noise_keys=keys,
+            imputer="cg",
+            return_curve=True,
+        )
+        ex = road(
+            model,
+            xs,
+            t,
+            sal,
+            percentages=(0.1, 0.5, 0.9),
+            order=order,
+            noise_keys=keys,
+            imputer="exact",
+            return_curve=True,
+        )
         torch.testing.assert_close(cg[1], ex[1], rtol=0, atol=1e-5)
 
 

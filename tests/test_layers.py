@@ -13,9 +13,21 @@ ROOT = Path(__file__).resolve().parents[1] / "benchmark"
 
 #: Layers from the bottom up; a module belongs to the layer of its longest matching prefix.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("benchmark.errors", "benchmark.registry", "benchmark.types", "benchmark.schema", "benchmark.outdir",
-              "benchmark.seeding", "benchmark.cpukernels", "benchmark.progress",
-              "benchmark.methods.capture", "benchmark.methods.postprocess")),
+    (
+        "base",
+        (
+            "benchmark.errors",
+            "benchmark.registry",
+            "benchmark.types",
+            "benchmark.schema",
+            "benchmark.outdir",
+            "benchmark.seeding",
+            "benchmark.cpukernels",
+            "benchmark.progress",
+            "benchmark.methods.capture",
+            "benchmark.methods.postprocess",
+        ),
+    ),
     ("components", ("benchmark", "benchmark.methods", "benchmark.metrics", "benchmark.models", "benchmark.data")),
     ("extension", ("benchmark.plugins",)),
     ("store", ("benchmark.store",)),
@@ -192,6 +204,7 @@ def test_store_and_report_do_not_load_the_runner() -> None:
     """At run time too (one fresh interpreter): importing the store and the report loads no runner module."""
     code = "import sys, benchmark.store, benchmark.report.build; "
     code += "print(sorted(m for m in sys.modules if m.startswith('benchmark.runner')))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=ROOT.parent).stdout.strip()
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT.parent
+    ).stdout.strip()
     assert out == "[]"

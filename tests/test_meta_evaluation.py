@@ -92,10 +92,12 @@ def test_meta_scores_leave_baselines_out_and_align_images():
             rows.append(("m", "d", meth, "x", i, base + j, "ok", "", False))
             for kind, shift in (("minor", 0.0), ("disruptive", -50.0)):
                 prow.append(("m", "d", meth, "x", i, kind, 0, base + j + shift, kind == "minor"))
-    scores = pd.DataFrame(rows, columns=["model", "dataset", "method", "metric", "image_id", "value", "status",
-                                         "message", "degenerate"])
-    pert = pd.DataFrame(prow, columns=["model", "dataset", "method", "metric", "image_id", "perturbation", "k",
-                                       "value", "pred_same"])
+    scores = pd.DataFrame(
+        rows, columns=["model", "dataset", "method", "metric", "image_id", "value", "status", "message", "degenerate"]
+    )
+    pert = pd.DataFrame(
+        prow, columns=["model", "dataset", "method", "metric", "image_id", "perturbation", "k", "value", "pred_same"]
+    )
     out = MQ.meta_scores(scores, pert.sample(frac=1.0, random_state=0), {"x": True}, baselines=["random"])
     r = out.iloc[0]
     assert (r.IAC_NR, r.IEC_NR, r.IEC_AR) == (1.0, 1.0, 1.0)
@@ -158,14 +160,17 @@ def test_suite_keys_defaults_override_and_hash():
     assert on.hash() != _suite("meta_evaluation = true\nmeta_perturbations = 3\nmeta_disruptive_std = 1.5").hash()
 
 
-@pytest.mark.parametrize("top, exp, msg", [
-    ("meta_evaluation = 1", "", "true or false"),
-    ("", "meta_evaluation = \"yes\"", "true or false"),
-    ("meta_perturbations = 0", "", "positive integer"),
-    ("meta_minor_std = 0", "", "positive number"),
-    ("meta_disruptive_std = -1.0", "", "positive number"),
-    ("meta_evalution = true", "", "Did you mean 'meta_evaluation'"),
-])
+@pytest.mark.parametrize(
+    "top, exp, msg",
+    [
+        ("meta_evaluation = 1", "", "true or false"),
+        ("", 'meta_evaluation = "yes"', "true or false"),
+        ("meta_perturbations = 0", "", "positive integer"),
+        ("meta_minor_std = 0", "", "positive number"),
+        ("meta_disruptive_std = -1.0", "", "positive number"),
+        ("meta_evalution = true", "", "Did you mean 'meta_evaluation'"),
+    ],
+)
 def test_suite_key_errors(top, exp, msg):
     with pytest.raises(SuiteError, match=msg):
         _suite(top, exp)
@@ -177,8 +182,7 @@ def test_suite_key_errors(top, exp, msg):
 @pytest.fixture(scope="module")
 def meta_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("meta")
-    res = run_suite(load_suite(SUITES / "meta.toml"), out, quiet=True,
-                    report=partial(write_report, plots=False))
+    res = run_suite(load_suite(SUITES / "meta.toml"), out, quiet=True, report=partial(write_report, plots=False))
     return out, res
 
 
@@ -225,13 +229,19 @@ def test_meta_rows_do_not_change_the_unperturbed_scores(meta_run):
     want = r_on[r_on["image_id"].isin(r_off.scores["image_id"]) & (r_on["model"] == "fake_cnn")]
     got = r_off.scores.sort_values(["method", "metric", "image_id"]).reset_index(drop=True)
     want = want.sort_values(["method", "metric", "image_id"]).reset_index(drop=True)
-    pd.testing.assert_frame_equal(got[["method", "metric", "image_id", "value", "status"]],
-                                  want[["method", "metric", "image_id", "value", "status"]])
+    pd.testing.assert_frame_equal(
+        got[["method", "metric", "image_id", "value", "status"]],
+        want[["method", "metric", "image_id", "value", "status"]],
+    )
 
 
 def test_card_without_meta_keeps_its_columns(tmp_path):
-    res = run_suite(parse_suite(BASE.format(top="", exp=""), path=str(SUITES / "x.toml")), tmp_path, quiet=True,
-                    report=partial(write_report, plots=False))
+    res = run_suite(
+        parse_suite(BASE.format(top="", exp=""), path=str(SUITES / "x.toml")),
+        tmp_path,
+        quiet=True,
+        report=partial(write_report, plots=False),
+    )
     assert list(pd.read_csv(tmp_path / "metric_card.csv").columns) == CARD_COLUMNS
     assert not (tmp_path / "perturbed").exists() and Store(tmp_path, res.plan.hash).load_perturbed().empty
 
@@ -247,8 +257,7 @@ def test_resume_and_loky_give_the_same_meta_rows(meta_run, tmp_path):
     store = Store(copy, res.plan.hash)
     store.part_path(key).unlink()
     store.perturbed_path(key).unlink()
-    again = run_suite(load_suite(SUITES / "meta.toml"), copy, quiet=True,
-                      report=partial(write_report, plots=False))
+    again = run_suite(load_suite(SUITES / "meta.toml"), copy, quiet=True, report=partial(write_report, plots=False))
     assert again.ran == [key]
     pd.testing.assert_frame_equal(Store(copy, res.plan.hash).load_perturbed(), ref)
     pd.testing.assert_frame_equal(pd.read_csv(copy / "metric_card.csv"), card)

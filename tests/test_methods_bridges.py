@@ -38,8 +38,13 @@ class SmallCNN(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                                      nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU())
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.Conv2d(8, 8, 3, stride=2, padding=1),
+            nn.ReLU(),
+        )
         self.fc = nn.Linear(8, 5)
 
     def forward(self, x):
@@ -129,8 +134,14 @@ def test_pgc_on_resnet18_equals_pytorch_grad_cam_and_the_builtin(name: str) -> N
     model, layer, x, t = _resnet18()
     ours = methods.explain(model, layer, x, t, [f"pgc/{name}"])[f"pgc/{name}"]
     _assert_close_maps(ours, _pgc_direct(getattr(pgc, name), model, layer, x, t))
-    builtin = {"GradCAM": "gradcam", "GradCAMPlusPlus": "gradcampp", "XGradCAM": "xgradcam", "LayerCAM": "layercam",
-               "HiResCAM": "hirescam", "EigenCAM": "eigencam"}[name]
+    builtin = {
+        "GradCAM": "gradcam",
+        "GradCAMPlusPlus": "gradcampp",
+        "XGradCAM": "xgradcam",
+        "LayerCAM": "layercam",
+        "HiResCAM": "hirescam",
+        "EigenCAM": "eigencam",
+    }[name]
     _assert_close_maps(ours, methods.explain(model, layer, x, t, [builtin])[builtin])
 
 
@@ -256,8 +267,12 @@ class NaNCAM(BaseCAM):
 def test_from_pytorch_grad_cam_registers_checks_and_equals_the_class() -> None:
     fn = from_pytorch_grad_cam("posgradcam", PositiveGradCAM, power=1.0, paper="tests")
     e = METHODS.entry("posgradcam")
-    assert e.obj is fn and e.family == "gradient" and e.relu and e.defaults == {
-        "aug_smooth": False, "eigen_smooth": False, "power": 1.0}
+    assert (
+        e.obj is fn
+        and e.family == "gradient"
+        and e.relu
+        and e.defaults == {"aug_smooth": False, "eigen_smooth": False, "power": 1.0}
+    )
     model, layer, x, t = _small()
     for power in (1.0, 2.0):
         ours = methods.explain(model, layer, x, t, ["posgradcam"], params={"posgradcam": {"power": power}})

@@ -338,8 +338,10 @@ def _score_formula(model, layer, x, targets, scales, noises):
                 ak = a[b, k]
                 m = (ak - ak.min()) / (ak.max() - ak.min() + 1e-8)
                 m = F.interpolate(m[None, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
-                s = [model((sc * m + nz[k]) * x[b : b + 1])[0, targets[b]] - base
-                     for sc, nz in zip(scales, noises, strict=True)]
+                s = [
+                    model((sc * m + nz[k]) * x[b : b + 1])[0, targets[b]] - base
+                    for sc, nz in zip(scales, noises, strict=True)
+                ]
                 w.append(torch.stack(s).mean())
             w = torch.stack(w).softmax(0)
             out.append(torch.einsum("c,chw->hw", w, a[b]))
@@ -351,8 +353,9 @@ def test_sscam_and_iscam_match_the_paper_formulas() -> None:
     x, t = _images(2, 8), [0, 2]
     ctx = _context(model, "1", x, torch.tensor(t), seed=3)
     noises = [sscam_noise(ctx, i, (4, 8, 8), 0.5) for i in range(3)]
-    ss = methods.explain(model, "1", x, t, ["sscam"], params={"sscam": {"n_samples": 3, "std": 0.5}},
-                         seed=3, details=True)["sscam"].raw
+    ss = methods.explain(
+        model, "1", x, t, ["sscam"], params={"sscam": {"n_samples": 3, "std": 0.5}}, seed=3, details=True
+    )["sscam"].raw
     torch.testing.assert_close(ss, _score_formula(model, "1", x, t, [1.0] * 3, noises), rtol=1e-4, atol=1e-6)
     scales = iscam_coefficients(4).tolist()
     assert scales == pytest.approx([0.25, 0.75, 1.5, 2.5])  # s_i = sum_{j<=i} j / N

@@ -143,7 +143,11 @@ def test_gradcampp_alpha_norm_changes_weights() -> None:
 def test_smooth_gradcampp_with_zero_noise_equals_gradcampp() -> None:
     model, x = _net(SpatialNet), _x()
     out = methods.explain(
-        model, "features", x, [0, 1, 2, 0], ["gradcampp", "smoothgradcampp"],
+        model,
+        "features",
+        x,
+        [0, 1, 2, 0],
+        ["gradcampp", "smoothgradcampp"],
         params={"smoothgradcampp": {"std": 0.0}},
     )
     torch.testing.assert_close(out["smoothgradcampp"], out["gradcampp"])
@@ -267,8 +271,12 @@ def test_cluster_channels_rules() -> None:
     base = rng.normal(size=(2, 16))
     # 12 channels: 3 large-norm ones, then two tight groups of 4 and one outlier + 1 more.
     feats = np.concatenate(
-        [10 * rng.normal(size=(3, 16)), base[0] + 0.01 * rng.normal(size=(4, 16)),
-         base[1] + 0.01 * rng.normal(size=(4, 16)), 3 * rng.normal(size=(1, 16))]
+        [
+            10 * rng.normal(size=(3, 16)),
+            base[0] + 0.01 * rng.normal(size=(4, 16)),
+            base[1] + 0.01 * rng.normal(size=(4, 16)),
+            3 * rng.normal(size=(1, 16)),
+        ]
     )
     labels = cluster_channels(feats)
     norms = np.linalg.norm(feats, axis=1)
@@ -312,8 +320,10 @@ def test_cluster_filter_identity_at_sigma_zero() -> None:
 # -- contract ---------------------------------------------------------------------------------------
 # Built-ins only (test plugins such as tests/runner_fakes.py register extra methods in the same process).
 ALL = [
-    n for n in methods.list_methods()
-    if n != "oracle" and methods.METHODS.get(n).__module__.startswith("benchmark.")
+    n
+    for n in methods.list_methods()
+    if n != "oracle"
+    and methods.METHODS.get(n).__module__.startswith("benchmark.")
     and methods.is_applicable(n, GapNet())
 ]
 
@@ -339,8 +349,21 @@ def test_contract_shape_range_and_batch_consistency(dtype) -> None:
 
 def test_registry_keys() -> None:
     expected = {
-        "cam", "gradcam", "gradcampp", "smoothgradcampp", "xgradcam", "hirescam", "layercam", "scorecam",
-        "ablationcam", "eigencam", "eigengradcam", "cfcam", "random", "center", "oracle",
+        "cam",
+        "gradcam",
+        "gradcampp",
+        "smoothgradcampp",
+        "xgradcam",
+        "hirescam",
+        "layercam",
+        "scorecam",
+        "ablationcam",
+        "eigencam",
+        "eigengradcam",
+        "cfcam",
+        "random",
+        "center",
+        "oracle",
     }
     assert expected <= set(methods.list_methods())
 
@@ -470,8 +493,9 @@ def test_random_draws_are_made_on_the_cpu_and_do_not_depend_on_the_device() -> N
     assert ctx.generator(5).device.type == "cpu"
     want = torch.rand((2, 4), generator=torch.Generator().manual_seed(3 * 1_000_003 + 5))
     torch.testing.assert_close(ctx.rand((2, 4), salt=5), want)
-    ctx_meta = ExplainContext(model=GapNet().eval(), layer=None, images=torch.zeros(2, 3, 8, 8, device="meta"),
-                              targets=torch.zeros(2), seed=3)
+    ctx_meta = ExplainContext(
+        model=GapNet().eval(), layer=None, images=torch.zeros(2, 3, 8, 8, device="meta"), targets=torch.zeros(2), seed=3
+    )
     assert ctx_meta.randn((2, 4), salt=5).device.type == "meta"
 
 
@@ -510,8 +534,9 @@ def test_oracle_uses_masks() -> None:
     model, x = _net(), _x(2)
     masks = torch.zeros(2, 16, 16, dtype=torch.bool)
     masks[:, 4:8, 4:8] = True
-    out = methods.explain(model, "features", x, 0, ["oracle"], masks=masks,
-                          params={"oracle": {"mask_dilation": 0}})["oracle"]
+    out = methods.explain(model, "features", x, 0, ["oracle"], masks=masks, params={"oracle": {"mask_dilation": 0}})[
+        "oracle"
+    ]
     torch.testing.assert_close(out, masks.float())
     # default rim (mask_dilation=8 px): the mask keeps 1, the rim gets values in (0, 0.01] decreasing outwards
     rim = methods.explain(model, "features", x, 0, ["oracle"], masks=masks)["oracle"]
@@ -525,8 +550,10 @@ def test_oracle_uses_masks() -> None:
 def test_one_capture_serves_every_gradient_method() -> None:
     model = _net()
     forwards, backwards = [], []
-    hooks = [model.register_forward_hook(lambda *a: forwards.append(1)),
-             model.register_full_backward_hook(lambda *a: backwards.append(1))]
+    hooks = [
+        model.register_forward_hook(lambda *a: forwards.append(1)),
+        model.register_full_backward_hook(lambda *a: backwards.append(1)),
+    ]
     names = ["cam", "gradcam", "gradcampp", "xgradcam", "hirescam", "layercam", "eigencam", "eigengradcam", "cfcam"]
     try:
         out = methods.explain(model, "features", _x(), 0, names)

@@ -13,8 +13,13 @@ from benchmark.types import Batch
 def _setup():
     torch.manual_seed(0)
     model = nn.Sequential(
-        nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3),
+        nn.Conv2d(3, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(6, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 3),
     ).eval()
     x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     batch = Batch(images=x, targets=torch.tensor([0, 1]), ids=["a", "b"])
@@ -35,8 +40,12 @@ def test_paired_metrics_share_their_explanations() -> None:
         ("gradient_noise_stability", "gradient_noise_mse"),
         ("model_randomization", "model_randomization_ssim"),
     ]
-    params = {"max_sensitivity": {"n_samples": 3}, "avg_sensitivity": {"n_samples": 3},
-              "model_randomization": {"max_layers": 2}, "model_randomization_ssim": {"max_layers": 2}}
+    params = {
+        "max_sensitivity": {"n_samples": 3},
+        "avg_sensitivity": {"n_samples": 3},
+        "model_randomization": {"max_layers": 2},
+        "model_randomization_ssim": {"max_layers": 2},
+    }
     for first, second in pairs:
         ctx, calls = _setup()
         one = compute_metrics(ctx, [first], params)

@@ -73,8 +73,17 @@ def test_deletion_curve_equals_quantus_pixel_flipping(softmax):
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        q = np.array(metric(model=model, x_batch=x.numpy(), y_batch=t.numpy(), a_batch=sal[:, None].numpy(),
-                            device="cpu", softmax=softmax, channel_first=True))
+        q = np.array(
+            metric(
+                model=model,
+                x_batch=x.numpy(),
+                y_batch=t.numpy(),
+                a_batch=sal[:, None].numpy(),
+                device="cpu",
+                softmax=softmax,
+                channel_first=True,
+            )
+        )
     _, curve = deletion_auc(model, x, t, sal, step=4, score="prob" if softmax else "logit", return_curve=True)
     assert curve.shape == (3, 37) and q.shape == (3, 36)  # Quantus omits the unperturbed start
     np.testing.assert_allclose(curve[:, 1:].numpy(), q, rtol=1e-5, atol=1e-6)
@@ -89,8 +98,17 @@ def test_patch_curves_equal_quantus_region_perturbation():
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        q = np.array(metric(model=model, x_batch=x.numpy(), y_batch=t.numpy(), a_batch=sal[:, None].numpy(),
-                            device="cpu", softmax=True, channel_first=True))
+        q = np.array(
+            metric(
+                model=model,
+                x_batch=x.numpy(),
+                y_batch=t.numpy(),
+                a_batch=sal[:, None].numpy(),
+                device="cpu",
+                softmax=True,
+                channel_first=True,
+            )
+        )
     curve = perturbation_curves(model, x, patch_order(sal, 4), torch.zeros(1, 3, 16, 16), torch.arange(11) * 16, t)
     np.testing.assert_allclose((curve[:, :1] - curve[:, 1:]).numpy(), q, rtol=1e-5, atol=1e-6)
 
@@ -118,8 +136,9 @@ def test_road_imputation_equals_pgc_with_identical_seeds(percentile, order):
         ours = noisy_linear_impute(x[i], removed, noise=0.01, generator=torch.Generator().manual_seed(123))
         torch.testing.assert_close(ours, ref, rtol=0, atol=1e-6)
         # the batched conjugate-gradient imputer: same noise, the solve within its 1e-4 tolerance
-        ours_cg = noisy_linear_impute(x[i], removed, noise=0.01, generator=torch.Generator().manual_seed(123),
-                                      imputer="cg")
+        ours_cg = noisy_linear_impute(
+            x[i], removed, noise=0.01, generator=torch.Generator().manual_seed(123), imputer="cg"
+        )
         torch.testing.assert_close(ours_cg, ref, rtol=0, atol=1e-4)
 
 
@@ -140,14 +159,21 @@ def test_road_scores_equal_pgc_average_over_percentiles(order):
     cls = RemoveMostRelevantFirst if order == "morf" else RemoveLeastRelevantFirst
     kept = [20, 50, 80]
     averager = AveragerAcrossThresholds(
-        lambda p: (
-            lambda *a: PerturbationConfidenceMetric(cls(p, NoisyLinearImputer(noise=0.0)))(*a, return_diff=False)
-        ),
+        lambda p: lambda *a: PerturbationConfidenceMetric(cls(p, NoisyLinearImputer(noise=0.0)))(*a, return_diff=False),
         kept,
     )
     ref = averager(x, sal.numpy(), [ClassifierOutputSoftmaxTarget(int(c)) for c in t], model)
-    value, curve = road(model, x, t, sal, percentages=[1 - p / 100 for p in kept], order=order, noise=0.0,
-                        count_rule="percentile", return_curve=True)
+    value, curve = road(
+        model,
+        x,
+        t,
+        sal,
+        percentages=[1 - p / 100 for p in kept],
+        order=order,
+        noise=0.0,
+        count_rule="percentile",
+        return_curve=True,
+    )
     assert curve.shape == (2, 3)
     np.testing.assert_allclose(value.numpy(), ref, rtol=1e-5, atol=1e-6)
 
@@ -185,9 +211,7 @@ def test_average_drop_paper_formula_by_hand():
     torch.testing.assert_close(e, expect)
     with torch.no_grad():
         o2 = torch.softmax(model(e), 1)[torch.arange(4), t]
-    torch.testing.assert_close(
-        average_drop(model, x, t, sal, variant="cfcam", mean=mean, std=std), (y - o2) / y
-    )
+    torch.testing.assert_close(average_drop(model, x, t, sal, variant="cfcam", mean=mean, std=std), (y - o2) / y)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -294,11 +318,20 @@ def test_batch_results_equal_per_image_results():
     # ROAD noise is keyed per image: with stable keys a batch equals its images run one by one
     keys = torch.tensor([11, 22, 33])
     batch = road(model, x, t, sal, percentages=[0.2, 0.7], seed=3, noise_keys=keys)
-    single = torch.cat([
-        road(model, x[i : i + 1], t[i : i + 1], sal[i : i + 1], percentages=[0.2, 0.7], seed=3,
-             noise_keys=keys[i : i + 1])
-        for i in range(3)
-    ])
+    single = torch.cat(
+        [
+            road(
+                model,
+                x[i : i + 1],
+                t[i : i + 1],
+                sal[i : i + 1],
+                percentages=[0.2, 0.7],
+                seed=3,
+                noise_keys=keys[i : i + 1],
+            )
+            for i in range(3)
+        ]
+    )
     torch.testing.assert_close(batch, single, rtol=1e-5, atol=1e-6)
     assert not torch.equal(batch, road(model, x, t, sal, percentages=[0.2, 0.7], seed=3))  # keys matter
 
@@ -335,14 +368,20 @@ def _ctx(seed: int = 13, methods=("gradcam", "random", "center")):
     x, _, t = data(seed, b=2, h=10, w=10)
     g = torch.Generator().manual_seed(seed)
     sal = {m: torch.rand(2, 10, 10, generator=g) for m in methods}
-    return MetricContext(model=tiny_cnn(8), batch=Batch(images=x, targets=t, ids=["a", "b"]), saliency=sal,
-                         batch_size=5, seed=4)
+    return MetricContext(
+        model=tiny_cnn(8), batch=Batch(images=x, targets=t, ids=["a", "b"]), saliency=sal, batch_size=5, seed=4
+    )
 
 
 def test_registry_entries_metadata():
     expect = {
-        "deletion_auc": False, "insertion_auc": True, "average_drop": False,
-        "increase_in_confidence": True, "road_morf": False, "road_lerf": True, "road_combined": True,
+        "deletion_auc": False,
+        "insertion_auc": True,
+        "average_drop": False,
+        "increase_in_confidence": True,
+        "road_morf": False,
+        "road_lerf": True,
+        "road_combined": True,
     }
     for name, hib in expect.items():
         e = METRICS.entry(name)
@@ -355,8 +394,10 @@ def test_registry_entries_metadata():
 def test_stacked_methods_equal_methods_run_separately():
     ctx = _ctx()
     params = {
-        "deletion_auc": {"step": 9}, "insertion_auc": {"n_steps": 8},
-        "road_morf": {"percentages": (0.2, 0.5)}, "road_lerf": {"percentages": (0.2, 0.5)},
+        "deletion_auc": {"step": 9},
+        "insertion_auc": {"n_steps": 8},
+        "road_morf": {"percentages": (0.2, 0.5)},
+        "road_lerf": {"percentages": (0.2, 0.5)},
         "road_combined": {"percentages": (0.2, 0.5)},
     }
     names = list(params) + ["average_drop", "increase_in_confidence"]
@@ -376,8 +417,9 @@ def test_stacked_methods_equal_methods_run_separately():
     torch.testing.assert_close(together["deletion_auc"]["gradcam"], deletion_auc(ctx.model, x, t, sal, step=9))
     torch.testing.assert_close(together["insertion_auc"]["gradcam"], insertion_auc(ctx.model, x, t, sal, n_steps=8))
     keys = torch.tensor([zlib.crc32(i.encode()) for i in ctx.batch.ids])
-    torch.testing.assert_close(together["road_morf"]["gradcam"],
-                               road(ctx.model, x, t, sal, percentages=(0.2, 0.5), seed=4, noise_keys=keys))
+    torch.testing.assert_close(
+        together["road_morf"]["gradcam"], road(ctx.model, x, t, sal, percentages=(0.2, 0.5), seed=4, noise_keys=keys)
+    )
     # ROAD noise follows the image id, not the batch position: a reordered batch gives reordered values
     flipped = _ctx()
     flipped.batch = flipped.batch.select([1, 0])

@@ -1,6 +1,5 @@
 """Localization metrics: Quantus / wsolevaluation / cv2 / sklearn parity, known answers, invariants."""
 
-
 import cv2  # test-only (opencv-python, a pytorch-grad-cam dependency)
 import numpy as np
 import pytest
@@ -41,7 +40,10 @@ def test_pointing_game_tolerance0_equals_quantus():
     ours = L.pointing_game(sal, masks, tolerance=0).numpy()
     x = rng.random((12, 1, 16, 16)).astype(np.float32)
     ref = quantus.PointingGame(disable_warnings=True)(
-        model=None, x_batch=x, y_batch=np.zeros(12, int), a_batch=sal[:, None].numpy(),
+        model=None,
+        x_batch=x,
+        y_batch=np.zeros(12, int),
+        a_batch=sal[:, None].numpy(),
         s_batch=masks[:, None].numpy().astype(np.float32),
     )
     ref = np.asarray(ref, dtype=np.float32)
@@ -117,8 +119,11 @@ def test_energy_pointing_game_equals_quantus_attribution_localisation():
     masks = rect_mask(8, 16, 16, rng)
     ours = L.energy_pointing_game(sal, masks).numpy()
     ref = quantus.AttributionLocalisation(disable_warnings=True)(
-        model=None, x_batch=rng.random((8, 1, 16, 16)).astype(np.float32), y_batch=np.zeros(8, int),
-        a_batch=sal[:, None].numpy(), s_batch=masks[:, None].numpy().astype(np.float32),
+        model=None,
+        x_batch=rng.random((8, 1, 16, 16)).astype(np.float32),
+        y_batch=np.zeros(8, int),
+        a_batch=sal[:, None].numpy(),
+        s_batch=masks[:, None].numpy().astype(np.float32),
     )
     np.testing.assert_allclose(ours, np.asarray(ref), rtol=1e-5)
 
@@ -147,9 +152,11 @@ def wsol_best_ious(scoremap, gt, taus):
     for t in taus:
         _, th = cv2.threshold(sm, int(t * np.max(sm)), 255, cv2.THRESH_BINARY)
         cs = cv2.findContours(th, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[0]
-        boxes = [[0, 0, 0, 0]] if len(cs) == 0 else [
-            [x, y, min(x + bw, w - 1), min(y + bh, h - 1)] for x, y, bw, bh in map(cv2.boundingRect, cs)
-        ]
+        boxes = (
+            [[0, 0, 0, 0]]
+            if len(cs) == 0
+            else [[x, y, min(x + bw, w - 1), min(y + bh, h - 1)] for x, y, bw, bh in map(cv2.boundingRect, cs)]
+        )
         out.append(float(L.box_iou_matrix(torch.tensor(boxes), gt).max()))
     return np.array(out)
 
@@ -165,7 +172,7 @@ def test_box_best_ious_match_wsolevaluation_with_cv2():
     total, per = L.max_box_acc_v2(rows)
     expect = {d: max((rows >= d / 100).double().mean(0)).item() for d in (30, 50, 70)}
     assert per == pytest.approx(expect) and total == pytest.approx(np.mean(list(expect.values())))
-    assert (L.max_box_acc_per_image(rows).mean() >= total - 1e-6)  # per-image best threshold is optimistic
+    assert L.max_box_acc_per_image(rows).mean() >= total - 1e-6  # per-image best threshold is optimistic
 
 
 def test_pxap_equals_sklearn_average_precision_on_grid_values():
@@ -230,12 +237,24 @@ def test_registry_entries_score_every_method():
     for i, (y0, x0, y1, x1) in enumerate([(1, 2, 10, 12), (5, 5, 15, 14), (0, 0, 9, 9)]):
         masks[i, y0:y1, x0:x1] = True
     edges = masks_to_boxes(masks) + torch.tensor([0.0, 0.0, 1.0, 1.0])  # the datasets' pixel-edge boxes
-    batch = Batch(images=torch.zeros(3, 3, 16, 16), targets=torch.zeros(3, dtype=torch.long),
-                  ids=["a", "b", "c"], masks=masks, boxes=[b[None] for b in edges])
+    batch = Batch(
+        images=torch.zeros(3, 3, 16, 16),
+        targets=torch.zeros(3, dtype=torch.long),
+        ids=["a", "b", "c"],
+        masks=masks,
+        boxes=[b[None] for b in edges],
+    )
     sal = {"oracle": masks.float(), "center": torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(0))}
     ctx = M.MetricContext(model=torch.nn.Identity(), batch=batch, saliency=sal)
-    names = ["pointing_game", "energy_pointing_game", "energy_pointing_game_mask", "box_iou",
-             "max_box_acc", "mask_iou", "pxap"]
+    names = [
+        "pointing_game",
+        "energy_pointing_game",
+        "energy_pointing_game_mask",
+        "box_iou",
+        "max_box_acc",
+        "mask_iou",
+        "pxap",
+    ]
     res = M.compute_metrics(ctx, names)
     assert set(res) == set(names)
     dataset_level = {"max_box_acc": 100, "pxap": 2 * 102}  # per-image statistics [B, S]

@@ -1,6 +1,5 @@
 """Robustness and cost metrics: Quantus parity (Max/Avg-Sensitivity), skimage SSIM parity, invariants."""
 
-
 import numpy as np
 import pytest
 import torch
@@ -51,16 +50,23 @@ def quantus_run(metric_cls, setup, radius, n):
         t = torch.as_tensor(np.asarray(targets), dtype=torch.long)
         return explain(x, t, ["gradcam"])["gradcam"][:, None].numpy()
 
-    metric = metric_cls(nr_samples=n, lower_bound=radius, perturb_func=perturb, disable_warnings=True,
-                        return_nan_when_prediction_changes=False)
-    out = metric(model=model, x_batch=images.numpy(), y_batch=targets.numpy(), explain_func=qexplain,
-                 batch_size=64, device="cpu")
+    metric = metric_cls(
+        nr_samples=n,
+        lower_bound=radius,
+        perturb_func=perturb,
+        disable_warnings=True,
+        return_nan_when_prediction_changes=False,
+    )
+    out = metric(
+        model=model, x_batch=images.numpy(), y_batch=targets.numpy(), explain_func=qexplain, batch_size=64, device="cpu"
+    )
     assert len(calls) == n
     return np.asarray(out, dtype=np.float64)
 
 
-@pytest.mark.parametrize("ours,theirs", [(R.max_sensitivity, quantus.MaxSensitivity),
-                                         (R.avg_sensitivity, quantus.AvgSensitivity)])
+@pytest.mark.parametrize(
+    "ours,theirs", [(R.max_sensitivity, quantus.MaxSensitivity), (R.avg_sensitivity, quantus.AvgSensitivity)]
+)
 def test_sensitivity_equals_quantus(setup, ours, theirs):
     model, images, targets, explain = setup
     got = ours(explain, images, targets, ["gradcam"], radius=0.2, n_samples=3, seed=3, batch_size=5)
@@ -74,8 +80,9 @@ def test_sensitivity_batching_and_baselines(setup):
     names = ["gradcam", "layercam", "center"]
     whole = R.max_sensitivity(explain, images, targets, names, n_samples=2, seed=5, batch_size=64)
     chunked = R.max_sensitivity(explain, images, targets, names, n_samples=2, seed=5, batch_size=3)
-    single = [R.max_sensitivity(explain, images[i:i + 1], targets[i:i + 1], names, n_samples=2, seed=5)
-              for i in range(4)]
+    single = [
+        R.max_sensitivity(explain, images[i : i + 1], targets[i : i + 1], names, n_samples=2, seed=5) for i in range(4)
+    ]
     for n in names:
         torch.testing.assert_close(whole[n], chunked[n], rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(whole[n], torch.cat([s[n] for s in single]), rtol=1e-5, atol=1e-6)
@@ -114,8 +121,16 @@ def test_ssim_equals_skimage():
     a, b = torch.rand(3, 20, 24, generator=g), torch.rand(3, 20, 24, generator=g)
     b[1] = a[1]
     ours = R.ssim(a, b).numpy()
-    ref = [structural_similarity(a[i].numpy().astype(np.float64), b[i].numpy().astype(np.float64),
-                                 data_range=1.0, win_size=7, gaussian_weights=False) for i in range(3)]
+    ref = [
+        structural_similarity(
+            a[i].numpy().astype(np.float64),
+            b[i].numpy().astype(np.float64),
+            data_range=1.0,
+            win_size=7,
+            gaussian_weights=False,
+        )
+        for i in range(3)
+    ]
     np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-6)
     assert ours[1] == pytest.approx(1.0)
 
@@ -161,15 +176,23 @@ def make_ctx(setup, names):
     sal = explain_fn(model, images, targets, names)
     batch = Batch(images=images, targets=targets, ids=[str(i) for i in range(4)])
     meta = {n: methods.METHODS.entry(n).meta for n in sal}  # what the runner passes (family, needs_gradients)
-    return M.MetricContext(model=model, batch=batch, saliency=sal, explain=explain_fn, seed=0, batch_size=8,
-                           method_meta=meta)
+    return M.MetricContext(
+        model=model, batch=batch, saliency=sal, explain=explain_fn, seed=0, batch_size=8, method_meta=meta
+    )
 
 
 def test_registry_robustness_and_cost(setup):
     names = ["gradcam", "center", "random", "scorecam"]
     ctx = make_ctx(setup, names)
-    metrics = ["max_sensitivity", "avg_sensitivity", "local_lipschitz", "gradient_noise_stability",
-               "gradient_noise_mse", "latency_ms", "peak_memory_mb"]
+    metrics = [
+        "max_sensitivity",
+        "avg_sensitivity",
+        "local_lipschitz",
+        "gradient_noise_stability",
+        "gradient_noise_mse",
+        "latency_ms",
+        "peak_memory_mb",
+    ]
     params = {m: {"n_samples": 2} for m in metrics[:3]}
     params["latency_ms"] = {"warmup": 0, "repeats": 1}
     res = M.compute_metrics(ctx, metrics, params)
@@ -178,8 +201,15 @@ def test_registry_robustness_and_cost(setup):
     assert torch.all(res["max_sensitivity"]["gradcam"] > 0)
     assert torch.all(res["max_sensitivity"]["random"] == 0)  # seeded, input-independent map
     assert torch.all(res["gradient_noise_stability"]["scorecam"] == 1)  # reads no gradient
-    direct = R.max_sensitivity(lambda *a, **k: ctx.explain(ctx.model, *a, **k), ctx.batch.images,
-                               ctx.batch.targets, ["gradcam"], n_samples=2, seed=0, reference=ctx.saliency)
+    direct = R.max_sensitivity(
+        lambda *a, **k: ctx.explain(ctx.model, *a, **k),
+        ctx.batch.images,
+        ctx.batch.targets,
+        ["gradcam"],
+        n_samples=2,
+        seed=0,
+        reference=ctx.saliency,
+    )
     torch.testing.assert_close(res["max_sensitivity"]["gradcam"], direct["gradcam"])
     lat = res["latency_ms"]["scorecam"]
     assert torch.all(lat > 0) and torch.all(lat == lat[0])
@@ -197,6 +227,7 @@ def test_latency_counts_calls_and_divides_by_batch(setup):
     def slow(model, images, targets, names):
         calls.append(names)
         import time
+
         time.sleep(0.02)
         return {}
 

@@ -56,8 +56,9 @@ def test_mprt_equals_quantus(data):
         return explain_fn(model, x, t, ["gradcam"])["gradcam"][:, None].numpy()
 
     q = quantus.MPRT(disable_warnings=True, seed=42)
-    layers = q(model=model, x_batch=images.numpy(), y_batch=targets.numpy(), explain_func=qexplain,
-               batch_size=64, device="cpu")
+    layers = q(
+        model=model, x_batch=images.numpy(), y_batch=targets.numpy(), explain_func=qexplain, batch_size=64, device="cpu"
+    )
     # Quantus MPRT reports the signed Spearman rho: cambench's option signed=True
     per = S.model_randomization(model, explain_fn, images, targets, ["gradcam"], per_layer=True, signed=True)["gradcam"]
     names = S.randomizable_layers(model)
@@ -69,7 +70,8 @@ def test_mprt_equals_quantus(data):
     absolute = S.model_randomization(model, explain_fn, images, targets, ["gradcam"])["gradcam"]  # the default
     torch.testing.assert_close(absolute, last.abs(), equal_nan=True)
     ql = quantus.MPRT(disable_warnings=True, return_last_correlation=True)(
-        model=model, x_batch=images.numpy(), y_batch=targets.numpy(), explain_func=qexplain, device="cpu")
+        model=model, x_batch=images.numpy(), y_batch=targets.numpy(), explain_func=qexplain, device="cpu"
+    )
     np.testing.assert_allclose(last.numpy(), np.asarray(ql, dtype=np.float32), rtol=1e-4, atol=1e-5)
 
 
@@ -98,8 +100,9 @@ def test_model_untouched_center_stays_gradcam_drops(data):
     torch.testing.assert_close(one, full[1:2])
     top = S.model_randomization(model, explain_fn, images, targets, ["gradcam"], max_layers=1, per_layer=True)
     assert top["gradcam"].shape == (1, 4)
-    indep = S.model_randomization(model, explain_fn, images, targets, ["gradcam"], layer_order="independent",
-                                  per_layer=True)["gradcam"]
+    indep = S.model_randomization(
+        model, explain_fn, images, targets, ["gradcam"], layer_order="independent", per_layer=True
+    )["gradcam"]
     assert indep.shape == (len(S.randomizable_layers(model)), 4)
     with pytest.raises(ValueError, match="per_layer=True"):
         S.model_randomization(model, explain_fn, images, targets, ["gradcam"], layer_order="independent")
@@ -133,9 +136,9 @@ def test_randomized_weights_do_not_depend_on_memory_format(monkeypatch):
     channels_last conv drew other weights (seen on CUDA with torch 2.11). The patch restores that reset."""
 
     def in_place_reset(self):
-        nn.init.kaiming_uniform_(self.weight, a=5 ** 0.5)
+        nn.init.kaiming_uniform_(self.weight, a=5**0.5)
         fan_in, _ = nn.init._calculate_fan_in_and_fan_out(self.weight)
-        nn.init.uniform_(self.bias, -(fan_in ** -0.5), fan_in ** -0.5)
+        nn.init.uniform_(self.bias, -(fan_in**-0.5), fan_in**-0.5)
 
     monkeypatch.setattr(nn.Conv2d, "reset_parameters", in_place_reset)
     torch.manual_seed(0)

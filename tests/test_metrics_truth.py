@@ -44,8 +44,9 @@ def test_functional_known_answers() -> None:
     assert m.tolist() == [[[True, False], [False, True]]]
     m = F.top_k_mask(torch.ones(1, 2, 2), torch.tensor([3]))
     assert m.flatten().tolist() == [True, True, True, False]
-    ratio = F.intervention_ratio(torch.tensor([0.9, 0.9, 0.9, 0.9]), torch.tensor([0.5, 0.9, 0.0, 0.2]),
-                                 torch.tensor([0.1, 0.1, 0.5, 0.85]))
+    ratio = F.intervention_ratio(
+        torch.tensor([0.9, 0.9, 0.9, 0.9]), torch.tensor([0.5, 0.9, 0.0, 0.2]), torch.tensor([0.1, 0.1, 0.5, 0.85])
+    )
     assert ratio[:3].tolist() == pytest.approx([0.5, 0.0, 1.0]) and math.isnan(ratio[3].item())
     a = torch.zeros(1, 2, 2)
     a[0, 0, 0] = 1
@@ -67,8 +68,9 @@ def shortcut():  # type: ignore[no-untyped-def]
 def _ctx(h, batch, maps):  # type: ignore[no-untyped-def]
     def explain_fn(model, images, targets, names, *, gradient_noise=None):  # type: ignore[no-untyped-def]
         masks = batch.masks if images.shape[0] == batch.masks.shape[0] else None
-        return M.explain(model, h.target_layer, images, targets, [n for n in names if n in M.METHODS.list()],
-                         masks=masks)
+        return M.explain(
+            model, h.target_layer, images, targets, [n for n in names if n in M.METHODS.list()], masks=masks
+        )
 
     return MetricContext(model=h.model, batch=batch, saliency=maps, explain=explain_fn, batch_size=64)
 
@@ -76,10 +78,19 @@ def _ctx(h, batch, maps):  # type: ignore[no-untyped-def]
 def test_oracle_is_one_and_the_object_is_zero_on_the_shortcut_model(shortcut) -> None:  # type: ignore[no-untyped-def]
     h, ds, batch, objects = shortcut
     assert torch.equal(batch.masks, batch.extras["truth_mask"])  # oracle = the mark on shapes_shortcut
-    maps = {"oracle": M.explain(h.model, h.target_layer, batch.images, batch.targets, ["oracle"],
-                                masks=batch.masks, params={"oracle": {"mask_dilation": 0}})["oracle"],
-            "object": objects.float(),
-            "random": torch.rand(objects.shape, generator=torch.Generator().manual_seed(0))}
+    maps = {
+        "oracle": M.explain(
+            h.model,
+            h.target_layer,
+            batch.images,
+            batch.targets,
+            ["oracle"],
+            masks=batch.masks,
+            params={"oracle": {"mask_dilation": 0}},
+        )["oracle"],
+        "object": objects.float(),
+        "random": torch.rand(objects.shape, generator=torch.Generator().manual_seed(0)),
+    }
     ctx = _ctx(h, batch, maps)
     out = compute_metrics(ctx, ["shortcut_pointing", "shortcut_energy", "shortcut_intervention"])
     assert out["shortcut_pointing"]["oracle"].tolist() == [1.0] * 12

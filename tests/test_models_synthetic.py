@@ -161,8 +161,10 @@ def test_gradcam_points_at_the_ground_truth(shapes_model, shortcut_model) -> Non
     energy = lambda m: ((m * boxes).flatten(1).sum(1) / m.flatten(1).sum(1)).mean().item()
     assert energy(cam) >= 1.5 * energy(center), (energy(cam), energy(center))
     distractors = torch.stack(
-        [torch.stack(sc.distractor_masks).any(0) if sc.distractor_masks else torch.zeros(128, 128, dtype=torch.bool)
-         for sc in (ds.scene(i) for i in range(n))]
+        [
+            torch.stack(sc.distractor_masks).any(0) if sc.distractor_masks else torch.zeros(128, 128, dtype=torch.bool)
+            for sc in (ds.scene(i) for i in range(n))
+        ]
     )
     assert _hit_rate(cam, distractors) <= 0.1
 

@@ -121,8 +121,9 @@ def test_resume_across_backends(suite, reference, client, tmp_path):
     store2 = Store(out2, res.plan.hash)
     store2.prepare()
     units = plan_run(suite).units
-    gen = execute_units(suite, units, unit_fn=run_unit, setup_fn=load_registries,
-                        options=ExecOptions(), backend="dask", client=client)
+    gen = execute_units(
+        suite, units, unit_fn=run_unit, setup_fn=load_registries, options=ExecOptions(), backend="dask", client=client
+    )
     first = next(gen)
     store2.write_unit(first)
     gen.close()  # cancels what is still queued
@@ -252,8 +253,22 @@ def test_cli_backend_options_are_checked(suite, tmp_path, capsys):
         cli.main(["run", str(path), "--precision", "int8"])
     with pytest.raises(SystemExit):
         cli.main(["run", str(path), "--backend", "ray"])
-    args = cli._parser().parse_args(["run", "x", "--backend", "dask", "--scheduler", "tcp://h:8786", "--workers", "3",
-                                     "--precision", "bf16", "--device", "cuda:1"])
+    args = cli._parser().parse_args(
+        [
+            "run",
+            "x",
+            "--backend",
+            "dask",
+            "--scheduler",
+            "tcp://h:8786",
+            "--workers",
+            "3",
+            "--precision",
+            "bf16",
+            "--device",
+            "cuda:1",
+        ]
+    )
     got = (args.backend, args.scheduler, args.workers, args.precision, args.device)
     assert got == ("dask", "tcp://h:8786", 3, "bf16", "cuda:1")
     with pytest.raises(CambenchError, match="CUDA is not available"):

@@ -37,8 +37,9 @@ def _plugin(tmp_path: Path, body: str, name: str = "my_plugin.py") -> str:
 
 def _net() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                         nn.Linear(6, 4)).eval()
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 4)
+    ).eval()
 
 
 # -- the example plugin ---------------------------------------------------------------------------------
@@ -49,8 +50,9 @@ def test_example_plugin_loads_runs_and_passes_the_contract() -> None:
     assert entry.source == "my_cam.py" and entry.family == "gradient" and entry.defaults == {"k": 8}
     assert check_method("topk_gradcam") == []
     model, x = _net(), torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(1))
-    out = methods.explain(model, "1", x, [0, 1, 2], ["topk_gradcam", "gradcam"],
-                          params={"topk_gradcam": {"k": 6}}, details=True)
+    out = methods.explain(
+        model, "1", x, [0, 1, 2], ["topk_gradcam", "gradcam"], params={"topk_gradcam": {"k": 6}}, details=True
+    )
     torch.testing.assert_close(out["topk_gradcam"].raw, out["gradcam"].raw)  # k = all channels: Grad-CAM
     top1 = methods.get("topk_gradcam", k=1)(model, "1", x, [0, 1, 2])
     assert top1.shape == (3, 16, 16) and not torch.allclose(top1, out["gradcam"].maps)
@@ -68,7 +70,9 @@ def test_every_builtin_method_passes_the_contract() -> None:
 
 def test_check_methods_with_params_and_unknown_names() -> None:
     assert check_methods(["sscam", "fullgrad"], params={"sscam": {"n_samples": 2}, "fullgrad": {"eps": 0.0}}) == {
-        "sscam": [], "fullgrad": []}
+        "sscam": [],
+        "fullgrad": [],
+    }
     with pytest.raises(UnknownNameError, match="Did you mean 'gradcam'"):
         check_methods(["gradcma"])
     with pytest.raises(TypeError, match="no parameter"):
@@ -78,30 +82,44 @@ def test_check_methods_with_params_and_unknown_names() -> None:
 # -- broken plugins fail fast, naming the plugin and the problem ------------------------------------------
 BROKEN = {
     "wrong_shape": ("return ctx.capture.activations", r"shape \(4, 8, 16, 16\).*expected a raw map Tensor\[B,h,w\]"),
-    "nan": ("m = ctx.capture.activations.sum(1).clone(); m[:, 0, 0] = float('nan'); return m",
-            r"NaN or inf values in 4 of 4 maps"),
-    "too_big": ("return torch.arange(64 * 64.).view(1, 64, 64).repeat(ctx.images.shape[0], 1, 1)",
-                r"spatial size \(64, 64\): out of range"),
+    "nan": (
+        "m = ctx.capture.activations.sum(1).clone(); m[:, 0, 0] = float('nan'); return m",
+        r"NaN or inf values in 4 of 4 maps",
+    ),
+    "too_big": (
+        "return torch.arange(64 * 64.).view(1, 64, 64).repeat(ctx.images.shape[0], 1, 1)",
+        r"spatial size \(64, 64\): out of range",
+    ),
     "int_dtype": ("return (ctx.capture.activations.sum(1) * 100).long()", r"dtype torch.int64; expected a floating"),
-    "hook_leak": ("ctx.layer.register_forward_hook(lambda *a: None); return ctx.capture.activations.sum(1)",
-                  r"left hooks on the model \(\{'features': \d+\}\)"),
+    "hook_leak": (
+        "ctx.layer.register_forward_hook(lambda *a: None); return ctx.capture.activations.sum(1)",
+        r"left hooks on the model \(\{'features': \d+\}\)",
+    ),
     "unseeded": ("return torch.rand(ctx.images.shape[0], 5, 5)", r"is not deterministic"),
-    "batch_mixing": ("m = ctx.capture.activations.sum(1); return m + m.mean(0, keepdim=True).flip(-1)",
-                     r"is not batch-consistent"),
+    "batch_mixing": (
+        "m = ctx.capture.activations.sum(1); return m + m.mean(0, keepdim=True).flip(-1)",
+        r"is not batch-consistent",
+    ),
     "raises": ("raise ValueError('boom')", r"raised ValueError: boom"),
-    "weights": ("ctx.model.fc.bias.data += 1; return ctx.capture.activations.sum(1)",
-                r"modified the model's parameters or buffers: fc.bias"),
+    "weights": (
+        "ctx.model.fc.bias.data += 1; return ctx.capture.activations.sum(1)",
+        r"modified the model's parameters or buffers: fc.bias",
+    ),
 }
 
 
 @pytest.mark.parametrize("kind", sorted(BROKEN))
 def test_broken_method_plugins_fail_early_with_clear_messages(tmp_path, kind: str) -> None:
     body, pattern = BROKEN[kind]
-    spec = _plugin(tmp_path, f"""
+    spec = _plugin(
+        tmp_path,
+        f"""
         @register_method("broken_{kind}", family="gradient")
         def broken(ctx):
             {body}
-    """, name=f"broken_{kind}.py")
+    """,
+        name=f"broken_{kind}.py",
+    )
     with pytest.raises(ContractError) as info:
         load_plugins([spec], entry_points=False)
     msg = str(info.value)
@@ -112,27 +130,46 @@ def test_broken_method_plugins_fail_early_with_clear_messages(tmp_path, kind: st
 
 
 def test_problems_are_returned_without_raising(tmp_path) -> None:
-    load_plugins([_plugin(tmp_path, """
+    load_plugins(
+        [
+            _plugin(
+                tmp_path,
+                """
         @register_method("unseeded", family="baseline", needs_gradients=False)
         def unseeded(ctx):
             return torch.rand(ctx.images.shape[0], 4, 4)
-    """)], entry_points=False, check=False)
+    """,
+            )
+        ],
+        entry_points=False,
+        check=False,
+    )
     report = check_methods(["unseeded", "gradcam"], raise_on_error=False)
     assert report["gradcam"] == [] and any("not deterministic" in p for p in report["unseeded"])
 
 
 def test_batch_consistent_false_skips_only_that_check(tmp_path) -> None:
-    load_plugins([_plugin(tmp_path, """
+    load_plugins(
+        [
+            _plugin(
+                tmp_path,
+                """
         @register_method("mixer", family="gradient", batch_consistent=False)
         def mixer(ctx):
             m = ctx.capture.activations.sum(1)
             return m + m.mean(0, keepdim=True).flip(-1)
-    """)], entry_points=False)
+    """,
+            )
+        ],
+        entry_points=False,
+    )
     assert check_method("mixer") == []
 
 
 def test_name_clash_names_both_sides(tmp_path) -> None:
-    spec = _plugin(tmp_path, """
+    spec = _plugin(
+        tmp_path,
+        """
         @register_method("fresh_one", family="gradient")
         def fresh(ctx):
             return ctx.capture.activations.sum(1)
@@ -140,9 +177,14 @@ def test_name_clash_names_both_sides(tmp_path) -> None:
         @register_method("gradcam", family="gradient")
         def mine(ctx):
             return ctx.capture.activations.sum(1)
-    """, name="clash.py")
-    with pytest.raises(PluginError, match=r"Plugin 'clash.py' could not be loaded: method 'gradcam' is already "
-                                          r"registered \(by cambench\); clash.py tried to register it again"):
+    """,
+        name="clash.py",
+    )
+    with pytest.raises(
+        PluginError,
+        match=r"Plugin 'clash.py' could not be loaded: method 'gradcam' is already "
+        r"registered \(by cambench\); clash.py tried to register it again",
+    ):
         load_plugins([spec], entry_points=False)
     assert "fresh_one" not in METHODS  # partial registrations are rolled back
     assert METHODS.entry("gradcam").meta.get("source", "cambench") == "cambench"
@@ -162,8 +204,10 @@ def test_clash_between_two_plugins(tmp_path) -> None:
 @pytest.mark.parametrize(
     "source,pattern",
     [
-        ("import not_a_module_xyz_123\n",
-         r"Plugin 'bad.py' failed to import .*ModuleNotFoundError: .*not_a_module_xyz_123"),
+        (
+            "import not_a_module_xyz_123\n",
+            r"Plugin 'bad.py' failed to import .*ModuleNotFoundError: .*not_a_module_xyz_123",
+        ),
         ("def broken(:\n", r"Plugin 'bad.py' failed to import .*SyntaxError"),
         ("raise RuntimeError('plugin setup failed')\n", r"RuntimeError: plugin setup failed"),
     ],
@@ -186,7 +230,8 @@ def test_missing_file_and_bad_spec(tmp_path) -> None:
 
 
 def test_module_plugin_registers_methods_and_metrics(tmp_path, monkeypatch) -> None:
-    (tmp_path / "cb_test_mod.py").write_text(textwrap.dedent("""
+    (tmp_path / "cb_test_mod.py").write_text(
+        textwrap.dedent("""
         import torch
         from benchmark.methods import register_method
         from benchmark.metrics import register_metric
@@ -198,7 +243,8 @@ def test_module_plugin_registers_methods_and_metrics(tmp_path, monkeypatch) -> N
         @register_metric("mod_metric", family="localization", higher_is_better=True)
         def mod_metric(ctx):
             return {m: s.flatten(1).mean(1) for m, s in ctx.saliency.items()}
-    """))
+    """)
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     (p,) = load_plugins(["cb_test_mod"], entry_points=False)
     assert (p.name, p.methods, p.metrics) == ("cb_test_mod", ["mod_cam"], ["mod_metric"])
@@ -206,13 +252,15 @@ def test_module_plugin_registers_methods_and_metrics(tmp_path, monkeypatch) -> N
 
 
 def test_entry_points_are_loaded_automatically(tmp_path, monkeypatch) -> None:
-    (tmp_path / "cb_test_ep.py").write_text(textwrap.dedent("""
+    (tmp_path / "cb_test_ep.py").write_text(
+        textwrap.dedent("""
         from benchmark.methods import register_method
 
         @register_method("ep_cam", family="gradient")
         def ep_cam(ctx):
             return (ctx.capture.gradients * ctx.capture.activations).sum(1)
-    """))
+    """)
+    )
     dist = tmp_path / "cb_test_dist-1.0.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: cb-test-dist\nVersion: 1.0\n")
@@ -310,11 +358,15 @@ def test_a_failing_plugin_rolls_back_its_models_and_datasets(tmp_path) -> None:
 
 def test_unloading_a_plugin_puts_back_what_it_replaced(tmp_path) -> None:
     builtin = METHODS.entry("gradcam")
-    spec = _plugin(tmp_path, """
+    spec = _plugin(
+        tmp_path,
+        """
         @register_method("gradcam", family="gradient", override=True)
         def mine(ctx):
             return ctx.capture.activations.sum(1)
-    """, "override.py")
+    """,
+        "override.py",
+    )
     (plugin,) = load_plugins([spec], entry_points=False)
     assert METHODS.entry("gradcam").source == "override.py" and plugin.methods == ["gradcam"]
     plugins.unload_plugins([plugin])
@@ -359,12 +411,15 @@ def _register_bad() -> None:
         return torch.rand(ctx.images.shape[0], 64, 64, generator=ctx.generator())
 
 
-@pytest.mark.parametrize("name, problem", [
-    ("nan_cam", r"returned NaN or inf values in 1 of 3 maps"),
-    ("int_cam", r"returned dtype torch.int64; expected a floating-point map"),
-    ("attached_cam", r"attached to the autograd graph; return raw.detach\(\)"),
-    ("huge_cam", r"spatial size \(64, 64\): out of range; expected between \(1, 1\) and the input size \(16, 16\)"),
-])
+@pytest.mark.parametrize(
+    "name, problem",
+    [
+        ("nan_cam", r"returned NaN or inf values in 1 of 3 maps"),
+        ("int_cam", r"returned dtype torch.int64; expected a floating-point map"),
+        ("attached_cam", r"attached to the autograd graph; return raw.detach\(\)"),
+        ("huge_cam", r"spatial size \(64, 64\): out of range; expected between \(1, 1\) and the input size \(16, 16\)"),
+    ],
+)
 def test_run_method_validate_raises_a_contract_error(name, problem) -> None:
     _register_bad()
     x = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(1))

@@ -23,9 +23,20 @@ from benchmark.metrics.functional import quantus_metric  # noqa: E402
 from benchmark.types import Batch  # noqa: E402
 
 #: Small settings so that every metric runs in about a second (Quantus' defaults are for 224x224 images).
-SMALL = dict(nr_samples=3, nr_runs=5, subset_size=16, n_perturb_samples=2, nr_steps=4, regions_evaluation=4,
-             patch_size=16, features_in_step=256, percentages=[10, 50], k=50, layer_names=["2"],
-             perturb_patch_sizes=[16])
+SMALL = dict(
+    nr_samples=3,
+    nr_runs=5,
+    subset_size=16,
+    n_perturb_samples=2,
+    nr_steps=4,
+    regions_evaluation=4,
+    patch_size=16,
+    features_in_step=256,
+    percentages=[10, 50],
+    k=50,
+    layer_names=["2"],
+    perturb_patch_sizes=[16],
+)
 #: Per-metric image size: NonSensitivity only works with features_in_step=1 on RGB (one forward per pixel).
 SIZE = {"NonSensitivity": 6}
 
@@ -33,8 +44,15 @@ SIZE = {"NonSensitivity": 6}
 def _model() -> nn.Module:
     """Conv(bias) first, as Quantus' InputInvariance needs; 5 classes."""
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5)).eval()
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 5),
+    ).eval()
 
 
 def _data(size: int = 32, b: int = 3):
@@ -74,9 +92,17 @@ def _direct(name: str, model, x, y, a, masks, seed: int, **params):
     np.random.seed(seed)
     torch.manual_seed(seed)
     metric = cls(**init, return_aggregate=False, disable_warnings=True, display_progressbar=False)
-    out = metric(model=model, x_batch=x.numpy(), y_batch=y.numpy(), a_batch=a.numpy()[:, None],
-                 s_batch=masks.numpy()[:, None].astype(np.float32), channel_first=True, explain_func=explain_func,
-                 device="cpu", softmax=softmax)
+    out = metric(
+        model=model,
+        x_batch=x.numpy(),
+        y_batch=y.numpy(),
+        a_batch=a.numpy()[:, None],
+        s_batch=masks.numpy()[:, None].astype(np.float32),
+        channel_first=True,
+        explain_func=explain_func,
+        device="cpu",
+        softmax=softmax,
+    )
     if isinstance(out, dict):
         out = list(out.values())[-1]
     return np.array([np.trapezoid(np.asarray(v, float), dx=1) if np.ndim(v) else float(v) for v in out])
@@ -100,8 +126,10 @@ def test_every_quantus_metric_class_is_registered_with_quantus_metadata() -> Non
     assert e.family == "complexity" and e.higher_is_better and e.defaults["abs"] is True
     assert METRICS.entry("quantus/MaxSensitivity").defaults["nr_samples"] == 200  # Quantus' default
     assert METRICS.entry("quantus/AvgSensitivity").defaults["perturb_func"] == "batch_uniform_noise"
-    assert METRICS.entry("quantus/PointingGame").family == "localization" and "masks" in METRICS.entry(
-        "quantus/PointingGame").needs
+    assert (
+        METRICS.entry("quantus/PointingGame").family == "localization"
+        and "masks" in METRICS.entry("quantus/PointingGame").needs
+    )
 
 
 def test_reexplain_set_matches_quantus_sources() -> None:
@@ -125,8 +153,9 @@ def test_bridged_metric_equals_quantus_called_directly(name: str) -> None:
         ours = quantus_metric(name, model, x, y, a, masks=masks, explain=_explain, seed=7, **params)
         ref = _direct(name, model, x, y, a, masks, 7, **params)
     assert ours.shape == (x.shape[0],) and ours.dtype == torch.float32
-    np.testing.assert_allclose(ours.double().numpy(), ref.astype(np.float32).astype(np.float64), atol=1e-6, rtol=0,
-                               equal_nan=True)
+    np.testing.assert_allclose(
+        ours.double().numpy(), ref.astype(np.float32).astype(np.float64), atol=1e-6, rtol=0, equal_nan=True
+    )
 
 
 @pytest.mark.parametrize("name", sorted({**Q.BROKEN, **Q.UNSUPPORTED}))
@@ -151,10 +180,14 @@ def test_registry_entry_scores_every_method_through_the_context() -> None:
         return methods.explain(model_, "2", images, targets, names_)
 
     sal = methods.explain(model, "2", x, y, names)
-    ctx = MetricContext(model=model, batch=Batch(x, y, ["a", "b", "c"], masks=masks), saliency=sal,
-                        explain=explain_fn, seed=3)
-    params = {"quantus/Sparseness": {}, "quantus/MaxSensitivity": {"nr_samples": 2},
-              "quantus/RelevanceMassAccuracy": {}}
+    ctx = MetricContext(
+        model=model, batch=Batch(x, y, ["a", "b", "c"], masks=masks), saliency=sal, explain=explain_fn, seed=3
+    )
+    params = {
+        "quantus/Sparseness": {},
+        "quantus/MaxSensitivity": {"nr_samples": 2},
+        "quantus/RelevanceMassAccuracy": {},
+    }
     res = compute_metrics(ctx, list(params), params)
     for n in names:
         torch.testing.assert_close(res["quantus/Sparseness"][n], quantus_metric("Sparseness", model, x, y, sal[n]))

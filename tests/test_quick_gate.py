@@ -28,8 +28,12 @@ def _cli(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env.pop(var, None)  # the gate runs with the machine's threads, whatever the caller's shell set
     return subprocess.run(
-        [sys.executable, str(ROOT / "run_bench.py"), *args], cwd=ROOT, env=env, capture_output=True,
-        text=True, timeout=timeout,
+        [sys.executable, str(ROOT / "run_bench.py"), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 

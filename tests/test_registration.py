@@ -86,8 +86,9 @@ def test_defaults_only_override_and_a_key_the_function_cannot_take_is_refused() 
         assert METRICS.params("shared_a") == {"threshold": 0.5, "relative": True}
         assert METRICS.params("shared_b") == {"threshold": 0.25, "relative": True}
         with pytest.raises(CambenchError, match=r"defaults= names \['treshold'\].*threshold, relative"):
-            register_metric("shared_c", family="localization", higher_is_better=True,
-                            defaults={"treshold": 0.1})(shared)
+            register_metric("shared_c", family="localization", higher_is_better=True, defaults={"treshold": 0.1})(
+                shared
+            )
         assert "shared_c" not in METRICS
     finally:
         METRICS.remove("shared_a")
@@ -149,8 +150,14 @@ def test_a_dataset_class_is_its_own_factory_with_metadata_from_its_attributes(ca
     try:
         e = DATASETS.entry("dots_cls")
         assert e.obj is Dots
-        assert e.meta == {"has_masks": True, "has_boxes": False, "num_classes": 3, "default_model": "dots_cnn",
-                          "synthetic": True, "mask_kind": "dots"}
+        assert e.meta == {
+            "has_masks": True,
+            "has_boxes": False,
+            "num_classes": 3,
+            "default_model": "dots_cnn",
+            "synthetic": True,
+            "mask_kind": "dots",
+        }
         ds = create_dataset("dots_cls", n=2, seed=1, size=4, root="/ignored")
         assert isinstance(ds, Dots) and len(ds) == 2 and ds[1].image.shape == (3, 4, 4)
         with pytest.raises(Exception, match="`size` must be an integer"):
@@ -176,7 +183,9 @@ def test_a_dataset_factory_function_still_registers_and_a_non_dataset_class_is_r
 
     try:
         assert DATASETS.get("empty_fn") is empty_fn and DATASETS.entry("empty_fn").meta == {
-            "has_masks": False, "has_boxes": False}
+            "has_masks": False,
+            "has_boxes": False,
+        }
         assert isinstance(create_dataset("empty_fn", seed=3), Empty)
     finally:
         DATASETS.remove("empty_fn")
@@ -206,8 +215,13 @@ def test_builtin_datasets_keep_their_arguments_and_behaviour() -> None:
     assert (absent.shortcut, absent.gt) == ("absent", "object")
     ref = ShapesDataset(n=2, seed=0, shortcut="aligned", gt="mark")
     assert torch.equal(aligned[1].image, ref[1].image) and torch.equal(aligned[1].mask, ref[1].mask)
-    for name, needle in [("folder", "needs root='/path/to/images'"), ("imagenet", "needs root=..."),
-                         ("voc", "needs root=..."), ("coco", "needs root=..."), ("video_folder", "needs root="),
-                         ("nifti", "needs root=")]:
+    for name, needle in [
+        ("folder", "needs root='/path/to/images'"),
+        ("imagenet", "needs root=..."),
+        ("voc", "needs root=..."),
+        ("coco", "needs root=..."),
+        ("video_folder", "needs root="),
+        ("nifti", "needs root="),
+    ]:
         with pytest.raises(DataError, match=f"The {name} dataset {needle}"):
             create_dataset(name, seed=0)

@@ -35,8 +35,11 @@ def test_recording_nests_and_names_the_plugin_in_a_clash() -> None:
         reg.add("a", 1)
         with reg.recording("inner.py") as inner:
             reg.add("b", 2)
-            with pytest.raises(CambenchError, match=r"widget 'plain' is already registered \(by cambench\); "
-                                                   r"inner.py tried to register it again"):
+            with pytest.raises(
+                CambenchError,
+                match=r"widget 'plain' is already registered \(by cambench\); "
+                r"inner.py tried to register it again",
+            ):
                 reg.add("plain", 3)
         reg.add("c", 3)
     assert (outer, inner) == (["a", "c"], ["b"]) and reg.entry("b").source == "inner.py"

@@ -59,8 +59,12 @@ def test_out_on_a_special_filesystem_is_refused(path):
 
 @pytest.mark.parametrize(
     "code, needle",
-    [(errno.EROFS, "read-only filesystem"), (errno.EACCES, "not writable (permission denied)"),
-     (errno.EPERM, "immutable"), (errno.ENOSPC, "full disk")],
+    [
+        (errno.EROFS, "read-only filesystem"),
+        (errno.EACCES, "not writable (permission denied)"),
+        (errno.EPERM, "immutable"),
+        (errno.ENOSPC, "full disk"),
+    ],
 )
 def test_unwritable_out_names_the_reason(tmp_path, monkeypatch, code, needle):
     import tempfile
@@ -318,8 +322,10 @@ def test_precision_choices_are_the_engines():
 
 def test_help_does_not_import_torch_and_compare_into_head_has_no_traceback():
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    code = ("import sys; from benchmark import cli; cli._parser().format_help(); "
-            "from benchmark.runner.suite import load_suite; import benchmark.outdir; print('torch' in sys.modules)")
+    code = (
+        "import sys; from benchmark import cli; cli._parser().format_help(); "
+        "from benchmark.runner.suite import load_suite; import benchmark.outdir; print('torch' in sys.modules)"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO)
     assert r.stdout.strip() == "False", r.stderr
     ref = REPO / "results" / "reference" / "quick-leaderboard.csv"
@@ -331,15 +337,19 @@ def test_help_does_not_import_torch_and_compare_into_head_has_no_traceback():
 def test_failures_hold_errors_not_undefined_by_design_rows():
     from benchmark.report.tables import failures
 
-    scores = pd.DataFrame({
-        "model": "m", "dataset": "d",
-        "method": ["gradcam", "gradcam", "gradcam", "(data)", "(data)"],
-        "metric": ["peak_memory_mb", "deletion_auc", "deletion_auc", "(load)", "(load)"],
-        "image_id": ["a", "a", "b", "x.jpg", "y.jpg"], "value": np.nan,
-        "status": ["undefined", "error", "error", "error", "error"],
-        "message": ["", "metric failed: boom", "metric failed: boom", "x.jpg: bad", "y.jpg: empty"],
-        "degenerate": False,
-    })
+    scores = pd.DataFrame(
+        {
+            "model": "m",
+            "dataset": "d",
+            "method": ["gradcam", "gradcam", "gradcam", "(data)", "(data)"],
+            "metric": ["peak_memory_mb", "deletion_auc", "deletion_auc", "(load)", "(load)"],
+            "image_id": ["a", "a", "b", "x.jpg", "y.jpg"],
+            "value": np.nan,
+            "status": ["undefined", "error", "error", "error", "error"],
+            "message": ["", "metric failed: boom", "metric failed: boom", "x.jpg: bad", "y.jpg: empty"],
+            "degenerate": False,
+        }
+    )
     f = failures(scores)
     assert "peak_memory_mb" not in set(f["metric"]) and (f["status"] == "error").all()
     assert f.loc[f["metric"] == "deletion_auc", "count"].tolist() == [2]

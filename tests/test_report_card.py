@@ -51,8 +51,7 @@ data = {{ n = 4 }}
 def report(tmp_path_factory):
     suite = parse_suite(SUITE.format(plugin=Path(runner_fakes.__file__).resolve()), default_name="equivalences")
     torch.set_num_threads(1)
-    return run_suite(suite, tmp_path_factory.mktemp("eq"), quiet=True,
-                     report=partial(write_report, plots=False)).report
+    return run_suite(suite, tmp_path_factory.mktemp("eq"), quiet=True, report=partial(write_report, plots=False)).report
 
 
 def test_equivalences_list_every_identical_pair_with_its_reason(report):
@@ -85,10 +84,14 @@ def test_map_diffs_are_the_pairwise_max_abs_difference():
 
 
 def _scores(values: dict[tuple[str, str], list[float]]) -> pd.DataFrame:
-    rows = [("m", "d", method, metric, f"i{j:02d}", v, "ok", "", False)
-            for (method, metric), vs in values.items() for j, v in enumerate(vs)]
-    return pd.DataFrame(rows, columns=["model", "dataset", "method", "metric", "image_id", "value", "status", "message",
-                                       "degenerate"])
+    rows = [
+        ("m", "d", method, metric, f"i{j:02d}", v, "ok", "", False)
+        for (method, metric), vs in values.items()
+        for j, v in enumerate(vs)
+    ]
+    return pd.DataFrame(
+        rows, columns=["model", "dataset", "method", "metric", "image_id", "value", "status", "message", "degenerate"]
+    )
 
 
 def test_metric_card_known_answers():
@@ -97,14 +100,26 @@ def test_metric_card_known_answers():
     base = rng.uniform(0, 1, n)
     vals = {
         # saturated: 3 of 4 methods at 1.0 (a pointing game at its bound)
-        ("a", "pg"): [1.0] * n, ("b", "pg"): [1.0] * n, ("c", "pg"): [1.0] * n, ("d", "pg"): list(base),
-        ("random", "pg"): [0.5] * n, ("oracle", "pg"): [1.0] * n,
+        ("a", "pg"): [1.0] * n,
+        ("b", "pg"): [1.0] * n,
+        ("c", "pg"): [1.0] * n,
+        ("d", "pg"): list(base),
+        ("random", "pg"): [0.5] * n,
+        ("oracle", "pg"): [1.0] * n,
         # separable and in order: oracle >= methods >= random, every method beats random
-        ("a", "sep"): list(base + 3), ("b", "sep"): list(base + 2), ("c", "sep"): list(base + 1),
-        ("d", "sep"): list(base + 0.5), ("random", "sep"): list(base), ("oracle", "sep"): list(base + 4),
+        ("a", "sep"): list(base + 3),
+        ("b", "sep"): list(base + 2),
+        ("c", "sep"): list(base + 1),
+        ("d", "sep"): list(base + 0.5),
+        ("random", "sep"): list(base),
+        ("oracle", "sep"): list(base + 4),
         # lower is better, one method worse than random
-        ("a", "low"): list(base), ("b", "low"): list(base + 0.1), ("c", "low"): list(base + 0.2),
-        ("d", "low"): list(base + 2), ("random", "low"): list(base + 1), ("oracle", "low"): list(base - 1),
+        ("a", "low"): list(base),
+        ("b", "low"): list(base + 0.1),
+        ("c", "low"): list(base + 0.2),
+        ("d", "low"): list(base + 2),
+        ("random", "low"): list(base + 1),
+        ("oracle", "low"): list(base - 1),
     }
     dirs = {"pg": True, "sep": True, "low": False}
     r = ranked_leaderboard(_scores(vals), dirs, n_boot=100, baselines=["random", "oracle"])
@@ -155,10 +170,14 @@ def test_report_sections_show_every_family_of_the_one_list_truth_included():
 
     rng = np.random.default_rng(1)
     base = rng.uniform(0, 1, 20)
-    vals = {(m, k): list(base + i + (j if k == "cx" else 0)) for i, m in enumerate(["a", "b", "random", "oracle"])
-            for j, k in enumerate(["tr", "del", "cx"])}
-    r = ranked_leaderboard(_scores(vals), {"tr": True, "del": False, "cx": True}, n_boot=50,
-                           baselines=["random", "oracle"])
+    vals = {
+        (m, k): list(base + i + (j if k == "cx" else 0))
+        for i, m in enumerate(["a", "b", "random", "oracle"])
+        for j, k in enumerate(["tr", "del", "cx"])
+    }
+    r = ranked_leaderboard(
+        _scores(vals), {"tr": True, "del": False, "cx": True}, n_boot=50, baselines=["random", "oracle"]
+    )
     fams = {"tr": "truth", "del": "faithfulness", "cx": "complexity"}
     card = C.metric_card(r.board, r.pairwise, r.tests, fams)
     html = experiment_section("m", "d", r.board, card, pd.DataFrame(), r.tests, fams, {})

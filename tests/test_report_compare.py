@@ -11,16 +11,20 @@ from benchmark.report.compare import compare, format_comparison, gate_failures, 
 
 
 def _board() -> pd.DataFrame:
-    return pd.DataFrame({
-        "model": ["m"] * 5, "dataset": ["d"] * 5,
-        "method": ["gradcam", "layercam", "gradcam", "layercam", "gradcam"],
-        "metric": ["insertion", "insertion", "deletion", "deletion", "mean_rank"],
-        "mean": [0.60, 0.55, 0.20, 0.25, 1.0],
-        "ci_low": [0.55, 0.50, 0.15, 0.20, np.nan],
-        "ci_high": [0.65, 0.60, 0.25, 0.30, np.nan],
-        "n": [50] * 5, "rank": [1, 2, 1, 2, 1],
-        "higher_is_better": [True, True, False, False, False],
-    })
+    return pd.DataFrame(
+        {
+            "model": ["m"] * 5,
+            "dataset": ["d"] * 5,
+            "method": ["gradcam", "layercam", "gradcam", "layercam", "gradcam"],
+            "metric": ["insertion", "insertion", "deletion", "deletion", "mean_rank"],
+            "mean": [0.60, 0.55, 0.20, 0.25, 1.0],
+            "ci_low": [0.55, 0.50, 0.15, 0.20, np.nan],
+            "ci_high": [0.65, 0.60, 0.25, 0.30, np.nan],
+            "n": [50] * 5,
+            "rank": [1, 2, 1, 2, 1],
+            "higher_is_better": [True, True, False, False, False],
+        }
+    )
 
 
 def test_identical_leaderboards_pass():
@@ -86,12 +90,14 @@ def test_cli_exit_codes(tmp_path, capsys):
 
 def _with_cost(family_column: bool = True) -> pd.DataFrame:
     b = _board()
-    cost = b[b["metric"] == "insertion"].assign(metric="latency_ms", mean=[10.0, 12.0], ci_low=[9.0, 11.0],
-                                               ci_high=[11.0, 13.0], higher_is_better=False)
+    cost = b[b["metric"] == "insertion"].assign(
+        metric="latency_ms", mean=[10.0, 12.0], ci_low=[9.0, 11.0], ci_high=[11.0, 13.0], higher_is_better=False
+    )
     b = pd.concat([b, cost], ignore_index=True)
     if family_column:
-        b["family"] = b["metric"].map({"insertion": "faithfulness", "deletion": "faithfulness",
-                                       "latency_ms": "cost", "mean_rank": ""})
+        b["family"] = b["metric"].map(
+            {"insertion": "faithfulness", "deletion": "faithfulness", "latency_ms": "cost", "mean_rank": ""}
+        )
     return b
 
 
@@ -100,8 +106,12 @@ def test_cost_rows_are_read_from_the_family_column():
     slow.loc[slow["metric"] == "latency_ms", "mean"] += 50.0
     t = compare(slow, _with_cost()).set_index(["method", "metric"])
     assert t.loc[("gradcam", "latency_ms"), "status"] == "info"
-    assert compare(slow, _with_cost(), gate_cost=True).set_index(["method", "metric"]).loc[
-        ("gradcam", "latency_ms"), "status"] == "regression"
+    assert (
+        compare(slow, _with_cost(), gate_cost=True)
+        .set_index(["method", "metric"])
+        .loc[("gradcam", "latency_ms"), "status"]
+        == "regression"
+    )
     # the recorded family decides, not the live registry (where latency_ms is a cost metric)
     relabelled = slow.assign(family=slow["family"].replace("cost", "faithfulness"))
     ref = _with_cost().assign(family=lambda d: d["family"].replace("cost", "faithfulness"))
@@ -122,7 +132,11 @@ def test_an_older_reference_without_the_family_column_is_accepted(tmp_path):
     (run / "run.json").write_text('{"families": {"latency_ms": "cost", "insertion": "faithfulness"}}')
     back = read_leaderboard(run)
     assert dict(zip(back["metric"], back["family"], strict=True)) == {
-        "insertion": "faithfulness", "deletion": "", "mean_rank": "", "latency_ms": "cost"}
+        "insertion": "faithfulness",
+        "deletion": "",
+        "mean_rank": "",
+        "latency_ms": "cost",
+    }
     old.to_csv(tmp_path / "bare.csv", index=False)
     assert "family" not in read_leaderboard(tmp_path / "bare.csv").columns
     assert set(compare(old, old)["status"]) == {"ok", "info"}

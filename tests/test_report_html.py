@@ -43,9 +43,24 @@ def test_report_is_self_contained_and_complete(reported):
     kinds = {k: len(v) for k, v in reported.report.plots.items()}
     assert kinds["bars"] == kinds["ranks"] == kinds["gallery"] == 2 and kinds["kendall"] == 2 and kinds["cd"] >= 2
     assert all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in imgs)
-    for needle in ("Leaderboard", "What this experiment can conclude", "Equivalent methods", "(reference)",
-                   "fake_inside", "mean rank", "Settings", 'name = &quot;tiny&quot;', "Versions",
-                   "torch", "cambench", "Timings", "Failures", "Skipped metrics", "needs masks", reported.plan.hash):
+    for needle in (
+        "Leaderboard",
+        "What this experiment can conclude",
+        "Equivalent methods",
+        "(reference)",
+        "fake_inside",
+        "mean rank",
+        "Settings",
+        "name = &quot;tiny&quot;",
+        "Versions",
+        "torch",
+        "cambench",
+        "Timings",
+        "Failures",
+        "Skipped metrics",
+        "needs masks",
+        reported.plan.hash,
+    ):
         assert needle in html, needle
     assert html.count('class="best') >= 5  # one rank-1 cell per (experiment, metric) ("best grey" when flagged)
 
@@ -54,9 +69,20 @@ def test_report_is_self_contained_and_complete(reported):
 def test_report_renders_in_headless_chromium(reported, tmp_path):
     shot = tmp_path / "report.png"
     profile = tempfile.mkdtemp()
-    cmd = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-           "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
-           f"--screenshot={shot}", "--window-size=1400,3000", (reported.out / "report.html").as_uri()]
+    cmd = [
+        "chromium",
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={profile}",
+        f"--screenshot={shot}",
+        "--window-size=1400,3000",
+        (reported.out / "report.html").as_uri(),
+    ]
     try:
         subprocess.run(cmd, capture_output=True, timeout=120, check=False)
     finally:

@@ -17,9 +17,18 @@ def test_notes_html_names_the_parameters_each_experiment_used() -> None:
     run = {
         "method_notes": {"oracle": "the silhouette artefact <b>"},
         "experiments": [
-            {"label": "m1", "dataset": "shapes", "methods": ["oracle"], "method_params": {"oracle": {"mask_dilation": 8}}},
-            {"label": "m2", "dataset": "shapes_shortcut", "methods": ["oracle", "gradcam"],
-             "method_params": {"oracle": {"mask_dilation": 0}}},
+            {
+                "label": "m1",
+                "dataset": "shapes",
+                "methods": ["oracle"],
+                "method_params": {"oracle": {"mask_dilation": 8}},
+            },
+            {
+                "label": "m2",
+                "dataset": "shapes_shortcut",
+                "methods": ["oracle", "gradcam"],
+                "method_params": {"oracle": {"mask_dilation": 0}},
+            },
             {"label": "m3", "dataset": "photos", "methods": ["gradcam"], "method_params": {}},
         ],
     }

@@ -82,21 +82,31 @@ def test_bootstrap_p():
 
 
 def _scores(values: dict[tuple[str, str], list[float]]) -> pd.DataFrame:
-    rows = [("m", "d", method, metric, f"i{j:02d}", v, "ok", "", False)
-            for (method, metric), vs in values.items() for j, v in enumerate(vs)]
-    return pd.DataFrame(rows, columns=["model", "dataset", "method", "metric", "image_id", "value", "status", "message",
-                                       "degenerate"])
+    rows = [
+        ("m", "d", method, metric, f"i{j:02d}", v, "ok", "", False)
+        for (method, metric), vs in values.items()
+        for j, v in enumerate(vs)
+    ]
+    return pd.DataFrame(
+        rows, columns=["model", "dataset", "method", "metric", "image_id", "value", "status", "message", "degenerate"]
+    )
 
 
 def test_leaderboard_groups_avg_rank_cd_and_friedman():
     rng = np.random.default_rng(3)
     base = rng.uniform(0, 1, 20)
-    s = _scores({
-        ("best", "x"): list(base + 0.5), ("twin", "x"): list(base + 0.5 + rng.normal(0, 1e-3, 20)),
-        ("worst", "x"): list(base - 0.5), ("random", "x"): list(rng.uniform(0, 1, 20)),
-        ("best", "y"): list(base), ("twin", "y"): list(base + 0.1), ("worst", "y"): list(base + 0.2),
-        ("random", "y"): list(base),
-    })
+    s = _scores(
+        {
+            ("best", "x"): list(base + 0.5),
+            ("twin", "x"): list(base + 0.5 + rng.normal(0, 1e-3, 20)),
+            ("worst", "x"): list(base - 0.5),
+            ("random", "x"): list(rng.uniform(0, 1, 20)),
+            ("best", "y"): list(base),
+            ("twin", "y"): list(base + 0.1),
+            ("worst", "y"): list(base + 0.2),
+            ("random", "y"): list(base),
+        }
+    )
     r = ranked_leaderboard(s, {"x": True, "y": False}, n_boot=50, baselines=["random"])
     b = r.board.set_index(["metric", "method"])
     assert b.loc[("x", "best"), "group"] == b.loc[("x", "twin"), "group"] == "a"

@@ -47,11 +47,19 @@ def test_bootstrap_ci_contains_the_mean_is_seeded_and_matches_a_loop():
 
 
 def test_ranks_respect_the_metric_direction_and_average_ties():
-    s = _scores({
-        ("a", "up"): [0.9, 0.8], ("b", "up"): [0.1, 0.2], ("c", "up"): [0.5, 0.5],
-        ("a", "down"): [0.9, 0.8], ("b", "down"): [0.1, 0.2], ("c", "down"): [0.17, 0.17],
-        ("a", "tie"): [1.0, 1.0], ("b", "tie"): [1.0, 1.0], ("c", "tie"): [0.0, 0.0],
-    })
+    s = _scores(
+        {
+            ("a", "up"): [0.9, 0.8],
+            ("b", "up"): [0.1, 0.2],
+            ("c", "up"): [0.5, 0.5],
+            ("a", "down"): [0.9, 0.8],
+            ("b", "down"): [0.1, 0.2],
+            ("c", "down"): [0.17, 0.17],
+            ("a", "tie"): [1.0, 1.0],
+            ("b", "tie"): [1.0, 1.0],
+            ("c", "tie"): [0.0, 0.0],
+        }
+    )
     lb = leaderboard(s, {"up": True, "down": False, "tie": True}, n_boot=100)
     r = lb.set_index(["metric", "method"])["rank"]
     assert (r["up", "a"], r["up", "c"], r["up", "b"]) == (1, 2, 3)
@@ -62,8 +70,23 @@ def test_ranks_respect_the_metric_direction_and_average_ties():
     assert mr.loc["b", "mean"] == pytest.approx((3 + 1 + 1.5) / 3)
     assert (mr.loc["a", "rank"], mr.loc["b", "rank"], mr.loc["c", "rank"]) == (1.5, 1.5, 3)
     assert not mr["higher_is_better"].any()
-    assert list(lb.columns) == ["model", "dataset", "method", "metric", "mean", "ci_low", "ci_high", "n", "rank",
-                                "higher_is_better", "group", "avg_rank", "cd", "baseline", "family"]
+    assert list(lb.columns) == [
+        "model",
+        "dataset",
+        "method",
+        "metric",
+        "mean",
+        "ci_low",
+        "ci_high",
+        "n",
+        "rank",
+        "higher_is_better",
+        "group",
+        "avg_rank",
+        "cd",
+        "baseline",
+        "family",
+    ]
     row = lb[(lb["metric"] == "up") & (lb["method"] == "a")].iloc[0]
     assert row["ci_low"] <= row["mean"] <= row["ci_high"] and row["n"] == 2 and row["higher_is_better"]
 
@@ -149,11 +172,13 @@ def test_wilcoxon_pairs_by_image_id_not_by_row_order():
 def test_significance_tests_every_method_against_the_best_with_holm():
     rng = np.random.default_rng(2)
     base = rng.uniform(0, 1, 15)
-    s = _scores({
-        ("best", "x"): list(base + 0.3),
-        ("close", "x"): list(base + 0.29),
-        ("bad", "x"): list(base - 0.2 + rng.normal(0, 0.01, 15)),
-    })
+    s = _scores(
+        {
+            ("best", "x"): list(base + 0.3),
+            ("close", "x"): list(base + 0.29),
+            ("bad", "x"): list(base - 0.2 + rng.normal(0, 0.01, 15)),
+        }
+    )
     lb = leaderboard(s, {"x": True}, n_boot=100)
     sig = significance(s, lb)
     assert set(sig["method"]) == {"close", "bad"} and (sig["best"] == "best").all()

@@ -31,7 +31,15 @@ def tiny(tmp_path_factory):
 def test_every_method_metric_image_has_one_ok_row(tiny):
     s = tiny.report.scores
     assert list(s.columns) == [
-        "model", "dataset", "method", "metric", "image_id", "value", "status", "message", "degenerate"
+        "model",
+        "dataset",
+        "method",
+        "metric",
+        "image_id",
+        "value",
+        "status",
+        "message",
+        "degenerate",
     ]
     e0 = s[s["dataset"] == "fake_shapes"]
     plan = tiny.plan.experiments[0]
@@ -121,8 +129,12 @@ def test_failures_are_recorded_and_the_run_goes_on(tmp_path):
 
 def test_two_runs_give_identical_score_files(tiny, tmp_path):
     clear_caches()
-    again = run_suite(load_suite(runner_fakes.SUITES / "tiny.toml"), tmp_path / "again", quiet=True,
-                      report=partial(write_report, plots=False))
+    again = run_suite(
+        load_suite(runner_fakes.SUITES / "tiny.toml"),
+        tmp_path / "again",
+        quiet=True,
+        report=partial(write_report, plots=False),
+    )
     assert (tiny.out / "scores.parquet").read_bytes() == (again.out / "scores.parquet").read_bytes()
     assert (tiny.out / "leaderboard.csv").read_text() == (again.out / "leaderboard.csv").read_text()
     assert (tiny.out / "significance.csv").read_text() == (again.out / "significance.csv").read_text()
@@ -139,8 +151,9 @@ def test_rerun_resumes_and_other_settings_invalidate_parts(tiny, tmp_path):
     msgs = []
     from dataclasses import replace
 
-    third = run_suite(replace(suite, seed=4), out, quiet=True, log=msgs.append, limit=2,
-                      report=partial(write_report, plots=False))
+    third = run_suite(
+        replace(suite, seed=4), out, quiet=True, log=msgs.append, limit=2, report=partial(write_report, plots=False)
+    )
     assert third.reused == [] and any("kept, not reported" in m for m in msgs)
     n_parts = len(second.plan.units) + len(third.plan.units)
     assert len(list((out / "parts").glob("*.parquet"))) == n_parts and len(third.plan.units) == 2
@@ -267,6 +280,7 @@ def test_leaderboard_family_column_is_read_from_run_json(tiny, tmp_path):
     rep = write_report(copy, plots=False, html=False)
     board = pd.read_csv(copy / "leaderboard.csv", keep_default_na=False)
     assert set(board.loc[board["metric"] == "fake_drop", "family"]) == {"cost"}
+
     def mean_rank_n(board):
         return set(board[(board["metric"] == "mean_rank") & (board["dataset"] == "fake_shapes")]["n"])
 

@@ -55,10 +55,14 @@ def test_hash_is_stable_and_tracks_what_changes_results():
     "edit, needle",
     [
         (lambda t: t.replace('name = "t"', 'name = "t"\nbatchsize = 4'), "Did you mean 'batch_size'"),
-        (lambda t: t.replace('dataset = "fake_shapes"', 'dataset = "fake_shapes"\ntarget = "top1"'),
-         "`target` must be one of"),
-        (lambda t: t.replace('dataset = "fake_shapes"', 'dataset = "fake_shapes"\nweigths = "random"'),
-         "Did you mean 'weights'"),
+        (
+            lambda t: t.replace('dataset = "fake_shapes"', 'dataset = "fake_shapes"\ntarget = "top1"'),
+            "`target` must be one of",
+        ),
+        (
+            lambda t: t.replace('dataset = "fake_shapes"', 'dataset = "fake_shapes"\nweigths = "random"'),
+            "Did you mean 'weights'",
+        ),
         (lambda t: t.split("[[experiments]]")[0], "at least one [[experiments]]"),
         (lambda t: t.replace('name = "t"', 'name = "t"\nbatch_size = 0'), "`batch_size` must be a positive integer"),
         (lambda t: t.replace('name = "t"', 'name = "t"\ndevice = "gpu"'), "auto, cpu, cuda"),
@@ -79,10 +83,16 @@ def test_invalid_files_raise_clear_suite_errors(edit, needle):
         ('dataset = "fake_shapes"', 'dataset = "fake_shape"', "Did you mean 'fake_shapes'"),
         ('methods = ["gradcam"]', 'methods = ["gradcamm"]', "Did you mean 'gradcam'"),
         ('metrics = ["fake_inside"]', 'metrics = ["fake_insid"]', "Did you mean 'fake_inside'"),
-        ('metrics = ["fake_inside"]', 'metrics = ["fake_inside"]\n[metric_params.fake_drop]\nstep = 3',
-         "has no parameter 'step'"),
-        ('metrics = ["fake_inside"]', 'metrics = ["fake_inside"]\n[method_params.gradcam]\nalpha = 3',
-         "has no parameter 'alpha'"),
+        (
+            'metrics = ["fake_inside"]',
+            'metrics = ["fake_inside"]\n[metric_params.fake_drop]\nstep = 3',
+            "has no parameter 'step'",
+        ),
+        (
+            'metrics = ["fake_inside"]',
+            'metrics = ["fake_inside"]\n[method_params.gradcam]\nalpha = 3',
+            "has no parameter 'alpha'",
+        ),
         ('dataset = "fake_shapes"', 'dataset = "fake_plain"\nmethods = ["oracle"]', "needs ground-truth masks"),
     ],
 )
@@ -97,8 +107,11 @@ def test_metric_families_and_all_resolve_against_the_registry():
     suite = parse_suite(BASE.replace('metrics = ["fake_inside"]', 'metrics = ["localization", "fake_drop"]'))
     plan = plan_run(suite)
     assert list(plan.experiments[0].metrics) == METRICS.list(family="localization") + ["fake_drop"]
-    all_plain = parse_suite(BASE.replace('metrics = ["fake_inside"]', 'metrics = "all"').replace(
-        'methods = ["gradcam"]', 'methods = "all"').replace("fake_shapes", "fake_plain"))
+    all_plain = parse_suite(
+        BASE.replace('metrics = ["fake_inside"]', 'metrics = "all"')
+        .replace('methods = ["gradcam"]', 'methods = "all"')
+        .replace("fake_shapes", "fake_plain")
+    )
     p = plan_run(all_plain).experiments[0]
     assert "oracle" not in p.methods and "gradcam" in p.methods  # oracle needs masks
     assert "fake_inside" in p.skipped and "masks" in p.skipped["fake_inside"]
@@ -137,7 +150,11 @@ def test_packaged_quick_suite_loads_from_anywhere(monkeypatch, tmp_path):
     s = load_suite("quick")
     assert s.path == "benchmark/suites/quick.toml"
     assert [(e.model, e.dataset) for e in s.experiments] == [
-        ("shapes_cnn", "shapes"), ("shapes_deep_cnn", "shapes"), ("shapes_shortcut_cnn", "shapes_shortcut"),
-        ("efficientnet_lite0", "photos"), ("volume_cnn", "volumes"), ("shapes_multilabel_cnn", "shapes_multilabel"),
+        ("shapes_cnn", "shapes"),
+        ("shapes_deep_cnn", "shapes"),
+        ("shapes_shortcut_cnn", "shapes_shortcut"),
+        ("efficientnet_lite0", "photos"),
+        ("volume_cnn", "volumes"),
+        ("shapes_multilabel_cnn", "shapes_multilabel"),
     ]
     assert s.experiments[0].methods == "all" and s.experiments[0].metrics == "all"

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, Optional, Sequence, Union
+from typing import Literal, Optional, Union
 
 import pytest
 
@@ -20,15 +21,36 @@ import runner_fakes
 @pytest.mark.parametrize(
     "value, tp, ok",
     [
-        (3, float, True), (3.5, float, True), (True, float, False), ("3", float, False),
-        (3, int, True), (3.0, int, False), (True, int, False), (True, bool, True), (1, bool, False),
-        (None, Optional[int], True), ("16", Optional[int], False), (16, Optional[int], True),
-        ("a", Union[str, int], True), (2, "str | int", True), (2.5, Union[str, int], False),
-        ("a", Literal["a", "b"], True), ("c", Literal["a", "b"], False), (1, Literal["1"], False),
-        ([1, 2], tuple[int, ...], True), ([1, "x"], tuple[int, ...], False), ([1, 2.5], tuple[int, float], True),
-        ([1], tuple[int, float], False), (["a"], Sequence[str], True), ("a", Sequence[str], False),
-        ([1, 2], list[float], True), ({"a": 1}, dict[str, int], True), ({"a": "x"}, dict[str, int], False),
-        ("/x", Path, True), (3, Path, False), ({"lr": 1}, runner_fakes.TinyCNN, True),  # unknown class: not judged
+        (3, float, True),
+        (3.5, float, True),
+        (True, float, False),
+        ("3", float, False),
+        (3, int, True),
+        (3.0, int, False),
+        (True, int, False),
+        (True, bool, True),
+        (1, bool, False),
+        (None, Optional[int], True),
+        ("16", Optional[int], False),
+        (16, Optional[int], True),
+        ("a", Union[str, int], True),
+        (2, "str | int", True),
+        (2.5, Union[str, int], False),
+        ("a", Literal["a", "b"], True),
+        ("c", Literal["a", "b"], False),
+        (1, Literal["1"], False),
+        ([1, 2], tuple[int, ...], True),
+        ([1, "x"], tuple[int, ...], False),
+        ([1, 2.5], tuple[int, float], True),
+        ([1], tuple[int, float], False),
+        (["a"], Sequence[str], True),
+        ("a", Sequence[str], False),
+        ([1, 2], list[float], True),
+        ({"a": 1}, dict[str, int], True),
+        ({"a": "x"}, dict[str, int], False),
+        ("/x", Path, True),
+        (3, Path, False),
+        ({"lr": 1}, runner_fakes.TinyCNN, True),  # unknown class: not judged
     ],
 )
 def test_matches(value, tp, ok):
@@ -43,7 +65,7 @@ def test_describe_names_the_expected_type_in_words():
 
 
 def test_check_kwargs_names_key_expected_type_and_value():
-    def f(n: Optional[int] = None, steps=4, name="x", **kw):
+    def f(n: int | None = None, steps=4, name="x", **kw):
         pass
 
     with pytest.raises(SuiteError, match=r"data: `n` must be an integer, got 'sixteen' \(a string\)"):
@@ -77,10 +99,16 @@ data = {data}
     "extra, data, needle",
     [
         ("", '{ n = "sixteen" }', "`data` (arguments of dataset 'shapes'): `n` must be an integer, got 'sixteen'"),
-        ("[metric_params.deletion_auc]\nn_steps = \"16\"\n", "{ n = 4 }",
-         "[metric_params.deletion_auc]: `n_steps` must be an integer, got '16' (a string)"),
-        ("[method_params.smoothgradcampp]\nstd = \"0.3\"\n", "{ n = 4 }",
-         "[method_params.smoothgradcampp]: `std` must be a number"),
+        (
+            '[metric_params.deletion_auc]\nn_steps = "16"\n',
+            "{ n = 4 }",
+            "[metric_params.deletion_auc]: `n_steps` must be an integer, got '16' (a string)",
+        ),
+        (
+            '[method_params.smoothgradcampp]\nstd = "0.3"\n',
+            "{ n = 4 }",
+            "[method_params.smoothgradcampp]: `std` must be a number",
+        ),
     ],
 )
 def test_plan_refuses_wrong_typed_suite_values(extra, data, needle):
@@ -115,8 +143,10 @@ def test_every_registered_default_passes_its_own_check():
 @pytest.mark.parametrize(
     "text, needle",
     [
-        ('name = "x"\ndescription = 3\n[[experiments]]\nmodel = "m"\ndataset = "d"\n',
-         "`description` must be a string"),
+        (
+            'name = "x"\ndescription = 3\n[[experiments]]\nmodel = "m"\ndataset = "d"\n',
+            "`description` must be a string",
+        ),
         ('name = "x"\n[[experiments]]\nmodel = "m"\ndataset = "d"\nlabel = 5\n', "`label` must be a non-empty string"),
         ('name = "x"\nseed = "0"\n[[experiments]]\nmodel = "m"\ndataset = "d"\n', "`seed` must be a non-negative"),
     ],
@@ -127,7 +157,7 @@ def test_suite_schema_types(text, needle):
 
 
 def test_a_value_the_dataset_rejects_is_a_suite_error_naming_data():
-    suite = parse_suite(_suite("", '{ n = 4, max_distractors = 9 }'))
+    suite = parse_suite(_suite("", "{ n = 4, max_distractors = 9 }"))
     with pytest.raises(SuiteError, match=r"Dataset 'shapes' rejected the suite's `data` arguments .*max_distractors"):
         plan_run(suite)
     # the dataset is its class: its __init__ hints check the values before it is built
@@ -139,8 +169,7 @@ def test_a_value_the_dataset_rejects_is_a_suite_error_naming_data():
 def test_an_unresolvable_hint_leaves_the_other_hints_checked():
     ns: dict = {}
     exec(
-        "from __future__ import annotations\n"
-        "def f(a: NotDefinedAnywhere = 1, n: int = 2):\n    pass\n",
+        "from __future__ import annotations\ndef f(a: NotDefinedAnywhere = 1, n: int = 2):\n    pass\n",
         ns,
     )
     check_kwargs(ns["f"], {"a": "anything"}, "p")  # unknown annotation: passes
@@ -151,13 +180,19 @@ def test_an_unresolvable_hint_leaves_the_other_hints_checked():
 def test_an_unknown_metric_or_method_key_names_the_valid_ones():
     """Parameters declared only by the signature: an unknown suite key is refused with the valid keys."""
     suite = parse_suite(_suite("[metric_params.deletion_auc]\nn_step = 4\n"))
-    with pytest.raises(SuiteError, match=r"\[metric_params.deletion_auc\]: Metric 'deletion_auc' has no parameter "
-                                         r"'n_step'. Its parameters: blur_klen, blur_sigma, n_steps, rise_ties, "
-                                         r"score, step, substrate."):
+    with pytest.raises(
+        SuiteError,
+        match=r"\[metric_params.deletion_auc\]: Metric 'deletion_auc' has no parameter "
+        r"'n_step'. Its parameters: blur_klen, blur_sigma, n_steps, rise_ties, "
+        r"score, step, substrate.",
+    ):
         plan_run(suite)
     suite = parse_suite(_suite("[method_params.gradcampp]\nalpha = true\n"))
-    with pytest.raises(SuiteError, match=r"method 'gradcampp' has no parameter 'alpha'. Its parameters: alpha_norm."):
+    with pytest.raises(
+        SuiteError,
+        match=r"\[method_params.gradcampp\]: Method 'gradcampp' has no parameter 'alpha'. Its parameters: alpha_norm.",
+    ):
         plan_run(suite)
-    suite = parse_suite(_suite("[metric_params.road_morf]\npercentages = [0.1, \"x\"]\n"))
+    suite = parse_suite(_suite('[metric_params.road_morf]\npercentages = [0.1, "x"]\n'))
     with pytest.raises(SuiteError, match=r"`percentages` must be array \(each a number\)"):
         plan_run(suite)

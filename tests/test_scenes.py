@@ -12,8 +12,14 @@ from benchmark.metrics.functional.localization import pointing_game
 
 # (label, object pixels, image mean) of test images 0-5 of the default generator (GENERATOR_VERSION 2:
 # float64 textures, 8-bit images; labels and object pixels are those of version 1, the means moved by <= 1e-5).
-GOLDEN_SIMPLE = [(3, 1022, 0.536108), (4, 592, 0.547014), (3, 674, 0.390359), (0, 1428, 0.569904),
-                 (1, 671, 0.354814), (4, 691, 0.623121)]
+GOLDEN_SIMPLE = [
+    (3, 1022, 0.536108),
+    (4, 592, 0.547014),
+    (3, 674, 0.390359),
+    (0, 1428, 0.569904),
+    (1, 671, 0.354814),
+    (4, 691, 0.623121),
+]
 GOLDEN_ALIGNED_MEANS = [0.53678, 0.547241, 0.391783, 0.568513, 0.3541, 0.623304]
 
 

@@ -23,12 +23,31 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _result(key: str, value: float = 1.0) -> UnitResult:
-    scores = pd.DataFrame({
-        "model": ["m"], "dataset": ["d"], "method": ["gradcam"], "metric": ["x"], "image_id": ["i0"],
-        "value": [value], "status": ["ok"], "message": [""], "degenerate": [False],
-    })
-    curves = pd.DataFrame({"model": ["m"] * 2, "dataset": ["d"] * 2, "method": ["gradcam"] * 2, "metric": ["x"] * 2,
-                           "step": [0, 1], "x": [0.0, 1.0], "value": [1.0, 0.5], "n": [1, 1]})
+    scores = pd.DataFrame(
+        {
+            "model": ["m"],
+            "dataset": ["d"],
+            "method": ["gradcam"],
+            "metric": ["x"],
+            "image_id": ["i0"],
+            "value": [value],
+            "status": ["ok"],
+            "message": [""],
+            "degenerate": [False],
+        }
+    )
+    curves = pd.DataFrame(
+        {
+            "model": ["m"] * 2,
+            "dataset": ["d"] * 2,
+            "method": ["gradcam"] * 2,
+            "metric": ["x"] * 2,
+            "step": [0, 1],
+            "x": [0.0, 1.0],
+            "value": [1.0, 0.5],
+            "n": [1, 1],
+        }
+    )
     timings = pd.DataFrame(
         {"unit": [key], "model": ["m"], "dataset": ["d"], "stage": ["total"], "name": ["unit"], "seconds": [0.1]}
     )

@@ -58,8 +58,13 @@ def to_old_layout(store: Store) -> int:
         key = meta["unit"]
         path = store.curves_path(key)
         curves = pd.read_parquet(path) if path.is_file() else pd.DataFrame(columns=CURVE_COLUMNS)
-        meta = {"suite_hash": meta["suite_hash"], "unit": key, "curves": curves.to_dict(orient="list"),
-                "timings": meta["timings"], "info": meta["info"]}
+        meta = {
+            "suite_hash": meta["suite_hash"],
+            "unit": key,
+            "curves": curves.to_dict(orient="list"),
+            "timings": meta["timings"],
+            "info": meta["info"],
+        }
         write_parquet(part, pq.read_table(part).to_pandas(), meta)
     if store.curves.is_dir():
         shutil.rmtree(store.curves)
@@ -67,10 +72,19 @@ def to_old_layout(store: Store) -> int:
 
 
 def _unit(key: str, curves: pd.DataFrame, n_images: int = 1) -> UnitResult:
-    scores = pd.DataFrame({
-        "model": ["m"], "dataset": ["d"], "method": ["gradcam"], "metric": ["x"], "image_id": [f"{key}-i0"],
-        "value": [1.0], "status": ["ok"], "message": [""], "degenerate": [False],
-    })
+    scores = pd.DataFrame(
+        {
+            "model": ["m"],
+            "dataset": ["d"],
+            "method": ["gradcam"],
+            "metric": ["x"],
+            "image_id": [f"{key}-i0"],
+            "value": [1.0],
+            "status": ["ok"],
+            "message": [""],
+            "degenerate": [False],
+        }
+    )
     timings = pd.DataFrame(
         {"unit": [key], "model": ["m"], "dataset": ["d"], "stage": ["total"], "name": ["unit"], "seconds": [0.1]}
     )
@@ -84,8 +98,11 @@ finite = st.floats(min_value=-1e300, max_value=1e300, allow_nan=False, allow_inf
 def unit_curves(draw) -> list[tuple[dict, int]]:
     """1-4 units of one experiment: per unit, the summed curves of some (metric, method) pairs and the
     number of images, as the runner accumulates them (``curve_sum``); a pair keeps its step count."""
-    steps = {("deletion", "gradcam"): draw(st.integers(1, 6)), ("deletion", "random"): draw(st.integers(1, 6)),
-             ("insertion", "gradcam"): draw(st.integers(1, 6))}
+    steps = {
+        ("deletion", "gradcam"): draw(st.integers(1, 6)),
+        ("deletion", "random"): draw(st.integers(1, 6)),
+        ("insertion", "gradcam"): draw(st.integers(1, 6)),
+    }
     units = []
     for _ in range(draw(st.integers(1, 4))):
         k = draw(st.integers(1, 9))
@@ -124,8 +141,9 @@ def test_curves_round_trip_equals_the_json_layout(units, old_first):
     # known answer: per (metric, method, step) the mean over all images of the units that have the pair
     assert list(got.columns) == CURVE_COLUMNS
     for row in got.itertuples():
-        per_unit = [(sums[(row.metric, row.method)][0][row.step], k) for sums, k in units
-                    if (row.metric, row.method) in sums]
+        per_unit = [
+            (sums[(row.metric, row.method)][0][row.step], k) for sums, k in units if (row.metric, row.method) in sums
+        ]
         n = sum(k for _, k in per_unit)
         assert row.n == n
         want = sum(float(s / k) * k for s, k in per_unit) / n  # unit means, weighted by their image counts
@@ -248,8 +266,9 @@ def score_calls(draw) -> list[tuple]:
             status = np.where(np.isfinite(v), "ok", "undefined")
             calls.append((method, metric, ids, v, status, "", degenerate))
         else:
-            calls.append((method, metric, ids, np.nan, "error", draw(st.sampled_from(["boom", "méthode: ✗"])),
-                          degenerate))
+            calls.append(
+                (method, metric, ids, np.nan, "error", draw(st.sampled_from(["boom", "méthode: ✗"])), degenerate)
+            )
     return calls
 
 

@@ -21,17 +21,22 @@ from benchmark.runner.progress import Progress
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TINY = S.TrainConfig(name="tiny", n_train=64, epochs=2, batch_size=16, image_size=32, widths=(4, 4, 8, 8),
-                     scenes=("simple", "clutter"))
+TINY = S.TrainConfig(
+    name="tiny", n_train=64, epochs=2, batch_size=16, image_size=32, widths=(4, 4, 8, 8), scenes=("simple", "clutter")
+)
 TRAINERS = {
     "shapes": lambda: S.train_shapes_model(TINY),
     "multilabel": lambda: ML.train_multilabel_model(
-        ML.MultiLabelTrainConfig(n_train=64, epochs=2, batch_size=16, image_size=32, widths=(4, 4, 8, 8))),
-    "volumes": lambda: V.train_volume_model(V.VolumeTrainConfig(n_train=48, epochs=2, batch_size=16, size=16,
-                                                                widths=(4, 4, 8))),
+        ML.MultiLabelTrainConfig(n_train=64, epochs=2, batch_size=16, image_size=32, widths=(4, 4, 8, 8))
+    ),
+    "volumes": lambda: V.train_volume_model(
+        V.VolumeTrainConfig(n_train=48, epochs=2, batch_size=16, size=16, widths=(4, 4, 8))
+    ),
 }
-EPOCH = re.compile(r"^(\S+) epoch (\d)/2: loss \d+\.\d{3}, train (accuracy|exact match) \d\.\d{3}; "
-                   r"elapsed \d+:\d\d, ETA (\d+:\d\d)$")
+EPOCH = re.compile(
+    r"^(\S+) epoch (\d)/2: loss \d+\.\d{3}, train (accuracy|exact match) \d\.\d{3}; "
+    r"elapsed \d+:\d\d, ETA (\d+:\d\d)$"
+)
 
 
 def _old_shapes_loop(cfg: S.TrainConfig) -> nn.Module:
@@ -61,8 +66,9 @@ def _old_shapes_loop(cfg: S.TrainConfig) -> nn.Module:
 
 
 def test_the_shared_loop_trains_exactly_the_weights_of_the_old_one():
-    cfg = S.TrainConfig(name="tiny", n_train=40, epochs=2, batch_size=16, image_size=32, widths=(4, 4, 8, 8),
-                        head="conv")  # 40 images: a short last batch
+    cfg = S.TrainConfig(
+        name="tiny", n_train=40, epochs=2, batch_size=16, image_size=32, widths=(4, 4, 8, 8), head="conv"
+    )  # 40 images: a short last batch
     new, _ = S.train_shapes_model(cfg)
     old = _old_shapes_loop(cfg)
     a, b = new.state_dict(), old.state_dict()
@@ -151,8 +157,9 @@ def test_eta_and_intervals():
 
 def test_a_schedule_the_one_cycle_policy_cannot_split_is_refused_with_the_fix():
     with pytest.raises(CambenchError, match="epochs, n_train or batch_size"):
-        S.train_shapes_model(S.TrainConfig(name="tiny", n_train=32, epochs=2, batch_size=16, image_size=32,
-                                           widths=(4, 4, 4, 8)))
+        S.train_shapes_model(
+            S.TrainConfig(name="tiny", n_train=32, epochs=2, batch_size=16, image_size=32, widths=(4, 4, 4, 8))
+        )
 
 
 def test_train_models_without_a_terminal_logs_each_epoch(monkeypatch, capsys):

@@ -86,8 +86,12 @@ def test_resize_identity_and_synthetic_shapes() -> None:
 
 def _handle(size: int = 64) -> ModelHandle:
     return ModelHandle(
-        name="t", model=nn.Identity(), target_layer="", input_size=(size, size),
-        mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3),
+        name="t",
+        model=nn.Identity(),
+        target_layer="",
+        input_size=(size, size),
+        mean=(0.5, 0.4, 0.3),
+        std=(0.2, 0.25, 0.3),
     )
 
 

@@ -19,8 +19,14 @@ from benchmark.types import ModelHandle
 
 
 def _handle(size, name="vol") -> ModelHandle:
-    return ModelHandle(name=name, model=torch.nn.Identity(), target_layer="", input_size=size,
-                       mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    return ModelHandle(
+        name=name,
+        model=torch.nn.Identity(),
+        target_layer="",
+        input_size=size,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.25, 0.25, 0.25),
+    )
 
 
 def test_volumes_deterministic_exact_masks_and_boxes() -> None:

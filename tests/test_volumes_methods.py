@@ -15,7 +15,8 @@ from benchmark.methods.postprocess import finalize, upsample
 from benchmark.models.volumetric import VolumeCNN
 
 ALL = [  # the built-in methods (other test modules register fakes while pytest collects)
-    n for n in methods.list_methods()
+    n
+    for n in methods.list_methods()
     if n not in ("oracle", "legrad") and METHODS.entry(n).obj.__module__.startswith("benchmark.")
 ]
 FAST = {"smoothgradcampp": {"n_samples": 2}, "sscam": {"n_samples": 2}, "iscam": {"n_samples": 2}}
@@ -61,9 +62,14 @@ def test_finalize_3d_trilinear_and_unit_range() -> None:
     assert maps.shape == (2, 4, 8, 8) and not bad.any()
     assert float(maps.min()) >= 0 and float(maps.max()) <= 1
     ref = torch.nn.functional.interpolate(
-        ((raw - raw.amin((1, 2, 3), keepdim=True)) / (raw.amax((1, 2, 3), keepdim=True)
-                                                     - raw.amin((1, 2, 3), keepdim=True)))[:, None],
-        size=(4, 8, 8), mode="trilinear", align_corners=False)[:, 0]
+        (
+            (raw - raw.amin((1, 2, 3), keepdim=True))
+            / (raw.amax((1, 2, 3), keepdim=True) - raw.amin((1, 2, 3), keepdim=True))
+        )[:, None],
+        size=(4, 8, 8),
+        mode="trilinear",
+        align_corners=False,
+    )[:, 0]
     torch.testing.assert_close(maps, ref)
     assert upsample(raw, (2, 4, 4)) is raw
     const, flag = finalize(torch.ones(1, 2, 3, 3), (2, 6, 6))
@@ -72,8 +78,9 @@ def test_finalize_3d_trilinear_and_unit_range() -> None:
 
 @pytest.mark.parametrize("name", ALL)
 def test_every_method_gives_volume_maps(vol_model: VolumeCNN, clips: torch.Tensor, name: str) -> None:
-    out = methods.explain(vol_model, "block3", clips[:2], [0, 3], [name], params=FAST, details=True,
-                          batch_size=16)[name]
+    out = methods.explain(vol_model, "block3", clips[:2], [0, 3], [name], params=FAST, details=True, batch_size=16)[
+        name
+    ]
     assert out.maps.shape == (2, 8, 16, 16)
     assert out.maps.dtype == torch.float32 and torch.isfinite(out.maps).all()
     assert float(out.maps.min()) >= 0 and float(out.maps.max()) <= 1
@@ -84,8 +91,14 @@ def test_every_method_gives_volume_maps(vol_model: VolumeCNN, clips: torch.Tenso
 def test_batch_of_one_equals_batch_of_four(vol_model: VolumeCNN, clips: torch.Tensor, name: str) -> None:
     targets = torch.tensor([0, 1, 2, 3])
     four = methods.explain(vol_model, "block3", clips, targets, [name], params=FAST, batch_size=16)[name]
-    ones = torch.cat([methods.explain(vol_model, "block3", clips[i : i + 1], targets[i : i + 1], [name],
-                                      params=FAST, batch_size=16)[name] for i in range(4)])
+    ones = torch.cat(
+        [
+            methods.explain(
+                vol_model, "block3", clips[i : i + 1], targets[i : i + 1], [name], params=FAST, batch_size=16
+            )[name]
+            for i in range(4)
+        ]
+    )
     torch.testing.assert_close(four, ones, atol=2e-5, rtol=1e-4)
 
 
@@ -110,8 +123,13 @@ def test_gradient_methods_match_pytorch_grad_cam_5d() -> None:
     model = SameRes().eval()
     x = torch.randn(2, 3, 4, 8, 8, generator=torch.Generator().manual_seed(4))
     targets = [1, 3]
-    pairs = {"gradcam": pgc.GradCAM, "gradcampp": pgc.GradCAMPlusPlus, "xgradcam": pgc.XGradCAM,
-             "hirescam": pgc.HiResCAM, "layercam": pgc.LayerCAM}
+    pairs = {
+        "gradcam": pgc.GradCAM,
+        "gradcampp": pgc.GradCAMPlusPlus,
+        "xgradcam": pgc.XGradCAM,
+        "hirescam": pgc.HiResCAM,
+        "layercam": pgc.LayerCAM,
+    }
     ours = methods.explain(model, "conv2", x, targets, list(pairs))
     for name, cls in pairs.items():
         with cls(model=model, target_layers=[model.conv2]) as cam:
@@ -169,8 +187,9 @@ def test_oracle_rim_dilates_in_3d() -> None:
     mask = torch.zeros(1, 9, 9, 9, dtype=torch.bool)
     mask[0, 4, 4, 4] = True
     model = nn.Sequential(nn.Conv3d(3, 2, 3, padding=1), nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(2, 2))
-    ctx = ExplainContext(model=model, layer=model[0], images=torch.rand(1, 3, 9, 9, 9), targets=torch.zeros(1).long(),
-                         masks=mask)
+    ctx = ExplainContext(
+        model=model, layer=model[0], images=torch.rand(1, 3, 9, 9, 9), targets=torch.zeros(1).long(), masks=mask
+    )
     raw = run_method(ctx, "oracle", {"mask_dilation": 2}).raw
     assert raw[0, 4, 4, 4] == 1.0
     rim1, rim2 = raw[0, 3, 3, 3], raw[0, 2, 6, 4]

@@ -127,22 +127,43 @@ def test_registry_metrics_finite_on_volumes(setup) -> None:
     names = ["gradcam", "cam", "random", "oracle"]
 
     def explain(m, images, targets, which, **kw):
-        return methods.explain(m, "block3", images, targets, which, masks=batch.masks,
-                               params={"oracle": {"mask_dilation": 0}}, **kw)  # the oracle is the bare mask
+        return methods.explain(
+            m, "block3", images, targets, which, masks=batch.masks, params={"oracle": {"mask_dilation": 0}}, **kw
+        )  # the oracle is the bare mask
 
     sal = explain(model, batch.images, batch.targets, names)
     meta = {n: methods.METHODS.entry(n).meta for n in names}  # what the runner passes
     ctx = MetricContext(model=model, batch=batch, saliency=sal, explain=explain, batch_size=16, method_meta=meta)
     params = {
-        "deletion_auc": {"n_steps": 4}, "insertion_auc": {"n_steps": 4, "blur_klen": 3},
-        "max_sensitivity": {"n_samples": 2}, "avg_sensitivity": {"n_samples": 2},
-        "local_lipschitz": {"n_samples": 2}, "model_randomization": {"max_layers": 2},
-        "model_randomization_ssim": {"max_layers": 2}, "pointing_game": {"tolerance": 2},
+        "deletion_auc": {"n_steps": 4},
+        "insertion_auc": {"n_steps": 4, "blur_klen": 3},
+        "max_sensitivity": {"n_samples": 2},
+        "avg_sensitivity": {"n_samples": 2},
+        "local_lipschitz": {"n_samples": 2},
+        "model_randomization": {"max_layers": 2},
+        "model_randomization_ssim": {"max_layers": 2},
+        "pointing_game": {"tolerance": 2},
     }
-    wanted = ["deletion_auc", "insertion_auc", "average_drop", "increase_in_confidence", "pointing_game",
-              "energy_pointing_game", "energy_pointing_game_mask", "mask_iou", "box_iou", "pxap",
-              "max_sensitivity", "avg_sensitivity", "local_lipschitz", "gradient_noise_stability",
-              "gradient_noise_mse", "model_randomization", "model_randomization_ssim", "temporal_energy"]
+    wanted = [
+        "deletion_auc",
+        "insertion_auc",
+        "average_drop",
+        "increase_in_confidence",
+        "pointing_game",
+        "energy_pointing_game",
+        "energy_pointing_game_mask",
+        "mask_iou",
+        "box_iou",
+        "pxap",
+        "max_sensitivity",
+        "avg_sensitivity",
+        "local_lipschitz",
+        "gradient_noise_stability",
+        "gradient_noise_mse",
+        "model_randomization",
+        "model_randomization_ssim",
+        "temporal_energy",
+    ]
     res = compute_metrics(ctx, wanted, params)
     assert set(res) == set(wanted)
     for metric, per in res.items():
@@ -166,8 +187,9 @@ def test_registry_metrics_finite_on_volumes(setup) -> None:
 
 def test_temporal_energy_is_skipped_on_2d_images() -> None:
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
-    b = Batch(images=torch.rand(1, 3, 8, 8), targets=torch.tensor([0]), ids=["x"],
-              masks=torch.ones(1, 8, 8, dtype=torch.bool))
+    b = Batch(
+        images=torch.rand(1, 3, 8, 8), targets=torch.tensor([0]), ids=["x"], masks=torch.ones(1, 8, 8, dtype=torch.bool)
+    )
     ctx = MetricContext(model=model.eval(), batch=b, saliency={"m": torch.rand(1, 8, 8)})
     assert compute_metrics(ctx, ["temporal_energy", "mask_iou"]).keys() == {"mask_iou"}
 

@@ -53,9 +53,13 @@ def test_slice_gallery_shows_slices_through_the_object(tmp_path: Path) -> None:
     assert strip_slices(10, masks[0], 3) == [4, 5, 6]
     assert strip_slices(10, None, 2) == [2, 7]
     sample = {
-        "experiment": np.asarray(["m", "d"]), "images": np.zeros((1, 10, 8, 8, 3), np.uint8),
-        "ids": np.asarray(["v0"]), "targets": np.asarray([1]), "methods": np.asarray(["a", "b"]),
-        "maps": np.random.default_rng(0).random((1, 2, 10, 8, 8)).astype(np.float16), "masks": masks,
+        "experiment": np.asarray(["m", "d"]),
+        "images": np.zeros((1, 10, 8, 8, 3), np.uint8),
+        "ids": np.asarray(["v0"]),
+        "targets": np.asarray([1]),
+        "methods": np.asarray(["a", "b"]),
+        "maps": np.random.default_rng(0).random((1, 2, 10, 8, 8)).astype(np.float16),
+        "masks": masks,
         "boxes": np.asarray([[[2, 2, 4, 5, 5, 7]]], np.float32),
     }
     paths = gallery([sample], tmp_path)

@@ -72,8 +72,10 @@ def test_a_worker_keeps_its_records_prints_nothing_and_draws_no_bar(capsys):
     result = _work(suite, None, None, (), "tok", _logging_unit, lambda plugins: None)
     assert result.info["bars"] is False  # its stderr is the parent's terminal: no bar drawn into the parent's
     got = [(r.name, r.levelno, r.getMessage()) for r in result.logs]
-    assert got[:2] == [("benchmark.models.training", logging.INFO, "tiny epoch 1/2: loss 0.500"),
-                       ("some_plugin", logging.WARNING, "skipping img_003.png: truncated")]
+    assert got[:2] == [
+        ("benchmark.models.training", logging.INFO, "tiny epoch 1/2: loss 0.500"),
+        ("some_plugin", logging.WARNING, "skipping img_003.png: truncated"),
+    ]
     assert len(got) == 3 and got[2][:2] == ("benchmark.data.folder", logging.ERROR)  # no foreign INFO
     assert "OSError: disk on fire" in result.logs[2].exc_text and result.logs[2].exc_info is None
     assert all(r.process == os.getpid() and r.args is None for r in result.logs)
@@ -128,8 +130,14 @@ def test_the_driver_reemits_worker_records_in_a_run(tmp_path, monkeypatch):
     """The driver's part, without processes: a result carrying a worker's records is re-emitted once."""
     from benchmark.runner import parallel
 
-    warning = logging.makeLogRecord({"name": "benchmark.data.folder", "levelno": logging.WARNING,
-                                     "levelname": "WARNING", "msg": "skipping img_009.png: empty file"})
+    warning = logging.makeLogRecord(
+        {
+            "name": "benchmark.data.folder",
+            "levelno": logging.WARNING,
+            "levelname": "WARNING",
+            "msg": "skipping img_009.png: empty file",
+        }
+    )
 
     def fake_units(suite, units, **kw):
         for u in units:

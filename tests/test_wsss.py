@@ -104,8 +104,9 @@ def test_seed_statistics_equal_the_per_image_reference(handle, batches):
     torch.manual_seed(1)
     rows, ids, ref = [], [], {t: torch.zeros(7, 7, dtype=torch.long) for t in (0.0, 0.35, 0.5)}
     for b in batches:
-        b = Batch(b.images, b.targets, b.ids, b.masks, b.boxes, b.labels,
-                  ignore=torch.rand(b.masks.shape) < 0.05)  # some void pixels, same for the rows of an image
+        b = Batch(
+            b.images, b.targets, b.ids, b.masks, b.boxes, b.labels, ignore=torch.rand(b.masks.shape) < 0.05
+        )  # some void pixels, same for the rows of an image
         keys = [image_key(i) for i in b.ids]
         first = {k: keys.index(k) for k in keys}
         b.ignore[:] = b.ignore[[first[k] for k in keys]]
@@ -214,15 +215,17 @@ def test_ms_flip_known_answer_single_scale():
     model = _mirror_model()
     x = torch.randn(2, 3, 32, 32)
     t = torch.tensor([0, 2])
-    got = M.explain(model, "block4", x, t, ["gradcam"], ms_flip=M.msflip.MultiScaleFlip(scales=(1.0,)),
-                    details=True)["gradcam"]
+    got = M.explain(model, "block4", x, t, ["gradcam"], ms_flip=M.msflip.MultiScaleFlip(scales=(1.0,)), details=True)[
+        "gradcam"
+    ]
     raw = M.explain(model, "block4", x, t, ["gradcam"], details=True)["gradcam"].raw
     raw_f = M.explain(model, "block4", x.flip(-1), t, ["gradcam"], details=True)["gradcam"].raw
     want = minmax(upsample(raw.clamp_min(0), (32, 32)) + upsample(raw_f.clamp_min(0), (32, 32)).flip(-1))
     assert torch.allclose(got.maps, want, atol=1e-6)
     # 2x scale: the map of the 64 px input, downsampled to 32 px, enters the sum
-    two = M.explain(model, "block4", x, t, ["gradcam"], ms_flip=M.msflip.MultiScaleFlip(scales=(2.0,), flip=False),
-                    details=True)["gradcam"]
+    two = M.explain(
+        model, "block4", x, t, ["gradcam"], ms_flip=M.msflip.MultiScaleFlip(scales=(2.0,), flip=False), details=True
+    )["gradcam"]
     big = torch.nn.functional.interpolate(x, size=(64, 64), mode="bilinear", align_corners=False)
     raw2 = M.explain(model, "block4", big, t, ["gradcam"], details=True)["gradcam"].raw
     assert torch.allclose(two.maps, minmax(upsample(raw2.clamp_min(0), (32, 32))), atol=1e-6)
@@ -302,8 +305,9 @@ def test_seeds_table_and_curves_from_stored_statistics(handle, batches, tmp_path
         res = compute_metrics(_ctx(handle, b, sal), ["seed_miou", "seed_miou_oracle_threshold"])
         for metric, per in res.items():
             for method, st in per.items():
-                rows += [("m", "shapes_multilabel", method, metric, i, r)
-                         for i, r in zip(b.ids, st.numpy(), strict=True)]
+                rows += [
+                    ("m", "shapes_multilabel", method, metric, i, r) for i, r in zip(b.ids, st.numpy(), strict=True)
+                ]
     stats = pd.DataFrame(rows, columns=["model", "dataset", "method", "metric", "image_id", "stats"])
     names = create_dataset("shapes_multilabel", n=1).class_names
     table = seeds_table(stats, names)
@@ -349,7 +353,8 @@ def test_runner_refuses_a_class_count_mismatch(tmp_path):
 
     root = _voc_root(tmp_path)
     text = SUITE.replace('dataset = "shapes_multilabel"', 'dataset = "voc"').replace(
-        "data = { n = 6 }", f'data = {{ root = "{root}" }}')
+        "data = { n = 6 }", f'data = {{ root = "{root}" }}'
+    )
     suite = parse_suite(text)
     with pytest.raises(DataError, match="Class-count mismatch.*6 classes.*20"):
         run_unit(suite, plan_run(suite).units[0])
@@ -366,8 +371,10 @@ def test_a_run_writes_seeds_csv_and_the_threshold_plot_into_the_report(tmp_path)
     from benchmark.runner import run_suite
     from benchmark.runner.suite import parse_suite
 
-    text = SUITE.replace('metrics = ["pointing_game", "energy_pointing_game_mask"]',
-                         'metrics = ["seed_miou", "seed_miou_oracle_threshold"]')
+    text = SUITE.replace(
+        'metrics = ["pointing_game", "energy_pointing_game_mask"]',
+        'metrics = ["seed_miou", "seed_miou_oracle_threshold"]',
+    )
     out = tmp_path / "run"
     run_suite(parse_suite(text), out, quiet=True, report=partial(write_report, plots=True))
     board = pd.read_csv(out / "leaderboard.csv")

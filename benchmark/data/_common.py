@@ -354,9 +354,7 @@ class RecordDataset(CamDataset):
             except (OSError, ValueError) as e:
                 raise DataError(f"{Path(spec[1]).name}: unreadable segmentation PNG ({e})") from e
             if labels.shape[:2] != (h, w):
-                raise DataError(
-                    f"{Path(spec[1]).name}: segmentation is {labels.shape[:2]}, image is {(h, w)}."
-                )
+                raise DataError(f"{Path(spec[1]).name}: segmentation is {labels.shape[:2]}, image is {(h, w)}.")
             return torch.from_numpy(labels == spec[2])
         if kind == "coco":
             return coco_mask(spec[1], h, w)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any
 
 from torch import Tensor
 from torch.utils.data import Dataset
@@ -20,13 +21,13 @@ class Sample:
     image: Tensor
     target: int
     id: str
-    mask: Optional[Tensor] = None  # [H,W] bool, region of the target object
-    boxes: Optional[Tensor] = None  # [K,4] float xyxy pixels of the target object
-    label: Optional[int] = None
-    ignore: Optional[Tensor] = None  # [H,W] bool, pixels without ground truth (VOC's void border, 255)
+    mask: Tensor | None = None  # [H,W] bool, region of the target object
+    boxes: Tensor | None = None  # [K,4] float xyxy pixels of the target object
+    label: int | None = None
+    ignore: Tensor | None = None  # [H,W] bool, pixels without ground truth (VOC's void border, 255)
     #: Extra per-image tensors a dataset knows by construction (``[H,W]`` masks, ``[3,H,W]`` images in
     #: [0,1]), e.g. the model-truth region of the ``truth`` metrics; they travel into ``Batch.extras``.
-    extras: Optional[dict[str, Tensor]] = None
+    extras: dict[str, Tensor] | None = None
 
 
 class CamDataset(Dataset):
@@ -41,11 +42,11 @@ class CamDataset(Dataset):
     has_masks: bool = False
     has_boxes: bool = False
     num_classes: int = 0  # 0: known only once built (from the files)
-    class_names: Optional[list[str]] = None
+    class_names: list[str] | None = None
     #: the model a suite uses with this dataset when it names none (e.g. ``shapes`` -> ``shapes_cnn``)
-    default_model: Optional[str] = None
+    default_model: str | None = None
     #: what the masks are: ``"box"`` (box unions), ``"polygon"``, ``"segmentation"``, ``"instance"``
-    mask_kind: Optional[str] = None
+    mask_kind: str | None = None
 
     def __init__(self) -> None:
         self.errors: list[str] = []  # files skipped as corrupt or missing, by name and reason
@@ -59,8 +60,8 @@ class CamDataset(Dataset):
 
         raise DataError(
             f"Dataset {type(self).__name__} has no per-class ground truth, so it cannot explain every class "
-            "of an image (target = \"labels\"). Use a multi-label dataset (shapes_multilabel, voc, coco) or "
-            "target = \"label\"."
+            'of an image (target = "labels"). Use a multi-label dataset (shapes_multilabel, voc, coco) or '
+            'target = "label".'
         )
 
 
@@ -70,7 +71,14 @@ DATASETS: Registry[Callable[..., CamDataset]] = Registry("dataset")
 #: not None, and ``num_classes`` not 0). ``synthetic``, ``multilabel``, ``ndim`` and ``offline`` are optional
 #: class attributes (generated data; several classes per image; 3 = volumes or clips; needs no download).
 DATASET_META = (
-    "has_masks", "has_boxes", "num_classes", "default_model", "mask_kind", "synthetic", "multilabel", "ndim",
+    "has_masks",
+    "has_boxes",
+    "num_classes",
+    "default_model",
+    "mask_kind",
+    "synthetic",
+    "multilabel",
+    "ndim",
     "offline",
 )
 

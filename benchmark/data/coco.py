@@ -62,18 +62,12 @@ class COCODataset(RecordDataset):
         root = Path(root).expanduser()
         if not root.is_dir():
             raise DataError(f"COCO root {root} does not exist. Expected layout:\n{LAYOUT}")
-        ann_path = (
-            Path(annotation_file) if annotation_file else root / "annotations" / f"instances_{split}.json"
-        )
+        ann_path = Path(annotation_file) if annotation_file else root / "annotations" / f"instances_{split}.json"
         if not ann_path.is_file():
             raise DataError(f"COCO annotation file {ann_path} is missing. Expected layout:\n{LAYOUT}")
-        img_dir = (
-            Path(images_dir) if images_dir else first_existing(root, (split, f"images/{split}", "images"))
-        )
+        img_dir = Path(images_dir) if images_dir else first_existing(root, (split, f"images/{split}", "images"))
         if img_dir is None or not img_dir.is_dir():
-            raise DataError(
-                f"COCO image folder for {split!r} not found under {root}. Expected layout:\n{LAYOUT}"
-            )
+            raise DataError(f"COCO image folder for {split!r} not found under {root}. Expected layout:\n{LAYOUT}")
         try:
             with open(ann_path, encoding="utf-8") as f:
                 doc = json.load(f)

@@ -60,9 +60,7 @@ def _parse_csv(path: Path, errors: list[str]) -> dict[str, list[tuple[str, list[
                 image_id, pred = row[0].strip(), row[1].split()
                 if not image_id or not pred or len(pred) % 5:
                     raise ValueError("PredictionString must hold groups of 'wnid x0 y0 x1 y1'")
-                out[image_id] = [
-                    (pred[i], [float(v) for v in pred[i + 1 : i + 5]]) for i in range(0, len(pred), 5)
-                ]
+                out[image_id] = [(pred[i], [float(v) for v in pred[i + 1 : i + 5]]) for i in range(0, len(pred), 5)]
             except (IndexError, ValueError) as e:
                 errors.append(f"{path.name} line {line}: malformed row ({e})")
     return out
@@ -103,9 +101,7 @@ class ImageNetVal(RecordDataset):
         verify: bool = True,
     ) -> None:
         if root is None:
-            raise DataError(
-                f"The imagenet dataset needs root=... (the ILSVRC val folder). Expected layout:\n{LAYOUT}"
-            )
+            raise DataError(f"The imagenet dataset needs root=... (the ILSVRC val folder). Expected layout:\n{LAYOUT}")
         root = Path(root).expanduser()
         if not root.is_dir():
             raise DataError(f"ImageNet root {root} does not exist. Expected layout:\n{LAYOUT}")

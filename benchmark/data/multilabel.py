@@ -16,7 +16,6 @@ each other and from those of ``shapes`` (another stream offset).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 import torch
@@ -52,14 +51,14 @@ class ShapesMultiLabel(ShapesDataset):
 
     def __init__(
         self,
-        n: Optional[int] = 1000,
+        n: int | None = 1000,
         seed: int = 0,
         split: str = "test",
         image_size: int = 64,
         max_objects: int = 3,
         min_objects: int = 1,
         *,
-        root: Optional[str] = None,
+        root: str | None = None,
     ) -> None:
         super().__init__(n=n, seed=seed, split=split, image_size=image_size)  # type: ignore[arg-type]
         if not 1 <= int(min_objects) <= int(max_objects) <= len(SHAPE_CLASSES):
@@ -113,8 +112,14 @@ class ShapesMultiLabel(ShapesDataset):
         iid = self.sample_id(index)
         order = sorted(range(len(sc.classes)), key=lambda j: sc.classes[j])  # class order, as VOC / COCO
         return [
-            Sample(image=sc.image, target=sc.classes[j], id=f"{iid}#{SHAPE_CLASSES[sc.classes[j]]}",
-                   mask=sc.masks[j], boxes=mask_to_box(sc.masks[j]), label=sc.classes[j])
+            Sample(
+                image=sc.image,
+                target=sc.classes[j],
+                id=f"{iid}#{SHAPE_CLASSES[sc.classes[j]]}",
+                mask=sc.masks[j],
+                boxes=mask_to_box(sc.masks[j]),
+                label=sc.classes[j],
+            )
             for j in order
         ]
 
@@ -123,8 +128,14 @@ class ShapesMultiLabel(ShapesDataset):
         sc = self.multi_scene(index)
         areas = [int(m.sum()) for m in sc.masks]
         j = int(np.argmax(areas))
-        return Sample(image=sc.image, target=sc.classes[j], id=self.sample_id(index), mask=sc.masks[j],
-                      boxes=mask_to_box(sc.masks[j]), label=sc.classes[j])
+        return Sample(
+            image=sc.image,
+            target=sc.classes[j],
+            id=self.sample_id(index),
+            mask=sc.masks[j],
+            boxes=mask_to_box(sc.masks[j]),
+            label=sc.classes[j],
+        )
 
     def multi_hot(self, index: int) -> Tensor:
         """``[K]`` float 0/1 image-level labels of image ``index``."""
@@ -132,7 +143,7 @@ class ShapesMultiLabel(ShapesDataset):
         y[self.multi_scene(int(index)).classes] = 1.0
         return y
 
-    def images_and_targets(self, indices: Optional[range | list[int]] = None) -> tuple[Tensor, Tensor]:
+    def images_and_targets(self, indices: range | list[int] | None = None) -> tuple[Tensor, Tensor]:
         """Stacked ``[N,3,S,S]`` images in [0,1] and ``[N,K]`` multi-hot labels (training)."""
         idx = range(self.n) if indices is None else indices
         scenes = [self.multi_scene(int(i)) for i in idx]

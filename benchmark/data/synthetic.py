@@ -44,7 +44,7 @@ Conventions:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal
 
 import numpy as np
 import torch
@@ -86,9 +86,7 @@ _CL_STROKES = (4, 12)
 _MARK_PLACES = ((0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0), (0.5, 0.0), (0.5, 1.0))
 # Mark colours per class (saturated primaries; object colours are uniform in the RGB cube). The class is
 # coded twice, by place and colour: with global average pooling the colour is what a CNN reads easily.
-_MARK_COLOURS = (
-    (1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0), (1.0, 1.0, 0.0), (0.0, 1.0, 1.0), (1.0, 0.0, 1.0)
-)
+_MARK_COLOURS = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0), (1.0, 1.0, 0.0), (0.0, 1.0, 1.0), (1.0, 0.0, 1.0))
 
 
 def _shape_mask(cls: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -123,9 +121,7 @@ def mask_to_box(mask: Tensor) -> Tensor:
     cols = torch.nonzero(mask.any(dim=0)).flatten()
     if rows.numel() == 0:
         return torch.zeros((0, 4), dtype=torch.float32)
-    return torch.tensor(
-        [[cols[0], rows[0], cols[-1] + 1, rows[-1] + 1]], dtype=torch.float32
-    )
+    return torch.tensor([[cols[0], rows[0], cols[-1] + 1, rows[-1] + 1]], dtype=torch.float32)
 
 
 @dataclass
@@ -138,11 +134,11 @@ class Scene:
     object_box: Tensor  # [1,4]
     distractor_classes: list[int] = field(default_factory=list)
     distractor_masks: list[Tensor] = field(default_factory=list)
-    mark_class: Optional[int] = None
-    mark_mask: Optional[Tensor] = None
-    mark_box: Optional[Tensor] = None
+    mark_class: int | None = None
+    mark_mask: Tensor | None = None
+    mark_box: Tensor | None = None
     instance_masks: list[Tensor] = field(default_factory=list)  # every target instance (first = object_mask's)
-    instance_boxes: Optional[Tensor] = None  # [K,4], one box per target instance
+    instance_boxes: Tensor | None = None  # [K,4], one box per target instance
 
 
 @register_dataset("shapes")
@@ -173,16 +169,16 @@ class ShapesDataset(CamDataset):
 
     def __init__(
         self,
-        n: Optional[int] = 1000,
+        n: int | None = 1000,
         seed: int = 0,
         split: Literal["train", "test"] = "test",
         image_size: int = 128,
         max_distractors: int = 2,
-        shortcut: Optional[Literal["aligned", "shuffled", "absent"]] = None,
+        shortcut: Literal["aligned", "shuffled", "absent"] | None = None,
         gt: Literal["object", "mark"] = "object",
         scene: Literal["simple", "clutter"] = "simple",
         *,
-        root: Optional[str] = None,
+        root: str | None = None,
     ) -> None:
         super().__init__()
         n = 1000 if n is None else n
@@ -202,9 +198,7 @@ class ShapesDataset(CamDataset):
         if not 0 <= int(max_distractors) <= len(SHAPE_CLASSES) - 1:
             raise ValueError(f"max_distractors must be in 0..{len(SHAPE_CLASSES) - 1}, got {max_distractors}.")
         if shortcut not in (None, "aligned", "shuffled", "absent"):
-            raise ValueError(
-                f"shortcut must be None, 'aligned', 'shuffled' or 'absent', got {shortcut!r}."
-            )
+            raise ValueError(f"shortcut must be None, 'aligned', 'shuffled' or 'absent', got {shortcut!r}.")
         if gt not in ("object", "mark"):
             raise ValueError(f"gt must be 'object' or 'mark', got {gt!r}.")
         if gt == "mark" and shortcut in (None, "absent"):
@@ -365,8 +359,13 @@ class ShapesDataset(CamDataset):
         )
 
     def _move(
-        self, rng: np.random.Generator, centres: list[tuple[float, float]], radii: list[float], j: int,
-        lo: Optional[float] = None, hi: Optional[float] = None,
+        self,
+        rng: np.random.Generator,
+        centres: list[tuple[float, float]],
+        radii: list[float],
+        j: int,
+        lo: float | None = None,
+        hi: float | None = None,
     ) -> tuple[float, float]:
         """A new centre for object ``j``, clear of the others and at least two radii from where it was."""
         s = self.image_size
@@ -422,7 +421,7 @@ class ShapesDataset(CamDataset):
         img = img + (img2 - base2[:, None, None])
         img = self._strokes(rng, img)
         classes = [label] * n_t + dis
-        masks: list[Optional[np.ndarray]] = []
+        masks: list[np.ndarray | None] = []
         for i, (cls, (cx, cy), r) in enumerate(zip(classes, centres, radii, strict=False)):
             colour = self._object_colour(rng, base)
             if i not in placed:
@@ -447,7 +446,7 @@ class ShapesDataset(CamDataset):
             instance_boxes=boxes,
         )
 
-    def extras(self, index: int, sc: Optional[Scene] = None) -> dict[str, Tensor]:
+    def extras(self, index: int, sc: Scene | None = None) -> dict[str, Tensor]:
         """Model-truth tensors of image ``index`` (see the module docstring); empty without a mark."""
         if self.shortcut not in ("aligned", "shuffled"):
             return {}
@@ -478,11 +477,16 @@ class ShapesDataset(CamDataset):
         else:
             mask, boxes = sc.object_mask, sc.object_box
         return Sample(
-            image=sc.image, target=sc.label, id=self.sample_id(index), mask=mask, boxes=boxes,
-            label=sc.label, extras=self.extras(index, sc),
+            image=sc.image,
+            target=sc.label,
+            id=self.sample_id(index),
+            mask=mask,
+            boxes=boxes,
+            label=sc.label,
+            extras=self.extras(index, sc),
         )
 
-    def images_and_labels(self, indices: Optional[range | list[int]] = None) -> tuple[Tensor, Tensor]:
+    def images_and_labels(self, indices: range | list[int] | None = None) -> tuple[Tensor, Tensor]:
         """Stacked ``[N,3,S,S]`` images in [0,1] and ``[N]`` labels (training and quick evaluation)."""
         idx = range(self.n) if indices is None else indices
         scenes = [self.scene(int(i)) for i in idx]
@@ -505,20 +509,26 @@ class ShapesShortcut(ShapesDataset):
 
     def __init__(
         self,
-        n: Optional[int] = 1000,
+        n: int | None = 1000,
         seed: int = 0,
         split: Literal["train", "test"] = "test",
-        shortcut: Optional[Literal["aligned", "shuffled", "absent"]] = "aligned",
-        gt: Optional[Literal["object", "mark"]] = None,
+        shortcut: Literal["aligned", "shuffled", "absent"] | None = "aligned",
+        gt: Literal["object", "mark"] | None = None,
         image_size: int = 128,
         max_distractors: int = 2,
         scene: Literal["simple", "clutter"] = "simple",
         *,
-        root: Optional[str] = None,
+        root: str | None = None,
     ) -> None:
         if gt is None:
             gt = "object" if shortcut == "absent" else "mark"
         super().__init__(
-            n=n, seed=seed, split=split, image_size=image_size, max_distractors=max_distractors, shortcut=shortcut,
-            gt=gt, scene=scene,
+            n=n,
+            seed=seed,
+            split=split,
+            image_size=image_size,
+            max_distractors=max_distractors,
+            shortcut=shortcut,
+            gt=gt,
+            scene=scene,
         )

@@ -13,8 +13,9 @@ convention under which resizing is an exact affine map of the coordinates.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Literal, Optional, Sequence
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -92,9 +93,7 @@ def resize_sample(
         raise DataError(f"{sample.id}: image must be [C,H,W], got shape {tuple(img.shape)}.")
     h, w = int(img.shape[-2]), int(img.shape[-1])
     if sample.mask is not None and tuple(sample.mask.shape) != (h, w):
-        raise DataError(
-            f"{sample.id}: mask shape {tuple(sample.mask.shape)} does not match the image ({h}, {w})."
-        )
+        raise DataError(f"{sample.id}: mask shape {tuple(sample.mask.shape)} does not match the image ({h}, {w}).")
     if mode == "resize":
         new_h, new_w, top, left = out_h, out_w, 0, 0
     elif mode == "resize_center_crop":
@@ -112,7 +111,7 @@ def resize_sample(
         )[0].clamp_(0.0, 1.0)
     img = img[:, top : top + out_h, left : left + out_w]
 
-    def resize_mask(mask: Optional[Tensor], what: str) -> Optional[Tensor]:
+    def resize_mask(mask: Tensor | None, what: str) -> Tensor | None:
         if mask is None:
             return None
         if tuple(mask.shape) != (h, w):
@@ -136,12 +135,14 @@ def resize_sample(
         boxes = boxes[keep]
     extras = sample.extras
     if extras and (new_h, new_w, out_h, out_w) != (h, w, h, w):  # masks nearest-exact, images bilinear
+
         def fit(t: Tensor) -> Tensor:
             x = t[None, None].float() if t.ndim == 2 else t[None].float()
             mode = "nearest-exact" if t.dtype == torch.bool else "bilinear"
             kw = {} if mode == "nearest-exact" else {"align_corners": False, "antialias": True}
             x = F.interpolate(x, size=(new_h, new_w), mode=mode, **kw)[0][..., top : top + out_h, left : left + out_w]
             return (x[0] > 0.5) if t.dtype == torch.bool else x.contiguous()
+
         extras = {k: fit(v) for k, v in extras.items()}
     if ignore is None:  # (keeps the default path identical to what it was before ``ignore`` existed)
         return dataclasses.replace(sample, image=img.contiguous(), mask=mask, boxes=boxes, extras=extras)
@@ -194,7 +195,7 @@ class _Collate:
         # Keep only what normalisation needs: workers must not receive a copy of the model.
         self.handle = dataclasses.replace(handle, model=nn.Identity())
 
-    def __call__(self, items: list[Sample | list[Sample] | _Failed]) -> tuple[Optional[Batch], list[str]]:
+    def __call__(self, items: list[Sample | list[Sample] | _Failed]) -> tuple[Batch | None, list[str]]:
         errors = [it.message for it in items if isinstance(it, _Failed)]
         good = [s for it in items for s in (it if isinstance(it, list) else [it]) if isinstance(s, Sample)]
         if not good:
@@ -202,13 +203,13 @@ class _Collate:
         grid = tuple(good[0].image.shape[1:])  # (H, W), or (T, H, W) for volumes and clips
         images = torch.stack([s.image.float() for s in good])
         if any(s.mask is not None for s in good):  # a missing mask is empty (metrics give NaN for it)
-            masks: Optional[Tensor] = torch.stack(
+            masks: Tensor | None = torch.stack(
                 [s.mask if s.mask is not None else torch.zeros(grid, dtype=torch.bool) for s in good]
             )
         else:
             masks = None
         if any(s.boxes is not None for s in good):
-            boxes: Optional[list[Tensor]] = [
+            boxes: list[Tensor] | None = [
                 s.boxes if s.boxes is not None else torch.zeros((0, 2 * len(grid))) for s in good
             ]
         else:
@@ -270,7 +271,7 @@ class BatchIterator:
         dataset: Dataset,
         handle: ModelHandle,
         batch_size: int,
-        indices: Optional[Sequence[int]] = None,
+        indices: Sequence[int] | None = None,
         num_workers: int = 0,
         pin_memory: bool = False,
         seed: int = 0,
@@ -366,7 +367,7 @@ def check_class_count(handle: ModelHandle, dataset: Dataset) -> None:
     if n_model and n_data and int(n_model) != n_data:
         raise DataError(
             f"Class-count mismatch: model {handle.name!r} has {n_model} classes, dataset "
-            f"{type(getattr(dataset, 'dataset', dataset)).__name__} has {n_data}. target = \"labels\" explains "
+            f'{type(getattr(dataset, "dataset", dataset)).__name__} has {n_data}. target = "labels" explains '
             "the dataset's classes with the model's logits of the same index: use a model trained on this "
             "dataset's classes (e.g. a multi-label checkpoint with a matching head)."
         )
@@ -376,7 +377,7 @@ def make_batches(
     dataset: Dataset,
     handle: ModelHandle,
     batch_size: int,
-    indices: Optional[Sequence[int]] = None,
+    indices: Sequence[int] | None = None,
     num_workers: int = 0,
     pin_memory: bool = False,
     seed: int = 0,
@@ -393,6 +394,13 @@ def make_batches(
 
 
 __all__ = [
-    "BatchIterator", "CLASS_SEP", "check_class_count", "DEFAULT_CROP_FRACTION", "PerClassTargets", "image_key",
-    "make_batches", "per_class", "resize_sample",
+    "BatchIterator",
+    "CLASS_SEP",
+    "check_class_count",
+    "DEFAULT_CROP_FRACTION",
+    "PerClassTargets",
+    "image_key",
+    "make_batches",
+    "per_class",
+    "resize_sample",
 ]

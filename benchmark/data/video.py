@@ -18,8 +18,9 @@ the clip. A corrupt or unreadable frame or file raises :class:`~benchmark.errors
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, Optional, Sequence
+from typing import Literal
 
 import numpy as np
 import torch
@@ -108,8 +109,15 @@ class ClipsDataset(CamDataset):
     default_model = "r3d_18"
 
     def __init__(
-        self, n: int = 100, seed: int = 0, split: Literal["train", "test"] = "test", frames: int = 8,
-        size: int = 32, distractor: bool = True, *, root: Optional[str] = None,
+        self,
+        n: int = 100,
+        seed: int = 0,
+        split: Literal["train", "test"] = "test",
+        frames: int = 8,
+        size: int = 32,
+        distractor: bool = True,
+        *,
+        root: str | None = None,
     ) -> None:
         super().__init__()
         if split not in SPLITS:
@@ -128,8 +136,14 @@ class ClipsDataset(CamDataset):
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, SPLITS[self.split], int(i), 5]))
         img, cls, masks = render_clip(rng, self.frames, self.size, self.distractor)
         m = torch.from_numpy(masks)
-        return Sample(image=torch.from_numpy(img).permute(1, 0, 2, 3).contiguous(), target=cls,
-                      id=f"clips-{self.split}-{int(i):05d}", mask=m, boxes=clip_box(m), label=cls)
+        return Sample(
+            image=torch.from_numpy(img).permute(1, 0, 2, 3).contiguous(),
+            target=cls,
+            id=f"clips-{self.split}-{int(i):05d}",
+            mask=m,
+            boxes=clip_box(m),
+            label=cls,
+        )
 
 
 # -- real videos ---------------------------------------------------------------------------------------
@@ -194,8 +208,12 @@ class VideoFolder(CamDataset):
     ndim = 3
 
     def __init__(
-        self, root: str | Path | None = None, n: Optional[int] = None, seed: int = 0, frames: int = 8,
-        classes: Optional[Sequence[str]] = None,
+        self,
+        root: str | Path | None = None,
+        n: int | None = None,
+        seed: int = 0,
+        frames: int = 8,
+        classes: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         if root is None:
@@ -226,8 +244,14 @@ class VideoFolder(CamDataset):
                 if item.is_dir() or item.suffix.lower() in VIDEO_EXTENSIONS:
                     stem = item.name if item.is_dir() else item.stem
                     mdir = cdir / f"{stem}.masks"
-                    self.records.append({"id": f"{cdir.name}/{stem}", "path": item, "target": cls,
-                                         "masks": mdir if mdir.is_dir() else None})
+                    self.records.append(
+                        {
+                            "id": f"{cdir.name}/{stem}",
+                            "path": item,
+                            "target": cls,
+                            "masks": mdir if mdir.is_dir() else None,
+                        }
+                    )
         if not self.records:
             raise DataError(f"No clips under {root} (frame folders or {', '.join(VIDEO_EXTENSIONS)} files).")
         self.records = [self.records[i] for i in subset_indices(len(self.records), n, seed)]
@@ -268,8 +292,14 @@ class VideoFolder(CamDataset):
             if tuple(mask.shape[1:]) != tuple(video.shape[1:3]):
                 raise DataError(f"{rec['masks']}: masks {tuple(mask.shape[1:])} differ from frames {video.shape[1:3]}.")
         image = torch.from_numpy(video).float().div_(255).permute(3, 0, 1, 2).contiguous()  # [3,T,H,W]
-        return Sample(image=image, target=int(rec["target"]), id=rec["id"], mask=mask,
-                      boxes=None if mask is None else clip_box(mask), label=int(rec["target"]))
+        return Sample(
+            image=image,
+            target=int(rec["target"]),
+            id=rec["id"],
+            mask=mask,
+            boxes=None if mask is None else clip_box(mask),
+            label=int(rec["target"]),
+        )
 
 
 __all__ = ["CLIP_CLASSES", "ClipsDataset", "VideoFolder", "read_video_file", "render_clip"]

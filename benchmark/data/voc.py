@@ -48,9 +48,7 @@ def find_voc_root(root: Path) -> Path:
     for cand in (root, root / "VOC2012", root / "VOCdevkit" / "VOC2012"):
         if (cand / "Annotations").is_dir() and (cand / "JPEGImages").is_dir():
             return cand
-    raise DataError(
-        f"No PASCAL VOC dataset under {root} (no Annotations/ and JPEGImages/). Expected layout:\n{LAYOUT}"
-    )
+    raise DataError(f"No PASCAL VOC dataset under {root} (no Annotations/ and JPEGImages/). Expected layout:\n{LAYOUT}")
 
 
 @register_dataset("voc")
@@ -84,16 +82,20 @@ class VOCDataset(RecordDataset):
         list_file = voc / "ImageSets" / ("Segmentation" if segmentation else "Main") / f"{split}.txt"
         if not list_file.is_file():
             have = sorted(p.stem for p in list_file.parent.glob("*.txt")) if list_file.parent.is_dir() else []
-            hint = (" train_aug needs the SBD augmentation (SegmentationClassAug/ and its train_aug.txt list)."
-                    if split == "train_aug" else "")
+            hint = (
+                " train_aug needs the SBD augmentation (SegmentationClassAug/ and its train_aug.txt list)."
+                if split == "train_aug"
+                else ""
+            )
             raise DataError(
                 f"VOC split {split!r} is missing: {list_file} does not exist (splits found: "
                 f"{', '.join(have) or 'none'}).{hint} Pass split=... one of those. Expected layout:\n{LAYOUT}"
             )
         mask_dir = voc / MASK_DIRS.get(split, "SegmentationClass")
         if segmentation and not mask_dir.is_dir():
-            raise DataError(f"VOC split {split!r} needs its masks in {mask_dir}/, which does not exist. "
-                            f"Expected layout:\n{LAYOUT}")
+            raise DataError(
+                f"VOC split {split!r} needs its masks in {mask_dir}/, which does not exist. Expected layout:\n{LAYOUT}"
+            )
         ids = [line.split()[0] for line in list_file.read_text().splitlines() if line.strip()]
         errors: list[str] = []
         self.skipped: dict[str, int] = {"only_difficult": 0, "unmapped": 0}
@@ -149,13 +151,17 @@ class VOCDataset(RecordDataset):
         """Image ``i`` and its ``[H,W]`` class-index map (0 background, k+1 class k, 255 void)."""
         rec = self.records[i]
         if not self.segmentation or rec["mask"][0] != "label_png":
-            raise DataError('target = "labels" on voc needs segmentation=True (the class masks of '
-                            "SegmentationClass/ or SegmentationClassAug/).")
+            raise DataError(
+                'target = "labels" on voc needs segmentation=True (the class masks of '
+                "SegmentationClass/ or SegmentationClassAug/)."
+            )
         image = load_image(rec["path"])
         labels = read_label_png(Path(rec["mask"][1]))
         if tuple(labels.shape) != tuple(image.shape[-2:]):
-            raise DataError(f"{Path(rec['mask'][1]).name}: segmentation is {tuple(labels.shape)}, image is "
-                            f"{tuple(image.shape[-2:])}.")
+            raise DataError(
+                f"{Path(rec['mask'][1]).name}: segmentation is {tuple(labels.shape)}, image is "
+                f"{tuple(image.shape[-2:])}."
+            )
         return image, labels
 
     def class_samples(self, i: int) -> list[Sample]:
@@ -208,6 +214,15 @@ def semantic_samples(image: Tensor, labels: Tensor, image_id: str, names: list[s
     out = []
     for c in present:
         m = labels == c
-        out.append(Sample(image=image, target=c - 1, id=f"{image_id}#{names[c - 1]}", mask=m, boxes=mask_to_box(m),
-                          label=c - 1, ignore=ignore))
+        out.append(
+            Sample(
+                image=image,
+                target=c - 1,
+                id=f"{image_id}#{names[c - 1]}",
+                mask=m,
+                boxes=mask_to_box(m),
+                label=c - 1,
+                ignore=ignore,
+            )
+        )
     return out

@@ -22,8 +22,9 @@ lines) for the targets; read with nibabel, intensities windowed to [0,1].
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, Optional, Sequence, TypedDict
+from typing import Literal, TypedDict
 
 import numpy as np
 import torch
@@ -77,7 +78,7 @@ def render_volume(
 ) -> tuple[np.ndarray, int, np.ndarray, list[int]]:
     """One volume: ``(image [D,D,D] float32 in [0,1], class, target mask [D,D,D] bool, distractor classes)``."""
     d = size
-    grid = (np.arange(d) + 0.5)
+    grid = np.arange(d) + 0.5
     zz, yy, xx = np.meshgrid(grid, grid, grid, indexing="ij")
     # correlated background (soft tissue) + fine noise
     base = gaussian_filter(rng.standard_normal((d, d, d)), sigma=2.5)
@@ -135,7 +136,7 @@ class VolumesDataset(CamDataset):
         size: int = 32,
         max_distractors: int = 2,
         *,
-        root: Optional[str] = None,
+        root: str | None = None,
     ) -> None:
         super().__init__()
         if split not in SPLITS:
@@ -162,10 +163,11 @@ class VolumesDataset(CamDataset):
         img, cls, mask, _ = self.render(int(i))
         m = torch.from_numpy(mask)
         image = torch.from_numpy(img)[None].expand(3, -1, -1, -1).contiguous()
-        return Sample(image=image, target=cls, id=f"volumes-{self.split}-{int(i):05d}", mask=m,
-                      boxes=volume_box(m), label=cls)
+        return Sample(
+            image=image, target=cls, id=f"volumes-{self.split}-{int(i):05d}", mask=m, boxes=volume_box(m), label=cls
+        )
 
-    def images_and_labels(self, indices: Optional[Sequence[int]] = None) -> tuple[Tensor, Tensor]:
+    def images_and_labels(self, indices: Sequence[int] | None = None) -> tuple[Tensor, Tensor]:
         """``([N,3,D,D,D] float in [0,1], [N] long)`` of ``indices`` (default: all)."""
         idx = range(self.n) if indices is None else indices
         imgs, labels = [], []
@@ -214,7 +216,7 @@ def read_nifti(path: str | Path) -> np.ndarray:
     return np.ascontiguousarray(arr.transpose(2, 1, 0))
 
 
-def window(arr: np.ndarray, lo: Optional[float], hi: Optional[float]) -> np.ndarray:
+def window(arr: np.ndarray, lo: float | None, hi: float | None) -> np.ndarray:
     """Intensities mapped linearly from ``[lo, hi]`` (default: the 1st and 99th percentiles) to [0,1]."""
     lo = float(np.percentile(arr, 1)) if lo is None else float(lo)
     hi = float(np.percentile(arr, 99)) if hi is None else float(hi)
@@ -225,7 +227,7 @@ def window(arr: np.ndarray, lo: Optional[float], hi: Optional[float]) -> np.ndar
 
 # One NIfTI item: image (and optional label volume) paths, the target index and the classes.csv class.
 _NiftiRecord = TypedDict(
-    "_NiftiRecord", {"id": str, "image": Path, "label": Optional[Path], "target": int, "class": Optional[int]}
+    "_NiftiRecord", {"id": str, "image": Path, "label": Path | None, "target": int, "class": int | None}
 )
 
 
@@ -242,11 +244,11 @@ class NiftiDataset(CamDataset):
     def __init__(
         self,
         root: str | Path | None = None,
-        n: Optional[int] = None,
+        n: int | None = None,
         seed: int = 0,
         target: str | int = "label",
-        label_value: Optional[int] = None,
-        window_range: Optional[tuple[float, float]] = None,
+        label_value: int | None = None,
+        window_range: tuple[float, float] | None = None,
     ) -> None:
         super().__init__()
         if root is None:
@@ -279,8 +281,14 @@ class NiftiDataset(CamDataset):
         self.records: list[_NiftiRecord] = []
         for p in files:
             stem = _stem(p)
-            label = next((root / "labels" / f"{stem}{e}" for e in NIFTI_EXTENSIONS
-                          if (root / "labels" / f"{stem}{e}").is_file()), None)
+            label = next(
+                (
+                    root / "labels" / f"{stem}{e}"
+                    for e in NIFTI_EXTENSIONS
+                    if (root / "labels" / f"{stem}{e}").is_file()
+                ),
+                None,
+            )
             cls = classes.get(stem)
             if target == "label":
                 tgt = -2 if cls is None else cls  # -2: no class in classes.csv (an error when read)
@@ -312,8 +320,14 @@ class NiftiDataset(CamDataset):
                 raise DataError(f"{rec['label'].name}: label volume {lab.shape} does not match the image {vol.shape}.")
             mask = torch.from_numpy(lab > 0 if self.label_value is None else lab == self.label_value)
         image = torch.from_numpy(vol)[None].expand(3, -1, -1, -1).contiguous()
-        return Sample(image=image, target=int(rec["target"]), id=rec["id"], mask=mask,
-                      boxes=None if mask is None else volume_box(mask), label=rec["class"])
+        return Sample(
+            image=image,
+            target=int(rec["target"]),
+            id=rec["id"],
+            mask=mask,
+            boxes=None if mask is None else volume_box(mask),
+            label=rec["class"],
+        )
 
 
 __all__ = ["NiftiDataset", "VOLUME_CLASSES", "VolumesDataset", "read_nifti", "render_volume", "volume_box"]

@@ -11,8 +11,9 @@ import contextlib
 import contextvars
 import warnings
 import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -29,10 +30,13 @@ METHODS: Registry[Callable[..., Tensor]] = Registry("method")
 
 #: Precisions of the extra (perturbation) forwards: ``--precision`` of the runner.
 #: ``tf32`` autocasts nothing: it lets CUDA run fp32 convolutions and matmuls in TF32 (see :func:`tf32`).
-PRECISIONS: dict[str, Optional[torch.dtype]] = {
-    "fp32": None, "tf32": None, "bf16": torch.bfloat16, "fp16": torch.float16,
+PRECISIONS: dict[str, torch.dtype | None] = {
+    "fp32": None,
+    "tf32": None,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
 }
-_FORWARD_DTYPE: contextvars.ContextVar[Optional[torch.dtype]] = contextvars.ContextVar(
+_FORWARD_DTYPE: contextvars.ContextVar[torch.dtype | None] = contextvars.ContextVar(
     "cambench_forward_dtype", default=None
 )
 
@@ -99,7 +103,8 @@ def _compile_warning(model: nn.Module, why: str) -> None:
         f"--compile: torch.compile is not usable for {type(model).__name__} here ({why}); the perturbation "
         "forwards run eagerly (same scores, no compile speed-up). Drop --compile to silence this, or install "
         "a working compiler toolchain (inductor needs a C++ compiler on CPU, Triton on CUDA).",
-        RuntimeWarning, stacklevel=3,
+        RuntimeWarning,
+        stacklevel=3,
     )
 
 
@@ -185,7 +190,7 @@ def register_method(
     family: str,
     relu: bool = True,
     needs_gradients: bool = True,
-    defaults: Optional[Mapping[str, Any]] = None,
+    defaults: Mapping[str, Any] | None = None,
     paper: str = "",
     **meta: Any,
 ) -> Callable:
@@ -229,12 +234,12 @@ class ExplainContext:
     layer: nn.Module
     images: Tensor
     targets: Tensor
-    reshape: Optional[Reshape] = None
+    reshape: Reshape | None = None
     batch_size: int = 64
     seed: int = 0
-    masks: Optional[Tensor] = None  # ground truth, for the ``oracle`` baseline only
-    gradient_noise: Optional[Callable[[Tensor], Tensor]] = None  # robustness: g -> g + noise
-    _capture: Optional[Capture] = field(default=None, repr=False)
+    masks: Tensor | None = None  # ground truth, for the ``oracle`` baseline only
+    gradient_noise: Callable[[Tensor], Tensor] | None = None  # robustness: g -> g + noise
+    _capture: Capture | None = field(default=None, repr=False)
     cache: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -307,7 +312,7 @@ def is_applicable(name: str, model: nn.Module | str | None) -> bool:
     return any(a in kind or (a == "vit" and "visiontransformer" in kind) for a in archs)
 
 
-def method_params(name: str, overrides: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+def method_params(name: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Method ``name``'s hyper-parameters: its registered defaults updated by ``overrides`` (an unknown key is
     a ``TypeError`` naming the valid ones)."""
     return METHODS.params(name, overrides)
@@ -332,15 +337,19 @@ def raw_map_problems(raw: Any, images: Tensor) -> list[str]:
     b, size = int(images.shape[0]), tuple(int(s) for s in images.shape[2:])
     shape = "[B,h,w]" if len(size) == 2 else "[B,t,h,w]"
     if not isinstance(raw, Tensor) or raw.ndim != len(size) + 1 or raw.shape[0] != b:
-        return [f"returned {_describe(raw)}; expected a raw map Tensor{shape} with B={b} (one map per image, "
-                "channels already combined)"]
+        return [
+            f"returned {_describe(raw)}; expected a raw map Tensor{shape} with B={b} (one map per image, "
+            "channels already combined)"
+        ]
     if not raw.is_floating_point():
         return [f"returned dtype {raw.dtype}; expected a floating-point map"]
     problems = []
     spatial = tuple(int(s) for s in raw.shape[1:])
     if not all(1 <= s <= full for s, full in zip(spatial, size, strict=True)):
-        problems.append(f"returned maps of spatial size {spatial}: out of range; expected between "
-                        f"{(1,) * len(size)} and the input size {size}")
+        problems.append(
+            f"returned maps of spatial size {spatial}: out of range; expected between "
+            f"{(1,) * len(size)} and the input size {size}"
+        )
     if raw.device != images.device:
         problems.append(f"returned a map on {raw.device}; expected the images' device {images.device}")
     nonfinite = int((~torch.isfinite(raw.detach())).flatten(1).any(dim=1).sum())
@@ -380,7 +389,7 @@ def _contract_error(name: str, problems: list[str]) -> ContractError:
 def run_method(
     ctx: ExplainContext,
     name: str,
-    params: Optional[Mapping[str, Any]] = None,
+    params: Mapping[str, Any] | None = None,
     ms_flip: Any = None,
     *,
     validate: bool = False,
@@ -461,12 +470,12 @@ def explain(
     targets: Tensor | Sequence[int] | int,
     names: Iterable[str] | None = None,
     *,
-    params: Optional[Mapping[str, Mapping[str, Any]]] = None,
-    reshape: Optional[Reshape] = None,
+    params: Mapping[str, Mapping[str, Any]] | None = None,
+    reshape: Reshape | None = None,
     batch_size: int = 64,
     seed: int = 0,
-    masks: Optional[Tensor] = None,
-    gradient_noise: Optional[Callable[[Tensor], Tensor]] = None,
+    masks: Tensor | None = None,
+    gradient_noise: Callable[[Tensor], Tensor] | None = None,
     details: bool = False,
     ms_flip: Any = None,
 ) -> dict[str, Any]:
@@ -486,7 +495,14 @@ def explain(
     for n in names:
         METHODS.entry(n)  # fail early on unknown names, before any model work
     ctx = _context(
-        model, layer, images, targets, reshape=reshape, batch_size=batch_size, seed=seed, masks=masks,
+        model,
+        layer,
+        images,
+        targets,
+        reshape=reshape,
+        batch_size=batch_size,
+        seed=seed,
+        masks=masks,
         gradient_noise=gradient_noise,
     )
     out: dict[str, Any] = {}
@@ -511,14 +527,12 @@ class Explainer:
         images: Tensor,
         targets: Tensor | Sequence[int] | int,
         *,
-        reshape: Optional[Reshape] = None,
+        reshape: Reshape | None = None,
         batch_size: int = 64,
         seed: int = 0,
-        masks: Optional[Tensor] = None,
+        masks: Tensor | None = None,
     ) -> Tensor:
-        ctx = _context(
-            model, layer, images, targets, reshape=reshape, batch_size=batch_size, seed=seed, masks=masks
-        )
+        ctx = _context(model, layer, images, targets, reshape=reshape, batch_size=batch_size, seed=seed, masks=masks)
         return run_method(ctx, self.name, self.params).maps
 
     def __repr__(self) -> str:

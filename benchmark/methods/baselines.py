@@ -8,9 +8,7 @@ from torch import Tensor
 from .base import ExplainContext, register_method
 
 
-@register_method(
-    "random", family="baseline", needs_gradients=False, batch_consistent=False
-)
+@register_method("random", family="baseline", needs_gradients=False, batch_consistent=False)
 def random_map(ctx: ExplainContext, resolution: int = 7) -> Tensor:
     """Uniform noise on a ``resolution x resolution`` grid (upsampled like a CAM), seeded per batch.
 
@@ -44,12 +42,15 @@ ORACLE_RIM = 0.01
 
 
 @register_method(
-    "oracle", family="baseline", needs_gradients=False, needs_ground_truth=True,
+    "oracle",
+    family="baseline",
+    needs_gradients=False,
+    needs_ground_truth=True,
     note="the silhouette artefact: deletion/insertion remove exactly the mask first, and the object's outline "
-         "(the pixels just outside the mask keep their contrast against the fill) still shows its shape, so the "
-         "bare mask (mask_dilation=0) ranks low on deletion/insertion although it is the ground truth; "
-         "mask_dilation=N adds a rim of N pixels with values <= 0.01 so that the object's surroundings are removed "
-         "next (default 8 px, chosen by measurement: docs/scenes-and-truth.md). Localization metrics see the mask.",
+    "(the pixels just outside the mask keep their contrast against the fill) still shows its shape, so the "
+    "bare mask (mask_dilation=0) ranks low on deletion/insertion although it is the ground truth; "
+    "mask_dilation=N adds a rim of N pixels with values <= 0.01 so that the object's surroundings are removed "
+    "next (default 8 px, chosen by measurement: docs/scenes-and-truth.md). Localization metrics see the mask.",
 )
 def oracle_map(ctx: ExplainContext, mask_dilation: int = 8) -> Tensor:
     """The ground-truth mask of the target object (an upper bound for localization metrics).

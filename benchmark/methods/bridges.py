@@ -16,7 +16,8 @@ import contextlib
 import importlib
 import inspect
 import io
-from typing import Any, Callable, Iterator, Optional
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,8 +38,10 @@ LIBRARIES = {
 
 #: Library classes not offered by name: prefix -> {class: why} (docs/bridges.md).
 EXCLUDED: dict[str, dict[str, str]] = {
-    "captum": {"LayerFeaturePermutation": "permutes each feature across the images of the batch: a map of one "
-               "image depends on the others, and a single image gives no permutation (all zeros)"},
+    "captum": {
+        "LayerFeaturePermutation": "permutes each feature across the images of the batch: a map of one "
+        "image depends on the others, and a single image gives no permutation (all zeros)"
+    },
 }
 
 
@@ -53,7 +56,7 @@ def _import(prefix: str) -> Any:
     except ImportError as exc:
         raise BridgeError(
             f"The {prefix}/ methods need {title}, which is not installed ({type(exc).__name__}: {exc}). "
-            f"Install it with `pip install {pip}` (or `pip install \"cambench[bridges]\"`)."
+            f'Install it with `pip install {pip}` (or `pip install "cambench[bridges]"`).'
         ) from exc
 
 
@@ -100,8 +103,14 @@ def _library_classes(prefix: str) -> dict[str, type]:
     else:
         base = lib.LayerAttribution
     return {
-        n: c for n in sorted(dir(lib)) if inspect.isclass(c := getattr(lib, n)) and issubclass(c, base)
-        and c is not base and not n.startswith("_") and not inspect.isabstract(c) and n not in EXCLUDED.get(prefix, {})
+        n: c
+        for n in sorted(dir(lib))
+        if inspect.isclass(c := getattr(lib, n))
+        and issubclass(c, base)
+        and c is not base
+        and not n.startswith("_")
+        and not inspect.isabstract(c)
+        and n not in EXCLUDED.get(prefix, {})
     }
 
 
@@ -178,12 +187,20 @@ def _ctor_defaults(cls: type, skip: tuple[str, ...]) -> dict[str, Any]:
 
 def _pgc_meta(name: str, cls: type, **meta: Any) -> dict[str, Any]:
     family, needs_gradients = _pgc_family(name)
-    defaults = {**_ctor_defaults(cls, ("self", "model", "target_layers", "reshape_transform")),
-                "aug_smooth": False, "eigen_smooth": False}
+    defaults = {
+        **_ctor_defaults(cls, ("self", "model", "target_layers", "reshape_transform")),
+        "aug_smooth": False,
+        "eigen_smooth": False,
+    }
     return {
-        "family": family, "relu": True, "needs_gradients": needs_gradients, "defaults": defaults,
-        "paper": f"pytorch-grad-cam {cls.__name__}", "library": "pytorch-grad-cam",
-        "batch_consistent": name != "RandomCAM", **meta,
+        "family": family,
+        "relu": True,
+        "needs_gradients": needs_gradients,
+        "defaults": defaults,
+        "paper": f"pytorch-grad-cam {cls.__name__}",
+        "library": "pytorch-grad-cam",
+        "batch_consistent": name != "RandomCAM",
+        **meta,
     }
 
 
@@ -240,8 +257,13 @@ def from_pytorch_grad_cam(
     method.__doc__ = f"pytorch-grad-cam {cls.__name__} (raw get_cam_image map on the target layer)."
     meta = _pgc_meta(cls.__name__, cls)
     register_method(
-        name, family=family, relu=True, needs_gradients=family == "gradient", paper=paper or meta["paper"],
-        defaults={"aug_smooth": False, "eigen_smooth": False, **defaults}, library="pytorch-grad-cam",
+        name,
+        family=family,
+        relu=True,
+        needs_gradients=family == "gradient",
+        paper=paper or meta["paper"],
+        defaults={"aug_smooth": False, "eigen_smooth": False, **defaults},
+        library="pytorch-grad-cam",
         batch_consistent=batch_consistent,
     )(method)
     if check:
@@ -287,9 +309,12 @@ def _torchcam_meta(name: str, cls: type, **meta: Any) -> dict[str, Any]:
     grad = issubclass(cls, gradient) or name == "LeGrad"
     family = "gradient" if grad else ("projection" if name == "CAM" else "perturbation")
     return {
-        "family": family, "relu": grad, "needs_gradients": grad,
+        "family": family,
+        "relu": grad,
+        "needs_gradients": grad,
         "defaults": _ctor_defaults(cls, ("self", "model", "target_layer", "fc_layer", "input_shape", "enable_hooks")),
-        "paper": f"torchcam {cls.__name__}", "library": "torchcam",
+        "paper": f"torchcam {cls.__name__}",
+        "library": "torchcam",
         "batch_consistent": name not in ("SSCAM", "ISCAM", "SmoothGradCAMpp"),  # noise drawn per batch
         **meta,
     }
@@ -316,7 +341,7 @@ def from_torchcam(
     cls: type,
     *,
     family: str = "gradient",
-    relu: Optional[bool] = None,
+    relu: bool | None = None,
     paper: str = "",
     batch_consistent: bool = True,
     check: bool = True,
@@ -341,8 +366,14 @@ def from_torchcam(
 
     method.__name__ = method.__qualname__ = name
     register_method(
-        name, family=family, relu=meta["relu"] if relu is None else bool(relu), needs_gradients=family == "gradient",
-        paper=paper or meta["paper"], defaults=dict(defaults), library="torchcam", batch_consistent=batch_consistent,
+        name,
+        family=family,
+        relu=meta["relu"] if relu is None else bool(relu),
+        needs_gradients=family == "gradient",
+        paper=paper or meta["paper"],
+        defaults=dict(defaults),
+        library="torchcam",
+        batch_consistent=batch_consistent,
     )(method)
     if check:
         _check_now(name)
@@ -392,15 +423,30 @@ def _resolve_captum(rest: str) -> tuple[Callable[..., Tensor], dict[str, Any]]:
     method.__name__ = method.__qualname__ = f"captum_{rest}"
     defaults = {
         **_ctor_defaults(cls, ("self", "forward_func", "model", "layer", "device_ids")),
-        **_ctor_defaults(type("_A", (), {"__init__": getattr(cls, "attribute")}), (  # noqa: B009 - any Captum class
-            "self", "inputs", "target", "additional_forward_args", "attribute_to_layer_input",
-            "return_convergence_delta", "verbose", "baselines", "layer_baselines")),
+        **_ctor_defaults(
+            type("_A", (), {"__init__": getattr(cls, "attribute")}),  # noqa: B009 - any Captum class
+            (
+                "self",
+                "inputs",
+                "target",
+                "additional_forward_args",
+                "attribute_to_layer_input",
+                "return_convergence_delta",
+                "verbose",
+                "baselines",
+                "layer_baselines",
+            ),
+        ),
     }
     perturbation = rest in ("LayerFeatureAblation", "LayerFeaturePermutation")
     return method, {
         "family": "perturbation" if perturbation else ("projection" if rest == "LayerActivation" else "gradient"),
-        "relu": rest == "LayerGradCam", "needs_gradients": not perturbation and rest != "LayerActivation",
-        "defaults": defaults, "paper": f"Captum {rest} (summed over channels)", "library": "captum", "source": "captum",
+        "relu": rest == "LayerGradCam",
+        "needs_gradients": not perturbation and rest != "LayerActivation",
+        "defaults": defaults,
+        "paper": f"Captum {rest} (summed over channels)",
+        "library": "captum",
+        "source": "captum",
         "batch_consistent": rest != "LayerFeaturePermutation",  # permutes features across the batch
     }
 

@@ -7,8 +7,8 @@ pass stops at the target layer (nothing upstream is differentiated) and ``torch.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from typing import Callable, Iterator, Optional
 
 import torch
 from torch import Tensor, nn
@@ -43,9 +43,7 @@ def resolve_layer(model: nn.Module, layer: nn.Module | str | None) -> nn.Module:
     close = difflib.get_close_matches(layer, names, n=5, cutoff=0.5)
     shown = ", ".join(names[:40]) + (" ..." if len(names) > 40 else "")
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    raise LayerError(
-        f"{type(model).__name__} has no layer {layer!r}.{hint} Valid names: {shown}"
-    )
+    raise LayerError(f"{type(model).__name__} has no layer {layer!r}.{hint} Valid names: {shown}")
 
 
 def layer_name(model: nn.Module, layer: nn.Module) -> str:
@@ -95,7 +93,7 @@ def default_layer(model: nn.Module) -> nn.Module:
     return resolve_layer(model, default_layer_name(model))
 
 
-def vit_reshape(tokens: Tensor, grid: Optional[tuple[int, int]] = None, prefix: int = 1) -> Tensor:
+def vit_reshape(tokens: Tensor, grid: tuple[int, int] | None = None, prefix: int = 1) -> Tensor:
     """ViT tokens ``[B,N,C]`` (class token first) -> ``[B,C,h,w]``, dropping ``prefix`` tokens."""
     x = tokens[:, prefix:, :]
     n = x.shape[1]
@@ -131,7 +129,7 @@ def _replace_first(output: object, new: Tensor) -> object:
 
 @contextmanager
 def hooked(
-    layer: nn.Module, fn: Callable[[Tensor], Optional[Tensor]], model: Optional[nn.Module] = None
+    layer: nn.Module, fn: Callable[[Tensor], Tensor | None], model: nn.Module | None = None
 ) -> Iterator[list[int]]:
     """Forward hook calling ``fn(output)`` (which may return a replacement); counts calls; always removed.
 
@@ -196,7 +194,7 @@ def capture(
     layer: nn.Module,
     images: Tensor,
     targets: Tensor,
-    reshape: Optional[Reshape] = None,
+    reshape: Reshape | None = None,
     with_gradients: bool = True,
 ) -> Capture:
     """One forward (and, if ``with_gradients``, one backward) pass; returns A, dy^c/dA and the logits.
@@ -232,5 +230,3 @@ def capture(
         grads = None if grads is None else reshape(grads)
     check_activations(acts, images)
     return Capture(activations=acts, gradients=grads, logits=logits.detach(), targets=targets)
-
-

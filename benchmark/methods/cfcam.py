@@ -120,8 +120,13 @@ def cfcam(
     feats_all = a.detach().reshape(b, c, -1).cpu().numpy()
     for i in range(b):
         labels = cluster_channels(
-            feats_all[i], norm_percentile, eps_percentile, eps_floor, min_samples_frac,
-            min_samples_floor, cluster,
+            feats_all[i],
+            norm_percentile,
+            eps_percentile,
+            eps_floor,
+            min_samples_frac,
+            min_samples_floor,
+            cluster,
         )
         lab = torch.from_numpy(labels).to(a.device)
         weights = g[i].mean(dim=axes).clone()

@@ -11,8 +11,9 @@ batch consistency, no constant maps) and the model's state (hooks, parameters, e
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, Iterable, Iterator, Mapping, Optional
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -77,8 +78,12 @@ def _hooks(model: nn.Module) -> dict[str, int]:
 def _global_hooks() -> int:
     from torch.nn.modules import module as mod
 
-    names = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
-             "_global_backward_pre_hooks")
+    names = (
+        "_global_forward_hooks",
+        "_global_forward_pre_hooks",
+        "_global_backward_hooks",
+        "_global_backward_pre_hooks",
+    )
     return sum(len(getattr(mod, n, {}) or {}) for n in names)
 
 
@@ -101,7 +106,7 @@ def _one_thread() -> Iterator[None]:
 
 def check_method(
     name: str,
-    params: Optional[Mapping[str, Any]] = None,
+    params: Mapping[str, Any] | None = None,
     *,
     n_images: int = 4,
     seed: int = 0,
@@ -121,9 +126,7 @@ def check_method(
         return _check_method(name, params, n_images=n_images, seed=seed, atol=atol)
 
 
-def _check_method(
-    name: str, params: Optional[Mapping[str, Any]], *, n_images: int, seed: int, atol: float
-) -> list[str]:
+def _check_method(name: str, params: Mapping[str, Any] | None, *, n_images: int, seed: int, atol: float) -> list[str]:
     entry = METHODS.entry(name)
     method_params(name, params)  # an unknown parameter is a configuration error: raise it, do not report it
     meta = entry.meta
@@ -137,7 +140,7 @@ def _check_method(
     hooks0, global0, grad0 = _hooks(model), _global_hooks(), torch.is_grad_enabled()
     problems: list[str] = []
 
-    def call(xs: Tensor, ts: Tensor, ms: Optional[Tensor]) -> Optional[Tensor]:
+    def call(xs: Tensor, ts: Tensor, ms: Tensor | None) -> Tensor | None:
         try:
             ctx = explain_context(model, layer, xs, ts, reshape=reshape, batch_size=16, seed=seed, masks=ms)
             out: MethodOutput = run_method(ctx, name, params, validate=True)  # the map contract, every call
@@ -190,9 +193,9 @@ def _check_method(
 
 
 def check_methods(
-    names: Optional[Iterable[str]] = None,
+    names: Iterable[str] | None = None,
     *,
-    params: Optional[Mapping[str, Mapping[str, Any]]] = None,
+    params: Mapping[str, Mapping[str, Any]] | None = None,
     raise_on_error: bool = True,
 ) -> dict[str, list[str]]:
     """Contract-check several methods (default: every registered one); see :func:`check_method`.
@@ -215,7 +218,8 @@ def check_methods(
             lines.append(f"method {n!r} ({origin}):")
             lines.extend(f"  - {p}" for p in probs)
         raise ContractError(
-            "CAM method contract check failed before any benchmark work:\n" + "\n".join(lines)
+            "CAM method contract check failed before any benchmark work:\n"
+            + "\n".join(lines)
             + "\nA method is fn(ctx, **params) -> raw Tensor[B,h,w] (see benchmark.plugins)."
         )
     return report

@@ -79,9 +79,7 @@ def eigencam(ctx: ExplainContext, center: bool = True, sign: str = "none", solve
     family="projection",
     paper="pytorch-grad-cam (Eigen-CAM applied to g*A)",
 )
-def eigengradcam(
-    ctx: ExplainContext, center: bool = True, sign: str = "none", solver: str = "lapack"
-) -> Tensor:
+def eigengradcam(ctx: ExplainContext, center: bool = True, sign: str = "none", solver: str = "lapack") -> Tensor:
     """Eigen-Grad-CAM (pytorch-grad-cam): the Eigen-CAM projection of ``g * A``; class-discriminative."""
     cap = ctx.capture
     assert cap.gradients is not None

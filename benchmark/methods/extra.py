@@ -16,7 +16,7 @@ respect to a leaf substituted for the target layer's output (the same trick as t
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -33,7 +33,7 @@ Objective = Callable[[Tensor], Tensor]  # logits [B,K] -> per-sample scalar [B]
 # -- shared helper: one forward, gradients of an arbitrary per-sample objective -------------------------
 def objective_gradients(
     ctx: ExplainContext, objective: Objective, *, hvp: bool = False
-) -> tuple[Tensor, Tensor, Optional[Tensor], Tensor]:
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
     """One forward (and backward) pass differentiating ``objective(logits)`` w.r.t. the target layer.
 
     Returns ``(A, dO/dA, H A or None, logits)`` with ``A`` and the gradients reshaped by ``ctx.reshape``.
@@ -92,6 +92,7 @@ def target_logit(targets: Tensor) -> Objective:
 
 def rest_objective(targets: Tensor) -> Objective:
     """ReST (residual softmax target, Cai et al. 2025): ``y_c - CE(y, c) = y_c + log softmax(y)_c``."""
+
     def f(logits: Tensor) -> Tensor:
         t = targets.view(-1, 1).to(logits.device)
         return (logits.gather(1, t) + logits.log_softmax(dim=1).gather(1, t)).squeeze(1)
@@ -112,7 +113,7 @@ def gradcamelementwise(ctx: ExplainContext) -> Tensor:
 KERNELS = ("linear", "poly", "rbf", "sigmoid", "cosine")
 
 
-def kernel_projection(x: Tensor, kernel: str = "sigmoid", gamma: Optional[float] = None, seed: int = 0) -> Tensor:
+def kernel_projection(x: Tensor, kernel: str = "sigmoid", gamma: float | None = None, seed: int = 0) -> Tensor:
     """First kernel principal component of each image's positions: ``[B,C,h,w] -> [B,h,w]``.
 
     As pytorch-grad-cam ``get_2d_projection_kernel``: NaN -> 0, rows = the ``h*w`` positions, columns = the
@@ -142,7 +143,7 @@ def kernel_projection(x: Tensor, kernel: str = "sigmoid", gamma: Optional[float]
     needs_gradients=False,
     paper="Karmani et al. 2024 (KPCA-CAM), pytorch-grad-cam KPCA_CAM",
 )
-def kpcacam(ctx: ExplainContext, kernel: str = "sigmoid", gamma: Optional[float] = None) -> Tensor:
+def kpcacam(ctx: ExplainContext, kernel: str = "sigmoid", gamma: float | None = None) -> Tensor:
     """KPCA-CAM: Eigen-CAM with kernel PCA (class-agnostic, no gradients); pgc defaults sigmoid kernel."""
     return kernel_projection(ctx.capture.activations, kernel=kernel, gamma=gamma, seed=ctx.seed)
 

@@ -38,8 +38,11 @@ def bias_layers(model: nn.Module, volumetric: bool = False) -> list[nn.Module]:
 
 def effective_bias(layer: nn.Module) -> Tensor:
     """The per-channel bias the layer adds in eval mode (BatchNorm folded: ``beta - mu gamma / sigma``)."""
-    if (isinstance(layer, (nn.BatchNorm2d, nn.BatchNorm3d)) and layer.running_mean is not None
-            and layer.running_var is not None):
+    if (
+        isinstance(layer, (nn.BatchNorm2d, nn.BatchNorm3d))
+        and layer.running_mean is not None
+        and layer.running_var is not None
+    ):
         gamma = layer.weight if layer.weight is not None else torch.ones_like(layer.running_mean)
         return (layer.bias - layer.running_mean * gamma / torch.sqrt(layer.running_var + layer.eps)).detach()
     bias = layer.bias

@@ -49,9 +49,7 @@ def classifier_weights(model: nn.Module, channels: int) -> Tensor:
     return linears[-1].weight
 
 
-@register_method(
-    "cam", family="gradient", relu=False, needs_gradients=False, paper="Zhou et al. 2016, eq. 2"
-)
+@register_method("cam", family="gradient", relu=False, needs_gradients=False, paper="Zhou et al. 2016, eq. 2")
 def cam(ctx: ExplainContext) -> Tensor:
     """CAM: ``M^c = sum_k W_fc[c,k] A_k`` (Zhou et al. CVPR 2016, eq. 2); bias ignored, no ReLU."""
     a = ctx.capture.activations
@@ -84,9 +82,7 @@ def gradcampp_weights(acts: Tensor, d1: Tensor, d2: Tensor, d3: Tensor, alpha_no
     return (alpha * d1.clamp_min(0)).sum(dim=axes)
 
 
-@register_method(
-    "gradcampp", family="gradient", paper="Chattopadhyay et al. 2018, eq. 19"
-)
+@register_method("gradcampp", family="gradient", paper="Chattopadhyay et al. 2018, eq. 19")
 def gradcampp(ctx: ExplainContext, alpha_norm: bool = False) -> Tensor:
     """Grad-CAM++ (paper = pytorch-grad-cam; ``alpha_norm=True`` = the authors' TF code)."""
     cap = ctx.capture

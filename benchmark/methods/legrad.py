@@ -17,7 +17,7 @@ block ``l``'s attention) and the attention probabilities are leaves, so the grad
 from __future__ import annotations
 
 from math import isqrt
-from typing import Any, Optional, cast
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -33,8 +33,11 @@ def vit_blocks(model: nn.Module) -> tuple[list[nn.Module], nn.Module, nn.Module]
     layers = getattr(encoder, "layers", None)
     norm, head = getattr(encoder, "ln", None), getattr(model, "heads", None)
     blocks = list(layers) if isinstance(layers, (nn.Sequential, nn.ModuleList)) else []
-    ok = bool(blocks) and isinstance(norm, nn.Module) and isinstance(head, nn.Module) and all(
-        isinstance(getattr(b, "self_attention", None), nn.MultiheadAttention) for b in blocks
+    ok = (
+        bool(blocks)
+        and isinstance(norm, nn.Module)
+        and isinstance(head, nn.Module)
+        and all(isinstance(getattr(b, "self_attention", None), nn.MultiheadAttention) for b in blocks)
     )
     if not ok:
         raise LayerError(
@@ -50,7 +53,7 @@ def vit_blocks(model: nn.Module) -> tuple[list[nn.Module], nn.Module, nn.Module]
     return blocks, norm, head
 
 
-def _select(blocks: list[nn.Module], layer: nn.Module, n_blocks: Optional[int]) -> list[int]:
+def _select(blocks: list[nn.Module], layer: nn.Module, n_blocks: int | None) -> list[int]:
     """Indices of the blocks used: those up to the one holding ``layer`` (all if none holds it), last ``n``."""
     last = len(blocks) - 1
     for i, b in enumerate(blocks):
@@ -78,7 +81,7 @@ def _attention_output(mha: nn.MultiheadAttention, probs: Tensor, value: Tensor) 
     architectures=("vit",),
     paper="Bousselham et al. 2024 (LeGrad), eq. 4-6",
 )
-def legrad(ctx: ExplainContext, n_blocks: Optional[int] = None, prefix_tokens: int = 1) -> Tensor:
+def legrad(ctx: ExplainContext, n_blocks: int | None = None, prefix_tokens: int = 1) -> Tensor:
     """LeGrad over the blocks up to the target layer's block (the last ``n_blocks`` of them; None = all).
 
     Returns ``[B, h, w]`` on the patch grid (square). ``prefix_tokens`` leading keys (the class token)

@@ -16,8 +16,9 @@ With ``ms_flip`` unset (the default) nothing here runs and maps are those of the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -72,15 +73,15 @@ def variant_context(ctx: Any, scale: float, flip: bool) -> Any:
 
 
 def run_method_ms_flip(
-    ctx: Any, method: Callable[[Any], Tensor], relu: bool, config: Optional[MultiScaleFlip] = None
+    ctx: Any, method: Callable[[Any], Tensor], relu: bool, config: MultiScaleFlip | None = None
 ) -> tuple[Tensor, Tensor, Tensor]:
     """A method's raw map function ``method(ctx) -> Tensor`` aggregated over ``config``'s scales and flips
     (sum at input resolution, then min-max); returns ``(maps, raw, degenerate)`` of a
     :class:`~benchmark.methods.base.MethodOutput` (``raw`` is the sum). ``relu``: the method's ReLU."""
     config = config or MultiScaleFlip()
     size = ctx.input_size
-    total: Optional[Tensor] = None
-    nonfinite: Optional[Tensor] = None
+    total: Tensor | None = None
+    nonfinite: Tensor | None = None
     for scale, flip in config.variants:
         raw = method(variant_context(ctx, scale, flip)).float()
         bad = ~torch.isfinite(raw).flatten(1).all(dim=1)
@@ -97,5 +98,6 @@ def run_method_ms_flip(
     degenerate = degenerate | nonfinite
     maps = torch.where(degenerate.view(-1, 1, 1), torch.zeros_like(maps), maps)
     return maps, total.detach(), degenerate
+
 
 __all__ = ["DEFAULT_SCALES", "MultiScaleFlip", "run_method_ms_flip", "variant_context"]

@@ -22,7 +22,7 @@ def minmax(maps: Tensor) -> Tensor:
     flat = maps.flatten(1)
     shape = (-1,) + (1,) * (maps.ndim - 1)
     lo = flat.min(dim=1).values.view(shape)
-    span = (flat.max(dim=1).values.view(shape) - lo)
+    span = flat.max(dim=1).values.view(shape) - lo
     safe = torch.where(span > 0, span, torch.ones_like(span))
     return torch.where(span > 0, (maps - lo) / safe, torch.zeros_like(maps))
 

@@ -13,7 +13,7 @@ Every masked forward goes through ``ctx.forward_scores`` (inference mode) in chu
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F

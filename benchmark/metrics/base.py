@@ -19,8 +19,9 @@ needs one call instead of R); it must equal ``compute`` on the resampled rows.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Optional, Protocol, Sequence
+from typing import Any, Protocol
 
 from torch import Tensor, nn
 
@@ -49,7 +50,7 @@ class ExplainFn(Protocol):
         targets: Tensor,
         names: Sequence[str],
         *,
-        gradient_noise: Optional[Callable[[Tensor], Tensor]] = None,
+        gradient_noise: Callable[[Tensor], Tensor] | None = None,
     ) -> dict[str, Tensor]: ...
 
 
@@ -60,7 +61,7 @@ class MetricContext:
     model: nn.Module
     batch: Batch
     saliency: dict[str, Tensor]
-    explain: Optional[ExplainFn] = None
+    explain: ExplainFn | None = None
     seed: int = 0
     batch_size: int = 64
     curves: dict[str, dict[str, Tensor]] = field(default_factory=dict)
@@ -92,11 +93,11 @@ def register_metric(
     family: str,
     higher_is_better: bool,
     needs: Iterable[str] = ("saliency",),
-    defaults: Optional[Mapping[str, Any]] = None,
+    defaults: Mapping[str, Any] | None = None,
     paper: str = "",
     level: str = "image",
-    compute: Optional[Callable[..., float]] = None,
-    compute_weighted: Optional[Callable[..., Any]] = None,
+    compute: Callable[..., float] | None = None,
+    compute_weighted: Callable[..., Any] | None = None,
     **meta: Any,
 ) -> Callable:
     """Decorator registering a metric ``fn(ctx, **params) -> {method: Tensor[B]}`` (``level="image"``) or
@@ -116,7 +117,7 @@ def register_metric(
             "reduction of its per-image statistics; pass it to register_metric."
         )
     if level == "image" and compute is not None:
-        raise ValueError(f"Metric {name!r}: `compute` is only used with level=\"dataset\"; remove it or set the level.")
+        raise ValueError(f'Metric {name!r}: `compute` is only used with level="dataset"; remove it or set the level.')
     needs = tuple(needs)
     if "model" in needs:  # every metric receives the model; older plugins listed it as a need
         warnings.warn(
@@ -159,7 +160,7 @@ def metric_level(name: str) -> str:
     return str(METRICS.entry(name).meta.get("level", "image"))
 
 
-def dataset_value(name: str, stats: Any, ids: Sequence[str], params: Optional[Mapping[str, Any]] = None) -> float:
+def dataset_value(name: str, stats: Any, ids: Sequence[str], params: Mapping[str, Any] | None = None) -> float:
     """The dataset-level value of metric ``name`` from the per-image statistics ``stats [N, S]`` of one
     (model, dataset, method): rows with a non-finite entry are dropped, then the metric's ``compute`` runs
     with its default parameters updated by ``params``. NaN when no row is left."""
@@ -181,7 +182,7 @@ def dataset_value(name: str, stats: Any, ids: Sequence[str], params: Optional[Ma
     return float(entry.meta["compute"](arr[keep], [i for i, k in zip(ids, keep.tolist(), strict=True) if k], **p))
 
 
-def metric_params(name: str, overrides: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+def metric_params(name: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The metric's default parameters updated by ``overrides`` (unknown keys are an error)."""
     return METRICS.params(name, overrides)
 
@@ -206,7 +207,7 @@ def missing_needs(name: str, ctx: MetricContext) -> list[str]:
 def compute_metrics(
     ctx: MetricContext,
     names: Iterable[str],
-    params: Optional[Mapping[str, Mapping[str, Any]]] = None,
+    params: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, dict[str, Tensor]]:
     """Run several metrics on one context: ``{metric: {method: Tensor[B]}}``.
 

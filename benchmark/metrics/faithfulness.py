@@ -10,7 +10,7 @@ deletion/insertion, pytorch-grad-cam's percentiles for ROAD).
 from __future__ import annotations
 
 import zlib
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -66,34 +66,77 @@ def _causal(ctx: MetricContext, name: str, mode: str, substrate: str, **params) 
     if substrate == "blur":  # blur the B images once, not once per method
         sub = rise_blur(images, params["blur_klen"], params["blur_sigma"])
     curve = causal_curves(
-        ctx.model, images, targets, sal, mode=mode, substrate=sub, image_index=index,
-        batch_size=ctx.batch_size, **params,
+        ctx.model,
+        images,
+        targets,
+        sal,
+        mode=mode,
+        substrate=sub,
+        image_index=index,
+        batch_size=ctx.batch_size,
+        **params,
     )
     ctx.curves.setdefault(name, {}).update(_split(methods, curve))
     return _split(methods, trapezoid_auc(curve))
 
 
 @register_metric("deletion_auc", family="faithfulness", higher_is_better=False, needs=NEEDS, paper=RISE)
-def deletion(ctx: MetricContext, *, substrate: str = "zeros", step: Optional[int] = 224,
-             n_steps: Optional[int] = None, score: str = "prob", blur_klen: int = 11, blur_sigma: float = 5.0,
-             rise_ties: bool = False) -> dict[str, Tensor]:
+def deletion(
+    ctx: MetricContext,
+    *,
+    substrate: str = "zeros",
+    step: int | None = 224,
+    n_steps: int | None = None,
+    score: str = "prob",
+    blur_klen: int = 11,
+    blur_sigma: float = 5.0,
+    rise_ties: bool = False,
+) -> dict[str, Tensor]:
     """RISE deletion AUC per image (lower = the map finds what the model needs); curve in ctx.curves.
 
     ``n_steps`` (when set) replaces ``step``; ``blur_klen``/``blur_sigma``: the blur of ``substrate="blur"``.
     """
     step = None if n_steps is not None else step
-    return _causal(ctx, "deletion_auc", "deletion", substrate, step=step, n_steps=n_steps, score=score,
-                   blur_klen=blur_klen, blur_sigma=blur_sigma, rise_ties=rise_ties)
+    return _causal(
+        ctx,
+        "deletion_auc",
+        "deletion",
+        substrate,
+        step=step,
+        n_steps=n_steps,
+        score=score,
+        blur_klen=blur_klen,
+        blur_sigma=blur_sigma,
+        rise_ties=rise_ties,
+    )
 
 
 @register_metric("insertion_auc", family="faithfulness", higher_is_better=True, needs=NEEDS, paper=RISE)
-def insertion(ctx: MetricContext, *, substrate: str = "blur", step: Optional[int] = 224,
-              n_steps: Optional[int] = None, score: str = "prob", blur_klen: int = 11, blur_sigma: float = 5.0,
-              rise_ties: bool = False) -> dict[str, Tensor]:
+def insertion(
+    ctx: MetricContext,
+    *,
+    substrate: str = "blur",
+    step: int | None = 224,
+    n_steps: int | None = None,
+    score: str = "prob",
+    blur_klen: int = 11,
+    blur_sigma: float = 5.0,
+    rise_ties: bool = False,
+) -> dict[str, Tensor]:
     """RISE insertion AUC per image (higher is better), from the blurred image; curve in ctx.curves."""
     step = None if n_steps is not None else step
-    return _causal(ctx, "insertion_auc", "insertion", substrate, step=step, n_steps=n_steps, score=score,
-                   blur_klen=blur_klen, blur_sigma=blur_sigma, rise_ties=rise_ties)
+    return _causal(
+        ctx,
+        "insertion_auc",
+        "insertion",
+        substrate,
+        step=step,
+        n_steps=n_steps,
+        score=score,
+        blur_klen=blur_klen,
+        blur_sigma=blur_sigma,
+        rise_ties=rise_ties,
+    )
 
 
 def _confidence(ctx: MetricContext, **params) -> tuple[list[str], Tensor, Tensor]:
@@ -107,23 +150,21 @@ def _confidence(ctx: MetricContext, **params) -> tuple[list[str], Tensor, Tensor
 
 
 @register_metric("average_drop", family="faithfulness", higher_is_better=False, needs=NEEDS, paper=GRADCAMPP)
-def average_drop(ctx: MetricContext, *, score: str = "prob", variant: str = "paper", threshold: float = 0.5,
-                 relative: bool = True) -> dict[str, Tensor]:
+def average_drop(
+    ctx: MetricContext, *, score: str = "prob", variant: str = "paper", threshold: float = 0.5, relative: bool = True
+) -> dict[str, Tensor]:
     """Per-image ``max(0, Y - O) / Y`` on ``E = x * L`` (mean over images x 100 = Average Drop %)."""
     methods, y, o = _confidence(ctx, score=score, variant=variant, threshold=threshold)
     return _split(methods, drop_in_confidence(y, o, relative=relative, clamp=variant != "cfcam"))
 
 
-@register_metric(
-    "increase_in_confidence", family="faithfulness", higher_is_better=True, needs=NEEDS, paper=GRADCAMPP
-)
-def increase_in_confidence(ctx: MetricContext, *, score: str = "prob", variant: str = "paper",
-                           threshold: float = 0.5) -> dict[str, Tensor]:
+@register_metric("increase_in_confidence", family="faithfulness", higher_is_better=True, needs=NEEDS, paper=GRADCAMPP)
+def increase_in_confidence(
+    ctx: MetricContext, *, score: str = "prob", variant: str = "paper", threshold: float = 0.5
+) -> dict[str, Tensor]:
     """Per-image ``1[Y < O]`` (mean over images x 100 = Increase in Confidence %)."""
     methods, y, o = _confidence(ctx, score=score, variant=variant, threshold=threshold)
     return _split(methods, (y < o).float())
-
-
 
 
 def _road(ctx: MetricContext, name: str, order: str, **params) -> dict[str, Tensor]:
@@ -143,8 +184,16 @@ def _road_uncached(ctx: MetricContext, order: str, **params) -> dict[str, Tensor
     # noise keyed by image id: the same image gets the same draws whatever the method, batch or shard
     keys = torch.tensor([zlib.crc32(str(i).encode()) for i in ctx.batch.ids], dtype=torch.long)
     curve = road_curves(
-        ctx.model, ctx.batch.images, targets, sal, order=order, seed=ctx.seed, image_index=index,
-        noise_keys=keys[index.cpu()], batch_size=ctx.batch_size, **params,
+        ctx.model,
+        ctx.batch.images,
+        targets,
+        sal,
+        order=order,
+        seed=ctx.seed,
+        image_index=index,
+        noise_keys=keys[index.cpu()],
+        batch_size=ctx.batch_size,
+        **params,
     )
     return _split(methods, curve)
 
@@ -154,24 +203,61 @@ def _road_uncached(ctx: MetricContext, order: str, **params) -> dict[str, Tensor
 # device), "exact" (scipy sparse solve per image) or "auto" (exact on CPU, where it is faster:
 # benchmarks/RESULTS.md section 6; cg on accelerators).
 @register_metric("road_morf", family="faithfulness", higher_is_better=False, needs=NEEDS, paper=ROAD)
-def road_morf(ctx: MetricContext, *, percentages: Sequence[float] = ROAD_PERCENTAGES, noise: float = 0.01,
-              score: str = "prob", count_rule: str = "round", imputer: str = "cg") -> dict[str, Tensor]:
+def road_morf(
+    ctx: MetricContext,
+    *,
+    percentages: Sequence[float] = ROAD_PERCENTAGES,
+    noise: float = 0.01,
+    score: str = "prob",
+    count_rule: str = "round",
+    imputer: str = "cg",
+) -> dict[str, Tensor]:
     """ROAD, most relevant first: mean target probability over the removal fractions (lower is better)."""
-    return _road(ctx, "road_morf", "morf", percentages=percentages, noise=noise, score=score,
-                 count_rule=count_rule, imputer=imputer)
+    return _road(
+        ctx,
+        "road_morf",
+        "morf",
+        percentages=percentages,
+        noise=noise,
+        score=score,
+        count_rule=count_rule,
+        imputer=imputer,
+    )
 
 
 @register_metric("road_lerf", family="faithfulness", higher_is_better=True, needs=NEEDS, paper=ROAD)
-def road_lerf(ctx: MetricContext, *, percentages: Sequence[float] = ROAD_PERCENTAGES, noise: float = 0.01,
-              score: str = "prob", count_rule: str = "round", imputer: str = "cg") -> dict[str, Tensor]:
+def road_lerf(
+    ctx: MetricContext,
+    *,
+    percentages: Sequence[float] = ROAD_PERCENTAGES,
+    noise: float = 0.01,
+    score: str = "prob",
+    count_rule: str = "round",
+    imputer: str = "cg",
+) -> dict[str, Tensor]:
     """ROAD, least relevant first: mean target probability over the removal fractions (higher is better)."""
-    return _road(ctx, "road_lerf", "lerf", percentages=percentages, noise=noise, score=score,
-                 count_rule=count_rule, imputer=imputer)
+    return _road(
+        ctx,
+        "road_lerf",
+        "lerf",
+        percentages=percentages,
+        noise=noise,
+        score=score,
+        count_rule=count_rule,
+        imputer=imputer,
+    )
 
 
 @register_metric("road_combined", family="faithfulness", higher_is_better=True, needs=NEEDS, paper=ROAD)
-def road_combined(ctx: MetricContext, *, percentages: Sequence[float] = ROAD_PERCENTAGES, noise: float = 0.01,
-                  score: str = "prob", count_rule: str = "round", imputer: str = "cg") -> dict[str, Tensor]:
+def road_combined(
+    ctx: MetricContext,
+    *,
+    percentages: Sequence[float] = ROAD_PERCENTAGES,
+    noise: float = 0.01,
+    score: str = "prob",
+    count_rule: str = "round",
+    imputer: str = "cg",
+) -> dict[str, Tensor]:
     """``(LeRF - MoRF) / 2`` per image (pytorch-grad-cam ``ROADCombined`` on probabilities)."""
     params = dict(percentages=percentages, noise=noise, score=score, count_rule=count_rule, imputer=imputer)
     lerf = _road(ctx, "road_lerf", "lerf", **params)  # cached when road_lerf ran on this batch

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from torch import Tensor
 
@@ -29,7 +29,10 @@ def _per_method(ctx: MetricContext, fn) -> dict[str, Tensor]:
 
 
 @register_metric(
-    "pointing_game", family="localization", higher_is_better=True, needs=("saliency", "masks"),
+    "pointing_game",
+    family="localization",
+    higher_is_better=True,
+    needs=("saliency", "masks"),
     paper="Zhang et al. 2016 (TorchRay protocol)",
 )
 def pointing_game(ctx: MetricContext, tolerance: float = 15) -> dict[str, Tensor]:
@@ -40,7 +43,10 @@ def pointing_game(ctx: MetricContext, tolerance: float = 15) -> dict[str, Tensor
 
 
 @register_metric(
-    "energy_pointing_game", family="localization", higher_is_better=True, needs=("saliency", "boxes"),
+    "energy_pointing_game",
+    family="localization",
+    higher_is_better=True,
+    needs=("saliency", "boxes"),
     paper="Wang et al. 2020 (Score-CAM), energy inside the boxes",
 )
 def energy_pointing_game(ctx: MetricContext) -> dict[str, Tensor]:
@@ -52,8 +58,11 @@ def energy_pointing_game(ctx: MetricContext) -> dict[str, Tensor]:
 
 
 @register_metric(
-    "energy_pointing_game_mask", family="localization", higher_is_better=True,
-    needs=("saliency", "masks"), paper="Wang et al. 2020 (Score-CAM), with masks",
+    "energy_pointing_game_mask",
+    family="localization",
+    higher_is_better=True,
+    needs=("saliency", "masks"),
+    paper="Wang et al. 2020 (Score-CAM), with masks",
 )
 def energy_pointing_game_mask(ctx: MetricContext) -> dict[str, Tensor]:
     """Share of the map's energy inside the GT mask (NaN: all-zero map or empty mask)."""
@@ -62,7 +71,10 @@ def energy_pointing_game_mask(ctx: MetricContext) -> dict[str, Tensor]:
 
 
 @register_metric(
-    "box_iou", family="localization", higher_is_better=True, needs=("saliency", "boxes"),
+    "box_iou",
+    family="localization",
+    higher_is_better=True,
+    needs=("saliency", "boxes"),
     paper="Selvaraju et al. 2017 (Grad-CAM localisation)",
 )
 def box_iou(ctx: MetricContext, threshold: float = 0.15) -> dict[str, Tensor]:
@@ -72,19 +84,26 @@ def box_iou(ctx: MetricContext, threshold: float = 0.15) -> dict[str, Tensor]:
     return _per_method(ctx, lambda s: F.box_iou(s, boxes, threshold))
 
 
-def _max_box_acc_compute(stats, ids, cam_curve_interval: float = 0.01, iou_thresholds=(30, 50, 70),
-                         multi_contour: bool = True) -> float:
+def _max_box_acc_compute(
+    stats, ids, cam_curve_interval: float = 0.01, iou_thresholds=(30, 50, 70), multi_contour: bool = True
+) -> float:
     return F.max_box_acc_from_rows(stats, tuple(iou_thresholds))
 
 
-def _max_box_acc_weighted(stats, weights, cam_curve_interval: float = 0.01, iou_thresholds=(30, 50, 70),
-                          multi_contour: bool = True):
+def _max_box_acc_weighted(
+    stats, weights, cam_curve_interval: float = 0.01, iou_thresholds=(30, 50, 70), multi_contour: bool = True
+):
     return F.max_box_acc_weighted(stats, weights, tuple(iou_thresholds))
 
 
 @register_metric(
-    "max_box_acc", family="localization", higher_is_better=True, needs=("saliency", "boxes"),
-    paper="Choe et al. CVPR 2020 (MaxBoxAccV2)", level="dataset", compute=_max_box_acc_compute,
+    "max_box_acc",
+    family="localization",
+    higher_is_better=True,
+    needs=("saliency", "boxes"),
+    paper="Choe et al. CVPR 2020 (MaxBoxAccV2)",
+    level="dataset",
+    compute=_max_box_acc_compute,
     compute_weighted=_max_box_acc_weighted,
 )
 def max_box_acc(
@@ -105,7 +124,10 @@ def max_box_acc(
 
 
 @register_metric(
-    "mask_iou", family="localization", higher_is_better=True, needs=("saliency", "masks"),
+    "mask_iou",
+    family="localization",
+    higher_is_better=True,
+    needs=("saliency", "masks"),
     paper="IoU of the thresholded map with the GT mask",
 )
 def mask_iou(ctx: MetricContext, threshold: float = 0.5) -> dict[str, Tensor]:
@@ -122,9 +144,14 @@ def _pxap_weighted(stats, weights, cam_curve_interval: float = 0.01):
 
 
 @register_metric(
-    "pxap", family="localization", higher_is_better=True, needs=("saliency", "masks"),
-    paper="Choe et al. CVPR 2020 (PxAP)", level="dataset",
-    compute=_pxap_compute, compute_weighted=_pxap_weighted,
+    "pxap",
+    family="localization",
+    higher_is_better=True,
+    needs=("saliency", "masks"),
+    paper="Choe et al. CVPR 2020 (PxAP)",
+    level="dataset",
+    compute=_pxap_compute,
+    compute_weighted=_pxap_weighted,
 )
 def pxap(ctx: MetricContext, cam_curve_interval: float = 0.01) -> dict[str, Tensor]:
     """PxAP over the dataset (Choe et al. CVPR 2020; wsolevaluation ``MaskEvaluator``): the area under
@@ -137,7 +164,10 @@ def pxap(ctx: MetricContext, cam_curve_interval: float = 0.01) -> dict[str, Tens
 
 
 @register_metric(
-    "temporal_energy", family="localization", higher_is_better=True, needs=("saliency", "masks", "frames"),
+    "temporal_energy",
+    family="localization",
+    higher_is_better=True,
+    needs=("saliency", "masks", "frames"),
     paper="cambench: the energy pointing game (Wang et al. 2020) along the time axis",
 )
 def temporal_energy(ctx: MetricContext) -> dict[str, Tensor]:

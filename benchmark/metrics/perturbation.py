@@ -26,7 +26,7 @@ each image. This module does that once, for all of them:
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence, Union
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -48,8 +48,9 @@ MAX_CHUNK = 2048
 _BYTES_PER_ITEM: dict[tuple, float] = {}
 
 
-def memory_chunk(free_bytes: float, bytes_per_item: float, n: int, *, fraction: float = MEMORY_FRACTION,
-                 cap: int = MAX_CHUNK) -> int:
+def memory_chunk(
+    free_bytes: float, bytes_per_item: float, n: int, *, fraction: float = MEMORY_FRACTION, cap: int = MAX_CHUNK
+) -> int:
     """Inputs per forward that fit in ``fraction`` of ``free_bytes`` at ``bytes_per_item`` each.
 
     Clamped to ``[1, min(n, cap)]``; an unknown (non-positive) ``bytes_per_item`` gives ``min(n, cap)``.
@@ -122,9 +123,7 @@ def patch_order(saliency: Tensor, patch_size: int, *, descending: bool = True) -
     n, h, w = saliency.shape
     p = int(patch_size)
     if h % p or w % p:
-        raise ValueError(
-            f"Image size {h}x{w} is not a multiple of patch_size={p}; pad the images or pick a divisor."
-        )
+        raise ValueError(f"Image size {h}x{w} is not a multiple of patch_size={p}; pad the images or pick a divisor.")
     gh, gw = h // p, w // p
     sums = _check_saliency(saliency).view(n, gh, p, gw, p).sum(dim=(2, 4)).reshape(n, gh * gw)
     region_rank = order_to_rank(torch.sort(sums, dim=1, descending=descending, stable=True).indices)
@@ -137,7 +136,7 @@ def patch_order(saliency: Tensor, patch_size: int, *, descending: bool = True) -
     return torch.sort(pixel_rank, dim=1).indices
 
 
-def step_counts(n_pixels: int, *, step: Optional[int] = None, n_steps: Optional[int] = None) -> Tensor:
+def step_counts(n_pixels: int, *, step: int | None = None, n_steps: int | None = None) -> Tensor:
     """Pixels perturbed at each point of a curve, including the unperturbed start (``k_0 = 0``).
 
     ``step`` (RISE): ``k_i = min(i*step, HW)`` for ``i = 0..ceil(HW/step)``.
@@ -172,7 +171,7 @@ def batched_scores(
     score: str = "prob",
     oom_errors: tuple[type[BaseException], ...] = OOM_ERRORS,
     adaptive: bool = True,
-    example: Optional[Tensor] = None,
+    example: Tensor | None = None,
 ) -> Tensor:
     """Target scores of ``len(targets)`` lazily built inputs, in adaptive chunks.
 
@@ -200,11 +199,11 @@ def batched_scores(
                 example = build(torch.arange(0, 1, device=device))
         chunk = forward_chunk(chunk, example)
     adaptive = adaptive and device.type == "cuda"
-    key: Optional[tuple] = None
+    key: tuple | None = None
     measure = False
-    items: Optional[Tensor] = None
-    x: Optional[Tensor] = None
-    logits: Optional[Tensor] = None
+    items: Tensor | None = None
+    x: Tensor | None = None
+    logits: Tensor | None = None
     while start < n:
         try:
             with torch.inference_mode(), forward_autocast(device):
@@ -253,10 +252,10 @@ def perturbation_curves(
     images: Tensor,
     orders: Tensor,
     substrate: Tensor,
-    steps: Union[Sequence[int], Tensor],
+    steps: Sequence[int] | Tensor,
     targets: Tensor,
     *,
-    image_index: Optional[Tensor] = None,
+    image_index: Tensor | None = None,
     batch_size: int = 64,
     score: str = "prob",
     oom_errors: tuple[type[BaseException], ...] = OOM_ERRORS,
@@ -282,26 +281,20 @@ def perturbation_curves(
     for v in grid:
         hw *= int(v)
     if orders.shape != (n, hw):
-        raise ValueError(
-            f"orders must be [N, H*W] = [{n}, {hw}] for {grid} images; "
-            f"got {tuple(orders.shape)}."
-        )
+        raise ValueError(f"orders must be [N, H*W] = [{n}, {hw}] for {grid} images; got {tuple(orders.shape)}.")
     if targets.shape != (n,):
         raise ValueError(f"targets must be [N]={n}; got shape {tuple(targets.shape)}.")
     device = images.device
     if image_index is None:
         if images.shape[0] != n:
-            raise ValueError(
-                f"{images.shape[0]} images for {n} orders: pass image_index to map orders to images."
-            )
+            raise ValueError(f"{images.shape[0]} images for {n} orders: pass image_index to map orders to images.")
         image_index = torch.arange(n, device=device)
     image_index = image_index.to(device).long()
     if substrate.ndim == 3:
         substrate = substrate.unsqueeze(0)
     if substrate.shape[0] not in (1, images.shape[0]) or substrate.shape[1:] != images.shape[1:]:
         raise ValueError(
-            f"substrate must be [B,C,H,W] or [1,C,H,W] like images {tuple(images.shape)}; "
-            f"got {tuple(substrate.shape)}."
+            f"substrate must be [B,C,H,W] or [1,C,H,W] like images {tuple(images.shape)}; got {tuple(substrate.shape)}."
         )
     substrate = substrate.to(device=device, dtype=images.dtype)
     k = torch.as_tensor(steps, dtype=torch.long, device=device).flatten()
@@ -318,9 +311,7 @@ def perturbation_curves(
         mask = (ranks[row] < k[col, None]).view(-1, 1, *grid)
         return torch.where(mask, _rows(substrate, img_row), images[img_row])
 
-    scores = batched_scores(
-        model, build, targets[pair_row], batch_size=batch_size, score=score, oom_errors=oom_errors
-    )
+    scores = batched_scores(model, build, targets[pair_row], batch_size=batch_size, score=score, oom_errors=oom_errors)
     return scores[src].view(n, s)
 
 

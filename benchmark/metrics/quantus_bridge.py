@@ -8,7 +8,8 @@ are computed by :func:`benchmark.metrics.functional.quantus_bridge.quantus_metri
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from torch import Tensor
 
@@ -17,8 +18,13 @@ from .functional import quantus_bridge as Q
 
 #: Quantus' evaluation_category -> cambench family (Quantus' spelling kept in meta ``quantus_category``).
 FAMILY = {
-    "Faithfulness": "faithfulness", "Localisation": "localization", "Robustness": "robustness",
-    "Randomisation": "sanity", "Complexity": "complexity", "Axiomatic": "axiomatic", "None": "other",
+    "Faithfulness": "faithfulness",
+    "Localisation": "localization",
+    "Robustness": "robustness",
+    "Randomisation": "sanity",
+    "Complexity": "complexity",
+    "Axiomatic": "axiomatic",
+    "None": "other",
 }
 
 
@@ -38,8 +44,16 @@ def _metric_fn(name: str) -> Callable[..., dict[str, Tensor]]:
         for method, maps in ctx.saliency.items():
             explain = _reexplainer(ctx.explain, method) if name in Q.REEXPLAIN and ctx.explain is not None else None
             out[method] = Q.quantus_metric(
-                name, ctx.model, ctx.batch.images, ctx.batch.targets, maps, masks=ctx.batch.masks,
-                explain=explain, seed=ctx.seed, batch_size=ctx.batch_size, **params,
+                name,
+                ctx.model,
+                ctx.batch.images,
+                ctx.batch.targets,
+                maps,
+                masks=ctx.batch.masks,
+                explain=explain,
+                seed=ctx.seed,
+                batch_size=ctx.batch_size,
+                **params,
             )
         return out
 
@@ -52,7 +66,7 @@ def _paper(cls: type) -> str:
     for line in (cls.__doc__ or "").splitlines():
         line = line.strip()
         if line.startswith("Implementation of"):
-            return f"Quantus {Q.QUANTUS_VERSION} {cls.__name__}: {line[len('Implementation of'):].strip().rstrip('.')}"
+            return f"Quantus {Q.QUANTUS_VERSION} {cls.__name__}: {line[len('Implementation of') :].strip().rstrip('.')}"
     return f"Quantus {Q.QUANTUS_VERSION} {cls.__name__}"
 
 

@@ -8,7 +8,7 @@ an input-independent map has by definition (sensitivity 0, SSIM 1, MSE 0). Metho
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -34,14 +34,23 @@ def _perturbed(ctx: MetricContext, fn, constant: float, **params) -> dict[str, T
     out = {m: torch.full((b,), constant) for m in ctx.saliency if m not in live}
     if live:
         ref = {m: ctx.saliency[m] for m in live}
-        res = fn(_bound(ctx), ctx.batch.images, ctx.batch.targets, live, seed=ctx.seed,
-                 batch_size=ctx.batch_size, reference=ref, **params)
+        res = fn(
+            _bound(ctx),
+            ctx.batch.images,
+            ctx.batch.targets,
+            live,
+            seed=ctx.seed,
+            batch_size=ctx.batch_size,
+            reference=ref,
+            **params,
+        )
         out.update(res)
     return {m: out[m] for m in ctx.saliency}
 
 
-def _sensitivity(ctx: MetricContext, reduce, radius: float, n_samples: int, relative: bool,
-                 norm: str) -> dict[str, Tensor]:
+def _sensitivity(
+    ctx: MetricContext, reduce, radius: float, n_samples: int, relative: bool, norm: str
+) -> dict[str, Tensor]:
     """Max and Avg-Sensitivity draw the same perturbations: explain them once per batch (ctx.cache)."""
     live = [m for m in ctx.saliency if not ctx.is_baseline(m)]
     b = ctx.batch.images.shape[0]
@@ -50,35 +59,55 @@ def _sensitivity(ctx: MetricContext, reduce, radius: float, n_samples: int, rela
         key = ("sensitivity", radius, n_samples, relative, norm, tuple(live))
         if key not in ctx.cache:
             ctx.cache[key] = F.sensitivity_samples(
-                _bound(ctx), ctx.batch.images, ctx.batch.targets, live, radius, n_samples, relative, norm,
-                ctx.seed, ctx.batch_size, {m: ctx.saliency[m] for m in live},
+                _bound(ctx),
+                ctx.batch.images,
+                ctx.batch.targets,
+                live,
+                radius,
+                n_samples,
+                relative,
+                norm,
+                ctx.seed,
+                ctx.batch_size,
+                {m: ctx.saliency[m] for m in live},
             )
         out.update({m: F.nanreduce(v, reduce) for m, v in ctx.cache[key].items()})
     return {m: out[m] for m in ctx.saliency}
 
 
 @register_metric(
-    "max_sensitivity", family="robustness", higher_is_better=False, needs=("saliency", "explainer"),
+    "max_sensitivity",
+    family="robustness",
+    higher_is_better=False,
+    needs=("saliency", "explainer"),
     paper="Yeh et al. 2019 (Quantus MaxSensitivity defaults, n_samples chosen by the suite)",
 )
-def max_sensitivity(ctx: MetricContext, radius: float = 0.2, n_samples: int = 8, relative: bool = True,
-                    norm: str = "fro") -> dict[str, Tensor]:
+def max_sensitivity(
+    ctx: MetricContext, radius: float = 0.2, n_samples: int = 8, relative: bool = True, norm: str = "fro"
+) -> dict[str, Tensor]:
     """Max-sensitivity (Yeh et al. 2019): the largest change of the map over ``n_samples`` perturbations."""
     return _sensitivity(ctx, np.nanmax, radius=radius, n_samples=n_samples, relative=relative, norm=norm)
 
 
 @register_metric(
-    "avg_sensitivity", family="robustness", higher_is_better=False, needs=("saliency", "explainer"),
+    "avg_sensitivity",
+    family="robustness",
+    higher_is_better=False,
+    needs=("saliency", "explainer"),
     paper="Yeh et al. 2019 (Quantus AvgSensitivity defaults, n_samples chosen by the suite)",
 )
-def avg_sensitivity(ctx: MetricContext, radius: float = 0.2, n_samples: int = 8, relative: bool = True,
-                    norm: str = "fro") -> dict[str, Tensor]:
+def avg_sensitivity(
+    ctx: MetricContext, radius: float = 0.2, n_samples: int = 8, relative: bool = True, norm: str = "fro"
+) -> dict[str, Tensor]:
     """Mean over the same perturbations as :func:`max_sensitivity` (shared through ``ctx.cache``)."""
     return _sensitivity(ctx, np.nanmean, radius=radius, n_samples=n_samples, relative=relative, norm=norm)
 
 
 @register_metric(
-    "local_lipschitz", family="robustness", higher_is_better=False, needs=("saliency", "explainer"),
+    "local_lipschitz",
+    family="robustness",
+    higher_is_better=False,
+    needs=("saliency", "explainer"),
     paper="Alvarez-Melis & Jaakkola 2018 (Quantus defaults)",
 )
 def local_lipschitz(ctx: MetricContext, std: float = 0.1, n_samples: int = 8) -> dict[str, Tensor]:
@@ -95,8 +124,14 @@ def _gradient_noise(ctx: MetricContext, key: str, sigma: float, relative: bool) 
         ck = ("gradient_noise", sigma, relative, tuple(live))  # SSIM and MSE share one re-explanation
         if ck not in ctx.cache:
             ctx.cache[ck] = F.gradient_noise_stability(
-                _bound(ctx), ctx.batch.images, ctx.batch.targets, live, sigma=sigma, relative=relative,
-                seed=ctx.seed, reference={m: ctx.saliency[m] for m in live},
+                _bound(ctx),
+                ctx.batch.images,
+                ctx.batch.targets,
+                live,
+                sigma=sigma,
+                relative=relative,
+                seed=ctx.seed,
+                reference={m: ctx.saliency[m] for m in live},
             )
         res = ctx.cache[ck]
         out.update(res[key])
@@ -104,7 +139,9 @@ def _gradient_noise(ctx: MetricContext, key: str, sigma: float, relative: bool) 
 
 
 @register_metric(
-    "gradient_noise_stability", family="robustness", higher_is_better=True,
+    "gradient_noise_stability",
+    family="robustness",
+    higher_is_better=True,
     needs=("saliency", "explainer"),
     paper="CF-CAM (He et al. 2025) noise stability, noise injected before any weight (SSIM)",
 )
@@ -113,7 +150,9 @@ def gradient_noise_stability(ctx: MetricContext, sigma: float = 1.0, relative: b
 
 
 @register_metric(
-    "gradient_noise_mse", family="robustness", higher_is_better=False,
+    "gradient_noise_mse",
+    family="robustness",
+    higher_is_better=False,
     needs=("saliency", "explainer"),
     paper="CF-CAM (He et al. 2025) noise stability, noise injected before any weight (MSE)",
 )

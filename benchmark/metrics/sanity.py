@@ -11,7 +11,6 @@ cascade (every layer with parameters), as Adebayo et al. report: suites should n
 from __future__ import annotations
 
 import warnings
-from typing import Optional
 
 import torch
 from torch import Tensor
@@ -29,12 +28,14 @@ def _count_undefined(name: str, out: dict[str, Tensor]) -> None:
             warnings.warn(
                 f"{name}: {bad} of {v.numel()} similarities of {m!r} are undefined (NaN: the map is constant "
                 "before or after randomisation); those images are left out of its mean (status 'undefined').",
-                RuntimeWarning, stacklevel=3,
+                RuntimeWarning,
+                stacklevel=3,
             )
 
 
-def _mprt(ctx: MetricContext, similarity: str, layer_order: str, seed: int, max_layers: Optional[int],
-          signed: bool = False):
+def _mprt(
+    ctx: MetricContext, similarity: str, layer_order: str, seed: int, max_layers: int | None, signed: bool = False
+):
     base = [m for m in ctx.saliency if ctx.is_baseline(m)]
     live = [m for m in ctx.saliency if m not in base]
     out = {m: F.map_similarity(ctx.saliency[m], ctx.saliency[m], similarity, signed=signed) for m in base}
@@ -51,22 +52,40 @@ def _mprt(ctx: MetricContext, similarity: str, layer_order: str, seed: int, max_
                 ctx.cache[key] = fn(model, images, targets, names, **kw)
             return ctx.cache[key]
 
-        out.update(F.model_randomization(
-            ctx.model, explain, ctx.batch.images, ctx.batch.targets, live, layer_order=layer_order,
-            seed=seed, similarity=similarity, max_layers=max_layers,
-            reference={m: ctx.saliency[m] for m in live}, signed=signed,
-        ))
+        out.update(
+            F.model_randomization(
+                ctx.model,
+                explain,
+                ctx.batch.images,
+                ctx.batch.targets,
+                live,
+                layer_order=layer_order,
+                seed=seed,
+                similarity=similarity,
+                max_layers=max_layers,
+                reference={m: ctx.saliency[m] for m in live},
+                signed=signed,
+            )
+        )
     res = {m: out[m] for m in ctx.saliency}
     _count_undefined(f"model_randomization ({similarity})", res)
     return res
 
 
 @register_metric(
-    "model_randomization", family="sanity", higher_is_better=False, needs=("saliency", "explainer"),
+    "model_randomization",
+    family="sanity",
+    higher_is_better=False,
+    needs=("saliency", "explainer"),
     paper="Adebayo et al. 2018 (Quantus MPRT, |Spearman| after the full cascade)",
 )
-def model_randomization(ctx: MetricContext, layer_order: str = "top_down", seed: int = 42,
-                        max_layers: Optional[int] = None, signed: bool = False) -> dict[str, Tensor]:
+def model_randomization(
+    ctx: MetricContext,
+    layer_order: str = "top_down",
+    seed: int = 42,
+    max_layers: int | None = None,
+    signed: bool = False,
+) -> dict[str, Tensor]:
     """``|rho|`` (Spearman) of each map with its map after randomising the whole cascade (``max_layers``:
     only the top ones); ``signed=True``: Adebayo et al.'s signed rho (the choice:
     ``functional.sanity.model_randomization``). NaN similarities are counted in a warning."""
@@ -74,10 +93,13 @@ def model_randomization(ctx: MetricContext, layer_order: str = "top_down", seed:
 
 
 @register_metric(
-    "model_randomization_ssim", family="sanity", higher_is_better=False,
+    "model_randomization_ssim",
+    family="sanity",
+    higher_is_better=False,
     needs=("saliency", "explainer"),
     paper="Adebayo et al. 2018 (SSIM after the full cascade)",
 )
-def model_randomization_ssim(ctx: MetricContext, layer_order: str = "top_down", seed: int = 42,
-                             max_layers: Optional[int] = None) -> dict[str, Tensor]:
+def model_randomization_ssim(
+    ctx: MetricContext, layer_order: str = "top_down", seed: int = 42, max_layers: int | None = None
+) -> dict[str, Tensor]:
     return _mprt(ctx, "ssim", layer_order, seed, max_layers)

@@ -23,7 +23,8 @@ Batches without multi-label ids (``target = "label"`` experiments) yield no stat
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -91,8 +92,9 @@ def _best(curve: np.ndarray) -> int:
     return int(np.nanargmax(curve)) if np.isfinite(curve).any() else -1
 
 
-def compute_seed_miou(stats: Any, ids: Sequence[str], n_thresholds: int = 21, threshold_split: float = 0.5,
-                      **_: Any) -> float:
+def compute_seed_miou(
+    stats: Any, ids: Sequence[str], n_thresholds: int = 21, threshold_split: float = 0.5, **_: Any
+) -> float:
     """mIoU of the images outside the held-out split, at the threshold best on the held-out split."""
     arr = np.asarray(stats, dtype=np.float64)
     held = held_out(ids, threshold_split)
@@ -108,8 +110,9 @@ def compute_seed_miou_oracle(stats: Any, ids: Sequence[str], n_thresholds: int =
     return float(np.nanmax(curve)) if np.isfinite(curve).any() else float("nan")
 
 
-def chosen_threshold(stats: Any, ids: Sequence[str], n_thresholds: int = 21, threshold_split: float = 0.5,
-                     oracle: bool = False) -> float:
+def chosen_threshold(
+    stats: Any, ids: Sequence[str], n_thresholds: int = 21, threshold_split: float = 0.5, oracle: bool = False
+) -> float:
     """The background threshold each variant uses (NaN if it cannot be chosen)."""
     arr = np.asarray(stats, dtype=np.float64)
     if not oracle:
@@ -139,15 +142,21 @@ def _num_classes(ctx: MetricContext, num_classes: int) -> int:
     return k
 
 
-def image_statistics(ctx: MetricContext, n_thresholds: int = 21, num_classes: int = 0,
-                     ignore_index: int = 255) -> dict[str, Tensor]:
+def image_statistics(
+    ctx: MetricContext, n_thresholds: int = 21, num_classes: int = 0, ignore_index: int = 255
+) -> dict[str, Tensor]:
     """``{method: [B, S]}`` per-row seed statistics (``S = n_thresholds * 3 * (K + 1)``), shared by both
     seed metrics of a batch; ``{}`` for a batch without multi-label ids."""
     batch = ctx.batch
     if not any(CLASS_SEP in str(i) for i in batch.ids) or batch.masks is None:
         return {}
-    key = ("seed_stats", int(n_thresholds), int(num_classes), int(ignore_index),
-           tuple((m, id(s)) for m, s in ctx.saliency.items()))
+    key = (
+        "seed_stats",
+        int(n_thresholds),
+        int(num_classes),
+        int(ignore_index),
+        tuple((m, id(s)) for m, s in ctx.saliency.items()),
+    )
     if key in ctx.cache:
         return ctx.cache[key]
     k = _num_classes(ctx, num_classes)
@@ -183,28 +192,50 @@ def image_statistics(ctx: MetricContext, n_thresholds: int = 21, num_classes: in
 
 
 @register_metric(
-    "seed_miou", family="localization", higher_is_better=True, needs=("saliency", "masks"),
-    paper=PAPER, level="dataset", compute=compute_seed_miou, optimistic=False,
+    "seed_miou",
+    family="localization",
+    higher_is_better=True,
+    needs=("saliency", "masks"),
+    paper=PAPER,
+    level="dataset",
+    compute=compute_seed_miou,
+    optimistic=False,
     threshold="chosen on the held-out split (threshold_split of the images, by hash of image id); "
-              "scored on the other images",
+    "scored on the other images",
 )
-def seed_miou(ctx: MetricContext, n_thresholds: int = 21, threshold_split: float = 0.5, num_classes: int = 0,
-              ignore_index: int = 255) -> dict[str, Tensor]:
+def seed_miou(
+    ctx: MetricContext,
+    n_thresholds: int = 21,
+    threshold_split: float = 0.5,
+    num_classes: int = 0,
+    ignore_index: int = 255,
+) -> dict[str, Tensor]:
     """Seed mIoU (background + classes) at a background threshold chosen on held-out images."""
     if not 0.0 < float(threshold_split) < 1.0:
-        raise ValueError(f"threshold_split must be in (0, 1) (the share of images that choose the threshold), "
-                         f"got {threshold_split}.")
+        raise ValueError(
+            f"threshold_split must be in (0, 1) (the share of images that choose the threshold), got {threshold_split}."
+        )
     return image_statistics(ctx, n_thresholds, num_classes, ignore_index)
 
 
 @register_metric(
-    "seed_miou_oracle_threshold", family="localization", higher_is_better=True,
-    needs=("saliency", "masks"), paper=PAPER + " (threshold swept on the test images)",
-    level="dataset", compute=compute_seed_miou_oracle, optimistic=True,
+    "seed_miou_oracle_threshold",
+    family="localization",
+    higher_is_better=True,
+    needs=("saliency", "masks"),
+    paper=PAPER + " (threshold swept on the test images)",
+    level="dataset",
+    compute=compute_seed_miou_oracle,
+    optimistic=True,
     threshold="best on the evaluated images themselves: OPTIMISTIC (an upper bound, as most papers report it)",
 )
-def seed_miou_oracle_threshold(ctx: MetricContext, n_thresholds: int = 21, threshold_split: float = 0.5,
-                               num_classes: int = 0, ignore_index: int = 255) -> dict[str, Tensor]:
+def seed_miou_oracle_threshold(
+    ctx: MetricContext,
+    n_thresholds: int = 21,
+    threshold_split: float = 0.5,
+    num_classes: int = 0,
+    ignore_index: int = 255,
+) -> dict[str, Tensor]:
     """Seed mIoU at the best threshold on the evaluated images (optimistic; ``threshold_split`` unused)."""
     return image_statistics(ctx, n_thresholds, num_classes, ignore_index)
 
@@ -213,6 +244,14 @@ def seed_miou_oracle_threshold(ctx: MetricContext, n_thresholds: int = 21, thres
 DEFAULTS = signature_defaults(seed_miou)
 
 __all__ = [
-    "chosen_threshold", "compute_seed_miou", "compute_seed_miou_oracle", "held_out", "image_statistics",
-    "miou_curve", "reshape_stats", "seed_miou", "seed_miou_oracle_threshold", "thresholds",
+    "chosen_threshold",
+    "compute_seed_miou",
+    "compute_seed_miou_oracle",
+    "held_out",
+    "image_statistics",
+    "miou_curve",
+    "reshape_stats",
+    "seed_miou",
+    "seed_miou_oracle_threshold",
+    "thresholds",
 ]

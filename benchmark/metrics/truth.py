@@ -8,8 +8,6 @@ model truth skip these metrics (their need ``truth`` is not met).
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import Tensor
 
@@ -23,7 +21,10 @@ def _truth(ctx: MetricContext) -> Tensor:
 
 
 @register_metric(
-    "shortcut_pointing", family="truth", higher_is_better=True, needs=("saliency", "truth"),
+    "shortcut_pointing",
+    family="truth",
+    higher_is_better=True,
+    needs=("saliency", "truth"),
     paper="Hesse et al. 2023 (FunnyBirds) style; pointing game (Zhang et al. 2016) on the model truth",
 )
 def shortcut_pointing(ctx: MetricContext) -> dict[str, Tensor]:
@@ -33,7 +34,10 @@ def shortcut_pointing(ctx: MetricContext) -> dict[str, Tensor]:
 
 
 @register_metric(
-    "shortcut_energy", family="truth", higher_is_better=True, needs=("saliency", "truth"),
+    "shortcut_energy",
+    family="truth",
+    higher_is_better=True,
+    needs=("saliency", "truth"),
     paper="Hesse et al. 2023 (FunnyBirds) style; energy pointing game (Wang et al. 2020) on the model truth",
 )
 def shortcut_energy(ctx: MetricContext) -> dict[str, Tensor]:
@@ -43,11 +47,14 @@ def shortcut_energy(ctx: MetricContext) -> dict[str, Tensor]:
 
 
 @register_metric(
-    "shortcut_intervention", family="truth", higher_is_better=True, needs=("saliency", "truth"),
+    "shortcut_intervention",
+    family="truth",
+    higher_is_better=True,
+    needs=("saliency", "truth"),
     paper="Hesse et al. 2023 (FunnyBirds) style intervention: remove the map's top pixels vs the true cause",
 )
 def shortcut_intervention(
-    ctx: MetricContext, fraction: Optional[float] = None, min_drop: float = 0.1
+    ctx: MetricContext, fraction: float | None = None, min_drop: float = 0.1
 ) -> dict[str, Tensor]:
     """Drop of p(target) when the map's top-k pixels are removed, relative to removing the mark.
 
@@ -78,7 +85,10 @@ def shortcut_intervention(
 
 
 @register_metric(
-    "distractibility", family="truth", higher_is_better=False, needs=("saliency", "truth", "explainer"),
+    "distractibility",
+    family="truth",
+    higher_is_better=False,
+    needs=("saliency", "truth", "explainer"),
     paper="Hesse et al. 2023 (FunnyBirds) style counterfactual: a distractor moved must not move the map",
 )
 def distractibility(ctx: MetricContext) -> dict[str, Tensor]:

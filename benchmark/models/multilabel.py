@@ -85,8 +85,12 @@ class MultiLabelTrainConfig:
     data_seed: int = 0
 
     def digest(self) -> str:
-        payload = {"config": asdict(self), "generator_version": MULTILABEL_GENERATOR_VERSION,
-                   "trainer_version": TRAINER_VERSION, "model": SHIPPED_NAME}
+        payload = {
+            "config": asdict(self),
+            "generator_version": MULTILABEL_GENERATOR_VERSION,
+            "trainer_version": TRAINER_VERSION,
+            "model": SHIPPED_NAME,
+        }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -107,10 +111,18 @@ def train_multilabel_model(cfg: MultiLabelTrainConfig = DEFAULT_CONFIG) -> tuple
         return (images * 255).round_().to(torch.uint8), targets
 
     return fit(
-        lambda: MultiLabelCNN(len(SHAPE_CLASSES), cfg.widths), data, name=SHIPPED_NAME, seed=cfg.seed,
-        epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
-        inputs=lambda u8: _normalize(u8.float().div_(255)), loss=nn.functional.binary_cross_entropy_with_logits,
-        correct=exact_match_correct, accuracy="train exact match",
+        lambda: MultiLabelCNN(len(SHAPE_CLASSES), cfg.widths),
+        data,
+        name=SHIPPED_NAME,
+        seed=cfg.seed,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        inputs=lambda u8: _normalize(u8.float().div_(255)),
+        loss=nn.functional.binary_cross_entropy_with_logits,
+        correct=exact_match_correct,
+        accuracy="train exact match",
     )
 
 
@@ -154,8 +166,9 @@ def _load_user_checkpoint(model: nn.Module, path: str, name: str, num_classes: i
         raise WeightsError(f"Checkpoint {path} does not fit model {name}: {str(exc)[:600]}") from exc
 
 
-@register_model("shapes_multilabel_cnn", dataset="shapes_multilabel", synthetic=True, input_size=(64, 64),
-                multilabel=True)
+@register_model(
+    "shapes_multilabel_cnn", dataset="shapes_multilabel", synthetic=True, input_size=(64, 64), multilabel=True
+)
 def shapes_multilabel_cnn(weights: str = "default", seed: int = 0) -> ModelHandle:
     """Multi-label CNN on ``shapes_multilabel`` ("default" = shipped, "train", "random" or a path)."""
     cfg = DEFAULT_CONFIG
@@ -164,22 +177,34 @@ def shapes_multilabel_cnn(weights: str = "default", seed: int = 0) -> ModelHandl
     meta: dict[str, Any] = {"weights": weights, "num_classes": len(SHAPE_CLASSES), "multilabel": True}
     if weights == "default":
         if not has_shipped(SHIPPED_NAME):
-            raise WeightsError(f"The shipped weights of {SHIPPED_NAME} are missing; reinstall cambench or pass "
-                               'weights = "train" to retrain them (a few minutes on a CPU).')
+            raise WeightsError(
+                f"The shipped weights of {SHIPPED_NAME} are missing; reinstall cambench or pass "
+                'weights = "train" to retrain them (a few minutes on a CPU).'
+            )
         model.load_state_dict(load_shipped(SHIPPED_NAME, expect_hash=cfg.digest()))
     elif weights == "train":
         model, info = train_multilabel_model(cfg)
         meta.update(info)
     elif weights != "random":
         _load_user_checkpoint(model, weights, SHIPPED_NAME, len(SHAPE_CLASSES))
-    return ModelHandle(name=SHIPPED_NAME, model=model.eval(), target_layer=TARGET_LAYER,
-                       input_size=(cfg.image_size, cfg.image_size), mean=MEAN, std=STD,
-                       class_names=list(SHAPE_CLASSES), meta=meta)
+    return ModelHandle(
+        name=SHIPPED_NAME,
+        model=model.eval(),
+        target_layer=TARGET_LAYER,
+        input_size=(cfg.image_size, cfg.image_size),
+        mean=MEAN,
+        std=STD,
+        class_names=list(SHAPE_CLASSES),
+        meta=meta,
+    )
 
 
 @register_model("voc_multilabel_resnet50", dataset="voc", family="cnn", multilabel=True, input_size=(448, 448))
 def voc_multilabel_resnet50(
-    weights: str = "random", seed: int = 0, num_classes: int = len(VOC_CLASSES), input_size: int = 448,
+    weights: str = "random",
+    seed: int = 0,
+    num_classes: int = len(VOC_CLASSES),
+    input_size: int = 448,
     target_layer: str = "layer4",
 ) -> ModelHandle:
     """ResNet-50 with a ``num_classes`` multi-label head, loading a user's checkpoint (``weights`` = path)."""
@@ -190,20 +215,32 @@ def voc_multilabel_resnet50(
     if weights == "default":
         raise WeightsError(
             "voc_multilabel_resnet50 has no shipped weights: pass the path of your multi-label VOC checkpoint "
-            "(a state_dict of torchvision's resnet50 with a 20-class fc), e.g. weights = \"${WSSS_CHECKPOINT}\"."
+            '(a state_dict of torchvision\'s resnet50 with a 20-class fc), e.g. weights = "${WSSS_CHECKPOINT}".'
         )
     with seeded_init(seed):
         model = tvm.resnet50(weights=None, num_classes=int(num_classes))
     if weights != "random":
         _load_user_checkpoint(model, weights, "voc_multilabel_resnet50", int(num_classes))
     names = list(VOC_CLASSES) if int(num_classes) == len(VOC_CLASSES) else None
-    return ModelHandle(name="voc_multilabel_resnet50", model=model.eval(), target_layer=target_layer,
-                       input_size=(int(input_size), int(input_size)), mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                       class_names=names,
-                       meta={"weights": weights, "num_classes": int(num_classes), "multilabel": True})
+    return ModelHandle(
+        name="voc_multilabel_resnet50",
+        model=model.eval(),
+        target_layer=target_layer,
+        input_size=(int(input_size), int(input_size)),
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        class_names=names,
+        meta={"weights": weights, "num_classes": int(num_classes), "multilabel": True},
+    )
 
 
 __all__ = [
-    "DEFAULT_CONFIG", "MultiLabelCNN", "MultiLabelTrainConfig", "evaluate_multilabel", "shapes_multilabel_cnn",
-    "train_and_ship", "train_multilabel_model", "voc_multilabel_resnet50",
+    "DEFAULT_CONFIG",
+    "MultiLabelCNN",
+    "MultiLabelTrainConfig",
+    "evaluate_multilabel",
+    "shapes_multilabel_cnn",
+    "train_and_ship",
+    "train_multilabel_model",
+    "voc_multilabel_resnet50",
 ]

@@ -17,8 +17,9 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -33,7 +34,7 @@ def weights_dir() -> Path:
     return WEIGHTS_DIR
 
 
-def _paths(name: str, root: Optional[Path] = None) -> tuple[Path, Path]:
+def _paths(name: str, root: Path | None = None) -> tuple[Path, Path]:
     d = root if root is not None else WEIGHTS_DIR
     return d / f"{name}.pt", d / f"{name}.json"
 
@@ -47,28 +48,29 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def has_shipped(name: str, root: Optional[Path] = None) -> bool:
+def has_shipped(name: str, root: Path | None = None) -> bool:
     """Whether weights for ``name`` ship with the package."""
     pt, js = _paths(name, root)
     return pt.is_file() and js.is_file()
 
 
-def shipped_meta(name: str, root: Optional[Path] = None) -> dict[str, Any]:
+def shipped_meta(name: str, root: Path | None = None) -> dict[str, Any]:
     """The JSON record beside the shipped weights of ``name`` (raises :class:`WeightsError` if absent)."""
     pt, js = _paths(name, root)
     if not js.is_file():
         raise WeightsError(
             f"No shipped weights for {name!r}: {str(js)!r} is missing. Reinstall cambench, or train them with "
-            f"`python run_bench.py train-models {name}` (or pass weights=\"train\")."
+            f'`python run_bench.py train-models {name}` (or pass weights="train").'
         )
     try:
         return dict(json.loads(js.read_text()))
     except json.JSONDecodeError as exc:
-        raise WeightsError(f"The record {str(js)!r} of the shipped weights of {name!r} is not valid JSON: {exc}. "
-                           "Reinstall cambench.") from exc
+        raise WeightsError(
+            f"The record {str(js)!r} of the shipped weights of {name!r} is not valid JSON: {exc}. Reinstall cambench."
+        ) from exc
 
 
-def load_shipped(name: str, root: Optional[Path] = None, expect_hash: Optional[str] = None) -> dict[str, Tensor]:
+def load_shipped(name: str, root: Path | None = None, expect_hash: str | None = None) -> dict[str, Tensor]:
     """The shipped ``state_dict`` of ``name``, after checking its SHA-256 against its JSON record.
 
     ``expect_hash``: the training-configuration hash the caller builds for; a record of another
@@ -77,8 +79,10 @@ def load_shipped(name: str, root: Optional[Path] = None, expect_hash: Optional[s
     pt, _ = _paths(name, root)
     meta = shipped_meta(name, root)
     if not pt.is_file():
-        raise WeightsError(f"Shipped weights {str(pt)!r} for {name!r} are missing. Reinstall cambench, or run "
-                           f"`python run_bench.py train-models {name}`.")
+        raise WeightsError(
+            f"Shipped weights {str(pt)!r} for {name!r} are missing. Reinstall cambench, or run "
+            f"`python run_bench.py train-models {name}`."
+        )
     digest = sha256_file(pt)
     if digest != meta.get("sha256"):
         raise WeightsError(
@@ -90,13 +94,14 @@ def load_shipped(name: str, root: Optional[Path] = None, expect_hash: Optional[s
         raise WeightsError(
             f"Shipped weights of {name!r} were trained for another configuration (hash "
             f"{str(meta.get('hash'))[:12]}..., expected {expect_hash[:12]}...). Retrain them with "
-            f"`python run_bench.py train-models {name}`, or pass weights=\"train\"."
+            f'`python run_bench.py train-models {name}`, or pass weights="train".'
         )
     try:
         return torch.load(pt, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise WeightsError(f"Could not load shipped weights {str(pt)!r} with weights_only=True: {exc}. "
-                           "Reinstall cambench.") from exc
+        raise WeightsError(
+            f"Could not load shipped weights {str(pt)!r} with weights_only=True: {exc}. Reinstall cambench."
+        ) from exc
 
 
 def _atomic(path: Path, data: bytes) -> None:
@@ -113,9 +118,7 @@ def _atomic(path: Path, data: bytes) -> None:
         raise
 
 
-def save_shipped(
-    name: str, state: Mapping[str, Tensor], meta: Mapping[str, Any], root: Optional[Path] = None
-) -> Path:
+def save_shipped(name: str, state: Mapping[str, Tensor], meta: Mapping[str, Any], root: Path | None = None) -> Path:
     """Write ``NAME.pt`` and ``NAME.json`` (with the file's SHA-256) atomically; returns the ``.pt`` path."""
     import io
 

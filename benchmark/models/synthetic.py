@@ -30,9 +30,10 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -68,9 +69,7 @@ class ShapesCNN(nn.Module):
     block3: nn.Sequential
     block4: nn.Sequential
 
-    def __init__(
-        self, num_classes: int = 6, widths: tuple[int, ...] = (32, 64, 96, 128), head: str = "linear"
-    ) -> None:
+    def __init__(self, num_classes: int = 6, widths: tuple[int, ...] = (32, 64, 96, 128), head: str = "linear") -> None:
         super().__init__()
         if head not in ("linear", "conv"):
             raise ValueError(f"head must be 'linear' or 'conv', got {head!r}.")
@@ -105,7 +104,7 @@ class TrainConfig:
     """Everything that determines a trained synthetic model (hashed for the cache)."""
 
     name: str = "shapes_cnn"
-    shortcut: Optional[str] = None  # None: plain shapes; "aligned": shapes_shortcut
+    shortcut: str | None = None  # None: plain shapes; "aligned": shapes_shortcut
     n_train: int = 4000
     image_size: int = 128
     epochs: int = 5
@@ -137,9 +136,7 @@ DEFAULT_CONFIGS: dict[str, TrainConfig] = {
         name="shapes_deep_cnn", scenes=("simple", "clutter"), n_train=12000, epochs=10, head="conv"
     ),
     # The mark is far easier than the shape: little data and two epochs make the model rely on it.
-    "shapes_shortcut_cnn": TrainConfig(
-        name="shapes_shortcut_cnn", shortcut="aligned", n_train=2000, epochs=4
-    ),
+    "shapes_shortcut_cnn": TrainConfig(name="shapes_shortcut_cnn", shortcut="aligned", n_train=2000, epochs=4),
 }
 
 
@@ -149,7 +146,7 @@ def cache_dir() -> Path:
     return Path(root) / "synthetic"
 
 
-def _paths(cfg: TrainConfig, root: Optional[Path] = None) -> tuple[Path, Path, Path]:
+def _paths(cfg: TrainConfig, root: Path | None = None) -> tuple[Path, Path, Path]:
     d = root if root is not None else cache_dir()
     stem = d / f"{cfg.name}-{cfg.digest()[:16]}"
     return stem.with_suffix(".pt"), stem.with_suffix(".json"), stem.with_suffix(".lock")
@@ -157,7 +154,11 @@ def _paths(cfg: TrainConfig, root: Optional[Path] = None) -> tuple[Path, Path, P
 
 def _dataset(cfg: TrainConfig, split: str, n: int, scene: str = "simple") -> ShapesDataset:
     return ShapesDataset(
-        n=n, seed=cfg.data_seed, split=split, image_size=cfg.image_size, shortcut=cfg.shortcut,  # type: ignore[arg-type]
+        n=n,
+        seed=cfg.data_seed,
+        split=split,  # type: ignore[arg-type]
+        image_size=cfg.image_size,
+        shortcut=cfg.shortcut,  # type: ignore[arg-type]
         scene=scene,  # type: ignore[arg-type]
     )
 
@@ -206,9 +207,16 @@ def train_shapes_model(cfg: TrainConfig) -> tuple[ShapesCNN, dict[str, Any]]:
     a seeded random order; Adam with a one-cycle learning-rate schedule (:func:`benchmark.models.training.fit`).
     """
     return fit(
-        lambda: ShapesCNN(len(SHAPE_CLASSES), cfg.widths, cfg.head), lambda: _training_set(cfg), name=cfg.name,
-        seed=cfg.seed, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
-        inputs=lambda u8: _normalize(u8.float().div_(255)), loss=nn.functional.cross_entropy,
+        lambda: ShapesCNN(len(SHAPE_CLASSES), cfg.widths, cfg.head),
+        lambda: _training_set(cfg),
+        name=cfg.name,
+        seed=cfg.seed,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        inputs=lambda u8: _normalize(u8.float().div_(255)),
+        loss=nn.functional.cross_entropy,
     )
 
 
@@ -252,7 +260,7 @@ def _atomic_write(path: Path, write: Callable[[Any], Any]) -> None:
         raise
 
 
-def _read_cached(cfg: TrainConfig, pt: Path, js: Path) -> Optional[dict[str, Tensor]]:
+def _read_cached(cfg: TrainConfig, pt: Path, js: Path) -> dict[str, Tensor] | None:
     try:
         meta = json.loads(js.read_text())
         if meta.get("hash") != cfg.digest():
@@ -262,7 +270,7 @@ def _read_cached(cfg: TrainConfig, pt: Path, js: Path) -> Optional[dict[str, Ten
         return None
 
 
-def load_or_train(cfg: TrainConfig, root: Optional[Path] = None) -> tuple[dict[str, Tensor], dict[str, Any]]:
+def load_or_train(cfg: TrainConfig, root: Path | None = None) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """The trained ``state_dict`` for ``cfg`` from the cache, training (and caching) it if needed."""
     pt, js, lock = _paths(cfg, root)
     state = _read_cached(cfg, pt, js)
@@ -274,8 +282,14 @@ def load_or_train(cfg: TrainConfig, root: Optional[Path] = None) -> tuple[dict[s
             return state, json.loads(js.read_text())
         model, info = train_shapes_model(cfg)
         state = model.state_dict()
-        meta = {"hash": cfg.digest(), "config": asdict(cfg), "generator_version": GENERATOR_VERSION,
-                "trainer_version": TRAINER_VERSION, "torch": torch.__version__, **info}
+        meta = {
+            "hash": cfg.digest(),
+            "config": asdict(cfg),
+            "generator_version": GENERATOR_VERSION,
+            "trainer_version": TRAINER_VERSION,
+            "torch": torch.__version__,
+            **info,
+        }
         _atomic_write(pt, lambda p: torch.save(state, p))
         _atomic_write(js, lambda p: Path(p).write_text(json.dumps(meta, indent=2)))
         return state, meta
@@ -298,12 +312,10 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> None:
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as exc:
-        raise WeightsError(
-            f"Checkpoint {str(p)!r} does not fit {type(model).__name__}: {exc}"
-        ) from exc
+        raise WeightsError(f"Checkpoint {str(p)!r} does not fit {type(model).__name__}: {exc}") from exc
 
 
-def _build(name: str, weights: str, seed: int, cfg: Optional[TrainConfig]) -> ModelHandle:
+def _build(name: str, weights: str, seed: int, cfg: TrainConfig | None) -> ModelHandle:
     custom = cfg is not None and replace(cfg, name=name) != DEFAULT_CONFIGS[name]
     cfg = cfg or DEFAULT_CONFIGS[name]
     if cfg.name != name:
@@ -344,7 +356,7 @@ def held_out_accuracy(model: nn.Module, cfg: TrainConfig, n: int = N_HELD_OUT) -
     return {kind: evaluate_accuracy(model, _dataset(cfg, "test", n, kind)) for kind in cfg.scenes}
 
 
-def train_and_ship(names: Optional[list[str]] = None, root: Optional[Path] = None) -> dict[str, dict[str, Any]]:
+def train_and_ship(names: list[str] | None = None, root: Path | None = None) -> dict[str, dict[str, Any]]:
     """Train each synthetic model of ``names`` (default: all) with its default configuration and write its
     shipped weights (:func:`benchmark.models.shipped.save_shipped`); returns each model's record."""
     names = list(DEFAULT_CONFIGS) if not names else list(names)
@@ -355,9 +367,15 @@ def train_and_ship(names: Optional[list[str]] = None, root: Optional[Path] = Non
     for name in names:
         cfg = DEFAULT_CONFIGS[name]
         model, info = train_shapes_model(cfg)
-        record = {"hash": cfg.digest(), "config": asdict(cfg), "generator_version": GENERATOR_VERSION,
-                  "clutter_version": CLUTTER_VERSION, "trainer_version": TRAINER_VERSION,
-                  "held_out_accuracy": held_out_accuracy(model, cfg), **info}
+        record = {
+            "hash": cfg.digest(),
+            "config": asdict(cfg),
+            "generator_version": GENERATOR_VERSION,
+            "clutter_version": CLUTTER_VERSION,
+            "trainer_version": TRAINER_VERSION,
+            "held_out_accuracy": held_out_accuracy(model, cfg),
+            **info,
+        }
         save_shipped(name, model.state_dict(), record, root=root)
         out[name] = shipped_meta(name, root)
         log.info("%s: shipped (held-out accuracy %s)", name, record["held_out_accuracy"])
@@ -365,25 +383,21 @@ def train_and_ship(names: Optional[list[str]] = None, root: Optional[Path] = Non
 
 
 @register_model("shapes_cnn", dataset="shapes", synthetic=True, input_size=INPUT_SIZE)
-def shapes_cnn(
-    weights: str = "default", seed: int = 0, train_config: Optional[TrainConfig] = None
-) -> ModelHandle:
+def shapes_cnn(weights: str = "default", seed: int = 0, train_config: TrainConfig | None = None) -> ModelHandle:
     """Small CNN trained on ``shapes`` (``weights``: "default" = shipped, "train" = train here and cache,
     "random", or a checkpoint path)."""
     return _build("shapes_cnn", weights, seed, train_config)
 
 
 @register_model("shapes_deep_cnn", dataset="shapes", synthetic=True, input_size=INPUT_SIZE)
-def shapes_deep_cnn(
-    weights: str = "default", seed: int = 0, train_config: Optional[TrainConfig] = None
-) -> ModelHandle:
+def shapes_deep_cnn(weights: str = "default", seed: int = 0, train_config: TrainConfig | None = None) -> ModelHandle:
     """``shapes_cnn`` with one more conv block after the explained layer ``block4`` (non-linear head)."""
     return _build("shapes_deep_cnn", weights, seed, train_config)
 
 
 @register_model("shapes_shortcut_cnn", dataset="shapes_shortcut", synthetic=True, input_size=INPUT_SIZE)
 def shapes_shortcut_cnn(
-    weights: str = "default", seed: int = 0, train_config: Optional[TrainConfig] = None
+    weights: str = "default", seed: int = 0, train_config: TrainConfig | None = None
 ) -> ModelHandle:
     """The same CNN trained on ``shapes_shortcut`` with aligned marks: it reads the mark, not the shape."""
     return _build("shapes_shortcut_cnn", weights, seed, train_config)

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable, Optional, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -54,7 +55,7 @@ def fit(
     weight_decay: float,
     inputs: Callable[[Tensor], Tensor],
     loss: Callable[[Tensor, Tensor], Tensor],
-    correct: Optional[Callable[[Tensor, Tensor], int]] = top1_correct,
+    correct: Callable[[Tensor, Tensor], int] | None = top1_correct,
     accuracy: str = "train accuracy",
 ) -> tuple[M, dict[str, Any]]:
     """Train ``build()`` on ``data()`` and return it in eval mode with ``{"train_seconds", "final_loss"}``.

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -82,8 +82,11 @@ class VolumeTrainConfig:
     data_seed: int = 0
 
     def digest(self) -> str:
-        payload = {"config": asdict(self), "generator_version": VOLUME_GENERATOR_VERSION,
-                   "trainer_version": TRAINER_VERSION}
+        payload = {
+            "config": asdict(self),
+            "generator_version": VOLUME_GENERATOR_VERSION,
+            "trainer_version": TRAINER_VERSION,
+        }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -101,14 +104,22 @@ def train_volume_model(cfg: VolumeTrainConfig = DEFAULT_CONFIG) -> tuple[VolumeC
     :func:`benchmark.models.training.fit`)."""
 
     def data() -> tuple[Tensor, Tensor]:
-        vols, labels = VolumesDataset(n=cfg.n_train, seed=cfg.data_seed, split="train",
-                                      size=cfg.size).images_and_labels()
+        vols, labels = VolumesDataset(
+            n=cfg.n_train, seed=cfg.data_seed, split="train", size=cfg.size
+        ).images_and_labels()
         return (vols[:, :1] * 255).round_().to(torch.uint8), labels  # the three channels are equal: keep one
 
     return fit(
-        lambda: VolumeCNN(len(VOLUME_CLASSES), cfg.widths), data, name=cfg.name, seed=cfg.seed, epochs=cfg.epochs,
-        batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
-        inputs=lambda u8: normalize(u8.float().div_(255).expand(-1, 3, -1, -1, -1)), loss=nn.functional.cross_entropy,
+        lambda: VolumeCNN(len(VOLUME_CLASSES), cfg.widths),
+        data,
+        name=cfg.name,
+        seed=cfg.seed,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        inputs=lambda u8: normalize(u8.float().div_(255).expand(-1, 3, -1, -1, -1)),
+        loss=nn.functional.cross_entropy,
     )
 
 
@@ -127,16 +138,21 @@ def train_and_ship(cfg: VolumeTrainConfig = DEFAULT_CONFIG, n_test: int = 200) -
     """Train, measure the held-out accuracy on ``n_test`` test volumes, and write the shipped files."""
     model, info = train_volume_model(cfg)
     acc = evaluate_accuracy(model, VolumesDataset(n=n_test, seed=cfg.data_seed, split="test", size=cfg.size))
-    meta = {"hash": cfg.digest(), "config": asdict(cfg), "generator_version": VOLUME_GENERATOR_VERSION,
-            "trainer_version": TRAINER_VERSION, "test_accuracy": acc, "n_test": n_test, **info}
+    meta = {
+        "hash": cfg.digest(),
+        "config": asdict(cfg),
+        "generator_version": VOLUME_GENERATOR_VERSION,
+        "trainer_version": TRAINER_VERSION,
+        "test_accuracy": acc,
+        "n_test": n_test,
+        **info,
+    }
     save_shipped(cfg.name, model.state_dict(), meta)
     return meta
 
 
 @register_model("volume_cnn", dataset="volumes", synthetic=True, input_size=(32, 32, 32), ndim=3)
-def volume_cnn(
-    weights: str = "default", seed: int = 0, train_config: Optional[VolumeTrainConfig] = None
-) -> ModelHandle:
+def volume_cnn(weights: str = "default", seed: int = 0, train_config: VolumeTrainConfig | None = None) -> ModelHandle:
     """3-D CNN trained on ``volumes`` (``weights``: "default" = shipped, "train", "random", or a path)."""
     cfg = train_config or DEFAULT_CONFIG
     torch.manual_seed(seed)
@@ -157,10 +173,23 @@ def volume_cnn(
         load_checkpoint(model, weights)
     model.eval()
     return ModelHandle(
-        name="volume_cnn", model=model, target_layer=TARGET_LAYER, input_size=(cfg.size,) * 3, mean=MEAN,
-        std=STD, class_names=list(VOLUME_CLASSES), meta=meta,
+        name="volume_cnn",
+        model=model,
+        target_layer=TARGET_LAYER,
+        input_size=(cfg.size,) * 3,
+        mean=MEAN,
+        std=STD,
+        class_names=list(VOLUME_CLASSES),
+        meta=meta,
     )
 
 
-__all__ = ["DEFAULT_CONFIG", "VolumeCNN", "VolumeTrainConfig", "evaluate_accuracy", "train_and_ship",
-           "train_volume_model", "volume_cnn"]
+__all__ = [
+    "DEFAULT_CONFIG",
+    "VolumeCNN",
+    "VolumeTrainConfig",
+    "evaluate_accuracy",
+    "train_and_ship",
+    "train_volume_model",
+    "volume_cnn",
+]

@@ -260,9 +260,7 @@ def _timm_cached_weights(model_name: str) -> tuple[Path | None, list[str]]:
             from huggingface_hub import try_to_load_from_cache
             from huggingface_hub.constants import HF_HUB_CACHE
 
-            files = (
-                [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]
-            )
+            files = [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]
             for fname in files:
                 found = try_to_load_from_cache(cfg.hf_hub_id, fname)
                 tried.append(f"{HF_HUB_CACHE}/models--{cfg.hf_hub_id.replace('/', '--')}/.../{fname}")
@@ -365,9 +363,7 @@ MODELS.add_prefix("timm", _resolve_timm)
 
 if _timm_available():
     for _name in TIMM_MODELS:
-        register_model(f"timm/{_name}", source="timm", family="timm", pretrained="hf-cache")(
-            partial(timm_model, _name)
-        )
+        register_model(f"timm/{_name}", source="timm", family="timm", pretrained="hf-cache")(partial(timm_model, _name))
 
 
 # -- torchvision video classifiers (Kinetics-400) ------------------------------------------------------
@@ -423,7 +419,10 @@ VIDEO_MODELS: dict[str, VideoSpec] = {
 
 
 def video_model(
-    spec: VideoSpec, weights: str = "default", seed: int = 0, target_layer: str | None = None,
+    spec: VideoSpec,
+    weights: str = "default",
+    seed: int = 0,
+    target_layer: str | None = None,
     input_size: tuple[int, int, int] | None = None,
 ) -> ModelHandle:
     """torchvision video classifier ``spec.name`` ("default" = the Kinetics-400 checkpoint in the local torch
@@ -466,8 +465,13 @@ def video_model(
         std=KINETICS_STD,
         reshape=reshape,
         class_names=list(enum.meta["categories"]),
-        meta={"weights": str(ckpt) if ckpt is not None else weights, "url": enum.url, "family": spec.family,
-              "num_classes": len(enum.meta["categories"]), "ndim": 3},
+        meta={
+            "weights": str(ckpt) if ckpt is not None else weights,
+            "url": enum.url,
+            "family": spec.family,
+            "num_classes": len(enum.meta["categories"]),
+            "ndim": 3,
+        },
     )
 
 

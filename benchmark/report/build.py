@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional
 
 import pandas as pd
 
@@ -25,11 +25,11 @@ class Report:
     curves: pd.DataFrame
     plots: dict = field(default_factory=dict)
     run: dict = field(default_factory=dict)
-    stats: Optional[pd.DataFrame] = None  # per-image statistics of dataset-level metrics
-    rank_tests: Optional[pd.DataFrame] = None
-    pairwise: Optional[pd.DataFrame] = None
-    equivalences: Optional[pd.DataFrame] = None
-    metric_card: Optional[pd.DataFrame] = None
+    stats: pd.DataFrame | None = None  # per-image statistics of dataset-level metrics
+    rank_tests: pd.DataFrame | None = None
+    pairwise: pd.DataFrame | None = None
+    equivalences: pd.DataFrame | None = None
+    metric_card: pd.DataFrame | None = None
 
 
 def read_run(out_dir: str | Path) -> dict:
@@ -44,9 +44,17 @@ def read_run(out_dir: str | Path) -> dict:
 def _with_dataset_errors(fails: pd.DataFrame, run: dict) -> pd.DataFrame:
     """``fails`` plus one row per item a dataset could not read when it was built (``run.json``)."""
     rows = [
-        {"model": e.get("label", e.get("model")), "dataset": e.get("dataset"), "method": tables.DATA_METHOD,
-         "metric": "(load)", "status": "error", "count": 1, "message": str(msg)}
-        for e in run.get("experiments", []) for msg in e.get("data_errors", [])
+        {
+            "model": e.get("label", e.get("model")),
+            "dataset": e.get("dataset"),
+            "method": tables.DATA_METHOD,
+            "metric": "(load)",
+            "status": "error",
+            "count": 1,
+            "message": str(msg),
+        }
+        for e in run.get("experiments", [])
+        for msg in e.get("data_errors", [])
     ]
     if not rows:
         return fails
@@ -80,9 +88,15 @@ def write_report(out_dir: str | Path, *, plots: bool = True, html: bool = True) 
     costs = tables.cost_metrics(families)
     mparams = {(e["label"], e["dataset"]): e.get("metric_params", {}) for e in run.get("experiments", [])}
     ranked = tables.ranked_leaderboard(
-        scores, directions, seed=int(run.get("seed", 0)), n_boot=int(run.get("bootstrap", 1000)),
-        exclude_from_mean_rank=costs, stats=stats, metric_params=mparams,
-        baselines=baseline_methods(set(scores["method"]) | set(stats["method"])), families=families,
+        scores,
+        directions,
+        seed=int(run.get("seed", 0)),
+        n_boot=int(run.get("bootstrap", 1000)),
+        exclude_from_mean_rank=costs,
+        stats=stats,
+        metric_params=mparams,
+        baselines=baseline_methods(set(scores["method"]) | set(stats["method"])),
+        families=families,
     )
     board = ranked.board
     sig = tables.significance(scores, board)
@@ -96,8 +110,16 @@ def write_report(out_dir: str | Path, *, plots: bool = True, html: bool = True) 
         from .meta import meta_scores
 
         meta = meta_scores(scores, perturbed, directions, baseline_methods(set(scores["method"])))
-    mcard = C.metric_card(board, ranked.pairwise, ranked.tests, run.get("families", {}), run.get("levels", {}), taus,
-                          exclude=costs, meta=meta)
+    mcard = C.metric_card(
+        board,
+        ranked.pairwise,
+        ranked.tests,
+        run.get("families", {}),
+        run.get("levels", {}),
+        taus,
+        exclude=costs,
+        meta=meta,
+    )
     fails = _with_dataset_errors(tables.failures(scores), run)
     timings = store.load_timings()
     curves = store.load_curves()
@@ -118,8 +140,14 @@ def write_report(out_dir: str | Path, *, plots: bool = True, html: bool = True) 
 
     from .seeds import write_seed_report
 
-    seed_params = next((e.get("metric_params", {}).get("seed_miou") for e in run.get("experiments", [])
-                        if "seed_miou" in e.get("metrics", [])), None)
+    seed_params = next(
+        (
+            e.get("metric_params", {}).get("seed_miou")
+            for e in run.get("experiments", [])
+            if "seed_miou" in e.get("metrics", [])
+        ),
+        None,
+    )
     seed_files = write_seed_report(stats, out, params=seed_params) if len(stats) else {}
     figs: dict = {}
     if plots:
@@ -136,10 +164,15 @@ def write_report(out_dir: str | Path, *, plots: bool = True, html: bool = True) 
         from .html import render
 
         degenerate = tables.degenerate_counts(scores)
-        atomic_write_text(out / "report.html", render(run, board, sig, fails, timings, figs, degenerate,
-                                                             card=mcard, equivalences=equiv, tests=ranked.tests))
-    return Report(out, scores, board, sig, fails, timings, curves, figs, run, stats, ranked.tests, ranked.pairwise,
-                  equiv, mcard)
+        atomic_write_text(
+            out / "report.html",
+            render(
+                run, board, sig, fails, timings, figs, degenerate, card=mcard, equivalences=equiv, tests=ranked.tests
+            ),
+        )
+    return Report(
+        out, scores, board, sig, fails, timings, curves, figs, run, stats, ranked.tests, ranked.pairwise, equiv, mcard
+    )
 
 
 #: The metrics papers report first; the summary shows those present, then one per remaining family.
@@ -164,7 +197,7 @@ def headline_metrics(run: dict, board: pd.DataFrame, k: int = 5) -> list[str]:
     return picked[:k]
 
 
-def summary_text(run: dict, board: pd.DataFrame, k: int = 5) -> Optional[str]:
+def summary_text(run: dict, board: pd.DataFrame, k: int = 5) -> str | None:
     """The one-screen terminal summary: methods x headline metrics + mean rank, per (model, dataset)."""
     if board.empty:
         return None

@@ -13,7 +13,7 @@
 
 from __future__ import annotations
 
-from typing import Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -22,8 +22,21 @@ from .tables import MEAN_RANK
 
 EQUIVALENCE_COLUMNS = ["model", "dataset", "method", "same_as", "max_abs_diff", "reason"]
 CARD_COLUMNS = [
-    "model", "dataset", "metric", "family", "level", "n_methods", "saturated_share", "saturated", "separable",
-    "friedman_p", "baseline_order", "violators", "beats_random", "median_tau", "verdict",
+    "model",
+    "dataset",
+    "metric",
+    "family",
+    "level",
+    "n_methods",
+    "saturated_share",
+    "saturated",
+    "separable",
+    "friedman_p",
+    "baseline_order",
+    "violators",
+    "beats_random",
+    "median_tau",
+    "verdict",
 ]
 #: two maps are "identical" when they differ by at most this much anywhere (maps are in [0, 1])
 IDENTICAL = 1e-6
@@ -46,23 +59,29 @@ def _reason(a: str, b: str, facts: Mapping[str, float], method_params: Mapping[s
     grad_const = facts.get("grad_spatial_range", np.inf) <= 1e-6
     nonneg = facts.get("activation_min", -np.inf) >= 0
     if pair == {"layercam", "gradcamelementwise"} and nonneg:
-        return ("non-negative activations at the target layer (min "
-                f"{facts['activation_min']:.3g}): LayerCAM's relu(g)*A equals element-wise Grad-CAM's relu(g*A)")
+        return (
+            "non-negative activations at the target layer (min "
+            f"{facts['activation_min']:.3g}): LayerCAM's relu(g)*A equals element-wise Grad-CAM's relu(g*A)"
+        )
     if pair == {"gradcampp", "smoothgradcampp"}:
         p = method_params.get("smoothgradcampp", {})
         if float(p.get("std", 1.0)) == 0.0 or int(p.get("n_samples", 1)) <= 0:
             return "zero noise (smoothgradcampp std = 0 or no samples): Smooth Grad-CAM++ is Grad-CAM++"
         if grad_const:
-            return ("gradients constant over space at the target layer (as behind a head linear in pooled "
-                    "activations, whose gradients do not change with input noise): the noisy gradients equal "
-                    "the clean ones")
+            return (
+                "gradients constant over space at the target layer (as behind a head linear in pooled "
+                "activations, whose gradients do not change with input noise): the noisy gradients equal "
+                "the clean ones"
+            )
     if pair <= _WEIGHTS_EQUAL and grad_const:
-        return ("gradients constant over space at the target layer: the channel weights of Grad-CAM, HiResCAM "
-                "and XGrad-CAM all equal the gradient (and ShapleyCAM's)")
+        return (
+            "gradients constant over space at the target layer: the channel weights of Grad-CAM, HiResCAM "
+            "and XGrad-CAM all equal the gradient (and ShapleyCAM's)"
+        )
     return ""
 
 
-def _experiment_of(unit_key: str, labels: Sequence[tuple[str, str]]) -> Optional[tuple[str, str]]:
+def _experiment_of(unit_key: str, labels: Sequence[tuple[str, str]]) -> tuple[str, str] | None:
     """(model label, dataset) of a unit key ``NN-...`` (its experiment index comes first)."""
     try:
         return labels[int(unit_key.split("-", 1)[0])]
@@ -156,10 +175,10 @@ def metric_card(
     pairwise: pd.DataFrame,
     tests: pd.DataFrame,
     families: Mapping[str, str],
-    levels: Optional[Mapping[str, str]] = None,
-    taus: Optional[pd.DataFrame] = None,
+    levels: Mapping[str, str] | None = None,
+    taus: pd.DataFrame | None = None,
     exclude: Sequence[str] = (),
-    meta: Optional[pd.DataFrame] = None,
+    meta: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """The metric report card (module docstring). Per (model, dataset, metric) over the ranked methods:
 
@@ -212,23 +231,48 @@ def metric_card(
             beats = f"{int(np.sum(sign * (means - bound) > 0))}/{len(means)}"
         tau = float("nan")
         if taus is not None and len(taus):
-            t = taus[(taus["model"] == model) & (taus["dataset"] == dataset) & (taus["metric_a"] == metric)
-                     & (taus["metric_b"] != metric)]["tau"]
+            t = taus[
+                (taus["model"] == model)
+                & (taus["dataset"] == dataset)
+                & (taus["metric_a"] == metric)
+                & (taus["metric_b"] != metric)
+            ]["tau"]
             tau = float(t.median()) if t.notna().any() else float("nan")
-        fp = float(tmap.loc[(model, dataset, metric), "friedman_p"]) if tmap is not None and \
-            (model, dataset, metric) in tmap.index else float("nan")
+        fp = (
+            float(tmap.loc[(model, dataset, metric), "friedman_p"])
+            if tmap is not None and (model, dataset, metric) in tmap.index
+            else float("nan")
+        )
         saturated = bool(np.isfinite(share) and share >= SATURATED_MIN and len(means) > 1)
         why = []
         if saturated:
             why.append(f"saturated: {share:.0%} of methods tie with the best value")
         if np.isfinite(sep) and sep < SEPARABLE_MIN:
             why.append(f"cannot separate methods: {sep:.0%} of pairs differ significantly (Holm 0.05)")
-        rows.append((model, dataset, metric, families.get(metric, ""), levels.get(metric, "image"), len(means), share,
-                     saturated, sep, fp, order, "; ".join(viol), beats, tau, "; ".join(why) or "ok"))
+        rows.append(
+            (
+                model,
+                dataset,
+                metric,
+                families.get(metric, ""),
+                levels.get(metric, "image"),
+                len(means),
+                share,
+                saturated,
+                sep,
+                fp,
+                order,
+                "; ".join(viol),
+                beats,
+                tau,
+                "; ".join(why) or "ok",
+            )
+        )
     card = pd.DataFrame(rows, columns=CARD_COLUMNS)
     if meta is not None and len(meta):
         from .meta import META_COLUMNS
 
-        card = card.merge(meta[["model", "dataset", "metric", *META_COLUMNS]], on=["model", "dataset", "metric"],
-                          how="left")
+        card = card.merge(
+            meta[["model", "dataset", "metric", *META_COLUMNS]], on=["model", "dataset", "metric"], how="left"
+        )
     return card

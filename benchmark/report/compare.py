@@ -125,7 +125,9 @@ def format_comparison(table: pd.DataFrame, show_ok: bool = False, require_baseli
     n_missing = int(counts.get("missing", 0)) if require_baseline_rows else 0
     heads = [f"REGRESSION: {n_reg} row(s) got worse beyond tolerance"] if n_reg else []
     if n_missing:
-        heads.append(f"MISSING: {n_missing} baseline row(s) not in the new run (run the baseline's methods and "
-                     "metrics, or compare without --require-baseline-rows)")
+        heads.append(
+            f"MISSING: {n_missing} baseline row(s) not in the new run (run the baseline's methods and "
+            "metrics, or compare without --require-baseline-rows)"
+        )
     head = "; ".join(heads) if heads else "OK: no regression"
     return f"{body}\n\n{head} ({verdict})."

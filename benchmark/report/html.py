@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import base64
 import html
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -47,11 +47,12 @@ def _seeds_html(plots: Mapping[str, Sequence[Path]]) -> str:
     """The WSSS seed section (seeds.csv, docs/wsss.md): mIoU against the background threshold."""
     if not plots.get("seeds"):
         return ""
-    return ('<h2>WSSS seeds</h2><p class="muted">Seed mIoU (background + classes) against the background '
-            "threshold, per method; the marked threshold is the one chosen on the held-out images "
-            "(seed_miou); seed_miou_oracle_threshold is the optimistic best on the evaluated images. "
-            "Per-class IoU, precision, recall, FP and FN ratios: seeds.csv.</p>"
-            + "".join(_img(p) for p in plots["seeds"]))
+    return (
+        '<h2>WSSS seeds</h2><p class="muted">Seed mIoU (background + classes) against the background '
+        "threshold, per method; the marked threshold is the one chosen on the held-out images "
+        "(seed_miou); seed_miou_oracle_threshold is the optimistic best on the evaluated images. "
+        "Per-class IoU, precision, recall, FP and FN ratios: seeds.csv.</p>" + "".join(_img(p) for p in plots["seeds"])
+    )
 
 
 def _fmt(v: float) -> str:
@@ -114,13 +115,13 @@ def family_tables(g: pd.DataFrame, families: Mapping[str, str], grey: Mapping[st
                 rank = "–" if mrow is None else f'{_fmt(mrow["mean"])} <span class="grp">{grp_mr}</span>'
             rows.append(f'<tr><td class="l">{name}</td>{"".join(tds)}<td>{rank}</td></tr>')
         parts.append(
-            f'<h4>{_e(fam)}</h4><table><tr><th class=l>method</th>{head}'
+            f"<h4>{_e(fam)}</h4><table><tr><th class=l>method</th>{head}"
             f'<th>mean rank<br><span class="ci">CD {_fmt(cd)}</span></th></tr>{"".join(rows)}</table>'
         )
     return "\n".join(parts)
 
 
-def leaderboard_html(board: pd.DataFrame, families: Optional[Mapping[str, str]] = None) -> str:
+def leaderboard_html(board: pd.DataFrame, families: Mapping[str, str] | None = None) -> str:
     """Every experiment's :func:`family_tables`."""
     parts = []
     for (model, dataset), g in board.groupby(["model", "dataset"], sort=True):
@@ -154,8 +155,15 @@ and an inter-consistency (IEC: ranks kept / scores worsened) part (on hover); do
 
 
 def experiment_section(
-    model: str, dataset: str, board: pd.DataFrame, card: pd.DataFrame, equiv: pd.DataFrame, tests: pd.DataFrame,
-    families: Mapping[str, str], plots: Mapping[str, Sequence[Path]], n_images: Optional[int] = None,
+    model: str,
+    dataset: str,
+    board: pd.DataFrame,
+    card: pd.DataFrame,
+    equiv: pd.DataFrame,
+    tests: pd.DataFrame,
+    families: Mapping[str, str],
+    plots: Mapping[str, Sequence[Path]],
+    n_images: int | None = None,
 ) -> str:
     """One experiment: significance groups and the metric card first, equivalent methods, then the tables
     grouped by family, then the plots of this experiment."""
@@ -166,7 +174,7 @@ def experiment_section(
     # groups first: per metric, the methods of group "a" (not significantly different from the best)
     grows = []
     for fam in METRIC_FAMILIES + ("other",):
-        for r in (c.itertuples(index=False) if len(c) else []):
+        for r in c.itertuples(index=False) if len(c) else []:
             if (r.family if r.family in METRIC_FAMILIES else "other") != fam:
                 continue
             s = g[(g["metric"] == r.metric) & ~g["baseline"].astype(bool)].sort_values("rank")
@@ -177,25 +185,35 @@ def experiment_section(
                 f'<tr{cls}><td class="l">{_e(r.metric)}</td><td class="l">{_e(r.level)}</td><td>{ngroups}</td>'
                 f'<td class="l">{_e(top)}</td><td>{_fmt(r.saturated_share)}</td><td>{_fmt(r.separable)}</td>'
                 f'<td>{_fmt(r.friedman_p)}</td><td class="l">{_e(r.baseline_order)}</td><td>{_e(r.beats_random)}</td>'
-                f'<td>{_fmt(r.median_tau)}</td>'
-                + (f'<td title="IAC {_fmt(r.IAC_NR)}, IEC {_fmt(r.IEC_NR)}">{_fmt(r.NR)}</td>'
-                   f'<td title="IAC {_fmt(r.IAC_AR)}, IEC {_fmt(r.IEC_AR)}">{_fmt(r.AR)}</td>' if has_meta else "")
+                f"<td>{_fmt(r.median_tau)}</td>"
+                + (
+                    f'<td title="IAC {_fmt(r.IAC_NR)}, IEC {_fmt(r.IEC_NR)}">{_fmt(r.NR)}</td>'
+                    f'<td title="IAC {_fmt(r.IAC_AR)}, IEC {_fmt(r.IEC_AR)}">{_fmt(r.AR)}</td>'
+                    if has_meta
+                    else ""
+                )
                 + f'<td class="l">{_e(r.verdict)}'
-                f'{"<br>" + _e(r.violators) if r.violators else ""}</td></tr>'
+                f"{'<br>' + _e(r.violators) if r.violators else ''}</td></tr>"
             )
     card_html = (
-        '<table class="card"><tr><th class=l>metric</th><th class=l>level</th><th>groups</th>'
-        '<th class=l>group a (tied with the best)</th><th>saturated</th><th>separable</th><th>Friedman p</th>'
-        '<th class=l>oracle ≥ methods ≥ random</th><th>beat random</th><th>median τ</th>'
-        + ("<th>NR</th><th>AR</th>" if has_meta else "") + '<th class=l>verdict</th></tr>'
-        + "".join(grows) + "</table>"
-    ) if grows else '<p class="muted">No metric card.</p>'
+        (
+            '<table class="card"><tr><th class=l>metric</th><th class=l>level</th><th>groups</th>'
+            "<th class=l>group a (tied with the best)</th><th>saturated</th><th>separable</th><th>Friedman p</th>"
+            "<th class=l>oracle ≥ methods ≥ random</th><th>beat random</th><th>median τ</th>"
+            + ("<th>NR</th><th>AR</th>" if has_meta else "")
+            + "<th class=l>verdict</th></tr>"
+            + "".join(grows)
+            + "</table>"
+        )
+        if grows
+        else '<p class="muted">No metric card.</p>'
+    )
     e = equiv[(equiv["model"] == model) & (equiv["dataset"] == dataset)] if len(equiv) else equiv
     slug = _slug(model, dataset)
     mine = {k: [p for p in v if Path(p).name.endswith(f"-{slug}.png")] for k, v in plots.items()}
     fig = lambda kind: "".join(_img(p) for p in mine.get(kind, [])) or '<p class="muted">None.</p>'
     n = f" · {n_images} images" if n_images is not None else ""
-    return f"""<h2>{_e(model)} on {_e(dataset)}</h2><p class="muted">{len(set(g['method']))} methods{n}</p>
+    return f"""<h2>{_e(model)} on {_e(dataset)}</h2><p class="muted">{len(set(g["method"]))} methods{n}</p>
 <h3>What this experiment can conclude</h3>
 <p class="muted">Per metric: the significance groups (methods sharing a letter are not significantly different:
 Wilcoxon-Holm over images for per-image metrics, a paired bootstrap over images for dataset-level ones, alpha 0.05),
@@ -213,8 +231,8 @@ PxAP) are computed over all images. The mean rank over the quality metrics is sh
 (Nemenyi, metrics as blocks): mean ranks closer than the CD are not significantly different.</p>
 {family_tables(g, families, grey)}
 <h3>Plots</h3>
-{fig('cd')}{fig('kendall')}{fig('bars')}{fig('ranks')}{fig('curves')}
-<p class="muted">Ground-truth boxes in green, mask outlines in white.</p>{fig('gallery')}
+{fig("cd")}{fig("kendall")}{fig("bars")}{fig("ranks")}{fig("curves")}
+<p class="muted">Ground-truth boxes in green, mask outlines in white.</p>{fig("gallery")}
 """
 
 
@@ -228,11 +246,14 @@ def notes_html(run: Mapping) -> str:
     for m, note in sorted(notes.items()):
         used = [
             f"{e['label']} / {e['dataset']}: "
-            + (", ".join(f"{k}={v}" for k, v in sorted((e.get("method_params", {}).get(m) or {}).items()))
-               or "defaults")
-            for e in run.get("experiments", []) if m in e.get("methods", [])
+            + (
+                ", ".join(f"{k}={v}" for k, v in sorted((e.get("method_params", {}).get(m) or {}).items()))
+                or "defaults"
+            )
+            for e in run.get("experiments", [])
+            if m in e.get("methods", [])
         ]
-        items.append(f"<li><b>{_e(m)}</b>: {_e(note)}<br><span class=\"muted\">{_e('; '.join(used))}</span></li>")
+        items.append(f'<li><b>{_e(m)}</b>: {_e(note)}<br><span class="muted">{_e("; ".join(used))}</span></li>')
     return "<h2>Notes on methods</h2><ul>" + "".join(items) + "</ul>"
 
 
@@ -271,8 +292,10 @@ def render(
     if not sig.empty:
         sig = sig[sig["significant"] == False]  # noqa: E712  (methods statistically tied with the best)
     exp_rows = pd.DataFrame(
-        [(e["label"], e["dataset"], e["n_images"], len(e["methods"]), len(e["metrics"]))
-         for e in run.get("experiments", [])],
+        [
+            (e["label"], e["dataset"], e["n_images"], len(e["methods"]), len(e["metrics"]))
+            for e in run.get("experiments", [])
+        ],
         columns=["model", "dataset", "images", "methods", "metrics"],
     )
     families = run.get("families", {})
@@ -282,21 +305,25 @@ def render(
     if "baseline" not in board:
         board = board.assign(baseline=False, group="", cd=np.nan)
     n_img = {(e["label"], e["dataset"]): e.get("n_images") for e in run.get("experiments", [])}
-    sections = "".join(
-        experiment_section(model, dataset, board, card, equivalences, tests, families, plots,
-                           n_img.get((model, dataset)))
-        for (model, dataset), _ in board.groupby(["model", "dataset"], sort=True)
-    ) or "<p>No scores.</p>"
+    sections = (
+        "".join(
+            experiment_section(
+                model, dataset, board, card, equivalences, tests, families, plots, n_img.get((model, dataset))
+            )
+            for (model, dataset), _ in board.groupby(["model", "dataset"], sort=True)
+        )
+        or "<p>No scores.</p>"
+    )
     return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>cambench report: {_e(run.get('suite', ''))}</title>
+<html lang="en"><head><meta charset="utf-8"><title>cambench report: {_e(run.get("suite", ""))}</title>
 <style>{CSS}</style></head><body>
-<h1>cambench report: suite <code>{_e(run.get('suite', ''))}</code></h1>
-<p class="muted">suite hash {_e(run.get('suite_hash', ''))} · created {_e(run.get('created', ''))}
- · device {_e(run.get('device', ''))}
+<h1>cambench report: suite <code>{_e(run.get("suite", ""))}</code></h1>
+<p class="muted">suite hash {_e(run.get("suite_hash", ""))} · created {_e(run.get("created", ""))}
+ · device {_e(run.get("device", ""))}
  · total unit time {total_s:.1f} s · {n_fail} failed score rows</p>
 {frame_html(exp_rows)}
 <p class="muted">Leaderboard: mean over images (dataset-level metrics: the value over all images) with the 95%
-percentile-bootstrap CI over images ({_e(run.get('bootstrap', 1000))} resamples, seeded) and n. ↑ higher is better,
+percentile-bootstrap CI over images ({_e(run.get("bootstrap", 1000))} resamples, seeded) and n. ↑ higher is better,
 ↓ lower is better; bold = best (ties included). Methods sorted by mean rank over the quality metrics (cost metrics are
 ranked but not averaged in).</p>
 {sections}
@@ -312,7 +339,7 @@ ranked but not averaged in).</p>
 {frame_html(degenerate if degenerate is not None else pd.DataFrame())}
 <h2>Skipped metrics</h2>{frame_html(skipped_df)}
 <h2>Timings</h2>{frame_html(tot)}{frame_html(tsum)}
-<h2>Settings</h2><p class="muted">{_e(run.get('suite_path', ''))}</p><pre>{_e(run.get('suite_toml', ''))}</pre>
+<h2>Settings</h2><p class="muted">{_e(run.get("suite_path", ""))}</p><pre>{_e(run.get("suite_toml", ""))}</pre>
 <h2>Versions</h2><p>{_e(vtxt)}</p>
 </body></html>
 """

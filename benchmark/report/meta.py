@@ -22,7 +22,7 @@ corresponding scores are NaN.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -69,7 +69,11 @@ def iec_adversary(q: np.ndarray, q_hat: np.ndarray, higher_is_better: bool) -> f
 
 
 def meta_consistency(
-    q: np.ndarray, minor: np.ndarray, disruptive: np.ndarray, kept: np.ndarray, changed: np.ndarray,
+    q: np.ndarray,
+    minor: np.ndarray,
+    disruptive: np.ndarray,
+    kept: np.ndarray,
+    changed: np.ndarray,
     higher_is_better: bool = True,
 ) -> dict[str, float]:
     """IAC/IEC/NR/AR/MC (module docstring) of unperturbed scores ``q [L, N]`` and perturbed ones
@@ -79,8 +83,9 @@ def meta_consistency(
     iec_nr: list[float] = []
     iac_ar: list[float] = []
     iec_ar: list[float] = []
-    runs = ([(m, s, True) for m, s in zip(minor, kept, strict=True)]
-            + [(d, s, False) for d, s in zip(disruptive, changed, strict=True)])
+    runs = [(m, s, True) for m, s in zip(minor, kept, strict=True)] + [
+        (d, s, False) for d, s in zip(disruptive, changed, strict=True)
+    ]
     for qh, sel, nr in runs:
         ok = np.asarray(sel, dtype=bool) & np.all(np.isfinite(q) & np.isfinite(qh), axis=0)
         for lq, lh in zip(q, qh, strict=True):
@@ -102,7 +107,10 @@ def meta_consistency(
 
 
 def meta_scores(
-    scores: pd.DataFrame, perturbed: pd.DataFrame, directions: Mapping[str, bool], baselines: Sequence[str] = (),
+    scores: pd.DataFrame,
+    perturbed: pd.DataFrame,
+    directions: Mapping[str, bool],
+    baselines: Sequence[str] = (),
 ) -> pd.DataFrame:
     """Per (model, dataset, metric) of the perturbed rows: :func:`meta_consistency` over the non-baseline
     methods and the images of the unperturbed ``ok`` scores, with ``meta_k`` (perturbations per kind) and the
@@ -126,14 +134,35 @@ def meta_scores(
         arr, sel = {}, {}
         for kind in ("minor", "disruptive"):
             gk = g[g["perturbation"] == kind]
-            arr[kind] = np.stack([
-                gk[gk["k"] == k].pivot_table(index="method", columns="image_id", values="value")
-                .reindex(index=methods, columns=images).to_numpy(dtype=float) for k in ks])
+            arr[kind] = np.stack(
+                [
+                    gk[gk["k"] == k]
+                    .pivot_table(index="method", columns="image_id", values="value")
+                    .reindex(index=methods, columns=images)
+                    .to_numpy(dtype=float)
+                    for k in ks
+                ]
+            )
             same = gk.drop_duplicates(["k", "image_id"]).pivot_table(index="k", columns="image_id", values="pred_same")
             same = same.reindex(index=ks, columns=images).to_numpy(dtype=float)
             sel[kind] = same == 1.0 if kind == "minor" else same == 0.0
-        m = meta_consistency(q.to_numpy(dtype=float), arr["minor"], arr["disruptive"], sel["minor"],
-                             sel["disruptive"], bool(directions.get(metric, True)))
-        rows.append((model, dataset, metric, *(m[c] for c in META_COLUMNS[:7]), len(ks),
-                     float(np.mean(sel["minor"])), float(np.mean(sel["disruptive"]))))
+        m = meta_consistency(
+            q.to_numpy(dtype=float),
+            arr["minor"],
+            arr["disruptive"],
+            sel["minor"],
+            sel["disruptive"],
+            bool(directions.get(metric, True)),
+        )
+        rows.append(
+            (
+                model,
+                dataset,
+                metric,
+                *(m[c] for c in META_COLUMNS[:7]),
+                len(ks),
+                float(np.mean(sel["minor"])),
+                float(np.mean(sel["disruptive"])),
+            )
+        )
     return pd.DataFrame(rows, columns=cols)

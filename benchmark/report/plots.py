@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import matplotlib
 
@@ -54,9 +54,9 @@ def metric_bars(board: pd.DataFrame, out_dir: Path) -> list[Path]:
         for ax, metric in zip(axes.flat, metrics, strict=False):  # the grid may have spare axes
             s = g[g["metric"] == metric].sort_values("rank")
             y = np.arange(len(s))
-            err = np.vstack([
-                (s["mean"] - s["ci_low"]).clip(lower=0).fillna(0), (s["ci_high"] - s["mean"]).clip(lower=0).fillna(0)
-            ])
+            err = np.vstack(
+                [(s["mean"] - s["ci_low"]).clip(lower=0).fillna(0), (s["ci_high"] - s["mean"]).clip(lower=0).fillna(0)]
+            )
             colors = ["#2a9d8f" if r == 1 else "#8da0cb" if np.isfinite(r) else "#bbbbbb" for r in s["rank"]]
             ax.barh(y, s["mean"], xerr=err, color=colors, ecolor="#333333", capsize=2)
             ax.set_yticks(y, s["method"])
@@ -64,7 +64,7 @@ def metric_bars(board: pd.DataFrame, out_dir: Path) -> list[Path]:
             arrow = "higher is better" if bool(s["higher_is_better"].iloc[0]) else "lower is better"
             ax.set_title(f"{metric} ({arrow})", fontsize=9)
             ax.tick_params(labelsize=7)
-        for ax in list(axes.flat)[len(metrics):]:
+        for ax in list(axes.flat)[len(metrics) :]:
             ax.axis("off")
         fig.suptitle(f"{model} on {dataset}: mean over images, 95% bootstrap CI", fontsize=10)
         fig.tight_layout()
@@ -110,8 +110,15 @@ def rank_heatmap(board: pd.DataFrame, out_dir: Path) -> list[Path]:
             wide = wide.sort_values(MEAN_RANK)
             wide = wide[[c for c in wide.columns if c != MEAN_RANK] + [MEAN_RANK]]
         fig, ax = plt.subplots(figsize=(0.7 * wide.shape[1] + 2.5, 0.32 * wide.shape[0] + 1.4))
-        sns.heatmap(wide, annot=True, fmt=".1f", cmap="viridis_r", cbar_kws={"label": "rank (1 = best)"}, ax=ax,
-                    annot_kws={"fontsize": 7})
+        sns.heatmap(
+            wide,
+            annot=True,
+            fmt=".1f",
+            cmap="viridis_r",
+            cbar_kws={"label": "rank (1 = best)"},
+            ax=ax,
+            annot_kws={"fontsize": 7},
+        )
         ax.set_title(f"{model} on {dataset}: ranks", fontsize=10)
         ax.set_xlabel("")
         ax.set_ylabel("")
@@ -250,8 +257,17 @@ def kendall_matrix(taus: pd.DataFrame, out_dir: Path) -> list[Path]:
         mat = g.pivot(index="metric_a", columns="metric_b", values="tau")
         n = len(mat)
         fig, ax = plt.subplots(figsize=(0.42 * n + 2.5, 0.38 * n + 1.5))
-        sns.heatmap(mat, ax=ax, cmap="RdBu", vmin=-1, vmax=1, annot=n <= 24, fmt=".1f", annot_kws={"fontsize": 6},
-                    cbar_kws={"label": "Kendall tau"})
+        sns.heatmap(
+            mat,
+            ax=ax,
+            cmap="RdBu",
+            vmin=-1,
+            vmax=1,
+            annot=n <= 24,
+            fmt=".1f",
+            annot_kws={"fontsize": 6},
+            cbar_kws={"label": "Kendall tau"},
+        )
         ax.set_xlabel("")
         ax.set_ylabel("")
         ax.set_title(f"{model} on {dataset}: agreement of the metrics' method rankings", fontsize=9)
@@ -269,8 +285,15 @@ def strip_slices(n_slices: int, mask: np.ndarray | None, count: int = 3) -> list
     return [int(pool[int(j)]) for j in np.floor((np.arange(k) + 0.5) * pool.size / k)]
 
 
-def slice_gallery(rows: Sequence[tuple[dict, int]], methods: Sequence[str], model: str, dataset: str,
-                  out_dir: Path, max_volumes: int = 2, count: int = 3) -> Path:
+def slice_gallery(
+    rows: Sequence[tuple[dict, int]],
+    methods: Sequence[str],
+    model: str,
+    dataset: str,
+    out_dir: Path,
+    max_volumes: int = 2,
+    count: int = 3,
+) -> Path:
     """Gallery of volumes and clips: per volume a strip of ``count`` slices (frames) through the object,
     rows = slices, columns = the slice then each method's map on it; mask outlines in white, the 3-D
     boxes' cross-sections (``x0,y0,t0,x1,y1,t1``) in lime on the slices they cross."""
@@ -305,8 +328,12 @@ def slice_gallery(rows: Sequence[tuple[dict, int]], methods: Sequence[str], mode
 
 
 def all_plots(
-    board: pd.DataFrame, curves: pd.DataFrame, samples: Sequence[dict], out_dir: Path,
-    families: dict | None = None, taus: pd.DataFrame | None = None,
+    board: pd.DataFrame,
+    curves: pd.DataFrame,
+    samples: Sequence[dict],
+    out_dir: Path,
+    families: dict | None = None,
+    taus: pd.DataFrame | None = None,
 ) -> dict[str, list[Path]]:
     """Every figure of the report, by kind."""
     out_dir = Path(out_dir)

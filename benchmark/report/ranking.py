@@ -24,14 +24,23 @@ diagram. Methods sharing a letter are not significantly different at ``alpha``.
 from __future__ import annotations
 
 import string
-from typing import Callable, Mapping, Optional, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
 PAIRWISE_COLUMNS = [
-    "model", "dataset", "metric", "method_a", "method_b", "test", "n_pairs", "mean_diff", "p_value", "p_holm",
+    "model",
+    "dataset",
+    "metric",
+    "method_a",
+    "method_b",
+    "test",
+    "n_pairs",
+    "mean_diff",
+    "p_value",
+    "p_holm",
     "significant",
 ]
 RANK_TEST_COLUMNS = ["model", "dataset", "metric", "level", "k", "n_blocks", "friedman_chi2", "friedman_p", "cd"]
@@ -111,8 +120,9 @@ def wilcoxon_pvalues(d: np.ndarray) -> np.ndarray:
         if exact.any():
             out[exact] = stats.wilcoxon(d[exact], axis=1, method="exact", alternative="two-sided").pvalue
         if approx.any():
-            out[approx] = stats.wilcoxon(d[approx], axis=1, zero_method="wilcox", method="approx",
-                                         alternative="two-sided").pvalue
+            out[approx] = stats.wilcoxon(
+                d[approx], axis=1, zero_method="wilcox", method="approx", alternative="two-sided"
+            ).pvalue
     return out
 
 
@@ -126,7 +136,7 @@ def wilcoxon_p(a: np.ndarray, b: np.ndarray) -> float:
     return float(wilcoxon_pvalues(d[None])[0])
 
 
-def bootstrap_p(diffs: np.ndarray, n_images: Optional[int] = None) -> float:
+def bootstrap_p(diffs: np.ndarray, n_images: int | None = None) -> float:
     """Two-sided paired-bootstrap p of ``H0: difference = 0`` from resampled differences: twice the smaller
     share of resamples on either side of 0 (at most 1); 1 when every resampled difference is 0.
 
@@ -202,8 +212,13 @@ def image_level_tests(
     pw = pd.DataFrame(rows, columns=["method_a", "method_b", "test", "n_pairs", "mean_diff", "p_value"])
     pw["p_holm"] = holm(pw["p_value"].to_numpy()) if len(pw) else []
     pw["significant"] = pw["p_holm"] < alpha
-    test = {"k": k, "n_blocks": n, "friedman_chi2": chi2, "friedman_p": p,
-            "cd": critical_difference(k, n, alpha) if n else float("nan")}
+    test = {
+        "k": k,
+        "n_blocks": n,
+        "friedman_chi2": chi2,
+        "friedman_p": p,
+        "cd": critical_difference(k, n, alpha) if n else float("nan"),
+    }
     return test, pw, {m: float(v) for m, v in avg.items()}
 
 
@@ -248,8 +263,9 @@ def dataset_level_tests(
             point[m] = compute(sub, ids)
             vals[m] = resample_values(compute, sub, ids, draws)
         for a, b in _pairs(methods):
-            rows.append([a, b, "paired_bootstrap", len(ids), point[a] - point[b],
-                         bootstrap_p(vals[a] - vals[b], len(ids))])
+            rows.append(
+                [a, b, "paired_bootstrap", len(ids), point[a] - point[b], bootstrap_p(vals[a] - vals[b], len(ids))]
+            )
     pw = pd.DataFrame(rows, columns=["method_a", "method_b", "test", "n_pairs", "mean_diff", "p_value"])
     pw["p_holm"] = holm(pw["p_value"].to_numpy()) if len(pw) else []
     pw["significant"] = pw["p_holm"] < alpha
@@ -280,7 +296,7 @@ def groups_from_pairwise(order: Sequence[str], pairwise: pd.DataFrame) -> dict[s
     return letter_groups(order, lambda a, b: frozenset((a, b)) in sig)
 
 
-def rank_table(board: pd.DataFrame, metrics: Optional[Sequence[str]] = None) -> pd.DataFrame:
+def rank_table(board: pd.DataFrame, metrics: Sequence[str] | None = None) -> pd.DataFrame:
     """Metrics x methods table of one experiment's ranks (from leaderboard rows)."""
     sub = board if metrics is None else board[board["metric"].isin(list(metrics))]
     return sub.pivot_table(index="metric", columns="method", values="rank")

@@ -14,8 +14,9 @@ TP/(TP+FP)``, ``recall = TP/(TP+FN)``, and the FP and FN ratios ``FP/(TP+FP+FN)`
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -26,8 +27,20 @@ from ..metrics.seeds import DEFAULTS, held_out, miou_curve, reshape_stats, thres
 SEED_METRICS = ("seed_miou", "seed_miou_oracle_threshold")
 KEYS = ["model", "dataset", "method"]
 TABLE_COLUMNS = [
-    "model", "dataset", "method", "variant", "threshold", "n_images", "class", "iou", "precision", "recall",
-    "fp_ratio", "fn_ratio", "gt_pixels", "pred_pixels",
+    "model",
+    "dataset",
+    "method",
+    "variant",
+    "threshold",
+    "n_images",
+    "class",
+    "iou",
+    "precision",
+    "recall",
+    "fp_ratio",
+    "fn_ratio",
+    "gt_pixels",
+    "pred_pixels",
 ]
 CURVE_COLUMNS = ["model", "dataset", "method", "threshold", "miou", "miou_selection", "miou_evaluation"]
 
@@ -57,14 +70,21 @@ def _class_metrics(counts: np.ndarray) -> dict[str, np.ndarray]:
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(b > 0, a / np.where(b > 0, b, 1.0), np.nan)
 
-    return {"iou": div(tp, union), "precision": div(tp, pred), "recall": div(tp, gt), "fp_ratio": div(fp, union),
-            "fn_ratio": div(fn, union), "gt_pixels": gt, "pred_pixels": pred}
+    return {
+        "iou": div(tp, union),
+        "precision": div(tp, pred),
+        "recall": div(tp, gt),
+        "fp_ratio": div(fp, union),
+        "fn_ratio": div(fn, union),
+        "gt_pixels": gt,
+        "pred_pixels": pred,
+    }
 
 
 def seeds_table(
     stats: pd.DataFrame,
-    class_names: Optional[Sequence[str]] = None,
-    params: Optional[Mapping[str, Any]] = None,
+    class_names: Sequence[str] | None = None,
+    params: Mapping[str, Any] | None = None,
 ) -> pd.DataFrame:
     """``seeds.csv``: per (model, dataset, method, variant) and class, IoU, precision, recall, FP / FN ratios.
 
@@ -84,8 +104,9 @@ def seeds_table(
         c = reshape_stats(arr, t_n).shape[-1]
         names = ["background", *(class_names or [f"class_{k}" for k in range(c - 1)])]
         if len(names) != c:
-            raise ValueError(f"{key}: the statistics hold {c - 1} classes + background, but {len(names) - 1} "
-                             "class names were given.")
+            raise ValueError(
+                f"{key}: the statistics hold {c - 1} classes + background, but {len(names) - 1} class names were given."
+            )
         held = held_out(ids, share)
         everything = np.ones(len(ids), dtype=bool)
         variants = [("held_out", held, ~held)] if held.any() and not held.all() else []
@@ -100,12 +121,21 @@ def seeds_table(
             for k, name in enumerate(names):
                 out.append([*key, variant, float(grid[t]), n_img, name, *(float(m[f][k]) for f in TABLE_COLUMNS[7:])])
             iou = m["iou"]
-            out.append([*key, variant, float(grid[t]), n_img, "mean", float(np.nanmean(iou)) if np.isfinite(iou).any()
-                        else np.nan, *(np.nan for _ in TABLE_COLUMNS[8:])])
+            out.append(
+                [
+                    *key,
+                    variant,
+                    float(grid[t]),
+                    n_img,
+                    "mean",
+                    float(np.nanmean(iou)) if np.isfinite(iou).any() else np.nan,
+                    *(np.nan for _ in TABLE_COLUMNS[8:]),
+                ]
+            )
     return pd.DataFrame(out, columns=TABLE_COLUMNS)
 
 
-def seed_curves(stats: pd.DataFrame, params: Optional[Mapping[str, Any]] = None) -> pd.DataFrame:
+def seed_curves(stats: pd.DataFrame, params: Mapping[str, Any] | None = None) -> pd.DataFrame:
     """mIoU at every background threshold per (model, dataset, method): on all images (``miou``), on the
     held-out selection split and on the evaluation split (the curves behind both seed metrics)."""
     p = {**DEFAULTS, **dict(params or {})}
@@ -123,7 +153,7 @@ def seed_curves(stats: pd.DataFrame, params: Optional[Mapping[str, Any]] = None)
     return pd.DataFrame(out, columns=CURVE_COLUMNS)
 
 
-def plot_seed_curves(curves: pd.DataFrame, path: str | Path) -> Optional[Path]:
+def plot_seed_curves(curves: pd.DataFrame, path: str | Path) -> Path | None:
     """One panel per (model, dataset): mIoU vs background threshold, a line per method (all images), the
     threshold chosen on the held-out split marked. Returns the PNG path (None when there is nothing)."""
     if curves is None or not len(curves):
@@ -137,7 +167,7 @@ def plot_seed_curves(curves: pd.DataFrame, path: str | Path) -> Optional[Path]:
     fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 3.6), squeeze=False)
     for ax, ((model, dataset), g) in zip(axes[0], groups, strict=True):
         for method, c in g.groupby("method", sort=False):
-            line, = ax.plot(c["threshold"], c["miou"], label=method)
+            (line,) = ax.plot(c["threshold"], c["miou"], label=method)
             sel = c["miou_selection"].to_numpy()
             if np.isfinite(sel).any():
                 t = c["threshold"].to_numpy()[int(np.nanargmax(sel))]
@@ -159,8 +189,8 @@ def plot_seed_curves(curves: pd.DataFrame, path: str | Path) -> Optional[Path]:
 def write_seed_report(
     stats: pd.DataFrame,
     out: str | Path,
-    class_names: Optional[Mapping[tuple[str, str], Sequence[str]]] = None,
-    params: Optional[Mapping[str, Any]] = None,
+    class_names: Mapping[tuple[str, str], Sequence[str]] | None = None,
+    params: Mapping[str, Any] | None = None,
 ) -> dict[str, Path]:
     """Write ``OUT/seeds.csv``, ``OUT/seed_curves.csv`` and ``OUT/plots/seed_miou_vs_threshold.png``;
     ``class_names`` maps ``(model, dataset)`` to the dataset's class names. Returns what was written."""

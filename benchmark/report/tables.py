@@ -21,8 +21,9 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -33,11 +34,30 @@ from .ranking import resample_values
 
 KEYS = ["model", "dataset", "method", "metric"]
 LEADERBOARD_COLUMNS = KEYS + [
-    "mean", "ci_low", "ci_high", "n", "rank", "higher_is_better", "group", "avg_rank", "cd", "baseline", "family",
+    "mean",
+    "ci_low",
+    "ci_high",
+    "n",
+    "rank",
+    "higher_is_better",
+    "group",
+    "avg_rank",
+    "cd",
+    "baseline",
+    "family",
 ]
 SIGNIFICANCE_COLUMNS = [
-    "model", "dataset", "metric", "method", "best", "n_pairs", "mean_diff", "statistic", "p_value",
-    "p_holm", "significant",
+    "model",
+    "dataset",
+    "metric",
+    "method",
+    "best",
+    "n_pairs",
+    "mean_diff",
+    "statistic",
+    "p_value",
+    "p_holm",
+    "significant",
 ]
 MEAN_RANK = "mean_rank"
 #: The metric family whose rows measure the machine (latency, memory): out of ``mean_rank``, and out of the
@@ -57,9 +77,7 @@ def _seed_for(seed: int, key: tuple) -> int:
     return int(h[:8], 16)
 
 
-def bootstrap_ci(
-    values: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = 0.95
-) -> tuple[float, float]:
+def bootstrap_ci(values: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
     """Percentile bootstrap CI of the mean of ``values`` (NaNs dropped), vectorised over resamples.
 
     One ``[n_boot, n]`` index draw from ``numpy.random.default_rng(seed)``; ``n = 1`` gives a zero-width
@@ -90,8 +108,12 @@ def direction_ranks(means: pd.Series, higher_is_better: bool) -> pd.Series:
 
 
 def bootstrap_stat(
-    fn: Callable[[np.ndarray, list], float], stats_rows: np.ndarray, ids: Sequence[str], n_boot: int = 1000,
-    seed: int = 0, level: float = 0.95,
+    fn: Callable[[np.ndarray, list], float],
+    stats_rows: np.ndarray,
+    ids: Sequence[str],
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
 ) -> tuple[float, float]:
     """Percentile bootstrap CI of a dataset-level value ``fn(stats, ids)``: resample the images (rows)
     with replacement ``n_boot`` times (``numpy.random.default_rng(seed)``) and recompute. One row gives a
@@ -135,7 +157,7 @@ def _dataset_compute(metric: str, params: Mapping[str, Any]) -> Callable[[np.nda
     return value
 
 
-def _stats_groups(stats_rows: Optional[pd.DataFrame]) -> dict[tuple, tuple[np.ndarray, list[str]]]:
+def _stats_groups(stats_rows: pd.DataFrame | None) -> dict[tuple, tuple[np.ndarray, list[str]]]:
     """``{(model, dataset, method, metric): (finite stats [N, S], ids)}`` from a stats table."""
     out: dict[tuple, tuple[np.ndarray, list[str]]] = {}
     if stats_rows is None or len(stats_rows) == 0:
@@ -176,11 +198,11 @@ def ranked_leaderboard(
     seed: int = 0,
     n_boot: int = 1000,
     exclude_from_mean_rank: Iterable[str] = (),
-    stats: Optional[pd.DataFrame] = None,
-    metric_params: Optional[Mapping[tuple[str, str], Mapping[str, Mapping[str, Any]]]] = None,
+    stats: pd.DataFrame | None = None,
+    metric_params: Mapping[tuple[str, str], Mapping[str, Mapping[str, Any]]] | None = None,
     baselines: Iterable[str] = (),
     alpha: float = 0.05,
-    families: Optional[Mapping[str, str]] = None,
+    families: Mapping[str, str] | None = None,
 ) -> Ranked:
     """The leaderboard and its rank statistics.
 
@@ -194,9 +216,7 @@ def ranked_leaderboard(
     sgroups = _stats_groups(stats)
     missing = sorted((set(ok["metric"]) | {k[3] for k in sgroups}) - set(directions))
     if missing:
-        raise KeyError(
-            f"No direction (higher_is_better) known for metric(s) {missing}; pass them in `directions`."
-        )
+        raise KeyError(f"No direction (higher_is_better) known for metric(s) {missing}; pass them in `directions`.")
     baselines = set(baselines)
     rows = []
     dl = {k[3] for k in sgroups}
@@ -207,15 +227,20 @@ def ranked_leaderboard(
     computes: dict[tuple, Callable] = {}
     for key, (arr, ids) in sgroups.items():
         model, dataset, _, metric = key
-        fn = computes.setdefault((model, dataset, metric), _dataset_compute(
-            metric, ((metric_params or {}).get((model, dataset)) or {}).get(metric, {})))
+        fn = computes.setdefault(
+            (model, dataset, metric),
+            _dataset_compute(metric, ((metric_params or {}).get((model, dataset)) or {}).get(metric, {})),
+        )
         value = fn(arr, ids) if len(ids) else float("nan")
         lo, hi = bootstrap_stat(fn, arr, ids, n_boot=n_boot, seed=_seed_for(seed, key))
         rows.append((*key, value, lo, hi, len(ids)))
     lb = pd.DataFrame(rows, columns=KEYS + ["mean", "ci_low", "ci_high", "n"])
     if lb.empty:
-        return Ranked(pd.DataFrame(columns=LEADERBOARD_COLUMNS), pd.DataFrame(columns=R.RANK_TEST_COLUMNS),
-                      pd.DataFrame(columns=R.PAIRWISE_COLUMNS))
+        return Ranked(
+            pd.DataFrame(columns=LEADERBOARD_COLUMNS),
+            pd.DataFrame(columns=R.RANK_TEST_COLUMNS),
+            pd.DataFrame(columns=R.PAIRWISE_COLUMNS),
+        )
     lb["higher_is_better"] = lb["metric"].map(lambda m: bool(directions[m]))
     lb["baseline"] = lb["method"].isin(baselines)
     lb["rank"] = np.nan
@@ -252,8 +277,9 @@ def ranked_leaderboard(
             dfn = computes.get((model, dataset, metric))
             sm = {m: sgroups[(model, dataset, m, metric)] for m in methods if (model, dataset, m, metric) in sgroups}
             if dfn is not None:
-                test, pw = R.dataset_level_tests(sm, dfn, n_boot=n_boot, seed=_seed_for(seed, (model, dataset, metric)),
-                                                 alpha=alpha)
+                test, pw = R.dataset_level_tests(
+                    sm, dfn, n_boot=n_boot, seed=_seed_for(seed, (model, dataset, metric)), alpha=alpha
+                )
             else:
                 test, pw = {}, pd.DataFrame(columns=R.PAIRWISE_COLUMNS[3:])
             avg = {}
@@ -302,8 +328,13 @@ def paired_wilcoxon(a: pd.Series, b: pd.Series) -> tuple[int, float, float, floa
     if np.all(d == 0):
         return n, 0.0, float("nan"), 1.0
     exact = bool(R._exact_ok(d[None])[0])
-    res = stats.wilcoxon(joined["a"].to_numpy(), joined["b"].to_numpy(), zero_method="wilcox",
-                         method="exact" if exact else "approx", alternative="two-sided")
+    res = stats.wilcoxon(
+        joined["a"].to_numpy(),
+        joined["b"].to_numpy(),
+        zero_method="wilcox",
+        method="exact" if exact else "approx",
+        alternative="two-sided",
+    )
     return n, float(d.mean()), float(res.statistic), float(res.pvalue)
 
 
@@ -345,8 +376,10 @@ def failures(scores: pd.DataFrame) -> pd.DataFrame:
     if bad.empty:
         return pd.DataFrame(columns=cols)
     is_data = bad["method"] == DATA_METHOD
-    out = bad[~is_data].groupby(["model", "dataset", "method", "metric", "status"], as_index=False).agg(
-        count=("image_id", "size"), message=("message", "first")
+    out = (
+        bad[~is_data]
+        .groupby(["model", "dataset", "method", "metric", "status"], as_index=False)
+        .agg(count=("image_id", "size"), message=("message", "first"))
     )
     data = bad[is_data].drop_duplicates(["model", "dataset", "image_id", "message"]).assign(count=1)
     return pd.concat([data[cols], out[cols]], ignore_index=True) if len(data) else out[cols]
@@ -365,7 +398,7 @@ def degenerate_counts(scores: pd.DataFrame) -> pd.DataFrame:
     return out[cols].reset_index(drop=True)
 
 
-def summary_table(board: pd.DataFrame, headline: Optional[list[str]] = None, max_metrics: int = 5) -> pd.DataFrame:
+def summary_table(board: pd.DataFrame, headline: list[str] | None = None, max_metrics: int = 5) -> pd.DataFrame:
     """Methods x (a few headline metrics + mean rank), one block per (model, dataset), for the terminal."""
     if board.empty:
         return pd.DataFrame()

@@ -10,8 +10,17 @@ import importlib
 from typing import Any
 
 _EXECUTE = (
-    "ExecOptions", "Plan", "RunOutcome", "Unit", "UnitResult", "batch_seed", "load_registries",
-    "plan_run", "resolve_device", "run_suite", "run_unit",
+    "ExecOptions",
+    "Plan",
+    "RunOutcome",
+    "Unit",
+    "UnitResult",
+    "batch_seed",
+    "load_registries",
+    "plan_run",
+    "resolve_device",
+    "run_suite",
+    "run_unit",
 )
 _SUITE = ("Experiment", "Suite", "list_suites", "load_suite", "packaged_suites", "parse_suite")
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -44,8 +45,13 @@ def versions() -> dict[str, str]:
 
     from .. import __version__
 
-    out = {"cambench": __version__, "python": platform.python_version(), "torch": torch.__version__,
-           "numpy": np.__version__, "pandas": pd.__version__}
+    out = {
+        "cambench": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "pandas": pd.__version__,
+    }
     from importlib import metadata
 
     for dist in ("torchvision", "timm"):
@@ -95,10 +101,18 @@ def run_record(plan: Plan, device: torch.device) -> dict:
         "units": [u.key for u in plan.units],
         "method_notes": method_notes(sorted({m for e in plan.experiments for m in e.methods})),
         "experiments": [
-            {"label": e.label, "model": e.model, "dataset": e.dataset, "n_images": e.n_images,
-             "methods": list(e.methods), "metrics": list(e.metrics), "skipped": e.skipped,
-             "method_params": e.method_params, "metric_params": e.metric_params,
-             "data_errors": e.data_errors}
+            {
+                "label": e.label,
+                "model": e.model,
+                "dataset": e.dataset,
+                "n_images": e.n_images,
+                "methods": list(e.methods),
+                "metrics": list(e.metrics),
+                "skipped": e.skipped,
+                "method_params": e.method_params,
+                "metric_params": e.metric_params,
+                "data_errors": e.data_errors,
+            }
             for e in plan.experiments
         ],
     }
@@ -109,15 +123,15 @@ def run_suite(
     out: str | Path,
     *,
     fresh: bool = False,
-    limit: Optional[int] = None,
+    limit: int | None = None,
     quiet: bool = False,
-    report: Optional[Callable[[Path], Any]] = None,
-    log: Optional[Callable[[str], None]] = None,
+    report: Callable[[Path], Any] | None = None,
+    log: Callable[[str], None] | None = None,
     backend: str = "sequential",
-    workers: Optional[int] = None,
-    scheduler: Optional[str] = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
     client: Any = None,
-    options: Optional[ExecOptions] = None,
+    options: ExecOptions | None = None,
     plugins: Sequence[str] = (),
 ) -> RunOutcome:
     """Plan ``suite``, run every unit not already stored in ``out`` (its parts and ``run.json``).
@@ -152,15 +166,37 @@ def run_suite(
     out = Path(out)
     check_out_dir(out)  # a bad --out is refused before any model or data work
     with Progress(quiet=quiet, log=log) as progress, RunLock(out, progress.log):
-        return _run_locked(suite, out, progress, fresh=fresh, limit=limit, report=report,
-                           backend=backend, workers=workers, scheduler=scheduler, client=client,
-                           options=options or ExecOptions(), plugins=plugins)
+        return _run_locked(
+            suite,
+            out,
+            progress,
+            fresh=fresh,
+            limit=limit,
+            report=report,
+            backend=backend,
+            workers=workers,
+            scheduler=scheduler,
+            client=client,
+            options=options or ExecOptions(),
+            plugins=plugins,
+        )
 
 
-def _run_locked(suite: Suite, out: Path, progress: Any, *, fresh: bool, limit: Optional[int],
-                report: Optional[Callable[[Path], Any]], backend: str, workers: Optional[int],
-                scheduler: Optional[str], client: Any,
-                options: ExecOptions, plugins: Sequence[str]) -> RunOutcome:
+def _run_locked(
+    suite: Suite,
+    out: Path,
+    progress: Any,
+    *,
+    fresh: bool,
+    limit: int | None,
+    report: Callable[[Path], Any] | None,
+    backend: str,
+    workers: int | None,
+    scheduler: str | None,
+    client: Any,
+    options: ExecOptions,
+    plugins: Sequence[str],
+) -> RunOutcome:
     from ..store import Store, atomic_write_text
     from .parallel import execute_units, reemit_logs
 
@@ -182,13 +218,25 @@ def _run_locked(suite: Suite, out: Path, progress: Any, *, fresh: bool, limit: O
         log(f"cambench: resuming in {out}: {len(reused)} of {len(plan.units)} unit(s) already finished.")
     unreported = store.unreported()
     if unreported:
-        log(f"cambench: {len(unreported)} finished unit(s) in {store.parts} lie outside this run (another "
-            f"--limit, `n` or setting): kept on disk, not in the tables. Rerun with that setting to report them.")
+        log(
+            f"cambench: {len(unreported)} finished unit(s) in {store.parts} lie outside this run (another "
+            f"--limit, `n` or setting): kept on disk, not in the tables. Rerun with that setting to report them."
+        )
     ran = []
     progress.start(len(todo), sum(u.stop - u.start for u in todo))
-    results = execute_units(suite, todo, unit_fn=run_unit, setup_fn=load_registries, options=options,
-                            backend=backend, workers=workers, scheduler=scheduler, client=client,
-                            plugins=plugins, progress=progress.images)
+    results = execute_units(
+        suite,
+        todo,
+        unit_fn=run_unit,
+        setup_fn=load_registries,
+        options=options,
+        backend=backend,
+        workers=workers,
+        scheduler=scheduler,
+        client=client,
+        plugins=plugins,
+        progress=progress.images,
+    )
     seen_logs: set[tuple[str, int, str]] = set()
     try:
         for result in results:
@@ -206,7 +254,8 @@ def _run_locked(suite: Suite, out: Path, progress: Any, *, fresh: bool, limit: O
         progress.stop()
     # every item a dataset could not read, named once: when it was built (plan) and while a unit loaded it
     unreadable = [
-        {"model": e.label, "dataset": e.dataset, "item": m.split(":")[0], "reason": m} for e in plan.experiments
+        {"model": e.label, "dataset": e.dataset, "item": m.split(":")[0], "reason": m}
+        for e in plan.experiments
         for m in e.data_errors
     ]
     exp_of = {u.key: plan.experiments[u.experiment] for u in plan.units}

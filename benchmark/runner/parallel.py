@@ -34,9 +34,10 @@ import queue
 import tempfile
 import threading
 import uuid
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Generator, Iterator, Optional, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import torch
 
@@ -77,7 +78,7 @@ def default_workers(device: str) -> int:
     return max(1, cpu_count() // 4)
 
 
-def worker_device(requested: str, n_gpus: int, slot: Optional[int]) -> str:
+def worker_device(requested: str, n_gpus: int, slot: int | None) -> str:
     """The device a worker in ``slot`` uses: ``cuda:<slot mod n_gpus>`` for ``cuda``/``auto`` with GPUs.
 
     An explicit ``cuda:N``, ``cpu`` or ``mps`` is kept; so is anything when there is at most one GPU
@@ -88,7 +89,7 @@ def worker_device(requested: str, n_gpus: int, slot: Optional[int]) -> str:
     return requested
 
 
-def claim_slot(folder: str | os.PathLike, limit: int = 4096) -> tuple[int, Optional[int]]:
+def claim_slot(folder: str | os.PathLike, limit: int = 4096) -> tuple[int, int | None]:
     """Claim the lowest free slot in ``folder``: ``(slot, fd)``; the slot is held while ``fd`` is open.
 
     Uses an exclusive non-blocking ``flock`` on ``folder/<slot>`` (released by the OS when the process
@@ -128,8 +129,22 @@ def _my_slot(token: str) -> int:
 # -- log records of a worker ----------------------------------------------------------------------
 
 #: Attributes of a ``LogRecord`` that travel to the parent (all picklable once the message is formatted).
-_RECORD_FIELDS = ("name", "levelno", "levelname", "pathname", "filename", "module", "lineno", "funcName",
-                  "created", "msecs", "relativeCreated", "process", "processName", "threadName")
+_RECORD_FIELDS = (
+    "name",
+    "levelno",
+    "levelname",
+    "pathname",
+    "filename",
+    "module",
+    "lineno",
+    "funcName",
+    "created",
+    "msecs",
+    "relativeCreated",
+    "process",
+    "processName",
+    "threadName",
+)
 
 
 class _Collect(logging.Handler):
@@ -143,14 +158,20 @@ class _Collect(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         if record.thread != self.thread:  # another unit in a threaded dask worker
             return
-        if record.levelno < logging.WARNING and not (record.name == "benchmark" or
-                                                     record.name.startswith("benchmark.")):
+        if record.levelno < logging.WARNING and not (
+            record.name == "benchmark" or record.name.startswith("benchmark.")
+        ):
             return
         try:
             fields = {k: getattr(record, k, None) for k in _RECORD_FIELDS}
-            fields.update(msg=record.getMessage(), args=None, exc_info=None, stack_info=record.stack_info,
-                          exc_text=record.exc_text or (logging.Formatter().formatException(record.exc_info)
-                                                       if record.exc_info else None))
+            fields.update(
+                msg=record.getMessage(),
+                args=None,
+                exc_info=None,
+                stack_info=record.stack_info,
+                exc_text=record.exc_text
+                or (logging.Formatter().formatException(record.exc_info) if record.exc_info else None),
+            )
             self.records.append(logging.makeLogRecord(fields))
         except Exception:  # a message that cannot be formatted: say so, as logging itself would
             self.handleError(record)
@@ -223,11 +244,11 @@ def execute_units(
     setup_fn: SetupFn,
     options: Any,
     backend: str = "sequential",
-    workers: Optional[int] = None,
-    scheduler: Optional[str] = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
     client: Any = None,
     plugins: Sequence[str] = (),
-    progress: Optional[Callable[[int], None]] = None,
+    progress: Callable[[int], None] | None = None,
 ) -> Generator[UnitResult, None, None]:
     """Run ``unit_fn`` on each of ``units`` on ``backend`` and yield each :class:`UnitResult` as soon as
     it is finished.
@@ -276,8 +297,7 @@ def _loky(suite, units, workers, options, plugins, token, progress, fns) -> Iter
     from joblib import Parallel, delayed
 
     options = _cpu_threads(suite, options, workers)
-    par = Parallel(n_jobs=workers, backend="loky", return_as="generator_unordered", batch_size=1,
-                   pre_dispatch="n_jobs")
+    par = Parallel(n_jobs=workers, backend="loky", return_as="generator_unordered", batch_size=1, pre_dispatch="n_jobs")
     gen = par(delayed(_work)(suite, u, options, plugins, token, *fns) for u in units)
     try:
         for result in gen:
@@ -319,8 +339,7 @@ def _dask(suite, units, workers, scheduler, client, options, plugins, token, pro
             own.append(client)
         else:
             with kept_environ():
-                cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                       dashboard_address=None)
+                cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
             client = Client(cluster)
             own += [client, cluster]
             options = _cpu_threads(suite, options, workers)
@@ -330,8 +349,18 @@ def _dask(suite, units, workers, scheduler, client, options, plugins, token, pro
         wants_gpu = suite.device.startswith("cuda") or suite.device == "auto"
         resources = {"GPU": 1} if has_gpu and wants_gpu else None
         futures = [
-            client.submit(_work, suite, u, options, plugins, token, *fns, key=f"cambench-{token}-{u.key}",
-                          resources=resources, pure=False)
+            client.submit(
+                _work,
+                suite,
+                u,
+                options,
+                plugins,
+                token,
+                *fns,
+                key=f"cambench-{token}-{u.key}",
+                resources=resources,
+                pure=False,
+            )
             for u in units
         ]
         try:

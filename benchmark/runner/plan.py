@@ -12,9 +12,10 @@ import dataclasses
 import importlib
 import importlib.util
 import json
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional, Sequence
+from typing import Any
 
 import torch
 
@@ -90,7 +91,7 @@ class Plan:
     levels: dict[str, str] = field(default_factory=dict)  # metric -> "image" | "dataset"
 
 
-def plan_run(suite: Suite, limit: Optional[int] = None, precision: str = "fp32") -> Plan:
+def plan_run(suite: Suite, limit: int | None = None, precision: str = "fp32") -> Plan:
     """Resolve every name against the registries and split each experiment into units.
 
     ``precision`` other than ``fp32`` (see :class:`ExecOptions`) is folded into the suite hash.
@@ -167,10 +168,7 @@ def plan_run(suite: Suite, limit: Optional[int] = None, precision: str = "fp32")
                     gallery=max(0, min(stop, suite.gallery) - start),
                 )
             )
-    extra = [
-        {"methods": e.methods, "metrics": e.metrics, "mp": e.method_params, "kp": e.metric_params}
-        for e in exps
-    ]
+    extra = [{"methods": e.methods, "metrics": e.metrics, "mp": e.method_params, "kp": e.metric_params} for e in exps]
     hash_extra: Any = extra if precision == "fp32" else {"experiments": extra, "precision": precision}
     return Plan(suite, suite.hash(hash_extra), exps, units, directions, families, levels)
 
@@ -217,7 +215,7 @@ def _check_environment(suite: Suite) -> None:
         if e.weights not in ("default", "random") and not Path(e.weights).expanduser().is_file():
             raise WeightsError(
                 f"Suite {suite.name!r}: the checkpoint {e.weights!r} for model {e.model!r} does not exist. "
-                "Use weights = \"default\", \"random\" or the path of a saved state_dict."
+                'Use weights = "default", "random" or the path of a saved state_dict.'
             )
 
 
@@ -243,10 +241,9 @@ def _resolve_methods(exp: Experiment, dataset: Any, where: str, family: Any = No
                     f"family. Families: {', '.join(sorted(f for f in families if f))}; methods: "
                     f"{', '.join(METHODS.list())}."
                 )
+
     def usable(n: str) -> bool:
-        return (not METHODS.entry(n).meta.get("needs_ground_truth") or dataset.has_masks) and is_applicable(
-            n, family
-        )
+        return (not METHODS.entry(n).meta.get("needs_ground_truth") or dataset.has_masks) and is_applicable(n, family)
 
     if exp.methods == "all":
         return tuple(n for n in METHODS.list() if usable(n))
@@ -267,7 +264,7 @@ def _resolve_methods(exp: Experiment, dataset: Any, where: str, family: Any = No
     return tuple(exp.methods)
 
 
-def _method_params(name: str, overrides: Optional[dict], where: str) -> dict:
+def _method_params(name: str, overrides: dict | None, where: str) -> dict:
     """The method's parameters (its signature's defaults, then the suite's values), type-checked."""
     from ..methods import METHODS
 
@@ -275,8 +272,13 @@ def _method_params(name: str, overrides: Optional[dict], where: str) -> dict:
         params = METHODS.params(name, overrides)
     except TypeError as exc:  # a key the method does not take: Registry.params names the valid ones
         raise SuiteError(f"{where}: [method_params.{name}]: {exc}") from None
-    check_kwargs(METHODS.get(name), overrides or {}, f"{where}: [method_params.{name}]",
-                 defaults=METHODS.params(name), unknown_ok=True)
+    check_kwargs(
+        METHODS.get(name),
+        overrides or {},
+        f"{where}: [method_params.{name}]",
+        defaults=METHODS.params(name),
+        unknown_ok=True,
+    )
     return params
 
 
@@ -306,7 +308,7 @@ def _lookup_metric_or_family(name: str, where: str) -> None:
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     raise SuiteError(
         f"{where}: unknown metric {name!r}.{hint} Valid metrics: {', '.join(METRICS.list()) or '(none)'}; "
-        f"families: {', '.join(METRIC_FAMILIES)}; or \"all\"."
+        f'families: {", ".join(METRIC_FAMILIES)}; or "all".'
     )
 
 
@@ -317,9 +319,7 @@ _DATASETS: dict[str, Any] = {}
 _DATASET_ERRORS: dict[str, list[str]] = {}  # what each cached dataset could not read when it was built
 
 
-def _get_model(
-    exp: Experiment, device: torch.device, channels_last: Optional[bool] = False
-) -> tuple[ModelHandle, bool]:
+def _get_model(exp: Experiment, device: torch.device, channels_last: bool | None = False) -> tuple[ModelHandle, bool]:
     """The cached model on ``device`` and whether it is channels_last (``None``: CNNs)."""
     from ..models import create_model
 
@@ -341,13 +341,21 @@ def _is_cnn(handle: ModelHandle) -> bool:
 
 def _pinned(batch: Batch) -> Batch:
     """The batch in page-locked host memory (so that the copy to the GPU can be asynchronous)."""
-    def opt(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+
+    def opt(t: torch.Tensor | None) -> torch.Tensor | None:
         return None if t is None else t.pin_memory()
 
     extras = None if batch.extras is None else {k: v.pin_memory() for k, v in batch.extras.items()}
-    return Batch(batch.images.pin_memory(), batch.targets.pin_memory(), list(batch.ids), opt(batch.masks),
-                 None if batch.boxes is None else [b.pin_memory() for b in batch.boxes], opt(batch.labels),
-                 opt(batch.ignore), extras)
+    return Batch(
+        batch.images.pin_memory(),
+        batch.targets.pin_memory(),
+        list(batch.ids),
+        opt(batch.masks),
+        None if batch.boxes is None else [b.pin_memory() for b in batch.boxes],
+        opt(batch.labels),
+        opt(batch.ignore),
+        extras,
+    )
 
 
 def _device_batches(

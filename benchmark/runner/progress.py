@@ -19,7 +19,8 @@ import logging
 import sys
 import time
 import warnings
-from typing import Any, Callable, Optional, TextIO
+from collections.abc import Callable
+from typing import Any, TextIO
 
 from ..progress import bars, eta_text, format_interval
 
@@ -47,8 +48,13 @@ class _Handler(logging.Handler):
 class Progress:
     """The progress display and the message sink of one run (a context manager)."""
 
-    def __init__(self, quiet: bool = False, log: Optional[Callable[[str], None]] = None,
-                 stream: Optional[TextIO] = None, tty: Optional[bool] = None) -> None:
+    def __init__(
+        self,
+        quiet: bool = False,
+        log: Callable[[str], None] | None = None,
+        stream: TextIO | None = None,
+        tty: bool | None = None,
+    ) -> None:
         self.quiet = quiet
         self.stream = stream if stream is not None else sys.stderr
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)()) if tty is None else tty
@@ -57,8 +63,8 @@ class Progress:
         self._bars: list[Any] = []
         self._units_bar: Any = None
         self._images_bar: Any = None
-        self._handler: Optional[_Handler] = None
-        self._root_handler: Optional[_Handler] = None
+        self._handler: _Handler | None = None
+        self._root_handler: _Handler | None = None
         self._logger_state: tuple[int, bool] = (logging.NOTSET, True)
         self._warnings: Any = None
         self._bars_policy: Any = None
@@ -85,15 +91,16 @@ class Progress:
         else:
             print(msg, file=self.stream, flush=True)
 
-    def warn_once(self, key: str, msg: Optional[str] = None) -> None:
+    def warn_once(self, key: str, msg: str | None = None) -> None:
         """Log ``msg`` (default ``key``) unless a message with this ``key`` was logged in this run."""
         if key in self._seen:
             return
         self._seen.add(key)
         self.log(msg if msg is not None else key)
 
-    def _showwarning(self, message: Any, category: type, filename: str, lineno: int, file: Any = None,
-                     line: Any = None) -> None:
+    def _showwarning(
+        self, message: Any, category: type, filename: str, lineno: int, file: Any = None, line: Any = None
+    ) -> None:
         text = f"{category.__name__}: {message}"
         self.warn_once(text, f"cambench: warning: {text} ({filename}:{lineno})")
 

@@ -51,10 +51,11 @@ import json
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any
 
 from ..errors import SuiteError
 
@@ -124,7 +125,7 @@ class Experiment:
     model_kwargs: dict = field(default_factory=dict)
     data: dict = field(default_factory=dict)
     target: str = "label"
-    layer: Optional[str] = None  # target layer override (dotted name); None = the model's default
+    layer: str | None = None  # target layer override (dotted name); None = the model's default
     methods: tuple[str, ...] | str = "all"
     metrics: tuple[str, ...] | str = "all"
     #: Methods that metrics which re-explain (robustness, sanity, cost) run on: "all", or method names
@@ -144,6 +145,7 @@ class Experiment:
         from ..methods.msflip import MultiScaleFlip
 
         return MultiScaleFlip(scales=tuple(self.ms_scales), flip=True)
+
     #: MetaQuantus meta-evaluation of this experiment's image-level metrics (docs/metrics.md)
     meta_evaluation: bool = False
 
@@ -173,7 +175,7 @@ class Suite:
     meta_minor_std: float = 0.001
     meta_disruptive_std: float = 2.0
     source: str = ""  # the TOML text as read (recorded in the report)
-    path: Optional[str] = None
+    path: str | None = None
 
     def normalized(self) -> dict[str, Any]:
         """Everything that changes results, as plain JSON-able data (device, paths of the file excluded).
@@ -211,9 +213,9 @@ class Suite:
     def with_overrides(
         self,
         *,
-        device: Optional[str] = None,
-        batch_size: Optional[int] = None,
-        data_root: Optional[str] = None,
+        device: str | None = None,
+        batch_size: int | None = None,
+        data_root: str | None = None,
     ) -> Suite:
         """A copy with CLI overrides applied (``--device``, ``--batch-size``, ``--data-root``)."""
         s = self
@@ -307,7 +309,7 @@ def load_suite(spec: str | os.PathLike) -> Suite:
     )
 
 
-def parse_suite(text: str, path: Optional[str] = None, default_name: Optional[str] = None) -> Suite:
+def parse_suite(text: str, path: str | None = None, default_name: str | None = None) -> Suite:
     """Parse and validate the TOML ``text`` of a suite (``path`` is used in messages only)."""
     where = path or "<suite>"
     try:
@@ -318,7 +320,7 @@ def parse_suite(text: str, path: Optional[str] = None, default_name: Optional[st
     cfg = {k: raw.get(k, v) for k, v in SUITE_DEFAULTS.items()}
     name = cfg["name"] or default_name or (Path(path).stem if path else None)
     if not isinstance(name, str) or not name:
-        raise SuiteError(f"{where}: the suite needs a `name = \"...\"`.")
+        raise SuiteError(f'{where}: the suite needs a `name = "..."`.')
     for key in ("seed", "batch_size", "shard_size", "forward_batch_size", "gallery", "bootstrap", "meta_perturbations"):
         v = cfg[key]
         if not isinstance(v, int) or isinstance(v, bool) or v < (0 if key in ("seed", "gallery") else 1):
@@ -327,8 +329,10 @@ def parse_suite(text: str, path: Optional[str] = None, default_name: Optional[st
     for key in ("meta_minor_std", "meta_disruptive_std"):
         v = cfg[key]
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
-            raise SuiteError(f"{where}: `{key}` must be a positive number (the std of the multiplicative N(1, std) "
-                             f"weight noise), got {v!r}.")
+            raise SuiteError(
+                f"{where}: `{key}` must be a positive number (the std of the multiplicative N(1, std) "
+                f"weight noise), got {v!r}."
+            )
     if not isinstance(cfg["meta_evaluation"], bool):
         raise SuiteError(f"{where}: `meta_evaluation` must be true or false, got {cfg['meta_evaluation']!r}.")
     if not isinstance(cfg["description"], str):
@@ -342,18 +346,14 @@ def parse_suite(text: str, path: Optional[str] = None, default_name: Optional[st
         plugins = [str((base / p).resolve()) if p.endswith(".py") and not Path(p).is_absolute() else p for p in plugins]
     exps = cfg["experiments"]
     if not isinstance(exps, list) or not exps:
-        raise SuiteError(
-            f"{where}: a suite needs at least one [[experiments]] table with `model` and `dataset`."
-        )
-    experiments = tuple(
-        _experiment(e, i, cfg, where) for i, e in enumerate(exps)
-    )
+        raise SuiteError(f"{where}: a suite needs at least one [[experiments]] table with `model` and `dataset`.")
+    experiments = tuple(_experiment(e, i, cfg, where) for i, e in enumerate(exps))
     seen: dict[tuple[str, str], int] = {}
     for i, e in enumerate(experiments):
         if (e.label, e.dataset) in seen:
             raise SuiteError(
                 f"{where}: experiments {seen[(e.label, e.dataset)]} and {i} both score model "
-                f"{e.label!r} on dataset {e.dataset!r}; give one a distinct `label = \"...\"` "
+                f'{e.label!r} on dataset {e.dataset!r}; give one a distinct `label = "..."` '
                 "(it names the model column)."
             )
         seen[(e.label, e.dataset)] = i
@@ -384,7 +384,7 @@ def _experiment(raw: Any, i: int, cfg: Mapping[str, Any], where: str) -> Experim
     _check_keys(raw, EXPERIMENT_KEYS, w)
     for req in ("model", "dataset"):
         if not isinstance(raw.get(req), str) or not raw[req]:
-            raise SuiteError(f"{w} needs `{req} = \"...\"` (see `run_bench.py list {req}s`).")
+            raise SuiteError(f'{w} needs `{req} = "..."` (see `run_bench.py list {req}s`).')
     target = raw.get("target", "label")
     if target not in TARGETS:
         raise SuiteError(f"{w}: `target` must be one of {TARGETS}, got {target!r}.")
@@ -396,21 +396,26 @@ def _experiment(raw: Any, i: int, cfg: Mapping[str, Any], where: str) -> Experim
         raise SuiteError(f"{w}: `label` must be a non-empty string (it names the model column), got {label!r}.")
     weights = raw.get("weights", "default")
     if not isinstance(weights, str):
-        raise SuiteError(f"{w}: `weights` must be \"default\", \"random\" or a checkpoint path.")
+        raise SuiteError(f'{w}: `weights` must be "default", "random" or a checkpoint path.')
     methods = _names(raw.get("methods", cfg["methods"]), "methods", w)
     metrics = _names(raw.get("metrics", cfg["metrics"]), "metrics", w)
     reexplain = _names(raw.get("reexplain_methods", cfg["reexplain_methods"]), "reexplain_methods", w)
     layer = raw.get("layer")
     if layer is not None and (not isinstance(layer, str) or not layer):
-        raise SuiteError(f"{w}: `layer` must be a dotted module name such as \"layer4\" or \"blocks.15\".")
+        raise SuiteError(f'{w}: `layer` must be a dotted module name such as "layer4" or "blocks.15".')
     ms_flip = raw.get("ms_flip", False)
     if not isinstance(ms_flip, bool):
         raise SuiteError(f"{w}: `ms_flip` must be true or false (multi-scale + flip CAMs), got {ms_flip!r}.")
     scales = raw.get("ms_scales", list(MS_SCALES))
-    if (not isinstance(scales, list) or not scales
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in scales)):
-        raise SuiteError(f"{w}: `ms_scales` must be a non-empty list of positive numbers such as "
-                         f"[0.5, 1.0, 1.5, 2.0], got {scales!r}.")
+    if (
+        not isinstance(scales, list)
+        or not scales
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in scales)
+    ):
+        raise SuiteError(
+            f"{w}: `ms_scales` must be a non-empty list of positive numbers such as "
+            f"[0.5, 1.0, 1.5, 2.0], got {scales!r}."
+        )
     meta = raw.get("meta_evaluation", cfg["meta_evaluation"])
     if not isinstance(meta, bool):
         raise SuiteError(f"{w}: `meta_evaluation` must be true or false, got {meta!r}.")
@@ -445,7 +450,7 @@ def _names(value: Any, key: str, where: str) -> tuple[str, ...] | str:
         if len(set(value)) != len(value):
             raise SuiteError(f"{where}: `{key}` lists a name twice: {value}.")
         return tuple(value)
-    raise SuiteError(f"{where}: `{key}` must be \"all\" or a non-empty list of names, got {value!r}.")
+    raise SuiteError(f'{where}: `{key}` must be "all" or a non-empty list of names, got {value!r}.')
 
 
 def _merge_params(base: Any, over: Any, key: str, where: str) -> dict:

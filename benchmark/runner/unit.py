@@ -13,8 +13,9 @@ import dataclasses
 import hashlib
 import time
 import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -89,9 +90,9 @@ class ExecOptions:
     """
 
     precision: str = "fp32"
-    channels_last: Optional[bool] = None
-    prefetch: Optional[bool] = None
-    threads: Optional[int] = None
+    channels_last: bool | None = None
+    prefetch: bool | None = None
+    threads: int | None = None
     compile: bool = False
 
     def __post_init__(self) -> None:
@@ -144,7 +145,7 @@ def _err(exc: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def unit_environment(options: Optional[ExecOptions] = None) -> Iterator[list[warnings.WarningMessage]]:
+def unit_environment(options: ExecOptions | None = None) -> Iterator[list[warnings.WarningMessage]]:
     """The process state every unit is computed in (what :func:`run_unit` enters around its work).
 
     ``options.threads`` sets ``torch.set_num_threads``; inside the block the extra forwards run in
@@ -159,8 +160,13 @@ def unit_environment(options: Optional[ExecOptions] = None) -> Iterator[list[war
     if opts.threads:
         torch.set_num_threads(int(opts.threads))
     autotune = cudnn_autotune(True) if opts.compile else contextlib.nullcontext()
-    with forward_precision(opts.precision), tf32(allow=opts.precision == "tf32"), \
-            forward_compile(opts.compile), autotune, warnings.catch_warnings(record=True) as caught:
+    with (
+        forward_precision(opts.precision),
+        tf32(allow=opts.precision == "tf32"),
+        forward_compile(opts.compile),
+        autotune,
+        warnings.catch_warnings(record=True) as caught,
+    ):
         warnings.simplefilter("always")
         yield caught
 
@@ -168,8 +174,8 @@ def unit_environment(options: Optional[ExecOptions] = None) -> Iterator[list[war
 def run_unit(
     suite: Suite,
     unit: Unit,
-    progress: Optional[Callable[[int], None]] = None,
-    options: Optional[ExecOptions] = None,
+    progress: Callable[[int], None] | None = None,
+    options: ExecOptions | None = None,
 ) -> UnitResult:
     """Compute every method and metric on the images of ``unit`` (a pure function of its inputs).
 
@@ -187,7 +193,7 @@ def run_unit(
     return result
 
 
-def _run_unit(suite: Suite, unit: Unit, progress: Optional[Callable[[int], None]], opts: ExecOptions) -> UnitResult:
+def _run_unit(suite: Suite, unit: Unit, progress: Callable[[int], None] | None, opts: ExecOptions) -> UnitResult:
     from .. import methods as M
     from ..metrics import METRICS, MetricContext, compute_metrics, missing_needs
 
@@ -230,7 +236,7 @@ def _run_unit(suite: Suite, unit: Unit, progress: Optional[Callable[[int], None]
     curve_sum: dict[tuple[str, str], tuple[np.ndarray, int]] = {}
     gal: dict[str, list] = {"images": [], "ids": [], "targets": [], "masks": [], "boxes": [], "maps": []}
     n_done = 0
-    pcols: Optional[dict[str, list]] = {c: [] for c in PERTURBED_COLUMNS} if exp.meta_evaluation else None
+    pcols: dict[str, list] | None = {c: [] for c in PERTURBED_COLUMNS} if exp.meta_evaluation else None
     perturbed_models: list[tuple[str, int, torch.nn.Module]] = []
 
     host = _make_batches(dataset, handle, suite.batch_size, unit.indices)
@@ -252,8 +258,14 @@ def _run_unit(suite: Suite, unit: Unit, progress: Optional[Callable[[int], None]
         # 1. every method from one shared capture
         layer = M.resolve_layer(model, handle.target_layer)
         ectx = M.ExplainContext(
-            model=model, layer=layer, images=batch.images, targets=batch.targets, reshape=handle.reshape,
-            batch_size=fbs, seed=seed, masks=batch.masks,
+            model=model,
+            layer=layer,
+            images=batch.images,
+            targets=batch.targets,
+            reshape=handle.reshape,
+            batch_size=fbs,
+            seed=seed,
+            masks=batch.masks,
         )
         outputs: dict[str, Any] = {}
         failed: dict[str, str] = {}
@@ -272,14 +284,30 @@ def _run_unit(suite: Suite, unit: Unit, progress: Optional[Callable[[int], None]
         def explain_fn(model_, images, targets, names, *, gradient_noise=None, _seed=seed, _masks=batch.masks):
             masks = _masks if _masks is not None and images.shape[0] == _masks.shape[0] else None
             return M.explain(
-                model_, handle.target_layer, images, targets, names, reshape=handle.reshape,
+                model_,
+                handle.target_layer,
+                images,
+                targets,
+                names,
+                reshape=handle.reshape,
                 params={n: method_params[n] for n in names if n in method_params},
-                batch_size=fbs, seed=_seed, masks=masks, gradient_noise=gradient_noise, ms_flip=exp.ms_flip_config,
+                batch_size=fbs,
+                seed=_seed,
+                masks=masks,
+                gradient_noise=gradient_noise,
+                ms_flip=exp.ms_flip_config,
             )
 
         # 2. every metric (each scores all methods of the batch at once)
-        mctx = MetricContext(model=model, batch=batch, saliency=saliency, explain=explain_fn, seed=seed, batch_size=fbs,
-                             method_meta=_method_meta(saliency))
+        mctx = MetricContext(
+            model=model,
+            batch=batch,
+            saliency=saliency,
+            explain=explain_fn,
+            seed=seed,
+            batch_size=fbs,
+            method_meta=_method_meta(saliency),
+        )
         # Metrics that re-explain (robustness, sanity, cost) see only the suite's reexplain_methods; the
         # contexts share one cache, so paired metrics still share their re-explanations.
         re_sal = {m: v for m, v in saliency.items() if _reexplained(m, exp.reexplain_methods)}
@@ -309,16 +337,30 @@ def _run_unit(suite: Suite, unit: Unit, progress: Optional[Callable[[int], None]
                     if dataset_level:  # per-image sufficient statistics [B, S], reduced by the leaderboard
                         st = res[name].detach().cpu().double().numpy()
                         if st.ndim != 2 or st.shape[0] != len(ids):
-                            add(name, metric, ids, np.nan, "error",
+                            add(
+                                name,
+                                metric,
+                                ids,
+                                np.nan,
+                                "error",
                                 f"dataset-level metric returned statistics of shape {tuple(st.shape)}; "
-                                f"expected [{len(ids)}, S]", degenerate[name])
+                                f"expected [{len(ids)}, S]",
+                                degenerate[name],
+                            )
                             continue
                         add_stats(name, metric, ids, st, degenerate[name])
                         continue
                     v = res[name].detach().float().cpu().double().numpy().reshape(-1)
                     if v.shape[0] != len(ids):
-                        add(name, metric, ids, np.nan, "error",
-                            f"metric returned {v.shape[0]} values for {len(ids)} images", degenerate[name])
+                        add(
+                            name,
+                            metric,
+                            ids,
+                            np.nan,
+                            "error",
+                            f"metric returned {v.shape[0]} values for {len(ids)} images",
+                            degenerate[name],
+                        )
                         continue
                     status = np.where(np.isfinite(v), "ok", "undefined")
                     add(name, metric, ids, v, status, "", degenerate[name])
@@ -331,8 +373,9 @@ def _run_unit(suite: Suite, unit: Unit, progress: Optional[Callable[[int], None]
                     for kind, std in zip(META_KINDS, (suite.meta_minor_std, suite.meta_disruptive_std), strict=True)
                     for k in range(suite.meta_perturbations)
                 ]
-            _meta_batch(pcols, perturbed_models, model, handle, exp, unit, batch, outputs, explain_fn, seed, fbs,
-                        timings)
+            _meta_batch(
+                pcols, perturbed_models, model, handle, exp, unit, batch, outputs, explain_fn, seed, fbs, timings
+            )
 
         # 3. curves (mean per unit) and the gallery sample
         for metric, per_method in mctx.curves.items():
@@ -376,9 +419,7 @@ def _run_unit(suite: Suite, unit: Unit, progress: Optional[Callable[[int], None]
         perturbed["k"] = perturbed["k"].astype("int64")
         perturbed["pred_same"] = perturbed["pred_same"].astype(bool)
     timings.append(("total", "unit", time.perf_counter() - t_unit))
-    tdf = pd.DataFrame(
-        [(unit.key, exp.label, exp.dataset, s, n, sec) for s, n, sec in timings], columns=TIMING_COLUMNS
-    )
+    tdf = pd.DataFrame([(unit.key, exp.label, exp.dataset, s, n, sec) for s, n, sec in timings], columns=TIMING_COLUMNS)
     tdf = tdf.groupby(["unit", "model", "dataset", "stage", "name"], sort=False, as_index=False)["seconds"].sum()
     return UnitResult(
         key=unit.key,
@@ -411,15 +452,24 @@ class ScoreRows:
             if isinstance(x, (list, tuple, np.ndarray)):
                 arr = np.asarray(x, dtype=dtype).reshape(-1)
                 if arr.shape[0] != n:
-                    raise CambenchError(f"Score rows of {method} x {metric}: {arr.shape[0]} values for {n} images; "
-                                        f"expected one per image (or one value for all).")
+                    raise CambenchError(
+                        f"Score rows of {method} x {metric}: {arr.shape[0]} values for {n} images; "
+                        f"expected one per image (or one value for all)."
+                    )
                 return arr
             return np.full(n, x, dtype=dtype)
 
-        self._chunks.append((
-            method, metric, message, list(ids), per_image(values, np.float64),
-            per_image(status, object), per_image(degenerate, bool),
-        ))
+        self._chunks.append(
+            (
+                method,
+                metric,
+                message,
+                list(ids),
+                per_image(values, np.float64),
+                per_image(status, object),
+                per_image(degenerate, bool),
+            )
+        )
 
     def __len__(self) -> int:
         return sum(len(c[3]) for c in self._chunks)
@@ -450,9 +500,17 @@ class ScoreRows:
 
 
 def _meta_batch(
-    pcols: dict[str, list], perturbed_models: Sequence[tuple[str, int, torch.nn.Module]], model: torch.nn.Module,
-    handle: ModelHandle, exp: Experiment, unit: Unit, batch: Batch, outputs: dict[str, Any], explain_fn: Callable,
-    seed: int, fbs: int,
+    pcols: dict[str, list],
+    perturbed_models: Sequence[tuple[str, int, torch.nn.Module]],
+    model: torch.nn.Module,
+    handle: ModelHandle,
+    exp: Experiment,
+    unit: Unit,
+    batch: Batch,
+    outputs: dict[str, Any],
+    explain_fn: Callable,
+    seed: int,
+    fbs: int,
     timings: list[tuple[str, str, float]],
 ) -> None:
     """Re-explain the batch with every perturbed model and re-score its image-level metrics (MetaQuantus'
@@ -473,8 +531,14 @@ def _meta_batch(
             same = (mp(batch.images).argmax(dim=1) == pred0).cpu().numpy().astype(bool)
         torch.manual_seed(seed)
         ectx = M.ExplainContext(
-            model=mp, layer=M.resolve_layer(mp, handle.target_layer), images=batch.images, targets=batch.targets,
-            reshape=handle.reshape, batch_size=fbs, seed=seed, masks=batch.masks,
+            model=mp,
+            layer=M.resolve_layer(mp, handle.target_layer),
+            images=batch.images,
+            targets=batch.targets,
+            reshape=handle.reshape,
+            batch_size=fbs,
+            seed=seed,
+            masks=batch.masks,
         )
         sal: dict[str, torch.Tensor] = {}
         for name in outputs:
@@ -482,8 +546,15 @@ def _meta_batch(
                 sal[name] = M.run_method(ectx, name, exp.method_params.get(name)).maps
             except Exception:
                 continue
-        mctx = MetricContext(model=mp, batch=batch, saliency=sal, explain=explain_fn, seed=seed, batch_size=fbs,
-                             method_meta=_method_meta(sal))
+        mctx = MetricContext(
+            model=mp,
+            batch=batch,
+            saliency=sal,
+            explain=explain_fn,
+            seed=seed,
+            batch_size=fbs,
+            method_meta=_method_meta(sal),
+        )
         re_sal = {m: v for m, v in sal.items() if _reexplained(m, exp.reexplain_methods)}
         mctx_re = dataclasses.replace(mctx, saliency=re_sal, cache=mctx.cache, curves=mctx.curves)
         for metric in unit.metrics:
@@ -503,8 +574,14 @@ def _meta_batch(
                 if v.shape[0] != len(ids):
                     continue
                 n = len(ids)
-                for c, x in (("model", exp.label), ("dataset", exp.dataset), ("method", name), ("metric", metric),
-                             ("perturbation", kind), ("k", k)):
+                for c, x in (
+                    ("model", exp.label),
+                    ("dataset", exp.dataset),
+                    ("method", name),
+                    ("metric", metric),
+                    ("perturbation", kind),
+                    ("k", k),
+                ):
                     pcols[c] += [x] * n
                 pcols["image_id"] += ids
                 pcols["value"] += v.tolist()

@@ -23,8 +23,9 @@ import inspect
 import os
 import types
 import typing
+from collections.abc import Callable, Mapping
 from pathlib import PurePath
-from typing import Any, Callable, Mapping, Optional
+from typing import Any
 
 from ..errors import SuiteError
 
@@ -99,8 +100,17 @@ def matches(value: Any, tp: Any) -> bool:
         if args == ((),):  # tuple[()]
             return len(value) == 0
         return len(value) == len(args) and all(matches(v, a) for v, a in zip(value, args, strict=True))
-    if base in (list, set, frozenset, cabc.Sequence, cabc.MutableSequence, cabc.Collection, cabc.Iterable,
-                cabc.Set, cabc.MutableSet):
+    if base in (
+        list,
+        set,
+        frozenset,
+        cabc.Sequence,
+        cabc.MutableSequence,
+        cabc.Collection,
+        cabc.Iterable,
+        cabc.Set,
+        cabc.MutableSet,
+    ):
         if isinstance(value, str):
             return False
         if not isinstance(value, (list, tuple, set, frozenset)):
@@ -140,8 +150,17 @@ def describe(tp: Any) -> str:
         if args:
             return f"array of {len(args)} ({', '.join(describe(a) for a in args)})"
         return "array"
-    if base in (list, set, frozenset, cabc.Sequence, cabc.MutableSequence, cabc.Collection, cabc.Iterable,
-                cabc.Set, cabc.MutableSet):
+    if base in (
+        list,
+        set,
+        frozenset,
+        cabc.Sequence,
+        cabc.MutableSequence,
+        cabc.Collection,
+        cabc.Iterable,
+        cabc.Set,
+        cabc.MutableSet,
+    ):
         return f"array (each {describe(args[0])})" if args else "array"
     if base in (dict, cabc.Mapping, cabc.MutableMapping):
         return "table"
@@ -163,8 +182,8 @@ def check_kwargs(
     fn: Callable,
     kwargs: Mapping[str, Any],
     where: str,
-    defaults: Optional[Mapping[str, Any]] = None,
-    unknown_ok: Optional[bool] = None,
+    defaults: Mapping[str, Any] | None = None,
+    unknown_ok: bool | None = None,
 ) -> None:
     """Raise :class:`SuiteError` if a value of ``kwargs`` does not fit ``fn``'s type hints (or name).
 
@@ -182,9 +201,7 @@ def check_kwargs(
         if p is None or p.kind in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL):
             if not unknown_ok:
                 names = [n for n, q in params.items() if q.kind not in (q.VAR_KEYWORD, q.VAR_POSITIONAL)]
-                raise SuiteError(
-                    f"{where}: unknown key {key!r}. Valid keys: {', '.join(names) or '(none)'}."
-                )
+                raise SuiteError(f"{where}: unknown key {key!r}. Valid keys: {', '.join(names) or '(none)'}.")
             tp = _default_type((defaults or {}).get(key, _UNKNOWN))
         else:
             tp = hs.get(key, _UNKNOWN)

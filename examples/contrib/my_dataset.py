@@ -35,4 +35,3 @@ class Blobs(CamDataset):
         image = 0.3 * torch.rand(3, s, s, generator=g)
         image[:, mask] = 0.9
         return Sample(image=image, target=label, id=f"blob{i:04d}", mask=mask, label=label)
-

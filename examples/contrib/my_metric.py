@@ -10,7 +10,11 @@ from benchmark.metrics import MetricContext, register_metric
 
 
 @register_metric(
-    "keep_top_prob", family="faithfulness", higher_is_better=True, needs=("saliency",), paper="CONTRIBUTING example",
+    "keep_top_prob",
+    family="faithfulness",
+    higher_is_better=True,
+    needs=("saliency",),
+    paper="CONTRIBUTING example",
 )
 def keep_top_prob(ctx: MetricContext, fraction: float = 0.2) -> dict[str, Tensor]:  # parameters: the signature
     """Softmax probability of the target on ``x * 1[map in its top fraction]`` (zeros elsewhere)."""

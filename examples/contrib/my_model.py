@@ -29,6 +29,11 @@ def blob_cnn(weights: str = "default") -> ModelHandle:
     if weights not in ("default", "random"):
         model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     return ModelHandle(
-        name="blob_cnn", model=model.eval(), target_layer="features", input_size=(32, 32),
-        mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), class_names=["square", "disc"],
+        name="blob_cnn",
+        model=model.eval(),
+        target_layer="features",
+        input_size=(32, 32),
+        mean=(0.5, 0.5, 0.5),
+        std=(0.25, 0.25, 0.25),
+        class_names=["square", "disc"],
     )

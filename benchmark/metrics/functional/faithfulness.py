@@ -11,7 +11,7 @@ Exact definitions and reference-library differences: ``docs/metrics.md`` (Faithf
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -36,7 +36,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 ROAD_PERCENTAGES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
-Substrate = Union[str, Tensor]
+Substrate = str | Tensor
 
 
 # --------------------------------------------------------------------------------------------------
@@ -93,9 +93,7 @@ def rise_blur(images: Tensor, klen: int = 11, sigma: float = 5.0) -> Tensor:
         return torch.nn.functional.conv2d(images, weight, padding=klen // 2, groups=c)
 
 
-def _substrate(
-    kind: Substrate, images: Tensor, blur_klen: int, blur_sigma: float
-) -> Tensor:
+def _substrate(kind: Substrate, images: Tensor, blur_klen: int, blur_sigma: float) -> Tensor:
     if isinstance(kind, Tensor):
         return kind.to(images.device, images.dtype)
     if kind == "zeros":
@@ -105,7 +103,7 @@ def _substrate(
     raise ValueError(f"substrate must be 'zeros', 'blur' or a [B,3,H,W] tensor; got {kind!r}.")
 
 
-def _resolve_steps(hw: int, step: Optional[int], n_steps: Optional[int]) -> Tensor:
+def _resolve_steps(hw: int, step: int | None, n_steps: int | None) -> Tensor:
     if step is not None and n_steps is not None:
         raise ValueError("Give either `step` (pixels per step) or `n_steps`, not both.")
     if step is None and n_steps is None:
@@ -120,14 +118,14 @@ def causal_curves(
     saliency: Tensor,
     *,
     mode: str,
-    step: Optional[int] = None,
-    n_steps: Optional[int] = None,
+    step: int | None = None,
+    n_steps: int | None = None,
     substrate: Substrate = "zeros",
     score: str = "prob",
     blur_klen: int = 11,
     blur_sigma: float = 5.0,
     rise_ties: bool = False,
-    image_index: Optional[Tensor] = None,
+    image_index: Tensor | None = None,
     batch_size: int = 64,
     oom_errors: tuple[type[BaseException], ...] = OOM_ERRORS,
 ) -> Tensor:
@@ -156,8 +154,16 @@ def causal_curves(
     else:
         start, finish = other.expand_as(images), images
     return perturbation_curves(
-        model, start, orders, finish, ks, targets,
-        image_index=image_index, batch_size=batch_size, score=score, oom_errors=oom_errors,
+        model,
+        start,
+        orders,
+        finish,
+        ks,
+        targets,
+        image_index=image_index,
+        batch_size=batch_size,
+        score=score,
+        oom_errors=oom_errors,
     )
 
 
@@ -170,9 +176,9 @@ def deletion_auc(
     images: Tensor,
     targets: Tensor,
     saliency: Tensor,
-    step: Optional[int] = None,
+    step: int | None = None,
     *,
-    n_steps: Optional[int] = None,
+    n_steps: int | None = None,
     substrate: Substrate = "zeros",
     score: str = "prob",
     return_curve: bool = False,
@@ -181,7 +187,7 @@ def deletion_auc(
     blur_klen: int = 11,
     blur_sigma: float = 5.0,
     oom_errors: tuple[type[BaseException], ...] = OOM_ERRORS,
-) -> Union[Tensor, tuple[Tensor, Tensor]]:
+) -> Tensor | tuple[Tensor, Tensor]:
     """Deletion AUC (RISE, Petsiuk et al. 2018, section 4.1); lower is better.
 
     Remove ``step`` pixels per iteration (default 224, RISE at 224x224; or give ``n_steps``) in
@@ -192,9 +198,20 @@ def deletion_auc(
     """
     _check_inputs(images, targets, saliency)
     curve = causal_curves(
-        model, images, targets, saliency, mode="deletion", step=step, n_steps=n_steps,
-        substrate=substrate, score=score, blur_klen=blur_klen, blur_sigma=blur_sigma,
-        rise_ties=rise_ties, batch_size=batch_size, oom_errors=oom_errors,
+        model,
+        images,
+        targets,
+        saliency,
+        mode="deletion",
+        step=step,
+        n_steps=n_steps,
+        substrate=substrate,
+        score=score,
+        blur_klen=blur_klen,
+        blur_sigma=blur_sigma,
+        rise_ties=rise_ties,
+        batch_size=batch_size,
+        oom_errors=oom_errors,
     )
     auc = trapezoid_auc(curve)
     return (auc, curve) if return_curve else auc
@@ -205,9 +222,9 @@ def insertion_auc(
     images: Tensor,
     targets: Tensor,
     saliency: Tensor,
-    step: Optional[int] = None,
+    step: int | None = None,
     *,
-    n_steps: Optional[int] = None,
+    n_steps: int | None = None,
     substrate: Substrate = "blur",
     score: str = "prob",
     return_curve: bool = False,
@@ -216,7 +233,7 @@ def insertion_auc(
     blur_klen: int = 11,
     blur_sigma: float = 5.0,
     oom_errors: tuple[type[BaseException], ...] = OOM_ERRORS,
-) -> Union[Tensor, tuple[Tensor, Tensor]]:
+) -> Tensor | tuple[Tensor, Tensor]:
     """Insertion AUC (RISE, Petsiuk et al. 2018, section 4.1); higher is better.
 
     Start from ``substrate`` (default RISE blur: ``gkern(klen=11, nsig=5)`` per channel, padding 5;
@@ -225,9 +242,20 @@ def insertion_auc(
     """
     _check_inputs(images, targets, saliency)
     curve = causal_curves(
-        model, images, targets, saliency, mode="insertion", step=step, n_steps=n_steps,
-        substrate=substrate, score=score, blur_klen=blur_klen, blur_sigma=blur_sigma,
-        rise_ties=rise_ties, batch_size=batch_size, oom_errors=oom_errors,
+        model,
+        images,
+        targets,
+        saliency,
+        mode="insertion",
+        step=step,
+        n_steps=n_steps,
+        substrate=substrate,
+        score=score,
+        blur_klen=blur_klen,
+        blur_sigma=blur_sigma,
+        rise_ties=rise_ties,
+        batch_size=batch_size,
+        oom_errors=oom_errors,
     )
     auc = trapezoid_auc(curve)
     return (auc, curve) if return_curve else auc
@@ -276,7 +304,7 @@ def confidence_scores(
     threshold: float = 0.5,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
-    image_index: Optional[Tensor] = None,
+    image_index: Tensor | None = None,
     batch_size: int = 64,
     oom_errors: tuple[type[BaseException], ...] = OOM_ERRORS,
 ) -> tuple[Tensor, Tensor]:
@@ -339,8 +367,17 @@ def average_drop(
     """
     _check_inputs(images, targets, saliency)
     y, o = confidence_scores(
-        model, images, targets, saliency, score=score, variant=variant, threshold=threshold,
-        mean=mean, std=std, batch_size=batch_size, oom_errors=oom_errors,
+        model,
+        images,
+        targets,
+        saliency,
+        score=score,
+        variant=variant,
+        threshold=threshold,
+        mean=mean,
+        std=std,
+        batch_size=batch_size,
+        oom_errors=oom_errors,
     )
     return drop_in_confidence(y, o, relative=relative, clamp=variant != "cfcam")
 
@@ -365,8 +402,17 @@ def increase_in_confidence(
     """
     _check_inputs(images, targets, saliency)
     y, o = confidence_scores(
-        model, images, targets, saliency, score=score, variant=variant, threshold=threshold,
-        mean=mean, std=std, batch_size=batch_size, oom_errors=oom_errors,
+        model,
+        images,
+        targets,
+        saliency,
+        score=score,
+        variant=variant,
+        threshold=threshold,
+        mean=mean,
+        std=std,
+        batch_size=batch_size,
+        oom_errors=oom_errors,
     )
     return (y < o).float()
 
@@ -376,8 +422,14 @@ def increase_in_confidence(
 
 # (dy, dx, weight): edge neighbours 1/6, diagonal neighbours 1/12 (ROAD, section 4 / Appendix)
 _NEIGHBOURS = (
-    (0, 1, 1 / 6), (0, -1, 1 / 6), (1, 0, 1 / 6), (-1, 0, 1 / 6),
-    (1, 1, 1 / 12), (1, -1, 1 / 12), (-1, 1, 1 / 12), (-1, -1, 1 / 12),
+    (0, 1, 1 / 6),
+    (0, -1, 1 / 6),
+    (1, 0, 1 / 6),
+    (-1, 0, 1 / 6),
+    (1, 1, 1 / 12),
+    (1, -1, 1 / 12),
+    (-1, 1, 1 / 12),
+    (-1, -1, 1 / 12),
 )
 
 
@@ -416,9 +468,7 @@ def linear_imputation_system(removed: np.ndarray, image: np.ndarray) -> tuple[sp
     rows.append(np.arange(n))
     cols.append(np.arange(n))
     vals.append(diag)
-    a = sparse.coo_matrix(
-        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n)
-    ).tocsc()
+    a = sparse.coo_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n)).tocsc()
     return a, b
 
 
@@ -459,7 +509,7 @@ def noisy_linear_impute(
     removed: Tensor,
     *,
     noise: float = 0.01,
-    generator: Optional[torch.Generator] = None,
+    generator: torch.Generator | None = None,
     imputer: str = "exact",
 ) -> Tensor:
     """ROAD's noisy linear imputation of the ``removed`` pixels of ``image`` ``[C,H,W]``.
@@ -475,8 +525,9 @@ def noisy_linear_impute(
     imputer = resolve_imputer(imputer, image.device)
     if imputer == "cg":
         gen = generator if generator is not None else torch.default_generator
-        return noisy_linear_impute_batch(image[None], removed.reshape(1, *image.shape[-2:]), noise=noise,
-                                         generators=[gen])[0]
+        return noisy_linear_impute_batch(
+            image[None], removed.reshape(1, *image.shape[-2:]), noise=noise, generators=[gen]
+        )[0]
     c, h, w = image.shape
     rem = removed.detach().cpu().numpy().astype(bool).reshape(h, w)
     out = image.detach().float().cpu().clone().reshape(c, -1)
@@ -485,8 +536,7 @@ def noisy_linear_impute(
         return out.reshape(c, h, w).to(image.device)
     if n == h * w:
         raise ValueError(
-            "ROAD cannot impute an image with every pixel removed (no known neighbour); "
-            "use removal fractions below 1."
+            "ROAD cannot impute an image with every pixel removed (no known neighbour); use removal fractions below 1."
         )
     a, b = linear_imputation_system(rem, out.reshape(c, h, w).numpy())
     sol = exact_solve(a, b).reshape(n, c)
@@ -502,7 +552,7 @@ def noisy_linear_impute_batch(
     removed: Tensor,
     *,
     noise: float = 0.01,
-    generators: Optional[Sequence[torch.Generator]] = None,
+    generators: Sequence[torch.Generator] | None = None,
     tol: float = 1e-5,
 ) -> Tensor:
     """``noisy_linear_impute`` of every row at once: ``images [N,C,H,W]``, ``removed [N,H,W]`` (bool).
@@ -518,8 +568,7 @@ def noisy_linear_impute_batch(
     counts = removed.reshape(n, -1).sum(dim=1)
     if bool((counts == h * w).any()):
         raise ValueError(
-            "ROAD cannot impute an image with every pixel removed (no known neighbour); "
-            "use removal fractions below 1."
+            "ROAD cannot impute an image with every pixel removed (no known neighbour); use removal fractions below 1."
         )
     x = images.detach().float().contiguous()  # the runner's channels_last images: solve on a row-major copy
     if not bool(counts.any()):
@@ -527,8 +576,10 @@ def noisy_linear_impute_batch(
     vals = solve_masked_laplace(x, removed, tol=tol).float()
     if noise:
         if generators is None or len(generators) != n:
-            raise ValueError(f"noise needs one generator per row: expected {n}, got "
-                             f"{None if generators is None else len(generators)}.")
+            raise ValueError(
+                f"noise needs one generator per row: expected {n}, got "
+                f"{None if generators is None else len(generators)}."
+            )
         flat = removed.reshape(n, -1).cpu()
         draws = torch.zeros(n, c, h * w)
         for i, (gen, k) in enumerate(zip(generators, counts.tolist(), strict=True)):  # one draw per row, not per pixel
@@ -577,8 +628,8 @@ def road_curves(
     seed: int = 0,
     score: str = "prob",
     count_rule: str = "round",
-    image_index: Optional[Tensor] = None,
-    noise_keys: Optional[Tensor] = None,
+    image_index: Tensor | None = None,
+    noise_keys: Tensor | None = None,
     batch_size: int = 64,
     oom_errors: tuple[type[BaseException], ...] = OOM_ERRORS,
     imputer: str = "cg",
@@ -655,12 +706,12 @@ def road(
     seed: int = 0,
     score: str = "prob",
     count_rule: str = "round",
-    noise_keys: Optional[Tensor] = None,
+    noise_keys: Tensor | None = None,
     return_curve: bool = False,
     batch_size: int = 64,
     oom_errors: tuple[type[BaseException], ...] = OOM_ERRORS,
     imputer: str = "cg",
-) -> Union[Tensor, tuple[Tensor, Tensor]]:
+) -> Tensor | tuple[Tensor, Tensor]:
     """ROAD (Rong et al., ICML 2022): mean target probability over removal fractions ``percentages``.
 
     Pixels are removed in ``order`` ("morf": most relevant first -- lower is better; "lerf": least relevant
@@ -673,9 +724,20 @@ def road(
     """
     _check_inputs(images, targets, saliency)
     curve = road_curves(
-        model, images, targets, saliency, percentages=percentages, order=order, noise=noise, seed=seed,
-        score=score, count_rule=count_rule, noise_keys=noise_keys, batch_size=batch_size,
-        oom_errors=oom_errors, imputer=imputer,
+        model,
+        images,
+        targets,
+        saliency,
+        percentages=percentages,
+        order=order,
+        noise=noise,
+        seed=seed,
+        score=score,
+        count_rule=count_rule,
+        noise_keys=noise_keys,
+        batch_size=batch_size,
+        oom_errors=oom_errors,
+        imputer=imputer,
     )
     value = curve.mean(dim=1)
     return (value, curve) if return_curve else value

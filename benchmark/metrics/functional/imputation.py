@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 from types import EllipsisType
-from typing import Optional, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -92,8 +93,14 @@ class _Level:
         self.active = diag > 0
         self.dinv = torch.where(self.active, 1.0 / torch.where(self.active, diag, torch.ones_like(diag)), 0.0)
         # per offset: (coefficient map, index of x[i + o] in the 1-padded x), built once (the V-cycle's hot loop)
-        self.terms = [(c, (Ellipsis, *[slice(1 + oo, 1 + oo + s) for oo, s in zip(o, self.shape, strict=True)]))
-                      for c, o in zip(coefs.unbind(0), offsets, strict=True)] if len(coefs) == len(offsets) else []
+        self.terms: list[tuple[Tensor, tuple[Any, ...]]] = (
+            [
+                (c, (Ellipsis, *[slice(1 + oo, 1 + oo + s) for oo, s in zip(o, self.shape, strict=True)]))
+                for c, o in zip(coefs.unbind(0), offsets, strict=True)
+            ]
+            if len(coefs) == len(offsets)
+            else []
+        )
 
     def apply(self, x: Tensor) -> Tensor:
         xp = _pad1(x, len(self.shape))
@@ -106,7 +113,7 @@ class _Level:
 def _even(x: Tensor, d: int) -> Tensor:
     """Zero-pad the last ``d`` dims of ``x`` to even sizes."""
     pads: list[int] = []
-    for s in reversed(x.shape[x.ndim - d:]):
+    for s in reversed(x.shape[x.ndim - d :]):
         pads += [0, s % 2]
     return F.pad(x, pads) if any(pads) else x
 
@@ -133,10 +140,10 @@ def _prolong(e: Tensor, fine_shape: Sequence[int]) -> Tensor:
     lead = e.shape[: e.ndim - d]
     view: list[int] = list(lead)
     expand: list[int] = list(lead)
-    for s in e.shape[e.ndim - d:]:
+    for s in e.shape[e.ndim - d :]:
         view += [s, 1]
         expand += [s, 2]
-    out = e.reshape(view).expand(expand).reshape(*lead, *[2 * s for s in e.shape[e.ndim - d:]])
+    out = e.reshape(view).expand(expand).reshape(*lead, *[2 * s for s in e.shape[e.ndim - d :]])
     crop: tuple[EllipsisType | slice, ...] = (Ellipsis, *[slice(0, s) for s in fine_shape])
     return out[crop]
 
@@ -223,16 +230,18 @@ class _FineLevel(_Level):
     than the per-cell coefficient maps of the coarse levels (which ``coefs`` still holds for coarsening).
     """
 
-    def __init__(self, diag: Tensor, coefs: Tensor, offsets: list[tuple[int, ...]], weights: list[float],
-                 mask: Tensor):
+    def __init__(self, diag: Tensor, coefs: Tensor, offsets: list[tuple[int, ...]], weights: list[float], mask: Tensor):
         super().__init__(diag, coefs, offsets)
         self.weights = weights
         self.mask = mask
 
         # ROAD's 2-D weights are (1/12) [1, 2, 1] (x) [1, 2, 1] minus the centre's 4/12: two 3-tap passes
         road = torch.tensor(_ROAD_2D, dtype=diag.dtype)  # the stencil as given in this dtype: compared exactly
-        self.separable = len(self.shape) == 2 and len(weights) == 8 and all(
-            w == float(road[o[0] + 1, o[1] + 1]) for o, w in zip(offsets, weights, strict=True))
+        self.separable = (
+            len(self.shape) == 2
+            and len(weights) == 8
+            and all(w == float(road[o[0] + 1, o[1] + 1]) for o, w in zip(offsets, weights, strict=True))
+        )
         if self.separable:  # A x = (d + m / 3) x - (m / 12) (S (x) S) x
             self.diag_sep = diag + mask / 3
             self.neg_mask_sep = mask / -12
@@ -264,8 +273,9 @@ class _FineLevel(_Level):
         return (self.diag * x).sub_(self.mask * self.neighbour_sum(x))
 
 
-def masked_laplacian(removed: Tensor, stencil: Tensor, dtype: torch.dtype = torch.float64,
-                     with_coefs: bool = True) -> _FineLevel:
+def masked_laplacian(
+    removed: Tensor, stencil: Tensor, dtype: torch.dtype = torch.float64, with_coefs: bool = True
+) -> _FineLevel:
     """The operator ``A`` of the module docstring for the masks ``removed`` ``[N, *S]`` (bool).
 
     ``with_coefs=False`` skips the per-cell coefficient maps (only multigrid coarsening reads them).
@@ -301,7 +311,7 @@ def _dot(a: Tensor, b: Tensor, d: int) -> Tensor:
     return torch.linalg.vecdot(a.reshape(*lead, -1), b.reshape(*lead, -1)).reshape(*lead, *([1] * d))
 
 
-def _hole_box(removed: Tensor) -> Optional[tuple[slice, ...]]:
+def _hole_box(removed: Tensor) -> tuple[slice, ...] | None:
     """The bounding box of the removed cells of ``removed`` ``[N, *S]`` (all rows), grown by one cell per
     side (the kept neighbours that feed ``b``) and clipped to the grid; ``None`` when nothing is removed.
 
@@ -323,14 +333,14 @@ def _hole_box(removed: Tensor) -> Optional[tuple[slice, ...]]:
 def solve_masked_laplace(
     values: Tensor,
     removed: Tensor,
-    stencil: Optional[Tensor] = None,
+    stencil: Tensor | None = None,
     *,
     preconditioner: str = "multigrid",
     tol: float = 1e-5,
-    max_iter: Optional[int] = None,
+    max_iter: int | None = None,
     dtype: torch.dtype = torch.float64,
     precond_dtype: torch.dtype = torch.float32,
-    group: Optional[int] = None,
+    group: int | None = None,
 ) -> Tensor:
     """Impute the ``removed`` cells of ``values`` ``[N, C, *S]`` by the masked neighbour-mean system.
 
@@ -350,11 +360,11 @@ def solve_masked_laplace(
     if stencil is None:
         stencil = neighbour_stencil(d, "road" if d == 2 else "face")
     if stencil.ndim != d or any(s != 3 for s in stencil.shape):
-        raise ValueError(f"stencil must be [3]*{d} for removed of shape {tuple(removed.shape)}; "
-                         f"got {tuple(stencil.shape)}.")
+        raise ValueError(
+            f"stencil must be [3]*{d} for removed of shape {tuple(removed.shape)}; got {tuple(stencil.shape)}."
+        )
     if values.ndim != d + 2 or values.shape[0] != removed.shape[0] or values.shape[2:] != removed.shape[1:]:
-        raise ValueError(f"values must be [N, C, *S] with [N, *S] = {tuple(removed.shape)}; "
-                         f"got {tuple(values.shape)}.")
+        raise ValueError(f"values must be [N, C, *S] with [N, *S] = {tuple(removed.shape)}; got {tuple(values.shape)}.")
     if preconditioner not in ("multigrid", "jacobi"):
         raise ValueError(f"preconditioner must be 'multigrid' or 'jacobi'; got {preconditioner!r}.")
     if group is not None and group < 1:
@@ -378,17 +388,25 @@ def solve_masked_laplace(
         if box is None:
             continue
         sub = (rows, slice(None), *box)
-        out[sub] = _pcg(out[sub], removed[(rows, *box)], stencil, preconditioner, tol, max_iter, dtype,
-                        precond_dtype)
+        out[sub] = _pcg(out[sub], removed[(rows, *box)], stencil, preconditioner, tol, max_iter, dtype, precond_dtype)
     return out
 
 
-def _pcg(x: Tensor, removed: Tensor, stencil: Tensor, preconditioner: str, tol: float, max_iter: Optional[int],
-         dtype: torch.dtype, precond_dtype: torch.dtype) -> Tensor:
+def _pcg(
+    x: Tensor,
+    removed: Tensor,
+    stencil: Tensor,
+    preconditioner: str,
+    tol: float,
+    max_iter: int | None,
+    dtype: torch.dtype,
+    precond_dtype: torch.dtype,
+) -> Tensor:
     """Preconditioned CG on the system of ``x`` ``[N, C, *S]`` (``dtype``) and ``removed`` ``[N, *S]``."""
     d = removed.ndim - 1
-    a = masked_laplacian(removed, stencil.to(dtype=dtype), dtype,
-                         with_coefs=preconditioner == "multigrid" and precond_dtype == dtype)
+    a = masked_laplacian(
+        removed, stencil.to(dtype=dtype), dtype, with_coefs=preconditioner == "multigrid" and precond_dtype == dtype
+    )
     m = a.mask
     b = a.neighbour_sum(x * (1 - m)) * m  # b(i) = sum_o w_o x(i + o) over the kept neighbours
     if preconditioner == "jacobi":

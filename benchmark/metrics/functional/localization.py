@@ -17,7 +17,7 @@ Conventions shared by every function here:
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -34,7 +34,7 @@ _TWENTY_SIX = np.ones((3, 3, 3), dtype=bool)  # 26-connectivity in volumes
 IOU_THRESHOLDS = (30, 50, 70)
 
 
-def _check_maps(saliency: Tensor, other: Optional[Tensor] = None, name: str = "gt_mask") -> None:
+def _check_maps(saliency: Tensor, other: Tensor | None = None, name: str = "gt_mask") -> None:
     if saliency.ndim not in (3, 4) or (saliency.ndim == 4 and saliency.shape[1] == 1):  # [B,1,H,W]: a channel axis
         raise ValueError(
             f"saliency must be [B,H,W] (or [B,T,H,W] for volumes and clips); got shape "
@@ -51,9 +51,7 @@ def _check_maps(saliency: Tensor, other: Optional[Tensor] = None, name: str = "g
 def _check_boxes(saliency: Tensor, boxes: Sequence[Tensor]) -> None:
     k = 6 if saliency.ndim == 4 else 4
     if len(boxes) != saliency.shape[0]:
-        raise ValueError(
-            f"boxes must hold one [K,{k}] tensor per image ({saliency.shape[0]}); got {len(boxes)}."
-        )
+        raise ValueError(f"boxes must hold one [K,{k}] tensor per image ({saliency.shape[0]}); got {len(boxes)}.")
     for i, b in enumerate(boxes):
         if b.ndim != 2 or b.shape[-1] != k:
             what = "xyxy" if k == 4 else "[x0,y0,t0,x1,y1,t1] (3-D boxes of [B,T,H,W] maps)"
@@ -185,8 +183,10 @@ def boxes_to_mask(boxes: Sequence[Tensor], size: tuple[int, ...], device=None) -
             continue
         r = bx.to(device).round().long()
         inside = (
-            (xs[None] >= r[:, 0, None, None]) & (xs[None] <= r[:, 2, None, None])
-            & (ys[None] >= r[:, 1, None, None]) & (ys[None] <= r[:, 3, None, None])
+            (xs[None] >= r[:, 0, None, None])
+            & (xs[None] <= r[:, 2, None, None])
+            & (ys[None] >= r[:, 1, None, None])
+            & (ys[None] <= r[:, 3, None, None])
         )
         out[i] = inside.any(dim=0)
     return out
@@ -203,8 +203,12 @@ def _boxes_to_mask_3d(boxes: Sequence[Tensor], size: tuple[int, ...], device=Non
             continue
         r = bx.to(device).reshape(-1, 6).round().long()[:, :, None, None, None]
         inside = (
-            (xs[None] >= r[:, 0]) & (xs[None] <= r[:, 3]) & (ys[None] >= r[:, 1]) & (ys[None] <= r[:, 4])
-            & (ts[None] >= r[:, 2]) & (ts[None] <= r[:, 5])
+            (xs[None] >= r[:, 0])
+            & (xs[None] <= r[:, 3])
+            & (ys[None] >= r[:, 1])
+            & (ys[None] <= r[:, 4])
+            & (ts[None] >= r[:, 2])
+            & (ts[None] <= r[:, 5])
         )
         out[i] = inside.any(dim=0)
     return out
@@ -253,7 +257,7 @@ def component_boxes(binary: np.ndarray, holes: bool = False) -> np.ndarray:
     return np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
 
 
-def largest_component_box(binary: np.ndarray) -> Optional[np.ndarray]:
+def largest_component_box(binary: np.ndarray) -> np.ndarray | None:
     """Inclusive xyxy box of the largest 8-connected component (ties: lowest label), or None if empty.
 
     A ``[T,H,W]`` array: the 26-connected component's ``[x0, y0, t0, x1, y1, t1]`` box.
@@ -403,9 +407,7 @@ def edge_boxes_to_inclusive(boxes: Sequence[Tensor]) -> list[Tensor]:
     return out
 
 
-def max_box_acc_from_rows(
-    best_ious: np.ndarray, iou_thresholds: Sequence[float] = IOU_THRESHOLDS
-) -> float:
+def max_box_acc_from_rows(best_ious: np.ndarray, iou_thresholds: Sequence[float] = IOU_THRESHOLDS) -> float:
     """MaxBoxAccV2 (Choe et al. CVPR 2020, Sec. 4.1) of a dataset's :func:`box_best_ious` rows ``[N,T]``.
 
     ``mean_delta max_tau (1/N) sum_i [IoU_i(tau) >= delta/100]``: one CAM threshold per delta for the
@@ -478,7 +480,7 @@ def mask_iou(saliency: Tensor, gt_mask: Tensor, threshold: float = 0.5) -> Tenso
 
 
 def pxap_histograms(
-    saliency: Tensor, gt_mask: Tensor, cam_curve_interval: float = 0.01, ignore: Optional[Tensor] = None
+    saliency: Tensor, gt_mask: Tensor, cam_curve_interval: float = 0.01, ignore: Tensor | None = None
 ) -> Tensor:
     """PxAP accumulator (Choe et al. CVPR 2020, wsolevaluation ``MaskEvaluator``): ``[B,2,T+2]`` counts.
 

@@ -18,7 +18,8 @@ import contextlib
 import functools
 import inspect
 import io
-from typing import Any, Callable, Mapping, Optional
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -76,11 +77,23 @@ OUTPUT_RULES: dict[str, str] = {
 }
 
 #: Quantus metrics that call ``explain_func`` (re-explain perturbed inputs or randomised models) in 0.6.0.
-REEXPLAIN = frozenset({
-    "AvgSensitivity", "MaxSensitivity", "LocalLipschitzEstimate", "Continuity", "RelativeInputStability",
-    "RelativeOutputStability", "RelativeRepresentationStability", "MPRT", "ModelParameterRandomisation",
-    "SmoothMPRT", "EfficientMPRT", "RandomLogit", "InputInvariance",
-})
+REEXPLAIN = frozenset(
+    {
+        "AvgSensitivity",
+        "MaxSensitivity",
+        "LocalLipschitzEstimate",
+        "Continuity",
+        "RelativeInputStability",
+        "RelativeOutputStability",
+        "RelativeRepresentationStability",
+        "MPRT",
+        "ModelParameterRandomisation",
+        "SmoothMPRT",
+        "EfficientMPRT",
+        "RandomLogit",
+        "InputInvariance",
+    }
+)
 
 #: Constructor arguments the bridge fixes (per-image scores, no progress bars or printed warnings).
 FIXED_INIT = {"return_aggregate": False, "disable_warnings": True, "display_progressbar": False}
@@ -118,8 +131,9 @@ def quantus_metric_classes() -> dict[str, type]:
     q = _quantus()
     base = q.metrics.base.Metric
     return {
-        n: c for n in sorted(dir(q)) if inspect.isclass(c := getattr(q, n)) and issubclass(c, base)
-        and c is not base and not inspect.isabstract(c)
+        n: c
+        for n in sorted(dir(q))
+        if inspect.isclass(c := getattr(q, n)) and issubclass(c, base) and c is not base and not inspect.isabstract(c)
     }
 
 
@@ -173,10 +187,17 @@ def quantus_defaults(name: str) -> dict[str, Any]:
 
 
 @functools.cache
-def _quantus_function(fname: str) -> Optional[Callable]:
+def _quantus_function(fname: str) -> Callable | None:
     q = _quantus()
-    for mod in ("perturb_func", "similarity_func", "normalise_func", "norm_func", "loss_func",
-                "discretise_func", "complexity_func"):
+    for mod in (
+        "perturb_func",
+        "similarity_func",
+        "normalise_func",
+        "norm_func",
+        "loss_func",
+        "discretise_func",
+        "complexity_func",
+    ):
         m = getattr(q.functions, mod, None)
         if m is not None and callable(getattr(m, fname, None)):
             return getattr(m, fname)
@@ -264,8 +285,8 @@ def quantus_metric(
     targets: Tensor,
     saliency: Tensor,
     *,
-    masks: Optional[Tensor] = None,
-    explain: Optional[Callable[[nn.Module, Tensor, Tensor], Tensor]] = None,
+    masks: Tensor | None = None,
+    explain: Callable[[nn.Module, Tensor, Tensor], Tensor] | None = None,
     seed: int = 0,
     batch_size: int = 64,
     **params: Any,
@@ -310,9 +331,16 @@ def quantus_metric(
         with seeded(seed), contextlib.redirect_stdout(io.StringIO()):
             metric = cls(**kwargs, **FIXED_INIT)
             out = metric(
-                model=model, x_batch=x, y_batch=targets.detach().cpu().numpy(), a_batch=a, s_batch=s,
-                channel_first=True, explain_func=explain_func if explain is not None else None,
-                device=str(device), batch_size=batch_size, **call,
+                model=model,
+                x_batch=x,
+                y_batch=targets.detach().cpu().numpy(),
+                a_batch=a,
+                s_batch=s,
+                channel_first=True,
+                explain_func=explain_func if explain is not None else None,
+                device=str(device),
+                batch_size=batch_size,
+                **call,
             )
     except AttributeError as exc:
         if "module 'numpy' has no attribute" in str(exc):
@@ -329,6 +357,15 @@ def quantus_metric(
 
 
 __all__ = [
-    "BROKEN", "OUTPUT_RULES", "QUANTUS_VERSION", "QuantusBridgeError", "REEXPLAIN", "UNSUPPORTED",
-    "quantus_class", "quantus_defaults", "quantus_metric", "quantus_metric_classes", "quantus_metric_names",
+    "BROKEN",
+    "OUTPUT_RULES",
+    "QUANTUS_VERSION",
+    "QuantusBridgeError",
+    "REEXPLAIN",
+    "UNSUPPORTED",
+    "quantus_class",
+    "quantus_defaults",
+    "quantus_metric",
+    "quantus_metric_classes",
+    "quantus_metric_names",
 ]

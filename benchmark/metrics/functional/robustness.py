@@ -12,7 +12,7 @@ per-image results) nor on the device.
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -55,7 +55,7 @@ def perturbation_scores(
     noise: Callable[[int], Tensor],
     n_samples: int,
     score: Callable[[Tensor, Tensor, Tensor], Tensor],
-    reference: Optional[dict[str, Tensor]] = None,
+    reference: dict[str, Tensor] | None = None,
     batch_size: int = 64,
 ) -> dict[str, Tensor]:
     """Explain ``n_samples`` perturbed copies ``x + noise(s)`` of the batch and score each: ``{m: [S,B]}``.
@@ -99,7 +99,7 @@ def sensitivity_samples(
     norm: str = "fro",
     seed: int = 0,
     batch_size: int = 64,
-    reference: Optional[dict[str, Tensor]] = None,
+    reference: dict[str, Tensor] | None = None,
 ) -> dict[str, Tensor]:
     """Per-sample sensitivities ``{method: [S,B]}`` shared by Max- and Avg-Sensitivity (their reductions)."""
     if n_samples < 1:
@@ -114,8 +114,15 @@ def sensitivity_samples(
         return torch.where(den > 0, num / den.where(den > 0, torch.ones_like(den)), torch.full_like(num, float("nan")))
 
     return perturbation_scores(
-        explain_fn, images, targets, methods, lambda s: uniform_noise(shape, radius, seed, s),
-        n_samples, score, reference, batch_size,
+        explain_fn,
+        images,
+        targets,
+        methods,
+        lambda s: uniform_noise(shape, radius, seed, s),
+        n_samples,
+        score,
+        reference,
+        batch_size,
     )
 
 
@@ -130,7 +137,7 @@ def max_sensitivity(
     norm: str = "fro",
     seed: int = 0,
     batch_size: int = 64,
-    reference: Optional[dict[str, Tensor]] = None,
+    reference: dict[str, Tensor] | None = None,
 ) -> dict[str, Tensor]:
     """Max-Sensitivity (Yeh et al. 2019; Quantus ``MaxSensitivity``; docs/metrics.md#max_sensitivity): ``{m: [B]}``.
 
@@ -139,8 +146,9 @@ def max_sensitivity(
     numerator). Lower is better. Samples whose reference map is all zero are NaN (0/0) and skipped by the
     nan-max; NaN if all are. ``reference`` (the clean maps) is computed when not given.
     """
-    vals = sensitivity_samples(explain_fn, images, targets, methods, radius, n_samples, relative, norm, seed,
-                        batch_size, reference)
+    vals = sensitivity_samples(
+        explain_fn, images, targets, methods, radius, n_samples, relative, norm, seed, batch_size, reference
+    )
     return {m: nanreduce(v, np.nanmax) for m, v in vals.items()}
 
 
@@ -155,11 +163,12 @@ def avg_sensitivity(
     norm: str = "fro",
     seed: int = 0,
     batch_size: int = 64,
-    reference: Optional[dict[str, Tensor]] = None,
+    reference: dict[str, Tensor] | None = None,
 ) -> dict[str, Tensor]:
     """Avg-Sensitivity (Yeh et al. 2019; Quantus ``AvgSensitivity``): the nan-mean instead of the max."""
-    vals = sensitivity_samples(explain_fn, images, targets, methods, radius, n_samples, relative, norm, seed,
-                        batch_size, reference)
+    vals = sensitivity_samples(
+        explain_fn, images, targets, methods, radius, n_samples, relative, norm, seed, batch_size, reference
+    )
     return {m: nanreduce(v, np.nanmean) for m, v in vals.items()}
 
 
@@ -182,7 +191,7 @@ def local_lipschitz(
     n_samples: int = 8,
     seed: int = 0,
     batch_size: int = 64,
-    reference: Optional[dict[str, Tensor]] = None,
+    reference: dict[str, Tensor] | None = None,
 ) -> dict[str, Tensor]:
     """Local Lipschitz estimate (Alvarez-Melis & Jaakkola 2018; Quantus ``LocalLipschitzEstimate``).
 
@@ -202,8 +211,15 @@ def local_lipschitz(
         return num / (delta.float().flatten(1).norm(dim=1) + 1e-10)
 
     vals = perturbation_scores(
-        explain_fn, images, targets, methods, lambda s: gaussian_noise(shape, std, seed, s),
-        n_samples, score, reference, batch_size,
+        explain_fn,
+        images,
+        targets,
+        methods,
+        lambda s: gaussian_noise(shape, std, seed, s),
+        n_samples,
+        score,
+        reference,
+        batch_size,
     )
     return {m: nanreduce(v, np.nanmax) for m, v in vals.items()}
 
@@ -271,7 +287,7 @@ def gradient_noise_stability(
     sigma: float = 1.0,
     relative: bool = True,
     seed: int = 0,
-    reference: Optional[dict[str, Tensor]] = None,
+    reference: dict[str, Tensor] | None = None,
 ) -> dict[str, dict[str, Tensor]]:
     """Stability of maps under Gaussian noise on the target-layer gradients (docs/metrics.md#gradient_noise_stability).
 

@@ -10,7 +10,8 @@ model it is given, since the randomised model is a copy.
 from __future__ import annotations
 
 import copy
-from typing import Callable, Optional, Sequence, cast
+from collections.abc import Callable, Sequence
+from typing import cast
 
 import numpy as np
 import torch
@@ -93,10 +94,10 @@ def model_randomization(
     layer_order: str = "top_down",
     seed: int = 42,
     similarity: str = "spearman",
-    max_layers: Optional[int] = None,
+    max_layers: int | None = None,
     per_layer: bool = False,
     abs: bool = True,
-    reference: Optional[dict[str, Tensor]] = None,
+    reference: dict[str, Tensor] | None = None,
     signed: bool = False,
 ) -> dict[str, Tensor]:
     """Model-parameter randomisation test: similarity of maps before and after randomising the model.

@@ -11,7 +11,7 @@ All functions are batched tensor code (no Python loop over pixels); see ``docs/w
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor

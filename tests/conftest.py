@@ -9,9 +9,15 @@ import os
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # before any library (pytorch-grad-cam, torchcam) makes a bar
 
-import pytest
-import torch
-from torch import nn
+from benchmark.cpukernels import select as _select_cpu_kernels  # imports no torch
+
+# The CLI's default CPU kernels (docs/reproducibility.md), chosen before torch loads: in-process runs of the
+# tests then compute exactly what `run_bench.py` subprocesses compute.
+_select_cpu_kernels(os.environ.get("CAMBENCH_CPU_KERNELS", "portable"))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402  (after the CPU kernels are chosen)
+from torch import nn  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -71,3 +71,12 @@ def test_select_validates_and_is_a_no_op_once_torch_is_loaded(monkeypatch: pytes
     with pytest.warns(RuntimeWarning, match="after torch was imported"):
         assert cpukernels.select("portable") == {}
     assert not any(k in os.environ for k in cpukernels.PORTABLE_ENV)
+
+
+@needs_avx2
+def test_the_test_session_runs_the_clis_kernels() -> None:
+    """tests/conftest.py selects the CLI's default before torch loads, so in-process and CLI runs agree."""
+    import torch
+
+    if os.environ.get("CAMBENCH_CPU_KERNELS", "portable") == "portable":
+        assert torch.backends.cpu.get_cpu_capability() == "AVX2"

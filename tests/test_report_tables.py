@@ -185,3 +185,30 @@ def test_significance_tests_every_method_against_the_best_with_holm():
     assert (sig["p_holm"] >= sig["p_value"]).all() and (sig["n_pairs"] == 15).all()
     assert bool(sig.set_index("method").loc["bad", "significant"])
     assert summary_table(lb).loc[("m", "d", "best"), MEAN_RANK] == 1.0
+
+
+def test_multilabel_rows_get_a_cluster_bootstrap_over_images_and_n_images() -> None:
+    """(image, class) rows of one image are not independent: resample images, count images."""
+    rng = np.random.default_rng(0)
+    ids, vals = [], []
+    for i in range(12):  # each image's classes share most of their score: strong within-image correlation
+        base = rng.normal()
+        for c in ("a", "b", "c"):
+            ids.append(f"img{i}#{c}")
+            vals.append(base + 0.01 * rng.normal())
+    v = np.array(vals)
+    images = [x.split("#")[0] for x in ids]
+    naive = bootstrap_ci(v, seed=3)
+    clustered = bootstrap_ci(v, seed=3, clusters=images)
+    # the naive interval treats 36 rows as independent: about sqrt(3) too narrow
+    assert (clustered[1] - clustered[0]) > 1.4 * (naive[1] - naive[0])
+    # singleton clusters: the cluster bootstrap is the ordinary one
+    assert bootstrap_ci(v, seed=3, clusters=ids) == pytest.approx(naive, abs=1e-12)
+    assert bootstrap_ci([2.0, 4.0], clusters=["x", "x"]) == (3.0, 3.0)
+    scores = pd.DataFrame(
+        {"model": "m", "dataset": "d", "method": "g", "metric": "pg", "image_id": ids, "value": v, "status": "ok"}
+    )
+    board = leaderboard(scores, {"pg": True})
+    row = board[board["metric"] == "pg"].iloc[0]
+    assert row["n"] == 12 and row["mean"] == pytest.approx(v.mean())
+    assert (row["ci_low"], row["ci_high"]) != naive

@@ -148,7 +148,7 @@ def write_report(out_dir: str | Path, *, plots: bool = True, html: bool = True) 
         ),
         None,
     )
-    seed_files = write_seed_report(stats, out, params=seed_params) if len(stats) else {}
+    seed_files = write_seed_report(stats, out, params=seed_params, plots=plots) if len(stats) else {}
     figs: dict = {}
     if plots:
         from .plots import all_plots

@@ -23,6 +23,7 @@ import pandas as pd
 
 from ..data.transforms import image_key
 from ..metrics.seeds import DEFAULTS, held_out, miou_curve, reshape_stats, thresholds
+from ..store import atomic_write_text
 
 SEED_METRICS = ("seed_miou", "seed_miou_oracle_threshold")
 KEYS = ["model", "dataset", "method"]
@@ -191,9 +192,11 @@ def write_seed_report(
     out: str | Path,
     class_names: Mapping[tuple[str, str], Sequence[str]] | None = None,
     params: Mapping[str, Any] | None = None,
+    plots: bool = True,
 ) -> dict[str, Path]:
-    """Write ``OUT/seeds.csv``, ``OUT/seed_curves.csv`` and ``OUT/plots/seed_miou_vs_threshold.png``;
-    ``class_names`` maps ``(model, dataset)`` to the dataset's class names. Returns what was written."""
+    """Write ``OUT/seeds.csv``, ``OUT/seed_curves.csv`` (atomically) and, with ``plots``,
+    ``OUT/plots/seed_miou_vs_threshold.png``; ``class_names`` maps ``(model, dataset)`` to the dataset's class
+    names. Returns what was written."""
     out = Path(out)
     rows = _seed_rows(stats)
     if not len(rows):
@@ -202,12 +205,13 @@ def write_seed_report(
     for (model, dataset), g in rows.groupby(["model", "dataset"], sort=False):
         tables.append(seeds_table(g, (class_names or {}).get((model, dataset)), params))
     written = {"seeds": out / "seeds.csv", "curves": out / "seed_curves.csv"}
-    pd.concat(tables, ignore_index=True).to_csv(written["seeds"], index=False)
+    atomic_write_text(written["seeds"], pd.concat(tables, ignore_index=True).to_csv(index=False))
     curves = seed_curves(rows, params)
-    curves.to_csv(written["curves"], index=False)
-    png = plot_seed_curves(curves, out / "plots" / "seed_miou_vs_threshold.png")
-    if png is not None:
-        written["plot"] = png
+    atomic_write_text(written["curves"], curves.to_csv(index=False))
+    if plots:
+        png = plot_seed_curves(curves, out / "plots" / "seed_miou_vs_threshold.png")
+        if png is not None:
+            written["plot"] = png
     return written
 
 

@@ -6,7 +6,9 @@
   ``metric = "mean_rank"`` row per (model, dataset, method): the method's rank averaged over the quality
   metrics (cost metrics -- latency, memory -- keep their own ranked rows but stay out of the mean: they
   measure the machine, and their timing noise would reorder the quality ranking from run to run).
-  Dataset-level metrics (``register_metric(level="dataset")``) get ``mean`` = the metric's ``compute``
+  Multi-label runs (``target = "labels"``, row ids ``image#class``): the mean is over the (image, class)
+  rows, the CI a cluster bootstrap over images (an image's classes are resampled together), ``n`` the
+  number of images. Dataset-level metrics (``register_metric(level="dataset")``) get ``mean`` = the metric's ``compute``
   over the per-image statistics of all images and a bootstrap CI over images. Baselines (``baseline``
   column: random, center, oracle) are shown beside every metric as references: no rank, no group, not in
   ``mean_rank``. ``group``, ``avg_rank`` and ``cd``: the rank statistics of
@@ -29,6 +31,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ..data.transforms import image_key
 from . import ranking as R
 from .ranking import resample_values
 
@@ -77,21 +80,40 @@ def _seed_for(seed: int, key: tuple) -> int:
     return int(h[:8], 16)
 
 
-def bootstrap_ci(values: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+def bootstrap_ci(
+    values: np.ndarray,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    clusters: Sequence[str] | None = None,
+) -> tuple[float, float]:
     """Percentile bootstrap CI of the mean of ``values`` (NaNs dropped), vectorised over resamples.
 
     One ``[n_boot, n]`` index draw from ``numpy.random.default_rng(seed)``; ``n = 1`` gives a zero-width
-    interval, ``n = 0`` gives NaNs.
+    interval, ``n = 0`` gives NaNs. ``clusters`` (one label per value, e.g. the image of a multi-label
+    ``(image, class)`` row): the cluster bootstrap (Field & Welsh 2007), which resamples whole clusters
+    with replacement and takes the mean of all their rows, so rows of one image are never treated as
+    independent; ``n`` is then the number of clusters.
     """
     v = np.asarray(values, dtype=np.float64)
-    v = v[np.isfinite(v)]
+    finite = np.isfinite(v)
+    v = v[finite]
     if v.size == 0:
         return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    a = (1.0 - level) / 2.0
+    if clusters is not None:
+        codes, uniq = pd.factorize(np.asarray(list(clusters), dtype=object)[finite])
+        if len(uniq) == 1:
+            return float(v.mean()), float(v.mean())
+        sums = np.bincount(codes, weights=v, minlength=len(uniq))
+        counts = np.bincount(codes, minlength=len(uniq)).astype(np.float64)
+        draws = rng.integers(0, len(uniq), size=(n_boot, len(uniq)))
+        lo, hi = np.quantile(sums[draws].sum(axis=1) / counts[draws].sum(axis=1), [a, 1.0 - a])
+        return float(lo), float(hi)
     if v.size == 1:
         return float(v[0]), float(v[0])
-    rng = np.random.default_rng(seed)
     means = v[rng.integers(0, v.size, size=(n_boot, v.size))].mean(axis=1)
-    a = (1.0 - level) / 2.0
     lo, hi = np.quantile(means, [a, 1.0 - a])
     return float(lo), float(hi)
 
@@ -222,8 +244,13 @@ def ranked_leaderboard(
     dl = {k[3] for k in sgroups}
     for key, g in ok[~ok["metric"].isin(dl)].groupby(KEYS, sort=True):
         v = g["value"].to_numpy(dtype=np.float64)
-        lo, hi = bootstrap_ci(v, n_boot=n_boot, seed=_seed_for(seed, key))
-        rows.append((*key, float(v.mean()), lo, hi, int(v.size)))
+        images = [image_key(i) for i in g["image_id"]]
+        if len(set(images)) < len(images):  # multi-label rows (image#class): resample images, n = images
+            lo, hi = bootstrap_ci(v, n_boot=n_boot, seed=_seed_for(seed, key), clusters=images)
+            rows.append((*key, float(v.mean()), lo, hi, len(set(images))))
+        else:
+            lo, hi = bootstrap_ci(v, n_boot=n_boot, seed=_seed_for(seed, key))
+            rows.append((*key, float(v.mean()), lo, hi, int(v.size)))
     computes: dict[tuple, Callable] = {}
     for key, (arr, ids) in sgroups.items():
         model, dataset, _, metric = key
@@ -233,7 +260,7 @@ def ranked_leaderboard(
         )
         value = fn(arr, ids) if len(ids) else float("nan")
         lo, hi = bootstrap_stat(fn, arr, ids, n_boot=n_boot, seed=_seed_for(seed, key))
-        rows.append((*key, value, lo, hi, len(ids)))
+        rows.append((*key, value, lo, hi, len({image_key(i) for i in ids})))  # n = images (multi-label too)
     lb = pd.DataFrame(rows, columns=KEYS + ["mean", "ci_low", "ci_high", "n"])
     if lb.empty:
         return Ranked(

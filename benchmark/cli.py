@@ -398,7 +398,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:  # no command: run the quick suite (global options such as --plugin kept)
         args = parser.parse_args([*argv, "run"])
     try:
-        _select_cpu_kernels(args.cpu_kernels)  # before anything imports torch
+        _select_cpu_kernels(args.cpu_kernels, compile=bool(getattr(args, "compile", False)))  # before torch loads
     except ValueError as exc:
         print(f"error: {exc} (from --cpu-kernels or CAMBENCH_CPU_KERNELS)", file=sys.stderr)
         return 2

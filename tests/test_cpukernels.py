@@ -80,3 +80,34 @@ def test_the_test_session_runs_the_clis_kernels() -> None:
 
     if os.environ.get("CAMBENCH_CPU_KERNELS", "portable") == "portable":
         assert torch.backends.cpu.get_cpu_capability() == "AVX2"
+
+
+@needs_avx2
+def test_compile_runs_leave_aten_uncapped() -> None:
+    """inductor's CPU code returns NaN under ATEN_CPU_CAPABILITY=avx2 (torch 2.14): --compile keeps ATen native."""
+    probe = (
+        "import os; from benchmark.cpukernels import select; select('portable', compile=True)\n"
+        "import torch; print('CAP', torch.backends.cpu.get_cpu_capability(), os.environ.get('ONEDNN_MAX_CPU_ISA'))"
+    )
+    clean = {k: v for k, v in os.environ.items() if k not in cpukernels.PORTABLE_ENV}
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, env=clean, capture_output=True, text=True, timeout=300, check=True
+    ).stdout
+    native = subprocess.run(
+        [sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"],
+        env=clean,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert f"CAP {native} AVX2" in out
+
+
+def test_the_cli_tells_select_whether_the_run_compiles(monkeypatch: pytest.MonkeyPatch) -> None:
+    from benchmark import cli
+
+    seen = []
+    monkeypatch.setattr(cli, "_select_cpu_kernels", lambda mode, compile=False: seen.append((mode, compile)) or {})
+    cli.main(["--cpu-kernels", "portable", "run", "no_such_suite", "--compile"])
+    cli.main(["list", "suites"])
+    assert seen == [("portable", True), ("portable", False)]

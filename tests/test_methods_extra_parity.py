@@ -167,7 +167,8 @@ def test_finercam_is_gradcam_of_the_contrast() -> None:
         for j in refs:
             gj = _raw("gradcam", model, "layer3", x[i : i + 1], [int(j)]).raw[0]
             expected[i] -= 0.7 / 2 * gj
-    torch.testing.assert_close(fin, expected, rtol=1e-4, atol=1e-6 * float(expected.abs().max()))
+    # float32: the contrast cancels most of Grad-CAM, so the absolute tolerance is relative to the map scale
+    torch.testing.assert_close(fin, expected, rtol=1e-4, atol=1e-5 * float(expected.abs().max()))
     # alpha = 0: both weightings reduce to Grad-CAM exactly (sum_j p_j y_c / sum_j p_j = y_c).
     gc = _raw("gradcam", model, "layer3", x, targets).raw
     for w in ("mean", "softmax"):

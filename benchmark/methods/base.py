@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import os
 import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -116,9 +117,18 @@ def perturbation_forward(model: nn.Module, inputs: Tensor) -> Tensor:
     cache = _COMPILED.setdefault(model, {})
     if mode not in cache:
         compile_fn = getattr(torch, "compile", None)
+        capped = os.environ.get("ATEN_CPU_CAPABILITY", "").lower() not in ("", "default")
         if compile_fn is None:
             cache[mode] = None
             _compile_warning(model, "this torch has no torch.compile")
+        elif inputs.device.type == "cpu" and capped:  # inductor's CPU kernels return NaN under the cap
+            cache[mode] = None
+            _compile_warning(
+                model,
+                f"ATEN_CPU_CAPABILITY={os.environ['ATEN_CPU_CAPABILITY']} (the portable CPU kernels) makes "
+                "inductor's CPU code return NaN with this torch; run_bench.py ... --compile leaves ATen "
+                "uncapped, or use --cpu-kernels native",
+            )
         else:
             try:
                 cache[mode] = compile_fn(model, mode=mode, dynamic=False)

@@ -43,7 +43,7 @@ from ..errors import WeightsError
 from ..types import ModelHandle
 from .base import register_model
 from .shipped import load_shipped, save_shipped, shipped_meta
-from .training import fit
+from .training import fit, top1_accuracy
 
 log = logging.getLogger(__name__)
 
@@ -220,15 +220,9 @@ def train_shapes_model(cfg: TrainConfig) -> tuple[ShapesCNN, dict[str, Any]]:
     )
 
 
-@torch.inference_mode()
 def evaluate_accuracy(model: nn.Module, dataset: ShapesDataset, batch_size: int = 200) -> float:
     """Top-1 accuracy of ``model`` on ``dataset`` (labels = the object's class)."""
-    model.eval()
-    correct = 0
-    for start in range(0, len(dataset), batch_size):
-        x, y = dataset.images_and_labels(range(start, min(len(dataset), start + batch_size)))
-        correct += int((model(_normalize(x)).argmax(1) == y).sum())
-    return correct / max(1, len(dataset))
+    return top1_accuracy(model, dataset, _normalize, batch_size)
 
 
 @contextlib.contextmanager

@@ -38,6 +38,19 @@ def top1_correct(logits: Tensor, labels: Tensor) -> int:
     return int((logits.argmax(1) == labels).sum())
 
 
+@torch.inference_mode()
+def top1_accuracy(
+    model: nn.Module, dataset: Any, normalize: Callable[[Tensor], Tensor], batch_size: int = 200
+) -> float:
+    """Top-1 accuracy of ``model`` on a synthetic dataset with ``images_and_labels(indices)``, in batches."""
+    model.eval()
+    correct = 0
+    for start in range(0, len(dataset), batch_size):
+        x, y = dataset.images_and_labels(range(start, min(len(dataset), start + batch_size)))
+        correct += top1_correct(model(normalize(x)), y)
+    return correct / max(1, len(dataset))
+
+
 def exact_match_correct(logits: Tensor, targets: Tensor) -> int:
     """Multi-label images with every class right at logit 0 (sigmoid 0.5)."""
     return int(((logits > 0).to(targets.dtype) == targets).all(1).sum())
@@ -112,4 +125,4 @@ def fit(
     return model, {"train_seconds": round(seconds, 2), "final_loss": sum(tail) / len(tail)}
 
 
-__all__ = ["PCT_START", "exact_match_correct", "fit", "top1_correct"]
+__all__ = ["PCT_START", "exact_match_correct", "fit", "top1_accuracy", "top1_correct"]

@@ -26,7 +26,7 @@ from ..types import ModelHandle
 from .base import register_model
 from .shipped import has_shipped, load_shipped, save_shipped
 from .synthetic import load_checkpoint
-from .training import fit
+from .training import fit, top1_accuracy
 
 #: Bump when the architecture or the training loop changes: it is part of the training hash.
 TRAINER_VERSION = 1
@@ -123,15 +123,9 @@ def train_volume_model(cfg: VolumeTrainConfig = DEFAULT_CONFIG) -> tuple[VolumeC
     )
 
 
-@torch.inference_mode()
 def evaluate_accuracy(model: nn.Module, dataset: VolumesDataset, batch_size: int = 50) -> float:
     """Top-1 accuracy of ``model`` on ``dataset`` (labels = the lesion's class)."""
-    model.eval()
-    correct = 0
-    for start in range(0, len(dataset), batch_size):
-        x, y = dataset.images_and_labels(range(start, min(len(dataset), start + batch_size)))
-        correct += int((model(normalize(x)).argmax(1) == y).sum())
-    return correct / max(1, len(dataset))
+    return top1_accuracy(model, dataset, normalize, batch_size)
 
 
 def train_and_ship(cfg: VolumeTrainConfig = DEFAULT_CONFIG, n_test: int = 200) -> dict[str, Any]:

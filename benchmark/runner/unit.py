@@ -15,7 +15,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -39,6 +39,9 @@ from .plan import (
     _make_batches,
 )
 from .suite import Experiment, Suite
+
+if TYPE_CHECKING:
+    from ..metrics import MetricContext as MetricContextT
 
 #: The two kinds of perturbation of the meta-evaluation, in order (docs/metrics.md, "Meta-evaluation").
 META_KINDS = ("minor", "disruptive")
@@ -101,6 +104,33 @@ class ExecOptions:
 
 
 # -- one unit --------------------------------------------------------------------------------------
+
+
+def _metric_contexts(
+    model: torch.nn.Module,
+    batch: Batch,
+    saliency: dict[str, torch.Tensor],
+    explain: Callable,
+    seed: int,
+    batch_size: int,
+    reexplain_methods: tuple[str, ...] | str,
+) -> tuple[MetricContextT, MetricContextT]:
+    """The batch's metric context, and its twin for the metrics that re-explain (robustness, sanity, cost):
+    that one sees only the suite's ``reexplain_methods``; both share one cache and one curve store, so paired
+    metrics still share their re-explanations."""
+    from ..metrics import MetricContext
+
+    mctx = MetricContext(
+        model=model,
+        batch=batch,
+        saliency=saliency,
+        explain=explain,
+        seed=seed,
+        batch_size=batch_size,
+        method_meta=_method_meta(saliency),
+    )
+    re_sal = {m: v for m, v in saliency.items() if _reexplained(m, reexplain_methods)}
+    return mctx, dataclasses.replace(mctx, saliency=re_sal, cache=mctx.cache, curves=mctx.curves)
 
 
 def _reexplained(method: str, selection: tuple[str, ...] | str) -> bool:
@@ -195,7 +225,7 @@ def run_unit(
 
 def _run_unit(suite: Suite, unit: Unit, progress: Callable[[int], None] | None, opts: ExecOptions) -> UnitResult:
     from .. import methods as M
-    from ..metrics import METRICS, MetricContext, compute_metrics, missing_needs
+    from ..metrics import METRICS, compute_metrics, missing_needs
 
     t_unit = time.perf_counter()
     exp = suite.experiments[unit.experiment]
@@ -299,19 +329,7 @@ def _run_unit(suite: Suite, unit: Unit, progress: Callable[[int], None] | None, 
             )
 
         # 2. every metric (each scores all methods of the batch at once)
-        mctx = MetricContext(
-            model=model,
-            batch=batch,
-            saliency=saliency,
-            explain=explain_fn,
-            seed=seed,
-            batch_size=fbs,
-            method_meta=_method_meta(saliency),
-        )
-        # Metrics that re-explain (robustness, sanity, cost) see only the suite's reexplain_methods; the
-        # contexts share one cache, so paired metrics still share their re-explanations.
-        re_sal = {m: v for m, v in saliency.items() if _reexplained(m, exp.reexplain_methods)}
-        mctx_re = dataclasses.replace(mctx, saliency=re_sal, cache=mctx.cache, curves=mctx.curves)
+        mctx, mctx_re = _metric_contexts(model, batch, saliency, explain_fn, seed, fbs, exp.reexplain_methods)
         for metric in unit.metrics:
             if missing_needs(metric, mctx):
                 continue
@@ -520,7 +538,7 @@ def _meta_batch(
     metrics are left out (the test compares per-image scores); a method or metric that fails under a
     perturbed model gives no rows there (the report uses the images both scorings have)."""
     from .. import methods as M
-    from ..metrics import METRICS, MetricContext, compute_metrics, missing_needs
+    from ..metrics import METRICS, compute_metrics, missing_needs
 
     ids = list(batch.ids)
     with torch.inference_mode():
@@ -546,17 +564,7 @@ def _meta_batch(
                 sal[name] = M.run_method(ectx, name, exp.method_params.get(name)).maps
             except Exception:
                 continue
-        mctx = MetricContext(
-            model=mp,
-            batch=batch,
-            saliency=sal,
-            explain=explain_fn,
-            seed=seed,
-            batch_size=fbs,
-            method_meta=_method_meta(sal),
-        )
-        re_sal = {m: v for m, v in sal.items() if _reexplained(m, exp.reexplain_methods)}
-        mctx_re = dataclasses.replace(mctx, saliency=re_sal, cache=mctx.cache, curves=mctx.curves)
+        mctx, mctx_re = _metric_contexts(mp, batch, sal, explain_fn, seed, fbs, exp.reexplain_methods)
         for metric in unit.metrics:
             meta = METRICS.entry(metric).meta
             if meta.get("level", "image") == "dataset" or missing_needs(metric, mctx):

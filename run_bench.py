@@ -2,6 +2,7 @@
 
 import sys
 
-from benchmark.cli import main
+if __name__ == "__main__":  # a spawned worker (dask, loky) re-imports this file: it must not run a command
+    from benchmark.cli import main
 
-sys.exit(main())
+    sys.exit(main())

@@ -120,6 +120,11 @@ def _parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="rebuild tables, plots and report.html of a run directory")
     rep.add_argument("dir")
     rep.add_argument("--no-plots", action="store_true")
+    rep.add_argument(
+        "--partial",
+        action="store_true",
+        help="write the tables of an unfinished run, marked 'incomplete: k of n units' (default: refuse, exit 2)",
+    )
 
     c = sub.add_parser("compare", help="regression gate: exit 1 if a method got worse than the baseline")
     c.add_argument("dir", help="run directory (or a leaderboard.csv) to check")
@@ -161,7 +166,7 @@ def _plugins(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .outdir import RunLock, check_out_dir
+    from .outdir import RunLock, check_out_dir, safe_name
     from .runner.suite import load_suite
 
     suite = load_suite(args.suite)
@@ -170,9 +175,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise CambenchError(f"--limit must be a positive number of images, got {args.limit}.")
     if args.workers is not None and args.workers < 1:
         raise CambenchError(f"--workers must be a positive number of processes, got {args.workers}.")
-    out = Path(args.out) if args.out else Path("results") / suite.name
+    out = Path(args.out) if args.out else Path("results") / safe_name(suite.name)
     check_out_dir(out)  # before importing torch, models or data
-    RunLock(out).acquire().release()  # another run into `out` is refused now, not after the imports
+    RunLock(out).acquire().release(remove=True)  # another run into `out` is refused now, not after the imports
     from .report.build import summary_text, write_report
     from .runner import ExecOptions, load_registries, run_suite
 
@@ -322,7 +327,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     read_run(args.dir)  # a directory without a run says so first
     check_out_dir(args.dir, flag="report", create=False)
     with RunLock(args.dir):  # not while a run writes into it
-        rep = write_report(args.dir, plots=not args.no_plots)
+        # a results folder is data: only plugins the user names here are imported, never run.json's
+        rep = write_report(args.dir, plots=not args.no_plots, plugins=_plugins(args), partial=args.partial)
+    if rep.incomplete:
+        print(f"warning: {rep.incomplete} (see {Path(args.dir) / 'incomplete.txt'})", file=sys.stderr)
     text = summary_text(rep.run, rep.leaderboard)
     if text:
         print(text)

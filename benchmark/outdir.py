@@ -9,17 +9,22 @@ read-only mounts or immutable attributes.
 :class:`RunLock` is the lock file ``OUT/.cambench.lock``: an exclusive ``fcntl.flock`` where available
 (released by the kernel when the process dies), with the holder's pid recorded in the file. A second run
 into the same directory fails at once naming that pid and the lock file; a lock file left by a process that
-is no longer running is taken over with a note.
+is no longer running is taken over with a note. The lock file is opened with ``O_NOFOLLOW`` (a symbolic
+link there is refused, never followed) and removed when the run ends without an error.
+
+:func:`safe_name` turns a suite name into one path component (the default ``results/<name>``).
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from .errors import CambenchError
 
@@ -190,29 +195,49 @@ class RunLock:
         except (OSError, ValueError, IndexError):
             return None
 
+    def _open(self) -> int:
+        """Open (or create) the lock file without following a symbolic link (``O_NOFOLLOW``): a link
+        planted at the lock's name can never make a run truncate the file it points to."""
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+        try:
+            return os.open(self.path, flags, 0o666)
+        except OSError as exc:
+            if self.path.is_symlink() or exc.errno == errno.ELOOP:
+                raise OutputDirError(
+                    f"the lock file {self.path} is a symbolic link, which cambench never follows; remove the "
+                    f"link (rm {self.path}) or pass --out a different directory."
+                ) from None
+            if self.path.is_dir() or exc.errno == errno.EISDIR:
+                raise OutputDirError(
+                    f"the lock file {self.path} is a directory; remove it (rmdir {self.path}) or pass --out a "
+                    f"different directory."
+                ) from None
+            raise OutputDirError(f"cannot open the lock file {self.path}: {_reason(exc)}; {_fix('--out')}.") from None
+
     def acquire(self) -> RunLock:
         self.out.mkdir(parents=True, exist_ok=True)
         try:
             import fcntl
         except ImportError:  # pragma: no cover - Windows: a pid file created exclusively
             fcntl = None  # type: ignore[assignment]
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            if fcntl is not None:
+        for _ in range(8):  # the file may be removed by the run that held it between our open and flock
+            fd = self._open()
+            try:
+                self._lock(fd, fcntl)
+                st, now = os.fstat(fd), None
                 try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    raise self._busy(self._read_pid(fd)) from None
-                except OSError as exc:  # a filesystem without flock (some NFS): fall back to the pid
-                    if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
-                        raise
-                    old = self._read_pid(fd)
-                    if old and old != os.getpid() and _alive(old):
-                        raise self._busy(old) from None
-            else:  # pragma: no cover
-                old = self._read_pid(fd)
-                if old and old != os.getpid() and _alive(old):
-                    raise self._busy(old)
+                    now = os.lstat(self.path)
+                except FileNotFoundError:
+                    pass
+                if now is not None and (now.st_ino, now.st_dev) == (st.st_ino, st.st_dev):
+                    break
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)  # we locked a file another run just removed: take the new one
+        else:  # pragma: no cover - a lock file replaced eight times in a row
+            raise self._busy(None)
+        try:
             old = self._read_pid(fd)
             if old and old != os.getpid():
                 state = "no longer running" if not _alive(old) else "it no longer holds the lock"
@@ -221,18 +246,45 @@ class RunLock:
             os.lseek(fd, 0, os.SEEK_SET)
             os.write(fd, f"{os.getpid()}\n".encode())
             os.fsync(fd)
+        except OSError as exc:
+            os.close(fd)
+            raise OutputDirError(f"cannot write the lock file {self.path}: {_reason(exc)}; {_fix('--out')}.") from None
         except BaseException:
             os.close(fd)
             raise
         self._fd = fd
         return self
 
-    def release(self) -> None:
-        """Clear the pid and release the lock (the file stays: removing it would race a waiting run)."""
+    def _lock(self, fd: int, fcntl: Any) -> None:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise self._busy(self._read_pid(fd)) from None
+            except OSError as exc:  # a filesystem without flock (some NFS): fall back to the pid
+                if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+                    raise
+                old = self._read_pid(fd)
+                if old and old != os.getpid() and _alive(old):
+                    raise self._busy(old) from None
+        else:  # pragma: no cover
+            old = self._read_pid(fd)
+            if old and old != os.getpid() and _alive(old):
+                raise self._busy(old)
+
+    def release(self, remove: bool = False) -> None:
+        """Release the lock; ``remove``: delete the lock file first (after a successful run), while still
+        holding it (a run that opened the old file meanwhile notices and takes a new one)."""
         if self._fd is None:
             return
         try:
-            os.ftruncate(self._fd, 0)
+            if remove:
+                st = os.fstat(self._fd)
+                now = os.lstat(self.path)
+                if (now.st_ino, now.st_dev) == (st.st_ino, st.st_dev):
+                    os.unlink(self.path)
+            else:
+                os.ftruncate(self._fd, 0)
         except OSError:
             pass
         os.close(self._fd)  # closing the descriptor releases the flock
@@ -241,5 +293,18 @@ class RunLock:
     def __enter__(self) -> RunLock:
         return self.acquire()
 
-    def __exit__(self, *exc: object) -> None:
-        self.release()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        self.release(remove=exc_type is None)
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
+#: The longest default output folder name (a file name's limit is 255 bytes on most filesystems).
+MAX_NAME = 100
+
+
+def safe_name(name: str) -> str:
+    """``name`` as a single, harmless path component: every run of characters outside ``[A-Za-z0-9._+-]``
+    becomes ``_``, leading dots are dropped (no ``..``, no hidden folder), at most :data:`MAX_NAME` characters;
+    ``"suite"`` when nothing is left. ``results/<safe_name(suite.name)>`` can never leave ``results/``."""
+    out = _UNSAFE.sub("_", str(name)).strip("._-")[:MAX_NAME].rstrip("._-")
+    return out or "suite"

@@ -25,7 +25,7 @@ from benchmark.report.plots import curve_plots
 from benchmark.runner import load_suite, run_suite
 from benchmark.runner.unit import ScoreRows, _curves_frame
 from benchmark.schema import CURVE_COLUMNS, SCORE_COLUMNS, UnitResult
-from benchmark.store import CURVE_SCHEMA, Store, read_meta, write_parquet
+from benchmark.store import CURVE_SCHEMA, TIMINGS, Store, read_meta, write_parquet
 
 import runner_fakes
 
@@ -62,12 +62,13 @@ def to_old_layout(store: Store) -> int:
             "suite_hash": meta["suite_hash"],
             "unit": key,
             "curves": curves.to_dict(orient="list"),
-            "timings": meta["timings"],
+            "timings": pd.read_parquet(store.path(TIMINGS, key)).to_dict(orient="list"),
             "info": meta["info"],
         }
         write_parquet(part, pq.read_table(part).to_pandas(), meta)
-    if store.curves.is_dir():
-        shutil.rmtree(store.curves)
+    for folder in (store.curves, store.timings):  # the earlier layout had neither folder
+        if folder.is_dir():
+            shutil.rmtree(folder)
     return len(parts)
 
 
@@ -177,14 +178,16 @@ def test_curves_files_commit_with_their_part_and_stale_ones_are_not_read(tmp_pat
     assert not store.curves.exists()
 
 
-def test_a_part_whose_curves_file_is_missing_is_an_error_that_says_how_to_fix_it(tmp_path):
+def test_a_part_whose_curves_file_is_missing_is_quarantined_named_and_its_unit_recomputed(tmp_path):
     exp = SimpleNamespace(label="m", dataset="d")
-    store = Store(tmp_path, "h")
+    logs: list[str] = []
+    store = Store(tmp_path, "h", log=logs.append)
     store.prepare()
     store.write_unit(_unit("u1", _curves_frame(exp, {("deletion", "gradcam"): (np.ones(3), 1)})))
     store.curves_path("u1").unlink()
-    with pytest.raises(CambenchError, match=r"3 curve rows.*missing.*--fresh"):
-        store.load_curves()
+    assert store.load_curves().empty and store.done() == set()
+    assert len(logs) == 1 and "u1__h.parquet is missing" in logs[0] and "quarantine" in logs[0]
+    assert (tmp_path / "quarantine" / "u1__h.parquet").is_file() and not store.part_path("u1").exists()
 
 
 def test_an_out_dir_whose_curves_folder_is_a_file_is_refused_before_any_work(tmp_path):

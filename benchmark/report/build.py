@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
+from ..errors import CambenchError
 from ..schema import METRIC_FAMILIES
 from ..store import Store, atomic_write_text, write_parquet
 from . import tables
@@ -30,6 +31,12 @@ class Report:
     pairwise: pd.DataFrame | None = None
     equivalences: pd.DataFrame | None = None
     metric_card: pd.DataFrame | None = None
+    #: "incomplete: k of n units" when units of the run are missing (``partial=True``); None when complete
+    incomplete: str | None = None
+
+
+class IncompleteRunError(CambenchError):
+    """Units of the run are missing (interrupted, or quarantined after failing verification)."""
 
 
 def read_run(out_dir: str | Path) -> dict:
@@ -61,28 +68,89 @@ def _with_dataset_errors(fails: pd.DataFrame, run: dict) -> pd.DataFrame:
     return pd.concat([pd.DataFrame(rows, columns=fails.columns), fails], ignore_index=True)
 
 
-def baseline_methods(names: Iterable[str]) -> list[str]:
-    """The registered methods of the ``baseline`` family among ``names`` (references, never ranked)."""
+def baseline_methods(names: Iterable[str], run: dict | None = None) -> list[str]:
+    """The methods of the ``baseline`` family among ``names`` (references, never ranked): as the run
+    recorded them (``run.json``'s ``baselines``); for a record without them, cambench's own registry."""
+    if run is not None and "baselines" in run:
+        recorded = {str(m) for m in run["baselines"]}
+        return sorted(m for m in names if m in recorded)
     from ..methods import METHODS
 
     return sorted(m for m in names if m in METHODS and METHODS.entry(m).meta.get("family") == "baseline")
 
 
-def write_report(out_dir: str | Path, *, plots: bool = True, html: bool = True) -> Report:
-    """Write scores.parquet, stats.parquet, leaderboard.csv, significance.csv, rank_tests.csv, pairwise.csv,
-    equivalences.csv, metric_card.csv, kendall_tau.csv, failures.csv, timings.csv, curves.parquet, plots/*.png
-    and report.html into ``out_dir`` (from its ``run.json`` and the parts of that hash)."""
-    out = Path(out_dir)
-    run = read_run(out)
-    store = Store(out, run["suite_hash"], units=run.get("units"))
-    scores = store.load_scores()
-    stats = store.load_stats()
+def function_id(fn: object) -> str:
+    """``module:qualname`` of a function (how ``run.json`` names a dataset-level metric's reducer)."""
+    return f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', repr(fn))}"
+
+
+def check_reducers(metrics: Iterable[str], run: dict) -> None:
+    """Every dataset-level metric with stored statistics is reduced by the function the run recorded
+    (``run.json``'s ``reducers``), found in what is loaded: cambench's own metrics and the plugins the user
+    passed (``--plugin``). A results folder never names code to import; raise :class:`CambenchError` (one
+    line) when the reducer is missing or is another function than the run's."""
     from ..metrics import METRICS
 
-    if len(stats) and not set(stats["metric"]) <= set(METRICS) and run.get("plugins"):
-        from ..runner.plan import load_registries
+    recorded = run.get("reducers", {})
+    for m in sorted(set(metrics)):
+        want = recorded.get(m)
+        if m not in METRICS:
+            raise CambenchError(
+                f"the statistics of dataset-level metric {m!r} in {run.get('suite', 'this run')!r} are reduced by "
+                f"{want or 'a plugin function'}, which is not loaded; cambench never imports code named by a "
+                f"results folder: pass the plugin yourself (run_bench.py --plugin FILE report DIR)."
+            )
+        have = function_id(METRICS.entry(m).meta.get("compute"))
+        if want is not None and have != want:
+            raise CambenchError(
+                f"dataset-level metric {m!r}: the run reduced its statistics with {want}, but the loaded "
+                f"registration uses {have}; pass the plugin the run used (--plugin FILE)."
+            )
 
-        load_registries(run["plugins"])  # a plugin's dataset-level metric: its `compute` reduces the stats
+
+def write_report(
+    out_dir: str | Path,
+    *,
+    plots: bool = True,
+    html: bool = True,
+    plugins: Sequence[str] = (),
+    partial: bool = False,
+) -> Report:
+    """Write scores.parquet, stats.parquet, leaderboard.csv, significance.csv, rank_tests.csv, pairwise.csv,
+    equivalences.csv, metric_card.csv, kendall_tau.csv, failures.csv, timings.csv, curves.parquet, plots/*.png
+    and report.html into ``out_dir`` (from its ``run.json`` and the parts of that hash).
+
+    Nothing named by the folder is imported: families, directions, baselines and reducers come from
+    ``run.json``; ``plugins`` (the user's ``--plugin``) are the only code loaded besides cambench.
+
+    Every part is verified (:meth:`Store.verify`; a failing one is quarantined). When units of the run are
+    missing, raise :class:`IncompleteRunError` (one line), or with ``partial`` write the tables of the units
+    present and mark them: :attr:`Report.incomplete`, ``incomplete.txt`` and the summary."""
+    out = Path(out_dir)
+    run = read_run(out)
+    if plugins:
+        from ..plugins import load_plugins
+
+        load_plugins(plugins)
+    store = Store(out, run["suite_hash"], units=run.get("units"))
+    missing = store.missing()
+    units = list(run.get("units", []))
+    incomplete = f"incomplete: {len(units) - len(missing)} of {len(units)} units" if missing else None
+    if missing and not partial:
+        raise IncompleteRunError(
+            f"{out} holds {len(units) - len(missing)} of the {len(units)} units of suite "
+            f"{run.get('suite', '?')!r} (interrupted, or parts quarantined): rerun the same `run` command to "
+            f"finish them, or pass `report --partial` for tables marked incomplete."
+        )
+    marker = out / "incomplete.txt"
+    if incomplete:
+        atomic_write_text(marker, f"{incomplete}; missing: {', '.join(missing)}\n")
+    elif marker.is_file() and not marker.is_symlink():
+        marker.unlink()
+    scores = store.load_scores()
+    stats = store.load_stats()
+    if len(stats):
+        check_reducers(stats["metric"], run)
     directions = {k: bool(v) for k, v in run.get("directions", {}).items()}
     families = {str(k): str(v) for k, v in run.get("families", {}).items()}  # recorded by the run, not looked up
     costs = tables.cost_metrics(families)
@@ -95,7 +163,7 @@ def write_report(out_dir: str | Path, *, plots: bool = True, html: bool = True) 
         exclude_from_mean_rank=costs,
         stats=stats,
         metric_params=mparams,
-        baselines=baseline_methods(set(scores["method"]) | set(stats["method"])),
+        baselines=baseline_methods(set(scores["method"]) | set(stats["method"]), run),
         families=families,
     )
     board = ranked.board
@@ -109,7 +177,7 @@ def write_report(out_dir: str | Path, *, plots: bool = True, html: bool = True) 
     if len(perturbed):  # the suite's meta_evaluation (MetaQuantus): NR and AR columns of the card
         from .meta import meta_scores
 
-        meta = meta_scores(scores, perturbed, directions, baseline_methods(set(scores["method"])))
+        meta = meta_scores(scores, perturbed, directions, baseline_methods(set(scores["method"]), run))
     mcard = C.metric_card(
         board,
         ranked.pairwise,
@@ -171,7 +239,21 @@ def write_report(out_dir: str | Path, *, plots: bool = True, html: bool = True) 
             ),
         )
     return Report(
-        out, scores, board, sig, fails, timings, curves, figs, run, stats, ranked.tests, ranked.pairwise, equiv, mcard
+        out,
+        scores,
+        board,
+        sig,
+        fails,
+        timings,
+        curves,
+        figs,
+        run,
+        stats,
+        ranked.tests,
+        ranked.pairwise,
+        equiv,
+        mcard,
+        incomplete,
     )
 
 

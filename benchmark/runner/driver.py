@@ -79,8 +79,29 @@ def method_notes(methods: Sequence[str]) -> dict[str, str]:
     return out
 
 
+def recorded_identities(plan: Plan) -> dict[str, Any]:
+    """What the report needs of the registries, recorded by the run so that reading a results folder
+    imports nothing: the baseline methods (``baselines``) and, per dataset-level metric, the
+    ``module:qualname`` of its reducer (``reducers``; the report checks the loaded one is the same)."""
+    from ..methods import METHODS
+    from ..metrics import METRICS
+
+    methods = sorted({m for e in plan.experiments for m in e.methods})
+    reducers = {}
+    for m, level in sorted(plan.levels.items()):
+        fn = METRICS.entry(m).meta.get("compute") if level == "dataset" and m in METRICS else None
+        if fn is not None:
+            reducers[m] = f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', repr(fn))}"
+    return {
+        "baselines": [m for m in methods if METHODS.entry(m).meta.get("family") == "baseline"],
+        "method_families": {m: str(METHODS.entry(m).meta.get("family", "")) for m in methods},
+        "reducers": reducers,
+    }
+
+
 def run_record(plan: Plan, device: torch.device) -> dict:
-    """The ``run.json`` record: what the report needs without the registries (directions, families...)."""
+    """The ``run.json`` record: what the report needs without the registries (directions, families,
+    baselines, reducers: :func:`recorded_identities`)."""
     s = plan.suite
     return {
         "suite": s.name,
@@ -97,6 +118,7 @@ def run_record(plan: Plan, device: torch.device) -> dict:
         "directions": plan.directions,
         "families": plan.families,
         "levels": plan.levels,
+        **recorded_identities(plan),
         "plugins": [str(p) for p in s.plugins],
         "units": [u.key for u in plan.units],
         "method_notes": method_notes(sorted({m for e in plan.experiments for m in e.methods})),

@@ -1,0 +1,263 @@
+"""Fault injection on results folders (issue #24): a results folder is data, every stored number is verified,
+every fault ends in one line and loses nothing. Fast: one tiny run (2 units of 2 fake images), copied per test.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import subprocess
+import sys
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from benchmark.cli import main
+from benchmark.errors import CambenchError
+from benchmark.outdir import LOCK_NAME, OutputDirError, RunLock, safe_name
+from benchmark.report.build import IncompleteRunError, write_report
+from benchmark.runner import parse_suite, run_suite
+from benchmark.store import TABLES, Store, StoreError
+
+import runner_fakes
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+FAKES = Path(runner_fakes.__file__).resolve()
+SUITE = f"""
+name = "integrity"
+seed = 0
+device = "cpu"
+batch_size = 2
+shard_size = 2
+gallery = 1
+bootstrap = 20
+plugins = ["{FAKES}"]
+methods = ["gradcam", "random"]
+metrics = ["fake_inside", "fake_drop"]
+
+[[experiments]]
+model = "fake_cnn"
+dataset = "fake_shapes"
+data = {{ n = 4 }}
+"""
+
+
+def _suite():
+    return parse_suite(SUITE, default_name="integrity")
+
+
+@pytest.fixture(scope="module")
+def clean_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("clean") / "out"
+    res = run_suite(_suite(), out, quiet=True, report=partial(write_report, plots=False, html=False))
+    return out, res
+
+
+@pytest.fixture
+def run_dir(clean_run, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(clean_run[0], out, symlinks=True)
+    return out
+
+
+def _store(out: Path, log=None) -> Store:
+    run = json.loads((out / "run.json").read_text())
+    return Store(out, run["suite_hash"], log=log, units=run["units"])
+
+
+# -- results are data ------------------------------------------------------------------------------
+
+
+def test_a_symlink_at_the_lock_is_refused_and_its_target_untouched(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / LOCK_NAME).symlink_to(victim)
+    with pytest.raises(OutputDirError, match="symbolic link.*never follows"):
+        RunLock(out).acquire()
+    assert victim.read_text() == "precious"
+
+
+def test_a_directory_at_the_lock_is_one_line(tmp_path):
+    (tmp_path / LOCK_NAME).mkdir()
+    with pytest.raises(OutputDirError, match=r"is a directory; remove it \(rmdir"):
+        RunLock(tmp_path).acquire()
+
+
+def test_the_lock_is_removed_after_success_kept_after_an_error_and_still_excludes(tmp_path):
+    with RunLock(tmp_path):
+        with pytest.raises(OutputDirError, match=f"pid {os.getpid()}"):
+            RunLock(tmp_path).acquire()
+    assert not (tmp_path / LOCK_NAME).exists()
+    with pytest.raises(RuntimeError), RunLock(tmp_path):
+        raise RuntimeError("boom")
+    assert (tmp_path / LOCK_NAME).read_text() == ""  # released, pid cleared
+    with RunLock(tmp_path):  # and taken again
+        pass
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [("../../x", "x"), ("/etc/passwd", "etc_passwd"), ("..", "suite"), ("a b/c", "a_b_c"), ("x" * 300, "x" * 100)],
+)
+def test_suite_names_become_one_harmless_path_component(name, expected):
+    assert safe_name(name) == expected
+    assert (Path("results") / safe_name(name)).resolve().parent == Path("results").resolve()
+
+
+def test_fresh_deletes_only_what_cambench_wrote_and_refuses_a_linked_folder(run_dir, tmp_path):
+    mine = run_dir / "parts" / "notes.txt"
+    mine.write_text("user's file")
+    store = _store(run_dir)
+    store.prepare(fresh=True)
+    assert mine.read_text() == "user's file" and not list((run_dir / "parts").glob("*.parquet"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep__x.parquet").write_text("not cambench's")
+    shutil.rmtree(run_dir / "stats", ignore_errors=True)
+    (run_dir / "stats").symlink_to(elsewhere)
+    with pytest.raises(StoreError, match="symbolic link.*never follows links"):
+        store.prepare(fresh=True)
+    assert (elsewhere / "keep__x.parquet").read_text() == "not cambench's"
+
+
+def test_report_imports_no_plugin_named_by_the_folder(run_dir, tmp_path):
+    sentinel = tmp_path / "ran.txt"
+    evil = tmp_path / "evil_plugin.py"
+    evil.write_text(f"open({str(sentinel)!r}, 'w').write('pwned')\n")
+    run = json.loads((run_dir / "run.json").read_text())
+    run["plugins"] = [str(evil)]
+    (run_dir / "run.json").write_text(json.dumps(run))
+    rep = write_report(run_dir, plots=False, html=False)
+    assert not sentinel.exists() and len(rep.leaderboard)
+    assert set(rep.leaderboard.loc[rep.leaderboard["baseline"], "method"]) == set(run["baselines"]) == {"random"}
+
+
+def test_a_dataset_level_reducer_comes_from_the_user_never_the_folder(run_dir):
+    from benchmark.report.build import check_reducers
+
+    run = {"suite": "s", "reducers": {"plugin_metric": "someones.plugin:compute"}}
+    with pytest.raises(CambenchError, match="never imports code named by a results folder.*--plugin FILE"):
+        check_reducers(["plugin_metric"], run)
+    with pytest.raises(CambenchError, match="reduced its statistics with x:y"):
+        check_reducers(["pxap"], {"reducers": {"pxap": "x:y"}})
+
+
+def test_run_bench_py_is_guarded_for_spawned_workers():
+    root = Path(__file__).resolve().parents[1]
+    code = "import runpy; runpy.run_path('run_bench.py', run_name='__mp_main__'); print('imported')"
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "imported", done.stderr
+
+
+# -- every number verified -------------------------------------------------------------------------
+
+
+def test_every_table_of_a_unit_records_its_checksum_unit_hash_and_version(run_dir):
+    from benchmark import __version__
+    from benchmark.store import read_meta
+
+    store = _store(run_dir)
+    key = sorted(store.verify())[0]
+    meta = read_meta(store.part_path(key))
+    assert meta["unit"] == key and meta["suite_hash"] == store.hash and meta["cambench"] == __version__
+    assert set(meta["tables"]) >= {"timings", "curves", "gallery"} and len(meta["sha256"]) == 64
+    for t in TABLES:
+        if t.fmt == "parquet" and store.path(t, key).is_file():
+            assert read_meta(store.path(t, key))["sha256"] == (meta["tables"].get(t.name) or meta["sha256"])
+    assert len(store.load_timings()) and "seconds" in store.load_timings()
+
+
+def test_bit_flips_in_a_part_never_change_a_reported_score(run_dir):
+    store = _store(run_dir)
+    key = sorted(store.verify())[0]
+    part = store.part_path(key)
+    good = part.read_bytes()
+    truth = store.load_scores()
+    rng = np.random.default_rng(0)
+    for pos in rng.choice(len(good), size=60, replace=False):
+        bad = bytearray(good)
+        bad[int(pos)] ^= 1 << int(rng.integers(8))
+        part.write_bytes(bytes(bad))
+        s = _store(run_dir, log=lambda m: None)
+        got = s.load_scores()
+        if key in s.quarantined:
+            assert (run_dir / "quarantine" / part.name).is_file() and key not in set(s.verify())
+            os.replace(run_dir / "quarantine" / part.name, part)  # the companions come back for the next flip
+            for t in TABLES:
+                q = run_dir / "quarantine" / store.path(t, key).name
+                if q.exists():
+                    os.replace(q, store.path(t, key))
+        else:  # a flip the reader cannot see (e.g. in footer statistics) must change nothing
+            pd.testing.assert_frame_equal(got, truth)
+        part.write_bytes(good)
+
+
+def test_truncated_and_foreign_parts_are_named_quarantined_and_recomputed(run_dir):
+    store = _store(run_dir)
+    keys = sorted(store.verify())
+    first, second = (store.part_path(k) for k in keys)
+    second.write_bytes(first.read_bytes())  # a foreign part: another unit's under this name
+    first.write_bytes(first.read_bytes()[:100])  # truncated
+    lines: list[str] = []
+    assert _store(run_dir, log=lines.append).missing() == keys and len(lines) == 2
+    assert "cannot be read" in lines[0] and keys[0] in lines[0] and "quarantine" in lines[0]
+    assert "foreign" in lines[1] and keys[1] in lines[1]
+    assert (run_dir / "quarantine" / first.name).is_file() and not first.exists()
+    with pytest.raises(IncompleteRunError, match="0 of the 2 units.*rerun.*--partial"):
+        write_report(run_dir, plots=False, html=False)
+    assert main(["--cpu-kernels", "native", "report", str(run_dir), "--no-plots"]) == 2
+    again = run_suite(_suite(), run_dir, quiet=True, report=partial(write_report, plots=False, html=False))
+    assert sorted(again.ran) == keys and not again.reused
+
+
+def test_report_of_an_interrupted_run_refuses_or_marks_it_incomplete(run_dir, clean_run):
+    store = _store(run_dir)
+    key = sorted(store.verify())[1]
+    for t in TABLES:
+        store.path(t, key).unlink(missing_ok=True)
+    with pytest.raises(IncompleteRunError):
+        write_report(run_dir, plots=False, html=False)
+    rep = write_report(run_dir, plots=False, html=False, partial=True)
+    assert rep.incomplete == "incomplete: 1 of 2 units" and (run_dir / "incomplete.txt").is_file()
+    assert set(rep.scores["image_id"]) < set(clean_run[1].report.scores["image_id"])
+
+
+# -- faults end in one line, nothing lost ----------------------------------------------------------
+
+
+def test_disk_full_while_writing_a_unit_is_one_line_and_the_rerun_finishes(tmp_path, monkeypatch):
+    import benchmark.store as S
+
+    out = tmp_path / "out"
+    real = S.atomic_write_bytes
+
+    def full(path, data):
+        if "000002-000004" in Path(path).name:  # the first unit's files fit, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, data)
+
+    monkeypatch.setattr(S, "atomic_write_bytes", full)
+    with pytest.raises(StoreError, match="no space left on device; the units finished before are kept"):
+        run_suite(_suite(), out, quiet=True, report=False)
+    monkeypatch.setattr(S, "atomic_write_bytes", real)
+    again = run_suite(_suite(), out, quiet=True, report=False)
+    assert len(again.reused) == 1 and len(again.ran) == 1
+
+
+def test_a_read_only_parts_folder_is_refused_before_any_unit(run_dir, monkeypatch):
+    import benchmark.store as S
+
+    def read_only(*a, dir=None, **k):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(S.tempfile, "mkstemp", read_only)  # as an immutable or read-only parts/ answers
+    with pytest.raises(StoreError, match=r"cannot write into .*out/gallery: read-only filesystem; make it writable"):
+        _store(run_dir).prepare()

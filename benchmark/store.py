@@ -359,7 +359,8 @@ class Store:
         for key, rec in good.items():
             want = self.fingerprints.get(key)
             have = rec["meta"].get("fingerprint")
-            if want is None or have == want:
+            legacy = have is None and "sha256" not in rec["meta"]  # written before parts had fingerprints
+            if want is None or have == want or legacy:
                 out.add(key)
             else:
                 for reason in fingerprint_changes(have or {}, want):

@@ -261,3 +261,104 @@ def test_a_read_only_parts_folder_is_refused_before_any_unit(run_dir, monkeypatc
     monkeypatch.setattr(S.tempfile, "mkstemp", read_only)  # as an immutable or read-only parts/ answers
     with pytest.raises(StoreError, match=r"cannot write into .*out/gallery: read-only filesystem; make it writable"):
         _store(run_dir).prepare()
+
+
+# -- a resume never mixes settings -----------------------------------------------------------------
+
+PLUGIN = """
+from benchmark.methods import register_method
+from benchmark.methods.gradient import gradcam
+
+
+@register_method("integrity_tmp_cam", family="gradient", paper="tests")
+def integrity_tmp_cam(ctx):
+    return gradcam(ctx){tail}
+"""
+
+
+def test_a_changed_plugin_source_or_cpu_kernel_mode_recomputes_and_says_why(tmp_path, monkeypatch):
+    import benchmark.runner.fingerprint as F
+
+    plugin = tmp_path / "tmp_plugin.py"
+    plugin.write_text(PLUGIN.format(tail=""))
+    suite = parse_suite(
+        SUITE.replace(f'plugins = ["{FAKES}"]', f'plugins = ["{FAKES}", "{plugin}"]').replace(
+            'methods = ["gradcam", "random"]', 'methods = ["integrity_tmp_cam", "random"]'
+        ),
+        default_name="integrity",
+    )
+    out = tmp_path / "out"
+    first = run_suite(suite, out, quiet=True, report=False)
+    assert len(first.ran) == 2
+    same = run_suite(suite, out, quiet=True, report=False)
+    assert len(same.reused) == 2 and not same.ran
+    plugin.write_text(PLUGIN.format(tail=" * 1.0  # edited"))  # the source text changed
+    lines: list[str] = []
+    edited = run_suite(suite, out, quiet=True, report=False, log=lines.append)
+    assert len(edited.ran) == 2 and any(f"2 finished unit(s) recomputed: code changed ({plugin}" in m for m in lines)
+    monkeypatch.setattr(F, "describe", lambda: "AVX2 (native)")
+    lines.clear()
+    native = run_suite(suite, out, quiet=True, report=False, log=lines.append)
+    assert len(native.ran) == 2 and any("cpu_kernels changed (" in m and "-> AVX2 (native))" in m for m in lines)
+    record = json.loads((out / "run.json").read_text())
+    assert record["fingerprints"]["fake_cnn"]["cpu_kernels"] == "AVX2 (native)"
+
+
+def test_checkpoint_hashes_are_cached_by_mtime_and_size(tmp_path):
+    from benchmark.runner.fingerprint import file_sha256
+
+    ckpt = tmp_path / "w.pt"
+    ckpt.write_bytes(b"a" * 64)
+    first = file_sha256(ckpt)
+    assert first == __import__("hashlib").sha256(b"a" * 64).hexdigest()
+    ckpt.write_bytes(b"b" * 64)  # new bytes: a new mtime, so hashed again
+    os.utime(ckpt, ns=(1, 1))
+    assert file_sha256(ckpt) != first
+    assert file_sha256(ckpt) == __import__("hashlib").sha256(b"b" * 64).hexdigest()
+
+
+# -- validation closes the gaps --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("table", "key"),
+    [
+        ("[metric_params.pointing_game]\ntolerance = nan", "pointing_game.tolerance"),
+        ("[metric_params.mask_iou]\nthreshold = nan", "mask_iou.threshold"),
+        ("[metric_params.max_sensitivity]\nradius = inf", "max_sensitivity.radius"),
+        ("[metric_params.fake_drop]\nsteps = -inf", "fake_drop.steps"),
+    ],
+)
+def test_non_finite_numbers_are_refused_at_load(table, key):
+    with pytest.raises(
+        CambenchError, match=rf"`metric_params\.{key}` = -?(nan|inf): numbers in a suite must be finite"
+    ):
+        parse_suite(SUITE.replace("[[experiments]]", f"{table}\n\n[[experiments]]"), default_name="x")
+
+
+def test_non_finite_parameters_from_python_are_refused_too():
+    from benchmark.runner.validate import check_kwargs
+
+    def blur(images, sigma: float = 1.0):
+        return images
+
+    with pytest.raises(CambenchError, match="`sigma` = nan: parameters must be finite"):
+        check_kwargs(blur, {"sigma": float("nan")}, "[metric_params.blur]")
+
+
+def test_bounds_on_n_names_and_suite_files_are_checked_before_planning(tmp_path):
+    with pytest.raises(
+        CambenchError, match=r"`data.n` must be a number of images from 1 to 1,000,000, got 1000000000.0"
+    ):
+        parse_suite(SUITE.replace("n = 4", "n = 1e9"), default_name="x")
+    with pytest.raises(CambenchError, match="`data.n` must be a number of images"):
+        parse_suite(SUITE.replace("n = 4", "n = 1_000_000_000"), default_name="x")
+    with pytest.raises(CambenchError, match="`label` is 300 characters long.*at most 100"):
+        parse_suite(SUITE.replace("[[experiments]]", f'[[experiments]]\nlabel = "{"l" * 300}"'), default_name="x")
+    binary = tmp_path / "b.toml"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+    from benchmark.runner.suite import load_suite
+
+    with pytest.raises(CambenchError, match="not a UTF-8 text file"):
+        load_suite(binary)
+    assert main(["--cpu-kernels", "native", "run", str(binary), "--out", str(tmp_path / "o")]) == 2

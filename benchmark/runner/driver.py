@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 
 from ..errors import CambenchError
+from .fingerprint import unit_fingerprints
 from .plan import Plan, load_registries, plan_run
 from .suite import Suite
 from .unit import ExecOptions, resolve_device, run_unit
@@ -225,10 +226,15 @@ def _run_locked(
     log = progress.log
     plan = plan_run(suite, limit, precision=options.precision)
     device = resolve_device(suite.device)
-    store = Store(out, plan.hash, log, units=[u.key for u in plan.units])
+    fingerprints = unit_fingerprints(plan)  # plugin sources, checkpoint bytes, CPU kernels, versions
+    store = Store(out, plan.hash, log, units=[u.key for u in plan.units], fingerprints=fingerprints)
     store.prepare(fresh)
     record = run_record(plan, device)
-    record.update(precision=options.precision, backend=backend)
+    record.update(
+        precision=options.precision,
+        backend=backend,
+        fingerprints={plan.experiments[u.experiment].label: fingerprints[u.key] for u in plan.units},
+    )
     atomic_write_text(out / "run.json", json.dumps(record, indent=1, default=str))
     for e in plan.experiments:
         for msg in e.data_errors:

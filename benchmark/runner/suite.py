@@ -48,6 +48,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import math
 import os
 import re
 import tomllib
@@ -292,11 +293,11 @@ def load_suite(spec: str | os.PathLike) -> Suite:
                 f"Suite file {spec_s!r} does not exist. Pass a path to a .toml file or the name of a "
                 f"suite ({', '.join(list_suites()) or 'none found'})."
             )
-        return parse_suite(path.read_text(encoding="utf-8"), path=str(path.resolve()))
+        return parse_suite(_read_text(path), path=str(path.resolve()))
     for folder in suite_search_path():
         candidate = folder / f"{spec_s}.toml"
         if candidate.is_file():
-            return parse_suite(candidate.read_text(encoding="utf-8"), path=str(candidate.resolve()))
+            return parse_suite(_read_text(candidate), path=str(candidate.resolve()))
     packaged = packaged_suites()
     if spec_s in packaged:
         return parse_suite(packaged[spec_s], path=f"benchmark/suites/{spec_s}.toml", default_name=spec_s)
@@ -309,6 +310,47 @@ def load_suite(spec: str | os.PathLike) -> Suite:
     )
 
 
+#: The most images one experiment may ask for (``data.n``): a bound checked before planning allocates.
+MAX_IMAGES = 1_000_000
+#: The longest suite name, experiment label, model or dataset name (they name files and folders).
+MAX_NAME_LENGTH = 100
+
+
+def _read_text(path: Path) -> str:
+    """A suite file's text; a file that is not UTF-8 text (a binary file) is one line."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise SuiteError(
+            f"{path}: is not a UTF-8 text file (byte {exc.start} cannot be decoded); a suite is a TOML text "
+            "file (see suites/quick.toml)."
+        ) from None
+
+
+def _check_finite(value: Any, key: str, where: str) -> None:
+    """Refuse a NaN or infinite number anywhere in a suite: no parameter of cambench takes one (a NaN
+    tolerance, threshold, radius or sigma would give every method the same meaningless score)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise SuiteError(
+            f"{where}: `{key}` = {value!r}: numbers in a suite must be finite; give a finite value (or remove "
+            "the key for its default)."
+        )
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_finite(v, f"{key}.{k}" if key else str(k), where)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_finite(v, f"{key}[{i}]", where)
+
+
+def _check_name(value: str, what: str, where: str) -> None:
+    if len(value) > MAX_NAME_LENGTH:
+        raise SuiteError(
+            f"{where}: `{what}` is {len(value)} characters long ({value[:24]!r}...); it names files and "
+            f"folders, so at most {MAX_NAME_LENGTH} characters: give a shorter one."
+        )
+
+
 def parse_suite(text: str, path: str | None = None, default_name: str | None = None) -> Suite:
     """Parse and validate the TOML ``text`` of a suite (``path`` is used in messages only)."""
     where = path or "<suite>"
@@ -316,11 +358,13 @@ def parse_suite(text: str, path: str | None = None, default_name: str | None = N
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise SuiteError(f"{where}: invalid TOML: {exc}.") from None
+    _check_finite(raw, "", where)
     _check_keys(raw, SUITE_DEFAULTS, where)
     cfg = {k: raw.get(k, v) for k, v in SUITE_DEFAULTS.items()}
     name = cfg["name"] or default_name or (Path(path).stem if path else None)
     if not isinstance(name, str) or not name:
         raise SuiteError(f'{where}: the suite needs a `name = "..."`.')
+    _check_name(name, "name", where)
     for key in ("seed", "batch_size", "shard_size", "forward_batch_size", "gallery", "bootstrap", "meta_perturbations"):
         v = cfg[key]
         if not isinstance(v, int) or isinstance(v, bool) or v < (0 if key in ("seed", "gallery") else 1):
@@ -394,6 +438,14 @@ def _experiment(raw: Any, i: int, cfg: Mapping[str, Any], where: str) -> Experim
     label = raw.get("label", raw["model"])
     if not isinstance(label, str) or not label:
         raise SuiteError(f"{w}: `label` must be a non-empty string (it names the model column), got {label!r}.")
+    for what, value in (("label", label), ("model", raw["model"]), ("dataset", raw["dataset"])):
+        _check_name(value, what, w)
+    n = raw.get("data", {}).get("n")
+    if isinstance(n, (int, float)) and not isinstance(n, bool) and not 1 <= n <= MAX_IMAGES:  # types: plan
+        raise SuiteError(
+            f"{w}: `data.n` must be a number of images from 1 to {MAX_IMAGES:,}, got {n!r}; pass a "
+            f"smaller n (or --limit N)."
+        )
     weights = raw.get("weights", "default")
     if not isinstance(weights, str):
         raise SuiteError(f'{w}: `weights` must be "default", "random" or a checkpoint path.')

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections.abc as cabc
 import inspect
+import math
 import os
 import types
 import typing
@@ -189,8 +190,15 @@ def check_kwargs(
 
     ``where`` names the suite table (``experiment #0 (...): data``); ``defaults``: registered defaults,
     used for parameters without a hint. ``unknown_ok``: accept names ``fn`` does not declare (default: when
-    ``fn`` takes ``**kwargs``).
+    ``fn`` takes ``**kwargs``). A NaN or infinite number is refused for every parameter (no parameter of
+    cambench documents one; a suite built in Python meets the same rule as a TOML file).
     """
+    for key, value in kwargs.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise SuiteError(
+                f"{where}: `{key}` = {value!r}: parameters must be finite numbers; give a finite value (or "
+                "remove the key for its default)."
+            )
     params = _parameters(fn)
     var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     if unknown_ok is None:

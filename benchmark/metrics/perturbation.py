@@ -85,15 +85,39 @@ def _check_saliency(saliency: Tensor) -> Tensor:
     return flat
 
 
-def pixel_order(saliency: Tensor, *, descending: bool = True, rise_ties: bool = False) -> Tensor:
+#: The resolution at which a map is ranked, relative to its range (``max - min``): values are rounded to
+#: ``2**-12`` of the range (:func:`rank_levels`) before any order is taken, so that maps equal up to float
+#: noise (e.g. Grad-CAM and XGrad-CAM on a GAP + linear head, ~1e-7 apart) rank their pixels the same on
+#: every CPU. Pixels within one level are ties, ordered by index. See docs/reproducibility.md.
+RANK_RESOLUTION = 2.0**-12
+
+
+def rank_levels(values: Tensor, resolution: float | None = RANK_RESOLUTION) -> Tensor:
+    """``values [N, P]`` as integer levels (float64) of ``resolution`` times each row's range:
+    ``round((v - min) / (max - min) / resolution)`` computed in float64 (every step exactly rounded, so the
+    levels of a given map are the same on every CPU); a constant row is all level 0. ``None``: the values
+    as they are (exact float order)."""
+    if resolution is None:
+        return values
+    x = values.double()
+    lo = x.amin(dim=1, keepdim=True)
+    span = x.amax(dim=1, keepdim=True) - lo
+    span = torch.where(span > 0, span, torch.ones_like(span))
+    return torch.round((x - lo) / span / resolution)
+
+
+def pixel_order(
+    saliency: Tensor, *, descending: bool = True, rise_ties: bool = False, resolution: float | None = RANK_RESOLUTION
+) -> Tensor:
     """Per-image pixel order ``[N, H*W]`` (flat indices, most salient first when ``descending``).
 
+    The map is ranked at ``resolution`` of its range (:func:`rank_levels`; ``None``: exact float order).
     Ties are broken deterministically by a stable sort: the lower flat (raster) index comes first.
     ``rise_ties=True`` puts the higher index first, matching RISE's ``np.flip(np.argsort(sal))``.
     For ``descending=False`` (least relevant first) the lower index also comes first among ties
     (``rise_ties`` then puts the higher index first).
     """
-    flat = _check_saliency(saliency)
+    flat = rank_levels(_check_saliency(saliency), resolution)
     if rise_ties:
         rev = torch.flip(flat, dims=[1])
         idx = torch.sort(rev, dim=1, descending=descending, stable=True).indices
@@ -110,13 +134,15 @@ def order_to_rank(order: Tensor) -> Tensor:
     return torch.empty_like(order).scatter_(1, order, pos)
 
 
-def patch_order(saliency: Tensor, patch_size: int, *, descending: bool = True) -> Tensor:
+def patch_order(
+    saliency: Tensor, patch_size: int, *, descending: bool = True, resolution: float | None = RANK_RESOLUTION
+) -> Tensor:
     """Pixel order that perturbs whole ``patch_size x patch_size`` regions at a time.
 
     Regions (a non-overlapping grid in raster order, as Quantus ``RegionPerturbation``) are ranked by the
-    sum of the saliency inside them (stable sort, lower region index first among ties); pixels inside a
-    region follow raster order. Perturbing ``j * patch_size**2`` pixels then removes exactly ``j``
-    regions. H and W must be multiples of ``patch_size``.
+    sum of the saliency inside them at ``resolution`` (:func:`rank_levels`; stable sort, lower region index
+    first among ties); pixels inside a region follow raster order. Perturbing ``j * patch_size**2`` pixels
+    then removes exactly ``j`` regions. H and W must be multiples of ``patch_size``.
     """
     if saliency.ndim != 3:
         raise ValueError(f"patch_order needs [N,H,W] maps; got shape {tuple(saliency.shape)}.")
@@ -125,7 +151,7 @@ def patch_order(saliency: Tensor, patch_size: int, *, descending: bool = True) -
     if h % p or w % p:
         raise ValueError(f"Image size {h}x{w} is not a multiple of patch_size={p}; pad the images or pick a divisor.")
     gh, gw = h // p, w // p
-    sums = _check_saliency(saliency).view(n, gh, p, gw, p).sum(dim=(2, 4)).reshape(n, gh * gw)
+    sums = rank_levels(_check_saliency(saliency).view(n, gh, p, gw, p).sum(dim=(2, 4)).reshape(n, gh * gw), resolution)
     region_rank = order_to_rank(torch.sort(sums, dim=1, descending=descending, stable=True).indices)
     # pixel (y, x) belongs to region (y//p, x//p) and has offset (y%p)*p + x%p inside it
     ys = torch.arange(h, device=saliency.device)

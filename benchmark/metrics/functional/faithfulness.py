@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from ..perturbation import (
     OOM_ERRORS,
+    RANK_RESOLUTION,
     batched_scores,
     image_scores,
     order_to_rank,
@@ -125,6 +126,7 @@ def causal_curves(
     blur_klen: int = 11,
     blur_sigma: float = 5.0,
     rise_ties: bool = False,
+    rank_resolution: float | None = RANK_RESOLUTION,
     image_index: Tensor | None = None,
     batch_size: int = 64,
     oom_errors: tuple[type[BaseException], ...] = OOM_ERRORS,
@@ -147,7 +149,7 @@ def causal_curves(
     if targets.shape != (n,):
         raise ValueError(f"targets must be [N]={n}; got shape {tuple(targets.shape)}.")
     ks = _resolve_steps(hw, step, n_steps)
-    orders = pixel_order(saliency.to(images.device), rise_ties=rise_ties)
+    orders = pixel_order(saliency.to(images.device), rise_ties=rise_ties, resolution=rank_resolution)
     other = _substrate(substrate, images, blur_klen, blur_sigma)
     if mode == "deletion":
         start, finish = images, other
@@ -184,6 +186,7 @@ def deletion_auc(
     return_curve: bool = False,
     batch_size: int = 64,
     rise_ties: bool = False,
+    rank_resolution: float | None = RANK_RESOLUTION,
     blur_klen: int = 11,
     blur_sigma: float = 5.0,
     oom_errors: tuple[type[BaseException], ...] = OOM_ERRORS,
@@ -210,6 +213,7 @@ def deletion_auc(
         blur_klen=blur_klen,
         blur_sigma=blur_sigma,
         rise_ties=rise_ties,
+        rank_resolution=rank_resolution,
         batch_size=batch_size,
         oom_errors=oom_errors,
     )
@@ -230,6 +234,7 @@ def insertion_auc(
     return_curve: bool = False,
     batch_size: int = 64,
     rise_ties: bool = False,
+    rank_resolution: float | None = RANK_RESOLUTION,
     blur_klen: int = 11,
     blur_sigma: float = 5.0,
     oom_errors: tuple[type[BaseException], ...] = OOM_ERRORS,
@@ -254,6 +259,7 @@ def insertion_auc(
         blur_klen=blur_klen,
         blur_sigma=blur_sigma,
         rise_ties=rise_ties,
+        rank_resolution=rank_resolution,
         batch_size=batch_size,
         oom_errors=oom_errors,
     )
@@ -633,6 +639,7 @@ def road_curves(
     batch_size: int = 64,
     oom_errors: tuple[type[BaseException], ...] = OOM_ERRORS,
     imputer: str = "cg",
+    rank_resolution: float | None = RANK_RESOLUTION,
 ) -> Tensor:
     """ROAD curves ``[N, P]``: target score after imputing the removed fraction ``p`` of each row's pixels.
 
@@ -665,7 +672,9 @@ def road_curves(
     keys = (image_index if noise_keys is None else noise_keys).cpu().tolist()
     ks = road_removal_counts(h * w, percentages, count_rule)
     p = ks.shape[0]
-    ranks = order_to_rank(pixel_order(saliency.to(images.device), descending=order == "morf"))
+    ranks = order_to_rank(
+        pixel_order(saliency.to(images.device), descending=order == "morf", resolution=rank_resolution)
+    )
     if imputer == "exact":
         ranks = ranks.cpu()
 
@@ -711,6 +720,7 @@ def road(
     batch_size: int = 64,
     oom_errors: tuple[type[BaseException], ...] = OOM_ERRORS,
     imputer: str = "cg",
+    rank_resolution: float | None = RANK_RESOLUTION,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """ROAD (Rong et al., ICML 2022): mean target probability over removal fractions ``percentages``.
 
@@ -738,6 +748,7 @@ def road(
         batch_size=batch_size,
         oom_errors=oom_errors,
         imputer=imputer,
+        rank_resolution=rank_resolution,
     )
     value = curve.mean(dim=1)
     return (value, curve) if return_curve else value

@@ -25,6 +25,7 @@ from scipy import ndimage
 from torch import Tensor
 
 from ...errors import DimensionError
+from ..perturbation import RANK_RESOLUTION, rank_levels
 
 _EIGHT = np.ones((3, 3), dtype=bool)  # 8-connectivity structure
 _FOUR = ndimage.generate_binary_structure(2, 1)
@@ -61,7 +62,9 @@ def _check_boxes(saliency: Tensor, boxes: Sequence[Tensor]) -> None:
 # ------------------------------------------------------------------------------------------------
 # Pointing game
 # ------------------------------------------------------------------------------------------------
-def pointing_game(saliency: Tensor, gt_mask: Tensor, tolerance: float = 15) -> Tensor:
+def pointing_game(
+    saliency: Tensor, gt_mask: Tensor, tolerance: float = 15, resolution: float | None = RANK_RESOLUTION
+) -> Tensor:
     """Pointing game hit (1.0) or miss (0.0) per image (Zhang et al. 2016; TorchRay; docs/metrics.md#pointing_game).
 
     ``tolerance > 0`` (TorchRay): the point ``p`` is the **first** maximum of the map in raster order,
@@ -71,6 +74,8 @@ def pointing_game(saliency: Tensor, gt_mask: Tensor, tolerance: float = 15) -> T
     For ``tolerance > 0`` a constant map points at pixel ``(0, 0)``.
     Volumes and clips ``[B,T,H,W]``: the first maximum in raster order of the volume, a ball of radius
     ``tolerance`` voxels.
+    Maxima are taken at ``resolution`` of the map's range (:func:`~benchmark.metrics.perturbation.rank_levels`):
+    values within one level of the maximum are maxima, so float noise cannot move the point; ``None``: exact.
     Returns ``Tensor[B]`` float: 1/0, or NaN when the mask is empty (TorchRay skips such images).
     """
     _check_maps(saliency, gt_mask)
@@ -78,10 +83,10 @@ def pointing_game(saliency: Tensor, gt_mask: Tensor, tolerance: float = 15) -> T
         raise ValueError(f"tolerance must be >= 0 pixels; got {tolerance}.")
     mask = gt_mask.bool()
     if saliency.ndim == 4 and tolerance != 0:
-        return _pointing_game_3d(saliency, mask, tolerance)
+        return _pointing_game_3d(saliency, mask, tolerance, resolution)
     b = saliency.shape[0]
     h, w = saliency.shape[-2:]
-    flat = saliency.reshape(b, -1)
+    flat = rank_levels(saliency.reshape(b, -1), resolution)  # maxima at a stated resolution, raster ties
     if tolerance == 0:
         at_max = flat == flat.max(dim=1, keepdim=True).values
         hit = (at_max & mask.reshape(b, -1)).any(dim=1)
@@ -96,10 +101,12 @@ def pointing_game(saliency: Tensor, gt_mask: Tensor, tolerance: float = 15) -> T
     return torch.where(mask.flatten(1).any(dim=1), out, torch.full_like(out, float("nan")))
 
 
-def _pointing_game_3d(saliency: Tensor, mask: Tensor, tolerance: float) -> Tensor:
+def _pointing_game_3d(
+    saliency: Tensor, mask: Tensor, tolerance: float, resolution: float | None = RANK_RESOLUTION
+) -> Tensor:
     """:func:`pointing_game` with ``tolerance > 0`` on ``[B,T,H,W]``: a ball of ``tolerance`` voxels."""
     b, t, h, w = saliency.shape
-    idx = saliency.reshape(b, -1).argmax(dim=1)  # first maximum in raster order
+    idx = rank_levels(saliency.reshape(b, -1), resolution).argmax(dim=1)  # first maximum in raster order
     pt, rem = (idx // (h * w)).float(), idx % (h * w)
     py, px = (rem // w).float(), (rem % w).float()
     dev, f32 = saliency.device, torch.float32

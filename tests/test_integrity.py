@@ -362,3 +362,15 @@ def test_bounds_on_n_names_and_suite_files_are_checked_before_planning(tmp_path)
     with pytest.raises(CambenchError, match="not a UTF-8 text file"):
         load_suite(binary)
     assert main(["--cpu-kernels", "native", "run", str(binary), "--out", str(tmp_path / "o")]) == 2
+
+
+def test_weights_train_is_accepted_by_planning_as_documented(tmp_path, monkeypatch):
+    from benchmark.errors import WeightsError
+    from benchmark.runner import plan_run
+
+    monkeypatch.chdir(tmp_path)  # no file named "train" here
+    suite = parse_suite(SUITE.replace("[[experiments]]", '[[experiments]]\nweights = "train"'), default_name="x")
+    assert len(plan_run(suite).units) == 2
+    missing = parse_suite(SUITE.replace("[[experiments]]", '[[experiments]]\nweights = "w.pt"'), default_name="x")
+    with pytest.raises(WeightsError, match='"default", "random", "train" or the path'):
+        plan_run(missing)

@@ -212,10 +212,10 @@ def _check_environment(suite: Suite) -> None:
                 f"Suite {suite.name!r}: the data root {root!r} of dataset {e.dataset!r} does not exist. "
                 "Point the suite's `root` (or its environment variable, or --data-root) at your copy."
             )
-        if e.weights not in ("default", "random") and not Path(e.weights).expanduser().is_file():
+        if e.weights not in ("default", "random", "train") and not Path(e.weights).expanduser().is_file():
             raise WeightsError(
                 f"Suite {suite.name!r}: the checkpoint {e.weights!r} for model {e.model!r} does not exist. "
-                'Use weights = "default", "random" or the path of a saved state_dict.'
+                'Use weights = "default", "random", "train" or the path of a saved state_dict.'
             )
 
 

@@ -374,3 +374,12 @@ def test_weights_train_is_accepted_by_planning_as_documented(tmp_path, monkeypat
     missing = parse_suite(SUITE.replace("[[experiments]]", '[[experiments]]\nweights = "w.pt"'), default_name="x")
     with pytest.raises(WeightsError, match='"default", "random", "train" or the path'):
         plan_run(missing)
+
+
+@pytest.mark.parametrize("address", ["garbage", "not an address", "/etc/passwd"])
+def test_a_bad_scheduler_address_is_one_line_before_any_work(address):
+    from benchmark.runner.parallel import execute_units
+
+    units = execute_units(_suite(), [], unit_fn=None, setup_fn=None, options=None, backend="dask", scheduler=address)
+    with pytest.raises(CambenchError, match="is not a dask scheduler address; pass one such as tcp://"):
+        next(units)

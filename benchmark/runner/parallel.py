@@ -31,6 +31,7 @@ import contextlib
 import logging
 import os
 import queue
+import re
 import tempfile
 import threading
 import uuid
@@ -269,6 +270,11 @@ def execute_units(
         raise CambenchError(f"--workers must be >= 1, got {workers}.")
     if scheduler is not None and backend != "dask":
         raise CambenchError(f"--scheduler is a dask option; add --backend dask (got --backend {backend}).")
+    if scheduler is not None and not _SCHEDULER_ADDRESS.match(str(scheduler)):
+        raise CambenchError(
+            f"--scheduler {scheduler!r} is not a dask scheduler address; pass one such as tcp://10.0.0.5:8786 or "
+            "localhost:8786 (printed by `dask scheduler`)."
+        )
     units = list(units)
     if not units:
         return
@@ -320,6 +326,10 @@ def kept_environ() -> Iterator[None]:
         os.environ.update(saved)
 
 
+#: A dask scheduler address: ``protocol://host[:port]`` or ``host:port``.
+_SCHEDULER_ADDRESS = re.compile(r"^(?:[a-z][a-z0-9+.-]*://[^\s/]+|[A-Za-z0-9._-]+:\d{1,5})$")
+
+
 def _dask(suite, units, workers, scheduler, client, options, plugins, token, progress, fns) -> Iterator[UnitResult]:
     try:
         from distributed import Client, LocalCluster, as_completed
@@ -331,7 +341,7 @@ def _dask(suite, units, workers, scheduler, client, options, plugins, token, pro
         if scheduler:
             try:
                 client = Client(scheduler, timeout="30s")
-            except OSError as exc:
+            except (OSError, ValueError, TypeError) as exc:
                 raise CambenchError(
                     f"Cannot reach the dask scheduler at {scheduler!r} ({exc}). Start one with "
                     "`dask scheduler` and workers with `dask worker ADDRESS`, or drop --scheduler."

@@ -383,3 +383,55 @@ def test_a_bad_scheduler_address_is_one_line_before_any_work(address):
     units = execute_units(_suite(), [], unit_fn=None, setup_fn=None, options=None, backend="dask", scheduler=address)
     with pytest.raises(CambenchError, match="is not a dask scheduler address; pass one such as tcp://"):
         next(units)
+
+
+LOKY_SCRIPT = """
+import os, sys
+from types import SimpleNamespace
+import pandas as pd
+from benchmark.errors import CambenchError
+from benchmark.runner import ExecOptions, parse_suite
+from benchmark.runner.parallel import execute_units
+from benchmark.schema import UnitResult
+
+
+def setup(plugins):
+    return None
+
+
+def unit_fn(suite, unit, options=None):  # the worker of unit "b" dies (once, or always)
+    if unit.key == "b" and (unit.always or not os.path.exists(unit.marker)):
+        open(unit.marker, "w").write("died")
+        os._exit(9)  # as a killed or OOM-killed worker
+    return UnitResult(unit.key, pd.DataFrame(), pd.DataFrame(), pd.DataFrame(), info={"n_images": 1})
+
+
+if __name__ == "__main__":
+    import benchmark.runner.parallel as P
+
+    P.WORKER_RETRIES = 1  # fewer pools to start (each imports torch)
+    suite = parse_suite(sys.argv[1], default_name="x")
+    for always in (False, True):
+        units = [SimpleNamespace(key=k, marker=sys.argv[2] + str(always), always=always) for k in "ab"]
+        run = execute_units(suite, units, unit_fn=unit_fn, setup_fn=setup, options=ExecOptions(threads=1),
+                            backend="loky", workers=2)
+        try:
+            print(always, sorted(r.key for r in run), flush=True)
+        except CambenchError as exc:
+            print(always, "error:", exc, flush=True)
+"""
+
+
+@pytest.mark.slow  # four loky pools, each importing torch: ~90 s on the shared 2-core machine
+def test_a_dead_loky_worker_is_retried_then_the_run_stops_in_one_line(tmp_path):
+    script = tmp_path / "loky_deaths.py"
+    script.write_text(LOKY_SCRIPT)
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    done = subprocess.run(
+        [sys.executable, str(script), SUITE, str(tmp_path / "m")], capture_output=True, text=True, timeout=240, env=env
+    )
+    lines = done.stdout.splitlines()
+    assert done.returncode == 0 and lines[0] == "False ['a', 'b']", done.stdout + done.stderr[-2000:]
+    assert "resubmitting 1 unit(s) (1 of 1)" in done.stderr
+    assert lines[1].startswith("True error: a worker process died 2 times") and "rerun with fewer --workers" in lines[1]

@@ -27,7 +27,7 @@ def _noisy(maps: torch.Tensor, scale: float = 1e-7, seed: int = 1) -> torch.Tens
 
 def test_levels_are_exact_integers_of_the_stated_resolution():
     x = torch.tensor([[0.0, 0.5, 1.0, 0.5 + 0.4 * RANK_RESOLUTION], [2.0, 2.0, 2.0, 2.0]])
-    assert rank_levels(x).tolist() == [[0.0, 2048.0, 4096.0, 2048.0], [0.0, 0.0, 0.0, 0.0]]
+    assert rank_levels(x).tolist() == [[0.0, 32768.0, 65536.0, 32768.0], [0.0, 0.0, 0.0, 0.0]]
     assert rank_levels(x, None) is x
 
 

@@ -86,10 +86,10 @@ def _check_saliency(saliency: Tensor) -> Tensor:
 
 
 #: The resolution at which a map is ranked, relative to its range (``max - min``): values are rounded to
-#: ``2**-12`` of the range (:func:`rank_levels`) before any order is taken, so that maps equal up to float
+#: ``2**-16`` of the range (:func:`rank_levels`) before any order is taken, so that maps equal up to float
 #: noise (e.g. Grad-CAM and XGrad-CAM on a GAP + linear head, ~1e-7 apart) rank their pixels the same on
 #: every CPU. Pixels within one level are ties, ordered by index. See docs/reproducibility.md.
-RANK_RESOLUTION = 2.0**-12
+RANK_RESOLUTION = 2.0**-16
 
 
 def rank_levels(values: Tensor, resolution: float | None = RANK_RESOLUTION) -> Tensor:

@@ -48,6 +48,7 @@ from ..schema import UnitResult
 from .suite import Suite
 
 BACKENDS = ("sequential", "loky", "dask")
+_log = logging.getLogger("benchmark.runner")
 
 #: ``unit_fn(suite, unit, progress=None, options=None) -> UnitResult``: computes one unit (the runner's
 #: :func:`benchmark.runner.execute.run_unit`). A module-level function, so loky and dask can pickle it.
@@ -299,19 +300,51 @@ def _cpu_threads(suite: Suite, options: Any, workers: int) -> Any:
     return options
 
 
+#: How many times the units in flight are resubmitted after a worker process died (killed, out of memory).
+WORKER_RETRIES = 2
+
+
 def _loky(suite, units, workers, options, plugins, token, progress, fns) -> Iterator[UnitResult]:
+    """Units on a loky pool; a dead worker (``TerminatedWorkerError``) restarts the pool on the units not
+    yet finished, at most :data:`WORKER_RETRIES` times, then the run stops with one line (finished units
+    are already committed by the driver)."""
     from joblib import Parallel, delayed
+    from joblib.externals.loky.process_executor import TerminatedWorkerError
 
     options = _cpu_threads(suite, options, workers)
-    par = Parallel(n_jobs=workers, backend="loky", return_as="generator_unordered", batch_size=1, pre_dispatch="n_jobs")
-    gen = par(delayed(_work)(suite, u, options, plugins, token, *fns) for u in units)
-    try:
-        for result in gen:
-            if progress is not None:
-                progress(int(result.info.get("n_images", 0)))
-            yield result
-    finally:
-        gen.close()  # an early exit aborts the units not started
+    left = list(units)
+    deaths = 0
+    while left:
+        par = Parallel(
+            n_jobs=workers,  # as first sized (1 would run the units in this process)
+            backend="loky",
+            return_as="generator_unordered",
+            batch_size=1,
+            pre_dispatch="n_jobs",
+        )
+        gen = par(delayed(_work)(suite, u, options, plugins, token, *fns) for u in left)
+        try:
+            for result in gen:
+                if progress is not None:
+                    progress(int(result.info.get("n_images", 0)))
+                left = [u for u in left if u.key != result.key]
+                yield result
+        except TerminatedWorkerError:
+            deaths += 1
+            if deaths > WORKER_RETRIES:
+                raise CambenchError(
+                    f"a worker process died {deaths} times (killed, or out of memory) with {len(left)} unit(s) "
+                    f"left, e.g. {left[0].key}; finished units are kept: rerun with fewer --workers (or "
+                    "--backend sequential) to resume."
+                ) from None
+            _log.warning(
+                "cambench: a worker process died (killed, or out of memory); resubmitting %d unit(s) (%d of %d).",
+                len(left),
+                deaths,
+                WORKER_RETRIES,
+            )
+        finally:
+            gen.close()  # an early exit aborts the units not started
 
 
 @contextlib.contextmanager

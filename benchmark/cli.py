@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from functools import partial
@@ -417,6 +418,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "compare": cmd_compare,
         "train-models": cmd_train_models,
     }
+    previous = _terminate_as_interrupt()
     try:
         return handlers[args.command](args)
     except (CambenchError, FileNotFoundError) as exc:
@@ -428,6 +430,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished units are kept; rerun the same command to resume.", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate_as_interrupt() -> Any:
+    """Make SIGTERM (``kill PID``, a batch scheduler's stop) end the command as Ctrl-C does: the run stops,
+    its worker processes are ended (:mod:`benchmark.runner.parallel`), finished units are kept. Returns the
+    previous handler (None outside the main thread, where handlers cannot be set)."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        return None
 
 
 def _silence_stdout() -> None:

@@ -435,3 +435,19 @@ def test_a_dead_loky_worker_is_retried_then_the_run_stops_in_one_line(tmp_path):
     assert done.returncode == 0 and lines[0] == "False ['a', 'b']", done.stdout + done.stderr[-2000:]
     assert "resubmitting 1 unit(s) (1 of 1)" in done.stderr
     assert lines[1].startswith("True error: a worker process died 2 times") and "rerun with fewer --workers" in lines[1]
+
+
+def test_sigterm_ends_a_command_like_ctrl_c_keeping_finished_units(monkeypatch, capsys):
+    import signal
+
+    import benchmark.cli as cli
+
+    def killed(args):
+        os.kill(os.getpid(), signal.SIGTERM)  # as `kill PID` or a batch scheduler's stop
+        raise AssertionError("SIGTERM did not stop the command")
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(cli, "cmd_list", killed)
+    assert cli.main(["--cpu-kernels", "native", "list", "methods"]) == 130
+    assert "interrupted: finished units are kept" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is before

@@ -300,6 +300,16 @@ def _cpu_threads(suite: Suite, options: Any, workers: int) -> Any:
     return options
 
 
+def _end_loky_workers() -> None:
+    """Kill the processes of loky's reusable pool (joblib keeps them for the next call), if there is one."""
+    from joblib.externals.loky import reusable_executor
+
+    executor = getattr(reusable_executor, "_executor", None)
+    if executor is not None:
+        with contextlib.suppress(Exception):
+            executor.shutdown(wait=False, kill_workers=True)
+
+
 #: How many times the units in flight are resubmitted after a worker process died (killed, out of memory).
 WORKER_RETRIES = 2
 
@@ -329,6 +339,9 @@ def _loky(suite, units, workers, options, plugins, token, progress, fns) -> Iter
                     progress(int(result.info.get("n_images", 0)))
                 left = [u for u in left if u.key != result.key]
                 yield result
+        except (KeyboardInterrupt, GeneratorExit, CambenchError):
+            _end_loky_workers()  # an interrupted or failed run leaves no worker behind
+            raise
         except TerminatedWorkerError:
             deaths += 1
             if deaths > WORKER_RETRIES:

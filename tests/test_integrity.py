@@ -451,3 +451,20 @@ def test_sigterm_ends_a_command_like_ctrl_c_keeping_finished_units(monkeypatch, 
     assert cli.main(["--cpu-kernels", "native", "list", "methods"]) == 130
     assert "interrupted: finished units are kept" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_dask_workers_with_other_cpu_kernels_are_refused_in_one_line():
+    from benchmark.cpukernels import describe
+    from benchmark.runner.parallel import check_worker_kernels
+
+    class FakeClient:
+        def __init__(self, kernels):
+            self.kernels = kernels
+
+        def run(self, fn):
+            assert fn() == describe()  # the probe reports this process's mode where it runs
+            return self.kernels
+
+    check_worker_kernels(FakeClient({"tcp://a:1": describe(), "tcp://b:2": describe()}))
+    with pytest.raises(CambenchError, match=r"1 dask worker\(s\), e.g. tcp://b:2, compute with AVX512 \(native\)"):
+        check_worker_kernels(FakeClient({"tcp://a:1": describe(), "tcp://b:2": "AVX512 (native)"}))

@@ -17,6 +17,7 @@ from benchmark.errors import CambenchError
 from benchmark.methods.base import ExplainContext, forward_precision
 from benchmark.metrics.perturbation import memory_chunk, perturbation_curves, pixel_order, step_counts
 from benchmark.runner import ExecOptions, load_registries, parse_suite, plan_run, run_suite, run_unit
+from benchmark.runner.fingerprint import unit_fingerprints
 from benchmark.runner.parallel import claim_slot, execute_units, kept_environ, prefetch, worker_device
 from benchmark.store import Store
 
@@ -118,9 +119,10 @@ def test_resume_across_backends(suite, reference, client, tmp_path):
 
     # interrupted parallel run: the parent stops after the first finished unit
     out2 = tmp_path / "interrupted"
-    store2 = Store(out2, res.plan.hash)
+    plan = plan_run(suite)
+    store2 = Store(out2, res.plan.hash, fingerprints=unit_fingerprints(plan))  # as the driver records them
     store2.prepare()
-    units = plan_run(suite).units
+    units = plan.units
     gen = execute_units(
         suite, units, unit_fn=run_unit, setup_fn=load_registries, options=ExecOptions(), backend="dask", client=client
     )

@@ -376,6 +376,31 @@ def kept_environ() -> Iterator[None]:
 _SCHEDULER_ADDRESS = re.compile(r"^(?:[a-z][a-z0-9+.-]*://[^\s/]+|[A-Za-z0-9._-]+:\d{1,5})$")
 
 
+def _worker_kernels() -> str:
+    from ..cpukernels import describe
+
+    return describe()
+
+
+def check_worker_kernels(client: Any) -> None:
+    """Probe every dask worker's CPU-kernel mode (:func:`benchmark.cpukernels.describe`) and refuse, in one
+    line, workers that compute with other kernels than this process (whose mode ``run.json`` records): an
+    external ``dask worker`` started without the portable environment would change the numbers silently."""
+    from ..cpukernels import PORTABLE_ENV, describe
+
+    want = describe()
+    got = client.run(_worker_kernels)
+    bad = {w: k for w, k in sorted(got.items()) if k != want}
+    if bad:
+        worker, kernels = next(iter(bad.items()))
+        env = " ".join(f"{k}={v}" for k, v in PORTABLE_ENV.items())
+        raise CambenchError(
+            f"{len(bad)} dask worker(s), e.g. {worker}, compute with {kernels} CPU kernels but this run uses {want}; "
+            f"start them with the run's mode (`env {env} dask worker ADDRESS` for portable kernels) or run with "
+            f"--cpu-kernels native."
+        )
+
+
 def _dask(suite, units, workers, scheduler, client, options, plugins, token, progress, fns) -> Iterator[UnitResult]:
     try:
         from distributed import Client, LocalCluster, as_completed
@@ -400,6 +425,7 @@ def _dask(suite, units, workers, scheduler, client, options, plugins, token, pro
             own += [client, cluster]
             options = _cpu_threads(suite, options, workers)
     try:
+        check_worker_kernels(client)
         info = client.scheduler_info(n_workers=-1)
         has_gpu = any("GPU" in (w.get("resources") or {}) for w in info.get("workers", {}).values())
         wants_gpu = suite.device.startswith("cuda") or suite.device == "auto"

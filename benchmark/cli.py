@@ -31,7 +31,7 @@ from .registry import Registry
 LISTABLE = ("methods", "metrics", "models", "datasets", "suites")
 
 
-#: ``--precision`` choices; the same list as :data:`benchmark.methods.base.PRECISIONS` (checked by a test),
+#: ``--precision`` choices; the same list as :data:`benchmark.forward.PRECISIONS` (checked by a test),
 #: spelled out here so that ``--help`` does not import torch.
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 

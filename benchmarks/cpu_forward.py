@@ -3,7 +3,7 @@
     python benchmarks/cpu_forward.py                               # resnet50 and resnet18 at 224, resnet18 at 64
     python benchmarks/cpu_forward.py --model resnet50 --size 224 --batches 1,4,16,64
 
-The evidence behind two CPU defaults of the engine (``benchmark.methods.base.CPU_CHUNK_PIXELS``: at most
+The evidence behind two CPU defaults of the engine (``benchmark.forward.CPU_CHUNK_PIXELS``: at most
 2**18 input pixels per extra forward; channels_last for CNNs, ``benchmark.runner``): large batches of large
 images are slower per image on a CPU (the activations spill out of the caches), and channels_last is
 faster. Prints ms per image for each (memory format, batch), the engine's chosen chunk, and the ratio of
@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import torch
 import torchvision
 
-from benchmark.methods.base import forward_chunk
+from benchmark.forward import forward_chunk
 
 
 def per_image_ms(model: torch.nn.Module, size: int, batch: int, channels_last: bool, repeats: int) -> float:

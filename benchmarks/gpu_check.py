@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmark import methods
-from benchmark.methods.base import forward_precision, tf32
+from benchmark.forward import forward_precision, tf32
 from benchmark.metrics import MetricContext, compute_metrics
 from benchmark.types import Batch
 

@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmark import methods
-from benchmark.methods.base import PRECISIONS, cudnn_autotune, forward_compile, forward_precision
+from benchmark.forward import PRECISIONS, cudnn_autotune, forward_compile, forward_precision
 from benchmark.metrics import MetricContext, compute_metrics
 from benchmark.metrics.functional.faithfulness import rise_blur
 from benchmark.metrics.perturbation import order_to_rank, pixel_order, step_counts
@@ -291,7 +291,7 @@ def forward_time(model, size: int, device: torch.device, batch: int, precision: 
     if channels_last:
         xb = xb.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode(), forward_precision(precision):
-        from benchmark.methods.base import forward_autocast
+        from benchmark.forward import forward_autocast
 
         with forward_autocast(device):
             model(xb[: min(batch, 8)])
@@ -391,7 +391,7 @@ def main() -> None:
     _, m0, l0, x0 = setups["cambench"]
     warm = min(args.batch, x0.shape[0]) if args.compile else 1
     run_cambench(m0, l0, x0[:warm], targets[:warm], masks[:warm], names if args.compile else names[:1], args)
-    from benchmark.methods.base import forward_chunk
+    from benchmark.forward import forward_chunk
 
     # the floor's unit cost first, so that a run cut short still prints it with the sides that finished
     fb = args.floor_batch or (256 if device.type == "cuda" else forward_chunk(256, x))

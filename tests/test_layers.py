@@ -23,6 +23,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "benchmark.outdir",
             "benchmark.seeding",
             "benchmark.cpukernels",
+            "benchmark.forward",
             "benchmark.progress",
             "benchmark.methods.capture",
             "benchmark.methods.postprocess",
@@ -30,6 +31,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ),
     ("components", ("benchmark", "benchmark.methods", "benchmark.metrics", "benchmark.models", "benchmark.data")),
     ("extension", ("benchmark.plugins",)),
+    ("evaluate", ("benchmark.evaluate",)),
     ("store", ("benchmark.store",)),
     ("runner", ("benchmark.runner",)),
     ("report", ("benchmark.report",)),
@@ -160,9 +162,15 @@ def test_metrics_read_method_facts_from_their_context() -> None:
 
 
 def test_runner_parts_point_down() -> None:
-    """Inside the runner: plan <- unit <- driver <- execute (the re-export module), never back up."""
+    """Inside the runner: resources <- plan <- unit <- driver <- execute (the re-export module), never back up."""
     graph = import_graph()
-    order = ["benchmark.runner.plan", "benchmark.runner.unit", "benchmark.runner.driver", "benchmark.runner.execute"]
+    order = [
+        "benchmark.runner.resources",
+        "benchmark.runner.plan",
+        "benchmark.runner.unit",
+        "benchmark.runner.driver",
+        "benchmark.runner.execute",
+    ]
     for i, m in enumerate(order):
         assert not graph[m] & set(order[i + 1 :]), (m, graph[m] & set(order[i + 1 :]))
     assert "benchmark.runner.execute" not in set().union(*(graph[m] for m in graph if m != "benchmark.runner"))

@@ -14,13 +14,13 @@ each image. This module does that once, for all of them:
 * the ``N x S`` perturbed inputs (rows x steps; the caller stacks methods along the rows) are never
   materialised at once: they are built chunk by chunk, and each chunk is one forward pass under
   ``torch.inference_mode()``;
-* on CPU the chunk is capped by :func:`benchmark.methods.base.forward_chunk` (at most 2**18 input
+* on CPU the chunk is capped by :func:`benchmark.forward.forward_chunk` (at most 2**18 input
   pixels: large batches of large images run slower on a CPU than small ones);
 * the chunk size adapts to memory: on CUDA the first chunk measures the peak memory per input and the
   next chunks hold as many inputs as a fraction of the free memory allows (``torch.cuda.mem_get_info``);
   an out-of-memory error halves the chunk and retries the same chunk (the results are identical
   whatever the chunk size, up to the accelerator's reduction order);
-* forwards run under :func:`benchmark.methods.base.forward_autocast` (``--precision bf16|fp16``), scores
+* forwards run under :func:`benchmark.forward.forward_autocast` (``--precision bf16|fp16``), scores
   are read in float32, and nothing inside the chunk loop synchronises host and device.
 """
 
@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..methods.base import forward_autocast, forward_chunk, perturbation_forward
+from ..forward import forward_autocast, forward_chunk, perturbation_forward
 
 #: Exceptions treated as "the chunk does not fit": the chunk is halved and retried.
 OOM_ERRORS: tuple[type[BaseException], ...] = (torch.cuda.OutOfMemoryError,)
@@ -181,7 +181,7 @@ def batched_scores(
     one item it propagates. ``score``: ``"prob"`` (softmax probability) or ``"logit"``.
     ``adaptive``: on CUDA, after the first chunk (``batch_size`` inputs), chunks hold as many inputs as
     :data:`MEMORY_FRACTION` of the free memory allows (:func:`memory_chunk`; at most :data:`MAX_CHUNK`);
-    on CPU, chunks hold at most :func:`~benchmark.methods.base.forward_chunk` inputs (sized from ``example``,
+    on CPU, chunks hold at most :func:`~benchmark.forward.forward_chunk` inputs (sized from ``example``,
     an input of the built shape, when given -- for builders whose inputs are costly, e.g. ROAD's imputations --
     else from one built item). Returns float32 ``[len(targets)]`` on ``targets``' device.
     """

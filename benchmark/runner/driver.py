@@ -19,8 +19,9 @@ import torch
 
 from ..errors import CambenchError
 from .plan import Plan, load_registries, plan_run
+from .resources import resolve_device
 from .suite import Suite
-from .unit import ExecOptions, resolve_device, run_unit
+from .unit import ExecOptions, run_unit
 
 # -- the driver ------------------------------------------------------------------------------------
 

@@ -217,7 +217,7 @@ def evaluate_batch(
         images=batch.images,
         targets=batch.targets,
         reshape=reshape,
-        batch_size=forward_batch_size,
+        forward_batch_size=forward_batch_size,
         seed=seed,
         masks=batch.masks,
     )
@@ -233,7 +233,7 @@ def evaluate_batch(
     out.capture_facts = capture_facts(ectx)
 
     def explain_fn(
-        model_: nn.Module,
+        model: nn.Module,
         images: Tensor,
         targets: Tensor,
         names: Sequence[str],
@@ -242,14 +242,14 @@ def evaluate_batch(
     ) -> dict[str, Tensor]:
         masks = batch.masks if batch.masks is not None and images.shape[0] == batch.masks.shape[0] else None
         return explain(
-            model_,
+            model,
             layer,
             images,
             targets,
             names,
             params={n: mparams[n] for n in names if n in mparams},
             reshape=reshape,
-            batch_size=forward_batch_size,
+            forward_batch_size=forward_batch_size,
             seed=seed,
             masks=masks,
             gradient_noise=gradient_noise,
@@ -262,7 +262,7 @@ def evaluate_batch(
         saliency=dict(out.maps),
         explain=explain_fn,
         seed=seed,
-        batch_size=forward_batch_size,
+        forward_batch_size=forward_batch_size,
         method_meta=method_meta(out.maps),
     )
     for metric in metrics:

@@ -49,8 +49,10 @@ def main() -> None:
     args = ap.parse_args()
     cases = [(args.model, args.size)] if args.model else [("resnet50", 224), ("resnet18", 224), ("resnet18", 64)]
     batches = [int(b) for b in args.batches.split(",")]
-    print(f"# cpu_forward: torch {torch.__version__}, {torch.get_num_threads()} threads; ms per image, best of "
-          f"{args.repeats}")
+    print(
+        f"# cpu_forward: torch {torch.__version__}, {torch.get_num_threads()} threads; ms per image, best of "
+        f"{args.repeats}"
+    )
     for name, size in cases:
         torch.manual_seed(0)
         model = getattr(torchvision.models, name)().eval()
@@ -62,8 +64,10 @@ def main() -> None:
         cells = "  ".join(f"{'CL' if cl else 'NCHW'} b{b}: {ms:6.1f}" for (cl, b), ms in row.items())
         ours = row[(True, chunk)]
         print(f"{name} {size}x{size}: {cells}")
-        print(f"  engine chunk {chunk} channels_last: {ours:.1f} ms/img; vs NCHW b1 {row[(False, 1)] / ours:.2f}x"
-              + (f", vs NCHW b64 {row[(False, 64)] / ours:.2f}x" if (False, 64) in row else ""))
+        print(
+            f"  engine chunk {chunk} channels_last: {ours:.1f} ms/img; vs NCHW b1 {row[(False, 1)] / ours:.2f}x"
+            + (f", vs NCHW b64 {row[(False, 64)] / ours:.2f}x" if (False, 64) in row else "")
+        )
 
 
 if __name__ == "__main__":

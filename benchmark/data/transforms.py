@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..errors import DataError
 from ..types import Batch, ModelHandle
-from .base import Sample
+from .base import CamDataset, Sample
 
 ResizeMode = Literal["resize", "resize_center_crop"]
 
@@ -332,7 +332,6 @@ class PerClassTargets(Dataset):
     """
 
     def __init__(self, dataset: Dataset) -> None:
-        from .base import CamDataset
 
         fn = getattr(type(dataset), "class_samples", None)
         if not callable(fn) or fn is CamDataset.class_samples:

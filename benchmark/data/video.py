@@ -31,6 +31,7 @@ from ..errors import DataError
 from ._common import IMAGE_EXTENSIONS, subset_indices
 from .base import CamDataset, Sample, register_dataset
 from .synthetic import SHAPE_CLASSES, _shape_mask
+from .volumetric import volume_box
 
 #: Bump when the drawing changes.
 CLIP_GENERATOR_VERSION = 1
@@ -43,7 +44,6 @@ VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 
 def clip_box(mask: Tensor) -> Tensor:
     """Tight ``[1,6]`` ``x1,y1,t1,x2,y2,t2`` edge box of a ``[T,H,W]`` mask (``[0,6]`` if empty)."""
-    from .volumetric import volume_box
 
     return volume_box(mask)
 

@@ -82,12 +82,17 @@ class ExplainContext:
     images: Tensor
     targets: Tensor
     reshape: Reshape | None = None
-    batch_size: int = 64
+    forward_batch_size: int = 64  # inputs per extra (perturbation) forward: the suite's forward_batch_size
     seed: int = 0
     masks: Tensor | None = None  # ground truth, for the ``oracle`` baseline only
     gradient_noise: Callable[[Tensor], Tensor] | None = None  # robustness: g -> g + noise
     _capture: Capture | None = field(default=None, repr=False)
     cache: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def batch_size(self) -> int:
+        """The former name of :attr:`forward_batch_size` (read-only; plugins written before the rename)."""
+        return self.forward_batch_size
 
     @property
     def capture(self) -> Capture:
@@ -120,14 +125,14 @@ class ExplainContext:
         return torch.randn(tuple(shape), generator=self.generator(salt)).to(self.images.device)
 
     def forward_scores(self, inputs: Tensor, index: Tensor, softmax: bool = False) -> Tensor:
-        """Target scores of ``inputs`` ``[N,...]`` for classes ``index`` ``[N]``, in chunks of batch_size.
+        """Target scores of ``inputs`` ``[N,...]`` for classes ``index`` ``[N]``, in chunks of forward_batch_size.
 
         Runs under ``torch.inference_mode`` (and :func:`forward_autocast`); returns float32 logits (or
         probabilities with ``softmax``, computed in float32). On CPU the chunks are capped by
         :func:`forward_chunk` (large batches of large images run slower there).
         """
         out = []
-        step = forward_chunk(self.batch_size, inputs)
+        step = forward_chunk(self.forward_batch_size, inputs)
         with torch.inference_mode(), forward_autocast(inputs.device):
             for i in range(0, inputs.shape[0], step):
                 logits = perturbation_forward(self.model, inputs[i : i + step]).float()
@@ -284,7 +289,7 @@ def explain_context(
 ) -> ExplainContext:
     """The :class:`ExplainContext` :func:`explain` builds: checks ``images`` (``[B,C,H,W]`` or
     ``[B,C,T,H,W]``), ``targets`` (one class per image, or one for all) and eval mode, and resolves ``layer``;
-    ``kwargs`` are the context's other fields (``reshape``, ``batch_size``, ``seed``, ``masks``...)."""
+    ``kwargs`` are the context's other fields (``reshape``, ``forward_batch_size``, ``seed``, ``masks``...)."""
     if not isinstance(images, Tensor) or images.ndim not in (4, 5):
         raise ValueError(
             f"images must be a [B,C,H,W] tensor (or [B,C,T,H,W] for volumes and clips); got "
@@ -319,7 +324,7 @@ def explain(
     *,
     params: Mapping[str, Mapping[str, Any]] | None = None,
     reshape: Reshape | None = None,
-    batch_size: int = 64,
+    forward_batch_size: int = 64,
     seed: int = 0,
     masks: Tensor | None = None,
     gradient_noise: Callable[[Tensor], Tensor] | None = None,
@@ -347,7 +352,7 @@ def explain(
         images,
         targets,
         reshape=reshape,
-        batch_size=batch_size,
+        forward_batch_size=forward_batch_size,
         seed=seed,
         masks=masks,
         gradient_noise=gradient_noise,
@@ -375,11 +380,20 @@ class Explainer:
         targets: Tensor | Sequence[int] | int,
         *,
         reshape: Reshape | None = None,
-        batch_size: int = 64,
+        forward_batch_size: int = 64,
         seed: int = 0,
         masks: Tensor | None = None,
     ) -> Tensor:
-        ctx = _context(model, layer, images, targets, reshape=reshape, batch_size=batch_size, seed=seed, masks=masks)
+        ctx = _context(
+            model,
+            layer,
+            images,
+            targets,
+            reshape=reshape,
+            forward_batch_size=forward_batch_size,
+            seed=seed,
+            masks=masks,
+        )
         return run_method(ctx, self.name, self.params).maps
 
     def __repr__(self) -> str:

@@ -63,7 +63,7 @@ class MetricContext:
     saliency: dict[str, Tensor]
     explain: ExplainFn | None = None
     seed: int = 0
-    batch_size: int = 64
+    forward_batch_size: int = 64  # inputs per extra (perturbation) forward: the suite's forward_batch_size
     curves: dict[str, dict[str, Tensor]] = field(default_factory=dict)
     #: Per-batch memo shared by metrics that need the same re-explanations (max/avg sensitivity draw the
     #: same perturbations, the two gradient-noise scores and the two randomisation similarities share
@@ -73,6 +73,11 @@ class MetricContext:
     #: runner (``{name: METHODS.entry(name).meta}``): metrics read method facts here, never the registry.
     #: A method without an entry gets each key's default (a live, gradient-based method).
     method_meta: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    @property
+    def batch_size(self) -> int:
+        """The former name of :attr:`forward_batch_size` (read-only; plugins written before the rename)."""
+        return self.forward_batch_size
 
     @property
     def methods(self) -> list[str]:

@@ -73,7 +73,7 @@ def _causal(ctx: MetricContext, name: str, mode: str, substrate: str, **params) 
         mode=mode,
         substrate=sub,
         image_index=index,
-        batch_size=ctx.batch_size,
+        batch_size=ctx.forward_batch_size,
         **params,
     )
     ctx.curves.setdefault(name, {}).update(_split(methods, curve))
@@ -81,7 +81,7 @@ def _causal(ctx: MetricContext, name: str, mode: str, substrate: str, **params) 
 
 
 @register_metric("deletion_auc", family="faithfulness", higher_is_better=False, needs=NEEDS, paper=RISE)
-def deletion(
+def deletion_auc(
     ctx: MetricContext,
     *,
     substrate: str = "zeros",
@@ -112,7 +112,7 @@ def deletion(
 
 
 @register_metric("insertion_auc", family="faithfulness", higher_is_better=True, needs=NEEDS, paper=RISE)
-def insertion(
+def insertion_auc(
     ctx: MetricContext,
     *,
     substrate: str = "blur",
@@ -144,7 +144,7 @@ def _confidence(ctx: MetricContext, **params) -> tuple[list[str], Tensor, Tensor
     if not methods:
         return [], torch.zeros(0), torch.zeros(0)
     y, o = confidence_scores(
-        ctx.model, ctx.batch.images, targets, sal, image_index=index, batch_size=ctx.batch_size, **params
+        ctx.model, ctx.batch.images, targets, sal, image_index=index, batch_size=ctx.forward_batch_size, **params
     )
     return methods, y, o
 
@@ -192,7 +192,7 @@ def _road_uncached(ctx: MetricContext, order: str, **params) -> dict[str, Tensor
         seed=ctx.seed,
         image_index=index,
         noise_keys=keys[index.cpu()],
-        batch_size=ctx.batch_size,
+        batch_size=ctx.forward_batch_size,
         **params,
     )
     return _split(methods, curve)

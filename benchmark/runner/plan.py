@@ -119,82 +119,80 @@ def plan_run(suite: Suite, limit: int | None = None, precision: str = "fp32") ->
     """
     _check_environment(suite)
     load_registries(suite.plugins)
-    exps: list[ExperimentPlan] = []
-    units: list[Unit] = []
-    directions: dict[str, bool] = {}
-    families: dict[str, str] = {}
-    levels: dict[str, str] = {}
     for i, exp in enumerate(suite.experiments):  # every value typed right, before any dataset is built
         _check_values(exp, f"experiment #{i} ({exp.label} on {exp.dataset})")
-    for i, exp in enumerate(suite.experiments):
-        where = f"experiment #{i} ({exp.label} on {exp.dataset})"
-        dataset = get_dataset(exp, suite.seed)
-        methods = _resolve_methods(exp, dataset, where, MODELS.entry(exp.model).meta.get("family"))
-        metrics = _resolve_metrics(exp, where)
-        for name in exp.metric_params:
-            _lookup(METRICS, name, f"{where}: [metric_params.{name}]")
-        mparams = {}
-        for name in [*metrics, *(m for m in exp.metric_params if m not in metrics)]:
-            try:
-                mparams[name] = METRICS.params(name, exp.metric_params.get(name))
-            except TypeError as exc:
-                raise SuiteError(f"{where}: [metric_params.{name}]: {exc}") from None
-        skipped = {}
-        for name in metrics:
-            needs = METRICS.entry(name).meta.get("needs", ())
-            has = {"masks": dataset.has_masks, "boxes": dataset.has_boxes}
-            lack = [n for n in needs if not has.get(n, True)]
-            if lack:
-                skipped[name] = f"needs {' and '.join(lack)}, which dataset {exp.dataset!r} does not provide"
-        mparams = {m: mparams[m] for m in metrics}
-        run_metrics = tuple(m for m in metrics if m not in skipped)
-        for name in metrics:
-            entry = METRICS.entry(name)
-            directions[name] = bool(entry.meta.get("higher_is_better", True))
-            families[name] = str(entry.meta.get("family", ""))
-            levels[name] = str(entry.meta.get("level", "image"))
-        n = len(dataset)
-        if limit is not None:
-            n = min(n, int(limit))
-        plan = ExperimentPlan(
-            label=exp.label,
-            model=exp.model,
-            dataset=exp.dataset,
-            n_images=n,
-            methods=methods,
-            metrics=run_metrics,
-            skipped=skipped,
-            method_params={m: METHODS.params(m, exp.method_params.get(m)) for m in methods},  # checked above
-            metric_params=mparams,
-            data_errors=dataset_errors(exp, suite.seed),
-            spec=exp,
-            index=i,
-            levels={m: levels[m] for m in metrics},
-            seed=suite.seed,
-            batch_size=suite.batch_size,
-            forward_batch_size=suite.forward_batch_size,
-            meta=MetaSettings(suite.meta_perturbations, suite.meta_minor_std, suite.meta_disruptive_std)
-            if exp.meta_evaluation
-            else None,
-        )
-        exps.append(plan)
-        for start in range(0, n, suite.shard_size):
-            stop = min(start + suite.shard_size, n)
-            units.append(
-                Unit(
-                    key=f"{i:02d}-{exp.key}-{start:06d}-{stop:06d}",
-                    experiment=i,
-                    start=start,
-                    stop=stop,
-                    methods=methods,
-                    metrics=run_metrics,
-                    gallery=max(0, min(stop, suite.gallery) - start),
-                    plan=plan,
-                )
-            )
+    exps = [_plan_experiment(suite, i, exp, limit) for i, exp in enumerate(suite.experiments)]
+    units = [u for e in exps for u in _units(suite, e)]
+    entries = {name: METRICS.entry(name) for e in exps for name in e.metric_params}  # every resolved metric
+    directions = {n: bool(e.meta.get("higher_is_better", True)) for n, e in entries.items()}
+    families = {n: str(e.meta.get("family", "")) for n, e in entries.items()}
+    levels = {n: str(e.meta.get("level", "image")) for n, e in entries.items()}
     extra = [{"methods": e.methods, "metrics": e.metrics, "mp": e.method_params, "kp": e.metric_params} for e in exps]
     hash_extra: Any = extra if precision == "fp32" else {"experiments": extra, "precision": precision}
     return Plan(suite, suite.hash(hash_extra), exps, units, directions, families, levels)
+
+
+def _plan_experiment(suite: Suite, i: int, exp: Experiment, limit: int | None) -> ExperimentPlan:
+    """Experiment ``i`` with its names and parameters resolved (and checked) once, and its run settings."""
+    where = f"experiment #{i} ({exp.label} on {exp.dataset})"
+    dataset = get_dataset(exp, suite.seed)
+    methods = _resolve_methods(exp, dataset, where, MODELS.entry(exp.model).meta.get("family"))
+    metrics = _resolve_metrics(exp, where)
+    for name in exp.metric_params:
+        _lookup(METRICS, name, f"{where}: [metric_params.{name}]")
+    mparams = {}
+    for name in [*metrics, *(m for m in exp.metric_params if m not in metrics)]:
+        try:
+            mparams[name] = METRICS.params(name, exp.metric_params.get(name))
+        except TypeError as exc:
+            raise SuiteError(f"{where}: [metric_params.{name}]: {exc}") from None
+    skipped = {}
+    has = {"masks": dataset.has_masks, "boxes": dataset.has_boxes}
+    for name in metrics:
+        lack = [n for n in METRICS.entry(name).meta.get("needs", ()) if not has.get(n, True)]
+        if lack:
+            skipped[name] = f"needs {' and '.join(lack)}, which dataset {exp.dataset!r} does not provide"
+    meta = MetaSettings(suite.meta_perturbations, suite.meta_minor_std, suite.meta_disruptive_std)
+    return ExperimentPlan(
+        label=exp.label,
+        model=exp.model,
+        dataset=exp.dataset,
+        n_images=len(dataset) if limit is None else min(len(dataset), int(limit)),
+        methods=methods,
+        metrics=tuple(m for m in metrics if m not in skipped),
+        skipped=skipped,
+        method_params={m: METHODS.params(m, exp.method_params.get(m)) for m in methods},  # checked above
+        metric_params={m: mparams[m] for m in metrics},
+        data_errors=dataset_errors(exp, suite.seed),
+        spec=exp,
+        index=i,
+        levels={m: str(METRICS.entry(m).meta.get("level", "image")) for m in metrics},
+        seed=suite.seed,
+        batch_size=suite.batch_size,
+        forward_batch_size=suite.forward_batch_size,
+        meta=meta if exp.meta_evaluation else None,
+    )
+
+
+def _units(suite: Suite, plan: ExperimentPlan) -> list[Unit]:
+    """The experiment's images cut into shards of ``suite.shard_size``, with stable keys."""
+    assert plan.spec is not None
+    out = []
+    for start in range(0, plan.n_images, suite.shard_size):
+        stop = min(start + suite.shard_size, plan.n_images)
+        out.append(
+            Unit(
+                key=f"{plan.index:02d}-{plan.spec.key}-{start:06d}-{stop:06d}",
+                experiment=plan.index,
+                start=start,
+                stop=stop,
+                methods=plan.methods,
+                metrics=plan.metrics,
+                gallery=max(0, min(stop, suite.gallery) - start),
+                plan=plan,
+            )
+        )
+    return out
 
 
 def _check_values(exp: Experiment, where: str) -> None:

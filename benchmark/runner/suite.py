@@ -22,7 +22,7 @@ A suite file looks like::
 
     [method_params.smoothgradcampp]   # hyper-parameters shared by every experiment
     n_samples = 2
-    [metric_params.deletion]
+    [metric_params.deletion_auc]
     step = 64
 
     [[experiments]]
@@ -57,6 +57,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from .. import __version__
 from ..errors import SuiteError
 
 #: Top-level keys of a suite file and their defaults.
@@ -201,7 +202,6 @@ class Suite:
 
     def hash(self, extra: Any = None) -> str:
         """Stable 12-hex-digit hash of the normalised suite, the package version and ``extra``."""
-        from .. import __version__
 
         blob = json.dumps(
             {"suite": self.normalized(), "version": __version__, "extra": extra},

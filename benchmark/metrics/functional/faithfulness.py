@@ -20,6 +20,7 @@ from scipy.ndimage import gaussian_filter
 from scipy.sparse.linalg import splu
 from torch import Tensor, nn
 
+from ...errors import DimensionError
 from ..perturbation import (
     OOM_ERRORS,
     batched_scores,
@@ -647,8 +648,6 @@ def road_curves(
     picks exact on CPU, cg elsewhere.
     """
     if images.ndim == 5:
-        from ...errors import DimensionError
-
         raise DimensionError(
             f"ROAD is not defined in 3-D yet: its noisy linear imputation solves over 2-D pixel neighbourhoods, "
             f"and these inputs are volumes or clips {tuple(images.shape)}. Use deletion_auc / insertion_auc "

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..errors import DataError
+from ..errors import DataError, InputError
 from ._common import RecordDataset, coco_mask, first_existing, load_image, resolve_target
 from .base import Sample, register_dataset
 from .voc import VOID, semantic_samples
@@ -95,7 +95,7 @@ class COCODataset(RecordDataset):
                 elif isinstance(seg, list) and all(isinstance(p, list) for p in seg):
                     segs = seg  # polygons, each a flat [x0, y0, x1, y1, ...]
                 else:
-                    raise ValueError("segmentation must be a list of polygons or an RLE dict")
+                    raise InputError("segmentation must be a list of polygons or an RLE dict")
                 per_image[int(a["image_id"])].append(
                     {
                         "label": cat_index[int(a["category_id"])],

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..errors import ContractError
+from ..errors import ContractError, InputError
 from ..forward import forward_autocast, forward_chunk, perturbation_forward
 from ..registry import Registry, declared_defaults
 from ..types import Capture, Reshape
@@ -50,7 +50,7 @@ def register_method(
     ``family`` must be one of :data:`FAMILIES`.
     """
     if family not in FAMILIES:
-        raise ValueError(
+        raise InputError(
             f"Method {name!r} has unknown family {family!r}; expected one of {FAMILIES} "
             "(docs/methods.md#families). Fix the family= of its register_method call."
         )
@@ -291,7 +291,7 @@ def explain_context(
     ``[B,C,T,H,W]``), ``targets`` (one class per image, or one for all) and eval mode, and resolves ``layer``;
     ``kwargs`` are the context's other fields (``reshape``, ``forward_batch_size``, ``seed``, ``masks``...)."""
     if not isinstance(images, Tensor) or images.ndim not in (4, 5):
-        raise ValueError(
+        raise InputError(
             f"images must be a [B,C,H,W] tensor (or [B,C,T,H,W] for volumes and clips); got "
             f"{getattr(images, 'shape', type(images).__name__)}. "
             "Add a batch dimension with images[None] for a single image."
@@ -301,9 +301,9 @@ def explain_context(
     if t.ndim == 0:
         t = t.expand(b)
     if t.shape != (b,):
-        raise ValueError(f"targets must hold one class per image ({b}); got shape {tuple(t.shape)}.")
+        raise InputError(f"targets must hold one class per image ({b}); got shape {tuple(t.shape)}.")
     if model.training:
-        raise ValueError("The model is in training mode; call model.eval() before explaining it.")
+        raise InputError("The model is in training mode; call model.eval() before explaining it.")
     # Tensors made under torch.inference_mode() (e.g. targets = model(x).argmax(1)) cannot enter the
     # gradient capture: take normal copies of them.
     with torch.inference_mode(False):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..errors import InputError
 from .base import ExplainContext, register_method
 
 
@@ -64,10 +65,10 @@ def oracle(ctx: ExplainContext, mask_dilation: int = 8) -> Tensor:
     0.767, and keeps the energy pointing game >= 0.99 (docs/scenes-and-truth.md). 0: the bare mask.
     """
     if ctx.masks is None:
-        raise ValueError("The 'oracle' baseline needs ground-truth masks; this dataset has none.")
+        raise InputError("The 'oracle' baseline needs ground-truth masks; this dataset has none.")
     d = int(mask_dilation)
     if d < 0:
-        raise ValueError(f"mask_dilation must be >= 0 pixels, got {mask_dilation}.")
+        raise InputError(f"mask_dilation must be >= 0 pixels, got {mask_dilation}.")
     m = ctx.masks.float()
     if d == 0:
         return m

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..errors import InputError
 from .base import ExplainContext, forward_autocast, register_method
 from .capture import hooked
 from .gradient import weighted_sum
@@ -55,7 +56,7 @@ def scorecam(ctx: ExplainContext, variant: str = "pgc") -> Tensor:
     (their weight is 0 by definition). The maps are unchanged; the forwards drop by that share.
     """
     if variant not in ("pgc", "official"):
-        raise ValueError(f"scorecam variant must be 'pgc' or 'official', got {variant!r}.")
+        raise InputError(f"scorecam variant must be 'pgc' or 'official', got {variant!r}.")
     a = ctx.capture.activations
     size = ctx.input_size
     out = []

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..errors import InputError
 from .base import ExplainContext, register_method
 from .gradient import spatial, weighted_sum
 from .score import interp_mode
@@ -102,7 +103,7 @@ def sscam(ctx: ExplainContext, n_samples: int = 35, std: float = 2.0) -> Tensor:
     upsampled normalised mask, defaults 35 samples, std 2.0). Seeded through :func:`sscam_noise`.
     """
     if n_samples < 1:
-        raise ValueError(f"sscam needs n_samples >= 1, got {n_samples}.")
+        raise InputError(f"sscam needs n_samples >= 1, got {n_samples}.")
     a = ctx.capture.activations
     b, c = a.shape[:2]
     size = ctx.input_size
@@ -146,7 +147,7 @@ def iscam(ctx: ExplainContext, n_samples: int = 10) -> Tensor:
     every scale (on real networks 30-60 % of the head's channels; see :func:`~.score.scorecam`).
     """
     if n_samples < 1:
-        raise ValueError(f"iscam needs n_samples >= 1, got {n_samples}.")
+        raise InputError(f"iscam needs n_samples >= 1, got {n_samples}.")
     a = ctx.capture.activations
     b, c = a.shape[:2]
     masks = tc_channel_masks(a.float(), ctx.input_size)

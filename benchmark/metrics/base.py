@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 from torch import Tensor, nn
 
+from ..errors import InputError
 from ..registry import Registry, declared_defaults
 from ..schema import METRIC_FAMILIES
 from ..types import Batch
@@ -113,16 +114,16 @@ def register_metric(
     ``[metric_params.NAME]`` may set); ``defaults`` only overrides them, for a second name sharing one
     function or a function taking ``**params`` (docs/interfaces.md, "Declaring parameters")."""
     if family not in FAMILIES:
-        raise ValueError(f"Unknown metric family {family!r}; expected one of {FAMILIES}.")
+        raise InputError(f"Unknown metric family {family!r}; expected one of {FAMILIES}.")
     if level not in LEVELS:
-        raise ValueError(f"Unknown metric level {level!r} for {name!r}; expected one of {LEVELS}.")
+        raise InputError(f"Unknown metric level {level!r} for {name!r}; expected one of {LEVELS}.")
     if level == "dataset" and not callable(compute):
-        raise ValueError(
+        raise InputError(
             f"Dataset-level metric {name!r} needs `compute=fn(stats [N,S], ids, **params) -> float`, the "
             "reduction of its per-image statistics; pass it to register_metric."
         )
     if level == "image" and compute is not None:
-        raise ValueError(f'Metric {name!r}: `compute` is only used with level="dataset"; remove it or set the level.')
+        raise InputError(f'Metric {name!r}: `compute` is only used with level="dataset"; remove it or set the level.')
     needs = tuple(needs)
     if "model" in needs:  # every metric receives the model; older plugins listed it as a need
         warnings.warn(
@@ -134,7 +135,7 @@ def register_metric(
         needs = tuple(n for n in needs if n != "model")
     bad = [n for n in needs if n not in NEEDS]
     if bad:
-        raise ValueError(
+        raise InputError(
             f"Metric {name!r} has unknown needs {bad}; expected a subset of {NEEDS}. Fix the needs= of "
             "its register_metric call."
         )
@@ -173,13 +174,13 @@ def dataset_value(name: str, stats: Any, ids: Sequence[str], params: Mapping[str
 
     entry = METRICS.entry(name)
     if entry.meta.get("level", "image") != "dataset":
-        raise ValueError(f"Metric {name!r} is a per-image metric (level='image'); dataset_value needs level='dataset'.")
+        raise InputError(f"Metric {name!r} is a per-image metric (level='image'); dataset_value needs level='dataset'.")
     arr = np.asarray(stats, dtype=np.float64)
     if arr.ndim != 2:
-        raise ValueError(f"stats of {name!r} must be [N, S]; got shape {arr.shape}.")
+        raise InputError(f"stats of {name!r} must be [N, S]; got shape {arr.shape}.")
     ids = list(ids)
     if len(ids) != arr.shape[0]:
-        raise ValueError(f"stats of {name!r} have {arr.shape[0]} rows but {len(ids)} ids were given.")
+        raise InputError(f"stats of {name!r} have {arr.shape[0]} rows but {len(ids)} ids were given.")
     keep = np.asarray(np.isfinite(arr).all(axis=1), dtype=bool)
     if not keep.any():
         return float("nan")

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from ..errors import InputError
 from .base import MetricContext, register_metric
 from .functional.faithfulness import (
     ROAD_PERCENTAGES,
@@ -43,7 +44,7 @@ def _stacked(ctx: MetricContext) -> tuple[list[str], Tensor, Tensor, Tensor]:
         return [], images.new_zeros((0, *images.shape[2:])), empty, empty.clone()
     for m in methods:
         if ctx.saliency[m].shape != (b, *images.shape[2:]):
-            raise ValueError(
+            raise InputError(
                 f"Saliency of method {m!r} has shape {tuple(ctx.saliency[m].shape)}; expected "
                 f"[B,H,W]={(b, *images.shape[2:])} at the input resolution."
             )

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from ..data.multilabel import MULTILABEL_GENERATOR_VERSION, ShapesMultiLabel
 from ..data.synthetic import SHAPE_CLASSES
 from ..data.voc import VOC_CLASSES
-from ..errors import WeightsError
+from ..errors import InputError, WeightsError
 from ..types import ModelHandle
 from .base import register_model
 from .shipped import has_shipped, load_shipped, save_shipped
@@ -52,7 +52,7 @@ class MultiLabelCNN(nn.Module):
     def __init__(self, num_classes: int = len(SHAPE_CLASSES), widths: tuple[int, ...] = (16, 32, 64, 128)) -> None:
         super().__init__()
         if len(widths) != 4:
-            raise ValueError(f"MultiLabelCNN needs 4 block widths, got {widths}.")
+            raise InputError(f"MultiLabelCNN needs 4 block widths, got {widths}.")
         chans = (3, *widths)
         for i in range(4):
             layers: list[nn.Module] = [

@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import CambenchError
+from ..plugins import load_plugins
 from ..schema import METRIC_FAMILIES
 from ..store import Store, atomic_write_text, write_parquet
 from . import tables
@@ -129,8 +130,6 @@ def write_report(
     out = Path(out_dir)
     run = read_run(out)
     if plugins:
-        from ..plugins import load_plugins
-
         load_plugins(plugins)
     store = Store(out, run["suite_hash"], units=run.get("units"))
     missing = store.missing()

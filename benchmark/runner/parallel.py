@@ -42,6 +42,7 @@ from typing import Any, TypeVar
 
 import torch
 
+from ..cpukernels import PORTABLE_ENV, describe
 from ..errors import CambenchError
 from ..progress import bars
 from ..schema import UnitResult
@@ -377,8 +378,6 @@ _SCHEDULER_ADDRESS = re.compile(r"^(?:[a-z][a-z0-9+.-]*://[^\s/]+|[A-Za-z0-9._-]
 
 
 def _worker_kernels() -> str:
-    from ..cpukernels import describe
-
     return describe()
 
 
@@ -386,8 +385,6 @@ def check_worker_kernels(client: Any) -> None:
     """Probe every dask worker's CPU-kernel mode (:func:`benchmark.cpukernels.describe`) and refuse, in one
     line, workers that compute with other kernels than this process (whose mode ``run.json`` records): an
     external ``dask worker`` started without the portable environment would change the numbers silently."""
-    from ..cpukernels import PORTABLE_ENV, describe
-
     want = describe()
     got = client.run(_worker_kernels)
     bad = {w: k for w, k in sorted(got.items()) if k != want}

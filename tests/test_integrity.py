@@ -468,3 +468,14 @@ def test_dask_workers_with_other_cpu_kernels_are_refused_in_one_line():
     check_worker_kernels(FakeClient({"tcp://a:1": describe(), "tcp://b:2": describe()}))
     with pytest.raises(CambenchError, match=r"1 dask worker\(s\), e.g. tcp://b:2, compute with AVX512 \(native\)"):
         check_worker_kernels(FakeClient({"tcp://a:1": describe(), "tcp://b:2": "AVX512 (native)"}))
+
+
+def test_a_wrong_shaped_map_never_aborts_the_map_comparison():
+    import torch
+
+    from benchmark.runner.unit import fold_map_diffs
+
+    acc: dict[str, float] = {}
+    ones = torch.ones(2, 8, 8)
+    fold_map_diffs(acc, {"a": ones, "b": ones * 0.5, "odd": torch.ones(2, 4, 4)})
+    assert acc == {"a|b": 0.5}  # the odd-shaped method is compared with none; the others still are

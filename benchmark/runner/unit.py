@@ -517,16 +517,19 @@ class Gallery:
 def fold_map_diffs(acc: dict[str, float], saliency: dict[str, torch.Tensor]) -> None:
     """Pairwise ``max |map_a - map_b|`` of one batch's maps (one batched Chebyshev ``cdist``), folded into
     ``acc`` by max: what ``equivalences.csv`` needs, a few numbers per unit instead of the maps."""
-    names = sorted(saliency)
-    if len(names) < 2:
-        return
-    with torch.inference_mode():
-        flat = torch.stack([torch.nan_to_num(saliency[m].detach().float(), nan=2.0).flatten() for m in names])
-        d = torch.cdist(flat[None], flat[None], p=float("inf"))[0].cpu().double().numpy()
-    for i, a in enumerate(names):
-        for j in range(i + 1, len(names)):
-            key = f"{a}|{names[j]}"
-            acc[key] = max(acc.get(key, 0.0), float(d[i, j]))
+    groups: dict[tuple[int, ...], list[str]] = {}
+    for m in sorted(saliency):  # a method whose maps have another shape is compared with none (never aborts)
+        groups.setdefault(tuple(saliency[m].shape), []).append(m)
+    for names in groups.values():
+        if len(names) < 2:
+            continue
+        with torch.inference_mode():
+            flat = torch.stack([torch.nan_to_num(saliency[m].detach().float(), nan=2.0).flatten() for m in names])
+            d = torch.cdist(flat[None], flat[None], p=float("inf"))[0].cpu().double().numpy()
+        for i, a in enumerate(names):
+            for j in range(i + 1, len(names)):
+                key = f"{a}|{names[j]}"
+                acc[key] = max(acc.get(key, 0.0), float(d[i, j]))
 
 
 def fold_capture_facts(acc: dict[str, float], facts: dict[str, float]) -> None:

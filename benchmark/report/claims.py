@@ -1,0 +1,263 @@
+"""Paired comparisons with verdicts: "is method A better than B on this metric, and how sure are we?".
+
+Two methods scored on the same images are paired by construction (same images, same seeds), so every
+comparison here works on the per-image differences ``d_i = s(a, i) - s(b, i)`` over the images both
+methods scored (finite values only), oriented so that ``d > 0`` means *a is better* for the metric's
+direction (``higher_is_better`` as the run recorded it).
+
+Image-level metrics (:func:`paired_comparison`):
+
+- ``mean_diff``: the mean of the oriented differences, with a seeded percentile-bootstrap 95 % CI over
+  images (Efron & Tibshirani 1993, ch. 13). The resamples are *common random numbers*: one ``[R, N]``
+  draw of image positions per experiment (:func:`experiment_draws`), shared by every method and pair, so
+  methods with identical scores get identical intervals and the CIs of several pairs are coherent;
+- ``effect``: the matched-pairs rank-biserial correlation (Kerby 2014, "The simple difference formula",
+  Comprehensive Psychology 3): ``r = (T+ - T-) / (T+ + T-)`` with ``T+`` (``T-``) the sum of the ranks of
+  ``|d_i|`` over the positive (negative) differences, zeros dropped; +1 when a wins on every image;
+- ``p_value``: the two-sided Wilcoxon (1945) signed-rank test (``zero_method="wilcox"``), scipy's exact
+  null distribution where it is exact (at most 50 non-zero differences, no tied ``|d|``), else the normal
+  approximation with tie correction (:func:`benchmark.report.ranking.wilcoxon_pvalues`);
+- ``p_holm``: Holm's (1979) step-down correction over the *family* of comparisons made together (every
+  row of one :func:`compare_family` call: all claims of a suite, all pairs of a ``--focus`` run, all rows
+  of a gate);
+- ``verdict``: ``better`` when ``p_holm < alpha`` and ``mean_diff > margin``, ``worse`` when
+  ``p_holm < alpha`` and ``mean_diff < -margin``, else ``no detectable difference``. With a margin
+  ``m > 0`` the test is run on ``d - m`` (for "better") and ``d + m`` (for "worse"): a claim "better by at
+  least m" needs the differences to sit significantly above ``m``, not only above 0;
+- ``mdd``: the minimum detectable difference at this n, the mean difference the test finds with power
+  0.8 at the family's strictest level ``alpha / m``, ``(z_{1 - alpha/(2m)} + z_{0.8}) * s_d / sqrt(n) *
+  sqrt(pi / 3)``: the paired z-test's detectable shift (``s_d`` the SD of the differences) inflated by the
+  Wilcoxon test's asymptotic relative efficiency ``3 / pi`` under normal differences (Lehmann 1975,
+  Nonparametrics, ch. 2). It is ``inf`` when no outcome on n images can reach that level (the smallest
+  two-sided Wilcoxon p is ``2^(1 - n)``): such a comparison cannot give a verdict, whatever the data.
+  "No detectable difference" with an MDD of 0.02 says "no difference larger than about 0.02"; with an MDD
+  of 0.3 it says nothing.
+
+Dataset-level metrics (MaxBoxAccV2, PxAP, seed mIoU: one value per dataset) have no per-image value to
+rank; :func:`paired_bootstrap_comparison` recomputes the metric of both methods on the same resampled
+images (the experiment's common draws), ``mean_diff`` = the difference of the full-data values, the CI the
+percentile interval of the resampled differences, ``p_value`` twice the smaller share of resampled
+differences on either side of 0 (floored at ``2^(1 - n)``, :func:`benchmark.report.ranking.bootstrap_p`),
+``effect`` the difference over its bootstrap SD (a standardised difference), ``mdd`` ``(z + z_{0.8})``
+times that SD.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from .ranking import bootstrap_p, holm, resample_values, wilcoxon_pvalues
+
+BETTER, WORSE, NO_DIFF = "better", "worse", "no detectable difference"
+POWER = 0.8
+COMPARISON_COLUMNS = [
+    "test",
+    "n",
+    "mean_diff",
+    "ci_low",
+    "ci_high",
+    "effect",
+    "p_value",
+    "p_holm",
+    "mdd",
+    "margin",
+    "verdict",
+]
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One paired comparison (module docstring); differences are oriented: > 0 means a is better."""
+
+    test: str
+    n: int
+    mean_diff: float
+    ci_low: float
+    ci_high: float
+    effect: float
+    p_value: float
+    sd: float  # SD of the differences (image level) or of the resampled differences (dataset level)
+    margin: float = 0.0
+    p_better: float = float("nan")  # p of the test on d - margin (= p_value when margin = 0)
+    p_worse: float = float("nan")  # p of the test on d + margin
+
+
+def experiment_seed(seed: int, key: Sequence[object]) -> int:
+    """A per-experiment seed: adding or removing experiments never changes another one's resamples."""
+    h = hashlib.sha256(repr((int(seed),) + tuple(map(str, key))).encode()).hexdigest()
+    return int(h[:8], 16)
+
+
+def experiment_draws(n_images: int, n_boot: int, seed: int) -> np.ndarray:
+    """The experiment's common bootstrap draws ``[n_boot, n_images]`` (image positions, with replacement)."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, max(n_images, 1), size=(n_boot, n_images))
+
+
+def rank_biserial(d: np.ndarray) -> float:
+    """Matched-pairs rank-biserial correlation of differences ``d`` (Kerby 2014): ``(T+ - T-) / (T+ + T-)``
+    over the non-zero differences, ranks of ``|d|`` with ties averaged; 0 when every difference is 0."""
+    x = np.asarray(d, dtype=np.float64)
+    x = x[np.isfinite(x) & (x != 0)]
+    if x.size == 0:
+        return 0.0
+    r = stats.rankdata(np.abs(x))
+    total = float(r.sum())
+    return float((r[x > 0].sum() - r[x < 0].sum()) / total)
+
+
+def _wilcoxon(d: np.ndarray) -> float:
+    if d.size == 0:
+        return float("nan")
+    if np.all(d == 0):
+        return 1.0
+    return float(wilcoxon_pvalues(d[None])[0])
+
+
+def _weighted_ci(d: np.ndarray, weights: np.ndarray, level: float) -> tuple[float, float]:
+    """Percentile CI of the resampled means ``W d / W 1`` (rows of ``weights`` = times each image is drawn)."""
+    tot = weights.sum(axis=1)
+    keep = tot > 0
+    if not keep.any():
+        return float("nan"), float("nan")
+    means = (weights[keep] @ d) / tot[keep]
+    a = (1.0 - level) / 2.0
+    lo, hi = np.quantile(means, [a, 1.0 - a])
+    return float(lo), float(hi)
+
+
+def draw_weights(draws: np.ndarray, n_images: int) -> np.ndarray:
+    """``W[r, i]`` = how often image ``i`` is drawn in resample ``r`` of ``draws [R, N]``."""
+    r = draws.shape[0]
+    return np.bincount((draws + n_images * np.arange(r)[:, None]).ravel(), minlength=r * n_images).reshape(r, n_images)
+
+
+def paired_comparison(
+    a: np.ndarray,
+    b: np.ndarray,
+    higher_is_better: bool,
+    *,
+    margin: float = 0.0,
+    weights: np.ndarray | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> Comparison:
+    """Paired comparison of per-image scores ``a`` and ``b`` (aligned arrays, one value per image).
+
+    Images where either value is not finite are dropped. ``weights [R, N]`` (:func:`draw_weights` of the
+    experiment's :func:`experiment_draws`) are the common bootstrap resamples; without them a fresh draw
+    from ``seed`` is used. See the module docstring for every field."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"paired_comparison needs two aligned 1-d arrays, got shapes {a.shape} and {b.shape}.")
+    if not np.isfinite(margin) or margin < 0:
+        raise ValueError(f"margin must be a finite number >= 0, got {margin!r}.")
+    sign = 1.0 if higher_is_better else -1.0
+    keep = np.isfinite(a) & np.isfinite(b)
+    d = sign * (a[keep] - b[keep])
+    n = int(d.size)
+    if n == 0:
+        nan = float("nan")
+        return Comparison("wilcoxon", 0, nan, nan, nan, nan, nan, nan, margin, nan, nan)
+    if weights is None:
+        weights = draw_weights(experiment_draws(a.size, n_boot, seed), a.size)
+    lo, hi = _weighted_ci(d, np.asarray(weights)[:, keep].astype(np.float64), level)
+    p = _wilcoxon(d)
+    p_b = p if margin == 0 else _wilcoxon(d - margin)
+    p_w = p if margin == 0 else _wilcoxon(d + margin)
+    sd = float(d.std(ddof=1)) if n > 1 else 0.0
+    return Comparison("wilcoxon", n, float(d.mean()), lo, hi, rank_biserial(d), p, sd, margin, p_b, p_w)
+
+
+def paired_bootstrap_comparison(
+    compute: Callable[[np.ndarray, list[str]], float],
+    stats_a: np.ndarray,
+    stats_b: np.ndarray,
+    ids: Sequence[str],
+    higher_is_better: bool,
+    *,
+    draws: np.ndarray,
+    margin: float = 0.0,
+    level: float = 0.95,
+) -> Comparison:
+    """Paired-bootstrap comparison of a dataset-level metric: ``compute(stats, ids)`` of both methods on
+    the same resampled images (``draws [R, N]``, positions into ``ids``; the rows of ``stats_a`` and
+    ``stats_b`` are the same images in the same order)."""
+    sign = 1.0 if higher_is_better else -1.0
+    ids = list(ids)
+    n = len(ids)
+    if n == 0:
+        nan = float("nan")
+        return Comparison("paired_bootstrap", 0, nan, nan, nan, nan, nan, nan, margin, nan, nan)
+    point = sign * (float(compute(stats_a, ids)) - float(compute(stats_b, ids)))
+    va = resample_values(compute, stats_a, ids, draws)
+    vb = resample_values(compute, stats_b, ids, draws)
+    diffs = sign * (va - vb)
+    diffs = diffs[np.isfinite(diffs)]
+    a = (1.0 - level) / 2.0
+    lo, hi = (float(x) for x in np.quantile(diffs, [a, 1.0 - a])) if diffs.size else (np.nan, np.nan)
+    sd = float(diffs.std(ddof=1)) if diffs.size > 1 else 0.0
+    p = bootstrap_p(diffs, n)
+    p_b = p if margin == 0 else bootstrap_p(diffs - margin, n)
+    p_w = p if margin == 0 else bootstrap_p(diffs + margin, n)
+    effect = point / sd if sd > 0 else (0.0 if point == 0 else float(np.sign(point)) * np.inf)
+    return Comparison("paired_bootstrap", n, point, float(lo), float(hi), float(effect), p, sd, margin, p_b, p_w)
+
+
+def min_detectable_difference(c: Comparison, alpha: float, family_size: int, power: float = POWER) -> float:
+    """The minimum difference detectable at this n (module docstring): power ``power`` at level
+    ``alpha / family_size`` (Holm's first, strictest step), ``inf`` where no outcome can reach it."""
+    m = max(int(family_size), 1)
+    level = alpha / m
+    if c.n < 1 or not np.isfinite(c.sd):
+        return float("inf")
+    z = float(stats.norm.ppf(1.0 - level / 2.0) + stats.norm.ppf(power))
+    if c.test == "wilcoxon":
+        if 2.0 ** (1 - c.n) >= level:  # even n wins out of n cannot reach the level
+            return float("inf")
+        return z * c.sd / np.sqrt(c.n) * float(np.sqrt(np.pi / 3.0))
+    if 2.0 ** (1 - c.n) >= level:  # the bootstrap p is floored at 2^(1 - n) (ranking.bootstrap_p)
+        return float("inf")
+    return z * c.sd
+
+
+def verdicts(comparisons: Sequence[Comparison], alpha: float = 0.05) -> pd.DataFrame:
+    """The family's table (``COMPARISON_COLUMNS``): Holm over the family, verdict and MDD per row.
+
+    With a margin, "better" and "worse" are two tests of each row (on ``d - m`` and ``d + m``); both enter
+    Holm's family, so a family of k rows with margins has 2k hypotheses."""
+    k = len(comparisons)
+    if k == 0:
+        return pd.DataFrame(columns=COMPARISON_COLUMNS)
+    with_margin = [c.margin > 0 for c in comparisons]
+    ps: list[float] = []
+    for c, wm in zip(comparisons, with_margin, strict=True):
+        ps += [c.p_better, c.p_worse] if wm else [c.p_value]
+    adj = holm(np.asarray(ps, dtype=np.float64))
+    rows, pos = [], 0
+    family = len([p for p in ps if np.isfinite(p)])
+    for c, wm in zip(comparisons, with_margin, strict=True):
+        if wm:
+            pb, pw = float(adj[pos]), float(adj[pos + 1])
+            pos += 2
+        else:
+            pb = pw = float(adj[pos])
+            pos += 1
+        verdict = NO_DIFF
+        if np.isfinite(pb) and pb < alpha and c.mean_diff > c.margin:
+            verdict = BETTER
+        elif np.isfinite(pw) and pw < alpha and c.mean_diff < -c.margin:
+            verdict = WORSE
+        p_holm = pb if verdict == BETTER else pw if verdict == WORSE else min(pb, pw)
+        row = asdict(c)
+        row.update(p_holm=p_holm, mdd=min_detectable_difference(c, alpha, family), verdict=verdict)
+        rows.append(row)
+    return pd.DataFrame(rows)[COMPARISON_COLUMNS]

@@ -7,7 +7,7 @@
                            [--precision fp32|tf32|bf16|fp16] [--compile]
     run_bench.py list {methods,metrics,models,datasets,suites}
     run_bench.py report DIR
-    run_bench.py compare DIR --baseline CSV [--tolerance EPS] [--all] [--require-baseline-rows]
+    run_bench.py compare DIR --baseline DIR_OR_SCORES_OR_CSV [--tolerance EPS] [--all] [--require-baseline-rows]
 
 ``--plugin MODULE_OR_FILE.py`` (repeatable, or ``CAMBENCH_PLUGINS=a,b``) imports modules that register
 extra methods, metrics, models or datasets before anything runs.
@@ -123,13 +123,19 @@ def _parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compare", help="regression gate: exit 1 if a method got worse than the baseline")
     c.add_argument("dir", help="run directory (or a leaderboard.csv) to check")
-    c.add_argument("--baseline", required=True, help="baseline leaderboard.csv")
+    c.add_argument(
+        "--baseline",
+        required=True,
+        help="baseline: a results directory or its scores.parquet (paired per-image rule), or a leaderboard.csv "
+        "(CI rule)",
+    )
     c.add_argument(
         "--tolerance",
         type=float,
         default=0.02,
         metavar="EPS",
-        help="absolute change a regression must exceed (default 0.02), besides leaving the CI",
+        help="minimum effect: absolute change a regression must exceed (default 0.02), besides the paired "
+        "test (or leaving the CI)",
     )
     c.add_argument("--all", action="store_true", help="print every row, not only the changed ones")
     c.add_argument(
@@ -377,14 +383,9 @@ def cmd_train_models(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .report.compare import compare, format_comparison, gate_failures, read_leaderboard
+    from .report.compare import compare_paths, format_comparison, gate_failures
 
-    table = compare(
-        read_leaderboard(args.dir),
-        read_leaderboard(args.baseline),
-        tolerance=args.tolerance,
-        gate_cost=args.gate_cost,
-    )
+    table = compare_paths(args.dir, args.baseline, tolerance=args.tolerance, gate_cost=args.gate_cost)
     strict = bool(args.require_baseline_rows)
     print(format_comparison(table, show_ok=args.all, require_baseline_rows=strict))
     return 1 if len(gate_failures(table, require_baseline_rows=strict)) else 0

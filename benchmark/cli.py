@@ -70,6 +70,13 @@ def _parser() -> argparse.ArgumentParser:
         "pass the contract check before any model work (repeatable)",
     )
     r.add_argument("--out", default=None, help="output directory (default: results/<suite name>)")
+    r.add_argument(
+        "--focus",
+        default=None,
+        metavar="METHOD",
+        help="claims of METHOD against every other non-baseline method on every quality metric of every "
+        "experiment (Holm over them): win/tie/loss per family here and at the top of report.html, claims.csv",
+    )
     r.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N | mps (default: the suite's)")
     r.add_argument("--limit", type=int, default=None, metavar="N", help="at most N images per experiment")
     r.add_argument("--batch-size", type=int, default=None, metavar="N", help="images per batch")
@@ -172,6 +179,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     suite = load_suite(args.suite)
     suite = suite.with_overrides(device=args.device, batch_size=args.batch_size, data_root=args.data_root)
+    if args.focus:
+        from dataclasses import replace
+
+        from .runner.suite import QUALITY, Claim
+
+        focus = Claim(method=args.focus, than="all", metrics=QUALITY, group="focus", note="--focus")
+        suite = replace(suite, claims=suite.claims + (focus,))
     if args.limit is not None and args.limit < 1:
         raise CambenchError(f"--limit must be a positive number of images, got {args.limit}.")
     if args.workers is not None and args.workers < 1:
@@ -204,6 +218,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     text = summary_text(rep.run, rep.leaderboard)
     if text:
         print(text)
+    if rep.claims is not None and len(rep.claims):
+        _print_claims(rep.claims, out)
     data = rep.scores["method"] == "(data)"
     n_err = int(((rep.scores["status"] == "error") & ~data).sum())
     if n_err:
@@ -211,6 +227,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     _print_notes(rep.run, out)
     print(f"report: {out / 'report.html'}   leaderboard: {out / 'leaderboard.csv'}")
     return 0
+
+
+def _print_claims(claims: Any, out: Path) -> None:
+    """The focused method's win/tie/loss per family, and how many suite claims got each verdict."""
+    from .report.claims import win_tie_loss
+
+    focus = claims[claims["group"] == "focus"]
+    if len(focus):
+        wtl = win_tie_loss(focus).drop(columns=["group"])
+        print(f"\n--focus {focus['method'].iloc[0]}: win / tie / loss against every other method (Holm over all):")
+        print(wtl.to_string(index=False))
+    own = claims[claims["group"] != "focus"]
+    if len(own):
+        counts = ", ".join(f"{k}: {v}" for k, v in own["verdict"].value_counts().sort_index().items())
+        print(f"\nclaims: {len(own)} comparison(s): {counts}")
+    print(f"claims: {out / 'claims.csv'}")
 
 
 def _print_notes(run: dict, out: Path) -> None:

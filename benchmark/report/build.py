@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from ..schema import METRIC_FAMILIES
 from ..store import Store, atomic_write_text, write_parquet
 from . import tables
+from .claims import claims_html
 
 
 @dataclass
@@ -30,6 +32,7 @@ class Report:
     pairwise: pd.DataFrame | None = None
     equivalences: pd.DataFrame | None = None
     metric_card: pd.DataFrame | None = None
+    claims: pd.DataFrame | None = None  # the run's claims tested (benchmark.report.claims), claims.csv
 
 
 def read_run(out_dir: str | Path) -> dict:
@@ -137,6 +140,9 @@ def write_report(out_dir: str | Path, *, plots: bool = True, html: bool = True) 
     atomic_write_text(out / "kendall_tau.csv", taus.to_csv(index=False))
     atomic_write_text(out / "failures.csv", fails.to_csv(index=False))
     atomic_write_text(out / "timings.csv", timings.to_csv(index=False))
+    claims = run_claims(run, scores, stats, mparams)
+    if run.get("claims"):
+        atomic_write_text(out / "claims.csv", claims.to_csv(index=False))
 
     from .seeds import write_seed_report
 
@@ -167,12 +173,50 @@ def write_report(out_dir: str | Path, *, plots: bool = True, html: bool = True) 
         atomic_write_text(
             out / "report.html",
             render(
-                run, board, sig, fails, timings, figs, degenerate, card=mcard, equivalences=equiv, tests=ranked.tests
+                run,
+                board,
+                sig,
+                fails,
+                timings,
+                figs,
+                degenerate,
+                card=mcard,
+                equivalences=equiv,
+                tests=ranked.tests,
+                claims=claims_html(claims),
             ),
         )
     return Report(
-        out, scores, board, sig, fails, timings, curves, figs, run, stats, ranked.tests, ranked.pairwise, equiv, mcard
+        out,
+        scores,
+        board,
+        sig,
+        fails,
+        timings,
+        curves,
+        figs,
+        run,
+        stats,
+        ranked.tests,
+        ranked.pairwise,
+        equiv,
+        mcard,
+        claims,
     )
+
+
+def run_claims(run: dict, scores: pd.DataFrame, stats: pd.DataFrame | None, mparams: dict) -> pd.DataFrame:
+    """The run's ``[[claims]]`` (and ``--focus``) tested: :func:`benchmark.report.claims.claim_table`."""
+    from .claims import claim_table
+
+    if not run.get("claims"):
+        return claim_table(scores, {})
+    baselines = baseline_methods(set(scores["method"]) | (set(stats["method"]) if stats is not None else set()))
+
+    def compute_for(model: str, dataset: str, metric: str) -> Callable[[Any, list], float]:
+        return tables._dataset_compute(metric, (mparams.get((model, dataset)) or {}).get(metric, {}))
+
+    return claim_table(scores, run, stats, baselines, compute_for=compute_for)
 
 
 #: The metrics papers report first; the summary shows those present, then one per remaining family.

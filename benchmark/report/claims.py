@@ -31,7 +31,7 @@ Image-level metrics (:func:`paired_comparison`):
   Nonparametrics, ch. 2). It is ``inf`` when no outcome on n images can reach that level (the smallest
   two-sided Wilcoxon p is ``2^(1 - n)``): such a comparison cannot give a verdict, whatever the data.
   "No detectable difference" with an MDD of 0.02 says "no difference larger than about 0.02"; with an MDD
-  of 0.3 it says nothing.
+  of 0.3 it says nothing. It is NaN when every difference is equal (no spread to estimate).
 
 Dataset-level metrics (MaxBoxAccV2, PxAP, seed mIoU: one value per dataset) have no per-image value to
 rank; :func:`paired_bootstrap_comparison` recomputes the metric of both methods on the same resampled
@@ -45,6 +45,7 @@ times that SD.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
@@ -86,6 +87,7 @@ class Comparison:
     margin: float = 0.0
     p_better: float = float("nan")  # p of the test on d - margin (= p_value when margin = 0)
     p_worse: float = float("nan")  # p of the test on d + margin
+    n_b: int = 0  # Mann-Whitney (cost metrics): total number of timings of both methods
 
 
 def experiment_seed(seed: int, key: Sequence[object]) -> int:
@@ -219,7 +221,13 @@ def min_detectable_difference(c: Comparison, alpha: float, family_size: int, pow
     level = alpha / m
     if c.n < 1 or not np.isfinite(c.sd):
         return float("inf")
+    if c.sd == 0:  # every difference equal (e.g. all 0): no spread to size a detectable difference from
+        return float("nan")
     z = float(stats.norm.ppf(1.0 - level / 2.0) + stats.norm.ppf(power))
+    if c.test == "mannwhitney":  # smallest exact two-sided p: 2 / C(n_a + n_b, n_a), n = min(n_a, n_b)
+        if 2.0 / math.comb(c.n_b, c.n) >= level:
+            return float("inf")
+        return z * c.sd * float(np.sqrt(np.pi / 3.0))
     if c.test == "wilcoxon":
         if 2.0 ** (1 - c.n) >= level:  # even n wins out of n cannot reach the level
             return float("inf")
@@ -261,3 +269,271 @@ def verdicts(comparisons: Sequence[Comparison], alpha: float = 0.05) -> pd.DataF
         row.update(p_holm=p_holm, mdd=min_detectable_difference(c, alpha, family), verdict=verdict)
         rows.append(row)
     return pd.DataFrame(rows)[COMPARISON_COLUMNS]
+
+
+# -- cost metrics: one value per timing, not per image ----------------------------------------------------
+
+
+def timing_comparison(
+    a: np.ndarray, b: np.ndarray, higher_is_better: bool, *, n_boot: int = 1000, seed: int = 0, level: float = 0.95
+) -> Comparison:
+    """Comparison of a cost metric (latency, memory) from its *timings*, not its images.
+
+    A cost metric measures a batch once and copies the value to every image of the batch: the per-image
+    rows are copies, not independent observations. The distinct values of each method are its timings;
+    the two methods' timings are independent measurements (not paired), compared with the two-sided
+    Mann-Whitney U test (scipy, exact for small samples without ties), effect the rank-biserial
+    ``2 U / (n_a n_b) - 1`` (Kerby 2014), the CI a seeded bootstrap of the difference of means resampling
+    each method's timings, ``n`` the smaller number of timings."""
+    ta = np.unique(np.asarray(a, dtype=np.float64)[np.isfinite(a)])
+    tb = np.unique(np.asarray(b, dtype=np.float64)[np.isfinite(b)])
+    sign = 1.0 if higher_is_better else -1.0
+    if ta.size == 0 or tb.size == 0:
+        nan = float("nan")
+        return Comparison("mannwhitney", 0, nan, nan, nan, nan, nan, nan)
+    res = stats.mannwhitneyu(ta, tb, alternative="two-sided")
+    effect = sign * (2.0 * float(res.statistic) / (ta.size * tb.size) - 1.0)
+    rng = np.random.default_rng(seed)
+    ma = ta[rng.integers(0, ta.size, (n_boot, ta.size))].mean(axis=1)
+    mb = tb[rng.integers(0, tb.size, (n_boot, tb.size))].mean(axis=1)
+    q = (1.0 - level) / 2.0
+    lo, hi = np.quantile(sign * (ma - mb), [q, 1.0 - q])
+    se = float(np.sqrt(ta.var(ddof=1) / ta.size + tb.var(ddof=1) / tb.size)) if min(ta.size, tb.size) > 1 else 0.0
+    p = float(res.pvalue)
+    n = int(min(ta.size, tb.size))
+    return Comparison(
+        "mannwhitney",
+        n,
+        sign * float(ta.mean() - tb.mean()),
+        float(lo),
+        float(hi),
+        effect,
+        p,
+        se,
+        p_better=p,
+        p_worse=p,
+        n_b=int(ta.size + tb.size),
+    )
+
+
+# -- claims of a run ---------------------------------------------------------------------------------------
+
+CLAIM_COLUMNS = (
+    [
+        "group",
+        "claim",
+        "model",
+        "dataset",
+        "metric",
+        "family",
+        "method",
+        "than",
+        "higher_is_better",
+    ]
+    + COMPARISON_COLUMNS
+    + ["note"]
+)
+
+
+def _image_key(i: str) -> str:
+    return str(i).split("#", 1)[0]
+
+
+def claim_table(
+    scores: pd.DataFrame,
+    run: dict,
+    stats_rows: pd.DataFrame | None = None,
+    baselines: Sequence[str] = (),
+    alpha: float = 0.05,
+    compute_for: Callable[[str, str, str], Callable] | None = None,
+) -> pd.DataFrame:
+    """Every comparison the run's claims (``run.json``'s ``claims``) make, with Holm over each group.
+
+    Image-level metrics: :func:`paired_comparison` on the images both methods scored (multi-label rows
+    averaged per image first), with the experiment's common bootstrap draws; dataset-level metrics
+    (``stats_rows``, ``compute_for(model, dataset, metric)`` giving the metric's ``compute``):
+    :func:`paired_bootstrap_comparison`; cost metrics: :func:`timing_comparison`."""
+    from ..runner.suite import Claim, claim_experiments, claim_metrics
+
+    claims = [
+        Claim(
+            **{
+                **c,
+                "than": _tuple(c["than"]),
+                "metrics": _tuple(c["metrics"]),
+                "experiments": _tuple(c.get("experiments", "all")),
+            }
+        )
+        for c in run.get("claims", [])
+    ]
+    if not claims or scores is None:
+        return pd.DataFrame(columns=CLAIM_COLUMNS)
+    directions = {str(k): bool(v) for k, v in run.get("directions", {}).items()}
+    families = {str(k): str(v) for k, v in run.get("families", {}).items()}
+    seed, n_boot = int(run.get("seed", 0)), int(run.get("bootstrap", 1000))
+    ok = scores[(scores["status"] == "ok") & np.isfinite(pd.to_numeric(scores["value"], errors="coerce"))]
+    ok = ok.assign(image=ok["image_id"].map(_image_key), value=ok["value"].astype(np.float64))
+    st = stats_rows if stats_rows is not None and len(stats_rows) else None
+    exps = sorted(set(map(tuple, ok[["model", "dataset"]].drop_duplicates().values)))
+    if st is not None:
+        exps = sorted(set(exps) | set(map(tuple, st[["model", "dataset"]].drop_duplicates().values)))
+    base = set(baselines)
+    comps: list[tuple[dict, Comparison]] = []
+    cache: dict[tuple, tuple] = {}
+    for ci, claim in enumerate(claims):
+        for model, dataset in claim_experiments(claim, exps):
+            sub = ok[(ok["model"] == model) & (ok["dataset"] == dataset)]
+            ssub = st[(st["model"] == model) & (st["dataset"] == dataset)] if st is not None else None
+            if (model, dataset) not in cache:
+                images = sorted(set(sub["image"]))
+                eseed = experiment_seed(seed, (model, dataset))
+                w = draw_weights(experiment_draws(len(images), n_boot, eseed), len(images)) if images else None
+                cache[(model, dataset)] = (images, eseed, w)
+            images, eseed, w = cache[(model, dataset)]
+            present = set(sub["metric"]) | (set(ssub["metric"]) if ssub is not None else set())
+            methods = set(sub["method"]) | (set(ssub["method"]) if ssub is not None else set())
+            if claim.method not in methods:
+                continue
+            others = (
+                sorted(methods - {claim.method} - base)
+                if claim.than == "all"
+                else [m for m in claim.than if m in methods]
+            )
+            for metric in claim_metrics(claim, sorted(present), families):
+                hib = directions.get(metric, True)
+                for other in others:
+                    info = dict(
+                        group=claim.group,
+                        claim=ci,
+                        model=model,
+                        dataset=dataset,
+                        metric=metric,
+                        family=families.get(metric, ""),
+                        method=claim.method,
+                        than=other,
+                        higher_is_better=hib,
+                        note=claim.note,
+                    )
+                    c = _one(
+                        sub,
+                        ssub,
+                        metric,
+                        claim,
+                        other,
+                        hib,
+                        families,
+                        images,
+                        w,
+                        eseed,
+                        n_boot,
+                        compute_for,
+                        model,
+                        dataset,
+                    )
+                    if c is not None:
+                        comps.append((info, c))
+    rows = []
+    for group in dict.fromkeys(info["group"] for info, _ in comps):
+        fam = [(info, c) for info, c in comps if info["group"] == group]
+        t = verdicts([c for _, c in fam], alpha)
+        for (info, _), r in zip(fam, t.to_dict("records"), strict=True):
+            rows.append({**info, **r})
+    return pd.DataFrame(rows, columns=CLAIM_COLUMNS)
+
+
+def _tuple(v: object) -> object:
+    return tuple(v) if isinstance(v, list) else v
+
+
+def _one(sub, ssub, metric, claim, other, hib, families, images, w, eseed, n_boot, compute_for, model, dataset):
+    """One comparison of ``claim.method`` with ``other`` on ``metric`` (None when either has no value)."""
+    if ssub is not None and metric in set(ssub["metric"]):
+        if compute_for is None:
+            return None
+        fn = compute_for(model, dataset, metric)
+        ga = ssub[(ssub["metric"] == metric) & (ssub["method"] == claim.method)]
+        gb = ssub[(ssub["metric"] == metric) & (ssub["method"] == other)]
+        ids = sorted(set(ga["image_id"]) & set(gb["image_id"]))
+        if not ids:
+            return None
+        sa = np.stack([np.asarray(v, dtype=np.float64) for v in ga.set_index("image_id").loc[ids, "stats"]])
+        sb = np.stack([np.asarray(v, dtype=np.float64) for v in gb.set_index("image_id").loc[ids, "stats"]])
+        keep = np.isfinite(sa).all(axis=1) & np.isfinite(sb).all(axis=1)
+        ids = [i for i, k in zip(ids, keep, strict=True) if k]
+        draws = experiment_draws(len(ids), n_boot, eseed)
+        return paired_bootstrap_comparison(fn, sa[keep], sb[keep], ids, hib, draws=draws, margin=claim.margin)
+    per = sub[sub["metric"] == metric].pivot_table(index="image", columns="method", values="value", aggfunc="mean")
+    if claim.method not in per.columns or other not in per.columns:
+        return None
+    per = per.reindex(images)
+    a, b = per[claim.method].to_numpy(np.float64), per[other].to_numpy(np.float64)
+    if families.get(metric) == "cost":
+        return timing_comparison(a, b, hib, n_boot=n_boot, seed=eseed)
+    return paired_comparison(a, b, hib, margin=claim.margin, weights=w)
+
+
+def win_tie_loss(table: pd.DataFrame) -> pd.DataFrame:
+    """Per (group, method, model, dataset, family): how many comparisons are better (win), no detectable
+    difference (tie) and worse (loss)."""
+    cols = ["group", "method", "model", "dataset", "family", "win", "tie", "loss"]
+    if table.empty:
+        return pd.DataFrame(columns=cols)
+    t = table.assign(
+        win=(table["verdict"] == BETTER).astype(int),
+        tie=(table["verdict"] == NO_DIFF).astype(int),
+        loss=(table["verdict"] == WORSE).astype(int),
+    )
+    return t.groupby(cols[:5], as_index=False, sort=True)[["win", "tie", "loss"]].sum()[cols]
+
+
+def format_claims(table: pd.DataFrame) -> str:
+    """One line per comparison: verdict, effect, CI, corrected p, n (the terminal's claims section)."""
+    lines = []
+    for r in table.itertuples(index=False):
+        lines.append(
+            f"{r.method} vs {r.than} on {r.metric} ({r.model}/{r.dataset}): {r.verdict}; "
+            f"diff {r.mean_diff:+.4f} [{r.ci_low:+.4f}, {r.ci_high:+.4f}], effect {r.effect:+.2f}, "
+            f"p_holm {r.p_holm:.3g}, n {r.n}, MDD {r.mdd:.3g}"
+        )
+    return "\n".join(lines)
+
+
+def claims_html(table: pd.DataFrame) -> str:
+    """The report's leading claims section (empty string without claims): win/tie/loss per family for a
+    ``--focus`` run, then one line per comparison (verdict, effect, CI, corrected p, n, MDD)."""
+    import html as _html
+
+    if table is None or table.empty:
+        return ""
+    e = _html.escape
+    parts = [
+        '<h2>Claims</h2><p class="muted">Each line: the per-image difference (oriented: &gt; 0 means the '
+        "method is better) with its 95 % bootstrap CI, the matched-pairs rank-biserial effect, the Wilcoxon "
+        "signed-rank p Holm-corrected over the group of claims (dataset-level metrics: paired bootstrap; cost "
+        "metrics: Mann-Whitney on the timings), n, and the minimum difference detectable at this n (MDD, "
+        "power 0.8). See docs/claims.md.</p>"
+    ]
+    focus = table[table["group"] == "focus"]
+    if len(focus):
+        wtl = win_tie_loss(focus)
+        rows = "".join(
+            f"<tr><td>{e(r.method)}</td><td>{e(r.model)}/{e(r.dataset)}</td><td>{e(r.family)}</td>"
+            f"<td>{r.win}</td><td>{r.tie}</td><td>{r.loss}</td></tr>"
+            for r in wtl.itertuples(index=False)
+        )
+        parts.append(
+            "<h3>Focus: win / tie / loss</h3><table><tr><th>method</th><th>experiment</th>"
+            f"<th>family</th><th>win</th><th>tie</th><th>loss</th></tr>{rows}</table>"
+        )
+    body = "".join(
+        f"<tr><td><b>{e(r.verdict)}</b></td><td>{e(r.method)}</td><td>{e(r.than)}</td><td>{e(r.metric)}</td>"
+        f"<td>{e(r.model)}/{e(r.dataset)}</td><td>{r.mean_diff:+.4f}</td><td>[{r.ci_low:+.4f}, {r.ci_high:+.4f}]</td>"
+        f"<td>{r.effect:+.2f}</td><td>{r.p_holm:.3g}</td><td>{r.n}</td><td>{r.mdd:.3g}</td></tr>"
+        for r in table.itertuples(index=False)
+    )
+    parts.append(
+        "<table><tr><th>verdict</th><th>method</th><th>than</th><th>metric</th><th>experiment</th>"
+        "<th>difference</th><th>95 % CI</th><th>effect</th><th>p (Holm)</th><th>n</th><th>MDD</th></tr>"
+        f"{body}</table>"
+    )
+    return "".join(parts)

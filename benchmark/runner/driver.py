@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +79,24 @@ def method_notes(methods: Sequence[str]) -> dict[str, str]:
     return out
 
 
+def _check_claims(plan: Plan) -> None:
+    """:func:`benchmark.runner.suite.check_claims` of the suite's claims against the planned experiments."""
+    if not plan.suite.claims:
+        return
+    from ..methods import METHODS
+    from .suite import check_claims
+
+    names = {m for e in plan.experiments for m in e.methods}
+    baselines = [m for m in names if METHODS.entry(m).meta.get("family") == "baseline"]
+    check_claims(
+        plan.suite.claims,
+        [(e.label, e.dataset, e.methods, e.metrics) for e in plan.experiments],
+        plan.families,
+        baselines,
+        plan.suite.path or plan.suite.name,
+    )
+
+
 def run_record(plan: Plan, device: torch.device) -> dict:
     """The ``run.json`` record: what the report needs without the registries (directions, families...)."""
     s = plan.suite
@@ -98,6 +116,7 @@ def run_record(plan: Plan, device: torch.device) -> dict:
         "families": plan.families,
         "levels": plan.levels,
         "plugins": [str(p) for p in s.plugins],
+        "claims": [asdict(c) for c in s.claims],  # tested by the report (benchmark.report.claims)
         "units": [u.key for u in plan.units],
         "method_notes": method_notes(sorted({m for e in plan.experiments for m in e.methods})),
         "experiments": [
@@ -202,6 +221,7 @@ def _run_locked(
 
     log = progress.log
     plan = plan_run(suite, limit, precision=options.precision)
+    _check_claims(plan)  # a claim naming a method or metric no experiment runs is refused before any work
     device = resolve_device(suite.device)
     store = Store(out, plan.hash, log, units=[u.key for u in plan.units])
     store.prepare(fresh)

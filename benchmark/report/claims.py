@@ -458,8 +458,8 @@ def _one(sub, ssub, metric, claim, other, hib, families, images, w, eseed, n_boo
             return None
         sa = np.stack([np.asarray(v, dtype=np.float64) for v in ga.set_index("image_id").loc[ids, "stats"]])
         sb = np.stack([np.asarray(v, dtype=np.float64) for v in gb.set_index("image_id").loc[ids, "stats"]])
-        keep = np.isfinite(sa).all(axis=1) & np.isfinite(sb).all(axis=1)
-        ids = [i for i, k in zip(ids, keep, strict=True) if k]
+        keep = np.asarray(np.isfinite(sa).all(axis=1) & np.isfinite(sb).all(axis=1), dtype=bool)
+        ids = [i for i, k in zip(ids, keep.tolist(), strict=True) if k]
         draws = experiment_draws(len(ids), n_boot, eseed)
         return paired_bootstrap_comparison(fn, sa[keep], sb[keep], ids, hib, draws=draws, margin=claim.margin)
     per = sub[sub["metric"] == metric].pivot_table(index="image", columns="method", values="value", aggfunc="mean")

@@ -102,7 +102,7 @@ def write_report(out_dir: str | Path, *, plots: bool = True, html: bool = True) 
         families=families,
     )
     board = ranked.board
-    sig = tables.significance(scores, board)
+    sig = tables.significance(scores, board, pairwise=ranked.pairwise)
     from . import card as C
 
     equiv = C.equivalences(store.load_meta(), run)

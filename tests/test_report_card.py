@@ -207,3 +207,20 @@ def test_ties_never_count_the_best_with_itself_and_follow_the_metric_spread():
     card = C.metric_card(r.board, r.pairwise, r.tests, {"two": "faithfulness", "mse": "robustness"}).set_index("metric")
     assert card.loc["two", "saturated_share"] == 0.0 and not bool(card.loc["two", "saturated"])
     assert card.loc["mse", "saturated_share"] == 0.0 and card.loc["mse", "separable"] == 1.0
+
+
+def test_sanity_verdict_passes_below_the_bound_and_fails_an_input_only_map():
+    """Model randomisation: a method whose similarity's CI lies below the bound passes; an edge detector
+    (a map of the input alone: similarity about 1 after randomisation) fails; a CI across the bound is
+    inconclusive."""
+    rng = np.random.default_rng(3)
+    n = 30
+    vals = {
+        ("gradcam", "mprt"): list(rng.uniform(0.0, 0.3, n)),
+        ("edges", "mprt"): list(rng.uniform(0.95, 1.0, n)),
+        ("wobbly", "mprt"): list(rng.uniform(0.0, 1.0, n)),
+    }
+    r = ranked_leaderboard(_scores(vals), {"mprt": False}, n_boot=200)
+    v = C.sanity_verdicts(r.board, {"mprt": "sanity"}).set_index("method")["verdict"]
+    assert v.to_dict() == {"gradcam": "pass", "edges": "fail", "wobbly": "inconclusive"}
+    assert C.sanity_verdicts(r.board, {"mprt": "faithfulness"}).empty

@@ -73,8 +73,9 @@ def baseline_methods(names: Iterable[str]) -> list[str]:
 
 def write_report(out_dir: str | Path, *, plots: bool = True, html: bool = True) -> Report:
     """Write scores.parquet, stats.parquet, leaderboard.csv, significance.csv, rank_tests.csv, pairwise.csv,
-    equivalences.csv, metric_card.csv, kendall_tau.csv, failures.csv, timings.csv, curves.parquet, plots/*.png
-    and report.html into ``out_dir`` (from its ``run.json`` and the parts of that hash)."""
+    equivalences.csv, metric_card.csv, kendall_tau.csv, failures.csv, timings.csv, sanity.csv, claims.csv (with
+    claims), curves.parquet, plots/*.png and report.html into ``out_dir`` (from its ``run.json`` and the parts of
+    that hash)."""
     out = Path(out_dir)
     run = read_run(out)
     store = Store(out, run["suite_hash"], units=run.get("units"))
@@ -140,6 +141,7 @@ def write_report(out_dir: str | Path, *, plots: bool = True, html: bool = True) 
     atomic_write_text(out / "kendall_tau.csv", taus.to_csv(index=False))
     atomic_write_text(out / "failures.csv", fails.to_csv(index=False))
     atomic_write_text(out / "timings.csv", timings.to_csv(index=False))
+    atomic_write_text(out / "sanity.csv", C.sanity_verdicts(board, families).to_csv(index=False))
     claims = run_claims(run, scores, stats, mparams)
     if run.get("claims"):
         atomic_write_text(out / "claims.csv", claims.to_csv(index=False))

@@ -290,3 +290,28 @@ def metric_card(
             meta[["model", "dataset", "metric", *META_COLUMNS]], on=["model", "dataset", "metric"], how="left"
         )
     return card
+
+
+#: The sanity verdict's bound: a method passes the model-randomisation check (Adebayo et al. 2018) when the
+#: upper end of the 95 % CI of its similarity (Spearman rho or SSIM between the maps of the trained and the
+#: fully randomised model) lies below it: on average its maps keep less than half of their structure once the
+#: weights carry no information. An edge detector (a map computed from the input alone) keeps all of it
+#: (similarity about 1) and fails.
+SANITY_BOUND = 0.5
+SANITY_COLUMNS = ["model", "dataset", "method", "metric", "mean", "ci_low", "ci_high", "n", "bound", "verdict"]
+
+
+def sanity_verdicts(board: pd.DataFrame, families: Mapping[str, str], bound: float = SANITY_BOUND) -> pd.DataFrame:
+    """Per method and sanity-family metric (similarity after model randomisation, lower is better):
+    ``pass`` when ``ci_high < bound``, ``fail`` when ``ci_low >= bound``, else ``inconclusive`` (the CI
+    straddles the bound: more images decide). Higher-is-better sanity metrics (Quantus' EfficientMPRT, a
+    complexity ratio) have no such bound and are left out."""
+    sel = board["metric"].map(lambda m: families.get(m) == "sanity") & ~board["higher_is_better"].astype(bool)
+    if "baseline" in board.columns:
+        sel &= ~board["baseline"].astype(bool)
+    t = board[sel][["model", "dataset", "method", "metric", "mean", "ci_low", "ci_high", "n"]].copy()
+    t["bound"] = float(bound)
+    hi, lo = t["ci_high"].astype(float), t["ci_low"].astype(float)
+    t["verdict"] = np.where(hi < bound, "pass", np.where(lo >= bound, "fail", "inconclusive"))
+    t.loc[~np.isfinite(hi) | ~np.isfinite(lo), "verdict"] = "undefined"
+    return t.reset_index(drop=True)[SANITY_COLUMNS]

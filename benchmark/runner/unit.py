@@ -632,10 +632,12 @@ def _accumulate_capture_facts(acc: dict[str, float], ectx: Any) -> None:
 
 
 def _curves_frame(exp: Experiment, curve_sum: dict[tuple[str, str], tuple[np.ndarray, int]]) -> pd.DataFrame:
+    from ..metrics.base import curve_positions
+
     rows = []
     for (metric, method), (s, k) in sorted(curve_sum.items()):
         steps = s.shape[0]
-        xs = np.linspace(0.0, 1.0, steps) if steps > 1 else np.zeros(1)
+        xs = curve_positions(metric, exp.metric_params.get(metric), steps)  # ROAD: the fractions measured
         mean = s / max(k, 1)
         rows += [(exp.label, exp.dataset, method, metric, j, float(xs[j]), float(mean[j]), k) for j in range(steps)]
     return pd.DataFrame(rows, columns=CURVE_COLUMNS)

@@ -117,7 +117,7 @@ def unit_curves(draw) -> list[tuple[dict, int]]:
 def test_curves_round_trip_equals_the_json_layout(units, old_first):
     """Units written with curves files read back exactly as the same units written the earlier way (JSON
     in the metadata), alone and mixed in one directory; the combination is the image-weighted mean."""
-    exp = SimpleNamespace(label="m", dataset="d")
+    exp = SimpleNamespace(label="m", dataset="d", metric_params={})
     results = [_unit(f"00-m-d-{i:06d}-{i + 1:06d}", _curves_frame(exp, sums), k) for i, (sums, k) in enumerate(units)]
     with tempfile.TemporaryDirectory() as tmp:
         new, old, mixed = (Store(Path(tmp) / name, "h") for name in ("new", "old", "mixed"))
@@ -152,7 +152,7 @@ def test_curves_round_trip_equals_the_json_layout(units, old_first):
 
 
 def test_curves_files_commit_with_their_part_and_stale_ones_are_not_read(tmp_path):
-    exp = SimpleNamespace(label="m", dataset="d")
+    exp = SimpleNamespace(label="m", dataset="d", metric_params={})
     with_curves = _curves_frame(exp, {("deletion", "gradcam"): (np.array([4.0, 2.0, 1.0]), 2)})
     store = Store(tmp_path, "h")
     store.prepare()
@@ -178,7 +178,7 @@ def test_curves_files_commit_with_their_part_and_stale_ones_are_not_read(tmp_pat
 
 
 def test_a_part_whose_curves_file_is_missing_is_an_error_that_says_how_to_fix_it(tmp_path):
-    exp = SimpleNamespace(label="m", dataset="d")
+    exp = SimpleNamespace(label="m", dataset="d", metric_params={})
     store = Store(tmp_path, "h")
     store.prepare()
     store.write_unit(_unit("u1", _curves_frame(exp, {("deletion", "gradcam"): (np.ones(3), 1)})))

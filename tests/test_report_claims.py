@@ -115,7 +115,9 @@ def test_dataset_level_paired_bootstrap_of_the_mean_agrees_with_the_image_level_
     w = C.draw_weights(draws, n)
     img = C.paired_comparison(sa[:, 0], sb[:, 0], True, weights=w)
     assert (c.ci_low, c.ci_high) == pytest.approx((img.ci_low, img.ci_high))  # the same resamples
-    assert c.p_value == pytest.approx(2.0 ** (1 - n)) and C.verdicts([c])["verdict"].item() == C.BETTER
+    assert c.p_value == pytest.approx(2 / 801) and C.verdicts([c])["verdict"].item() == C.BETTER  # 0 of 800
+    # 800 resamples cannot resolve p below 2 / 801: a family of 30 such claims can give no verdict
+    assert np.isinf(C.min_detectable_difference(c, 0.05, 30)) and np.isfinite(C.min_detectable_difference(c, 0.05, 1))
 
 
 finite = st.floats(-1.0, 1.0, allow_nan=False, allow_infinity=False)

@@ -37,7 +37,8 @@ Dataset-level metrics (MaxBoxAccV2, PxAP, seed mIoU: one value per dataset) have
 rank; :func:`paired_bootstrap_comparison` recomputes the metric of both methods on the same resampled
 images (the experiment's common draws), ``mean_diff`` = the difference of the full-data values, the CI the
 percentile interval of the resampled differences, ``p_value`` twice the smaller share of resampled
-differences on either side of 0 (floored at ``2^(1 - n)``, :func:`benchmark.report.ranking.bootstrap_p`),
+differences on either side of 0 (floored at ``2^(1 - n)``, :func:`benchmark.report.ranking.bootstrap_p`, and at
+``2 / (R + 1)``: R resamples resolve no smaller p, so a family of m claims needs ``R > 2 m / alpha``),
 ``effect`` the difference over its bootstrap SD (a standardised difference), ``mdd`` ``(z + z_{0.8})``
 times that SD.
 """
@@ -87,7 +88,7 @@ class Comparison:
     margin: float = 0.0
     p_better: float = float("nan")  # p of the test on d - margin (= p_value when margin = 0)
     p_worse: float = float("nan")  # p of the test on d + margin
-    n_b: int = 0  # Mann-Whitney (cost metrics): total number of timings of both methods
+    n_b: int = 0  # Mann-Whitney: timings of both methods; paired bootstrap: number of resamples
 
 
 def experiment_seed(seed: int, key: Sequence[object]) -> int:
@@ -207,11 +208,19 @@ def paired_bootstrap_comparison(
     a = (1.0 - level) / 2.0
     lo, hi = (float(x) for x in np.quantile(diffs, [a, 1.0 - a])) if diffs.size else (np.nan, np.nan)
     sd = float(diffs.std(ddof=1)) if diffs.size > 1 else 0.0
-    p = bootstrap_p(diffs, n)
-    p_b = p if margin == 0 else bootstrap_p(diffs - margin, n)
-    p_w = p if margin == 0 else bootstrap_p(diffs + margin, n)
+    floor = 2.0 / (diffs.size + 1)  # R resamples resolve no two-sided p below 2 / (R + 1)
+
+    def pv(x: np.ndarray) -> float:
+        q = bootstrap_p(x, n)
+        return max(q, floor) if np.isfinite(q) and q < 1.0 else q
+
+    p = pv(diffs)
+    p_b = p if margin == 0 else pv(diffs - margin)
+    p_w = p if margin == 0 else pv(diffs + margin)
     effect = point / sd if sd > 0 else (0.0 if point == 0 else float(np.sign(point)) * np.inf)
-    return Comparison("paired_bootstrap", n, point, float(lo), float(hi), float(effect), p, sd, margin, p_b, p_w)
+    return Comparison(
+        "paired_bootstrap", n, point, float(lo), float(hi), float(effect), p, sd, margin, p_b, p_w, int(diffs.size)
+    )
 
 
 def min_detectable_difference(c: Comparison, alpha: float, family_size: int, power: float = POWER) -> float:
@@ -232,7 +241,8 @@ def min_detectable_difference(c: Comparison, alpha: float, family_size: int, pow
         if 2.0 ** (1 - c.n) >= level:  # even n wins out of n cannot reach the level
             return float("inf")
         return z * c.sd / np.sqrt(c.n) * float(np.sqrt(np.pi / 3.0))
-    if 2.0 ** (1 - c.n) >= level:  # the bootstrap p is floored at 2^(1 - n) (ranking.bootstrap_p)
+    # the bootstrap p is floored at 2^(1 - n) (ranking.bootstrap_p) and at 2 / (R + 1) (R = c.n_b resamples)
+    if max(2.0 ** (1 - c.n), 2.0 / (c.n_b + 1)) >= level:
         return float("inf")
     return z * c.sd
 

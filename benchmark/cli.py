@@ -7,7 +7,7 @@
                            [--precision fp32|tf32|bf16|fp16] [--compile]
     run_bench.py list {methods,metrics,models,datasets,suites}
     run_bench.py report DIR
-    run_bench.py compare DIR --baseline CSV [--tolerance EPS] [--all] [--require-baseline-rows]
+    run_bench.py compare DIR --baseline DIR_OR_SCORES_OR_CSV [--tolerance EPS] [--all] [--require-baseline-rows]
 
 ``--plugin MODULE_OR_FILE.py`` (repeatable, or ``CAMBENCH_PLUGINS=a,b``) imports modules that register
 extra methods, metrics, models or datasets before anything runs.
@@ -74,6 +74,13 @@ def _parser() -> argparse.ArgumentParser:
         "pass the contract check before any model work (repeatable)",
     )
     r.add_argument("--out", default=None, help="output directory (default: results/<suite name>)")
+    r.add_argument(
+        "--focus",
+        default=None,
+        metavar="METHOD",
+        help="claims of METHOD against every other non-baseline method on every quality metric of every "
+        "experiment (Holm over them): win/tie/loss per family here and at the top of report.html, claims.csv",
+    )
     r.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N | mps (default: the suite's)")
     r.add_argument("--limit", type=int, default=None, metavar="N", help="at most N images per experiment")
     r.add_argument("--batch-size", type=int, default=None, metavar="N", help="images per batch")
@@ -132,13 +139,19 @@ def _parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compare", help="regression gate: exit 1 if a method got worse than the baseline")
     c.add_argument("dir", help="run directory (or a leaderboard.csv) to check")
-    c.add_argument("--baseline", required=True, help="baseline leaderboard.csv")
+    c.add_argument(
+        "--baseline",
+        required=True,
+        help="baseline: a results directory or its scores.parquet (paired per-image rule), or a leaderboard.csv "
+        "(CI rule)",
+    )
     c.add_argument(
         "--tolerance",
         type=float,
         default=0.02,
         metavar="EPS",
-        help="absolute change a regression must exceed (default 0.02), besides leaving the CI",
+        help="minimum effect: absolute change a regression must exceed (default 0.02), besides the paired "
+        "test (or leaving the CI)",
     )
     c.add_argument("--all", action="store_true", help="print every row, not only the changed ones")
     c.add_argument(
@@ -173,6 +186,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     suite = load_suite(args.suite)
     suite = suite.with_overrides(device=args.device, batch_size=args.batch_size, data_root=args.data_root)
+    if args.focus:
+        from dataclasses import replace
+
+        from .runner.suite import QUALITY, Claim
+
+        focus = Claim(method=args.focus, than="all", metrics=QUALITY, group="focus", note="--focus")
+        suite = replace(suite, claims=suite.claims + (focus,))
     if args.limit is not None and args.limit < 1:
         raise CambenchError(f"--limit must be a positive number of images, got {args.limit}.")
     if args.workers is not None and args.workers < 1:
@@ -205,6 +225,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     text = summary_text(rep.run, rep.leaderboard)
     if text:
         print(text)
+    if rep.claims is not None and len(rep.claims):
+        _print_claims(rep.claims, out)
     data = rep.scores["method"] == "(data)"
     n_err = int(((rep.scores["status"] == "error") & ~data).sum())
     if n_err:
@@ -212,6 +234,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     _print_notes(rep.run, out)
     print(f"report: {out / 'report.html'}   leaderboard: {out / 'leaderboard.csv'}")
     return 0
+
+
+def _print_claims(claims: Any, out: Path) -> None:
+    """The focused method's win/tie/loss per family, and how many suite claims got each verdict."""
+    from .report.claims import win_tie_loss
+
+    focus = claims[claims["group"] == "focus"]
+    if len(focus):
+        wtl = win_tie_loss(focus).drop(columns=["group"])
+        print(f"\n--focus {focus['method'].iloc[0]}: win / tie / loss against every other method (Holm over all):")
+        print(wtl.to_string(index=False))
+    own = claims[claims["group"] != "focus"]
+    if len(own):
+        counts = ", ".join(f"{k}: {v}" for k, v in own["verdict"].value_counts().sort_index().items())
+        print(f"\nclaims: {len(own)} comparison(s): {counts}")
+    print(f"claims: {out / 'claims.csv'}")
 
 
 def _print_notes(run: dict, out: Path) -> None:
@@ -382,14 +420,9 @@ def cmd_train_models(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .report.compare import compare, format_comparison, gate_failures, read_leaderboard
+    from .report.compare import compare_paths, format_comparison, gate_failures
 
-    table = compare(
-        read_leaderboard(args.dir),
-        read_leaderboard(args.baseline),
-        tolerance=args.tolerance,
-        gate_cost=args.gate_cost,
-    )
+    table = compare_paths(args.dir, args.baseline, tolerance=args.tolerance, gate_cost=args.gate_cost)
     strict = bool(args.require_baseline_rows)
     print(format_comparison(table, show_ok=args.all, require_baseline_rows=strict))
     return 1 if len(gate_failures(table, require_baseline_rows=strict)) else 0

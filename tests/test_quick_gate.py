@@ -4,6 +4,8 @@
   ``results/reference/quick-leaderboard.csv`` within the gate's tolerance: ``compare --require-baseline-rows``
   exits 0 (rows of methods or metrics added since the reference are "new", not failures; the cheap
   version of this check is ``tests/test_report_compare.py::test_the_gate_compares_exactly_the_baseline_rows``);
+- the gate is paired (per-image, ``REFERENCE_SCORES``) where the per-image reference is committed, else the
+  leaderboard's CI rule, and says which;
 - a deliberately broken Grad-CAM (a plugin that inverts its map) makes ``compare`` exit 1 and name it;
 - the README's plugin example gets its own leaderboard rows next to the built-ins.
 """
@@ -20,6 +22,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "results" / "reference" / "quick-leaderboard.csv"
+#: The per-image reference (the quick run's ``scores.parquet``): where it is committed, the gate uses the paired
+#: rule (Wilcoxon on the shared images, Holm over the rows that changed); otherwise the leaderboard's CI rule.
+REFERENCE_SCORES = ROOT / "results" / "reference" / "quick-scores.parquet"
+GATE_BASELINE = REFERENCE_SCORES if REFERENCE_SCORES.is_file() else REFERENCE
+GATE_RULE = "rule: paired" if REFERENCE_SCORES.is_file() else "rule: ci"
 SHAPES_SUITE = ROOT / "tests" / "runner_suites" / "quick_shapes.toml"
 
 
@@ -48,27 +55,35 @@ def test_quick_suite_reproduces_the_reference_leaderboard(tmp_path: Path) -> Non
     # exactly the reference's rows are gated: each must be there and within tolerance; a method or metric
     # added since (quick.toml selects "all") only adds rows that compare reports as "new"
     assert set(map(tuple, ref[keys].values)) <= set(map(tuple, new[keys].values))
-    gate = _cli("compare", str(out), "--baseline", str(REFERENCE), "--require-baseline-rows")
+    gate = _cli("compare", str(out), "--baseline", str(GATE_BASELINE), "--require-baseline-rows")
     assert gate.returncode == 0, gate.stdout[-3000:]
-    assert "OK: no regression" in gate.stdout
+    assert "OK: no regression" in gate.stdout and GATE_RULE in gate.stdout
 
 
 def test_compare_fails_when_a_method_is_deliberately_broken(tmp_path: Path) -> None:
     good, bad = tmp_path / "good", tmp_path / "bad"
     run = _cli("run", str(SHAPES_SUITE), "--out", str(good), "--quiet", "--no-plots")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    ok = _cli("compare", str(good), "--baseline", str(REFERENCE))
+    ok = _cli("compare", str(good), "--baseline", str(GATE_BASELINE))
     assert ok.returncode == 0, ok.stdout[-3000:]  # the same rows as the reference: no regression
 
     broken = ROOT / "tests" / "plugins" / "broken_gradcam.py"
     run = _cli("run", str(SHAPES_SUITE), "--out", str(bad), "--quiet", "--no-plots", "--plugin", str(broken))
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    gate = _cli("compare", str(bad), "--baseline", str(REFERENCE))
+    gate = _cli("compare", str(bad), "--baseline", str(GATE_BASELINE))
     assert gate.returncode == 1, gate.stdout[-3000:]
+    assert GATE_RULE in gate.stdout
     assert "REGRESSION" in gate.stdout
     regressed = [line for line in gate.stdout.splitlines() if line.rstrip().endswith(" regression")]
     assert regressed and all(" gradcam " in f" {line} " for line in regressed), regressed
     assert not any("layercam" in line for line in regressed)
+    # the paired rule against the good run's results directory (per-image scores on both sides)
+    paired = _cli("compare", str(bad), "--baseline", str(good))
+    assert paired.returncode == 1 and "rule: paired" in paired.stdout, paired.stdout[-3000:]
+    regressed = [line for line in paired.stdout.splitlines() if line.rstrip().endswith(" regression")]
+    assert regressed and all(" gradcam " in f" {line} " for line in regressed), regressed
+    same = _cli("compare", str(good), "--baseline", str(good))
+    assert same.returncode == 0 and "rule: paired" in same.stdout, same.stdout[-3000:]
 
 
 def test_plugin_example_gets_a_leaderboard_row(tmp_path: Path) -> None:

@@ -126,7 +126,7 @@ def test_metric_card_known_answers():
     taus = C.kendall_taus(r.board)
     fams = {"pg": "localization", "sep": "faithfulness", "low": "faithfulness"}
     card = C.metric_card(r.board, r.pairwise, r.tests, fams, taus=taus).set_index("metric")
-    assert card.loc["pg", "saturated_share"] == 0.75 and bool(card.loc["pg", "saturated"])
+    assert card.loc["pg", "saturated_share"] == 2 / 3 and bool(card.loc["pg", "saturated"])  # b, c tie with a
     assert card.loc["pg", "verdict"].startswith("saturated")
     assert card.loc["sep", "separable"] == 1.0 and card.loc["sep", "verdict"] == "ok"
     assert card.loc["sep", "baseline_order"] == "ok" and card.loc["sep", "beats_random"] == "4/4"
@@ -192,3 +192,35 @@ def test_report_sections_show_every_family_of_the_one_list_truth_included():
     assert heads[:2] == [f for f in METRIC_FAMILIES if f in ("faithfulness", "truth")]
     card_rows = re.findall(r'<tr[^>]*><td class="l">([^<]*)</td><td class="l">image</td>', html)
     assert card_rows == ["del", "tr", "cx"]  # by family: faithfulness, truth, then "other"
+
+
+def test_ties_never_count_the_best_with_itself_and_follow_the_metric_spread():
+    """Two separable methods are not "saturated" (the old rule counted the best tying with itself: 1/2), and
+    a metric on a tiny scale (gradient-noise MSE ~1e-4) is judged against its own spread, not 1e-3."""
+    rng = np.random.default_rng(1)
+    n = 30
+    base = rng.uniform(0, 1, n)
+    vals = {("a", "two"): list(base + 1.0), ("b", "two"): list(base)}
+    small = rng.uniform(0, 1e-4, n)
+    vals.update({("a", "mse"): list(small), ("b", "mse"): list(small + 5e-4), ("c", "mse"): list(small + 1e-3)})
+    r = ranked_leaderboard(_scores(vals), {"two": True, "mse": False}, n_boot=200)
+    card = C.metric_card(r.board, r.pairwise, r.tests, {"two": "faithfulness", "mse": "robustness"}).set_index("metric")
+    assert card.loc["two", "saturated_share"] == 0.0 and not bool(card.loc["two", "saturated"])
+    assert card.loc["mse", "saturated_share"] == 0.0 and card.loc["mse", "separable"] == 1.0
+
+
+def test_sanity_verdict_passes_below_the_bound_and_fails_an_input_only_map():
+    """Model randomisation: a method whose similarity's CI lies below the bound passes; an edge detector
+    (a map of the input alone: similarity about 1 after randomisation) fails; a CI across the bound is
+    inconclusive."""
+    rng = np.random.default_rng(3)
+    n = 30
+    vals = {
+        ("gradcam", "mprt"): list(rng.uniform(0.0, 0.3, n)),
+        ("edges", "mprt"): list(rng.uniform(0.95, 1.0, n)),
+        ("wobbly", "mprt"): list(rng.uniform(0.0, 1.0, n)),
+    }
+    r = ranked_leaderboard(_scores(vals), {"mprt": False}, n_boot=200)
+    v = C.sanity_verdicts(r.board, {"mprt": "sanity"}).set_index("method")["verdict"]
+    assert v.to_dict() == {"gradcam": "pass", "edges": "fail", "wobbly": "inconclusive"}
+    assert C.sanity_verdicts(r.board, {"mprt": "faithfulness"}).empty

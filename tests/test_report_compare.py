@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from benchmark.cli import main
-from benchmark.report.compare import compare, format_comparison, gate_failures, read_leaderboard
+from benchmark.report.compare import (
+    compare,
+    compare_paths,
+    format_comparison,
+    gate_failures,
+    paired_verdicts,
+    read_leaderboard,
+)
+from benchmark.report.ranking import wilcoxon_pvalues
 
 
 def _board() -> pd.DataFrame:
@@ -169,3 +179,148 @@ def test_the_gate_compares_exactly_the_baseline_rows(tmp_path, capsys):
     (tmp_path / "broken.csv").write_text(broken.to_csv(index=False))
     assert main(["compare", str(tmp_path / "broken.csv"), "--baseline", str(base), "--require-baseline-rows"]) == 1
     assert "REGRESSION: 1 row(s)" in capsys.readouterr().out
+
+
+# --- bad inputs are refused (exit 2), NaN is never "OK" (issue #24) ---------------------------------------
+
+
+def _gate(tmp_path, new: pd.DataFrame | str, base: pd.DataFrame | str, *extra: str) -> int:
+    paths = []
+    for name, side in (("new.csv", new), ("base.csv", base)):
+        p = tmp_path / name
+        p.write_text(side if isinstance(side, str) else side.to_csv(index=False))
+        paths.append(str(p))
+    return main(["compare", paths[0], "--baseline", paths[1], *extra])
+
+
+def test_bad_compare_inputs_exit_2_with_one_line(tmp_path, capsys):
+    assert _gate(tmp_path, _board(), "") == 2  # an empty CSV
+    assert "not a readable leaderboard" in capsys.readouterr().err
+    text = _board().astype({"mean": object})
+    text.loc[0, "mean"] = "high"
+    assert _gate(tmp_path, _board(), text) == 2
+    assert "'high', not a number" in capsys.readouterr().err
+    assert _gate(tmp_path, text, _board()) == 2
+    dup = pd.concat([_board(), _board().iloc[[0]]])
+    assert _gate(tmp_path, _board(), dup) == 2
+    assert "repeats 2 row(s)" in capsys.readouterr().err
+    assert _gate(tmp_path, _board(), _board(), "--tolerance", "nan") == 2
+    assert "--tolerance must be a finite number" in capsys.readouterr().err
+    assert _gate(tmp_path, _board(), _board(), "--tolerance", "-1") == 2
+    nan_base = _board()
+    nan_base.loc[0, "mean"] = np.nan
+    assert _gate(tmp_path, _board(), nan_base) == 2
+    assert "non-finite mean" in capsys.readouterr().err
+    assert _gate(tmp_path, _board(), _board().assign(mean=np.nan)) == 2
+    assert "no finite mean" in capsys.readouterr().err
+
+
+def test_a_nan_new_mean_is_a_regression(tmp_path, capsys):
+    nan_new = _board()
+    nan_new.loc[0, "mean"] = np.nan
+    t = compare(nan_new, _board()).set_index(["method", "metric"])
+    assert t.loc[("gradcam", "insertion"), "status"] == "regression"
+    assert _gate(tmp_path, nan_new, _board()) == 1
+
+
+def test_runs_with_other_metric_parameters_are_refused(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    a = _run_dir(tmp_path / "a", _scores(rng), n_steps=16)
+    b = _run_dir(tmp_path / "b", _scores(rng), n_steps=8)
+    assert main(["compare", str(a), "--baseline", str(b)]) == 2
+    assert "different parameters" in capsys.readouterr().err
+
+
+# --- the paired gate (issue #25 item 4) --------------------------------------------------------------------
+
+_DIRS = {"insertion": True, "deletion": False}
+
+
+def _scores(rng, n: int = 40, shift: dict | None = None, noise: float = 0.0, base=None) -> pd.DataFrame:
+    """Per-image scores of 2 methods x 2 metrics on n images; ``base`` (another such table) is reused with
+    ``shift[(method, metric)]`` added (in the metric's better direction when positive) plus noise."""
+    if base is None:
+        rows = [
+            ("m", "d", meth, met, f"img{i:03d}", float(rng.uniform(0.1, 0.9)), "ok")
+            for meth in ("gradcam", "layercam")
+            for met in _DIRS
+            for i in range(n)
+        ]
+        return pd.DataFrame(rows, columns=["model", "dataset", "method", "metric", "image_id", "value", "status"])
+    out = base.copy()
+    for (meth, met), s in (shift or {}).items():
+        sel = (out["method"] == meth) & (out["metric"] == met)
+        out.loc[sel, "value"] += s if _DIRS[met] else -s
+    if noise:
+        out["value"] += rng.normal(0.0, noise, len(out))
+    return out
+
+
+def _run_dir(path, scores: pd.DataFrame, n_steps: int = 16):
+    from benchmark.report.tables import leaderboard
+
+    path.mkdir(parents=True)
+    scores.to_parquet(path / "scores.parquet")
+    leaderboard(scores, _DIRS, seed=0, n_boot=500).to_csv(path / "leaderboard.csv", index=False)
+    exp = {"label": "m", "dataset": "d", "metric_params": {"deletion": {"n_steps": n_steps}}}
+    (path / "run.json").write_text(json.dumps({"experiments": [exp]}))
+    return path
+
+
+def test_a_small_regression_the_ci_rule_misses_and_the_paired_rule_catches(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    base = _scores(rng)
+    worse = _scores(rng, shift={("gradcam", "insertion"): -0.04}, noise=0.005, base=base)
+    b, w = _run_dir(tmp_path / "base", base), _run_dir(tmp_path / "new", worse)
+    ci = compare(read_leaderboard(w), read_leaderboard(b)).set_index(["method", "metric"])
+    assert ci.loc[("gradcam", "insertion"), "status"] == "ok"  # 0.04 lies inside the spread between images
+    assert main(["compare", str(w), "--baseline", str(tmp_path / "base" / "leaderboard.csv")]) == 0
+    assert "rule: ci (" in capsys.readouterr().out
+    assert main(["compare", str(w), "--baseline", str(b)]) == 1
+    out = capsys.readouterr().out
+    assert "rule: paired" in out and "REGRESSION: 1 row(s)" in out
+    t = compare_paths(w, b / "scores.parquet").set_index(["method", "metric"])  # the scores file alone
+    assert t.loc[("gradcam", "insertion"), "status"] == "regression"
+    assert t.loc[("gradcam", "insertion"), "rule"] == "paired" and t.loc[("gradcam", "insertion"), "p_holm"] < 0.05
+    assert set(t.drop(index=("gradcam", "insertion"))["status"]) <= {"ok", "info"}
+
+
+def test_an_identical_rerun_never_fails_and_a_lost_image_always_does(tmp_path):
+    rng = np.random.default_rng(2)
+    base = _scores(rng, n=5)  # tiny n: the test could never reach significance, the rerun is identical
+    b, same = _run_dir(tmp_path / "base", base), _run_dir(tmp_path / "same", base.copy())
+    t = compare_paths(same, b)
+    t = t[t["metric"] != "mean_rank"]  # information only
+    assert set(t["status"]) == {"ok"} and set(t["rule"]) == {"paired"} and (t["p_holm"] == 1.0).all()
+    lost = base.copy()
+    lost.loc[3, ["value", "status"]] = [np.nan, "error"]
+    t = compare_paths(_run_dir(tmp_path / "lost", lost), b)
+    assert (t["status"] == "regression").sum() == 1
+
+
+def test_an_equal_in_distribution_rerun_fails_at_no_more_than_the_nominal_rate():
+    """4,000 seeded reruns of a 6-row gate whose per-image differences are symmetric around 0 (a changed but
+    equivalent method), minimum effect 0: the share of reruns with any failing row is the family-wise error
+    rate, at most alpha = 0.05 under Holm (plus 3 binomial SDs of simulation noise); a few reruns go through
+    the whole ``compare`` too."""
+    rng = np.random.default_rng(3)
+    sims, rows, n = 4000, 6, 30
+    d = rng.normal(0.0, 0.02, (sims * rows, n)) * rng.uniform(0.2, 1.0, (sims * rows, 1))
+    p = wilcoxon_pvalues(d).reshape(sims, rows)
+    ones = np.ones(rows, dtype=bool)
+    fails = 0
+    for s in range(sims):
+        oriented = d[s * rows : (s + 1) * rows].mean(axis=1)
+        status, _ = paired_verdicts(p[s], oriented, ones, np.zeros(rows), ones, tolerance=0.0)
+        fails += bool((status == "regression").any() or (status == "improved").any())
+    assert fails / sims <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / sims)
+    assert fails > 0  # the simulation is not vacuous: Holm is not a wall
+    base = _scores(rng, n=30)
+    board = pd.DataFrame(
+        [("m", "d", me, mt, 0.5, _DIRS[mt]) for me in ("gradcam", "layercam") for mt in _DIRS],
+        columns=["model", "dataset", "method", "metric", "mean", "higher_is_better"],
+    )
+    for _ in range(5):
+        rerun = _scores(rng, noise=0.001, base=base)  # an equivalent rerun below the minimum effect
+        t = compare(board, board, new_scores=rerun, baseline_scores=base)
+        assert set(t["status"]) == {"ok"} and set(t["rule"]) == {"paired"}

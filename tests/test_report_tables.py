@@ -212,3 +212,55 @@ def test_multilabel_rows_get_a_cluster_bootstrap_over_images_and_n_images() -> N
     row = board[board["metric"] == "pg"].iloc[0]
     assert row["n"] == 12 and row["mean"] == pytest.approx(v.mean())
     assert (row["ci_low"], row["ci_high"]) != naive
+
+
+def test_common_random_numbers_identical_scores_give_identical_intervals():
+    """One set of resamples per experiment (not per method): two methods with the same per-image scores get
+    the same CI (the old per-method seed gave them different ones), whatever the rows' order."""
+    rng = np.random.default_rng(7)
+    v = list(rng.uniform(0, 1, 20))
+    ids = {"b": [f"i{j}" for j in reversed(range(20))]}
+    s = _scores({("a", "x"): v, ("b", "x"): v[::-1]}, ids=ids)  # b's rows in reverse image order
+    lb = leaderboard(s, {"x": True}, n_boot=300).query("metric == 'x'").set_index("method")
+    assert (lb.loc["a", "ci_low"], lb.loc["a", "ci_high"]) == (lb.loc["b", "ci_low"], lb.loc["b", "ci_high"])
+
+
+def test_cost_metrics_are_summarised_per_timing_without_groups_or_tests():
+    """A latency measured once per batch of 8 and copied to its images: the row's n is the number of
+    timings, its CI a bootstrap over timings (never the zero-width interval of copies), and no group letter,
+    pairwise test or significance row comes from the copies."""
+    from benchmark.report.tables import ranked_leaderboard
+
+    a = [10.0] * 8 + [12.0] * 8 + [11.0] * 8
+    b = [10.5] * 8 + [12.5] * 8 + [11.5] * 8
+    q = list(np.linspace(0, 1, 24))
+    s = _scores({("a", "latency_ms"): a, ("b", "latency_ms"): b, ("a", "up"): q, ("b", "up"): q[::-1]})
+    fams = {"latency_ms": "cost", "up": "faithfulness"}
+    r = ranked_leaderboard(s, {"latency_ms": False, "up": True}, n_boot=300, families=fams)
+    lat = r.board[r.board["metric"] == "latency_ms"].set_index("method")
+    assert lat.loc["a", "n"] == 3 and lat.loc["a", "mean"] == pytest.approx(11.0)
+    assert lat.loc["a", "ci_high"] > lat.loc["a", "ci_low"]
+    assert (lat["group"] == "").all() and not (r.pairwise["metric"] == "latency_ms").any()
+    assert "latency_ms" not in set(significance(s, r.board, pairwise=r.pairwise)["metric"])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_significance_and_groups_tell_one_story(seed):
+    """significance.csv (each method against the best) reads the same test and Holm correction as the group
+    letters: a method is significantly different from the best iff it shares no letter with it."""
+    from benchmark.report.tables import ranked_leaderboard
+
+    rng = np.random.default_rng(seed)
+    base = rng.uniform(0, 1, 12)
+    vals = {
+        (m, "x"): list(base + shift + rng.normal(0, 0.05, 12))
+        for m, shift in zip("abcde", [0, -0.02, -0.04, -0.06, -0.08], strict=True)
+    }
+    s = _scores(vals)
+    r = ranked_leaderboard(s, {"x": True}, n_boot=100)
+    sig = significance(s, r.board, pairwise=r.pairwise).set_index("method")
+    groups = r.board.query("metric == 'x'").set_index("method")["group"]
+    best = sig["best"].iloc[0]
+    for m in sig.index:
+        shares = bool(set(groups[m]) & set(groups[best]))
+        assert bool(sig.loc[m, "significant"]) == (not shares), (m, groups.to_dict(), sig["p_holm"].to_dict())

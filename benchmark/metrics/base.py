@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import numpy as np
 from torch import Tensor, nn
 
 from ..errors import InputError
@@ -191,6 +192,17 @@ def dataset_value(name: str, stats: Any, ids: Sequence[str], params: Mapping[str
 def metric_params(name: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The metric's default parameters updated by ``overrides`` (unknown keys are an error)."""
     return METRICS.params(name, overrides)
+
+
+def curve_positions(name: str, params: Mapping[str, Any] | None, steps: int) -> np.ndarray:
+    """The x at which metric ``name`` measured the ``steps`` points of its curves (``ctx.curves``): its
+    ``percentages`` parameter when it has one of that length (ROAD: the fractions of pixels removed,
+    Rong et al. 2022), else evenly spaced on [0, 1] (deletion, insertion: RISE's evenly spaced steps)."""
+    merged = {**METRICS.params(name, None), **dict(params or {})} if name in METRICS else dict(params or {})
+    pct = merged.get("percentages")
+    if pct is not None and len(pct) == steps:
+        return np.asarray([float(v) for v in pct], dtype=np.float64)
+    return np.linspace(0.0, 1.0, steps) if steps > 1 else np.zeros(1)
 
 
 def missing_needs(name: str, ctx: MetricContext) -> list[str]:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -14,6 +15,7 @@ from ..plugins import load_plugins
 from ..schema import METRIC_FAMILIES
 from ..store import Store, atomic_write_text, write_parquet
 from . import tables
+from .claims import claims_html
 
 
 @dataclass
@@ -34,6 +36,7 @@ class Report:
     metric_card: pd.DataFrame | None = None
     #: "incomplete: k of n units" when units of the run are missing (``partial=True``); None when complete
     incomplete: str | None = None
+    claims: pd.DataFrame | None = None  # the run's claims tested (benchmark.report.claims), claims.csv
 
 
 class IncompleteRunError(CambenchError):
@@ -118,8 +121,9 @@ def write_report(
     partial: bool = False,
 ) -> Report:
     """Write scores.parquet, stats.parquet, leaderboard.csv, significance.csv, rank_tests.csv, pairwise.csv,
-    equivalences.csv, metric_card.csv, kendall_tau.csv, failures.csv, timings.csv, curves.parquet, plots/*.png
-    and report.html into ``out_dir`` (from its ``run.json`` and the parts of that hash).
+    equivalences.csv, metric_card.csv, kendall_tau.csv, failures.csv, timings.csv, sanity.csv, claims.csv (with
+    claims), curves.parquet, plots/*.png and report.html into ``out_dir`` (from its ``run.json`` and the parts
+    of that hash).
 
     Nothing named by the folder is imported: families, directions, baselines and reducers come from
     ``run.json``; ``plugins`` (the user's ``--plugin``) are the only code loaded besides cambench.
@@ -166,7 +170,7 @@ def write_report(
         families=families,
     )
     board = ranked.board
-    sig = tables.significance(scores, board)
+    sig = tables.significance(scores, board, pairwise=ranked.pairwise)
     from . import card as C
 
     equiv = C.equivalences(store.load_meta(), run)
@@ -204,6 +208,10 @@ def write_report(
     atomic_write_text(out / "kendall_tau.csv", taus.to_csv(index=False))
     atomic_write_text(out / "failures.csv", fails.to_csv(index=False))
     atomic_write_text(out / "timings.csv", timings.to_csv(index=False))
+    atomic_write_text(out / "sanity.csv", C.sanity_verdicts(board, families).to_csv(index=False))
+    claims = run_claims(run, scores, stats, mparams)
+    if run.get("claims"):
+        atomic_write_text(out / "claims.csv", claims.to_csv(index=False))
 
     from .seeds import write_seed_report
 
@@ -234,7 +242,17 @@ def write_report(
         atomic_write_text(
             out / "report.html",
             render(
-                run, board, sig, fails, timings, figs, degenerate, card=mcard, equivalences=equiv, tests=ranked.tests
+                run,
+                board,
+                sig,
+                fails,
+                timings,
+                figs,
+                degenerate,
+                card=mcard,
+                equivalences=equiv,
+                tests=ranked.tests,
+                claims=claims_html(claims),
             ),
         )
     return Report(
@@ -253,7 +271,22 @@ def write_report(
         equiv,
         mcard,
         incomplete,
+        claims,
     )
+
+
+def run_claims(run: dict, scores: pd.DataFrame, stats: pd.DataFrame | None, mparams: dict) -> pd.DataFrame:
+    """The run's ``[[claims]]`` (and ``--focus``) tested: :func:`benchmark.report.claims.claim_table`."""
+    from .claims import claim_table
+
+    if not run.get("claims"):
+        return claim_table(scores, {})
+    baselines = baseline_methods(set(scores["method"]) | (set(stats["method"]) if stats is not None else set()), run)
+
+    def compute_for(model: str, dataset: str, metric: str) -> Callable[[Any, list], float]:
+        return tables._dataset_compute(metric, (mparams.get((model, dataset)) or {}).get(metric, {}))
+
+    return claim_table(scores, run, stats, baselines, compute_for=compute_for)
 
 
 #: The metrics papers report first; the summary shows those present, then one per remaining family.

@@ -165,9 +165,20 @@ def kendall_taus(board: pd.DataFrame, exclude: Sequence[str] = ()) -> pd.DataFra
     return pd.DataFrame(rows, columns=["model", "dataset", "metric_a", "metric_b", "tau"])
 
 
-def _tied_share(means: np.ndarray, best: float) -> float:
-    tol = 1e-3 * max(1.0, abs(best))
-    return float(np.mean(np.abs(means - best) <= tol)) if means.size else float("nan")
+def _tied_share(means: np.ndarray, best: float, widths: np.ndarray | None = None) -> float:
+    """Share of the *other* methods (the best one left out: a method never ties with itself) whose mean
+    lies within a tolerance of the best mean, the tolerance relative to the metric's spread: a tenth of
+    the methods' median 95 % CI width (the uncertainty of one mean on these images), at least 1e-9
+    relative; rows without CIs (n = 1) fall back to ``1e-3`` (relative above 1). NaN with fewer than two
+    methods."""
+    if means.size < 2:
+        return float("nan")
+    others = np.delete(means, int(np.argmin(np.abs(means - best))))
+    w = np.asarray(widths, dtype=np.float64) if widths is not None else np.array([])
+    w = w[np.isfinite(w)]
+    floor = 1e-9 * max(1.0, abs(best))
+    tol = max(0.1 * float(np.median(w)), floor) if w.size else 1e-3 * max(1.0, abs(best))
+    return float(np.mean(np.abs(others - best) <= tol))
 
 
 def metric_card(
@@ -182,8 +193,9 @@ def metric_card(
 ) -> pd.DataFrame:
     """The metric report card (module docstring). Per (model, dataset, metric) over the ranked methods:
 
-    - ``saturated_share``: share of methods whose mean ties with the best one (within ``1e-3`` of it,
-      relative above 1): all at the bound (pointing game 1.0) or all tied; ``saturated`` when >= 0.5;
+    - ``saturated_share``: share of the other methods whose mean ties with the best one (within a tenth of
+      the methods' median 95 % CI width: ties relative to the metric's spread, :func:`_tied_share`; never
+      the best with itself): all at the bound (pointing game 1.0) or all tied; ``saturated`` when >= 0.5;
     - ``separable``: share of method pairs significantly different (Holm-corrected post-hoc, 0.05);
     - ``baseline_order``: ``ok`` when oracle >= every method >= random in the metric's direction,
       ``violated`` otherwise (``violators`` lists them, e.g. ``below random: x``), ``n/a`` without both
@@ -207,7 +219,9 @@ def metric_card(
         means = meth["mean"].to_numpy(dtype=float)
         sign = 1.0 if hib else -1.0
         best = float(np.nanmax(sign * means)) * sign if means.size else float("nan")
-        share = _tied_share(means[np.isfinite(means)], best) if np.isfinite(best) else float("nan")
+        fin = np.isfinite(means)
+        widths = (meth["ci_high"] - meth["ci_low"]).to_numpy(dtype=float) if "ci_high" in meth else None
+        share = _tied_share(means[fin], best, None if widths is None else widths[fin]) if np.isfinite(best) else np.nan
         pw = pairwise[(pairwise["model"] == model) & (pairwise["dataset"] == dataset) & (pairwise["metric"] == metric)]
         sep = float(pw["significant"].astype(bool).mean()) if len(pw) else float("nan")
         ref = g[gb].set_index("method")
@@ -276,3 +290,28 @@ def metric_card(
             meta[["model", "dataset", "metric", *META_COLUMNS]], on=["model", "dataset", "metric"], how="left"
         )
     return card
+
+
+#: The sanity verdict's bound: a method passes the model-randomisation check (Adebayo et al. 2018) when the
+#: upper end of the 95 % CI of its similarity (Spearman rho or SSIM between the maps of the trained and the
+#: fully randomised model) lies below it: on average its maps keep less than half of their structure once the
+#: weights carry no information. An edge detector (a map computed from the input alone) keeps all of it
+#: (similarity about 1) and fails.
+SANITY_BOUND = 0.5
+SANITY_COLUMNS = ["model", "dataset", "method", "metric", "mean", "ci_low", "ci_high", "n", "bound", "verdict"]
+
+
+def sanity_verdicts(board: pd.DataFrame, families: Mapping[str, str], bound: float = SANITY_BOUND) -> pd.DataFrame:
+    """Per method and sanity-family metric (similarity after model randomisation, lower is better):
+    ``pass`` when ``ci_high < bound``, ``fail`` when ``ci_low >= bound``, else ``inconclusive`` (the CI
+    straddles the bound: more images decide). Higher-is-better sanity metrics (Quantus' EfficientMPRT, a
+    complexity ratio) have no such bound and are left out."""
+    sel = board["metric"].map(lambda m: families.get(m) == "sanity") & ~board["higher_is_better"].astype(bool)
+    if "baseline" in board.columns:
+        sel &= ~board["baseline"].astype(bool)
+    t = board[sel][["model", "dataset", "method", "metric", "mean", "ci_low", "ci_high", "n"]].copy()
+    t["bound"] = float(bound)
+    hi, lo = t["ci_high"].astype(float), t["ci_low"].astype(float)
+    t["verdict"] = np.where(hi < bound, "pass", np.where(lo >= bound, "fail", "inconclusive"))
+    t.loc[~np.isfinite(hi) | ~np.isfinite(lo), "verdict"] = "undefined"
+    return t.reset_index(drop=True)[SANITY_COLUMNS]

@@ -268,6 +268,7 @@ def render(
     card: pd.DataFrame | None = None,
     equivalences: pd.DataFrame | None = None,
     tests: pd.DataFrame | None = None,
+    claims: str = "",
 ) -> str:
     """The report as an HTML string: per experiment (:func:`experiment_section`), then what applies to
     the whole run (ties with the best, failures, degenerate maps, skipped metrics, timings, settings)."""
@@ -321,6 +322,7 @@ def render(
 <p class="muted">suite hash {_e(run.get("suite_hash", ""))} · created {_e(run.get("created", ""))}
  · device {_e(run.get("device", ""))}
  · total unit time {total_s:.1f} s · {n_fail} failed score rows</p>
+{claims}
 {frame_html(exp_rows)}
 <p class="muted">Leaderboard: mean over images (dataset-level metrics: the value over all images) with the 95%
 percentile-bootstrap CI over images ({_e(run.get("bootstrap", 1000))} resamples, seeded) and n. ↑ higher is better,

@@ -2,7 +2,9 @@
 
 - ``leaderboard``: one row per (model, dataset, method, metric) with the mean over images, a seeded
   percentile-bootstrap 95 % CI (Efron & Tibshirani 1993, ch. 13), ``n``, the rank among methods
-  (1 = best for the metric's direction, ties averaged) and ``higher_is_better``; plus one
+  (1 = best for the metric's direction, ties averaged) and ``higher_is_better``. The resamples are common
+  random numbers: one seed per experiment (model, dataset) and rows in image order, so all methods and
+  metrics of an experiment resample the same images (identical scores give identical CIs); plus one
   ``metric = "mean_rank"`` row per (model, dataset, method): the method's rank averaged over the quality
   metrics (cost metrics -- latency, memory -- keep their own ranked rows but stay out of the mean: they
   measure the machine, and their timing noise would reorder the quality ranking from run to run).
@@ -185,6 +187,7 @@ def _stats_groups(stats_rows: pd.DataFrame | None) -> dict[tuple, tuple[np.ndarr
     if stats_rows is None or len(stats_rows) == 0:
         return out
     for key, g in stats_rows.groupby(KEYS, sort=True):
+        g = g.sort_values("image_id", kind="mergesort")  # image order: common resamples (leaderboard)
         arr = np.stack([np.asarray(v, dtype=np.float64) for v in g["stats"]])
         keep = np.asarray(np.isfinite(arr).all(axis=1), dtype=bool)
         out[key] = (arr[keep], [i for i, k in zip(g["image_id"], keep.tolist(), strict=True) if k])
@@ -240,16 +243,24 @@ def ranked_leaderboard(
     if missing:
         raise KeyError(f"No direction (higher_is_better) known for metric(s) {missing}; pass them in `directions`.")
     baselines = set(baselines)
+    cost = {m for m, f in (families or {}).items() if f == COST_FAMILY}
     rows = []
     dl = {k[3] for k in sgroups}
+    # common random numbers: one seed per experiment (model, dataset), rows in image order, so every method
+    # and metric of an experiment draws the same resampled images (identical scores, identical CIs)
     for key, g in ok[~ok["metric"].isin(dl)].groupby(KEYS, sort=True):
+        g = g.sort_values("image_id", kind="mergesort")
         v = g["value"].to_numpy(dtype=np.float64)
         images = [image_key(i) for i in g["image_id"]]
-        if len(set(images)) < len(images):  # multi-label rows (image#class): resample images, n = images
-            lo, hi = bootstrap_ci(v, n_boot=n_boot, seed=_seed_for(seed, key), clusters=images)
+        if key[3] in cost:  # one timing per batch copied to its images: summarise the timings, n = timings
+            t = np.unique(v[np.isfinite(v)])
+            lo, hi = bootstrap_ci(t, n_boot=n_boot, seed=_seed_for(seed, key[:2]))
+            rows.append((*key, float(t.mean()) if t.size else float("nan"), lo, hi, int(t.size)))
+        elif len(set(images)) < len(images):  # multi-label rows (image#class): resample images, n = images
+            lo, hi = bootstrap_ci(v, n_boot=n_boot, seed=_seed_for(seed, key[:2]), clusters=images)
             rows.append((*key, float(v.mean()), lo, hi, len(set(images))))
         else:
-            lo, hi = bootstrap_ci(v, n_boot=n_boot, seed=_seed_for(seed, key))
+            lo, hi = bootstrap_ci(v, n_boot=n_boot, seed=_seed_for(seed, key[:2]))
             rows.append((*key, float(v.mean()), lo, hi, int(v.size)))
     computes: dict[tuple, Callable] = {}
     for key, (arr, ids) in sgroups.items():
@@ -259,7 +270,7 @@ def ranked_leaderboard(
             _dataset_compute(metric, ((metric_params or {}).get((model, dataset)) or {}).get(metric, {})),
         )
         value = fn(arr, ids) if len(ids) else float("nan")
-        lo, hi = bootstrap_stat(fn, arr, ids, n_boot=n_boot, seed=_seed_for(seed, key))
+        lo, hi = bootstrap_stat(fn, arr, ids, n_boot=n_boot, seed=_seed_for(seed, key[:2]))
         rows.append((*key, value, lo, hi, len({image_key(i) for i in ids})))  # n = images (multi-label too)
     lb = pd.DataFrame(rows, columns=KEYS + ["mean", "ci_low", "ci_high", "n"])
     if lb.empty:
@@ -294,6 +305,9 @@ def ranked_leaderboard(
         methods = sorted(g["method"])
         hib = bool(directions.get(metric, False)) if metric != MEAN_RANK else False
         level = "image"
+        if metric in cost:  # copies of a few timings: no per-image test, no groups (docs/claims.md)
+            tests.append({"model": model, "dataset": dataset, "metric": metric, "level": "timings", "k": len(methods)})
+            continue
         if metric == MEAN_RANK:
             level = "metrics"
             rt = rank_table_of(quality, model, dataset)
@@ -365,13 +379,36 @@ def paired_wilcoxon(a: pd.Series, b: pd.Series) -> tuple[int, float, float, floa
     return n, float(d.mean()), float(res.statistic), float(res.pvalue)
 
 
-def significance(scores: pd.DataFrame, board: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
-    """Each method against the best (rank 1; first by name on ties) per (model, dataset, metric)."""
+def significance(
+    scores: pd.DataFrame, board: pd.DataFrame, alpha: float = 0.05, pairwise: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """Each method against the best (rank 1; first by name on ties) per (model, dataset, metric).
+
+    With ``pairwise`` (the leaderboard's post-hoc table, :class:`Ranked`), each row is that table's test of
+    the pair, with its p and its Holm correction over *all* pairs of the metric: the same test and
+    correction as the groups, so "significantly worse than the best" and "shares no group letter with the
+    best" never disagree. Without it (older callers): Wilcoxon of each method against the best, Holm over
+    those k - 1 comparisons. Cost metrics (``family`` cost) and baselines are left out: their per-image
+    rows are copies of a few timings."""
     ok = valid_scores(scores)
     rows = []
     lb = board[board["metric"] != MEAN_RANK]
+    if "family" in lb.columns:
+        lb = lb[lb["family"] != COST_FAMILY]
+    if "baseline" in lb.columns:
+        lb = lb[~lb["baseline"].astype(bool)]
     for (model, dataset, metric), g in lb.groupby(["model", "dataset", "metric"], sort=True):
         best = g.sort_values(["rank", "method"], kind="mergesort")["method"].iloc[0]
+        if pairwise is not None:
+            sel = (pairwise["model"] == model) & (pairwise["dataset"] == dataset) & (pairwise["metric"] == metric)
+            for r in pairwise[sel].itertuples(index=False):
+                if best not in (r.method_a, r.method_b):
+                    continue
+                method = r.method_b if r.method_a == best else r.method_a
+                diff = -float(r.mean_diff) if r.method_a == best else float(r.mean_diff)
+                test = [r.n_pairs, diff, np.nan, r.p_value, r.p_holm, bool(r.significant)]
+                rows.append([model, dataset, metric, method, best, *test])
+            continue
         sub = ok[(ok["model"] == model) & (ok["dataset"] == dataset) & (ok["metric"] == metric)]
         per = {m: s.groupby("image_id")["value"].mean() for m, s in sub.groupby("method")}
         fam = []

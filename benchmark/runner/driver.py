@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from .parallel import execute_units, reemit_logs
 from .plan import Plan, load_registries, plan_run
 from .progress import Progress
 from .resources import resolve_device
-from .suite import Suite
+from .suite import Suite, check_claims
 from .unit import ExecOptions, run_unit
 
 # -- the driver ------------------------------------------------------------------------------------
@@ -102,6 +102,21 @@ def recorded_identities(plan: Plan) -> dict[str, Any]:
     }
 
 
+def _check_claims(plan: Plan) -> None:
+    """:func:`benchmark.runner.suite.check_claims` of the suite's claims against the planned experiments."""
+    if not plan.suite.claims:
+        return
+    names = {m for e in plan.experiments for m in e.methods}
+    baselines = [m for m in names if METHODS.entry(m).meta.get("family") == "baseline"]
+    check_claims(
+        plan.suite.claims,
+        [(e.label, e.dataset, e.methods, e.metrics) for e in plan.experiments],
+        plan.families,
+        baselines,
+        plan.suite.path or plan.suite.name,
+    )
+
+
 def run_record(plan: Plan, device: torch.device) -> dict:
     """The ``run.json`` record: what the report needs without the registries (directions, families,
     baselines, reducers: :func:`recorded_identities`)."""
@@ -123,6 +138,7 @@ def run_record(plan: Plan, device: torch.device) -> dict:
         "levels": plan.levels,
         **recorded_identities(plan),
         "plugins": [str(p) for p in s.plugins],
+        "claims": [asdict(c) for c in s.claims],  # tested by the report (benchmark.report.claims)
         "units": [u.key for u in plan.units],
         "method_notes": method_notes(sorted({m for e in plan.experiments for m in e.methods})),
         "experiments": [
@@ -222,6 +238,7 @@ def _run_locked(
 ) -> RunOutcome:
     log = progress.log
     plan = plan_run(suite, limit, precision=options.precision)
+    _check_claims(plan)  # a claim naming a method or metric no experiment runs is refused before any work
     device = resolve_device(suite.device)
     fingerprints = unit_fingerprints(plan)  # plugin sources, checkpoint bytes, CPU kernels, versions
     store = Store(out, plan.hash, log, units=[u.key for u in plan.units], fingerprints=fingerprints)

@@ -36,6 +36,14 @@ A suite file looks like::
     # label, model_kwargs, methods, metrics, reexplain_methods, method_params, metric_params may be
     # overridden here
 
+    [[claims]]                 # a claim tested by the report (claims.csv; docs/claims.md)
+    method = "cfcam"
+    than = ["gradcam", "gradcampp"]   # one or more methods, or "all" (every other non-baseline method)
+    metrics = ["deletion_auc"] # metric names and/or families ("faithfulness", ...), or "quality"
+    experiments = "all"        # or a list of experiment labels ("label" or "label/dataset")
+    margin = 0.0               # optional: "better by at least margin" (in the metric's units)
+    note = "CF-CAM paper, Table 2"  # optional: where the claim comes from
+
 Strings in ``data``, ``weights`` and ``model_kwargs`` may use ``${ENV_VAR}``; a variable that is not set
 is reported (with the way to set it) when the suite is *run*, so ``list suites`` never fails.
 
@@ -52,7 +60,7 @@ import math
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from pathlib import Path
@@ -83,6 +91,7 @@ SUITE_DEFAULTS: dict[str, Any] = {
     "method_params": {},
     "metric_params": {},
     "experiments": None,
+    "claims": [],
 }
 
 #: Keys of one ``[[experiments]]`` table.
@@ -104,6 +113,11 @@ EXPERIMENT_KEYS = (
     "ms_flip",
     "ms_scales",
 )
+#: Keys of one ``[[claims]]`` table (``method``, ``than`` and ``metrics`` required).
+CLAIM_KEYS = ("method", "than", "metrics", "experiments", "margin", "note")
+#: ``metrics = "quality"`` in a claim: every metric outside the cost family.
+QUALITY = "quality"
+
 #: Suite keys of the meta-evaluation (left out of the suite hash while no experiment turns it on).
 META_KEYS = ("meta_perturbations", "meta_minor_std", "meta_disruptive_std")
 
@@ -160,6 +174,21 @@ class Experiment:
 
 
 @dataclass(frozen=True)
+class Claim:
+    """One ``[[claims]]`` entry: ``method`` is better than each of ``than`` on ``metrics`` (names, families
+    or ``"quality"``) in ``experiments`` (``"all"`` or labels), by at least ``margin``. ``group`` names the
+    family of comparisons Holm corrects over (``"claims"`` for a suite's, ``"focus"`` for ``--focus``)."""
+
+    method: str
+    than: tuple[str, ...] | str
+    metrics: tuple[str, ...] | str
+    experiments: tuple[str, ...] | str = "all"
+    margin: float = 0.0
+    note: str = ""
+    group: str = "claims"
+
+
+@dataclass(frozen=True)
 class Suite:
     """A validated suite: global settings plus experiments (names not yet checked against registries)."""
 
@@ -180,6 +209,8 @@ class Suite:
     meta_disruptive_std: float = 2.0
     source: str = ""  # the TOML text as read (recorded in the report)
     path: str | None = None
+    #: claims the report tests (analysis only: not in the hash, so adding one never recomputes)
+    claims: tuple[Claim, ...] = ()
 
     def normalized(self) -> dict[str, Any]:
         """Everything that changes results, as plain JSON-able data (device, paths of the file excluded).
@@ -188,7 +219,7 @@ class Suite:
         (CPU and CUDA scores agree to float tolerance, not bit for bit).
         """
         d = asdict(self)
-        for k in ("source", "path", "description", "device", "name"):
+        for k in ("source", "path", "description", "device", "name", "claims"):
             d.pop(k)
         d["experiments"] = [_exp_dict(e) for e in self.experiments]
         if not self.meta_evaluation:  # suites without meta-evaluation keep the hash they always had
@@ -403,6 +434,7 @@ def parse_suite(text: str, path: str | None = None, default_name: str | None = N
                 "(it names the model column)."
             )
         seen[(e.label, e.dataset)] = i
+    claims = _claims(cfg["claims"], experiments, where)
     return Suite(
         name=name,
         description=str(cfg["description"]),
@@ -420,7 +452,120 @@ def parse_suite(text: str, path: str | None = None, default_name: str | None = N
         meta_disruptive_std=float(cfg["meta_disruptive_std"]),
         source=text,
         path=path,
+        claims=claims,
     )
+
+
+def _claim_names(
+    value: Any, key: str, w: str, example: str, allow: tuple[str, ...] = ("all",)
+) -> tuple[str, ...] | str:
+    if isinstance(value, str) and value in allow:
+        return value
+    if isinstance(value, str) and value:
+        return (value,)
+    if isinstance(value, list) and value and all(isinstance(v, str) and v for v in value):
+        if len(set(value)) != len(value):
+            raise SuiteError(f"{w}: `{key}` lists a name twice: {value}.")
+        return tuple(value)
+    raise SuiteError(f"{w}: `{key}` must be a name or a non-empty list of names, e.g. {example}; got {value!r}.")
+
+
+def _claims(raw: Any, experiments: tuple[Experiment, ...], where: str) -> tuple[Claim, ...]:
+    """The ``[[claims]]`` tables, checked for form and experiment names (methods and metrics are checked
+    against the plan by :func:`check_claims`)."""
+    if not isinstance(raw, list) or not all(isinstance(c, dict) for c in raw):
+        raise SuiteError(f"{where}: `claims` must be [[claims]] tables (method, than, metrics...).")
+    labels = {e.label for e in experiments} | {f"{e.label}/{e.dataset}" for e in experiments}
+    out = []
+    for i, c in enumerate(raw):
+        w = f"{where}: [[claims]] #{i}"
+        _check_keys(c, CLAIM_KEYS, w)
+        for req in ("method", "than", "metrics"):
+            if req not in c:
+                raise SuiteError(
+                    f'{w} needs `{req} = ...` (e.g. method = "cfcam", than = ["gradcam"], metrics = ["deletion_auc"]).'
+                )
+        if not isinstance(c["method"], str) or not c["method"]:
+            raise SuiteError(f'{w}: `method` must be one method name, e.g. "cfcam"; got {c["method"]!r}.')
+        than = _claim_names(c["than"], "than", w, '["gradcam", "gradcampp"] or "all"')
+        if isinstance(than, tuple) and c["method"] in than:
+            raise SuiteError(f"{w}: `than` names the claim's own method {c['method']!r}; remove it.")
+        metrics = _claim_names(c["metrics"], "metrics", w, '["deletion_auc"], "faithfulness" or "quality"', (QUALITY,))
+        exps = _claim_names(c.get("experiments", "all"), "experiments", w, '["shapes_cnn"] or "all"')
+        if isinstance(exps, tuple):
+            unknown = [e for e in exps if e not in labels]
+            if unknown:
+                close = difflib.get_close_matches(unknown[0], sorted(labels), n=1)
+                hint = f" Did you mean {close[0]!r}?" if close else ""
+                raise SuiteError(
+                    f"{w}: unknown experiment(s) {unknown}.{hint} Experiments of this suite: "
+                    f'{", ".join(sorted(labels))} (or "all").'
+                )
+        margin = c.get("margin", 0.0)
+        if not isinstance(margin, (int, float)) or isinstance(margin, bool) or not math.isfinite(margin) or margin < 0:
+            raise SuiteError(f"{w}: `margin` must be a finite number >= 0 (in the metric's units), got {margin!r}.")
+        note = c.get("note", "")
+        if not isinstance(note, str):
+            raise SuiteError(f"{w}: `note` must be a string, got {note!r}.")
+        out.append(Claim(c["method"], than, metrics, exps, float(margin), note))
+    return tuple(out)
+
+
+def claim_experiments(claim: Claim, experiments: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The ``(label, dataset)`` pairs a claim covers among ``experiments``."""
+    if claim.experiments == "all":
+        return list(experiments)
+    return [(lab, ds) for lab, ds in experiments if lab in claim.experiments or f"{lab}/{ds}" in claim.experiments]
+
+
+def claim_metrics(claim: Claim, metrics: Sequence[str], families: Mapping[str, str]) -> list[str]:
+    """The metrics (of ``metrics``, in order) a claim covers: named ones, members of named families, or
+    every non-cost metric for ``"quality"``."""
+    if claim.metrics == QUALITY:
+        return [m for m in metrics if families.get(m) != "cost"]
+    return [m for m in metrics if m in claim.metrics or families.get(m) in claim.metrics]
+
+
+def check_claims(
+    claims: Sequence[Claim],
+    experiments: Sequence[tuple[str, str, Sequence[str], Sequence[str]]],
+    families: Mapping[str, str],
+    baselines: Sequence[str] = (),
+    where: str = "<suite>",
+) -> None:
+    """Refuse a claim whose method, compared methods or metrics no experiment it covers runs.
+
+    ``experiments``: ``(label, dataset, methods, metrics)`` as planned (names resolved); ``families``:
+    metric -> family. A claim must find its method, at least one compared method and at least one metric
+    in some covered experiment."""
+    known_methods = sorted({m for e in experiments for m in e[2]})
+    known_metrics = sorted({m for e in experiments for m in e[3]})
+    fams = sorted({families.get(m, "") for m in known_metrics} - {""})
+    for i, c in enumerate(claims):
+        w = f"{where}: [[claims]] #{i} ({c.method})"
+        covered = [e for e in experiments if (e[0], e[1]) in claim_experiments(c, [(x[0], x[1]) for x in experiments])]
+        names = [c.method] + (list(c.than) if isinstance(c.than, tuple) else [])
+        for name in names:
+            if not any(name in e[2] for e in covered):
+                close = difflib.get_close_matches(name, known_methods, n=1)
+                hint = f" Did you mean {close[0]!r}?" if close else ""
+                raise SuiteError(
+                    f"{w}: method {name!r} is not run by the experiments the claim covers.{hint} Add it to their "
+                    f"`methods`, or name one of {', '.join(known_methods)}."
+                )
+        if c.metrics != QUALITY:
+            for name in c.metrics:
+                if name not in known_metrics and name not in fams:
+                    close = difflib.get_close_matches(name, known_metrics + fams, n=1)
+                    hint = f" Did you mean {close[0]!r}?" if close else ""
+                    raise SuiteError(
+                        f"{w}: metric {name!r} is neither a metric nor a family the experiments run.{hint} "
+                        f"Metrics: {', '.join(known_metrics)}; families: {', '.join(fams)}."
+                    )
+        if not any(claim_metrics(c, list(e[3]), families) for e in covered):
+            raise SuiteError(f"{w}: no metric of the claim is run by the experiments it covers; add one to `metrics`.")
+        if c.than == "all" and not any(set(e[2]) - {c.method} - set(baselines) for e in covered):
+            raise SuiteError(f'{w}: `than = "all"` finds no other (non-baseline) method to compare with.')
 
 
 def _experiment(raw: Any, i: int, cfg: Mapping[str, Any], where: str) -> Experiment:

@@ -27,7 +27,7 @@ import copy
 import hashlib
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +39,7 @@ from ..errors import CambenchError
 from ..evaluate import BatchScores, evaluate_batch, resolve_targets
 from ..forward import PRECISIONS as _FORWARD_DTYPES
 from ..forward import cudnn_autotune, forward_compile, forward_precision, tf32
+from ..metrics.base import curve_positions
 from ..schema import CURVE_COLUMNS, PERTURBED_COLUMNS, SCORE_COLUMNS, STATS_COLUMNS, TIMING_COLUMNS, UnitResult
 from ..types import Batch, ModelHandle
 from .plan import ExperimentPlan, Unit
@@ -208,7 +209,7 @@ def _run_unit(
     return UnitResult(
         key=unit.key,
         scores=rows.frame(),
-        curves=curves.frame(plan.label, plan.dataset),
+        curves=curves.frame(plan.label, plan.dataset, plan.metric_params),
         timings=timings.frame(unit.key, plan.label, plan.dataset),
         gallery=gallery.arrays(handle, plan.label, plan.dataset),
         info={"n_images": n_done, "data_errors": new_errors, "map_diffs": map_diffs, "capture": facts},
@@ -445,16 +446,22 @@ class CurveSums:
                 if s.shape[0] == arr.shape[1]:
                     self.sums[(metric, name)] = (s + np.nan_to_num(arr).sum(0), k + arr.shape[0])
 
-    def frame(self, model: str, dataset: str) -> pd.DataFrame:
-        return curves_frame(model, dataset, self.sums)
+    def frame(self, model: str, dataset: str, metric_params: Mapping[str, Any] | None = None) -> pd.DataFrame:
+        return curves_frame(model, dataset, self.sums, metric_params)
 
 
-def curves_frame(model: str, dataset: str, curve_sum: dict[tuple[str, str], tuple[np.ndarray, int]]) -> pd.DataFrame:
-    """The mean curves (``CURVE_COLUMNS``) of summed curves ``{(metric, method): (sum [steps], n)}``."""
+def curves_frame(
+    model: str,
+    dataset: str,
+    curve_sum: dict[tuple[str, str], tuple[np.ndarray, int]],
+    metric_params: Mapping[str, Any] | None = None,
+) -> pd.DataFrame:
+    """The mean curves (``CURVE_COLUMNS``) of summed curves ``{(metric, method): (sum [steps], n)}``, each
+    point at the x its metric measured (:func:`benchmark.metrics.base.curve_positions`: ROAD's fractions)."""
     rows = []
     for (metric, method), (s, k) in sorted(curve_sum.items()):
         steps = s.shape[0]
-        xs = np.linspace(0.0, 1.0, steps) if steps > 1 else np.zeros(1)
+        xs = curve_positions(metric, (metric_params or {}).get(metric), steps)  # ROAD: the fractions measured
         mean = s / max(k, 1)
         rows += [(model, dataset, method, metric, j, float(xs[j]), float(mean[j]), k) for j in range(steps)]
     return pd.DataFrame(rows, columns=CURVE_COLUMNS)

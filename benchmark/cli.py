@@ -195,14 +195,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"\ncambench suite {suite.name!r} (hash {res.plan.hash}): {len(res.ran)} unit(s) run, "
         f"{len(res.reused)} reused, {len(rep.scores)} score rows -> {out}"
     )
-    text = summary_text(rep.run, rep.leaderboard)
-    if text:
-        print(text)
     data = rep.scores["method"] == "(data)"
     n_err = int(((rep.scores["status"] == "error") & ~data).sum())
     if n_err:
         print(f"{n_err} score row(s) failed: see {out / 'failures.csv'}")
     _print_notes(rep.run, out)
+    text = summary_text(rep.run, rep.leaderboard, card=rep.metric_card, equivalences=rep.equivalences, out_dir=out)
+    if text:
+        print(text)  # the findings: the summary's last lines
     print(f"report: {out / 'report.html'}   leaderboard: {out / 'leaderboard.csv'}")
     return 0
 
@@ -323,10 +323,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     check_out_dir(args.dir, flag="report", create=False)
     with RunLock(args.dir):  # not while a run writes into it
         rep = write_report(args.dir, plots=not args.no_plots)
-    text = summary_text(rep.run, rep.leaderboard)
+    _print_notes(rep.run, Path(args.dir))
+    text = summary_text(
+        rep.run, rep.leaderboard, card=rep.metric_card, equivalences=rep.equivalences, out_dir=Path(args.dir)
+    )
     if text:
         print(text)
-    _print_notes(rep.run, Path(args.dir))
     print(f"report: {Path(args.dir) / 'report.html'}")
     return 0
 

@@ -167,7 +167,17 @@ def write_report(out_dir: str | Path, *, plots: bool = True, html: bool = True) 
         atomic_write_text(
             out / "report.html",
             render(
-                run, board, sig, fails, timings, figs, degenerate, card=mcard, equivalences=equiv, tests=ranked.tests
+                run,
+                board,
+                sig,
+                fails,
+                timings,
+                figs,
+                degenerate,
+                card=mcard,
+                equivalences=equiv,
+                tests=ranked.tests,
+                out_dir=out,
             ),
         )
     return Report(
@@ -197,10 +207,19 @@ def headline_metrics(run: dict, board: pd.DataFrame, k: int = 5) -> list[str]:
     return picked[:k]
 
 
-def summary_text(run: dict, board: pd.DataFrame, k: int = 5) -> str | None:
-    """The one-screen terminal summary: methods x headline metrics + mean rank, per (model, dataset)."""
+def summary_text(
+    run: dict,
+    board: pd.DataFrame,
+    k: int = 5,
+    card: pd.DataFrame | None = None,
+    equivalences: pd.DataFrame | None = None,
+    out_dir: Path | None = None,
+) -> str | None:
+    """The terminal summary: one finding per experiment (:mod:`benchmark.report.findings`), best-concluding
+    first, then the claims' verdicts when the suite has claims; the tables are in report.html."""
     if board.empty:
         return None
-    wide = tables.summary_table(board, headline_metrics(run, board, k), max_metrics=k)
-    with pd.option_context("display.max_rows", 200, "display.width", 160, "display.float_format", "{:.3f}".format):
-        return wide.to_string()
+    from .findings import claims_verdicts, experiment_findings, findings_text
+
+    _, claims = claims_verdicts(run, out_dir)
+    return findings_text(experiment_findings(board, card, equivalences, run), claims)

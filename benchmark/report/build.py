@@ -157,7 +157,16 @@ def write_report(out_dir: str | Path, *, plots: bool = True, html: bool = True) 
         # per-image rows in ctx.curves (e.g. PxAP histograms), kept in curves.parquet only
         fam = run.get("families", {})
         plotted = curves[curves["metric"].map(lambda m: fam.get(m, "faithfulness") == "faithfulness")]
-        figs = all_plots(board, plotted, store.load_gallery(), out / "plots", families=fam, taus=taus)
+        figs = all_plots(
+            board,
+            plotted,
+            store.load_gallery(),
+            out / "plots",
+            families=fam,
+            taus=taus,
+            scores=scores,
+            focus=run.get("focus"),
+        )
         if "plot" in seed_files:
             figs["seeds"] = [seed_files["plot"]]
     if html:

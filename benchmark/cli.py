@@ -177,6 +177,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .runner import ExecOptions, load_registries, run_suite
 
     load_registries(_plugins(args), check=True)  # a broken plugin fails here, before any model work
+    from .plugins import loaded_plugins
+    from .runner.preflight import check_suite_methods
+
+    check_suite_methods(suite, [m for p in loaded_plugins() for m in p.methods])  # 3-D, multi-label inputs too
     res = run_suite(
         suite,
         out,

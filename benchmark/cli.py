@@ -74,6 +74,13 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--limit", type=int, default=None, metavar="N", help="at most N images per experiment")
     r.add_argument("--batch-size", type=int, default=None, metavar="N", help="images per batch")
     r.add_argument("--data-root", default=None, metavar="DIR", help="dataset root for every experiment")
+    r.add_argument(
+        "--model",
+        default=None,
+        metavar="NAME",
+        help="run every real-data experiment with this model instead (its default weights and layer), e.g. "
+        "efficientnet_lite0 (offline weights); generated-data experiments keep their shipped models",
+    )
     r.add_argument("--fresh", action="store_true", help="discard earlier results in --out and start over")
     r.add_argument("--quiet", action="store_true", help="no progress bars or messages, only the summary")
     r.add_argument("--no-plots", action="store_true", help="tables only (no PNGs in the report)")
@@ -173,6 +180,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("results") / suite.name
     check_out_dir(out)  # before importing torch, models or data
     RunLock(out).acquire().release()  # another run into `out` is refused now, not after the imports
+    if args.model:
+        from .runner import load_registries as _load
+        from .runner.preflight import override_model
+
+        _load(_plugins(args))  # the model's name is checked against the registry
+        suite = override_model(suite, args.model)
     from .report.build import summary_text, write_report
     from .runner import ExecOptions, load_registries, run_suite
 
@@ -275,9 +288,19 @@ def cmd_list(args: argparse.Namespace) -> int:
             items = [(k, v) for k, v in e.meta.items() if isinstance(v, (str, int, float, bool))]
         cells = {k: f"{k}={_word(v)}" for k, v in items if _word(v) != ""}  # an empty paper= says nothing
         if args.what == "datasets":
+            cells.pop("layout", None)
             cells["args"] = f"args: {_signature(e.obj)}"
+        if args.what == "methods":
+            defaults = getattr(e, "defaults", None) or {}
+            cells["params"] = "params: " + (", ".join(f"{k}={v!r}" for k, v in defaults.items()) or "(none)")
         rows.append((e.name, cells))
-    print(_table(rows))
+    lines = _table(rows).splitlines()
+    if args.what == "datasets":  # the folder layout a loader of real data expects, under its row
+        layout = {n: reg.entry(n).meta.get("layout") for n, _ in rows if n in reg}
+        lines = [
+            x + (f"\n    layout: {layout[n]}" if layout.get(n) else "") for (n, _), x in zip(rows, lines, strict=True)
+        ]
+    print("\n".join(lines))
     return 0
 
 

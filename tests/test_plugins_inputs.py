@@ -93,3 +93,48 @@ def test_cli_refuses_a_2d_only_plugin_on_a_volume_suite(tmp_path, capsys):
     assert cli.main(["run", str(suite), "--plugin", str(path), "--out", str(out), "--quiet", "--no-plots"]) == 2
     assert "fails on 3d inputs" in capsys.readouterr().err
     assert not (out / "parts").exists()  # refused before any unit ran
+
+
+def test_model_override_swaps_the_model_of_real_data_experiments_only():
+    from benchmark.errors import UnknownNameError
+    from benchmark.runner import load_registries
+    from benchmark.runner.preflight import override_model
+
+    load_registries()
+    voc = override_model(load_suite("voc"), "efficientnet_lite0")
+    assert {(e.model, e.label, e.weights, e.layer) for e in voc.experiments} == {
+        ("efficientnet_lite0", "efficientnet_lite0", "default", None)
+    }
+    quick = load_suite("quick")
+    swapped = override_model(quick, "efficientnet_lite0")
+    for before, after in zip(quick.experiments, swapped.experiments, strict=True):
+        # generated data keeps its shipped model (its classes are the dataset's own); photos are real
+        expect = "efficientnet_lite0" if before.dataset == "photos" else before.model
+        assert after.model == expect, before.dataset
+    with pytest.raises(UnknownNameError, match="resnet50"):
+        override_model(quick, "no_such_model")
+
+
+def test_list_shows_dataset_layouts_and_method_parameters(capsys):
+    assert cli.main(["list", "datasets"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    voc = lines[[i for i, x in enumerate(lines) if x.startswith("voc ")][0] + 1]
+    assert voc.startswith("    layout: ") and "JPEGImages" in voc and "Annotations" in voc
+    for name in ("imagenet", "coco", "folder", "nifti", "video_folder"):
+        row = [i for i, x in enumerate(lines) if x.startswith(f"{name} ")][0]
+        assert lines[row + 1].startswith("    layout: ROOT"), name
+    assert cli.main(["list", "methods"]) == 0
+    rows = {x.split()[0]: x for x in capsys.readouterr().out.splitlines()}
+    assert "params: n_samples=" in rows["smoothgradcampp"] and "params: (none)" in rows["cam"]
+
+
+def test_docs_show_every_loaders_layout():
+    from benchmark.data import DATASETS
+
+    doc = (ROOT / "docs" / "datasets.md").read_text(encoding="utf-8")
+    layouts = {n: DATASETS.entry(n).meta.get("layout") for n in DATASETS.list()}
+    assert sum(bool(v) for v in layouts.values()) >= 6
+    for name, layout in layouts.items():
+        if layout:
+            assert f"| `{name}` | `{layout}` |" in doc, f"docs/datasets.md's layout of {name} is stale"

@@ -10,6 +10,7 @@ gave 72 error rows on ``volume_cnn``).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 
 from ..errors import ContractError
 from .suite import Suite
@@ -93,3 +94,21 @@ def check_suite_methods(
             "CAM method contract check on the suite's inputs failed before any benchmark work:\n" + "\n".join(failures)
         )
     return todo
+
+
+def override_model(suite: Suite, model: str) -> Suite:
+    """``--model NAME``: every experiment on real data (a dataset not registered ``synthetic``) runs with
+    ``model`` instead, with that model's default weights, layer and arguments (e.g. ``efficientnet_lite0``,
+    whose weights ship offline, for a suite written for resnet50). Generated-data experiments keep their
+    shipped models, whose classes are the dataset's own."""
+    from ..data import DATASETS
+    from ..models import MODELS
+
+    MODELS.entry(model)  # an unknown name fails here, listing the registered models
+    exps = []
+    for e in suite.experiments:
+        synthetic = e.dataset in DATASETS and bool(DATASETS.entry(e.dataset).meta.get("synthetic"))
+        if not synthetic:
+            e = replace(e, model=model, label=model, weights="default", model_kwargs={}, layer=None)
+        exps.append(e)
+    return replace(suite, experiments=tuple(exps))

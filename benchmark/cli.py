@@ -75,6 +75,11 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--batch-size", type=int, default=None, metavar="N", help="images per batch")
     r.add_argument("--data-root", default=None, metavar="DIR", help="dataset root for every experiment")
     r.add_argument(
+        "--estimate",
+        action="store_true",
+        help="print the cost estimate (forwards per image of each method, from a short probe, x images) and stop",
+    )
+    r.add_argument(
         "--model",
         default=None,
         metavar="NAME",
@@ -194,6 +199,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .runner.preflight import check_suite_methods
 
     check_suite_methods(suite, [m for p in loaded_plugins() for m in p.methods])  # 3-D, multi-label inputs too
+    if args.estimate:  # the plan's cost from a short probe, then stop
+        from .runner import plan_run
+        from .runner.estimate import estimate_plan, estimate_text
+
+        print(estimate_text(estimate_plan(plan_run(suite, limit=args.limit))))
+        return 0
     res = run_suite(
         suite,
         out,

@@ -112,3 +112,11 @@ def test_findings_of_a_separating_and_a_saturated_experiment():
     assert f"n = 3 < {flat.n_needed}" in text
     html = findings_html(found, {("m", "clear"): "exp-clear"})
     assert html.index("clear") < html.index("flat") and 'href="#exp-clear"' in html
+
+
+def test_card_cells_give_counts_and_at_most_three_names():
+    from benchmark.report.html import _few
+
+    text = "; ".join(f"above oracle: m{i}" for i in range(7)) + "; below random: x; oracle below random"
+    assert _few(text) == "above oracle: 7 (m0, m1, m2 +4); below random: 1 (x); oracle below random"
+    assert _few("") == ""

@@ -56,7 +56,7 @@ def count_forwards(
     return out
 
 
-def seconds_per_forward(model: nn.Module, images: Tensor, repeats: int = 2) -> float:
+def seconds_per_forward(model: nn.Module, images: Tensor, repeats: int = 3) -> float:
     """Wall seconds of one image's forward (the best of ``repeats`` timed batches, after a warm-up)."""
     with torch.inference_mode():
         model(images)

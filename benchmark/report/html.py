@@ -284,9 +284,12 @@ def experiment_section(
     slug = _slug(model, dataset)
     mine = {k: [p for p in v if Path(p).name.endswith(f"-{slug}.png")] for k, v in plots.items()}
     fig = lambda kind: "".join(_img(p) for p in mine.get(kind, [])) or '<p class="muted">None.</p>'
+    cds = mine.get("cd", [])
+    cd_top = "".join(_img(p) for p in cds if Path(p).name.startswith("cd-mean_rank-"))  # the overall one first
+    cd_families = "".join(_img(p) for p in cds if not Path(p).name.startswith("cd-mean_rank-"))
     n = f" · {n_images} images" if n_images is not None else ""
     return f"""<section class="exp" id="{_e(anchor or slug)}"><h2>{_e(model)} on {_e(dataset)}</h2>
-<p class="muted">{len(set(g["method"]))} methods{n}</p>{fig("cd")}
+<p class="muted">{len(set(g["method"]))} methods{n}</p>{cd_top}
 <h3>What this experiment can conclude</h3>
 <p class="muted">Per metric: the significance groups (methods sharing a letter are not significantly different:
 Wilcoxon-Holm over images for per-image metrics, a paired bootstrap over images for dataset-level ones, alpha 0.05),
@@ -307,7 +310,9 @@ collapsed.</p>
 <h3>Mean rank</h3>{mean_rank_table(g, classes)}
 {family_tables(g, families, grey, classes)}
 <h3>Plots</h3>
-{fig("forest")}{fig("kendall")}{fig("bars")}{fig("ranks")}{fig("curves")}
+<p class="muted">Critical-difference diagrams per metric family (average ranks over images; methods joined by a
+bar are not significantly different), then the paired differences against one method, and the metrics'
+agreement.</p>{cd_families}{fig("forest")}{fig("kendall")}{fig("bars")}{fig("ranks")}{fig("curves")}
 <p class="muted">The images where the methods' maps disagree most (largest spread of the maps over methods);
 ground-truth boxes in lime, mask outlines in white; one colour scale for every map.</p>{fig("gallery")}</section>
 """

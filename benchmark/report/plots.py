@@ -315,7 +315,7 @@ def cd_diagrams(board: pd.DataFrame, families: dict, out_dir: Path) -> list[Path
             for ax in list(axes.flat)[n:]:
                 ax.axis("off")
             fig.suptitle(f"{model} on {dataset}: {family} (critical differences, alpha = 0.05)", fontsize=9)
-            fig.subplots_adjust(left=0.2, right=0.8, hspace=0.35, top=1 - 0.5 / fig.get_figheight())
+            fig.subplots_adjust(left=0.2, right=0.8, hspace=0.45, top=1 - 0.9 / fig.get_figheight())
             # "tight": the saved area grows to every label, however long (nothing is clipped)
             paths.append(_save(fig, out_dir / f"cd-{_slug(family, model, dataset)}.png"))
     return paths

@@ -199,11 +199,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .runner.preflight import check_suite_methods
 
     check_suite_methods(suite, [m for p in loaded_plugins() for m in p.methods])  # 3-D, multi-label inputs too
+    from .runner import plan_run
+
+    plan = plan_run(suite, limit=args.limit)  # datasets are cached: run_suite's own plan reuses them
+    for line in [] if args.quiet else _small_n_warnings(plan):
+        print(line, file=sys.stderr)
     if args.estimate:  # the plan's cost from a short probe, then stop
-        from .runner import plan_run
         from .runner.estimate import estimate_plan, estimate_text
 
-        print(estimate_text(estimate_plan(plan_run(suite, limit=args.limit))))
+        print(estimate_text(estimate_plan(plan)))
         return 0
     res = run_suite(
         suite,
@@ -233,6 +237,25 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(text)  # the findings: the summary's last lines
     print(f"report: {out / 'report.html'}   leaderboard: {out / 'leaderboard.csv'}")
     return 0
+
+
+def _small_n_warnings(plan: Any) -> list[str]:
+    """One warning per experiment whose ``n`` is below the smallest at which the exact Wilcoxon-Holm test over
+    its method pairs can separate any pair (:func:`benchmark.report.findings.min_n_to_separate`)."""
+    from .methods import METHODS
+    from .report.findings import min_n_to_separate
+
+    out = []
+    for ep in plan.experiments:
+        k = sum(1 for m in ep.methods if METHODS.entry(m).meta.get("family") != "baseline")
+        need = min_n_to_separate(k)
+        if ep.n_images < need:
+            out.append(
+                f"cambench: warning: {ep.label} on {ep.dataset} has n = {ep.n_images} images for {k} methods: "
+                f"below {need}, no pair of methods can differ significantly (exact Wilcoxon-Holm over "
+                f"{k * (k - 1) // 2} pairs); its metrics will say 'cannot separate methods'. Raise n."
+            )
+    return out
 
 
 def _print_notes(run: dict, out: Path) -> None:

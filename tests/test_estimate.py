@@ -43,6 +43,9 @@ def test_cli_estimate_prints_the_plan_cost_and_runs_nothing(tmp_path, capsys):
     out = tmp_path / "o"
     suite = str(runner_fakes.SUITES / "tiny.toml")
     assert cli.main(["run", suite, "--out", str(out), "--estimate", "--limit", "3"]) == 0
-    text = capsys.readouterr().out
+    cap = capsys.readouterr()
+    text = cap.out
     assert "Cost estimate" in text and "forwards/image x 3 images" in text and "total ~" in text
     assert not (out / "parts").exists()
+    # n = 3 cannot separate any pair of the suite's methods: said before any work
+    assert "has n = 3 images for" in cap.err and "no pair of methods can differ significantly" in cap.err

@@ -311,8 +311,10 @@ collapsed.</p>
 {family_tables(g, families, grey, classes)}
 <h3>Plots</h3>
 <p class="muted">Critical-difference diagrams per metric family (average ranks over images; methods joined by a
-bar are not significantly different), then the paired differences against one method, and the metrics'
-agreement.</p>{cd_families}{fig("forest")}{fig("kendall")}{fig("bars")}{fig("ranks")}{fig("curves")}
+bar are not significantly different), then the per-image paired differences against one method (the focused
+one, else the best mean rank; a 95% bootstrap CI per pair, descriptive and not multiplicity-corrected: the
+groups decide significance), and the metrics' agreement.</p>
+{cd_families}{fig("forest")}{fig("kendall")}{fig("bars")}{fig("ranks")}{fig("curves")}
 <p class="muted">The images where the methods' maps disagree most (largest spread of the maps over methods);
 ground-truth boxes in lime, mask outlines in white; one colour scale for every map.</p>{fig("gallery")}</section>
 """

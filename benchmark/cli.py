@@ -85,6 +85,18 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--limit", type=int, default=None, metavar="N", help="at most N images per experiment")
     r.add_argument("--batch-size", type=int, default=None, metavar="N", help="images per batch")
     r.add_argument("--data-root", default=None, metavar="DIR", help="dataset root for every experiment")
+    r.add_argument(
+        "--estimate",
+        action="store_true",
+        help="print the cost estimate (forwards per image of each method, from a short probe, x images) and stop",
+    )
+    r.add_argument(
+        "--model",
+        default=None,
+        metavar="NAME",
+        help="run every real-data experiment with this model instead (its default weights and layer), e.g. "
+        "efficientnet_lite0 (offline weights); generated-data experiments keep their shipped models",
+    )
     r.add_argument("--fresh", action="store_true", help="discard earlier results in --out and start over")
     r.add_argument("--quiet", action="store_true", help="no progress bars or messages, only the summary")
     r.add_argument("--no-plots", action="store_true", help="tables only (no PNGs in the report)")
@@ -200,10 +212,30 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("results") / safe_name(suite.name)
     check_out_dir(out)  # before importing torch, models or data
     RunLock(out).acquire().release(remove=True)  # another run into `out` is refused now, not after the imports
+    if args.model:
+        from .runner import load_registries as _load
+        from .runner.preflight import override_model
+
+        _load(_plugins(args))  # the model's name is checked against the registry
+        suite = override_model(suite, args.model)
     from .report.build import summary_text, write_report
     from .runner import ExecOptions, load_registries, run_suite
 
     load_registries(_plugins(args), check=True)  # a broken plugin fails here, before any model work
+    from .plugins import loaded_plugins
+    from .runner.preflight import check_suite_methods
+
+    check_suite_methods(suite, [m for p in loaded_plugins() for m in p.methods])  # 3-D, multi-label inputs too
+    from .runner import plan_run
+
+    plan = plan_run(suite, limit=args.limit)  # datasets are cached: run_suite's own plan reuses them
+    for line in [] if args.quiet else _small_n_warnings(plan):
+        print(line, file=sys.stderr)
+    if args.estimate:  # the plan's cost from a short probe, then stop
+        from .runner.estimate import estimate_plan, estimate_text
+
+        print(estimate_text(estimate_plan(plan)))
+        return 0
     res = run_suite(
         suite,
         out,
@@ -222,16 +254,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"\ncambench suite {suite.name!r} (hash {res.plan.hash}): {len(res.ran)} unit(s) run, "
         f"{len(res.reused)} reused, {len(rep.scores)} score rows -> {out}"
     )
-    text = summary_text(rep.run, rep.leaderboard)
-    if text:
-        print(text)
-    if rep.claims is not None and len(rep.claims):
-        _print_claims(rep.claims, out)
     data = rep.scores["method"] == "(data)"
     n_err = int(((rep.scores["status"] == "error") & ~data).sum())
     if n_err:
         print(f"{n_err} score row(s) failed: see {out / 'failures.csv'}")
     _print_notes(rep.run, out)
+    if rep.claims is not None and len(rep.claims):
+        _print_claims(rep.claims, out)
+    text = summary_text(rep.run, rep.leaderboard, card=rep.metric_card, equivalences=rep.equivalences, out_dir=out)
+    if text:
+        print(text)  # the findings: the summary's last lines
     print(f"report: {out / 'report.html'}   leaderboard: {out / 'leaderboard.csv'}")
     return 0
 
@@ -250,6 +282,25 @@ def _print_claims(claims: Any, out: Path) -> None:
         counts = ", ".join(f"{k}: {v}" for k, v in own["verdict"].value_counts().sort_index().items())
         print(f"\nclaims: {len(own)} comparison(s): {counts}")
     print(f"claims: {out / 'claims.csv'}")
+
+
+def _small_n_warnings(plan: Any) -> list[str]:
+    """One warning per experiment whose ``n`` is below the smallest at which the exact Wilcoxon-Holm test over
+    its method pairs can separate any pair (:func:`benchmark.report.findings.min_n_to_separate`)."""
+    from .methods import METHODS
+    from .report.findings import min_n_to_separate
+
+    out = []
+    for ep in plan.experiments:
+        k = sum(1 for m in ep.methods if METHODS.entry(m).meta.get("family") != "baseline")
+        need = min_n_to_separate(k)
+        if ep.n_images < need:
+            out.append(
+                f"cambench: warning: {ep.label} on {ep.dataset} has n = {ep.n_images} images for {k} methods: "
+                f"below {need}, no pair of methods can differ significantly (exact Wilcoxon-Holm over "
+                f"{k * (k - 1) // 2} pairs); its metrics will say 'cannot separate methods'. Raise n."
+            )
+    return out
 
 
 def _print_notes(run: dict, out: Path) -> None:
@@ -314,9 +365,19 @@ def cmd_list(args: argparse.Namespace) -> int:
             items = [(k, v) for k, v in e.meta.items() if isinstance(v, (str, int, float, bool))]
         cells = {k: f"{k}={_word(v)}" for k, v in items if _word(v) != ""}  # an empty paper= says nothing
         if args.what == "datasets":
+            cells.pop("layout", None)
             cells["args"] = f"args: {_signature(e.obj)}"
+        if args.what == "methods":
+            defaults = getattr(e, "defaults", None) or {}
+            cells["params"] = "params: " + (", ".join(f"{k}={v!r}" for k, v in defaults.items()) or "(none)")
         rows.append((e.name, cells))
-    print(_table(rows))
+    lines = _table(rows).splitlines()
+    if args.what == "datasets":  # the folder layout a loader of real data expects, under its row
+        layout = {n: reg.entry(n).meta.get("layout") for n, _ in rows if n in reg}
+        lines = [
+            x + (f"\n    layout: {layout[n]}" if layout.get(n) else "") for (n, _), x in zip(rows, lines, strict=True)
+        ]
+    print("\n".join(lines))
     return 0
 
 
@@ -368,10 +429,12 @@ def cmd_report(args: argparse.Namespace) -> int:
         rep = write_report(args.dir, plots=not args.no_plots, plugins=_plugins(args), partial=args.partial)
     if rep.incomplete:
         print(f"warning: {rep.incomplete} (see {Path(args.dir) / 'incomplete.txt'})", file=sys.stderr)
-    text = summary_text(rep.run, rep.leaderboard)
+    _print_notes(rep.run, Path(args.dir))
+    text = summary_text(
+        rep.run, rep.leaderboard, card=rep.metric_card, equivalences=rep.equivalences, out_dir=Path(args.dir)
+    )
     if text:
         print(text)
-    _print_notes(rep.run, Path(args.dir))
     print(f"report: {Path(args.dir) / 'report.html'}")
     return 0
 

@@ -41,10 +41,15 @@ def test_run_then_report_print_the_summary(tmp_path, capsys):
     suite = str(runner_fakes.SUITES / "failures.toml")
     assert cli.main(["run", suite, "--out", str(out), "--quiet", "--no-plots", "--limit", "3"]) == 0
     text = capsys.readouterr().out
-    assert "1 unit(s) run, 0 reused" in text and "mean_rank" in text and "gradcam" in text
+    assert "1 unit(s) run, 0 reused" in text and "gradcam" in text
     assert "score row(s) failed" in text and (out / "leaderboard.csv").is_file()
+    # the findings are the summary's last lines (before the report's path), one per experiment, short
+    findings = text[text.index("Findings") :].splitlines()
+    assert findings[-1].startswith("report: ") and len(findings) <= 6, findings
+    assert " on " in findings[1] and "n = 3" in findings[1]
+    assert len(text.splitlines()) < 30
     assert cli.main(["report", str(out), "--no-plots"]) == 0
-    assert "mean_rank" in capsys.readouterr().out
+    assert "Findings" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

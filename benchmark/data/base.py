@@ -67,8 +67,9 @@ class CamDataset(Dataset):
 DATASETS: Registry[Callable[..., CamDataset]] = Registry("dataset")
 
 #: Class attributes of a registered :class:`CamDataset` subclass copied into its registry metadata (when set:
-#: not None, and ``num_classes`` not 0). ``synthetic``, ``multilabel``, ``ndim`` and ``offline`` are optional
-#: class attributes (generated data; several classes per image; 3 = volumes or clips; needs no download).
+#: not None, and ``num_classes`` not 0). ``synthetic``, ``multilabel``, ``ndim``, ``offline`` and ``layout`` are
+#: optional class attributes (generated data; several classes per image; 3 = volumes or clips; needs no download;
+#: the folder layout a loader of real data expects under ``root``).
 DATASET_META = (
     "has_masks",
     "has_boxes",
@@ -79,6 +80,7 @@ DATASET_META = (
     "multilabel",
     "ndim",
     "offline",
+    "layout",
 )
 
 

@@ -40,6 +40,12 @@ class COCODataset(RecordDataset):
     """MS-COCO instances, the dataset ``coco`` (see the module docstring for targets and the class-mapping
     problem)."""
 
+    #: the expected folder layout (``list datasets``, docs/datasets.md)
+    layout = (
+        "ROOT/annotations/instances_SPLIT.json and images in ROOT/SPLIT/ (or ROOT/images/SPLIT/, "
+        "ROOT/images/); or annotation_file= and images_dir="
+    )
+
     has_boxes = True
     has_masks = True
     num_classes = 80  # the instance categories; an instance counts those of its annotation file

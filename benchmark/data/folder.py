@@ -25,6 +25,9 @@ class ImageFolder(RecordDataset):
     """Plain images without ground truth, the dataset ``folder`` (explains the predicted class unless
     ``target`` is an int)."""
 
+    #: the expected folder layout (``list datasets``, docs/datasets.md)
+    layout = "ROOT/**/*.{jpg,jpeg,png,bmp,webp,...}  (any depth; no ground truth)"
+
     has_boxes = False
     has_masks = False
     default_model = "resnet50"

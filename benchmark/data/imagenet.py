@@ -86,6 +86,13 @@ class ImageNetVal(RecordDataset):
     """ILSVRC-2012 val with boxes, the dataset ``imagenet`` (``target="label"``: the true class;
     ``"predicted"``: model's top-1)."""
 
+    #: the expected folder layout (``list datasets``, docs/datasets.md)
+    layout = (
+        "ROOT/LOC_val_solution.csv (or ROOT/ILSVRC/LOC_val_solution.csv, or XML boxes in "
+        "ROOT/[ILSVRC/]Annotations/CLS-LOC/val/*.xml); images in ROOT/[ILSVRC/]Data/CLS-LOC/val/ (or "
+        "ROOT/val/, ROOT/images/, ROOT/)"
+    )
+
     has_masks = True
     has_boxes = True
     num_classes = 1000

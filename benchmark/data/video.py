@@ -203,6 +203,12 @@ class VideoFolder(CamDataset):
     """Videos in class folders (the dataset ``video_folder``): frame folders or video files (PyAV), optional
     per-frame masks (``has_masks``: whether any clip has them)."""
 
+    #: the expected folder layout (``list datasets``, docs/datasets.md)
+    layout = (
+        "ROOT/CLASS/CLIP/*.{png,jpg} (frames, sorted by name) or ROOT/CLASS/CLIP.mp4; optional masks "
+        "ROOT/CLASS/CLIP.masks/ (one image per frame); CLASS = 0, 1, ... or a name of classes=[...]"
+    )
+
     has_masks = True  # masks may be given; an instance says whether they are
     has_boxes = True
     ndim = 3

@@ -57,6 +57,12 @@ class VOCDataset(RecordDataset):
     """PASCAL VOC 2012, the dataset ``voc`` (see the module docstring for targets and the ImageNet
     class-mapping problem)."""
 
+    #: the expected folder layout (``list datasets``, docs/datasets.md)
+    layout = (
+        "ROOT[/VOCdevkit][/VOC2012]/{Annotations/*.xml, JPEGImages/*.jpg, ImageSets/Main/SPLIT.txt}; with "
+        "segmentation=true also ImageSets/Segmentation/SPLIT.txt and SegmentationClass/*.png"
+    )
+
     has_boxes = True
     has_masks = True
     num_classes = len(VOC_CLASSES)

@@ -237,6 +237,10 @@ class NiftiDataset(CamDataset):
     files raise :class:`DataError` when read (the batching pipeline skips them and reports them in
     ``.errors``)."""
 
+    #: the expected folder layout (``list datasets``, docs/datasets.md)
+    layout = (
+        "ROOT/images/NAME.nii[.gz] and ROOT/labels/NAME.nii[.gz] (same NAME); optional ROOT/classes.csv (name,class)"
+    )
     has_masks = True
     has_boxes = True
     ndim = 3

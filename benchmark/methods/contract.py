@@ -42,22 +42,51 @@ class _TinyCNN(nn.Module):
         return self.fc(self.features(x).mean(dim=(-2, -1)))
 
 
-def _check_model(vit: bool, seed: int) -> tuple[nn.Module, str, Any]:
+class _TinyCNN3d(nn.Module):
+    """The 3-D twin of :class:`_TinyCNN` (volumes and clips ``[N,3,T,H,W]``): ["features", 8x4x8x8 at 8x16x16]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv3d(3, 8, 3, padding=1),
+            nn.BatchNorm3d(8),
+            nn.ReLU(),
+            nn.Conv3d(8, 8, 3, stride=2, padding=1),
+            nn.ReLU(),
+        )
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.features(x).mean(dim=(-3, -2, -1)))
+
+
+#: The input kinds a suite's experiments feed a method: images ``[N,3,H,W]``, volumes or clips
+#: ``[N,3,T,H,W]`` (datasets with ``ndim = 3``), and multi-label images (``target = "labels"``: the same
+#: image in a batch once per class present, each with its own target).
+INPUT_KINDS = ("2d", "3d", "labels")
+
+
+def _check_model(vit: bool, seed: int, kind: str = "2d") -> tuple[nn.Module, str, Any]:
     """A seeded tiny model, its target layer name and reshape (ViT: torchvision, 4x4 patches of 8 px)."""
     gen = torch.Generator().manual_seed(seed)
+    model: nn.Module
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        if vit:
+        if kind == "3d":
+            model = _TinyCNN3d()
+        elif vit:
             from torchvision.models import VisionTransformer
 
-            model = VisionTransformer(
+            vitm = VisionTransformer(
                 image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64, num_classes=5
             )
-            nn.init.normal_(model.heads.head.weight, std=0.5)  # torchvision initialises the head to zero
-            return model.eval(), "encoder.layers.encoder_layer_1.ln_1", vit_reshape
-        model = _TinyCNN()
+            nn.init.normal_(vitm.heads.head.weight, std=0.5)  # torchvision initialises the head to zero
+            return vitm.eval(), "encoder.layers.encoder_layer_1.ln_1", vit_reshape
+        else:
+            model = _TinyCNN()
     bn = model.features[1]
-    assert isinstance(bn, nn.BatchNorm2d) and bn.running_mean is not None and bn.running_var is not None
+    assert isinstance(bn, nn.BatchNorm2d | nn.BatchNorm3d) and bn.running_mean is not None
+    assert bn.running_var is not None and bn.bias is not None
     with torch.no_grad():  # non-trivial BatchNorm statistics (FullGrad's biases, non-zero means)
         bn.running_mean.copy_(0.3 * torch.randn(8, generator=gen))
         bn.running_var.copy_(0.5 + torch.rand(8, generator=gen))
@@ -111,10 +140,13 @@ def check_method(
     n_images: int = 4,
     seed: int = 0,
     atol: float = 1e-4,
+    kind: str = "2d",
 ) -> list[str]:
     """Run the method contract on ``name`` (with ``params`` overrides); returns the problems found ([] = ok).
 
-    Checks, on ``n_images`` random 3x32x32 images of a tiny seeded model:
+    ``kind`` (:data:`INPUT_KINDS`): ``"2d"`` random 3x32x32 images; ``"3d"`` random 3x8x16x16 volumes of a
+    tiny 3-D CNN (raw maps ``[B,t,h,w]``); ``"labels"`` each image twice with two different targets.
+    Checks, on ``n_images`` inputs of a tiny seeded model:
     raw map: a floating ``Tensor[B,h,w]``, ``1 <= h,w <= 32``, finite, on the images' device;
     final map (after the shared ReLU / min-max / upsampling): ``[B,32,32]`` float32, finite, in [0,1],
     not attached to an autograd graph; not every map constant; deterministic for a fixed seed;
@@ -123,19 +155,27 @@ def check_method(
     """
     with _one_thread(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # methods' own advisories (e.g. Ablation-CAM's sign warning)
-        return _check_method(name, params, n_images=n_images, seed=seed, atol=atol)
+        return _check_method(name, params, n_images=n_images, seed=seed, atol=atol, kind=kind)
 
 
-def _check_method(name: str, params: Mapping[str, Any] | None, *, n_images: int, seed: int, atol: float) -> list[str]:
+def _check_method(
+    name: str, params: Mapping[str, Any] | None, *, n_images: int, seed: int, atol: float, kind: str = "2d"
+) -> list[str]:
+    if kind not in INPUT_KINDS:
+        raise ValueError(f"kind must be one of {INPUT_KINDS}, got {kind!r}.")
     entry = METHODS.entry(name)
     method_params(name, params)  # an unknown parameter is a configuration error: raise it, do not report it
     meta = entry.meta
-    vit = "vit" in tuple(meta.get("architectures", ()))
-    model, layer, reshape = _check_model(vit, seed)
+    vit = "vit" in tuple(meta.get("architectures", ())) and kind != "3d"
+    model, layer, reshape = _check_model(vit, seed, kind)
     g = torch.Generator().manual_seed(seed + 1)
-    x = torch.randn(n_images, 3, 32, 32, generator=g)
+    size: tuple[int, ...] = (8, 16, 16) if kind == "3d" else (32, 32)
+    x = torch.randn(n_images, 3, *size, generator=g)
     t = torch.arange(n_images) % 5
-    masks = torch.rand(n_images, 32, 32, generator=g) > 0.7 if meta.get("needs_ground_truth") else None
+    if kind == "labels":  # one image per class present: the same image twice in a row, two targets
+        x = x[torch.arange(n_images) // 2].contiguous()
+        t = (torch.arange(n_images) // 2 + 2 * (torch.arange(n_images) % 2)) % 5
+    masks = torch.rand(n_images, *size, generator=g) > 0.7 if meta.get("needs_ground_truth") else None
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     hooks0, global0, grad0 = _hooks(model), _global_hooks(), torch.is_grad_enabled()
     problems: list[str] = []
@@ -197,18 +237,25 @@ def check_methods(
     *,
     params: Mapping[str, Mapping[str, Any]] | None = None,
     raise_on_error: bool = True,
+    kinds: Mapping[str, Iterable[str]] | None = None,
 ) -> dict[str, list[str]]:
     """Contract-check several methods (default: every registered one); see :func:`check_method`.
 
-    ``params`` maps a method name to hyper-parameter overrides (e.g. a suite's). Raises
-    :class:`ContractError` listing every failing method, its source (plugin) and problems, unless
-    ``raise_on_error=False``; returns ``{name: problems}``.
+    ``params`` maps a method name to hyper-parameter overrides (e.g. a suite's); ``kinds`` a method name to
+    the input kinds it will see (:data:`INPUT_KINDS`; default ``2d``), each checked, its problems prefixed
+    with the kind beyond 2-D (``on 3d inputs: ...``). Raises :class:`ContractError` listing every failing
+    method, its source (plugin) and problems, unless ``raise_on_error=False``; returns ``{name: problems}``.
     """
     names = list(METHODS.list() if names is None else dict.fromkeys(names))
     for n in names:
         METHODS.entry(n)  # unknown names fail here, listing the valid ones
+    report: dict[str, list[str]] = {}
     with _one_thread():
-        report = {n: check_method(n, (params or {}).get(n)) for n in names}
+        for n in names:
+            report[n] = []
+            for kind in sorted(set((kinds or {}).get(n, ("2d",))), key=INPUT_KINDS.index):
+                probs = check_method(n, (params or {}).get(n), kind=kind)
+                report[n] += probs if kind == "2d" else [f"on {kind} inputs: {p}" for p in probs]
     failed = {n: p for n, p in report.items() if p}
     if failed and raise_on_error:
         lines = []
@@ -225,4 +272,4 @@ def check_methods(
     return report
 
 
-__all__ = ["ContractError", "check_method", "check_methods"]
+__all__ = ["INPUT_KINDS", "ContractError", "check_method", "check_methods"]

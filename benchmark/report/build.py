@@ -232,7 +232,16 @@ def write_report(
         # per-image rows in ctx.curves (e.g. PxAP histograms), kept in curves.parquet only
         fam = run.get("families", {})
         plotted = curves[curves["metric"].map(lambda m: fam.get(m, "faithfulness") == "faithfulness")]
-        figs = all_plots(board, plotted, store.load_gallery(), out / "plots", families=fam, taus=taus)
+        figs = all_plots(
+            board,
+            plotted,
+            store.load_gallery(),
+            out / "plots",
+            families=fam,
+            taus=taus,
+            scores=scores,
+            focus=run.get("focus"),
+        )
         if "plot" in seed_files:
             figs["seeds"] = [seed_files["plot"]]
     if html:
@@ -253,6 +262,7 @@ def write_report(
                 equivalences=equiv,
                 tests=ranked.tests,
                 claims=claims_html(claims),
+                out_dir=out,
             ),
         )
     return Report(
@@ -311,10 +321,18 @@ def headline_metrics(run: dict, board: pd.DataFrame, k: int = 5) -> list[str]:
     return picked[:k]
 
 
-def summary_text(run: dict, board: pd.DataFrame, k: int = 5) -> str | None:
-    """The one-screen terminal summary: methods x headline metrics + mean rank, per (model, dataset)."""
+def summary_text(
+    run: dict,
+    board: pd.DataFrame,
+    k: int = 5,
+    card: pd.DataFrame | None = None,
+    equivalences: pd.DataFrame | None = None,
+    out_dir: Path | None = None,
+) -> str | None:
+    """The terminal summary: one finding per experiment (:mod:`benchmark.report.findings`), best-concluding
+    first, then the claims' verdicts when the suite has claims; the tables are in report.html."""
     if board.empty:
         return None
-    wide = tables.summary_table(board, headline_metrics(run, board, k), max_metrics=k)
-    with pd.option_context("display.max_rows", 200, "display.width", 160, "display.float_format", "{:.3f}".format):
-        return wide.to_string()
+    from .findings import experiment_findings, findings_text
+
+    return findings_text(experiment_findings(board, card, equivalences, run), "")

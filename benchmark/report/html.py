@@ -21,7 +21,10 @@ h3{font-size:15px;margin-bottom:6px} .muted{color:#666;font-size:13px}
 table{border-collapse:collapse;font-size:12px;margin:8px 0}
 th,td{border:1px solid #ddd;padding:3px 7px;text-align:right}
 th{background:#f4f6f8} td.l,th.l{text-align:left} tr:nth-child(even) td{background:#fafafa}
-td.best{font-weight:700;background:#e3f4ef !important} .ci{color:#777;font-size:11px}
+td.best{font-weight:700;background:#e3f4ef !important} .ci{color:#777;font-size:11px;font-weight:400}
+nav#toc{background:#f6f8fa;padding:6px 14px;font-size:13px;display:inline-block;margin:0 0 6px}
+nav#toc ol{margin:2px 0;padding-left:18px} table.findings td{vertical-align:top;max-width:260px}
+details{margin:4px 0 8px} summary{cursor:pointer;color:#666;font-size:12px}
 img{max-width:100%;border:1px solid #eee;margin:6px 0} pre{background:#f6f8fa;padding:10px;font-size:12px;overflow:auto}
 .err{color:#b00020} .ok{color:#2a7d4f} .grp{color:#1d4e89;font-weight:600;font-size:11px}
 td.grey,th.grey,tr.grey td{color:#aaa !important;background:#f3f3f3 !important} h4{font-size:13px;margin:10px 0 2px}
@@ -67,58 +70,121 @@ def _slug(*parts: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=+-]+", "_", "-".join(parts))
 
 
-def family_tables(g: pd.DataFrame, families: Mapping[str, str], grey: Mapping[str, str]) -> str:
+def _usable(g: pd.DataFrame) -> list[str]:
+    """The metrics of leaderboard rows ``g`` with at least one finite mean (an all-NaN column says nothing)."""
+    ok = g[g["metric"] != MEAN_RANK].groupby("metric")["mean"].apply(lambda s: bool(np.isfinite(s).any()))
+    return [m for m in g["metric"].unique() if m != MEAN_RANK and bool(ok.get(m, False))]
+
+
+def _family_table(
+    g: pd.DataFrame,
+    metrics: Sequence[str],
+    methods: Sequence[str],
+    base: set[str],
+    label: Mapping[str, str],
+    grey: Mapping[str, str],
+) -> str:
+    cell = {(r.method, r.metric): r for r in g.itertuples(index=False)}
+    top = g.groupby("metric")["rank"].min().to_dict()
+    head = ""
+    for m in metrics:
+        hib = bool(g[g["metric"] == m]["higher_is_better"].iloc[0])
+        cls = f' class="grey" title="{_e(grey[m])}"' if m in grey else ""
+        head += f'<th{cls}>{_e(m)}<br><span class="ci">{"↑" if hib else "↓"}</span></th>'
+    rows = []
+    for method in methods:
+        tds = []
+        for metric in metrics:
+            r = cell.get((method, metric))
+            if r is None:
+                tds.append("<td>–</td>")
+                continue
+            classes = ["best"] if r.rank == top.get(metric) else []
+            if metric in grey:
+                classes.append("grey")
+            grp = f' <span class="grp">{_e(r.group)}</span>' if isinstance(r.group, str) and r.group else ""
+            ci = f'<br><span class="ci">[{_fmt(r.ci_low)}, {_fmt(r.ci_high)}] n={int(r.n)}</span>'
+            c = f' class="{" ".join(classes)}"' if classes else ""
+            tds.append(f"<td{c}>{_fmt(r.mean)}{grp}{ci}</td>")
+        ref = f'<i>{_e(method)}</i> <span class="ci">(reference)</span>'
+        name = ref if method in base else _e(label.get(method, method))
+        rows.append(f'<tr><td class="l">{name}</td>{"".join(tds)}</tr>')
+    return f"<table><tr><th class=l>method</th>{head}</tr>{''.join(rows)}</table>"
+
+
+def family_tables(
+    g: pd.DataFrame,
+    families: Mapping[str, str],
+    grey: Mapping[str, str],
+    classes: Mapping[str, Sequence[str]] | None = None,
+) -> str:
     """One experiment's leaderboard as one table per metric family (in METRIC_FAMILIES, so each fits the page
     width): methods sorted by mean rank, baselines last in italics (references, not ranked); a cell is
-    "mean [ci] n group"; bold = best; a greyed-out column is a metric the report card flags (why on hover)."""
-    metrics_all = [m for m in g["metric"].unique() if m != MEAN_RANK]
+    "mean [ci] n group"; bold = best. Methods with identical maps (``classes``) share one row; metrics without
+    a finite value are left out; metrics the report card flags (``grey``, why on hover) are collapsed under
+    each family's table. The mean rank is its own table (:func:`mean_rank_table`)."""
+    metrics_all = _usable(g)
     mr = g[g["metric"] == MEAN_RANK].set_index("method")
     base = set(g[g["baseline"].astype(bool)]["method"]) if "baseline" in g else set()
     by_rank = list(mr["mean"].sort_values().index) if len(mr) else sorted(g["method"].unique())
     ranked = [m for m in by_rank if m not in base]
     ranked += sorted(m for m in g["method"].unique() if m not in base and m not in ranked)
-    methods = ranked + sorted(base)
-    cell = {(r.method, r.metric): r for r in g.itertuples(index=False)}
-    top = g.groupby("metric")["rank"].min().to_dict()
-    cd = float(mr["cd"].iloc[0]) if len(mr) and "cd" in mr else float("nan")
+    hidden = {m for v in (classes or {}).values() for m in v[1:]}
+    label = {v[0]: " = ".join(v) for v in (classes or {}).values()}
+    methods = [m for m in ranked if m not in hidden] + sorted(base)
     fams = [f for f in METRIC_FAMILIES if any(families.get(m) == f for m in metrics_all)]
     fams += sorted({families.get(m, "other") for m in metrics_all} - set(fams))
     parts = []
     for fam in fams:
         metrics = sorted(m for m in metrics_all if families.get(m, "other") == fam)
-        head = ""
-        for m in metrics:
-            hib = bool(g[g["metric"] == m]["higher_is_better"].iloc[0])
-            cls = f' class="grey" title="{_e(grey[m])}"' if m in grey else ""
-            head += f'<th{cls}>{_e(m)}<br><span class="ci">{"↑" if hib else "↓"}</span></th>'
-        rows = []
-        for method in methods:
-            tds = []
-            for metric in metrics:
-                r = cell.get((method, metric))
-                if r is None:
-                    tds.append("<td>–</td>")
-                    continue
-                classes = ["best"] if r.rank == top.get(metric) else []
-                if metric in grey:
-                    classes.append("grey")
-                grp = f' <span class="grp">{_e(r.group)}</span>' if isinstance(r.group, str) and r.group else ""
-                ci = f'<br><span class="ci">[{_fmt(r.ci_low)}, {_fmt(r.ci_high)}] n={int(r.n)}</span>'
-                c = f' class="{" ".join(classes)}"' if classes else ""
-                tds.append(f"<td{c}>{_fmt(r.mean)}{grp}{ci}</td>")
-            if method in base:
-                name, rank = f'<i>{_e(method)}</i> <span class="ci">(reference)</span>', "–"
-            else:
-                name = _e(method)
-                mrow = mr.loc[method] if method in mr.index else None
-                grp_mr = _e(mrow.get("group", "")) if mrow is not None else ""
-                rank = "–" if mrow is None else f'{_fmt(mrow["mean"])} <span class="grp">{grp_mr}</span>'
-            rows.append(f'<tr><td class="l">{name}</td>{"".join(tds)}<td>{rank}</td></tr>')
-        parts.append(
-            f"<h4>{_e(fam)}</h4><table><tr><th class=l>method</th>{head}"
-            f'<th>mean rank<br><span class="ci">CD {_fmt(cd)}</span></th></tr>{"".join(rows)}</table>'
-        )
+        shown = [m for m in metrics if m not in grey]
+        greyed = [m for m in metrics if m in grey]
+        part = f"<h4>{_e(fam)}</h4>"
+        if shown:
+            part += _family_table(g, shown, methods, base, label, grey)
+        if greyed:
+            part += (
+                f"<details><summary>{len(greyed)} {_e(fam)} metric{'s' * (len(greyed) != 1)} that cannot rank "
+                f"methods here: {_e(', '.join(greyed))}</summary>"
+                f"{_family_table(g, greyed, methods, base, label, grey)}</details>"
+            )
+        parts.append(part)
     return "\n".join(parts)
+
+
+def mean_rank_table(g: pd.DataFrame, classes: Mapping[str, Sequence[str]] | None = None) -> str:
+    """The mean rank over the quality metrics, once per experiment: methods best first, Nemenyi group, CD."""
+    mr = g[(g["metric"] == MEAN_RANK)].sort_values("mean")
+    if not len(mr):
+        return ""
+    hidden = {m for v in (classes or {}).values() for m in v[1:]}
+    label = {v[0]: " = ".join(v) for v in (classes or {}).values()}
+    cd = float(mr["cd"].iloc[0]) if "cd" in mr else float("nan")
+    rows = "".join(
+        f'<tr><td class="l">{_e(label.get(r.method, r.method))}</td><td>{_fmt(r.mean)}</td>'
+        f'<td class="l"><span class="grp">{_e(r.group if isinstance(r.group, str) else "")}</span></td></tr>'
+        for r in mr.itertuples(index=False)
+        if r.method not in hidden
+    )
+    return (
+        f'<table><tr><th class=l>method</th><th>mean rank<br><span class="ci">CD {_fmt(cd)}</span></th>'
+        f"<th class=l>group</th></tr>{rows}</table>"
+    )
+
+
+def _few(text: str, k: int = 3) -> str:
+    """A card's ``kind: name; kind: name; ...`` list as counts and at most ``k`` names per kind."""
+    if not text:
+        return ""
+    by: dict[str, list[str]] = {}
+    for item in str(text).split("; "):
+        kind, _, name = item.partition(": ")
+        by.setdefault(kind if name else "", []).append(name or kind)
+    out = []
+    for kind, names in by.items():
+        more = f" +{len(names) - k}" if len(names) > k else ""
+        out.append(f"{kind}: {len(names)} ({', '.join(names[:k])}{more})" if kind else ", ".join(names))
+    return "; ".join(out)
 
 
 def leaderboard_html(board: pd.DataFrame, families: Mapping[str, str] | None = None) -> str:
@@ -164,10 +230,14 @@ def experiment_section(
     families: Mapping[str, str],
     plots: Mapping[str, Sequence[Path]],
     n_images: int | None = None,
+    anchor: str = "",
 ) -> str:
-    """One experiment: significance groups and the metric card first, equivalent methods, then the tables
-    grouped by family, then the plots of this experiment."""
+    """One experiment: its critical-difference diagrams, significance groups and the metric card first,
+    equivalent methods, the mean rank, then the tables grouped by family, then the other plots."""
+    from .findings import equivalence_classes, short_names
+
     g = board[(board["model"] == model) & (board["dataset"] == dataset)]
+    classes = equivalence_classes(equiv, model, dataset)
     c = card[(card["model"] == model) & (card["dataset"] == dataset)] if len(card) else card
     grey = {r.metric: r.verdict for r in c.itertuples(index=False) if r.verdict != "ok"} if len(c) else {}
     has_meta = "NR" in c.columns and bool(c["NR"].notna().any()) if len(c) else False
@@ -178,12 +248,14 @@ def experiment_section(
             if (r.family if r.family in METRIC_FAMILIES else "other") != fam:
                 continue
             s = g[(g["metric"] == r.metric) & ~g["baseline"].astype(bool)].sort_values("rank")
-            top = ", ".join(s[s["group"].astype(str).str.contains("a")]["method"])
+            in_a = list(s[s["group"].astype(str).str.contains("a")]["method"])
+            top = short_names(in_a)
             cls = ' class="grey"' if r.metric in grey else ""
             ngroups = len({ch for x in s["group"].astype(str) for ch in x})
             grows.append(
                 f'<tr{cls}><td class="l">{_e(r.metric)}</td><td class="l">{_e(r.level)}</td><td>{ngroups}</td>'
-                f'<td class="l">{_e(top)}</td><td>{_fmt(r.saturated_share)}</td><td>{_fmt(r.separable)}</td>'
+                f'<td class="l" title="{_e(", ".join(in_a))}">{_e(top)}</td>'
+                f"<td>{_fmt(r.saturated_share)}</td><td>{_fmt(r.separable)}</td>"
                 f'<td>{_fmt(r.friedman_p)}</td><td class="l">{_e(r.baseline_order)}</td><td>{_e(r.beats_random)}</td>'
                 f"<td>{_fmt(r.median_tau)}</td>"
                 + (
@@ -193,7 +265,7 @@ def experiment_section(
                     else ""
                 )
                 + f'<td class="l">{_e(r.verdict)}'
-                f"{'<br>' + _e(r.violators) if r.violators else ''}</td></tr>"
+                f"{'<br>' + _e(_few(r.violators)) if r.violators else ''}</td></tr>"
             )
     card_html = (
         (
@@ -212,8 +284,12 @@ def experiment_section(
     slug = _slug(model, dataset)
     mine = {k: [p for p in v if Path(p).name.endswith(f"-{slug}.png")] for k, v in plots.items()}
     fig = lambda kind: "".join(_img(p) for p in mine.get(kind, [])) or '<p class="muted">None.</p>'
+    cds = mine.get("cd", [])
+    cd_top = "".join(_img(p) for p in cds if Path(p).name.startswith("cd-mean_rank-"))  # the overall one first
+    cd_families = "".join(_img(p) for p in cds if not Path(p).name.startswith("cd-mean_rank-"))
     n = f" · {n_images} images" if n_images is not None else ""
-    return f"""<h2>{_e(model)} on {_e(dataset)}</h2><p class="muted">{len(set(g["method"]))} methods{n}</p>
+    return f"""<section class="exp" id="{_e(anchor or slug)}"><h2>{_e(model)} on {_e(dataset)}</h2>
+<p class="muted">{len(set(g["method"]))} methods{n}</p>{cd_top}
 <h3>What this experiment can conclude</h3>
 <p class="muted">Per metric: the significance groups (methods sharing a letter are not significantly different:
 Wilcoxon-Holm over images for per-image metrics, a paired bootstrap over images for dataset-level ones, alpha 0.05),
@@ -228,11 +304,19 @@ scores are equal, so their rank differences are noise. The reason is given where
 <h3>Leaderboard</h3>
 <p class="muted">mean [95% bootstrap CI] n, with the significance group letter; dataset-level metrics (MaxBoxAccV2,
 PxAP) are computed over all images. The mean rank over the quality metrics is shown with its critical difference
-(Nemenyi, metrics as blocks): mean ranks closer than the CD are not significantly different.</p>
-{family_tables(g, families, grey)}
+(Nemenyi, metrics as blocks), once per experiment in the table above: mean ranks closer than the CD are not
+significantly different. Methods with identical maps share a row; metrics that cannot rank methods here are
+collapsed.</p>
+<h3>Mean rank</h3>{mean_rank_table(g, classes)}
+{family_tables(g, families, grey, classes)}
 <h3>Plots</h3>
-{fig("cd")}{fig("kendall")}{fig("bars")}{fig("ranks")}{fig("curves")}
-<p class="muted">Ground-truth boxes in green, mask outlines in white.</p>{fig("gallery")}
+<p class="muted">Critical-difference diagrams per metric family (average ranks over images; methods joined by a
+bar are not significantly different), then the per-image paired differences against one method (the focused
+one, else the best mean rank; a 95% bootstrap CI per pair, descriptive and not multiplicity-corrected: the
+groups decide significance), and the metrics' agreement.</p>
+{cd_families}{fig("forest")}{fig("kendall")}{fig("bars")}{fig("ranks")}{fig("curves")}
+<p class="muted">The images where the methods' maps disagree most (largest spread of the maps over methods);
+ground-truth boxes in lime, mask outlines in white; one colour scale for every map.</p>{fig("gallery")}</section>
 """
 
 
@@ -269,9 +353,14 @@ def render(
     equivalences: pd.DataFrame | None = None,
     tests: pd.DataFrame | None = None,
     claims: str = "",
+    out_dir: Path | None = None,
 ) -> str:
-    """The report as an HTML string: per experiment (:func:`experiment_section`), then what applies to
-    the whole run (ties with the best, failures, degenerate maps, skipped metrics, timings, settings)."""
+    """The report as an HTML string: a table of contents, the findings of every experiment
+    (:mod:`benchmark.report.findings`, plus the claims' verdicts when the suite has claims), then per
+    experiment (:func:`experiment_section`, those that conclude most first), then what applies to the whole
+    run (ties with the best, failures, degenerate maps, skipped metrics, timings, settings)."""
+    from .findings import experiment_findings, findings_html
+
     versions = run.get("versions", {})
     vtxt = ", ".join(f"{k} {v}" for k, v in versions.items())
     skipped = [
@@ -306,14 +395,40 @@ def render(
     if "baseline" not in board:
         board = board.assign(baseline=False, group="", cd=np.nan)
     n_img = {(e["label"], e["dataset"]): e.get("n_images") for e in run.get("experiments", [])}
+    found = experiment_findings(board, card, equivalences, run)
+    anchors = {(f.model, f.dataset): "exp-" + _slug(f.model, f.dataset) for f in found}
+    claims_html = claims  # the claims' verdicts (benchmark.report.claims.claims_html), first when present
+    if found:  # the first screen shows a picture: the best-concluding experiment's mean-rank CD diagram
+        first = f"cd-{_slug('mean_rank', found[0].model, found[0].dataset)}.png"
+        cd = [p for p in plots.get("cd", []) if Path(p).name == first]
+        caption = (
+            f'<p class="muted">{_e(found[0].model)} on {_e(found[0].dataset)}: mean rank over the quality '
+            "metrics; methods joined by a bar are not significantly different (Nemenyi, alpha 0.05).</p>"
+        )
+        claims_html += (caption + _img(cd[0])) if cd else ""
     sections = (
         "".join(
             experiment_section(
-                model, dataset, board, card, equivalences, tests, families, plots, n_img.get((model, dataset))
+                f.model,
+                f.dataset,
+                board,
+                card,
+                equivalences,
+                tests,
+                families,
+                plots,
+                n_img.get((f.model, f.dataset)),
+                anchors[(f.model, f.dataset)],
             )
-            for (model, dataset), _ in board.groupby(["model", "dataset"], sort=True)
+            for f in found
         )
         or "<p>No scores.</p>"
+    )
+    toc = "".join(f'<li><a href="#{a}">{_e(m)} on {_e(d)}</a></li>' for (m, d), a in anchors.items())
+    toc = (
+        '<nav id="toc"><b>Contents</b><ol><li><a href="#findings">Findings</a></li>'
+        f'<li>Experiments<ol>{toc}</ol></li><li><a href="#run">This run: failures, timings, settings</a></li>'
+        "</ol></nav>"
     )
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>cambench report: {_e(run.get("suite", ""))}</title>
@@ -322,7 +437,9 @@ def render(
 <p class="muted">suite hash {_e(run.get("suite_hash", ""))} · created {_e(run.get("created", ""))}
  · device {_e(run.get("device", ""))}
  · total unit time {total_s:.1f} s · {n_fail} failed score rows</p>
-{claims}
+{toc}
+{findings_html(found, anchors, claims_html)}
+<h2>Experiments</h2>
 {frame_html(exp_rows)}
 <p class="muted">Leaderboard: mean over images (dataset-level metrics: the value over all images) with the 95%
 percentile-bootstrap CI over images ({_e(run.get("bootstrap", 1000))} resamples, seeded) and n. ↑ higher is better,
@@ -331,7 +448,7 @@ ranked but not averaged in).</p>
 {sections}
 {notes_html(run)}
 {_seeds_html(plots)}
-<h2>Ties with the best method</h2>
+<h2 id="run">Ties with the best method</h2>
 <p class="muted">Paired Wilcoxon signed-rank test against the best method per metric, Holm-corrected
 (p ≥ 0.05 listed; all in significance.csv).</p>
 {frame_html(sig)}

@@ -24,13 +24,39 @@ def _slug(*parts: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=+-]+", "_", "-".join(parts))
 
 
-def _save(fig: plt.Figure, path: Path, tight: bool = True) -> Path:
+def _save(fig: plt.Figure, path: Path, tight: bool = True, dpi: int = DPI) -> Path:
+    """Write ``fig`` as a 256-colour PNG (a figure's flat colours survive; the report embeds every figure, so
+    this keeps ``report.html`` a few MB instead of tens)."""
+    from PIL import Image
+
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=DPI, bbox_inches="tight" if tight else None)  # "tight" draws the figure twice
+    fig.savefig(tmp, dpi=dpi, bbox_inches="tight" if tight else None, pad_inches=0.05)  # "tight" draws twice
     plt.close(fig)
+    with Image.open(tmp) as im:
+        small = im.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    small.save(tmp, format="PNG", optimize=True)
     os.replace(tmp, path)
     return path
+
+
+#: Distinct colours for up to 28 methods (tab20's pairs then Dark2): neighbours in the list differ in hue.
+_PALETTE = [matplotlib.colormaps["tab20"](i) for i in (*range(0, 20, 2), *range(1, 20, 2))] + [
+    matplotlib.colormaps["Dark2"](i) for i in range(8)
+]
+BASELINES = ("random", "center", "oracle")
+
+
+def method_styles(methods: Sequence[str]) -> dict[str, tuple[tuple, str]]:
+    """A colour and a line style per method, the same in every figure of a run: distinct colours for up to
+    28 methods (then the colours repeat with another line style); baselines grey, dashed."""
+    out: dict[str, tuple[tuple, str]] = {}
+    ranked = [m for m in sorted(set(methods)) if m not in BASELINES]
+    for i, m in enumerate(ranked):
+        out[m] = (_PALETTE[i % len(_PALETTE)], ("-", "--", ":")[(i // len(_PALETTE)) % 3])
+    for j, m in enumerate(b for b in BASELINES if b in set(methods)):
+        out[m] = ((0.25 + 0.2 * j,) * 3 + (1.0,), "--")
+    return out
 
 
 def _style() -> None:
@@ -50,7 +76,7 @@ def metric_bars(board: pd.DataFrame, out_dir: Path) -> list[Path]:
         nrow = int(np.ceil(len(metrics) / ncol))
         n_methods = g["method"].nunique()
         size = (4.2 * ncol, max(2.2, 0.22 * n_methods + 1.0) * nrow)
-        fig, axes = plt.subplots(nrow, ncol, figsize=size, squeeze=False)
+        fig, axes = plt.subplots(nrow, ncol, figsize=size, squeeze=False, layout="constrained")
         for ax, metric in zip(axes.flat, metrics, strict=False):  # the grid may have spare axes
             s = g[g["metric"] == metric].sort_values("rank")
             y = np.arange(len(s))
@@ -67,8 +93,7 @@ def metric_bars(board: pd.DataFrame, out_dir: Path) -> list[Path]:
         for ax in list(axes.flat)[len(metrics) :]:
             ax.axis("off")
         fig.suptitle(f"{model} on {dataset}: mean over images, 95% bootstrap CI", fontsize=10)
-        fig.tight_layout()
-        paths.append(_save(fig, out_dir / f"bars-{_slug(model, dataset)}.png"))
+        paths.append(_save(fig, out_dir / f"bars-{_slug(model, dataset)}.png", dpi=72))
     return paths
 
 
@@ -80,18 +105,30 @@ def curve_plots(curves: pd.DataFrame, out_dir: Path) -> list[Path]:
         return paths
     for (model, dataset), g in curves.groupby(["model", "dataset"], sort=True):
         metrics = sorted(g["metric"].unique())
-        fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 3.4), squeeze=False)
+        styles = method_styles(list(g["method"].unique()))
+        ncol = min(3, len(metrics))
+        nrow = int(np.ceil(len(metrics) / ncol))
+        fig, axes = plt.subplots(nrow, ncol, figsize=(4.4 * ncol, 3.2 * nrow), squeeze=False)
         for ax, metric in zip(axes.flat, metrics, strict=False):  # the grid may have spare axes
             s = g[g["metric"] == metric]
             for method, c in s.groupby("method", sort=True):
                 c = c.sort_values("step")
-                style = "--" if method in ("random", "center", "oracle") else "-"
-                ax.plot(c["x"], c["value"], style, lw=1.2, label=method)
+                color, ls = styles[method]
+                few = c["x"].nunique() <= 3  # e.g. ROAD at one fraction: points at their measured x
+                ax.plot(c["x"], c["value"], ls, color=color, lw=1.2, label=method, marker="o" if few else None, ms=3)
+            xs = s["x"].to_numpy(dtype=float)
+            if xs.size and np.isfinite(xs).any():
+                lo, hi = min(0.0, float(np.nanmin(xs))), max(1.0, float(np.nanmax(xs)))
+                ax.set_xlim(lo - 0.02 * (hi - lo), hi + 0.02 * (hi - lo))
             ax.set_title(metric, fontsize=9)
             ax.set_xlabel("fraction of pixels perturbed", fontsize=8)
             ax.set_ylabel("score of the target class", fontsize=8)
             ax.tick_params(labelsize=7)
-        axes.flat[-1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
+        for ax in list(axes.flat)[len(metrics) :]:
+            ax.axis("off")
+        handles, labels = axes.flat[0].get_legend_handles_labels()
+        ncols = 1 + len(labels) // 30
+        fig.legend(handles, labels, fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5), ncol=ncols)
         fig.suptitle(f"{model} on {dataset}: mean curves", fontsize=10)
         fig.tight_layout()
         paths.append(_save(fig, out_dir / f"curves-{_slug(model, dataset)}.png"))
@@ -127,51 +164,89 @@ def rank_heatmap(board: pd.DataFrame, out_dir: Path) -> list[Path]:
     return paths
 
 
+def disagreement(maps: np.ndarray, keep: Sequence[int] | None = None) -> np.ndarray:
+    """Per image, how much the methods' maps disagree: the standard deviation over methods, averaged over
+    the pixels (voxels) of ``maps [N, M, ...]``; ``keep`` selects the methods that count (not the baselines)."""
+    m = np.asarray(maps, dtype=np.float32)
+    if keep is not None:
+        m = m[:, list(keep)]
+    if m.shape[1] < 2:
+        return np.zeros(m.shape[0])
+    return m.std(axis=1).reshape(m.shape[0], -1).mean(axis=1)
+
+
+GALLERY_COLUMNS = 12  # image + 11 maps per row of the grid: a 22-method gallery wraps instead of 3000 px wide
+
+
 def gallery(samples: Sequence[dict[str, np.ndarray]], out_dir: Path, max_images: int = 4) -> list[Path]:
-    """One figure per experiment: rows = images, columns = the image then each method's map overlaid.
+    """One figure per experiment: the stored images on which the methods' maps disagree most
+    (:func:`disagreement`, baselines left out) first; per image the image then each method's map overlaid,
+    wrapped after ``GALLERY_COLUMNS`` columns; one colour bar for every map (all are in [0, 1]).
 
     Ground-truth boxes are drawn in lime, mask outlines in white.
     """
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
     paths = []
     by_exp: dict[tuple[str, str], list[dict]] = {}
     for s in samples:
         by_exp.setdefault(tuple(s["experiment"].tolist()), []).append(s)
     for (model, dataset), parts in sorted(by_exp.items()):
         methods = list(parts[0]["methods"])
-        rows: list = []
+        keep = [c for c, m in enumerate(methods) if m not in BASELINES]
+        cand: list = []
         for p in parts:
-            for i in range(len(p["ids"])):
-                if len(rows) < max_images and list(p["methods"]) == methods:
-                    rows.append((p, i))
+            if list(p["methods"]) != methods:
+                continue
+            spread = disagreement(p["maps"], keep)
+            cand += [(-float(spread[i]), len(cand), p, i) for i in range(len(p["ids"]))]
+        rows = [(p, i) for _, _, p, i in sorted(cand, key=lambda t: (t[0], t[1]))[:max_images]]
         if not rows:
             continue
         if rows[0][0]["images"].ndim == 5:  # volumes and clips [N,T,H,W,3]: strips of slices / frames
             paths.append(slice_gallery(rows, methods, model, dataset, out_dir))
             continue
-        ncol = len(methods) + 1
-        fig, axes = plt.subplots(len(rows), ncol, figsize=(1.45 * ncol, 1.5 * len(rows)), squeeze=False)
+        per = GALLERY_COLUMNS - 1
+        chunks = [list(range(c, min(c + per, len(methods)))) for c in range(0, len(methods), per)]
+        ncol = min(len(methods), per) + 1
+        nrow = len(rows) * len(chunks)
+        fig, axes = plt.subplots(nrow, ncol, figsize=(1.1 * ncol + 0.6, 1.15 * nrow + 0.3), squeeze=False)
         for r, (p, i) in enumerate(rows):
             img = p["images"][i]
             title = str(p["target_names"][i]) if "target_names" in p else f"class {int(p['targets'][i])}"
-            for c in range(ncol):
-                ax = axes[r, c]
-                ax.imshow(img)
-                if c > 0:
-                    ax.imshow(p["maps"][i, c - 1].astype(np.float32), cmap="jet", alpha=0.5, vmin=0, vmax=1)
-                if "masks" in p and p["masks"][i].any():
-                    ax.contour(p["masks"][i].astype(float), levels=[0.5], colors="white", linewidths=0.6)
-                if "boxes" in p:
-                    for x0, y0, x1, y1 in p["boxes"][i]:
-                        if np.isfinite(x0):
-                            ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="lime", lw=0.9))
-                ax.set_xticks([])
-                ax.set_yticks([])
-                if r == 0:
-                    ax.set_title("image" if c == 0 else methods[c - 1], fontsize=7)
-            axes[r, 0].set_ylabel(f"{p['ids'][i]}\n{title}", fontsize=6)
-        fig.suptitle(f"{model} on {dataset}", fontsize=9)
-        fig.tight_layout()
-        paths.append(_save(fig, out_dir / f"gallery-{_slug(model, dataset)}.png"))
+            for q, chunk in enumerate(chunks):
+                row = r * len(chunks) + q
+                for c in range(ncol):
+                    ax = axes[row, c]
+                    ax.set_xticks([])
+                    ax.set_yticks([])
+                    if (c == 0 and q > 0) or (c > 0 and c - 1 >= len(chunk)):
+                        ax.axis("off")
+                        continue
+                    ax.imshow(img)
+                    if c > 0:
+                        mi = chunk[c - 1]
+                        ax.imshow(p["maps"][i, mi].astype(np.float32), cmap="jet", alpha=0.5, vmin=0, vmax=1)
+                        ax.set_title(methods[mi], fontsize=6, pad=2)
+                    if "masks" in p and p["masks"][i].any():
+                        ax.contour(p["masks"][i].astype(float), levels=[0.5], colors="white", linewidths=0.6)
+                    if "boxes" in p:
+                        for x0, y0, x1, y1 in p["boxes"][i]:
+                            if np.isfinite(x0):
+                                ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="lime", lw=0.9))
+                if q == 0:
+                    axes[row, 0].set_title("image", fontsize=6, pad=2)
+                    axes[row, 0].set_ylabel(f"{p['ids'][i]}\n{title}", fontsize=6)
+        fig.colorbar(
+            ScalarMappable(Normalize(0, 1), cmap="jet"),
+            ax=axes,
+            fraction=0.02,
+            pad=0.01,
+            label="map value (each map scaled to [0, 1])",
+        )
+        fig.suptitle(f"{model} on {dataset}: the images where the maps disagree most", fontsize=9)
+        paths.append(_save(fig, out_dir / f"gallery-{_slug(model, dataset)}.png", dpi=72))
     return paths
 
 
@@ -228,9 +303,9 @@ def cd_diagrams(board: pd.DataFrame, families: dict, out_dir: Path) -> list[Path
         for family, metrics in panels:
             n = len(metrics)
             k = g[g["metric"].isin(metrics)]["method"].nunique()
-            ncol = min(2, n)
-            nrow = int(np.ceil(n / ncol))
-            fig, axes = plt.subplots(nrow, ncol, figsize=(6.0 * ncol, (1.0 + 0.13 * k) * nrow + 0.4), squeeze=False)
+            ncol = 1  # one panel per row: the method labels stick out left and right of the axis
+            nrow = n
+            fig, axes = plt.subplots(nrow, ncol, figsize=(6.0, (1.0 + 0.13 * k) * nrow + 0.4), squeeze=False)
             for ax, metric in zip(axes.flat, metrics, strict=False):
                 s = g[g["metric"] == metric].set_index("method")
                 col = "mean" if metric == MEAN_RANK else "avg_rank"
@@ -240,8 +315,9 @@ def cd_diagrams(board: pd.DataFrame, families: dict, out_dir: Path) -> list[Path
             for ax in list(axes.flat)[n:]:
                 ax.axis("off")
             fig.suptitle(f"{model} on {dataset}: {family} (critical differences, alpha = 0.05)", fontsize=9)
-            fig.subplots_adjust(left=0.2, right=0.8, wspace=0.9, hspace=0.35, top=1 - 0.5 / fig.get_figheight())
-            paths.append(_save(fig, out_dir / f"cd-{_slug(family, model, dataset)}.png", tight=False))
+            fig.subplots_adjust(left=0.2, right=0.8, hspace=0.45, top=1 - 0.9 / fig.get_figheight())
+            # "tight": the saved area grows to every label, however long (nothing is clipped)
+            paths.append(_save(fig, out_dir / f"cd-{_slug(family, model, dataset)}.png"))
     return paths
 
 
@@ -322,9 +398,88 @@ def slice_gallery(
             if r == 0:
                 ax.set_title("slice" if c == 0 else methods[c - 1], fontsize=7)
         axes[r, 0].set_ylabel(f"{p['ids'][i]}\n{title}\nslice {t}", fontsize=6)
-    fig.suptitle(f"{model} on {dataset} (slices / frames)", fontsize=9)
-    fig.tight_layout()
-    return _save(fig, out_dir / f"gallery-{_slug(model, dataset)}.png")
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    fig.colorbar(
+        ScalarMappable(Normalize(0, 1), cmap="jet"), ax=axes, fraction=0.02, pad=0.01, label="map value (in [0, 1])"
+    )
+    fig.suptitle(f"{model} on {dataset} (slices / frames where the maps disagree most)", fontsize=9)
+    return _save(fig, out_dir / f"gallery-{_slug(model, dataset)}.png", dpi=72)
+
+
+def paired_differences(a: np.ndarray, b: np.ndarray, n_boot: int = 1000, seed: int = 0) -> tuple[float, float, float]:
+    """Mean of the paired per-image differences ``a - b`` and its 95 % percentile-bootstrap CI over images
+    (Efron & Tibshirani 1993, ch. 13; the same resampled images for both methods)."""
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    d = d[np.isfinite(d)]
+    if d.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    idx = np.random.default_rng(seed).integers(0, d.size, size=(n_boot, d.size))
+    boot = d[idx].mean(axis=1)
+    return float(d.mean()), float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))
+
+
+def forest_plots(
+    scores: pd.DataFrame,
+    board: pd.DataFrame,
+    families: dict,
+    out_dir: Path,
+    focus: str | None = None,
+    max_panels: int = 6,
+) -> list[Path]:
+    """Forest plots per experiment: for one metric per family (image-level, not cost), the mean paired
+    per-image difference between the focused method (``focus``, else the best mean rank) and every other
+    method, signed so that > 0 means the focused method is better, with its 95 % bootstrap CI over images;
+    green: CI above 0, red: below, grey: the CI holds 0."""
+    paths: list[Path] = []
+    if scores is None or scores.empty or "higher_is_better" not in board:
+        return paths
+    ok = scores[(scores["status"] == "ok") & np.isfinite(scores["value"].astype(float))]
+    ranked = board[~board["baseline"].astype(bool)] if "baseline" in board else board
+    for (model, dataset), g in ranked.groupby(["model", "dataset"], sort=True):
+        mr = g[g["metric"] == MEAN_RANK].sort_values("mean")
+        methods = list(mr["method"]) or sorted(g["method"].unique())
+        if len(methods) < 2:
+            continue
+        f = focus if focus in methods else methods[0]
+        sc = ok[(ok["model"] == model) & (ok["dataset"] == dataset) & ok["method"].isin(methods)]
+        present = set(sc["metric"])
+        picked: list[str] = []
+        from ..schema import METRIC_FAMILIES
+
+        for fam in (*METRIC_FAMILIES, "other"):
+            cands = sorted(m for m in present if families.get(m, "other") == fam and fam != "cost")
+            picked += cands[:1]
+        picked = picked[:max_panels]
+        if not picked:
+            continue
+        hib = g.groupby("metric")["higher_is_better"].first().to_dict()
+        others = [m for m in methods if m != f]
+        fig, axes = plt.subplots(
+            1, len(picked), figsize=(2.6 * len(picked) + 1.2, 0.2 * len(others) + 1.2), squeeze=False, sharey=True
+        )
+        for ax, metric in zip(axes.flat, picked, strict=True):
+            wide = sc[sc["metric"] == metric].pivot_table(index="image_id", columns="method", values="value")
+            sign = 1.0 if bool(hib.get(metric, True)) else -1.0
+            for y, other in enumerate(others):
+                if f not in wide or other not in wide:
+                    continue
+                pair = wide[[f, other]].dropna()
+                mean, lo, hi = paired_differences(sign * pair[f].to_numpy(), sign * pair[other].to_numpy())
+                color = "#2a7d4f" if lo > 0 else "#b00020" if hi < 0 else "#888888"
+                ax.errorbar(mean, y, xerr=[[mean - lo], [hi - mean]], fmt="o", color=color, ms=3, capsize=2, lw=1)
+            ax.axvline(0.0, color="#333", lw=0.8)
+            ax.set_title(f"{metric}", fontsize=8)
+            ax.tick_params(labelsize=7)
+        axes[0, 0].set_yticks(range(len(others)), others)
+        axes[0, 0].invert_yaxis()
+        fig.suptitle(
+            f"{model} on {dataset}: {f} minus each method, per-image paired difference (> 0: {f} better), 95% CI",
+            fontsize=9,
+        )
+        paths.append(_save(fig, out_dir / f"forest-{_slug(model, dataset)}.png", dpi=72))
+    return paths
 
 
 def all_plots(
@@ -334,8 +489,10 @@ def all_plots(
     out_dir: Path,
     families: dict | None = None,
     taus: pd.DataFrame | None = None,
+    scores: pd.DataFrame | None = None,
+    focus: str | None = None,
 ) -> dict[str, list[Path]]:
-    """Every figure of the report, by kind."""
+    """Every figure of the report, by kind (``forest`` only with the per-image ``scores``)."""
     out_dir = Path(out_dir)
     figs = {
         "bars": metric_bars(board, out_dir),
@@ -345,6 +502,8 @@ def all_plots(
     }
     if "avg_rank" in board:
         figs["cd"] = cd_diagrams(board, families or {}, out_dir)
+    if scores is not None and len(scores):
+        figs["forest"] = forest_plots(scores, board, families or {}, out_dir, focus=focus)
     if taus is not None and len(taus):
         figs["kendall"] = kendall_matrix(taus, out_dir)
     return figs

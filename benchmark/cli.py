@@ -31,6 +31,7 @@ from .outdir import RunLock, check_out_dir, safe_name
 from .registry import Registry
 from .runner.progress import Progress
 from .runner.suite import list_suites, load_suite
+from .schema import QUALITY, Claim
 
 LISTABLE = ("methods", "metrics", "models", "datasets", "suites")
 
@@ -200,8 +201,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     suite = suite.with_overrides(device=args.device, batch_size=args.batch_size, data_root=args.data_root)
     if args.focus:
         from dataclasses import replace
-
-        from .runner.suite import QUALITY, Claim
 
         focus = Claim(method=args.focus, than="all", metrics=QUALITY, group="focus", note="--focus")
         suite = replace(suite, claims=suite.claims + (focus,))

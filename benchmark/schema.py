@@ -9,6 +9,7 @@ See docs/interfaces.md (Result schema, Store).
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -62,3 +63,37 @@ class UnitResult:
     #: ``logging`` records emitted while a worker process (loky, dask) computed the unit, for the parent to
     #: re-emit (messages formatted, no arguments or tracebacks left to pickle); empty in-process. Not stored.
     logs: list = field(default_factory=list)
+
+
+#: ``metrics = "quality"`` in a claim: every metric but the cost family.
+QUALITY = "quality"
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One ``[[claims]]`` entry: ``method`` is better than each of ``than`` on ``metrics`` (names, families
+    or ``"quality"``) in ``experiments`` (``"all"`` or labels), by at least ``margin``. ``group`` names the
+    family of comparisons Holm corrects over (``"claims"`` for a suite's, ``"focus"`` for ``--focus``)."""
+
+    method: str
+    than: tuple[str, ...] | str
+    metrics: tuple[str, ...] | str
+    experiments: tuple[str, ...] | str = "all"
+    margin: float = 0.0
+    note: str = ""
+    group: str = "claims"
+
+
+def claim_experiments(claim: Claim, experiments: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The ``(label, dataset)`` pairs a claim covers among ``experiments``."""
+    if claim.experiments == "all":
+        return list(experiments)
+    return [(lab, ds) for lab, ds in experiments if lab in claim.experiments or f"{lab}/{ds}" in claim.experiments]
+
+
+def claim_metrics(claim: Claim, metrics: Sequence[str], families: Mapping[str, str]) -> list[str]:
+    """The metrics (of ``metrics``, in order) a claim covers: named ones, members of named families, or
+    every non-cost metric for ``"quality"``."""
+    if claim.metrics == QUALITY:
+        return [m for m in metrics if families.get(m) != "cost"]
+    return [m for m in metrics if m in claim.metrics or families.get(m) in claim.metrics]

@@ -15,7 +15,8 @@ from ..plugins import load_plugins
 from ..schema import METRIC_FAMILIES
 from ..store import Store, atomic_write_text, write_parquet
 from . import tables
-from .claims import claims_html
+from .claims import claim_table, claims_html
+from .findings import experiment_findings, findings_text
 
 
 @dataclass
@@ -287,8 +288,6 @@ def write_report(
 
 def run_claims(run: dict, scores: pd.DataFrame, stats: pd.DataFrame | None, mparams: dict) -> pd.DataFrame:
     """The run's ``[[claims]]`` (and ``--focus``) tested: :func:`benchmark.report.claims.claim_table`."""
-    from .claims import claim_table
-
     if not run.get("claims"):
         return claim_table(scores, {})
     baselines = baseline_methods(set(scores["method"]) | (set(stats["method"]) if stats is not None else set()), run)
@@ -333,6 +332,4 @@ def summary_text(
     first, then the claims' verdicts when the suite has claims; the tables are in report.html."""
     if board.empty:
         return None
-    from .findings import experiment_findings, findings_text
-
     return findings_text(experiment_findings(board, card, equivalences, run), "")

@@ -54,6 +54,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ..schema import Claim, claim_experiments, claim_metrics
 from .ranking import bootstrap_p, holm, resample_values, wilcoxon_pvalues
 
 BETTER, WORSE, NO_DIFF = "better", "worse", "no detectable difference"
@@ -363,7 +364,6 @@ def claim_table(
     averaged per image first), with the experiment's common bootstrap draws; dataset-level metrics
     (``stats_rows``, ``compute_for(model, dataset, metric)`` giving the metric's ``compute``):
     :func:`paired_bootstrap_comparison`; cost metrics: :func:`timing_comparison`."""
-    from ..runner.suite import Claim, claim_experiments, claim_metrics
 
     claims = [
         Claim(

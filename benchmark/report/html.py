@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from ..schema import METRIC_FAMILIES
+from .findings import equivalence_classes, experiment_findings, findings_html, short_names
 from .tables import MEAN_RANK
 
 CSS = """
@@ -234,7 +235,6 @@ def experiment_section(
 ) -> str:
     """One experiment: its critical-difference diagrams, significance groups and the metric card first,
     equivalent methods, the mean rank, then the tables grouped by family, then the other plots."""
-    from .findings import equivalence_classes, short_names
 
     g = board[(board["model"] == model) & (board["dataset"] == dataset)]
     classes = equivalence_classes(equiv, model, dataset)
@@ -359,7 +359,6 @@ def render(
     (:mod:`benchmark.report.findings`, plus the claims' verdicts when the suite has claims), then per
     experiment (:func:`experiment_section`, those that conclude most first), then what applies to the whole
     run (ties with the best, failures, degenerate maps, skipped metrics, timings, settings)."""
-    from .findings import experiment_findings, findings_html
 
     versions = run.get("versions", {})
     vtxt = ", ".join(f"{k} {v}" for k, v in versions.items())

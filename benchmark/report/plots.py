@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from ..schema import METRIC_FAMILIES
 from .tables import MEAN_RANK
 
 DPI = 90
@@ -446,7 +447,6 @@ def forest_plots(
         sc = ok[(ok["model"] == model) & (ok["dataset"] == dataset) & ok["method"].isin(methods)]
         present = set(sc["metric"])
         picked: list[str] = []
-        from ..schema import METRIC_FAMILIES
 
         for fam in (*METRIC_FAMILIES, "other"):
             cands = sorted(m for m in present if families.get(m, "other") == fam and fam != "cost")

@@ -18,6 +18,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from ..methods import explain_context, run_method
+from ..models import create_model
+
 
 def count_forwards(
     model: nn.Module,
@@ -32,7 +35,6 @@ def count_forwards(
 ) -> dict[str, float]:
     """Images forwarded through ``model`` per input image, per method (NaN where the method fails on the
     probe, e.g. the oracle without ground truth)."""
-    from ..methods import explain_context, run_method
 
     seen = [0]
 
@@ -94,7 +96,6 @@ class ExperimentEstimate:
 def estimate_plan(plan: object, device: str = "cpu", probe_images: int = 2) -> list[ExperimentEstimate]:
     """One :class:`ExperimentEstimate` per experiment of a :class:`~benchmark.runner.plan.Plan`: its methods'
     forwards per image on ``probe_images`` random inputs of the model's size, and one forward's time."""
-    from ..models import create_model
 
     out = []
     suite = plan.suite  # type: ignore[attr-defined]

@@ -12,14 +12,17 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 
+from ..data import DATASETS
 from ..errors import ContractError
+from ..methods import METHODS
+from ..methods.contract import check_method
+from ..models import MODELS
 from .suite import Suite
 
 
 def experiment_kinds(suite: Suite) -> list[tuple[str, set[str]]]:
     """Per experiment, ``(label, kinds)``: ``2d`` or ``3d`` (its dataset's registered ``ndim``), plus
     ``labels`` for ``target = "labels"``."""
-    from ..data import DATASETS
 
     out = []
     for e in suite.experiments:
@@ -40,7 +43,6 @@ def _runs(exp_methods: object, name: str) -> bool:
         return True
     if not isinstance(exp_methods, (tuple, list)):
         return False
-    from ..methods import METHODS
 
     return name in exp_methods or METHODS.entry(name).meta.get("family") in exp_methods
 
@@ -71,7 +73,6 @@ def check_suite_methods(
     """Contract-check ``methods`` (the plugins' methods) on every input kind beyond 2-D the suite runs them on;
     raises :class:`ContractError` naming the method, the kind, the experiments and the fix. Returns
     ``{method: {kind: experiments}}`` (what was checked)."""
-    from ..methods.contract import check_method
 
     todo = method_kinds(suite, methods)
     failures = []
@@ -101,8 +102,6 @@ def override_model(suite: Suite, model: str) -> Suite:
     ``model`` instead, with that model's default weights, layer and arguments (e.g. ``efficientnet_lite0``,
     whose weights ship offline, for a suite written for resnet50). Generated-data experiments keep their
     shipped models, whose classes are the dataset's own."""
-    from ..data import DATASETS
-    from ..models import MODELS
 
     MODELS.entry(model)  # an unknown name fails here, listing the registered models
     exps = []

@@ -68,6 +68,7 @@ from typing import Any
 
 from .. import __version__
 from ..errors import SuiteError
+from ..schema import QUALITY, Claim, claim_experiments, claim_metrics
 
 #: Top-level keys of a suite file and their defaults.
 SUITE_DEFAULTS: dict[str, Any] = {
@@ -115,9 +116,6 @@ EXPERIMENT_KEYS = (
 )
 #: Keys of one ``[[claims]]`` table (``method``, ``than`` and ``metrics`` required).
 CLAIM_KEYS = ("method", "than", "metrics", "experiments", "margin", "note")
-#: ``metrics = "quality"`` in a claim: every metric outside the cost family.
-QUALITY = "quality"
-
 #: Suite keys of the meta-evaluation (left out of the suite hash while no experiment turns it on).
 META_KEYS = ("meta_perturbations", "meta_minor_std", "meta_disruptive_std")
 
@@ -171,21 +169,6 @@ class Experiment:
     def key(self) -> str:
         """Filesystem-safe ``label-dataset`` key used in unit names."""
         return _safe(f"{self.label}-{self.dataset}")
-
-
-@dataclass(frozen=True)
-class Claim:
-    """One ``[[claims]]`` entry: ``method`` is better than each of ``than`` on ``metrics`` (names, families
-    or ``"quality"``) in ``experiments`` (``"all"`` or labels), by at least ``margin``. ``group`` names the
-    family of comparisons Holm corrects over (``"claims"`` for a suite's, ``"focus"`` for ``--focus``)."""
-
-    method: str
-    than: tuple[str, ...] | str
-    metrics: tuple[str, ...] | str
-    experiments: tuple[str, ...] | str = "all"
-    margin: float = 0.0
-    note: str = ""
-    group: str = "claims"
 
 
 @dataclass(frozen=True)
@@ -509,21 +492,6 @@ def _claims(raw: Any, experiments: tuple[Experiment, ...], where: str) -> tuple[
             raise SuiteError(f"{w}: `note` must be a string, got {note!r}.")
         out.append(Claim(c["method"], than, metrics, exps, float(margin), note))
     return tuple(out)
-
-
-def claim_experiments(claim: Claim, experiments: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
-    """The ``(label, dataset)`` pairs a claim covers among ``experiments``."""
-    if claim.experiments == "all":
-        return list(experiments)
-    return [(lab, ds) for lab, ds in experiments if lab in claim.experiments or f"{lab}/{ds}" in claim.experiments]
-
-
-def claim_metrics(claim: Claim, metrics: Sequence[str], families: Mapping[str, str]) -> list[str]:
-    """The metrics (of ``metrics``, in order) a claim covers: named ones, members of named families, or
-    every non-cost metric for ``"quality"``."""
-    if claim.metrics == QUALITY:
-        return [m for m in metrics if families.get(m) != "cost"]
-    return [m for m in metrics if m in claim.metrics or families.get(m) in claim.metrics]
 
 
 def check_claims(

@@ -17,6 +17,7 @@ from . import (  # noqa: F401  (registration side effects)
     msflip,
     score,
     score_variants,
+    tam,
 )
 from .base import (
     METHODS,

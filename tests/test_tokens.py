@@ -13,12 +13,11 @@ from benchmark.data.captions import (
     EOS_ID,
     TOKEN_ID,
     VOCAB,
-    PerTokenTargets,
     ShapesCaptions,
     caption_words,
     decode,
     encode,
-    token_samples,
+    expand_token_batch,
 )
 from benchmark.errors import CambenchError
 from benchmark.methods.tam import (
@@ -65,34 +64,79 @@ def test_images_are_a_pure_function_of_seed_split_index():
     assert torch.equal(a.image, b.image) and not torch.equal(a.image, c.image)
 
 
-def test_token_samples_truth_only_for_correct_object_words():
+def _truth_batch(ds, indices):
+    from benchmark.data import make_batches
+    from benchmark.data.captions import CaptionTruth
+    from benchmark.models.captioner import MEAN, STD
+    from benchmark.types import ModelHandle
+
+    handle = ModelHandle(name="x", model=torch.nn.Identity(), target_layer="", input_size=(64, 64), mean=MEAN, std=STD)
+    return next(iter(make_batches(CaptionTruth(ds), handle, len(indices), indices=indices)))
+
+
+def test_expand_token_batch_truth_only_for_correct_object_words():
     ds = ShapesCaptions(n=40, split="test")
-    sc = next(ds.caption_scene(i) for i in range(40) if len(ds.caption_scene(i).masks) >= 2)
-    gen = sc.tokens.clone()
-    gen[1] = TOKEN_ID["green"] if VOCAB[int(gen[1])] != "green" else TOKEN_ID["red"]  # a wrong colour word
-    samples = token_samples(sc, gen, "img", 12)
-    assert len(samples) == int((gen != 0).sum())  # up to and including <eos>
-    assert samples[-1].target == EOS_ID
-    assert samples[1].mask is None and not bool(samples[1].extras["has_truth"])  # wrong word: no truth
-    assert not bool(samples[1].extras["function_word"])
-    assert torch.equal(samples[2].mask, sc.masks[0])  # the shape word of object 0 is right
-    assert samples[0].mask is None and bool(samples[0].extras["function_word"])  # "a"
-    assert [s.id for s in samples[:3]] == ["img#t00:a", f"img#t01:{VOCAB[int(gen[1])]}", f"img#t02:{sc.shapes[0]}"]
-    assert all(int(s.extras["position"]) == t for t, s in enumerate(samples))
-    assert all(torch.equal(s.extras["caption"][: len(samples)], gen[: len(samples)]) for s in samples)
+    two = [i for i in range(40) if len(ds.caption_scene(i).masks) >= 2][:2]
+    batch = _truth_batch(ds, two)
+    sc0, sc1 = (ds.caption_scene(i) for i in two)
+    gen = batch.extras["true_caption"].clone()
+    wrong = TOKEN_ID["green"] if sc0.colours[0] != "green" else TOKEN_ID["red"]
+    gen[0, 1] = wrong  # image 0: a wrong colour word for object 0
+    gen[1, 3] = EOS_ID  # image 1: stops after its first object
+    out = expand_token_batch(batch, gen)
+    n0 = int((gen[0] != 0).sum())
+    assert len(out) == n0 + 4
+    assert out.ids[:3] == [
+        f"{batch.ids[0]}#t00:a",
+        f"{batch.ids[0]}#t01:{VOCAB[wrong]}",
+        f"{batch.ids[0]}#t02:{sc0.shapes[0]}",
+    ]
+    assert out.ids[n0:] == [
+        f"{batch.ids[1]}#t00:a",
+        f"{batch.ids[1]}#t01:{sc1.colours[0]}",
+        f"{batch.ids[1]}#t02:{sc1.shapes[0]}",
+        f"{batch.ids[1]}#t03:<eos>",
+    ]
+    has, fn = out.extras["has_truth"], out.extras["function_word"]
+    assert not has[1] and not fn[1] and not out.masks[1].any()  # wrong word: no truth, not a function word
+    assert has[2] and torch.equal(out.masks[2], sc0.masks[0])  # the right shape word of object 0
+    assert fn[0] and not out.masks[0].any()  # "a"
+    assert torch.equal(out.masks[n0 + 1], sc1.masks[0])
+    assert fn[n0 + 3] and not has[n0 + 3]  # the early <eos>: a function word
+    for k in range(n0):  # every object word of image 0 but the wrong one has its object's mask
+        t = int(out.extras["position"][k])
+        m = sc0.token_mask(t)
+        assert torch.equal(out.masks[k], m if (m is not None and t != 1) else torch.zeros_like(out.masks[k]))
+    assert torch.equal(out.extras["caption"][0], gen[0]) and torch.equal(out.targets[:n0], gen[0, :n0])
+    assert torch.equal(out.images[n0], batch.images[1])
 
 
-def test_per_token_view_uses_the_given_generator_and_refuses_other_datasets():
-    ds = ShapesCaptions(n=3, split="test")
-    view = PerTokenTargets(ds, lambda image: ds.caption_scene(0).tokens)
-    items = view[1]
-    assert [s.target for s in items] == [int(v) for v in ds.caption_scene(0).tokens]
-    assert view.has_masks and len(view) == 3
+def test_token_views_refuse_other_datasets():
+    from benchmark.data.captions import CaptionTruth, PerQueryTargets
     from benchmark.data.synthetic import ShapesDataset
     from benchmark.errors import DataError
 
     with pytest.raises(DataError, match="shapes_captions"):
-        PerTokenTargets(ShapesDataset(n=2), lambda image: torch.tensor([EOS_ID]))
+        CaptionTruth(ShapesDataset(n=2))
+    with pytest.raises(DataError, match="shapes_captions"):
+        PerQueryTargets(ShapesDataset(n=2))
+
+
+def test_query_samples_one_per_present_query_with_the_union_mask():
+    from benchmark.data.captions import QUERIES
+
+    ds = ShapesCaptions(n=30, split="test")
+    for i in range(30):
+        sc = ds.caption_scene(i)
+        samples = ds.query_samples(i)
+        names = {f"{c} {s}" for c, s in zip(sc.colours, sc.shapes, strict=True)}
+        assert [QUERIES[s.target] for s in samples] == sorted(names, key=QUERIES.index)
+        for s in samples:
+            want = torch.zeros_like(s.mask)
+            for c, sh, m in zip(sc.colours, sc.shapes, sc.masks, strict=True):
+                if f"{c} {sh}" == QUERIES[s.target]:
+                    want |= m
+            assert torch.equal(s.mask, want)
 
 
 # -- the captioner and its token view ------------------------------------------------------------------
@@ -107,7 +151,9 @@ def test_token_view_logits_are_the_teacher_forced_token_logits():
     torch.manual_seed(0)
     cap = Captioner(TINY).eval()
     view = TokenTargets(cap)
-    caps = torch.stack([_caption(["a", "red", "disk", "<eos>"]), _caption(caption_words([("blue", "ring"), ("green", "bar")]))])
+    caps = torch.stack(
+        [_caption(["a", "red", "disk", "<eos>"]), _caption(caption_words([("blue", "ring"), ("green", "bar")]))]
+    )
     view.set_captions(caps)
     x = torch.randn(3, 3, 64, 64)
     with torch.no_grad():
@@ -248,7 +294,9 @@ def test_token_methods_and_gradcam_on_the_token_view():
     torch.manual_seed(0)
     cap = Captioner(TINY).eval()
     view = TokenTargets(cap)
-    caps = torch.stack([_caption(caption_words([("red", "disk"), ("blue", "ring")])), _caption(caption_words([("green", "bar")]))])
+    caps = torch.stack(
+        [_caption(caption_words([("red", "disk"), ("blue", "ring")])), _caption(caption_words([("green", "bar")]))]
+    )
     view.set_captions(caps)
     x = torch.randn(2, 3, 64, 64)
     targets = view.target_index(torch.tensor([0, 1]), torch.tensor([2, 1]), caps[[0, 1], [2, 1]])
@@ -274,11 +322,14 @@ def test_token_methods_and_gradcam_on_the_token_view():
     torch.testing.assert_close(gc, ref_gc, rtol=1e-4, atol=1e-5)
 
 
-def test_token_methods_refuse_a_classifier(tiny_cnn):
+def test_token_methods_refuse_a_classifier():
     from benchmark import methods as M
 
+    from conftest import tiny_cnn
+
+    model = tiny_cnn()
     x = torch.randn(2, 3, 32, 32)
-    ctx = M.ExplainContext(model=tiny_cnn, layer=M.resolve_layer(tiny_cnn, "features"), images=x, targets=torch.tensor([0, 1]))
+    ctx = M.ExplainContext(model=model, layer=M.resolve_layer(model, "1"), images=x, targets=torch.tensor([0, 1]))
     with pytest.raises(CambenchError, match='target = "tokens"'):
         M.METHODS.get("tam")(ctx)
 

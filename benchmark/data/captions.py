@@ -19,7 +19,6 @@ Image ``i`` is a pure function of ``(seed, split, i)`` (a stream of its own, apa
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +28,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ..errors import DataError
+from ..types import Batch
 from .base import Sample, register_dataset
 from .synthetic import _PIXEL_NOISE, SHAPE_CLASSES, ShapesDataset, mask_to_box, quantize8
 
@@ -55,6 +55,10 @@ FUNCTION_WORDS: tuple[str, ...] = ("a", "and")
 VOCAB: tuple[str, ...] = (PAD, BOS, EOS, *FUNCTION_WORDS, *COLOURS, *SHAPE_CLASSES)
 TOKEN_ID = {w: i for i, w in enumerate(VOCAB)}
 PAD_ID, BOS_ID, EOS_ID = TOKEN_ID[PAD], TOKEN_ID[BOS], TOKEN_ID[EOS]
+
+
+#: The text queries of the dual encoder (``target = "text"``): every "<colour> <shape>" pair, query id = index.
+QUERIES: tuple[str, ...] = tuple(f"{c} {s}" for c in COLOURS for s in SHAPE_CLASSES)
 
 
 def caption_words(objects: list[tuple[str, str]]) -> list[str]:
@@ -213,6 +217,42 @@ class ShapesCaptions(ShapesDataset):
             label=label,
         )
 
+    def query_samples(self, index: int) -> list[Sample]:
+        """Text-query view of image ``index`` (``target = "text"``): one sample per query present in it
+        (:data:`QUERIES`, in query order), target = the query id, mask = the union of the objects it
+        names, id ``"<image id>#<colour>_<shape>"``."""
+        index = int(index) + (self.n if int(index) < 0 else 0)
+        sc = self.caption_scene(index)
+        iid = self.sample_id(index)
+        found: dict[int, Tensor] = {}
+        for colour, shape, m in zip(sc.colours, sc.shapes, sc.masks, strict=True):
+            q = QUERIES.index(f"{colour} {shape}")
+            found[q] = found[q] | m if q in found else m
+        return [
+            Sample(
+                image=sc.image,
+                target=q,
+                id=f"{iid}#{QUERIES[q].replace(' ', '_')}",
+                mask=found[q],
+                boxes=mask_to_box(found[q]),
+                label=q,
+            )
+            for q in sorted(found)
+        ]
+
+    def images_and_queries(self, indices: range | list[int] | None = None) -> tuple[Tensor, Tensor]:
+        """Stacked ``[N,3,S,S]`` images in [0,1] and ``[N, len(QUERIES)]`` multi-hot present queries."""
+        idx = range(self.n) if indices is None else indices
+        scenes = [self.caption_scene(int(i)) for i in idx]
+        y = torch.zeros(len(scenes), len(QUERIES))
+        for i, sc in enumerate(scenes):
+            for colour, shape in zip(sc.colours, sc.shapes, strict=True):
+                y[i, QUERIES.index(f"{colour} {shape}")] = 1.0
+        if not scenes:
+            s = self.image_size
+            return torch.zeros((0, 3, s, s)), y
+        return torch.stack([sc.image for sc in scenes]), y
+
     def images_and_captions(self, indices: range | list[int] | None = None) -> tuple[Tensor, Tensor]:
         """Stacked ``[N,3,S,S]`` images in [0,1] and ``[N,T]`` captions padded with ``<pad>`` (training)."""
         idx = range(self.n) if indices is None else indices
@@ -226,67 +266,115 @@ class ShapesCaptions(ShapesDataset):
         return torch.stack([sc.image for sc in scenes]), caps
 
 
-def token_samples(scene: CaptionScene, generated: Tensor, image_id: str, length: int) -> list[Sample]:
-    """One :class:`Sample` per generated token (``target = "tokens"``), up to and including ``<eos>``.
-
-    ``generated``: the model's greedy caption (token ids). Sample ``t``: id ``"<image id>#t<t>:<word>"``,
-    ``target``/``label`` the token id, ``mask`` the named object's instance mask when the token is an
-    object word that matches the true caption at that position (else None: a function word, or an object
-    word the model got wrong, which names no drawn object), and ``extras``: ``caption`` (``[length]``, the
-    generated caption padded with ``<pad>``), ``position``, ``function_word`` and ``has_truth`` (0-d).
-    """
-    gen = [int(v) for v in generated]
-    if EOS_ID in gen:
-        gen = gen[: gen.index(EOS_ID) + 1]
-    gen = gen[:length]
-    padded = torch.full((length,), PAD_ID, dtype=torch.long)
-    padded[: len(gen)] = torch.tensor(gen, dtype=torch.long)
-    true = [int(v) for v in scene.tokens]
-    out = []
-    for t, tok in enumerate(gen):
-        obj = is_object_word(tok)
-        right = obj and t < len(true) and true[t] == tok
-        mask = scene.masks[int(scene.object_index[t])] if right else None
-        out.append(
-            Sample(
-                image=scene.image,
-                target=tok,
-                id=f"{image_id}#t{t:02d}:{VOCAB[tok]}",
-                mask=mask,
-                boxes=None if mask is None else mask_to_box(mask),
-                label=tok,
-                extras={
-                    "caption": padded,
-                    "position": torch.tensor(t, dtype=torch.long),
-                    "function_word": torch.tensor(not obj),
-                    "has_truth": torch.tensor(mask is not None),
-                },
-            )
-        )
-    return out
+#: ``[V]`` bool: which token ids name an object (colour and shape words).
+OBJECT_WORD = torch.tensor([w in COLOURS or w in SHAPE_CLASSES for w in VOCAB])
 
 
-class PerTokenTargets(Dataset):
-    """Token view of :class:`ShapesCaptions` (``target = "tokens"``): item ``i`` is the list of
-    :func:`token_samples` of image ``i`` for the caption ``generate(image)`` (the model's greedy caption,
-    a callable the evaluation passes in: the data layer never holds the model). Other attributes are the
-    wrapped dataset's."""
+class CaptionTruth(Dataset):
+    """Per-image view of :class:`ShapesCaptions` for ``target = "tokens"``: each sample carries in
+    ``extras`` the true caption (``true_caption`` ``[T]``, ``<pad>`` after ``<eos>``) and the instance masks
+    in reading order (``object_masks`` ``[max_objects, H, W]``, empty past the last object), from which
+    :func:`expand_token_batch` builds one row per generated token. Other attributes are the wrapped dataset's."""
 
-    def __init__(self, dataset: Dataset, generate: Callable[[Tensor], Tensor]) -> None:
+    def __init__(self, dataset: Dataset) -> None:
         if not hasattr(dataset, "caption_scene"):
             raise DataError(
                 f'target = "tokens" needs a dataset with captions (shapes_captions), got {type(dataset).__name__}.'
             )
-        self.dataset, self.generate = dataset, generate
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> Sample:
+        ds: Any = self.dataset
+        index = int(index) + (len(ds) if int(index) < 0 else 0)
+        sc = ds.caption_scene(index)
+        t, s = max_caption_length(ds.max_objects), ds.image_size
+        caption = torch.full((t,), PAD_ID, dtype=torch.long)
+        caption[: sc.tokens.numel()] = sc.tokens
+        masks = torch.zeros((ds.max_objects, s, s), dtype=torch.bool)
+        if sc.masks:
+            masks[: len(sc.masks)] = torch.stack(sc.masks)
+        return Sample(
+            image=sc.image,
+            target=int(sc.tokens[0]),
+            id=ds.sample_id(index),
+            extras={"true_caption": caption, "object_masks": masks},
+        )
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
+def caption_truth(dataset: Dataset) -> CaptionTruth:
+    """``dataset`` as a :class:`CaptionTruth` view (idempotent)."""
+    return dataset if isinstance(dataset, CaptionTruth) else CaptionTruth(dataset)
+
+
+def expand_token_batch(batch: Batch, generated: Tensor) -> Batch:
+    """One row per generated token of each image of ``batch`` (a :class:`CaptionTruth` batch).
+
+    ``generated`` ``[B, T]``: the model's greedy captions (``<pad>`` after ``<eos>``). Row ``(b, t)`` for every
+    position up to and including ``<eos>``: id ``"<image id>#t<t>:<word>"``, target the token id, mask the
+    named object's instance mask when the token is an object word equal to the true caption's word at
+    that position (else empty: a function word names nothing, and a wrong object word names no drawn
+    object), and extras ``caption`` (the generated caption), ``position``, ``function_word``, ``has_truth``.
+    """
+    extras = batch.extras or {}
+    if "true_caption" not in extras or "object_masks" not in extras:
+        raise DataError(
+            'target = "tokens" needs batches of CaptionTruth samples (extras "true_caption" and "object_masks"); '
+            f"got extras {sorted(extras)}. Use the dataset shapes_captions."
+        )
+    true, objects = extras["true_caption"].long(), extras["object_masks"].bool()
+    t_len = true.shape[1]
+    gen = torch.full_like(true, PAD_ID)
+    n = min(t_len, generated.shape[1])
+    gen[:, :n] = generated[:, :n].to(true.device)
+    pos = torch.arange(t_len, device=true.device)
+    eos = torch.where(gen == EOS_ID, pos, torch.full_like(gen, t_len - 1)).min(dim=1).values  # last kept position
+    valid = pos[None] <= eos[:, None]
+    object_word = OBJECT_WORD.to(true.device)[gen]
+    truth = object_word & (gen == true) & valid
+    rows, cols = torch.nonzero(valid, as_tuple=True)
+    obj = ((cols - 1) // 4).clamp(0, objects.shape[1] - 1)
+    masks = objects[rows, obj] & truth[rows, cols][:, None, None]
+    ids = [f"{batch.ids[int(r)]}#t{int(c):02d}:{VOCAB[int(gen[r, c])]}" for r, c in zip(rows, cols, strict=True)]
+    return Batch(
+        images=batch.images[rows],
+        targets=gen[rows, cols],
+        ids=ids,
+        masks=masks,
+        boxes=None,
+        labels=gen[rows, cols],
+        extras={
+            "caption": gen[rows],
+            "position": cols,
+            "function_word": ~object_word[rows, cols],
+            "has_truth": truth[rows, cols],
+        },
+    )
+
+
+class PerQueryTargets(Dataset):
+    """Text-query view of :class:`ShapesCaptions` (``target = "text"``): item ``i`` is the list of
+    :meth:`ShapesCaptions.query_samples` of image ``i``. Other attributes are the wrapped dataset's."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        if not hasattr(dataset, "query_samples"):
+            raise DataError(
+                f'target = "text" needs a dataset with text queries (shapes_captions), got {type(dataset).__name__}.'
+            )
+        self.dataset = dataset
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, index: int) -> list[Sample]:
-        ds: Any = self.dataset
-        index = int(index) + (len(ds) if int(index) < 0 else 0)
-        sc = ds.caption_scene(index)
-        return token_samples(sc, self.generate(sc.image), ds.sample_id(index), max_caption_length(ds.max_objects))
+        return list(self.dataset.query_samples(index))  # type: ignore[attr-defined]
 
     def __getattr__(self, name: str) -> Any:
         if name == "dataset":
@@ -295,8 +383,12 @@ class PerTokenTargets(Dataset):
 
 
 __all__ = [
-    "PerTokenTargets",
-    "token_samples",
+    "PerQueryTargets",
+    "CaptionTruth",
+    "OBJECT_WORD",
+    "QUERIES",
+    "caption_truth",
+    "expand_token_batch",
     "BOS_ID",
     "CAPTIONS_GENERATOR_VERSION",
     "COLOURS",

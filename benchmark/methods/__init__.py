@@ -18,6 +18,7 @@ from . import (  # noqa: F401  (registration side effects)
     score,
     score_variants,
     tam,
+    text,
 )
 from .base import (
     METHODS,

@@ -102,8 +102,8 @@ def _view(ctx: ExplainContext, method: str) -> Any:
     if not hasattr(model, "token_positions") or not hasattr(model, "captioner"):
         raise CambenchError(
             f"Method {method!r} explains a generated token of an image-to-text model: it needs the captioner's "
-            f"token view (target = \"tokens\", model shapes_captioner), got {type(model).__name__}. Use it in a "
-            "suite experiment with target = \"tokens\", or choose a class-logit method."
+            f'token view (target = "tokens", model shapes_captioner), got {type(model).__name__}. Use it in a '
+            'suite experiment with target = "tokens", or choose a class-logit method.'
         )
     return model
 

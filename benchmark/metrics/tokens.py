@@ -24,9 +24,7 @@ def token_flags(ctx: MetricContext) -> tuple[Tensor, Tensor]:
     """``(object_word, function_word)`` ``[B]`` bool of the batch's rows (see the module docstring)."""
     extras = ctx.batch.extras or {}
     masks = ctx.batch.masks
-    has_mask = (
-        masks.flatten(1).any(dim=1) if masks is not None else torch.zeros(len(ctx.batch), dtype=torch.bool)
-    )
+    has_mask = masks.flatten(1).any(dim=1) if masks is not None else torch.zeros(len(ctx.batch), dtype=torch.bool)
     if "has_truth" in extras and "function_word" in extras:
         return extras["has_truth"].bool().cpu() & has_mask.cpu(), extras["function_word"].bool().cpu()
     return has_mask.cpu(), torch.zeros(len(ctx.batch), dtype=torch.bool)

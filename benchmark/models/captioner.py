@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -39,10 +39,11 @@ from ..data.captions import (
     PAD_ID,
     VOCAB,
     ShapesCaptions,
+    expand_token_batch,
     max_caption_length,
 )
 from ..errors import WeightsError
-from ..types import ModelHandle
+from ..types import Batch, ModelHandle
 from .base import register_model
 from .shipped import has_shipped, load_shipped, save_shipped, shipped_meta
 from .training import fit
@@ -50,7 +51,7 @@ from .training import fit
 TRAINER_VERSION = 1
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.25, 0.25, 0.25)
-TARGET_LAYER = "encoder"
+TARGET_LAYER = "captioner.encoder"  # in the token view the handle holds (TokenTargets)
 SHIPPED_NAME = "shapes_captioner"
 
 
@@ -241,6 +242,28 @@ class TokenTargets(nn.Module):
         v = len(VOCAB)
         return targets // (self.length * v), (targets // v) % self.length, targets % v
 
+    def bind(self, batch: Batch) -> Batch:
+        """Set the caption table to the distinct generated captions of a token batch (``extras``:
+        ``caption`` ``[B, T]``, ``position`` ``[B]``; targets = token ids) and return the batch with the flat
+        targets (``labels`` keep the token ids)."""
+        extras = batch.extras or {}
+        if "caption" not in extras or "position" not in extras:
+            raise ValueError(
+                'A token batch needs extras "caption" and "position" (target = "tokens" with shapes_captions); '
+                f"got extras {sorted(extras)}."
+            )
+        table, row = torch.unique(extras["caption"].long().cpu(), dim=0, return_inverse=True)
+        self.set_captions(table.to(batch.targets.device))
+        flat = self.target_index(row.to(batch.targets.device), extras["position"].long(), batch.targets.long())
+        return replace(batch, targets=flat, labels=batch.targets)
+
+    def generate(self, images: Tensor) -> Tensor:
+        """Greedy captions ``[B, T]`` of normalised ``images`` (padded to the table length with ``<pad>``)."""
+        gen = self.captioner.generate(images, max_len=self.length)
+        out = torch.full((images.shape[0], self.length), PAD_ID, dtype=torch.long, device=images.device)
+        out[:, : gen.shape[1]] = gen
+        return out
+
     def forward(self, images: Tensor) -> Tensor:
         if self.captions.shape[0] == 0:
             raise ValueError("TokenTargets has no captions: call set_captions() first (target = 'tokens').")
@@ -249,6 +272,20 @@ class TokenTargets(nn.Module):
         inputs = self.teacher_inputs().to(images.device).repeat(n, 1)  # [N*C, T]
         logits = self.captioner.decode(feats, inputs).logits  # [N*C, T, V]
         return logits.reshape(n, -1)
+
+
+def token_batch(model: nn.Module, batch: Batch) -> Batch:
+    """``target = "tokens"``: greedy-caption each image of a :class:`~benchmark.data.captions.CaptionTruth`
+    batch with the token view ``model``, expand it to one row per generated token
+    (:func:`~benchmark.data.captions.expand_token_batch`) and bind the flat token targets."""
+    if not isinstance(model, TokenTargets):
+        raise TypeError(
+            f'target = "tokens" explains the generated tokens of an image-to-text model; {type(model).__name__} is '
+            "not one. Use the model shapes_captioner (its handle holds the token view TokenTargets)."
+        )
+    with torch.no_grad():
+        generated = model.generate(batch.images)
+    return model.bind(expand_token_batch(batch, generated))
 
 
 def normalize(images01: Tensor) -> Tensor:
@@ -264,9 +301,7 @@ def teacher_inputs(captions: Tensor) -> Tensor:
 
 
 def _dataset(cfg: CaptionerConfig, split: str, n: int) -> ShapesCaptions:
-    return ShapesCaptions(
-        n=n, seed=cfg.data_seed, split=split, image_size=cfg.image_size, max_objects=cfg.max_objects
-    )
+    return ShapesCaptions(n=n, seed=cfg.data_seed, split=split, image_size=cfg.image_size, max_objects=cfg.max_objects)
 
 
 def _training_set(cfg: CaptionerConfig) -> tuple[Tensor, Tensor]:
@@ -352,7 +387,8 @@ def train_and_ship(cfg: CaptionerConfig = DEFAULT_CONFIG, n_test: int = 500) -> 
 
 @register_model(SHIPPED_NAME, dataset="shapes_captions", synthetic=True, input_size=(64, 64), family="captioner")
 def shapes_captioner(weights: str = "default", seed: int = 0) -> ModelHandle:
-    """The shipped captioner (``weights``: "default" = shipped, "train" = train here, "random", or a path)."""
+    """The shipped captioner behind its token view :class:`TokenTargets` (``target = "tokens"``); ``weights``:
+    "default" = shipped, "train" = train here, "random", or a state_dict path of a :class:`Captioner`."""
     cfg = DEFAULT_CONFIG
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -375,7 +411,7 @@ def shapes_captioner(weights: str = "default", seed: int = 0) -> ModelHandle:
             raise WeightsError(f"Could not load captioner checkpoint {weights!r} (weights_only=True): {exc}") from exc
     return ModelHandle(
         name=SHIPPED_NAME,
-        model=model.eval(),
+        model=TokenTargets(model.eval()).eval(),
         target_layer=TARGET_LAYER,
         input_size=(cfg.image_size, cfg.image_size),
         mean=MEAN,
@@ -390,11 +426,13 @@ __all__ = [
     "CaptionerConfig",
     "DEFAULT_CONFIG",
     "DecoderOutput",
+    "TokenTargets",
     "attention_mask",
     "exact_caption_accuracy",
     "normalize",
     "shapes_captioner",
     "teacher_inputs",
+    "token_batch",
     "train_and_ship",
     "train_captioner",
 ]

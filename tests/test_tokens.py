@@ -355,3 +355,34 @@ def test_tam_obj_func_and_f1_iou_known_answers():
     assert got[0] == pytest.approx(f1)
     assert np.isnan(got[1])  # the resample without a function word: F1 undefined
     assert math.isnan(FT.f1_iou_from_rows(rows[[0]]))
+
+
+def test_mask_metrics_leave_out_tokens_without_truth_tam_func_iou_scores_them():
+    from benchmark.metrics import MetricContext, compute_metrics
+    from benchmark.types import Batch
+
+    s = torch.zeros(2, 8, 8)
+    s[:, :4, :4] = 1.0
+    masks = torch.zeros(2, 8, 8, dtype=torch.bool)
+    masks[0, :4, :4] = True  # row 0: an object word with its mask; row 1: a function word (no mask)
+    batch = Batch(
+        images=torch.zeros(2, 3, 8, 8),
+        targets=torch.tensor([5, 3]),
+        ids=["i#t01:red", "i#t00:a"],
+        masks=masks,
+        extras={"has_truth": torch.tensor([True, False]), "function_word": torch.tensor([False, True])},
+    )
+    ctx = MetricContext(model=torch.nn.Identity(), batch=batch, saliency={"m": s})
+    out = compute_metrics(ctx, ["mask_iou", "pxap", "tam_obj_iou", "tam_func_iou", "tam_f1_iou"])
+    assert float(out["mask_iou"]["m"][0]) == 1.0 and torch.isnan(out["mask_iou"]["m"][1])  # not 0: left out
+    assert float(out["pxap"]["m"][1].abs().sum()) == 0.0 and float(out["pxap"]["m"][0].sum()) > 0  # adds nothing
+    assert torch.isnan(out["tam_obj_iou"]["m"][1]) and float(out["tam_obj_iou"]["m"][0]) == 1.0
+    assert float(out["tam_func_iou"]["m"][1]) == pytest.approx(48 / 64)  # scored on the function word
+    torch.testing.assert_close(out["tam_f1_iou"]["m"][1, 1], torch.tensor(0.75, dtype=torch.float64))
+    # a batch without the token flags (a classifier dataset) is untouched
+    plain = MetricContext(
+        model=torch.nn.Identity(),
+        batch=Batch(images=batch.images, targets=batch.targets, ids=batch.ids, masks=masks),
+        saliency={"m": s},
+    )
+    assert float(compute_metrics(plain, ["mask_iou"])["mask_iou"]["m"][1]) == 0.0

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import torch
 from torch import Tensor, nn
 
 from ..registry import Registry, declared_defaults
@@ -218,7 +219,26 @@ def compute_metrics(
         if missing_needs(name, ctx):
             continue
         fn = METRICS.get(name)
-        out[name] = fn(ctx, **metric_params(name, (params or {}).get(name)))
+        out[name] = leave_out_without_truth(name, ctx, fn(ctx, **metric_params(name, (params or {}).get(name))))
+    return out
+
+
+def leave_out_without_truth(name: str, ctx: MetricContext, values: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Rows whose ground truth is undefined (``Batch.extras["has_truth"]`` False: a function-word token of
+    ``target = "tokens"``, which names no object) are left out of the metrics that need ``masks``: NaN
+    (``undefined``, counted) for an image-level metric, a zero statistics row (adds nothing to the sums of
+    PxAP or the seed metrics) for a dataset-level one. A metric registered with ``scores_untruthed=True``
+    (TAM's Func-IoU and F1-IoU) defines its value on those rows itself and is left alone."""
+    extras = ctx.batch.extras or {}
+    entry = METRICS.entry(name).meta
+    if "has_truth" not in extras or "masks" not in entry.get("needs", ()) or entry.get("scores_untruthed"):
+        return values
+    keep = extras["has_truth"].bool().cpu()
+    out = {}
+    for method, v in values.items():
+        k = keep.to(v.device).view(-1, *([1] * (v.ndim - 1)))
+        fill = torch.zeros_like(v) if entry.get("level", "image") == "dataset" else torch.full_like(v, float("nan"))
+        out[method] = torch.where(k, v, fill)
     return out
 
 

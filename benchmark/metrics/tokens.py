@@ -6,8 +6,8 @@ instance mask). On a batch without those flags (a classifier dataset) every row 
 an object word and there is no function word. The pure functions are
 :mod:`benchmark.metrics.functional.tokens`; the map-level localization metrics (pointing game, energy
 pointing game, mask IoU, PxAP) and deletion / insertion need nothing new: the token view makes the
-token's logit an ordinary target, and :func:`leave_out_without_truth` turns the localization values of
-tokens without a mask into NaN (left out and counted as ``undefined``).
+token's logit an ordinary target, and :func:`benchmark.metrics.base.leave_out_without_truth` turns the
+localization values of tokens without a mask into NaN (left out and counted as ``undefined``).
 """
 
 from __future__ import annotations
@@ -28,12 +28,6 @@ def token_flags(ctx: MetricContext) -> tuple[Tensor, Tensor]:
     if "has_truth" in extras and "function_word" in extras:
         return extras["has_truth"].bool().cpu() & has_mask.cpu(), extras["function_word"].bool().cpu()
     return has_mask.cpu(), torch.zeros(len(ctx.batch), dtype=torch.bool)
-
-
-def leave_out_without_truth(values: Tensor, has_truth: Tensor) -> Tensor:
-    """``values`` ``[B]`` (or ``[B, S]`` statistics) with the rows of tokens without a mask set to NaN."""
-    keep = has_truth.to(values.device).bool().view(-1, *([1] * (values.ndim - 1)))
-    return torch.where(keep, values, torch.full_like(values, float("nan")))
 
 
 @register_metric(
@@ -57,6 +51,7 @@ def tam_obj_iou(ctx: MetricContext, threshold: float = 0.5) -> dict[str, Tensor]
     higher_is_better=True,
     needs=("saliency", "masks"),
     paper="Li et al., ICCV 2025 (TAM, Func-IoU)",
+    scores_untruthed=True,
 )
 def tam_func_iou(ctx: MetricContext, threshold: float = 0.5) -> dict[str, Tensor]:
     """Func-IoU of each function-word token (NaN for other tokens)."""
@@ -81,6 +76,7 @@ def _f1_weighted(stats: np.ndarray, weights: np.ndarray, threshold: float = 0.5)
     level="dataset",
     compute=_f1_compute,
     compute_weighted=_f1_weighted,
+    scores_untruthed=True,
 )
 def tam_f1_iou(ctx: MetricContext, threshold: float = 0.5) -> dict[str, Tensor]:
     """Per token ``[Obj-IoU or NaN, Func-IoU or NaN]``; the dataset value is their F1 (harmonic mean of the
@@ -96,4 +92,4 @@ def tam_f1_iou(ctx: MetricContext, threshold: float = 0.5) -> dict[str, Tensor]:
     return out
 
 
-__all__ = ["leave_out_without_truth", "tam_f1_iou", "tam_func_iou", "tam_obj_iou", "token_flags"]
+__all__ = ["tam_f1_iou", "tam_func_iou", "tam_obj_iou", "token_flags"]

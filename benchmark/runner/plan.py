@@ -400,6 +400,10 @@ def _get_dataset(exp: Experiment, seed: int) -> Any:
         from ..data.transforms import per_class
 
         return per_class(_DATASETS[key])
+    if exp.target in ("tokens", "text"):  # one row per generated token / per present text query
+        from ..data.captions import PerQueryTargets, caption_truth
+
+        return caption_truth(_DATASETS[key]) if exp.target == "tokens" else PerQueryTargets(_DATASETS[key])
     return _DATASETS[key]
 
 

@@ -107,7 +107,10 @@ META_KEYS = ("meta_perturbations", "meta_minor_std", "meta_disruptive_std")
 
 #: ``labels`` explains every class present in an image (one score row per image and class, ids
 #: ``"<image>#<class>"``; datasets with per-class ground truth: shapes_multilabel, voc, coco).
-TARGETS = ("label", "predicted", "labels")
+#: ``tokens`` explains every generated token of an image-to-text model (ids ``"<image>#t<pos>:<word>"``;
+#: shapes_captioner on shapes_captions); ``text`` the similarity to every text query present in an image
+#: (ids ``"<image>#<colour>_<shape>"``; shapes_dual_encoder on shapes_captions).
+TARGETS = ("label", "predicted", "labels", "tokens", "text")
 #: Scales of ``ms_flip = true`` unless ``ms_scales`` is given (benchmark/methods/msflip.py).
 MS_SCALES = (0.5, 1.0, 1.5, 2.0)
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")

@@ -284,6 +284,11 @@ def _run_unit(suite: Suite, unit: Unit, progress: Callable[[int], None] | None, 
                 pred = torch.where(unknown, pred, batch.targets)
             labels = batch.labels if batch.labels is not None else batch.targets
             batch = replace(batch, targets=pred, labels=labels)
+        if exp.target == "tokens":  # one row per generated token, the token's logit as target
+            from ..models.captioner import token_batch
+
+            batch = token_batch(model, batch)
+            ids = list(batch.ids)
 
         # 1. every method from one shared capture
         layer = M.resolve_layer(model, handle.target_layer)

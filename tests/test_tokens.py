@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from benchmark.data.captions import (
+    COLOURS,
     EOS_ID,
     TOKEN_ID,
     VOCAB,
@@ -19,6 +20,7 @@ from benchmark.data.captions import (
     encode,
     expand_token_batch,
 )
+from benchmark.data.synthetic import SHAPE_CLASSES
 from benchmark.errors import CambenchError
 from benchmark.methods.tam import (
     estimated_causal_inference,
@@ -386,3 +388,28 @@ def test_mask_metrics_leave_out_tokens_without_truth_tam_func_iou_scores_them():
         saliency={"m": s},
     )
     assert float(compute_metrics(plain, ["mask_iou"])["mask_iou"]["m"][1]) == 0.0
+
+
+# -- the dual encoder (target = "text") ------------------------------------------------------------------
+def test_dual_encoder_logits_are_scaled_cosines_and_patch_text_map_is_per_patch_cosine():
+    from benchmark.data.captions import QUERIES
+    from benchmark.methods.text import patch_text_map
+    from benchmark.models.dual_encoder import DualEncoder, DualEncoderConfig, query_words
+
+    torch.manual_seed(0)
+    m = DualEncoder(DualEncoderConfig(widths=(8, 8, 8), width=16)).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        logits = m(x)
+        p = m.patch_embeddings(x)
+        t = m.text_embeddings()
+    assert logits.shape == (2, len(QUERIES))
+    img = p.mean(dim=(2, 3))
+    cos = torch.nn.functional.cosine_similarity(img[:, None], t[None], dim=-1)
+    torch.testing.assert_close(logits, m.logit_scale.exp().detach() * cos + m.logit_bias.detach())
+    c, s = query_words()
+    assert [f"{list(COLOURS)[int(a)]} {SHAPE_CLASSES[int(b)]}" for a, b in zip(c, s, strict=True)] == list(QUERIES)
+    q = torch.tensor([3, 17])
+    got = patch_text_map(p, t[q])
+    ref = torch.nn.functional.cosine_similarity(p, t[q][:, :, None, None], dim=1)
+    torch.testing.assert_close(got, ref)

@@ -54,7 +54,7 @@ class DualEncoderConfig:
     max_objects: int = 3
     widths: tuple[int, ...] = (24, 48, 96)
     width: int = 64
-    epochs: int = 6
+    epochs: int = 14
     batch_size: int = 64
     lr: float = 3e-3
     weight_decay: float = 1e-4

@@ -413,3 +413,67 @@ def test_dual_encoder_logits_are_scaled_cosines_and_patch_text_map_is_per_patch_
     got = patch_text_map(p, t[q])
     ref = torch.nn.functional.cosine_similarity(p, t[q][:, :, None, None], dim=1)
     torch.testing.assert_close(got, ref)
+
+
+# -- shipped models and the runner --------------------------------------------------------------------------
+def test_shipped_captioner_meets_its_caption_accuracy():
+    from benchmark.models.captioner import exact_caption_accuracy, shapes_captioner
+    from benchmark.models.shipped import shipped_meta
+
+    meta = shipped_meta("shapes_captioner")
+    assert meta["held_out_exact_caption_accuracy"] >= 0.95 and meta["n_test"] >= 500
+    view = shapes_captioner().model
+    acc = exact_caption_accuracy(view.captioner, ShapesCaptions(n=30, split="test"))
+    assert acc >= 0.9  # 30 of the 500 held-out images the record was measured on
+
+
+SUITE = """
+name = "tokens-test"
+seed = 0
+device = "cpu"
+batch_size = 2
+shard_size = 4
+gallery = 0
+bootstrap = 10
+metrics = ["mask_iou", "pointing_game", "tam_func_iou", "deletion_auc"]
+
+[metric_params.deletion_auc]
+n_steps = 4
+score = "logit"
+
+[[experiments]]
+model = "shapes_captioner"
+dataset = "shapes_captions"
+target = "tokens"
+data = { n = 2, split = "test" }
+methods = ["oracle", "random", "tam"]
+"""
+
+
+@pytest.mark.slow
+def test_tokens_target_end_to_end_rows_per_token(tmp_path):
+    from benchmark.runner import parse_suite, run_suite
+    from benchmark.store import Store
+
+    res = run_suite(parse_suite(SUITE), tmp_path / "out", quiet=True, report=False)
+    rows = Store(tmp_path / "out", res.plan.hash).load_scores()
+    from benchmark.models.captioner import normalize, shapes_captioner
+
+    ds = ShapesCaptions(n=2, split="test")
+    view = shapes_captioner().model
+    gen = [decode(view.generate(normalize(ds.caption_scene(i).image[None]))[0]) for i in range(2)]
+    true = [decode(ds.caption_scene(i).tokens) for i in range(2)]
+    key = [[f"{ds.sample_id(i)}#t{t:02d}:{w}" for t, w in enumerate(gen[i])] for i in range(2)]
+    # one row per generated token, keyed "<image>#t<position>:<word>"
+    assert set(rows["image_id"]) == set(key[0] + key[1])
+    wrong = [key[i][t] for i in range(2) for t, w in enumerate(gen[i]) if t >= len(true[i]) or w != true[i][t]]
+    assert wrong  # image 1: the captioner says "cross" for a ring: that word names no drawn object
+    assert (rows[rows["image_id"].isin(wrong) & (rows["metric"] == "mask_iou")]["status"] == "undefined").all()
+    func = rows[rows["image_id"].str.contains(r":(?:a|and|<eos>)$", regex=True)]
+    obj = rows[~rows.index.isin(func.index) & ~rows["image_id"].isin(wrong)]
+    miou = func[func["metric"] == "mask_iou"]
+    assert len(miou) and (miou["status"] == "undefined").all()  # function words: left out, counted
+    assert (func[func["metric"] == "tam_func_iou"]["status"] == "ok").all()
+    assert (func[func["metric"] == "deletion_auc"]["status"] == "ok").all()
+    oracle = obj[(obj["metric"] == "mask_iou") & (obj["method"] == "oracle")]
+    assert len(oracle) and (oracle["value"] == 1.0).all()

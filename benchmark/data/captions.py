@@ -374,7 +374,8 @@ class PerQueryTargets(Dataset):
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, index: int) -> list[Sample]:
-        return list(self.dataset.query_samples(index))  # type: ignore[attr-defined]
+        ds: Any = self.dataset
+        return list(ds.query_samples(index))
 
     def __getattr__(self, name: str) -> Any:
         if name == "dataset":

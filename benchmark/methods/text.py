@@ -10,6 +10,8 @@ normalisation. The model must expose ``patch_embeddings(images) -> [B, d, h, w]`
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -31,7 +33,7 @@ def patch_text_map(patches: Tensor, text: Tensor) -> Tensor:
 )
 def patch_text_similarity(ctx: ExplainContext) -> Tensor:
     """Per-patch cosine similarity with the explained text query (module docstring)."""
-    model = ctx.model
+    model: Any = ctx.model
     if not (hasattr(model, "patch_embeddings") and hasattr(model, "text_embeddings")):
         raise CambenchError(
             "Method 'patch_text_similarity' explains a dual encoder's similarity to a text query: the model "

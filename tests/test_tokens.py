@@ -477,3 +477,13 @@ def test_tokens_target_end_to_end_rows_per_token(tmp_path):
     assert (func[func["metric"] == "deletion_auc"]["status"] == "ok").all()
     oracle = obj[(obj["metric"] == "mask_iou") & (obj["method"] == "oracle")]
     assert len(oracle) and (oracle["value"] == 1.0).all()
+
+
+def test_shipped_dual_encoder_loads_and_reads_the_queries():
+    from benchmark.models.dual_encoder import exact_set_accuracy, shapes_dual_encoder
+    from benchmark.models.shipped import shipped_meta
+
+    meta = shipped_meta("shapes_dual_encoder")
+    assert meta["held_out_exact_set_accuracy"] >= 0.7 and meta["n_test"] >= 500
+    model = shapes_dual_encoder().model
+    assert exact_set_accuracy(model, ShapesCaptions(n=60, seed=1, split="test")) >= 0.55

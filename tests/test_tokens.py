@@ -103,6 +103,9 @@ def test_expand_token_batch_truth_only_for_correct_object_words():
     assert not has[1] and not fn[1] and not out.masks[1].any()  # wrong word: no truth, not a function word
     assert has[2] and torch.equal(out.masks[2], sc0.masks[0])  # the right shape word of object 0
     assert fn[0] and not out.masks[0].any()  # "a"
+    from benchmark.data.synthetic import mask_to_box
+
+    assert torch.equal(out.boxes[2], mask_to_box(sc0.masks[0])) and out.boxes[0].shape == (0, 4)
     assert torch.equal(out.masks[n0 + 1], sc1.masks[0])
     assert fn[n0 + 3] and not has[n0 + 3]  # the early <eos>: a function word
     for k in range(n0):  # every object word of image 0 but the wrong one has its object's mask
@@ -349,7 +352,8 @@ def test_tam_obj_func_and_f1_iou_known_answers():
     f = FT.function_word_iou(s, fn)
     assert float(o[0]) == pytest.approx(4 / 6) and torch.isnan(o[1:]).all()
     assert float(f[1]) == pytest.approx(12 / 16) and torch.isnan(f[[0, 2]]).all()
-    rows = torch.stack([o, f], 1).numpy()
+    rows = FT.f1_rows(o, f).numpy()
+    assert np.isfinite(rows).all() and rows[:, [1, 3]].tolist() == [[1, 0], [0, 1], [0, 0]]
     f1 = FT.f1_iou_from_rows(rows)
     assert f1 == pytest.approx(2 * (4 / 6) * 0.75 / (4 / 6 + 0.75))
     w = np.array([[1.0, 1.0, 1.0], [2.0, 0.0, 1.0]])
@@ -380,7 +384,7 @@ def test_mask_metrics_leave_out_tokens_without_truth_tam_func_iou_scores_them():
     assert float(out["pxap"]["m"][1].abs().sum()) == 0.0 and float(out["pxap"]["m"][0].sum()) > 0  # adds nothing
     assert torch.isnan(out["tam_obj_iou"]["m"][1]) and float(out["tam_obj_iou"]["m"][0]) == 1.0
     assert float(out["tam_func_iou"]["m"][1]) == pytest.approx(48 / 64)  # scored on the function word
-    torch.testing.assert_close(out["tam_f1_iou"]["m"][1, 1], torch.tensor(0.75, dtype=torch.float64))
+    torch.testing.assert_close(out["tam_f1_iou"]["m"][1], torch.tensor([0.0, 0.0, 0.75, 1.0], dtype=torch.float64))
     # a batch without the token flags (a classifier dataset) is untouched
     plain = MetricContext(
         model=torch.nn.Identity(),

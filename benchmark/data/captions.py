@@ -321,7 +321,8 @@ def expand_token_batch(batch: Batch, generated: Tensor) -> Batch:
     position up to and including ``<eos>``: id ``"<image id>#t<t>:<word>"``, target the token id, mask the
     named object's instance mask when the token is an object word equal to the true caption's word at
     that position (else empty: a function word names nothing, and a wrong object word names no drawn
-    object), and extras ``caption`` (the generated caption), ``position``, ``function_word``, ``has_truth``.
+    object), its box (``[0, 4]`` without truth), and extras ``caption`` (the generated caption),
+    ``position``, ``function_word``, ``has_truth``.
     """
     extras = batch.extras or {}
     if "true_caption" not in extras or "object_masks" not in extras:
@@ -348,7 +349,7 @@ def expand_token_batch(batch: Batch, generated: Tensor) -> Batch:
         targets=gen[rows, cols],
         ids=ids,
         masks=masks,
-        boxes=None,
+        boxes=[mask_to_box(m.cpu()).to(masks.device) for m in masks],  # [1, 4], or [0, 4] without truth
         labels=gen[rows, cols],
         extras={
             "caption": gen[rows],

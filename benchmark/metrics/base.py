@@ -225,13 +225,14 @@ def compute_metrics(
 
 def leave_out_without_truth(name: str, ctx: MetricContext, values: dict[str, Tensor]) -> dict[str, Tensor]:
     """Rows whose ground truth is undefined (``Batch.extras["has_truth"]`` False: a function-word token of
-    ``target = "tokens"``, which names no object) are left out of the metrics that need ``masks``: NaN
+    ``target = "tokens"``, which names no object) are left out of the metrics that need ``masks`` or ``boxes``: NaN
     (``undefined``, counted) for an image-level metric, a zero statistics row (adds nothing to the sums of
     PxAP or the seed metrics) for a dataset-level one. A metric registered with ``scores_untruthed=True``
     (TAM's Func-IoU and F1-IoU) defines its value on those rows itself and is left alone."""
     extras = ctx.batch.extras or {}
     entry = METRICS.entry(name).meta
-    if "has_truth" not in extras or "masks" not in entry.get("needs", ()) or entry.get("scores_untruthed"):
+    needs = entry.get("needs", ())
+    if "has_truth" not in extras or not ({"masks", "boxes"} & set(needs)) or entry.get("scores_untruthed"):
         return values
     keep = extras["has_truth"].bool().cpu()
     out = {}

@@ -79,8 +79,9 @@ def _f1_weighted(stats: np.ndarray, weights: np.ndarray, threshold: float = 0.5)
     scores_untruthed=True,
 )
 def tam_f1_iou(ctx: MetricContext, threshold: float = 0.5) -> dict[str, Tensor]:
-    """Per token ``[Obj-IoU or NaN, Func-IoU or NaN]``; the dataset value is their F1 (harmonic mean of the
-    two means)."""
+    """Per token the finite statistics ``[Obj-IoU, is object word, Func-IoU, is function word]``
+    (:func:`~benchmark.metrics.functional.tokens.f1_rows`); the dataset value is the F1 (harmonic mean) of
+    the mean Obj-IoU and the mean Func-IoU."""
     obj, fn = token_flags(ctx)
     masks = ctx.batch.masks
     assert masks is not None
@@ -88,7 +89,7 @@ def tam_f1_iou(ctx: MetricContext, threshold: float = 0.5) -> dict[str, Tensor]:
     for m, s in ctx.saliency.items():
         o = F.object_word_iou(s, masks.to(s.device), obj, threshold).double().cpu()
         f = F.function_word_iou(s, fn, threshold).double().cpu()
-        out[m] = torch.stack([o, f], dim=1)
+        out[m] = F.f1_rows(o, f)
     return out
 
 

@@ -37,29 +37,37 @@ def function_word_iou(saliency: Tensor, function_word: Tensor, threshold: float 
     return torch.where(function_word.to(iou.device), iou, torch.full_like(iou, float("nan")))
 
 
+def f1_rows(obj_iou: Tensor, func_iou: Tensor) -> Tensor:
+    """Finite per-token statistics ``[B, 4]`` = ``[Obj-IoU, is object word, Func-IoU, is function word]``
+    (0 where a kind does not apply) from the NaN-marked :func:`object_word_iou` / :func:`function_word_iou`."""
+    o_ok, f_ok = ~torch.isnan(obj_iou), ~torch.isnan(func_iou)
+    zero = torch.zeros_like(obj_iou)
+    return torch.stack(
+        [
+            torch.where(o_ok, obj_iou, zero),
+            o_ok.to(obj_iou.dtype),
+            torch.where(f_ok, func_iou, zero),
+            f_ok.to(obj_iou.dtype),
+        ],
+        dim=1,
+    )
+
+
 def f1_iou_from_rows(rows: np.ndarray) -> float:
-    """F1-IoU of per-token rows ``[N, 2]`` = ``[Obj-IoU or NaN, Func-IoU or NaN]``: the harmonic mean of the
-    two column means (NaN when either kind has no row; 0 when both means are 0)."""
-    r = np.asarray(rows, dtype=np.float64).reshape(-1, 2)
-    if r.shape[0] == 0 or np.isnan(r[:, 0]).all() or np.isnan(r[:, 1]).all():
-        return float("nan")
-    o, f = float(np.nanmean(r[:, 0])), float(np.nanmean(r[:, 1]))
-    return 0.0 if o + f == 0 else 2 * o * f / (o + f)
+    """F1-IoU of :func:`f1_rows` statistics ``[N, 4]``: the harmonic mean of the mean Obj-IoU over object words
+    and the mean Func-IoU over function words (NaN when either kind has no row; 0 when both means are 0)."""
+    return float(f1_iou_weighted(rows, np.ones((1, np.asarray(rows).reshape(-1, 4).shape[0])))[0])
 
 
 def f1_iou_weighted(rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """:func:`f1_iou_from_rows` of R weighted copies of the rows (``weights [R, N]``, resampling counts), ``[R]``."""
-    r = np.asarray(rows, dtype=np.float64).reshape(-1, 2)
-    w = np.asarray(weights, dtype=np.float64)
-    out = []
-    for col in range(2):
-        ok = ~np.isnan(r[:, col])
-        num = w[:, ok] @ r[ok, col]
-        den = w[:, ok].sum(axis=1)
-        out.append(np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan))
-    o, f = out
-    s = o + f
-    return np.where(s > 0, 2 * o * f / np.where(s > 0, s, 1.0), np.where(np.isnan(s), np.nan, 0.0))
+    r = np.asarray(rows, dtype=np.float64).reshape(-1, 4)
+    sums = np.asarray(weights, dtype=np.float64).reshape(-1, r.shape[0]) @ r  # [R, 4]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        o = np.where(sums[:, 1] > 0, sums[:, 0] / np.where(sums[:, 1] > 0, sums[:, 1], 1.0), np.nan)
+        f = np.where(sums[:, 3] > 0, sums[:, 2] / np.where(sums[:, 3] > 0, sums[:, 3], 1.0), np.nan)
+        s = o + f
+        return np.where(s > 0, 2 * o * f / np.where(s > 0, s, 1.0), np.where(np.isnan(s), np.nan, 0.0))
 
 
-__all__ = ["f1_iou_from_rows", "f1_iou_weighted", "function_word_iou", "object_word_iou"]
+__all__ = ["f1_iou_from_rows", "f1_rows", "f1_iou_weighted", "function_word_iou", "object_word_iou"]

@@ -169,6 +169,7 @@ def _tam(ctx: ExplainContext, name: str, eci: bool, kernel_size: int) -> Tensor:
     family="projection",
     needs_gradients=False,
     paper="Li et al., ICCV 2025 (Token Activation Map)",
+    architectures=("captioner", "tokentargets"),
 )
 def tam(ctx: ExplainContext, eci: bool = True, kernel_size: int = 3) -> Tensor:
     """Token Activation Map: token logit on the visual tokens, ECI, rank Gaussian filter (module docstring).
@@ -182,6 +183,7 @@ def tam(ctx: ExplainContext, eci: bool = True, kernel_size: int = 3) -> Tensor:
     family="projection",
     needs_gradients=False,
     paper="raw attention of the token's query on the visual tokens (Abnar & Zuidema 2020)",
+    architectures=("captioner", "tokentargets"),
 )
 def token_cross_attention(ctx: ExplainContext, block: int = -1) -> Tensor:
     """Head-averaged attention of the token's query on the visual keys in decoder block ``block``."""

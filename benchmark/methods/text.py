@@ -30,6 +30,7 @@ def patch_text_map(patches: Tensor, text: Tensor) -> Tensor:
     family="projection",
     needs_gradients=False,
     paper="Yang et al., CVPR 2025 (ExCEL: patch-text similarity)",
+    architectures=("dual_encoder", "dualencoder"),
 )
 def patch_text_similarity(ctx: ExplainContext) -> Tensor:
     """Per-patch cosine similarity with the explained text query (module docstring)."""

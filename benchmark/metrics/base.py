@@ -38,7 +38,8 @@ LEVELS = ("image", "dataset")
 #: maps, ground-truth masks or boxes, the ability to re-explain (``ctx.explain``), ``frames``: a time
 #: (or depth) axis, i.e. volumes or clips ``[B,C,T,H,W]``, or ``truth``: what the model uses, known by
 #: construction (``Batch.extras["truth_mask"]``). See ``missing_needs``.
-NEEDS = ("saliency", "masks", "boxes", "explainer", "frames", "truth")
+#: ``tokens``: a batch of generated tokens (``target = "tokens"``, ``Batch.extras["function_word"]``).
+NEEDS = ("saliency", "masks", "boxes", "explainer", "frames", "truth", "tokens")
 
 
 class ExplainFn(Protocol):
@@ -202,6 +203,8 @@ def missing_needs(name: str, ctx: MetricContext) -> list[str]:
             missing.append(need)
         elif need == "truth" and not (ctx.batch.extras and "truth_mask" in ctx.batch.extras):
             missing.append(need)  # no model truth known for this dataset (see metrics/truth.py)
+        elif need == "tokens" and not (ctx.batch.extras and "function_word" in ctx.batch.extras):
+            missing.append(need)  # not a token batch (target = "tokens"; see metrics/tokens.py)
     return missing
 
 

@@ -2,8 +2,7 @@
 
 They read the token view's per-row flags (``Batch.extras``, ``target = "tokens"``):
 ``function_word`` (the token names no object) and ``has_truth`` (the token is an object word with an
-instance mask). On a batch without those flags (a classifier dataset) every row with a non-empty mask is
-an object word and there is no function word. The pure functions are
+instance mask); they need ``tokens`` (a token batch) and are skipped on any other batch. The pure functions are
 :mod:`benchmark.metrics.functional.tokens`; the map-level localization metrics (pointing game, energy
 pointing game, mask IoU, PxAP) and deletion / insertion need nothing new: the token view makes the
 token's logit an ordinary target, and :func:`benchmark.metrics.base.leave_out_without_truth` turns the
@@ -34,7 +33,7 @@ def token_flags(ctx: MetricContext) -> tuple[Tensor, Tensor]:
     "tam_obj_iou",
     family="localization",
     higher_is_better=True,
-    needs=("saliency", "masks"),
+    needs=("saliency", "masks", "tokens"),
     paper="Li et al., ICCV 2025 (TAM, Obj-IoU)",
 )
 def tam_obj_iou(ctx: MetricContext, threshold: float = 0.5) -> dict[str, Tensor]:
@@ -49,7 +48,7 @@ def tam_obj_iou(ctx: MetricContext, threshold: float = 0.5) -> dict[str, Tensor]
     "tam_func_iou",
     family="localization",
     higher_is_better=True,
-    needs=("saliency", "masks"),
+    needs=("saliency", "masks", "tokens"),
     paper="Li et al., ICCV 2025 (TAM, Func-IoU)",
     scores_untruthed=True,
 )
@@ -71,7 +70,7 @@ def _f1_weighted(stats: np.ndarray, weights: np.ndarray, threshold: float = 0.5)
     "tam_f1_iou",
     family="localization",
     higher_is_better=True,
-    needs=("saliency", "masks"),
+    needs=("saliency", "masks", "tokens"),
     paper="Li et al., ICCV 2025 (TAM, F1-IoU)",
     level="dataset",
     compute=_f1_compute,

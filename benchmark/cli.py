@@ -25,13 +25,16 @@ from typing import Any
 
 from .cpukernels import MODES
 from .cpukernels import select as _select_cpu_kernels
-from .errors import CambenchError
+from .errors import CambenchError, WeightsError
+from .outdir import RunLock, check_out_dir
 from .registry import Registry
+from .runner.progress import Progress
+from .runner.suite import list_suites, load_suite
 
 LISTABLE = ("methods", "metrics", "models", "datasets", "suites")
 
 
-#: ``--precision`` choices; the same list as :data:`benchmark.methods.base.PRECISIONS` (checked by a test),
+#: ``--precision`` choices; the same list as :data:`benchmark.forward.PRECISIONS` (checked by a test),
 #: spelled out here so that ``--help`` does not import torch.
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 
@@ -161,8 +164,6 @@ def _plugins(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .outdir import RunLock, check_out_dir
-    from .runner.suite import load_suite
 
     suite = load_suite(args.suite)
     suite = suite.with_overrides(device=args.device, batch_size=args.batch_size, data_root=args.data_root)
@@ -227,8 +228,6 @@ def _print_notes(run: dict, out: Path) -> None:
 
 def cmd_list(args: argparse.Namespace) -> int:
     if args.what == "suites":
-        from .runner.suite import list_suites, load_suite
-
         for name, where in list_suites().items():
             try:
                 desc = load_suite(name).description
@@ -316,7 +315,6 @@ def _signature(fn: object) -> str:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .outdir import RunLock, check_out_dir
     from .report.build import read_run, summary_text, write_report
 
     read_run(args.dir)  # a directory without a run says so first
@@ -346,9 +344,7 @@ SHIPPED_MODELS = {
 def cmd_train_models(args: argparse.Namespace) -> int:
     import importlib
 
-    from .errors import WeightsError
     from .models.shipped import shipped_meta
-    from .runner.progress import Progress
 
     names = list(args.names) or list(SHIPPED_MODELS)
     unknown = [n for n in names if n not in SHIPPED_MODELS]

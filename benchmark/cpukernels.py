@@ -18,6 +18,8 @@ import platform
 import sys
 import warnings
 
+from .errors import InputError
+
 #: The environment that caps torch's CPU kernels at AVX2: ATen's vectorised kernels (dispatch), oneDNN's JIT
 #: kernels (convolutions) and MKL (GEMMs, its conditional numerical reproducibility mode).
 PORTABLE_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}
@@ -45,7 +47,7 @@ def select(mode: str, compile: bool = False) -> dict[str, str]:
     uses ``torch.compile``): ATen is left uncapped (:data:`COMPILE_UNSAFE`).
     """
     if mode not in MODES:
-        raise ValueError(f"cpu kernels must be one of {MODES}, got {mode!r}.")
+        raise InputError(f"cpu kernels must be one of {MODES}, got {mode!r}.")
     if mode == "native" or not _has_avx2():
         return {}
     if "torch" in sys.modules:

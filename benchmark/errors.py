@@ -19,6 +19,11 @@ class UnknownNameError(CambenchError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class InputError(CambenchError, ValueError):
+    """An argument of a public function is invalid (a tensor of the wrong shape, an unknown option value,
+    a parameter out of range). A ``ValueError``, so ``except ValueError`` keeps working."""
+
+
 class LayerError(CambenchError, ValueError):
     """A target layer could not be resolved or captured."""
 

@@ -20,6 +20,9 @@ import pandas as pd
 #: select its members. The one list: metrics, runner and report import it from here.
 METRIC_FAMILIES = ("faithfulness", "localization", "robustness", "sanity", "truth", "cost")
 
+#: One row per (experiment, method, metric, image). ``model`` is the experiment's *label* (the suite's
+#: ``label``, by default the registered model name), so two experiments of one model stay apart; run.json's
+#: ``experiments`` map each label to its model. (A class label is ``Batch.labels``, never a column.)
 SCORE_COLUMNS = [
     "model",
     "dataset",

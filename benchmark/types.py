@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from .errors import InputError
+
 Reshape = Callable[[Tensor], Tensor]
 
 
@@ -37,25 +39,25 @@ class Batch:
     def __post_init__(self) -> None:
         b = self.images.shape[0]
         if self.images.ndim not in (4, 5):
-            raise ValueError(
+            raise InputError(
                 f"Batch.images must be [B,C,H,W] (or [B,C,T,H,W] for volumes and clips), got shape "
                 f"{tuple(self.images.shape)}."
             )
         if self.targets.shape != (b,):
-            raise ValueError(f"Batch.targets must be [B]={b}, got shape {tuple(self.targets.shape)}.")
+            raise InputError(f"Batch.targets must be [B]={b}, got shape {tuple(self.targets.shape)}.")
         if len(self.ids) != b:
-            raise ValueError(f"Batch.ids must hold {b} ids, got {len(self.ids)}.")
+            raise InputError(f"Batch.ids must hold {b} ids, got {len(self.ids)}.")
         if self.masks is not None and self.masks.shape != (b, *self.images.shape[2:]):
-            raise ValueError(
+            raise InputError(
                 f"Batch.masks must be [B,H,W]={(b, *self.images.shape[2:])} (the images' spatial size), "
                 f"got {tuple(self.masks.shape)}."
             )
         if self.ignore is not None and self.ignore.shape != (b, *self.images.shape[-2:]):
-            raise ValueError(
+            raise InputError(
                 f"Batch.ignore must be [B,H,W]={(b, *self.images.shape[-2:])}, got {tuple(self.ignore.shape)}."
             )
         if self.boxes is not None and len(self.boxes) != b:
-            raise ValueError(f"Batch.boxes must hold {b} box tensors, got {len(self.boxes)}.")
+            raise InputError(f"Batch.boxes must hold {b} box tensors, got {len(self.boxes)}.")
 
     def __len__(self) -> int:
         return self.images.shape[0]

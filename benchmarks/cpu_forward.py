@@ -3,7 +3,7 @@
     python benchmarks/cpu_forward.py                               # resnet50 and resnet18 at 224, resnet18 at 64
     python benchmarks/cpu_forward.py --model resnet50 --size 224 --batches 1,4,16,64
 
-The evidence behind two CPU defaults of the engine (``benchmark.methods.base.CPU_CHUNK_PIXELS``: at most
+The evidence behind two CPU defaults of the engine (``benchmark.forward.CPU_CHUNK_PIXELS``: at most
 2**18 input pixels per extra forward; channels_last for CNNs, ``benchmark.runner``): large batches of large
 images are slower per image on a CPU (the activations spill out of the caches), and channels_last is
 faster. Prints ms per image for each (memory format, batch), the engine's chosen chunk, and the ratio of
@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import torch
 import torchvision
 
-from benchmark.methods.base import forward_chunk
+from benchmark.forward import forward_chunk
 
 
 def per_image_ms(model: torch.nn.Module, size: int, batch: int, channels_last: bool, repeats: int) -> float:
@@ -49,8 +49,10 @@ def main() -> None:
     args = ap.parse_args()
     cases = [(args.model, args.size)] if args.model else [("resnet50", 224), ("resnet18", 224), ("resnet18", 64)]
     batches = [int(b) for b in args.batches.split(",")]
-    print(f"# cpu_forward: torch {torch.__version__}, {torch.get_num_threads()} threads; ms per image, best of "
-          f"{args.repeats}")
+    print(
+        f"# cpu_forward: torch {torch.__version__}, {torch.get_num_threads()} threads; ms per image, best of "
+        f"{args.repeats}"
+    )
     for name, size in cases:
         torch.manual_seed(0)
         model = getattr(torchvision.models, name)().eval()
@@ -62,8 +64,10 @@ def main() -> None:
         cells = "  ".join(f"{'CL' if cl else 'NCHW'} b{b}: {ms:6.1f}" for (cl, b), ms in row.items())
         ours = row[(True, chunk)]
         print(f"{name} {size}x{size}: {cells}")
-        print(f"  engine chunk {chunk} channels_last: {ours:.1f} ms/img; vs NCHW b1 {row[(False, 1)] / ours:.2f}x"
-              + (f", vs NCHW b64 {row[(False, 64)] / ours:.2f}x" if (False, 64) in row else ""))
+        print(
+            f"  engine chunk {chunk} channels_last: {ours:.1f} ms/img; vs NCHW b1 {row[(False, 1)] / ours:.2f}x"
+            + (f", vs NCHW b64 {row[(False, 64)] / ours:.2f}x" if (False, 64) in row else "")
+        )
 
 
 if __name__ == "__main__":

@@ -27,15 +27,31 @@ import torch
 import torch.nn.functional as F
 
 from benchmark import methods
-from benchmark.methods.base import forward_precision, tf32
+from benchmark.forward import forward_precision, tf32
 from benchmark.metrics import MetricContext, compute_metrics
 from benchmark.types import Batch
 
-METRICS = ["deletion_auc", "insertion_auc", "average_drop", "pointing_game", "mask_iou", "road_morf",
-           "max_sensitivity", "gradient_noise_stability", "model_randomization", "latency_ms", "peak_memory_mb"]
-PARAMS = {"deletion_auc": {"n_steps": 16}, "insertion_auc": {"n_steps": 16}, "road_morf": {"percentages": [0.5]},
-          "max_sensitivity": {"n_samples": 2}, "model_randomization": {"max_layers": 3},
-          "latency_ms": {"repeats": 3, "warmup": 1}}
+METRICS = [
+    "deletion_auc",
+    "insertion_auc",
+    "average_drop",
+    "pointing_game",
+    "mask_iou",
+    "road_morf",
+    "max_sensitivity",
+    "gradient_noise_stability",
+    "model_randomization",
+    "latency_ms",
+    "peak_memory_mb",
+]
+PARAMS = {
+    "deletion_auc": {"n_steps": 16},
+    "insertion_auc": {"n_steps": 16},
+    "road_morf": {"percentages": [0.5]},
+    "max_sensitivity": {"n_samples": 2},
+    "model_randomization": {"max_layers": 3},
+    "latency_ms": {"repeats": 3, "warmup": 1},
+}
 REEXPLAIN = {"max_sensitivity", "gradient_noise_stability", "model_randomization", "latency_ms", "peak_memory_mb"}
 REEXPLAINED = {"gradcam", "gradcampp", "layercam", "eigencam", "scorecam", "ablationcam", "cfcam"}
 #: SS-CAM and IS-CAM with fewer noise samples / scales than their defaults (the same code path, ~10x cheaper)
@@ -58,21 +74,37 @@ def run(model, x, targets, masks, names, device, channels_last, precision="fp32"
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
+
     def explain_fn(m, images, tg, ns, *, gradient_noise=None):
-        return methods.explain(m, "layer4", images, tg, ns, batch_size=32, gradient_noise=gradient_noise,
-                               params=METHOD_PARAMS)
+        return methods.explain(
+            m, "layer4", images, tg, ns, forward_batch_size=32, gradient_noise=gradient_noise, params=METHOD_PARAMS
+        )
 
     with forward_precision(precision), tf32(allow=False):  # as the runner computes a unit
-        maps = methods.explain(model, "layer4", x, targets, names, batch_size=32, params=METHOD_PARAMS)
-        ctx = MetricContext(model=model, batch=Batch(x, targets, [str(i) for i in range(len(x))], masks),
-                            saliency=maps, explain=explain_fn, seed=0, batch_size=64)
+        maps = methods.explain(model, "layer4", x, targets, names, forward_batch_size=32, params=METHOD_PARAMS)
+        ctx = MetricContext(
+            model=model,
+            batch=Batch(x, targets, [str(i) for i in range(len(x))], masks),
+            saliency=maps,
+            explain=explain_fn,
+            seed=0,
+            forward_batch_size=64,
+        )
         values = compute_metrics(ctx, [m for m in metrics if m not in REEXPLAIN], PARAMS)
         # the metrics that re-explain (each call repeats the methods) on a few methods of each family
-        ctx_re = MetricContext(model=model, batch=ctx.batch, explain=explain_fn, seed=0, batch_size=64,
-                               saliency={k: v for k, v in maps.items() if k in REEXPLAINED})
+        ctx_re = MetricContext(
+            model=model,
+            batch=ctx.batch,
+            explain=explain_fn,
+            seed=0,
+            forward_batch_size=64,
+            saliency={k: v for k, v in maps.items() if k in REEXPLAINED},
+        )
         values.update(compute_metrics(ctx_re, [m for m in metrics if m in REEXPLAIN], PARAMS))
-    return ({k: v.float().cpu() for k, v in maps.items()},
-            {m: {k: v.float().cpu() for k, v in per.items()} for m, per in values.items()})
+    return (
+        {k: v.float().cpu() for k, v in maps.items()},
+        {m: {k: v.float().cpu() for k, v in per.items()} for m, per in values.items()},
+    )
 
 
 def main() -> int:
@@ -81,7 +113,9 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=96)
     ap.add_argument("--map-tol", type=float, default=2e-3, help="max |map_cuda - map_cpu| (maps lie in [0,1])")
     ap.add_argument("--metric-tol", type=float, default=2e-3, help="max |metric_cuda - metric_cpu|")
-    ap.add_argument("--device", default="cuda", help="the device checked against CPU (cpu: a dry run, channels_last only)")
+    ap.add_argument(
+        "--device", default="cuda", help="the device checked against CPU (cpu: a dry run, channels_last only)"
+    )
     args = ap.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("gpu_check needs a CUDA device (torch.cuda.is_available() is False).")
@@ -93,11 +127,21 @@ def main() -> int:
     with torch.inference_mode():
         targets = model(x).argmax(1).clone()
     names = [n for n in methods.METHODS.list() if n not in ("oracle", "legrad", "fullgrad")]
-    print(f"# gpu_check: resnet18 seeded, {args.images} images {args.size}px, {len(names)} methods, "
-          f"torch {torch.__version__}, {args.device}")
+    print(
+        f"# gpu_check: resnet18 seeded, {args.images} images {args.size}px, {len(names)} methods, "
+        f"torch {torch.__version__}, {args.device}"
+    )
     t0 = time.perf_counter()
-    cpu_maps, cpu_vals = run(model, x, targets, masks, names, torch.device("cpu"), channels_last=False,
-                             metrics=[m for m in METRICS if m not in NOT_COMPARED])
+    cpu_maps, cpu_vals = run(
+        model,
+        x,
+        targets,
+        masks,
+        names,
+        torch.device("cpu"),
+        channels_last=False,
+        metrics=[m for m in METRICS if m not in NOT_COMPARED],
+    )
     print(f"cpu run {time.perf_counter() - t0:.1f} s", flush=True)
     t0 = time.perf_counter()
     dev = torch.device(args.device)
@@ -124,8 +168,17 @@ def main() -> int:
             if not ok or n == names[0]:
                 print(f"metric {metric:24s} {n:18s} max|cuda-cpu| {d:.2e} {'ok' if ok else 'FAIL'}")
     # bf16 autocast for the perturbation forwards: how far the AUCs move (informative, not a pass/fail)
-    _, bf = run(model, x, targets, masks, ["gradcam", "scorecam"], dev, True, precision="bf16",
-                metrics=["deletion_auc", "insertion_auc"])
+    _, bf = run(
+        model,
+        x,
+        targets,
+        masks,
+        ["gradcam", "scorecam"],
+        dev,
+        True,
+        precision="bf16",
+        metrics=["deletion_auc", "insertion_auc"],
+    )
     for metric in ("deletion_auc", "insertion_auc"):
         for n in ("gradcam", "scorecam"):
             d = float((bf[metric][n] - gpu_vals[metric][n]).abs().max())

@@ -72,8 +72,12 @@ def main() -> None:
     t_all7 = timed(lambda: methods.explain(model, layer, x, targets, OURS[:-1]), device, args.repeats)
 
     peers = {
-        "gradcam": pgc.GradCAM, "gradcampp": pgc.GradCAMPlusPlus, "xgradcam": pgc.XGradCAM,
-        "hirescam": pgc.HiResCAM, "layercam": pgc.LayerCAM, "eigencam": pgc.EigenCAM,
+        "gradcam": pgc.GradCAM,
+        "gradcampp": pgc.GradCAMPlusPlus,
+        "xgradcam": pgc.XGradCAM,
+        "hirescam": pgc.HiResCAM,
+        "layercam": pgc.LayerCAM,
+        "eigencam": pgc.EigenCAM,
         "eigengradcam": pgc.EigenGradCAM,
     }
     tg = [ClassifierOutputTarget(int(t)) for t in targets]
@@ -84,8 +88,10 @@ def main() -> None:
                 cam(input_tensor=x, targets=tg)
 
     t_peer = timed(run_peers, device, args.repeats)
-    print(f"machine: {platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}, "
-          f"device {device}; {args.model} {args.layer}, batch {args.batch}, {args.size}x{args.size}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}, "
+        f"device {device}; {args.model} {args.layer}, batch {args.batch}, {args.size}x{args.size}"
+    )
     print(f"one capture (forward+backward)              {t_fb * 1000:9.1f} ms")
     print(f"cambench gradcam alone                      {t_one * 1000:9.1f} ms")
     print(f"cambench 7 pgc-shared gradient methods      {t_all7 * 1000:9.1f} ms")

@@ -62,15 +62,23 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="resnet50")
     ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--features-in-step", type=int, default=1024,
-                    help="Quantus PixelFlipping features per step over C*H*W (1024 -> 147 steps at 224)")
+    ap.add_argument(
+        "--features-in-step",
+        type=int,
+        default=1024,
+        help="Quantus PixelFlipping features per step over C*H*W (1024 -> 147 steps at 224)",
+    )
     ap.add_argument("--chunk", type=int, default=64, help="cambench forward chunk (adapts down on OOM)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--quick", action="store_true", help="resnet18, 2 images, 24 steps")
     ap.add_argument("--no-region", action="store_true", help="skip Quantus RegionPerturbation")
     ap.add_argument("--no-insertion", action="store_true", help="skip the cambench deletion+insertion timing")
-    ap.add_argument("--channels-last", choices=("on", "off"), default="on",
-                    help="cambench side: channels_last model and inputs (the runner's default for CNNs)")
+    ap.add_argument(
+        "--channels-last",
+        choices=("on", "off"),
+        default="on",
+        help="cambench side: channels_last model and inputs (the runner's default for CNNs)",
+    )
     args = ap.parse_args()
     if args.quick:
         args.model, args.batch, args.features_in_step = "resnet18", 2, 6272
@@ -98,13 +106,20 @@ def main() -> None:
         model_ours = model_ours.to(memory_format=torch.channels_last)
         x_ours = x.contiguous(memory_format=torch.channels_last)
 
-    print(f"# metrics_speed: {args.model} random init, {b} images 224x224, {m} methods, {n_steps} steps, "
-          f"device={device}, cambench channels_last={args.channels_last}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{platform.processor() or platform.machine()}")
+    print(
+        f"# metrics_speed: {args.model} random init, {b} images 224x224, {m} methods, {n_steps} steps, "
+        f"device={device}, cambench channels_last={args.channels_last}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, "
+        f"{platform.processor() or platform.machine()}"
+    )
 
     def ours(names):
-        ctx = MetricContext(model=model_ours, batch=Batch(images=x_ours, targets=targets, ids=[str(i) for i in range(b)]),
-                            saliency=maps, batch_size=args.chunk)
+        ctx = MetricContext(
+            model=model_ours,
+            batch=Batch(images=x_ours, targets=targets, ids=[str(i) for i in range(b)]),
+            saliency=maps,
+            forward_batch_size=args.chunk,
+        )
         params = {n: {"n_steps": n_steps, "step": None} for n in names}
         return compute_metrics(ctx, names, params)
 
@@ -128,12 +143,22 @@ def main() -> None:
             warnings.simplefilter("ignore")
             for name in METHODS:
                 a = maps[name][:, None].cpu().numpy()
-                out[name] = np.array(metric(model=model, x_batch=x_np, y_batch=y_np, a_batch=a,
-                                            device=str(device), softmax=True, channel_first=True))
+                out[name] = np.array(
+                    metric(
+                        model=model,
+                        x_batch=x_np,
+                        y_batch=y_np,
+                        a_batch=a,
+                        device=str(device),
+                        softmax=True,
+                        channel_first=True,
+                    )
+                )
         return out
 
-    pf = quantus.PixelFlipping(features_in_step=args.features_in_step, perturb_baseline=0.0,
-                               normalise=False, abs=False, disable_warnings=True)
+    pf = quantus.PixelFlipping(
+        features_in_step=args.features_in_step, perturb_baseline=0.0, normalise=False, abs=False, disable_warnings=True
+    )
     t_pf, res_pf = timed(lambda: quantus_all(pf), device)
     line("Quantus PixelFlipping (8 methods, deletion only)", t_pf)
     print(f"speed-up deletion vs Quantus PixelFlipping: {t_pf / t_del:.2f}x", flush=True)
@@ -143,11 +168,20 @@ def main() -> None:
     ours_auc = torch.cat([res_del["deletion_auc"][n] for n in METHODS]).cpu().numpy()
     q_auc = np.concatenate([np.trapezoid(res_pf[n], dx=1 / (res_pf[n].shape[1] - 1), axis=1) for n in METHODS])
     r = float(np.corrcoef(ours_auc, q_auc)[0, 1]) if ours_auc.std() > 0 and q_auc.std() > 0 else float("nan")
-    print(f"Pearson r of deletion AUCs (ours {n_steps + 1} points incl. start vs Quantus {n_steps}; "
-          f"Quantus steps are not whole pixels): {r:.3f}", flush=True)
+    print(
+        f"Pearson r of deletion AUCs (ours {n_steps + 1} points incl. start vs Quantus {n_steps}; "
+        f"Quantus steps are not whole pixels): {r:.3f}",
+        flush=True,
+    )
     if not args.no_region:
-        rp = quantus.RegionPerturbation(patch_size=8, regions_evaluation=n_steps, perturb_baseline=0.0,
-                                        normalise=False, abs=False, disable_warnings=True)
+        rp = quantus.RegionPerturbation(
+            patch_size=8,
+            regions_evaluation=n_steps,
+            perturb_baseline=0.0,
+            normalise=False,
+            abs=False,
+            disable_warnings=True,
+        )
         t_rp, _ = timed(lambda: quantus_all(rp), device)
         line("Quantus RegionPerturbation 8x8 (8 methods)", t_rp)
         print(f"speed-up deletion vs Quantus RegionPerturbation: {t_rp / t_del:.2f}x")

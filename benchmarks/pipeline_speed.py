@@ -2,7 +2,8 @@
 
     python benchmarks/pipeline_speed.py --quick                       # resnet18, 64x64, 2 images (CPU: minutes)
     python benchmarks/pipeline_speed.py --model resnet50 --size 224 --images 32 --device cuda
-    python benchmarks/pipeline_speed.py --model resnet50 --size 224 --images 32 --device cuda --precision bf16 --gpu-util
+    python benchmarks/pipeline_speed.py --model resnet50 --size 224 --images 32 --device cuda \\
+        --precision bf16 --gpu-util
 
 Workload (same model, images, targets, step counts and sample counts on both sides):
 
@@ -51,15 +52,21 @@ import torch
 import torch.nn.functional as F
 
 from benchmark import methods
-from benchmark.methods.base import PRECISIONS, cudnn_autotune, forward_compile, forward_precision
+from benchmark.forward import PRECISIONS, cudnn_autotune, forward_compile, forward_precision
 from benchmark.metrics import MetricContext, compute_metrics
 from benchmark.metrics.functional.faithfulness import rise_blur
 from benchmark.metrics.perturbation import order_to_rank, pixel_order, step_counts
 from benchmark.types import Batch
 
 PGC = {
-    "gradcam": "GradCAM", "gradcampp": "GradCAMPlusPlus", "xgradcam": "XGradCAM", "hirescam": "HiResCAM",
-    "layercam": "LayerCAM", "scorecam": "ScoreCAM", "ablationcam": "AblationCAM", "eigencam": "EigenCAM",
+    "gradcam": "GradCAM",
+    "gradcampp": "GradCAMPlusPlus",
+    "xgradcam": "XGradCAM",
+    "hirescam": "HiResCAM",
+    "layercam": "LayerCAM",
+    "scorecam": "ScoreCAM",
+    "ablationcam": "AblationCAM",
+    "eigencam": "EigenCAM",
     "eigengradcam": "EigenGradCAM",
 }
 METRICS = ["deletion_auc", "insertion_auc", "pointing_game", "max_sensitivity"]
@@ -155,7 +162,10 @@ def make_inputs(n: int, size: int, mean, std, device: torch.device, seed: int = 
     masks = torch.zeros(n, size, size, dtype=torch.bool)
     for i in range(n):
         h, w = (torch.randint(size // 4, size // 2 + 1, (2,), generator=g)).tolist()
-        y0, x0 = (torch.randint(0, size - h + 1, (1,), generator=g).item(), torch.randint(0, size - w + 1, (1,), generator=g).item())
+        y0, x0 = (
+            torch.randint(0, size - h + 1, (1,), generator=g).item(),
+            torch.randint(0, size - w + 1, (1,), generator=g).item(),
+        )
         masks[i, y0 : y0 + h, x0 : x0 + w] = True
     return x.to(device), masks.to(device)
 
@@ -165,22 +175,32 @@ def make_inputs(n: int, size: int, mean, std, device: torch.device, seed: int = 
 
 def run_cambench(model, layer, x, targets, masks, names, args) -> dict:
     def explain_fn(model_, images, tg, ns, *, gradient_noise=None):
-        return methods.explain(model_, layer, images, tg, ns, batch_size=args.chunk, gradient_noise=gradient_noise)
+        return methods.explain(
+            model_, layer, images, tg, ns, forward_batch_size=args.chunk, gradient_noise=gradient_noise
+        )
 
-    params = {"deletion_auc": {"n_steps": args.steps, "step": None},
-              "insertion_auc": {"n_steps": args.steps, "step": None},
-              "max_sensitivity": {"n_samples": args.samples, "radius": 0.2}}
+    params = {
+        "deletion_auc": {"n_steps": args.steps, "step": None},
+        "insertion_auc": {"n_steps": args.steps, "step": None},
+        "max_sensitivity": {"n_samples": args.samples, "radius": 0.2},
+    }
     out: dict = {"maps": 0.0, "metrics": 0.0, "values": {}}
     with forward_precision(args.precision), forward_compile(args.compile), cudnn_autotune(args.compile):
         for s in range(0, x.shape[0], args.batch):
             xb, tb, mb = x[s : s + args.batch], targets[s : s + args.batch], masks[s : s + args.batch]
             _sync(x.device)
             t0 = time.perf_counter()
-            maps = methods.explain(model, layer, xb, tb, names, batch_size=args.chunk)
+            maps = methods.explain(model, layer, xb, tb, names, forward_batch_size=args.chunk)
             _sync(x.device)
             t1 = time.perf_counter()
-            ctx = MetricContext(model=model, batch=Batch(xb, tb, [str(i) for i in range(s, s + len(xb))], mb),
-                                saliency=maps, explain=explain_fn, seed=0, batch_size=args.chunk)
+            ctx = MetricContext(
+                model=model,
+                batch=Batch(xb, tb, [str(i) for i in range(s, s + len(xb))], mb),
+                saliency=maps,
+                explain=explain_fn,
+                seed=0,
+                forward_batch_size=args.chunk,
+            )
             res = compute_metrics(ctx, METRICS, params)
             _sync(x.device)
             out["maps"] += t1 - t0
@@ -211,7 +231,6 @@ class AutocastForwards(torch.nn.Module):
             return self.model(x).float()
 
 
-
 def run_peer(model, layer, x, targets, masks, names, args) -> dict:
     import pytorch_grad_cam as pgc
     import quantus
@@ -236,13 +255,17 @@ def run_peer(model, layer, x, targets, masks, names, args) -> dict:
     def pgc_explain(model, inputs, targets, **kw):
         xs = torch.as_tensor(np.asarray(inputs), dtype=torch.float32, device=device)
         with make_cam(kw["method"]) as cam:
-            return cam(input_tensor=xs, targets=[ClassifierOutputTarget(int(t)) for t in np.atleast_1d(targets)])[:, None]
+            return cam(input_tensor=xs, targets=[ClassifierOutputTarget(int(t)) for t in np.atleast_1d(targets)])[
+                :, None
+            ]
 
-    deletion = quantus.PixelFlipping(features_in_step=fis, perturb_baseline=0.0, normalise=False, abs=False,
-                                     disable_warnings=True)
+    deletion = quantus.PixelFlipping(
+        features_in_step=fis, perturb_baseline=0.0, normalise=False, abs=False, disable_warnings=True
+    )
     pointing = quantus.PointingGame(disable_warnings=True)
-    sensitivity = quantus.MaxSensitivity(nr_samples=args.samples, lower_bound=0.2, disable_warnings=True,
-                                         return_nan_when_prediction_changes=False)
+    sensitivity = quantus.MaxSensitivity(
+        nr_samples=args.samples, lower_bound=0.2, disable_warnings=True, return_nan_when_prediction_changes=False
+    )
     blurred = rise_blur(x, 11, 5.0)
     k = step_counts(hw, n_steps=args.steps).tolist()
     out: dict = {"maps": 0.0, "metrics": 0.0, "values": {}}
@@ -259,9 +282,22 @@ def run_peer(model, layer, x, targets, masks, names, args) -> dict:
                     a = (np.arange(hw, 0, -1, dtype=np.float32).reshape(1, 1, h, w) / hw) * 1e-6
                 _sync(device)
                 t1 = time.perf_counter()
-                x_np, y_np, s_np = xi.cpu().numpy(), np.array([ti]), masks[i : i + 1, None].cpu().numpy().astype(np.float32)
-                curve = np.asarray(deletion(model=model, x_batch=x_np, y_batch=y_np, a_batch=a, device=str(device),
-                                            softmax=True, channel_first=True))
+                x_np, y_np, s_np = (
+                    xi.cpu().numpy(),
+                    np.array([ti]),
+                    masks[i : i + 1, None].cpu().numpy().astype(np.float32),
+                )
+                curve = np.asarray(
+                    deletion(
+                        model=model,
+                        x_batch=x_np,
+                        y_batch=y_np,
+                        a_batch=a,
+                        device=str(device),
+                        softmax=True,
+                        channel_first=True,
+                    )
+                )
                 vals = {"deletion_auc": np.trapezoid(curve, dx=1 / (curve.shape[1] - 1), axis=1)}
                 # insertion (RISE reference loop: one forward per step, blurred start)
                 rank = order_to_rank(pixel_order(torch.from_numpy(a[:, 0]).to(device)))[0].view(h, w)
@@ -271,11 +307,22 @@ def run_peer(model, layer, x, targets, masks, names, args) -> dict:
                         xin = torch.where(rank < kk, xi, blurred[i : i + 1])
                         probs.append(float(torch.softmax(model(xin), 1)[0, ti]))
                 vals["insertion_auc"] = np.array([np.trapezoid(probs, dx=1 / (len(probs) - 1))])
-                vals["pointing_game"] = np.asarray(pointing(model=model, x_batch=x_np, y_batch=y_np, a_batch=a,
-                                                            s_batch=s_np, device=str(device)), dtype=float)
-                vals["max_sensitivity"] = np.asarray(sensitivity(
-                    model=model, x_batch=x_np, y_batch=y_np, a_batch=a, device=str(device),
-                    explain_func=pgc_explain, explain_func_kwargs={"method": name}), dtype=float)
+                vals["pointing_game"] = np.asarray(
+                    pointing(model=model, x_batch=x_np, y_batch=y_np, a_batch=a, s_batch=s_np, device=str(device)),
+                    dtype=float,
+                )
+                vals["max_sensitivity"] = np.asarray(
+                    sensitivity(
+                        model=model,
+                        x_batch=x_np,
+                        y_batch=y_np,
+                        a_batch=a,
+                        device=str(device),
+                        explain_func=pgc_explain,
+                        explain_func_kwargs={"method": name},
+                    ),
+                    dtype=float,
+                )
                 _sync(device)
                 out["maps"] += t1 - t0
                 out["metrics"] += time.perf_counter() - t1
@@ -291,7 +338,7 @@ def forward_time(model, size: int, device: torch.device, batch: int, precision: 
     if channels_last:
         xb = xb.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode(), forward_precision(precision):
-        from benchmark.methods.base import forward_autocast
+        from benchmark.forward import forward_autocast
 
         with forward_autocast(device):
             model(xb[: min(batch, 8)])
@@ -307,13 +354,23 @@ def forward_time(model, size: int, device: torch.device, batch: int, precision: 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="resnet50",
-                    help="resnet18 | resnet50 | any registry model (efficientnet_lite0, shapes_cnn, ...)")
-    ap.add_argument("--weights", default="random",
-                    help="random (seeded) | default (a registry model's packaged weights, e.g. efficientnet_lite0)")
-    ap.add_argument("--data", choices=("synthetic", "photos"), default="synthetic",
-                    help="smooth random images with a random box, or the skimage photos with object masks "
-                         "(at most 7; needs a registry model)")
+    ap.add_argument(
+        "--model",
+        default="resnet50",
+        help="resnet18 | resnet50 | any registry model (efficientnet_lite0, shapes_cnn, ...)",
+    )
+    ap.add_argument(
+        "--weights",
+        default="random",
+        help="random (seeded) | default (a registry model's packaged weights, e.g. efficientnet_lite0)",
+    )
+    ap.add_argument(
+        "--data",
+        choices=("synthetic", "photos"),
+        default="synthetic",
+        help="smooth random images with a random box, or the skimage photos with object masks "
+        "(at most 7; needs a registry model)",
+    )
     ap.add_argument("--size", type=int, default=224, help="image side (default 224)")
     ap.add_argument("--images", type=int, default=16)
     ap.add_argument("--steps", type=int, default=24, help="deletion/insertion steps (a multiple of 3 for Quantus)")
@@ -321,22 +378,44 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8, help="cambench images per batch")
     ap.add_argument("--chunk", type=int, default=64, help="forward batch of the extra forwards (both sides)")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
-                    help="perturbation forwards (no-gradient forwards) of both sides; the capture stays fp32")
-    ap.add_argument("--peer-precision", choices=("same", "fp32"), default="same",
-                    help="same: the peer's no-gradient forwards autocast like cambench's (a fair ratio); "
-                         "fp32: the peer as the user runs it")
-    ap.add_argument("--compile", action="store_true",
-                    help="cambench side: torch.compile the perturbation forwards (CUDA graphs on CUDA) and "
-                         "cuDNN autotuning (the runner's --compile); the warm-up pays the compile")
+    ap.add_argument(
+        "--precision",
+        default="fp32",
+        choices=("fp32", "bf16", "fp16"),
+        help="perturbation forwards (no-gradient forwards) of both sides; the capture stays fp32",
+    )
+    ap.add_argument(
+        "--peer-precision",
+        choices=("same", "fp32"),
+        default="same",
+        help="same: the peer's no-gradient forwards autocast like cambench's (a fair ratio); "
+        "fp32: the peer as the user runs it",
+    )
+    ap.add_argument(
+        "--compile",
+        action="store_true",
+        help="cambench side: torch.compile the perturbation forwards (CUDA graphs on CUDA) and "
+        "cuDNN autotuning (the runner's --compile); the warm-up pays the compile",
+    )
     ap.add_argument("--methods", default=None, help="comma-separated subset of the methods")
     ap.add_argument("--gpu-util", action="store_true", help="sample GPU utilisation (needs pynvml)")
-    ap.add_argument("--floor-batch", type=int, default=None,
-                    help="batch of the floor measurement (default 256 on CUDA; on CPU the engine's CPU chunk)")
-    ap.add_argument("--channels-last", choices=("on", "off"), default="on",
-                    help="cambench side: channels_last model and inputs (the runner's default for CNNs)")
-    ap.add_argument("--peer-channels-last", action="store_true",
-                    help="give the peer the channels_last model too (pgc and Quantus do not convert it)")
+    ap.add_argument(
+        "--floor-batch",
+        type=int,
+        default=None,
+        help="batch of the floor measurement (default 256 on CUDA; on CPU the engine's CPU chunk)",
+    )
+    ap.add_argument(
+        "--channels-last",
+        choices=("on", "off"),
+        default="on",
+        help="cambench side: channels_last model and inputs (the runner's default for CNNs)",
+    )
+    ap.add_argument(
+        "--peer-channels-last",
+        action="store_true",
+        help="give the peer the channels_last model too (pgc and Quantus do not convert it)",
+    )
     ap.add_argument("--skip-peer", action="store_true", help="cambench only (e.g. for a large GPU run)")
     ap.add_argument("--quick", action="store_true", help="resnet18, 64x64, 2 images, 24 steps, 2 samples")
     args = ap.parse_args()
@@ -356,8 +435,10 @@ def main() -> None:
         x, masks = make_inputs(args.images, args.size, mean, std, device)
     hw = args.size * args.size
     if args.steps % 3 or hw % (3 * hw // args.steps):
-        raise SystemExit(f"--steps must be a multiple of 3 with 3*H*W/steps dividing H*W={hw} (a Quantus "
-                         "PixelFlipping constraint); e.g. 24.")
+        raise SystemExit(
+            f"--steps must be a multiple of 3 with 3*H*W/steps dividing H*W={hw} (a Quantus "
+            "PixelFlipping constraint); e.g. 24."
+        )
     with torch.inference_mode():
         pred = model(x).argmax(1)
     targets = pred.clone()  # a normal tensor (inference tensors cannot enter autograd)
@@ -378,33 +459,40 @@ def main() -> None:
     }
     counters = {side: ForwardCounter(m) for side, (_, m, _, _) in setups.items()}
 
-    print(f"# pipeline_speed: {args.model} weights={args.weights}, data={args.data}, {args.images} images {args.size}x{args.size}, "
-          f"{len(names)} methods ({', '.join(names)}), metrics {', '.join(METRICS)}, {args.steps} steps, "
-          f"{args.samples} sensitivity samples, chunk {args.chunk}, device={device}, precision={args.precision} "
-          f"(peer {peer_precision}), compile={args.compile}, "
-          f"channels_last cambench={ours_cl} peer={peer_cl}, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}, "
-          f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or 'cpu'}")
+    print(
+        f"# pipeline_speed: {args.model} weights={args.weights}, data={args.data}, "
+        f"{args.images} images {args.size}x{args.size}, "
+        f"{len(names)} methods ({', '.join(names)}), metrics {', '.join(METRICS)}, {args.steps} steps, "
+        f"{args.samples} sensitivity samples, chunk {args.chunk}, device={device}, precision={args.precision} "
+        f"(peer {peer_precision}), compile={args.compile}, "
+        f"channels_last cambench={ours_cl} peer={peer_cl}, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}, "
+        f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or 'cpu'}"
+    )
 
     # warm-up (cudnn autotuning, allocator, lazy imports; with --compile the compile of each chunk shape) on
     # one batch, not timed
     _, m0, l0, x0 = setups["cambench"]
     warm = min(args.batch, x0.shape[0]) if args.compile else 1
     run_cambench(m0, l0, x0[:warm], targets[:warm], masks[:warm], names if args.compile else names[:1], args)
-    from benchmark.methods.base import forward_chunk
+    from benchmark.forward import forward_chunk
 
     # the floor's unit cost first, so that a run cut short still prints it with the sides that finished
     fb = args.floor_batch or (256 if device.type == "cuda" else forward_chunk(256, x))
     t_img = forward_time(model_ours, args.size, device, fb, args.precision, ours_cl)
     n = args.images
-    header = (f"{'pipeline':26s} {'total s':>9s} {'img/s':>8s} {'maps s':>8s} {'metrics s':>9s} "
-              f"{'fwd/img':>9s} {'grad/img':>8s} {'floor s':>8s} {'x floor':>8s} {'GPU %':>6s}")
+    header = (
+        f"{'pipeline':26s} {'total s':>9s} {'img/s':>8s} {'maps s':>8s} {'metrics s':>9s} "
+        f"{'fwd/img':>9s} {'grad/img':>8s} {'floor s':>8s} {'x floor':>8s} {'GPU %':>6s}"
+    )
 
     def row(side: str, r: dict) -> str:
         plain, grad, eq = r["fwd"]
         floor = eq * t_img
-        return (f"{side:26s} {r['total']:9.2f} {n / r['total']:8.3f} {r['maps']:8.2f} {r['metrics']:9.2f} "
-                f"{plain / n:9.0f} {grad / n:8.1f} {floor:8.2f} {r['total'] / floor:8.2f} {r['util']:6.1f}")
+        return (
+            f"{side:26s} {r['total']:9.2f} {n / r['total']:8.3f} {r['maps']:8.2f} {r['metrics']:9.2f} "
+            f"{plain / n:9.0f} {grad / n:8.1f} {floor:8.2f} {r['total'] / floor:8.2f} {r['util']:6.1f}"
+        )
 
     sides = {}
     for side, (fn, m, lay, xs) in setups.items():
@@ -431,18 +519,26 @@ def main() -> None:
     print(header)
     for side, r in sides.items():
         print(row(side, r))
-    print(f"floor unit: {t_img * 1e3:.3f} ms per image-forward (best of 3 inference batches of {fb}); a forward "
-          "with gradients counts 3")
+    print(
+        f"floor unit: {t_img * 1e3:.3f} ms per image-forward (best of 3 inference batches of {fb}); a forward "
+        "with gradients counts 3"
+    )
     if len(sides) == 2:
         a, b = sides["cambench"], sides["peer (pgc + Quantus)"]
-        print(f"speed-up cambench vs peer: {b['total'] / a['total']:.2f}x  "
-              f"(maps {b['maps'] / max(a['maps'], 1e-9):.2f}x, metrics {b['metrics'] / max(a['metrics'], 1e-9):.2f}x)")
+        print(
+            f"speed-up cambench vs peer: {b['total'] / a['total']:.2f}x  "
+            f"(maps {b['maps'] / max(a['maps'], 1e-9):.2f}x, metrics {b['metrics'] / max(a['metrics'], 1e-9):.2f}x)"
+        )
         # agreement where the two pipelines share a definition (sanity, not a parity test)
         for metric in ("deletion_auc", "max_sensitivity"):
             ours = np.concatenate([a["values"][(m, metric)] for m in names])
             theirs = np.concatenate([b["values"][(m, metric)] for m in names])
             ok = np.isfinite(ours) & np.isfinite(theirs)
-            r = np.corrcoef(ours[ok], theirs[ok])[0, 1] if ok.sum() > 2 and ours[ok].std() > 0 and theirs[ok].std() > 0 else float("nan")
+            r = (
+                np.corrcoef(ours[ok], theirs[ok])[0, 1]
+                if ok.sum() > 2 and ours[ok].std() > 0 and theirs[ok].std() > 0
+                else float("nan")
+            )
             print(f"Pearson r of {metric} (cambench vs peer, {ok.sum()} method x image values): {r:.3f}")
 
 

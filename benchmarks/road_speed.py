@@ -119,21 +119,37 @@ def main() -> None:
     sal = sal + 1e-6 * torch.rand(sal.shape, generator=g).to(device)  # tie-free: pgc's percentile counts apply
     keys = torch.arange(n)
 
-    print(f"ROAD MoRF: {args.model} random init, {n} images {s}x{s}, fractions {fractions}, one Grad-CAM map each, "
-          f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"{platform.processor() or platform.machine()}")
+    print(
+        f"ROAD MoRF: {args.model} random init, {n} images {s}x{s}, fractions {fractions}, one Grad-CAM map each, "
+        f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+        f"{platform.processor() or platform.machine()}"
+    )
 
     def cambench(imputer: str):
-        return lambda: road(cb_model, x.contiguous(memory_format=torch.channels_last), t, sal, percentages=fractions,
-                            order="morf", count_rule="percentile", noise_keys=keys, imputer=imputer,
-                            batch_size=args.chunk)
+        return lambda: road(
+            cb_model,
+            x.contiguous(memory_format=torch.channels_last),
+            t,
+            sal,
+            percentages=fractions,
+            order="morf",
+            count_rule="percentile",
+            noise_keys=keys,
+            imputer=imputer,
+            batch_size=args.chunk,
+        )
 
     targets = [ClassifierOutputSoftmaxTarget(int(c)) for c in t]
     cams = sal.cpu().numpy()
     pgc_public = ROADMostRelevantFirstAverage(percentiles=kept)
     pgc_strict = AveragerAcrossThresholds(
-        lambda p: (lambda *a: PerturbationConfidenceMetric(RemoveMostRelevantFirst(p, NoisyLinearImputer()))(
-            *a, return_diff=False)), kept)
+        lambda p: (
+            lambda *a: PerturbationConfidenceMetric(RemoveMostRelevantFirst(p, NoisyLinearImputer()))(
+                *a, return_diff=False
+            )
+        ),
+        kept,
+    )
 
     load0 = os.getloadavg() if hasattr(os, "getloadavg") else None
     fns = {"cambench road, imputer=cg": cambench("cg")}
@@ -159,19 +175,25 @@ def main() -> None:
     pgc_imp = NoisyLinearImputer(noise=0.01)
     ifns = {"cambench batched cg": lambda: noisy_linear_impute_batch(imgs, removed, noise=0.01, generators=gens())}
     if not args.skip_exact:
-        ifns["cambench exact (scipy, per image)"] = lambda: torch.stack([
-            noisy_linear_impute(imgs[i], removed[i], noise=0.01, generator=gi, imputer="exact")
-            for i, gi in enumerate(gens())])
+        ifns["cambench exact (scipy, per image)"] = lambda: torch.stack(
+            [
+                noisy_linear_impute(imgs[i], removed[i], noise=0.01, generator=gi, imputer="exact")
+                for i, gi in enumerate(gens())
+            ]
+        )
     ifns["pytorch-grad-cam NoisyLinearImputer"] = lambda: [
-        pgc_imp(imgs[i].cpu(), (~removed[i]).float().cpu()) for i in range(len(imgs))]
+        pgc_imp(imgs[i].cpu(), (~removed[i]).float().cpu()) for i in range(len(imgs))
+    ]
     with torch.inference_mode():
         imp, iouts = interleaved(ifns, device, args.repeats)
     out_cg, out_ex = iouts["cambench batched cg"], iouts.get("cambench exact (scipy, per image)")
     load1 = os.getloadavg() if hasattr(os, "getloadavg") else None
 
     if load0 is not None:
-        print(f"load average (1, 5, 15 min) at start {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}, "
-              f"at end {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}; repeats interleaved round-robin")
+        print(
+            f"load average (1, 5, 15 min) at start {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}, "
+            f"at end {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}; repeats interleaved round-robin"
+        )
     print("\n-- ROAD (imputation + forwards), seconds for the whole workload")
     for name, ts in rows.items():
         print(f"{name:48s} {fmt(ts)}")
@@ -181,23 +203,37 @@ def main() -> None:
     cg = min(rows["cambench road, imputer=cg"])
     print("\n-- speed-up of cambench road (imputer=cg), by min time")
     cg_med = statistics.median(rows["cambench road, imputer=cg"])
-    print(f"speed-up vs pytorch-grad-cam ROADMostRelevantFirstAverage: "
-          f"{min(rows['pytorch-grad-cam ROADMostRelevantFirstAverage']) / cg:.2f}x "
-          f"(by median: {statistics.median(rows['pytorch-grad-cam ROADMostRelevantFirstAverage']) / cg_med:.2f}x)")
-    print(f"speed-up vs pytorch-grad-cam imputed forwards only:        "
-          f"{min(rows['pytorch-grad-cam, imputed forwards only']) / cg:.2f}x")
+    print(
+        f"speed-up vs pytorch-grad-cam ROADMostRelevantFirstAverage: "
+        f"{min(rows['pytorch-grad-cam ROADMostRelevantFirstAverage']) / cg:.2f}x "
+        f"(by median: {statistics.median(rows['pytorch-grad-cam ROADMostRelevantFirstAverage']) / cg_med:.2f}x)"
+    )
+    print(
+        f"speed-up vs pytorch-grad-cam imputed forwards only:        "
+        f"{min(rows['pytorch-grad-cam, imputed forwards only']) / cg:.2f}x"
+    )
     if not args.skip_exact:
-        print(f"speed-up vs cambench imputer=exact:                       "
-              f"{min(rows['cambench road, imputer=exact']) / cg:.2f}x")
-        print(f"imputation alone, cg vs exact:                            "
-              f"{min(imp['cambench exact (scipy, per image)']) / min(imp['cambench batched cg']):.2f}x")
-    print(f"imputation alone, cg vs pytorch-grad-cam:                 "
-          f"{min(imp['pytorch-grad-cam NoisyLinearImputer']) / min(imp['cambench batched cg']):.2f}x")
+        print(
+            f"speed-up vs cambench imputer=exact:                       "
+            f"{min(rows['cambench road, imputer=exact']) / cg:.2f}x"
+        )
+        print(
+            f"imputation alone, cg vs exact:                            "
+            f"{min(imp['cambench exact (scipy, per image)']) / min(imp['cambench batched cg']):.2f}x"
+        )
+    print(
+        f"imputation alone, cg vs pytorch-grad-cam:                 "
+        f"{min(imp['pytorch-grad-cam NoisyLinearImputer']) / min(imp['cambench batched cg']):.2f}x"
+    )
     if not args.skip_exact:
-        print(f"\nmax |cg - exact|: imputed pixels {float((out_cg - out_ex).abs().amax()):.2e}, "
-              f"ROAD scores {float((val_cg - val_ex).abs().amax()):.2e}")
-    print(f"max |cambench - pytorch-grad-cam| ROAD score (different noise draws): "
-          f"{float(np.abs(val_cg.cpu().numpy() - val_pgc).max()):.2e}")
+        print(
+            f"\nmax |cg - exact|: imputed pixels {float((out_cg - out_ex).abs().amax()):.2e}, "
+            f"ROAD scores {float((val_cg - val_ex).abs().amax()):.2e}"
+        )
+    print(
+        f"max |cambench - pytorch-grad-cam| ROAD score (different noise draws): "
+        f"{float(np.abs(val_cg.cpu().numpy() - val_pgc).max()):.2e}"
+    )
 
 
 if __name__ == "__main__":

@@ -180,11 +180,11 @@ def fake_warns(ctx) -> Tensor:
 def fake_env(ctx) -> Tensor:
     """A valid map that records the process state it ran in (``METHODS.get("fake_env").seen``): precision,
     compile, cuDNN autotuning and TF32 flags, as :func:`benchmark.runner.unit.unit_environment` sets them."""
-    from benchmark.methods import base
+    from benchmark import forward
 
     fake_env.seen = {  # type: ignore[attr-defined]
-        "precision": base._FORWARD_DTYPE.get(),
-        "compile": base._FORWARD_COMPILE.get(),
+        "precision": forward._FORWARD_DTYPE.get(),
+        "compile": forward._FORWARD_COMPILE.get(),
         "cudnn_benchmark": torch.backends.cudnn.benchmark,
         "tf32": (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32),
     }

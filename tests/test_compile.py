@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from benchmark.methods import base
+from benchmark import forward as base
 from benchmark.metrics.functional import deletion_auc
 
 

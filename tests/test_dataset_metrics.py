@@ -17,11 +17,12 @@ import pytest
 import torch
 
 from benchmark import methods as Mth
+from benchmark.data.transforms import make_batches
 from benchmark.metrics import METRICS, MetricContext, compute_metrics, dataset_value, register_metric
 from benchmark.report.build import write_report
 from benchmark.report.tables import _seed_for, bootstrap_stat, ranked_leaderboard
 from benchmark.runner import parse_suite, run_suite
-from benchmark.runner.execute import _get_dataset, _get_model, _make_batches
+from benchmark.runner.resources import get_dataset, get_model
 from benchmark.store import Store
 
 import runner_fakes
@@ -145,12 +146,12 @@ def test_leaderboard_max_box_acc_and_pxap_equal_the_wsolevaluation_port(suite, r
     res, out = run
     board = pd.read_csv(out / "leaderboard.csv")
     exp = suite.experiments[0]
-    handle, _ = _get_model(exp, torch.device("cpu"), False)
-    dataset = _get_dataset(exp, suite.seed)
+    handle, _ = get_model(exp, torch.device("cpu"), False)
+    dataset = get_dataset(exp, suite.seed)
     methods = ["gradcam", "eigencam", "layercam", "center"]
     boxes_ev = {m: WsolBoxEvaluator(0.05) for m in methods}
     masks_ev = {m: WsolMaskEvaluator(0.05) for m in methods}
-    for batch in _make_batches(dataset, handle, 2, list(range(10))):
+    for batch in make_batches(dataset, handle, 2, indices=list(range(10))):
         maps = Mth.explain(handle.model, handle.target_layer, batch.images, batch.targets, methods)
         for m in methods:
             for i in range(len(batch.ids)):

@@ -130,5 +130,5 @@ def test_forward_carries_a_batch_changed_at_the_target_layer(lite0) -> None:
     assert tail.shape == (3, 1000)
     torch.testing.assert_close(tail, each, rtol=1e-4, atol=1e-4)
     score._TAIL_OK.pop(layer, None)
-    methods.explain(lite0.model, lite0.target_layer, x, [967], ["ablationcam"], batch_size=640)
+    methods.explain(lite0.model, lite0.target_layer, x, [967], ["ablationcam"], forward_batch_size=640)
     assert score._TAIL_OK.get(layer) is True

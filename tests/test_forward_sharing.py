@@ -31,7 +31,7 @@ def _maps(
     seen: list[int] = []
     h = model.register_forward_pre_hook(lambda m, args, seen=seen: seen.append(int(args[0].shape[0])))
     try:
-        out = methods.explain(model, layer, x, t, ["ablationcam"], batch_size=batch_size, details=True)
+        out = methods.explain(model, layer, x, t, ["ablationcam"], forward_batch_size=batch_size, details=True)
     finally:
         h.remove()
     return out["ablationcam"].raw, seen
@@ -158,9 +158,9 @@ def test_all_zero_masks_share_one_forward_and_keep_the_maps() -> None:
         seen: list[int] = []
         h = model.register_forward_pre_hook(lambda m, args, seen=seen: seen.append(int(args[0].shape[0])))
         try:
-            raw = methods.explain(model, "block", x, t, [name], params={name: params}, batch_size=64, details=True)[
-                name
-            ].raw
+            raw = methods.explain(
+                model, "block", x, t, [name], params={name: params}, forward_batch_size=64, details=True
+            )[name].raw
         finally:
             h.remove()
         torch.testing.assert_close(raw, _brute_force(model, x, t, name, scales), rtol=1e-4, atol=1e-5, msg=name)

@@ -23,6 +23,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "benchmark.outdir",
             "benchmark.seeding",
             "benchmark.cpukernels",
+            "benchmark.forward",
             "benchmark.progress",
             "benchmark.methods.capture",
             "benchmark.methods.postprocess",
@@ -30,6 +31,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ),
     ("components", ("benchmark", "benchmark.methods", "benchmark.metrics", "benchmark.models", "benchmark.data")),
     ("extension", ("benchmark.plugins",)),
+    ("evaluate", ("benchmark.evaluate",)),
     ("store", ("benchmark.store",)),
     ("runner", ("benchmark.runner",)),
     ("report", ("benchmark.report",)),
@@ -41,6 +43,36 @@ ALLOWED_CYCLES: dict[frozenset[str], str] = {}
 
 #: Edges from a lower layer to a higher one that remain, each to be removed.
 ALLOWED_UPWARD: dict[tuple[str, str], str] = {}
+
+_FAST = "keeps torch (and pandas) out of a path that must start fast without them"
+_HEAVY = "an optional or heavy dependency (matplotlib, the HTML renderer)"
+_TODO = "to be moved to module level (report owners)"
+#: Function-level imports of cambench's own modules (``(importer, imported)``): only for optional or heavy
+#: dependencies, each with its reason. The test fails on any other, and on a stale entry.
+ALLOWED_FUNCTION_IMPORTS: dict[tuple[str, str], str] = {
+    ("benchmark.cli", "benchmark.runner"): _FAST,
+    ("benchmark.cli", "benchmark.report.build"): _FAST,
+    ("benchmark.cli", "benchmark.report.compare"): _FAST,
+    ("benchmark.cli", "benchmark.methods"): _FAST,
+    ("benchmark.cli", "benchmark.metrics"): _FAST,
+    ("benchmark.cli", "benchmark.models"): _FAST,
+    ("benchmark.cli", "benchmark.models.shipped"): _FAST,
+    ("benchmark.cli", "benchmark.data"): _FAST,
+    ("benchmark.runner.suite", "benchmark.methods.msflip"): _FAST + " (parsing a suite file)",
+    ("benchmark.report.build", "benchmark.report.plots"): _HEAVY,
+    ("benchmark.report.build", "benchmark.report.html"): _HEAVY,
+    ("benchmark.report.build", "benchmark.methods"): _TODO,
+    ("benchmark.report.build", "benchmark.metrics"): _TODO,
+    ("benchmark.report.build", "benchmark.report.card"): _TODO,
+    ("benchmark.report.build", "benchmark.report.seeds"): _TODO,
+    ("benchmark.report.build", "benchmark.report.meta"): _TODO,
+    ("benchmark.report.build", "benchmark.runner.plan"): _TODO + " (results are data: integrity, #23 item 5)",
+    ("benchmark.report.card", "benchmark.report.meta"): _TODO,
+    ("benchmark.report.tables", "benchmark.metrics.base"): _TODO,
+}
+
+#: The longest function (lines, ``def`` to its last line) allowed in ``benchmark/runner/``: one screen.
+RUNNER_FUNCTION_LINES = 80
 
 
 def module_name(path: Path) -> str:
@@ -160,12 +192,81 @@ def test_metrics_read_method_facts_from_their_context() -> None:
 
 
 def test_runner_parts_point_down() -> None:
-    """Inside the runner: plan <- unit <- driver <- execute (the re-export module), never back up."""
+    """Inside the runner: resources <- plan <- unit <- driver <- execute (the re-export module), never back up."""
     graph = import_graph()
-    order = ["benchmark.runner.plan", "benchmark.runner.unit", "benchmark.runner.driver", "benchmark.runner.execute"]
+    order = [
+        "benchmark.runner.resources",
+        "benchmark.runner.plan",
+        "benchmark.runner.unit",
+        "benchmark.runner.driver",
+        "benchmark.runner.execute",
+    ]
     for i, m in enumerate(order):
         assert not graph[m] & set(order[i + 1 :]), (m, graph[m] & set(order[i + 1 :]))
     assert "benchmark.runner.execute" not in set().union(*(graph[m] for m in graph if m != "benchmark.runner"))
+
+
+def function_level_imports() -> set[tuple[str, str]]:
+    """``(importer, imported)`` for every import of a cambench module inside a function or method."""
+    mods = modules()
+    known = set(mods)
+    out: set[tuple[str, str]] = set()
+    for name, path in mods.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for fn in ast.walk(tree):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(fn):
+                if isinstance(node, (ast.Import, ast.ImportFrom)):
+                    is_pkg = path.name == "__init__.py"
+                    out.update((name, t) for t in imported(node, name, is_pkg, known) if t != name)
+    return out
+
+
+def test_function_level_imports_only_for_heavy_dependencies() -> None:
+    """docs/architecture.md: a function-level import of cambench's own code hides the real dependency graph;
+    only the listed ones (optional or heavy dependencies, each with its reason) remain."""
+    found = function_level_imports()
+    new = sorted(found - set(ALLOWED_FUNCTION_IMPORTS))
+    assert not new, (
+        f"Function-level imports of cambench modules: {new}. Import them at module level (move a shared "
+        "piece down a layer if that makes a cycle); only optional or heavy dependencies stay inside functions, "
+        "listed in ALLOWED_FUNCTION_IMPORTS with the reason."
+    )
+    gone = sorted(set(ALLOWED_FUNCTION_IMPORTS) - found)
+    assert not gone, f"Stale entries in ALLOWED_FUNCTION_IMPORTS: {gone}; remove them from the list."
+
+
+def test_function_level_import_finder_sees_one() -> None:
+    assert ("benchmark.runner.suite", "benchmark.methods.msflip") in function_level_imports()
+
+
+def test_runner_functions_fit_on_one_screen() -> None:
+    """No function in ``benchmark/runner/`` is longer than RUNNER_FUNCTION_LINES (docs/architecture.md)."""
+    long = []
+    for path in sorted((ROOT / "runner").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = (node.end_lineno or node.lineno) - node.lineno + 1
+                if n > RUNNER_FUNCTION_LINES:
+                    long.append(f"{path.name}:{node.lineno} {node.name} ({n} lines)")
+    assert not long, f"Functions over {RUNNER_FUNCTION_LINES} lines in benchmark/runner/: {long}; split them."
+
+
+def test_registered_names_are_the_function_names() -> None:
+    """One name per concept: each built-in method and metric is registered under its function's name (a name
+    registered on a shared function, or a bridge, says so with ``defaults=``/``source=``)."""
+    import benchmark.methods
+    import benchmark.metrics
+
+    differ = [
+        f"{reg.kind} {name!r} is function {entry.obj.__module__}.{entry.obj.__name__}"
+        for reg in (benchmark.methods.METHODS, benchmark.metrics.METRICS)
+        for name in reg.list()
+        for entry in [reg.entry(name)]
+        if entry.meta.get("source", "cambench") == "cambench" and getattr(entry.obj, "__name__", name) != name
+    ]
+    assert not differ, differ
 
 
 def test_cycle_finder_finds_cycles() -> None:

@@ -500,7 +500,7 @@ def test_random_draws_are_made_on_the_cpu_and_do_not_depend_on_the_device() -> N
 
 
 def test_tf32_context_sets_and_restores_the_flags() -> None:
-    from benchmark.methods.base import tf32
+    from benchmark.forward import tf32
 
     saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     try:

@@ -88,7 +88,7 @@ def test_gradient_methods_match_pytorch_grad_cam(arch: str, layer: str) -> None:
 def test_perturbation_methods_match_pytorch_grad_cam(arch: str, layer: str) -> None:
     model, x = _model(arch), _images(2, 64)
     targets = torch.tensor([1, 4])
-    ours = methods.explain(model, layer, x, targets, PERTURBATION, batch_size=64)
+    ours = methods.explain(model, layer, x, targets, PERTURBATION, forward_batch_size=64)
     module = methods.resolve_layer(model, layer)
     for name in PERTURBATION:
         _assert_parity(ours[name], _pgc_maps(name, model, module, x, targets), name)

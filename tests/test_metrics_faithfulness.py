@@ -369,7 +369,7 @@ def _ctx(seed: int = 13, methods=("gradcam", "random", "center")):
     g = torch.Generator().manual_seed(seed)
     sal = {m: torch.rand(2, 10, 10, generator=g) for m in methods}
     return MetricContext(
-        model=tiny_cnn(8), batch=Batch(images=x, targets=t, ids=["a", "b"]), saliency=sal, batch_size=5, seed=4
+        model=tiny_cnn(8), batch=Batch(images=x, targets=t, ids=["a", "b"]), saliency=sal, forward_batch_size=5, seed=4
     )
 
 

@@ -177,7 +177,7 @@ def make_ctx(setup, names):
     batch = Batch(images=images, targets=targets, ids=[str(i) for i in range(4)])
     meta = {n: methods.METHODS.entry(n).meta for n in sal}  # what the runner passes (family, needs_gradients)
     return M.MetricContext(
-        model=model, batch=batch, saliency=sal, explain=explain_fn, seed=0, batch_size=8, method_meta=meta
+        model=model, batch=batch, saliency=sal, explain=explain_fn, seed=0, forward_batch_size=8, method_meta=meta
     )
 
 

@@ -72,7 +72,7 @@ def _ctx(h, batch, maps):  # type: ignore[no-untyped-def]
             model, h.target_layer, images, targets, [n for n in names if n in M.METHODS.list()], masks=masks
         )
 
-    return MetricContext(model=h.model, batch=batch, saliency=maps, explain=explain_fn, batch_size=64)
+    return MetricContext(model=h.model, batch=batch, saliency=maps, explain=explain_fn, forward_batch_size=64)
 
 
 def test_oracle_is_one_and_the_object_is_zero_on_the_shortcut_model(shortcut) -> None:  # type: ignore[no-untyped-def]

@@ -14,7 +14,8 @@ import torch
 
 from benchmark import cli
 from benchmark.errors import CambenchError
-from benchmark.methods.base import ExplainContext, forward_precision
+from benchmark.forward import forward_precision
+from benchmark.methods.base import ExplainContext
 from benchmark.metrics.perturbation import memory_chunk, perturbation_curves, pixel_order, step_counts
 from benchmark.runner import ExecOptions, load_registries, parse_suite, plan_run, run_suite, run_unit
 from benchmark.runner.parallel import claim_slot, execute_units, kept_environ, prefetch, worker_device

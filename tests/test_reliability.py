@@ -315,7 +315,7 @@ def test_list_metrics_is_aligned_with_needs_as_words(capsys):
 
 
 def test_precision_choices_are_the_engines():
-    from benchmark.methods.base import PRECISIONS
+    from benchmark.forward import PRECISIONS
 
     assert cli.PRECISIONS == tuple(PRECISIONS)
 

@@ -20,7 +20,7 @@ from benchmark.report import card as C
 from benchmark.report.build import write_report
 from benchmark.report.tables import ranked_leaderboard
 from benchmark.runner import parse_suite, run_suite
-from benchmark.runner.execute import _accumulate_map_diffs
+from benchmark.runner.unit import fold_map_diffs
 
 import runner_fakes
 
@@ -76,10 +76,10 @@ def test_map_diffs_are_the_pairwise_max_abs_difference():
     sal["b"] = sal["a"].clone()
     sal["b"][1, 2, 2] += 0.25
     acc: dict = {}
-    _accumulate_map_diffs(acc, sal)
+    fold_map_diffs(acc, sal)
     assert acc["a|b"] == pytest.approx(0.25)
     assert acc["a|c"] == pytest.approx(float((sal["a"] - sal["c"]).abs().max()))
-    _accumulate_map_diffs(acc, {k: v * 0 for k, v in sal.items()})  # a later batch: folded by max
+    fold_map_diffs(acc, {k: v * 0 for k, v in sal.items()})  # a later batch: folded by max
     assert acc["a|b"] == pytest.approx(0.25)
 
 

@@ -197,7 +197,7 @@ def test_units_run_with_tf32_only_when_asked(precision, allowed) -> None:
     restored after the unit."""
     import torch
 
-    from benchmark.methods.base import PRECISIONS
+    from benchmark.forward import PRECISIONS
     from benchmark.runner import execute
 
     before = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
@@ -211,7 +211,7 @@ def test_unit_environment_sets_and_restores_the_process_state() -> None:
 
     import torch
 
-    from benchmark.methods.base import forward_autocast
+    from benchmark.forward import forward_autocast
     from benchmark.runner.unit import ExecOptions, unit_environment
 
     before = (torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)

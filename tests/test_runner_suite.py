@@ -56,8 +56,8 @@ def test_hash_is_stable_and_tracks_what_changes_results():
     [
         (lambda t: t.replace('name = "t"', 'name = "t"\nbatchsize = 4'), "Did you mean 'batch_size'"),
         (
-            lambda t: t.replace('dataset = "fake_shapes"', 'dataset = "fake_shapes"\ntarget = "top1"'),
-            "`target` must be one of",
+            lambda t: t.replace('dataset = "fake_shapes"', 'dataset = "fake_shapes"\ntarget = 1'),
+            "`target` must be the name of a target kind",
         ),
         (
             lambda t: t.replace('dataset = "fake_shapes"', 'dataset = "fake_shapes"\nweigths = "random"'),
@@ -74,6 +74,15 @@ def test_invalid_files_raise_clear_suite_errors(edit, needle):
     with pytest.raises(SuiteError, match=None) as info:
         parse_suite(edit(BASE))
     assert needle in str(info.value)
+
+
+def test_unknown_target_kind_is_refused_by_planning_before_model_work():
+    """Target kinds live in benchmark.evaluate.TARGET_KINDS (a new kind registers there): the suite file
+    parses, planning names the valid kinds."""
+    suite = parse_suite(BASE.replace('dataset = "fake_shapes"', 'dataset = "fake_shapes"\ntarget = "top1"'))
+    with pytest.raises(SuiteError, match="`target` must be one of") as info:
+        plan_run(suite)
+    assert "'predicted'" in str(info.value) and "'top1'" in str(info.value)
 
 
 @pytest.mark.parametrize(

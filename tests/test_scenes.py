@@ -7,7 +7,7 @@ import torch
 
 from benchmark.data import create_dataset
 from benchmark.data.synthetic import SHAPE_CLASSES, ShapesDataset, mask_to_box
-from benchmark.methods.baselines import center_map
+from benchmark.methods.baselines import center
 from benchmark.metrics.functional.localization import pointing_game
 
 # (label, object pixels, image mean) of test images 0-5 of the default generator (GENERATOR_VERSION 2:
@@ -69,7 +69,7 @@ def test_clutter_defeats_the_centre_prior() -> None:
         images = torch.zeros(200, 3, 128, 128)
         input_size = (128, 128)
 
-    hits = pointing_game(center_map(Ctx()), masks)  # type: ignore[arg-type]
+    hits = pointing_game(center(Ctx()), masks)  # type: ignore[arg-type]
     assert float(hits.mean()) <= 0.5
     # and the objects are not all at the same size
     radii = torch.tensor([float(m.sum()) for m in masks]).sqrt()

@@ -23,7 +23,7 @@ from benchmark.errors import CambenchError
 from benchmark.report.build import write_report
 from benchmark.report.plots import curve_plots
 from benchmark.runner import load_suite, run_suite
-from benchmark.runner.unit import ScoreRows, _curves_frame
+from benchmark.runner.unit import ScoreRows, curves_frame
 from benchmark.schema import CURVE_COLUMNS, SCORE_COLUMNS, UnitResult
 from benchmark.store import CURVE_SCHEMA, Store, read_meta, write_parquet
 
@@ -118,7 +118,10 @@ def test_curves_round_trip_equals_the_json_layout(units, old_first):
     """Units written with curves files read back exactly as the same units written the earlier way (JSON
     in the metadata), alone and mixed in one directory; the combination is the image-weighted mean."""
     exp = SimpleNamespace(label="m", dataset="d")
-    results = [_unit(f"00-m-d-{i:06d}-{i + 1:06d}", _curves_frame(exp, sums), k) for i, (sums, k) in enumerate(units)]
+    results = [
+        _unit(f"00-m-d-{i:06d}-{i + 1:06d}", curves_frame(exp.label, exp.dataset, sums), k)
+        for i, (sums, k) in enumerate(units)
+    ]
     with tempfile.TemporaryDirectory() as tmp:
         new, old, mixed = (Store(Path(tmp) / name, "h") for name in ("new", "old", "mixed"))
         for s in (new, old, mixed):
@@ -153,7 +156,7 @@ def test_curves_round_trip_equals_the_json_layout(units, old_first):
 
 def test_curves_files_commit_with_their_part_and_stale_ones_are_not_read(tmp_path):
     exp = SimpleNamespace(label="m", dataset="d")
-    with_curves = _curves_frame(exp, {("deletion", "gradcam"): (np.array([4.0, 2.0, 1.0]), 2)})
+    with_curves = curves_frame(exp.label, exp.dataset, {("deletion", "gradcam"): (np.array([4.0, 2.0, 1.0]), 2)})
     store = Store(tmp_path, "h")
     store.prepare()
     store.write_unit(_unit("u1", with_curves, 2))
@@ -170,7 +173,7 @@ def test_curves_files_commit_with_their_part_and_stale_ones_are_not_read(tmp_pat
     # ... its temporary leftovers are cleared by the next run, and the rerun of the unit replaces the file
     store.prepare()
     assert sorted(p.name for p in store.curves.iterdir()) == ["u2__h.parquet"]
-    twice = _curves_frame(exp, {("deletion", "gradcam"): (np.array([8.0, 4.0, 2.0]), 2)})
+    twice = curves_frame(exp.label, exp.dataset, {("deletion", "gradcam"): (np.array([8.0, 4.0, 2.0]), 2)})
     store.write_unit(_unit("u2", twice, 2))
     assert store.load_curves()["value"].tolist() == [4.0, 2.0, 1.0]
     store.prepare(fresh=True)
@@ -181,7 +184,7 @@ def test_a_part_whose_curves_file_is_missing_is_an_error_that_says_how_to_fix_it
     exp = SimpleNamespace(label="m", dataset="d")
     store = Store(tmp_path, "h")
     store.prepare()
-    store.write_unit(_unit("u1", _curves_frame(exp, {("deletion", "gradcam"): (np.ones(3), 1)})))
+    store.write_unit(_unit("u1", curves_frame(exp.label, exp.dataset, {("deletion", "gradcam"): (np.ones(3), 1)})))
     store.curves_path("u1").unlink()
     with pytest.raises(CambenchError, match=r"3 curve rows.*missing.*--fresh"):
         store.load_curves()

@@ -80,9 +80,9 @@ def test_finalize_3d_trilinear_and_unit_range() -> None:
 
 @pytest.mark.parametrize("name", ALL)
 def test_every_method_gives_volume_maps(vol_model: VolumeCNN, clips: torch.Tensor, name: str) -> None:
-    out = methods.explain(vol_model, "block3", clips[:2], [0, 3], [name], params=FAST, details=True, batch_size=16)[
-        name
-    ]
+    out = methods.explain(
+        vol_model, "block3", clips[:2], [0, 3], [name], params=FAST, details=True, forward_batch_size=16
+    )[name]
     assert out.maps.shape == (2, 8, 16, 16)
     assert out.maps.dtype == torch.float32 and torch.isfinite(out.maps).all()
     assert float(out.maps.min()) >= 0 and float(out.maps.max()) <= 1
@@ -92,11 +92,11 @@ def test_every_method_gives_volume_maps(vol_model: VolumeCNN, clips: torch.Tenso
 @pytest.mark.parametrize("name", [n for n in ALL if METHODS.entry(n).meta.get("batch_consistent", True)])
 def test_batch_of_one_equals_batch_of_four(vol_model: VolumeCNN, clips: torch.Tensor, name: str) -> None:
     targets = torch.tensor([0, 1, 2, 3])
-    four = methods.explain(vol_model, "block3", clips, targets, [name], params=FAST, batch_size=16)[name]
+    four = methods.explain(vol_model, "block3", clips, targets, [name], params=FAST, forward_batch_size=16)[name]
     ones = torch.cat(
         [
             methods.explain(
-                vol_model, "block3", clips[i : i + 1], targets[i : i + 1], [name], params=FAST, batch_size=16
+                vol_model, "block3", clips[i : i + 1], targets[i : i + 1], [name], params=FAST, forward_batch_size=16
             )[name]
             for i in range(4)
         ]
@@ -177,7 +177,9 @@ def test_r3d18_score_family_on_a_shallow_layer() -> None:
     h = create_model("r3d_18", weights="random", input_size=(4, 16, 16))
     x = torch.randn(1, 3, 4, 16, 16, generator=torch.Generator().manual_seed(6))
     params = {"sscam": {"n_samples": 1}, "iscam": {"n_samples": 1}}
-    out = methods.explain(h.model, "layer1", x, [3], ["scorecam", "sscam", "iscam"], params=params, batch_size=64)
+    out = methods.explain(
+        h.model, "layer1", x, [3], ["scorecam", "sscam", "iscam"], params=params, forward_batch_size=64
+    )
     for n, m in out.items():
         assert m.shape == (1, 4, 16, 16) and torch.isfinite(m).all() and float(m.max()) > 0, n
 

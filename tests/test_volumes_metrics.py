@@ -133,7 +133,9 @@ def test_registry_metrics_finite_on_volumes(setup) -> None:
 
     sal = explain(model, batch.images, batch.targets, names)
     meta = {n: methods.METHODS.entry(n).meta for n in names}  # what the runner passes
-    ctx = MetricContext(model=model, batch=batch, saliency=sal, explain=explain, batch_size=16, method_meta=meta)
+    ctx = MetricContext(
+        model=model, batch=batch, saliency=sal, explain=explain, forward_batch_size=16, method_meta=meta
+    )
     params = {
         "deletion_auc": {"n_steps": 4},
         "insertion_auc": {"n_steps": 4, "blur_klen": 3},

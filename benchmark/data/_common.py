@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import DataError
+from ..errors import DataError, InputError
 from .base import CamDataset, Sample
 
 #: ``Sample.target`` value meaning "explain the model's own top-1 class" (the runner resolves it).
@@ -246,7 +246,7 @@ def _text(element: Any, tag: str) -> str:
     """The text of child ``tag`` of an XML element; a missing child raises ValueError (malformed XML)."""
     text = element.findtext(tag) if element is not None else None
     if text is None:
-        raise ValueError(f"missing <{tag}>")
+        raise InputError(f"missing <{tag}>")
     return text
 
 

@@ -10,7 +10,7 @@ from typing import Any
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ..errors import CambenchError
+from ..errors import CambenchError, DataError
 from ..registry import Registry
 
 
@@ -56,7 +56,6 @@ class CamDataset(Dataset):
         "labels"``), each with that class as ``target``/``label``, that class's pixels as ``mask``, the
         image's void pixels as ``ignore`` and the id ``"<image id>#<class name>"``. Datasets with per-class
         ground truth override this."""
-        from ..errors import DataError
 
         raise DataError(
             f"Dataset {type(self).__name__} has no per-class ground truth, so it cannot explain every class "

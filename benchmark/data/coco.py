@@ -25,9 +25,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..errors import DataError
+from ..errors import DataError, InputError
 from ._common import RecordDataset, coco_mask, first_existing, load_image, resolve_target
 from .base import Sample, register_dataset
+from .voc import VOID, semantic_samples
 
 LAYOUT = """\
   ROOT/annotations/instances_<split>.json   (e.g. instances_val2017.json)
@@ -94,7 +95,7 @@ class COCODataset(RecordDataset):
                 elif isinstance(seg, list) and all(isinstance(p, list) for p in seg):
                     segs = seg  # polygons, each a flat [x0, y0, x1, y1, ...]
                 else:
-                    raise ValueError("segmentation must be a list of polygons or an RLE dict")
+                    raise InputError("segmentation must be a list of polygons or an RLE dict")
                 per_image[int(a["image_id"])].append(
                     {
                         "label": cat_index[int(a["category_id"])],
@@ -145,7 +146,6 @@ class COCODataset(RecordDataset):
         The instances (polygons / RLE) of each class are unioned; pixels covered by instances of two
         different classes, and crowd regions outside every instance, are void (no single ground-truth class).
         """
-        from .voc import VOID
 
         rec = self.records[i]
         image = load_image(rec["path"])
@@ -164,7 +164,6 @@ class COCODataset(RecordDataset):
 
     def class_samples(self, i: int) -> list[Sample]:
         """One sample per category present (COCO instances turned into semantic masks), in class order."""
-        from .voc import VOID, semantic_samples
 
         image, labels = self.semantic_map(i)
         return semantic_samples(image, labels, self.records[i]["id"], list(self.class_names or []), VOID)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import DataError
+from ..errors import DataError, InputError
 from ._common import (
     RecordDataset,
     first_existing,
@@ -59,7 +59,7 @@ def _parse_csv(path: Path, errors: list[str]) -> dict[str, list[tuple[str, list[
             try:
                 image_id, pred = row[0].strip(), row[1].split()
                 if not image_id or not pred or len(pred) % 5:
-                    raise ValueError("PredictionString must hold groups of 'wnid x0 y0 x1 y1'")
+                    raise InputError("PredictionString must hold groups of 'wnid x0 y0 x1 y1'")
                 out[image_id] = [(pred[i], [float(v) for v in pred[i + 1 : i + 5]]) for i in range(0, len(pred), 5)]
             except (IndexError, ValueError) as e:
                 errors.append(f"{path.name} line {line}: malformed row ({e})")

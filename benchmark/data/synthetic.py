@@ -50,6 +50,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..errors import InputError
 from .base import CamDataset, Sample, register_dataset
 
 #: Bump when the drawing changes: it is part of the synthetic models' training hash.
@@ -107,7 +108,7 @@ def _shape_mask(cls: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         return ((au <= 0.27) & (av <= 0.95)) | ((av <= 0.27) & (au <= 0.95))
     if name == "bar":
         return (np.abs(u) <= 1.0) & (np.abs(v) <= 0.3)
-    raise ValueError(f"Unknown shape class {cls}.")
+    raise InputError(f"Unknown shape class {cls}.")
 
 
 def quantize8(img: np.ndarray) -> np.ndarray:
@@ -183,26 +184,26 @@ class ShapesDataset(CamDataset):
         super().__init__()
         n = 1000 if n is None else n
         if scene not in SCENES:
-            raise ValueError(f"scene must be one of {SCENES}, got {scene!r}. 'simple' is the default generator.")
+            raise InputError(f"scene must be one of {SCENES}, got {scene!r}. 'simple' is the default generator.")
         if scene == "clutter" and shortcut is not None:
-            raise ValueError(
+            raise InputError(
                 f"scene='clutter' has no shortcut marks (got shortcut={shortcut!r}); use scene='simple' for "
                 "shapes_shortcut."
             )
         if split not in SPLITS:
-            raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}.")
+            raise InputError(f"split must be one of {sorted(SPLITS)}, got {split!r}.")
         if int(n) < 0:
-            raise ValueError(f"n must be >= 0, got {n}.")
+            raise InputError(f"n must be >= 0, got {n}.")
         if int(image_size) < 32:
-            raise ValueError(f"image_size must be >= 32 pixels, got {image_size}.")
+            raise InputError(f"image_size must be >= 32 pixels, got {image_size}.")
         if not 0 <= int(max_distractors) <= len(SHAPE_CLASSES) - 1:
-            raise ValueError(f"max_distractors must be in 0..{len(SHAPE_CLASSES) - 1}, got {max_distractors}.")
+            raise InputError(f"max_distractors must be in 0..{len(SHAPE_CLASSES) - 1}, got {max_distractors}.")
         if shortcut not in (None, "aligned", "shuffled", "absent"):
-            raise ValueError(f"shortcut must be None, 'aligned', 'shuffled' or 'absent', got {shortcut!r}.")
+            raise InputError(f"shortcut must be None, 'aligned', 'shuffled' or 'absent', got {shortcut!r}.")
         if gt not in ("object", "mark"):
-            raise ValueError(f"gt must be 'object' or 'mark', got {gt!r}.")
+            raise InputError(f"gt must be 'object' or 'mark', got {gt!r}.")
         if gt == "mark" and shortcut in (None, "absent"):
-            raise ValueError(
+            raise InputError(
                 f"gt='mark' needs a drawn mark, but shortcut={shortcut!r}. "
                 "Use shortcut='aligned' or 'shuffled', or gt='object'."
             )

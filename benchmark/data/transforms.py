@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..errors import DataError
+from ..errors import DataError, InputError
 from ..types import Batch, ModelHandle
-from .base import Sample
+from .base import CamDataset, Sample
 
 ResizeMode = Literal["resize", "resize_center_crop"]
 
@@ -85,7 +85,7 @@ def resize_sample(
     """
     if sample.image.ndim == 4:  # a volume or clip [C,T,H,W]
         if mode != "resize":
-            raise ValueError(f"Volumes and clips are resized with mode='resize' only, got {mode!r}.")
+            raise InputError(f"Volumes and clips are resized with mode='resize' only, got {mode!r}.")
         return resize_volume_sample(sample, _as_hw(size))
     out_h, out_w = _as_hw(size)
     img = sample.image
@@ -98,12 +98,12 @@ def resize_sample(
         new_h, new_w, top, left = out_h, out_w, 0, 0
     elif mode == "resize_center_crop":
         if not 0 < crop_fraction <= 1:
-            raise ValueError(f"crop_fraction must be in (0, 1], got {crop_fraction}.")
+            raise InputError(f"crop_fraction must be in (0, 1], got {crop_fraction}.")
         scale = max(out_h / h, out_w / w) / crop_fraction
         new_h, new_w = max(out_h, round(h * scale)), max(out_w, round(w * scale))
         top, left = int(round((new_h - out_h) / 2.0)), int(round((new_w - out_w) / 2.0))
     else:
-        raise ValueError(f"mode must be 'resize' or 'resize_center_crop', got {mode!r}.")
+        raise InputError(f"mode must be 'resize' or 'resize_center_crop', got {mode!r}.")
 
     if (new_h, new_w) != (h, w):
         img = F.interpolate(
@@ -278,9 +278,9 @@ class BatchIterator:
         mode: ResizeMode = "resize",
     ) -> None:
         if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+            raise InputError(f"batch_size must be >= 1, got {batch_size}.")
         if int(num_workers) < 0:
-            raise ValueError(f"num_workers must be >= 0, got {num_workers}.")
+            raise InputError(f"num_workers must be >= 0, got {num_workers}.")
         self.dataset, self.handle = dataset, handle
         self.indices = list(range(len(dataset))) if indices is None else [int(i) for i in indices]  # type: ignore[arg-type]
         self.batch_size, self.num_workers, self.seed = int(batch_size), int(num_workers), int(seed)
@@ -332,7 +332,6 @@ class PerClassTargets(Dataset):
     """
 
     def __init__(self, dataset: Dataset) -> None:
-        from .base import CamDataset
 
         fn = getattr(type(dataset), "class_samples", None)
         if not callable(fn) or fn is CamDataset.class_samples:

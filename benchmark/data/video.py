@@ -27,10 +27,11 @@ import torch
 from scipy.ndimage import gaussian_filter
 from torch import Tensor
 
-from ..errors import DataError
+from ..errors import DataError, InputError
 from ._common import IMAGE_EXTENSIONS, subset_indices
 from .base import CamDataset, Sample, register_dataset
 from .synthetic import SHAPE_CLASSES, _shape_mask
+from .volumetric import volume_box
 
 #: Bump when the drawing changes.
 CLIP_GENERATOR_VERSION = 1
@@ -43,7 +44,6 @@ VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 
 def clip_box(mask: Tensor) -> Tensor:
     """Tight ``[1,6]`` ``x1,y1,t1,x2,y2,t2`` edge box of a ``[T,H,W]`` mask (``[0,6]`` if empty)."""
-    from .volumetric import volume_box
 
     return volume_box(mask)
 
@@ -121,9 +121,9 @@ class ClipsDataset(CamDataset):
     ) -> None:
         super().__init__()
         if split not in SPLITS:
-            raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}.")
+            raise InputError(f"split must be one of {sorted(SPLITS)}, got {split!r}.")
         if int(n) < 0 or int(frames) < 2 or int(size) < 16:
-            raise ValueError(f"need n >= 0, frames >= 2 and size >= 16; got n={n}, frames={frames}, size={size}.")
+            raise InputError(f"need n >= 0, frames >= 2 and size >= 16; got n={n}, frames={frames}, size={size}.")
         self.n, self.seed, self.split = int(n), int(seed), split
         self.frames, self.size, self.distractor = int(frames), int(size), bool(distractor)
 

@@ -24,6 +24,7 @@ from torch import Tensor
 from ..errors import DataError
 from ._common import RecordDataset, largest_class, load_image, parse_pascal_xml, resolve_target
 from .base import Sample, register_dataset
+from .synthetic import mask_to_box
 
 VOC_CLASSES = [
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -207,7 +208,6 @@ def read_label_png(path: Path) -> Tensor:
 
 def semantic_samples(image: Tensor, labels: Tensor, image_id: str, names: list[str], void: int = VOID) -> list[Sample]:
     """The multi-label samples of a semantic map (0 background, k+1 class k, ``void`` ignored)."""
-    from .synthetic import mask_to_box
 
     ignore = labels == void
     present = sorted(c for c in torch.unique(labels).tolist() if 0 < c <= len(names))

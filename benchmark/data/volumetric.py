@@ -31,7 +31,7 @@ import torch
 from scipy.ndimage import gaussian_filter
 from torch import Tensor
 
-from ..errors import DataError
+from ..errors import DataError, InputError
 from ._common import PREDICTED, subset_indices
 from .base import CamDataset, Sample, register_dataset
 
@@ -61,7 +61,7 @@ def lesion_mask(cls: int, z: np.ndarray, y: np.ndarray, x: np.ndarray, axis: int
         return (np.abs(along) <= 1.0) & (across <= 0.4**2)
     if name == "shell":
         return (r2 <= 1.0) & (r2 >= 0.6**2)
-    raise ValueError(f"Unknown lesion class {cls}.")
+    raise InputError(f"Unknown lesion class {cls}.")
 
 
 def volume_box(mask: Tensor) -> Tensor:
@@ -140,13 +140,13 @@ class VolumesDataset(CamDataset):
     ) -> None:
         super().__init__()
         if split not in SPLITS:
-            raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}.")
+            raise InputError(f"split must be one of {sorted(SPLITS)}, got {split!r}.")
         if int(n) < 0:
-            raise ValueError(f"n must be >= 0, got {n}.")
+            raise InputError(f"n must be >= 0, got {n}.")
         if int(size) < 16:
-            raise ValueError(f"size must be >= 16 voxels, got {size}.")
+            raise InputError(f"size must be >= 16 voxels, got {size}.")
         if not 0 <= int(max_distractors) <= len(VOLUME_CLASSES) - 1:
-            raise ValueError(f"max_distractors must be in 0..{len(VOLUME_CLASSES) - 1}, got {max_distractors}.")
+            raise InputError(f"max_distractors must be in 0..{len(VOLUME_CLASSES) - 1}, got {max_distractors}.")
         self.n, self.seed, self.split = int(n), int(seed), split
         self.size, self.max_distractors = int(size), int(max_distractors)
 

@@ -7,19 +7,15 @@ use and shared by every method of the batch); perturbation methods call ``ctx.mo
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-import os
-import warnings
-import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ..errors import ContractError
+from ..errors import ContractError, InputError
+from ..forward import forward_autocast, forward_chunk, perturbation_forward
 from ..registry import Registry, declared_defaults
 from ..types import Capture, Reshape
 from .capture import capture as _capture
@@ -28,165 +24,6 @@ from .msflip import MultiScaleFlip, run_method_ms_flip
 from .postprocess import finalize
 
 METHODS: Registry[Callable[..., Tensor]] = Registry("method")
-
-#: Precisions of the extra (perturbation) forwards: ``--precision`` of the runner.
-#: ``tf32`` autocasts nothing: it lets CUDA run fp32 convolutions and matmuls in TF32 (see :func:`tf32`).
-PRECISIONS: dict[str, torch.dtype | None] = {
-    "fp32": None,
-    "tf32": None,
-    "bf16": torch.bfloat16,
-    "fp16": torch.float16,
-}
-_FORWARD_DTYPE: contextvars.ContextVar[torch.dtype | None] = contextvars.ContextVar(
-    "cambench_forward_dtype", default=None
-)
-
-
-@contextlib.contextmanager
-def forward_precision(precision: str = "fp32") -> Iterator[None]:
-    """Run the *extra* forwards (Score-/Ablation-CAM scores, perturbation metrics) in ``precision``.
-
-    ``"bf16"``/``"fp16"`` make :func:`forward_autocast` (entered by :meth:`ExplainContext.forward_scores`
-    and the perturbation engine) an autocast region; the gradient capture stays fp32. ``"fp32"`` (default)
-    changes nothing. Scoped by a context variable, so it never leaks to other threads or callers.
-    """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}.")
-    token = _FORWARD_DTYPE.set(PRECISIONS[precision])
-    try:
-        yield
-    finally:
-        _FORWARD_DTYPE.reset(token)
-
-
-@contextlib.contextmanager
-def tf32(allow: bool) -> Iterator[None]:
-    """Allow (or forbid) TF32 for cuDNN convolutions and CUDA matmuls inside the block (restored after).
-
-    PyTorch lets cuDNN run fp32 convolutions in TF32 (10-bit mantissa) on Ampere and later GPUs by default,
-    which moves CAMs by ~1e-3 and can flip ranks near ties. The runner computes every unit under
-    ``tf32(allow=False)`` unless the precision is ``tf32``, so that ``fp32`` means IEEE fp32 on every device
-    and CUDA scores equal CPU ones up to summation order (``benchmarks/gpu_check.py``). Process-wide flags:
-    not thread-safe.
-    """
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = bool(allow)
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
-
-
-_FORWARD_COMPILE: contextvars.ContextVar[bool] = contextvars.ContextVar("cambench_forward_compile", default=False)
-#: per model: {(mode, dynamic): compiled callable, or None after a failed compile (eager from then on)}
-_COMPILED: weakref.WeakKeyDictionary[nn.Module, dict[str, Any]] = weakref.WeakKeyDictionary()
-
-
-@contextlib.contextmanager
-def forward_compile(enabled: bool = True) -> Iterator[None]:
-    """Run the extra (perturbation) forwards through ``torch.compile`` inside the block (``--compile``).
-
-    :func:`perturbation_forward` then calls a compiled copy of the model (shared weights): mode
-    ``"reduce-overhead"`` on CUDA (inductor kernels replayed as CUDA graphs; the forward chunks have static
-    shapes, so each chunk size records one graph), ``"default"`` elsewhere. Scores change only by float
-    reassociation. Where ``torch.compile`` is unavailable or fails on a model, one warning says so and the
-    forwards run eagerly. Scoped by a context variable, like :func:`forward_precision`.
-    """
-    token = _FORWARD_COMPILE.set(bool(enabled))
-    try:
-        yield
-    finally:
-        _FORWARD_COMPILE.reset(token)
-
-
-def _compile_warning(model: nn.Module, why: str) -> None:
-    warnings.warn(
-        f"--compile: torch.compile is not usable for {type(model).__name__} here ({why}); the perturbation "
-        "forwards run eagerly (same scores, no compile speed-up). Drop --compile to silence this, or install "
-        "a working compiler toolchain (inductor needs a C++ compiler on CPU, Triton on CUDA).",
-        RuntimeWarning,
-        stacklevel=3,
-    )
-
-
-def perturbation_forward(model: nn.Module, inputs: Tensor) -> Tensor:
-    """``model(inputs)`` for an extra forward: eager, or compiled under :func:`forward_compile`."""
-    if not _FORWARD_COMPILE.get():
-        return model(inputs)
-    mode = "reduce-overhead" if inputs.device.type == "cuda" else "default"
-    cache = _COMPILED.setdefault(model, {})
-    if mode not in cache:
-        compile_fn = getattr(torch, "compile", None)
-        capped = os.environ.get("ATEN_CPU_CAPABILITY", "").lower() not in ("", "default")
-        if compile_fn is None:
-            cache[mode] = None
-            _compile_warning(model, "this torch has no torch.compile")
-        elif inputs.device.type == "cpu" and capped:  # inductor's CPU kernels return NaN under the cap
-            cache[mode] = None
-            _compile_warning(
-                model,
-                f"ATEN_CPU_CAPABILITY={os.environ['ATEN_CPU_CAPABILITY']} (the portable CPU kernels) makes "
-                "inductor's CPU code return NaN with this torch; run_bench.py ... --compile leaves ATen "
-                "uncapped, or use --cpu-kernels native",
-            )
-        else:
-            try:
-                cache[mode] = compile_fn(model, mode=mode, dynamic=False)
-            except Exception as err:
-                cache[mode] = None
-                _compile_warning(model, f"{type(err).__name__}: {err}")
-    fn = cache[mode]
-    if fn is None:
-        return model(inputs)
-    try:
-        out = fn(inputs)
-    except (torch.cuda.OutOfMemoryError, MemoryError):
-        raise  # the engine halves the chunk and retries
-    except Exception as err:
-        cache[mode] = None
-        _compile_warning(model, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
-        return model(inputs)
-    return out.clone() if mode == "reduce-overhead" else out  # CUDA-graph outputs are reused by the next call
-
-
-@contextlib.contextmanager
-def cudnn_autotune(enabled: bool) -> Iterator[None]:
-    """``torch.backends.cudnn.benchmark`` inside the block (restored after): cuDNN times its convolution
-    algorithms once per input shape and keeps the fastest (the runner's ``--compile`` turns it on on CUDA).
-    Process-wide flag: not thread-safe."""
-    saved = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = bool(enabled)
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.benchmark = saved
-
-
-def forward_autocast(device: torch.device | str) -> contextlib.AbstractContextManager:
-    """``torch.autocast`` on ``device``'s type when :func:`forward_precision` asked for one, else a no-op."""
-    dtype = _FORWARD_DTYPE.get()
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
-
-
-#: CPU forwards hold at most this many input pixels (chunk x H x W). Measured on the 2-core development
-#: machine (benchmarks/RESULTS.md, section 4): per image, resnet50 at 224x224 runs 1.4-2x slower in a 64-image
-#: batch than in a 4-image one (the activations of a large batch spill out of the CPU caches), while at 64x64 a
-#: 64-image batch is the fastest; 2**18 pixels gives 5 images at 224x224 and 64 at 64x64.
-CPU_CHUNK_PIXELS = 1 << 18
-
-
-def forward_chunk(batch_size: int, example: Tensor) -> int:
-    """Inputs per extra (no-gradient) forward: ``batch_size``, capped on CPU at
-    :data:`CPU_CHUNK_PIXELS` ``// (H*W)`` of ``example`` (one input or a batch ``[..., H, W]``)."""
-    if example.device.type != "cpu" or example.ndim < 3:
-        return int(batch_size)
-    hw = int(example.shape[-1]) * int(example.shape[-2])
-    if example.ndim >= 5:  # a batch of volumes or clips [N,C,T,H,W]: count voxels
-        hw *= int(example.shape[-3])
-    return max(1, min(int(batch_size), CPU_CHUNK_PIXELS // max(1, hw)))
-
 
 #: Method families (docs/methods.md#families): ``gradient`` (a function of the capture, or of one extra
 #: forward/backward), ``projection`` (a decomposition of the capture), ``perturbation`` (extra batched
@@ -213,7 +50,7 @@ def register_method(
     ``family`` must be one of :data:`FAMILIES`.
     """
     if family not in FAMILIES:
-        raise ValueError(
+        raise InputError(
             f"Method {name!r} has unknown family {family!r}; expected one of {FAMILIES} "
             "(docs/methods.md#families). Fix the family= of its register_method call."
         )
@@ -245,12 +82,17 @@ class ExplainContext:
     images: Tensor
     targets: Tensor
     reshape: Reshape | None = None
-    batch_size: int = 64
+    forward_batch_size: int = 64  # inputs per extra (perturbation) forward: the suite's forward_batch_size
     seed: int = 0
     masks: Tensor | None = None  # ground truth, for the ``oracle`` baseline only
     gradient_noise: Callable[[Tensor], Tensor] | None = None  # robustness: g -> g + noise
     _capture: Capture | None = field(default=None, repr=False)
     cache: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def batch_size(self) -> int:
+        """The former name of :attr:`forward_batch_size` (read-only; plugins written before the rename)."""
+        return self.forward_batch_size
 
     @property
     def capture(self) -> Capture:
@@ -283,14 +125,14 @@ class ExplainContext:
         return torch.randn(tuple(shape), generator=self.generator(salt)).to(self.images.device)
 
     def forward_scores(self, inputs: Tensor, index: Tensor, softmax: bool = False) -> Tensor:
-        """Target scores of ``inputs`` ``[N,...]`` for classes ``index`` ``[N]``, in chunks of batch_size.
+        """Target scores of ``inputs`` ``[N,...]`` for classes ``index`` ``[N]``, in chunks of forward_batch_size.
 
         Runs under ``torch.inference_mode`` (and :func:`forward_autocast`); returns float32 logits (or
         probabilities with ``softmax``, computed in float32). On CPU the chunks are capped by
         :func:`forward_chunk` (large batches of large images run slower there).
         """
         out = []
-        step = forward_chunk(self.batch_size, inputs)
+        step = forward_chunk(self.forward_batch_size, inputs)
         with torch.inference_mode(), forward_autocast(inputs.device):
             for i in range(0, inputs.shape[0], step):
                 logits = perturbation_forward(self.model, inputs[i : i + step]).float()
@@ -447,9 +289,9 @@ def explain_context(
 ) -> ExplainContext:
     """The :class:`ExplainContext` :func:`explain` builds: checks ``images`` (``[B,C,H,W]`` or
     ``[B,C,T,H,W]``), ``targets`` (one class per image, or one for all) and eval mode, and resolves ``layer``;
-    ``kwargs`` are the context's other fields (``reshape``, ``batch_size``, ``seed``, ``masks``...)."""
+    ``kwargs`` are the context's other fields (``reshape``, ``forward_batch_size``, ``seed``, ``masks``...)."""
     if not isinstance(images, Tensor) or images.ndim not in (4, 5):
-        raise ValueError(
+        raise InputError(
             f"images must be a [B,C,H,W] tensor (or [B,C,T,H,W] for volumes and clips); got "
             f"{getattr(images, 'shape', type(images).__name__)}. "
             "Add a batch dimension with images[None] for a single image."
@@ -459,9 +301,9 @@ def explain_context(
     if t.ndim == 0:
         t = t.expand(b)
     if t.shape != (b,):
-        raise ValueError(f"targets must hold one class per image ({b}); got shape {tuple(t.shape)}.")
+        raise InputError(f"targets must hold one class per image ({b}); got shape {tuple(t.shape)}.")
     if model.training:
-        raise ValueError("The model is in training mode; call model.eval() before explaining it.")
+        raise InputError("The model is in training mode; call model.eval() before explaining it.")
     # Tensors made under torch.inference_mode() (e.g. targets = model(x).argmax(1)) cannot enter the
     # gradient capture: take normal copies of them.
     with torch.inference_mode(False):
@@ -482,7 +324,7 @@ def explain(
     *,
     params: Mapping[str, Mapping[str, Any]] | None = None,
     reshape: Reshape | None = None,
-    batch_size: int = 64,
+    forward_batch_size: int = 64,
     seed: int = 0,
     masks: Tensor | None = None,
     gradient_noise: Callable[[Tensor], Tensor] | None = None,
@@ -510,7 +352,7 @@ def explain(
         images,
         targets,
         reshape=reshape,
-        batch_size=batch_size,
+        forward_batch_size=forward_batch_size,
         seed=seed,
         masks=masks,
         gradient_noise=gradient_noise,
@@ -538,11 +380,20 @@ class Explainer:
         targets: Tensor | Sequence[int] | int,
         *,
         reshape: Reshape | None = None,
-        batch_size: int = 64,
+        forward_batch_size: int = 64,
         seed: int = 0,
         masks: Tensor | None = None,
     ) -> Tensor:
-        ctx = _context(model, layer, images, targets, reshape=reshape, batch_size=batch_size, seed=seed, masks=masks)
+        ctx = _context(
+            model,
+            layer,
+            images,
+            targets,
+            reshape=reshape,
+            forward_batch_size=forward_batch_size,
+            seed=seed,
+            masks=masks,
+        )
         return run_method(ctx, self.name, self.params).maps
 
     def __repr__(self) -> str:

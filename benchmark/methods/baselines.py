@@ -5,11 +5,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..errors import InputError
 from .base import ExplainContext, register_method
 
 
 @register_method("random", family="baseline", needs_gradients=False, batch_consistent=False)
-def random_map(ctx: ExplainContext, resolution: int = 7) -> Tensor:
+def random(ctx: ExplainContext, resolution: int = 7) -> Tensor:
     """Uniform noise on a ``resolution x resolution`` grid (upsampled like a CAM), seeded per batch.
 
     Each image's map depends only on the seed and its position in the batch stream; use ``seed`` to vary.
@@ -19,7 +20,7 @@ def random_map(ctx: ExplainContext, resolution: int = 7) -> Tensor:
 
 
 @register_method("center", family="baseline", needs_gradients=False)
-def center_map(ctx: ExplainContext, sigma: float = 0.25) -> Tensor:
+def center(ctx: ExplainContext, sigma: float = 0.25) -> Tensor:
     """Isotropic Gaussian centred on the image, ``sigma`` as a fraction of the image side (centre bias);
     on volumes and clips centred in all three axes."""
     b = ctx.images.shape[0]
@@ -52,7 +53,7 @@ ORACLE_RIM = 0.01
     "mask_dilation=N adds a rim of N pixels with values <= 0.01 so that the object's surroundings are removed "
     "next (default 8 px, chosen by measurement: docs/scenes-and-truth.md). Localization metrics see the mask.",
 )
-def oracle_map(ctx: ExplainContext, mask_dilation: int = 8) -> Tensor:
+def oracle(ctx: ExplainContext, mask_dilation: int = 8) -> Tensor:
     """The ground-truth mask of the target object (an upper bound for localization metrics).
 
     ``mask_dilation`` (pixels, or voxels for volumes and clips; Chebyshev distance): a rim of that width
@@ -64,10 +65,10 @@ def oracle_map(ctx: ExplainContext, mask_dilation: int = 8) -> Tensor:
     0.767, and keeps the energy pointing game >= 0.99 (docs/scenes-and-truth.md). 0: the bare mask.
     """
     if ctx.masks is None:
-        raise ValueError("The 'oracle' baseline needs ground-truth masks; this dataset has none.")
+        raise InputError("The 'oracle' baseline needs ground-truth masks; this dataset has none.")
     d = int(mask_dilation)
     if d < 0:
-        raise ValueError(f"mask_dilation must be >= 0 pixels, got {mask_dilation}.")
+        raise InputError(f"mask_dilation must be >= 0 pixels, got {mask_dilation}.")
     m = ctx.masks.float()
     if d == 0:
         return m

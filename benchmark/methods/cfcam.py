@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from sklearn.cluster import DBSCAN
 from torch import Tensor
 
+from ..errors import InputError
 from .base import ExplainContext, register_method
 
 
@@ -110,7 +111,7 @@ def cfcam(
     """CF-CAM as the authors coded it; ``cluster=False, sigma_spatial=0`` and ``weight_norm="none"``
     reduce it to Grad-CAM, with ``weight_norm="softmax"`` to softmax-weighted Grad-CAM."""
     if weight_norm not in ("softmax", "none"):
-        raise ValueError(f"weight_norm must be 'softmax' or 'none', got {weight_norm!r}.")
+        raise InputError(f"weight_norm must be 'softmax' or 'none', got {weight_norm!r}.")
     cap = ctx.capture
     a, g = cap.activations, cap.gradients
     assert g is not None

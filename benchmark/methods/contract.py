@@ -142,7 +142,7 @@ def _check_method(name: str, params: Mapping[str, Any] | None, *, n_images: int,
 
     def call(xs: Tensor, ts: Tensor, ms: Tensor | None) -> Tensor | None:
         try:
-            ctx = explain_context(model, layer, xs, ts, reshape=reshape, batch_size=16, seed=seed, masks=ms)
+            ctx = explain_context(model, layer, xs, ts, reshape=reshape, forward_batch_size=16, seed=seed, masks=ms)
             out: MethodOutput = run_method(ctx, name, params, validate=True)  # the map contract, every call
         except ContractError as exc:
             problems.extend(exc.problems or [f"raised ContractError: {exc}"])

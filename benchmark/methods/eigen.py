@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..errors import InputError
 from .base import ExplainContext, register_method
 
 SIGNS = ("none", "max_abs", "corr")
@@ -31,7 +32,7 @@ def first_right_singular_vector(o: Tensor, solver: str = "lapack") -> Tensor:
         idx = v.abs().argmax(dim=1, keepdim=True)
         v = v * torch.sign(v.gather(1, idx)).clamp_min(0).mul(2).sub(1)
         return v.to(o.dtype)
-    raise ValueError(f"solver must be 'lapack' or 'gram', got {solver!r}.")
+    raise InputError(f"solver must be 'lapack' or 'gram', got {solver!r}.")
 
 
 def projection_2d(x: Tensor, center: bool = True, sign: str = "none", solver: str = "lapack") -> Tensor:
@@ -44,7 +45,7 @@ def projection_2d(x: Tensor, center: bool = True, sign: str = "none", solver: st
     Seg-Eigen-CAM) or ``"corr"`` (flip so the map correlates positively with ``sum_k A_k``).
     """
     if sign not in SIGNS:
-        raise ValueError(f"sign must be one of {SIGNS}, got {sign!r}.")
+        raise InputError(f"sign must be one of {SIGNS}, got {sign!r}.")
     b, c = x.shape[:2]
     grid = tuple(x.shape[2:])  # (h, w), or (t, h, w) for volumes and clips: rows are all positions
     o = torch.nan_to_num(x.detach(), nan=0.0).reshape(b, c, -1).transpose(1, 2)  # [B, hw, C]

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import CaptureError
+from ..errors import CaptureError, InputError
 from .base import ExplainContext, register_method
 from .capture import _check_called, check_activations, hooked
 from .gradient import gradcampp_weights, spatial, weighted_sum
@@ -124,7 +124,7 @@ def kernel_projection(x: Tensor, kernel: str = "sigmoid", gamma: float | None = 
     from sklearn.decomposition import KernelPCA
 
     if kernel not in KERNELS:
-        raise ValueError(f"kpcacam kernel must be one of {KERNELS}, got {kernel!r}.")
+        raise InputError(f"kpcacam kernel must be one of {KERNELS}, got {kernel!r}.")
     b, c = x.shape[:2]
     grid = tuple(x.shape[2:])  # (h, w), or (t, h, w) for volumes and clips
     n = int(np.prod(grid))
@@ -157,7 +157,7 @@ def comparison_classes(logits: Tensor, targets: Tensor, n: int) -> Tensor:
     """
     k = min(int(n), logits.shape[1] - 1)
     if k < 1:
-        raise ValueError("finercam needs at least two classes (one comparison class).")
+        raise InputError("finercam needs at least two classes (one comparison class).")
     y = logits.detach()
     t = targets.view(-1, 1).to(y.device)
     dist = (y - y.gather(1, t)).abs().scatter(1, t, float("inf"))
@@ -172,7 +172,7 @@ def finer_objective(targets: Tensor, n_comparisons: int, alpha: float, weighting
     paper's plain form): ``y_c - alpha mean_j y_dj`` (tc's ``gamma``, default 0.6 there).
     """
     if weighting not in ("softmax", "mean"):
-        raise ValueError(f"finercam weighting must be 'softmax' (pgc) or 'mean' (torchcam), got {weighting!r}.")
+        raise InputError(f"finercam weighting must be 'softmax' (pgc) or 'mean' (torchcam), got {weighting!r}.")
 
     def f(logits: Tensor) -> Tensor:
         t = targets.view(-1, 1).to(logits.device)
@@ -196,7 +196,7 @@ def _base_map(base: str, a: Tensor, g: Tensor) -> Tensor:
         return weighted_sum(gradcampp_weights(a, g, g**2, g**3), a)
     if base == "layercam":
         return (g.clamp_min(0) * a).sum(dim=1)
-    raise ValueError(f"finercam base must be one of {BASES}, got {base!r}.")
+    raise InputError(f"finercam base must be one of {BASES}, got {base!r}.")
 
 
 @register_method(
@@ -234,7 +234,7 @@ def shapleycam(ctx: ExplainContext, objective: str = "logit") -> Tensor:
     GAP->Linear head ``H A = 0`` and ShapleyCAM equals Grad-CAM.
     """
     if objective not in ("logit", "rest"):
-        raise ValueError(f"shapleycam objective must be 'logit' or 'rest', got {objective!r}.")
+        raise InputError(f"shapleycam objective must be 'logit' or 'rest', got {objective!r}.")
     obj = target_logit(ctx.targets) if objective == "logit" else rest_objective(ctx.targets)
     a, g, h, _ = objective_gradients(ctx, obj, hvp=True)
     assert h is not None

@@ -114,7 +114,7 @@ def smoothgradcampp(ctx: ExplainContext, n_samples: int = 4, std: float = 0.3, a
     tgt = ctx.targets.repeat(n_samples)
     shape = (b, *ctx.capture.activations.shape[1:])
     d1, d2, d3 = (ctx.images.new_zeros(shape, dtype=ctx.capture.activations.dtype) for _ in range(3))
-    chunk = max(1, ctx.batch_size // b) * b
+    chunk = max(1, ctx.forward_batch_size // b) * b
     for i in range(0, noisy.shape[0], chunk):
         c = _capture(ctx.model, ctx.layer, noisy[i : i + chunk], tgt[i : i + chunk], ctx.reshape)
         g = _grads(c)

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..errors import InputError
 from .postprocess import finalize, upsample
 
 #: Scales of the WSSS papers' protocol (IRN / SEAM).
@@ -39,7 +40,7 @@ class MultiScaleFlip:
 
     def __post_init__(self) -> None:
         if not self.scales or any(float(s) <= 0 for s in self.scales):
-            raise ValueError(f"ms_flip scales must be a non-empty list of positive numbers, got {self.scales}.")
+            raise InputError(f"ms_flip scales must be a non-empty list of positive numbers, got {self.scales}.")
 
     @property
     def variants(self) -> list[tuple[float, bool]]:

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..errors import InputError
+
 REL_TOL = 1e-6  # a map whose range is below this fraction of its magnitude counts as constant
 
 
@@ -62,7 +64,7 @@ def finalize(raw: Tensor, size: tuple[int, ...], relu: bool = True) -> tuple[Ten
     flagged (never NaN).
     """
     if raw.ndim != len(size) + 1 or raw.ndim not in (3, 4):
-        raise ValueError(
+        raise InputError(
             f"A raw CAM must be [B,h,w] (images) or [B,t,h,w] (volumes, clips) for an input of size "
             f"{tuple(size)}; got shape {tuple(raw.shape)}."
         )

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..errors import InputError
 from .base import ExplainContext, forward_autocast, register_method
 from .capture import hooked
 from .gradient import weighted_sum
@@ -48,14 +49,14 @@ def scorecam(ctx: ExplainContext, variant: str = "pgc") -> Tensor:
     score = target logit of ``x * M_k``, weights = softmax over channels, map = ``sum_k w_k A_k`` at low
     resolution. ``variant="official"`` (haofanwang/Score-CAM): score = softmax probability, no channel
     softmax, constant channels skipped, map = ``sum_k w_k U_k`` over the *upsampled* activations.
-    Masked images are built per image and scored in chunks of ``ctx.batch_size`` (never all B*C at once).
+    Masked images are built per image and scored in chunks of ``ctx.forward_batch_size`` (never all B*C at once).
     A channel that is constant over the image (common: 30-60 % of efficientnet_lite0's 1,280 head channels
     on real photos are all zero after the activation) has an all-zero mask, so its masked input is ``x*0``
     for every such channel: "pgc" scores that input once and shares it, "official" skips those channels
     (their weight is 0 by definition). The maps are unchanged; the forwards drop by that share.
     """
     if variant not in ("pgc", "official"):
-        raise ValueError(f"scorecam variant must be 'pgc' or 'official', got {variant!r}.")
+        raise InputError(f"scorecam variant must be 'pgc' or 'official', got {variant!r}.")
     a = ctx.capture.activations
     size = ctx.input_size
     out = []
@@ -67,8 +68,8 @@ def scorecam(ctx: ExplainContext, variant: str = "pgc") -> Tensor:
         zero = m.flatten(1).amax(dim=1) == 0  # constant channel -> all-zero mask -> input x*0
         live = (~zero).nonzero().flatten()
         scores = torch.zeros(c, device=a.device)
-        for i in range(0, live.shape[0], ctx.batch_size):
-            ch = live[i : i + ctx.batch_size]
+        for i in range(0, live.shape[0], ctx.forward_batch_size):
+            ch = live[i : i + ctx.forward_batch_size]
             x = xb * m[ch, None].to(ctx.images.dtype)
             scores[ch] = ctx.forward_scores(x, t.expand(ch.shape[0]), softmax=official)
         if not official and bool(zero.any()):
@@ -154,8 +155,8 @@ def ablationcam(ctx: ExplainContext, ablation_value: float | None = None) -> Ten
     with hooked(ctx.layer, ablate, model=ctx.model):
         for i in range(b):
             state["value"] = ablation_value if ablation_value is not None else values[i]
-            for j in range(0, c, ctx.batch_size):
-                ch = torch.arange(j, min(c, j + ctx.batch_size), device=a.device)
+            for j in range(0, c, ctx.forward_batch_size):
+                ch = torch.arange(j, min(c, j + ctx.forward_batch_size), device=a.device)
                 state["acts"] = a[i][None].expand(len(ch), *a.shape[1:])
                 state["channels"] = ch
                 weights[i, ch] = _ablated_scores(ctx, i, state)

@@ -7,7 +7,7 @@ logit of the unmasked input; the channel weights are a softmax over channels of 
 the map is ``sum_k w_k A_k`` at the layer's resolution.
 
 Every masked forward goes through ``ctx.forward_scores`` (inference mode) in chunks of exactly
-``ctx.batch_size`` rows, mixing images and samples in one stream, and masked inputs are built one block
+``ctx.forward_batch_size`` rows, mixing images and samples in one stream, and masked inputs are built one block
 (one sample, one image) at a time, never all ``N x B x C`` at once.
 """
 
@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..errors import InputError
 from .base import ExplainContext, register_method
 from .gradient import spatial, weighted_sum
 from .score import interp_mode
@@ -39,7 +40,7 @@ def tc_channel_masks(acts: Tensor, size: tuple[int, ...], eps: float = 1e-8) -> 
 
 
 def stream_scores(ctx: ExplainContext, blocks: Iterator[tuple[Tensor, Tensor]], total: int) -> Tensor:
-    """Score a stream of ``(inputs [n,...], classes [n])`` blocks in chunks of exactly ``ctx.batch_size``.
+    """Score a stream of ``(inputs [n,...], classes [n])`` blocks in chunks of exactly ``ctx.forward_batch_size``.
 
     Returns the ``[total]`` target scores in stream order. At most one block plus one chunk is in memory.
     """
@@ -55,7 +56,7 @@ def stream_scores(ctx: ExplainContext, blocks: Iterator[tuple[Tensor, Tensor]], 
         x, t = torch.cat(pending_x), torch.cat(pending_t)
         pending_x.clear()
         pending_t.clear()
-        cut = x.shape[0] if final else (x.shape[0] // ctx.batch_size) * ctx.batch_size
+        cut = x.shape[0] if final else (x.shape[0] // ctx.forward_batch_size) * ctx.forward_batch_size
         if cut:
             out[done : done + cut] = ctx.forward_scores(x[:cut], t[:cut])
             done += cut
@@ -68,7 +69,7 @@ def stream_scores(ctx: ExplainContext, blocks: Iterator[tuple[Tensor, Tensor]], 
         pending_x.append(x)
         pending_t.append(t)
         n_pending += x.shape[0]
-        if n_pending >= ctx.batch_size:
+        if n_pending >= ctx.forward_batch_size:
             flush(final=False)
     flush(final=True)
     assert done == total, (done, total)
@@ -102,7 +103,7 @@ def sscam(ctx: ExplainContext, n_samples: int = 35, std: float = 2.0) -> Tensor:
     upsampled normalised mask, defaults 35 samples, std 2.0). Seeded through :func:`sscam_noise`.
     """
     if n_samples < 1:
-        raise ValueError(f"sscam needs n_samples >= 1, got {n_samples}.")
+        raise InputError(f"sscam needs n_samples >= 1, got {n_samples}.")
     a = ctx.capture.activations
     b, c = a.shape[:2]
     size = ctx.input_size
@@ -146,7 +147,7 @@ def iscam(ctx: ExplainContext, n_samples: int = 10) -> Tensor:
     every scale (on real networks 30-60 % of the head's channels; see :func:`~.score.scorecam`).
     """
     if n_samples < 1:
-        raise ValueError(f"iscam needs n_samples >= 1, got {n_samples}.")
+        raise InputError(f"iscam needs n_samples >= 1, got {n_samples}.")
     a = ctx.capture.activations
     b, c = a.shape[:2]
     masks = tc_channel_masks(a.float(), ctx.input_size)

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
+from ..errors import InputError
 from ..registry import Registry, declared_defaults
 from ..schema import METRIC_FAMILIES
 from ..types import Batch
@@ -65,7 +66,7 @@ class MetricContext:
     saliency: dict[str, Tensor]
     explain: ExplainFn | None = None
     seed: int = 0
-    batch_size: int = 64
+    forward_batch_size: int = 64  # inputs per extra (perturbation) forward: the suite's forward_batch_size
     curves: dict[str, dict[str, Tensor]] = field(default_factory=dict)
     #: Per-batch memo shared by metrics that need the same re-explanations (max/avg sensitivity draw the
     #: same perturbations, the two gradient-noise scores and the two randomisation similarities share
@@ -75,6 +76,11 @@ class MetricContext:
     #: runner (``{name: METHODS.entry(name).meta}``): metrics read method facts here, never the registry.
     #: A method without an entry gets each key's default (a live, gradient-based method).
     method_meta: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    @property
+    def batch_size(self) -> int:
+        """The former name of :attr:`forward_batch_size` (read-only; plugins written before the rename)."""
+        return self.forward_batch_size
 
     @property
     def methods(self) -> list[str]:
@@ -110,16 +116,16 @@ def register_metric(
     ``[metric_params.NAME]`` may set); ``defaults`` only overrides them, for a second name sharing one
     function or a function taking ``**params`` (docs/interfaces.md, "Declaring parameters")."""
     if family not in FAMILIES:
-        raise ValueError(f"Unknown metric family {family!r}; expected one of {FAMILIES}.")
+        raise InputError(f"Unknown metric family {family!r}; expected one of {FAMILIES}.")
     if level not in LEVELS:
-        raise ValueError(f"Unknown metric level {level!r} for {name!r}; expected one of {LEVELS}.")
+        raise InputError(f"Unknown metric level {level!r} for {name!r}; expected one of {LEVELS}.")
     if level == "dataset" and not callable(compute):
-        raise ValueError(
+        raise InputError(
             f"Dataset-level metric {name!r} needs `compute=fn(stats [N,S], ids, **params) -> float`, the "
             "reduction of its per-image statistics; pass it to register_metric."
         )
     if level == "image" and compute is not None:
-        raise ValueError(f'Metric {name!r}: `compute` is only used with level="dataset"; remove it or set the level.')
+        raise InputError(f'Metric {name!r}: `compute` is only used with level="dataset"; remove it or set the level.')
     needs = tuple(needs)
     if "model" in needs:  # every metric receives the model; older plugins listed it as a need
         warnings.warn(
@@ -131,7 +137,7 @@ def register_metric(
         needs = tuple(n for n in needs if n != "model")
     bad = [n for n in needs if n not in NEEDS]
     if bad:
-        raise ValueError(
+        raise InputError(
             f"Metric {name!r} has unknown needs {bad}; expected a subset of {NEEDS}. Fix the needs= of "
             "its register_metric call."
         )
@@ -170,13 +176,13 @@ def dataset_value(name: str, stats: Any, ids: Sequence[str], params: Mapping[str
 
     entry = METRICS.entry(name)
     if entry.meta.get("level", "image") != "dataset":
-        raise ValueError(f"Metric {name!r} is a per-image metric (level='image'); dataset_value needs level='dataset'.")
+        raise InputError(f"Metric {name!r} is a per-image metric (level='image'); dataset_value needs level='dataset'.")
     arr = np.asarray(stats, dtype=np.float64)
     if arr.ndim != 2:
-        raise ValueError(f"stats of {name!r} must be [N, S]; got shape {arr.shape}.")
+        raise InputError(f"stats of {name!r} must be [N, S]; got shape {arr.shape}.")
     ids = list(ids)
     if len(ids) != arr.shape[0]:
-        raise ValueError(f"stats of {name!r} have {arr.shape[0]} rows but {len(ids)} ids were given.")
+        raise InputError(f"stats of {name!r} have {arr.shape[0]} rows but {len(ids)} ids were given.")
     keep = np.asarray(np.isfinite(arr).all(axis=1), dtype=bool)
     if not keep.any():
         return float("nan")

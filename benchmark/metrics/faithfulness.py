@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from ..errors import InputError
 from .base import MetricContext, register_metric
 from .functional.faithfulness import (
     ROAD_PERCENTAGES,
@@ -43,7 +44,7 @@ def _stacked(ctx: MetricContext) -> tuple[list[str], Tensor, Tensor, Tensor]:
         return [], images.new_zeros((0, *images.shape[2:])), empty, empty.clone()
     for m in methods:
         if ctx.saliency[m].shape != (b, *images.shape[2:]):
-            raise ValueError(
+            raise InputError(
                 f"Saliency of method {m!r} has shape {tuple(ctx.saliency[m].shape)}; expected "
                 f"[B,H,W]={(b, *images.shape[2:])} at the input resolution."
             )
@@ -73,7 +74,7 @@ def _causal(ctx: MetricContext, name: str, mode: str, substrate: str, **params) 
         mode=mode,
         substrate=sub,
         image_index=index,
-        batch_size=ctx.batch_size,
+        batch_size=ctx.forward_batch_size,
         **params,
     )
     ctx.curves.setdefault(name, {}).update(_split(methods, curve))
@@ -81,7 +82,7 @@ def _causal(ctx: MetricContext, name: str, mode: str, substrate: str, **params) 
 
 
 @register_metric("deletion_auc", family="faithfulness", higher_is_better=False, needs=NEEDS, paper=RISE)
-def deletion(
+def deletion_auc(
     ctx: MetricContext,
     *,
     substrate: str = "zeros",
@@ -112,7 +113,7 @@ def deletion(
 
 
 @register_metric("insertion_auc", family="faithfulness", higher_is_better=True, needs=NEEDS, paper=RISE)
-def insertion(
+def insertion_auc(
     ctx: MetricContext,
     *,
     substrate: str = "blur",
@@ -144,7 +145,7 @@ def _confidence(ctx: MetricContext, **params) -> tuple[list[str], Tensor, Tensor
     if not methods:
         return [], torch.zeros(0), torch.zeros(0)
     y, o = confidence_scores(
-        ctx.model, ctx.batch.images, targets, sal, image_index=index, batch_size=ctx.batch_size, **params
+        ctx.model, ctx.batch.images, targets, sal, image_index=index, batch_size=ctx.forward_batch_size, **params
     )
     return methods, y, o
 
@@ -192,7 +193,7 @@ def _road_uncached(ctx: MetricContext, order: str, **params) -> dict[str, Tensor
         seed=ctx.seed,
         image_index=index,
         noise_keys=keys[index.cpu()],
-        batch_size=ctx.batch_size,
+        batch_size=ctx.forward_batch_size,
         **params,
     )
     return _split(methods, curve)

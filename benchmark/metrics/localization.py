@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
+from ..errors import InputError
 from .base import MetricContext, register_metric
 from .functional import localization as F
 
@@ -13,14 +14,14 @@ from .functional import localization as F
 def _masks(ctx: MetricContext) -> Tensor:
     """The batch's ground-truth masks (metrics that need them run only when the dataset has them)."""
     if ctx.batch.masks is None:
-        raise ValueError("This metric needs ground-truth masks; the batch has none (see metrics.missing_needs).")
+        raise InputError("This metric needs ground-truth masks; the batch has none (see metrics.missing_needs).")
     return ctx.batch.masks
 
 
 def _boxes(ctx: MetricContext) -> list[Tensor]:
     """The batch's ground-truth boxes (metrics that need them run only when the dataset has them)."""
     if ctx.batch.boxes is None:
-        raise ValueError("This metric needs ground-truth boxes; the batch has none (see metrics.missing_needs).")
+        raise InputError("This metric needs ground-truth boxes; the batch has none (see metrics.missing_needs).")
     return ctx.batch.boxes
 
 

@@ -14,13 +14,13 @@ each image. This module does that once, for all of them:
 * the ``N x S`` perturbed inputs (rows x steps; the caller stacks methods along the rows) are never
   materialised at once: they are built chunk by chunk, and each chunk is one forward pass under
   ``torch.inference_mode()``;
-* on CPU the chunk is capped by :func:`benchmark.methods.base.forward_chunk` (at most 2**18 input
+* on CPU the chunk is capped by :func:`benchmark.forward.forward_chunk` (at most 2**18 input
   pixels: large batches of large images run slower on a CPU than small ones);
 * the chunk size adapts to memory: on CUDA the first chunk measures the peak memory per input and the
   next chunks hold as many inputs as a fraction of the free memory allows (``torch.cuda.mem_get_info``);
   an out-of-memory error halves the chunk and retries the same chunk (the results are identical
   whatever the chunk size, up to the accelerator's reduction order);
-* forwards run under :func:`benchmark.methods.base.forward_autocast` (``--precision bf16|fp16``), scores
+* forwards run under :func:`benchmark.forward.forward_autocast` (``--precision bf16|fp16``), scores
   are read in float32, and nothing inside the chunk loop synchronises host and device.
 """
 
@@ -31,7 +31,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..methods.base import forward_autocast, forward_chunk, perturbation_forward
+from ..errors import InputError
+from ..forward import forward_autocast, forward_chunk, perturbation_forward
 
 #: Exceptions treated as "the chunk does not fit": the chunk is halved and retried.
 OOM_ERRORS: tuple[type[BaseException], ...] = (torch.cuda.OutOfMemoryError,)
@@ -69,7 +70,7 @@ def _free_bytes(device: torch.device) -> float:
 
 def _check_saliency(saliency: Tensor) -> Tensor:
     if saliency.ndim not in (2, 3, 4):
-        raise ValueError(
+        raise InputError(
             f"Saliency maps must be [N,H,W] (or [N,T,H,W] for volumes and clips, or flat [N,H*W]); got "
             f"shape {tuple(saliency.shape)}."
         )
@@ -78,7 +79,7 @@ def _check_saliency(saliency: Tensor) -> Tensor:
         flat = flat.float()
     if torch.isnan(flat).any():
         bad = torch.isnan(flat).any(dim=1).nonzero().flatten().tolist()
-        raise ValueError(
+        raise InputError(
             f"Saliency maps of rows {bad} contain NaN; a pixel order needs finite values. "
             "Replace NaN (e.g. torch.nan_to_num) before computing perturbation metrics."
         )
@@ -104,7 +105,7 @@ def pixel_order(saliency: Tensor, *, descending: bool = True, rise_ties: bool = 
 def order_to_rank(order: Tensor) -> Tensor:
     """Invert orders: ``rank[n, order[n, i]] = i`` (``[N, P]`` long)."""
     if order.ndim != 2:
-        raise ValueError(f"Pixel orders must be [N, H*W]; got shape {tuple(order.shape)}.")
+        raise InputError(f"Pixel orders must be [N, H*W]; got shape {tuple(order.shape)}.")
     order = order.long()
     pos = torch.arange(order.shape[1], device=order.device).expand_as(order)
     return torch.empty_like(order).scatter_(1, order, pos)
@@ -119,11 +120,11 @@ def patch_order(saliency: Tensor, patch_size: int, *, descending: bool = True) -
     regions. H and W must be multiples of ``patch_size``.
     """
     if saliency.ndim != 3:
-        raise ValueError(f"patch_order needs [N,H,W] maps; got shape {tuple(saliency.shape)}.")
+        raise InputError(f"patch_order needs [N,H,W] maps; got shape {tuple(saliency.shape)}.")
     n, h, w = saliency.shape
     p = int(patch_size)
     if h % p or w % p:
-        raise ValueError(f"Image size {h}x{w} is not a multiple of patch_size={p}; pad the images or pick a divisor.")
+        raise InputError(f"Image size {h}x{w} is not a multiple of patch_size={p}; pad the images or pick a divisor.")
     gh, gw = h // p, w // p
     sums = _check_saliency(saliency).view(n, gh, p, gw, p).sum(dim=(2, 4)).reshape(n, gh * gw)
     region_rank = order_to_rank(torch.sort(sums, dim=1, descending=descending, stable=True).indices)
@@ -143,15 +144,15 @@ def step_counts(n_pixels: int, *, step: int | None = None, n_steps: int | None =
     ``n_steps``: ``k_i = floor(i*HW/n_steps)`` for ``i = 0..n_steps`` (equal spacing, ``k_last = HW``).
     """
     if (step is None) == (n_steps is None):
-        raise ValueError("Give exactly one of `step` (pixels per step) or `n_steps` (number of steps).")
+        raise InputError("Give exactly one of `step` (pixels per step) or `n_steps` (number of steps).")
     if step is not None:
         if step < 1:
-            raise ValueError(f"`step` must be a positive number of pixels, got {step}.")
+            raise InputError(f"`step` must be a positive number of pixels, got {step}.")
         n = -(-n_pixels // int(step))
         return torch.clamp(torch.arange(n + 1) * int(step), max=n_pixels)
     assert n_steps is not None
     if n_steps < 1:
-        raise ValueError(f"`n_steps` must be >= 1, got {n_steps}.")
+        raise InputError(f"`n_steps` must be >= 1, got {n_steps}.")
     return torch.div(torch.arange(n_steps + 1) * n_pixels, int(n_steps), rounding_mode="floor")
 
 
@@ -181,14 +182,14 @@ def batched_scores(
     one item it propagates. ``score``: ``"prob"`` (softmax probability) or ``"logit"``.
     ``adaptive``: on CUDA, after the first chunk (``batch_size`` inputs), chunks hold as many inputs as
     :data:`MEMORY_FRACTION` of the free memory allows (:func:`memory_chunk`; at most :data:`MAX_CHUNK`);
-    on CPU, chunks hold at most :func:`~benchmark.methods.base.forward_chunk` inputs (sized from ``example``,
+    on CPU, chunks hold at most :func:`~benchmark.forward.forward_chunk` inputs (sized from ``example``,
     an input of the built shape, when given -- for builders whose inputs are costly, e.g. ROAD's imputations --
     else from one built item). Returns float32 ``[len(targets)]`` on ``targets``' device.
     """
     if score not in SCORES:
-        raise ValueError(f"score must be one of {SCORES}, got {score!r}.")
+        raise InputError(f"score must be one of {SCORES}, got {score!r}.")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+        raise InputError(f"batch_size must be >= 1, got {batch_size}.")
     n = targets.shape[0]
     device = targets.device
     out = torch.empty(n, dtype=torch.float32, device=device)
@@ -275,32 +276,32 @@ def perturbation_curves(
     """
     n = orders.shape[0]
     if images.ndim not in (4, 5):
-        raise ValueError(f"images must be [B,C,H,W] (or [B,C,T,H,W]); got shape {tuple(images.shape)}.")
+        raise InputError(f"images must be [B,C,H,W] (or [B,C,T,H,W]); got shape {tuple(images.shape)}.")
     grid = tuple(images.shape[2:])  # (H, W), or (T, H, W)
     hw = 1
     for v in grid:
         hw *= int(v)
     if orders.shape != (n, hw):
-        raise ValueError(f"orders must be [N, H*W] = [{n}, {hw}] for {grid} images; got {tuple(orders.shape)}.")
+        raise InputError(f"orders must be [N, H*W] = [{n}, {hw}] for {grid} images; got {tuple(orders.shape)}.")
     if targets.shape != (n,):
-        raise ValueError(f"targets must be [N]={n}; got shape {tuple(targets.shape)}.")
+        raise InputError(f"targets must be [N]={n}; got shape {tuple(targets.shape)}.")
     device = images.device
     if image_index is None:
         if images.shape[0] != n:
-            raise ValueError(f"{images.shape[0]} images for {n} orders: pass image_index to map orders to images.")
+            raise InputError(f"{images.shape[0]} images for {n} orders: pass image_index to map orders to images.")
         image_index = torch.arange(n, device=device)
     image_index = image_index.to(device).long()
     if substrate.ndim == 3:
         substrate = substrate.unsqueeze(0)
     if substrate.shape[0] not in (1, images.shape[0]) or substrate.shape[1:] != images.shape[1:]:
-        raise ValueError(
+        raise InputError(
             f"substrate must be [B,C,H,W] or [1,C,H,W] like images {tuple(images.shape)}; got {tuple(substrate.shape)}."
         )
     substrate = substrate.to(device=device, dtype=images.dtype)
     k = torch.as_tensor(steps, dtype=torch.long, device=device).flatten()
     s = k.shape[0]
     if s == 0:
-        raise ValueError("steps is empty: give at least one pixel count.")
+        raise InputError("steps is empty: give at least one pixel count.")
     ranks = order_to_rank(orders.to(device))
     targets = targets.to(device).long()
     pair_row, pair_col, src = _shared_ends(image_index, targets, k, hw)
@@ -363,5 +364,5 @@ def image_scores(
 def trapezoid_auc(curve: Tensor) -> Tensor:
     """RISE AUC of curves ``[B, S]`` sampled evenly on [0, 1]: ``(sum s_i - s_0/2 - s_last/2)/(S-1)``."""
     if curve.ndim != 2 or curve.shape[1] < 2:
-        raise ValueError(f"curve must be [B, S] with S >= 2; got shape {tuple(curve.shape)}.")
+        raise InputError(f"curve must be [B, S] with S >= 2; got shape {tuple(curve.shape)}.")
     return (curve.sum(dim=1) - curve[:, 0] / 2 - curve[:, -1] / 2) / (curve.shape[1] - 1)

@@ -52,7 +52,7 @@ def _metric_fn(name: str) -> Callable[..., dict[str, Tensor]]:
                 masks=ctx.batch.masks,
                 explain=explain,
                 seed=ctx.seed,
-                batch_size=ctx.batch_size,
+                batch_size=ctx.forward_batch_size,
                 **params,
             )
         return out

@@ -40,7 +40,7 @@ def _perturbed(ctx: MetricContext, fn, constant: float, **params) -> dict[str, T
             ctx.batch.targets,
             live,
             seed=ctx.seed,
-            batch_size=ctx.batch_size,
+            batch_size=ctx.forward_batch_size,
             reference=ref,
             **params,
         )
@@ -68,7 +68,7 @@ def _sensitivity(
                 relative,
                 norm,
                 ctx.seed,
-                ctx.batch_size,
+                ctx.forward_batch_size,
                 {m: ctx.saliency[m] for m in live},
             )
         out.update({m: F.nanreduce(v, reduce) for m, v in ctx.cache[key].items()})

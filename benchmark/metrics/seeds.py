@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from ..data.transforms import CLASS_SEP, image_key
-from ..errors import DataError
+from ..errors import DataError, InputError
 from ..registry import signature_defaults
 from .base import MetricContext, register_metric
 from .functional.seeds import seed_statistics
@@ -43,7 +43,7 @@ def thresholds(n_thresholds: int) -> np.ndarray:
     """The background-threshold grid: ``n_thresholds`` evenly spaced values in [0, 1]."""
     n = int(n_thresholds)
     if n < 1:
-        raise ValueError(f"n_thresholds must be >= 1, got {n_thresholds}.")
+        raise InputError(f"n_thresholds must be >= 1, got {n_thresholds}.")
     return np.linspace(0.0, 1.0, n) if n > 1 else np.array([0.5])
 
 
@@ -54,7 +54,7 @@ def held_out(ids: Sequence[str], share: float) -> np.ndarray:
     so every row of an image lands on the same side, whatever the order or subset of rows.
     """
     if not 0.0 < float(share) < 1.0:
-        raise ValueError(
+        raise InputError(
             f"threshold_split must be in (0, 1) (the share of images that choose the threshold), got {share}."
         )
     u = [int.from_bytes(hashlib.sha256(image_key(i).encode()).digest()[:8], "big") / 2.0**64 for i in ids]
@@ -66,7 +66,7 @@ def reshape_stats(stats: Any, n_thresholds: int) -> np.ndarray:
     arr = np.asarray(stats, dtype=np.float64)
     t = int(n_thresholds)
     if arr.ndim != 2 or arr.shape[1] % (3 * t):
-        raise ValueError(f"seed statistics must be [N, 3*C*{t}]; got shape {arr.shape}.")
+        raise InputError(f"seed statistics must be [N, 3*C*{t}]; got shape {arr.shape}.")
     return arr.reshape(arr.shape[0], t, 3, arr.shape[1] // (3 * t))
 
 
@@ -212,7 +212,7 @@ def seed_miou(
 ) -> dict[str, Tensor]:
     """Seed mIoU (background + classes) at a background threshold chosen on held-out images."""
     if not 0.0 < float(threshold_split) < 1.0:
-        raise ValueError(
+        raise InputError(
             f"threshold_split must be in (0, 1) (the share of images that choose the threshold), got {threshold_split}."
         )
     return image_statistics(ctx, n_thresholds, num_classes, ignore_index)

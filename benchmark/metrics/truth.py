@@ -77,7 +77,7 @@ def shortcut_intervention(
         return torch.where((j > 0)[:, None, None, None], F.remove_region(x, cut), x)
 
     n_rows = (2 + len(methods)) * b
-    scores = batched_scores(ctx.model, build, targets.repeat(2 + len(methods)), batch_size=ctx.batch_size)
+    scores = batched_scores(ctx.model, build, targets.repeat(2 + len(methods)), batch_size=ctx.forward_batch_size)
     scores = scores.view(2 + len(methods), b).cpu()
     p0, p_truth = scores[0], scores[1]
     assert n_rows == scores.numel()

@@ -39,7 +39,6 @@ from ..data.captions import (
     PAD_ID,
     VOCAB,
     ShapesCaptions,
-    expand_token_batch,
     max_caption_length,
 )
 from ..errors import WeightsError
@@ -274,20 +273,6 @@ class TokenTargets(nn.Module):
         return logits.reshape(n, -1)
 
 
-def token_batch(model: nn.Module, batch: Batch) -> Batch:
-    """``target = "tokens"``: greedy-caption each image of a :class:`~benchmark.data.captions.CaptionTruth`
-    batch with the token view ``model``, expand it to one row per generated token
-    (:func:`~benchmark.data.captions.expand_token_batch`) and bind the flat token targets."""
-    if not isinstance(model, TokenTargets):
-        raise TypeError(
-            f'target = "tokens" explains the generated tokens of an image-to-text model; {type(model).__name__} is '
-            "not one. Use the model shapes_captioner (its handle holds the token view TokenTargets)."
-        )
-    with torch.no_grad():
-        generated = model.generate(batch.images)
-    return model.bind(expand_token_batch(batch, generated))
-
-
 def normalize(images01: Tensor) -> Tensor:
     mean = torch.tensor(MEAN, dtype=images01.dtype, device=images01.device).view(1, 3, 1, 1)
     std = torch.tensor(STD, dtype=images01.dtype, device=images01.device).view(1, 3, 1, 1)
@@ -432,7 +417,6 @@ __all__ = [
     "normalize",
     "shapes_captioner",
     "teacher_inputs",
-    "token_batch",
     "train_and_ship",
     "train_captioner",
 ]

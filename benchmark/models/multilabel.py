@@ -26,11 +26,12 @@ from torch import Tensor, nn
 from ..data.multilabel import MULTILABEL_GENERATOR_VERSION, ShapesMultiLabel
 from ..data.synthetic import SHAPE_CLASSES
 from ..data.voc import VOC_CLASSES
-from ..errors import WeightsError
+from ..errors import InputError, WeightsError
 from ..types import ModelHandle
 from .base import register_model
 from .shipped import has_shipped, load_shipped, save_shipped
 from .training import exact_match_correct, fit
+from .zoo import IMAGENET_MEAN, IMAGENET_STD, read_state_dict, seeded_init
 
 TRAINER_VERSION = 1
 MEAN = (0.5, 0.5, 0.5)
@@ -51,7 +52,7 @@ class MultiLabelCNN(nn.Module):
     def __init__(self, num_classes: int = len(SHAPE_CLASSES), widths: tuple[int, ...] = (16, 32, 64, 128)) -> None:
         super().__init__()
         if len(widths) != 4:
-            raise ValueError(f"MultiLabelCNN needs 4 block widths, got {widths}.")
+            raise InputError(f"MultiLabelCNN needs 4 block widths, got {widths}.")
         chans = (3, *widths)
         for i in range(4):
             layers: list[nn.Module] = [
@@ -150,7 +151,6 @@ def train_and_ship(cfg: MultiLabelTrainConfig = DEFAULT_CONFIG, n_test: int = 50
 
 
 def _load_user_checkpoint(model: nn.Module, path: str, name: str, num_classes: int) -> None:
-    from .zoo import read_state_dict
 
     state = read_state_dict(path)
     for key in ("fc.weight", "classifier.weight", "head.weight"):
@@ -209,8 +209,6 @@ def voc_multilabel_resnet50(
 ) -> ModelHandle:
     """ResNet-50 with a ``num_classes`` multi-label head, loading a user's checkpoint (``weights`` = path)."""
     import torchvision.models as tvm
-
-    from .zoo import IMAGENET_MEAN, IMAGENET_STD, seeded_init
 
     if weights == "default":
         raise WeightsError(

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data.synthetic import CLUTTER_VERSION, GENERATOR_VERSION, SCENES, SHAPE_CLASSES, ShapesDataset
-from ..errors import WeightsError
+from ..errors import InputError, WeightsError
 from ..types import ModelHandle
 from .base import register_model
 from .shipped import load_shipped, save_shipped, shipped_meta
@@ -72,9 +72,9 @@ class ShapesCNN(nn.Module):
     def __init__(self, num_classes: int = 6, widths: tuple[int, ...] = (32, 64, 96, 128), head: str = "linear") -> None:
         super().__init__()
         if head not in ("linear", "conv"):
-            raise ValueError(f"head must be 'linear' or 'conv', got {head!r}.")
+            raise InputError(f"head must be 'linear' or 'conv', got {head!r}.")
         if len(widths) != 4:
-            raise ValueError(f"ShapesCNN needs 4 block widths, got {widths}.")
+            raise InputError(f"ShapesCNN needs 4 block widths, got {widths}.")
         chans = (3, *widths)
         for i in range(4):
             layers: list[nn.Module] = [
@@ -182,7 +182,7 @@ def _training_set(cfg: TrainConfig) -> tuple[Tensor, Tensor]:
 def _render_training_set(cfg: TrainConfig) -> tuple[Tensor, Tensor]:
     bad = [k for k in cfg.scenes if k not in SCENES]
     if bad or not cfg.scenes:
-        raise ValueError(f"TrainConfig.scenes must be a non-empty subset of {SCENES}, got {cfg.scenes!r}.")
+        raise InputError(f"TrainConfig.scenes must be a non-empty subset of {SCENES}, got {cfg.scenes!r}.")
     sizes = [cfg.n_train // len(cfg.scenes) + (i < cfg.n_train % len(cfg.scenes)) for i in range(len(cfg.scenes))]
     xs, ys = [], []
     for kind, n in zip(cfg.scenes, sizes, strict=True):

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data.volumetric import VOLUME_CLASSES, VOLUME_GENERATOR_VERSION, VolumesDataset
+from ..errors import InputError
 from ..types import ModelHandle
 from .base import register_model
 from .shipped import has_shipped, load_shipped, save_shipped
@@ -47,7 +48,7 @@ class VolumeCNN(nn.Module):
     def __init__(self, num_classes: int = len(VOLUME_CLASSES), widths: tuple[int, ...] = (8, 16, 32)) -> None:
         super().__init__()
         if len(widths) != 3:
-            raise ValueError(f"VolumeCNN needs 3 block widths, got {widths}.")
+            raise InputError(f"VolumeCNN needs 3 block widths, got {widths}.")
         chans = (3, *widths)
         for i in range(3):
             layers: list[nn.Module] = [

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ..data._common import imagenet_names
-from ..errors import WeightsError
+from ..errors import InputError, UnknownNameError, WeightsError
 from ..methods.capture import default_layer_name, swin_reshape, vit_reshape
 from ..types import ModelHandle, Reshape
 from .base import MODELS, register_model
@@ -285,8 +285,6 @@ def timm_model(
     except ImportError as e:
         raise WeightsError(f"timm/{model_name} needs timm (pip install timm).") from e
     if model_name not in timm.list_models() and model_name.split(".")[0] not in timm.list_models():
-        from ..errors import UnknownNameError
-
         raise UnknownNameError(f"timm has no model {model_name!r}; see timm.list_models('<pattern>').")
     sd: dict | None = None
     src = weights
@@ -391,7 +389,7 @@ class MViTTokens:
         t, h, w = self.thw
         b, n, c = x.shape
         if n - 1 != t * h * w:
-            raise ValueError(f"MViT: {n - 1} patch tokens do not form the recorded {t}x{h}x{w} grid.")
+            raise InputError(f"MViT: {n - 1} patch tokens do not form the recorded {t}x{h}x{w} grid.")
         return x[:, 1:, :].reshape(b, t, h, w, c).permute(0, 4, 1, 2, 3)
 
 

@@ -17,10 +17,18 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .. import __version__
+from ..cpukernels import describe
 from ..errors import CambenchError
+from ..methods import METHODS
+from ..outdir import RunLock, check_out_dir
+from ..store import Store, atomic_write_text
+from .parallel import execute_units, reemit_logs
 from .plan import Plan, load_registries, plan_run
+from .progress import Progress
+from .resources import resolve_device
 from .suite import Suite
-from .unit import ExecOptions, resolve_device, run_unit
+from .unit import ExecOptions, run_unit
 
 # -- the driver ------------------------------------------------------------------------------------
 
@@ -43,8 +51,6 @@ class RunOutcome:
 def versions() -> dict[str, str]:
     import platform
 
-    from .. import __version__
-
     out = {
         "cambench": __version__,
         "python": platform.python_version(),
@@ -60,7 +66,6 @@ def versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:  # pragma: no cover
             pass
     out["platform"] = platform.platform(terse=True)
-    from ..cpukernels import describe
 
     out["cpu_kernels"] = describe()
     return out
@@ -69,7 +74,6 @@ def versions() -> dict[str, str]:
 def method_notes(methods: Sequence[str]) -> dict[str, str]:
     """``{method: note}`` for the methods whose registration carries a ``note`` (a caveat a reader of the
     report must see next to the numbers, e.g. the oracle's silhouette artefact on deletion/insertion)."""
-    from ..methods import METHODS
 
     out = {}
     for m in methods:
@@ -154,8 +158,6 @@ def run_suite(
     unit otherwise; ``log`` replaces its printing). The tables cover the units of this plan only; other
     finished units in ``out`` are listed in :attr:`RunOutcome.unreported`.
     """
-    from ..outdir import RunLock, check_out_dir
-    from .progress import Progress
 
     if report is True or (report and not callable(report)):
         raise CambenchError(
@@ -197,9 +199,6 @@ def _run_locked(
     options: ExecOptions,
     plugins: Sequence[str],
 ) -> RunOutcome:
-    from ..store import Store, atomic_write_text
-    from .parallel import execute_units, reemit_logs
-
     log = progress.log
     plan = plan_run(suite, limit, precision=options.precision)
     device = resolve_device(suite.device)
@@ -252,7 +251,15 @@ def _run_locked(
     finally:
         results.close()
         progress.stop()
-    # every item a dataset could not read, named once: when it was built (plan) and while a unit loaded it
+    unreadable = _unreadable(plan, store)
+    record.update(unreadable=unreadable, unreported_units=unreported)
+    atomic_write_text(out / "run.json", json.dumps(record, indent=1, default=str))
+    rep = report(out) if report else None
+    return RunOutcome(plan, out, ran, reused, rep, unreadable=unreadable, unreported=unreported)
+
+
+def _unreadable(plan: Plan, store: Store) -> list[dict[str, str]]:
+    """Every item a dataset could not read, named once: when it was built (plan) and while a unit loaded it."""
     unreadable = [
         {"model": e.label, "dataset": e.dataset, "item": m.split(":")[0], "reason": m}
         for e in plan.experiments
@@ -263,7 +270,4 @@ def _run_locked(
         exp = exp_of[meta["unit"]]
         for m in dict.fromkeys(str(m) for m in meta.get("info", {}).get("data_errors", [])):
             unreadable.append({"model": exp.label, "dataset": exp.dataset, "item": m.split(":")[0], "reason": m})
-    record.update(unreadable=unreadable, unreported_units=unreported)
-    atomic_write_text(out / "run.json", json.dumps(record, indent=1, default=str))
-    rep = report(out) if report else None
-    return RunOutcome(plan, out, ran, reused, rep, unreadable=unreadable, unreported=unreported)
+    return unreadable

@@ -28,11 +28,11 @@ zeros) keep their rows, with ``degenerate = True``.
 Determinism: each batch seeds torch and the methods/metrics with ``batch_seed(suite.seed, unit.key, i)``,
 so a unit's rows do not depend on which units ran before it (resume, parallel backends).
 
-The code lives in three modules, re-exported here so that every ``benchmark.runner.execute`` import keeps
-working: :mod:`benchmark.runner.plan` (``plan_run``, ``Plan``, ``ExperimentPlan``, ``Unit``, name
-resolution, the per-process model/dataset caches, ``load_registries``), :mod:`benchmark.runner.unit`
-(``run_unit``, batches, explain and score, ``ExecOptions``) and :mod:`benchmark.runner.driver`
-(``run_suite``, ``run_record``, ``RunOutcome``).
+The code lives in these modules, re-exported here (the public names only): :mod:`benchmark.runner.plan`
+(``plan_run``, ``Plan``, ``ExperimentPlan``, ``Unit``, ``load_registries``), :mod:`benchmark.runner.resources`
+(the per-process model/dataset caches, device batches), :mod:`benchmark.runner.unit` (``run_unit``,
+``ExecOptions``; each batch goes through :func:`benchmark.evaluate.evaluate_batch`) and
+:mod:`benchmark.runner.driver` (``run_suite``, ``run_record``, ``RunOutcome``).
 """
 
 from __future__ import annotations
@@ -45,38 +45,10 @@ from ..schema import (
     TIMING_COLUMNS,
     UnitResult,
 )
-from .driver import RunOutcome, _run_locked, run_record, run_suite, versions
-from .plan import (
-    _DATASET_ERRORS,
-    _DATASETS,
-    _MODELS,
-    ExperimentPlan,
-    Plan,
-    Unit,
-    _device_batches,
-    _get_dataset,
-    _get_model,
-    _make_batches,
-    _method_params,
-    clear_caches,
-    dataset_errors,
-    load_registries,
-    plan_run,
-)
-from .unit import (
-    META_KINDS,
-    PRECISIONS,
-    ExecOptions,
-    _accumulate_map_diffs,
-    _method_meta,
-    _reexplained,
-    _run_unit,
-    batch_seed,
-    meta_seed,
-    perturb_model,
-    resolve_device,
-    run_unit,
-)
+from .driver import RunOutcome, run_record, run_suite, versions
+from .plan import ExperimentPlan, MetaSettings, Plan, Unit, load_registries, plan_run
+from .resources import clear_caches, dataset_errors, resolve_device
+from .unit import META_KINDS, PRECISIONS, ExecOptions, batch_seed, meta_seed, perturb_model, run_unit
 
 __all__ = [
     "CURVE_COLUMNS",
@@ -88,6 +60,7 @@ __all__ = [
     "TIMING_COLUMNS",
     "ExecOptions",
     "ExperimentPlan",
+    "MetaSettings",
     "Plan",
     "RunOutcome",
     "Unit",
@@ -104,17 +77,4 @@ __all__ = [
     "run_suite",
     "run_unit",
     "versions",
-    "_DATASETS",
-    "_DATASET_ERRORS",
-    "_MODELS",
-    "_accumulate_map_diffs",
-    "_device_batches",
-    "_get_dataset",
-    "_get_model",
-    "_make_batches",
-    "_method_meta",
-    "_method_params",
-    "_reexplained",
-    "_run_locked",
-    "_run_unit",
 ]

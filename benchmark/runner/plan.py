@@ -1,27 +1,27 @@
-"""Plan a suite: resolve models, datasets, methods, metrics and parameters, check them before any model
-work, and cut each experiment into units (experiment x contiguous shard of image indices) with stable keys.
-
-Also the per-process caches of built models and datasets (planning reads each dataset once; a worker
-builds each model and dataset once) and :func:`load_registries`. Re-exported by
-:mod:`benchmark.runner.execute`.
+"""Plan a suite: resolve models, datasets, methods, metrics and parameters, check them once before any
+model work, and cut each experiment into units (experiment x contiguous shard of image indices) with stable
+keys. Each :class:`Unit` carries its :class:`ExperimentPlan` (everything a worker needs: the experiment as
+written, its resolved names and parameters, the suite's run settings), so workers never read the suite.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import importlib.util
-import json
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+import difflib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from ..errors import CambenchError, SuiteError, UnknownNameError, WeightsError
+from ..data import DATASETS
+from ..errors import SuiteError, UnknownNameError, WeightsError
+from ..evaluate import TARGET_KINDS
+from ..methods import METHODS, is_applicable
+from ..metrics import METRICS
+from ..models import MODELS
+from ..plugins import load_plugins
 from ..schema import METRIC_FAMILIES
-from ..types import Batch, ModelHandle
+from .resources import dataset_errors, get_dataset
 from .suite import Experiment, Suite
 from .validate import check_kwargs
 
@@ -29,17 +29,14 @@ from .validate import check_kwargs
 
 
 def load_registries(plugins: Sequence[str] = (), check: bool = False) -> None:
-    """Import the packages that fill the registries, then ``plugins`` (module names or ``.py`` paths).
+    """Load ``plugins`` (module names or ``.py`` paths) into the registries (the built-in methods, metrics,
+    models and datasets are registered when this module is imported).
 
     A plugin is any module that registers methods, metrics, models or datasets on import; loading goes
     through :func:`benchmark.plugins.load_plugins` (once per process; name clashes and import errors fail
     early, naming the plugin). ``check`` also runs the method contract check on the plugins' methods (the
     CLI does for ``--plugin``; suite-file plugins are trusted, e.g. test fakes that fail on purpose).
     """
-    for mod in ("benchmark.methods", "benchmark.metrics", "benchmark.models", "benchmark.data"):
-        importlib.import_module(mod)
-    from ..plugins import load_plugins
-
     load_plugins(list(plugins), check=check)
 
 
@@ -47,25 +44,19 @@ def load_registries(plugins: Sequence[str] = (), check: bool = False) -> None:
 
 
 @dataclass(frozen=True)
-class Unit:
-    """One unit of work: images ``start:stop`` of experiment ``experiment``, with resolved names."""
+class MetaSettings:
+    """The suite's meta-evaluation (docs/metrics.md, "Meta-evaluation"): K perturbed models per kind, and the
+    std of the multiplicative weight noise of a minor and of a disruptive perturbation."""
 
-    key: str
-    experiment: int
-    start: int
-    stop: int
-    methods: tuple[str, ...]
-    metrics: tuple[str, ...]
-    gallery: int = 0  # images of this unit (from its start) kept for the gallery
-
-    @property
-    def indices(self) -> list[int]:
-        return list(range(self.start, self.stop))
+    perturbations: int
+    minor_std: float
+    disruptive_std: float
 
 
 @dataclass
 class ExperimentPlan:
-    """An experiment with names resolved against the registries."""
+    """An experiment with names resolved against the registries and parameters resolved (defaults updated by
+    the suite's values) and validated once; with the suite's run settings, all a worker needs."""
 
     label: str
     model: str
@@ -78,6 +69,33 @@ class ExperimentPlan:
     metric_params: dict[str, dict]
     #: images/annotations the dataset could not read when it was built ("id: reason"), reported by the run
     data_errors: list[str] = field(default_factory=list)
+    #: the experiment as the suite wrote it (model and dataset arguments, target, layer, ms_flip, ...)
+    spec: Experiment | None = None
+    index: int = 0  # its position in the suite (seeds of the meta-evaluation's perturbed models)
+    levels: dict[str, str] = field(default_factory=dict)  # metric -> "image" | "dataset"
+    seed: int = 0
+    batch_size: int = 1  # images per batch
+    forward_batch_size: int = 64  # inputs per extra (perturbation) forward
+    meta: MetaSettings | None = None  # None: no meta-evaluation
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One unit of work: images ``start:stop`` of experiment ``experiment``, with resolved names; ``plan``
+    is the experiment's resolved plan (what :func:`benchmark.runner.unit.run_unit` computes from)."""
+
+    key: str
+    experiment: int
+    start: int
+    stop: int
+    methods: tuple[str, ...]
+    metrics: tuple[str, ...]
+    gallery: int = 0  # images of this unit (from its start) kept for the gallery
+    plan: ExperimentPlan | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def indices(self) -> list[int]:
+        return list(range(self.start, self.stop))
 
 
 @dataclass
@@ -101,86 +119,87 @@ def plan_run(suite: Suite, limit: int | None = None, precision: str = "fp32") ->
     """
     _check_environment(suite)
     load_registries(suite.plugins)
-    from ..metrics import METRICS
-    from ..metrics.base import metric_params
-    from ..models import MODELS
-
-    exps: list[ExperimentPlan] = []
-    units: list[Unit] = []
-    directions: dict[str, bool] = {}
-    families: dict[str, str] = {}
-    levels: dict[str, str] = {}
     for i, exp in enumerate(suite.experiments):  # every value typed right, before any dataset is built
         _check_values(exp, f"experiment #{i} ({exp.label} on {exp.dataset})")
-    for i, exp in enumerate(suite.experiments):
-        where = f"experiment #{i} ({exp.label} on {exp.dataset})"
-        dataset = _get_dataset(exp, suite.seed)
-        methods = _resolve_methods(exp, dataset, where, MODELS.entry(exp.model).meta.get("family"))
-        metrics = _resolve_metrics(exp, where)
-        for name in exp.metric_params:
-            _lookup(METRICS, name, f"{where}: [metric_params.{name}]")
-        mparams = {}
-        for name in [*metrics, *(m for m in exp.metric_params if m not in metrics)]:
-            try:
-                mparams[name] = metric_params(name, exp.metric_params.get(name))
-            except TypeError as exc:
-                raise SuiteError(f"{where}: [metric_params.{name}]: {exc}") from None
-        skipped = {}
-        for name in metrics:
-            needs = METRICS.entry(name).meta.get("needs", ())
-            has = {"masks": dataset.has_masks, "boxes": dataset.has_boxes}
-            lack = [n for n in needs if not has.get(n, True)]
-            if lack:
-                skipped[name] = f"needs {' and '.join(lack)}, which dataset {exp.dataset!r} does not provide"
-        mparams = {m: mparams[m] for m in metrics}
-        run_metrics = tuple(m for m in metrics if m not in skipped)
-        for name in metrics:
-            entry = METRICS.entry(name)
-            directions[name] = bool(entry.meta.get("higher_is_better", True))
-            families[name] = str(entry.meta.get("family", ""))
-            levels[name] = str(entry.meta.get("level", "image"))
-        n = len(dataset)
-        if limit is not None:
-            n = min(n, int(limit))
-        plan = ExperimentPlan(
-            label=exp.label,
-            model=exp.model,
-            dataset=exp.dataset,
-            n_images=n,
-            methods=methods,
-            metrics=run_metrics,
-            skipped=skipped,
-            method_params={m: _method_params(m, exp.method_params.get(m), where) for m in methods},
-            metric_params=mparams,
-            data_errors=dataset_errors(exp, suite.seed),
-        )
-        exps.append(plan)
-        for start in range(0, n, suite.shard_size):
-            stop = min(start + suite.shard_size, n)
-            units.append(
-                Unit(
-                    key=f"{i:02d}-{exp.key}-{start:06d}-{stop:06d}",
-                    experiment=i,
-                    start=start,
-                    stop=stop,
-                    methods=methods,
-                    metrics=run_metrics,
-                    gallery=max(0, min(stop, suite.gallery) - start),
-                )
-            )
+    exps = [_plan_experiment(suite, i, exp, limit) for i, exp in enumerate(suite.experiments)]
+    units = [u for e in exps for u in _units(suite, e)]
+    entries = {name: METRICS.entry(name) for e in exps for name in e.metric_params}  # every resolved metric
+    directions = {n: bool(e.meta.get("higher_is_better", True)) for n, e in entries.items()}
+    families = {n: str(e.meta.get("family", "")) for n, e in entries.items()}
+    levels = {n: str(e.meta.get("level", "image")) for n, e in entries.items()}
     extra = [{"methods": e.methods, "metrics": e.metrics, "mp": e.method_params, "kp": e.metric_params} for e in exps]
     hash_extra: Any = extra if precision == "fp32" else {"experiments": extra, "precision": precision}
     return Plan(suite, suite.hash(hash_extra), exps, units, directions, families, levels)
 
 
+def _plan_experiment(suite: Suite, i: int, exp: Experiment, limit: int | None) -> ExperimentPlan:
+    """Experiment ``i`` with its names and parameters resolved (and checked) once, and its run settings."""
+    where = f"experiment #{i} ({exp.label} on {exp.dataset})"
+    dataset = get_dataset(exp, suite.seed)
+    methods = _resolve_methods(exp, dataset, where, MODELS.entry(exp.model).meta.get("family"))
+    metrics = _resolve_metrics(exp, where)
+    for name in exp.metric_params:
+        _lookup(METRICS, name, f"{where}: [metric_params.{name}]")
+    mparams = {}
+    for name in [*metrics, *(m for m in exp.metric_params if m not in metrics)]:
+        try:
+            mparams[name] = METRICS.params(name, exp.metric_params.get(name))
+        except TypeError as exc:
+            raise SuiteError(f"{where}: [metric_params.{name}]: {exc}") from None
+    skipped = {}
+    has = {"masks": dataset.has_masks, "boxes": dataset.has_boxes}
+    for name in metrics:
+        lack = [n for n in METRICS.entry(name).meta.get("needs", ()) if not has.get(n, True)]
+        if lack:
+            skipped[name] = f"needs {' and '.join(lack)}, which dataset {exp.dataset!r} does not provide"
+    meta = MetaSettings(suite.meta_perturbations, suite.meta_minor_std, suite.meta_disruptive_std)
+    return ExperimentPlan(
+        label=exp.label,
+        model=exp.model,
+        dataset=exp.dataset,
+        n_images=len(dataset) if limit is None else min(len(dataset), int(limit)),
+        methods=methods,
+        metrics=tuple(m for m in metrics if m not in skipped),
+        skipped=skipped,
+        method_params={m: METHODS.params(m, exp.method_params.get(m)) for m in methods},  # checked above
+        metric_params={m: mparams[m] for m in metrics},
+        data_errors=dataset_errors(exp, suite.seed),
+        spec=exp,
+        index=i,
+        levels={m: str(METRICS.entry(m).meta.get("level", "image")) for m in metrics},
+        seed=suite.seed,
+        batch_size=suite.batch_size,
+        forward_batch_size=suite.forward_batch_size,
+        meta=meta if exp.meta_evaluation else None,
+    )
+
+
+def _units(suite: Suite, plan: ExperimentPlan) -> list[Unit]:
+    """The experiment's images cut into shards of ``suite.shard_size``, with stable keys."""
+    assert plan.spec is not None
+    out = []
+    for start in range(0, plan.n_images, suite.shard_size):
+        stop = min(start + suite.shard_size, plan.n_images)
+        out.append(
+            Unit(
+                key=f"{plan.index:02d}-{plan.spec.key}-{start:06d}-{stop:06d}",
+                experiment=plan.index,
+                start=start,
+                stop=stop,
+                methods=plan.methods,
+                metrics=plan.metrics,
+                gallery=max(0, min(stop, suite.gallery) - start),
+                plan=plan,
+            )
+        )
+    return out
+
+
 def _check_values(exp: Experiment, where: str) -> None:
     """Names and value types of an experiment's tables against the registries (:mod:`.validate`)."""
-    from ..data import DATASETS
-    from ..methods import METHODS
-    from ..metrics import METRICS
-    from ..models import MODELS
-
     _lookup(MODELS, exp.model, where)
+    if exp.target not in TARGET_KINDS:
+        raise SuiteError(f"{where}: `target` must be one of {tuple(TARGET_KINDS)}, got {exp.target!r}.")
     _lookup(DATASETS, exp.dataset, where)
     check_kwargs(DATASETS.get(exp.dataset), exp.data, f"{where}: `data` (arguments of dataset {exp.dataset!r})")
     check_kwargs(MODELS.get(exp.model), exp.model_kwargs, f"{where}: `model_kwargs` (of model {exp.model!r})")
@@ -227,11 +246,6 @@ def _lookup(registry: Any, name: str, where: str) -> Any:
 
 
 def _resolve_methods(exp: Experiment, dataset: Any, where: str, family: Any = None) -> tuple[str, ...]:
-    from ..methods import METHODS, is_applicable
-
-    for n in exp.method_params:
-        _lookup(METHODS, n, f"{where}: [method_params.{n}]")
-        _method_params(n, exp.method_params[n], where)
     families = {e.meta.get("family") for e in METHODS.entries()} - {None}
     if exp.reexplain_methods != "all":
         for n in exp.reexplain_methods:
@@ -266,8 +280,6 @@ def _resolve_methods(exp: Experiment, dataset: Any, where: str, family: Any = No
 
 def _method_params(name: str, overrides: dict | None, where: str) -> dict:
     """The method's parameters (its signature's defaults, then the suite's values), type-checked."""
-    from ..methods import METHODS
-
     try:
         params = METHODS.params(name, overrides)
     except TypeError as exc:  # a key the method does not take: Registry.params names the valid ones
@@ -283,8 +295,6 @@ def _method_params(name: str, overrides: dict | None, where: str) -> dict:
 
 
 def _resolve_metrics(exp: Experiment, where: str) -> tuple[str, ...]:
-    from ..metrics import METRICS
-
     if exp.metrics == "all":
         return tuple(METRICS.list())
     out: list[str] = []
@@ -299,10 +309,6 @@ def _resolve_metrics(exp: Experiment, where: str) -> tuple[str, ...]:
 
 
 def _lookup_metric_or_family(name: str, where: str) -> None:
-    import difflib
-
-    from ..metrics import METRICS
-
     valid = list(METRICS.list()) + list(METRIC_FAMILIES)
     close = difflib.get_close_matches(name, valid, n=3)
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
@@ -310,120 +316,3 @@ def _lookup_metric_or_family(name: str, where: str) -> None:
         f"{where}: unknown metric {name!r}.{hint} Valid metrics: {', '.join(METRICS.list()) or '(none)'}; "
         f'families: {", ".join(METRIC_FAMILIES)}; or "all".'
     )
-
-
-# -- per-process caches (a worker builds each model/dataset once) ---------------------------------
-
-_MODELS: dict[str, tuple[ModelHandle, bool]] = {}
-_DATASETS: dict[str, Any] = {}
-_DATASET_ERRORS: dict[str, list[str]] = {}  # what each cached dataset could not read when it was built
-
-
-def _get_model(exp: Experiment, device: torch.device, channels_last: bool | None = False) -> tuple[ModelHandle, bool]:
-    """The cached model on ``device`` and whether it is channels_last (``None``: CNNs)."""
-    from ..models import create_model
-
-    key = json.dumps(
-        [exp.model, exp.weights, exp.model_kwargs, str(device), channels_last], sort_keys=True, default=str
-    )
-    if key not in _MODELS:
-        handle = create_model(exp.model, weights=exp.weights, device=device, **exp.model_kwargs)
-        cl = _is_cnn(handle) if channels_last is None else bool(channels_last)
-        if cl:
-            handle.model.to(memory_format=torch.channels_last)
-        _MODELS[key] = (handle, cl)
-    return _MODELS[key]
-
-
-def _is_cnn(handle: ModelHandle) -> bool:
-    return handle.reshape is None and any(isinstance(m, torch.nn.Conv2d) for m in handle.model.modules())
-
-
-def _pinned(batch: Batch) -> Batch:
-    """The batch in page-locked host memory (so that the copy to the GPU can be asynchronous)."""
-
-    def opt(t: torch.Tensor | None) -> torch.Tensor | None:
-        return None if t is None else t.pin_memory()
-
-    extras = None if batch.extras is None else {k: v.pin_memory() for k, v in batch.extras.items()}
-    return Batch(
-        batch.images.pin_memory(),
-        batch.targets.pin_memory(),
-        list(batch.ids),
-        opt(batch.masks),
-        None if batch.boxes is None else [b.pin_memory() for b in batch.boxes],
-        opt(batch.labels),
-        opt(batch.ignore),
-        extras,
-    )
-
-
-def _device_batches(
-    batches: Iterable[Batch], device: torch.device, prefetch: bool, channels_last: bool
-) -> Iterator[Batch]:
-    """Batches on ``device``: on CUDA pinned and copied with ``non_blocking``; optionally prefetched."""
-    cuda = device.type == "cuda"
-    if prefetch:
-        from .parallel import prefetch as _prefetch
-
-        batches = _prefetch(iter(batches), _pinned if cuda else (lambda b: b))
-    for batch in batches:
-        if cuda and not prefetch:
-            batch = _pinned(batch)
-        batch = batch.to(device, non_blocking=cuda)
-        if channels_last and batch.images.ndim == 4:
-            batch = replace(batch, images=batch.images.contiguous(memory_format=torch.channels_last))
-        yield batch
-
-
-def _dataset_key(exp: Experiment, seed: int) -> tuple[str, dict]:
-    kwargs = {"seed": seed, **exp.data}
-    return json.dumps([exp.dataset, kwargs], sort_keys=True, default=str), kwargs
-
-
-def _get_dataset(exp: Experiment, seed: int) -> Any:
-    from ..data import create_dataset
-
-    key, kwargs = _dataset_key(exp, seed)
-    if key not in _DATASETS:
-        try:
-            _DATASETS[key] = create_dataset(exp.dataset, **kwargs)
-        except CambenchError:
-            raise
-        except (TypeError, ValueError, KeyError) as exc:
-            raise SuiteError(
-                f"Dataset {exp.dataset!r} rejected the suite's `data` arguments {kwargs}: {type(exc).__name__}: "
-                f"{exc}. Fix `data` (see `run_bench.py list datasets` for its arguments)."
-            ) from None
-        _DATASET_ERRORS[key] = [str(e) for e in getattr(_DATASETS[key], "errors", [])]
-    if exp.target == "labels":  # one sample per (image, present class), kept in the image's batch
-        from ..data.transforms import per_class
-
-        return per_class(_DATASETS[key])
-    if exp.target in ("tokens", "text"):  # one row per generated token / per present text query
-        from ..data.captions import PerQueryTargets, caption_truth
-
-        return caption_truth(_DATASETS[key]) if exp.target == "tokens" else PerQueryTargets(_DATASETS[key])
-    return _DATASETS[key]
-
-
-def dataset_errors(exp: Experiment, seed: int) -> list[str]:
-    """What the experiment's dataset could not read when it was built (``"id: reason"`` each, no duplicates).
-
-    Items that fail later, while a unit loads them, are recorded by that unit (``(data)`` score rows).
-    """
-    _get_dataset(exp, seed)
-    return list(dict.fromkeys(_DATASET_ERRORS.get(_dataset_key(exp, seed)[0], [])))
-
-
-def clear_caches() -> None:
-    """Forget the models and datasets built in this process."""
-    _MODELS.clear()
-    _DATASETS.clear()
-    _DATASET_ERRORS.clear()
-
-
-def _make_batches(dataset: Any, handle: ModelHandle, batch_size: int, indices: list[int]) -> Iterable[Batch]:
-    from ..data.transforms import make_batches
-
-    return make_batches(dataset, handle, batch_size, indices=indices)

@@ -12,6 +12,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from ...errors import InputError
+
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -36,7 +38,7 @@ def latency_ms(
     forward/backward passes the method needs, as a user would pay them.
     """
     if repeats < 1:
-        raise ValueError(f"repeats must be >= 1; got {repeats}.")
+        raise InputError(f"repeats must be >= 1; got {repeats}.")
     b = images.shape[0]
     for _ in range(max(0, int(warmup))):
         explain_fn(model, images, targets, [method])

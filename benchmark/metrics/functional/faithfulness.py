@@ -20,6 +20,7 @@ from scipy.ndimage import gaussian_filter
 from scipy.sparse.linalg import splu
 from torch import Tensor, nn
 
+from ...errors import DimensionError, InputError
 from ..perturbation import (
     OOM_ERRORS,
     batched_scores,
@@ -45,15 +46,15 @@ Substrate = str | Tensor
 
 def _check_inputs(images: Tensor, targets: Tensor, saliency: Tensor) -> None:
     if images.ndim not in (4, 5):
-        raise ValueError(
+        raise InputError(
             f"images must be [B,3,H,W] (normalised; [B,3,T,H,W] for volumes and clips); got shape "
             f"{tuple(images.shape)}."
         )
     b = images.shape[0]
     if targets.shape != (b,):
-        raise ValueError(f"targets must be [B]={b}; got shape {tuple(targets.shape)}.")
+        raise InputError(f"targets must be [B]={b}; got shape {tuple(targets.shape)}.")
     if saliency.shape != (b, *images.shape[2:]):
-        raise ValueError(
+        raise InputError(
             f"saliency must be [B,H,W]={(b, *images.shape[2:])} (maps at input resolution); "
             f"got {tuple(saliency.shape)}. Upsample the maps to the input size first."
         )
@@ -100,12 +101,12 @@ def _substrate(kind: Substrate, images: Tensor, blur_klen: int, blur_sigma: floa
         return torch.zeros_like(images[:1])
     if kind == "blur":
         return rise_blur(images, blur_klen, blur_sigma)
-    raise ValueError(f"substrate must be 'zeros', 'blur' or a [B,3,H,W] tensor; got {kind!r}.")
+    raise InputError(f"substrate must be 'zeros', 'blur' or a [B,3,H,W] tensor; got {kind!r}.")
 
 
 def _resolve_steps(hw: int, step: int | None, n_steps: int | None) -> Tensor:
     if step is not None and n_steps is not None:
-        raise ValueError("Give either `step` (pixels per step) or `n_steps`, not both.")
+        raise InputError("Give either `step` (pixels per step) or `n_steps`, not both.")
     if step is None and n_steps is None:
         step = 224  # RISE default
     return step_counts(hw, step=step, n_steps=n_steps)
@@ -136,16 +137,16 @@ def causal_curves(
     rows to ``B`` images (stacked methods share the images without copies).
     """
     if mode not in ("deletion", "insertion"):
-        raise ValueError(f"mode must be 'deletion' or 'insertion', got {mode!r}.")
+        raise InputError(f"mode must be 'deletion' or 'insertion', got {mode!r}.")
     n = saliency.shape[0]
     hw = int(np.prod(images.shape[2:]))  # pixels, or voxels of volumes and clips
     if saliency.shape[1:] != images.shape[2:]:
-        raise ValueError(
+        raise InputError(
             f"saliency maps {tuple(saliency.shape[1:])} must match the image size "
             f"{tuple(images.shape[2:])}; upsample them first."
         )
     if targets.shape != (n,):
-        raise ValueError(f"targets must be [N]={n}; got shape {tuple(targets.shape)}.")
+        raise InputError(f"targets must be [N]={n}; got shape {tuple(targets.shape)}.")
     ks = _resolve_steps(hw, step, n_steps)
     orders = pixel_order(saliency.to(images.device), rise_ties=rise_ties)
     other = _substrate(substrate, images, blur_klen, blur_sigma)
@@ -290,7 +291,7 @@ def explanation_images(
         s = torch.as_tensor(std, dtype=images.dtype, device=images.device).view(shape)
         keep = (saliency > threshold).unsqueeze(1)
         return torch.where(keep, images, (-m / s).expand_as(images))
-    raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}.")
+    raise InputError(f"variant must be one of {VARIANTS}, got {variant!r}.")
 
 
 def confidence_scores(
@@ -488,7 +489,7 @@ IMPUTERS = ("cg", "exact", "auto")
 
 def _check_imputer(imputer: str) -> None:
     if imputer not in IMPUTERS:
-        raise ValueError(
+        raise InputError(
             f"imputer must be one of {IMPUTERS} ('cg': batched conjugate gradient on the tensor's device, "
             f"'exact': scipy sparse direct solve per image, 'auto': exact on CPU, cg elsewhere); got {imputer!r}."
         )
@@ -535,7 +536,7 @@ def noisy_linear_impute(
     if n == 0:
         return out.reshape(c, h, w).to(image.device)
     if n == h * w:
-        raise ValueError(
+        raise InputError(
             "ROAD cannot impute an image with every pixel removed (no known neighbour); use removal fractions below 1."
         )
     a, b = linear_imputation_system(rem, out.reshape(c, h, w).numpy())
@@ -567,7 +568,7 @@ def noisy_linear_impute_batch(
     removed = removed.reshape(n, h, w).to(images.device).bool()
     counts = removed.reshape(n, -1).sum(dim=1)
     if bool((counts == h * w).any()):
-        raise ValueError(
+        raise InputError(
             "ROAD cannot impute an image with every pixel removed (no known neighbour); use removal fractions below 1."
         )
     x = images.detach().float().contiguous()  # the runner's channels_last images: solve on a row-major copy
@@ -576,7 +577,7 @@ def noisy_linear_impute_batch(
     vals = solve_masked_laplace(x, removed, tol=tol).float()
     if noise:
         if generators is None or len(generators) != n:
-            raise ValueError(
+            raise InputError(
                 f"noise needs one generator per row: expected {n}, got "
                 f"{None if generators is None else len(generators)}."
             )
@@ -598,7 +599,7 @@ def road_removal_counts(n_pixels: int, percentages: Sequence[float], rule: str =
     out = []
     for p in percentages:
         if not 0 <= p < 1:
-            raise ValueError(
+            raise InputError(
                 f"ROAD percentages are removed fractions in [0, 1); got {p}. "
                 "(pytorch-grad-cam's `percentile` is the percentage KEPT: 80 there = 0.2 here.)"
             )
@@ -607,7 +608,7 @@ def road_removal_counts(n_pixels: int, percentages: Sequence[float], rule: str =
         elif rule == "percentile":
             out.append(n_pixels - int(math.ceil((n_pixels - 1) * (1 - p) - 1e-9)))
         else:
-            raise ValueError(f"rule must be 'round' or 'percentile', got {rule!r}.")
+            raise InputError(f"rule must be 'round' or 'percentile', got {rule!r}.")
     return torch.tensor(out, dtype=torch.long)
 
 
@@ -647,8 +648,6 @@ def road_curves(
     picks exact on CPU, cg elsewhere.
     """
     if images.ndim == 5:
-        from ...errors import DimensionError
-
         raise DimensionError(
             f"ROAD is not defined in 3-D yet: its noisy linear imputation solves over 2-D pixel neighbourhoods, "
             f"and these inputs are volumes or clips {tuple(images.shape)}. Use deletion_auc / insertion_auc "
@@ -656,7 +655,7 @@ def road_curves(
         )
     imputer = resolve_imputer(imputer, images.device)
     if order not in ("morf", "lerf"):
-        raise ValueError(f"order must be 'morf' or 'lerf', got {order!r}.")
+        raise InputError(f"order must be 'morf' or 'lerf', got {order!r}.")
     n = saliency.shape[0]
     h, w = images.shape[-2:]
     if image_index is None:

@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ...errors import InputError
+
 # ROAD's weights (section 4): 1/6 for the edge neighbours, 1/12 for the diagonal ones (they sum to 1)
 _ROAD_2D = ((1 / 12, 1 / 6, 1 / 12), (1 / 6, 0.0, 1 / 6), (1 / 12, 1 / 6, 1 / 12))
 
@@ -47,14 +49,14 @@ def neighbour_stencil(ndim: int = 2, kind: str = "road", dtype: torch.dtype = to
     """
     if kind == "road":
         if ndim != 2:
-            raise ValueError(
+            raise InputError(
                 f"The ROAD stencil (1/6 edge, 1/12 diagonal neighbours) is 2-D; got ndim={ndim}. "
                 "Use kind='face' for the 2*ndim face neighbours in other dimensions."
             )
         return torch.tensor(_ROAD_2D, dtype=dtype)
     if kind == "face":
         if ndim < 1:
-            raise ValueError(f"ndim must be >= 1; got {ndim}.")
+            raise InputError(f"ndim must be >= 1; got {ndim}.")
         k = torch.zeros([3] * ndim, dtype=dtype)
         for axis in range(ndim):
             for side in (0, 2):
@@ -62,7 +64,7 @@ def neighbour_stencil(ndim: int = 2, kind: str = "road", dtype: torch.dtype = to
                 idx[axis] = side
                 k[tuple(idx)] = 1.0 / (2 * ndim)
         return k
-    raise ValueError(f"kind must be 'road' or 'face'; got {kind!r}.")
+    raise InputError(f"kind must be 'road' or 'face'; got {kind!r}.")
 
 
 def _shifted(xp: Tensor, offset: Sequence[int], shape: Sequence[int]) -> Tensor:
@@ -282,7 +284,7 @@ def masked_laplacian(
     """
     d = stencil.ndim
     if removed.ndim < d + 1:
-        raise ValueError(
+        raise InputError(
             f"removed must be [N, *S] with {d} spatial dims (the stencil's); got shape {tuple(removed.shape)}."
         )
     m = removed.reshape(-1, 1, *removed.shape[-d:]).to(dtype)
@@ -360,19 +362,19 @@ def solve_masked_laplace(
     if stencil is None:
         stencil = neighbour_stencil(d, "road" if d == 2 else "face")
     if stencil.ndim != d or any(s != 3 for s in stencil.shape):
-        raise ValueError(
+        raise InputError(
             f"stencil must be [3]*{d} for removed of shape {tuple(removed.shape)}; got {tuple(stencil.shape)}."
         )
     if values.ndim != d + 2 or values.shape[0] != removed.shape[0] or values.shape[2:] != removed.shape[1:]:
-        raise ValueError(f"values must be [N, C, *S] with [N, *S] = {tuple(removed.shape)}; got {tuple(values.shape)}.")
+        raise InputError(f"values must be [N, C, *S] with [N, *S] = {tuple(removed.shape)}; got {tuple(values.shape)}.")
     if preconditioner not in ("multigrid", "jacobi"):
-        raise ValueError(f"preconditioner must be 'multigrid' or 'jacobi'; got {preconditioner!r}.")
+        raise InputError(f"preconditioner must be 'multigrid' or 'jacobi'; got {preconditioner!r}.")
     if group is not None and group < 1:
-        raise ValueError(f"group must be a positive number of rows per solve (or None); got {group}.")
+        raise InputError(f"group must be a positive number of rows per solve (or None); got {group}.")
     removed = removed.to(values.device).bool()
     full = removed.reshape(removed.shape[0], -1).all(dim=1)
     if bool(full.any()):
-        raise ValueError(
+        raise InputError(
             "Linear imputation needs at least one kept cell per row (no known neighbour otherwise); rows "
             f"{full.nonzero().flatten().tolist()} have every cell removed. Use removal fractions below 1."
         )

@@ -24,7 +24,7 @@ import torch
 from scipy import ndimage
 from torch import Tensor
 
-from ...errors import DimensionError
+from ...errors import DimensionError, InputError
 
 _EIGHT = np.ones((3, 3), dtype=bool)  # 8-connectivity structure
 _FOUR = ndimage.generate_binary_structure(2, 1)
@@ -36,13 +36,13 @@ IOU_THRESHOLDS = (30, 50, 70)
 
 def _check_maps(saliency: Tensor, other: Tensor | None = None, name: str = "gt_mask") -> None:
     if saliency.ndim not in (3, 4) or (saliency.ndim == 4 and saliency.shape[1] == 1):  # [B,1,H,W]: a channel axis
-        raise ValueError(
+        raise InputError(
             f"saliency must be [B,H,W] (or [B,T,H,W] for volumes and clips); got shape "
             f"{tuple(saliency.shape)}. Squeeze the channel axis of [B,1,H,W] maps, or add a batch axis to a "
             "single map."
         )
     if other is not None and other.shape != saliency.shape:
-        raise ValueError(
+        raise InputError(
             f"{name} must have the saliency's shape {tuple(saliency.shape)}; got {tuple(other.shape)}. "
             "Resize the ground truth to the map's resolution (nearest neighbour) first."
         )
@@ -51,11 +51,11 @@ def _check_maps(saliency: Tensor, other: Tensor | None = None, name: str = "gt_m
 def _check_boxes(saliency: Tensor, boxes: Sequence[Tensor]) -> None:
     k = 6 if saliency.ndim == 4 else 4
     if len(boxes) != saliency.shape[0]:
-        raise ValueError(f"boxes must hold one [K,{k}] tensor per image ({saliency.shape[0]}); got {len(boxes)}.")
+        raise InputError(f"boxes must hold one [K,{k}] tensor per image ({saliency.shape[0]}); got {len(boxes)}.")
     for i, b in enumerate(boxes):
         if b.ndim != 2 or b.shape[-1] != k:
             what = "xyxy" if k == 4 else "[x0,y0,t0,x1,y1,t1] (3-D boxes of [B,T,H,W] maps)"
-            raise ValueError(f"boxes[{i}] must be [K,{k}] {what}; got shape {tuple(b.shape)}.")
+            raise InputError(f"boxes[{i}] must be [K,{k}] {what}; got shape {tuple(b.shape)}.")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -75,7 +75,7 @@ def pointing_game(saliency: Tensor, gt_mask: Tensor, tolerance: float = 15) -> T
     """
     _check_maps(saliency, gt_mask)
     if tolerance < 0:
-        raise ValueError(f"tolerance must be >= 0 pixels; got {tolerance}.")
+        raise InputError(f"tolerance must be >= 0 pixels; got {tolerance}.")
     mask = gt_mask.bool()
     if saliency.ndim == 4 and tolerance != 0:
         return _pointing_game_3d(saliency, mask, tolerance)

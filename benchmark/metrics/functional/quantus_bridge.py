@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ...errors import CambenchError
+from ...errors import CambenchError, InputError
 from ...seeding import seeded
 
 QUANTUS_VERSION = "0.6.0"
@@ -300,7 +300,7 @@ def quantus_metric(
     """
     check_usable(name)
     if saliency.ndim != 3 or images.ndim != 4 or saliency.shape[0] != images.shape[0]:
-        raise ValueError(
+        raise InputError(
             f"saliency must be [B,H,W] and images [B,C,H,W] with the same B; got {tuple(saliency.shape)} and "
             f"{tuple(images.shape)}."
         )

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ...errors import InputError
+
 ExplainBound = Callable[..., dict]
 
 
@@ -44,7 +46,7 @@ def _norm(x: Tensor, norm: str) -> Tensor:
         return x.flatten(1).norm(dim=1)
     if norm == "linf":
         return x.flatten(1).abs().max(dim=1).values
-    raise ValueError(f"norm must be 'fro', 'l2' or 'linf'; got {norm!r}.")
+    raise InputError(f"norm must be 'fro', 'l2' or 'linf'; got {norm!r}.")
 
 
 def perturbation_scores(
@@ -103,7 +105,7 @@ def sensitivity_samples(
 ) -> dict[str, Tensor]:
     """Per-sample sensitivities ``{method: [S,B]}`` shared by Max- and Avg-Sensitivity (their reductions)."""
     if n_samples < 1:
-        raise ValueError(f"n_samples must be >= 1; got {n_samples}.")
+        raise InputError(f"n_samples must be >= 1; got {n_samples}.")
     shape = images.shape[1:]
 
     def score(ref: Tensor, pert: Tensor, delta: Tensor) -> Tensor:
@@ -260,7 +262,7 @@ def ssim(a: Tensor, b: Tensor, win_size: int = 7, data_range: float = 1.0) -> Te
     time axis shorter than ``win_size`` uses a window as long as that axis (skimage would refuse it).
     """
     if a.shape[-1] < win_size or a.shape[-2] < win_size:
-        raise ValueError(f"SSIM needs maps of at least {win_size}x{win_size}; got {tuple(a.shape[-2:])}.")
+        raise InputError(f"SSIM needs maps of at least {win_size}x{win_size}; got {tuple(a.shape[-2:])}.")
     x, y = a.double()[:, None], b.double()[:, None]
     if a.ndim == 4:
         win = (min(win_size, int(a.shape[1])), win_size, win_size)

@@ -18,6 +18,7 @@ import torch
 from scipy.stats import rankdata
 from torch import Tensor, nn
 
+from ...errors import InputError
 from .robustness import _minmax, ssim
 
 LAYER_ORDERS = ("top_down", "bottom_up", "independent")
@@ -28,7 +29,7 @@ def randomizable_layers(model: nn.Module, layer_order: str = "top_down") -> list
     """Names of the modules with ``reset_parameters`` (Quantus' choice), in randomisation order:
     reverse ``named_modules`` order for ``top_down`` (logits first), forward order otherwise."""
     if layer_order not in LAYER_ORDERS:
-        raise ValueError(f"layer_order must be one of {LAYER_ORDERS}; got {layer_order!r}.")
+        raise InputError(f"layer_order must be one of {LAYER_ORDERS}; got {layer_order!r}.")
     names = [n for n, m in model.named_modules() if hasattr(m, "reset_parameters")]
     return names[::-1] if layer_order == "top_down" else names
 
@@ -82,7 +83,7 @@ def map_similarity(
         return r if signed else r.abs()
     if similarity == "ssim":
         return ssim(_minmax(a.detach().float()), _minmax(b.detach().float())).cpu()
-    raise ValueError(f"similarity must be one of {SIMILARITIES}; got {similarity!r}.")
+    raise InputError(f"similarity must be one of {SIMILARITIES}; got {similarity!r}.")
 
 
 def model_randomization(
@@ -122,9 +123,9 @@ def model_randomization(
     if max_layers is not None:
         layers = layers[: int(max_layers)]
     if not layers:
-        raise ValueError(f"{type(model).__name__} has no module with reset_parameters() to randomise.")
+        raise InputError(f"{type(model).__name__} has no module with reset_parameters() to randomise.")
     if layer_order == "independent" and not per_layer:
-        raise ValueError("layer_order='independent' randomises one layer at a time: pass per_layer=True.")
+        raise InputError("layer_order='independent' randomises one layer at a time: pass per_layer=True.")
     if reference is None:
         reference = explain_fn(model, images, targets, methods)
     rand = copy.deepcopy(model).eval()

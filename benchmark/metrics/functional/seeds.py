@@ -16,6 +16,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from ...errors import InputError
+
 __all__ = [
     "miou_from_confusion",
     "seed_labels",
@@ -44,10 +46,10 @@ def seed_labels(cams: Tensor, present: Tensor, threshold: float) -> Tensor:
     Absent classes are never predicted; an image with no present class is all background.
     """
     if cams.ndim != 4:
-        raise ValueError(f"cams must be [B,K,H,W]; got shape {tuple(cams.shape)}.")
+        raise InputError(f"cams must be [B,K,H,W]; got shape {tuple(cams.shape)}.")
     present = torch.as_tensor(present, dtype=torch.bool, device=cams.device)
     if present.shape != cams.shape[:2]:
-        raise ValueError(f"present must be [B,K]={tuple(cams.shape[:2])}; got shape {tuple(present.shape)}.")
+        raise InputError(f"present must be [B,K]={tuple(cams.shape[:2])}; got shape {tuple(present.shape)}.")
     norm = _normalise_present(cams, present)
     best, arg = norm.max(dim=1)
     return torch.where(best.double() >= float(threshold), arg + 1, torch.zeros_like(arg))  # float64: exact threshold
@@ -62,11 +64,11 @@ def segmentation_confusion(pred: Tensor, gt: Tensor, num_classes: int, ignore_in
     c = int(num_classes)
     pred, gt = pred.reshape(-1).long(), gt.reshape(-1).long()
     if pred.shape != gt.shape:
-        raise ValueError(f"pred and gt must have the same number of pixels; got {pred.numel()} and {gt.numel()}.")
+        raise InputError(f"pred and gt must have the same number of pixels; got {pred.numel()} and {gt.numel()}.")
     keep = (gt != int(ignore_index)) & (gt >= 0) & (gt < c)
     pred, gt = pred[keep], gt[keep]
     if pred.numel() and (int(pred.min()) < 0 or int(pred.max()) >= c):
-        raise ValueError(f"pred holds labels outside 0..{c - 1} (min {int(pred.min())}, max {int(pred.max())}).")
+        raise InputError(f"pred holds labels outside 0..{c - 1} (min {int(pred.min())}, max {int(pred.max())}).")
     return torch.bincount(gt * c + pred, minlength=c * c).reshape(c, c)
 
 
@@ -109,10 +111,10 @@ def seed_statistics(
     b, k = int(cams.shape[0]), int(cams.shape[1])
     c = int(num_classes)
     if c < k + 1:
-        raise ValueError(f"num_classes={c} is too small for {k} class maps (+ background).")
+        raise InputError(f"num_classes={c} is too small for {k} class maps (+ background).")
     ts = torch.as_tensor(list(thresholds), dtype=torch.float64, device=cams.device)
     if ts.ndim != 1 or ts.numel() == 0 or bool((ts[1:] < ts[:-1]).any()):
-        raise ValueError(f"thresholds must be a non-empty ascending sequence, got {list(thresholds)}.")
+        raise InputError(f"thresholds must be a non-empty ascending sequence, got {list(thresholds)}.")
     t = ts.numel()
     present = torch.as_tensor(present, dtype=torch.bool, device=cams.device)
     best, arg = _normalise_present(cams, present).max(dim=1)  # [B,H,W]

@@ -420,6 +420,7 @@ def test_dual_encoder_logits_are_scaled_cosines_and_patch_text_map_is_per_patch_
 
 
 # -- shipped models and the runner --------------------------------------------------------------------------
+@pytest.mark.slow
 def test_shipped_captioner_meets_its_caption_accuracy():
     from benchmark.models.captioner import exact_caption_accuracy, shapes_captioner
     from benchmark.models.shipped import shipped_meta

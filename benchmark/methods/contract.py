@@ -19,6 +19,8 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ContractError
+from ..models.captioner import Captioner, CaptionerConfig, TokenTargets
+from ..models.dual_encoder import DualEncoder, DualEncoderConfig
 from .base import METHODS, MethodOutput, explain_context, method_params, run_method
 from .capture import vit_reshape
 
@@ -42,11 +44,21 @@ class _TinyCNN(nn.Module):
         return self.fc(self.features(x).mean(dim=(-2, -1)))
 
 
-def _check_model(vit: bool, seed: int) -> tuple[nn.Module, str, Any]:
-    """A seeded tiny model, its target layer name and reshape (ViT: torchvision, 4x4 patches of 8 px)."""
+def _check_model(vit: bool, seed: int, archs: tuple[str, ...] = ()) -> tuple[nn.Module, str, Any]:
+    """A seeded tiny model, its target layer name and reshape (ViT: torchvision, 4x4 patches of 8 px; a
+    captioner's token view or a dual encoder for the methods registered for those architectures)."""
     gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
+        if "captioner" in archs:
+            cap = Captioner(CaptionerConfig(image_size=32, widths=(8, 8, 8), width=16, heads=2, layers=1))
+            with torch.no_grad():
+                cap.head.bias.fill_(3.0)  # positive token logits: TAM's ReLU(logit) map is not all zero
+            view = TokenTargets(cap.eval())
+            view.set_captions(torch.randint(3, 15, (1, view.length), generator=gen))
+            return view.eval(), "captioner.encoder", None
+        if "dual_encoder" in archs:
+            return DualEncoder(DualEncoderConfig(widths=(8, 8, 8), width=16)).eval(), "encoder", None
         if vit:
             from torchvision.models import VisionTransformer
 
@@ -131,7 +143,7 @@ def _check_method(name: str, params: Mapping[str, Any] | None, *, n_images: int,
     method_params(name, params)  # an unknown parameter is a configuration error: raise it, do not report it
     meta = entry.meta
     vit = "vit" in tuple(meta.get("architectures", ()))
-    model, layer, reshape = _check_model(vit, seed)
+    model, layer, reshape = _check_model(vit, seed, tuple(meta.get("architectures", ())))
     g = torch.Generator().manual_seed(seed + 1)
     x = torch.randn(n_images, 3, 32, 32, generator=g)
     t = torch.arange(n_images) % 5

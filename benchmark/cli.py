@@ -445,6 +445,8 @@ SHIPPED_MODELS = {
     "shapes_shortcut_cnn": "synthetic",
     "shapes_multilabel_cnn": "multilabel",
     "volume_cnn": "volumetric",
+    "shapes_captioner": "captioner",
+    "shapes_dual_encoder": "dual_encoder",
 }
 
 

@@ -7,7 +7,8 @@ perturbed model of the meta-evaluation).
 >>> out = evaluate_batch(model, "layer4", None, batch, ["gradcam", "scorecam"], ["deletion_auc"], seed=0)
 >>> out.scores["deletion_auc"]["gradcam"]  # Tensor[B]
 
-Targets are resolved by kind (:data:`TARGET_KINDS`: ``label``, ``predicted``, ``labels``); a new kind of
+Targets are resolved by kind (:data:`TARGET_KINDS`: ``label``, ``predicted``, ``labels``, ``tokens``,
+``text``); a new kind of
 target registers itself here with :func:`register_target_kind` (how to pick each image's target, and
 optionally what it makes of a dataset's samples), so the runner never changes for one.
 """
@@ -22,8 +23,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .data.captions import PerQueryTargets, caption_truth, expand_token_batch
 from .data.transforms import check_class_count, per_class
-from .errors import UnknownNameError
+from .errors import InputError, UnknownNameError
 from .methods import METHODS, ExplainContext, explain, resolve_layer, run_method
 from .metrics import METRICS, MetricContext, compute_metrics, missing_needs
 from .types import Batch, ModelHandle, Reshape
@@ -106,6 +108,28 @@ register_target_kind("labels", samples=per_class, check=check_class_count)(_labe
 def _predicted_targets(model: nn.Module, batch: Batch) -> Batch:
     """The model's top-1 class (computed under ``torch.inference_mode``); ``labels`` keep the true class."""
     return _with_targets(batch, _top1(model, batch))
+
+
+@register_target_kind("tokens", samples=caption_truth)
+def _token_targets(model: nn.Module, batch: Batch) -> Batch:
+    """One row per generated token (greedy decoding) of an image-to-text model, its logit as target: the
+    model (the token view ``benchmark.models.captioner.TokenTargets`` of ``shapes_captioner``) captions each
+    image, ``data/captions.py``'s ``expand_token_batch`` makes the rows (ids ``"<image>#t<pos>:<word>"``, the
+    named object's mask as truth), and the view binds the batch's captions and the flat token targets."""
+    generate, bind = getattr(model, "generate", None), getattr(model, "bind", None)
+    if not (callable(generate) and callable(bind)):
+        raise InputError(
+            f'target = "tokens" explains the generated tokens of an image-to-text model; {type(model).__name__} '
+            "has no token view (generate and bind). Use the model shapes_captioner, or another target."
+        )
+    with torch.no_grad():
+        generated = generate(batch.images)
+    return bind(expand_token_batch(batch, generated))
+
+
+#: one sample per text query present in an image (ids ``"<image>#<colour>_<shape>"``), kept in the image's
+#: batch; the target is the query id, the explained score the dual encoder's image-query similarity
+register_target_kind("text", samples=PerQueryTargets)(_label_targets)
 
 
 def resolve_targets(model: nn.Module, batch: Batch, kind: str = "label") -> Batch:

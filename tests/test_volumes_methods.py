@@ -17,7 +17,9 @@ from benchmark.models.volumetric import VolumeCNN
 ALL = [  # the built-in methods (other test modules register fakes while pytest collects)
     n
     for n in methods.list_methods()
-    if n not in ("oracle", "legrad") and METHODS.entry(n).obj.__module__.startswith("benchmark.")
+    if n != "oracle"
+    and not METHODS.entry(n).meta.get("architectures")  # LeGrad (ViTs), TAM (captioners), ...
+    and METHODS.entry(n).obj.__module__.startswith("benchmark.")
 ]
 FAST = {"smoothgradcampp": {"n_samples": 2}, "sscam": {"n_samples": 2}, "iscam": {"n_samples": 2}}
 

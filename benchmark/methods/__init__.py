@@ -17,6 +17,8 @@ from . import (  # noqa: F401  (registration side effects)
     msflip,
     score,
     score_variants,
+    tam,
+    text,
 )
 from .base import (
     METHODS,

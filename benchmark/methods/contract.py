@@ -19,6 +19,8 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ContractError
+from ..models.captioner import Captioner, CaptionerConfig, TokenTargets
+from ..models.dual_encoder import DualEncoder, DualEncoderConfig
 from .base import METHODS, MethodOutput, explain_context, method_params, run_method
 from .capture import vit_reshape
 
@@ -66,12 +68,22 @@ class _TinyCNN3d(nn.Module):
 INPUT_KINDS = ("2d", "3d", "labels")
 
 
-def _check_model(vit: bool, seed: int, kind: str = "2d") -> tuple[nn.Module, str, Any]:
-    """A seeded tiny model, its target layer name and reshape (ViT: torchvision, 4x4 patches of 8 px)."""
+def _check_model(vit: bool, seed: int, kind: str = "2d", archs: tuple[str, ...] = ()) -> tuple[nn.Module, str, Any]:
+    """A seeded tiny model, its target layer name and reshape (ViT: torchvision, 4x4 patches of 8 px; a
+    captioner's token view or a dual encoder for the methods registered for those architectures)."""
     gen = torch.Generator().manual_seed(seed)
     model: nn.Module
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
+        if "captioner" in archs:
+            cap = Captioner(CaptionerConfig(image_size=32, widths=(8, 8, 8), width=16, heads=2, layers=1))
+            with torch.no_grad():
+                cap.head.bias.fill_(3.0)  # positive token logits: TAM's ReLU(logit) map is not all zero
+            view = TokenTargets(cap.eval())
+            view.set_captions(torch.randint(3, 15, (1, view.length), generator=gen))
+            return view.eval(), "captioner.encoder", None
+        if "dual_encoder" in archs:
+            return DualEncoder(DualEncoderConfig(widths=(8, 8, 8), width=16)).eval(), "encoder", None
         if kind == "3d":
             model = _TinyCNN3d()
         elif vit:
@@ -166,8 +178,9 @@ def _check_method(
     entry = METHODS.entry(name)
     method_params(name, params)  # an unknown parameter is a configuration error: raise it, do not report it
     meta = entry.meta
-    vit = "vit" in tuple(meta.get("architectures", ())) and kind != "3d"
-    model, layer, reshape = _check_model(vit, seed, kind)
+    archs = tuple(meta.get("architectures", ()))
+    vit = "vit" in archs and kind != "3d"
+    model, layer, reshape = _check_model(vit, seed, kind, archs)
     g = torch.Generator().manual_seed(seed + 1)
     size: tuple[int, ...] = (8, 16, 16) if kind == "3d" else (32, 32)
     x = torch.randn(n_images, 3, *size, generator=g)

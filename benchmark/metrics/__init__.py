@@ -8,6 +8,7 @@ from . import (
     robustness,  # noqa: F401
     sanity,  # noqa: F401
     seeds,  # noqa: F401  (WSSS seed metrics, dataset level)
+    tokens,  # noqa: F401  (TAM's token-level metrics)
     truth,  # noqa: F401  (model-truth family)
 )
 from .base import (

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
+import torch
 from torch import Tensor, nn
 
 from ..errors import InputError
@@ -39,7 +40,8 @@ LEVELS = ("image", "dataset")
 #: maps, ground-truth masks or boxes, the ability to re-explain (``ctx.explain``), ``frames``: a time
 #: (or depth) axis, i.e. volumes or clips ``[B,C,T,H,W]``, or ``truth``: what the model uses, known by
 #: construction (``Batch.extras["truth_mask"]``). See ``missing_needs``.
-NEEDS = ("saliency", "masks", "boxes", "explainer", "frames", "truth")
+#: ``tokens``: a batch of generated tokens (``target = "tokens"``, ``Batch.extras["function_word"]``).
+NEEDS = ("saliency", "masks", "boxes", "explainer", "frames", "truth", "tokens")
 
 
 class ExplainFn(Protocol):
@@ -219,6 +221,8 @@ def missing_needs(name: str, ctx: MetricContext) -> list[str]:
             missing.append(need)
         elif need == "truth" and not (ctx.batch.extras and "truth_mask" in ctx.batch.extras):
             missing.append(need)  # no model truth known for this dataset (see metrics/truth.py)
+        elif need == "tokens" and not (ctx.batch.extras and "function_word" in ctx.batch.extras):
+            missing.append(need)  # not a token batch (target = "tokens"; see metrics/tokens.py)
     return missing
 
 
@@ -236,7 +240,27 @@ def compute_metrics(
         if missing_needs(name, ctx):
             continue
         fn = METRICS.get(name)
-        out[name] = fn(ctx, **metric_params(name, (params or {}).get(name)))
+        out[name] = leave_out_without_truth(name, ctx, fn(ctx, **metric_params(name, (params or {}).get(name))))
+    return out
+
+
+def leave_out_without_truth(name: str, ctx: MetricContext, values: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Rows whose ground truth is undefined (``Batch.extras["has_truth"]`` False: a function-word token of
+    ``target = "tokens"``, which names no object) are left out of the metrics that need ``masks`` or ``boxes``: NaN
+    (``undefined``, counted) for an image-level metric, a zero statistics row (adds nothing to the sums of
+    PxAP or the seed metrics) for a dataset-level one. A metric registered with ``scores_untruthed=True``
+    (TAM's Func-IoU and F1-IoU) defines its value on those rows itself and is left alone."""
+    extras = ctx.batch.extras or {}
+    entry = METRICS.entry(name).meta
+    needs = entry.get("needs", ())
+    if "has_truth" not in extras or not ({"masks", "boxes"} & set(needs)) or entry.get("scores_untruthed"):
+        return values
+    keep = extras["has_truth"].bool().cpu()
+    out = {}
+    for method, v in values.items():
+        k = keep.to(v.device).view(-1, *([1] * (v.ndim - 1)))
+        fill = torch.zeros_like(v) if entry.get("level", "image") == "dataset" else torch.full_like(v, float("nan"))
+        out[method] = torch.where(k, v, fill)
     return out
 
 

@@ -338,6 +338,7 @@ SHIPPED_MODELS = {
     "shapes_shortcut_cnn": "synthetic",
     "shapes_multilabel_cnn": "multilabel",
     "volume_cnn": "volumetric",
+    "shapes_vit": "vit",
 }
 
 

@@ -93,7 +93,7 @@ def _loop_rollout(probs: list[np.ndarray], b: int) -> np.ndarray:
         new = np.zeros((n, n))
         for i in range(n):
             for j in range(n):
-                new[i, j] = sum(a[i, k] * r[k, j] for k in range(n))
+                new[i, j] = np.dot(a[i, :], r[:, j])
         r = new
     return r
 
@@ -108,7 +108,7 @@ def _loop_gradient_rollout(probs: list[np.ndarray], grads: list[np.ndarray], b: 
         for i in range(n):
             for j in range(n):
                 abar[i, j] = sum(max(0.0, g[b, h, i, j] * p[b, h, i, j]) for h in range(heads)) / heads
-        r = r + np.array([[sum(abar[i, k] * r[k, j] for k in range(n)) for j in range(n)] for i in range(n)])
+        r = r + np.array([[np.dot(abar[i, :], r[:, j]) for j in range(n)] for i in range(n)])
     return r
 
 

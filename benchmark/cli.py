@@ -447,6 +447,7 @@ SHIPPED_MODELS = {
     "volume_cnn": "volumetric",
     "shapes_captioner": "captioner",
     "shapes_dual_encoder": "dual_encoder",
+    "shapes_vit": "vit",
 }
 
 

@@ -165,5 +165,6 @@ def test_packaged_quick_suite_loads_from_anywhere(monkeypatch, tmp_path):
         ("efficientnet_lite0", "photos"),
         ("volume_cnn", "volumes"),
         ("shapes_multilabel_cnn", "shapes_multilabel"),
+        ("shapes_vit", "shapes"),
     ]
     assert s.experiments[0].methods == "all" and s.experiments[0].metrics == "all"

@@ -6,6 +6,7 @@
 """
 
 from . import (  # noqa: F401  (registration side effects)
+    attention,
     baselines,
     bridges,
     cfcam,

@@ -11,7 +11,9 @@ in (as in the paper and torchcam ``LeGrad``).
 One forward and **one** backward for all blocks: each block's input is detached (so ``s^l`` reaches only
 block ``l``'s attention) and the attention probabilities are leaves, so the gradient of ``sum_l s^l`` w.r.t.
 ``P^l`` is exactly ``ds^l/dP^l``. Supports torchvision ``VisionTransformer`` (blocks whose
-``self_attention`` is a batch-first ``nn.MultiheadAttention``); other models raise a clear error.
+``self_attention`` is a batch-first ``nn.MultiheadAttention``) and ViTs that list their attention-probability
+modules (``attention_probs_modules()`` with ``blocks``, ``norm`` and ``head``: ``shapes_vit``,
+docs/transformers.md); other models raise a clear error.
 """
 
 from __future__ import annotations
@@ -25,6 +27,19 @@ from torch import Tensor, nn
 
 from ..errors import LayerError
 from .base import ExplainContext, register_method
+
+
+def exposed_vit(model: nn.Module) -> tuple[list[nn.Module], list[nn.Module], nn.Module, nn.Module] | None:
+    """``(blocks, probs_modules, final_norm, head)`` of a ViT that lists its attention-probability modules
+    (``model.attention_probs_modules()``, one per block of ``model.blocks``, e.g. ``shapes_vit``), else None."""
+    listed = getattr(model, "attention_probs_modules", None)
+    blocks, norm, head = getattr(model, "blocks", None), getattr(model, "norm", None), getattr(model, "head", None)
+    if not callable(listed) or not isinstance(blocks, (nn.Sequential, nn.ModuleList)):
+        return None
+    probs = list(listed())
+    if len(probs) != len(blocks) or not isinstance(norm, nn.Module) or not isinstance(head, nn.Module):
+        return None
+    return list(blocks), probs, norm, head
 
 
 def vit_blocks(model: nn.Module) -> tuple[list[nn.Module], nn.Module, nn.Module]:
@@ -87,7 +102,11 @@ def legrad(ctx: ExplainContext, n_blocks: int | None = None, prefix_tokens: int 
     Returns ``[B, h, w]`` on the patch grid (square). ``prefix_tokens`` leading keys (the class token)
     are dropped.
     """
-    blocks, norm, head = vit_blocks(ctx.model)
+    exposed = exposed_vit(ctx.model)
+    if exposed is not None:
+        blocks, probs_modules, norm, head = exposed
+    else:
+        blocks, norm, head = vit_blocks(ctx.model)
     chosen = _select(blocks, ctx.layer, n_blocks)
     leaves: dict[int, Tensor] = {}
     outputs: dict[int, Tensor] = {}
@@ -122,6 +141,14 @@ def legrad(ctx: ExplainContext, n_blocks: int | None = None, prefix_tokens: int 
 
         return hook
 
+    def leaf_probs(i: int):
+        def hook(module: nn.Module, args: tuple, output: Tensor) -> Tensor:
+            leaf = output.detach().requires_grad_(True)
+            leaves[i] = leaf
+            return leaf
+
+        return hook
+
     def keep_output(i: int):
         def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
             outputs[i] = output
@@ -130,9 +157,13 @@ def legrad(ctx: ExplainContext, n_blocks: int | None = None, prefix_tokens: int 
 
     try:
         for i in chosen:
-            blk, mha = blocks[i], cast(nn.MultiheadAttention, blocks[i].self_attention)
+            blk = blocks[i]
             handles.append(blk.register_forward_pre_hook(cut(i)))
             handles.append(blk.register_forward_hook(keep_output(i)))
+            if exposed is not None:  # the model's own probability modules: replace P by a leaf
+                handles.append(probs_modules[i].register_forward_hook(leaf_probs(i)))
+                continue
+            mha = cast(nn.MultiheadAttention, blk.self_attention)
             handles.append(mha.register_forward_pre_hook(ask_weights, with_kwargs=True))
             handles.append(mha.register_forward_hook(grab_attention(i), with_kwargs=True))
         with torch.enable_grad():

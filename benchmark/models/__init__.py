@@ -1,6 +1,15 @@
-"""Model registry: torchvision/timm zoo, efficientnet_lite0 (offline ImageNet) and our synthetic CNNs."""
+"""Model registry: torchvision/timm zoo, efficientnet_lite0 (offline ImageNet), our synthetic CNNs and ViT."""
 
-from . import captioner, dual_encoder, efficientnet, multilabel, synthetic, volumetric, zoo  # noqa: F401  (registration)
+from . import (  # noqa: F401  (registration)
+    captioner,
+    dual_encoder,
+    efficientnet,
+    multilabel,
+    synthetic,
+    vit,
+    volumetric,
+    zoo,
+)
 from .base import MODELS, create_model, list_models, register_model
 
 __all__ = ["MODELS", "create_model", "list_models", "register_model"]

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..errors import CambenchError
+from ..errors import CambenchError, MethodUndefinedError
 from ..schema import (  # re-exported
     CURVE_COLUMNS,
     PERTURBED_COLUMNS,
@@ -299,12 +299,15 @@ def _run_unit(suite: Suite, unit: Unit, progress: Callable[[int], None] | None, 
         )
         outputs: dict[str, Any] = {}
         failed: dict[str, str] = {}
+        undefined: set[str] = set()
         for name in unit.methods:
             t = time.perf_counter()
             try:
                 outputs[name] = M.run_method(ectx, name, method_params.get(name), ms_flip=exp.ms_flip_config)
             except Exception as exc:
                 failed[name] = _err(exc)
+                if isinstance(exc, MethodUndefinedError):  # not defined for this model/layer: "undefined" rows
+                    undefined.add(name)
             timings.append(("explain", name, time.perf_counter() - t))
         saliency = {m: o.maps for m, o in outputs.items()}
         degenerate = {m: o.degenerate.detach().cpu().numpy().astype(bool) for m, o in outputs.items()}
@@ -339,7 +342,10 @@ def _run_unit(suite: Suite, unit: Unit, progress: Callable[[int], None] | None, 
                 continue
             for name, msg in failed.items():
                 if not reexplains or _reexplained(name, exp.reexplain_methods):
-                    add(name, metric, ids, np.nan, "error", f"method failed: {msg}", False)
+                    if name in undefined:
+                        add(name, metric, ids, np.nan, "undefined", f"method undefined: {msg}", False)
+                    else:
+                        add(name, metric, ids, np.nan, "error", f"method failed: {msg}", False)
             t = time.perf_counter()
             try:
                 res = compute_metrics(ctx_m, [metric], exp.metric_params).get(metric, {})

@@ -36,7 +36,6 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -267,7 +266,9 @@ class CompositesDataset(CamDataset):
                     "or compute the list with benchmark.models.bam.compute_kept."
                 )
             if n is not None and n > len(kept):
-                raise DataError(f"n={n} exceeds the {len(kept)} shipped composites the model recognises; use n <= {len(kept)}.")
+                raise DataError(
+                    f"n={n} exceeds the {len(kept)} shipped composites the model recognises; use n <= {len(kept)}."
+                )
             self.indices = kept[: len(kept) if n is None else n]
         else:
             if n is not None and n < 0:
@@ -356,7 +357,7 @@ class CompositesDataset(CamDataset):
             placed.append((y, x))
         image = background.copy()
         full_masks = []
-        for (rgb, mask), (y, x) in zip(pasted, placed, strict=True):
+        for (_, mask), (y, x) in zip(pasted, placed, strict=True):
             m = np.zeros((SIZE, SIZE), dtype=bool)
             m[y : y + mask.shape[0], x : x + mask.shape[1]] = mask
             full_masks.append(m)

@@ -111,7 +111,8 @@ def _encode(net: nn.Module, ds: CompositesDataset, chunk: int = 64) -> tuple[Ten
         x, y, z = ds.images_and_labels(range(i, min(len(ds), i + chunk)))
         f, lg = _features(net, x)
         fs.append(f), ls.append(lg), ys.append(y), zs.append(z)
-        log.info("composites %s: %d/%d encoded (%.0f s)", ds.split, min(len(ds), i + chunk), len(ds), time.perf_counter() - t0)
+        done, secs = min(len(ds), i + chunk), time.perf_counter() - t0
+        log.info("composites %s: %d/%d encoded (%.0f s)", ds.split, done, len(ds), secs)
     return torch.cat(fs), torch.cat(ls), torch.cat(ys), torch.cat(zs)
 
 

@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 TARGET_LAYER = "backbone._head_act"
 TRAINER_VERSION = 1
 #: Candidates of the test split scored for the kept list, and training images of the heads.
-N_CANDIDATES = 760
+N_CANDIDATES = 840
 N_TRAIN = 540
 HEAD_NAMES = ("composites_object_head", "composites_scene_head")
 

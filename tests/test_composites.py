@@ -11,7 +11,6 @@ from benchmark.data.composites import (
     KEEP_TOP_K,
     CompositesDataset,
     background_ids,
-    object_ids,
     resize_mask,
     resize_u8,
     shipped_kept,
@@ -85,7 +84,9 @@ def test_arguments_are_validated() -> None:
         CompositesDataset(classes=["unicorn"], keep="all")
     with pytest.raises(DataError, match="keep='all'"):
         CompositesDataset(seed=3)  # no shipped kept list for seed 3
-    d = CompositesDataset(n=5, backgrounds=["brick", "grass"], classes=["chelsea", "coffee"], keep="all", label="object")
+    d = CompositesDataset(
+        n=5, backgrounds=["brick", "grass"], classes=["chelsea", "coffee"], keep="all", label="object"
+    )
     assert {int(d[i].extras["contrast_target"]) for i in range(5)} <= {background_ids().index("brick"), 1}
     assert d.num_classes == 2 and {d[i].target for i in range(5)} <= {0, 1}
 

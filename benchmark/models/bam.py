@@ -69,12 +69,11 @@ class HeadModel(nn.Module):
 
 
 def _config() -> dict[str, Any]:
+    """What the heads' weights depend on (their hash); the kept list's settings are recorded beside it."""
     return {
         "generator_version": GENERATOR_VERSION,
         "trainer_version": TRAINER_VERSION,
-        "n_candidates": N_CANDIDATES,
         "n_train": N_TRAIN,
-        "keep_top_k": KEEP_TOP_K,
         "backbone": "efficientnet_lite0 (efficientnet-lite0-57934424.pth)",
         "head": "linear on pooled _head_act features; Adam lr 0.01, weight decay 1e-3, 300 full-batch steps",
     }
@@ -187,7 +186,7 @@ def train_and_ship(root: Path | None = None, kept_file: Path | None = None) -> d
                 "all_test_candidates": _accuracy(head, f_te, y_true),
             },
             "train_accuracy": _accuracy(head, f_tr, y_tr if name == "composites_object_head" else z_tr),
-            "share_kept": len(indices) / N_CANDIDATES,
+            "kept_list": {"candidates": N_CANDIDATES, "top_k": KEEP_TOP_K, "share_kept": len(indices) / N_CANDIDATES},
             "seconds": time.perf_counter() - t0,
         }
         save_shipped(name, head.state_dict(), record, root=root)

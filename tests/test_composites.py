@@ -140,3 +140,43 @@ def test_cam_is_undefined_on_the_deep_head_and_defined_on_gap_linear() -> None:
             assert h.model.fc.in_features == ctx.capture.activations.shape[1]
             with pytest.raises(MethodUndefinedError, match="global average pooling only"):
                 M.run_method(ctx, "cam")
+
+
+def test_bam_heads_ship_with_their_accuracy_and_the_contrast_metrics_have_their_references() -> None:
+    from benchmark import methods as M
+    from benchmark.data import make_batches
+    from benchmark.metrics import METRICS, MetricContext, compute_metrics, missing_needs
+    from benchmark.models import create_model
+    from benchmark.models.shipped import shipped_meta
+
+    for name in ("composites_object_head", "composites_scene_head"):
+        assert shipped_meta(name)["held_out_accuracy"]["kept_test"] >= 0.95
+    h = create_model("composites_object")
+    d = CompositesDataset(n=4, label="object")
+    batch = next(iter(make_batches(d, h, 4)))
+    with torch.inference_mode():
+        assert torch.equal(h.model(batch.images).argmax(1), batch.targets)  # the object head names the object
+        scene = h.model.contrast_model(batch.images).argmax(1)
+    assert torch.equal(scene, batch.extras["contrast_target"])  # the scene head names the background
+
+    names = ["gradcam", "center", "oracle"]
+
+    def explain(model, images, targets, ms, **_):  # type: ignore[no-untyped-def]
+        masks = batch.masks if images.shape[0] == batch.masks.shape[0] else None
+        return M.explain(model, h.target_layer, images, targets, ms, masks=masks)
+
+    sal = explain(h.model, batch.images, batch.targets, names)
+    ctx = MetricContext(
+        model=h.model, batch=batch, saliency=sal, explain=explain, method_meta={"oracle": {"needs_ground_truth": True}}
+    )
+    res = compute_metrics(ctx, ["bam_model_contrast", "bam_input_dependence"])
+    assert torch.allclose(res["bam_model_contrast"]["oracle"], torch.ones(4))
+    idr = res["bam_input_dependence"]["oracle"]
+    assert bool((idr[idr.isfinite()] == 1).all())
+    # center is the same map under both heads: contrast exactly 0; Grad-CAM follows the object head
+    assert torch.allclose(res["bam_model_contrast"]["center"], torch.zeros(4), atol=1e-6)
+    assert float(res["bam_model_contrast"]["gradcam"].mean()) > 0.2
+    # a model without a declared contrast model does not meet the need
+    plain = MetricContext(model=create_model("efficientnet_lite0").model, batch=batch, saliency=sal, explain=explain)
+    assert missing_needs("bam_model_contrast", plain) == ["contrast"]
+    assert "contrast" in METRICS.entry("bam_input_dependence").meta["needs"]

@@ -64,8 +64,12 @@ class HeadModel(nn.Module):
             self.contrast_model = contrast
 
     def forward(self, x: Tensor) -> Tensor:
-        b = self.backbone
-        return self.head(b._avg_pooling(b.extract_features(x)).flatten(1))
+        return self.head(pooled_features(self.backbone, x))
+
+
+def pooled_features(net: Any, x: Tensor) -> Tensor:
+    """efficientnet_lite0's globally pooled ``_head_act`` features ``[B,1280]`` (what its ``_fc`` reads)."""
+    return net._avg_pooling(net.extract_features(x)).flatten(1)
 
 
 def _config() -> dict[str, Any]:
@@ -89,7 +93,7 @@ def _lite0() -> nn.Module:
     return net.eval()
 
 
-def _features(net: nn.Module, images01: Tensor, batch_size: int = 32) -> tuple[Tensor, Tensor]:
+def _features(net: Any, images01: Tensor, batch_size: int = 32) -> tuple[Tensor, Tensor]:
     """Pooled ``_head_act`` features ``[N,1280]`` and ImageNet logits ``[N,1000]`` of images in [0,1]."""
     mean = torch.tensor(LITE_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(LITE_STD).view(1, 3, 1, 1)
@@ -97,19 +101,25 @@ def _features(net: nn.Module, images01: Tensor, batch_size: int = 32) -> tuple[T
     with torch.inference_mode():
         for i in range(0, len(images01), batch_size):
             x = (images01[i : i + batch_size] - mean) / std
-            f = net._avg_pooling(net.extract_features(x)).flatten(1)
+            f = pooled_features(net, x)
             feats.append(f)
             logits.append(net._fc(f))
     return torch.cat(feats), torch.cat(logits)
 
 
-def _encode(net: nn.Module, ds: CompositesDataset, chunk: int = 64) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    fs, ls, ys, zs = [], [], [], []
+def _encode(net: Any, ds: CompositesDataset, chunk: int = 64) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    fs: list[Tensor] = []
+    ls: list[Tensor] = []
+    ys: list[Tensor] = []
+    zs: list[Tensor] = []
     t0 = time.perf_counter()
     for i in range(0, len(ds), chunk):
         x, y, z = ds.images_and_labels(range(i, min(len(ds), i + chunk)))
         f, lg = _features(net, x)
-        fs.append(f), ls.append(lg), ys.append(y), zs.append(z)
+        fs.append(f)
+        ls.append(lg)
+        ys.append(y)
+        zs.append(z)
         done, secs = min(len(ds), i + chunk), time.perf_counter() - t0
         log.info("composites %s: %d/%d encoded (%.0f s)", ds.split, done, len(ds), secs)
     return torch.cat(fs), torch.cat(ls), torch.cat(ys), torch.cat(zs)

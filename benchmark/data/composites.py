@@ -44,6 +44,7 @@ from torch import Tensor
 from ..errors import DataError
 from ._common import ANNOTATIONS_DIR, imagenet_names, polygon_mask
 from .base import CamDataset, Sample, register_dataset
+from .photos import source_dir
 
 #: Bump when the drawing changes: it is part of the heads' training hash and of the kept lists' key.
 GENERATOR_VERSION = 1
@@ -111,8 +112,6 @@ def tight_box(mask: np.ndarray) -> list[float]:
 def _read_rgb(source: str, file: str) -> np.ndarray:
     """A shipped photo as ``[H,W,3]`` uint8 (grey replicated), decoded once per process."""
     import skimage.io
-
-    from .photos import source_dir
 
     path = source_dir(source) / file
     try:

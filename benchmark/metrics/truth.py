@@ -11,7 +11,7 @@ and ``bam_input_dependence`` need ``"contrast"``: the explained model declares i
 (``MetricContext.contrast_model``) and the batch its targets (``extras["contrast_target"]``). Ground-truth
 methods (``needs_ground_truth``, the oracle) are scored with each model's own truth: the object region under
 the object head, the rest of the image under the scene head (the whole scene-only image): their values are
-the ceiling (1), a random map's the chance level (0 and 1/2).
+the ceiling (1); a map that ignores the model and the input (center, the per-batch seeded random map) scores 0.
 """
 
 from __future__ import annotations
@@ -163,7 +163,7 @@ def bam_model_contrast(ctx: MetricContext) -> dict[str, Tensor]:
 def bam_input_dependence(ctx: MetricContext) -> dict[str, Tensor]:
     """1/0 per image: under the contrast (scene) model, the pasted object's region gets less attribution than
     the same region of the scene-only image (``extras["background_image"]``); NaN where the scene model
-    misclassifies either image or the data has no scene-only image. The mean is BAM's IDR (chance: 1/2)."""
+    misclassifies either image or the data has no scene-only image. The mean is BAM's IDR (an input-blind map: 0)."""
     extras = ctx.batch.extras or {}
     if "background_image" not in extras:
         return {m: torch.full((len(ctx.batch.ids),), float("nan")) for m in ctx.methods}

@@ -8,7 +8,7 @@ offline ImageNet efficientnet_lite0 and BAM's heads (issue #26, item 5).
   and the pooling CAM is undefined and Grad-CAM and HiResCAM separate;
 - deletion, insertion and the pointing game depend only on the order of the map's values: invariant to a
   strictly increasing transform;
-- ROAD with a random map: MoRF ~ LeRF (the removal order carries no information).
+- ROAD with a random map: MoRF ~ LeRF (the removal order carries no information: no systematic paired gap).
 """
 
 from __future__ import annotations
@@ -84,14 +84,19 @@ def test_cam_gradcam_hirescam_agree_on_the_gap_linear_object_head_and_separate_o
     assert float((sep["gradcam"] - sep["hirescam"]).abs().max()) > 0.05
 
 
-def test_deletion_insertion_pointing_invariant_to_monotone_transforms(lite0) -> None:  # type: ignore[no-untyped-def]
-    h, x, t, masks = lite0
+def test_deletion_insertion_pointing_invariant_to_monotone_transforms() -> None:
+    # 64 px crops of composites through the 64 px shapes model keep this fast; the claim is about the map's order
+    h = create_model("shapes_cnn")
+    d = CompositesDataset(n=3)
+    x = h.normalize(torch.stack([d[i].image[:, 80:144, 80:144] for i in range(3)]))
+    masks = torch.stack([d[i].mask[80:144, 80:144] for i in range(3)])
+    t = h.model(x).argmax(1).detach()
     sal = M.explain(h.model, h.target_layer, x, t, ["gradcam"])["gradcam"]
     sal = (sal * 50).round()  # ties included
     mono = torch.exp(sal / 7) * 3 - 1  # strictly increasing
     for fn in (FF.deletion_auc, FF.insertion_auc):
-        torch.testing.assert_close(fn(h.model, x, t, mono, n_steps=4), fn(h.model, x, t, sal, n_steps=4))
-    torch.testing.assert_close(FL.pointing_game(mono, masks), FL.pointing_game(sal, masks))
+        torch.testing.assert_close(fn(h.model, x, t, mono, n_steps=8), fn(h.model, x, t, sal, n_steps=8))
+    torch.testing.assert_close(FL.pointing_game(mono, masks, 4), FL.pointing_game(sal, masks, 4))
 
 
 def test_road_morf_equals_lerf_in_expectation_for_a_random_map() -> None:
@@ -104,4 +109,5 @@ def test_road_morf_equals_lerf_in_expectation_for_a_random_map() -> None:
     sal = torch.rand(8, 64, 64, generator=torch.Generator().manual_seed(1))
     morf = FF.road(h.model, x, t, sal, [0.2, 0.4, 0.6], "morf")
     lerf = FF.road(h.model, x, t, sal, [0.2, 0.4, 0.6], "lerf")
-    assert abs(float(morf.mean() - lerf.mean())) < 0.05
+    d = morf - lerf  # paired per image: no systematic gap (within 3 standard errors of the mean difference)
+    assert abs(float(d.mean())) < 3 * float(d.std()) / len(d) ** 0.5

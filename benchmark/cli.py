@@ -185,7 +185,8 @@ def _parser() -> argparse.ArgumentParser:
         nargs="*",
         metavar="NAME",
         help="models to train (default: every model with shipped weights: shapes_cnn, shapes_deep_cnn, "
-        "shapes_shortcut_cnn, shapes_multilabel_cnn, volume_cnn)",
+        "shapes_shortcut_cnn, shapes_multilabel_cnn, volume_cnn, and BAM's composites_object_head and "
+        "composites_scene_head, trained together with the composites' kept list)",
     )
     return p
 
@@ -448,6 +449,9 @@ SHIPPED_MODELS = {
     "shapes_captioner": "captioner",
     "shapes_dual_encoder": "dual_encoder",
     "shapes_vit": "vit",
+    # BAM's heads on efficientnet_lite0 (one training writes both and the composites' kept list)
+    "composites_object_head": "bam",
+    "composites_scene_head": "bam",
 }
 
 
@@ -472,9 +476,9 @@ def cmd_train_models(args: argparse.Namespace) -> int:
                 mod = importlib.import_module(f".models.{SHIPPED_MODELS[name]}", __package__)
                 if SHIPPED_MODELS[name] == "synthetic":
                     records.update(mod.train_and_ship([name]))
-                else:
+                elif name not in records:
                     mod.train_and_ship()
-                    records[name] = shipped_meta(name)
+                    records.update({n: shipped_meta(n) for n, m in SHIPPED_MODELS.items() if m == SHIPPED_MODELS[name]})
     except WeightsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

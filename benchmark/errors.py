@@ -40,6 +40,11 @@ class WeightsError(CambenchError, FileNotFoundError):
     """Model weights are not available offline."""
 
 
+class MethodUndefinedError(CambenchError, ValueError):
+    """A method is not defined for this model or layer (e.g. CAM where the layer does not reach the logits
+    through global average pooling -> Linear); the runner records its rows as ``undefined``, not ``error``."""
+
+
 class SuiteError(CambenchError, ValueError):
     """A suite file is invalid."""
 

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from .data.captions import PerQueryTargets, caption_truth, expand_token_batch
 from .data.transforms import check_class_count, per_class
-from .errors import InputError, UnknownNameError
+from .errors import InputError, MethodUndefinedError, UnknownNameError
 from .methods import METHODS, ExplainContext, explain, resolve_layer, run_method
 from .metrics import METRICS, MetricContext, compute_metrics, missing_needs
 from .types import Batch, ModelHandle, Reshape
@@ -149,7 +149,8 @@ class BatchScores:
     Tensor[B]}}`` (NaN: undefined for that image); ``statistics``: dataset-level metrics' per-image sufficient
     statistics ``{metric: {method: Tensor[B,S]}}``; ``curves``: ``{metric: {method: Tensor[B,steps]}}``;
     ``scored``: for each metric that ran, the methods it was asked to score (failed methods included);
-    ``method_failures`` / ``metric_failures``: ``{name: "Type: message"}``; ``capture_facts``: facts of the
+    ``method_failures`` / ``metric_failures``: ``{name: "Type: message"}`` (``method_undefined``: those of
+    them not defined on the model); ``capture_facts``: facts of the
     shared capture (:func:`capture_facts`); ``seconds``: ``{(stage, name): seconds}``.
     """
 
@@ -162,6 +163,9 @@ class BatchScores:
     scored: dict[str, tuple[str, ...]] = field(default_factory=dict)
     method_failures: dict[str, str] = field(default_factory=dict)
     metric_failures: dict[str, str] = field(default_factory=dict)
+    #: the failed methods that are not defined on this model or layer (``MethodUndefinedError``): their rows
+    #: are ``undefined``, not ``error``
+    method_undefined: set[str] = field(default_factory=set)
     capture_facts: dict[str, float] = field(default_factory=dict)
     seconds: dict[tuple[str, str], float] = field(default_factory=dict)
 
@@ -251,6 +255,8 @@ def evaluate_batch(
             res = run_method(ectx, name, mparams.get(name), ms_flip=ms_flip)
         except Exception as exc:
             out.method_failures[name] = error_message(exc)
+            if isinstance(exc, MethodUndefinedError):  # not defined on this model or layer (e.g. CAM)
+                out.method_undefined.add(name)
         else:
             out.maps[name], out.degenerate[name] = res.maps, res.degenerate.detach()
         out.seconds[("explain", name)] = time.perf_counter() - t

@@ -1,5 +1,6 @@
-"""The synthetic images are the same on every x86 CPU: numpy's SIMD kernels (AVX-512 / AVX2 dispatch) and
-OpenBLAS's core type do not reach them (issue: a reference that reproduces on any machine).
+"""The synthetic images (shapes, multi-label shapes, composites) are the same on every x86 CPU: numpy's SIMD
+kernels (AVX-512 / AVX2 dispatch) and OpenBLAS's core type do not reach them (issue: a reference that
+reproduces on any machine).
 
 A subprocess with every SIMD target above numpy's baseline disabled (``NPY_DISABLE_CPU_FEATURES``) and
 OpenBLAS forced to another kernel family stands in for an older CPU. A control asserts that the switch does
@@ -24,6 +25,7 @@ import numpy as np
 sys.path.insert(0, sys.argv[1])
 from benchmark.data.multilabel import ShapesMultiLabel
 from benchmark.data.synthetic import ShapesDataset
+from benchmark.data.composites import CompositesDataset
 
 def h(a):
     return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
@@ -36,6 +38,10 @@ x, _ = ShapesDataset(n=6, split="test", shortcut="aligned").images_and_labels()
 out["shortcut"] = h(x.numpy())
 ml = ShapesMultiLabel(n=6)
 out["multilabel"] = h(np.stack([ml.multi_scene(i).image.numpy() for i in range(6)]))
+cd = CompositesDataset(n=6, objects=2, keep="all")
+out["composites"] = h(
+    np.stack([np.concatenate([s.image, s.background, *s.masks], axis=None) for s in map(cd.scene, range(6))])
+)
 print(json.dumps(out))
 """
 

@@ -162,7 +162,7 @@ def test_packaged_quick_suite_loads_from_anywhere(monkeypatch, tmp_path):
         ("shapes_cnn", "shapes"),
         ("shapes_deep_cnn", "shapes"),
         ("shapes_shortcut_cnn", "shapes_shortcut"),
-        ("efficientnet_lite0", "photos"),
+        ("efficientnet_lite0", "composites"),
         ("volume_cnn", "volumes"),
         ("shapes_multilabel_cnn", "shapes_multilabel"),
         ("shapes_vit", "shapes"),

@@ -26,7 +26,8 @@ class Sample:
     label: int | None = None
     ignore: Tensor | None = None  # [H,W] bool, pixels without ground truth (VOC's void border, 255)
     #: Extra per-image tensors a dataset knows by construction (``[H,W]`` masks, ``[3,H,W]`` images in
-    #: [0,1]), e.g. the model-truth region of the ``truth`` metrics; they travel into ``Batch.extras``.
+    #: [0,1], 0-d per-image scalars such as ``contrast_target``), e.g. the model-truth region of the ``truth``
+    #: metrics; they travel into ``Batch.extras``.
     extras: dict[str, Tensor] | None = None
 
 

@@ -137,6 +137,8 @@ def resize_sample(
     if extras and (new_h, new_w, out_h, out_w) != (h, w, h, w):  # masks nearest-exact, images bilinear
 
         def fit(t: Tensor) -> Tensor:
+            if t.ndim < 2:  # per-image scalars (e.g. the contrast model's target) do not resize
+                return t
             x = t[None, None].float() if t.ndim == 2 else t[None].float()
             mode = "nearest-exact" if t.dtype == torch.bool else "bilinear"
             kw = {} if mode == "nearest-exact" else {"align_corners": False, "antialias": True}

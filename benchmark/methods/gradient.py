@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..errors import LayerError
+from ..errors import MethodUndefinedError
 from ..types import Capture
 from .base import ExplainContext, register_method
 from .capture import capture as _capture
@@ -37,23 +37,48 @@ def _grads(cap: Capture) -> Tensor:
 
 
 # -- CAM ------------------------------------------------------------------------------------------
-def classifier_weights(model: nn.Module, channels: int) -> Tensor:
-    """The FC weight matrix ``[K, C]`` of a GAP->Linear head: the last ``nn.Linear`` with ``C`` inputs."""
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear) and m.in_features == channels]
-    if not linears:
-        raise LayerError(
-            f"CAM needs a global-average-pooling -> Linear head over the target layer's {channels} "
-            f"channels, but {type(model).__name__} has no nn.Linear with in_features={channels}. "
-            "Use Grad-CAM (identical up to scale on such heads) or target the last conv block."
+def classifier_weights(model: nn.Module, activations: Tensor, logits: Tensor) -> Tensor:
+    """The FC weight matrix ``[K, C]`` of the head CAM needs: the ``nn.Linear`` ``(W, b)`` of ``model`` with
+    ``logits = W GAP(A) + b`` on every image of the batch (Zhou et al. 2016, eq. 2: the layer reaches the
+    logits through global average pooling and that linear layer only).
+
+    Checked on the captured batch, never by channel count alone: the spatial mean of the layer's activations
+    ``A`` ``[B,C,...]`` is pushed through each ``nn.Linear`` with ``C`` inputs and must give the captured
+    logits to float tolerance. Anything between the layer and the pooling (another conv block, a non-linear
+    head, token pooling) breaks the identity and makes CAM undefined:
+    :class:`~benchmark.errors.MethodUndefinedError`, recorded as ``undefined`` rows.
+    """
+    channels = activations.shape[1]
+    if activations.ndim < 3 or logits is None or logits.ndim != 2:
+        raise MethodUndefinedError(
+            "CAM is undefined here: it needs a feature map [B,C,...] and class logits [B,K]; got activations "
+            f"{tuple(activations.shape)}. Use Grad-CAM."
         )
-    return linears[-1].weight
+    pooled = activations.detach().double().mean(dim=tuple(range(2, activations.ndim)))  # [B, C]
+    ref = logits.detach().double()
+    tol = 1e-4 * (1.0 + float(ref.abs().max()))
+    for m in reversed([m for m in model.modules() if isinstance(m, nn.Linear)]):
+        if m.in_features != channels or m.out_features != ref.shape[1]:
+            continue
+        w = m.weight.detach().double().to(pooled.device)
+        b = m.bias.detach().double().to(pooled.device) if m.bias is not None else 0.0
+        if bool(((pooled @ w.T + b) - ref.to(pooled.device)).abs().max() <= tol):
+            return m.weight
+    raise MethodUndefinedError(
+        f"CAM is undefined for this layer: {type(model).__name__} does not feed it to the classifier through "
+        f"global average pooling only (no nn.Linear maps the {channels}-channel layer's spatial mean to the "
+        "logits). CAM (Zhou et al. 2016, eq. 2) needs layer -> GAP -> Linear: explain the last feature map "
+        "before the pooling, or use Grad-CAM."
+    )
 
 
 @register_method("cam", family="gradient", relu=False, needs_gradients=False, paper="Zhou et al. 2016, eq. 2")
 def cam(ctx: ExplainContext) -> Tensor:
-    """CAM: ``M^c = sum_k W_fc[c,k] A_k`` (Zhou et al. CVPR 2016, eq. 2); bias ignored, no ReLU."""
-    a = ctx.capture.activations
-    w = classifier_weights(ctx.model, a.shape[1]).detach()
+    """CAM: ``M^c = sum_k W_fc[c,k] A_k`` (Zhou et al. CVPR 2016, eq. 2); bias ignored, no ReLU. Defined only
+    where the explained layer reaches the logits through GAP -> Linear (:func:`classifier_weights`)."""
+    cap = ctx.capture
+    a = cap.activations
+    w = classifier_weights(ctx.model, a, cap.logits).detach().to(a.dtype)
     return weighted_sum(w[ctx.targets], a)
 
 

@@ -39,9 +39,13 @@ LEVELS = ("image", "dataset")
 #: What a metric may need beyond the model and the batch (which every metric receives): the methods'
 #: maps, ground-truth masks or boxes, the ability to re-explain (``ctx.explain``), ``frames``: a time
 #: (or depth) axis, i.e. volumes or clips ``[B,C,T,H,W]``, or ``truth``: what the model uses, known by
-#: construction (``Batch.extras["truth_mask"]``). See ``missing_needs``.
+#: construction (``Batch.extras["truth_mask"]``), or ``contrast``: a second model on the same inputs whose
+#: evidence is known to differ (BAM's scene head beside its object head): the model declares it as its
+#: ``contrast_model`` attribute (an ``nn.Module`` with the same target-layer path, see
+#: :attr:`MetricContext.contrast_model`) and the batch carries its targets (``Batch.extras["contrast_target"]``).
+#: See ``missing_needs``.
 #: ``tokens``: a batch of generated tokens (``target = "tokens"``, ``Batch.extras["function_word"]``).
-NEEDS = ("saliency", "masks", "boxes", "explainer", "frames", "truth", "tokens")
+NEEDS = ("saliency", "masks", "boxes", "explainer", "frames", "truth", "contrast", "tokens")
 
 
 class ExplainFn(Protocol):
@@ -86,6 +90,13 @@ class MetricContext:
     @property
     def methods(self) -> list[str]:
         return list(self.saliency)
+
+    @property
+    def contrast_model(self) -> nn.Module | None:
+        """The model's declared contrast model (its ``contrast_model`` attribute), or None: the model whose
+        maps contrast metrics compare with this model's (e.g. BAM's scene head, ``models/bam.py``)."""
+        other = getattr(self.model, "contrast_model", None)
+        return other if isinstance(other, nn.Module) else None
 
     def method_info(self, name: str, key: str, default: Any = None) -> Any:
         """Metadata ``key`` of method ``name`` (from :attr:`method_meta`), ``default`` when not given."""
@@ -223,6 +234,10 @@ def missing_needs(name: str, ctx: MetricContext) -> list[str]:
             missing.append(need)  # no model truth known for this dataset (see metrics/truth.py)
         elif need == "tokens" and not (ctx.batch.extras and "function_word" in ctx.batch.extras):
             missing.append(need)  # not a token batch (target = "tokens"; see metrics/tokens.py)
+        elif need == "contrast" and (
+            ctx.contrast_model is None or not (ctx.batch.extras and "contrast_target" in ctx.batch.extras)
+        ):
+            missing.append(need)  # the model declares no contrast model, or the data no contrast targets
     return missing
 
 

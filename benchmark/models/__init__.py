@@ -1,6 +1,7 @@
 """Model registry: torchvision/timm zoo, efficientnet_lite0 (offline ImageNet), our synthetic CNNs and ViT."""
 
 from . import (  # noqa: F401  (registration)
+    bam,
     captioner,
     dual_encoder,
     efficientnet,

@@ -259,7 +259,10 @@ def add_score_rows(rows: ScoreRows, stats: StatsRows, scores: BatchScores) -> No
     degenerate = {m: d.cpu().numpy().astype(bool) for m, d in scores.degenerate.items()}
     for metric, asked in scores.scored.items():
         for name in asked:
-            if name in scores.method_failures:
+            if name in scores.method_undefined:
+                msg = f"method undefined: {scores.method_failures[name]}"
+                rows.add(name, metric, ids, np.nan, "undefined", msg, False)
+            elif name in scores.method_failures:
                 rows.add(name, metric, ids, np.nan, "error", f"method failed: {scores.method_failures[name]}", False)
         scored = [m for m in asked if m in scores.maps]
         if metric in scores.metric_failures:

@@ -93,4 +93,45 @@ def map_shift(saliency: Tensor, moved: Tensor) -> Tensor:
     return torch.where(ok, tv, torch.full_like(tv, float("nan")))
 
 
-__all__ = ["intervention_ratio", "map_shift", "remove_region", "shortcut_energy", "shortcut_pointing", "top_k_mask"]
+def region_attribution(saliency: Tensor, region: Tensor) -> Tensor:
+    """BAM's ``G_c``: the mean attribution over region ``c`` of a map scaled to [0, 1] by its maximum (positive
+    part), ``sum_{i in c} S_i / (|c| max S)`` (Yang & Kim 2019, Sec. 3.2). NaN: empty region or all-zero map."""
+    _check(saliency, region)
+    s = saliency.float().clamp(min=0).flatten(1)
+    top = s.max(dim=1).values
+    r = region.flatten(1).float()
+    n = r.sum(dim=1)
+    g = (s * r).sum(dim=1) / (n.clamp(min=1) * top.clamp(min=1e-30))
+    return torch.where((n > 0) & (top > 0), g, torch.full_like(g, float("nan")))
+
+
+def model_contrast_score(s_object: Tensor, s_scene: Tensor, region: Tensor) -> Tensor:
+    """BAM's model contrast score per image, ``G_c(f_obj, I) - G_c(f_scene, I)`` over the object region ``c``
+    (Yang & Kim 2019, eq. 1): the object model uses the object, the scene model does not, so a faithful method
+    attributes more to the object under the object model. In [-1, 1]; ground truth 1, class-blind maps 0."""
+    return region_attribution(s_object, region) - region_attribution(s_scene, region)
+
+
+def input_dependence(s_with: Tensor, s_without: Tensor, region: Tensor, valid: Tensor) -> Tensor:
+    """BAM's input dependence per image (Yang & Kim 2019, eq. 2): 1 if the scene model's map gives the pasted
+    object's region less attribution than the same region of the scene-only image, ``G_c(f_s, I_obj) <
+    G_c(f_s, I_scene)`` (the object is unimportant to the scene model), else 0; NaN where ``valid`` is False
+    (BAM counts only inputs the scene model classifies correctly, with and without the object). The mean over
+    images is the input dependence rate (IDR)."""
+    a, b = region_attribution(s_with, region), region_attribution(s_without, region)
+    hit = (a < b).float()
+    ok = valid.to(hit.device) & torch.isfinite(a) & torch.isfinite(b)
+    return torch.where(ok, hit, torch.full_like(hit, float("nan")))
+
+
+__all__ = [
+    "input_dependence",
+    "model_contrast_score",
+    "region_attribution",
+    "intervention_ratio",
+    "map_shift",
+    "remove_region",
+    "shortcut_energy",
+    "shortcut_pointing",
+    "top_k_mask",
+]

@@ -62,7 +62,7 @@ def test_topk_gradcam_with_every_channel_is_gradcam_in_3d():
     load_plugins([str(EXAMPLES["topk_gradcam"])], entry_points=False)
     model, layer, _ = _check_model(False, 0, "3d")
     x = torch.randn(3, 3, 8, 16, 16, generator=torch.Generator().manual_seed(0))
-    ctx = explain_context(model, layer, x, torch.tensor([0, 1, 2]), batch_size=8, seed=0)
+    ctx = explain_context(model, layer, x, torch.tensor([0, 1, 2]), forward_batch_size=8, seed=0)
     mine = run_method(ctx, "topk_gradcam", {"k": 8})
     ref = run_method(ctx, "gradcam")
     assert mine.maps.shape == (3, 8, 16, 16)

@@ -37,7 +37,10 @@ def test_claims_parse_and_stay_out_of_the_hash():
         ('method = "layercam"\nmetrics = "faithfulness"', "needs `than = ...`"),
         ('method = "layercam"\nthan = ["layercam"]\nmetrics = "x"', "names the claim's own method"),
         ('method = "layercam"\nthan = "gradcam"\nmetrics = []', "`metrics` must be a name"),
-        ('method = "layercam"\nthan = "gradcam"\nmetrics = "x"\nmargin = nan', "`claims[0].margin` = nan: numbers in a suite must be finite"),
+        (
+            'method = "layercam"\nthan = "gradcam"\nmetrics = "x"\nmargin = nan',
+            "`claims[0].margin` = nan: numbers in a suite must be finite",
+        ),
         ('method = "layercam"\nthan = "gradcam"\nmetrics = "x"\nmargin = -0.1', "`margin` must be a finite"),
         (
             'method = "layercam"\nthan = "gradcam"\nmetrics = "x"\nexperiments = ["shapes_cn"]',

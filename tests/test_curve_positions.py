@@ -10,13 +10,13 @@ import pytest
 
 from benchmark.metrics.base import curve_positions
 from benchmark.metrics.functional.faithfulness import ROAD_PERCENTAGES
-from benchmark.runner.unit import _curves_frame
+from benchmark.runner.unit import curves_frame
 
 
 def test_road_curves_sit_at_the_fractions_removed():
     exp = SimpleNamespace(label="m", dataset="d", metric_params={"road_morf": {"percentages": [0.4]}})
     sums = {("road_morf", "gradcam"): (np.array([1.5]), 3), ("deletion_auc", "gradcam"): (np.array([3.0, 1.5, 0.0]), 3)}
-    f = _curves_frame(exp, sums)
+    f = curves_frame(exp.label, exp.dataset, sums, exp.metric_params)
     road = f[f["metric"] == "road_morf"]
     assert road["x"].tolist() == [0.4] and road["value"].tolist() == [0.5]  # not x = 0
     assert f[f["metric"] == "deletion_auc"]["x"].tolist() == [0.0, 0.5, 1.0]

@@ -479,3 +479,66 @@ def test_a_wrong_shaped_map_never_aborts_the_map_comparison():
     ones = torch.ones(2, 8, 8)
     fold_map_diffs(acc, {"a": ones, "b": ones * 0.5, "odd": torch.ones(2, 4, 4)})
     assert acc == {"a|b": 0.5}  # the odd-shaped method is compared with none; the others still are
+
+
+# -- a model whose outputs are non-finite ----------------------------------------------------------
+
+NAN_PLUGIN = """
+from runner_fakes import TinyCNN, fake_cnn
+from benchmark.models import register_model
+
+
+class NanCNN(TinyCNN):  # the fake CNN whose logits are all NaN (a diverged training)
+    def forward(self, x):
+        return super().forward(x) * float("nan")
+
+
+@register_model("integrity_nan_cnn", override=True)
+def integrity_nan_cnn(weights="default"):
+    h = fake_cnn(weights)
+    model = NanCNN()
+    model.load_state_dict(h.model.state_dict())
+    h.model = model.eval()
+    return h
+"""
+
+
+def test_a_model_with_nan_outputs_is_one_warning_and_error_rows_naming_why(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(FAKES.parent))
+    plugin = tmp_path / "nan_plugin.py"
+    plugin.write_text(NAN_PLUGIN)
+    text = SUITE.replace(f'plugins = ["{FAKES}"]', f'plugins = ["{FAKES}", "{plugin}"]')
+    text += '\n[[experiments]]\nmodel = "integrity_nan_cnn"\ndataset = "fake_shapes"\ndata = { n = 4 }\n'
+    lines: list[str] = []
+    suite = parse_suite(text, default_name="integrity")
+    res = run_suite(suite, tmp_path / "out", quiet=True, report=False, log=lines.append)
+    assert len(res.ran) == 4  # 2 units per experiment, every unit finished: the run went on
+    scores = _store(tmp_path / "out").load_scores()
+    nan_rows = scores[scores["model"] == "integrity_nan_cnn"]
+    ok_rows = scores[scores["model"] == "fake_cnn"]
+    # 4 images x 2 methods x 2 metrics, every one an error naming the cause; never "ok" nor "undefined"
+    assert len(nan_rows) == 16 and set(nan_rows["status"]) == {"error"}
+    assert nan_rows["message"].str.contains(r"non-finite logits \(NaN or inf\) for 2 of 2 images").all()
+    assert set(ok_rows["status"]) == {"ok"} and len(ok_rows) == 16  # the finite model is untouched
+    warned = [m for m in lines if "non-finite logits" in m]
+    assert len(warned) == 1 and "integrity_nan_cnn/fake_shapes" in warned[0]  # once for the experiment
+
+
+def test_non_finite_logits_are_counted_per_image_from_the_capture_or_one_forward():
+    import torch
+    from torch import nn
+
+    from benchmark.evaluate import nonfinite_outputs
+    from benchmark.methods import ExplainContext
+
+    class Half(nn.Module):  # NaN for the second image only
+        def forward(self, x):
+            out = x.flatten(1)[:, :3].clone()
+            out[1, 0] = float("inf")
+            return out
+
+    model = Half()
+    ectx = ExplainContext(model=model, layer=model, images=torch.ones(3, 3, 4, 4), targets=torch.zeros(3).long())
+    assert nonfinite_outputs(model, ectx) == 1  # no capture made: one forward
+    finite = ExplainContext(model=model, layer=model, images=torch.ones(2, 3), targets=torch.zeros(2).long())
+    assert nonfinite_outputs(nn.Identity(), finite) == 0

@@ -542,3 +542,63 @@ def test_non_finite_logits_are_counted_per_image_from_the_capture_or_one_forward
     assert nonfinite_outputs(model, ectx) == 1  # no capture made: one forward
     finite = ExplainContext(model=model, layer=model, images=torch.ones(2, 3), targets=torch.zeros(2).long())
     assert nonfinite_outputs(nn.Identity(), finite) == 0
+
+
+# -- a unit that hangs -----------------------------------------------------------------------------
+
+TIMEOUT_SCRIPT = """
+import logging, os, sys, time
+from types import SimpleNamespace
+import pandas as pd
+from benchmark.runner import ExecOptions, parse_suite
+from benchmark.runner.parallel import execute_units
+from benchmark.schema import UnitResult
+
+
+def setup(plugins):
+    return None
+
+
+def unit_fn(suite, unit, options=None):  # unit "a" hangs (as a method stuck in a kernel or a deadlock)
+    if unit.key == "a":
+        open(unit.pidfile, "w").write(str(os.getpid()))
+        time.sleep(600)
+    return UnitResult(unit.key, pd.DataFrame(), pd.DataFrame(), pd.DataFrame(), info={"n_images": 1})
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING)
+    suite = parse_suite(sys.argv[1], default_name="x")
+    units = [SimpleNamespace(key=k, pidfile=sys.argv[2]) for k in "abc"]
+    t = time.time()
+    run = execute_units(suite, units, unit_fn=unit_fn, setup_fn=setup, backend="loky", workers=2,
+                        options=ExecOptions(threads=1, unit_timeout_s=float(sys.argv[3])))
+    print(sorted(r.key for r in run), round(time.time() - t), flush=True)
+"""
+
+
+@pytest.mark.slow  # one loky pool importing torch, then the 20 s timeout: ~30 s on the shared 2-core machine
+def test_a_hanging_unit_is_stopped_by_the_loky_timeout_named_and_the_run_goes_on(tmp_path):
+    script, pidfile = tmp_path / "loky_hang.py", tmp_path / "pid"
+    script.write_text(TIMEOUT_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    args = [sys.executable, str(script), SUITE, str(pidfile), "20"]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    keys, seconds = done.stdout.split("]")
+    assert keys == "['b', 'c'" and int(seconds) < 200  # "b", "c" finished; "a" was stopped, not waited for (600 s)
+    lines = [m for m in done.stderr.splitlines() if "--unit-timeout" in m]
+    assert len(lines) == 1 and "within --unit-timeout 20 s: stopped a (worker killed" in lines[0]
+    with pytest.raises(ProcessLookupError):  # the hanging worker is gone, not left running
+        os.kill(int(pidfile.read_text()), 0)
+
+
+def test_the_unit_timeout_is_refused_where_it_cannot_stop_a_unit():
+    from benchmark.runner import ExecOptions
+    from benchmark.runner.parallel import execute_units
+
+    with pytest.raises(CambenchError, match=r"--unit-timeout stops a unit by killing its worker process, which needs"):
+        next(execute_units(_suite(), ["u"], unit_fn=print, setup_fn=print, options=ExecOptions(unit_timeout_s=5)))
+    for bad in (0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(CambenchError, match="--unit-timeout must be a positive number of seconds"):
+            ExecOptions(unit_timeout_s=bad)

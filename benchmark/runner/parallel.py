@@ -37,6 +37,7 @@ import threading
 import uuid
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import replace
+from multiprocessing import TimeoutError as PoolTimeout
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -260,7 +261,8 @@ def execute_units(
     fills the registries of a worker (see :data:`UnitFn`, :data:`SetupFn`); ``options`` (the runner's
     ``ExecOptions``) is passed to ``unit_fn`` (with ``threads`` set per worker on CPU when it is None).
 
-    ``workers``: processes (default :func:`default_workers`); ``scheduler``: a dask scheduler address
+    ``options.unit_timeout_s`` (loky only): see :func:`_loky`. ``workers``: processes (default
+    :func:`default_workers`); ``scheduler``: a dask scheduler address
     (``tcp://host:8786``; without it a ``LocalCluster`` of ``workers`` processes is started and closed);
     ``client``: an existing ``distributed.Client`` to use instead. ``plugins``: extra plugin modules
     (beyond ``suite.plugins``) each worker imports. ``progress(n)`` is called with each unit's image
@@ -268,6 +270,11 @@ def execute_units(
     """
     if backend not in BACKENDS:
         raise CambenchError(f"Unknown backend {backend!r}; use one of {', '.join(BACKENDS)}.")
+    if getattr(options, "unit_timeout_s", None) is not None and backend != "loky":
+        raise CambenchError(
+            f"--unit-timeout stops a unit by killing its worker process, which needs --backend loky (got --backend "
+            f"{backend}); add --backend loky, or drop --unit-timeout (the run reports a stalled unit anyway)."
+        )
     if workers is not None and workers < 1:
         raise CambenchError(f"--workers must be >= 1, got {workers}.")
     if scheduler is not None and backend != "dask":
@@ -315,23 +322,45 @@ def _end_loky_workers() -> None:
 WORKER_RETRIES = 2
 
 
+def _timed_out(left: list, workers: int, timeout: float) -> list:
+    """After loky's timeout (no unit finished for ``timeout`` s): log the units in flight in one line and
+    return the others. With ``pre_dispatch = n_jobs`` the units in flight are the first ``workers`` of
+    ``left`` (dispatched in order, one more each time one finishes)."""
+    _end_loky_workers()
+    stopped, rest = left[:workers], left[workers:]
+    _log.warning(
+        "cambench: no unit finished within --unit-timeout %g s: stopped %s (worker killed; left unfinished, a "
+        "rerun retries it; raise --unit-timeout if it is only slow); going on with %d other unit(s).",
+        timeout,
+        ", ".join(u.key for u in stopped),
+        len(rest),
+    )
+    return rest
+
+
 def _loky(suite, units, workers, options, plugins, token, progress, fns) -> Iterator[UnitResult]:
     """Units on a loky pool; a dead worker (``TerminatedWorkerError``) restarts the pool on the units not
     yet finished, at most :data:`WORKER_RETRIES` times, then the run stops with one line (finished units
-    are already committed by the driver)."""
+    are already committed by the driver). With ``options.unit_timeout_s``, when no unit finished for that
+    long, the units in flight are stopped and named (:func:`_timed_out`) and the pool restarts on the others
+    (joblib's ``timeout``: its workers are killed, nothing runs on in the background)."""
     from joblib import Parallel, delayed
     from joblib.externals.loky.process_executor import TerminatedWorkerError
 
     options = _cpu_threads(suite, options, workers)
+    timeout = getattr(options, "unit_timeout_s", None)
     left = list(units)
     deaths = 0
+    # as first sized; 1 runs the units in this process, where nothing can stop one: 2 under a timeout
+    n_jobs = max(workers, 2) if timeout else workers
     while left:
         par = Parallel(
-            n_jobs=workers,  # as first sized (1 would run the units in this process)
+            n_jobs=n_jobs,
             backend="loky",
             return_as="generator_unordered",
             batch_size=1,
             pre_dispatch="n_jobs",
+            timeout=timeout,
         )
         gen = par(delayed(_work)(suite, u, options, plugins, token, *fns) for u in left)
         try:
@@ -343,6 +372,8 @@ def _loky(suite, units, workers, options, plugins, token, progress, fns) -> Iter
         except (KeyboardInterrupt, GeneratorExit, CambenchError):
             _end_loky_workers()  # an interrupted or failed run leaves no worker behind
             raise
+        except PoolTimeout:
+            left = _timed_out(left, n_jobs, float(timeout or 0))
         except TerminatedWorkerError:
             deaths += 1
             if deaths > WORKER_RETRIES:

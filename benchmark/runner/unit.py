@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import math
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -70,6 +71,11 @@ class ExecOptions:
     compile:       ``torch.compile`` the extra (perturbation) forwards (``reduce-overhead``: CUDA graphs on
                    CUDA) and let cuDNN autotune its convolutions (``cudnn.benchmark``);
                    :func:`~benchmark.forward.forward_compile`. Scores move by float reassociation only.
+    unit_timeout_s: ``--backend loky`` only: when no unit finished for this many seconds, the units in flight
+                   are stopped (their worker processes killed), named in one line and left unfinished (a rerun
+                   retries them), and the run goes on with the others (:func:`benchmark.runner.parallel.execute_units`).
+                   A unit cannot be stopped safely inside the process computing it (a thread cannot interrupt
+                   torch), so the sequential backend has no hard timeout: its driver reports a stalled unit.
     """
 
     precision: str = "fp32"
@@ -77,10 +83,14 @@ class ExecOptions:
     prefetch: bool | None = None
     threads: int | None = None
     compile: bool = False
+    unit_timeout_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise CambenchError(f"--precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}.")
+        t = self.unit_timeout_s
+        if t is not None and not (isinstance(t, (int, float)) and math.isfinite(t) and t > 0):
+            raise CambenchError(f"--unit-timeout must be a positive number of seconds; got {t!r}.")
 
 
 def batch_seed(seed: int, unit_key: str, batch_index: int) -> int:

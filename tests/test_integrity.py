@@ -602,3 +602,43 @@ def test_the_unit_timeout_is_refused_where_it_cannot_stop_a_unit():
     for bad in (0, -1.0, float("nan"), float("inf")):
         with pytest.raises(CambenchError, match="--unit-timeout must be a positive number of seconds"):
             ExecOptions(unit_timeout_s=bad)
+
+
+def test_a_long_unit_gets_a_line_every_heartbeat_and_a_stall_one_warning_naming_it():
+    from benchmark.runner.progress import Progress
+
+    lines: list[str] = []
+    with Progress(log=lines.append, heartbeat_s=60, stall_s=600) as p:
+        p.start(2, 8, ["exp0:0-4", "exp0:4-8"], in_flight=1)
+        p._stop_watch.set()  # drive check() by hand with a fake clock
+        t0 = p.t0
+        p.check(t0 + 30)
+        assert lines == []  # nothing to say yet
+        p.images(2)  # a batch of the first unit finished
+        p.check(p._last_event + 61)
+        assert len(lines) == 1 and lines[0].startswith("cambench: running exp0:0-4: 2/8 images, 0/2 units")
+        for dt in (601, 700, 900):  # one warning a stall, however often the watchdog looks
+            p.check(p._last_event + dt)
+        stalls = [m for m in lines if "warning: nothing finished for" in m]
+        assert len(stalls) == 1 and "(unit(s) in flight: exp0:0-4)" in stalls[0] and "10:01" in stalls[0]
+        p.unit_done("exp0:0-4", 4)  # progress ends the stall; a new one is reported for the next unit
+        p.check(p._last_event + 601)
+        assert "warning: nothing finished" in lines[-1] and "(unit(s) in flight: exp0:4-8)" in lines[-1]
+        p.check(p._last_event + 662)  # the heartbeat goes on through a stall
+        assert lines[-1].startswith("cambench: running exp0:4-8: 4/8 images, 1/2 units")
+
+
+def test_the_watchdog_thread_reports_while_a_unit_runs_and_stops_with_the_run():
+    import time
+
+    from benchmark.runner.progress import Progress
+
+    lines: list[str] = []
+    with Progress(log=lines.append, heartbeat_s=0.05, stall_s=0.1) as p:
+        p.start(1, 4, ["u"])
+        time.sleep(0.5)  # a unit computing, no batch finished
+    n = len(lines)
+    time.sleep(0.2)
+    assert len(lines) == n and p._watch is None  # the thread ended with the run
+    assert sum("warning: nothing finished" in m and "(unit(s) in flight: u)" in m for m in lines) == 1
+    assert any(m.startswith("cambench: running u: 0/4 images") for m in lines)

@@ -642,3 +642,67 @@ def test_the_watchdog_thread_reports_while_a_unit_runs_and_stops_with_the_run():
     assert len(lines) == n and p._watch is None  # the thread ended with the run
     assert sum("warning: nothing finished" in m and "(unit(s) in flight: u)" in m for m in lines) == 1
     assert any(m.startswith("cambench: running u: 0/4 images") for m in lines)
+
+
+# -- dead dask workers -----------------------------------------------------------------------------
+
+
+def _dask_unit(suite, unit, options=None):  # the workers running unit "b" die (dask gives up: KilledWorker)
+    from distributed import KilledWorker
+
+    from benchmark.schema import UnitResult
+
+    if unit.key == "b" and (unit.always or not os.path.exists(unit.marker)):
+        open(unit.marker, "w").write("died")
+        from types import SimpleNamespace  # what result() raises after dask's own allowed-failures
+
+        raise KilledWorker("b", SimpleNamespace(address="tcp://dead:1"), 3)
+    return UnitResult(unit.key, pd.DataFrame(), pd.DataFrame(), pd.DataFrame(), info={"n_images": 1})
+
+
+@pytest.fixture(scope="module")
+def threaded_dask():
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as c:
+        with distributed.Client(c) as client:
+            yield client
+
+
+def test_dead_dask_workers_are_retried_then_the_run_stops_in_one_line(threaded_dask, tmp_path, monkeypatch, caplog):
+    from types import SimpleNamespace
+
+    import benchmark.runner.parallel as P
+    from benchmark.runner import ExecOptions
+
+    monkeypatch.setattr(P, "WORKER_RETRIES", 1)
+    for always in (False, True):
+        units = [SimpleNamespace(key=k, marker=str(tmp_path / f"m{always}"), always=always) for k in "ab"]
+        run = P.execute_units(
+            _suite(), units, unit_fn=_dask_unit, setup_fn=lambda p: None, options=ExecOptions(threads=1),
+            backend="dask", client=threaded_dask,
+        )  # fmt: skip
+        if not always:
+            assert sorted(r.key for r in run) == ["a", "b"]  # "b" resubmitted once, then finished
+            assert "running b; resubmitting it (1 of 1)" in caplog.text
+        else:
+            with pytest.raises(CambenchError, match=r"a worker process died 2 times .* e\.g\. b; finished units are"):
+                list(run)
+
+
+def test_a_dask_cluster_with_no_worker_left_stops_in_one_line_instead_of_hanging(monkeypatch):
+    from types import SimpleNamespace
+
+    distributed = pytest.importorskip("distributed")
+    import benchmark.runner.parallel as P
+    from benchmark.runner import ExecOptions
+
+    monkeypatch.setattr(P, "NO_WORKER_S", 0.5)
+    units = [SimpleNamespace(key=k) for k in "ab"]
+    with distributed.LocalCluster(n_workers=0, processes=False, dashboard_address=None) as c:  # all workers gone
+        with distributed.Client(c) as client:
+            run = P.execute_units(
+                _suite(), units, unit_fn=_dask_unit, setup_fn=lambda p: None, options=ExecOptions(threads=1),
+                backend="dask", client=client,
+            )  # fmt: skip
+            with pytest.raises(CambenchError, match=r"no worker for 0\.5 s \(all killed or stopped\) with 2 unit"):
+                list(run)

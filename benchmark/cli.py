@@ -218,6 +218,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise CambenchError(f"--limit must be a positive number of images, got {args.limit}.")
     if args.workers is not None and args.workers < 1:
         raise CambenchError(f"--workers must be a positive number of processes, got {args.workers}.")
+    if args.unit_timeout is not None and args.backend != "loky":  # before any work (execute_units says it too)
+        raise CambenchError(
+            f"--unit-timeout stops a unit by killing its worker process, which needs --backend loky (got --backend "
+            f"{args.backend}); add --backend loky, or drop --unit-timeout (the run reports a stalled unit anyway)."
+        )
     out = Path(args.out) if args.out else Path("results") / safe_name(suite.name)
     check_out_dir(out)  # before importing torch, models or data
     RunLock(out).acquire().release(remove=True)  # another run into `out` is refused now, not after the imports

@@ -706,3 +706,12 @@ def test_a_dask_cluster_with_no_worker_left_stops_in_one_line_instead_of_hanging
             )  # fmt: skip
             with pytest.raises(CambenchError, match=r"no worker for 0\.5 s \(all killed or stopped\) with 2 unit"):
                 list(run)
+
+
+def test_the_cli_refuses_a_unit_timeout_without_loky_before_any_work(tmp_path, capsys):
+    suite = tmp_path / "s.toml"
+    suite.write_text(SUITE)
+    assert main(["run", str(suite), "--out", str(tmp_path / "o"), "--unit-timeout", "5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "needs --backend loky (got --backend sequential)" in err[0]
+    assert not (tmp_path / "o" / "run.json").exists()

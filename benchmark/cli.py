@@ -4,7 +4,7 @@
     run_bench.py run SUITE [--out DIR] [--device auto|cpu|cuda|cuda:N] [--limit N] [--batch-size N]
                            [--data-root DIR] [--fresh] [--quiet] [--no-plots]
                            [--backend sequential|loky|dask] [--workers N] [--scheduler tcp://HOST:PORT]
-                           [--precision fp32|tf32|bf16|fp16] [--compile]
+                           [--precision fp32|tf32|bf16|fp16] [--compile] [--unit-timeout SECONDS]
     run_bench.py list {methods,metrics,models,datasets,suites}
     run_bench.py report DIR
     run_bench.py compare DIR --baseline DIR_OR_SCORES_OR_CSV [--tolerance EPS] [--all] [--require-baseline-rows]
@@ -138,6 +138,15 @@ def _parser() -> argparse.ArgumentParser:
         "torch.compile is unavailable",
     )
 
+    r.add_argument(
+        "--unit-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="--backend loky only: when no unit finished for SECONDS, stop the units in flight (their workers are "
+        "killed), name them and go on with the others; they stay unfinished and a rerun retries them (default: none)",
+    )
+
     ls = sub.add_parser("list", help="list registered methods, metrics, models, datasets or suites")
     ls.add_argument("what", choices=LISTABLE)
 
@@ -209,6 +218,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise CambenchError(f"--limit must be a positive number of images, got {args.limit}.")
     if args.workers is not None and args.workers < 1:
         raise CambenchError(f"--workers must be a positive number of processes, got {args.workers}.")
+    if args.unit_timeout is not None and args.backend != "loky":  # before any work (execute_units says it too)
+        raise CambenchError(
+            f"--unit-timeout stops a unit by killing its worker process, which needs --backend loky (got --backend "
+            f"{args.backend}); add --backend loky, or drop --unit-timeout (the run reports a stalled unit anyway)."
+        )
     out = Path(args.out) if args.out else Path("results") / safe_name(suite.name)
     check_out_dir(out)  # before importing torch, models or data
     RunLock(out).acquire().release(remove=True)  # another run into `out` is refused now, not after the imports
@@ -246,7 +260,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         backend=args.backend,
         workers=args.workers,
         scheduler=args.scheduler,
-        options=ExecOptions(precision=args.precision, compile=args.compile),
+        options=ExecOptions(precision=args.precision, compile=args.compile, unit_timeout_s=args.unit_timeout),
         plugins=_plugins(args),
     )
     rep = res.report

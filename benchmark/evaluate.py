@@ -168,6 +168,9 @@ class BatchScores:
     method_undefined: set[str] = field(default_factory=set)
     capture_facts: dict[str, float] = field(default_factory=dict)
     seconds: dict[tuple[str, str], float] = field(default_factory=dict)
+    #: images of the batch the model scores with a non-finite logit (NaN or inf: :func:`nonfinite_outputs`);
+    #: when > 0 no metric ran and every row of the batch is ``error`` (:func:`nonfinite_message`)
+    nonfinite: int = 0
 
 
 def error_message(exc: BaseException) -> str:
@@ -207,6 +210,31 @@ def capture_facts(ectx: ExplainContext) -> dict[str, float]:
     return out
 
 
+def nonfinite_outputs(model: nn.Module, ectx: ExplainContext) -> int:
+    """How many images of the batch ``model`` scores with a non-finite logit (NaN or inf): read from the shared
+    capture's logits, or (no method made the capture) from one forward under ``torch.inference_mode``. A
+    model whose plain forward raises counts 0 here (its methods already recorded why)."""
+    cap = ectx._capture
+    try:
+        with torch.inference_mode():
+            logits = cap.logits if cap is not None else model(ectx.images)
+            if not isinstance(logits, Tensor) or logits.ndim == 0:
+                return 0
+            bad = ~torch.isfinite(logits.detach().float())
+            return int(bad.reshape(bad.shape[0], -1).any(dim=1).sum())
+    except Exception:
+        return 0
+
+
+def nonfinite_message(scores: BatchScores) -> str:
+    """The ``message`` of the rows of a batch whose model outputs are non-finite (:attr:`BatchScores.nonfinite`)."""
+    n = len(scores.batch.ids)
+    return (
+        f"model outputs non-finite logits (NaN or inf) for {scores.nonfinite} of {n} images of this batch: no "
+        "metric was computed on it. Check the model's weights (a diverged training?) and input normalisation."
+    )
+
+
 def evaluate_batch(
     model: nn.Module,
     layer: nn.Module | str | None,
@@ -234,7 +262,9 @@ def evaluate_batch(
     aggregation of every method (:func:`benchmark.methods.run_method`).
 
     A method or a metric that raises is recorded (``method_failures`` / ``metric_failures``) while the others
-    go on; a metric whose needs the batch cannot meet (masks, boxes...) is left out. See :class:`BatchScores`.
+    go on; a metric whose needs the batch cannot meet (masks, boxes...) is left out. A model whose logits are
+    non-finite on the batch (:func:`nonfinite_outputs`) gets no metric computed: ``nonfinite`` counts its
+    images and ``scored`` still lists what each metric would have scored. See :class:`BatchScores`.
     """
     mparams = dict(method_params or {})
     out = BatchScores(batch=batch)
@@ -261,6 +291,7 @@ def evaluate_batch(
             out.maps[name], out.degenerate[name] = res.maps, res.degenerate.detach()
         out.seconds[("explain", name)] = time.perf_counter() - t
     out.capture_facts = capture_facts(ectx)
+    out.nonfinite = nonfinite_outputs(model, ectx)
 
     def explain_fn(
         model: nn.Module,
@@ -322,6 +353,9 @@ def _score_metric(
         ctx = replace(mctx, saliency=sal, cache=mctx.cache, curves=mctx.curves)
     else:
         asked, ctx = methods, mctx
+    if out.nonfinite:  # scores of a non-finite model mean nothing: every row it would have scored is an error
+        out.scored[metric] = asked
+        return
     if not ctx.saliency:
         return
     out.scored[metric] = asked

@@ -479,3 +479,239 @@ def test_a_wrong_shaped_map_never_aborts_the_map_comparison():
     ones = torch.ones(2, 8, 8)
     fold_map_diffs(acc, {"a": ones, "b": ones * 0.5, "odd": torch.ones(2, 4, 4)})
     assert acc == {"a|b": 0.5}  # the odd-shaped method is compared with none; the others still are
+
+
+# -- a model whose outputs are non-finite ----------------------------------------------------------
+
+NAN_PLUGIN = """
+from runner_fakes import TinyCNN, fake_cnn
+from benchmark.models import register_model
+
+
+class NanCNN(TinyCNN):  # the fake CNN whose logits are all NaN (a diverged training)
+    def forward(self, x):
+        return super().forward(x) * float("nan")
+
+
+@register_model("integrity_nan_cnn", override=True)
+def integrity_nan_cnn(weights="default"):
+    h = fake_cnn(weights)
+    model = NanCNN()
+    model.load_state_dict(h.model.state_dict())
+    h.model = model.eval()
+    return h
+"""
+
+
+def test_a_model_with_nan_outputs_is_one_warning_and_error_rows_naming_why(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(FAKES.parent))
+    plugin = tmp_path / "nan_plugin.py"
+    plugin.write_text(NAN_PLUGIN)
+    text = SUITE.replace(f'plugins = ["{FAKES}"]', f'plugins = ["{FAKES}", "{plugin}"]')
+    text += '\n[[experiments]]\nmodel = "integrity_nan_cnn"\ndataset = "fake_shapes"\ndata = { n = 4 }\n'
+    lines: list[str] = []
+    suite = parse_suite(text, default_name="integrity")
+    res = run_suite(suite, tmp_path / "out", quiet=True, report=False, log=lines.append)
+    assert len(res.ran) == 4  # 2 units per experiment, every unit finished: the run went on
+    scores = _store(tmp_path / "out").load_scores()
+    nan_rows = scores[scores["model"] == "integrity_nan_cnn"]
+    ok_rows = scores[scores["model"] == "fake_cnn"]
+    # 4 images x 2 methods x 2 metrics, every one an error naming the cause; never "ok" nor "undefined"
+    assert len(nan_rows) == 16 and set(nan_rows["status"]) == {"error"}
+    assert nan_rows["message"].str.contains(r"non-finite logits \(NaN or inf\) for 2 of 2 images").all()
+    assert set(ok_rows["status"]) == {"ok"} and len(ok_rows) == 16  # the finite model is untouched
+    warned = [m for m in lines if "non-finite logits" in m]
+    assert len(warned) == 1 and "integrity_nan_cnn/fake_shapes" in warned[0]  # once for the experiment
+
+
+def test_non_finite_logits_are_counted_per_image_from_the_capture_or_one_forward():
+    import torch
+    from torch import nn
+
+    from benchmark.evaluate import nonfinite_outputs
+    from benchmark.methods import ExplainContext
+
+    class Half(nn.Module):  # NaN for the second image only
+        def forward(self, x):
+            out = x.flatten(1)[:, :3].clone()
+            out[1, 0] = float("inf")
+            return out
+
+    model = Half()
+    ectx = ExplainContext(model=model, layer=model, images=torch.ones(3, 3, 4, 4), targets=torch.zeros(3).long())
+    assert nonfinite_outputs(model, ectx) == 1  # no capture made: one forward
+    finite = ExplainContext(model=model, layer=model, images=torch.ones(2, 3), targets=torch.zeros(2).long())
+    assert nonfinite_outputs(nn.Identity(), finite) == 0
+
+
+# -- a unit that hangs -----------------------------------------------------------------------------
+
+TIMEOUT_SCRIPT = """
+import logging, os, sys, time
+from types import SimpleNamespace
+import pandas as pd
+from benchmark.runner import ExecOptions, parse_suite
+from benchmark.runner.parallel import execute_units
+from benchmark.schema import UnitResult
+
+
+def setup(plugins):
+    return None
+
+
+def unit_fn(suite, unit, options=None):  # unit "a" hangs (as a method stuck in a kernel or a deadlock)
+    if unit.key == "a":
+        open(unit.pidfile, "w").write(str(os.getpid()))
+        time.sleep(600)
+    return UnitResult(unit.key, pd.DataFrame(), pd.DataFrame(), pd.DataFrame(), info={"n_images": 1})
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING)
+    suite = parse_suite(sys.argv[1], default_name="x")
+    units = [SimpleNamespace(key=k, pidfile=sys.argv[2]) for k in "abc"]
+    t = time.time()
+    run = execute_units(suite, units, unit_fn=unit_fn, setup_fn=setup, backend="loky", workers=2,
+                        options=ExecOptions(threads=1, unit_timeout_s=float(sys.argv[3])))
+    print(sorted(r.key for r in run), round(time.time() - t), flush=True)
+"""
+
+
+@pytest.mark.slow  # one loky pool importing torch, then the 20 s timeout: ~30 s on the shared 2-core machine
+def test_a_hanging_unit_is_stopped_by_the_loky_timeout_named_and_the_run_goes_on(tmp_path):
+    script, pidfile = tmp_path / "loky_hang.py", tmp_path / "pid"
+    script.write_text(TIMEOUT_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    args = [sys.executable, str(script), SUITE, str(pidfile), "20"]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    keys, seconds = done.stdout.split("]")
+    assert keys == "['b', 'c'" and int(seconds) < 200  # "b", "c" finished; "a" was stopped, not waited for (600 s)
+    lines = [m for m in done.stderr.splitlines() if "--unit-timeout" in m]
+    assert len(lines) == 1 and "within --unit-timeout 20 s: stopped a (worker killed" in lines[0]
+    with pytest.raises(ProcessLookupError):  # the hanging worker is gone, not left running
+        os.kill(int(pidfile.read_text()), 0)
+
+
+def test_the_unit_timeout_is_refused_where_it_cannot_stop_a_unit():
+    from benchmark.runner import ExecOptions
+    from benchmark.runner.parallel import execute_units
+
+    with pytest.raises(CambenchError, match=r"--unit-timeout stops a unit by killing its worker process, which needs"):
+        next(execute_units(_suite(), ["u"], unit_fn=print, setup_fn=print, options=ExecOptions(unit_timeout_s=5)))
+    for bad in (0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(CambenchError, match="--unit-timeout must be a positive number of seconds"):
+            ExecOptions(unit_timeout_s=bad)
+
+
+def test_a_long_unit_gets_a_line_every_heartbeat_and_a_stall_one_warning_naming_it():
+    from benchmark.runner.progress import Progress
+
+    lines: list[str] = []
+    with Progress(log=lines.append, heartbeat_s=60, stall_s=600) as p:
+        p.start(2, 8, ["exp0:0-4", "exp0:4-8"], in_flight=1)
+        p._stop_watch.set()  # drive check() by hand with a fake clock
+        t0 = p.t0
+        p.check(t0 + 30)
+        assert lines == []  # nothing to say yet
+        p.images(2)  # a batch of the first unit finished
+        p.check(p._last_event + 61)
+        assert len(lines) == 1 and lines[0].startswith("cambench: running exp0:0-4: 2/8 images, 0/2 units")
+        for dt in (601, 700, 900):  # one warning a stall, however often the watchdog looks
+            p.check(p._last_event + dt)
+        stalls = [m for m in lines if "warning: nothing finished for" in m]
+        assert len(stalls) == 1 and "(unit(s) in flight: exp0:0-4)" in stalls[0] and "10:01" in stalls[0]
+        p.unit_done("exp0:0-4", 4)  # progress ends the stall; a new one is reported for the next unit
+        p.check(p._last_event + 601)
+        assert "warning: nothing finished" in lines[-1] and "(unit(s) in flight: exp0:4-8)" in lines[-1]
+        p.check(p._last_event + 662)  # the heartbeat goes on through a stall
+        assert lines[-1].startswith("cambench: running exp0:4-8: 4/8 images, 1/2 units")
+
+
+def test_the_watchdog_thread_reports_while_a_unit_runs_and_stops_with_the_run():
+    import time
+
+    from benchmark.runner.progress import Progress
+
+    lines: list[str] = []
+    with Progress(log=lines.append, heartbeat_s=0.05, stall_s=0.1) as p:
+        p.start(1, 4, ["u"])
+        time.sleep(0.5)  # a unit computing, no batch finished
+    n = len(lines)
+    time.sleep(0.2)
+    assert len(lines) == n and p._watch is None  # the thread ended with the run
+    assert sum("warning: nothing finished" in m and "(unit(s) in flight: u)" in m for m in lines) == 1
+    assert any(m.startswith("cambench: running u: 0/4 images") for m in lines)
+
+
+# -- dead dask workers -----------------------------------------------------------------------------
+
+
+def _dask_unit(suite, unit, options=None):  # the workers running unit "b" die (dask gives up: KilledWorker)
+    from distributed import KilledWorker
+
+    from benchmark.schema import UnitResult
+
+    if unit.key == "b" and (unit.always or not os.path.exists(unit.marker)):
+        open(unit.marker, "w").write("died")
+        from types import SimpleNamespace  # what result() raises after dask's own allowed-failures
+
+        raise KilledWorker("b", SimpleNamespace(address="tcp://dead:1"), 3)
+    return UnitResult(unit.key, pd.DataFrame(), pd.DataFrame(), pd.DataFrame(), info={"n_images": 1})
+
+
+@pytest.fixture(scope="module")
+def threaded_dask():
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as c:
+        with distributed.Client(c) as client:
+            yield client
+
+
+def test_dead_dask_workers_are_retried_then_the_run_stops_in_one_line(threaded_dask, tmp_path, monkeypatch, caplog):
+    from types import SimpleNamespace
+
+    import benchmark.runner.parallel as P
+    from benchmark.runner import ExecOptions
+
+    monkeypatch.setattr(P, "WORKER_RETRIES", 1)
+    for always in (False, True):
+        units = [SimpleNamespace(key=k, marker=str(tmp_path / f"m{always}"), always=always) for k in "ab"]
+        run = P.execute_units(
+            _suite(), units, unit_fn=_dask_unit, setup_fn=lambda p: None, options=ExecOptions(threads=1),
+            backend="dask", client=threaded_dask,
+        )  # fmt: skip
+        if not always:
+            assert sorted(r.key for r in run) == ["a", "b"]  # "b" resubmitted once, then finished
+            assert "running b; resubmitting it (1 of 1)" in caplog.text
+        else:
+            with pytest.raises(CambenchError, match=r"a worker process died 2 times .* e\.g\. b; finished units are"):
+                list(run)
+
+
+def test_a_dask_cluster_with_no_worker_left_stops_in_one_line_instead_of_hanging(monkeypatch):
+    from types import SimpleNamespace
+
+    distributed = pytest.importorskip("distributed")
+    import benchmark.runner.parallel as P
+    from benchmark.runner import ExecOptions
+
+    monkeypatch.setattr(P, "NO_WORKER_S", 0.5)
+    units = [SimpleNamespace(key=k) for k in "ab"]
+    with distributed.LocalCluster(n_workers=0, processes=False, dashboard_address=None) as c:  # all workers gone
+        with distributed.Client(c) as client:
+            run = P.execute_units(
+                _suite(), units, unit_fn=_dask_unit, setup_fn=lambda p: None, options=ExecOptions(threads=1),
+                backend="dask", client=client,
+            )  # fmt: skip
+            with pytest.raises(CambenchError, match=r"no worker for 0\.5 s \(all killed or stopped\) with 2 unit"):
+                list(run)
+
+
+def test_the_cli_refuses_a_unit_timeout_without_loky_before_any_work(tmp_path, capsys):
+    suite = tmp_path / "s.toml"
+    suite.write_text(SUITE)
+    assert main(["run", str(suite), "--out", str(tmp_path / "o"), "--unit-timeout", "5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "needs --backend loky (got --backend sequential)" in err[0]
+    assert not (tmp_path / "o" / "run.json").exists()

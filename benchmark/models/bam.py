@@ -33,6 +33,7 @@ from ..data.composites import (
     CompositesDataset,
     background_ids,
 )
+from ..errors import WeightsError
 from ..types import ModelHandle
 from .base import register_model
 from .efficientnet import LITE_MEAN, LITE_STD, build_lite0, lite0_weights_path
@@ -214,8 +215,6 @@ def _head(name: str, num_classes: int, weights: str, seed: int) -> nn.Linear:
             torch.manual_seed(seed)
             head.reset_parameters()
     else:
-        from ..errors import WeightsError
-
         raise WeightsError(f"weights of {name!r} must be 'default' (shipped) or 'random'; got {weights!r}.")
     return head
 

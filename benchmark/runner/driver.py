@@ -25,7 +25,7 @@ from ..metrics import METRICS
 from ..outdir import RunLock, check_out_dir
 from ..store import Store, atomic_write_text
 from .fingerprint import unit_fingerprints
-from .parallel import execute_units, reemit_logs
+from .parallel import default_workers, execute_units, reemit_logs
 from .plan import Plan, load_registries, plan_run
 from .progress import Progress
 from .resources import resolve_device
@@ -265,7 +265,8 @@ def _run_locked(
             f"--limit, `n` or setting): kept on disk, not in the tables. Rerun with that setting to report them."
         )
     ran = []
-    progress.start(len(todo), sum(u.stop - u.start for u in todo))
+    in_flight = 1 if backend == "sequential" else (workers or default_workers(suite.device))
+    progress.start(len(todo), sum(u.stop - u.start for u in todo), [u.key for u in todo], in_flight)
     results = execute_units(
         suite,
         todo,

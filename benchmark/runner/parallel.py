@@ -34,9 +34,12 @@ import queue
 import re
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import replace
+from functools import partial
+from multiprocessing import TimeoutError as PoolTimeout
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -260,7 +263,8 @@ def execute_units(
     fills the registries of a worker (see :data:`UnitFn`, :data:`SetupFn`); ``options`` (the runner's
     ``ExecOptions``) is passed to ``unit_fn`` (with ``threads`` set per worker on CPU when it is None).
 
-    ``workers``: processes (default :func:`default_workers`); ``scheduler``: a dask scheduler address
+    ``options.unit_timeout_s`` (loky only): see :func:`_loky`. ``workers``: processes (default
+    :func:`default_workers`); ``scheduler``: a dask scheduler address
     (``tcp://host:8786``; without it a ``LocalCluster`` of ``workers`` processes is started and closed);
     ``client``: an existing ``distributed.Client`` to use instead. ``plugins``: extra plugin modules
     (beyond ``suite.plugins``) each worker imports. ``progress(n)`` is called with each unit's image
@@ -268,6 +272,11 @@ def execute_units(
     """
     if backend not in BACKENDS:
         raise CambenchError(f"Unknown backend {backend!r}; use one of {', '.join(BACKENDS)}.")
+    if getattr(options, "unit_timeout_s", None) is not None and backend != "loky":
+        raise CambenchError(
+            f"--unit-timeout stops a unit by killing its worker process, which needs --backend loky (got --backend "
+            f"{backend}); add --backend loky, or drop --unit-timeout (the run reports a stalled unit anyway)."
+        )
     if workers is not None and workers < 1:
         raise CambenchError(f"--workers must be >= 1, got {workers}.")
     if scheduler is not None and backend != "dask":
@@ -315,23 +324,45 @@ def _end_loky_workers() -> None:
 WORKER_RETRIES = 2
 
 
+def _timed_out(left: list, workers: int, timeout: float) -> list:
+    """After loky's timeout (no unit finished for ``timeout`` s): log the units in flight in one line and
+    return the others. With ``pre_dispatch = n_jobs`` the units in flight are the first ``workers`` of
+    ``left`` (dispatched in order, one more each time one finishes)."""
+    _end_loky_workers()
+    stopped, rest = left[:workers], left[workers:]
+    _log.warning(
+        "cambench: no unit finished within --unit-timeout %g s: stopped %s (worker killed; left unfinished, a "
+        "rerun retries it; raise --unit-timeout if it is only slow); going on with %d other unit(s).",
+        timeout,
+        ", ".join(u.key for u in stopped),
+        len(rest),
+    )
+    return rest
+
+
 def _loky(suite, units, workers, options, plugins, token, progress, fns) -> Iterator[UnitResult]:
     """Units on a loky pool; a dead worker (``TerminatedWorkerError``) restarts the pool on the units not
     yet finished, at most :data:`WORKER_RETRIES` times, then the run stops with one line (finished units
-    are already committed by the driver)."""
+    are already committed by the driver). With ``options.unit_timeout_s``, when no unit finished for that
+    long, the units in flight are stopped and named (:func:`_timed_out`) and the pool restarts on the others
+    (joblib's ``timeout``: its workers are killed, nothing runs on in the background)."""
     from joblib import Parallel, delayed
     from joblib.externals.loky.process_executor import TerminatedWorkerError
 
     options = _cpu_threads(suite, options, workers)
+    timeout = getattr(options, "unit_timeout_s", None)
     left = list(units)
     deaths = 0
+    # as first sized; 1 runs the units in this process, where nothing can stop one: 2 under a timeout
+    n_jobs = max(workers, 2) if timeout else workers
     while left:
         par = Parallel(
-            n_jobs=workers,  # as first sized (1 would run the units in this process)
+            n_jobs=n_jobs,
             backend="loky",
             return_as="generator_unordered",
             batch_size=1,
             pre_dispatch="n_jobs",
+            timeout=timeout,
         )
         gen = par(delayed(_work)(suite, u, options, plugins, token, *fns) for u in left)
         try:
@@ -343,14 +374,12 @@ def _loky(suite, units, workers, options, plugins, token, progress, fns) -> Iter
         except (KeyboardInterrupt, GeneratorExit, CambenchError):
             _end_loky_workers()  # an interrupted or failed run leaves no worker behind
             raise
+        except PoolTimeout:
+            left = _timed_out(left, n_jobs, float(timeout or 0))
         except TerminatedWorkerError:
             deaths += 1
             if deaths > WORKER_RETRIES:
-                raise CambenchError(
-                    f"a worker process died {deaths} times (killed, or out of memory) with {len(left)} unit(s) "
-                    f"left, e.g. {left[0].key}; finished units are kept: rerun with fewer --workers (or "
-                    "--backend sequential) to resume."
-                ) from None
+                raise CambenchError(_died_message(deaths, left)) from None
             _log.warning(
                 "cambench: a worker process died (killed, or out of memory); resubmitting %d unit(s) (%d of %d).",
                 len(left),
@@ -398,9 +427,73 @@ def check_worker_kernels(client: Any) -> None:
         )
 
 
+#: Seconds a dask run waits while its cluster has no worker alive (all killed, none restarted) before it stops.
+NO_WORKER_S = 120.0
+
+
+def _submit_unit(client: Any, args: tuple, prefix: str, resources: Any, unit: Any, attempt: int) -> Any:
+    """Submit :func:`_work` for ``unit`` (``attempt`` > 0: a resubmission after its worker died)."""
+    key = f"{prefix}-{unit.key}" + (f"-retry{attempt}" if attempt else "")
+    return client.submit(_work, args[0], unit, *args[1:], key=key, resources=resources, pure=False)
+
+
+def _dask_results(client: Any, submit: Callable[[Any, int], Any], units: Sequence[Any], progress: Any) -> Iterator:
+    """The results of ``units`` on dask as they finish. A unit whose workers kept dying (dask's
+    ``KilledWorker``, after its own ``allowed-failures``) is resubmitted, at most :data:`WORKER_RETRIES` times
+    in all, then the run stops with one line; so does a cluster with no worker alive for :data:`NO_WORKER_S`
+    seconds (instead of waiting for ever). Finished units are already committed by the driver."""
+    from distributed import KilledWorker, wait
+
+    unit_of = {submit(u, 0): u for u in units}
+    deaths, alone_since = 0, None
+    try:
+        while unit_of:
+            try:
+                done = wait(list(unit_of), timeout=min(5.0, NO_WORKER_S), return_when="FIRST_COMPLETED").done
+            except TimeoutError:
+                done = set()
+            alone_since = None if client.nthreads() else (alone_since or time.monotonic())
+            if alone_since is not None and time.monotonic() - alone_since >= NO_WORKER_S and not done:
+                raise CambenchError(_no_worker_message(list(unit_of.values())))
+            for fut in done:
+                unit = unit_of.pop(fut)
+                try:
+                    result = fut.result()
+                except KilledWorker:
+                    deaths += 1
+                    if deaths > WORKER_RETRIES:
+                        raise CambenchError(_died_message(deaths, [unit, *unit_of.values()])) from None
+                    _log.warning(
+                        "cambench: a dask worker died (killed, or out of memory) running %s; resubmitting it "
+                        "(%d of %d).", unit.key, deaths, WORKER_RETRIES,
+                    )  # fmt: skip
+                    unit_of[submit(unit, deaths)] = unit
+                    continue
+                fut.release()
+                if progress is not None:
+                    progress(int(result.info.get("n_images", 0)))
+                yield result
+    finally:
+        client.cancel([f for f in unit_of if not f.done()])
+
+
+def _died_message(deaths: int, left: Sequence[Any]) -> str:
+    return (
+        f"a worker process died {deaths} times (killed, or out of memory) with {len(left)} unit(s) left, e.g. "
+        f"{left[0].key}; finished units are kept: rerun with fewer --workers (or --backend sequential) to resume."
+    )
+
+
+def _no_worker_message(left: Sequence[Any]) -> str:
+    return (
+        f"the dask cluster has had no worker for {NO_WORKER_S:g} s (all killed or stopped) with {len(left)} unit(s) "
+        f"left, e.g. {left[0].key}; finished units are kept: start workers (`dask worker ADDRESS`) and rerun to resume."
+    )
+
+
 def _dask(suite, units, workers, scheduler, client, options, plugins, token, progress, fns) -> Iterator[UnitResult]:
     try:
-        from distributed import Client, LocalCluster, as_completed
+        from distributed import Client, LocalCluster
     except ImportError as exc:  # pragma: no cover
         raise CambenchError(f"--backend dask needs `pip install distributed` ({exc}).") from None
 
@@ -427,30 +520,8 @@ def _dask(suite, units, workers, scheduler, client, options, plugins, token, pro
         has_gpu = any("GPU" in (w.get("resources") or {}) for w in info.get("workers", {}).values())
         wants_gpu = suite.device.startswith("cuda") or suite.device == "auto"
         resources = {"GPU": 1} if has_gpu and wants_gpu else None
-        futures = [
-            client.submit(
-                _work,
-                suite,
-                u,
-                options,
-                plugins,
-                token,
-                *fns,
-                key=f"cambench-{token}-{u.key}",
-                resources=resources,
-                pure=False,
-            )
-            for u in units
-        ]
-        try:
-            for fut in as_completed(futures):
-                result = fut.result()
-                fut.release()
-                if progress is not None:
-                    progress(int(result.info.get("n_images", 0)))
-                yield result
-        finally:
-            client.cancel([f for f in futures if not f.done()])
+        submit = partial(_submit_unit, client, (suite, options, plugins, token, *fns), f"cambench-{token}", resources)
+        yield from _dask_results(client, submit, units, progress)
     finally:
         for obj in own:
             obj.close()

@@ -11,18 +11,30 @@
 
 Each distinct warning (a Python warning, a ``logging`` WARNING, one forwarded from a worker process) is
 shown once per run.
+
+A watchdog thread (:meth:`Progress.check`, every few seconds while units run) keeps a long unit visible:
+without bars, a line at least every :data:`HEARTBEAT_S` seconds with the images done, the elapsed time and
+the time since the last batch (a unit's batches on the sequential backend, whole units on loky/dask); and,
+bars or not, one warning naming the unit(s) in flight when nothing finished for :data:`STALL_S` seconds
+(again after the next stall, if any). It only reports: stopping a unit is ``--unit-timeout``'s (loky).
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 from ..progress import bars, eta_text, format_interval
+
+#: Without bars, a progress line at least this often (seconds) while units run.
+HEARTBEAT_S = 60.0
+#: A warning naming the unit(s) in flight when no batch (or unit) finished for this long (seconds).
+STALL_S = 600.0
 
 
 class _Handler(logging.Handler):
@@ -54,8 +66,11 @@ class Progress:
         log: Callable[[str], None] | None = None,
         stream: TextIO | None = None,
         tty: bool | None = None,
+        heartbeat_s: float = HEARTBEAT_S,
+        stall_s: float = STALL_S,
     ) -> None:
         self.quiet = quiet
+        self.heartbeat_s, self.stall_s = heartbeat_s, stall_s
         self.stream = stream if stream is not None else sys.stderr
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)()) if tty is None else tty
         self._user_log = log
@@ -71,6 +86,13 @@ class Progress:
         self.n_units = self.n_images = 0
         self.units_done = self.images_done = 0
         self.t0 = time.perf_counter()
+        self.pending: list[str] = []  # the units not finished, in the order they were submitted
+        self.in_flight = 1
+        self._batch_images = 0  # images of the unfinished units already scored (per-batch progress)
+        self._last_event = self._last_line = self.t0
+        self._stalled = False
+        self._stop_watch = threading.Event()
+        self._watch: threading.Thread | None = None
 
     # -- messages ----------------------------------------------------------------------------------
     @property
@@ -149,11 +171,18 @@ class Progress:
             logging.getLogger().removeHandler(self._root_handler)
             self._root_handler = None
 
-    def start(self, n_units: int, n_images: int) -> None:
-        """Begin the bars (on a terminal) for ``n_units`` units of ``n_images`` images in all."""
+    def start(self, n_units: int, n_images: int, keys: Sequence[str] = (), in_flight: int = 1) -> None:
+        """Begin the bars (on a terminal) for ``n_units`` units of ``n_images`` images in all, and the watchdog
+        (:meth:`check`); ``keys``: the units in submission order, ``in_flight``: how many run at once."""
         self.n_units, self.n_images = n_units, n_images
-        self.units_done = self.images_done = 0
-        self.t0 = time.perf_counter()
+        self.units_done = self.images_done = self._batch_images = 0
+        self.t0 = self._last_event = self._last_line = time.perf_counter()
+        self.pending, self.in_flight, self._stalled = list(keys), max(1, int(in_flight)), False
+        if n_units and not (self.quiet and self._user_log is None):
+            self._stop_watch.clear()
+            poll = max(0.01, min(5.0, self.heartbeat_s / 4, self.stall_s / 4))
+            self._watch = threading.Thread(target=self._watchdog, args=(poll,), name="cambench-watchdog", daemon=True)
+            self._watch.start()
         show = not self.quiet and self.tty
         if show:
             from tqdm.auto import tqdm
@@ -164,6 +193,8 @@ class Progress:
 
     def images(self, n: int) -> None:
         """``n`` more images scored (called by the units as they go)."""
+        self._batch_images += n
+        self._event()
         if self._images_bar is not None:
             self._images_bar.update(n)
 
@@ -171,6 +202,10 @@ class Progress:
         """One unit finished: advance the bar, or (no terminal) log a line with elapsed time and ETA."""
         self.units_done += 1
         self.images_done += n_images
+        self._batch_images = max(0, self._batch_images - n_images)
+        if key in self.pending:
+            self.pending.remove(key)
+        self._event()
         if self._units_bar is not None:
             self._units_bar.set_postfix_str(key, refresh=False)
             self._units_bar.update(1)
@@ -182,8 +217,46 @@ class Progress:
             f"cambench: unit {self.units_done}/{self.n_units} done ({key}, {n_images} images; "
             f"{self.images_done}/{self.n_images} images): elapsed {format_interval(elapsed)}, ETA {eta}"
         )
+        self._last_line = time.perf_counter()
+
+    # -- the watchdog ------------------------------------------------------------------------------
+    def _event(self) -> None:
+        self._last_event = time.perf_counter()
+        self._stalled = False
+
+    def check(self, now: float | None = None) -> None:
+        """What the watchdog does at time ``now`` (``time.perf_counter``): the heartbeat line (no bars, none
+        for :attr:`heartbeat_s`) and the stall warning (nothing finished for :attr:`stall_s`, once a stall)."""
+        now = time.perf_counter() if now is None else now
+        running = ", ".join(self.pending[: self.in_flight]) or "?"
+        idle = now - self._last_event
+        if idle >= self.stall_s and not self._stalled:
+            self._stalled = True
+            self.log(
+                f"cambench: warning: nothing finished for {format_interval(idle)} (unit(s) in flight: {running}); "
+                "the run goes on. A unit that hangs can be stopped with --backend loky --unit-timeout SECONDS."
+            )
+            self._last_line = now
+        if not self.bars_shown and now - self._last_line >= self.heartbeat_s:
+            done = self.images_done + self._batch_images
+            self.log(
+                f"cambench: running {running}: {done}/{self.n_images} images, {self.units_done}/{self.n_units} "
+                f"units; elapsed {format_interval(now - self.t0)}, last progress {format_interval(idle)} ago"
+            )
+            self._last_line = now
+
+    def _watchdog(self, poll: float) -> None:
+        while not self._stop_watch.wait(poll):
+            try:
+                self.check()
+            except Exception:  # pragma: no cover  (a closed stream: reporting must never end a run)
+                return
 
     def stop(self) -> None:
+        self._stop_watch.set()
+        if self._watch is not None:
+            self._watch.join(timeout=5)
+            self._watch = None
         for b in self._bars:
             b.close()
         self._bars = []

@@ -7,7 +7,8 @@ resources (model, dataset, batches: :mod:`.resources`) -> per batch :func:`bench
 meta-evaluation rows, curves, gallery, map differences) -> :class:`UnitResult`.
 
 Statuses in the score rows: ``ok`` (finite value), ``undefined`` (the metric returned NaN: undefined for
-that image, e.g. an empty mask), ``error`` (the method or the metric raised; ``message`` says why).
+that image, e.g. an empty mask), ``error`` (the method or the metric raised, or the
+model output NaN/inf logits on the batch; ``message`` says why).
 Metrics whose needs the dataset cannot meet (masks, boxes) produce **no rows**. Maps flagged degenerate
 (constant raw map, set to zeros) keep their rows, with ``degenerate = True``.
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import math
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -36,7 +38,7 @@ import pandas as pd
 import torch
 
 from ..errors import CambenchError
-from ..evaluate import BatchScores, evaluate_batch, resolve_targets
+from ..evaluate import BatchScores, evaluate_batch, nonfinite_message, resolve_targets
 from ..forward import PRECISIONS as _FORWARD_DTYPES
 from ..forward import cudnn_autotune, forward_compile, forward_precision, tf32
 from ..metrics.base import curve_positions
@@ -69,6 +71,11 @@ class ExecOptions:
     compile:       ``torch.compile`` the extra (perturbation) forwards (``reduce-overhead``: CUDA graphs on
                    CUDA) and let cuDNN autotune its convolutions (``cudnn.benchmark``);
                    :func:`~benchmark.forward.forward_compile`. Scores move by float reassociation only.
+    unit_timeout_s: ``--backend loky`` only: when no unit finished for this many seconds, the units in flight
+                   are stopped (their worker processes killed), named in one line and left unfinished (a rerun
+                   retries them), and the run goes on with the others (:func:`benchmark.runner.parallel.execute_units`).
+                   A unit cannot be stopped safely inside the process computing it (a thread cannot interrupt
+                   torch), so the sequential backend has no hard timeout: its driver reports a stalled unit.
     """
 
     precision: str = "fp32"
@@ -76,10 +83,14 @@ class ExecOptions:
     prefetch: bool | None = None
     threads: int | None = None
     compile: bool = False
+    unit_timeout_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise CambenchError(f"--precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}.")
+        t = self.unit_timeout_s
+        if t is not None and not (isinstance(t, (int, float)) and math.isfinite(t) and t > 0):
+            raise CambenchError(f"--unit-timeout must be a positive number of seconds; got {t!r}.")
 
 
 def batch_seed(seed: int, unit_key: str, batch_index: int) -> int:
@@ -191,6 +202,8 @@ def _run_unit(
             seed=seed, **evaluate_options(plan),
         )  # fmt: skip
         timings.update(scores.seconds)
+        if scores.nonfinite:  # one text per experiment: the run shows each distinct warning once
+            warnings.warn(nonfinite_warning(plan), RuntimeWarning, stacklevel=1)
         add_score_rows(rows, stats, scores)
         fold_map_diffs(map_diffs, scores.maps)
         fold_capture_facts(facts, scores.capture_facts)
@@ -215,6 +228,15 @@ def _run_unit(
         info={"n_images": n_done, "data_errors": new_errors, "map_diffs": map_diffs, "capture": facts},
         stats=stats.frame(),
         perturbed=None if meta is None else meta.frame(),
+    )
+
+
+def nonfinite_warning(plan: ExperimentPlan) -> str:
+    """The warning of an experiment whose model outputs non-finite logits (the same text for all its units and
+    batches, so that the run shows it once)."""
+    return (
+        f"{plan.label}/{plan.dataset}: the model outputs non-finite logits (NaN or inf); the rows of the batches "
+        "concerned are status 'error', never scored. Check the model's weights and input normalisation."
     )
 
 
@@ -256,6 +278,12 @@ def add_score_rows(rows: ScoreRows, stats: StatsRows, scores: BatchScores) -> No
     """The rows of one batch's :class:`BatchScores`: per metric (in the order they ran), an error row for each
     failed method it would have scored, then its values (or an error row per method if it raised)."""
     ids = list(scores.batch.ids)
+    if scores.nonfinite:  # the model's outputs are NaN/inf: every row of the batch is an error naming why
+        msg = nonfinite_message(scores)
+        for metric, asked in scores.scored.items():
+            for name in asked:
+                rows.add(name, metric, ids, np.nan, "error", msg, False)
+        return
     degenerate = {m: d.cpu().numpy().astype(bool) for m, d in scores.degenerate.items()}
     for metric, asked in scores.scored.items():
         for name in asked:

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from benchmark import methods as M
-from benchmark.errors import LayerError
+from benchmark.errors import LayerError, MethodUndefinedError
 from benchmark.methods.attention import attention_capture, gradient_rollout_matrix, rollout_matrix
 from benchmark.methods.capture import capture, vit_reshape
 from benchmark.models.vit import ShapesViT
@@ -285,7 +285,7 @@ def test_attention_methods_refuse_models_without_attention(name: str) -> None:
 
 def test_every_capture_method_runs_on_the_token_grid() -> None:
     """Every applicable method (capture, projection, perturbation, attention) gives finite 4x4 maps on the
-    ViT; Ablation-CAM refuses token layers with a clear error."""
+    ViT; Ablation-CAM refuses token layers with a clear error and CAM is undefined (no GAP -> Linear head)."""
     model, x, targets = _vit(), _images(2), torch.tensor([0, 1])
     cheap = {
         "sscam": {"n_samples": 2},
@@ -293,12 +293,14 @@ def test_every_capture_method_runs_on_the_token_grid() -> None:
         "smoothgradcampp": {"n_samples": 2},
         "shapleycam": {"n_samples": 2} if "n_samples" in M.METHODS.params("shapleycam") else {},
     }
-    names = [n for n in M.METHODS.list() if n not in ("oracle", "ablationcam") and M.is_applicable(n, model)]
+    names = [n for n in M.METHODS.list() if n not in ("oracle", "ablationcam", "cam") and M.is_applicable(n, model)]
     names = [n for n in names if M.METHODS.get(n).__module__.startswith("benchmark.")]
     assert {"gradcam", "gradcampp", "layercam", "eigencam", "scorecam", "legrad", "rollout"} <= set(names)
-    ctx = M.explain_context(model, "blocks.2.norm1", x, targets, reshape=vit_reshape, batch_size=16)
+    ctx = M.explain_context(model, "blocks.2.norm1", x, targets, reshape=vit_reshape, forward_batch_size=16)
     for n in names:
         out = M.run_method(ctx, n, cheap.get(n), validate=True)
         assert out.maps.shape == (2, 16, 16), n
     with pytest.raises(NotImplementedError, match="transformer"):
         M.run_method(ctx, "ablationcam")
+    with pytest.raises(MethodUndefinedError, match="CAM is undefined"):
+        M.run_method(ctx, "cam")

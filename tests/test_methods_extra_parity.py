@@ -370,7 +370,7 @@ def test_sscam_seeded_batch_size_free_and_noise_matters() -> None:
     run = lambda **kw: methods.explain(
         model, "features.0", x, [1, 2], ["sscam"], params={"sscam": {"n_samples": 2}}, **kw
     )["sscam"]
-    a, b = run(seed=1, batch_size=64), run(seed=1, batch_size=5)
+    a, b = run(seed=1, forward_batch_size=64), run(seed=1, forward_batch_size=5)
     torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
     assert not torch.allclose(a, run(seed=2), atol=1e-3)
 

@@ -15,7 +15,14 @@ from benchmark.metrics.functional import truth as F
 from benchmark.models import create_model
 from benchmark.schema import METRIC_FAMILIES
 
-TRUTH = ["shortcut_pointing", "shortcut_energy", "shortcut_intervention", "distractibility"]
+TRUTH = [
+    "shortcut_pointing",
+    "shortcut_energy",
+    "shortcut_intervention",
+    "distractibility",
+    "bam_model_contrast",
+    "bam_input_dependence",
+]
 
 
 def test_family_is_listed_everywhere() -> None:

@@ -26,7 +26,7 @@ REFERENCE = ROOT / "results" / "reference" / "quick-leaderboard.csv"
 #: rule (Wilcoxon on the shared images, Holm over the rows that changed); otherwise the leaderboard's CI rule.
 REFERENCE_SCORES = ROOT / "results" / "reference" / "quick-scores.parquet"
 GATE_BASELINE = REFERENCE_SCORES if REFERENCE_SCORES.is_file() else REFERENCE
-GATE_RULE = "rule: paired" if REFERENCE_SCORES.is_file() else "rule: ci"
+GATE_RULE = "paired (Wilcoxon signed-rank on shared images" if REFERENCE_SCORES.is_file() else "rule: ci"
 SHAPES_SUITE = ROOT / "tests" / "runner_suites" / "quick_shapes.toml"
 
 

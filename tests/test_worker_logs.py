@@ -128,7 +128,7 @@ def test_workers_log_records_reach_the_driver_once(backend, tmp_path, caplog):
 
 def test_the_driver_reemits_worker_records_in_a_run(tmp_path, monkeypatch):
     """The driver's part, without processes: a result carrying a worker's records is re-emitted once."""
-    from benchmark.runner import parallel
+    from benchmark.runner import driver
 
     warning = logging.makeLogRecord(
         {
@@ -146,7 +146,7 @@ def test_the_driver_reemits_worker_records_in_a_run(tmp_path, monkeypatch):
             res.logs = [warning]
             yield res
 
-    monkeypatch.setattr(parallel, "execute_units", fake_units)
+    monkeypatch.setattr(driver, "execute_units", fake_units)  # the name the driver calls
     lines: list[str] = []
     run_suite(_suite(), tmp_path, report=False, log=lines.append)
     assert lines.count("benchmark.data.folder: skipping img_009.png: empty file") == 1

@@ -265,7 +265,7 @@ def leave_out_without_truth(name: str, ctx: MetricContext, values: dict[str, Ten
     (``undefined``, counted) for an image-level metric, a zero statistics row (adds nothing to the sums of
     PxAP or the seed metrics) for a dataset-level one. A metric registered with ``scores_untruthed=True``
     (TAM's Func-IoU and F1-IoU) defines its value on those rows itself and is left alone."""
-    extras = ctx.batch.extras or {}
+    extras = (ctx.batch.extras if ctx.batch is not None else None) or {}
     entry = METRICS.entry(name).meta
     needs = entry.get("needs", ())
     if "has_truth" not in extras or not ({"masks", "boxes"} & set(needs)) or entry.get("scores_untruthed"):

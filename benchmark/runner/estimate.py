@@ -31,7 +31,7 @@ def count_forwards(
     params: Mapping[str, Mapping] | None = None,
     *,
     reshape: object = None,
-    batch_size: int = 64,
+    forward_batch_size: int = 64,
 ) -> dict[str, float]:
     """Images forwarded through ``model`` per input image, per method (NaN where the method fails on the
     probe, e.g. the oracle without ground truth)."""
@@ -48,7 +48,9 @@ def count_forwards(
         for name in methods:
             seen[0] = 0
             try:
-                ctx = explain_context(model, layer, images, targets, reshape=reshape, batch_size=batch_size, seed=0)
+                ctx = explain_context(
+                    model, layer, images, targets, reshape=reshape, forward_batch_size=forward_batch_size, seed=0
+                )
                 run_method(ctx, name, (params or {}).get(name))
                 out[name] = seen[0] / images.shape[0]
             except Exception:  # a probe estimates; the run reports the method's failure

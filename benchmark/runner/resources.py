@@ -14,7 +14,7 @@ import torch
 
 from ..data import create_dataset
 from ..data.transforms import make_batches
-from ..errors import CambenchError, SuiteError
+from ..errors import CambenchError, InputError, SuiteError
 from ..evaluate import target_kind
 from ..models import create_model
 from ..types import Batch, ModelHandle
@@ -72,9 +72,9 @@ def get_dataset(exp: Experiment, seed: int) -> Any:
     if key not in _DATASETS:
         try:
             _DATASETS[key] = create_dataset(exp.dataset, **kwargs)
-        except CambenchError:
-            raise
-        except (TypeError, ValueError, KeyError) as exc:
+        except (InputError, TypeError, ValueError, KeyError) as exc:
+            if isinstance(exc, CambenchError) and not isinstance(exc, InputError):
+                raise  # already names its fix (missing data root, weights, ...)
             raise SuiteError(
                 f"Dataset {exp.dataset!r} rejected the suite's `data` arguments {kwargs}: {type(exc).__name__}: "
                 f"{exc}. Fix `data` (see `run_bench.py list datasets` for its arguments)."

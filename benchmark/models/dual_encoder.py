@@ -31,10 +31,9 @@ from torch import Tensor, nn
 
 from ..data.captions import CAPTIONS_GENERATOR_VERSION, COLOURS, QUERIES, ShapesCaptions
 from ..data.synthetic import SHAPE_CLASSES
-from ..errors import WeightsError
 from ..types import ModelHandle
 from .base import register_model
-from .shipped import has_shipped, load_shipped, save_shipped, shipped_meta
+from .shipped import resolve_weights, save_shipped, shipped_meta
 from .training import exact_match_correct, fit
 
 TRAINER_VERSION = 1
@@ -190,23 +189,10 @@ def shapes_dual_encoder(weights: str = "default", seed: int = 0) -> ModelHandle:
         torch.manual_seed(seed)
         model = DualEncoder(cfg)
     meta: dict[str, Any] = {"weights": weights, "train_config": asdict(cfg)}
-    if weights == "default":
-        if not has_shipped(SHIPPED_NAME):
-            raise WeightsError(
-                f"No shipped weights for {SHIPPED_NAME!r}. Run `python run_bench.py train-models {SHIPPED_NAME}`."
-            )
-        model.load_state_dict(load_shipped(SHIPPED_NAME, expect_hash=cfg.digest()))
-        meta.update({k: v for k, v in shipped_meta(SHIPPED_NAME).items() if k != "config"})
-    elif weights == "train":
-        model, info = train_dual_encoder(cfg)
-        meta.update(info)
-    elif weights != "random":
-        try:
-            model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-        except (OSError, RuntimeError) as exc:
-            raise WeightsError(
-                f"Could not load dual-encoder checkpoint {weights!r} (weights_only=True): {exc}"
-            ) from exc
+    model, info = resolve_weights(
+        model, SHIPPED_NAME, weights, digest=cfg.digest(), train=lambda: train_dual_encoder(cfg), seed=seed
+    )
+    meta.update(info)
     return ModelHandle(
         name=SHIPPED_NAME,
         model=model.eval(),

@@ -17,12 +17,12 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..errors import WeightsError
 
@@ -133,3 +133,53 @@ def save_shipped(name: str, state: Mapping[str, Tensor], meta: Mapping[str, Any]
 
 
 __all__ = ["WEIGHTS_DIR", "has_shipped", "load_shipped", "save_shipped", "sha256_file", "shipped_meta", "weights_dir"]
+
+
+def load_checkpoint_into(model: nn.Module, path: str, name: str) -> None:
+    """Load a user's state_dict file (``weights_only=True``) into ``model``; :class:`WeightsError` (one line
+    naming the fix) when the file is missing, unreadable or does not fit ``name``'s architecture."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise WeightsError(
+            f"Checkpoint {path!r} does not exist. Pass weights='default' (shipped), 'train', 'random' or the path "
+            "of a state_dict saved with torch.save(model.state_dict(), path)."
+        ) from None
+    except Exception as exc:
+        raise WeightsError(f"Could not load checkpoint {path!r} with weights_only=True: {exc}") from exc
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        raise WeightsError(f"Checkpoint {path!r} does not fit {name}: {str(exc)[:600]}") from exc
+
+
+_M = TypeVar("_M", bound=nn.Module)
+
+
+def resolve_weights(
+    model: _M,
+    name: str,
+    weights: str,
+    *,
+    digest: str,
+    train: Callable[[], tuple[_M, dict[str, Any]]],
+    seed: int = 0,
+) -> tuple[_M, dict[str, Any]]:
+    """A shipped model's ``weights`` argument, one rule for all of them: ``"default"`` loads the shipped file
+    (SHA-256 and config ``digest`` checked), ``"train"`` calls ``train()`` (its model and record), ``"random"``
+    keeps the seeded initialisation, anything else is a state_dict path. Returns the model and what to add to
+    its handle's ``meta``."""
+    if weights == "default":
+        if not has_shipped(name):
+            raise WeightsError(
+                f"The shipped weights of {name} are missing; reinstall cambench, run "
+                f"`python run_bench.py train-models {name}`, or pass weights='train'."
+            )
+        model.load_state_dict(load_shipped(name, expect_hash=digest))
+        return model, {k: v for k, v in shipped_meta(name).items() if k != "config"}
+    if weights == "train":
+        return train()
+    if weights == "random":
+        return model, {"seed": seed}
+    load_checkpoint_into(model, weights, name)
+    return model, {}

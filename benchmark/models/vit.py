@@ -39,11 +39,10 @@ import torch
 from torch import Tensor, nn
 
 from ..data.synthetic import CLUTTER_VERSION, GENERATOR_VERSION, SHAPE_CLASSES, ShapesDataset
-from ..errors import WeightsError
 from ..methods.capture import vit_reshape
 from ..types import ModelHandle
 from .base import register_model
-from .shipped import has_shipped, load_shipped, save_shipped, shipped_meta
+from .shipped import resolve_weights, save_shipped
 from .training import fit, top1_accuracy
 
 log = logging.getLogger(__name__)
@@ -297,22 +296,6 @@ def train_and_ship(cfg: ViTTrainConfig = DEFAULT_CONFIG) -> dict[str, Any]:
     return meta
 
 
-def _load_checkpoint(model: nn.Module, path: str) -> None:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise WeightsError(
-            f"Checkpoint {path!r} does not exist. Pass weights='default' (shipped), 'train', 'random' or the path "
-            "of a state_dict saved with torch.save(model.state_dict(), path)."
-        ) from None
-    except Exception as exc:
-        raise WeightsError(f"Could not load checkpoint {path!r} with weights_only=True: {exc}") from exc
-    try:
-        model.load_state_dict(state)
-    except (RuntimeError, TypeError, AttributeError) as exc:
-        raise WeightsError(f"Checkpoint {path!r} does not fit {SHIPPED_NAME}: {str(exc)[:600]}") from exc
-
-
 @register_model(SHIPPED_NAME, dataset="shapes", synthetic=True, input_size=(64, 64), family="vit")
 def shapes_vit(weights: str = "default", seed: int = 0) -> ModelHandle:
     """Small ViT on ``shapes`` at 64 px ("default" = shipped, "train" = train here, "random", or a path)."""
@@ -321,21 +304,10 @@ def shapes_vit(weights: str = "default", seed: int = 0) -> ModelHandle:
         torch.manual_seed(seed)
         model = build_vit(cfg)
     meta: dict[str, Any] = {"weights": weights, "train_config": asdict(cfg)}
-    if weights == "default":
-        if not has_shipped(SHIPPED_NAME):
-            raise WeightsError(
-                f"The shipped weights of {SHIPPED_NAME} are missing; reinstall cambench, run "
-                f"`python run_bench.py train-models {SHIPPED_NAME}`, or pass weights='train'."
-            )
-        model.load_state_dict(load_shipped(SHIPPED_NAME, expect_hash=cfg.digest()))
-        meta.update({k: v for k, v in shipped_meta(SHIPPED_NAME).items() if k != "config"})
-    elif weights == "train":
-        model, info = train_vit(cfg)
-        meta.update(info)
-    elif weights == "random":
-        meta["seed"] = seed
-    else:
-        _load_checkpoint(model, weights)
+    model, info = resolve_weights(
+        model, SHIPPED_NAME, weights, digest=cfg.digest(), train=lambda: train_vit(cfg), seed=seed
+    )
+    meta.update(info)
     return ModelHandle(
         name=SHIPPED_NAME,
         model=model.eval(),

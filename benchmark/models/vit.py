@@ -177,7 +177,7 @@ class ViTTrainConfig:
     n_train: int = 12000
     image_size: int = 64
     scenes: tuple[str, ...] = ("simple", "clutter")
-    epochs: int = 14
+    epochs: int = 30
     batch_size: int = 32
     lr: float = 2e-3
     weight_decay: float = 1e-4

@@ -24,8 +24,6 @@ forcing, cross-entropy on the caption tokens).
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -44,7 +42,7 @@ from ..data.captions import (
 from ..types import Batch, ModelHandle
 from .base import register_model
 from .shipped import resolve_weights, save_shipped, shipped_meta
-from .training import fit
+from .training import config_digest, fit
 
 TRAINER_VERSION = 1
 MEAN = (0.5, 0.5, 0.5)
@@ -73,12 +71,7 @@ class CaptionerConfig:
     data_seed: int = 0
 
     def digest(self) -> str:
-        payload = {
-            "config": asdict(self),
-            "generator_version": CAPTIONS_GENERATOR_VERSION,
-            "trainer_version": TRAINER_VERSION,
-        }
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+        return config_digest(self, generator_version=CAPTIONS_GENERATOR_VERSION, trainer_version=TRAINER_VERSION)
 
 
 DEFAULT_CONFIG = CaptionerConfig()

@@ -21,8 +21,6 @@ semantic segmentation", the patch-text similarity that their CAMs start from).
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -34,7 +32,7 @@ from ..data.synthetic import SHAPE_CLASSES
 from ..types import ModelHandle
 from .base import register_model
 from .shipped import resolve_weights, save_shipped, shipped_meta
-from .training import exact_match_correct, fit
+from .training import config_digest, exact_match_correct, fit
 
 TRAINER_VERSION = 1
 MEAN = (0.5, 0.5, 0.5)
@@ -61,12 +59,7 @@ class DualEncoderConfig:
     data_seed: int = 1
 
     def digest(self) -> str:
-        payload = {
-            "config": asdict(self),
-            "generator_version": CAPTIONS_GENERATOR_VERSION,
-            "trainer_version": TRAINER_VERSION,
-        }
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+        return config_digest(self, generator_version=CAPTIONS_GENERATOR_VERSION, trainer_version=TRAINER_VERSION)
 
 
 DEFAULT_CONFIG = DualEncoderConfig()

@@ -15,8 +15,6 @@ single-label models).
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -30,7 +28,7 @@ from ..errors import InputError, WeightsError
 from ..types import ModelHandle
 from .base import register_model
 from .shipped import has_shipped, load_shipped, save_shipped
-from .training import exact_match_correct, fit
+from .training import config_digest, exact_match_correct, fit
 from .zoo import IMAGENET_MEAN, IMAGENET_STD, read_state_dict, seeded_init
 
 TRAINER_VERSION = 1
@@ -86,13 +84,9 @@ class MultiLabelTrainConfig:
     data_seed: int = 0
 
     def digest(self) -> str:
-        payload = {
-            "config": asdict(self),
-            "generator_version": MULTILABEL_GENERATOR_VERSION,
-            "trainer_version": TRAINER_VERSION,
-            "model": SHIPPED_NAME,
-        }
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+        return config_digest(
+            self, generator_version=MULTILABEL_GENERATOR_VERSION, trainer_version=TRAINER_VERSION, model=SHIPPED_NAME
+        )
 
 
 DEFAULT_CONFIG = MultiLabelTrainConfig()

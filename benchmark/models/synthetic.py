@@ -25,7 +25,6 @@ first trainer instead of training twice.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -43,7 +42,7 @@ from ..errors import InputError, WeightsError
 from ..types import ModelHandle
 from .base import register_model
 from .shipped import load_shipped, save_shipped, shipped_meta
-from .training import fit, top1_accuracy
+from .training import config_digest, fit, top1_accuracy
 
 log = logging.getLogger(__name__)
 
@@ -119,13 +118,12 @@ class TrainConfig:
     head: str = "linear"  # "conv": one more conv block after the explained layer (ShapesCNN)
 
     def digest(self) -> str:
-        payload = {
-            "config": asdict(self),
-            "generator_version": GENERATOR_VERSION,
-            "clutter_version": CLUTTER_VERSION if "clutter" in self.scenes else None,
-            "trainer_version": TRAINER_VERSION,
-        }
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+        return config_digest(
+            self,
+            generator_version=GENERATOR_VERSION,
+            clutter_version=CLUTTER_VERSION if "clutter" in self.scenes else None,
+            trainer_version=TRAINER_VERSION,
+        )
 
 
 DEFAULT_CONFIGS: dict[str, TrainConfig] = {

@@ -14,9 +14,12 @@ the ETA.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any, TypeVar
 
 import torch
@@ -126,3 +129,10 @@ def fit(
 
 
 __all__ = ["PCT_START", "exact_match_correct", "fit", "top1_accuracy", "top1_correct"]
+
+
+def config_digest(config: Any, **versions: object) -> str:
+    """SHA-256 of a training configuration (a dataclass) with the versions of what makes its data and weights
+    (generator, trainer, ...): the hash recorded with shipped weights and checked when they load."""
+    payload = {"config": asdict(config), **versions}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()

@@ -29,8 +29,6 @@ is a checkpoint path.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from dataclasses import asdict, dataclass
 from typing import Any, cast
@@ -43,7 +41,7 @@ from ..methods.capture import vit_reshape
 from ..types import ModelHandle
 from .base import register_model
 from .shipped import resolve_weights, save_shipped
-from .training import fit, top1_accuracy
+from .training import config_digest, fit, top1_accuracy
 
 log = logging.getLogger(__name__)
 
@@ -195,14 +193,13 @@ class ViTTrainConfig:
     augment: bool = True
 
     def digest(self) -> str:
-        payload = {
-            "config": asdict(self),
-            "generator_version": GENERATOR_VERSION,
-            "clutter_version": CLUTTER_VERSION,
-            "trainer_version": TRAINER_VERSION,
-            "model": SHIPPED_NAME,
-        }
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+        return config_digest(
+            self,
+            generator_version=GENERATOR_VERSION,
+            clutter_version=CLUTTER_VERSION,
+            trainer_version=TRAINER_VERSION,
+            model=SHIPPED_NAME,
+        )
 
 
 DEFAULT_CONFIG = ViTTrainConfig()

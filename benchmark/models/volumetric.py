@@ -13,8 +13,6 @@ training-configuration hash are checked when loading). ``"train"`` retrains (abo
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -27,7 +25,7 @@ from ..types import ModelHandle
 from .base import register_model
 from .shipped import has_shipped, load_shipped, save_shipped
 from .synthetic import load_checkpoint
-from .training import fit, top1_accuracy
+from .training import config_digest, fit, top1_accuracy
 
 #: Bump when the architecture or the training loop changes: it is part of the training hash.
 TRAINER_VERSION = 1
@@ -83,12 +81,7 @@ class VolumeTrainConfig:
     data_seed: int = 0
 
     def digest(self) -> str:
-        payload = {
-            "config": asdict(self),
-            "generator_version": VOLUME_GENERATOR_VERSION,
-            "trainer_version": TRAINER_VERSION,
-        }
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+        return config_digest(self, generator_version=VOLUME_GENERATOR_VERSION, trainer_version=TRAINER_VERSION)
 
 
 DEFAULT_CONFIG = VolumeTrainConfig()

@@ -257,9 +257,11 @@ def evaluate_batch(
     ``[B,C,h,w]`` for transformers. ``seed`` seeds torch before the methods and before each metric, so a
     metric's score does not depend on which ran before it. ``forward_batch_size``: inputs per extra forward
     (perturbation methods and metrics). ``method_params`` / ``metric_params``: per-name overrides of the
-    registered defaults. Metrics that re-explain (need ``explainer``: robustness, sanity, cost) see only the
-    methods selected by ``reexplain_methods`` (names and/or families). ``ms_flip``: multi-scale + flip
-    aggregation of every method (:func:`benchmark.methods.run_method`).
+    registered defaults. Each method starts from the global RNG state ``torch.manual_seed(seed)``, so its
+    maps do not depend on the methods before it (an incremental run computes a subset). Metrics that
+    re-explain (need ``explainer``: robustness, sanity, cost) see only the methods selected by
+    ``reexplain_methods`` (names and/or families). ``ms_flip``: multi-scale + flip aggregation of every
+    method (:func:`benchmark.methods.run_method`).
 
     A method or a metric that raises is recorded (``method_failures`` / ``metric_failures``) while the others
     go on; a metric whose needs the batch cannot meet (masks, boxes...) is left out. A model whose logits are
@@ -281,6 +283,7 @@ def evaluate_batch(
     )
     for name in methods:
         t = time.perf_counter()
+        torch.manual_seed(seed)  # each method's global RNG as if it ran alone (incremental runs compute subsets)
         try:
             res = run_method(ectx, name, mparams.get(name), ms_flip=ms_flip)
         except Exception as exc:

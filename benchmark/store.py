@@ -12,20 +12,35 @@ field it stores)::
     OUT/timings/<unit_key>__<hash>.parquet    the unit's timings (``TIMING_COLUMNS``)
     OUT/gallery/<unit_key>__<hash>.npz        images + every method's map for the first images
 
+A unit may have several parts (incremental runs, docs/architecture.md): the first one computed is
+``<unit_key>__<hash>``; when methods are added to a suite or edited (their plugin source or parameters), the
+next run computes only those methods on the unit and writes them as an extra part
+``<unit_key>~m<tag>__<hash>`` (``tag``: a digest of the method names it holds), with its own companions.
+Each part records the methods it holds with their fingerprints (``methods``: plugin source and
+parameters, :func:`benchmark.runner.fingerprint.method_fingerprints`) and the time it was written. A reader
+merges a unit's parts (:meth:`Store.verify`): every planned method's rows (scores, statistics, perturbed
+scores, curves, explain timings, gallery maps) come from the newest verified part that holds it with the
+current fingerprint; rows of methods no longer planned, or stale, are left out; the rows of no method (the
+images the loader could not read) come from the newest contributing part; the other timings (load, metrics,
+meta-evaluation, total) of every contributing part are kept (what computing the reported rows cost);
+warnings are joined, map differences kept for pairs computed together. Writing a part of all the unit's
+methods removes its extra parts.
+
 Every Parquet file carries, in its metadata, the unit key, the suite hash, cambench's version and the
 SHA-256 of its content (:func:`content_digest`); the part also lists the digest of each companion file of
 its unit. A reader verifies all of them (:meth:`Store.verify`): a file that fails (truncated, flipped,
-foreign, stale) is named in one line and moved to ``OUT/quarantine/`` with the rest of its unit, which
-counts as not finished and is recomputed by the next run.
+foreign, stale) is named in one line and moved to ``OUT/quarantine/`` with the rest of its part, whose
+methods count as not finished and are recomputed by the next run.
 
 Every file is written to a temporary name in the same folder and moved into place with ``os.replace``
 (atomic on POSIX and Windows; never through a symbolic link), the companions before the part: a part on
 disk means its unit is finished (a companion without its part is an unfinished unit, not read; its rerun
 replaces it). Parts written by earlier versions, which kept the curves as JSON in the part's
-metadata (key ``curves``), are still read: such a directory resumes and reports. A rerun skips units
-whose part carries the current suite hash. Parts with another hash (another suite, version or setting
-such as ``n``) and parts of this hash outside the units asked for (a larger ``--limit``) are kept on
-disk but not read (:meth:`Store.unreported`); ``fresh=True`` starts over.
+metadata (key ``curves``), are still read: such a directory resumes and reports; a part without a
+``methods`` record (written before incremental runs) holds every method of its rows. A rerun skips the
+(unit, method) pairs whose rows carry the current suite hash and fingerprints. Parts with another hash
+(another suite, version or setting such as ``n``) and parts of this hash outside the units asked for (a
+larger ``--limit``) are kept on disk but not read (:meth:`Store.unreported`); ``fresh=True`` starts over.
 """
 
 from __future__ import annotations
@@ -37,8 +52,9 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -213,6 +229,53 @@ def fingerprint_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[
     return out or ["its fingerprint changed"]
 
 
+#: Between a unit key and the tag of an extra part of that unit (``<key>~m<tag>``).
+_EXTRA = "~m"
+#: A method name of the score rows that is no method: rows of the unit itself (unreadable images).
+_UNIT_ROW = "("
+
+
+def part_name(key: str, methods: Iterable[str] | None = None) -> str:
+    """The name of a part of unit ``key``: ``key`` (the unit's first part, all its methods) or, for an extra
+    part holding ``methods`` only, ``key~m<8 hex digits of their sorted names>``."""
+    if methods is None:
+        return key
+    tag = hashlib.sha256("\n".join(sorted(methods)).encode()).hexdigest()[:8]
+    return f"{key}{_EXTRA}{tag}"
+
+
+def unit_of(part: str) -> str:
+    """The unit key of a part name (:func:`part_name`)."""
+    return part.split(_EXTRA, 1)[0]
+
+
+def method_change(method: str, old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> str:
+    """Why method ``method``'s stored rows are stale, in a few words (``old``: the fingerprint its rows were
+    computed with, ``None``: never computed here)."""
+    if old is None:
+        return f"method {method} is new"
+    why = []
+    if old.get("code") != new.get("code"):
+        files = sorted(set(old.get("code") or {}) | set(new.get("code") or {}))
+        why.append(f"plugin source {', '.join(files)}" if files else "plugin source")
+    if old.get("params") != new.get("params"):
+        why.append("params")
+    return f"method {method} changed ({'; '.join(why) or 'fingerprint'})"
+
+
+@dataclass
+class Todo:
+    """What a run must compute on one unit (:meth:`Store.todo`): ``methods`` (in the planned order);
+    ``new``: nothing of the unit is stored; ``unit_reasons``: why every method is recomputed (its base
+    fingerprint changed, :func:`fingerprint_changes`); ``method_reasons``: ``{method: why}`` otherwise
+    (:func:`method_change`)."""
+
+    methods: tuple[str, ...]
+    new: bool = False
+    unit_reasons: list[str] = field(default_factory=list)
+    method_reasons: dict[str, str] = field(default_factory=dict)
+
+
 class Store:
     """The parts of one run in ``out_dir`` for suite hash ``suite_hash``.
 
@@ -221,7 +284,11 @@ class Store:
     one reports what it was asked for. The other parts of the same hash stay on disk
     (:meth:`unreported`) and are reported again by a run that asks for them. ``None``: every part.
     ``fingerprints``: ``{unit key: resume fingerprint}`` (:mod:`benchmark.runner.fingerprint`) recorded in
-    each part written; a part whose recorded fingerprint differs is not finished (:meth:`done` says why).
+    each part written; a part whose recorded fingerprint differs is not finished (:meth:`todo` says why).
+    ``methods``: ``{unit key: {method: fingerprint}}``, the planned methods of each unit in order with their
+    fingerprints (:func:`benchmark.runner.fingerprint.unit_method_fingerprints`): reading takes each one's rows
+    from the newest part holding it with that fingerprint and leaves every other method's rows out; ``None``
+    (a reader without a plan): every method of the unit's parts, each from the newest part holding it.
     """
 
     def __init__(
@@ -231,6 +298,7 @@ class Store:
         log: Callable[[str], None] | None = None,
         units: Iterable[str] | None = None,
         fingerprints: Mapping[str, dict] | None = None,
+        methods: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         self.out = Path(out_dir)
         self.hash = suite_hash
@@ -243,7 +311,10 @@ class Store:
         self.log = log or (lambda msg: print(msg, file=sys.stderr))
         self.units: frozenset[str] | None = None if units is None else frozenset(units)
         self.fingerprints = dict(fingerprints or {})
-        self._verified: dict[str, dict[str, Any]] | None = None  # key -> {table name: frame/arrays, "meta": ...}
+        self.methods: dict[str, dict[str, Any]] | None = (
+            None if methods is None else {k: dict(v) for k, v in methods.items()}
+        )
+        self._verified: dict[str, dict[str, Any]] | None = None  # part -> {table name: frame/arrays, "meta": ...}
         self.quarantined: list[str] = []
 
     def folder(self, table: Table) -> Path:
@@ -342,32 +413,66 @@ class Store:
         return stem.rsplit(_SEP, 1)[1] if _SEP in stem else None
 
     def _on_disk(self) -> set[str]:
-        """Keys of this hash with a part file on disk (not yet verified)."""
+        """Names (:func:`part_name`) of this hash's part files on disk (not yet verified)."""
         if not self.parts.is_dir():
             return set()
         suffix = f"{_SEP}{self.hash}.parquet"
         return {f.name[: -len(suffix)] for f in self.parts.iterdir() if f.name.endswith(suffix)}
 
+    def _base_current(self, key: str, meta: Mapping[str, Any]) -> bool:
+        """Whether a part of unit ``key`` was written with the unit's current base fingerprint."""
+        want = self.fingerprints.get(key)
+        have = meta.get("fingerprint")
+        legacy = have is None and "sha256" not in meta  # written before parts had fingerprints
+        return want is None or have == want or legacy
+
+    def todo(self) -> dict[str, Todo]:
+        """``{unit key: what to compute}`` for the units asked for (:attr:`units`, else those on disk) whose
+        planned methods (:attr:`methods`) lack current rows: a unit without a verified part (``new``), a
+        unit whose parts all have another base fingerprint (``unit_reasons``: every method), or the methods
+        that are new or changed (``method_reasons``). Logs nothing (the driver says it once)."""
+        self.verify()
+        parts = self._unit_parts()
+        keys = sorted(self.units) if self.units is not None else sorted(parts)
+        out: dict[str, Todo] = {}
+        for key in keys:
+            planned = list((self.methods or {}).get(key, {}))
+            recs = parts.get(key, [])
+            if not recs:
+                out[key] = Todo(tuple(planned), new=True)
+                continue
+            current = [(n, r) for n, r in recs if self._base_current(key, r["meta"])]
+            if not current:
+                have = recs[0][1]["meta"].get("fingerprint") or {}
+                out[key] = Todo(tuple(planned), unit_reasons=fingerprint_changes(have, self.fingerprints[key]))
+                continue
+            if self.methods is None:
+                continue
+            chosen = self._choose(key, current)
+            why = {}
+            for m in planned:
+                if m in chosen:
+                    continue
+                old = next((_held(r["meta"], r)[m] for _, r in current if m in _held(r["meta"], r)), None)
+                why[m] = method_change(m, old, self.methods[key][m])
+            if why:
+                out[key] = Todo(tuple(m for m in planned if m in why), method_reasons=why)
+        return out
+
     def done(self) -> set[str]:
-        """Keys of the units finished for this suite hash: parts that pass verification (:meth:`verify`)
-        and whose recorded fingerprint is the current one (a changed one is named once, in one line)."""
-        good = self.verify()
-        if not self.fingerprints:
-            return set(good)
-        out: set[str] = set()
+        """Keys of the units finished for this suite hash: verified parts (:meth:`verify`) with the current
+        fingerprint hold every planned method's rows (a changed base fingerprint is named once, in one line;
+        the driver, :meth:`todo`, also names changed methods)."""
+        self.verify()
+        parts = self._unit_parts()
+        todo = self.todo()
         why: dict[str, list[str]] = {}
-        for key, rec in good.items():
-            want = self.fingerprints.get(key)
-            have = rec["meta"].get("fingerprint")
-            legacy = have is None and "sha256" not in rec["meta"]  # written before parts had fingerprints
-            if want is None or have == want or legacy:
-                out.add(key)
-            else:
-                for reason in fingerprint_changes(have or {}, want):
-                    why.setdefault(reason, []).append(key)
+        for key, t in todo.items():
+            for reason in t.unit_reasons:
+                why.setdefault(reason, []).append(key)
         for reason, keys in why.items():
             self.log(f"cambench: {len(keys)} finished unit(s) recomputed: {reason}.")
-        return out
+        return {k for k in parts if k not in todo and (self.units is None or k in self.units)}
 
     # -- writing -----------------------------------------------------------------------------------
     def _write_file(self, path: Path, data: bytes) -> None:
@@ -399,11 +504,18 @@ class Store:
         meta = {**self._meta(key), "sha256": digest, **(extra or {})}
         return _parquet_bytes(arrow, meta), digest
 
-    def write_unit(self, result: UnitResult) -> Path:
+    def write_unit(self, result: UnitResult, methods: Sequence[str] | None = None) -> Path:
         """Commit a :class:`~benchmark.schema.UnitResult`: each companion table (:data:`COMPANIONS`) that
-        has rows, then the part, whose metadata lists the companions' digests (and the unit's info and
-        fingerprint). Raise :class:`StoreError` (one line) when a file cannot be written."""
-        key = result.key
+        has rows, then the part, whose metadata lists the companions' digests (and the unit's info,
+        fingerprint and methods). Raise :class:`StoreError` (one line) when a file cannot be written.
+
+        ``methods``: the methods the result computed (``None``: every planned method of the unit). All of
+        them: the unit's first part (its extra parts are removed); fewer: an extra part
+        (:func:`part_name`) beside the others."""
+        unit = result.key
+        planned = (self.methods or {}).get(unit)
+        subset = None if methods is None or planned is None or set(methods) >= set(planned) else list(methods)
+        key = part_name(unit, subset)
         digests: dict[str, str] = {}
         for t in COMPANIONS:
             data = getattr(result, t.field, None)
@@ -413,21 +525,33 @@ class Store:
                     path.unlink(missing_ok=True)  # a rerun of a unit that had some
                 continue
             self.folder(t).mkdir(parents=True, exist_ok=True)
-            raw, digest = self._encode(t, key, data)
+            raw, digest = self._encode(t, unit, data)
             self._write_file(path, raw)
             digests[t.name] = digest
-        extra = {
+        extra: dict[str, Any] = {
             "tables": digests,
             "curve_rows": 0 if result.curves is None else len(result.curves),
             "info": result.info,
+            "written": time.time_ns(),
         }
-        if key in self.fingerprints:
-            extra["fingerprint"] = self.fingerprints[key]
-        raw, _ = self._encode(PARTS, key, result.scores, extra)
+        if key != unit:
+            extra["part"] = key
+        if unit in self.fingerprints:
+            extra["fingerprint"] = self.fingerprints[unit]
+        if planned is not None:
+            names = planned if methods is None else [m for m in methods if m in planned]
+            extra["methods"] = {m: planned[m] for m in names}
+        raw, _ = self._encode(PARTS, unit, result.scores, extra)
         path = self.part_path(key)
         self._write_file(path, raw)
         if self._verified is not None:
             self._verified.pop(key, None)
+        if subset is None:  # every method of the unit in one part: its extra parts are superseded
+            for name in [n for n in self._on_disk() if n != key and unit_of(n) == unit]:
+                for t in TABLES:
+                    self.path(t, name).unlink(missing_ok=True)
+                if self._verified is not None:
+                    self._verified.pop(name, None)
         return path
 
     # -- verifying ---------------------------------------------------------------------------------
@@ -450,9 +574,13 @@ class Store:
         # the checksummed columns alone make the frame (not the unverified pandas metadata of the footer)
         return table.replace_schema_metadata(None).to_pandas(), meta
 
-    def _read_unit(self, key: str) -> dict[str, Any]:
-        part = self.part_path(key)
+    def _read_unit(self, name: str) -> dict[str, Any]:
+        """The verified files of part ``name`` (:func:`part_name`); raise :class:`Corrupt`."""
+        key = unit_of(name)
+        part = self.part_path(name)
         scores, meta = self._read_parquet(part, key)
+        if meta.get("part", name) != name:
+            raise Corrupt(f"{part} is part {meta.get('part')!r} of unit {key!r} (a foreign file under this name)")
         if "sha256" in meta:
             missing = set(SCORE_COLUMNS) - set(scores.columns)
             if missing:
@@ -460,7 +588,7 @@ class Store:
         rec: dict[str, Any] = {"meta": meta, PARTS.name: scores}
         listed = meta.get("tables")
         for t in COMPANIONS:
-            path = self.path(t, key)
+            path = self.path(t, name)
             if listed is None:  # a part of an earlier version: companions not listed, read as they are
                 if t.fmt == "parquet" and path.is_file():
                     rec[t.name] = self._read_parquet(path, key)[0]
@@ -483,14 +611,15 @@ class Store:
             rec[t.name] = frame
         if listed is None and "curves" not in rec and "curves" not in meta and meta.get("curve_rows", 0):
             raise CambenchError(
-                f"The part {part} says its unit has {meta['curve_rows']} curve rows but {self.curves_path(key)} is "
+                f"The part {part} says its unit has {meta['curve_rows']} curve rows but {self.curves_path(name)} is "
                 f"missing; expected both files of a finished unit. Delete the part to rerun that unit, or rerun "
                 f"with --fresh."
             )
         return rec
 
     def quarantine(self, key: str, reason: str) -> None:
-        """Move every file of unit ``key`` to ``OUT/quarantine/`` and say so in one line."""
+        """Move every file of part ``key`` (a unit key, or an extra part's :func:`part_name`) to
+        ``OUT/quarantine/`` and say so in one line."""
         dest = self.out / QUARANTINE
         dest.mkdir(exist_ok=True)
         for t in TABLES:
@@ -498,29 +627,111 @@ class Store:
             if path.is_file() or path.is_symlink():
                 os.replace(path, dest / path.name)
         self.quarantined.append(key)
-        self.log(f"cambench: {reason}: moved unit {key} to {dest}; the next run recomputes it.")
+        what = f"unit {key}" if unit_of(key) == key else f"part {key} of unit {unit_of(key)}"
+        self.log(f"cambench: {reason}: moved {what} to {dest}; the next run recomputes it.")
 
-    def verify(self) -> dict[str, dict[str, Any]]:
-        """``{unit key: its verified tables}`` of the selected finished units (read once per store);
-        every unit with a file that fails is quarantined (:meth:`quarantine`) and left out."""
+    def _verify_parts(self) -> dict[str, dict[str, Any]]:
+        """``{part name: its verified tables}`` of the selected units' parts (each read once per store);
+        every part with a file that fails is quarantined (:meth:`quarantine`) and left out."""
         if self._verified is None:
             self._verified = {}
         on_disk = self._on_disk()
-        for key in [k for k in self._verified if k not in on_disk]:
-            del self._verified[key]
-        for key in sorted(on_disk - set(self._verified)):
-            if self.units is not None and key not in self.units:
+        for name in [k for k in self._verified if k not in on_disk]:
+            del self._verified[name]
+        for name in sorted(on_disk - set(self._verified)):
+            if self.units is not None and unit_of(name) not in self.units:
                 continue
             try:
-                self._verified[key] = self._read_unit(key)
+                self._verified[name] = self._read_unit(name)
             except Corrupt as exc:
-                self.quarantine(key, str(exc))
-        return {k: v for k, v in self._verified.items() if self.units is None or k in self.units}
+                self.quarantine(name, str(exc))
+        return {k: v for k, v in self._verified.items() if self.units is None or unit_of(k) in self.units}
+
+    def _unit_parts(self) -> dict[str, list[tuple[str, dict[str, Any]]]]:
+        """``{unit key: [(part name, verified tables)]}``, newest part first (:meth:`_verify_parts`)."""
+        out: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+        for name, rec in self._verify_parts().items():
+            out.setdefault(unit_of(name), []).append((name, rec))
+        for recs in out.values():
+            recs.sort(key=lambda nr: (-int(nr[1]["meta"].get("written", 0) or 0), nr[0] != unit_of(nr[0]), nr[0]))
+        return out
+
+    def _choose(self, key: str, recs: list[tuple[str, dict[str, Any]]]) -> dict[str, str]:
+        """``{method: part name}``: each of unit ``key``'s methods taken from the newest part (``recs``, newest
+        first) that holds it, with its planned fingerprint when :attr:`methods` is set (planned methods
+        only, in the planned order)."""
+        planned = None if self.methods is None else self.methods.get(key, {})
+        chosen: dict[str, str] = {}
+        for name, rec in recs:
+            held = _held(rec["meta"], rec)
+            for m, fp in held.items():
+                if m in chosen:
+                    continue
+                if planned is None or (m in planned and (fp is None or fp == planned[m])):
+                    chosen[m] = name
+        if planned is not None:
+            chosen = {m: chosen[m] for m in planned if m in chosen}
+        return chosen
+
+    def verify(self) -> dict[str, dict[str, Any]]:
+        """``{unit key: its verified tables}`` of the selected finished units (read once per store), each
+        unit's parts merged (:meth:`_merge`: every method's rows from the newest part holding it); every part
+        with a file that fails is quarantined (:meth:`quarantine`) and left out."""
+        out = {}
+        for key, recs in sorted(self._unit_parts().items()):
+            current = [(n, r) for n, r in recs if self._base_current(key, r["meta"])] or recs
+            out[key] = self._merge(key, current)
+        return out
+
+    def _merge(self, key: str, recs: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+        """One unit's tables from its parts (``recs``, newest first): see the module docstring."""
+        chosen = self._choose(key, recs)
+        by_part: dict[str, set[str]] = {}
+        for m, name in chosen.items():
+            by_part.setdefault(name, set()).add(m)
+        used = [(n, r) for n, r in recs if n in by_part] or recs[:1]
+        if len(used) == 1:
+            name, rec = used[0]
+            if by_part.get(name, set()) == set(_held(rec["meta"], rec)):
+                return rec  # one part, every method of it: as written
+        primary = used[0][0]
+        merged: dict[str, Any] = {}
+        for t in (PARTS, STATS, PERTURBED, CURVES, TIMINGS):
+            frames = []
+            for name, rec in used:
+                frame = _table_of(rec, t)
+                if frame is None or not len(frame):
+                    continue
+                keep = by_part.get(name, set())
+                if t is TIMINGS:
+                    mask = (frame["stage"] != "explain") | frame["name"].isin(list(keep))
+                else:
+                    mask = frame["method"].isin(list(keep))
+                    if name == primary:
+                        mask |= frame["method"].astype(str).str.startswith(_UNIT_ROW)
+                frames.append(frame[mask.to_numpy()])
+            if frames:
+                merged[t.name] = pd.concat(frames, ignore_index=True)
+        gallery = _merge_gallery([(r.get(GALLERY.name), by_part.get(n, set())) for n, r in used], list(chosen))
+        if gallery is not None:
+            merged[GALLERY.name] = gallery
+        merged["meta"] = _merge_meta(key, [(n, r["meta"], by_part.get(n, set())) for n, r in used], chosen)
+        return merged
 
     def missing(self) -> list[str]:
-        """The units asked for (:attr:`units`) without a verified part."""
+        """The units asked for (:attr:`units`) without a verified part, or (with :attr:`methods`) without the
+        current rows of every planned method."""
         have = self.verify()
-        return sorted(k for k in (self.units or ()) if k not in have)
+        parts = self._unit_parts()
+        out = []
+        for k in self.units or ():
+            if k not in have:
+                out.append(k)
+            elif self.methods is not None and k in self.methods:
+                current = [(n, r) for n, r in parts[k] if self._base_current(k, r["meta"])]
+                if set(self._choose(k, current)) != set(self.methods[k]):
+                    out.append(k)
+        return sorted(out)
 
     # -- reading -----------------------------------------------------------------------------------
     def _key(self, path: Path) -> str:
@@ -531,14 +742,15 @@ class Store:
         return sorted(p for p in paths if self.units is None or self._key(p) in self.units)
 
     def _parts(self) -> list[Path]:
-        return [self.part_path(k) for k in sorted(self.verify())]
+        return [self.part_path(k) for k in sorted(self._verify_parts())]
 
     def unreported(self) -> list[str]:
         """Finished units on disk that the tables leave out (kept, not read): keys of this hash outside
         :attr:`units` (a larger ``--limit``), then ``key__hash`` of parts of other settings (``n``, seed...)."""
         if not self.parts.is_dir():
             return []
-        same = sorted(k for k in self._on_disk() if self.units is not None and k not in self.units)
+        on_disk = {unit_of(k) for k in self._on_disk()}
+        same = sorted(k for k in on_disk if self.units is not None and k not in self.units)
         other = sorted(
             f.name[: -len(".parquet")]
             for f in self.parts.glob("*.parquet")
@@ -617,3 +829,90 @@ class Store:
 def sort_scores(df: pd.DataFrame) -> pd.DataFrame:
     """Canonical row order of a score table (so that equal runs give byte-identical files)."""
     return df.sort_values(list(SCORE_ORDER), kind="mergesort").reset_index(drop=True)
+
+
+def _held(meta: Mapping[str, Any], rec: Mapping[str, Any]) -> dict[str, Any]:
+    """``{method: fingerprint}`` a part holds: its ``methods`` record, or (a part written before incremental
+    runs) every method of its score rows, fingerprint ``None`` (taken as current)."""
+    if isinstance(meta.get("methods"), Mapping):
+        return dict(meta["methods"])
+    scores = rec.get(PARTS.name)
+    names = [] if scores is None or not len(scores) else pd.unique(scores["method"].astype(str))
+    return {str(m): None for m in names if not str(m).startswith(_UNIT_ROW)}
+
+
+def _table_of(rec: Mapping[str, Any], t: Table) -> pd.DataFrame | None:
+    """Table ``t`` of a verified part (the earliest layouts kept curves and timings in the metadata)."""
+    if t.name in rec:
+        return rec[t.name]
+    if t in (CURVES, TIMINGS) and t.name in rec["meta"] and isinstance(rec["meta"][t.name], list):
+        return pd.DataFrame(rec["meta"][t.name])
+    return None
+
+
+def _merge_gallery(
+    galleries: Sequence[tuple[Mapping[str, np.ndarray] | None, set[str]]], order: Sequence[str]
+) -> dict[str, np.ndarray] | None:
+    """One gallery from parts' galleries (``(arrays, methods taken from it)``): the images, targets and
+    ground truth of the first, the maps of each method from its part, in ``order``."""
+    present = [(g, keep) for g, keep in galleries if g is not None and "maps" in g]
+    if not present:
+        return None
+    base = present[0][0]
+    n = len(base["ids"])
+    maps, names = [], []
+    for m in order:
+        for g, keep in present:
+            if m not in keep:
+                continue
+            listed = [str(x) for x in g["methods"]]
+            if m in listed and len(g["ids"]) == n and np.array_equal(g["ids"], base["ids"]):
+                maps.append(g["maps"][:, listed.index(m)])
+                names.append(m)
+            break
+    out = {k: v for k, v in base.items() if k not in ("methods", "maps")}
+    out["methods"] = np.asarray(names, dtype=str)
+    shape = base["maps"].shape
+    out["maps"] = np.stack(maps, axis=1) if maps else np.zeros((shape[0], 0, *shape[2:]), dtype=base["maps"].dtype)
+    return out
+
+
+def _merge_meta(key: str, metas: Sequence[tuple[str, Mapping[str, Any], set[str]]], chosen: Mapping[str, str]) -> dict:
+    """One unit record from its parts' (name, metadata, methods taken from it), newest first: the first's
+    record, with warnings joined, map differences of pairs computed in one part (both taken from it),
+    capture facts folded (min of ``activation_min``, max of the others) and ``parts``: which part gave what."""
+    out = dict(metas[0][1])
+    info = dict(out.get("info") or {})
+    warn: set[str] = set()
+    diffs: dict[str, float] = {}
+    facts: dict[str, float] = {}
+    for _, meta, keep in metas:
+        i = meta.get("info") or {}
+        warn.update(str(w) for w in i.get("warnings", ()))
+        for pair, d in (i.get("map_diffs") or {}).items():
+            a, _, b = str(pair).partition("|")
+            if a in keep and b in keep:
+                diffs[pair] = d
+        for k, v in (i.get("capture") or {}).items():
+            facts[k] = v if k not in facts else (min if k == "activation_min" else max)(facts[k], v)
+    info.update(warnings=sorted(warn), map_diffs=diffs, capture=facts)
+    out.update(unit=key, info=info, parts={name: sorted(keep) for name, _, keep in metas})
+    out["methods"] = {
+        m: next((meta.get("methods") or {}).get(m) for n, meta, _ in metas if n == p) for m, p in chosen.items()
+    }
+    return out
+
+
+def planned_methods(run: Mapping[str, Any]) -> dict[str, dict[str, Any]] | None:
+    """``{unit key: {method: fingerprint}}`` of a ``run.json`` record (each experiment's
+    ``method_fingerprints``; a unit key starts with its experiment's index), what :class:`Store` reads the
+    rows of a run by; ``None`` for a record written before incremental runs (every stored method read)."""
+    exps = run.get("experiments") or []
+    if not exps or any("method_fingerprints" not in e for e in exps):
+        return None
+    out = {}
+    for key in run.get("units") or []:
+        head = str(key).split("-", 1)[0]
+        if head.isdigit() and int(head) < len(exps):
+            out[str(key)] = dict(exps[int(head)]["method_fingerprints"])
+    return out

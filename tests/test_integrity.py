@@ -295,7 +295,9 @@ def test_a_changed_plugin_source_or_cpu_kernel_mode_recomputes_and_says_why(tmp_
     plugin.write_text(PLUGIN.format(tail=" * 1.0  # edited"))  # the source text changed
     lines: list[str] = []
     edited = run_suite(suite, out, quiet=True, report=False, log=lines.append)
-    assert len(edited.ran) == 2 and any(f"2 finished unit(s) recomputed: code changed ({plugin}" in m for m in lines)
+    assert len(edited.ran) == 2 and set(edited.computed.values()) == {("integrity_tmp_cam",)}  # that method only
+    said = f"method integrity_tmp_cam changed (plugin source {plugin}): computing it on 2 unit(s)"
+    assert any(said in m for m in lines)
     monkeypatch.setattr(F, "describe", lambda: "AVX2 (native)")
     lines.clear()
     native = run_suite(suite, out, quiet=True, report=False, log=lines.append)

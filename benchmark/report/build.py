@@ -13,7 +13,7 @@ import pandas as pd
 from ..errors import CambenchError
 from ..plugins import load_plugins
 from ..schema import METRIC_FAMILIES
-from ..store import Store, atomic_write_text, write_parquet
+from ..store import Store, atomic_write_text, planned_methods, write_parquet
 from . import tables
 from .claims import claim_table, claims_html
 from .findings import experiment_findings, findings_text
@@ -136,7 +136,7 @@ def write_report(
     run = read_run(out)
     if plugins:
         load_plugins(plugins)
-    store = Store(out, run["suite_hash"], units=run.get("units"))
+    store = Store(out, run["suite_hash"], units=run.get("units"), methods=planned_methods(run))
     missing = store.missing()
     units = list(run.get("units", []))
     incomplete = f"incomplete: {len(units) - len(missing)} of {len(units)} units" if missing else None

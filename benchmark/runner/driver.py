@@ -6,6 +6,7 @@ on a backend (:func:`benchmark.runner.parallel.execute_units`) and writes each o
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -23,10 +24,10 @@ from ..errors import CambenchError
 from ..methods import METHODS
 from ..metrics import METRICS
 from ..outdir import RunLock, check_out_dir
-from ..store import Store, atomic_write_text
-from .fingerprint import unit_fingerprints
+from ..store import Store, Todo, atomic_write_text
+from .fingerprint import method_fingerprints, unit_fingerprints, unit_method_fingerprints
 from .parallel import default_workers, execute_units, reemit_logs
-from .plan import Plan, load_registries, plan_run
+from .plan import Plan, Unit, load_registries, plan_run
 from .progress import Progress
 from .resources import resolve_device
 from .suite import Suite, check_claims
@@ -48,6 +49,9 @@ class RunOutcome:
     unreadable: list[dict] = field(default_factory=list)
     #: finished units on disk outside this run (another ``--limit``, ``n`` or setting): kept, not reported
     unreported: list[str] = field(default_factory=list)
+    #: ``{unit key: the methods computed on it}`` (all its methods, or the new and changed ones of an
+    #: incremental run); units absent were reused whole
+    computed: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def versions() -> dict[str, str]:
@@ -241,7 +245,14 @@ def _run_locked(
     _check_claims(plan)  # a claim naming a method or metric no experiment runs is refused before any work
     device = resolve_device(suite.device)
     fingerprints = unit_fingerprints(plan)  # plugin sources, checkpoint bytes, CPU kernels, versions
-    store = Store(out, plan.hash, log, units=[u.key for u in plan.units], fingerprints=fingerprints)
+    store = Store(
+        out,
+        plan.hash,
+        log,
+        units=[u.key for u in plan.units],
+        fingerprints=fingerprints,
+        methods=unit_method_fingerprints(plan),  # each method's plugin source and parameters
+    )
     store.prepare(fresh)
     record = run_record(plan, device)
     record.update(
@@ -249,15 +260,14 @@ def _run_locked(
         backend=backend,
         fingerprints={plan.experiments[u.experiment].label: fingerprints[u.key] for u in plan.units},
     )
+    for i, e in enumerate(record["experiments"]):  # what a reader takes each method's rows by
+        e["method_fingerprints"] = method_fingerprints(plan, i)
     atomic_write_text(out / "run.json", json.dumps(record, indent=1, default=str))
     for e in plan.experiments:
         for msg in e.data_errors:
             log(f"cambench: {e.label}/{e.dataset}: unreadable, left out: {msg}")
-    done = store.done()
-    todo = [u for u in plan.units if u.key not in done]
-    reused = [u.key for u in plan.units if u.key in done]
-    if reused:
-        log(f"cambench: resuming in {out}: {len(reused)} of {len(plan.units)} unit(s) already finished.")
+    todo = incremental_units(plan, store.todo(), log, out)
+    reused = [u.key for u in plan.units if u.key not in {t.key for t in todo}]
     unreported = store.unreported()
     if unreported:
         log(
@@ -281,9 +291,10 @@ def _run_locked(
         progress=progress.images,
     )
     seen_logs: set[tuple[str, int, str]] = set()
+    computed = {u.key: u.methods for u in todo}
     try:
         for result in results:
-            store.write_unit(result)
+            store.write_unit(result, methods=computed[result.key])
             reemit_logs(getattr(result, "logs", ()), seen_logs)  # a worker's messages, each warning once
             for w in result.info.get("warnings", ()):
                 progress.warn_once(w, f"cambench: {result.key}: {w}")
@@ -299,7 +310,37 @@ def _run_locked(
     record.update(unreadable=unreadable, unreported_units=unreported)
     atomic_write_text(out / "run.json", json.dumps(record, indent=1, default=str))
     rep = report(out) if report else None
-    return RunOutcome(plan, out, ran, reused, rep, unreadable=unreadable, unreported=unreported)
+    done = {k: computed[k] for k in ran}
+    return RunOutcome(plan, out, ran, reused, rep, unreadable=unreadable, unreported=unreported, computed=done)
+
+
+def incremental_units(plan: Plan, todo: dict[str, Todo], log: Callable[[str], None], out: Path) -> list[Unit]:
+    """The units to run (:meth:`benchmark.store.Store.todo`): a unit with stored current rows of some of its
+    methods runs the others only (``methods`` = that subset; same key, so the same batch seeds). Says once,
+    one line per reason, what is recomputed and why, and how many units are reused whole."""
+    units = []
+    for u in plan.units:
+        t = todo.get(u.key)
+        if t is None:
+            continue
+        units.append(u if set(t.methods) >= set(u.methods) else dataclasses.replace(u, methods=t.methods))
+    reused = len(plan.units) - len(units)
+    if reused:
+        log(f"cambench: resuming in {out}: {reused} of {len(plan.units)} unit(s) already finished.")
+    by_unit_reason: dict[str, list[str]] = {}
+    by_method_reason: dict[str, list[str]] = {}
+    for key, t in todo.items():
+        for reason in t.unit_reasons:
+            by_unit_reason.setdefault(reason, []).append(key)
+        for reason in t.method_reasons.values():
+            by_method_reason.setdefault(reason, []).append(key)
+    for reason, keys in by_unit_reason.items():
+        log(f"cambench: {len(keys)} finished unit(s) recomputed: {reason}.")
+    planned = {u.key: u.methods for u in plan.units}
+    for reason, keys in by_method_reason.items():
+        others = {m for k in keys for m in planned[k]} - {m for k in keys for m in todo[k].methods}
+        log(f"cambench: {reason}: computing it on {len(keys)} unit(s); {len(others)} other method(s) reused.")
+    return units
 
 
 def _unreadable(plan: Plan, store: Store) -> list[dict[str, str]]:

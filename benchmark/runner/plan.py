@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import __version__
 from ..data import DATASETS
 from ..errors import SuiteError, UnknownNameError, WeightsError
 from ..evaluate import TARGET_KINDS
@@ -127,9 +130,28 @@ def plan_run(suite: Suite, limit: int | None = None, precision: str = "fp32") ->
     directions = {n: bool(e.meta.get("higher_is_better", True)) for n, e in entries.items()}
     families = {n: str(e.meta.get("family", "")) for n, e in entries.items()}
     levels = {n: str(e.meta.get("level", "image")) for n, e in entries.items()}
-    extra = [{"methods": e.methods, "metrics": e.metrics, "mp": e.method_params, "kp": e.metric_params} for e in exps]
+    extra = [{"metrics": e.metrics, "kp": e.metric_params} for e in exps]
     hash_extra: Any = extra if precision == "fp32" else {"experiments": extra, "precision": precision}
-    return Plan(suite, suite.hash(hash_extra), exps, units, directions, families, levels)
+    return Plan(suite, base_hash(suite, hash_extra), exps, units, directions, families, levels)
+
+
+#: What the base hash leaves out: the methods, their parameters and the plugin list (a method's own
+#: fingerprint covers its name, parameters and source: :func:`benchmark.runner.fingerprint.method_fingerprints`).
+PER_METHOD_KEYS = ("methods", "method_params")
+
+
+def base_hash(suite: Suite, extra: Any = None) -> str:
+    """The suite hash of incremental runs: :meth:`Suite.hash` of everything but the per-method part
+    (:data:`PER_METHOD_KEYS` of each experiment, the suite's ``plugins``). Changing a metric, its
+    parameters, the data, model, seed, shard size or precision changes it (every unit recomputed); adding,
+    removing or editing a method does not (that method's rows alone are recomputed: docs/architecture.md)."""
+    d = suite.normalized()
+    d.pop("plugins", None)
+    for e in d["experiments"]:
+        for k in PER_METHOD_KEYS:
+            e.pop(k, None)
+    blob = json.dumps({"suite": d, "version": __version__, "extra": extra}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
 def _plan_experiment(suite: Suite, i: int, exp: Experiment, limit: int | None) -> ExperimentPlan:

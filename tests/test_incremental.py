@@ -290,8 +290,7 @@ forward_batch_size = 5
 gallery = 1
 bootstrap = 20
 methods = [{methods}]
-metrics = ["deletion_auc", "insertion_auc", "average_drop", "road_morf", "max_sensitivity", "pointing_game",
-           "model_randomization"]
+metrics = ["deletion_auc", "insertion_auc", "average_drop", "road_morf", "max_sensitivity", "pointing_game"]
 
 [method_params.smoothgradcampp]
 n_samples = 2
@@ -320,6 +319,7 @@ def _real(methods: tuple[str, ...]):
     return parse_suite(REAL.format(methods=", ".join(f'"{m}"' for m in methods)), default_name="incremental-real")
 
 
+@pytest.mark.slow  # ~6 s quiet (two runs of Score-CAM and the perturbation metrics)
 def test_methods_computed_alone_equal_the_same_methods_computed_with_all_others(tmp_path):
     """The shipped shapes CNN, perturbation metrics whose forwards batch every method's inputs in chunks of
     ``forward_batch_size`` (5: the chunks cut other images and methods in a subset run), re-explaining metrics,

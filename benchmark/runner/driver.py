@@ -243,25 +243,8 @@ def _run_locked(
     log = progress.log
     plan = plan_run(suite, limit, precision=options.precision)
     _check_claims(plan)  # a claim naming a method or metric no experiment runs is refused before any work
-    device = resolve_device(suite.device)
-    fingerprints = unit_fingerprints(plan)  # plugin sources, checkpoint bytes, CPU kernels, versions
-    store = Store(
-        out,
-        plan.hash,
-        log,
-        units=[u.key for u in plan.units],
-        fingerprints=fingerprints,
-        methods=unit_method_fingerprints(plan),  # each method's plugin source and parameters
-    )
-    store.prepare(fresh)
-    record = run_record(plan, device)
-    record.update(
-        precision=options.precision,
-        backend=backend,
-        fingerprints={plan.experiments[u.experiment].label: fingerprints[u.key] for u in plan.units},
-    )
-    for i, e in enumerate(record["experiments"]):  # what a reader takes each method's rows by
-        e["method_fingerprints"] = method_fingerprints(plan, i)
+    store, record = _open_store(plan, out, log, fresh)
+    record.update(precision=options.precision, backend=backend)
     atomic_write_text(out / "run.json", json.dumps(record, indent=1, default=str))
     for e in plan.experiments:
         for msg in e.data_errors:
@@ -312,6 +295,26 @@ def _run_locked(
     rep = report(out) if report else None
     done = {k: computed[k] for k in ran}
     return RunOutcome(plan, out, ran, reused, rep, unreadable=unreadable, unreported=unreported, computed=done)
+
+
+def _open_store(plan: Plan, out: Path, log: Callable[[str], None], fresh: bool) -> tuple[Store, dict[str, Any]]:
+    """The run's :class:`Store` (prepared; with each unit's base fingerprint and its methods' fingerprints) and
+    its ``run.json`` record (:func:`run_record` with the fingerprints of each experiment and of its methods)."""
+    fingerprints = unit_fingerprints(plan)  # plugin sources, checkpoint bytes, CPU kernels, versions
+    store = Store(
+        out,
+        plan.hash,
+        log,
+        units=[u.key for u in plan.units],
+        fingerprints=fingerprints,
+        methods=unit_method_fingerprints(plan),  # each method's plugin source and parameters
+    )
+    store.prepare(fresh)
+    record = run_record(plan, resolve_device(plan.suite.device))
+    record["fingerprints"] = {plan.experiments[u.experiment].label: fingerprints[u.key] for u in plan.units}
+    for i, e in enumerate(record["experiments"]):  # what a reader takes each method's rows by
+        e["method_fingerprints"] = method_fingerprints(plan, i)
+    return store, record
 
 
 def incremental_units(plan: Plan, todo: dict[str, Todo], log: Callable[[str], None], out: Path) -> list[Unit]:

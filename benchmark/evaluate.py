@@ -359,9 +359,9 @@ def _score_metric(
     if out.nonfinite:  # scores of a non-finite model mean nothing: every row it would have scored is an error
         out.scored[metric] = asked
         return
+    out.scored[metric] = asked  # failed methods get their error rows even when no map is left (a subset run)
     if not ctx.saliency:
         return
-    out.scored[metric] = asked
     t = time.perf_counter()
     torch.manual_seed(seed)
     try:

@@ -341,3 +341,24 @@ def test_methods_computed_alone_equal_the_same_methods_computed_with_all_others(
     assert np.array_equal(ga[0]["maps"], gb[0]["maps"])  # the maps: bit for bit
     ca, cb = pd.read_parquet(tmp_path / "full" / "curves.parquet"), pd.read_parquet(out / "curves.parquet")
     pd.testing.assert_frame_equal(ca, cb, check_exact=False, rtol=1e-6, atol=1e-9)
+
+
+def test_a_new_method_that_fails_everywhere_adds_error_rows_and_keeps_the_others(tmp_path):
+    plugin = tmp_path / "incr_fails.py"
+    plugin.write_text(
+        "from benchmark.methods import register_method\n\n\n"
+        '@register_method("incr_fails", family="gradient", paper="tests")\n'
+        "def incr_fails(ctx):\n"
+        '    raise RuntimeError("broken variant")\n'
+    )
+    out = tmp_path / "out"
+    _run(_suite(BUILT_IN), out)
+    before = pd.read_parquet(out / "scores.parquet")
+    added = _run(_suite(("gradcam", "incr_fails", "random"), plugin), out)
+    assert set(added.computed.values()) == {("incr_fails",)}
+    scores = pd.read_parquet(out / "scores.parquet")
+    mine = scores[scores["method"] == "incr_fails"]
+    assert len(mine) == 8 and set(mine["status"]) == {"error"} and mine["message"].str.contains("broken variant").all()
+    rest = scores[scores["method"] != "incr_fails"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(rest, before, check_exact=True)
+    assert [list(g["methods"]) for g in _store(out).load_gallery()] == [list(BUILT_IN)]  # gallery = 1 image

@@ -326,7 +326,8 @@ def incremental_units(plan: Plan, todo: dict[str, Todo], log: Callable[[str], No
         t = todo.get(u.key)
         if t is None:
             continue
-        units.append(u if set(t.methods) >= set(u.methods) else dataclasses.replace(u, methods=t.methods))
+        whole = not t.methods or set(t.methods) >= set(u.methods)
+        units.append(u if whole else dataclasses.replace(u, methods=t.methods))
     reused = len(plan.units) - len(units)
     if reused:
         log(f"cambench: resuming in {out}: {reused} of {len(plan.units)} unit(s) already finished.")

@@ -534,7 +534,9 @@ class Gallery:
             "ids": np.asarray(gal["ids"], dtype=str),
             "targets": np.concatenate(gal["targets"]).astype(np.int64),
             "methods": np.asarray(methods, dtype=str),
-            "maps": np.stack([np.concatenate([m[k] for m in gal["maps"]]) for k in methods], axis=1),
+            "maps": np.stack([np.concatenate([m[k] for m in gal["maps"]]) for k in methods], axis=1)
+            if methods
+            else np.zeros((len(gal["ids"]), 0, 1, 1), dtype=np.float16),  # every method failed (e.g. one run alone)
         }
         if gal["masks"]:
             out["masks"] = np.concatenate(gal["masks"]).astype(bool)

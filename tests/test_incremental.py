@@ -139,6 +139,14 @@ def test_adding_a_plugin_method_computes_only_it_and_equals_a_fresh_run(tmp_path
     names = sorted(p.name.split("__")[0] for p in (out / "parts").iterdir())  # one extra part per unit
     assert [n for n in names if "~m" not in n] == sorted(first.ran)
     assert sorted(n.split("~m")[0] for n in names if "~m" in n) == sorted(first.ran)
+    store = _store(out)
+    timings = store.load_timings()  # explain rows per method; the other stages of both runs (what they cost)
+    explain = timings[timings["stage"] == "explain"].groupby("unit")["name"].apply(sorted).tolist()
+    assert explain == [["gradcam", "incr_added", "random"]] * 2
+    assert (timings[timings["stage"] == "total"].groupby("unit").size() == 2).all()
+    for meta in store.load_meta():  # map differences only of pairs computed together
+        assert set(meta["info"]["map_diffs"]) == {"gradcam|random"}
+        assert sorted(meta["parts"].values()) == [["gradcam", "random"], ["incr_added"]]
     fresh = _run(suite, tmp_path / "fresh")
     assert sorted(fresh.computed[k] for k in fresh.ran) == [("gradcam", "incr_added", "random")] * 2
     _same_tables(out, tmp_path / "fresh")

@@ -546,13 +546,21 @@ class Store:
         self._write_file(path, raw)
         if self._verified is not None:
             self._verified.pop(key, None)
-        if subset is None:  # every method of the unit in one part: its extra parts are superseded
-            for name in [n for n in self._on_disk() if n != key and unit_of(n) == unit]:
+        for name in [n for n in self._on_disk() if n != key and unit_of(n) == unit and n != unit]:
+            if subset is None or self._superseded(name, set(subset)):  # every method it holds is newer here
                 for t in TABLES:
                     self.path(t, name).unlink(missing_ok=True)
                 if self._verified is not None:
                     self._verified.pop(name, None)
         return path
+
+    def _superseded(self, name: str, methods: set[str]) -> bool:
+        """Whether extra part ``name`` holds only methods among ``methods`` (an unreadable one: no)."""
+        try:
+            held = read_meta(self.part_path(name)).get("methods")
+        except Exception:  # left for verification to name and quarantine
+            return False
+        return isinstance(held, Mapping) and set(held) <= methods
 
     # -- verifying ---------------------------------------------------------------------------------
     def _read_parquet(self, path: Path, key: str) -> tuple[pd.DataFrame, dict]:

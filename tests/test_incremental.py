@@ -187,6 +187,29 @@ def test_editing_a_plugin_or_a_method_param_recomputes_only_that_method(tmp_path
     assert not np.array_equal(after[mine]["value"].to_numpy(), before[mine]["value"].to_numpy())
     _run(suite, tmp_path / "fresh")
     _same_tables(out, tmp_path / "fresh")
+    assert len(list((out / "parts").glob("*~m*"))) == 2  # one extra part per unit, rewritten by each edit
+
+
+def test_a_part_whose_methods_are_all_recomputed_later_is_removed(tmp_path, explained):
+    one, two = _plugin(tmp_path, "incr_one"), _plugin(tmp_path, "incr_two")
+    out = tmp_path / "out"
+    suite = parse_suite(
+        SUITE.format(plugins=f'"{FAKES}", "{one}", "{two}"', methods='"gradcam", "random"', extra=""),
+        default_name="incremental",
+    )
+    _run(suite, out)
+    with_one = SUITE.format(plugins=f'"{FAKES}", "{one}", "{two}"', methods='"gradcam", "incr_one", "random"', extra="")
+    _run(parse_suite(with_one, default_name="incremental"), out)
+    first = sorted(p.name for p in (out / "parts").glob("*~m*"))
+    one.write_text(one.read_text() + "\n# edited\n")  # incr_one edited and incr_two added: computed together
+    both = with_one.replace('"incr_one", "random"', '"incr_one", "incr_two", "random"')
+    explained.clear()
+    res = _run(parse_suite(both, default_name="incremental"), out)
+    assert set(res.computed.values()) == {("incr_one", "incr_two")} and set(explained) == {"incr_one", "incr_two"}
+    now = sorted(p.name for p in (out / "parts").glob("*~m*"))
+    assert len(first) == len(now) == 2 and not set(first) & set(now)  # the {incr_one} parts are gone
+    _run(parse_suite(both, default_name="incremental"), tmp_path / "fresh")
+    _same_tables(out, tmp_path / "fresh")
 
 
 def test_removing_a_method_computes_nothing_and_drops_its_rows_and_adding_it_back_reuses_them(tmp_path, explained):

@@ -24,7 +24,7 @@ current fingerprint; rows of methods no longer planned, or stale, are left out; 
 images the loader could not read) come from the newest contributing part; the other timings (load, metrics,
 meta-evaluation, total) of every contributing part are kept (what computing the reported rows cost);
 warnings are joined, map differences kept for pairs computed together. Writing a part of all the unit's
-methods removes its extra parts.
+methods removes its extra parts; writing an extra part removes the extra parts whose methods it all holds.
 
 Every Parquet file carries, in its metadata, the unit key, the suite hash, cambench's version and the
 SHA-256 of its content (:func:`content_digest`); the part also lists the digest of each companion file of

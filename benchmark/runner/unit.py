@@ -76,6 +76,11 @@ class ExecOptions:
                    retries them), and the run goes on with the others (:func:`benchmark.runner.parallel.execute_units`).
                    A unit cannot be stopped safely inside the process computing it (a thread cannot interrupt
                    torch), so the sequential backend has no hard timeout: its driver reports a stalled unit.
+    method_timeout_s: sequential and loky: a method whose explanation of a batch runs longer than this many
+                   seconds is stopped (``SIGALRM`` in the process computing the unit,
+                   :func:`benchmark.evaluate.method_deadline`) and its rows of the batch are ``error`` ("timed
+                   out after S s (--method-timeout)"); the unit's other methods and metrics go on. Refused on
+                   dask (its workers run units on threads, which receive no signal).
     """
 
     precision: str = "fp32"
@@ -84,6 +89,7 @@ class ExecOptions:
     threads: int | None = None
     compile: bool = False
     unit_timeout_s: float | None = None
+    method_timeout_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -91,6 +97,9 @@ class ExecOptions:
         t = self.unit_timeout_s
         if t is not None and not (isinstance(t, (int, float)) and math.isfinite(t) and t > 0):
             raise CambenchError(f"--unit-timeout must be a positive number of seconds; got {t!r}.")
+        m = self.method_timeout_s
+        if m is not None and not (isinstance(m, (int, float)) and math.isfinite(m) and m > 0):
+            raise CambenchError(f"--method-timeout must be a positive number of seconds; got {m!r}.")
 
 
 def batch_seed(seed: int, unit_key: str, batch_index: int) -> int:
@@ -199,7 +208,7 @@ def _run_unit(
         batch = resolve_targets(handle.model, batch, exp.target)
         scores = evaluate_batch(
             handle.model, handle.target_layer, handle.reshape, batch, unit.methods, unit.metrics,
-            seed=seed, **evaluate_options(plan),
+            seed=seed, method_timeout=opts.method_timeout_s, **evaluate_options(plan),
         )  # fmt: skip
         timings.update(scores.seconds)
         if scores.nonfinite:  # one text per experiment: the run shows each distinct warning once

@@ -28,7 +28,7 @@ from typing import Any
 from .cpukernels import MODES
 from .cpukernels import select as _select_cpu_kernels
 from .errors import CambenchError, WeightsError
-from .outdir import RunLock, check_out_dir, safe_name
+from .outdir import WRITE_ERRNOS, RunLock, check_out_dir, safe_name, write_error_line
 from .registry import Registry
 from .runner.progress import Progress
 from .runner.suite import list_suites, load_suite
@@ -554,6 +554,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handlers[args.command](args)
     except (CambenchError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # disk full, read-only... while writing the report's tables or plots
+        if exc.errno not in WRITE_ERRNOS:
+            raise
+        print(f"error: {write_error_line(exc)}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `... | head` closed the pipe: stop quietly, as cat and grep do
         _silence_stdout()

@@ -420,12 +420,9 @@ def _score_metric(
         ctx = replace(mctx, saliency=sal, cache=mctx.cache, curves=mctx.curves)
     else:
         asked, ctx = methods, mctx
-    if out.nonfinite:  # scores of a non-finite model mean nothing: every row it would have scored is an error
-        out.scored[metric] = asked
+    out.scored[metric] = asked  # also when every method failed: their rows are errors, never left out
+    if out.nonfinite or not ctx.saliency:  # scores of a non-finite model mean nothing (error rows)
         return
-    if not ctx.saliency:
-        return
-    out.scored[metric] = asked
     t = time.perf_counter()
     torch.manual_seed(seed)
     try:

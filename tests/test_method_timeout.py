@@ -33,6 +33,7 @@ name = "timeouts"
 seed = 0
 device = "cpu"
 batch_size = 2
+shard_size = 2
 gallery = 0
 bootstrap = 20
 plugins = ["{FAKES}", "{SLEEPY}"]
@@ -149,7 +150,7 @@ def test_cli_refuses_the_timeout_on_dask_before_any_work(tmp_path):
 def _rows(backend: str, out: Path) -> tuple[object, object]:
     suite = parse_suite(SUITE, default_name="timeouts")
     opts = ExecOptions(threads=1, method_timeout_s=0.5)
-    kw = {"backend": backend, "workers": 1} if backend != "sequential" else {}
+    kw = {"backend": backend, "workers": 2} if backend != "sequential" else {}  # joblib runs 1 job in-process
     res = run_suite(suite, out, quiet=True, options=opts, report=partial(write_report, plots=False, html=False), **kw)
     return res, res.report.scores
 
@@ -165,9 +166,19 @@ def _check(scores) -> None:
 def test_a_run_records_the_stopped_methods_rows_as_errors_and_finishes(tmp_path):
     res, scores = _rows("sequential", tmp_path / "seq")
     _check(scores)
-    assert len(res.ran) == 1  # the unit finished (its 2 batches, 2 timeouts each)
+    assert len(res.ran) == 2  # both units finished (a batch each, 2 timeouts each)
 
 
-def test_loky_workers_run_units_on_their_main_thread_so_the_timeout_fires_there(tmp_path):
-    _, scores = _rows("loky", tmp_path / "loky")
-    _check(scores)
+# Under loky (2 workers: joblib runs a single job in-process) the timeout fires in the workers, whose units run
+# on their main thread: tests/test_fault_injection.py::
+# test_method_timeout_in_loky_workers_and_sigterm_to_the_parent_ending_them
+# (one pool for that check and the SIGTERM one).
+
+
+def test_a_batch_whose_every_method_timed_out_still_lists_the_rows_it_owes():
+    handle = runner_fakes.fake_cnn()
+    out = evaluate_batch(
+        handle.model, handle.target_layer, None, _batch(), ["sleepy"], ["fake_inside", "fake_drop"], seed=0,
+        method_timeout=0.2,
+    )  # fmt: skip
+    assert not out.maps and out.scored == {"fake_inside": ("sleepy",), "fake_drop": ("sleepy",)}  # -> error rows

@@ -532,14 +532,21 @@ class Gallery:
         gal["maps"].append({m: maps[m][:keep].detach().cpu().numpy().astype(np.float16) for m in maps})
 
     def arrays(self, handle: ModelHandle, model: str, dataset: str) -> dict[str, np.ndarray] | None:
-        """The gallery as arrays (what the store writes), or None when it holds no image."""
+        """The gallery as arrays (what the store writes), or None when it holds no image or no method has maps
+        of every gallery image at the images' size (a method that failed or timed out on one of the gallery's
+        batches, or returned maps of another shape, is left out of the gallery, never failing the unit)."""
         gal = self.parts
-        if not gal["ids"]:
+        images = np.concatenate(gal["images"]) if gal["ids"] else None
+        methods = [
+            k
+            for k in (gal["maps"][0] if gal["maps"] else {})
+            if all(k in m and m[k].shape[1:] == images.shape[1:-1] for m in gal["maps"])  # type: ignore[union-attr]
+        ]
+        if images is None or not methods:
             return None
-        methods = list(gal["maps"][0])
         out = {
             "experiment": np.asarray([model, dataset], dtype=str),
-            "images": np.concatenate(gal["images"]),
+            "images": images,
             "ids": np.asarray(gal["ids"], dtype=str),
             "targets": np.concatenate(gal["targets"]).astype(np.int64),
             "methods": np.asarray(methods, dtype=str),

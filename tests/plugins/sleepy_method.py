@@ -3,6 +3,7 @@ Python (a method stuck in its own code, not in one C call); both return Grad-CAM
 
 from __future__ import annotations
 
+import os
 import time
 
 import torch
@@ -16,7 +17,10 @@ def _blank(ctx: ExplainContext) -> Tensor:
 
 
 @register_method("sleepy", family="baseline", needs_gradients=False, override=True, paper="sleeps (tests)")
-def sleepy(ctx: ExplainContext, seconds: float = 60.0) -> Tensor:
+def sleepy(ctx: ExplainContext, seconds: float = 60.0, pidfile: str = "") -> Tensor:
+    if pidfile:  # tests/test_fault_injection.py: which process runs the method
+        with open(pidfile, "w") as f:
+            f.write(str(os.getpid()))
     time.sleep(seconds)
     return _blank(ctx)
 

@@ -555,14 +555,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CambenchError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `... | head` closed the pipe: stop quietly, as cat and grep do
+        _silence_stdout()
+        return 141
     except OSError as exc:  # disk full, read-only... while writing the report's tables or plots
         if exc.errno not in WRITE_ERRNOS:
             raise
         print(f"error: {write_error_line(exc)}", file=sys.stderr)
         return 2
-    except BrokenPipeError:  # `... | head` closed the pipe: stop quietly, as cat and grep do
-        _silence_stdout()
-        return 141
     except KeyboardInterrupt:
         print("interrupted: finished units are kept; rerun the same command to resume.", file=sys.stderr)
         return 130

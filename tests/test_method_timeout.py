@@ -16,7 +16,7 @@ import torch
 
 from benchmark.errors import CambenchError, MethodTimeout
 from benchmark.evaluate import evaluate_batch, method_deadline, timeout_message
-from benchmark.plugins import load_plugins
+from benchmark.plugins import isolated, load_plugins
 from benchmark.report.build import write_report
 from benchmark.runner import ExecOptions, parse_suite, run_suite
 from benchmark.types import Batch
@@ -49,7 +49,9 @@ data = {{ n = 4 }}
 
 @pytest.fixture(scope="module", autouse=True)
 def _plugins():
-    load_plugins([str(FAKES), str(SLEEPY)], check=False)
+    with isolated():  # the slow methods leave the registries after this module (no later test meets them)
+        load_plugins([str(FAKES), str(SLEEPY)], check=False)
+        yield
 
 
 def _batch() -> Batch:

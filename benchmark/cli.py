@@ -5,6 +5,7 @@
                            [--data-root DIR] [--fresh] [--quiet] [--no-plots]
                            [--backend sequential|loky|dask] [--workers N] [--scheduler tcp://HOST:PORT]
                            [--precision fp32|tf32|bf16|fp16] [--compile] [--unit-timeout SECONDS]
+                           [--method-timeout SECONDS]
     run_bench.py list {methods,metrics,models,datasets,suites}
     run_bench.py report DIR
     run_bench.py compare DIR --baseline DIR_OR_SCORES_OR_CSV [--tolerance EPS] [--all] [--require-baseline-rows]
@@ -27,7 +28,7 @@ from typing import Any
 from .cpukernels import MODES
 from .cpukernels import select as _select_cpu_kernels
 from .errors import CambenchError, WeightsError
-from .outdir import RunLock, check_out_dir, safe_name
+from .outdir import WRITE_ERRNOS, RunLock, check_out_dir, safe_name, write_error_line
 from .registry import Registry
 from .runner.progress import Progress
 from .runner.suite import list_suites, load_suite
@@ -146,6 +147,14 @@ def _parser() -> argparse.ArgumentParser:
         help="--backend loky only: when no unit finished for SECONDS, stop the units in flight (their workers are "
         "killed), name them and go on with the others; they stay unfinished and a rerun retries them (default: none)",
     )
+    r.add_argument(
+        "--method-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="sequential and loky: stop a method whose explanation of a batch runs longer than SECONDS and record "
+        "its rows as error ('timed out after S s'); the other methods and metrics go on (default: none)",
+    )
 
     ls = sub.add_parser("list", help="list registered methods, metrics, models, datasets or suites")
     ls.add_argument("what", choices=LISTABLE)
@@ -223,6 +232,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"--unit-timeout stops a unit by killing its worker process, which needs --backend loky (got --backend "
             f"{args.backend}); add --backend loky, or drop --unit-timeout (the run reports a stalled unit anyway)."
         )
+    if args.method_timeout is not None and args.backend == "dask":  # before any work (execute_units says it too)
+        raise CambenchError(
+            "--method-timeout stops a method with SIGALRM, which only a process's main thread receives, and dask "
+            "workers run units on threads; use --backend sequential or loky, or drop --method-timeout."
+        )
     out = Path(args.out) if args.out else Path("results") / safe_name(suite.name)
     check_out_dir(out)  # before importing torch, models or data
     RunLock(out).acquire().release(remove=True)  # another run into `out` is refused now, not after the imports
@@ -260,7 +274,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         backend=args.backend,
         workers=args.workers,
         scheduler=args.scheduler,
-        options=ExecOptions(precision=args.precision, compile=args.compile, unit_timeout_s=args.unit_timeout),
+        options=ExecOptions(
+            precision=args.precision,
+            compile=args.compile,
+            unit_timeout_s=args.unit_timeout,
+            method_timeout_s=args.method_timeout,
+        ),
         plugins=_plugins(args),
     )
     rep = res.report
@@ -539,6 +558,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `... | head` closed the pipe: stop quietly, as cat and grep do
         _silence_stdout()
         return 141
+    except OSError as exc:  # disk full, read-only... while writing the report's tables or plots
+        if exc.errno not in WRITE_ERRNOS:
+            raise
+        print(f"error: {write_error_line(exc)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted: finished units are kept; rerun the same command to resume.", file=sys.stderr)
         return 130

@@ -66,3 +66,10 @@ class ContractError(PluginError):
     def __init__(self, *args: object, problems: Sequence[str] = ()) -> None:
         super().__init__(*args)
         self.problems: list[str] = list(problems)
+
+
+class MethodTimeout(BaseException):
+    """A method ran past ``--method-timeout`` (raised by :func:`benchmark.evaluate.method_deadline` from a
+    ``SIGALRM`` handler). A ``BaseException``, like ``KeyboardInterrupt``: a method's own ``except Exception``
+    cannot swallow it and run on untimed; the runner catches it around the method call and records the
+    method's rows as ``error``."""

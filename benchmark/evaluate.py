@@ -15,8 +15,12 @@ optionally what it makes of a dataset's samples), so the runner never changes fo
 
 from __future__ import annotations
 
+import contextlib
+import math
+import signal
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -25,7 +29,7 @@ from torch import Tensor, nn
 
 from .data.captions import PerQueryTargets, caption_truth, expand_token_batch
 from .data.transforms import check_class_count, per_class
-from .errors import InputError, MethodUndefinedError, UnknownNameError
+from .errors import CambenchError, InputError, MethodTimeout, MethodUndefinedError, UnknownNameError
 from .methods import METHODS, ExplainContext, explain, resolve_layer, run_method
 from .metrics import METRICS, MetricContext, compute_metrics, missing_needs
 from .types import Batch, ModelHandle, Reshape
@@ -179,6 +183,63 @@ def error_message(exc: BaseException) -> str:
     return msg if len(msg) <= 500 else msg[:497] + "..."
 
 
+def timeout_message(seconds: float) -> str:
+    """The ``message`` of the rows of a method stopped by ``--method-timeout``."""
+    return f"timed out after {seconds:g} s (--method-timeout)"
+
+
+def check_method_timeout(seconds: float | None) -> None:
+    """Refuse a ``--method-timeout`` that is not a positive finite number of seconds, or that cannot fire here:
+    ``SIGALRM`` (POSIX) is delivered to the main thread of a process only (dask runs units on worker threads)."""
+    if seconds is None:
+        return
+    if (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, (int, float))
+        or not (math.isfinite(seconds) and seconds > 0)
+    ):
+        raise CambenchError(f"--method-timeout must be a positive number of seconds; got {seconds!r}.")
+    if not hasattr(signal, "setitimer"):
+        raise CambenchError("--method-timeout needs POSIX signals (SIGALRM), which this platform lacks; drop it.")
+    if threading.current_thread() is not threading.main_thread():
+        raise CambenchError(
+            "--method-timeout stops a method with SIGALRM, which only the main thread of a process receives, but "
+            f"this unit runs on thread {threading.current_thread().name!r} (dask workers run units on threads); "
+            "use --backend sequential or loky, or drop --method-timeout."
+        )
+
+
+@contextlib.contextmanager
+def method_deadline(seconds: float | None) -> Iterator[None]:
+    """Raise :class:`~benchmark.errors.MethodTimeout` in the block when it runs longer than ``seconds``
+    (``None``: no limit). A one-shot ``ITIMER_REAL`` timer whose ``SIGALRM`` handler raises; the handler and
+    any outer timer are restored on exit. Python runs a signal handler between bytecodes, so a single long C
+    operation (one convolution, one ``scipy`` call) finishes before the method is stopped. Main thread of a
+    POSIX process only (:func:`check_method_timeout`)."""
+    if seconds is None:
+        yield
+        return
+    check_method_timeout(seconds)
+    armed = [True]
+
+    def _alarm(signum: int, frame: Any) -> None:
+        if armed[0]:
+            armed[0] = False
+            raise MethodTimeout(timeout_message(seconds))
+
+    previous = signal.signal(signal.SIGALRM, _alarm)
+    outer, _ = signal.setitimer(signal.ITIMER_REAL, seconds)
+    start = time.monotonic()
+    try:
+        yield
+    finally:
+        armed[0] = False
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        if outer > 0:  # an enclosing timer keeps its deadline (fires at once if it has passed)
+            signal.setitimer(signal.ITIMER_REAL, max(outer - (time.monotonic() - start), 1e-6))
+
+
 def reexplained(method: str, selection: Sequence[str] | str) -> bool:
     """Whether ``method`` is in a suite's ``reexplain_methods`` (names and/or method families, or ``"all"``)."""
     if selection == "all":
@@ -249,6 +310,7 @@ def evaluate_batch(
     metric_params: Mapping[str, Mapping[str, Any]] | None = None,
     reexplain_methods: Sequence[str] | str = "all",
     ms_flip: Any = None,
+    method_timeout: float | None = None,
 ) -> BatchScores:
     """Explain ``batch`` (targets already resolved: :func:`resolve_targets`) with every method in
     ``methods`` from one shared capture, then score the maps with every metric in ``metrics``.
@@ -261,7 +323,9 @@ def evaluate_batch(
     maps do not depend on the methods before it (an incremental run computes a subset). Metrics that
     re-explain (need ``explainer``: robustness, sanity, cost) see only the methods selected by
     ``reexplain_methods`` (names and/or families). ``ms_flip``: multi-scale + flip aggregation of every
-    method (:func:`benchmark.methods.run_method`).
+    method (:func:`benchmark.methods.run_method`). ``method_timeout``: seconds after which a method's
+    explanation of the batch is stopped (:func:`method_deadline`) and its rows are ``error`` with
+    :func:`timeout_message`; a method stopped there has no maps, so no metric re-explains it either.
 
     A method or a metric that raises is recorded (``method_failures`` / ``metric_failures``) while the others
     go on; a metric whose needs the batch cannot meet (masks, boxes...) is left out. A model whose logits are
@@ -285,7 +349,10 @@ def evaluate_batch(
         t = time.perf_counter()
         torch.manual_seed(seed)  # each method's global RNG as if it ran alone (incremental runs compute subsets)
         try:
-            res = run_method(ectx, name, mparams.get(name), ms_flip=ms_flip)
+            with method_deadline(method_timeout):
+                res = run_method(ectx, name, mparams.get(name), ms_flip=ms_flip)
+        except MethodTimeout as exc:
+            out.method_failures[name] = str(exc)
         except Exception as exc:
             out.method_failures[name] = error_message(exc)
             if isinstance(exc, MethodUndefinedError):  # not defined on this model or layer (e.g. CAM)
@@ -356,11 +423,8 @@ def _score_metric(
         ctx = replace(mctx, saliency=sal, cache=mctx.cache, curves=mctx.curves)
     else:
         asked, ctx = methods, mctx
-    if out.nonfinite:  # scores of a non-finite model mean nothing: every row it would have scored is an error
-        out.scored[metric] = asked
-        return
-    out.scored[metric] = asked  # failed methods get their error rows even when no map is left (a subset run)
-    if not ctx.saliency:
+    out.scored[metric] = asked  # also when every method failed: their rows are errors, never left out
+    if out.nonfinite or not ctx.saliency:  # scores of a non-finite model mean nothing (error rows)
         return
     t = time.perf_counter()
     torch.manual_seed(seed)

@@ -103,6 +103,22 @@ def _reason(exc: OSError) -> str:
     return f"cannot be written ({exc.strerror or exc})"
 
 
+#: errno values of a write that the user can fix (space, permissions, a read-only or immutable folder)
+WRITE_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENAMETOOLONG, errno.ENOTDIR}
+)
+
+
+def write_error_line(exc: OSError) -> str:
+    """One line for an ``OSError`` of :data:`WRITE_ERRNOS` met while writing outside the store (the report's
+    tables and plots): which file, why, and that nothing finished is lost."""
+    where = exc.filename or "a file of the output folder"
+    return (
+        f"cannot write {where}: it {_reason(exc)}. Finished units are kept; fix that and rerun the same command "
+        "(or `run_bench.py report DIR` for the report alone)."
+    )
+
+
 def check_out_dir(out: str | os.PathLike, flag: str = "--out", create: bool = True) -> Path:
     """Make sure ``out`` can hold a run (creating it when ``create``); raise :class:`OutputDirError`.
 

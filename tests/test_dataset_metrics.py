@@ -161,9 +161,11 @@ def test_leaderboard_max_box_acc_and_pxap_equal_the_wsolevaluation_port(suite, r
                 boxes_ev[m].accumulate(sm, gt)
                 masks_ev[m].accumulate(sm, batch.masks[i].numpy().astype(np.uint8))
     got = board.set_index(["method", "metric"])
+    # cambench compares maps and thresholds at RANK_RESOLUTION = 2**-16 (docs/reproducibility.md), which moves a
+    # pixel to the neighbouring PxAP bin only when it lies within 2**-17 of a bin edge: measured 4.1e-6 (LayerCAM)
     for m in methods:
-        assert got.loc[(m, "max_box_acc"), "mean"] == pytest.approx(boxes_ev[m].compute(), abs=1e-9)
-        assert got.loc[(m, "pxap"), "mean"] == pytest.approx(masks_ev[m].compute(), abs=1e-9)
+        assert got.loc[(m, "max_box_acc"), "mean"] == pytest.approx(boxes_ev[m].compute(), abs=1e-5)
+        assert got.loc[(m, "pxap"), "mean"] == pytest.approx(masks_ev[m].compute(), abs=1e-5)
         assert got.loc[(m, "max_box_acc"), "n"] == 10 and got.loc[(m, "pxap"), "n"] == 10
         lo, hi = got.loc[(m, "pxap"), ["ci_low", "ci_high"]]
         assert lo <= hi

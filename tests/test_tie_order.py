@@ -4,11 +4,14 @@ by construction give identical scores on every CPU."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.ops import masks_to_boxes
 
-from benchmark.metrics.functional import deletion_auc, pointing_game
+from benchmark.metrics.functional import deletion_auc, pointing_game, tokens, truth
+from benchmark.metrics.functional import localization as L
 from benchmark.metrics.perturbation import RANK_RESOLUTION, pixel_order, rank_levels
 
 
@@ -70,3 +73,75 @@ def test_pointing_game_argmax_ignores_noise_below_the_resolution():
     noisy[:, 12, 12] += 1e-7  # exact floats would move the point to (12, 12)
     assert pointing_game(maps, mask, tolerance=2).tolist() == pointing_game(noisy, mask, tolerance=2).tolist() == [0, 0]
     assert pointing_game(noisy, mask, tolerance=2, resolution=None).tolist() == [1, 1]
+
+
+# -- thresholds: MaxBoxAcc, PxAP, mask IoU, box IoU, TAM's IoUs; the truth metrics' top-k and maxima ----------
+def _threshold_scores(maps: torch.Tensor, masks: torch.Tensor, boxes: list[torch.Tensor], **kw) -> dict:
+    """Every metric that compares a map with thresholds (or takes its top-k / maxima), on one batch."""
+    k = masks.flatten(1).sum(dim=1)
+    words = torch.tensor([True, False, True])
+    out = {
+        "mask_iou": L.mask_iou(maps, masks, **kw),
+        "mask_iou_0.25": L.mask_iou(maps, masks, 0.25, **kw),
+        "box_iou": L.box_iou(maps, boxes, **kw),
+        "box_iou_0.5": L.box_iou(maps, boxes, 0.5, **kw),
+        "max_box_acc": L.box_best_ious(maps, boxes, 0.1, **kw),
+        "max_box_acc_v1": L.box_best_ious(maps, boxes, 0.1, multi_contour=False, **kw),
+        "pxap": L.pxap_histograms(maps, masks, 0.01, **kw),
+        "top_k": truth.top_k_mask(maps, k, **kw),
+        "shortcut_pointing": truth.shortcut_pointing(maps, masks, **kw),
+        "pointing_game": pointing_game(maps, masks, tolerance=3, **kw),
+    }
+    if not kw:  # TAM's token IoUs (no resolution argument: they always use the default)
+        out["obj_iou"] = tokens.object_word_iou(maps, masks, words)
+        out["func_iou"] = tokens.function_word_iou(maps, ~words)
+    return out
+
+
+def _masks_and_boxes(n: int = 3, size: int = 32) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    masks = torch.zeros(n, size, size, dtype=torch.bool)
+    for i in range(n):
+        masks[i, 4 + 3 * i : 20 + 2 * i, 6 + i : 24] = True
+    return masks, [b[None] for b in masks_to_boxes(masks)]
+
+
+#: metrics of the map's own scale (thresholds on s, not on s / max or the normalised map): not scale-invariant
+ABSOLUTE = {"mask_iou", "mask_iou_0.25", "obj_iou", "func_iou"}
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_threshold_metrics_of_maps_1e7_apart_are_bit_identical(seed):
+    maps = _grid_maps(seed=seed)
+    masks, boxes = _masks_and_boxes()
+    base = _threshold_scores(maps, masks, boxes)
+    scaled = (maps * 3.7).float()  # equal up to scale and rounding (Grad-CAM vs XGrad-CAM)
+    for noisy in (_noisy(maps, seed=seed + 1), _noisy(maps, 3e-7, seed=seed + 2), scaled):
+        other = _threshold_scores(noisy, masks, boxes)
+        for name, value in base.items():
+            if noisy is scaled and name in ABSOLUTE:
+                continue
+            assert torch.equal(torch.nan_to_num(value, 7.0), torch.nan_to_num(other[name], 7.0)), name
+
+
+def test_values_on_a_threshold_stay_on_its_side_while_exact_floats_flip():
+    """Plateaus exactly at the thresholds (0.5, 0.15 max, a PxAP bin edge, equal maxima), and the same maps
+    1e-7 lower there: at the stated resolution nothing moves; with exact floats each score changes."""
+    masks, boxes = _masks_and_boxes()
+    maps = torch.zeros(3, 32, 32)
+    maps[:, 0, 0] = 1.0  # the maximum: min-max normalisation is the identity
+    maps[:, 6:18, 8:22] = 0.5  # mask IoU's threshold, a PxAP bin edge
+    maps[:, 20:30, 2:30] = 0.15  # the Grad-CAM box threshold (0.15 max)
+    maps[:, 10, 12] = 1.0  # a second maximum inside the mask (pointing ties, top-k ties)
+    noisy = maps.clone()
+    noisy[maps == 0.5] -= 1e-7
+    noisy[maps == 0.15] -= 1e-7
+    noisy[:, 0, 0] += 1e-7
+    a, b = _threshold_scores(maps, masks, boxes), _threshold_scores(noisy, masks, boxes)
+    exact_a = _threshold_scores(maps, masks, boxes, resolution=None)
+    exact_b = _threshold_scores(noisy, masks, boxes, resolution=None)
+    for name in ("mask_iou", "box_iou", "pxap", "shortcut_pointing", "max_box_acc"):
+        assert torch.equal(torch.nan_to_num(a[name], 7.0), torch.nan_to_num(b[name], 7.0)), name
+        # at the resolution, the value on the threshold keeps the exact comparison's side
+        assert torch.equal(torch.nan_to_num(a[name], 7.0), torch.nan_to_num(exact_a[name], 7.0)), name
+    for name in ("mask_iou", "box_iou", "pxap", "shortcut_pointing"):
+        assert not torch.equal(exact_a[name], exact_b[name]), name  # the bug the resolution prevents

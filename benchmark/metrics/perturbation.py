@@ -107,6 +107,24 @@ def rank_levels(values: Tensor, resolution: float | None = RANK_RESOLUTION) -> T
     return torch.round((x - lo) / span / resolution)
 
 
+def snap(values: Tensor, resolution: float | None = RANK_RESOLUTION) -> Tensor:
+    """``values`` rounded to the nearest multiple of ``resolution`` (float64): the twin of :func:`rank_levels`
+    for metrics that compare a map with thresholds on its own scale (mask IoU at ``s >= 0.5``, MaxBoxAcc and
+    PxAP on min-max normalised maps, the Grad-CAM box at ``s >= 0.15 max``). ``resolution`` is a power of two,
+    so ``round(v / r) * r`` is exact on every CPU and two maps within float noise of each other give the same
+    snapped values (unless a value lies within the noise of a half-level edge). ``None``: the values as they
+    are. See docs/reproducibility.md."""
+    if resolution is None:
+        return values
+    return torch.round(values.double() / resolution) * resolution
+
+
+def snap_threshold(threshold: float, resolution: float | None = RANK_RESOLUTION) -> float:
+    """A threshold at the resolution of :func:`snap` (values and thresholds are compared on one grid, so a
+    value equal to the threshold stays on its side); ``None``: unchanged."""
+    return float(threshold) if resolution is None else float(snap(torch.tensor(float(threshold)), resolution))
+
+
 def pixel_order(
     saliency: Tensor, *, descending: bool = True, rise_ties: bool = False, resolution: float | None = RANK_RESOLUTION
 ) -> Tensor:

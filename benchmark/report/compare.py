@@ -45,6 +45,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import CambenchError
+from ..store import Store
 from .ranking import holm, wilcoxon_pvalues
 from .tables import KEYS, MEAN_RANK, cost_metrics
 
@@ -164,12 +165,10 @@ def load_side(path: str | Path) -> Side:
     if p.is_dir():
         scores = p / "scores.parquet"
         run = p / "run.json"
-        return Side(
-            read_leaderboard(p),
-            _read_scores(scores) if scores.is_file() else None,
-            _read_run(run) if run.is_file() else None,
-            p,
-        )
+        record = _read_run(run) if run.is_file() else None
+        if record is not None:
+            check_run_complete(p, record)
+        return Side(read_leaderboard(p), _read_scores(scores) if scores.is_file() else None, record, p)
     if p.suffix == ".parquet":
         if not p.is_file():
             raise FileNotFoundError(f"No per-image scores file at {p}.")
@@ -183,6 +182,24 @@ def load_side(path: str | Path) -> Side:
         run = p.parent / "run.json"
         return Side(board, _read_scores(p), _read_run(run) if run.is_file() else None, p)
     return Side(read_leaderboard(p), None, None, p)
+
+
+def check_run_complete(path: Path, run: dict) -> None:
+    """Refuse a results directory whose run (``run.json``) lacks verified parts for some of its units: its
+    ``leaderboard.csv`` is then another run's (a suite interrupted in an older run's folder, a ``run.json``
+    whose hash matches no part) or a partial one, and must not pass a gate. A folder without ``parts/`` (the
+    tables alone, copied) is taken as it is."""
+    if not (path / "parts").is_dir() or "suite_hash" not in run:
+        return
+    units = [str(u) for u in run.get("units", [])]
+    missing = Store(path, str(run["suite_hash"]), units=units).missing()
+    if missing:
+        raise _bad(
+            path,
+            f"holds {len(units) - len(missing)} of the {len(units)} units of its run (suite "
+            f"{run.get('suite', '?')!r}): its leaderboard.csv is incomplete or another run's. Finish the run "
+            "(rerun the same `run` command) and compare again.",
+        )
 
 
 def leaderboard_families(*boards: pd.DataFrame) -> dict[str, str]:

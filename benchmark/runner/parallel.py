@@ -52,6 +52,11 @@ from ..schema import UnitResult
 from .suite import Suite
 
 BACKENDS = ("sequential", "loky", "dask")
+#: Why ``--method-timeout`` is refused on dask (the CLI says it before any work).
+METHOD_TIMEOUT_ON_DASK = (
+    "--method-timeout stops a method with SIGALRM, which only a process's main thread receives, and dask workers run "
+    "units on threads; use --backend sequential or loky, or drop --method-timeout."
+)
 _log = logging.getLogger("benchmark.runner")
 
 #: ``unit_fn(suite, unit, progress=None, options=None) -> UnitResult``: computes one unit (the runner's
@@ -277,6 +282,8 @@ def execute_units(
             f"--unit-timeout stops a unit by killing its worker process, which needs --backend loky (got --backend "
             f"{backend}); add --backend loky, or drop --unit-timeout (the run reports a stalled unit anyway)."
         )
+    if getattr(options, "method_timeout_s", None) is not None and backend == "dask":
+        raise CambenchError(METHOD_TIMEOUT_ON_DASK)
     if workers is not None and workers < 1:
         raise CambenchError(f"--workers must be >= 1, got {workers}.")
     if scheduler is not None and backend != "dask":

@@ -76,6 +76,11 @@ class ExecOptions:
                    retries them), and the run goes on with the others (:func:`benchmark.runner.parallel.execute_units`).
                    A unit cannot be stopped safely inside the process computing it (a thread cannot interrupt
                    torch), so the sequential backend has no hard timeout: its driver reports a stalled unit.
+    method_timeout_s: sequential and loky: a method whose explanation of a batch runs longer than this many
+                   seconds is stopped (``SIGALRM`` in the process computing the unit,
+                   :func:`benchmark.evaluate.method_deadline`) and its rows of the batch are ``error`` ("timed
+                   out after S s (--method-timeout)"); the unit's other methods and metrics go on. Refused on
+                   dask (its workers run units on threads, which receive no signal).
     """
 
     precision: str = "fp32"
@@ -84,6 +89,7 @@ class ExecOptions:
     threads: int | None = None
     compile: bool = False
     unit_timeout_s: float | None = None
+    method_timeout_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -91,6 +97,9 @@ class ExecOptions:
         t = self.unit_timeout_s
         if t is not None and not (isinstance(t, (int, float)) and math.isfinite(t) and t > 0):
             raise CambenchError(f"--unit-timeout must be a positive number of seconds; got {t!r}.")
+        m = self.method_timeout_s
+        if m is not None and not (isinstance(m, (int, float)) and math.isfinite(m) and m > 0):
+            raise CambenchError(f"--method-timeout must be a positive number of seconds; got {m!r}.")
 
 
 def batch_seed(seed: int, unit_key: str, batch_index: int) -> int:
@@ -199,7 +208,7 @@ def _run_unit(
         batch = resolve_targets(handle.model, batch, exp.target)
         scores = evaluate_batch(
             handle.model, handle.target_layer, handle.reshape, batch, unit.methods, unit.metrics,
-            seed=seed, **evaluate_options(plan),
+            seed=seed, method_timeout=opts.method_timeout_s, **evaluate_options(plan),
         )  # fmt: skip
         timings.update(scores.seconds)
         if scores.nonfinite:  # one text per experiment: the run shows each distinct warning once
@@ -523,14 +532,21 @@ class Gallery:
         gal["maps"].append({m: maps[m][:keep].detach().cpu().numpy().astype(np.float16) for m in maps})
 
     def arrays(self, handle: ModelHandle, model: str, dataset: str) -> dict[str, np.ndarray] | None:
-        """The gallery as arrays (what the store writes), or None when it holds no image."""
+        """The gallery as arrays (what the store writes), or None when it holds no image or no method has maps
+        of every gallery image at the images' size (a method that failed or timed out on one of the gallery's
+        batches, or returned maps of another shape, is left out of the gallery, never failing the unit)."""
         gal = self.parts
-        if not gal["ids"]:
+        images = np.concatenate(gal["images"]) if gal["ids"] else None
+        methods = [
+            k
+            for k in (gal["maps"][0] if gal["maps"] else {})
+            if all(k in m and m[k].shape[1:] == images.shape[1:-1] for m in gal["maps"])  # type: ignore[union-attr]
+        ]
+        if images is None or not methods:
             return None
-        methods = list(gal["maps"][0])
         out = {
             "experiment": np.asarray([model, dataset], dtype=str),
-            "images": np.concatenate(gal["images"]),
+            "images": images,
             "ids": np.asarray(gal["ids"], dtype=str),
             "targets": np.concatenate(gal["targets"]).astype(np.int64),
             "methods": np.asarray(methods, dtype=str),

@@ -25,7 +25,7 @@ from scipy import ndimage
 from torch import Tensor
 
 from ...errors import DimensionError, InputError
-from ..perturbation import RANK_RESOLUTION, rank_levels
+from ..perturbation import RANK_RESOLUTION, rank_levels, snap, snap_threshold
 
 _EIGHT = np.ones((3, 3), dtype=bool)  # 8-connectivity structure
 _FOUR = ndimage.generate_binary_structure(2, 1)
@@ -282,19 +282,28 @@ def largest_component_box(binary: np.ndarray) -> np.ndarray | None:
     return np.array([s[1].start, s[0].start, s[1].stop - 1, s[0].stop - 1], dtype=np.int64)
 
 
-def box_iou(saliency: Tensor, boxes: Sequence[Tensor], threshold: float = 0.15) -> Tensor:
+def box_iou(
+    saliency: Tensor, boxes: Sequence[Tensor], threshold: float = 0.15, resolution: float | None = RANK_RESOLUTION
+) -> Tensor:
     """Grad-CAM localisation protocol (Selvaraju et al. 2017; docs/metrics.md#box_iou), IoU per image.
 
     Keep pixels ``s >= threshold * max(s)`` with ``s > 0``, take the largest 8-connected component
     (ties: the one whose first pixel comes first in raster order), its tight box, and return the best
     IoU with any ground-truth box (``+1`` convention). An all-zero map predicts nothing and scores 0.
     NaN when the image has no ground-truth box. Invariant to positive rescaling of the map.
+    The map is compared at ``resolution`` of its maximum: ``s / max(s)`` is rounded to multiples of
+    ``resolution`` (:func:`~benchmark.metrics.perturbation.snap`) before the threshold, so float noise
+    cannot move a pixel across it; ``None``: exact float comparison.
     """
     _check_maps(saliency)
     _check_boxes(saliency, boxes)
     s = saliency.detach().float().cpu()
-    mx = s.flatten(1).max(dim=1).values
-    binary = ((s >= threshold * mx.view((-1,) + (1,) * (s.ndim - 1))) & (s > 0)).numpy()
+    mx = s.flatten(1).max(dim=1).values.view((-1,) + (1,) * (s.ndim - 1))
+    if resolution is None:
+        binary = ((s >= threshold * mx) & (s > 0)).numpy()
+    else:
+        rel = snap(s.double() / mx.double().clamp_min(torch.finfo(torch.float64).tiny), resolution)
+        binary = ((rel >= snap_threshold(threshold, resolution)) & (rel > 0) & (mx > 0)).numpy()
     out = torch.full((s.shape[0],), float("nan"), dtype=torch.float64)
     for i in range(s.shape[0]):  # connected components are inherently per image (scipy)
         gt = boxes[i].detach().cpu()
@@ -320,6 +329,17 @@ def wsol_normalize(saliency: Tensor) -> Tensor:
     return out.reshape(saliency.shape)
 
 
+def _uint8_levels(normalised: Tensor, resolution: float | None = RANK_RESOLUTION) -> Tensor:
+    """wsol's ``(s * 255).astype(uint8)`` (``floor(255 s)``, the number of edges ``j/255 <= s``) of a
+    normalised map, uint8. With ``resolution`` the map and the edges are both rounded to multiples of it
+    (:func:`~benchmark.metrics.perturbation.snap`) before they are compared, so float noise below the
+    resolution cannot move a pixel to another level, and a value on an edge stays on it; ``None``: wsol."""
+    if resolution is None:
+        return (normalised * 255).to(torch.uint8)  # truncation, as astype
+    edges = snap(torch.arange(1, 256, dtype=torch.float64) / 255, resolution)
+    return torch.bucketize(snap(normalised, resolution), edges, right=True).to(torch.uint8)
+
+
 def cam_thresholds(cam_curve_interval: float = 0.01) -> np.ndarray:
     """wsolevaluation's CAM threshold grid ``{0, d, 2d, ..., 1 - d}``."""
     return np.arange(0, 1, cam_curve_interval)
@@ -331,6 +351,7 @@ def box_best_ious(
     cam_curve_interval: float = 0.01,
     multi_contour: bool = True,
     wsol_box_end: bool = True,
+    resolution: float | None = RANK_RESOLUTION,
 ) -> Tensor:
     """Per image and CAM threshold, the best IoU of any predicted box with any GT box: ``[B,T]``.
 
@@ -342,6 +363,8 @@ def box_best_ious(
     reproduces wsol's box end ``x1 = min(x + w, W - 1)`` (one pixel wider than the tight box); False uses
     the tight inclusive box. No foreground gives the box ``[0,0,0,0]`` (as wsol). Maps are used at their
     own resolution (wsol resizes to 224x224 first; give boxes in map pixels). NaN rows: no GT box.
+    The normalised map is rounded to multiples of ``resolution`` (:func:`~benchmark.metrics.perturbation.snap`)
+    before its uint8 quantisation, so float noise cannot move a pixel across a level; ``None``: wsol exactly.
     """
     _check_maps(saliency)
     if saliency.ndim == 4:
@@ -351,7 +374,7 @@ def box_best_ious(
         )
     _check_boxes(saliency, boxes)
     taus = cam_thresholds(cam_curve_interval)
-    q = (wsol_normalize(saliency.detach().cpu()) * 255).to(torch.uint8).numpy()  # truncation, as astype
+    q = _uint8_levels(wsol_normalize(saliency.detach().cpu()), resolution).numpy()
     b, h, w = q.shape
     out = torch.full((b, len(taus)), float("nan"), dtype=torch.float64)
     for i in range(b):
@@ -472,14 +495,17 @@ def max_box_acc_per_image(best_ious: Tensor, iou_thresholds: Sequence[float] = I
 # ------------------------------------------------------------------------------------------------
 # Masks
 # ------------------------------------------------------------------------------------------------
-def mask_iou(saliency: Tensor, gt_mask: Tensor, threshold: float = 0.5) -> Tensor:
+def mask_iou(
+    saliency: Tensor, gt_mask: Tensor, threshold: float = 0.5, resolution: float | None = RANK_RESOLUTION
+) -> Tensor:
     """IoU of the binarised map ``s >= threshold`` with the mask, ``Tensor[B]``.
 
     An all-zero map predicts nothing: IoU 0 against a non-empty mask. NaN only when both the prediction
-    and the mask are empty (0/0).
+    and the mask are empty (0/0). The map (in its [0, 1] scale) is rounded to multiples of ``resolution``
+    (:func:`~benchmark.metrics.perturbation.snap`) before the threshold; ``None``: exact comparison.
     """
     _check_maps(saliency, gt_mask)
-    pred = (saliency >= threshold).flatten(1)
+    pred = (snap(saliency, resolution) >= snap_threshold(threshold, resolution)).flatten(1)
     m = gt_mask.bool().flatten(1)
     inter = (pred & m).sum(dim=1).float()
     union = (pred | m).sum(dim=1).float()
@@ -487,18 +513,24 @@ def mask_iou(saliency: Tensor, gt_mask: Tensor, threshold: float = 0.5) -> Tenso
 
 
 def pxap_histograms(
-    saliency: Tensor, gt_mask: Tensor, cam_curve_interval: float = 0.01, ignore: Tensor | None = None
+    saliency: Tensor,
+    gt_mask: Tensor,
+    cam_curve_interval: float = 0.01,
+    ignore: Tensor | None = None,
+    resolution: float | None = RANK_RESOLUTION,
 ) -> Tensor:
     """PxAP accumulator (Choe et al. CVPR 2020, wsolevaluation ``MaskEvaluator``): ``[B,2,T+2]`` counts.
 
     Row 0 counts ground-truth foreground pixels, row 1 background pixels, per score bin
     ``[tau_0, tau_1), ..., [tau_{T-1}, 1), [1, 2), [2, 3]`` of the wsol-normalised map. Pixels where
     ``ignore`` is True (wsol's value 255) are left out. Sum the rows over the dataset and call
-    :func:`pxap_from_histograms`.
+    :func:`pxap_from_histograms`. The normalised map is rounded to multiples of ``resolution``
+    (:func:`~benchmark.metrics.perturbation.snap`) before binning; ``None``: wsol exactly.
     """
     _check_maps(saliency, gt_mask)
     edges = torch.tensor(np.append(cam_thresholds(cam_curve_interval), [1.0, 2.0, 3.0]), dtype=torch.float64)
-    s = wsol_normalize(saliency.detach().cpu()).double().flatten(1)
+    s = snap(wsol_normalize(saliency.detach().cpu()), resolution).double().flatten(1)
+    edges = snap(edges, resolution).double()  # values and thresholds at one resolution
     nb = len(edges) - 1
     idx = torch.bucketize(s, edges, right=True) - 1  # bin i holds edges[i] <= s < edges[i+1]
     idx = torch.where(s == edges[-1], torch.full_like(idx, nb - 1), idx)  # numpy: last bin closed
@@ -534,9 +566,11 @@ def pxap_from_histograms(histograms: Tensor) -> Tensor:
     return torch.where(n_pos[..., 0] > 0, ap, torch.full_like(ap, float("nan")))
 
 
-def pxap(saliency: Tensor, gt_mask: Tensor, cam_curve_interval: float = 0.01) -> Tensor:
+def pxap(
+    saliency: Tensor, gt_mask: Tensor, cam_curve_interval: float = 0.01, resolution: float | None = RANK_RESOLUTION
+) -> Tensor:
     """PxAP of each image on its own, ``Tensor[B]`` in [0,1] (NaN without foreground pixels).
 
     The published (dataset-level) PxAP sums :func:`pxap_histograms` over the dataset first.
     """
-    return pxap_from_histograms(pxap_histograms(saliency, gt_mask, cam_curve_interval)).float()
+    return pxap_from_histograms(pxap_histograms(saliency, gt_mask, cam_curve_interval, None, resolution)).float()

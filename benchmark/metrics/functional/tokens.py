@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..perturbation import snap, snap_threshold
 from .localization import mask_iou
 
 
@@ -30,8 +31,8 @@ def object_word_iou(saliency: Tensor, gt_mask: Tensor, object_word: Tensor, thre
 
 def function_word_iou(saliency: Tensor, function_word: Tensor, threshold: float = 0.5) -> Tensor:
     """Func-IoU ``[B]``: IoU of the predicted background ``s < threshold`` with the whole image on
-    function-word rows, NaN elsewhere."""
-    background = (saliency < threshold).to(saliency.dtype)
+    function-word rows, NaN elsewhere. The map is compared at the rank resolution (as :func:`mask_iou`)."""
+    background = (snap(saliency) < snap_threshold(threshold)).to(saliency.dtype)
     whole = torch.ones_like(saliency, dtype=torch.bool)
     iou = mask_iou(background, whole, 0.5)
     return torch.where(function_word.to(iou.device), iou, torch.full_like(iou, float("nan")))

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..perturbation import RANK_RESOLUTION, rank_levels
+
 
 def _check(saliency: Tensor, truth: Tensor) -> None:
     if saliency.ndim != 3 or truth.shape != saliency.shape:
@@ -25,16 +27,17 @@ def _empty_to_nan(value: Tensor, truth: Tensor) -> Tensor:
     return torch.where(truth.flatten(1).any(dim=1), value, torch.full_like(value, float("nan")))
 
 
-def shortcut_pointing(saliency: Tensor, truth: Tensor) -> Tensor:
+def shortcut_pointing(saliency: Tensor, truth: Tensor, resolution: float | None = RANK_RESOLUTION) -> Tensor:
     """1.0 if the map's maximum is attained on the truth region, else 0.0 (NaN: empty truth).
 
     The pointing game of Zhang et al. (2016) with zero tolerance against the model-truth region. Ties count
     for the map (an upsampled CAM has plateaus: a hit if the plateau of the maximum touches the region);
-    a constant map has no maximum to point with and scores 0.
+    a constant map has no maximum to point with and scores 0. Maxima are taken at ``resolution`` of the
+    map's range (:func:`~benchmark.metrics.perturbation.rank_levels`), so float noise cannot move them.
     """
     _check(saliency, truth)
     b = saliency.shape[0]
-    s = saliency.reshape(b, -1).float()
+    s = rank_levels(saliency.reshape(b, -1).float(), resolution)
     t = truth.reshape(b, -1).bool()
     top = s.max(dim=1).values
     on_truth = torch.where(t, s, torch.full_like(s, float("-inf"))).max(dim=1).values
@@ -53,10 +56,11 @@ def shortcut_energy(saliency: Tensor, truth: Tensor) -> Tensor:
     return _empty_to_nan(out, truth)
 
 
-def top_k_mask(saliency: Tensor, k: Tensor) -> Tensor:
-    """``[B,H,W]`` bool: the ``k[b]`` highest pixels of each map (ties broken in raster order, stable)."""
+def top_k_mask(saliency: Tensor, k: Tensor, resolution: float | None = RANK_RESOLUTION) -> Tensor:
+    """``[B,H,W]`` bool: the ``k[b]`` highest pixels of each map, ranked at ``resolution`` of its range
+    (:func:`~benchmark.metrics.perturbation.rank_levels`; ties broken in raster order, stable)."""
     b, h, w = saliency.shape
-    order = torch.argsort(saliency.reshape(b, -1).float(), dim=1, descending=True, stable=True)
+    order = torch.argsort(rank_levels(saliency.reshape(b, -1).float(), resolution), dim=1, descending=True, stable=True)
     rank = torch.empty_like(order)
     rank.scatter_(1, order, torch.arange(h * w, device=order.device).expand(b, -1).contiguous())
     return (rank < k.to(rank.device)[:, None]).reshape(b, h, w)

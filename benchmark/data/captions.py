@@ -307,7 +307,8 @@ def expand_token_batch(batch: Batch, generated: Tensor) -> Batch:
     named object's instance mask when the token is an object word equal to the true caption's word at
     that position (else empty: a function word names nothing, and a wrong object word names no drawn
     object), its box (``[0, 4]`` without truth), and extras ``caption`` (the generated caption),
-    ``position``, ``function_word``, ``has_truth``.
+    ``position``, ``function_word`` (not a colour or shape word: ``a``, ``and``, ``<eos>``), ``has_truth``,
+    ``token`` (the token id) and ``image`` (the row's image in ``batch``).
     """
     extras = batch.extras or {}
     if "true_caption" not in extras or "object_masks" not in extras:
@@ -341,6 +342,8 @@ def expand_token_batch(batch: Batch, generated: Tensor) -> Batch:
             "position": cols,
             "function_word": ~object_word[rows, cols],
             "has_truth": truth[rows, cols],
+            "token": gen[rows, cols],
+            "image": rows,
         },
     )
 

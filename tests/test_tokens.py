@@ -531,7 +531,7 @@ seed = 0
 device = "cpu"
 batch_size = 2
 shard_size = 4
-gallery = 0
+gallery = 1
 bootstrap = 10
 metrics = ["mask_iou", "pointing_game", "tam_func_iou", "deletion_auc"]
 
@@ -571,10 +571,19 @@ def test_tokens_target_end_to_end_rows_per_token(tmp_path):
     obj = rows[~rows.index.isin(func.index) & ~rows["image_id"].isin(wrong)]
     miou = func[func["metric"] == "mask_iou"]
     assert len(miou) and (miou["status"] == "undefined").all()  # function words: left out, counted
-    assert (func[func["metric"] == "tam_func_iou"]["status"] == "ok").all()
+    fiou = func[func["metric"] == "tam_func_iou"]
+    eos = fiou["image_id"].str.endswith(":<eos>")
+    assert eos.any() and (fiou[~eos]["status"] == "ok").all()  # "a", "and": TAM's function words
+    assert (fiou[eos]["status"] == "undefined").all()  # <eos>: no word of the authors' part-of-speech split
     assert (func[func["metric"] == "deletion_auc"]["status"] == "ok").all()
     oracle = obj[(obj["metric"] == "mask_iou") & (obj["method"] == "oracle")]
     assert len(oracle) and (oracle["value"] == 1.0).all()
+    # the gallery keeps the whole caption of its first image, each row with its word (the report's per-token
+    # gallery), not the first row only
+    (gal,) = Store(tmp_path / "out", res.plan.hash).load_gallery()
+    assert gal["ids"].tolist() == key[0] and gal["words"].tolist() == gen[0]
+    assert gal["positions"].tolist() == list(range(len(gen[0])))
+    assert gal["function_word"].tolist() == [w in ("a", "and", "<eos>") for w in gen[0]]
 
 
 def test_shipped_dual_encoder_loads_and_reads_the_queries():

@@ -436,6 +436,9 @@ def test_tam_obj_and_func_iou_otsu_hand_worked():
     assert FT.f1_iou_from_rows(rows) == pytest.approx(2 * (5 / 6) * 0.75 / (5 / 6 + 0.75))  # pooled means
     with pytest.raises(CambenchError, match="noun= and image="):
         FT.function_word_iou(s, fn)
+    for bad in ("otsuu", 1.5, True):
+        with pytest.raises(CambenchError, match='must be "otsu"'):
+            FT.object_word_iou(s, mask, obj, bad)
 
 
 def test_mask_metrics_leave_out_tokens_without_truth_tam_func_iou_scores_them():

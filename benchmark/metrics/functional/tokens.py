@@ -55,9 +55,21 @@ def otsu_threshold(levels: Tensor) -> Tensor:
     return torch.where(best[:, 0] > 0, first, torch.zeros_like(first))
 
 
+def _threshold(threshold: float | str) -> float | str:
+    """``"otsu"`` or a number in [0, 1]; anything else is an :class:`InputError` naming the choices."""
+    if threshold == "otsu":
+        return "otsu"
+    if isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and 0.0 <= float(threshold) <= 1.0:
+        return float(threshold)
+    raise InputError(
+        f"TAM's IoU threshold must be \"otsu\" (the authors' evaluation) or a number in [0, 1]; got {threshold!r}."
+    )
+
+
 def object_word_iou(saliency: Tensor, gt_mask: Tensor, object_word: Tensor, threshold: float | str = "otsu") -> Tensor:
     """Obj-IoU ``[B]`` on object-word rows (``object_word`` ``[B]`` bool), NaN elsewhere: the IoU of the map
     binarised at its Otsu threshold (or at ``threshold``) with ``gt_mask``."""
+    threshold = _threshold(threshold)
     if threshold == "otsu":
         q = quantize_8bit(saliency)
         pred = (q > otsu_threshold(q).view(-1, *([1] * (q.ndim - 1)))).to(saliency.dtype)
@@ -92,6 +104,7 @@ def function_word_iou(
     :func:`noun_threshold` of the row's image (``noun`` and ``image`` ``[B]``; NaN without a noun), else
     ``s < threshold``."""
     flat = saliency.reshape(saliency.shape[0], -1)
+    threshold = _threshold(threshold)
     if threshold == "otsu":
         if noun is None or image is None:
             raise InputError(

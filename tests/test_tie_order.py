@@ -93,8 +93,11 @@ def _threshold_scores(maps: torch.Tensor, masks: torch.Tensor, boxes: list[torch
         "pointing_game": pointing_game(maps, masks, tolerance=3, **kw),
     }
     if not kw:  # TAM's token IoUs (no resolution argument: they always use the default)
+        image = torch.zeros(3, dtype=torch.long)  # the three rows are words of one image
         out["obj_iou"] = tokens.object_word_iou(maps, masks, words)
-        out["func_iou"] = tokens.function_word_iou(maps, ~words)
+        out["obj_iou_0.5"] = tokens.object_word_iou(maps, masks, words, 0.5)
+        out["func_iou"] = tokens.function_word_iou(maps, ~words, noun=words, image=image)
+        out["func_iou_0.5"] = tokens.function_word_iou(maps, ~words, 0.5)
     return out
 
 
@@ -106,7 +109,7 @@ def _masks_and_boxes(n: int = 3, size: int = 32) -> tuple[torch.Tensor, list[tor
 
 
 #: metrics of the map's own scale (thresholds on s, not on s / max or the normalised map): not scale-invariant
-ABSOLUTE = {"mask_iou", "mask_iou_0.25", "obj_iou", "func_iou"}
+ABSOLUTE = {"mask_iou", "mask_iou_0.25", "obj_iou", "obj_iou_0.5", "func_iou", "func_iou_0.5"}
 
 
 @pytest.mark.parametrize("seed", [0, 1])

@@ -340,7 +340,7 @@ def test_token_methods_refuse_a_classifier():
 
 
 # -- metrics ---------------------------------------------------------------------------------------------
-def test_tam_obj_func_and_f1_iou_known_answers():
+def test_tam_obj_func_and_f1_iou_known_answers_at_a_fixed_threshold():
     s = torch.zeros(3, 4, 4)
     s[0, :2, :2] = 1.0  # object word: predicts the top-left 2x2
     s[1, :, :1] = 0.9  # function word: lights 4 of 16 pixels
@@ -348,8 +348,8 @@ def test_tam_obj_func_and_f1_iou_known_answers():
     mask[0, :2, :3] = True  # 6 pixels, 4 of them predicted -> IoU 4/6
     obj = torch.tensor([True, False, False])
     fn = torch.tensor([False, True, False])  # row 2: a wrong object word (neither kind)
-    o = FT.object_word_iou(s, mask, obj)
-    f = FT.function_word_iou(s, fn)
+    o = FT.object_word_iou(s, mask, obj, 0.5)
+    f = FT.function_word_iou(s, fn, 0.5)
     assert float(o[0]) == pytest.approx(4 / 6) and torch.isnan(o[1:]).all()
     assert float(f[1]) == pytest.approx(12 / 16) and torch.isnan(f[[0, 2]]).all()
     rows = FT.f1_rows(o, f).numpy()
@@ -363,28 +363,124 @@ def test_tam_obj_func_and_f1_iou_known_answers():
     assert math.isnan(FT.f1_iou_from_rows(rows[[0]]))
 
 
+def test_otsu_threshold_known_answers():
+    # three levels 0 (4 px), 127 (8 px), 255 (4 px): mu_T = 127.25; between-class variance
+    # t in [0, 126]: (127.25 * .25)^2 / (.25 * .75) = 5397.5; t in [127, 254]: (127.25 * .75 - 63.5)^2 / .1875 = 5440.0
+    q = torch.tensor([0.0] * 4 + [127.0] * 8 + [255.0] * 4).view(1, 4, 4)
+    assert FT.otsu_threshold(q).tolist() == [127.0]
+    # 0 (8 px), 127 (4 px), 255 (4 px): t in [0, 126] gives 9120.25 > 8480.1: the first level of the best range
+    q2 = torch.tensor([0.0] * 8 + [127.0] * 4 + [255.0] * 4).view(1, 4, 4)
+    assert FT.otsu_threshold(q2).tolist() == [0.0]
+    assert FT.otsu_threshold(torch.full((2, 3, 3), 7.0)).tolist() == [0.0, 0.0]  # constant: 0 (as OpenCV)
+    # 8-bit maps as the authors' (map * 255).astype(uint8): truncation
+    assert FT.quantize_8bit(torch.tensor([[0.0, 0.25, 0.5, 0.75, 1.0, 1.5]])).tolist() == [[0, 63, 127, 191, 255, 255]]
+
+
+def _otsu_loop(q: np.ndarray) -> int:
+    """Otsu's threshold written from the 1979 paper: maximise w0 w1 (mu0 - mu1)^2 over t, first maximum."""
+    hist = np.bincount(q.ravel().astype(int), minlength=256) / q.size
+    best, best_t = 0.0, 0
+    for t in range(256):
+        w0 = hist[: t + 1].sum()
+        w1 = 1.0 - w0
+        if w0 < 1e-12 or w1 < 1e-12:
+            continue
+        mu0 = (np.arange(t + 1) * hist[: t + 1]).sum() / w0
+        mu1 = (np.arange(t + 1, 256) * hist[t + 1 :]).sum() / w1
+        v = w0 * w1 * (mu0 - mu1) ** 2
+        if v > best * (1 + 1e-12):
+            best, best_t = v, t
+    return best_t
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_otsu_threshold_equals_the_papers_loop_and_opencv(seed):
+    g = torch.Generator().manual_seed(seed)
+    maps = torch.rand(4, 16, 16, generator=g) ** (1 + seed)  # skewed histograms
+    maps[1, 4:10, 4:10] = 1.0
+    q = FT.quantize_8bit(maps)
+    got = FT.otsu_threshold(q).tolist()
+    assert got == [float(_otsu_loop(q[b].numpy())) for b in range(4)]
+    cv2 = pytest.importorskip("cv2")  # the authors' call: cv2.threshold(uint8 map, 0, 255, BINARY + OTSU)
+    for b in range(4):
+        t, _ = cv2.threshold(q[b].numpy().astype(np.uint8), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+        assert got[b] == t
+
+
+def test_tam_obj_and_func_iou_otsu_hand_worked():
+    """The authors' definitions: Obj-IoU binarises each noun map at its own Otsu threshold; Func-IoU counts
+    a function word's pixels below the mean Otsu threshold of the nouns of its image."""
+    s = torch.zeros(5, 4, 4)
+    s[0].view(-1)[:8] = 1.0  # noun of image 0: levels {0, 255}, Otsu t = 0
+    s[1].view(-1)[4:12] = 0.5  # noun of image 0: 4 px at 0, 8 at 127, 4 at 255, Otsu t = 127
+    s[1].view(-1)[12:] = 1.0
+    s[2].view(-1)[:4] = 0.25  # function word of image 0: 8 px at 0, 4 at 63, 4 at 127
+    s[2].view(-1)[4:8] = 0.5
+    s[3] = 0.8  # a colour word (neither kind)
+    s[4].view(-1)[:2] = 1.0  # function word of image 1, which has no noun
+    mask = torch.zeros(5, 4, 4, dtype=torch.bool)
+    mask[1].view(-1)[10:16] = True  # noun 1: the 4 px above 127 inside a 6 px mask -> IoU 4/6
+    mask[0].view(-1)[:8] = True  # noun 0: all 8 lit pixels (q > 0) -> IoU 1
+    noun = torch.tensor([True, True, False, False, False])
+    obj = noun.clone()
+    fn = torch.tensor([False, False, True, False, True])
+    image = torch.tensor([0, 0, 0, 0, 1])
+    o = FT.object_word_iou(s, mask, obj)
+    assert o[:2].tolist() == pytest.approx([1.0, 4 / 6]) and torch.isnan(o[2:]).all()
+    torch.testing.assert_close(FT.noun_threshold(s, noun, image)[:4], torch.full((4,), 63.5, dtype=torch.float64))
+    f = FT.function_word_iou(s, fn, noun=noun, image=image)
+    # image 0: t_fg = (0 + 127) / 2 = 63.5; the function map has 8 px at 0 and 4 at 63 below it: 12 / 16
+    assert float(f[2]) == pytest.approx(0.75)
+    assert torch.isnan(f[[0, 1, 3]]).all() and torch.isnan(f[4])  # image 1: no noun, undefined
+    rows = FT.f1_rows(o.double(), f.double()).numpy()
+    assert FT.f1_iou_from_rows(rows) == pytest.approx(2 * (5 / 6) * 0.75 / (5 / 6 + 0.75))  # pooled means
+    with pytest.raises(CambenchError, match="noun= and image="):
+        FT.function_word_iou(s, fn)
+    for bad in ("otsuu", 1.5, True):
+        with pytest.raises(CambenchError, match='must be "otsu"'):
+            FT.object_word_iou(s, mask, obj, bad)
+
+
 def test_mask_metrics_leave_out_tokens_without_truth_tam_func_iou_scores_them():
     from benchmark.metrics import MetricContext, compute_metrics
     from benchmark.types import Batch
 
-    s = torch.zeros(2, 8, 8)
+    s = torch.zeros(3, 8, 8)
     s[:, :4, :4] = 1.0
-    masks = torch.zeros(2, 8, 8, dtype=torch.bool)
-    masks[0, :4, :4] = True  # row 0: an object word with its mask; row 1: a function word (no mask)
+    s[0, :4, 4:] = 0.5  # the noun's map: 16 px at 255, 32 at 127, 16 at 0: Otsu t = 127
+    s[0, 4:, :4] = 0.5
+    masks = torch.zeros(3, 8, 8, dtype=torch.bool)
+    masks[0, :4, :4] = True  # row 0: a noun with its mask; row 1: a function word (no mask)
+    masks[2, :4, :4] = True  # row 2: a colour word (adjective): mask metrics score it, TAM's do not
+    ids = ["i#t02:disk", "i#t00:a", "i#t01:red"]
+    tokens = torch.tensor([TOKEN_ID["disk"], TOKEN_ID["a"], TOKEN_ID["red"]])
     batch = Batch(
-        images=torch.zeros(2, 3, 8, 8),
-        targets=torch.tensor([5, 3]),
-        ids=["i#t01:red", "i#t00:a"],
+        images=torch.zeros(3, 3, 8, 8),
+        targets=tokens,
+        ids=ids,
         masks=masks,
-        extras={"has_truth": torch.tensor([True, False]), "function_word": torch.tensor([False, True])},
+        extras={
+            "has_truth": torch.tensor([True, False, True]),
+            "function_word": torch.tensor([False, True, False]),
+            "token": tokens,
+            "image": torch.zeros(3, dtype=torch.long),
+        },
     )
     ctx = MetricContext(model=torch.nn.Identity(), batch=batch, saliency={"m": s})
     out = compute_metrics(ctx, ["mask_iou", "pxap", "tam_obj_iou", "tam_func_iou", "tam_f1_iou"])
-    assert float(out["mask_iou"]["m"][0]) == 1.0 and torch.isnan(out["mask_iou"]["m"][1])  # not 0: left out
+    assert float(out["mask_iou"]["m"][0]) == pytest.approx(16 / 48)  # s >= 0.5: 48 px, the mask 16 of them
+    assert torch.isnan(out["mask_iou"]["m"][1])  # not 0: left out
+    assert float(out["mask_iou"]["m"][2]) == 1.0
     assert float(out["pxap"]["m"][1].abs().sum()) == 0.0 and float(out["pxap"]["m"][0].sum()) > 0  # adds nothing
-    assert torch.isnan(out["tam_obj_iou"]["m"][1]) and float(out["tam_obj_iou"]["m"][0]) == 1.0
-    assert float(out["tam_func_iou"]["m"][1]) == pytest.approx(48 / 64)  # scored on the function word
+    obj = out["tam_obj_iou"]["m"]
+    assert float(obj[0]) == 1.0 and torch.isnan(obj[1]) and torch.isnan(obj[2])  # only the noun
+    # the function word: pixels below t_fg = 127 (the image's one noun): 48 of 64
+    assert float(out["tam_func_iou"]["m"][1]) == pytest.approx(48 / 64) and torch.isnan(out["tam_func_iou"]["m"][2])
     torch.testing.assert_close(out["tam_f1_iou"]["m"][1], torch.tensor([0.0, 0.0, 0.75, 1.0], dtype=torch.float64))
+    torch.testing.assert_close(out["tam_f1_iou"]["m"][2], torch.zeros(4, dtype=torch.float64))
+    # a numeric threshold: every map binarised at it
+    fixed = compute_metrics(ctx, ["tam_func_iou"], {"tam_func_iou": {"threshold": 0.9}})
+    assert float(fixed["tam_func_iou"]["m"][1]) == pytest.approx(48 / 64)
     # a batch without the token flags (a classifier dataset) is untouched
     plain = MetricContext(
         model=torch.nn.Identity(),
@@ -438,7 +534,7 @@ seed = 0
 device = "cpu"
 batch_size = 2
 shard_size = 4
-gallery = 0
+gallery = 1
 bootstrap = 10
 metrics = ["mask_iou", "pointing_game", "tam_func_iou", "deletion_auc"]
 
@@ -478,10 +574,19 @@ def test_tokens_target_end_to_end_rows_per_token(tmp_path):
     obj = rows[~rows.index.isin(func.index) & ~rows["image_id"].isin(wrong)]
     miou = func[func["metric"] == "mask_iou"]
     assert len(miou) and (miou["status"] == "undefined").all()  # function words: left out, counted
-    assert (func[func["metric"] == "tam_func_iou"]["status"] == "ok").all()
+    fiou = func[func["metric"] == "tam_func_iou"]
+    eos = fiou["image_id"].str.endswith(":<eos>")
+    assert eos.any() and (fiou[~eos]["status"] == "ok").all()  # "a", "and": TAM's function words
+    assert (fiou[eos]["status"] == "undefined").all()  # <eos>: no word of the authors' part-of-speech split
     assert (func[func["metric"] == "deletion_auc"]["status"] == "ok").all()
     oracle = obj[(obj["metric"] == "mask_iou") & (obj["method"] == "oracle")]
     assert len(oracle) and (oracle["value"] == 1.0).all()
+    # the gallery keeps the whole caption of its first image, each row with its word (the report's per-token
+    # gallery), not the first row only
+    (gal,) = Store(tmp_path / "out", res.plan.hash).load_gallery()
+    assert gal["ids"].tolist() == key[0] and gal["words"].tolist() == gen[0]
+    assert gal["positions"].tolist() == list(range(len(gen[0])))
+    assert gal["function_word"].tolist() == [w in ("a", "and", "<eos>") for w in gen[0]]
 
 
 def test_shipped_dual_encoder_loads_and_reads_the_queries():

@@ -30,7 +30,7 @@ from torch.utils.data import Dataset
 from ..errors import DataError
 from ..types import Batch
 from .base import Sample, register_dataset
-from .synthetic import _PIXEL_NOISE, SHAPE_CLASSES, ShapesDataset, mask_to_box, quantize8
+from .synthetic import _PIXEL_NOISE, SHAPE_CLASSES, ShapesDataset, mask_to_box, place_centres, quantize8
 
 #: Bump when the drawing or the captions change: part of the captioner's training hash.
 CAPTIONS_GENERATOR_VERSION = 1
@@ -146,21 +146,6 @@ class ShapesCaptions(ShapesDataset):
     def sample_id(self, index: int) -> str:
         return f"cap-{self.split}-s{self.seed}-{index:06d}"
 
-    def _centres(self, rng: np.random.Generator, radii: list[float]) -> list[tuple[float, float]]:
-        s = self.image_size
-        lo, hi, gap = _MARGIN * s, (1 - _MARGIN) * s, 0.03 * s
-        out: list[tuple[float, float]] = []
-        for r in radii:
-            cand = rng.uniform(lo + r, hi - r, size=(128, 2))
-            ok = np.ones(128, dtype=bool)
-            for (cx, cy), r2 in zip(out, radii, strict=False):
-                ok &= np.hypot(cand[:, 0] - cx, cand[:, 1] - cy) >= r + r2 + gap
-                ok &= np.abs(cand[:, 0] - cx) >= _MIN_DX * s
-            if not ok.any():
-                break
-            out.append(tuple(cand[int(np.argmax(ok))]))
-        return out
-
     def caption_scene(self, index: int) -> CaptionScene:
         """Draw image ``index``: desaturated clutter, the objects, pixel noise; caption left to right."""
         if not 0 <= index < self.n:
@@ -172,7 +157,7 @@ class ShapesCaptions(ShapesDataset):
         shapes = [int(c) for c in rng.integers(len(SHAPE_CLASSES), size=n_obj)]
         s = self.image_size
         radii = [float(r) * s for r in rng.uniform(*_RADIUS, size=n_obj)]
-        centres = self._centres(rng, radii)
+        centres = place_centres(rng, radii, s, margin=_MARGIN, gap=0.03, candidates=128, min_dx=_MIN_DX)
         img, base = self._background(rng)
         img2, base2 = self._background(rng)
         img = img + 0.5 * (img2 - base2[:, None, None])
@@ -322,7 +307,8 @@ def expand_token_batch(batch: Batch, generated: Tensor) -> Batch:
     named object's instance mask when the token is an object word equal to the true caption's word at
     that position (else empty: a function word names nothing, and a wrong object word names no drawn
     object), its box (``[0, 4]`` without truth), and extras ``caption`` (the generated caption),
-    ``position``, ``function_word``, ``has_truth``.
+    ``position``, ``function_word`` (not a colour or shape word: ``a``, ``and``, ``<eos>``), ``has_truth``,
+    ``token`` (the token id) and ``image`` (the row's image in ``batch``).
     """
     extras = batch.extras or {}
     if "true_caption" not in extras or "object_masks" not in extras:
@@ -356,6 +342,8 @@ def expand_token_batch(batch: Batch, generated: Tensor) -> Batch:
             "position": cols,
             "function_word": ~object_word[rows, cols],
             "has_truth": truth[rows, cols],
+            "token": gen[rows, cols],
+            "image": rows,
         },
     )
 

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from ..errors import DataError
 from .base import Sample, register_dataset
-from .synthetic import _PIXEL_NOISE, SHAPE_CLASSES, ShapesDataset, mask_to_box, quantize8
+from .synthetic import _PIXEL_NOISE, SHAPE_CLASSES, ShapesDataset, mask_to_box, place_centres, quantize8
 
 #: Bump when the drawing changes: it is part of the multi-label model's training hash.
 MULTILABEL_GENERATOR_VERSION = 2
@@ -71,20 +71,6 @@ class ShapesMultiLabel(ShapesDataset):
     def sample_id(self, index: int) -> str:
         return f"ml-{self.split}-s{self.seed}-{index:06d}"
 
-    def _centres(self, rng: np.random.Generator, radii: list[float]) -> list[tuple[float, float]]:
-        s = self.image_size
-        lo, hi, gap = _MARGIN * s, (1 - _MARGIN) * s, 0.02 * s
-        out: list[tuple[float, float]] = []
-        for r in radii:
-            cand = rng.uniform(lo + r, hi - r, size=(64, 2))
-            ok = np.ones(64, dtype=bool)
-            for (cx, cy), r2 in zip(out, radii, strict=False):  # out: the centres of radii[:len(out)]
-                ok &= np.hypot(cand[:, 0] - cx, cand[:, 1] - cy) >= r + r2 + gap
-            if not ok.any():
-                break
-            out.append(tuple(cand[int(np.argmax(ok))]))
-        return out
-
     def multi_scene(self, index: int) -> MultiScene:
         """Draw image ``index``: background, then the objects (largest first), then pixel noise."""
         if not 0 <= index < self.n:
@@ -95,7 +81,7 @@ class ShapesMultiLabel(ShapesDataset):
         classes = [int(c) for c in rng.permutation(k)[:n_obj]]
         s = self.image_size
         radii = sorted((float(r) * s for r in rng.uniform(*_RADIUS, size=n_obj)), reverse=True)
-        centres = self._centres(rng, radii)
+        centres = place_centres(rng, radii, s, margin=_MARGIN, gap=0.02, candidates=64)
         img, base = self._background(rng)
         masks = []
         for cls, (cx, cy), r in zip(classes, centres, radii, strict=False):  # centres may stop early

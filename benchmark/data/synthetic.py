@@ -116,6 +116,36 @@ def quantize8(img: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.round(np.clip(img, 0.0, 1.0) * 255.0) / 255.0, dtype=np.float32)
 
 
+def place_centres(
+    rng: np.random.Generator,
+    radii: list[float],
+    size: int,
+    *,
+    margin: float,
+    gap: float,
+    candidates: int,
+    min_dx: float = 0.0,
+) -> list[tuple[float, float]]:
+    """Centres of non-overlapping circles of ``radii`` (pixels) inside a ``size``-px square, by rejection:
+    per circle ``candidates`` uniform draws inside ``[margin*size + r, (1-margin)*size - r]``, the first that
+    keeps ``gap*size`` px from every placed circle and ``min_dx*size`` px horizontally from its centre;
+    stops (fewer centres) at the first circle with no such candidate. One ``rng.uniform`` call of shape
+    ``[candidates, 2]`` per circle tried, so the random stream depends only on the arguments."""
+    lo, hi, sep, dx = margin * size, (1 - margin) * size, gap * size, min_dx * size
+    out: list[tuple[float, float]] = []
+    for r in radii:
+        cand = rng.uniform(lo + r, hi - r, size=(candidates, 2))
+        ok = np.ones(candidates, dtype=bool)
+        for (cx, cy), r2 in zip(out, radii, strict=False):  # out: the centres of radii[:len(out)]
+            ok &= np.hypot(cand[:, 0] - cx, cand[:, 1] - cy) >= r + r2 + sep
+            if dx > 0:
+                ok &= np.abs(cand[:, 0] - cx) >= dx
+        if not ok.any():
+            break
+        out.append(tuple(cand[int(np.argmax(ok))]))
+    return out
+
+
 def mask_to_box(mask: Tensor) -> Tensor:
     """Tight ``[1,4]`` xyxy pixel-edge box of a boolean ``[H,W]`` mask (``[0,4]`` if the mask is empty)."""
     rows = torch.nonzero(mask.any(dim=1)).flatten()

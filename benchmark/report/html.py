@@ -309,6 +309,7 @@ significantly different. Methods with identical maps share a row; metrics that c
 collapsed.</p>
 <h3>Mean rank</h3>{mean_rank_table(g, classes)}
 {family_tables(g, families, grey, classes)}
+{words_html(mine)}
 <h3>Plots</h3>
 <p class="muted">Critical-difference diagrams per metric family (average ranks over images; methods joined by a
 bar are not significantly different), then the per-image paired differences against one method (the focused
@@ -318,6 +319,30 @@ groups decide significance), and the metrics' agreement.</p>
 <p class="muted">The images where the methods' maps disagree most (largest spread of the maps over methods);
 ground-truth boxes in lime, mask outlines in white; one colour scale for every map.</p>{fig("gallery")}</section>
 """
+
+
+def words_html(plots: Mapping[str, Sequence[Path]]) -> str:
+    """The per-token gallery (``target = "tokens"``: the caption with each word's map) or the per-query
+    gallery (``"text"``) of one experiment, when it has one (:func:`benchmark.report.plots.token_gallery`)."""
+    out = ""
+    if plots.get("tokens"):
+        out += (
+            '<h3 class="words">Per-token explanations</h3><p class="muted">The generated caption of the first '
+            "images, one column per word (greedy decoding, in order) and one row per method (the best by mean "
+            "rank, then the oracle): the map explaining that word's logit over the image, the named object's "
+            "instance mask outlined in white. Function words (<i>a</i>, <i>and</i>, &lt;eos&gt;) and object "
+            "words that name no drawn object (a wrong word) have no ground truth (titled in grey): the mask "
+            "metrics leave them out, TAM's Func-IoU scores the function words (an ideal map is empty).</p>"
+            + "".join(_img(p) for p in plots["tokens"])
+        )
+    if plots.get("queries"):
+        out += (
+            '<h3 class="words">Per-query explanations</h3><p class="muted">The text queries present in the '
+            "first images (one column each, the query as title) and one row per method (the best by mean "
+            "rank, then the oracle): the map explaining the image-query similarity, the queried object's mask "
+            "outlined in white.</p>" + "".join(_img(p) for p in plots["queries"])
+        )
+    return out
 
 
 def notes_html(run: Mapping) -> str:

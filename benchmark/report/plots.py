@@ -251,6 +251,101 @@ def gallery(samples: Sequence[dict[str, np.ndarray]], out_dir: Path, max_images:
     return paths
 
 
+def _best_methods(methods: Sequence[str], board: pd.DataFrame | None, model: str, dataset: str, k: int) -> list[str]:
+    """Up to ``k`` non-baseline ``methods`` best first by the experiment's mean rank (stored order without a
+    board), then the oracle when stored: what a per-token gallery shows."""
+    ranked = [m for m in methods if m not in BASELINES]
+    if board is not None and len(board) and "model" in board:
+        mr = board[(board["model"] == model) & (board["dataset"] == dataset) & (board["metric"] == MEAN_RANK)]
+        order = {m: i for i, m in enumerate(mr.sort_values("mean")["method"])}
+        ranked = sorted(ranked, key=lambda m: (order.get(m, len(order)), ranked.index(m)))
+    return ranked[:k] + [m for m in ("oracle",) if m in methods]
+
+
+def token_gallery(
+    samples: Sequence[dict[str, np.ndarray]],
+    out_dir: Path,
+    board: pd.DataFrame | None = None,
+    max_images: int = 3,
+    max_methods: int = 5,
+) -> list[Path]:
+    """Per-token (``target = "tokens"``) and per-query (``"text"``) galleries, one figure per experiment whose
+    stored gallery has whole images (``words`` and ``image_ids``, :class:`benchmark.runner.unit.Gallery`):
+    for each of the first ``max_images`` images, one row per method (the ``max_methods`` best by mean rank,
+    then the oracle) and one column per generated word (or text query), its map over the image; the
+    named object's mask outlined in white. A word without ground truth (a function word, ``<eos>``, or an
+    object word naming no drawn object) is titled in grey with the reason. Thumbnails (64 px panels at 60
+    dpi), so the report stays small. Files ``tokens-<model>-<dataset>.png`` / ``queries-...``."""
+    paths = []
+    by_exp: dict[tuple[str, str], list[dict]] = {}
+    for s in samples:
+        if "words" in s and "image_ids" in s:
+            by_exp.setdefault(tuple(s["experiment"].tolist()), []).append(s)
+    for (model, dataset), parts in sorted(by_exp.items()):
+        methods = list(parts[0]["methods"])
+        shown = _best_methods(methods, board, model, dataset, max_methods)
+        cols = [methods.index(m) for m in shown]
+        blocks: dict[str, list[tuple[dict, int]]] = {}
+        for p in parts:
+            if list(p["methods"]) != methods:
+                continue
+            for i, image in enumerate(p["image_ids"].tolist()):
+                if image in blocks or len(blocks) < max_images:
+                    blocks.setdefault(image, []).append((p, i))
+        if not blocks or not cols:
+            continue
+        tokens = "positions" in parts[0]
+        for rows in blocks.values():
+            if tokens:
+                rows.sort(key=lambda pi: int(pi[0]["positions"][pi[1]]))
+        width = max(len(r) for r in blocks.values())
+        nrow, ncol = len(blocks) * len(cols), width + 1
+        height = 0.9 * nrow + 0.5
+        fig, axes = plt.subplots(nrow, ncol, figsize=(0.78 * ncol + 0.9, height), squeeze=False)
+        fig.subplots_adjust(left=0.1, right=0.99, bottom=0.01, top=1 - 0.45 / height, wspace=0.06, hspace=0.32)
+        for ax in axes.flat:
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.axis("off")
+        for b, (image, rows) in enumerate(blocks.items()):
+            p0, i0 = rows[0]
+            for r, (mname, mi) in enumerate(zip(shown, cols, strict=True)):
+                row = b * len(cols) + r
+                ax = axes[row, 0]
+                ax.axis("on")
+                ax.imshow(p0["images"][i0])
+                ax.set_ylabel(mname, fontsize=6, rotation=0, ha="right", va="center")
+                if r == 0:
+                    ax.set_title(f"image {image.rpartition('-')[2]}", fontsize=6, pad=2)
+                for c, (p, i) in enumerate(rows):
+                    ax = axes[row, c + 1]
+                    ax.axis("on")
+                    ax.imshow(p["images"][i])
+                    ax.imshow(p["maps"][i, mi].astype(np.float32), cmap="jet", alpha=0.55, vmin=0, vmax=1)
+                    if "masks" in p and p["masks"][i].any():
+                        ax.contour(p["masks"][i].astype(float), levels=[0.5], colors="white", linewidths=0.6)
+                    if r == 0:
+                        title, colour = str(p["words"][i]), "black"
+                        if tokens and bool(p["function_word"][i]):
+                            title, colour = f"{title}\n(no truth)", "#888888"
+                        elif tokens and not bool(p["has_truth"][i]):
+                            title, colour = f"{title}\n(wrong word)", "#888888"
+                        ax.set_title(title, fontsize=6, pad=2, color=colour)
+            for ax in axes[b * len(cols) : (b + 1) * len(cols), 0]:
+                for side in ax.spines.values():
+                    side.set_visible(False)
+        kind = "tokens" if tokens else "queries"
+        what = "each generated word" if tokens else "each text query"
+        fig.suptitle(
+            f"{model} on {dataset}: {what} with its map (rows: methods, best mean rank first; white: the named "
+            "object's mask)",
+            fontsize=7,
+            y=1 - 0.1 / height,
+        )
+        paths.append(_save(fig, out_dir / f"{kind}-{_slug(model, dataset)}.png", dpi=60))
+    return paths
+
+
 def _cd_panel(ax: plt.Axes, ranks: pd.Series, groups: pd.Series, cd: float, title: str) -> None:
     """One critical-difference diagram (Demsar 2006, Fig. 1): average ranks on an axis (best left), the CD
     as a bar, and a thick line under every group of methods that are not significantly different."""
@@ -500,6 +595,9 @@ def all_plots(
         "curves": curve_plots(curves, out_dir),
         "gallery": gallery(samples, out_dir),
     }
+    words = token_gallery(samples, out_dir, board)
+    figs["tokens"] = [p for p in words if p.name.startswith("tokens-")]
+    figs["queries"] = [p for p in words if p.name.startswith("queries-")]
     if "avg_rank" in board:
         figs["cd"] = cd_diagrams(board, families or {}, out_dir)
     if scores is not None and len(scores):

@@ -50,6 +50,8 @@ from .suite import Suite
 
 #: The two kinds of perturbation of the meta-evaluation, in order (docs/metrics.md, "Meta-evaluation").
 META_KINDS = ("minor", "disruptive")
+#: target kinds with several rows per image whose gallery keeps whole images (a caption's words, an image's queries)
+ROWS_BY_IMAGE = ("tokens", "text")
 
 PRECISIONS = tuple(_FORWARD_DTYPES)  # fp32, tf32, bf16, fp16: one list, in benchmark/forward.py
 
@@ -197,7 +199,7 @@ def _run_unit(
     timings.add("load", "model+dataset", time.perf_counter() - t_unit)
     prefetch = device.type == "cuda" if opts.prefetch is None else bool(opts.prefetch)
     rows, stats = ScoreRows(plan.label, plan.dataset), StatsRows(plan.label, plan.dataset)
-    curves, gallery = CurveSums(), Gallery(unit.gallery)
+    curves, gallery = CurveSums(), Gallery(unit.gallery, by_image=exp.target in ROWS_BY_IMAGE)
     meta = MetaRows(plan, handle) if plan.meta is not None else None
     map_diffs: dict[str, float] = {}  # "a|b" -> max |map_a - map_b| over the unit's images
     facts: dict[str, float] = {}
@@ -508,28 +510,58 @@ def curves_frame(
 
 
 class Gallery:
-    """The first ``size`` images of the unit with their targets, ground truth and maps (float16)."""
+    """The first ``size`` images of the unit with their targets, ground truth and maps (float16).
 
-    def __init__(self, size: int) -> None:
+    With ``by_image`` (targets with several rows per image: ``tokens``, ``text``) every row of the first
+    ``size`` images is kept, so that a caption's words (a text query's image) are shown together, and the
+    rows' words are stored: ``words`` (the token or the query), ``image_ids`` (the image of each row) and, for
+    token rows, ``positions``, ``function_word`` and ``has_truth`` (the word names a drawn object)."""
+
+    def __init__(self, size: int, by_image: bool = False) -> None:
         self.size = size
+        self.by_image = by_image
+        self.images: list[str] = []  # by_image: the distinct images kept, in order
         self.parts: dict[str, list] = {"images": [], "ids": [], "targets": [], "masks": [], "boxes": [], "maps": []}
+        self.rows: dict[str, list] = {"positions": [], "function_word": [], "has_truth": []}
+
+    def _keep(self, ids: list[str]) -> list[int]:
+        """The rows of ``ids`` to keep: the first rows up to ``size``, or every row of the first ``size`` images."""
+        if not self.by_image:
+            return list(range(max(0, min(len(ids), self.size - len(self.parts["ids"])))))
+        out = []
+        for i, rid in enumerate(ids):
+            image = image_of(rid)
+            if image not in self.images and len(self.images) < self.size:
+                self.images.append(image)
+            if image in self.images:
+                out.append(i)
+        return out
 
     def add(self, handle: ModelHandle, batch: Batch, maps: dict[str, torch.Tensor]) -> None:
-        keep = max(0, min(len(batch.ids), self.size - len(self.parts["ids"])))
+        keep = self._keep(list(batch.ids))
         if not keep:
             return
         gal = self.parts
-        imgs = handle.denormalize(batch.images[:keep].detach()).clamp(0, 1)
+        idx = torch.as_tensor(keep, dtype=torch.long)
+        imgs = handle.denormalize(batch.images[idx.to(batch.images.device)].detach()).clamp(0, 1)
         to_hwc = (0, *range(2, imgs.ndim), 1)  # [B,H,W,3], or [B,T,H,W,3] for volumes and clips
         gal["images"].append((imgs.permute(*to_hwc).cpu().numpy() * 255).round().astype(np.uint8))
-        gal["ids"] += list(batch.ids)[:keep]
-        gal["targets"].append(batch.targets[:keep].cpu().numpy())
+        gal["ids"] += [batch.ids[i] for i in keep]
+        gal["targets"].append(batch.targets.detach().cpu().numpy()[keep])
         if batch.masks is not None:
-            gal["masks"].append(batch.masks[:keep].cpu().numpy())
+            gal["masks"].append(batch.masks.detach().cpu().numpy()[keep])
         if batch.boxes is not None:
             k = 6 if batch.images.ndim == 5 else 4  # 3-D boxes of volumes and clips
-            gal["boxes"] += [b.detach().float().cpu().numpy().reshape(-1, k) for b in batch.boxes[:keep]]
-        gal["maps"].append({m: maps[m][:keep].detach().cpu().numpy().astype(np.float16) for m in maps})
+            gal["boxes"] += [batch.boxes[i].detach().float().cpu().numpy().reshape(-1, k) for i in keep]
+        gal["maps"].append({m: maps[m].detach().cpu().numpy()[keep].astype(np.float16) for m in maps})
+        extras = batch.extras or {}
+        if self.by_image and "position" in extras:
+            for key, extra in (
+                ("positions", "position"),
+                ("function_word", "function_word"),
+                ("has_truth", "has_truth"),
+            ):
+                self.rows[key].append(extras[extra].detach().cpu().numpy()[keep])
 
     def arrays(self, handle: ModelHandle, model: str, dataset: str) -> dict[str, np.ndarray] | None:
         """The gallery as arrays (what the store writes), or None when it holds no image or no method has maps
@@ -567,7 +599,23 @@ class Gallery:
             out["target_names"] = np.asarray(
                 [names[t] if 0 <= t < len(names) else str(t) for t in out["targets"]], dtype=str
             )
+        if self.by_image:
+            out["image_ids"] = np.asarray([image_of(i) for i in gal["ids"]], dtype=str)
+            if self.rows["positions"] and len(self.rows["positions"]) == len(gal["maps"]):
+                out["positions"] = np.concatenate(self.rows["positions"]).astype(np.int64)
+                out["function_word"] = np.concatenate(self.rows["function_word"]).astype(bool)
+                out["has_truth"] = np.concatenate(self.rows["has_truth"]).astype(bool)
+                # a token row's target is an index into the token view's flat outputs: the word is in its id
+                out["words"] = np.asarray([i.rpartition(":")[2] for i in gal["ids"]], dtype=str)
+                out["target_names"] = out["words"]
+            elif "target_names" in out:
+                out["words"] = out["target_names"]
         return out
+
+
+def image_of(row_id: str) -> str:
+    """The image of a row id: ``"<image>#<row>"`` (a token ``#t03:red``, a query ``#red_disk``) -> ``<image>``."""
+    return row_id.partition("#")[0]
 
 
 def fold_map_diffs(acc: dict[str, float], saliency: dict[str, torch.Tensor]) -> None:

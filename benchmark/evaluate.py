@@ -28,6 +28,7 @@ from .data.transforms import check_class_count, per_class
 from .errors import InputError, MethodUndefinedError, UnknownNameError
 from .methods import METHODS, ExplainContext, explain, resolve_layer, run_method
 from .metrics import METRICS, MetricContext, compute_metrics, missing_needs
+from .progress import note_step
 from .types import Batch, ModelHandle, Reshape
 
 # -- targets -----------------------------------------------------------------------------------------
@@ -281,6 +282,7 @@ def evaluate_batch(
     )
     for name in methods:
         t = time.perf_counter()
+        note_step(f"explain {name}")  # what a long unit's progress line names (benchmark.progress)
         try:
             res = run_method(ectx, name, mparams.get(name), ms_flip=ms_flip)
         except Exception as exc:
@@ -360,6 +362,7 @@ def _score_metric(
         return
     out.scored[metric] = asked
     t = time.perf_counter()
+    note_step(f"metric {metric}")
     torch.manual_seed(seed)
     try:
         res = compute_metrics(ctx, [metric], params).get(metric, {})

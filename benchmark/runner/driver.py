@@ -24,6 +24,7 @@ from ..methods import METHODS
 from ..metrics import METRICS
 from ..outdir import RunLock, check_out_dir
 from ..store import Store, atomic_write_text
+from .estimate import announce_run
 from .fingerprint import unit_fingerprints
 from .parallel import default_workers, execute_units, reemit_logs
 from .plan import Plan, load_registries, plan_run
@@ -174,6 +175,7 @@ def run_suite(
     client: Any = None,
     options: ExecOptions | None = None,
     plugins: Sequence[str] = (),
+    warn_minutes: float | None = None,
 ) -> RunOutcome:
     """Plan ``suite``, run every unit not already stored in ``out`` (its parts and ``run.json``).
 
@@ -192,8 +194,10 @@ def run_suite(
     Before anything else ``out`` is checked (:func:`benchmark.outdir.check_out_dir`) and locked for this
     run (:class:`benchmark.outdir.RunLock`: a second run into it raises at once, naming the first one's
     pid). Progress: :class:`benchmark.runner.progress.Progress` (bars on a terminal, one line per finished
-    unit otherwise; ``log`` replaces its printing). The tables cover the units of this plan only; other
-    finished units in ``out`` are listed in :attr:`RunOutcome.unreported`.
+    unit otherwise; ``log`` replaces its printing). ``warn_minutes``: before the first unit, log the plan summary
+    with a cost estimate from a one-image probe per experiment, warning above that many minutes
+    (:func:`benchmark.runner.estimate.announce`; one line under ``quiet``); ``None``: no estimate. The tables
+    cover the units of this plan only; other finished units in ``out`` are listed in :attr:`RunOutcome.unreported`.
     """
 
     if report is True or (report and not callable(report)):
@@ -218,6 +222,7 @@ def run_suite(
             client=client,
             options=options or ExecOptions(),
             plugins=plugins,
+            warn_minutes=warn_minutes,
         )
 
 
@@ -235,6 +240,7 @@ def _run_locked(
     client: Any,
     options: ExecOptions,
     plugins: Sequence[str],
+    warn_minutes: float | None = None,
 ) -> RunOutcome:
     log = progress.log
     plan = plan_run(suite, limit, precision=options.precision)
@@ -264,6 +270,8 @@ def _run_locked(
             f"cambench: {len(unreported)} finished unit(s) in {store.parts} lie outside this run (another "
             f"--limit, `n` or setting): kept on disk, not in the tables. Rerun with that setting to report them."
         )
+    if warn_minutes is not None and todo:  # the cost of what is left, before any unit runs
+        announce_run(plan, todo, device, progress, warn_minutes)
     ran = []
     in_flight = 1 if backend == "sequential" else (workers or default_workers(suite.device))
     progress.start(len(todo), sum(u.stop - u.start for u in todo), [u.key for u in todo], in_flight)

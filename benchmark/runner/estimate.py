@@ -1,12 +1,22 @@
-"""Cost before running: forwards per image of every method, measured by a short probe, times the images.
+"""Cost before running: a plan summary with a time per experiment from a one-image probe, and a warning.
 
-:func:`count_forwards` runs each method once on a probe batch and counts the images the model is asked to
-forward (a forward pre-hook on the model): Grad-CAM costs 1 forward (+ backward) per image, Score-CAM one per
-live channel, ablation one per channel, the baselines 0. :func:`estimate_plan` does it per experiment of a
-plan on two random inputs of the model's size, times one forward, and :func:`estimate_text` states the
-estimate per experiment and warns, naming the dominant methods, when the suite will take more than
-``warn_minutes``. Explanations only: metrics add their own forwards (deletion / insertion ``n_steps`` + 1 per
-map, robustness re-explains ``n_samples`` times), so the estimate is a lower bound.
+:func:`estimate_plan` probes each experiment on the first image it still has to compute, on the real model
+and device, through the same :func:`~benchmark.evaluate.evaluate_batch` the units run: once with every method
+and no metric (each method's explanation time, sharing one capture as in a unit), then once with one
+reference method (Grad-CAM where the experiment runs it) and every metric (each metric's time for one map).
+A metric's time is multiplied by the number of methods it scores; a metric that re-explains (robustness,
+sanity, cost) is multiplied, per method, by that method's explanation time over the reference's. Model
+forwards are counted on the way (a forward pre-hook). The meta-evaluation multiplies an experiment by
+``1 + 2K`` (it re-evaluates every batch under ``2K`` perturbed models).
+
+An experiment with fewer than :data:`PROBE_MIN_IMAGES` images left is not probed (the probe would be a
+visible part of its cost); ``--estimate`` probes every one. The probe explains one image per experiment and
+scores one map per metric, a few percent of a run's work at most; the models it builds are the run's own
+(cached per process, :func:`~benchmark.runner.resources.get_model`).
+
+:func:`estimate_text` is the summary (one line per experiment, the total) and :func:`warning_text` the
+warning when the total exceeds ``--warn-minutes``, naming the methods and metrics that dominate and the
+suite keys that drop them. :func:`count_forwards` counts the forwards of each method alone.
 """
 
 from __future__ import annotations
@@ -14,12 +24,24 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ..methods import explain_context, run_method
-from ..models import create_model
+from ..errors import CambenchError
+from ..evaluate import evaluate_batch, reexplained, resolve_targets
+from ..methods import METHODS, explain_context, run_method
+from ..metrics import METRICS
+from ..progress import current_step, note_step
+from .resources import get_dataset, get_model, unit_batches
+from .unit import evaluate_options
+
+#: An experiment with fewer images left to compute is not probed before a run (``--estimate`` probes all): the
+#: probe explains one image and scores one map, so it costs at most ~1/32 (3 %) of what it estimates.
+PROBE_MIN_IMAGES = 32
+#: Default of ``--warn-minutes``: the plan summary warns when the estimate exceeds this many minutes.
+WARN_MINUTES = 10.0
 
 
 def count_forwards(
@@ -32,9 +54,13 @@ def count_forwards(
     *,
     reshape: object = None,
     forward_batch_size: int = 64,
+    masks: Tensor | None = None,
 ) -> dict[str, float]:
-    """Images forwarded through ``model`` per input image, per method (NaN where the method fails on the
-    probe, e.g. the oracle without ground truth)."""
+    """Images forwarded through ``model`` per input image, per method alone (each from its own capture).
+
+    NaN where the method refuses the input (a :class:`~benchmark.errors.CambenchError`: the oracle without
+    ground truth, CAM on a model without a GAP head); any other exception is a bug of the method and raises a
+    :class:`~benchmark.errors.CambenchError` naming it."""
 
     seen = [0]
 
@@ -47,69 +73,164 @@ def count_forwards(
     try:
         for name in methods:
             seen[0] = 0
+            ctx = explain_context(
+                model, layer, images, targets, reshape=reshape, forward_batch_size=forward_batch_size, seed=0
+            )
+            ctx.masks = masks
             try:
-                ctx = explain_context(
-                    model, layer, images, targets, reshape=reshape, forward_batch_size=forward_batch_size, seed=0
-                )
                 run_method(ctx, name, (params or {}).get(name))
-                out[name] = seen[0] / images.shape[0]
-            except Exception:  # a probe estimates; the run reports the method's failure
+            except CambenchError:  # the method's own refusal of this input: the run reports it as an error row
                 out[name] = float("nan")
+                continue
+            except Exception as exc:
+                raise CambenchError(
+                    f"Method {name!r} failed while its forwards were counted: {type(exc).__name__}: {exc}. "
+                    "Run it alone (benchmark.methods.run_method) to debug it, or leave it out of `methods`."
+                ) from exc
+            out[name] = seen[0] / images.shape[0]
     finally:
         handle.remove()
     return out
 
 
-def seconds_per_forward(model: nn.Module, images: Tensor, repeats: int = 3) -> float:
-    """Wall seconds of one image's forward (the best of ``repeats`` timed batches, after a warm-up)."""
-    with torch.inference_mode():
-        model(images)
-        best = float("inf")
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            model(images)
-            best = min(best, time.perf_counter() - t0)
-    return best / images.shape[0]
-
-
 @dataclass
 class ExperimentEstimate:
+    """The probe of one experiment: seconds per image of each method's explanation and of each metric (over
+    all the methods it scores), forwards per image, the images and units left to compute."""
+
     label: str
     dataset: str
     n_images: int
-    forwards: dict[str, float] = field(default_factory=dict)  # per image, per method
-    seconds_per_forward: float = 0.0
+    n_units: int = 1
+    #: explanation seconds per image, per method (methods that failed on the probe: their time to fail)
+    explain_s: dict[str, float] = field(default_factory=dict)
+    #: seconds per image of each (method, metric): the metric's time on one map, scaled for re-explaining ones
+    metric_s: dict[tuple[str, str], float] = field(default_factory=dict)
+    forwards: float = float("nan")  # model forwards per image (explanations and metrics)
+    factor: float = 1.0  # the meta-evaluation's 1 + 2K
+    probed: bool = True
+    note: str = ""  # why not probed, or what failed on the probe
 
     @property
-    def forwards_per_image(self) -> float:
-        return float(sum(v for v in self.forwards.values() if v == v))
+    def seconds_per_image(self) -> float:
+        return self.factor * (sum(self.explain_s.values()) + sum(self.metric_s.values()))
 
     @property
     def seconds(self) -> float:
-        """Explanations' forwards x images x seconds per forward (backward passes count as two forwards)."""
-        return self.n_images * self.forwards_per_image * self.seconds_per_forward
+        return self.n_images * self.seconds_per_image
 
-    def dominant(self, k: int = 3) -> list[str]:
-        """The ``k`` methods with the most forwards per image (those that set the cost)."""
-        ranked = sorted((v, m) for m, v in self.forwards.items() if v == v and v > 0)
-        return [m for v, m in reversed(ranked)][:k]
+    def by_method(self) -> dict[str, float]:
+        """Seconds of the whole experiment per method: its explanation and every metric's work on its map."""
+        out = {m: s for m, s in self.explain_s.items()}
+        for (m, _), s in self.metric_s.items():
+            out[m] = out.get(m, 0.0) + s
+        return {m: self.n_images * self.factor * s for m, s in out.items()}
+
+    def by_metric(self) -> dict[str, float]:
+        """Seconds of the whole experiment per metric (over every map it scores)."""
+        out: dict[str, float] = {}
+        for (_, k), s in self.metric_s.items():
+            out[k] = out.get(k, 0.0) + s
+        return {k: self.n_images * self.factor * s for k, s in out.items()}
 
 
-def estimate_plan(plan: object, device: str = "cpu", probe_images: int = 2) -> list[ExperimentEstimate]:
-    """One :class:`ExperimentEstimate` per experiment of a :class:`~benchmark.runner.plan.Plan`: its methods'
-    forwards per image on ``probe_images`` random inputs of the model's size, and one forward's time."""
+def _counter(model: nn.Module) -> tuple[dict[str, int], Any]:
+    """A forward pre-hook on ``model`` counting the images it forwards, per step (:func:`note_step`: the
+    method or metric :func:`~benchmark.evaluate.evaluate_batch` runs)."""
+    seen: dict[str, int] = {}
 
+    def hook(_mod: nn.Module, args: tuple) -> None:
+        if args and isinstance(args[0], Tensor):
+            step = current_step()
+            seen[step] = seen.get(step, 0) + int(args[0].shape[0])
+
+    return seen, model.register_forward_pre_hook(hook)
+
+
+def _reference(ok: Sequence[str], forwards: Mapping[str, float]) -> str | None:
+    """The method whose map the metrics are timed on: Grad-CAM where it ran, else the non-baseline method with
+    the fewest forwards that worked on the probe, else any that worked."""
+    if "gradcam" in ok:
+        return "gradcam"
+    model_based = [m for m in ok if METHODS.entry(m).meta.get("family") != "baseline"]
+    pool = model_based or list(ok)
+    return min(pool, key=lambda m: forwards.get(m, 0.0)) if pool else None
+
+
+def probe_experiment(ep: Any, device: torch.device, index: int, n_images: int, n_units: int) -> ExperimentEstimate:
+    """Probe experiment plan ``ep`` (:class:`~benchmark.runner.plan.ExperimentPlan`) on its image ``index``
+    (see the module docstring)."""
+    exp = ep.spec
+    est = ExperimentEstimate(ep.label, ep.dataset, n_images, n_units)
+    handle, channels_last = get_model(exp, device, None)
+    dataset = get_dataset(exp, ep.seed)
+    batch = next(iter(unit_batches(dataset, handle, [index], 1, device, False, channels_last)))
+    batch = resolve_targets(handle.model, batch, exp.target)
+    opts = evaluate_options(ep)
+    images = max(1, int(batch.images.shape[0]))  # a multi-label image is one sample per class present
+    seen, hook = _counter(handle.model)
+    try:
+        explained = evaluate_batch(
+            handle.model, handle.target_layer, handle.reshape, batch, ep.methods, [], seed=ep.seed, **opts
+        )
+        est.explain_s = {m: explained.seconds[("explain", m)] / images for m in ep.methods}
+        ok = [m for m in ep.methods if m in explained.maps]
+        # a method's forwards on its own: those it ran, and the shared capture for a model-based one
+        fw = {
+            m: max(seen.get(f"explain {m}", 0), 0 if METHODS.entry(m).meta.get("family") == "baseline" else 1) / images
+            for m in ep.methods
+        }
+        failed = sorted(set(explained.method_failures) - explained.method_undefined)
+        if failed:
+            est.note = f"failed on the probe: {', '.join(failed)}"
+        ref = _reference(ok, fw)
+        est.forwards = sum(seen.values()) / images
+        if ref is not None and ep.metrics:
+            seen.clear()
+            scored = evaluate_batch(
+                handle.model, handle.target_layer, handle.reshape, batch, [ref], ep.metrics,
+                seed=ep.seed, **{**opts, "reexplain_methods": "all"},
+            )  # fmt: skip
+            for k in ep.metrics:
+                per_map = scored.seconds.get(("metric", k), 0.0) / images
+                k_fw = seen.get(f"metric {k}", 0) / images
+                re = "explainer" in METRICS.entry(k).meta.get("needs", ())
+                for m in ok:
+                    if re and not reexplained(m, exp.reexplain_methods):
+                        continue
+                    # a metric that re-explains costs, per map, about the method's forwards over the reference's
+                    scale = max(1.0, fw[m] / max(fw[ref], 1.0)) if re else 1.0
+                    est.metric_s[(m, k)] = per_map * scale
+                    est.forwards += k_fw * scale
+    finally:
+        hook.remove()
+        note_step("")
+    if ep.meta is not None:
+        est.factor = 1.0 + 2.0 * ep.meta.perturbations
+    return est
+
+
+def estimate_plan(
+    plan: Any,
+    device: torch.device | str = "cpu",
+    units: Sequence[Any] | None = None,
+    *,
+    min_images: int = PROBE_MIN_IMAGES,
+) -> list[ExperimentEstimate]:
+    """One :class:`ExperimentEstimate` per experiment of ``plan`` with units left in ``units`` (default: all
+    of the plan's); experiments with fewer than ``min_images`` images left are listed, not probed."""
+    device = torch.device(device)
+    units = plan.units if units is None else units
     out = []
-    suite = plan.suite  # type: ignore[attr-defined]
-    for exp, ep in zip(suite.experiments, plan.experiments, strict=True):  # type: ignore[attr-defined]
-        handle = create_model(exp.model, weights=exp.weights, device=device, **exp.model_kwargs)
-        gen = torch.Generator().manual_seed(0)
-        x = torch.randn(probe_images, 3, *handle.input_size, generator=gen).to(device)
-        with torch.inference_mode():
-            t = handle.model(x).argmax(dim=1)
-        layer = exp.layer or handle.target_layer
-        fw = count_forwards(handle.model, layer, x, t, ep.methods, ep.method_params, reshape=handle.reshape)
-        out.append(ExperimentEstimate(ep.label, ep.dataset, ep.n_images, fw, seconds_per_forward(handle.model, x)))
+    for i, ep in enumerate(plan.experiments):
+        mine = [u for u in units if u.experiment == i]
+        if not mine:
+            continue
+        n = sum(u.stop - u.start for u in mine)
+        if n < min_images:
+            out.append(ExperimentEstimate(ep.label, ep.dataset, n, len(mine), probed=False, note="not probed"))
+            continue
+        out.append(probe_experiment(ep, device, mine[0].start, n, len(mine)))
     return out
 
 
@@ -121,27 +242,136 @@ def _dur(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def estimate_text(estimates: Sequence[ExperimentEstimate], warn_minutes: float = 10.0) -> str:
-    """The plan summary: per experiment the forwards per image x images and a time, then the total, and a
-    warning naming the dominant methods when it exceeds ``warn_minutes``."""
-    lines = ["Cost estimate (explanations only, from a probe; metrics add their own forwards):"]
+def _per(seconds: float) -> str:
+    return f"{seconds:.2g} s" if seconds < 90 else _dur(seconds)
+
+
+def _shares(costs: Mapping[str, float], total: float, k: int = 3) -> list[tuple[str, float]]:
+    ranked = sorted(costs.items(), key=lambda kv: -kv[1])
+    return [(n, s / total) for n, s in ranked[:k] if total > 0 and s > 0]
+
+
+def _top(estimates: Sequence[ExperimentEstimate]) -> tuple[dict[str, float], dict[str, float]]:
+    methods: dict[str, float] = {}
+    metrics: dict[str, float] = {}
     for e in estimates:
-        top = ", ".join(f"{m} {e.forwards[m]:.0f}" for m in e.dominant())
-        lines.append(
-            f"  {e.label} on {e.dataset}: {e.forwards_per_image:.0f} forwards/image x {e.n_images} images "
-            f"~ {_dur(e.seconds)}" + (f" (most: {top})" if top else "")
-        )
+        for m, s in e.by_method().items():
+            methods[m] = methods.get(m, 0.0) + s
+        for k, s in e.by_metric().items():
+            metrics[k] = metrics.get(k, 0.0) + s
+    return methods, metrics
+
+
+def estimate_text(estimates: Sequence[ExperimentEstimate], probe_s: float | None = None) -> str:
+    """The plan summary: per experiment the images and units left, seconds and forwards per image from the
+    probe, the time and the methods/metrics that cost most; then the total."""
+    n_img = sum(e.n_images for e in estimates)
+    n_units = sum(e.n_units for e in estimates)
+    probe = f"; probe {probe_s:.1f} s" if probe_s is not None else ""
+    lines = [
+        f"cambench: plan: {len(estimates)} experiment(s), {n_units} unit(s), {n_img} image(s) to compute; estimate "
+        f"from a one-image probe per experiment{probe}:"
+    ]
+    for e in estimates:
+        head = f"  {e.label} on {e.dataset}: {e.n_images} images in {e.n_units} unit(s)"
+        if not e.probed:
+            lines.append(f"{head}: not probed (under {PROBE_MIN_IMAGES} images, where a probe would cost over 3 %)")
+            continue
+        fw = f" (~{e.forwards:,.0f} forwards)" if e.forwards == e.forwards else ""
+        top = _shares({**e.by_method(), **e.by_metric()}, e.seconds)
+        most = "; most: " + ", ".join(f"{n} {p:.0%}" for n, p in top) if top else ""
+        meta = f" (x{e.factor:g} meta-evaluation)" if e.factor != 1 else ""
+        note = f" [{e.note}]" if e.note else ""
+        lines.append(f"{head} x {_per(e.seconds_per_image)}/image{fw} ~ {_dur(e.seconds)}{meta}{most}{note}")
     total = sum(e.seconds for e in estimates)
-    lines.append(f"  total ~ {_dur(total)}")
-    if total > 60 * warn_minutes:
-        worst: dict[str, float] = {}
-        for e in estimates:
-            for m, v in e.forwards.items():
-                if v == v:
-                    worst[m] = worst.get(m, 0.0) + v * e.n_images * e.seconds_per_forward
-        names = [m for m, _ in sorted(worst.items(), key=lambda kv: -kv[1])[:3]]
-        lines.append(
-            f"WARNING: this suite will take more than {warn_minutes:g} minutes; most of it is {', '.join(names)}. "
-            "Leave them out (`methods = [...]`), lower `n`, or run on a GPU."
-        )
+    unprobed = sum(1 for e in estimates if not e.probed)
+    rest = f" (+ {unprobed} small experiment(s) not probed)" if unprobed else ""
+    lines.append(f"  total ~ {_dur(total)}{rest}")
     return "\n".join(lines)
+
+
+def warning_text(estimates: Sequence[ExperimentEstimate], warn_minutes: float = WARN_MINUTES) -> str | None:
+    """None, or (the estimate above ``warn_minutes``) the warning naming the methods and metrics that dominate
+    the cost and the suite keys that leave them out."""
+    total = sum(e.seconds for e in estimates)
+    if total <= 60.0 * warn_minutes:
+        return None
+    methods, metrics = _top(estimates)
+    m_top = _shares(methods, total)
+    k_top = _shares(metrics, total)
+    expensive = sorted(m for m in methods if METHODS.entry(m).meta.get("cost") == "expensive")
+    parts = []
+    if m_top:
+        parts.append("methods " + ", ".join(f"{n} ({p:.0%})" for n, p in m_top))
+    if k_top:
+        parts.append("metrics " + ", ".join(f"{n} ({p:.0%})" for n, p in k_top))
+    keep = [m for m in methods if m not in {n for n, _ in m_top}]
+    example = ", ".join(f'"{m}"' for m in keep[:4]) + (", ..." if len(keep) > 4 else "")
+    exp_note = f" Expensive methods in this run: {', '.join(expensive)}." if expensive else ""
+    return (
+        f"cambench: warning: this run is estimated at ~ {_dur(total)} (over --warn-minutes {warn_minutes:g}); most "
+        f"of it is {'; '.join(parts)} (shares of the whole run).{exp_note} To leave some out, list what to keep "
+        f"in the suite's `methods = [{example}]` and `metrics = [...]` (top level or per [[experiments]]), or "
+        "lower `data.n` / --limit N, or run on a GPU (--device cuda). The run goes on."
+    )
+
+
+def quiet_line(estimates: Sequence[ExperimentEstimate], warn_minutes: float = WARN_MINUTES) -> str:
+    """The one line of ``--quiet``: the total, and whether it exceeds ``warn_minutes`` and because of what."""
+    total = sum(e.seconds for e in estimates)
+    n_img = sum(e.n_images for e in estimates)
+    line = f"cambench: estimate ~ {_dur(total)} for {n_img} images in {sum(e.n_units for e in estimates)} unit(s)"
+    if total > 60.0 * warn_minutes:
+        methods, metrics = _top(estimates)
+        top = [n for n, _ in _shares({**methods, **metrics}, total)]
+        line += f" (over --warn-minutes {warn_minutes:g}; most: {', '.join(top)})"
+    return line
+
+
+def announce(
+    plan: Any,
+    units: Sequence[Any],
+    device: torch.device,
+    log: Any,
+    *,
+    quiet: bool = False,
+    warn_minutes: float = WARN_MINUTES,
+) -> list[ExperimentEstimate]:
+    """Probe ``units``' experiments and log the plan summary (and the warning); under ``quiet`` one line.
+    Never blocks and never asks: the run goes on whatever the estimate."""
+    if not units:
+        return []
+    t0 = time.perf_counter()
+    estimates = estimate_plan(plan, device, units)
+    probe_s = time.perf_counter() - t0
+    if quiet:
+        log(quiet_line(estimates, warn_minutes))
+        return estimates
+    for line in estimate_text(estimates, probe_s).splitlines():
+        log(line)
+    warn = warning_text(estimates, warn_minutes)
+    if warn:
+        log(warn)
+    return estimates
+
+
+def announce_run(plan: Any, units: Sequence[Any], device: torch.device, progress: Any, warn_minutes: float) -> None:
+    """:func:`announce` through a run's :class:`~benchmark.runner.progress.Progress` (its one line under quiet)."""
+    announce(
+        plan, units, device, progress.notice if progress.quiet else progress.log,
+        quiet=progress.quiet, warn_minutes=warn_minutes,
+    )  # fmt: skip
+
+
+__all__ = [
+    "PROBE_MIN_IMAGES",
+    "WARN_MINUTES",
+    "ExperimentEstimate",
+    "announce",
+    "announce_run",
+    "count_forwards",
+    "estimate_plan",
+    "estimate_text",
+    "quiet_line",
+    "warning_text",
+]

@@ -215,11 +215,13 @@ def estimate_plan(
     device: torch.device | str = "cpu",
     units: Sequence[Any] | None = None,
     *,
-    min_images: int = PROBE_MIN_IMAGES,
+    min_images: int | None = None,
 ) -> list[ExperimentEstimate]:
     """One :class:`ExperimentEstimate` per experiment of ``plan`` with units left in ``units`` (default: all
-    of the plan's); experiments with fewer than ``min_images`` images left are listed, not probed."""
+    of the plan's); experiments with fewer than ``min_images`` (default :data:`PROBE_MIN_IMAGES`) images left
+    are listed, not probed."""
     device = torch.device(device)
+    min_images = PROBE_MIN_IMAGES if min_images is None else min_images
     units = plan.units if units is None else units
     out = []
     for i, ep in enumerate(plan.experiments):
@@ -275,7 +277,7 @@ def estimate_text(estimates: Sequence[ExperimentEstimate], probe_s: float | None
     for e in estimates:
         head = f"  {e.label} on {e.dataset}: {e.n_images} images in {e.n_units} unit(s)"
         if not e.probed:
-            lines.append(f"{head}: not probed (under {PROBE_MIN_IMAGES} images, where a probe would cost over 3 %)")
+            lines.append(f"{head}: not probed (a small experiment: a probe would cost a visible part of it)")
             continue
         fw = f" (~{e.forwards:,.0f} forwards)" if e.forwards == e.forwards else ""
         top = _shares({**e.by_method(), **e.by_metric()}, e.seconds)

@@ -208,7 +208,7 @@ def run_suite(
         )
     out = Path(out)
     check_out_dir(out)  # a bad --out is refused before any model or data work
-    with Progress(quiet=quiet, log=log) as progress, RunLock(out, progress.log):
+    with Progress(quiet=quiet, log=log, warn_minutes=warn_minutes) as progress, RunLock(out, progress.log):
         return _run_locked(
             suite,
             out,
@@ -222,7 +222,6 @@ def run_suite(
             client=client,
             options=options or ExecOptions(),
             plugins=plugins,
-            warn_minutes=warn_minutes,
         )
 
 
@@ -240,7 +239,6 @@ def _run_locked(
     client: Any,
     options: ExecOptions,
     plugins: Sequence[str],
-    warn_minutes: float | None = None,
 ) -> RunOutcome:
     log = progress.log
     plan = plan_run(suite, limit, precision=options.precision)
@@ -270,8 +268,7 @@ def _run_locked(
             f"cambench: {len(unreported)} finished unit(s) in {store.parts} lie outside this run (another "
             f"--limit, `n` or setting): kept on disk, not in the tables. Rerun with that setting to report them."
         )
-    if warn_minutes is not None and todo:  # the cost of what is left, before any unit runs
-        announce_run(plan, todo, device, progress, warn_minutes)
+    announce_run(plan, todo, device, progress)  # the cost of what is left (progress.warn_minutes), before any unit
     ran = []
     in_flight = 1 if backend == "sequential" else (workers or default_workers(suite.device))
     progress.start(len(todo), sum(u.stop - u.start for u in todo), [u.key for u in todo], in_flight)

@@ -71,8 +71,11 @@ class Progress:
         tty: bool | None = None,
         heartbeat_s: float = HEARTBEAT_S,
         stall_s: float = STALL_S,
+        warn_minutes: float | None = None,
     ) -> None:
         self.quiet = quiet
+        #: the run's cost estimate before its first unit warns above this many minutes; None: no estimate
+        self.warn_minutes = warn_minutes
         self.heartbeat_s, self.stall_s = heartbeat_s, stall_s
         self.stream = stream if stream is not None else sys.stderr
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)()) if tty is None else tty

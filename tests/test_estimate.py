@@ -222,3 +222,26 @@ def test_cli_estimate_prints_the_plan_cost_and_runs_nothing(tmp_path, capsys):
     assert not (out / "parts").exists()
     # n = 3 cannot separate any pair of the suite's methods: said before any work
     assert "has n = 3 images for" in cap.err and "no pair of methods can differ significantly" in cap.err
+
+
+def test_a_worker_writes_its_own_progress_line_while_its_unit_runs(capsys):
+    """parallel._work (what a loky/dask worker runs) wraps the unit in worker_heartbeat(options.heartbeat_s)."""
+    import time
+    from types import SimpleNamespace
+
+    from benchmark.runner.parallel import _work
+    from benchmark.runner.unit import ExecOptions
+
+    def unit_fn(suite, unit, options=None):
+        note_unit(unit.key, 1, 4)
+        note_step("metric deletion_auc")
+        time.sleep(0.3)
+        note_unit("")
+        return SimpleNamespace(key=unit.key, logs=[])
+
+    suite = SimpleNamespace(plugins=(), device="cpu")
+    _work(suite, SimpleNamespace(key="u9"), ExecOptions(heartbeat_s=0.05), (), "t", unit_fn, lambda plugins: None)
+    err = capsys.readouterr().err
+    assert re.search(r"cambench: worker \d+: unit u9: 1/4 images, metric deletion_auc for 0:00", err)
+    _work(suite, SimpleNamespace(key="u8"), ExecOptions(), (), "t", unit_fn, lambda plugins: None)
+    assert "u8" not in capsys.readouterr().err  # no heartbeat_s (the sequential backend, or bars): no line

@@ -271,6 +271,11 @@ def _shares(costs: Mapping[str, float], total: float, k: int = 3) -> list[tuple[
     return [(n, s / total) for n, s in ranked[:k] if total > 0 and s > 0]
 
 
+def _dominant(shares: list[tuple[str, float]], at_least: float = 0.15) -> list[tuple[str, float]]:
+    """The names with at least ``at_least`` of the cost (the largest one at least): an even spread names one."""
+    return [x for x in shares if x[1] >= at_least] or shares[:1]
+
+
 def _top(estimates: Sequence[ExperimentEstimate]) -> tuple[dict[str, float], dict[str, float]]:
     methods: dict[str, float] = {}
     metrics: dict[str, float] = {}
@@ -317,8 +322,7 @@ def warning_text(estimates: Sequence[ExperimentEstimate], warn_minutes: float = 
     if total <= 60.0 * warn_minutes:
         return None
     methods, metrics = _top(estimates)
-    m_top = _shares(methods, total)
-    k_top = _shares(metrics, total)
+    m_top, k_top = _dominant(_shares(methods, total)), _dominant(_shares(metrics, total))
     expensive = sorted(m for m in methods if METHODS.entry(m).meta.get("cost") == "expensive")
     parts = []
     if m_top:

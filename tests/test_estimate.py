@@ -245,3 +245,26 @@ def test_a_worker_writes_its_own_progress_line_while_its_unit_runs(capsys):
     assert re.search(r"cambench: worker \d+: unit u9: 1/4 images, metric deletion_auc for 0:00", err)
     _work(suite, SimpleNamespace(key="u8"), ExecOptions(), (), "t", unit_fn, lambda plugins: None)
     assert "u8" not in capsys.readouterr().err  # no heartbeat_s (the sequential backend, or bars): no line
+
+
+def test_the_probe_changes_no_score(tmp_path, monkeypatch):
+    """The probe runs the real methods and metrics in the run's process before its units (seeding torch): every
+    score of a run with it equals the run without it, bit for bit."""
+    from functools import partial
+
+    import pandas as pd
+
+    from benchmark.report.build import write_report
+    from benchmark.runner import run_suite
+
+    monkeypatch.setattr(estimate, "PROBE_MIN_IMAGES", 1)
+    suite = load_suite(runner_fakes.SUITES / "tiny.toml")
+    lines: list[str] = []
+    report = partial(write_report, plots=False)
+    a = run_suite(suite, tmp_path / "with", report=report, log=lines.append, warn_minutes=10.0).report.scores
+    b = run_suite(suite, tmp_path / "without", report=report, log=lines.append).report.scores
+    assert sum(x.startswith("cambench: plan: 2 experiment(s)") for x in lines) == 1  # the first run only
+    keys = ["model", "dataset", "method", "metric", "image_id"]
+    a, b = (x.sort_values(keys).reset_index(drop=True) for x in (a, b))
+    assert len(a) > 100 and a["value"].notna().sum() > 100
+    pd.testing.assert_frame_equal(a, b)

@@ -268,4 +268,3 @@ def test_the_probe_changes_no_score(tmp_path, monkeypatch):
     a, b = (x.sort_values(keys).reset_index(drop=True) for x in (a, b))
     assert len(a) > 100 and a["value"].notna().sum() > 100
     pd.testing.assert_frame_equal(a, b)
-

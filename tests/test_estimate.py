@@ -109,7 +109,12 @@ def test_probe_times_every_method_and_metric_on_the_real_plan():
 
     plan = plan_run(load_suite(runner_fakes.SUITES / "tiny.toml"))
     (small, plain) = estimate_plan(plan, "cpu", min_images=5)  # 6 and 4 images: only the first is probed
-    assert small.probed and not plain.probed and "not probed" in estimate_text([small, plain])
+    assert small.probed and not plain.probed
+    assert "not probed (small: a probe would be a visible part of them): fake_cnn on fake_plain (4)" in estimate_text(
+        [small, plain]
+    )
+    assert estimate_text([plain]).endswith("each experiment is small (under 32 images): no cost probe.")
+    assert quiet_line([plain]) == "cambench: plan: 4 images in 2 unit(s); each experiment is small: no cost probe"
     ep = plan.experiments[0]
     assert set(small.explain_s) == set(ep.methods) and all(v >= 0 for v in small.explain_s.values())
     ran = {m for m, _ in small.metric_s}

@@ -300,30 +300,31 @@ def _top(estimates: Sequence[ExperimentEstimate]) -> tuple[dict[str, float], dic
 
 
 def estimate_text(estimates: Sequence[ExperimentEstimate], probe_s: float | None = None) -> str:
-    """The plan summary: per experiment the images and units left, seconds and forwards per image from the
-    probe, the time and the methods/metrics that cost most; then the total."""
+    """The plan summary: per probed experiment the images and units left, seconds and forwards per image, the
+    time and what costs most; the small experiments not probed in one line; then the total."""
     n_img = sum(e.n_images for e in estimates)
     n_units = sum(e.n_units for e in estimates)
+    head = f"cambench: plan: {len(estimates)} experiment(s), {n_units} unit(s), {n_img} image(s) to compute"
+    probed = [e for e in estimates if e.probed]
+    small = [f"{e.label} on {e.dataset} ({e.n_images})" for e in estimates if not e.probed]
+    if not probed:
+        return f"{head}; each experiment is small (under {PROBE_MIN_IMAGES} images): no cost probe."
     probe = f"; probe {probe_s:.1f} s" if probe_s is not None else ""
-    lines = [
-        f"cambench: plan: {len(estimates)} experiment(s), {n_units} unit(s), {n_img} image(s) to compute; estimate "
-        f"from a one-image probe per experiment{probe}:"
-    ]
-    for e in estimates:
-        head = f"  {e.label} on {e.dataset}: {e.n_images} images in {e.n_units} unit(s)"
-        if not e.probed:
-            lines.append(f"{head}: not probed (a small experiment: a probe would cost a visible part of it)")
-            continue
+    lines = [f"{head}; estimate from a one-image probe per experiment{probe}:"]
+    for e in probed:
         fw = f" (~{e.forwards:,.0f} forwards)" if e.forwards == e.forwards else ""
         top = _shares({**e.by_method(), **e.by_metric()}, e.seconds)
         most = "; most: " + ", ".join(f"{n} {p:.0%}" for n, p in top) if top else ""
         meta = f" (x{e.factor:g} meta-evaluation)" if e.factor != 1 else ""
         note = f" [{e.note}]" if e.note else ""
-        lines.append(f"{head} x {_per(e.seconds_per_image)}/image{fw} ~ {_dur(e.seconds)}{meta}{most}{note}")
-    total = sum(e.seconds for e in estimates)
-    unprobed = sum(1 for e in estimates if not e.probed)
-    rest = f" (+ {unprobed} small experiment(s) not probed)" if unprobed else ""
-    lines.append(f"  total ~ {_dur(total)}{rest}")
+        lines.append(
+            f"  {e.label} on {e.dataset}: {e.n_images} images in {e.n_units} unit(s) x {_per(e.seconds_per_image)}"
+            f"/image{fw} ~ {_dur(e.seconds)}{meta}{most}{note}"
+        )
+    if small:
+        lines.append(f"  not probed (small: a probe would be a visible part of them): {', '.join(small)}")
+    rest = f" (+ {len(small)} small experiment(s))" if small else ""
+    lines.append(f"  total ~ {_dur(sum(e.seconds for e in estimates))}{rest}")
     return "\n".join(lines)
 
 
@@ -356,7 +357,11 @@ def quiet_line(estimates: Sequence[ExperimentEstimate], warn_minutes: float = WA
     """The one line of ``--quiet``: the total, and whether it exceeds ``warn_minutes`` and because of what."""
     total = sum(e.seconds for e in estimates)
     n_img = sum(e.n_images for e in estimates)
-    line = f"cambench: estimate ~ {_dur(total)} for {n_img} images in {sum(e.n_units for e in estimates)} unit(s)"
+    units = f"{n_img} images in {sum(e.n_units for e in estimates)} unit(s)"
+    small = sum(1 for e in estimates if not e.probed)
+    if small == len(estimates):
+        return f"cambench: plan: {units}; each experiment is small: no cost probe"
+    line = f"cambench: estimate ~ {_dur(total)} for {units}" + (f" (+ {small} small experiment(s))" if small else "")
     if total > 60.0 * warn_minutes:
         methods, metrics = _top(estimates)
         top = [n for n, _ in _shares({**methods, **metrics}, total)]

@@ -4,17 +4,20 @@
 and device, through the same :func:`~benchmark.evaluate.evaluate_batch` the units run: once with every method
 and no metric (each method's explanation time, sharing one capture as in a unit), then once with one
 reference method (Grad-CAM where the experiment runs it) and every metric (each metric's time for one map).
-A metric runs once per batch on every map, so it is timed on one map and on two: the difference is its time per
-map, the rest a fixed time per call shared by the batch's images (``batch_size``) and maps. A metric that
-re-explains (robustness, sanity, cost) adds, per method and re-explanation, that method's explanation time
-beyond the reference's. Model
-forwards are counted on the way (a forward pre-hook). The meta-evaluation multiplies an experiment by
-``1 + 2K`` (it re-evaluates every batch under ``2K`` perturbed models).
+A run explains ``batch_size`` images per call, so explanation times are scaled by the model's batch
+efficiency (one forward of 1 image and one of ``batch_size`` copies: :func:`batch_efficiency`). A metric runs
+once per batch on every map, so it is timed on one map and on two (those carrying a tenth of the time): the
+difference is its time per map, the rest a fixed time per call shared by the batch's images and maps. A metric
+that re-explains (robustness, sanity, cost) adds, per method and re-explanation, that method's explanation time
+beyond the reference's. Model forwards are counted on the way (a forward pre-hook). The meta-evaluation
+multiplies an experiment by ``1 + 2K`` (it re-evaluates every batch under ``2K`` perturbed models).
 
 An experiment with fewer than :data:`PROBE_MIN_IMAGES` images left is not probed (the probe would be a
 visible part of its cost); ``--estimate`` probes every one. The probe explains one image per experiment and
-scores one map per metric, a few percent of a run's work at most; the models it builds are the run's own
-(cached per process, :func:`~benchmark.runner.resources.get_model`).
+scores one or two maps per metric, a few percent of a run's work at most; the models it builds are the run's
+own (cached per process, :func:`~benchmark.runner.resources.get_model`). Measured on the quick suite (2 loaded
+cores): the estimate errs high, by about 1 to 5x per experiment (a probe at batch size 1 pays per-call costs
+that a run's batches share); on large models, whose time is compute per image, it is closer.
 
 :func:`estimate_text` is the summary (one line per experiment, the total) and :func:`warning_text` the
 warning when the total exceeds ``--warn-minutes``, naming the methods and metrics that dominate and the
@@ -160,6 +163,23 @@ def _reference(ok: Sequence[str], forwards: Mapping[str, float]) -> str | None:
     return min(pool, key=lambda m: forwards.get(m, 0.0)) if pool else None
 
 
+def batch_efficiency(model: nn.Module, images: Tensor, batch_size: int) -> float:
+    """Seconds per image of one forward of ``batch_size`` copies of ``images`` over that of ``images`` alone
+    (after the probe's warm-up capture): from ``1 / batch_size`` (a small model: the call's overhead) to 1 (a
+    large one: compute per image). A probe of one image times it to the run's batches."""
+    if batch_size <= 1:
+        return 1.0
+    many = images.repeat(batch_size, *([1] * (images.ndim - 1)))
+    seconds = []
+    with torch.inference_mode():
+        for x in (images, many):
+            t0 = time.perf_counter()
+            model(x)
+            seconds.append(time.perf_counter() - t0)
+    one, batch = seconds
+    return float(min(1.0, max(1.0 / batch_size, batch / batch_size / max(one, 1e-9))))
+
+
 def _metric_pass(
     handle: Any, batch: Any, methods: list[str], metrics: Sequence[str], ep: Any, opts: dict, seen: dict[str, int]
 ) -> tuple[dict, dict[str, int]]:
@@ -188,12 +208,15 @@ def probe_experiment(ep: Any, device: torch.device, index: int, n_images: int, n
             _ = explain_context(
                 handle.model, handle.target_layer, batch.images, batch.targets, reshape=handle.reshape
             ).capture
+    eff = batch_efficiency(handle.model, batch.images, ep.batch_size)
     seen, hook = _counter(handle.model)
     try:
         explained = evaluate_batch(
             handle.model, handle.target_layer, handle.reshape, batch, ep.methods, [], seed=ep.seed, **opts
         )
-        est.explain_s = {m: explained.seconds[("explain", m)] / images for m in ep.methods}
+        # a run explains batch_size images per call: its time per image shrinks as the model's forwards do
+        # (eff: measured, from 1 / batch_size on a small model to 1 on a large one)
+        est.explain_s = {m: explained.seconds[("explain", m)] / images * eff for m in ep.methods}
         ok = [m for m in ep.methods if m in explained.maps]
         # a method's forwards on its own: those it ran, and the shared capture for a model-based one
         fw = {
@@ -229,7 +252,7 @@ def probe_experiment(ep: Any, device: torch.device, index: int, n_images: int, n
                         continue
                     # a metric that re-explains (k_fw times for the reference, one forward each; none where the
                     # explanations are shared with a metric before it) pays each method's extra time each time
-                    extra = k_fw * max(0.0, est.explain_s[m] - est.explain_s[ref]) if re else 0.0
+                    extra = k_fw * max(0.0, est.explain_s[m] - est.explain_s[ref]) if re else 0.0  # batched
                     est.metric_s[(m, k)] = fixed / n_maps + per_map + extra
                     est.forwards += k_fw * (max(1.0, fw[m]) if re else 1.0)
     finally:

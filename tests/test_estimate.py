@@ -273,3 +273,17 @@ def test_the_probe_changes_no_score(tmp_path, monkeypatch):
     a, b = (x.sort_values(keys).reset_index(drop=True) for x in (a, b))
     assert len(a) > 100 and a["value"].notna().sum() > 100
     pd.testing.assert_frame_equal(a, b)
+
+
+def test_no_shipped_suite_relies_on_the_new_defaults():
+    """shard_size (batch seeds follow unit keys) and methods changed defaults: every shipped suite sets both, so
+    none of their numbers moves (suites/ and benchmark/suites/ are identical: tests/test_runner_suite.py)."""
+    import tomllib
+
+    from benchmark.runner.suite import packaged_suites
+
+    for name, text in packaged_suites().items():
+        raw = tomllib.loads(text)
+        assert "shard_size" in raw, name
+        suite = parse_suite(text, default_name=name)
+        assert all(e.methods != "default" for e in suite.experiments), name

@@ -6,6 +6,7 @@
                            [--backend sequential|loky|dask] [--workers N] [--scheduler tcp://HOST:PORT]
                            [--precision fp32|tf32|bf16|fp16] [--compile] [--unit-timeout SECONDS]
                            [--method-timeout SECONDS]
+                           [--estimate] [--warn-minutes M] [--no-estimate]
     run_bench.py list {methods,metrics,models,datasets,suites}
     run_bench.py report DIR
     run_bench.py compare DIR --baseline DIR_OR_SCORES_OR_CSV [--tolerance EPS] [--all] [--require-baseline-rows]
@@ -30,7 +31,7 @@ from .cpukernels import select as _select_cpu_kernels
 from .errors import CambenchError, WeightsError
 from .outdir import WRITE_ERRNOS, RunLock, check_out_dir, safe_name, write_error_line
 from .registry import Registry
-from .runner.progress import Progress
+from .runner.progress import HEARTBEAT_S, Progress
 from .runner.suite import list_suites, load_suite
 from .schema import QUALITY, Claim
 
@@ -90,7 +91,21 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--estimate",
         action="store_true",
-        help="print the cost estimate (forwards per image of each method, from a short probe, x images) and stop",
+        help="print the plan summary with its cost estimate (a one-image probe of every experiment: seconds "
+        "and forwards per image x images) and stop; a run prints it anyway before its first unit",
+    )
+    r.add_argument(
+        "--warn-minutes",
+        type=float,
+        default=10.0,
+        metavar="M",
+        help="warn (never stop) before the first unit when the estimate exceeds M minutes, naming the methods and "
+        "metrics that cost most and how to leave them out (default: 10)",
+    )
+    r.add_argument(
+        "--no-estimate",
+        action="store_true",
+        help="skip the plan summary and its probe (an experiment with fewer than 8 images is never probed)",
     )
     r.add_argument(
         "--model",
@@ -227,6 +242,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise CambenchError(f"--limit must be a positive number of images, got {args.limit}.")
     if args.workers is not None and args.workers < 1:
         raise CambenchError(f"--workers must be a positive number of processes, got {args.workers}.")
+    if not args.warn_minutes >= 0:
+        raise CambenchError(f"--warn-minutes must be a number of minutes >= 0, got {args.warn_minutes}.")
     if args.unit_timeout is not None and args.backend != "loky":  # before any work (execute_units says it too)
         raise CambenchError(
             f"--unit-timeout stops a unit by killing its worker process, which needs --backend loky (got --backend "
@@ -257,13 +274,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .runner import plan_run
 
     plan = plan_run(suite, limit=args.limit)  # datasets are cached: run_suite's own plan reuses them
-    for line in [] if args.quiet else _small_n_warnings(plan):
+    for line in [] if args.quiet else [*_default_methods_note(plan), *_small_n_warnings(plan)]:
         print(line, file=sys.stderr)
-    if args.estimate:  # the plan's cost from a short probe, then stop
-        from .runner.estimate import estimate_plan, estimate_text
+    if args.estimate:  # the plan's cost from a short probe of every experiment, then stop
+        from .runner import resolve_device
+        from .runner.estimate import estimate_plan, estimate_text, warning_text
 
-        print(estimate_text(estimate_plan(plan)))
+        estimates = estimate_plan(plan, resolve_device(suite.device), min_images=1)
+        print(estimate_text(estimates))
+        warn = warning_text(estimates, args.warn_minutes)
+        if warn:
+            print(warn)
         return 0
+    # a loky/dask worker's own progress line inside a long unit, where the parent draws no bars
+    beat = None if args.quiet or args.backend == "sequential" or sys.stderr.isatty() else HEARTBEAT_S
     res = run_suite(
         suite,
         out,
@@ -279,8 +303,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             compile=args.compile,
             unit_timeout_s=args.unit_timeout,
             method_timeout_s=args.method_timeout,
+            heartbeat_s=beat,
         ),
         plugins=_plugins(args),
+        warn_minutes=None if args.no_estimate else args.warn_minutes,
     )
     rep = res.report
     print(
@@ -315,6 +341,30 @@ def _print_claims(claims: Any, out: Path) -> None:
         counts = ", ".join(f"{k}: {v}" for k, v in own["verdict"].value_counts().sort_index().items())
         print(f"\nclaims: {len(own)} comparison(s): {counts}")
     print(f"claims: {out / 'claims.csv'}")
+
+
+def _default_methods_note(plan: Any) -> list[str]:
+    """One line when some experiment names no methods (``methods = "default"``): the expensive methods it left
+    out (registered with ``cost="expensive"``) and how to include them."""
+    from .methods import METHODS, is_applicable
+    from .models import MODELS
+
+    left: list[str] = []
+    for ep in plan.experiments:
+        if ep.spec is None or ep.spec.methods != "default":
+            continue
+        family = MODELS.entry(ep.model).meta.get("family")
+        for m in METHODS.list():
+            if METHODS.entry(m).meta.get("cost") == "expensive" and is_applicable(m, family) and m not in left:
+                left.append(m)
+    if not left:
+        return []
+    return [
+        f"cambench: the suite names no methods: every applicable method runs except the expensive ones, left out: "
+        f"{', '.join(left)} (forwards per image grow with the layer's channels). Include them with "
+        f'`methods = "all"` or by naming them, e.g. `methods = ["gradcam", "{left[0]}"]` (`list methods` shows each '
+        "method's cost)."
+    ]
 
 
 def _small_n_warnings(plan: Any) -> list[str]:
@@ -371,7 +421,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.what == "methods":
         from .methods import METHODS as reg
 
-        fields = ("family", "paper")
+        fields = ("family", "cost", "paper")
     elif args.what == "metrics":
         from .metrics import METRICS as reg
 

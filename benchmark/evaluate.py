@@ -32,6 +32,7 @@ from .data.transforms import check_class_count, per_class
 from .errors import CambenchError, InputError, MethodTimeout, MethodUndefinedError, UnknownNameError
 from .methods import METHODS, ExplainContext, explain, resolve_layer, run_method
 from .metrics import METRICS, MetricContext, compute_metrics, missing_needs
+from .progress import note_step
 from .types import Batch, ModelHandle, Reshape
 
 # -- targets -----------------------------------------------------------------------------------------
@@ -348,6 +349,7 @@ def evaluate_batch(
     for name in methods:
         t = time.perf_counter()
         torch.manual_seed(seed)  # each method's global RNG as if it ran alone (incremental runs compute subsets)
+        note_step(f"explain {name}")  # what a long unit's progress line names (benchmark.progress)
         try:
             with method_deadline(method_timeout):
                 res = run_method(ectx, name, mparams.get(name), ms_flip=ms_flip)
@@ -427,6 +429,7 @@ def _score_metric(
     if out.nonfinite or not ctx.saliency:  # scores of a non-finite model mean nothing (error rows)
         return
     t = time.perf_counter()
+    note_step(f"metric {metric}")
     torch.manual_seed(seed)
     try:
         res = compute_metrics(ctx, [metric], params).get(metric, {})

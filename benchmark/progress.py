@@ -9,13 +9,19 @@ A leaf module (it imports nothing of cambench), so the models (training) and the
 * :class:`EpochProgress`: the progress of a training loop: with a bar, one tqdm bar over all its steps
   (below the runner's bars, removed when done); without one, one ``logging`` INFO line per epoch with the
   elapsed time and the ETA, so that a redirected log shows training advancing.
+* :func:`note_unit` / :func:`note_step` / :func:`activity_text`: what this process computes now (the unit,
+  its images done, the method or metric running and for how long), set by the unit and by
+  :func:`benchmark.evaluate.evaluate_batch`, read by the runner's watchdog thread (sequential backend) and by
+  :func:`worker_heartbeat` (a loky or dask worker), so that a long unit shows which method it is in.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any, TextIO
@@ -133,3 +139,77 @@ class EpochProgress:
 
 
 __all__ = ["EpochProgress", "bars", "bars_enabled", "eta_seconds", "eta_text", "format_interval"]
+
+
+# -- what this process computes now --------------------------------------------------------------------
+
+
+class _Activity:
+    """The unit this process computes, its images done, and the step (method or metric) running since when."""
+
+    unit = ""
+    done = 0
+    total = 0
+    step = ""
+    since = 0.0
+
+
+_ACTIVITY = _Activity()
+
+
+def note_unit(unit: str, done: int = 0, total: int = 0) -> None:
+    """Record that this process computes ``unit`` (``""``: none), ``done`` of its ``total`` images finished."""
+    _ACTIVITY.unit, _ACTIVITY.done, _ACTIVITY.total = unit, int(done), int(total)
+    if not unit:
+        _ACTIVITY.step = ""
+
+
+def note_step(step: str) -> None:
+    """Record the step running now (e.g. ``"explain scorecam"``, ``"metric deletion_auc"``; ``""``: none)."""
+    _ACTIVITY.step, _ACTIVITY.since = step, time.perf_counter()
+
+
+def current_step() -> str:
+    """The step :func:`note_step` recorded last (``""``: none)."""
+    return _ACTIVITY.step
+
+
+def activity_text(now: float | None = None) -> str:
+    """``"unit K: 3/16 images, explain scorecam for 2:10"`` (what :func:`note_unit` and :func:`note_step` set);
+    ``""`` when this process computes no unit."""
+    a = _ACTIVITY
+    if not a.unit:
+        return ""
+    now = time.perf_counter() if now is None else now
+    text = f"unit {a.unit}: {a.done}/{a.total} images"
+    if a.step:
+        text += f", {a.step} for {format_interval(now - a.since)}"
+    return text
+
+
+@contextlib.contextmanager
+def worker_heartbeat(interval_s: float | None, stream: TextIO | None = None) -> Iterator[None]:
+    """While the block runs, write ``cambench: worker PID: <activity_text()>`` to ``stream`` (stderr: a loky
+    or local dask worker's is the parent's) every ``interval_s`` seconds; ``None``: nothing."""
+    if interval_s is None or interval_s <= 0:
+        yield
+        return
+    stop = threading.Event()
+    out = stream if stream is not None else sys.stderr
+
+    def beat() -> None:
+        while not stop.wait(interval_s):
+            text = activity_text()
+            if text:
+                try:
+                    print(f"cambench: worker {os.getpid()}: {text}", file=out, flush=True)
+                except (OSError, ValueError):  # a closed stream: reporting never ends a unit
+                    return
+
+    thread = threading.Thread(target=beat, name="cambench-worker-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)

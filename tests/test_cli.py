@@ -28,6 +28,9 @@ def test_list_commands(capsys):
     assert cli.main(["list", "methods"]) == 0
     out = capsys.readouterr().out
     assert "gradcam" in out and "family=gradient" in out
+    rows = {line.split()[0]: line for line in out.splitlines() if line.strip()}  # the cost class (issue 29)
+    assert all("cost=expensive" in rows[m] for m in ("scorecam", "sscam", "iscam", "ablationcam"))
+    assert "cost=cheap" in rows["gradcam"] and "cost=cheap" in rows["random"]
     plugin = runner_fakes.__file__
     assert cli.main(["--plugin", plugin, "list", "metrics"]) == 0
     out = capsys.readouterr().out

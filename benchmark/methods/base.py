@@ -29,6 +29,9 @@ METHODS: Registry[Callable[..., Tensor]] = Registry("method")
 #: forward/backward), ``projection`` (a decomposition of the capture), ``perturbation`` (extra batched
 #: forwards), ``baseline`` (no model). ``register_method`` accepts only these.
 FAMILIES = ("gradient", "projection", "perturbation", "baseline")
+#: Cost classes of a method (``register_method(cost=...)``): an ``expensive`` one is opt-in in a suite that
+#: names no methods (``methods = "default"``).
+COSTS = ("cheap", "expensive")
 
 
 def register_method(
@@ -47,7 +50,9 @@ def register_method(
     The method's hyper-parameters (recorded in the result tables) are the keyword parameters of ``fn``'s
     signature with their defaults; ``defaults`` only overrides them, for a second name sharing one function or
     a function taking ``**params`` such as a library bridge (docs/interfaces.md, "Declaring parameters").
-    ``family`` must be one of :data:`FAMILIES`.
+    ``family`` must be one of :data:`FAMILIES`. ``cost`` (in ``meta``): ``"cheap"`` (default) or
+    ``"expensive"`` (its forwards per image grow with the target layer's channels or exceed ~16: Score-CAM and
+    its variants, Ablation-CAM); a suite that names no methods leaves the expensive ones out (opt-in).
     """
     if family not in FAMILIES:
         raise InputError(
@@ -55,6 +60,11 @@ def register_method(
             "(docs/methods.md#families). Fix the family= of its register_method call."
         )
     override = bool(meta.pop("override", False))
+    if meta.setdefault("cost", "cheap") not in COSTS:
+        raise InputError(
+            f"Method {name!r} has cost {meta['cost']!r}; expected one of {COSTS}. Fix the cost= of its "
+            'register_method call ("expensive": forwards per image grow with the channels or exceed ~16).'
+        )
 
     def deco(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
         METHODS.add(

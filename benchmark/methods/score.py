@@ -40,6 +40,7 @@ def channel_masks(acts: Tensor, size: tuple[int, ...], align_corners: bool = Tru
     "scorecam",
     family="perturbation",
     needs_gradients=False,
+    cost="expensive",  # one forward per live channel of the target layer
     paper="Wang et al. 2020, eq. 3-5",
 )
 def scorecam(ctx: ExplainContext, variant: str = "pgc") -> Tensor:
@@ -111,6 +112,7 @@ def default_ablation_value(acts: Tensor) -> float:
     "ablationcam",
     family="perturbation",
     needs_gradients=False,
+    cost="expensive",  # one forward per channel of the target layer
     paper="Desai & Ramaswamy 2020, eq. 2-3",
 )
 def ablationcam(ctx: ExplainContext, ablation_value: float | None = None) -> Tensor:

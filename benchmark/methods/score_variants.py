@@ -94,6 +94,7 @@ def _weighted_low_res(acts: Tensor, scores: Tensor) -> Tensor:
     "sscam",
     family="perturbation",
     needs_gradients=False,
+    cost="expensive",  # one forward per channel of the target layer (x n_samples)
     paper="Wang et al. 2020 (SS-CAM), arXiv 2006.14255, eq. 4-5",
 )
 def sscam(ctx: ExplainContext, n_samples: int = 35, std: float = 2.0) -> Tensor:
@@ -136,6 +137,7 @@ def iscam_coefficients(n_samples: int) -> Tensor:
     "iscam",
     family="perturbation",
     needs_gradients=False,
+    cost="expensive",  # one forward per channel of the target layer (x n_samples)
     paper="Naidu et al. 2020 (IS-CAM), arXiv 2010.03023, eq. 5",
 )
 def iscam(ctx: ExplainContext, n_samples: int = 10) -> Tensor:

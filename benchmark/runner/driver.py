@@ -25,6 +25,7 @@ from ..methods import METHODS
 from ..metrics import METRICS
 from ..outdir import RunLock, check_out_dir
 from ..store import Store, Todo, atomic_write_text
+from .estimate import announce_run
 from .fingerprint import method_fingerprints, unit_fingerprints, unit_method_fingerprints
 from .parallel import default_workers, execute_units, reemit_logs
 from .plan import Plan, Unit, load_registries, plan_run
@@ -178,6 +179,7 @@ def run_suite(
     client: Any = None,
     options: ExecOptions | None = None,
     plugins: Sequence[str] = (),
+    warn_minutes: float | None = None,
 ) -> RunOutcome:
     """Plan ``suite``, run every unit not already stored in ``out`` (its parts and ``run.json``).
 
@@ -196,8 +198,10 @@ def run_suite(
     Before anything else ``out`` is checked (:func:`benchmark.outdir.check_out_dir`) and locked for this
     run (:class:`benchmark.outdir.RunLock`: a second run into it raises at once, naming the first one's
     pid). Progress: :class:`benchmark.runner.progress.Progress` (bars on a terminal, one line per finished
-    unit otherwise; ``log`` replaces its printing). The tables cover the units of this plan only; other
-    finished units in ``out`` are listed in :attr:`RunOutcome.unreported`.
+    unit otherwise; ``log`` replaces its printing). ``warn_minutes``: before the first unit, log the plan summary
+    with a cost estimate from a one-image probe per experiment, warning above that many minutes
+    (:func:`benchmark.runner.estimate.announce`; one line under ``quiet``); ``None``: no estimate. The tables
+    cover the units of this plan only; other finished units in ``out`` are listed in :attr:`RunOutcome.unreported`.
     """
 
     if report is True or (report and not callable(report)):
@@ -208,7 +212,7 @@ def run_suite(
         )
     out = Path(out)
     check_out_dir(out)  # a bad --out is refused before any model or data work
-    with Progress(quiet=quiet, log=log) as progress, RunLock(out, progress.log):
+    with Progress(quiet=quiet, log=log, warn_minutes=warn_minutes) as progress, RunLock(out, progress.log):
         return _run_locked(
             suite,
             out,
@@ -257,6 +261,7 @@ def _run_locked(
             f"cambench: {len(unreported)} finished unit(s) in {store.parts} lie outside this run (another "
             f"--limit, `n` or setting): kept on disk, not in the tables. Rerun with that setting to report them."
         )
+    announce_run(plan, todo, resolve_device(suite.device), progress)  # the cost of what is left, before any unit
     ran = []
     in_flight = 1 if backend == "sequential" else (workers or default_workers(suite.device))
     progress.start(len(todo), sum(u.stop - u.start for u in todo), [u.key for u in todo], in_flight)

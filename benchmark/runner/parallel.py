@@ -47,7 +47,7 @@ import torch
 
 from ..cpukernels import PORTABLE_ENV, describe
 from ..errors import CambenchError
-from ..progress import bars
+from ..progress import bars, worker_heartbeat
 from ..schema import UnitResult
 from .suite import Suite
 
@@ -231,7 +231,7 @@ def _work(
 ) -> UnitResult:
     """What a worker runs for one unit: registries (``setup_fn``), its device, then ``unit_fn``, without
     progress bars and with its log records kept in the result (:func:`captured_logs`)."""
-    with bars(False), captured_logs() as records:
+    with bars(False), captured_logs() as records, worker_heartbeat(getattr(options, "heartbeat_s", None)):
         setup_fn((*suite.plugins, *plugins))
         n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if suite.device in ("cuda", "auto") and n_gpus > 1:

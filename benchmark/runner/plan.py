@@ -283,6 +283,8 @@ def _resolve_methods(exp: Experiment, dataset: Any, where: str, family: Any = No
 
     if exp.methods == "all":
         return tuple(n for n in METHODS.list() if usable(n))
+    if exp.methods == "default":  # a suite naming no methods: the expensive ones are opt-in (cli says which)
+        return tuple(n for n in METHODS.list() if usable(n) and METHODS.entry(n).meta.get("cost") != "expensive")
     if any(n in families and n not in METHODS for n in exp.methods):
         # method families ("gradient", "projection", ...) expand to their usable members
         out: list[str] = []

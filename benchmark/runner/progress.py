@@ -14,7 +14,10 @@ shown once per run.
 
 A watchdog thread (:meth:`Progress.check`, every few seconds while units run) keeps a long unit visible:
 without bars, a line at least every :data:`HEARTBEAT_S` seconds with the images done, the elapsed time and
-the time since the last batch (a unit's batches on the sequential backend, whole units on loky/dask); and,
+the time since the last batch (a unit's batches on the sequential backend, whole units on loky/dask), and on
+the sequential backend what the unit computes now (its images done, the method or metric running and for how
+long: :func:`benchmark.progress.activity_text`; with bars, the images bar shows it); a loky/dask worker writes
+its own such line (:func:`benchmark.progress.worker_heartbeat`, ``ExecOptions.heartbeat_s``); and,
 bars or not, one warning naming the unit(s) in flight when nothing finished for :data:`STALL_S` seconds
 (again after the next stall, if any). It only reports: stopping a unit is ``--unit-timeout``'s (loky).
 """
@@ -29,7 +32,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
-from ..progress import bars, eta_text, format_interval
+from ..progress import activity_text, bars, eta_text, format_interval
 
 #: Without bars, a progress line at least this often (seconds) while units run.
 HEARTBEAT_S = 60.0
@@ -68,8 +71,11 @@ class Progress:
         tty: bool | None = None,
         heartbeat_s: float = HEARTBEAT_S,
         stall_s: float = STALL_S,
+        warn_minutes: float | None = None,
     ) -> None:
         self.quiet = quiet
+        #: the run's cost estimate before its first unit warns above this many minutes; None: no estimate
+        self.warn_minutes = warn_minutes
         self.heartbeat_s, self.stall_s = heartbeat_s, stall_s
         self.stream = stream if stream is not None else sys.stderr
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)()) if tty is None else tty
@@ -112,6 +118,13 @@ class Progress:
             tqdm.write(msg, file=self.stream)
         else:
             print(msg, file=self.stream, flush=True)
+
+    def notice(self, msg: str) -> None:
+        """Print one message even under ``quiet`` (the cost estimate's one line), to the caller's ``log`` if any."""
+        if self.quiet and self._user_log is None:
+            print(msg, file=self.stream, flush=True)
+        else:
+            self.log(msg)
 
     def warn_once(self, key: str, msg: str | None = None) -> None:
         """Log ``msg`` (default ``key``) unless a message with this ``key`` was logged in this run."""
@@ -237,10 +250,14 @@ class Progress:
                 "the run goes on. A unit that hangs can be stopped with --backend loky --unit-timeout SECONDS."
             )
             self._last_line = now
+        inside = activity_text(now)  # the sequential backend: the unit's images and the method running now
+        if self._images_bar is not None and inside:
+            self._images_bar.set_postfix_str(inside.split(": ", 1)[-1], refresh=True)
         if not self.bars_shown and now - self._last_line >= self.heartbeat_s:
             done = self.images_done + self._batch_images
+            where = f"{inside}; in all" if inside else running
             self.log(
-                f"cambench: running {running}: {done}/{self.n_images} images, {self.units_done}/{self.n_units} "
+                f"cambench: running {where}: {done}/{self.n_images} images, {self.units_done}/{self.n_units} "
                 f"units; elapsed {format_interval(now - self.t0)}, last progress {format_interval(idle)} ago"
             )
             self._last_line = now

@@ -6,11 +6,14 @@ A suite file looks like::
     seed = 0
     device = "auto"            # auto | cpu | cuda | cuda:N | mps
     batch_size = 8             # images per explain/metric call
-    shard_size = 8             # images per unit of work (one Parquet part each)
+    shard_size = 8             # images per unit of work (one Parquet part each; default 4: an interrupt keeps
+                               # every finished shard)
     forward_batch_size = 64    # chunk size of the extra forwards of Score-CAM, perturbation metrics...
     gallery = 4                # first N images of each experiment kept for the CAM gallery
     plugins = []               # modules or .py files imported first (they register extra entries)
-    methods = "all"            # default for every experiment: "all" or a list of names
+    methods = "all"            # default for every experiment: "all", a list of names and/or families, or
+                               # "default" (also when no `methods` is given anywhere): every applicable method
+                               # except the expensive ones (cost = "expensive": Score-, SS-, IS-, Ablation-CAM)
     metrics = "all"            # "all", family names ("faithfulness", ...) and/or metric names
     reexplain_methods = "all"  # methods that re-explaining metrics (robustness, sanity, cost) run on:
                                # "all", or method names and/or families ("gradient", "perturbation", ...)
@@ -77,12 +80,12 @@ SUITE_DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "device": "auto",
     "batch_size": 8,
-    "shard_size": 16,
+    "shard_size": 4,
     "forward_batch_size": 64,
     "gallery": 4,
     "bootstrap": 1000,
     "plugins": [],
-    "methods": "all",
+    "methods": "default",
     "metrics": "all",
     "reexplain_methods": "all",
     "meta_evaluation": False,
@@ -181,7 +184,7 @@ class Suite:
     seed: int = 0
     device: str = "auto"
     batch_size: int = 8
-    shard_size: int = 16
+    shard_size: int = 4
     forward_batch_size: int = 64
     gallery: int = 4
     bootstrap: int = 1000
@@ -608,9 +611,13 @@ def _experiment(raw: Any, i: int, cfg: Mapping[str, Any], where: str) -> Experim
     )
 
 
+#: ``methods = "default"`` (also a suite that names no methods): every applicable method but the expensive ones.
+DEFAULT_METHODS = "default"
+
+
 def _names(value: Any, key: str, where: str) -> tuple[str, ...] | str:
-    if value == "all":
-        return "all"
+    if value == "all" or (key == "methods" and value == DEFAULT_METHODS):
+        return value
     if isinstance(value, str):
         return (value,)
     if isinstance(value, list) and value and all(isinstance(v, str) for v in value):

@@ -42,6 +42,7 @@ from ..evaluate import BatchScores, evaluate_batch, nonfinite_message, resolve_t
 from ..forward import PRECISIONS as _FORWARD_DTYPES
 from ..forward import cudnn_autotune, forward_compile, forward_precision, tf32
 from ..metrics.base import curve_positions
+from ..progress import note_unit
 from ..schema import CURVE_COLUMNS, PERTURBED_COLUMNS, SCORE_COLUMNS, STATS_COLUMNS, TIMING_COLUMNS, UnitResult
 from ..types import Batch, ModelHandle
 from .plan import ExperimentPlan, Unit
@@ -83,6 +84,10 @@ class ExecOptions:
                    :func:`benchmark.evaluate.method_deadline`) and its rows of the batch are ``error`` ("timed
                    out after S s (--method-timeout)"); the unit's other methods and metrics go on. Refused on
                    dask (its workers run units on threads, which receive no signal).
+    heartbeat_s:   a worker process (loky, dask) writes a line to its stderr (the parent's terminal for loky and
+                   a local dask cluster) at least this often while it computes a unit: the unit, its images done,
+                   the method or metric running and for how long (:func:`benchmark.progress.worker_heartbeat`);
+                   ``None``: none (the sequential backend's driver prints these lines itself).
     """
 
     precision: str = "fp32"
@@ -92,6 +97,7 @@ class ExecOptions:
     compile: bool = False
     unit_timeout_s: float | None = None
     method_timeout_s: float | None = None
+    heartbeat_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -204,6 +210,7 @@ def _run_unit(
     map_diffs: dict[str, float] = {}  # "a|b" -> max |map_a - map_b| over the unit's images
     facts: dict[str, float] = {}
     n_done = 0
+    note_unit(unit.key, 0, len(unit.indices))  # read by the progress lines of a long unit (benchmark.progress)
     batches = unit_batches(dataset, handle, unit.indices, plan.batch_size, device, prefetch, channels_last)
     for bi, batch in enumerate(batches):
         seed = batch_seed(plan.seed, unit.key, bi)
@@ -223,8 +230,10 @@ def _run_unit(
         curves.add(scores.curves)
         gallery.add(handle, batch, scores.maps)
         n_done += len(batch.ids)
+        note_unit(unit.key, n_done, len(unit.indices))
         if progress is not None:
             progress(len(batch.ids))
+    note_unit("")
     # image-level failures (corrupt/missing files skipped by the loader)
     new_errors = list(getattr(dataset, "errors", []))[n_errors_before:]
     for msg in new_errors:

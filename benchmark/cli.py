@@ -105,7 +105,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--no-estimate",
         action="store_true",
-        help="skip the plan summary and its probe (an experiment with fewer than 8 images is never probed)",
+        help="skip the plan summary and its probe (an experiment with fewer than 32 images left is never probed)",
     )
     r.add_argument(
         "--model",

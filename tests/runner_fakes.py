@@ -246,3 +246,34 @@ data = {{ n = 2 }}
     result = run_unit(suite, plan.units[0], options=options)
     assert (result.scores["status"] == "ok").all(), result.scores
     return dict(METHODS.get("fake_env").seen)
+
+
+def fake_suite_toml(
+    name: str,
+    *,
+    plugins: tuple[str | Path, ...] = (),
+    methods: tuple[str, ...] = ("gradcam", "random"),
+    gallery: int = 1,
+    n: int = 4,
+) -> str:
+    """The TOML of a tiny suite on this module's model and data (2 images a batch and a unit, the fake
+    metrics), loading this module and ``plugins``: the runner-fault tests' common suite."""
+    files = ", ".join(f'"{p}"' for p in (Path(__file__).resolve(), *plugins))
+    names = ", ".join(f'"{m}"' for m in methods)
+    return f"""
+name = "{name}"
+seed = 0
+device = "cpu"
+batch_size = 2
+shard_size = 2
+gallery = {gallery}
+bootstrap = 20
+plugins = [{files}]
+methods = [{names}]
+metrics = ["fake_inside", "fake_drop"]
+
+[[experiments]]
+model = "fake_cnn"
+dataset = "fake_shapes"
+data = {{ n = {n} }}
+"""

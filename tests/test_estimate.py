@@ -113,7 +113,9 @@ def test_probe_times_every_method_and_metric_on_the_real_plan():
     assert "not probed (small: a probe would be a visible part of them): fake_cnn on fake_plain (4)" in estimate_text(
         [small, plain]
     )
-    assert estimate_text([plain]).endswith(f"each experiment is small (under {estimate.PROBE_MIN_IMAGES} images): no cost probe.")
+    assert estimate_text([plain]).endswith(
+        f"each experiment is small (under {estimate.PROBE_MIN_IMAGES} images): no cost probe."
+    )
     assert quiet_line([plain]) == "cambench: plan: 4 images in 2 unit(s); each experiment is small: no cost probe"
     ep = plan.experiments[0]
     assert set(small.explain_s) == set(ep.methods) and all(v >= 0 for v in small.explain_s.values())

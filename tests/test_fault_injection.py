@@ -28,23 +28,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 HERE = Path(__file__).resolve().parent
 FAKES = Path(runner_fakes.__file__).resolve()
 SLEEPY = HERE / "plugins" / "sleepy_method.py"
-SUITE = f"""
-name = "faults"
-seed = 0
-device = "cpu"
-batch_size = 2
-shard_size = 2
-gallery = 1
-bootstrap = 20
-plugins = ["{FAKES}"]
-methods = ["gradcam", "random"]
-metrics = ["fake_inside", "fake_drop"]
-
-[[experiments]]
-model = "fake_cnn"
-dataset = "fake_shapes"
-data = {{ n = 4 }}
-"""
+SUITE = runner_fakes.fake_suite_toml("faults")
 
 
 @pytest.fixture(scope="module")

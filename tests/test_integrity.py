@@ -29,23 +29,7 @@ import runner_fakes
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 FAKES = Path(runner_fakes.__file__).resolve()
-SUITE = f"""
-name = "integrity"
-seed = 0
-device = "cpu"
-batch_size = 2
-shard_size = 2
-gallery = 1
-bootstrap = 20
-plugins = ["{FAKES}"]
-methods = ["gradcam", "random"]
-metrics = ["fake_inside", "fake_drop"]
-
-[[experiments]]
-model = "fake_cnn"
-dataset = "fake_shapes"
-data = {{ n = 4 }}
-"""
+SUITE = runner_fakes.fake_suite_toml("integrity")
 
 
 def _suite():

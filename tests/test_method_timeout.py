@@ -28,23 +28,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 HERE = Path(__file__).resolve().parent
 SLEEPY = HERE / "plugins" / "sleepy_method.py"
 FAKES = Path(runner_fakes.__file__).resolve()
-SUITE = f"""
-name = "timeouts"
-seed = 0
-device = "cpu"
-batch_size = 2
-shard_size = 2
-gallery = 0
-bootstrap = 20
-plugins = ["{FAKES}", "{SLEEPY}"]
-methods = ["gradcam", "sleepy", "spinning", "random"]
-metrics = ["fake_inside", "fake_drop"]
-
-[[experiments]]
-model = "fake_cnn"
-dataset = "fake_shapes"
-data = {{ n = 4 }}
-"""
+SUITE = runner_fakes.fake_suite_toml(
+    "timeouts", plugins=(SLEEPY,), methods=("gradcam", "sleepy", "spinning", "random"), gallery=0
+)
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -325,6 +325,17 @@ def _top(estimates: Sequence[ExperimentEstimate]) -> tuple[dict[str, float], dic
     return methods, metrics
 
 
+def _most(e: ExperimentEstimate) -> str:
+    """``"; most: methods a 60%, b 20%; metrics c 50%"``: the largest shares of the experiment's time, methods
+    and metrics listed apart (a method's share includes the metrics' work on its map, so the two overlap)."""
+    parts = []
+    for kind, costs in (("methods", e.by_method()), ("metrics", e.by_metric())):
+        top = _shares(costs, e.seconds, k=2)
+        if top:
+            parts.append(f"{kind} " + ", ".join(f"{n} {p:.0%}" for n, p in top))
+    return "; most: " + "; ".join(parts) if parts else ""
+
+
 def estimate_text(estimates: Sequence[ExperimentEstimate], probe_s: float | None = None) -> str:
     """The plan summary: per probed experiment the images and units left, seconds and forwards per image, the
     time and what costs most; the small experiments not probed in one line; then the total."""
@@ -339,8 +350,7 @@ def estimate_text(estimates: Sequence[ExperimentEstimate], probe_s: float | None
     lines = [f"{head}; estimate from a one-image probe per experiment{probe}:"]
     for e in probed:
         fw = f" (~{e.forwards:,.0f} forwards)" if e.forwards == e.forwards else ""
-        top = _shares({**e.by_method(), **e.by_metric()}, e.seconds)
-        most = "; most: " + ", ".join(f"{n} {p:.0%}" for n, p in top) if top else ""
+        most = _most(e)
         meta = f" (x{e.factor:g} meta-evaluation)" if e.factor != 1 else ""
         note = f" [{e.note}]" if e.note else ""
         lines.append(

@@ -39,7 +39,7 @@ from ..errors import LayerError
 from ..types import Capture
 from .base import ExplainContext, register_method
 from .capture import check_activations
-from .legrad import _attention_output, vit_blocks
+from .legrad import _attention_output, ask_head_weights, vit_blocks
 
 _CACHE_KEY = "attention_capture"
 _HEAD_FUSIONS = ("mean", "max", "min")
@@ -97,17 +97,6 @@ def _mha_hooks(mha: nn.Module, store: Callable[[Tensor], None]) -> list[Any]:
     """Hooks making a batch-first ``nn.MultiheadAttention`` return per-head weights and recompute its output
     from them (``out_proj(P V)``: the weights are then on the gradient path); ``store(P)`` gets them."""
 
-    def ask(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        # positions of nn.MultiheadAttention.forward(query, key, value, key_padding_mask, need_weights,
-        # attn_mask, average_attn_weights, is_causal)
-        args_l, kwargs = list(args), dict(kwargs)
-        for pos, key, val in ((4, "need_weights", True), (6, "average_attn_weights", False)):
-            if len(args_l) > pos:
-                args_l[pos] = val
-            else:
-                kwargs[key] = val
-        return tuple(args_l), kwargs
-
     def grab(module: nn.Module, args: tuple, kwargs: dict, output: tuple) -> tuple:
         probs = output[1]
         if probs is None or probs.ndim != 4:
@@ -117,7 +106,7 @@ def _mha_hooks(mha: nn.Module, store: Callable[[Tensor], None]) -> list[Any]:
         return _attention_output(cast(nn.MultiheadAttention, module), probs, value), None
 
     return [
-        mha.register_forward_pre_hook(ask, with_kwargs=True),
+        mha.register_forward_pre_hook(ask_head_weights, with_kwargs=True),
         mha.register_forward_hook(grab, with_kwargs=True),
     ]
 

@@ -79,6 +79,20 @@ def _select(blocks: list[nn.Module], layer: nn.Module, n_blocks: int | None) -> 
     return list(range(first, last + 1))
 
 
+def ask_head_weights(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """Forward pre-hook (``with_kwargs=True``) making an ``nn.MultiheadAttention`` return its per-head
+    attention weights (``need_weights=True``, ``average_attn_weights=False``), positional or keyword."""
+    # positions of nn.MultiheadAttention.forward(query, key, value, key_padding_mask, need_weights,
+    # attn_mask, average_attn_weights, is_causal)
+    args_l, kwargs = list(args), dict(kwargs)
+    for pos, key, val in ((4, "need_weights", True), (6, "average_attn_weights", False)):
+        if len(args_l) > pos:
+            args_l[pos] = val
+        else:
+            kwargs[key] = val
+    return tuple(args_l), kwargs
+
+
 def _attention_output(mha: nn.MultiheadAttention, probs: Tensor, value: Tensor) -> Tensor:
     """``out_proj(P V)`` for per-head probabilities ``[B,heads,N,N]`` (nn.MultiheadAttention's math, eval)."""
     e, h = mha.embed_dim, mha.num_heads
@@ -118,17 +132,6 @@ def legrad(ctx: ExplainContext, n_blocks: int | None = None, prefix_tokens: int 
 
         return pre
 
-    def ask_weights(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        # Positions follow nn.MultiheadAttention.forward(query, key, value, key_padding_mask,
-        # need_weights, attn_mask, average_attn_weights, is_causal).
-        args_l, kwargs = list(args), dict(kwargs)
-        for pos, key, val in ((4, "need_weights", True), (6, "average_attn_weights", False)):
-            if len(args_l) > pos:
-                args_l[pos] = val
-            else:
-                kwargs[key] = val
-        return tuple(args_l), kwargs
-
     def grab_attention(i: int):
         def hook(module: nn.Module, args: tuple, kwargs: dict, output: tuple) -> tuple:
             probs = output[1]
@@ -164,7 +167,7 @@ def legrad(ctx: ExplainContext, n_blocks: int | None = None, prefix_tokens: int 
                 handles.append(probs_modules[i].register_forward_hook(leaf_probs(i)))
                 continue
             mha = cast(nn.MultiheadAttention, blk.self_attention)
-            handles.append(mha.register_forward_pre_hook(ask_weights, with_kwargs=True))
+            handles.append(mha.register_forward_pre_hook(ask_head_weights, with_kwargs=True))
             handles.append(mha.register_forward_hook(grab_attention(i), with_kwargs=True))
         with torch.enable_grad():
             ctx.model(ctx.images)

@@ -42,7 +42,7 @@ from ..data.captions import (
 from ..types import Batch, ModelHandle
 from .base import register_model
 from .shipped import resolve_weights, save_shipped, shipped_meta
-from .training import config_digest, fit
+from .training import config_digest, fit, schedule
 
 TRAINER_VERSION = 1
 MEAN = (0.5, 0.5, 0.5)
@@ -319,11 +319,7 @@ def train_captioner(cfg: CaptionerConfig = DEFAULT_CONFIG) -> tuple[Captioner, d
         build,
         lambda: _training_set(cfg),
         name=cfg.name,
-        seed=cfg.seed,
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
-        weight_decay=cfg.weight_decay,
+        **schedule(cfg),
         inputs=lambda u8: normalize(u8.float().div_(255)),
         loss=lambda feats, caps: holder["m"].loss(feats, caps),
         correct=None,

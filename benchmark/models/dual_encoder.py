@@ -32,7 +32,7 @@ from ..data.synthetic import SHAPE_CLASSES
 from ..types import ModelHandle
 from .base import register_model
 from .shipped import resolve_weights, save_shipped, shipped_meta
-from .training import config_digest, exact_match_correct, fit
+from .training import config_digest, exact_match_correct, fit, schedule
 
 TRAINER_VERSION = 1
 MEAN = (0.5, 0.5, 0.5)
@@ -134,11 +134,7 @@ def train_dual_encoder(cfg: DualEncoderConfig = DEFAULT_CONFIG) -> tuple[DualEnc
         lambda: DualEncoder(cfg),
         lambda: _training_set(cfg),
         name=cfg.name,
-        seed=cfg.seed,
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
-        weight_decay=cfg.weight_decay,
+        **schedule(cfg),
         inputs=lambda u8: _normalize(u8.float().div_(255)),
         loss=nn.functional.binary_cross_entropy_with_logits,
         correct=exact_match_correct,

@@ -28,7 +28,7 @@ from ..errors import InputError, WeightsError
 from ..types import ModelHandle
 from .base import register_model
 from .shipped import has_shipped, load_shipped, save_shipped
-from .training import config_digest, exact_match_correct, fit
+from .training import config_digest, exact_match_correct, fit, schedule
 from .zoo import IMAGENET_MEAN, IMAGENET_STD, read_state_dict, seeded_init
 
 TRAINER_VERSION = 1
@@ -109,11 +109,7 @@ def train_multilabel_model(cfg: MultiLabelTrainConfig = DEFAULT_CONFIG) -> tuple
         lambda: MultiLabelCNN(len(SHAPE_CLASSES), cfg.widths),
         data,
         name=SHIPPED_NAME,
-        seed=cfg.seed,
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
-        weight_decay=cfg.weight_decay,
+        **schedule(cfg),
         inputs=lambda u8: _normalize(u8.float().div_(255)),
         loss=nn.functional.binary_cross_entropy_with_logits,
         correct=exact_match_correct,

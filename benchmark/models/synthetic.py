@@ -42,7 +42,7 @@ from ..errors import InputError, WeightsError
 from ..types import ModelHandle
 from .base import register_model
 from .shipped import load_shipped, save_shipped, shipped_meta
-from .training import config_digest, fit, top1_accuracy
+from .training import config_digest, fit, schedule, top1_accuracy
 
 log = logging.getLogger(__name__)
 
@@ -208,11 +208,7 @@ def train_shapes_model(cfg: TrainConfig) -> tuple[ShapesCNN, dict[str, Any]]:
         lambda: ShapesCNN(len(SHAPE_CLASSES), cfg.widths, cfg.head),
         lambda: _training_set(cfg),
         name=cfg.name,
-        seed=cfg.seed,
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
-        weight_decay=cfg.weight_decay,
+        **schedule(cfg),
         inputs=lambda u8: _normalize(u8.float().div_(255)),
         loss=nn.functional.cross_entropy,
     )

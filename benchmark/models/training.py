@@ -59,6 +59,12 @@ def exact_match_correct(logits: Tensor, targets: Tensor) -> int:
     return int(((logits > 0).to(targets.dtype) == targets).all(1).sum())
 
 
+def schedule(cfg: Any) -> dict[str, Any]:
+    """The keyword arguments of :func:`fit` that every shipped model's config holds under the same names:
+    ``seed``, ``epochs``, ``batch_size``, ``lr`` and ``weight_decay``."""
+    return {k: getattr(cfg, k) for k in ("seed", "epochs", "batch_size", "lr", "weight_decay")}
+
+
 def fit(
     build: Callable[[], M],
     data: Callable[[], tuple[Tensor, Tensor]],

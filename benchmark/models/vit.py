@@ -41,7 +41,7 @@ from ..methods.capture import vit_reshape
 from ..types import ModelHandle
 from .base import register_model
 from .shipped import resolve_weights, save_shipped
-from .training import config_digest, fit, top1_accuracy
+from .training import config_digest, fit, schedule, top1_accuracy
 
 log = logging.getLogger(__name__)
 
@@ -250,11 +250,7 @@ def train_vit(cfg: ViTTrainConfig = DEFAULT_CONFIG) -> tuple[ShapesViT, dict[str
         lambda: build_vit(cfg),
         lambda: _training_set(cfg),
         name=SHIPPED_NAME,
-        seed=cfg.seed,
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
-        weight_decay=cfg.weight_decay,
+        **schedule(cfg),
         inputs=inputs,
         loss=nn.functional.cross_entropy,
     )

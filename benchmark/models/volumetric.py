@@ -25,7 +25,7 @@ from ..types import ModelHandle
 from .base import register_model
 from .shipped import has_shipped, load_shipped, save_shipped
 from .synthetic import load_checkpoint
-from .training import config_digest, fit, top1_accuracy
+from .training import config_digest, fit, schedule, top1_accuracy
 
 #: Bump when the architecture or the training loop changes: it is part of the training hash.
 TRAINER_VERSION = 1
@@ -107,11 +107,7 @@ def train_volume_model(cfg: VolumeTrainConfig = DEFAULT_CONFIG) -> tuple[VolumeC
         lambda: VolumeCNN(len(VOLUME_CLASSES), cfg.widths),
         data,
         name=cfg.name,
-        seed=cfg.seed,
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
-        weight_decay=cfg.weight_decay,
+        **schedule(cfg),
         inputs=lambda u8: normalize(u8.float().div_(255).expand(-1, 3, -1, -1, -1)),
         loss=nn.functional.cross_entropy,
     )
